@@ -1,0 +1,23 @@
+//! The errors a caller can act on.
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request breaks a limit or is malformed (the message names the limit). Not retried.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The cluster kept redirecting until the deadline; the last hint is given when known.
+    #[error("not leader (leader {leader_id:?} at {leader_addr:?})")]
+    NotLeader {
+        /// The leader's id, when known.
+        leader_id: Option<u64>,
+        /// The leader's client address, when known.
+        leader_addr: Option<String>,
+    },
+    /// No leader or no quorum within the deadline. For a write: it was not applied.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A write may or may not have been applied: its outcome was still unknown at the deadline.
+    #[error("indeterminate: {0}")]
+    Indeterminate(String),
+}

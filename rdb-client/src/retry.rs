@@ -1,0 +1,179 @@
+//! The retry loop shared by every call: pick a node, follow hints, back off, respect the deadline.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+
+use rdb_proto::kv::kv_client::KvClient;
+use rdb_proto::kv::{Error as PbError, ErrorCode};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::{lock, Client, Error, ReadConsistency, Result};
+
+/// What one attempt learned.
+enum Next {
+    /// Go to this address at once (a leader hint).
+    Redirect(String),
+    /// Try another node after a pause.
+    Backoff,
+}
+
+impl Client {
+    /// Reads: linearizable ones go to the leader like writes; serializable ones go anywhere.
+    pub(crate) async fn call_read<T, F, Fut>(&self, c: ReadConsistency, f: F) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
+        match c {
+            ReadConsistency::Linearizable => self.call(false, f).await,
+            ReadConsistency::Serializable => self.call_any(f).await,
+        }
+    }
+
+    /// Runs `f` against the leader until it answers, the deadline passes, or the error is final.
+    /// `write` marks calls whose effect may happen even when no answer arrives.
+    pub(crate) async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
+        let opts = &self.inner.opts;
+        let deadline = Instant::now() + opts.deadline;
+        let mut backoff = opts.backoff_min;
+        let mut maybe_applied = false;
+        let mut last_err = Error::Unavailable("no node answered".into());
+        let mut target = self.pick_target();
+        let mut redirects = 0;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(if write && maybe_applied {
+                    Error::Indeterminate(format!(
+                        "outcome unknown at the deadline; last error: {last_err}"
+                    ))
+                } else {
+                    last_err
+                });
+            }
+            let client = self.client_for(&target)?;
+            let attempt =
+                tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
+            let next = match attempt {
+                Ok(Ok((value, None))) => {
+                    *lock(&self.inner.leader) = Some(target);
+                    return Ok(value);
+                }
+                Ok(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {
+                    Ok(ErrorCode::InvalidArgument) => {
+                        return Err(Error::InvalidArgument(e.message))
+                    }
+                    Ok(ErrorCode::NotLeader) => {
+                        let hint = e.leader.filter(|h| !h.addr.is_empty());
+                        last_err = Error::NotLeader {
+                            leader_id: hint.as_ref().map(|h| h.id),
+                            leader_addr: hint.as_ref().map(|h| h.addr.clone()),
+                        };
+                        match hint {
+                            Some(h) if h.addr != target && redirects < 3 => Next::Redirect(h.addr),
+                            _ => Next::Backoff,
+                        }
+                    }
+                    Ok(ErrorCode::Indeterminate) => {
+                        // Retrying with the same request id is safe: the cluster applies it once.
+                        maybe_applied = true;
+                        last_err = Error::Indeterminate(e.message);
+                        Next::Backoff
+                    }
+                    _ => {
+                        last_err = Error::Unavailable(e.message);
+                        Next::Backoff
+                    }
+                },
+                Ok(Err(status)) => {
+                    if write && !is_connect_failure(&status) {
+                        maybe_applied = true;
+                    }
+                    last_err = Error::Unavailable(format!("{target}: {}", status.message()));
+                    Next::Backoff
+                }
+                Err(_) => {
+                    if write {
+                        maybe_applied = true;
+                    }
+                    last_err = Error::Unavailable(format!("{target}: attempt timed out"));
+                    Next::Backoff
+                }
+            };
+            match next {
+                Next::Redirect(addr) => {
+                    redirects += 1;
+                    target = addr;
+                }
+                Next::Backoff => {
+                    redirects = 0;
+                    *lock(&self.inner.leader) = None;
+                    let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(opts.backoff_max);
+                    target = self.rotate();
+                }
+            }
+        }
+    }
+
+    /// Serializable reads: any node will do; move on when one fails.
+    async fn call_any<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
+        let opts = &self.inner.opts;
+        let deadline = Instant::now() + opts.deadline;
+        let mut backoff = opts.backoff_min;
+        let mut target = self.pick_target();
+        loop {
+            let now = Instant::now();
+            let client = self.client_for(&target)?;
+            let last_err =
+                match tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client))
+                    .await
+                {
+                    Ok(Ok((v, None))) => return Ok(v),
+                    Ok(Ok((_, Some(e)))) if e.code == ErrorCode::InvalidArgument as i32 => {
+                        return Err(Error::InvalidArgument(e.message))
+                    }
+                    Ok(Ok((_, Some(e)))) => Error::Unavailable(e.message),
+                    Ok(Err(s)) => Error::Unavailable(format!("{target}: {}", s.message())),
+                    Err(_) => Error::Unavailable(format!("{target}: attempt timed out")),
+                };
+            if Instant::now() + backoff >= deadline {
+                return Err(last_err);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(opts.backoff_max);
+            target = self.rotate();
+        }
+    }
+
+    fn pick_target(&self) -> String {
+        if let Some(l) = lock(&self.inner.leader).clone() {
+            return l;
+        }
+        self.rotate()
+    }
+
+    fn rotate(&self) -> String {
+        let eps = lock(&self.inner.endpoints);
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % eps.len().max(1);
+        eps.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
+    }
+}
+
+/// True when the request certainly never reached the server (the connection was refused).
+fn is_connect_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && {
+        let m = status.message().to_ascii_lowercase();
+        m.contains("connect") || m.contains("refused")
+    }
+}

@@ -1,0 +1,25 @@
+//! Wire types for rdb, generated from `proto/*.proto` by tonic + prost.
+//!
+//! - [`kv`]: the client service (Put, Get, Delete, Scan, Cas, Status) with errors carried as data.
+//! - [`peer`]: node-to-node transport; Raft messages are opaque bytes.
+//! - [`command`]: the command format stored in Raft log entries.
+
+#![allow(clippy::all, missing_docs)]
+
+/// Client-facing KV service and messages.
+pub mod kv {
+    tonic::include_proto!("rdb.kv");
+}
+
+/// Node-to-node Raft transport service and messages.
+pub mod peer {
+    tonic::include_proto!("rdb.peer");
+}
+
+/// Commands replicated through the Raft log.
+pub mod command {
+    tonic::include_proto!("rdb.command");
+}
+
+pub use prost;
+pub use tonic;

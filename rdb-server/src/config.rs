@@ -1,0 +1,364 @@
+//! The cluster configuration file: one TOML file describes every node, and each node is started
+//! from it with its own id.
+//!
+//! ```toml
+//! cluster_id = 1
+//!
+//! [[nodes]]
+//! id = 1
+//! peer_addr = "127.0.0.1:2380"
+//! client_addr = "127.0.0.1:2379"
+//! data_dir = "./rdb-data/node1"
+//!
+//! [settings]          # optional; every field has a default
+//! tick_interval_ms = 50
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A Raft node id.
+pub type NodeId = u64;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// The content breaks a rule.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft id, non-zero and unique.
+    pub id: NodeId,
+    /// Address other nodes use for Raft traffic.
+    pub peer_addr: String,
+    /// Address clients use for the KV service.
+    pub client_addr: String,
+    /// Where this node keeps its RocksDB database.
+    pub data_dir: PathBuf,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, one event per line with key=value fields.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Per-node tunables; every field has a documented default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Milliseconds per Raft tick (default 50).
+    pub tick_interval_ms: u64,
+    /// Ticks without a leader before an election (default 20: 1 s, randomised up to 2 s).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats (default 2: 100 ms).
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many applied entries are in it (default 10,000).
+    pub snapshot_threshold: u64,
+    /// Entries kept after compaction so lagging followers catch up from the log (default 5,000).
+    pub catch_up_entries: u64,
+    /// Largest key in bytes (default 4096).
+    pub max_key_bytes: usize,
+    /// Largest value in bytes (default 1 MiB).
+    pub max_value_bytes: usize,
+    /// Largest gRPC message a node accepts from a peer, in bytes (default 16 MiB; snapshots are chunked).
+    pub max_peer_message_bytes: usize,
+    /// How long a client request may wait for Raft, in milliseconds (default 5000).
+    pub request_timeout_ms: u64,
+    /// Applied entries a client request id is remembered for, to apply retries once (default 200,000).
+    pub dedup_window: u64,
+    /// Most pairs one scan returns (default 10,000).
+    pub max_scan_limit: u32,
+    /// `text` or `json` (default text).
+    pub log_format: LogFormat,
+    /// `trace`, `debug`, `info`, `warning`, `error` or `critical` (default info).
+    pub log_level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tick_interval_ms: 50,
+            election_ticks: 20,
+            heartbeat_ticks: 2,
+            snapshot_threshold: 10_000,
+            catch_up_entries: 5_000,
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_peer_message_bytes: 16 << 20,
+            request_timeout_ms: 5000,
+            dedup_window: 200_000,
+            max_scan_limit: 10_000,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The whole cluster, as read from the file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Identifies the cluster; a data directory remembers it and refuses another.
+    pub cluster_id: u64,
+    /// Every member; membership is fixed by this list.
+    pub nodes: Vec<NodeConfig>,
+    /// Tunables shared by all nodes.
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+impl ClusterConfig {
+    /// Reads and validates a configuration file. Relative data directories are resolved against
+    /// the current directory, as a user typing the command would expect.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+        let cfg: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The embedded default: one node on 127.0.0.1 with its data in `./rdb-data`.
+    pub fn single_node_default() -> ClusterConfig {
+        ClusterConfig {
+            cluster_id: 1,
+            nodes: vec![NodeConfig {
+                id: 1,
+                peer_addr: "127.0.0.1:2380".into(),
+                client_addr: "127.0.0.1:2379".into(),
+                data_dir: PathBuf::from("./rdb-data"),
+            }],
+            settings: Settings::default(),
+        }
+    }
+
+    /// The member with this id.
+    pub fn node(&self, id: NodeId) -> Result<&NodeConfig, ConfigError> {
+        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
+            let ids: Vec<_> = self.nodes.iter().map(|n| n.id).collect();
+            ConfigError::Invalid(format!("node id {id} is not in the config (ids: {ids:?})"))
+        })
+    }
+
+    /// Checks every rule a cluster needs before anything touches the disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.cluster_id == 0 {
+            return bad("cluster_id must be non-zero".into());
+        }
+        if self.nodes.is_empty() {
+            return bad("at least one [[nodes]] entry is required".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut dirs = HashSet::new();
+        for n in &self.nodes {
+            if n.id == 0 {
+                return bad("node id 0 is reserved; ids start at 1".into());
+            }
+            if !ids.insert(n.id) {
+                return bad(format!("node id {} appears twice", n.id));
+            }
+            for (what, a) in [("peer_addr", &n.peer_addr), ("client_addr", &n.client_addr)] {
+                if a.parse::<SocketAddr>().is_err() {
+                    return bad(format!(
+                        "node {}: {what} {a:?} is not an ip:port address",
+                        n.id
+                    ));
+                }
+                if !addrs.insert(a.clone()) {
+                    return bad(format!("node {}: address {a} is used twice", n.id));
+                }
+            }
+            if n.data_dir.as_os_str().is_empty() {
+                return bad(format!("node {}: data_dir is empty", n.id));
+            }
+            if !dirs.insert(n.data_dir.clone()) {
+                return bad(format!(
+                    "node {}: data_dir {} is used twice",
+                    n.id,
+                    n.data_dir.display()
+                ));
+            }
+        }
+        let s = &self.settings;
+        if s.tick_interval_ms == 0 {
+            return bad("settings.tick_interval_ms must be positive".into());
+        }
+        if s.heartbeat_ticks == 0 || s.election_ticks <= s.heartbeat_ticks {
+            return bad(format!(
+                "settings: election_ticks ({}) must exceed heartbeat_ticks ({}), which must be positive",
+                s.election_ticks, s.heartbeat_ticks
+            ));
+        }
+        if s.catch_up_entries >= s.snapshot_threshold {
+            return bad(format!(
+                "settings: catch_up_entries ({}) must be below snapshot_threshold ({})",
+                s.catch_up_entries, s.snapshot_threshold
+            ));
+        }
+        if s.max_key_bytes == 0 || s.max_key_bytes > 64 * 1024 {
+            return bad("settings.max_key_bytes must be between 1 and 65536".into());
+        }
+        if s.max_value_bytes == 0
+            || s.max_value_bytes + s.max_key_bytes + 4096 > s.max_peer_message_bytes
+        {
+            return bad(format!(
+                "settings: max_value_bytes ({}) must be positive and fit, with the key, in max_peer_message_bytes ({})",
+                s.max_value_bytes, s.max_peer_message_bytes
+            ));
+        }
+        if s.request_timeout_ms == 0 {
+            return bad("settings.request_timeout_ms must be positive".into());
+        }
+        if s.dedup_window < 1000 {
+            return bad("settings.dedup_window must be at least 1000".into());
+        }
+        if s.max_scan_limit == 0 {
+            return bad("settings.max_scan_limit must be positive".into());
+        }
+        if slog::Level::from_str_ok(&s.log_level).is_none() {
+            return bad(format!(
+                "settings.log_level {:?} is not a level",
+                s.log_level
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `slog::Level` parsing that names our accepted spellings.
+trait LevelExt {
+    fn from_str_ok(s: &str) -> Option<slog::Level>;
+}
+
+impl LevelExt for slog::Level {
+    fn from_str_ok(s: &str) -> Option<slog::Level> {
+        s.parse::<slog::Level>().ok()
+    }
+}
+
+/// Parses a log level name.
+pub fn parse_level(s: &str) -> Option<slog::Level> {
+    slog::Level::from_str_ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"
+cluster_id = 9
+[[nodes]]
+id = 1
+peer_addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:7101"
+data_dir = "d1"
+[[nodes]]
+id = 2
+peer_addr = "127.0.0.1:7002"
+client_addr = "127.0.0.1:7102"
+data_dir = "d2"
+[[nodes]]
+id = 3
+peer_addr = "127.0.0.1:7003"
+client_addr = "127.0.0.1:7103"
+data_dir = "d3"
+[settings]
+tick_interval_ms = 20
+"#;
+
+    fn err(text: &str) -> String {
+        ClusterConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn three_nodes_parse_with_defaults_filled_in() {
+        let c = ClusterConfig::parse(THREE).unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.settings.tick_interval_ms, 20);
+        assert_eq!(c.settings.max_value_bytes, 1 << 20);
+        assert_eq!(c.node(2).unwrap().client_addr, "127.0.0.1:7102");
+        assert!(c
+            .node(4)
+            .unwrap_err()
+            .to_string()
+            .contains("node id 4 is not in the config"));
+        ClusterConfig::single_node_default().validate().unwrap();
+    }
+
+    #[test]
+    fn repeated_ids_addresses_and_dirs_are_refused() {
+        assert!(err(&THREE.replace("id = 2", "id = 1")).contains("node id 1 appears twice"));
+        assert!(err(&THREE.replace("127.0.0.1:7002", "127.0.0.1:7001")).contains("used twice"));
+        assert!(err(&THREE.replace("\"d2\"", "\"d1\"")).contains("data_dir d1 is used twice"));
+    }
+
+    #[test]
+    fn bad_values_get_one_line_causes() {
+        assert!(err(&THREE.replace("cluster_id = 9", "cluster_id = 0")).contains("cluster_id"));
+        assert!(err(&THREE.replace("127.0.0.1:7003", "nowhere")).contains("not an ip:port"));
+        assert!(
+            err(&THREE.replace("tick_interval_ms = 20", "tick_interval_ms = 0"))
+                .contains("tick_interval_ms")
+        );
+        assert!(err(&THREE.replace("tick_interval_ms = 20", "bogus = 1")).contains("unknown field"));
+        assert!(
+            err(&THREE.replace("tick_interval_ms = 20", "log_level = \"loud\""))
+                .contains("log_level")
+        );
+        assert!(err("cluster_id = 1\nnodes = []").contains("at least one"));
+        for e in [
+            err("not toml ["),
+            err(&THREE.replace("tick_interval_ms = 20", "election_ticks = 1")),
+        ] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! An rdb node.
+//!
+//! - [`config`]: the cluster file and its validation.
+//! - [`raft`]: the Raft core (`RawNode` + storage + state machine), free of threads and RPC.
+//! - [`router`]: the typed messages the node task reads.
+//! - [`node`]: the node task that owns the core and drives the Ready loop.
+//! - [`transport`]: Raft messages to peers over tonic.
+//! - [`service`]: gRPC adapters for clients and peers.
+//! - [`server`]: wiring it all together.
+
+pub mod config;
+pub mod logging;
+pub mod node;
+pub mod raft;
+pub mod router;
+pub mod server;
+pub mod service;
+pub mod transport;
+
+use std::path::PathBuf;
+
+/// Why a node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory cannot be used.
+    #[error("data directory {dir}: {message}")]
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Durable state failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rdb_storage::Error),
+    /// raft-rs refused its configuration or state.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} traffic on {addr}: {source}")]
+    Bind {
+        /// Client or peer.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving: {0}")]
+    Serve(String),
+    /// Other OS failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

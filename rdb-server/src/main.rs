@@ -1,0 +1,74 @@
+//! `rdb-server`: runs one node of an rdb cluster.
+//!
+//! With no arguments it runs a single-node cluster on 127.0.0.1 (client port 2379, peer port
+//! 2380) with its data in `./rdb-data`. With `--config FILE --node-id N` it runs node N of the
+//! cluster described in FILE.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rdb_server::config::ClusterConfig;
+
+/// Runs one node of an rdb cluster.
+#[derive(Debug, Parser)]
+#[command(name = "rdb-server", version, about)]
+struct Args {
+    /// Cluster configuration file (TOML). Without it: a single node on 127.0.0.1 with data in ./rdb-data.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Which node of the configuration this process is. Optional when the file has one node.
+    #[arg(long, short = 'n')]
+    node_id: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rdb-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = match &args.config {
+        Some(path) => ClusterConfig::load(path)?,
+        None => ClusterConfig::single_node_default(),
+    };
+    let node_id = match (args.node_id, config.nodes.as_slice()) {
+        (Some(id), _) => id,
+        (None, [only]) => only.id,
+        (None, _) => return Err("--node-id is required when the config has several nodes".into()),
+    };
+    config.node(node_id)?;
+    let logger =
+        rdb_server::logging::logger(config.settings.log_format, &config.settings.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rdb-worker")
+        .build()?;
+    let result = rt.block_on(rdb_server::server::run(
+        config,
+        node_id,
+        logger.clone(),
+        shutdown_signal(),
+    ));
+    drop(logger);
+    result.map_err(Into::into)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,280 @@
+//! [`RaftPeer`]: `RawNode` + storage + state machine, driven one step at a time.
+
+use std::time::Instant;
+
+use raft::prelude::{Message as RaftMessage, ReadState, Snapshot};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
+use rdb_storage::{Applied, Engine, RaftStorage, StateMachine};
+use slog::{info, o, Logger};
+
+use super::Transport;
+use crate::config::{NodeId, Settings};
+
+/// What one Ready cycle produced that the node task must act on.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    /// Results of applied entries, in index order.
+    pub applied: Vec<Applied>,
+    /// ReadIndex answers: (context, read index).
+    pub read_states: Vec<ReadState>,
+    /// The new role, if it changed.
+    pub role_changed: Option<StateRole>,
+    /// The log was compacted below this index; its files can be compacted in the background.
+    pub compacted_to: Option<u64>,
+    /// A snapshot from the leader replaced the local state.
+    pub snapshot_applied: bool,
+}
+
+/// A node's Raft state machine, free of I/O scheduling.
+pub struct RaftPeer {
+    raw: RawNode<RaftStorage>,
+    sm: StateMachine,
+    applied: u64,
+    snapshot_threshold: u64,
+    catch_up_entries: u64,
+    logger: Logger,
+}
+
+impl RaftPeer {
+    /// Opens the peer over storage that was already bootstrapped or recovered.
+    pub fn new(
+        id: NodeId,
+        storage: RaftStorage,
+        settings: &Settings,
+        logger: &Logger,
+    ) -> Result<RaftPeer, crate::ServerError> {
+        let engine = storage.engine().clone();
+        let applied = engine.apply_state()?.index;
+        let config = Config {
+            id,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: 256 << 20,
+            max_committed_size_per_ready: 16 << 20,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| crate::ServerError::Raft(e.to_string()))?;
+        // raft-rs adds `raft_id` to every line itself.
+        let logger = logger.new(o!());
+        let mut raw = RawNode::new(&config, storage, &logger)
+            .map_err(|e| crate::ServerError::Raft(e.to_string()))?;
+        // A lone voter need not wait an election timeout to lead.
+        if raw.raft.prs().conf().voters().ids().iter().eq([id]) {
+            raw.campaign()
+                .map_err(|e| crate::ServerError::Raft(e.to_string()))?;
+        }
+        let sm = StateMachine::new(engine, settings.dedup_window)?;
+        info!(logger, "raft peer started"; "applied" => applied,
+            "term" => raw.raft.term, "commit" => raw.raft.raft_log.committed,
+            "last_index" => raw.raft.raft_log.last_index());
+        Ok(RaftPeer {
+            raw,
+            sm,
+            applied,
+            snapshot_threshold: settings.snapshot_threshold,
+            catch_up_entries: settings.catch_up_entries,
+            logger,
+        })
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, m: RaftMessage) -> raft::Result<()> {
+        self.raw.step(m)
+    }
+
+    /// Proposes a command; on success returns the (index, term) its entry got.
+    pub fn propose(&mut self, data: Vec<u8>) -> raft::Result<(u64, u64)> {
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw.propose(Vec::new(), data)?;
+        let index = self.raw.raft.raft_log.last_index();
+        if index <= before {
+            return Err(raft::Error::ProposalDropped);
+        }
+        Ok((index, self.raw.raft.term))
+    }
+
+    /// Starts a ReadIndex round; the answer arrives as a `ReadState` with this context.
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.raw.read_index(ctx);
+    }
+
+    /// Tells raft whether a snapshot reached `to`, so it stops waiting on it.
+    pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Tells raft a peer could not be reached, so it probes instead of pipelining.
+    pub fn report_unreachable(&mut self, to: NodeId) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.raw.raft.id
+    }
+
+    /// Current role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// Whether this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows of, 0 for none.
+    pub fn leader_id(&self) -> NodeId {
+        self.raw.raft.leader_id
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Applied index (durable with the data it produced).
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// First and last index of the log.
+    pub fn log_bounds(&self) -> (u64, u64) {
+        let store = self.raw.store();
+        (store.truncated().0 + 1, self.raw.raft.raft_log.last_index())
+    }
+
+    /// The voters of the group.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    /// The engine, for reads outside the Raft task.
+    pub fn engine(&self) -> &Engine {
+        self.sm.engine()
+    }
+
+    /// Runs one Ready cycle if raft has work, in raft-rs's documented order: send the leader's
+    /// messages, install a snapshot, apply committed entries, persist entries and hard state in
+    /// one synced batch, then send the messages that depended on it, then the light ready.
+    ///
+    /// Any storage error is returned and must be treated as fatal by the caller.
+    pub fn handle_ready(
+        &mut self,
+        transport: &mut dyn Transport,
+    ) -> Result<ReadyOutput, crate::ServerError> {
+        let mut out = ReadyOutput::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+
+        // A leader may send appends before its own write (raft thesis 10.2.1).
+        if !ready.messages().is_empty() {
+            transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot())?;
+            out.snapshot_applied = true;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(&committed, &mut out)?;
+        if let Some(ss) = ready.ss() {
+            out.role_changed = Some(ss.raft_state);
+            info!(self.logger, "role changed"; "role" => ?ss.raft_state,
+                "leader" => ss.leader_id, "term" => self.raw.raft.term);
+        }
+        if !ready.read_states().is_empty() {
+            out.read_states = ready.take_read_states();
+        }
+        // Entries and hard state: one atomic batch, WAL synced, before anything depending on
+        // them (votes, append responses, acknowledgements) leaves this node.
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            let hs = ready.hs().cloned();
+            self.raw.mut_store().append(ready.entries(), hs.as_ref())?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            transport.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            transport.send(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        self.apply(&committed, &mut out)?;
+        self.raw.advance_apply_to(self.applied);
+        out.compacted_to = self.maybe_compact()?;
+        Ok(out)
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), crate::ServerError> {
+        let meta = snap.get_metadata();
+        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term,
+            "bytes" => snap.data.len());
+        self.raw.mut_store().apply_snapshot(snap)?;
+        self.sm.reload()?;
+        self.applied = meta.index;
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        entries: &[raft::prelude::Entry],
+        out: &mut ReadyOutput,
+    ) -> Result<(), crate::ServerError> {
+        // Entries at or below the applied index were installed by a snapshot in this cycle.
+        let fresh: &[raft::prelude::Entry] =
+            match entries.iter().position(|e| e.index > self.applied) {
+                Some(i) => &entries[i..],
+                None => return Ok(()),
+            };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let results = self.sm.apply(fresh)?;
+        if let Some(last) = results.last() {
+            self.applied = last.index;
+        }
+        out.applied.extend(results);
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<Option<u64>, crate::ServerError> {
+        let truncated = self.raw.store().truncated().0;
+        if self.applied.saturating_sub(truncated) <= self.snapshot_threshold {
+            return Ok(None);
+        }
+        let compact_to = self.applied - self.catch_up_entries + 1;
+        let started = Instant::now();
+        self.raw.mut_store().compact(compact_to, self.applied)?;
+        info!(self.logger, "log compacted"; "compact_to" => compact_to, "applied" => self.applied,
+            "ms" => started.elapsed().as_millis() as u64);
+        Ok(Some(compact_to))
+    }
+}

@@ -1,0 +1,167 @@
+//! Starting a node: check the configuration and the data directory, open storage, bind the
+//! listeners, start the node task on its own thread, and serve gRPC until asked to stop.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rdb_proto::kv::kv_server::KvServer;
+use rdb_proto::peer::peer_server::PeerServer;
+use rdb_storage::{Engine, Ident, RaftStorage};
+use slog::{info, o, Logger};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{ClusterConfig, NodeId};
+use crate::node::Node;
+use crate::raft::RaftPeer;
+use crate::router::Mailbox;
+use crate::service::kv::KvService;
+use crate::service::peer::PeerService;
+use crate::transport::GrpcTransport;
+use crate::ServerError;
+
+/// Mailbox capacity of the node task.
+const MAILBOX: usize = 16 * 1024;
+
+/// Runs node `node_id` of `config` until `shutdown` resolves or a listener fails.
+pub async fn run(
+    config: ClusterConfig,
+    node_id: NodeId,
+    logger: Logger,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let me = config.node(node_id)?.clone();
+    let logger = logger.new(o!("node" => node_id));
+    let engine = open_data_dir(&me.data_dir, config.cluster_id, node_id, &config)?;
+    let storage = RaftStorage::open(engine.clone(), logger.clone())?;
+    let peer = RaftPeer::new(node_id, storage, &config.settings, &logger)?;
+
+    // Bind before anything runs so a taken port is a clear startup error.
+    let bind = |addr: &str, what: &'static str| {
+        let addr = addr.to_string();
+        async move {
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|e| ServerError::Bind {
+                    what,
+                    addr,
+                    source: e,
+                })
+        }
+    };
+    let client_listener = bind(&me.client_addr, "client").await?;
+    let peer_listener = bind(&me.peer_addr, "peer").await?;
+
+    let config = Arc::new(config);
+    let (mailbox, rx) = Mailbox::new(MAILBOX);
+    let transport = GrpcTransport::start(
+        &config,
+        node_id,
+        mailbox.clone(),
+        tokio::runtime::Handle::current(),
+        logger.clone(),
+    );
+    let node = Node::new(
+        peer,
+        rx,
+        Box::new(transport),
+        config.clone(),
+        logger.clone(),
+    );
+    // The node task gets a thread of its own: its fsyncs block, and nothing else waits on them.
+    let node_thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(node.run()),
+                Err(e) => {
+                    eprintln!("rdb-server: cannot start the raft thread's runtime: {e}");
+                    std::process::exit(70);
+                }
+            }
+        })
+        .map_err(ServerError::Io)?;
+
+    let s = &config.settings;
+    let kv = KvService::new(
+        mailbox.clone(),
+        engine,
+        Arc::new(s.clone()),
+        config.cluster_id,
+        me.client_addr.clone(),
+    );
+    let max_client_message = s.max_value_bytes + s.max_key_bytes + 64 * 1024;
+    let peer_svc = PeerService::new(mailbox, config.cluster_id, node_id, 4 << 30);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    info!(logger, "serving"; "client_addr" => &me.client_addr, "peer_addr" => &me.peer_addr,
+        "cluster_id" => config.cluster_id);
+    let client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            KvServer::new(kv)
+                .max_decoding_message_size(max_client_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            PeerServer::new(peer_svc)
+                .max_decoding_message_size(s.max_peer_message_bytes)
+                .max_encoding_message_size(s.max_peer_message_bytes),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx));
+    let (a, b) = tokio::join!(client_server, peer_server);
+    a.map_err(|e| ServerError::Serve(e.to_string()))?;
+    b.map_err(|e| ServerError::Serve(e.to_string()))?;
+    info!(logger, "stopped");
+    // The node thread ends with the process; everything it acknowledged is already synced.
+    drop(node_thread);
+    Ok(())
+}
+
+/// Opens a node's data directory, creating it on first start, and checks it belongs to this
+/// cluster and node. Existing data is never rewritten or "repaired".
+pub fn open_data_dir(
+    dir: &Path,
+    cluster_id: u64,
+    node_id: NodeId,
+    config: &ClusterConfig,
+) -> Result<Engine, ServerError> {
+    std::fs::create_dir_all(dir).map_err(|e| ServerError::DataDir {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let engine = Engine::open(dir).map_err(|e| ServerError::DataDir {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let voters: Vec<NodeId> = config.nodes.iter().map(|n| n.id).collect();
+    engine
+        .bootstrap_or_check(
+            Ident {
+                cluster_id,
+                node_id,
+            },
+            &voters,
+        )
+        .map_err(|e| ServerError::DataDir {
+            dir: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    Ok(engine)
+}

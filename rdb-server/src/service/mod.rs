@@ -1,0 +1,4 @@
+//! gRPC adapters: decode, validate, hand a typed message to the node task, encode the answer.
+
+pub mod kv;
+pub mod peer;

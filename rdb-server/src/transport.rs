@@ -1,0 +1,276 @@
+//! The production [`Transport`]: Raft messages to peers over tonic.
+//!
+//! Each peer has a bounded queue and a task that keeps one long-lived client stream open,
+//! sending messages in batches. The Raft task only ever `try_send`s into the queue, so a slow
+//! or dead peer never blocks it: when the queue is full, messages are dropped, which Raft
+//! tolerates (it retries appends and heartbeats). A broken stream is reopened with backoff and
+//! reported to Raft as unreachable so it falls back to probing.
+//!
+//! Snapshot messages go separately: the encoded message is streamed in 1 MiB chunks over the
+//! `Snapshot` call, and the outcome is reported back to Raft (`report_snapshot`) every time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::{Message as RaftMessage, MessageType};
+use rdb_proto::peer::peer_client::PeerClient;
+use rdb_proto::peer::{RaftBatch, SnapshotChunk, SnapshotHeader};
+use slog::{debug, info, warn, Logger};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{ClusterConfig, NodeId};
+use crate::raft::Transport;
+use crate::router::{Mailbox, Msg};
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 8192;
+/// Bytes of encoded messages sent in one batch on the stream.
+const BATCH_BYTES: usize = 4 << 20;
+/// Size of one snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Identity stamped on every batch, checked by the receiver.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+}
+
+/// Sends Raft messages to the other members of the cluster.
+pub struct GrpcTransport {
+    queues: HashMap<NodeId, mpsc::Sender<RaftMessage>>,
+    addrs: HashMap<NodeId, String>,
+    cluster_id: u64,
+    me: NodeId,
+    max_message: usize,
+    mailbox: Mailbox,
+    handle: Handle,
+    logger: Logger,
+}
+
+impl GrpcTransport {
+    /// Starts one sender task per peer on `handle`.
+    pub fn start(
+        config: &ClusterConfig,
+        me: NodeId,
+        mailbox: Mailbox,
+        handle: Handle,
+        logger: Logger,
+    ) -> GrpcTransport {
+        let max_message = config.settings.max_peer_message_bytes;
+        let mut queues = HashMap::new();
+        let mut addrs = HashMap::new();
+        for n in config.nodes.iter().filter(|n| n.id != me) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            queues.insert(n.id, tx);
+            addrs.insert(n.id, n.peer_addr.clone());
+            let stamp = Stamp {
+                cluster_id: config.cluster_id,
+                from: me,
+                to: n.id,
+            };
+            handle.spawn(peer_loop(
+                n.peer_addr.clone(),
+                stamp,
+                rx,
+                mailbox.clone(),
+                max_message,
+                logger.new(slog::o!("peer" => n.id)),
+            ));
+        }
+        GrpcTransport {
+            queues,
+            addrs,
+            cluster_id: config.cluster_id,
+            me,
+            max_message,
+            mailbox,
+            handle,
+            logger,
+        }
+    }
+
+    fn send_snapshot(&self, m: RaftMessage) {
+        let to = m.to;
+        let Some(addr) = self.addrs.get(&to).cloned() else {
+            return;
+        };
+        let stamp = Stamp {
+            cluster_id: self.cluster_id,
+            from: self.me,
+            to,
+        };
+        let (mailbox, logger, max) = (self.mailbox.clone(), self.logger.clone(), self.max_message);
+        self.handle.spawn(async move {
+            let index = m.get_snapshot().get_metadata().index;
+            let result = stream_snapshot(&addr, stamp, m, max).await;
+            match &result {
+                Ok(bytes) => info!(logger, "snapshot sent"; "peer" => to, "index" => index, "bytes" => bytes),
+                Err(e) => warn!(logger, "snapshot send failed"; "peer" => to, "index" => index, "error" => %e),
+            }
+            // Raft waits for this report before it sends the peer anything else.
+            let _ = mailbox
+                .send(Msg::SnapshotSent {
+                    to,
+                    ok: result.is_ok(),
+                })
+                .await;
+        });
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&mut self, msgs: Vec<RaftMessage>) {
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(m);
+                continue;
+            }
+            match self.queues.get(&m.to) {
+                Some(q) => {
+                    if q.try_send(m).is_err() {
+                        debug!(self.logger, "peer queue full, message dropped");
+                    }
+                }
+                None => warn!(self.logger, "message for unknown peer"; "to" => m.to),
+            }
+        }
+    }
+}
+
+async fn connect(
+    addr: &str,
+    max_message: usize,
+) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    Ok(PeerClient::new(channel)
+        .max_encoding_message_size(max_message)
+        .max_decoding_message_size(max_message))
+}
+
+/// Keeps a stream to one peer open and feeds it from the peer's queue.
+async fn peer_loop(
+    addr: String,
+    stamp: Stamp,
+    mut rx: mpsc::Receiver<RaftMessage>,
+    mailbox: Mailbox,
+    max_message: usize,
+    logger: Logger,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut was_connected = true;
+    loop {
+        let mut client = match connect(&addr, max_message).await {
+            Ok(c) => c,
+            Err(e) => {
+                if was_connected {
+                    info!(logger, "peer unreachable"; "addr" => &addr, "error" => %e);
+                    was_connected = false;
+                }
+                // What was queued for a dead peer is stale; Raft will resend what matters.
+                while rx.try_recv().is_ok() {}
+                mailbox.try_send(Msg::Unreachable { to: stamp.to });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if !was_connected {
+            info!(logger, "peer connected"; "addr" => &addr);
+            was_connected = true;
+        }
+        backoff = BACKOFF_MIN;
+        let (stx, srx) = mpsc::channel::<RaftBatch>(64);
+        let call = client.raft(ReceiverStream::new(srx));
+        tokio::pin!(call);
+        let ended = loop {
+            tokio::select! {
+                res = &mut call => break res.err().map(|s| s.to_string()).unwrap_or_default(),
+                m = rx.recv() => {
+                    let Some(m) = m else { return };
+                    let batch = make_batch(stamp, m, &mut rx, max_message);
+                    if stx.send(batch).await.is_err() {
+                        break "stream closed".to_string();
+                    }
+                }
+            }
+        };
+        debug!(logger, "peer stream ended"; "reason" => ended);
+        mailbox.try_send(Msg::Unreachable { to: stamp.to });
+    }
+}
+
+/// Packs `first` and whatever else is queued, up to the batch size, into one stream message.
+fn make_batch(
+    stamp: Stamp,
+    first: RaftMessage,
+    rx: &mut mpsc::Receiver<RaftMessage>,
+    max_message: usize,
+) -> RaftBatch {
+    let limit = BATCH_BYTES.min(max_message / 2);
+    let mut msgs = Vec::new();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(m) = next.take() {
+        match m.write_to_bytes() {
+            Ok(b) => {
+                bytes += b.len();
+                msgs.push(b);
+            }
+            Err(_) => continue,
+        }
+        if bytes >= limit {
+            break;
+        }
+        next = rx.try_recv().ok();
+    }
+    RaftBatch {
+        cluster_id: stamp.cluster_id,
+        from: stamp.from,
+        to: stamp.to,
+        msgs,
+    }
+}
+
+async fn stream_snapshot(
+    addr: &str,
+    stamp: Stamp,
+    m: RaftMessage,
+    max_message: usize,
+) -> Result<usize, String> {
+    let bytes = m.write_to_bytes().map_err(|e| e.to_string())?;
+    let total = bytes.len();
+    let mut client = connect(addr, max_message)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
+    for (i, part) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
+        chunks.push(SnapshotChunk {
+            header: (i == 0).then_some(SnapshotHeader {
+                cluster_id: stamp.cluster_id,
+                from: stamp.from,
+                to: stamp.to,
+                total_len: total as u64,
+            }),
+            data: part.to_vec(),
+        });
+    }
+    client
+        .snapshot(tokio_stream::iter(chunks))
+        .await
+        .map_err(|s| s.to_string())?;
+    Ok(total)
+}

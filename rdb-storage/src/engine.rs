@@ -1,0 +1,286 @@
+//! The RocksDB database of one node: opening it, its identity, and reads of user data.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, HardState};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::{Error, Index, Result, Term};
+
+/// Which cluster and node a data directory belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ident {
+    /// Cluster id from the configuration file.
+    pub cluster_id: u64,
+    /// This node's id.
+    pub node_id: u64,
+}
+
+/// Index and term of the last applied entry; persisted atomically with the data it produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyState {
+    /// Last applied log index.
+    pub index: Index,
+    /// Term of that entry.
+    pub term: Term,
+}
+
+/// A node's RocksDB database. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Engine {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+/// One page of a scan.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Pairs in ascending key order.
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// True when the limit cut the result.
+    pub more: bool,
+}
+
+impl Engine {
+    /// Opens (creating if missing) the database with rdb's column families.
+    pub fn open(path: &Path) -> Result<Engine> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Corruption must stop the node, never be skipped silently.
+        opts.set_paranoid_checks(true);
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        // The log column family is written and deleted in index order; smaller memtables keep
+        // compacted entries from lingering.
+        let mut log_opts = Options::default();
+        log_opts.set_write_buffer_size(32 << 20);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_RAFT_LOG, log_opts),
+            ColumnFamilyDescriptor::new(CF_RAFT_STATE, Options::default()),
+            ColumnFamilyDescriptor::new(CF_DATA, Options::default()),
+        ];
+        // An existing database written by someone else would lack our column families: refuse it
+        // rather than adding them to a foreign database.
+        if path.join("CURRENT").exists() {
+            let existing = DB::list_cf(&Options::default(), path)?;
+            for cf in [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA] {
+                if !existing.iter().any(|c| c == cf) {
+                    return Err(Error::Corrupt(format!(
+                        "{} is a RocksDB database without the {cf} column family",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Engine { db: Arc::new(db) })
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        // The three families are created by `open`; a missing one is a programming error.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} missing"))
+    }
+
+    /// Writes a batch; `sync` waits for the WAL to reach the disk.
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// The identity stored in this directory, or `None` for a fresh one.
+    pub fn ident(&self) -> Result<Option<Ident>> {
+        match self.db.get_cf(self.cf(CF_RAFT_STATE), keys::IDENT_KEY)? {
+            None => Ok(None),
+            Some(v) => {
+                let (cluster_id, node_id) = keys::decode_pair(&v)
+                    .ok_or_else(|| Error::Corrupt("identity record is not 16 bytes".into()))?;
+                Ok(Some(Ident {
+                    cluster_id,
+                    node_id,
+                }))
+            }
+        }
+    }
+
+    /// Claims a fresh directory for `ident` with the initial membership, or checks that an
+    /// existing one belongs to `ident` and has the same membership. Never rewrites existing data.
+    pub fn bootstrap_or_check(&self, ident: Ident, voters: &[u64]) -> Result<()> {
+        let mut configured = voters.to_vec();
+        configured.sort_unstable();
+        match self.ident()? {
+            Some(found) if found != ident => Err(Error::WrongIdentity {
+                found_cluster: found.cluster_id,
+                found_node: found.node_id,
+                cluster: ident.cluster_id,
+                node: ident.node_id,
+            }),
+            Some(_) => {
+                let cs = self.conf_state()?.ok_or_else(|| {
+                    Error::Corrupt("identity present but conf state missing".into())
+                })?;
+                let mut stored = cs.voters.clone();
+                stored.sort_unstable();
+                if stored != configured {
+                    return Err(Error::MembershipChanged { stored, configured });
+                }
+                Ok(())
+            }
+            None => {
+                if self.has_any_state()? {
+                    return Err(Error::Corrupt(
+                        "raft state present but identity record missing".into(),
+                    ));
+                }
+                let cs = ConfState {
+                    voters: configured,
+                    ..Default::default()
+                };
+                let mut batch = WriteBatch::default();
+                let state = self.cf(CF_RAFT_STATE);
+                batch.put_cf(state, keys::CONF_STATE_KEY, cs.write_to_bytes()?);
+                batch.put_cf(
+                    state,
+                    keys::HARD_STATE_KEY,
+                    HardState::default().write_to_bytes()?,
+                );
+                batch.put_cf(state, keys::APPLY_STATE_KEY, keys::encode_pair(0, 0));
+                batch.put_cf(state, keys::TRUNCATED_STATE_KEY, keys::encode_pair(0, 0));
+                // Identity last in the batch, but the batch is atomic anyway.
+                batch.put_cf(
+                    state,
+                    keys::IDENT_KEY,
+                    keys::encode_pair(ident.cluster_id, ident.node_id),
+                );
+                self.write(batch, true)
+            }
+        }
+    }
+
+    fn has_any_state(&self) -> Result<bool> {
+        for cf in [CF_RAFT_STATE, CF_RAFT_LOG, CF_DATA] {
+            let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::Start);
+            if let Some(item) = it.next() {
+                item?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The stored conf state, if any.
+    pub fn conf_state(&self) -> Result<Option<ConfState>> {
+        self.get_proto(keys::CONF_STATE_KEY)
+    }
+
+    /// The stored hard state, if any.
+    pub fn hard_state(&self) -> Result<Option<HardState>> {
+        self.get_proto(keys::HARD_STATE_KEY)
+    }
+
+    fn get_proto<M: protobuf::Message>(&self, key: &[u8]) -> Result<Option<M>> {
+        match self.db.get_cf(self.cf(CF_RAFT_STATE), key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(M::parse_from_bytes(&v)?)),
+        }
+    }
+
+    pub(crate) fn get_pair(&self, key: &[u8]) -> Result<Option<(u64, u64)>> {
+        match self.db.get_cf(self.cf(CF_RAFT_STATE), key)? {
+            None => Ok(None),
+            Some(v) => keys::decode_pair(&v).map(Some).ok_or_else(|| {
+                Error::Corrupt(format!("{} is not 16 bytes", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    /// The persisted apply state.
+    pub fn apply_state(&self) -> Result<ApplyState> {
+        let (index, term) = self
+            .get_pair(keys::APPLY_STATE_KEY)?
+            .ok_or_else(|| Error::Corrupt("apply state missing".into()))?;
+        Ok(ApplyState { index, term })
+    }
+
+    /// Reads a user key from the applied state.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?)
+    }
+
+    /// Reads user keys in `[start, end)` (an empty `end` means unbounded), at most `limit` pairs.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<ScanPage> {
+        let lower = keys::data_key(start);
+        let upper = if end.is_empty() {
+            keys::data_end()
+        } else {
+            keys::data_key(end)
+        };
+        let mut page = ScanPage::default();
+        if lower >= upper {
+            return Ok(page);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let it = self.db.iterator_cf_opt(
+            self.cf(CF_DATA),
+            ro,
+            IteratorMode::From(&lower, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if page.kvs.len() >= limit {
+                page.more = true;
+                break;
+            }
+            let uk = keys::user_key(&k)
+                .ok_or_else(|| Error::Corrupt("non-data key inside the data range".into()))?;
+            page.kvs.push((uk.to_vec(), v.to_vec()));
+        }
+        Ok(page)
+    }
+
+    /// Compacts the files of the log column family below `index`, so entries removed by log
+    /// compaction stop taking disk space. Slow; call it off the Raft task.
+    pub fn compact_log_files(&self, index: Index) {
+        self.db.compact_range_cf(
+            self.cf(CF_RAFT_LOG),
+            None::<&[u8]>,
+            Some(&keys::raft_log_key(index)[..]),
+        );
+    }
+
+    /// Approximate bytes on disk of the Raft log column family (SST files plus memtables).
+    pub fn raft_log_size(&self) -> u64 {
+        let cf = self.cf(CF_RAFT_LOG);
+        let prop = |name: &str| {
+            self.db
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+    }
+}

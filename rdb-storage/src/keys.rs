@@ -1,0 +1,141 @@
+//! Every on-disk key layout of rdb, in one place (as TiKV's `keys` crate does).
+//!
+//! - `raft_log`: `index` as 8 big-endian bytes -> encoded `eraftpb::Entry`, so keys sort by index.
+//! - `raft_state`: fixed names -> hard state, conf state, apply state, truncated state, identity.
+//! - `data`: user keys behind the one-byte prefix `d`, so the state machine can keep its own
+//!   records (client-request dedup, `s` and `e`) in the same column family. Snapshots copy the
+//!   whole family, which keeps user data and dedup records consistent with each other.
+
+use crate::Index;
+
+/// Column family holding Raft log entries by index.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Column family holding hard state, conf state, apply state and snapshot metadata.
+pub const CF_RAFT_STATE: &str = "raft_state";
+/// Column family holding user data and state-machine records.
+pub const CF_DATA: &str = "data";
+
+/// Hard state (term, vote, commit), encoded as `eraftpb::HardState`.
+pub const HARD_STATE_KEY: &[u8] = b"hard_state";
+/// Conf state (voters), encoded as `eraftpb::ConfState`.
+pub const CONF_STATE_KEY: &[u8] = b"conf_state";
+/// Applied index and its term, 16 bytes.
+pub const APPLY_STATE_KEY: &[u8] = b"apply_state";
+/// Index and term of the last entry removed from the log by compaction or a snapshot, 16 bytes.
+pub const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
+/// Cluster id and node id this data directory belongs to, 16 bytes.
+pub const IDENT_KEY: &[u8] = b"ident";
+
+/// Prefix of user keys inside the `data` column family.
+pub const DATA_PREFIX: u8 = b'd';
+/// Prefix of dedup records: `s` + client id + seq -> (applied index, result).
+pub const DEDUP_PREFIX: u8 = b's';
+/// Prefix of dedup expiry records: `e` + applied index + client id + seq -> empty.
+pub const DEDUP_EXPIRY_PREFIX: u8 = b'e';
+
+/// Key of a log entry.
+pub fn raft_log_key(index: Index) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Index of a log entry key, if it has the right length.
+pub fn raft_log_index(key: &[u8]) -> Option<Index> {
+    Some(Index::from_be_bytes(key.try_into().ok()?))
+}
+
+/// The stored form of a user key.
+pub fn data_key(user_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user_key.len() + 1);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(user_key);
+    k
+}
+
+/// The user key behind a stored data key, if it is one.
+pub fn user_key(data_key: &[u8]) -> Option<&[u8]> {
+    match data_key.split_first() {
+        Some((&DATA_PREFIX, rest)) => Some(rest),
+        _ => None,
+    }
+}
+
+/// Exclusive end of the user key space in the data column family.
+pub fn data_end() -> Vec<u8> {
+    vec![DATA_PREFIX + 1]
+}
+
+/// Key of the dedup record of one client request.
+pub fn dedup_key(client_id: u64, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = DEDUP_PREFIX;
+    k[1..9].copy_from_slice(&client_id.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Key of the expiry record that lets old dedup records be found in index order.
+pub fn dedup_expiry_key(index: Index, client_id: u64, seq: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = DEDUP_EXPIRY_PREFIX;
+    k[1..9].copy_from_slice(&index.to_be_bytes());
+    k[9..17].copy_from_slice(&client_id.to_be_bytes());
+    k[17..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// (index, client id, seq) of an expiry key.
+pub fn parse_dedup_expiry_key(key: &[u8]) -> Option<(Index, u64, u64)> {
+    if key.len() != 25 || key[0] != DEDUP_EXPIRY_PREFIX {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| u64::from_be_bytes(key[r].try_into().unwrap_or_default());
+    Some((n(1..9), n(9..17), n(17..25)))
+}
+
+/// Two u64s as 16 big-endian bytes (apply state, truncated state, identity).
+pub fn encode_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.to_be_bytes());
+    v[8..].copy_from_slice(&b.to_be_bytes());
+    v
+}
+
+/// Inverse of [`encode_pair`]; `None` if the value is not 16 bytes.
+pub fn decode_pair(v: &[u8]) -> Option<(u64, u64)> {
+    if v.len() != 16 {
+        return None;
+    }
+    let a = u64::from_be_bytes(v[..8].try_into().ok()?);
+    let b = u64::from_be_bytes(v[8..].try_into().ok()?);
+    Some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_index() {
+        assert!(raft_log_key(9) < raft_log_key(10));
+        assert!(raft_log_key(255) < raft_log_key(256));
+        assert_eq!(raft_log_index(&raft_log_key(42)), Some(42));
+    }
+
+    #[test]
+    fn data_keys_round_trip_and_stay_inside_their_range() {
+        let k = data_key(b"\xff\xffabc");
+        assert_eq!(user_key(&k), Some(&b"\xff\xffabc"[..]));
+        assert!(k.as_slice() < data_end().as_slice());
+        assert!(user_key(&dedup_key(1, 2)).is_none());
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_index_and_parse_back() {
+        assert!(dedup_expiry_key(1, u64::MAX, 9) < dedup_expiry_key(2, 0, 0));
+        assert_eq!(
+            parse_dedup_expiry_key(&dedup_expiry_key(7, 8, 9)),
+            Some((7, 8, 9))
+        );
+        assert_eq!(decode_pair(&encode_pair(3, 4)), Some((3, 4)));
+    }
+}

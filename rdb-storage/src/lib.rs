@@ -1,0 +1,30 @@
+//! Durable state of an rdb node in RocksDB: the Raft log, the Raft hard/conf/apply state and
+//! the user data, in the column families `raft_log`, `raft_state` and `data`.
+//!
+//! This is the only crate that names `rocksdb`. It knows nothing of gRPC or threads beyond the
+//! snapshot builder.
+//!
+//! - [`Engine`]: opens the database, checks identity, serves reads of user data.
+//! - [`RaftStorage`]: `raft::Storage` plus the writes a Ready needs (entries + hard state in one
+//!   synced batch), compaction and snapshot installation.
+//! - [`StateMachine`]: applies committed entries, with the applied index in the same batch.
+
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod raft_storage;
+pub mod snapshot;
+pub mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+pub use engine::{ApplyState, Engine, Ident, ScanPage};
+pub use error::{Error, Result};
+pub use raft_storage::RaftStorage;
+pub use state_machine::{Applied, CommandResult, StateMachine};
+
+/// A Raft log index.
+pub type Index = u64;
+/// A Raft term.
+pub type Term = u64;

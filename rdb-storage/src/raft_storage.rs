@@ -1,0 +1,508 @@
+//! [`RaftStorage`]: the Raft log, hard state and conf state in RocksDB, implementing
+//! `raft::Storage` to its contract.
+//!
+//! The log holds entries `first_index ..= last_index`. Everything at or below the *truncated*
+//! index (the last entry removed by compaction or replaced by a snapshot) is gone; its term is
+//! kept so that `term(first_index - 1)` still answers, as raft-rs requires.
+//!
+//! Recent entries are also kept in memory ([`EntryCache`]) because the leader reads the entries
+//! it just persisted to send them to followers and to apply them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use slog::{info, warn, Logger};
+
+use crate::engine::{ApplyState, Engine};
+use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::snapshot::{self, SnapshotSlot};
+use crate::{Error, Index, Result, Term};
+
+/// Most entries kept in memory.
+const CACHE_MAX_ENTRIES: usize = 16 * 1024;
+/// Most payload bytes kept in memory.
+const CACHE_MAX_BYTES: usize = 64 << 20;
+
+/// A window of the most recent log entries, contiguous by index.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn first(&self) -> Option<Index> {
+        self.entries.front().map(|e| e.index)
+    }
+
+    fn get(&self, index: Index) -> Option<&Entry> {
+        let first = self.first()?;
+        if index < first {
+            return None;
+        }
+        self.entries.get((index - first) as usize)
+    }
+
+    /// Adds freshly persisted entries, dropping any cached ones they overwrite.
+    fn append(&mut self, ents: &[Entry]) {
+        let Some(new_first) = ents.first().map(|e| e.index) else {
+            return;
+        };
+        if let Some(first) = self.first() {
+            let contiguous = new_first <= first + self.entries.len() as u64;
+            if new_first <= first || !contiguous {
+                self.clear();
+            } else {
+                self.truncate_from(new_first);
+            }
+        }
+        for e in ents {
+            self.bytes += e.data.len() + e.context.len();
+            self.entries.push_back(e.clone());
+        }
+        while self.entries.len() > CACHE_MAX_ENTRIES || self.bytes > CACHE_MAX_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn truncate_from(&mut self, index: Index) {
+        while self.entries.back().is_some_and(|e| e.index >= index) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= e.data.len() + e.context.len();
+            }
+        }
+    }
+
+    /// Drops entries below `index`.
+    fn compact_to(&mut self, index: Index) {
+        while self.first().is_some_and(|f| f < index) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.data.len() + e.context.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Raft's view of a node's durable state. Owned by the Raft task (inside `RawNode`).
+pub struct RaftStorage {
+    engine: Engine,
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated: (Index, Term),
+    last_index: Index,
+    cache: EntryCache,
+    snapshots: Arc<Mutex<SnapshotSlot>>,
+    logger: Logger,
+}
+
+impl RaftStorage {
+    /// Loads the Raft state of an engine that was bootstrapped with `Engine::bootstrap_or_check`.
+    pub fn open(engine: Engine, logger: Logger) -> Result<RaftStorage> {
+        let mut hard_state = engine
+            .hard_state()?
+            .ok_or_else(|| Error::Corrupt("hard state missing".into()))?;
+        let conf_state = engine
+            .conf_state()?
+            .ok_or_else(|| Error::Corrupt("conf state missing".into()))?;
+        let truncated = engine
+            .get_pair(keys::TRUNCATED_STATE_KEY)?
+            .ok_or_else(|| Error::Corrupt("truncated state missing".into()))?;
+        let apply = engine.apply_state()?;
+        // The commit index in the hard state may lag what was applied (it is written lazily);
+        // anything applied was committed.
+        if hard_state.commit < apply.index {
+            hard_state.commit = apply.index;
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let mut it = engine
+            .db()
+            .iterator_cf_opt(engine.cf(CF_RAFT_LOG), ro, IteratorMode::End);
+        let last_index = match it.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                keys::raft_log_index(&k)
+                    .ok_or_else(|| Error::Corrupt("raft log key is not 8 bytes".into()))?
+            }
+            None => truncated.0,
+        };
+        drop(it);
+        if last_index < truncated.0 {
+            return Err(Error::Corrupt(format!(
+                "last log index {last_index} below truncated index {}",
+                truncated.0
+            )));
+        }
+        if apply.index > last_index.max(truncated.0) {
+            return Err(Error::Corrupt(format!(
+                "applied index {} beyond the log's last index {last_index}",
+                apply.index
+            )));
+        }
+        let s = RaftStorage {
+            engine,
+            hard_state,
+            conf_state,
+            truncated,
+            last_index,
+            cache: EntryCache::default(),
+            snapshots: Arc::new(Mutex::new(SnapshotSlot::default())),
+            logger,
+        };
+        // Check that the log is contiguous from first to last: a gap means lost writes.
+        if s.last_index > s.truncated.0 {
+            let count = s.count_entries()?;
+            let expected = s.last_index - s.truncated.0;
+            if count != expected {
+                return Err(Error::Corrupt(format!(
+                    "raft log has {count} entries between {} and {}, expected {expected}",
+                    s.truncated.0 + 1,
+                    s.last_index
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    fn count_entries(&self) -> Result<u64> {
+        let mut n = 0;
+        let it = self.engine.db().iterator_cf(
+            self.engine.cf(CF_RAFT_LOG),
+            IteratorMode::From(
+                &keys::raft_log_key(self.truncated.0 + 1),
+                Direction::Forward,
+            ),
+        );
+        for item in it {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The engine this storage writes to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The hard state as last persisted (or set).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Index and term of the last entry removed from the log.
+    pub fn truncated(&self) -> (Index, Term) {
+        self.truncated
+    }
+
+    /// Persists a Ready's entries and hard state in one batch with a synced WAL.
+    ///
+    /// Entries may overwrite a conflicting suffix; any stale entries after the new last index
+    /// are deleted in the same batch.
+    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let log = self.engine.cf(CF_RAFT_LOG);
+        let mut new_last = self.last_index;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            if first.index <= self.truncated.0 {
+                // raft-rs never appends below the snapshot; doing so would corrupt the log.
+                panic!(
+                    "append at {} overlaps truncated index {}",
+                    first.index, self.truncated.0
+                );
+            }
+            if first.index > self.last_index + 1 {
+                panic!(
+                    "append at {} leaves a gap after last index {}",
+                    first.index, self.last_index
+                );
+            }
+            for e in entries {
+                batch.put_cf(log, keys::raft_log_key(e.index), e.write_to_bytes()?);
+            }
+            if last.index < self.last_index {
+                batch.delete_range_cf(
+                    log,
+                    keys::raft_log_key(last.index + 1),
+                    keys::raft_log_key(self.last_index + 1),
+                );
+            }
+            new_last = last.index;
+        }
+        if let Some(hs) = hard_state {
+            batch.put_cf(
+                self.engine.cf(CF_RAFT_STATE),
+                keys::HARD_STATE_KEY,
+                hs.write_to_bytes()?,
+            );
+        }
+        self.engine.write(batch, true)?;
+        if !entries.is_empty() {
+            self.last_index = new_last;
+            self.cache.append(entries);
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (from a LightReady) without waiting for the disk: the commit
+    /// index can always be recovered from a quorum, and applied entries imply it.
+    pub fn set_commit(&mut self, commit: Index) -> Result<()> {
+        if commit <= self.hard_state.commit {
+            return Ok(());
+        }
+        self.hard_state.commit = commit;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.engine.cf(CF_RAFT_STATE),
+            keys::HARD_STATE_KEY,
+            self.hard_state.write_to_bytes()?,
+        );
+        self.engine.write(batch, false)
+    }
+
+    /// Removes entries below `compact_to` (exclusive), keeping `term(compact_to - 1)` answerable.
+    /// `compact_to - 1` must be applied, so a snapshot can always stand in for what is removed.
+    pub fn compact(&mut self, compact_to: Index, applied: Index) -> Result<()> {
+        if compact_to <= self.truncated.0 + 1 {
+            return Ok(());
+        }
+        let compact_to = compact_to.min(applied + 1).min(self.last_index + 1);
+        if compact_to <= self.truncated.0 + 1 {
+            return Ok(());
+        }
+        let new_truncated = (compact_to - 1, self.term_of(compact_to - 1)?);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.engine.cf(CF_RAFT_LOG),
+            keys::raft_log_key(0),
+            keys::raft_log_key(compact_to),
+        );
+        batch.put_cf(
+            self.engine.cf(CF_RAFT_STATE),
+            keys::TRUNCATED_STATE_KEY,
+            keys::encode_pair(new_truncated.0, new_truncated.1),
+        );
+        // Synced: the apply batches before this point must be durable before the log that could
+        // re-create them is gone, and a synced write flushes every earlier WAL record.
+        self.engine.write(batch, true)?;
+        info!(self.logger, "compacted raft log"; "truncated_index" => new_truncated.0, "truncated_term" => new_truncated.1);
+        self.truncated = new_truncated;
+        self.cache.compact_to(compact_to);
+        Ok(())
+    }
+
+    /// Replaces the whole state with a received snapshot, atomically: user data, dedup records,
+    /// apply state, truncated state, conf state, hard state, and an emptied log.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let pairs = snapshot::decode(&snap.data)?;
+        let mut batch = WriteBatch::default();
+        let data = self.engine.cf(CF_DATA);
+        batch.delete_range_cf(data, [0u8].as_slice(), [0xffu8; 32].as_slice());
+        let n = pairs.len();
+        for (k, v) in pairs {
+            batch.put_cf(data, k, v);
+        }
+        let log = self.engine.cf(CF_RAFT_LOG);
+        batch.delete_range_cf(log, keys::raft_log_key(0), keys::raft_log_key(u64::MAX));
+        let state = self.engine.cf(CF_RAFT_STATE);
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(index);
+        hs.term = hs.term.max(term);
+        batch.put_cf(state, keys::HARD_STATE_KEY, hs.write_to_bytes()?);
+        batch.put_cf(
+            state,
+            keys::CONF_STATE_KEY,
+            meta.get_conf_state().write_to_bytes()?,
+        );
+        batch.put_cf(state, keys::APPLY_STATE_KEY, keys::encode_pair(index, term));
+        batch.put_cf(
+            state,
+            keys::TRUNCATED_STATE_KEY,
+            keys::encode_pair(index, term),
+        );
+        self.engine.write(batch, true)?;
+        info!(self.logger, "applied snapshot"; "index" => index, "term" => term, "keys" => n);
+        self.hard_state = hs;
+        self.conf_state = meta.get_conf_state().clone();
+        self.truncated = (index, term);
+        self.last_index = index;
+        self.cache.clear();
+        Ok(())
+    }
+
+    fn term_of(&self, idx: Index) -> Result<Term> {
+        if idx == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if let Some(e) = self.cache.get(idx) {
+            return Ok(e.term);
+        }
+        let v = self
+            .engine
+            .db()
+            .get_cf(self.engine.cf(CF_RAFT_LOG), keys::raft_log_key(idx))?
+            .ok_or_else(|| Error::Corrupt(format!("log entry {idx} missing")))?;
+        Ok(Entry::parse_from_bytes(&v)?.term)
+    }
+
+    /// A handle the snapshot worker uses to publish the snapshots it builds.
+    pub fn snapshot_slot(&self) -> Arc<Mutex<SnapshotSlot>> {
+        self.snapshots.clone()
+    }
+
+    fn read_entries(&self, low: Index, high: Index, max_size: u64) -> Result<Vec<Entry>> {
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let mut next = low;
+        let cache_first = self.cache.first().unwrap_or(u64::MAX);
+        if low < cache_first {
+            let disk_high = high.min(cache_first);
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(keys::raft_log_key(disk_high).to_vec());
+            let it = self.engine.db().iterator_cf_opt(
+                self.engine.cf(CF_RAFT_LOG),
+                ro,
+                IteratorMode::From(&keys::raft_log_key(low), Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item?;
+                let idx = keys::raft_log_index(&k)
+                    .ok_or_else(|| Error::Corrupt("raft log key is not 8 bytes".into()))?;
+                if idx != next {
+                    return Err(Error::Corrupt(format!("log entry {next} missing")));
+                }
+                let e = Entry::parse_from_bytes(&v)?;
+                size += e.compute_size() as u64;
+                if !out.is_empty() && size > max_size {
+                    return Ok(out);
+                }
+                out.push(e);
+                next += 1;
+            }
+            if next != disk_high {
+                return Err(Error::Corrupt(format!("log entry {next} missing")));
+            }
+        }
+        while next < high {
+            let e = self
+                .cache
+                .get(next)
+                .ok_or_else(|| Error::Corrupt(format!("log entry {next} missing from cache")))?;
+            size += e.compute_size() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+            next += 1;
+        }
+        Ok(out)
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    /// # Panics
+    /// If `high > last_index + 1`, as the `raft::Storage` contract allows.
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            panic!(
+                "entries high {high} is out of bound, last index {}",
+                self.last_index
+            );
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        Ok(self.read_entries(low, high, max_size)?)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if idx < self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.term_of(idx)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut slot = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(snap) = slot.ready_for(request_index.max(self.truncated.0)) {
+            return Ok(snap);
+        }
+        if slot.start_building() {
+            info!(self.logger, "building snapshot"; "request_index" => request_index, "to" => to);
+            snapshot::spawn_build(
+                self.engine.clone(),
+                self.conf_state.clone(),
+                self.snapshots.clone(),
+                self.logger.clone(),
+            );
+        } else {
+            warn!(self.logger, "snapshot not ready yet"; "request_index" => request_index, "to" => to);
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+/// Metadata of the state a snapshot captured.
+pub(crate) fn snapshot_metadata(apply: ApplyState, conf_state: ConfState) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata {
+        index: apply.index,
+        term: apply.term,
+        ..Default::default()
+    };
+    meta.set_conf_state(conf_state);
+    meta
+}

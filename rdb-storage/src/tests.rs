@@ -1,0 +1,414 @@
+//! Contract tests for the storage layer.
+
+use prost::Message as _;
+use raft::prelude::{Entry, HardState};
+use raft::{GetEntriesContext, Storage, StorageError};
+use rdb_proto::command::{command::Op, Cas, Command, Delete, Put};
+
+use crate::{CommandResult, Engine, Error, Ident, RaftStorage, StateMachine};
+
+const IDENT: Ident = Ident {
+    cluster_id: 7,
+    node_id: 1,
+};
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn open(dir: &std::path::Path) -> (Engine, RaftStorage) {
+    let engine = Engine::open(dir).expect("open");
+    engine
+        .bootstrap_or_check(IDENT, &[1, 2, 3])
+        .expect("bootstrap");
+    let storage = RaftStorage::open(engine.clone(), logger()).expect("raft storage");
+    (engine, storage)
+}
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Default::default()
+    }
+}
+
+fn cmd(client_id: u64, seq: u64, op: Op) -> Vec<u8> {
+    Command {
+        client_id,
+        seq,
+        op: Some(op),
+    }
+    .encode_to_vec()
+}
+
+fn put(k: &str, v: &str) -> Op {
+    Op::Put(Put {
+        key: k.into(),
+        value: v.into(),
+    })
+}
+
+fn ctx() -> GetEntriesContext {
+    GetEntriesContext::empty(false)
+}
+
+fn is_err(r: raft::Result<impl std::fmt::Debug>, want: StorageError) -> bool {
+    matches!(r, Err(raft::Error::Store(e)) if e == want)
+}
+
+#[test]
+fn fresh_storage_is_empty_and_bootstrapped_with_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, s) = open(dir.path());
+    assert_eq!(s.first_index().unwrap(), 1);
+    assert_eq!(s.last_index().unwrap(), 0);
+    assert_eq!(s.term(0).unwrap(), 0);
+    let st = s.initial_state().unwrap();
+    assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(st.hard_state, HardState::default());
+}
+
+#[test]
+fn entries_term_and_bounds_follow_the_storage_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut s) = open(dir.path());
+    let ents: Vec<Entry> = (1..=10)
+        .map(|i| entry(i, 1 + i / 5, b"0123456789"))
+        .collect();
+    s.append(&ents, None).unwrap();
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 10));
+    assert_eq!(s.term(4).unwrap(), 1);
+    assert_eq!(s.term(5).unwrap(), 2);
+    assert!(is_err(s.term(11), StorageError::Unavailable));
+    assert_eq!(s.entries(3, 7, None, ctx()).unwrap().len(), 4);
+    assert!(s.entries(3, 3, None, ctx()).unwrap().is_empty());
+    // max_size: always at least one entry, then stop before exceeding the limit.
+    let one = s.entries(1, 11, 1, ctx()).unwrap();
+    assert_eq!(one.len(), 1);
+    let size = |e: &Entry| protobuf::Message::compute_size(e) as u64;
+    let two = s.entries(1, 11, size(&ents[0]) * 2, ctx()).unwrap();
+    assert_eq!(two.len(), 2);
+
+    s.compact(6, 10).unwrap();
+    assert_eq!(s.first_index().unwrap(), 6);
+    assert_eq!(
+        s.term(5).unwrap(),
+        2,
+        "term(first_index - 1) must survive compaction"
+    );
+    assert!(is_err(s.term(4), StorageError::Compacted));
+    assert!(is_err(
+        s.entries(5, 8, None, ctx()),
+        StorageError::Compacted
+    ));
+    assert_eq!(s.entries(6, 11, None, ctx()).unwrap()[0].index, 6);
+    // Compaction never passes the applied index.
+    s.compact(10, 7).unwrap();
+    assert_eq!(s.first_index().unwrap(), 8);
+}
+
+#[test]
+#[should_panic(expected = "out of bound")]
+fn entries_past_last_index_plus_one_panics_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut s) = open(dir.path());
+    s.append(&[entry(1, 1, b"")], None).unwrap();
+    let _ = s.entries(1, 3, None, ctx());
+}
+
+#[test]
+fn conflicting_append_replaces_the_suffix_on_disk_and_in_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut s) = open(dir.path());
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"a")).collect();
+        s.append(&ents, None).unwrap();
+        s.append(&[entry(3, 2, b"b")], None).unwrap();
+        assert_eq!(s.last_index().unwrap(), 3);
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert!(is_err(s.term(4), StorageError::Unavailable));
+    }
+    let (_, s) = open(dir.path());
+    assert_eq!(
+        s.last_index().unwrap(),
+        3,
+        "stale suffix must be gone after reopen"
+    );
+    assert_eq!(s.entries(1, 4, None, ctx()).unwrap()[2].data.as_ref(), b"b");
+}
+
+#[test]
+fn reopen_recovers_hard_state_log_and_data_from_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (engine, mut s) = open(dir.path());
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 2,
+            ..Default::default()
+        };
+        let ents = vec![
+            entry(1, 3, &cmd(1, 1, put("k", "v1"))),
+            entry(2, 3, &cmd(1, 2, put("k", "v2"))),
+        ];
+        s.append(&ents, Some(&hs)).unwrap();
+        let mut sm = StateMachine::new(engine, 1000).unwrap();
+        sm.apply(&ents).unwrap();
+        // Closing does not flush memtables while the WAL is on, so reopening replays the WAL.
+        // (kill -9 of a real process is covered by the multi-process suite in tests/.)
+        drop((sm, s));
+    }
+    let engine = Engine::open(dir.path()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    engine.bootstrap_or_check(IDENT, &[1, 2, 3]).unwrap();
+    let s = RaftStorage::open(engine.clone(), logger()).unwrap();
+    let hs = s.initial_state().unwrap().hard_state;
+    assert_eq!((hs.term, hs.vote, hs.commit), (3, 2, 2));
+    assert_eq!(s.last_index().unwrap(), 2);
+    assert_eq!(engine.apply_state().unwrap().index, 2);
+    assert_eq!(engine.get(b"k").unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
+#[test]
+fn applied_index_never_runs_ahead_of_the_data_it_describes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut s) = open(dir.path());
+    let ents: Vec<Entry> = (1..=50)
+        .map(|i| entry(i, 1, &cmd(9, i, put(&format!("k{i}"), "v"))))
+        .collect();
+    s.append(&ents, None).unwrap();
+    let mut sm = StateMachine::new(engine.clone(), 1000).unwrap();
+    for chunk in ents.chunks(7) {
+        sm.apply(chunk).unwrap();
+        let applied = engine.apply_state().unwrap().index;
+        // Every key up to the applied index is present, none beyond it.
+        for i in 1..=50u64 {
+            let present = engine.get(format!("k{i}").as_bytes()).unwrap().is_some();
+            assert_eq!(present, i <= applied, "key {i} vs applied {applied}");
+        }
+    }
+}
+
+#[test]
+fn identity_and_membership_are_checked_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let engine = Engine::open(dir.path()).unwrap();
+    let other = Ident {
+        cluster_id: 7,
+        node_id: 2,
+    };
+    assert!(matches!(
+        engine.bootstrap_or_check(other, &[1, 2, 3]),
+        Err(Error::WrongIdentity { .. })
+    ));
+    assert!(matches!(
+        engine.bootstrap_or_check(IDENT, &[1, 2]),
+        Err(Error::MembershipChanged { .. })
+    ));
+    assert_eq!(engine.ident().unwrap(), Some(IDENT));
+}
+
+#[test]
+fn commands_apply_with_cas_semantics_and_retries_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 1000).unwrap();
+    let cas = |expected: Option<&str>, new: &str| {
+        Op::Cas(Cas {
+            key: "c".into(),
+            expected: expected.map(Into::into),
+            new_value: new.into(),
+        })
+    };
+    let ents = vec![
+        entry(1, 1, b""),
+        entry(2, 1, &cmd(5, 1, cas(None, "a"))),
+        entry(3, 1, &cmd(5, 2, cas(None, "b"))),
+        entry(4, 1, &cmd(5, 3, cas(Some("a"), "c"))),
+        // A retry of seq 1: must not apply again even though its precondition holds now.
+        entry(5, 1, &cmd(5, 1, Op::Delete(Delete { key: "c".into() }))),
+        entry(6, 1, &cmd(0, 0, Op::Delete(Delete { key: "c".into() }))),
+        entry(7, 1, b"\xff\xff not a command"),
+    ];
+    let out = sm.apply(&ents).unwrap();
+    let results: Vec<_> = out.iter().map(|a| a.result.clone()).collect();
+    assert_eq!(results[0], None);
+    assert_eq!(
+        results[1],
+        Some(Ok(CommandResult::Cas {
+            succeeded: true,
+            current: None
+        }))
+    );
+    assert_eq!(
+        results[2],
+        Some(Ok(CommandResult::Cas {
+            succeeded: false,
+            current: Some(b"a".to_vec())
+        }))
+    );
+    assert_eq!(
+        results[3],
+        Some(Ok(CommandResult::Cas {
+            succeeded: true,
+            current: None
+        }))
+    );
+    assert_eq!(
+        results[4],
+        Some(Ok(CommandResult::Cas {
+            succeeded: true,
+            current: None
+        })),
+        "a retried id returns the recorded result"
+    );
+    assert_eq!(
+        results[5],
+        Some(Ok(CommandResult::Delete { existed: true }))
+    );
+    assert!(matches!(results[6], Some(Err(_))));
+    assert_eq!(engine.get(b"c").unwrap(), None);
+    assert_eq!(engine.apply_state().unwrap().index, 7);
+}
+
+#[test]
+fn dedup_records_expire_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 10).unwrap();
+    let ents: Vec<Entry> = (1..=100)
+        .map(|i| entry(i, 1, &cmd(3, i, put("k", &i.to_string()))))
+        .collect();
+    for chunk in ents.chunks(5) {
+        sm.apply(chunk).unwrap();
+    }
+    let records = engine
+        .db()
+        .iterator_cf(
+            engine.cf(crate::keys::CF_DATA),
+            rocksdb::IteratorMode::Start,
+        )
+        .filter(|r| matches!(r, Ok((k, _)) if k[0] == crate::keys::DEDUP_PREFIX))
+        .count();
+    assert!(
+        records <= 15,
+        "dedup records must stay bounded, found {records}"
+    );
+    assert!(
+        records >= 10,
+        "the last window must be kept, found {records}"
+    );
+}
+
+#[test]
+fn scan_is_ordered_bounded_and_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 1000).unwrap();
+    let ents: Vec<Entry> = ["b", "a", "d", "c", "e"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| entry(i as u64 + 1, 1, &cmd(0, 0, put(k, k))))
+        .collect();
+    sm.apply(&ents).unwrap();
+    let page = engine.scan(b"b", b"e", 10).unwrap();
+    let keys: Vec<_> = page.kvs.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+    assert!(!page.more);
+    let page = engine.scan(b"", b"", 2).unwrap();
+    assert_eq!(page.kvs.len(), 2);
+    assert!(page.more);
+}
+
+#[test]
+fn snapshot_round_trip_replaces_state_atomically() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (src, mut src_log) = open(src_dir.path());
+    let ents: Vec<Entry> = (1..=20)
+        .map(|i| entry(i, 2, &cmd(4, i, put(&format!("k{i:02}"), "v"))))
+        .collect();
+    src_log.append(&ents, None).unwrap();
+    let mut sm = StateMachine::new(src.clone(), 1000).unwrap();
+    sm.apply(&ents).unwrap();
+    let snap = crate::snapshot::build(&src, src_log.initial_state().unwrap().conf_state).unwrap();
+    assert_eq!(
+        (snap.get_metadata().index, snap.get_metadata().term),
+        (20, 2)
+    );
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let (dst, mut dst_log) = open(dst_dir.path());
+    let mut dsm = StateMachine::new(dst.clone(), 1000).unwrap();
+    dsm.apply(&[entry(1, 1, &cmd(0, 0, put("stale", "x")))])
+        .unwrap();
+    dst_log.append(&[entry(1, 1, b"")], None).unwrap();
+    dst_log.apply_snapshot(&snap).unwrap();
+    assert_eq!(
+        dst.get(b"stale").unwrap(),
+        None,
+        "old data must be replaced"
+    );
+    assert_eq!(dst.scan(b"", b"", 100).unwrap().kvs.len(), 20);
+    assert_eq!(dst_log.first_index().unwrap(), 21);
+    assert_eq!(dst_log.last_index().unwrap(), 20);
+    assert_eq!(dst_log.term(20).unwrap(), 2);
+    assert_eq!(dst.apply_state().unwrap().index, 20);
+    // Dedup records travel with the snapshot: a retry after install is still recognised.
+    dsm.reload().unwrap();
+    let out = dsm
+        .apply(&[entry(21, 2, &cmd(4, 5, put("k05", "again")))])
+        .unwrap();
+    assert_eq!(out[0].result, Some(Ok(CommandResult::Put)));
+    assert_eq!(dst.get(b"k05").unwrap().as_deref(), Some(&b"v"[..]));
+    // A damaged payload is refused, not half-applied.
+    let mut bad = snap.clone();
+    bad.data = snap.data[..snap.data.len() - 3].to_vec().into();
+    assert!(dst_log.apply_snapshot(&bad).is_err());
+    assert_eq!(dst.scan(b"", b"", 100).unwrap().kvs.len(), 20);
+}
+
+#[test]
+fn storage_snapshot_is_temporarily_unavailable_until_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut s) = open(dir.path());
+    let ents: Vec<Entry> = (1..=5)
+        .map(|i| entry(i, 1, &cmd(0, 0, put("k", "v"))))
+        .collect();
+    s.append(&ents, None).unwrap();
+    StateMachine::new(engine, 1000)
+        .unwrap()
+        .apply(&ents)
+        .unwrap();
+    assert!(is_err(
+        s.snapshot(5, 2),
+        StorageError::SnapshotTemporarilyUnavailable
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match s.snapshot(5, 2) {
+            Ok(snap) => {
+                assert_eq!(snap.get_metadata().index, 5);
+                break;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("snapshot never became ready: {e}"),
+        }
+    }
+}
+
+#[test]
+fn non_rdb_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        let db = rocksdb::DB::open(&o, dir.path()).unwrap();
+        db.put(b"x", b"y").unwrap();
+    }
+    assert!(matches!(Engine::open(dir.path()), Err(Error::Corrupt(_))));
+}

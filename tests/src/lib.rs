@@ -1,0 +1,3 @@
+//! Multi-node integration and fault-injection tests for rdb.
+
+pub mod linearizability;
