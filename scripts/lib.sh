@@ -1,0 +1,47 @@
+# Shared helpers for rdb's scripts. Source it; it defines functions only.
+
+# Builds the binaries once (debug profile, cached in target/) and sets RDB_BIN to their folder.
+rdb_build() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ -z "${RDB_BIN:-}" ]; then
+    (cd "$root" && cargo build --workspace --bins --quiet) || return 1
+    RDB_BIN="$root/target/debug"
+  fi
+  export RDB_BIN
+}
+
+# A free TCP port on 127.0.0.1 (asks the kernel, then releases it).
+rdb_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Milliseconds since the epoch.
+rdb_now_ms() {
+  echo $(( $(date +%s%N) / 1000000 ))
+}
+
+# Writes a cluster config with N nodes on free ports into DIR/cluster.toml.
+rdb_write_config() {
+  local dir=$1 n=$2 i
+  {
+    echo "cluster_id = 42"
+    for i in $(seq 1 "$n"); do
+      echo "[[nodes]]"
+      echo "id = $i"
+      echo "peer_addr = \"127.0.0.1:$(rdb_free_port)\""
+      echo "client_addr = \"127.0.0.1:$(rdb_free_port)\""
+      echo "data_dir = \"$dir/node$i\""
+    done
+  } > "$dir/cluster.toml"
+}
+
+# Comma-separated client addresses of a config file.
+rdb_endpoints() {
+  grep client_addr "$1" | sed 's/.*"\(.*\)"/\1/' | paste -sd, -
+}
+
+# Client address of node ID in a config file.
+rdb_endpoint_of() {
+  grep client_addr "$1" | sed 's/.*"\(.*\)"/\1/' | sed -n "${2}p"
+}

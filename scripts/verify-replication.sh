@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# End-to-end check of replication, using rdb-server processes and rdb-cli only.
+#
+# Steps (each printed with its time, against the seed's ceilings):
+#   1. single-node bootstrap and commit           (<= 2 s)
+#   2. three-node majority commit                 (<= 3 s)
+#   3. every node holds the data
+#   4. a killed follower catches up after rejoin  (<= 5 s)
+#   5. a killed leader is replaced; no acknowledged write is lost
+#   6. a lone node cannot commit
+# Exits non-zero on the first failure and always stops every process it started.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+rdb_build
+
+work=$(mktemp -d -t rdb-verify.XXXXXX)
+declare -A pid
+cleanup() {
+  local rc=$?
+  for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ $rc -ne 0 ]; then
+    echo "logs kept in $work" >&2
+    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
+  else
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+
+cli() { "$RDB_BIN/rdb-cli" "$@"; }
+fail() { echo "FAIL  $*" >&2; exit 1; }
+step_start=0
+begin() { step_start=$(rdb_now_ms); }
+pass() {
+  local ms=$(( $(rdb_now_ms) - step_start ))
+  local ceiling=${2:-}
+  if [ -n "$ceiling" ] && [ "$ms" -gt "$ceiling" ]; then
+    fail "$1: took ${ms} ms, over the ${ceiling} ms ceiling"
+  fi
+  printf 'PASS  %-48s %6d ms%s\n' "$1" "$ms" "${ceiling:+ (ceiling $ceiling ms)}"
+}
+
+start() { # start NAME CONFIG ID
+  "$RDB_BIN/rdb-server" --config "$2" --node-id "$3" >>"$work/$1.log" 2>&1 &
+  pid[$1]=$!
+}
+stop9() { kill -9 "${pid[$1]}" 2>/dev/null || true; wait "${pid[$1]}" 2>/dev/null || true; unset "pid[$1]"; }
+
+# Waits until CMD succeeds, up to MS milliseconds.
+wait_for() {
+  local ms=$1; shift
+  local until=$(( $(rdb_now_ms) + ms ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(rdb_now_ms)" -lt "$until" ] || return 1
+    sleep 0.02
+  done
+}
+leader_of() { # prints the id of a node that reports itself leader (status exits 4 if one is down)
+  { cli --endpoints "$1" --timeout-ms 1000 -o json status 2>/dev/null || true; } |
+    python3 -c 'import json,sys; r=[n for n in json.load(sys.stdin) if n.get("role")=="leader"]; print(r[0]["node_id"] if r else "")'
+}
+has_leader() { [ -n "$(leader_of "$1")" ]; }
+value_is() { # value_is ENDPOINT KEY VALUE [--serializable]
+  [ "$(cli --endpoints "$1" --timeout-ms 1000 get "$2" ${4:-} 2>/dev/null)" = "$3" ]
+}
+
+echo "rdb verify-replication ($work)"
+
+# 1. Single node.
+mkdir -p "$work/single"
+rdb_write_config "$work/single" 1
+single_cfg="$work/single/cluster.toml"
+begin
+start single "$single_cfg" 1
+wait_for 2000 cli --endpoints "$(rdb_endpoints "$single_cfg")" --timeout-ms 500 put boot ok ||
+  fail "single node did not commit a put within 2 s"
+value_is "$(rdb_endpoints "$single_cfg")" boot ok || fail "single node did not serve its write back"
+pass "single-node bootstrap and commit" 2000
+stop9 single
+
+# 2. Three nodes, majority commit.
+mkdir -p "$work/three"
+rdb_write_config "$work/three" 3
+cfg="$work/three/cluster.toml"
+all=$(rdb_endpoints "$cfg")
+for i in 1 2 3; do start "n$i" "$cfg" "$i"; done
+begin
+wait_for 5000 has_leader "$all" || fail "no leader elected within 5 s"
+pass "three-node leader election"
+begin
+cli --endpoints "$all" put k0 v0 >/dev/null || fail "3-node put failed"
+pass "three-node majority commit" 3000
+begin
+for i in $(seq 1 20); do cli --endpoints "$all" put "k$i" "v$i" >/dev/null || fail "put k$i failed"; done
+ms=$(( $(rdb_now_ms) - step_start ))
+printf 'INFO  %-48s %6d ms (%d ms per put, rdb-cli start-up included)\n' "20 sequential puts" "$ms" $(( ms / 20 ))
+
+# 3. Every node holds the data.
+begin
+for i in 1 2 3; do
+  wait_for 3000 value_is "$(rdb_endpoint_of "$cfg" "$i")" k20 v20 --serializable ||
+    fail "node $i does not hold k20"
+done
+pass "every node holds the data" 3000
+
+# 4. A killed follower catches up.
+leader=$(leader_of "$all")
+[ -n "$leader" ] || fail "no leader"
+follower=$(( leader % 3 + 1 ))
+stop9 "n$follower"
+for i in $(seq 1 30); do cli --endpoints "$all" put "f$i" "w$i" >/dev/null || fail "put with a follower down failed"; done
+begin
+start "n$follower" "$cfg" "$follower"
+wait_for 5000 value_is "$(rdb_endpoint_of "$cfg" "$follower")" f30 w30 --serializable ||
+  fail "restarted follower $follower did not catch up within 5 s"
+pass "killed follower $follower catches up after rejoin" 5000
+
+# 5. A killed leader is replaced and loses no acknowledged write.
+leader=$(leader_of "$all")
+stop9 "n$leader"
+begin
+wait_for 10000 has_leader "$all" || fail "no new leader within 10 s of killing node $leader"
+new_leader=$(leader_of "$all")
+[ "$new_leader" != "$leader" ] || fail "old leader still reported"
+pass "killed leader $leader replaced by node $new_leader"
+begin
+for i in $(seq 0 20); do value_is "$all" "k$i" "v$i" || fail "acknowledged write k$i lost"; done
+for i in $(seq 1 30); do value_is "$all" "f$i" "w$i" || fail "acknowledged write f$i lost"; done
+cli --endpoints "$all" put after-failover yes >/dev/null || fail "put after failover failed"
+pass "no acknowledged write lost (51 keys checked)"
+start "n$leader" "$cfg" "$leader"
+
+# 6. A lone node cannot commit.
+wait_for 5000 value_is "$(rdb_endpoint_of "$cfg" "$leader")" after-failover yes --serializable ||
+  fail "old leader $leader did not rejoin"
+lone=1
+for i in 2 3; do stop9 "n$i"; done
+begin
+set +e
+cli --endpoints "$(rdb_endpoint_of "$cfg" $lone)" --timeout-ms 3000 put lonely write >/dev/null 2>"$work/lone.err"
+rc=$?
+set -e
+[ $rc -ne 0 ] || fail "a lone node acknowledged a write"
+[ $rc -eq 4 ] || [ $rc -eq 5 ] || fail "lone write failed with exit $rc, expected unavailable (4) or indeterminate (5)"
+pass "lone node refuses to commit (exit $rc: $(head -c 60 "$work/lone.err"))"
+for i in 2 3; do start "n$i" "$cfg" "$i"; done
+begin
+wait_for 10000 has_leader "$all" || fail "cluster did not recover"
+set +e
+cli --endpoints "$all" get lonely >/dev/null 2>&1
+rc=$?
+set -e
+[ $rc -eq 3 ] || fail "the lone node's write became visible (get exit $rc)"
+pass "the refused write never became visible"
+echo "verify-replication: all steps passed"
