@@ -27,6 +27,11 @@ impl Printer {
         Printer { format }
     }
 
+    /// True when printing JSON (for commands that print their own documents).
+    pub fn is_json(&self) -> bool {
+        self.format == Output::Json
+    }
+
     /// A write succeeded.
     pub fn ok(&self, op: &str, key: &str) -> u8 {
         match self.format {

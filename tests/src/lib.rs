@@ -1,3 +1,5 @@
-//! Multi-node integration and fault-injection tests for rdb.
+//! Multi-node integration and fault-injection tests for rdb, against real `rdb-server`
+//! processes (see [`cluster::TestCluster`]), plus the linearizability checker they use.
 
+pub mod cluster;
 pub mod linearizability;

@@ -66,15 +66,16 @@ impl RaftPeer {
         let logger = logger.new(o!());
         let mut raw = RawNode::new(&config, storage, &logger)
             .map_err(|e| crate::ServerError::Raft(e.to_string()))?;
+        // What was recovered from disk, before anything changes it.
+        info!(logger, "raft peer started"; "applied" => applied,
+            "term" => raw.raft.term, "commit" => raw.raft.raft_log.committed,
+            "last_index" => raw.raft.raft_log.last_index());
         // A lone voter need not wait an election timeout to lead.
         if raw.raft.prs().conf().voters().ids().iter().eq([id]) {
             raw.campaign()
                 .map_err(|e| crate::ServerError::Raft(e.to_string()))?;
         }
         let sm = StateMachine::new(engine, settings.dedup_window)?;
-        info!(logger, "raft peer started"; "applied" => applied,
-            "term" => raw.raft.term, "commit" => raw.raft.raft_log.committed,
-            "last_index" => raw.raft.raft_log.last_index());
         Ok(RaftPeer {
             raw,
             sm,

@@ -1,0 +1,315 @@
+//! A test cluster of real `rdb-server` processes on 127.0.0.1 ports chosen per test.
+//!
+//! Each node runs the same binary users run, from one generated config file, with its data in
+//! a temporary directory. Nodes can be killed with SIGKILL, restarted, paused (SIGSTOP) and
+//! resumed. Every process is killed when the cluster is dropped, even when a test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdb_client::{Client, NodeStatus, Options};
+
+/// Where the rdb binaries are: `$RDB_BIN`, else the cargo target folder of this test binary.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("RDB_BIN") {
+        return PathBuf::from(dir);
+    }
+    // target/debug/deps/<test-binary> -> target/debug
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("test binary has a folder")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A free port on 127.0.0.1, as the kernel hands them out.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One node's addresses and process.
+pub struct NodeProc {
+    /// Node id.
+    pub id: u64,
+    /// Client address.
+    pub client_addr: String,
+    /// Peer address.
+    pub peer_addr: String,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// A running cluster.
+pub struct TestCluster {
+    /// The temporary folder holding the config, data and logs.
+    pub dir: tempfile::TempDir,
+    /// The config file every node was started from.
+    pub config: PathBuf,
+    /// The nodes, index = id - 1.
+    pub nodes: Vec<NodeProc>,
+}
+
+/// Extra `[settings]` lines for a test cluster (TOML text).
+#[derive(Debug, Clone, Default)]
+pub struct Settings(pub String);
+
+impl TestCluster {
+    /// Starts `n` nodes with default settings.
+    pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, Settings::default())
+    }
+
+    /// Starts `n` nodes with extra settings.
+    pub fn start_with(n: usize, settings: Settings) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut toml = String::from("cluster_id = 7\n");
+        let mut nodes = Vec::new();
+        for id in 1..=n as u64 {
+            let (peer, client) = (free_port(), free_port());
+            let peer_addr = format!("127.0.0.1:{peer}");
+            let client_addr = format!("127.0.0.1:{client}");
+            toml.push_str(&format!(
+                "[[nodes]]\nid = {id}\npeer_addr = \"{peer_addr}\"\nclient_addr = \"{client_addr}\"\ndata_dir = \"{}\"\n",
+                dir.path().join(format!("node{id}")).display()
+            ));
+            nodes.push(NodeProc {
+                id,
+                client_addr,
+                peer_addr,
+                child: None,
+                paused: false,
+            });
+        }
+        toml.push_str("[settings]\n");
+        toml.push_str(&settings.0);
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut c = TestCluster { dir, config, nodes };
+        for id in 1..=n as u64 {
+            c.restart(id);
+        }
+        c
+    }
+
+    /// Starts (or restarts) node `id`; it must not be running.
+    pub fn restart(&mut self, id: u64) {
+        let log = self.log_path(id);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        let child = Command::new(bin_dir().join("rdb-server"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}/rdb-server ({e}); run `cargo build --workspace --bins` first",
+                    bin_dir().display()
+                )
+            });
+        let node = self.node_mut(id);
+        node.child = Some(child);
+        node.paused = false;
+    }
+
+    /// Path of node `id`'s log file.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    /// Data directory of node `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Kills node `id` with SIGKILL (no chance to flush or say goodbye) and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(mut child) = node.child.take() {
+            if node.paused {
+                signal(&child, libc::SIGCONT);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        node.paused = false;
+    }
+
+    /// Freezes node `id` (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(child) = &node.child {
+            signal(child, libc::SIGSTOP);
+            node.paused = true;
+        }
+    }
+
+    /// Thaws node `id` (SIGCONT).
+    pub fn resume(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(child) = &node.child {
+            signal(child, libc::SIGCONT);
+            node.paused = false;
+        }
+    }
+
+    /// Whether node `id` has a live process.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[(id - 1) as usize].child.is_some()
+    }
+
+    /// Every node's client address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// A client for the whole cluster with test-friendly timing.
+    pub fn client(&self) -> Client {
+        Client::with_options(self.endpoints(), quick_options()).expect("client")
+    }
+
+    /// A client that talks to node `id` only.
+    pub fn client_for(&self, id: u64) -> Client {
+        Client::with_options(
+            [self.nodes[(id - 1) as usize].client_addr.clone()],
+            quick_options(),
+        )
+        .expect("client")
+    }
+
+    /// Node `id`'s status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        let addr = self.nodes[(id - 1) as usize].client_addr.clone();
+        self.client_for(id).status_of(&addr).await.ok()
+    }
+
+    /// The id of the node that reports itself leader, waiting up to `timeout`. Panics naming
+    /// the nodes' states if none does.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for n in &self.nodes {
+                if n.child.is_none() || n.paused {
+                    continue;
+                }
+                if let Some(s) = self.status(n.id).await {
+                    if s.role == "leader" {
+                        return n.id;
+                    }
+                    seen.push(format!("{}:{}@{}", n.id, s.role, s.term));
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no leader within {timeout:?}; nodes: {seen:?}; logs in {}",
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`, panicking after `timeout`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await;
+            if s.as_ref().is_some_and(|s| s.applied_index >= index) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("node {id} did not apply index {index} within {timeout:?} (status {s:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `check` returns true, panicking with `what` after `timeout`.
+    pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !check().await {
+            if Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Size in bytes of every file under node `id`'s data directory.
+    pub fn disk_usage(&self, id: u64) -> u64 {
+        dir_size(&self.data_dir(id))
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we own and have not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Client timing for tests: short attempts so failures show quickly.
+pub fn quick_options() -> Options {
+    Options {
+        deadline: Duration::from_secs(10),
+        attempt_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_millis(300),
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            // Keep the evidence: print each node's log tail.
+            for n in &self.nodes {
+                if let Ok(log) = std::fs::read_to_string(self.log_path(n.id)) {
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    eprintln!("--- node {} log tail ---", n.id);
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
