@@ -325,27 +325,30 @@ impl Summary {
         }
     }
 
-    /// The summary as one JSON object (printed on one line).
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "workload": self.workload.name(),
-            "clients": self.clients,
-            "connections": self.connections,
-            "value_size": self.value_size,
-            "keys": self.keys,
-            "ops": self.ops,
-            "errors": self.error_total(),
-            "errors_by_kind": self.errors,
-            "not_found": self.not_found,
-            "seconds": round(self.seconds, 3),
-            "ops_per_sec": round(self.ops_per_sec(), 1),
-            "p50_ms": round(self.p50_ms, 3),
-            "p95_ms": round(self.p95_ms, 3),
-            "p99_ms": round(self.p99_ms, 3),
-            "max_ms": round(self.max_ms, 3),
-            "consistency": self.consistency_name(),
-            "interrupted": self.interrupted,
-        })
+    /// The summary as one line of JSON, fields in a fixed order.
+    pub fn to_json(&self) -> String {
+        let line = JsonSummary {
+            workload: self.workload.name(),
+            clients: self.clients,
+            connections: self.connections,
+            value_size: self.value_size,
+            keys: self.keys,
+            ops: self.ops,
+            errors: self.error_total(),
+            seconds: round(self.seconds, 3),
+            ops_per_sec: round(self.ops_per_sec(), 1),
+            p50_ms: round(self.p50_ms, 3),
+            p95_ms: round(self.p95_ms, 3),
+            p99_ms: round(self.p99_ms, 3),
+            max_ms: round(self.max_ms, 3),
+            consistency: self.consistency_name(),
+            errors_by_kind: &self.errors,
+            not_found: self.not_found,
+            interrupted: self.interrupted,
+        };
+        // Plain numbers, strings and a string-keyed map: serializing cannot fail.
+        serde_json::to_string(&line)
+            .unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
     }
 
     /// The summary as a few aligned lines for people.
@@ -395,6 +398,28 @@ impl Summary {
         }
         lines.join("\n")
     }
+}
+
+/// The JSON line's fields, in the order they are printed.
+#[derive(serde::Serialize)]
+struct JsonSummary<'a> {
+    workload: &'static str,
+    clients: usize,
+    connections: usize,
+    value_size: usize,
+    keys: u64,
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    consistency: &'static str,
+    errors_by_kind: &'a BTreeMap<String, u64>,
+    not_found: u64,
+    interrupted: bool,
 }
 
 /// When the measured phase ends.
@@ -532,7 +557,7 @@ async fn drive(
                 interrupted = true;
                 shared.stop.store(true, Ordering::Relaxed);
                 if r.is_ok() {
-                    bar.println("interrupted: waiting for requests in flight");
+                    bar.suspend(|| eprintln!("interrupted: waiting for requests in flight"));
                 }
             }
         }
@@ -582,8 +607,11 @@ pub async fn run(
         Some(n) => ProgressBar::new(n).with_style(bar_style(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} requests  {msg}",
         )),
-        None => ProgressBar::new(args.duration_secs).with_style(bar_style(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} s  {msg}",
+        None => ProgressBar::new(args.duration_secs.saturating_mul(1000)).with_style(bar_style(
+            &format!(
+                "{{elapsed_precise}} of {}s [{{wide_bar}}] {{msg}}",
+                args.duration_secs
+            ),
         )),
     };
     let started = Instant::now();
@@ -607,7 +635,8 @@ pub async fn run(
         if by_ops {
             bar.set_position(ok + errors);
         } else {
-            bar.set_position(started.elapsed().as_secs());
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            bar.set_position(ms);
         }
         bar.set_message(format!("{ok} ops  {rate:.0} ops/s  {errors} errors"));
     })
@@ -631,6 +660,12 @@ pub async fn run(
         }
     }
     println!("{}", summary.to_json());
+    if summary.ops == 0 && summary.error_total() > 0 {
+        return Err(format!(
+            "no request succeeded ({} failed)",
+            summary.error_total()
+        ));
+    }
     Ok(())
 }
 
@@ -857,6 +892,13 @@ mod tests {
         );
     }
 
+    fn parse_json(line: &str) -> serde_json::Value {
+        match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => panic!("not JSON ({e}): {line}"),
+        }
+    }
+
     fn stats_with(latencies_us: &[u64]) -> Stats {
         let mut s = match Stats::new() {
             Ok(s) => s,
@@ -911,7 +953,10 @@ mod tests {
             false,
         );
         assert_eq!(sum.ops_per_sec(), 50.0);
-        let j = sum.to_json();
+        let line = sum.to_json();
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with(r#"{"workload":"get","clients":8,"connections":2,"#));
+        let j = parse_json(&line);
         assert_eq!(j["workload"], "get");
         assert_eq!(j["clients"], 8);
         assert_eq!(j["connections"], 2);
@@ -934,8 +979,6 @@ mod tests {
         near("p95_ms", 95.0);
         near("p99_ms", 99.0);
         near("max_ms", 100.0);
-        // One line, as scripts expect.
-        assert!(!j.to_string().contains('\n'));
 
         let table = sum.to_table();
         assert!(table.contains("get (linearizable reads)"), "{table}");
@@ -947,7 +990,7 @@ mod tests {
     fn empty_run_summary_is_all_zero() {
         let s = stats_with(&[]);
         let sum = Summary::new(&defaults(), &s.hist, 0, 0, &s.errors, Duration::ZERO, true);
-        let j = sum.to_json();
+        let j = parse_json(&sum.to_json());
         assert_eq!(j["ops"], 0);
         assert_eq!(j["ops_per_sec"], 0.0);
         assert_eq!(j["p99_ms"], 0.0);

@@ -90,6 +90,10 @@ impl Client {
                         Next::Backoff
                     }
                 },
+                Ok(Err(status)) if is_refused_input(&status) => {
+                    // The server's decoder refused the request before it reached Raft.
+                    return Err(Error::InvalidArgument(status.message().to_string()));
+                }
                 Ok(Err(status)) => {
                     if write && !is_connect_failure(&status) {
                         maybe_applied = true;
@@ -168,6 +172,15 @@ impl Client {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % eps.len().max(1);
         eps.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
     }
+}
+
+/// True for statuses that mean the server refused the request itself (too large, malformed):
+/// retrying cannot help, and nothing was applied.
+fn is_refused_input(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+    )
 }
 
 /// True when the request certainly never reached the server (the connection was refused).

@@ -57,6 +57,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_signal(),
     ));
     drop(logger);
+    // Do not wait for the raft thread or lingering connections: state is already durable.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result.map_err(Into::into)
 }
 

@@ -185,7 +185,25 @@ impl Node {
             let _ = tx.send(Err(e));
             return;
         }
+        #[cfg(feature = "inject-early-ack")]
+        let early = match &cmd.op {
+            Some(rdb_proto::command::command::Op::Put(_)) => Some(rdb_storage::CommandResult::Put),
+            Some(rdb_proto::command::command::Op::Delete(_)) => {
+                Some(rdb_storage::CommandResult::Delete { existed: true })
+            }
+            Some(rdb_proto::command::command::Op::Cas(_)) => {
+                Some(rdb_storage::CommandResult::Cas {
+                    succeeded: true,
+                    current: None,
+                })
+            }
+            None => None,
+        };
         match self.peer.propose(cmd.encode_to_vec()) {
+            #[cfg(feature = "inject-early-ack")]
+            Ok(_) if early.is_some() => {
+                let _ = tx.send(early.ok_or_else(|| RequestError::Unavailable(String::new())));
+            }
             Ok((index, term)) => {
                 // An older waiter at this index lost its entry to this one.
                 if let Some(old) = self.proposals.insert(index, Proposal { term, tx }) {

@@ -2,4 +2,5 @@
 //! processes (see [`cluster::TestCluster`]), plus the linearizability checker they use.
 
 pub mod cluster;
+pub mod fault;
 pub mod linearizability;

@@ -1,0 +1,268 @@
+//! A randomized fault run: concurrent clients on a small key set while a nemesis kills (-9),
+//! restarts and pauses nodes; every operation is recorded with its invoke and complete times
+//! and outcome, and the history is checked for linearizability afterwards.
+//!
+//! Outcomes are mapped honestly: a write the client reports `Unavailable` was definitely not
+//! applied (`Failed`), one it reports `Indeterminate` may have been (`Indeterminate`). After the
+//! faults stop, the cluster is healed and every key is read once more; those final reads are
+//! part of the history, so "every acknowledged write is present or superseded" is checked by
+//! the same search.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdb_client::{Client, Error, Options};
+
+use crate::cluster::TestCluster;
+use crate::linearizability::{check, CheckResult, Op, Operation, Outcome};
+
+/// What a fault run does.
+#[derive(Debug, Clone)]
+pub struct FaultConfig {
+    /// How long clients run while faults happen.
+    pub duration: Duration,
+    /// Seed of the nemesis and of the clients' choices.
+    pub seed: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys in play (few keys, many conflicts).
+    pub keys: usize,
+    /// Search steps per key before the checker answers "unknown".
+    pub step_budget: u64,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            duration: Duration::from_secs(20),
+            seed: 1,
+            clients: 4,
+            keys: 3,
+            step_budget: 5_000_000,
+        }
+    }
+}
+
+/// What a fault run saw.
+#[derive(Debug)]
+pub struct FaultReport {
+    /// Every recorded operation.
+    pub history: Vec<Operation>,
+    /// The checker's verdict.
+    pub result: CheckResult,
+    /// The faults injected, in order, for the report.
+    pub faults: Vec<String>,
+}
+
+impl FaultReport {
+    /// Counts of (ok, failed, indeterminate) operations.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for o in &self.history {
+            match o.outcome {
+                Outcome::Failed => c.1 += 1,
+                Outcome::Indeterminate => c.2 += 1,
+                _ => c.0 += 1,
+            }
+        }
+        c
+    }
+
+    /// Writes the history as JSON, for replay and for the failure report.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let json = serde_json::to_string_pretty(&self.history).map_err(std::io::Error::other)?;
+        std::fs::write(path, json)
+    }
+}
+
+fn client_options() -> Options {
+    Options {
+        // Shorter than an election: some calls end Failed or Indeterminate, which is what the
+        // checker must handle.
+        deadline: Duration::from_millis(1500),
+        attempt_timeout: Duration::from_millis(700),
+        connect_timeout: Duration::from_millis(200),
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+fn text(v: Option<Vec<u8>>) -> Option<String> {
+    v.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Runs one fault scenario against a fresh 3-node cluster and checks the history.
+pub async fn run(cfg: &FaultConfig) -> FaultReport {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let t0 = Instant::now();
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for id in 0..cfg.clients as u64 {
+        let client = Client::with_options(cluster.endpoints(), client_options()).expect("client");
+        let (history, stop) = (history.clone(), stop.clone());
+        let (keys, seed) = (cfg.keys, cfg.seed);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(id));
+            let mut n = 0u64;
+            let mut last_seen: Vec<Option<String>> = vec![None; keys];
+            while !stop.load(Ordering::Relaxed) {
+                let k = rng.gen_range(0..keys);
+                let key = format!("k{k}");
+                n += 1;
+                let value = format!("c{id}-{n}");
+                let roll: f64 = rng.gen();
+                let op = if roll < 0.4 {
+                    Op::Get { key: key.clone() }
+                } else if roll < 0.7 {
+                    Op::Put {
+                        key: key.clone(),
+                        value,
+                    }
+                } else if roll < 0.9 {
+                    Op::Cas {
+                        key: key.clone(),
+                        expected: last_seen[k].clone(),
+                        new: value,
+                    }
+                } else {
+                    Op::Delete { key: key.clone() }
+                };
+                let invoke = t0.elapsed().as_nanos() as u64;
+                let outcome = execute(&client, &op).await;
+                let complete = t0.elapsed().as_nanos() as u64;
+                if let Outcome::Get(v) = &outcome {
+                    last_seen[k] = v.clone();
+                }
+                history.lock().expect("history").push(Operation {
+                    client: id,
+                    op,
+                    outcome,
+                    invoke,
+                    complete,
+                });
+            }
+        }));
+    }
+
+    // The nemesis: one fault at a time, so a majority is usually up and progress is possible.
+    let mut faults = Vec::new();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let end = Instant::now() + cfg.duration;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        let leader = leader_now(&cluster).await;
+        let victim = if rng.gen_bool(0.5) {
+            leader.unwrap_or(1)
+        } else {
+            rng.gen_range(1..=3)
+        };
+        let hold = Duration::from_millis(rng.gen_range(200..1500));
+        match rng.gen_range(0..3) {
+            0 => {
+                faults.push(format!(
+                    "{:?} kill -9 node {victim} for {hold:?}",
+                    t0.elapsed()
+                ));
+                cluster.kill(victim);
+                tokio::time::sleep(hold).await;
+                cluster.restart(victim);
+            }
+            1 => {
+                faults.push(format!(
+                    "{:?} pause node {victim} for {hold:?}",
+                    t0.elapsed()
+                ));
+                cluster.pause(victim);
+                tokio::time::sleep(hold).await;
+                cluster.resume(victim);
+            }
+            _ => {
+                faults.push(format!("{:?} quiet for {hold:?}", t0.elapsed()));
+                tokio::time::sleep(hold).await;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // Heal and read every key once more, with patience: these reads must succeed.
+    for id in 1..=3 {
+        if !cluster.is_running(id) {
+            cluster.restart(id);
+        }
+        cluster.resume(id);
+    }
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let reader =
+        Client::with_options(cluster.endpoints(), crate::cluster::quick_options()).expect("client");
+    for k in 0..cfg.keys {
+        let key = format!("k{k}");
+        let invoke = t0.elapsed().as_nanos() as u64;
+        let v = reader
+            .get(key.clone())
+            .await
+            .unwrap_or_else(|e| panic!("final read of {key}: {e}"));
+        let complete = t0.elapsed().as_nanos() as u64;
+        history.lock().expect("history").push(Operation {
+            client: u64::MAX,
+            op: Op::Get { key },
+            outcome: Outcome::Get(text(v)),
+            invoke,
+            complete,
+        });
+    }
+    let history = std::mem::take(&mut *history.lock().expect("history"));
+    let result = check(&history, cfg.step_budget);
+    FaultReport {
+        history,
+        result,
+        faults,
+    }
+}
+
+async fn leader_now(c: &TestCluster) -> Option<u64> {
+    for n in &c.nodes {
+        if !c.is_running(n.id) {
+            continue;
+        }
+        let s = tokio::time::timeout(Duration::from_millis(300), c.status(n.id)).await;
+        if let Ok(Some(s)) = s {
+            if s.role == "leader" {
+                return Some(n.id);
+            }
+        }
+    }
+    None
+}
+
+async fn execute(c: &Client, op: &Op) -> Outcome {
+    let r: Result<Outcome, Error> = match op {
+        Op::Get { key } => c.get(key.clone()).await.map(|v| Outcome::Get(text(v))),
+        Op::Put { key, value } => c
+            .put(key.clone(), value.clone())
+            .await
+            .map(|()| Outcome::Put),
+        Op::Delete { key } => c.delete(key.clone()).await.map(|_| Outcome::Delete),
+        Op::Cas { key, expected, new } => c
+            .cas(
+                key.clone(),
+                expected.clone().map(String::into_bytes),
+                new.clone(),
+            )
+            .await
+            .map(|o| Outcome::Cas(o.succeeded)),
+    };
+    match r {
+        Ok(o) => o,
+        Err(Error::Indeterminate(_)) => Outcome::Indeterminate,
+        Err(Error::Unavailable(_) | Error::NotLeader { .. }) => Outcome::Failed,
+        Err(Error::InvalidArgument(m)) => panic!("the workload sent invalid input: {m}"),
+    }
+}

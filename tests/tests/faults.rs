@@ -1,0 +1,47 @@
+//! The randomized fault run with fixed seeds: kill -9, restart and pause under concurrent
+//! put/get/cas/delete, then a linearizability check of the whole recorded history.
+
+use std::time::Duration;
+
+use rdb_tests::fault::{run, FaultConfig};
+use rdb_tests::linearizability::CheckResult;
+
+async fn run_seed(seed: u64, secs: u64) {
+    let cfg = FaultConfig {
+        duration: Duration::from_secs(secs),
+        seed,
+        ..FaultConfig::default()
+    };
+    let report = run(&cfg).await;
+    let (ok, failed, indeterminate) = report.counts();
+    eprintln!(
+        "seed {seed}: {} ops ({ok} ok, {failed} failed, {indeterminate} indeterminate); faults: {:#?}",
+        report.history.len(),
+        report.faults
+    );
+    assert!(
+        ok > 50,
+        "too few successful operations ({ok}) for the run to mean anything"
+    );
+    match &report.result {
+        CheckResult::Linearizable => {}
+        other => {
+            let path = std::env::temp_dir().join(format!("rdb-faults-seed{seed}.json"));
+            let saved = report.save(&path).map(|_| path.display().to_string());
+            if let CheckResult::Illegal(v) = other {
+                panic!("history not linearizable (saved: {saved:?}):\n{v}");
+            }
+            panic!("checker gave up: {other:?} (saved: {saved:?})");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_seed_1_history_is_linearizable() {
+    run_seed(1, 25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_seed_2_history_is_linearizable() {
+    run_seed(2, 25).await;
+}
