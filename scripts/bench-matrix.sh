@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs the benchmark matrix of BENCHMARKS.md against a fresh three-node cluster of release
+# binaries on 127.0.0.1 (free ports, data in a temp dir, fsync on), RUNS times per row, and
+# prints each run's JSON line and the median row. Usage:
+#   bash scripts/bench-matrix.sh [RUNS=3] [SECONDS=10]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+runs=${1:-3}
+secs=${2:-10}
+bash "$root/scripts/setup.sh"
+(cd "$root" && cargo build --release --workspace --bins --quiet)
+bin="$root/target/release"
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+
+work=$(mktemp -d -t rdb-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+rdb_write_config "$work" 3
+printf '[settings]\nlog_level = "warning"\n' >> "$work/cluster.toml"
+for i in 1 2 3; do
+  "$bin/rdb-server" --config "$work/cluster.toml" --node-id "$i" 2>"$work/n$i.log" &
+  pids+=($!)
+done
+endpoints=$(rdb_endpoints "$work/cluster.toml")
+until "$bin/rdb-cli" --endpoints "$endpoints" --timeout-ms 500 status 2>/dev/null | grep -q leader; do sleep 0.2; done
+
+bench() { "$bin/rdb-cli" --endpoints "$endpoints" -o json bench --duration-secs "$secs" "$@" 2>/dev/null | tail -n 1; }
+echo "preloading 100000 keys of 256 B"
+"$bin/rdb-cli" --endpoints "$endpoints" -o json bench --workload put --ops 1 --preload --keys 100000 --clients 64 --connections 8 >/dev/null 2>&1
+
+median() { python3 -c '
+import json,sys,statistics
+rows=[json.loads(l) for l in sys.stdin if l.startswith("{")]
+if not rows: sys.exit("no results")
+m=lambda k: statistics.median(r[k] for r in rows)
+r=rows[0]
+print(f"MEDIAN {r[\"workload\"]:<4} {r.get(\"consistency\",\"\"):<12} {r[\"clients\"]:>3}/{r[\"connections\"]:<3} ops/s {m(\"ops_per_sec\"):>8.0f}  p50 {m(\"p50_ms\"):6.2f} ms  p99 {m(\"p99_ms\"):6.2f} ms  errors {sum(x[\"errors\"] for x in rows)}")
+'; }
+
+row() {
+  local out=()
+  for _ in $(seq 1 "$runs"); do out+=("$(bench "$@")"); echo "${out[-1]}"; done
+  printf '%s\n' "${out[@]}" | median
+}
+row --workload put --clients 1 --connections 1 --keys 100000
+row --workload put --clients 16 --connections 4 --keys 100000
+row --workload put --clients 64 --connections 8 --keys 100000
+row --workload put --clients 256 --connections 16 --keys 100000
+row --workload get --clients 64 --connections 8 --keys 100000
+row --workload get --clients 64 --connections 8 --keys 100000 --serializable
+
+for i in 1 2 3; do
+  rss=$(ps -o rss= -p "${pids[$((i-1))]}" | tr -d ' ')
+  echo "node $i: RSS $((rss / 1024)) MiB, data dir $(du -sm "$work/node$i" | cut -f1) MiB"
+done
