@@ -476,3 +476,35 @@ async fn lagging_follower_catches_up_by_snapshot_after_compaction() {
     let last = c.status(leader).await.unwrap().applied_index;
     c.wait_applied(f, last, SECS(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stranded_by_a_lost_quorum_is_indeterminate_never_success() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(SECS(10)).await;
+    c.client().put("warm", "up").await.unwrap();
+    // The leader heard from both followers moments ago, so it accepts and proposes the write;
+    // then nobody acknowledges it and the leader steps down: the outcome is unknown.
+    for id in (1..=3).filter(|&i| i != leader) {
+        c.pause(id);
+    }
+    let opts = rdb_client::Options {
+        deadline: SECS(4),
+        ..rdb_tests::cluster::quick_options()
+    };
+    let lone = rdb_client::Client::with_options(
+        [c.nodes[(leader - 1) as usize].client_addr.clone()],
+        opts,
+    )
+    .unwrap();
+    let r = lone.put("stranded", "x").await;
+    assert!(
+        matches!(r, Err(Error::Indeterminate(_))),
+        "a proposed write that cannot commit must be Indeterminate, got {r:?}"
+    );
+    for id in (1..=3).filter(|&i| i != leader) {
+        c.resume(id);
+    }
+    c.wait_leader(SECS(10)).await;
+    // Either outcome is allowed afterwards; the cluster must simply keep working.
+    c.client().put("after", "ok").await.unwrap();
+}
