@@ -254,8 +254,8 @@ impl Client {
         .await
     }
 
-    /// Removes `key`; returns whether it existed (false also for a retry the cluster had
-    /// already applied).
+    /// Removes `key`; returns whether it existed (for a retry the cluster had already
+    /// applied, the answer recorded the first time).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         let req = DeleteRequest {
             key: key.into(),

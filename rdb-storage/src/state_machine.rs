@@ -6,8 +6,10 @@
 //!
 //! Writes carry a client request id. The first time an id is applied, its result is recorded;
 //! a retry of the same id (a client that did not hear the answer) is not applied again and gets
-//! the recorded result back. Records expire once `dedup_window` more entries have been applied,
-//! which bounds their number; a retry later than that may apply twice (documented in specs/).
+//! the recorded result back. A record counts for `dedup_window` log entries after the one that
+//! wrote it, decided by log index alone so every replica agrees; a retry later than that
+//! applies again (documented in specs/). Records past the window are deleted in the background
+//! of later batches, which bounds their number.
 
 use std::collections::HashMap;
 
@@ -27,7 +29,7 @@ pub enum CommandResult {
     Put,
     /// The key was removed; `existed` says whether it was there.
     Delete {
-        /// Whether the key existed (false for a deduplicated retry).
+        /// Whether the key existed (for a deduplicated retry: as first recorded).
         existed: bool,
     },
     /// A compare-and-swap ran.
@@ -107,6 +109,7 @@ impl StateMachine {
         };
         let mut batch = Batch {
             engine: &self.engine,
+            dedup_window: self.dedup_window,
             wb: WriteBatch::default(),
             overlay: HashMap::new(),
         };
@@ -128,7 +131,7 @@ impl StateMachine {
             });
         }
         let mut wb = batch.wb;
-        self.expire_dedup(&mut wb, last.index)?;
+        self.expire_dedup(&mut wb, last.index, entries[0].index)?;
         wb.put_cf(
             self.engine.cf(CF_RAFT_STATE),
             keys::APPLY_STATE_KEY,
@@ -140,10 +143,19 @@ impl StateMachine {
         Ok(out)
     }
 
-    fn expire_dedup(&mut self, wb: &mut WriteBatch, applied: Index) -> Result<()> {
+    /// Deletes dedup records that no longer count (see `apply_command`). Only what is already
+    /// in RocksDB is visible here, so the floor stops at this batch's first index: records the
+    /// batch itself wrote are removed by a later batch.
+    fn expire_dedup(
+        &mut self,
+        wb: &mut WriteBatch,
+        applied: Index,
+        batch_first: Index,
+    ) -> Result<()> {
         let Some(threshold) = applied.checked_sub(self.dedup_window) else {
             return Ok(());
         };
+        let threshold = threshold.min(batch_first);
         if threshold <= self.dedup_floor {
             return Ok(());
         }
@@ -170,6 +182,7 @@ impl StateMachine {
 /// One apply batch, with the writes made so far readable before they reach RocksDB.
 struct Batch<'a> {
     engine: &'a Engine,
+    dedup_window: u64,
     wb: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -200,7 +213,12 @@ impl Batch<'_> {
         let dedup = (cmd.client_id != 0).then(|| keys::dedup_key(cmd.client_id, cmd.seq));
         if let Some(dk) = dedup {
             if let Some(rec) = self.read(&dk)? {
-                return Ok(Ok(decode_result(&rec)?));
+                // Whether a record still counts must depend only on the log, never on when a
+                // replica got round to deleting it (apply batches differ between replicas).
+                let recorded_at = record_index(&rec)?;
+                if recorded_at.saturating_add(self.dedup_window) >= index {
+                    return Ok(Ok(decode_result(&rec)?));
+                }
             }
         }
         let Some(op) = cmd.op else {
@@ -257,6 +275,13 @@ fn encode_result(r: &CommandResult) -> u8 {
             succeeded: false, ..
         } => CODE_CAS_FAILED,
     }
+}
+
+fn record_index(rec: &[u8]) -> Result<Index> {
+    rec.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(Index::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("dedup record shorter than 8 bytes".into()))
 }
 
 fn decode_result(rec: &[u8]) -> Result<CommandResult> {

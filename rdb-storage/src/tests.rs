@@ -412,3 +412,69 @@ fn non_rdb_database_is_refused() {
     }
     assert!(matches!(Engine::open(dir.path()), Err(Error::Corrupt(_))));
 }
+
+#[test]
+fn dedup_expiry_depends_on_the_log_not_on_batch_boundaries() {
+    // The same log applied in different batch sizes must give the same results and data.
+    let log: Vec<Entry> = (1..=40u64)
+        .map(|i| {
+            // Entry 30 retries request (8, 1), first applied at index 1: outside a window of 20.
+            // Entry 15 retries request (8, 5), first applied at index 5: inside the window.
+            let (client, seq) = match i {
+                30 => (8, 1),
+                15 => (8, 5),
+                _ => (8, i),
+            };
+            entry(i, 1, &cmd(client, seq, put("k", &format!("v{i}"))))
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for chunk in [1usize, 7, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _) = open(dir.path());
+        let mut sm = StateMachine::new(engine.clone(), 20).unwrap();
+        let mut results = Vec::new();
+        for c in log.chunks(chunk) {
+            results.extend(sm.apply(c).unwrap());
+        }
+        let v = engine.get(b"k").unwrap();
+        outcomes.push((results, v));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[0], outcomes[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 20).unwrap();
+    sm.apply(&log[..15]).unwrap();
+    // The in-window retry at 15 was not applied: the value is still v14's.
+    assert_eq!(engine.get(b"k").unwrap().as_deref(), Some(&b"v14"[..]));
+    sm.apply(&log[15..30]).unwrap();
+    // The out-of-window retry at 30 was applied as a new write.
+    assert_eq!(engine.get(b"k").unwrap().as_deref(), Some(&b"v30"[..]));
+}
+
+#[test]
+fn dedup_records_written_by_a_huge_batch_are_still_expired_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 10).unwrap();
+    let ents: Vec<Entry> = (1..=200)
+        .map(|i| entry(i, 1, &cmd(3, i, put("k", "v"))))
+        .collect();
+    sm.apply(&ents[..100]).unwrap(); // one batch far larger than the window
+    for chunk in ents[100..].chunks(5) {
+        sm.apply(chunk).unwrap();
+    }
+    let records = engine
+        .db()
+        .iterator_cf(
+            engine.cf(crate::keys::CF_DATA),
+            rocksdb::IteratorMode::Start,
+        )
+        .filter(|r| matches!(r, Ok((k, _)) if k[0] == crate::keys::DEDUP_PREFIX))
+        .count();
+    assert!(
+        records <= 15,
+        "records from the big batch leaked: {records}"
+    );
+}

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use rdb_client::{Client, NodeStatus, Options};
 
+use crate::netns::NetnsNet;
+
 /// Where the rdb binaries are: `$RDB_BIN`, else the cargo target folder of this test binary.
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("RDB_BIN") {
@@ -53,6 +55,8 @@ pub struct TestCluster {
     pub config: PathBuf,
     /// The nodes, index = id - 1.
     pub nodes: Vec<NodeProc>,
+    /// Separate network namespaces, when the cluster was started with links that can be cut.
+    pub net: Option<NetnsNet>,
 }
 
 /// Extra `[settings]` lines for a test cluster (TOML text).
@@ -67,13 +71,33 @@ impl TestCluster {
 
     /// Starts `n` nodes with extra settings.
     pub fn start_with(n: usize, settings: Settings) -> TestCluster {
+        Self::launch(n, settings, None)
+    }
+
+    /// Starts `n` nodes, each in its own network namespace, so links can be cut and healed
+    /// ([`TestCluster::isolate`]). Panics with the reason when namespaces cannot be made
+    /// (they need root).
+    pub fn start_partitionable(n: usize) -> TestCluster {
+        let net = NetnsNet::create(n as u32)
+            .unwrap_or_else(|e| panic!("cannot create network namespaces (run as root): {e}"));
+        Self::launch(n, Settings::default(), Some(net))
+    }
+
+    fn launch(n: usize, settings: Settings, net: Option<NetnsNet>) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from("cluster_id = 7\n");
         let mut nodes = Vec::new();
         for id in 1..=n as u64 {
-            let (peer, client) = (free_port(), free_port());
-            let peer_addr = format!("127.0.0.1:{peer}");
-            let client_addr = format!("127.0.0.1:{client}");
+            let (peer_addr, client_addr) = match &net {
+                Some(net) => (
+                    format!("{}:2380", net.addr(id as u32)),
+                    format!("{}:2379", net.addr(id as u32)),
+                ),
+                None => (
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                ),
+            };
             toml.push_str(&format!(
                 "[[nodes]]\nid = {id}\npeer_addr = \"{peer_addr}\"\nclient_addr = \"{client_addr}\"\ndata_dir = \"{}\"\n",
                 dir.path().join(format!("node{id}")).display()
@@ -90,7 +114,12 @@ impl TestCluster {
         toml.push_str(&settings.0);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
-        let mut c = TestCluster { dir, config, nodes };
+        let mut c = TestCluster {
+            dir,
+            config,
+            nodes,
+            net,
+        };
         for id in 1..=n as u64 {
             c.restart(id);
         }
@@ -105,7 +134,17 @@ impl TestCluster {
             .append(true)
             .open(&log)
             .expect("open log");
-        let child = Command::new(bin_dir().join("rdb-server"))
+        let server = bin_dir().join("rdb-server");
+        let mut cmd = match &self.net {
+            // `ip netns exec` execs the server in place, so the child's pid is the server's.
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.ns(id as u32)]).arg(&server);
+                c
+            }
+            None => Command::new(&server),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--node-id")
@@ -167,6 +206,22 @@ impl TestCluster {
         if let Some(child) = &node.child {
             signal(child, libc::SIGCONT);
             node.paused = false;
+        }
+    }
+
+    /// Cuts node `id` off from the other nodes (clients still reach it). Needs a cluster from
+    /// [`TestCluster::start_partitionable`].
+    pub fn isolate(&self, id: u64) {
+        self.net
+            .as_ref()
+            .expect("isolate needs start_partitionable")
+            .isolate(id as u32);
+    }
+
+    /// Heals every cut link.
+    pub fn heal_all(&self) {
+        if let Some(net) = &self.net {
+            net.heal_all();
         }
     }
 

@@ -26,12 +26,18 @@ pub struct FaultConfig {
     pub duration: Duration,
     /// Seed of the nemesis and of the clients' choices.
     pub seed: u64,
-    /// Concurrent clients.
+    /// Concurrent clients doing reads and writes.
     pub clients: usize,
+    /// Extra clients doing only reads, one starting on each node in turn (as a service
+    /// co-located with a node would): they expose any node that serves reads it should not.
+    pub readers: usize,
     /// Keys in play (few keys, many conflicts).
     pub keys: usize,
     /// Search steps per key before the checker answers "unknown".
     pub step_budget: u64,
+    /// Run each node in its own network namespace and let the nemesis cut links too
+    /// (needs root).
+    pub partitions: bool,
 }
 
 impl Default for FaultConfig {
@@ -40,8 +46,10 @@ impl Default for FaultConfig {
             duration: Duration::from_secs(20),
             seed: 1,
             clients: 4,
+            readers: 3,
             keys: 3,
             step_budget: 5_000_000,
+            partitions: false,
         }
     }
 }
@@ -96,14 +104,22 @@ fn text(v: Option<Vec<u8>>) -> Option<String> {
 
 /// Runs one fault scenario against a fresh 3-node cluster and checks the history.
 pub async fn run(cfg: &FaultConfig) -> FaultReport {
-    let mut cluster = TestCluster::start(3);
+    let mut cluster = if cfg.partitions {
+        TestCluster::start_partitionable(3)
+    } else {
+        TestCluster::start(3)
+    };
     cluster.wait_leader(Duration::from_secs(10)).await;
     let t0 = Instant::now();
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for id in 0..cfg.clients as u64 {
-        let client = Client::with_options(cluster.endpoints(), client_options()).expect("client");
+    for id in 0..(cfg.clients + cfg.readers) as u64 {
+        let read_only = id >= cfg.clients as u64;
+        let mut endpoints = cluster.endpoints();
+        let n = endpoints.len();
+        endpoints.rotate_left(id as usize % n);
+        let client = Client::with_options(endpoints, client_options()).expect("client");
         let (history, stop) = (history.clone(), stop.clone());
         let (keys, seed) = (cfg.keys, cfg.seed);
         tasks.push(tokio::spawn(async move {
@@ -116,7 +132,7 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
                 n += 1;
                 let value = format!("c{id}-{n}");
                 let roll: f64 = rng.gen();
-                let op = if roll < 0.4 {
+                let op = if read_only || roll < 0.4 {
                     Op::Get { key: key.clone() }
                 } else if roll < 0.7 {
                     Op::Put {
@@ -162,7 +178,8 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
             rng.gen_range(1..=3)
         };
         let hold = Duration::from_millis(rng.gen_range(200..1500));
-        match rng.gen_range(0..3) {
+        let kinds = if cfg.partitions { 4 } else { 3 };
+        match rng.gen_range(0..kinds) {
             0 => {
                 faults.push(format!(
                     "{:?} kill -9 node {victim} for {hold:?}",
@@ -181,9 +198,19 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
                 tokio::time::sleep(hold).await;
                 cluster.resume(victim);
             }
-            _ => {
+            2 => {
                 faults.push(format!("{:?} quiet for {hold:?}", t0.elapsed()));
                 tokio::time::sleep(hold).await;
+            }
+            _ => {
+                let hold = hold * 2;
+                faults.push(format!(
+                    "{:?} isolate node {victim} for {hold:?}",
+                    t0.elapsed()
+                ));
+                cluster.isolate(victim);
+                tokio::time::sleep(hold).await;
+                cluster.heal_all();
             }
         }
     }
@@ -193,6 +220,7 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
     }
 
     // Heal and read every key once more, with patience: these reads must succeed.
+    cluster.heal_all();
     for id in 1..=3 {
         if !cluster.is_running(id) {
             cluster.restart(id);

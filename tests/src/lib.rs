@@ -4,3 +4,4 @@
 pub mod cluster;
 pub mod fault;
 pub mod linearizability;
+pub mod netns;

@@ -508,3 +508,60 @@ async fn a_write_stranded_by_a_lost_quorum_is_indeterminate_never_success() {
     // Either outcome is allowed afterwards; the cluster must simply keep working.
     c.client().put("after", "ok").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_old_leader_serves_no_stale_read_and_commits_nothing() {
+    let c = TestCluster::start_partitionable(3);
+    let old = c.wait_leader(SECS(10)).await;
+    c.client().put("x", "old").await.unwrap();
+    c.isolate(old);
+    let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let majority = rdb_client::Client::with_options(
+        others
+            .iter()
+            .map(|&i| c.nodes[(i - 1) as usize].client_addr.clone()),
+        rdb_tests::cluster::quick_options(),
+    )
+    .unwrap();
+    TestCluster::wait_until("the majority elects a new leader", SECS(10), || {
+        let (c, others) = (&c, &others);
+        async move {
+            for &i in others {
+                if c.status(i).await.is_some_and(|s| s.role == "leader") {
+                    return true;
+                }
+            }
+            false
+        }
+    })
+    .await;
+    majority.put("x", "new").await.unwrap();
+    // Clients can still reach the old leader. It must never answer a linearizable read with
+    // the superseded value, and never acknowledge a write.
+    let cut_off = c.client_for(old);
+    let deadline = Instant::now() + SECS(3);
+    while Instant::now() < deadline {
+        let r = cut_off.get("x").await;
+        assert!(
+            !matches!(&r, Ok(Some(v)) if v == b"old"),
+            "stale read from the isolated old leader"
+        );
+    }
+    let w = cut_off.put("y", "from-the-minority").await;
+    assert!(
+        matches!(w, Err(Error::Unavailable(_) | Error::Indeterminate(_))),
+        "the isolated node must not acknowledge a write: {w:?}"
+    );
+    c.heal_all();
+    let leader = c.wait_leader(SECS(10)).await;
+    let last = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(old, last, SECS(10)).await;
+    assert_eq!(c.client().get("x").await.unwrap(), Some(b"new".to_vec()));
+    if matches!(w, Err(Error::Unavailable(_))) {
+        assert_eq!(
+            c.client().get("y").await.unwrap(),
+            None,
+            "a refused write became visible"
+        );
+    }
+}

@@ -6,10 +6,11 @@ use std::time::Duration;
 use rdb_tests::fault::{run, FaultConfig};
 use rdb_tests::linearizability::CheckResult;
 
-async fn run_seed(seed: u64, secs: u64) {
+async fn run_seed(seed: u64, secs: u64, partitions: bool) {
     let cfg = FaultConfig {
         duration: Duration::from_secs(secs),
         seed,
+        partitions,
         ..FaultConfig::default()
     };
     let report = run(&cfg).await;
@@ -38,10 +39,15 @@ async fn run_seed(seed: u64, secs: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_seed_1_history_is_linearizable() {
-    run_seed(1, 25).await;
+    run_seed(1, 25, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_seed_2_history_is_linearizable() {
-    run_seed(2, 25).await;
+    run_seed(2, 25, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_with_partitions_seed_3_history_is_linearizable() {
+    run_seed(3, 25, true).await;
 }

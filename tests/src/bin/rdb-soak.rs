@@ -29,6 +29,9 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Also cut links between nodes (each node in its own network namespace; needs root).
+    #[arg(long)]
+    partitions: bool,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             duration: Duration::from_secs(args.duration),
             seed,
             clients: args.clients,
+            partitions: args.partitions,
             ..FaultConfig::default()
         };
         let report = rt.block_on(run(&cfg));

@@ -1,0 +1,155 @@
+//! Separate hosts on one machine: each node of a test cluster in its own Linux network
+//! namespace, joined by a bridge in the root namespace where the test's clients run.
+//!
+//! Node `i` of network `k` is `10.213.k.i`; the bridge is `10.213.k.254`. These addresses exist
+//! only inside the namespaces this module creates (and removes on drop). A link between two
+//! nodes is cut with a blackhole route in each of their namespaces, so peer traffic between
+//! them stops while clients can still reach both: the partition that strands an old leader
+//! with clients of its own. Needs root (CAP_NET_ADMIN) and iproute2.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A bridge and one namespace per node.
+#[derive(Debug)]
+pub struct NetnsNet {
+    k: u32,
+    nodes: u32,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NetnsNet {
+    /// Creates the bridge and `nodes` namespaces. The network number comes from this process's
+    /// id and a counter, so parallel tests and test binaries do not collide.
+    pub fn create(nodes: u32) -> Result<NetnsNet, String> {
+        let k = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 200 + 20;
+        let net = NetnsNet { k, nodes };
+        net.remove(); // leftovers of a crashed run with the same number
+        let br = net.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("10.213.{k}.254/24"), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        for i in 1..=nodes {
+            let ns = net.ns(i);
+            let (host, peer) = (format!("rv{k}h{i}"), format!("rv{k}n{i}"));
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+            ip(&["link", "set", &peer, "netns", &ns])?;
+            ip(&["link", "set", &host, "master", &br])?;
+            ip(&["link", "set", &host, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                &peer,
+            ])?;
+            ip(&["-n", &ns, "link", "set", &peer, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("rb{}", self.k)
+    }
+
+    /// The namespace of node `i`.
+    pub fn ns(&self, i: u32) -> String {
+        format!("rdbt{}n{i}", self.k)
+    }
+
+    /// The address of node `i`.
+    pub fn addr(&self, i: u32) -> String {
+        format!("10.213.{}.{i}", self.k)
+    }
+
+    /// Stops traffic between nodes `a` and `b` (both directions).
+    pub fn cut(&self, a: u32, b: u32) {
+        let _ = ip(&[
+            "-n",
+            &self.ns(a),
+            "route",
+            "replace",
+            "blackhole",
+            &format!("{}/32", self.addr(b)),
+        ]);
+        let _ = ip(&[
+            "-n",
+            &self.ns(b),
+            "route",
+            "replace",
+            "blackhole",
+            &format!("{}/32", self.addr(a)),
+        ]);
+    }
+
+    /// Restores traffic between nodes `a` and `b`.
+    pub fn heal(&self, a: u32, b: u32) {
+        let _ = ip(&[
+            "-n",
+            &self.ns(a),
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.addr(b)),
+        ]);
+        let _ = ip(&[
+            "-n",
+            &self.ns(b),
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.addr(a)),
+        ]);
+    }
+
+    /// Cuts node `a` off from every other node; clients still reach it.
+    pub fn isolate(&self, a: u32) {
+        for b in (1..=self.nodes).filter(|&b| b != a) {
+            self.cut(a, b);
+        }
+    }
+
+    /// Heals every link.
+    pub fn heal_all(&self) {
+        for a in 1..=self.nodes {
+            for b in (a + 1)..=self.nodes {
+                self.heal(a, b);
+            }
+        }
+    }
+
+    fn remove(&self) {
+        for i in 1..=self.nodes {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+            let _ = ip(&["link", "del", &format!("rv{}h{i}", self.k)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+impl Drop for NetnsNet {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
