@@ -30,14 +30,19 @@ bench() { "$bin/rdb-cli" --endpoints "$endpoints" -o json bench --duration-secs 
 echo "preloading 100000 keys of 256 B"
 "$bin/rdb-cli" --endpoints "$endpoints" -o json bench --workload put --ops 1 --preload --keys 100000 --clients 64 --connections 8 >/dev/null 2>&1
 
-median() { python3 -c '
-import json,sys,statistics
-rows=[json.loads(l) for l in sys.stdin if l.startswith("{")]
-if not rows: sys.exit("no results")
-m=lambda k: statistics.median(r[k] for r in rows)
-r=rows[0]
-print(f"MEDIAN {r[\"workload\"]:<4} {r.get(\"consistency\",\"\"):<12} {r[\"clients\"]:>3}/{r[\"connections\"]:<3} ops/s {m(\"ops_per_sec\"):>8.0f}  p50 {m(\"p50_ms\"):6.2f} ms  p99 {m(\"p99_ms\"):6.2f} ms  errors {sum(x[\"errors\"] for x in rows)}")
-'; }
+cat > "$work/median.py" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+if not rows:
+    sys.exit("no results")
+m = lambda k: statistics.median(r[k] for r in rows)
+r = rows[0]
+print("MEDIAN %-5s %-12s %3d/%-3d ops/s %8.0f  p50 %6.2f ms  p99 %6.2f ms  errors %d  (runs: %s)" % (
+    r["workload"], r.get("consistency", ""), r["clients"], r["connections"], m("ops_per_sec"),
+    m("p50_ms"), m("p99_ms"), sum(x["errors"] for x in rows),
+    ", ".join("%.0f" % x["ops_per_sec"] for x in rows)))
+PY
+median() { python3 "$work/median.py"; }
 
 row() {
   local out=()

@@ -98,6 +98,8 @@ pub struct Settings {
     pub dedup_window: u64,
     /// Most pairs one scan returns (default 10,000).
     pub max_scan_limit: u32,
+    /// Total RocksDB write-ahead log size before old logs are flushed away, in bytes (default 64 MiB).
+    pub max_wal_bytes: u64,
     /// `text` or `json` (default text).
     pub log_format: LogFormat,
     /// `trace`, `debug`, `info`, `warning`, `error` or `critical` (default info).
@@ -118,6 +120,7 @@ impl Default for Settings {
             request_timeout_ms: 5000,
             dedup_window: 200_000,
             max_scan_limit: 10_000,
+            max_wal_bytes: 64 << 20,
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }
@@ -259,6 +262,9 @@ impl ClusterConfig {
         }
         if s.dedup_window < 1000 {
             return bad("settings.dedup_window must be at least 1000".into());
+        }
+        if s.max_wal_bytes < (1 << 20) {
+            return bad("settings.max_wal_bytes must be at least 1 MiB".into());
         }
         if s.max_scan_limit == 0 {
             return bad("settings.max_scan_limit must be positive".into());

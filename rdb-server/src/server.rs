@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::{Engine, Ident, RaftStorage};
+use rdb_storage::{Engine, EngineOptions, Ident, RaftStorage};
 use slog::{info, o, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -160,7 +160,10 @@ pub fn open_data_dir(
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;
-    let engine = Engine::open(dir).map_err(|e| ServerError::DataDir {
+    let opts = EngineOptions {
+        max_wal_bytes: config.settings.max_wal_bytes,
+    };
+    let engine = Engine::open_with(dir, opts).map_err(|e| ServerError::DataDir {
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;

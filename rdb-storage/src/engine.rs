@@ -54,10 +54,33 @@ pub struct ScanPage {
     pub more: bool,
 }
 
+/// Tunables of the RocksDB database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Total size of write-ahead log files before RocksDB flushes the column families that
+    /// keep the oldest one alive. Without it, the small, constantly overwritten Raft state
+    /// would pin old WAL files and disk use would grow with every write.
+    pub max_wal_bytes: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_wal_bytes: 64 << 20,
+        }
+    }
+}
+
 impl Engine {
-    /// Opens (creating if missing) the database with rdb's column families.
+    /// Opens (creating if missing) the database with rdb's column families and default options.
     pub fn open(path: &Path) -> Result<Engine> {
+        Self::open_with(path, EngineOptions::default())
+    }
+
+    /// Opens (creating if missing) the database with rdb's column families.
+    pub fn open_with(path: &Path, engine_opts: EngineOptions) -> Result<Engine> {
         let mut opts = Options::default();
+        opts.set_max_total_wal_size(engine_opts.max_wal_bytes);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Corruption must stop the node, never be skipped silently.

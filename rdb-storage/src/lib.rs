@@ -19,7 +19,7 @@ pub mod state_machine;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{ApplyState, Engine, Ident, ScanPage};
+pub use engine::{ApplyState, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use raft_storage::RaftStorage;
 pub use state_machine::{Applied, CommandResult, StateMachine};
