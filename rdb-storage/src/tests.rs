@@ -50,6 +50,17 @@ fn put(k: &str, v: &str) -> Op {
     })
 }
 
+fn dedup_records(engine: &Engine) -> usize {
+    engine
+        .db()
+        .iterator_cf(
+            engine.cf(crate::keys::CF_DATA),
+            rocksdb::IteratorMode::Start,
+        )
+        .filter(|r| matches!(r, Ok((k, _)) if k[0] == crate::keys::DEDUP_PREFIX))
+        .count()
+}
+
 fn ctx() -> GetEntriesContext {
     GetEntriesContext::empty(false)
 }
@@ -285,14 +296,7 @@ fn dedup_records_expire_after_the_window() {
     for chunk in ents.chunks(5) {
         sm.apply(chunk).unwrap();
     }
-    let records = engine
-        .db()
-        .iterator_cf(
-            engine.cf(crate::keys::CF_DATA),
-            rocksdb::IteratorMode::Start,
-        )
-        .filter(|r| matches!(r, Ok((k, _)) if k[0] == crate::keys::DEDUP_PREFIX))
-        .count();
+    let records = dedup_records(&engine);
     assert!(
         records <= 15,
         "dedup records must stay bounded, found {records}"
@@ -465,14 +469,7 @@ fn dedup_records_written_by_a_huge_batch_are_still_expired_later() {
     for chunk in ents[100..].chunks(5) {
         sm.apply(chunk).unwrap();
     }
-    let records = engine
-        .db()
-        .iterator_cf(
-            engine.cf(crate::keys::CF_DATA),
-            rocksdb::IteratorMode::Start,
-        )
-        .filter(|r| matches!(r, Ok((k, _)) if k[0] == crate::keys::DEDUP_PREFIX))
-        .count();
+    let records = dedup_records(&engine);
     assert!(
         records <= 15,
         "records from the big batch leaked: {records}"

@@ -18,6 +18,21 @@ async fn raw(addr: &str) -> KvClient<tonic::transport::Channel> {
         .expect("connect")
 }
 
+/// Every key with `prefix` as node `id` has applied them (a serializable scan).
+async fn scan_local(c: &TestCluster, id: u64, prefix: &str) -> rdb_client::ScanPage {
+    c.client_for(id)
+        .scan(
+            ScanRange {
+                prefix: prefix.as_bytes().to_vec(),
+                limit: 10_000,
+                ..Default::default()
+            },
+            ReadConsistency::Serializable,
+        )
+        .await
+        .unwrap()
+}
+
 fn follower_of(leader: u64, n: u64) -> u64 {
     leader % n + 1
 }
@@ -120,18 +135,7 @@ async fn writes_replicate_to_every_node() {
     let last = c.status(leader).await.unwrap().applied_index;
     for id in 1..=3 {
         c.wait_applied(id, last, SECS(5)).await;
-        let page = c
-            .client_for(id)
-            .scan(
-                ScanRange {
-                    prefix: b"r".to_vec(),
-                    limit: 1000,
-                    ..Default::default()
-                },
-                ReadConsistency::Serializable,
-            )
-            .await
-            .unwrap();
+        let page = scan_local(&c, id, "r").await;
         assert_eq!(page.kvs.len(), 200, "node {id} holds every key");
     }
 }
@@ -451,22 +455,10 @@ async fn lagging_follower_catches_up_by_snapshot_after_compaction() {
         log.contains("installing snapshot"),
         "catch-up used a snapshot"
     );
-    let scan = |id| {
-        let c = c.client_for(id);
-        async move {
-            c.scan(
-                ScanRange {
-                    prefix: b"s".to_vec(),
-                    limit: 10_000,
-                    ..Default::default()
-                },
-                ReadConsistency::Serializable,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let (a, b) = (scan(leader).await, scan(f).await);
+    let (a, b) = (
+        scan_local(&c, leader, "s").await,
+        scan_local(&c, f, "s").await,
+    );
     assert_eq!(a.kvs.len(), 3000);
     assert_eq!(a, b, "follower data identical to the leader's");
     // And it keeps replicating normally afterwards, also across its own restart.
@@ -659,22 +651,10 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() {
     c.restart(f);
     let last = c.status(leader).await.unwrap().applied_index;
     c.wait_applied(f, last, SECS(20)).await;
-    let scan = |id| {
-        let c = c.client_for(id);
-        async move {
-            c.scan(
-                ScanRange {
-                    prefix: b"s".to_vec(),
-                    limit: 10_000,
-                    ..Default::default()
-                },
-                ReadConsistency::Serializable,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let (a, b) = (scan(leader).await, scan(f).await);
+    let (a, b) = (
+        scan_local(&c, leader, "s").await,
+        scan_local(&c, f, "s").await,
+    );
     assert_eq!(a.kvs.len(), 3000);
     assert!(
         a == b,
