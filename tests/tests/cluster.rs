@@ -599,8 +599,11 @@ async fn disk_use_stays_bounded_under_sustained_writes() {
             sizes[round] / 1024
         );
     }
+    // With a 1 MiB WAL cap and ~1.2 MB of live data the directory stays near 1-2 MB however
+    // many rounds run (flushes make it oscillate); uncapped it passes 5 MB by round 1 and
+    // grows by ~2.5 MB every round.
     assert!(
-        sizes[5] < sizes[2] * 3 / 2,
+        sizes.iter().all(|&s| s < 4 << 20),
         "disk use keeps growing with constant live data: {sizes:?}"
     );
 }
