@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 writes=${1:-10000}
 bash "$root/scripts/setup.sh"
 (cd "$root" && cargo build --release --workspace --bins --quiet)
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
 work=$(mktemp -d -t rdb-catchup.XXXXXX)

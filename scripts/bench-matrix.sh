@@ -9,7 +9,7 @@ runs=${1:-3}
 secs=${2:-10}
 bash "$root/scripts/setup.sh"
 (cd "$root" && cargo build --release --workspace --bins --quiet)
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
 

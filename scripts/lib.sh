@@ -6,7 +6,7 @@ rdb_build() {
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   if [ -z "${RDB_BIN:-}" ]; then
     (cd "$root" && cargo build --workspace --bins --quiet) || return 1
-    RDB_BIN="$root/target/debug"
+    RDB_BIN="${CARGO_TARGET_DIR:-$root/target}/debug"
   fi
   export RDB_BIN
 }
