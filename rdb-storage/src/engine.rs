@@ -293,17 +293,4 @@ impl Engine {
             Some(&keys::raft_log_key(index)[..]),
         );
     }
-
-    /// Approximate bytes on disk of the Raft log column family (SST files plus memtables).
-    pub fn raft_log_size(&self) -> u64 {
-        let cf = self.cf(CF_RAFT_LOG);
-        let prop = |name: &str| {
-            self.db
-                .property_int_value_cf(cf, name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
-    }
 }

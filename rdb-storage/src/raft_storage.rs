@@ -198,11 +198,6 @@ impl RaftStorage {
         &self.engine
     }
 
-    /// The hard state as last persisted (or set).
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
-    }
-
     /// Index and term of the last entry removed from the log.
     pub fn truncated(&self) -> (Index, Term) {
         self.truncated
