@@ -11,9 +11,20 @@ rdb_build() {
   export RDB_BIN
 }
 
-# A free TCP port on 127.0.0.1 (asks the kernel, then releases it).
+# A free TCP port on 127.0.0.1 below the kernel's ephemeral range (32768-60999), so a restarted
+# node never finds its port taken as some connection's source port.
 rdb_free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 -c '
+import random, socket
+while True:
+    p = random.randrange(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'
 }
 
 # Milliseconds since the epoch.

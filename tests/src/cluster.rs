@@ -29,10 +29,18 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free port on 127.0.0.1, as the kernel hands them out.
+/// A free port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 on Linux): a
+/// port handed out by `bind(0)` could later be taken as the source port of some outgoing
+/// connection, and a node restarted on it would fail to bind.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One node's addresses and process.

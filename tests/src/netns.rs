@@ -85,42 +85,21 @@ impl NetnsNet {
 
     /// Stops traffic between nodes `a` and `b` (both directions).
     pub fn cut(&self, a: u32, b: u32) {
-        let _ = ip(&[
-            "-n",
-            &self.ns(a),
-            "route",
-            "replace",
-            "blackhole",
-            &format!("{}/32", self.addr(b)),
-        ]);
-        let _ = ip(&[
-            "-n",
-            &self.ns(b),
-            "route",
-            "replace",
-            "blackhole",
-            &format!("{}/32", self.addr(a)),
-        ]);
+        self.blackhole("replace", a, b);
     }
 
     /// Restores traffic between nodes `a` and `b`.
     pub fn heal(&self, a: u32, b: u32) {
-        let _ = ip(&[
-            "-n",
-            &self.ns(a),
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", self.addr(b)),
-        ]);
-        let _ = ip(&[
-            "-n",
-            &self.ns(b),
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", self.addr(a)),
-        ]);
+        self.blackhole("del", a, b);
+    }
+
+    /// Adds (`replace`) or removes (`del`) the blackhole route to the other node in each
+    /// node's namespace. A missing route on `del` is fine: the link was not cut.
+    fn blackhole(&self, op: &str, a: u32, b: u32) {
+        for (from, to) in [(a, b), (b, a)] {
+            let dst = format!("{}/32", self.addr(to));
+            let _ = ip(&["-n", &self.ns(from), "route", op, "blackhole", &dst]);
+        }
     }
 
     /// Cuts node `a` off from every other node; clients still reach it.

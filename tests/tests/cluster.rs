@@ -18,6 +18,25 @@ async fn raw(addr: &str) -> KvClient<tonic::transport::Channel> {
         .expect("connect")
 }
 
+/// Writes keys `{prefix}{i:05}` for i in 0..count, all with `value`, from 16 tasks.
+async fn write_values(c: &rdb_client::Client, prefix: &str, count: usize, value: &[u8]) {
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let (c, value, prefix) = (c.clone(), value.to_vec(), prefix.to_string());
+            tokio::spawn(async move {
+                for i in (t..count).step_by(16) {
+                    c.put(format!("{prefix}{i:05}"), value.clone())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+}
+
 /// Every key with `prefix` as node `id` has applied them (a serializable scan).
 async fn scan_local(c: &TestCluster, id: u64, prefix: &str) -> rdb_client::ScanPage {
     c.client_for(id)
@@ -568,24 +587,11 @@ async fn disk_use_stays_bounded_under_sustained_writes() {
     let c = TestCluster::start_with(3, settings);
     let leader = c.wait_leader(SECS(10)).await;
     let client = c.client();
-    let value = vec![b'v'; 4096];
     let mut sizes = Vec::new();
     for round in 0..6 {
         // The same 300 keys again and again: live data stays at ~1.2 MB while every round
         // appends ~1.2 MB to the log and more to the write-ahead log.
-        let tasks: Vec<_> = (0..16)
-            .map(|t| {
-                let (client, value) = (client.clone(), value.clone());
-                tokio::spawn(async move {
-                    for i in (t..300).step_by(16) {
-                        client.put(format!("b{i}"), value.clone()).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        write_values(&client, "b", 300, &[b'v'; 4096]).await;
         let st = c.status(leader).await.unwrap();
         assert!(
             st.last_index - st.first_index < 1500,
@@ -617,20 +623,7 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() {
     c.kill(f);
     let client = c.client();
     // A snapshot of a few MB, so installing it takes a while.
-    let value = vec![b'x'; 2048];
-    let tasks: Vec<_> = (0..16)
-        .map(|t| {
-            let (client, value) = (client.clone(), value.clone());
-            tokio::spawn(async move {
-                for i in (t..3000).step_by(16) {
-                    client.put(format!("s{i:05}"), value.clone()).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    write_values(&client, "s", 3000, &[b'x'; 2048]).await;
     let log_before = std::fs::read_to_string(c.log_path(f)).unwrap().len();
     c.restart(f);
     // Kill it the moment it starts installing the snapshot.
