@@ -50,6 +50,8 @@ pub struct Node {
     reads_wait_apply: VecDeque<(u64, Vec<oneshot::Sender<ReadResult>>)>,
     next_read_ctx: u64,
     last_heard: HashMap<NodeId, Instant>,
+    /// Membership is fixed by the config file, so the voters are read once.
+    voters: Vec<NodeId>,
     compactor: Option<std::thread::JoinHandle<()>>,
     logger: Logger,
 }
@@ -66,7 +68,9 @@ impl Node {
         let s = &config.settings;
         let tick = Duration::from_millis(s.tick_interval_ms);
         let election_timeout = tick * s.election_ticks as u32;
+        let voters = peer.voters();
         Node {
+            voters,
             peer,
             rx,
             transport,
@@ -149,10 +153,10 @@ impl Node {
                 None => RequestError::Unavailable("no leader is known".into()),
             });
         }
-        let voters = self.peer.voters();
         let now = Instant::now();
         let me = self.peer.id();
-        let active = voters
+        let active = self
+            .voters
             .iter()
             .filter(|&&v| {
                 v == me
@@ -162,10 +166,10 @@ impl Node {
                         .is_some_and(|t| now.duration_since(*t) < self.election_timeout)
             })
             .count();
-        if active * 2 <= voters.len() {
+        if active * 2 <= self.voters.len() {
             return Err(RequestError::Unavailable(format!(
                 "leader is in contact with {active} of {} nodes, no quorum",
-                voters.len()
+                self.voters.len()
             )));
         }
         Ok(())

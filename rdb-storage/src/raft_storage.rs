@@ -255,20 +255,12 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Records a new commit index (from a LightReady) without waiting for the disk: the commit
-    /// index can always be recovered from a quorum, and applied entries imply it.
-    pub fn set_commit(&mut self, commit: Index) -> Result<()> {
-        if commit <= self.hard_state.commit {
-            return Ok(());
-        }
-        self.hard_state.commit = commit;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.engine.cf(CF_RAFT_STATE),
-            keys::HARD_STATE_KEY,
-            self.hard_state.write_to_bytes()?,
-        );
-        self.engine.write(batch, false)
+    /// Records a new commit index (from a LightReady) in memory only. It reaches the disk with
+    /// the next hard state a Ready persists; until then nothing is lost: the entries committed
+    /// in a LightReady are applied in the same turn, `open` recovers the commit index as at
+    /// least the applied index, and anything beyond that is re-learned from the leader.
+    pub fn set_commit(&mut self, commit: Index) {
+        self.hard_state.commit = self.hard_state.commit.max(commit);
     }
 
     /// Removes entries below `compact_to` (exclusive), keeping `term(compact_to - 1)` answerable.

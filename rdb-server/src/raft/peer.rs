@@ -222,7 +222,7 @@ impl RaftPeer {
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
+            self.raw.mut_store().set_commit(commit);
         }
         if !light.messages().is_empty() {
             transport.send(light.take_messages());
