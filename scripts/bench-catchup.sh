@@ -8,10 +8,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 writes=${1:-10000}
 bash "$root/scripts/setup.sh"
-(cd "$root" && cargo build --release --workspace --bins --quiet)
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
+rdb_build_release
+bin=$RDB_RELEASE_BIN
 work=$(mktemp -d -t rdb-catchup.XXXXXX)
 declare -A pid
 cleanup() { for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -8,10 +8,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-3}
 secs=${2:-10}
 bash "$root/scripts/setup.sh"
-(cd "$root" && cargo build --release --workspace --bins --quiet)
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
+rdb_build_release
+bin=$RDB_RELEASE_BIN
 
 work=$(mktemp -d -t rdb-bench.XXXXXX)
 pids=()

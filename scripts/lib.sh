@@ -11,6 +11,15 @@ rdb_build() {
   export RDB_BIN
 }
 
+# Builds release binaries (cached in target/) and sets RDB_RELEASE_BIN to their folder.
+rdb_build_release() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  (cd "$root" && cargo build --release --workspace --bins --quiet) || return 1
+  RDB_RELEASE_BIN="${CARGO_TARGET_DIR:-$root/target}/release"
+  export RDB_RELEASE_BIN
+}
+
 # A free TCP port on 127.0.0.1 below the kernel's ephemeral range (32768-60999), so a restarted
 # node never finds its port taken as some connection's source port.
 rdb_free_port() {

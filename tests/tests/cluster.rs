@@ -37,6 +37,14 @@ async fn write_values(c: &rdb_client::Client, prefix: &str, count: usize, value:
     }
 }
 
+/// `key` as node `id` has applied it (a serializable read), panicking if the node fails.
+async fn local_get(c: &TestCluster, id: u64, key: &str) -> Option<Vec<u8>> {
+    c.client_for(id)
+        .get_with(key, ReadConsistency::Serializable)
+        .await
+        .unwrap()
+}
+
 /// Every key with `prefix` as node `id` has applied them (a serializable scan).
 async fn scan_local(c: &TestCluster, id: u64, prefix: &str) -> rdb_client::ScanPage {
     c.client_for(id)
@@ -137,12 +145,7 @@ async fn restarted_follower_keeps_term_vote_and_data() {
         after.term, before.term,
         "a restarted follower must not change the term"
     );
-    let v = c
-        .client_for(f)
-        .get_with("k49", ReadConsistency::Serializable)
-        .await
-        .unwrap();
-    assert_eq!(v, Some(b"v49".to_vec()));
+    assert_eq!(local_get(&c, f, "k49").await, Some(b"v49".to_vec()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,12 +175,7 @@ async fn follower_that_missed_writes_catches_up_quickly() {
     c.restart(f);
     c.wait_applied(f, last, SECS(5)).await;
     eprintln!("follower {f} caught up on 2000 writes in {:?}", t.elapsed());
-    let v = c
-        .client_for(f)
-        .get_with("m1999", ReadConsistency::Serializable)
-        .await
-        .unwrap();
-    assert_eq!(v, Some(b"v1999".to_vec()));
+    assert_eq!(local_get(&c, f, "m1999").await, Some(b"v1999".to_vec()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
