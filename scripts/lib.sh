@@ -20,20 +20,26 @@ rdb_build_release() {
   export RDB_RELEASE_BIN
 }
 
-# A free TCP port on 127.0.0.1 below the kernel's ephemeral range (32768-60999), so a restarted
-# node never finds its port taken as some connection's source port.
-rdb_free_port() {
-  python3 -c '
-import random, socket
-while True:
+# Prints N distinct free TCP ports on 127.0.0.1 below the kernel's ephemeral range (32768-60999),
+# so a restarted node never finds its port taken as some connection's source port.
+rdb_free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+ports = []
+while len(ports) < int(sys.argv[1]):
     p = random.randrange(20000, 32000)
+    if p in ports:
+        continue
     s = socket.socket()
     try:
-        s.bind(("127.0.0.1", p)); print(p); break
+        s.bind(("127.0.0.1", p))
+        ports.append(p)
     except OSError:
         pass
     finally:
-        s.close()'
+        s.close()
+print(" ".join(map(str, ports)))
+PY
 }
 
 # Milliseconds since the epoch.
@@ -43,14 +49,15 @@ rdb_now_ms() {
 
 # Writes a cluster config with N nodes on free ports into DIR/cluster.toml.
 rdb_write_config() {
-  local dir=$1 n=$2 i
+  local dir=$1 n=$2 i ports
+  read -r -a ports <<< "$(rdb_free_ports $(( 2 * n )))"
   {
     echo "cluster_id = 42"
     for i in $(seq 1 "$n"); do
       echo "[[nodes]]"
       echo "id = $i"
-      echo "peer_addr = \"127.0.0.1:$(rdb_free_port)\""
-      echo "client_addr = \"127.0.0.1:$(rdb_free_port)\""
+      echo "peer_addr = \"127.0.0.1:${ports[$(( 2 * i - 2 ))]}\""
+      echo "client_addr = \"127.0.0.1:${ports[$(( 2 * i - 1 ))]}\""
       echo "data_dir = \"$dir/node$i\""
     done
   } > "$dir/cluster.toml"

@@ -29,15 +29,20 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 on Linux): a
-/// port handed out by `bind(0)` could later be taken as the source port of some outgoing
-/// connection, and a node restarted on it would fail to bind.
+/// A free port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 on Linux), and
+/// never one this test process handed out before: a port is only checked, not held, so two
+/// calls could otherwise return the same one before any node binds it (a config naming an
+/// address twice is refused). Below the ephemeral range, a port released for a node cannot be
+/// taken meanwhile as the source port of some outgoing connection.
 pub fn free_port() -> u16 {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = rand::thread_rng();
     loop {
         let port = rng.gen_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
@@ -233,6 +238,23 @@ impl TestCluster {
         }
     }
 
+    /// Node `id`'s process as the kernel sees it: its state letter from /proc (R running,
+    /// S sleeping, T stopped, Z exited but not reaped), or `none`/`gone`. For failure reports.
+    pub fn proc_state(&self, id: u64) -> String {
+        let Some(child) = &self.nodes[(id - 1) as usize].child else {
+            return "none".into();
+        };
+        let pid = child.id();
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // "pid (comm) S ...": the state follows the closing parenthesis.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .map_or_else(|| "?".into(), |st| format!("pid {pid} {st}")),
+            Err(_) => format!("pid {pid} gone"),
+        }
+    }
+
     /// Whether node `id` has a live process.
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[(id - 1) as usize].child.is_some()
@@ -281,9 +303,13 @@ impl TestCluster {
                 }
             }
             if Instant::now() >= deadline {
+                let procs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{}:{}", n.id, self.proc_state(n.id)))
+                    .collect();
                 panic!(
-                    "no leader within {timeout:?}; nodes: {seen:?}; logs in {}",
-                    self.dir.path().display()
+                    "no leader within {timeout:?}; answering nodes: {seen:?}; processes: {procs:?}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -363,16 +389,39 @@ impl Drop for TestCluster {
             self.kill(id);
         }
         if std::thread::panicking() {
-            // Keep the evidence: print each node's log tail.
+            // Keep the evidence: copy the config and logs out of the temporary folder (it is
+            // deleted next) and print each node's log tail.
+            static FAILURES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let keep =
+                std::env::temp_dir().join(format!("rdb-test-failure-{}-{n}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(&self.config, keep.join("cluster.toml"));
             for n in &self.nodes {
-                if let Ok(log) = std::fs::read_to_string(self.log_path(n.id)) {
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    eprintln!("--- node {} log tail ---", n.id);
-                    for l in tail.into_iter().rev() {
-                        eprintln!("{l}");
-                    }
+                let _ = std::fs::copy(self.log_path(n.id), keep.join(format!("node{}.log", n.id)));
+                let log = std::fs::read_to_string(self.log_path(n.id)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- node {} log tail ({} bytes) ---", n.id, log.len());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
                 }
             }
+            eprintln!("config and logs kept in {}", keep.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        // 2,000 draws from 12,000 ports would repeat ~166 times if repeats were possible.
+        let mut ports: Vec<u16> = (0..2000).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| (20_000..32_000).contains(p)));
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 2000, "a port was handed out twice");
     }
 }
