@@ -201,7 +201,7 @@ impl Node {
                     current: None,
                 })
             }
-            None => None,
+            Some(rdb_proto::command::command::Op::HashPoint(_)) | None => None,
         };
         match self.peer.propose(cmd.encode_to_vec()) {
             #[cfg(feature = "inject-early-ack")]

@@ -39,6 +39,8 @@ pub enum CommandResult {
         /// On failure, the value found (None if absent, or unknown for a deduplicated retry).
         current: Option<Vec<u8>>,
     },
+    /// A hash point: the replica hashes its data as of this entry (see `rdb-cli check`).
+    HashPoint,
 }
 
 /// One applied entry and, for a client command, its result.
@@ -66,6 +68,7 @@ const CODE_DELETE_EXISTED: u8 = 2;
 const CODE_DELETE_ABSENT: u8 = 3;
 const CODE_CAS_OK: u8 = 4;
 const CODE_CAS_FAILED: u8 = 5;
+const CODE_HASH_POINT: u8 = 6;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries.
@@ -251,6 +254,8 @@ impl Batch<'_> {
                     }
                 }
             }
+            // Writes nothing; the hashing itself is done by the caller of `apply`.
+            Op::HashPoint(_) => CommandResult::HashPoint,
         };
         if let Some(dk) = dedup {
             let mut rec = index.to_be_bytes().to_vec();
@@ -274,6 +279,7 @@ fn encode_result(r: &CommandResult) -> u8 {
         CommandResult::Cas {
             succeeded: false, ..
         } => CODE_CAS_FAILED,
+        CommandResult::HashPoint => CODE_HASH_POINT,
     }
 }
 
@@ -297,6 +303,7 @@ fn decode_result(rec: &[u8]) -> Result<CommandResult> {
             succeeded: false,
             current: None,
         }),
+        Some(&CODE_HASH_POINT) => Ok(CommandResult::HashPoint),
         _ => Err(Error::Corrupt("unknown dedup record".into())),
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use rdb_proto::command::{self, command::Op, Command};
 use rdb_proto::kv::kv_server::Kv;
 use rdb_proto::kv::{
-    CasRequest, CasResponse, Consistency, DeleteRequest, DeleteResponse, Error as PbError,
-    ErrorCode, GetRequest, GetResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest,
+    CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest, DeleteResponse, Error as PbError,
+    ErrorCode, GetRequest, GetResponse, HashRequest, HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest,
     PutResponse, RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
 use rdb_storage::{CommandResult, Engine};
@@ -279,6 +279,7 @@ impl Kv for KvService {
                 .map(|(key, value)| KeyValue { key, value })
                 .collect(),
             more: page.more,
+            next_start: Vec::new(),
         }))
     }
 
@@ -333,6 +334,17 @@ impl Kv for KvService {
             last_index: s.last_index,
             client_addr: self.client_addr.clone(),
         }))
+    }
+
+    async fn check(
+        &self,
+        _request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        Err(Status::unimplemented("check: not yet implemented"))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Status::unimplemented("hash: not yet implemented"))
     }
 }
 
