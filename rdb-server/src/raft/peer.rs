@@ -68,7 +68,7 @@ impl RaftPeer {
             .map_err(|e| crate::ServerError::Raft(e.to_string()))?;
         // What was recovered from disk, before anything changes it.
         info!(logger, "raft peer started"; "applied" => applied,
-            "term" => raw.raft.term, "commit" => raw.raft.raft_log.committed,
+            "term" => raw.raft.term, "vote" => raw.raft.vote, "commit" => raw.raft.raft_log.committed,
             "last_index" => raw.raft.raft_log.last_index());
         // A lone voter need not wait an election timeout to lead.
         if raw.raft.prs().conf().voters().ids().iter().eq([id]) {
