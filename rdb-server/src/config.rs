@@ -94,10 +94,16 @@ pub struct Settings {
     pub max_peer_message_bytes: usize,
     /// How long a client request may wait for Raft, in milliseconds (default 5000).
     pub request_timeout_ms: u64,
-    /// Applied entries a client request id is remembered for, to apply retries once (default 200,000).
+    /// Applied entries a client request id is remembered for, to apply retries once (default
+    /// 200,000). It decides what applying an entry does, so it is fixed when a node's data
+    /// directory is created: a node whose file says otherwise refuses to start.
     pub dedup_window: u64,
     /// Most pairs one scan returns (default 10,000).
     pub max_scan_limit: u32,
+    /// Most bytes of keys and values in one response (default 4 MiB); a scan page that would
+    /// pass it ends early with `more` and the key to continue from. At least the largest key
+    /// plus the largest value.
+    pub max_response_bytes: usize,
     /// Total RocksDB write-ahead log size before old logs are flushed away, in bytes (default 64 MiB).
     pub max_wal_bytes: u64,
     /// `text` or `json` (default text).
@@ -120,6 +126,7 @@ impl Default for Settings {
             request_timeout_ms: 5000,
             dedup_window: 200_000,
             max_scan_limit: 10_000,
+            max_response_bytes: 4 << 20,
             max_wal_bytes: 64 << 20,
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -265,6 +272,13 @@ impl ClusterConfig {
         }
         if s.max_wal_bytes < (1 << 20) {
             return bad("settings.max_wal_bytes must be at least 1 MiB".into());
+        }
+        if s.max_response_bytes < s.max_value_bytes + s.max_key_bytes {
+            return bad(format!(
+                "settings: max_response_bytes ({}) must hold the largest key and value ({} bytes)",
+                s.max_response_bytes,
+                s.max_value_bytes + s.max_key_bytes
+            ));
         }
         if s.max_scan_limit == 0 {
             return bad("settings.max_scan_limit must be positive".into());

@@ -24,7 +24,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    rdb_server::logging::install_panic_hook();
+    // Fault points from FAILPOINTS (tests); inert in builds without the `failpoints` feature.
+    let scenario = fail::FailScenario::setup();
+    let result = run(args);
+    rdb_server::logging::flush();
+    scenario.teardown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rdb-server: {e}");

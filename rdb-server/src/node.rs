@@ -1,9 +1,9 @@
 //! The node task: the one place where the Raft core meets the outside world.
 //!
-//! It owns the [`RaftPeer`] and reads one mailbox ([`Msg`]). Each turn it drains what is queued
-//! (so many proposals share one Ready and one fsync), starts one ReadIndex round for all reads
-//! that arrived, runs the Ready cycle, then answers the clients whose entries were applied or
-//! whose reads became safe.
+//! It owns the [`RaftPeer`] and reads one mailbox ([`Inbox`]: transport reports first, then Raft
+//! messages, then client requests). Each turn it drains what is queued (so many proposals share
+//! one Ready and one fsync), starts one ReadIndex round for all reads that arrived, runs the
+//! Ready cycle, then answers the clients whose entries were applied or whose reads became safe.
 //!
 //! Proposals are tracked by log index with the term they were proposed in. A client hears
 //! success only when the entry at its index is applied *with that term*; if another entry
@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use raft::StateRole;
 use slog::{crit, debug, warn, Logger};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{ClusterConfig, NodeId};
 use crate::raft::{RaftPeer, ReadyOutput, Transport};
-use crate::router::{LeaderHint, Msg, NodeStatus, ProposeResult, ReadResult, RequestError};
+use crate::router::{Inbox, LeaderHint, Msg, NodeStatus, ProposeResult, ReadResult, RequestError};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
@@ -39,7 +39,7 @@ struct ReadBatch {
 /// The task that owns the Raft core.
 pub struct Node {
     peer: RaftPeer,
-    rx: mpsc::Receiver<Msg>,
+    inbox: Inbox,
     transport: Box<dyn Transport>,
     config: Arc<ClusterConfig>,
     tick: Duration,
@@ -53,14 +53,21 @@ pub struct Node {
     /// Membership is fixed by the config file, so the voters are read once.
     voters: Vec<NodeId>,
     compactor: Option<std::thread::JoinHandle<()>>,
+    /// Writes the durable-index file (see `Engine::record_durable_index`) off this thread.
+    recorder: Option<std::thread::JoinHandle<()>>,
+    recorded_at: Instant,
+    recorded_index: u64,
     logger: Logger,
 }
 
+/// How often the durable index is recorded outside RocksDB.
+const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
+
 impl Node {
-    /// A node task over `peer`, reading `rx` and sending through `transport`.
+    /// A node task over `peer`, reading `inbox` and sending through `transport`.
     pub fn new(
         peer: RaftPeer,
-        rx: mpsc::Receiver<Msg>,
+        inbox: Inbox,
         transport: Box<dyn Transport>,
         config: Arc<ClusterConfig>,
         logger: Logger,
@@ -72,7 +79,7 @@ impl Node {
         Node {
             voters,
             peer,
-            rx,
+            inbox,
             transport,
             tick,
             election_timeout,
@@ -84,6 +91,9 @@ impl Node {
             next_read_ctx: 1,
             last_heard: HashMap::new(),
             compactor: None,
+            recorder: None,
+            recorded_at: Instant::now(),
+            recorded_index: 0,
             logger,
         }
     }
@@ -97,25 +107,41 @@ impl Node {
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.on_tick(),
-                msg = self.rx.recv() => {
-                    let Some(msg) = msg else { break };
-                    self.handle(msg);
-                    for _ in 0..MAX_MSGS_PER_TURN {
-                        match self.rx.try_recv() {
-                            Ok(m) => self.handle(m),
-                            Err(_) => break,
-                        }
-                    }
+                Some(m) = self.inbox.control.recv() => self.handle(m),
+                Some(m) = self.inbox.raft.recv() => self.handle(m),
+                m = self.inbox.client.recv() => {
+                    let Some(m) = m else { break };
+                    self.handle(m);
                 }
             }
+            self.drain();
             self.issue_reads();
             match self.peer.handle_ready(self.transport.as_mut()) {
                 Ok(out) => self.after_ready(out),
                 Err(e) => {
                     crit!(self.logger, "storage failure, stopping the node"; "error" => %e);
-                    eprintln!("rdb-server: fatal storage error: {e}");
-                    std::process::exit(70);
+                    crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
                 }
+            }
+        }
+    }
+
+    /// Handles what else is queued, in priority order, up to a bound per queue so one Ready
+    /// serves many messages without starving the loop.
+    fn drain(&mut self) {
+        while let Ok(m) = self.inbox.control.try_recv() {
+            self.handle(m);
+        }
+        for _ in 0..MAX_MSGS_PER_TURN {
+            match self.inbox.raft.try_recv() {
+                Ok(m) => self.handle(m),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_MSGS_PER_TURN {
+            match self.inbox.client.try_recv() {
+                Ok(m) => self.handle(m),
+                Err(_) => break,
             }
         }
     }
@@ -280,6 +306,33 @@ impl Node {
         if self.compactor.as_ref().is_some_and(|h| h.is_finished()) {
             self.compactor = None;
         }
+        self.record_durable_index(now);
+    }
+
+    /// Every few seconds, records the applied index (its entries are in the synced log) in a
+    /// file beside the database, so that a start from a rolled-back database is refused.
+    fn record_durable_index(&mut self, now: Instant) {
+        if self.recorder.as_ref().is_some_and(|h| h.is_finished()) {
+            self.recorder = None;
+        }
+        let applied = self.peer.applied_index();
+        if self.recorder.is_some()
+            || applied <= self.recorded_index
+            || now.duration_since(self.recorded_at) < RECORD_DURABLE_EVERY
+        {
+            return;
+        }
+        self.recorded_at = now;
+        self.recorded_index = applied;
+        let (engine, logger) = (self.peer.engine().clone(), self.logger.clone());
+        self.recorder = std::thread::Builder::new()
+            .name("durable-index".into())
+            .spawn(move || {
+                if let Err(e) = engine.record_durable_index(applied) {
+                    warn!(logger, "cannot record the durable index"; "index" => applied, "error" => %e);
+                }
+            })
+            .ok();
     }
 
     fn after_ready(&mut self, out: ReadyOutput) {

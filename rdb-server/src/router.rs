@@ -100,31 +100,69 @@ pub enum Msg {
     },
 }
 
-/// The sending side of the Raft task's mailbox. Bounded: when the Raft task falls behind,
-/// senders wait (peers) or are told the node is busy (clients), instead of memory growing.
+/// The sending side of the Raft task's mailbox.
+///
+/// Three queues, read in priority order: control reports from the transport (unbounded: they
+/// are few, and losing one would leave raft waiting on a peer or a snapshot for good), Raft
+/// messages from peers, then client requests. Under client overload, heartbeats and votes do
+/// not queue behind requests, so leaders do not churn. The peer and client queues are bounded:
+/// when the Raft task falls behind, senders wait (peers) or are told the node is busy
+/// (clients), instead of memory growing.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
-    tx: mpsc::Sender<Msg>,
+    control: mpsc::UnboundedSender<Msg>,
+    raft: mpsc::Sender<Msg>,
+    client: mpsc::Sender<Msg>,
+}
+
+/// The receiving side of the Raft task's mailbox (see [`Mailbox`]).
+#[derive(Debug)]
+pub struct Inbox {
+    /// Snapshot and reachability reports from the transport.
+    pub control: mpsc::UnboundedReceiver<Msg>,
+    /// Raft messages from peers.
+    pub raft: mpsc::Receiver<Msg>,
+    /// Client requests.
+    pub client: mpsc::Receiver<Msg>,
 }
 
 impl Mailbox {
-    /// A mailbox and the receiver the Raft task reads.
-    pub fn new(capacity: usize) -> (Mailbox, mpsc::Receiver<Msg>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Mailbox { tx }, rx)
+    /// A mailbox whose peer and client queues hold `capacity` messages each, and the inbox
+    /// the Raft task reads.
+    pub fn new(capacity: usize) -> (Mailbox, Inbox) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (raft_tx, raft_rx) = mpsc::channel(capacity);
+        let (client_tx, client_rx) = mpsc::channel(capacity);
+        (
+            Mailbox {
+                control: control_tx,
+                raft: raft_tx,
+                client: client_tx,
+            },
+            Inbox {
+                control: control_rx,
+                raft: raft_rx,
+                client: client_rx,
+            },
+        )
     }
 
     /// Sends, waiting for room. Fails only when the Raft task has stopped.
     pub async fn send(&self, msg: Msg) -> Result<(), RequestError> {
-        self.tx
-            .send(msg)
-            .await
-            .map_err(|_| RequestError::Unavailable("node is shutting down".into()))
+        let sent = match msg {
+            Msg::SnapshotSent { .. } | Msg::Unreachable { .. } => {
+                self.control.send(msg).map_err(|_| ())
+            }
+            Msg::Raft(_) => self.raft.send(msg).await.map_err(|_| ()),
+            _ => self.client.send(msg).await.map_err(|_| ()),
+        };
+        sent.map_err(|_| RequestError::Unavailable("node is shutting down".into()))
     }
 
-    /// Sends without waiting; used where blocking would be wrong (the transport's callbacks).
-    pub fn try_send(&self, msg: Msg) -> bool {
-        self.tx.try_send(msg).is_ok()
+    /// Reports from the transport's callbacks, which must not wait: never dropped for lack of
+    /// room (only when the Raft task has stopped).
+    pub fn report(&self, msg: Msg) {
+        let _ = self.control.send(msg);
     }
 
     /// Sends a request and waits for its answer.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::{Engine, EngineOptions, Ident, RaftStorage};
+use rdb_storage::{ApplySettings, Engine, EngineOptions, Ident, RaftStorage};
 use slog::{info, o, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -20,7 +20,7 @@ use crate::service::peer::PeerService;
 use crate::transport::GrpcTransport;
 use crate::ServerError;
 
-/// Mailbox capacity of the node task.
+/// Capacity of each of the node task's bounded queues (peer messages, client requests).
 const MAILBOX: usize = 16 * 1024;
 
 /// Runs node `node_id` of `config` until `shutdown` resolves or a listener fails.
@@ -34,8 +34,28 @@ pub async fn run(
     let me = config.node(node_id)?.clone();
     let logger = logger.new(o!("node" => node_id));
     let engine = open_data_dir(&me.data_dir, config.cluster_id, node_id, &config)?;
-    let storage = RaftStorage::open(engine.clone(), logger.clone())?;
+    let data_dir_error = |e: rdb_storage::Error| ServerError::DataDir {
+        dir: me.data_dir.clone(),
+        message: e.to_string(),
+    };
+    let settings = ApplySettings {
+        dedup_window: config.settings.dedup_window,
+    };
+    if engine
+        .check_apply_settings(settings)
+        .map_err(data_dir_error)?
+    {
+        info!(logger, "recorded apply settings"; "dedup_window" => settings.dedup_window);
+    }
+    let storage = RaftStorage::open(engine.clone(), logger.clone()).map_err(data_dir_error)?;
+    engine.check_consistency().map_err(data_dir_error)?;
+    let log_end =
+        raft::Storage::last_index(&storage).map_err(|e| ServerError::Raft(e.to_string()))?;
+    engine
+        .check_durable_index(log_end)
+        .map_err(data_dir_error)?;
     let peer = RaftPeer::new(node_id, storage, &config.settings, &logger)?;
+    let hashes = peer.hash_results();
 
     // Bind before anything runs so a taken port is a clear startup error.
     let bind = |addr: &str, what: &'static str| {
@@ -54,7 +74,7 @@ pub async fn run(
     let peer_listener = bind(&me.peer_addr, "peer").await?;
 
     let config = Arc::new(config);
-    let (mailbox, rx) = Mailbox::new(MAILBOX);
+    let (mailbox, inbox) = Mailbox::new(MAILBOX);
     let transport = GrpcTransport::start(
         &config,
         node_id,
@@ -64,7 +84,7 @@ pub async fn run(
     );
     let node = Node::new(
         peer,
-        rx,
+        inbox,
         Box::new(transport),
         config.clone(),
         logger.clone(),
@@ -78,10 +98,9 @@ pub async fn run(
                 .build()
             {
                 Ok(rt) => rt.block_on(node.run()),
-                Err(e) => {
-                    eprintln!("rdb-server: cannot start the raft thread's runtime: {e}");
-                    std::process::exit(70);
-                }
+                Err(e) => crate::logging::fatal_exit(&format!(
+                    "cannot start the raft thread's runtime: {e}"
+                )),
             }
         })
         .map_err(ServerError::Io)?;
@@ -90,6 +109,7 @@ pub async fn run(
     let kv = KvService::new(
         mailbox.clone(),
         engine,
+        hashes,
         Arc::new(s.clone()),
         config.cluster_id,
         me.client_addr.clone(),

@@ -28,8 +28,11 @@ use crate::router::{Mailbox, Msg};
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
-/// Bytes of encoded messages sent in one batch on the stream.
+/// Bytes of encoded messages sent in one batch on the stream (at most; see `batch_limit`).
 const BATCH_BYTES: usize = 4 << 20;
+/// Room kept in a batch for its own fields and the framing of each message.
+const BATCH_OVERHEAD: usize = 4096;
+const PER_MESSAGE_OVERHEAD: usize = 16;
 /// Size of one snapshot chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -182,7 +185,7 @@ async fn peer_loop(
                 }
                 // What was queued for a dead peer is stale; Raft will resend what matters.
                 while rx.try_recv().is_ok() {}
-                mailbox.try_send(Msg::Unreachable { to: stamp.to });
+                mailbox.report(Msg::Unreachable { to: stamp.to });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -196,53 +199,72 @@ async fn peer_loop(
         let (stx, srx) = mpsc::channel::<RaftBatch>(64);
         let call = client.raft(ReceiverStream::new(srx));
         tokio::pin!(call);
+        // An encoded message that did not fit in the previous batch opens the next one.
+        let mut carried: Option<Vec<u8>> = None;
         let ended = loop {
-            tokio::select! {
-                res = &mut call => break res.err().map(|s| s.to_string()).unwrap_or_default(),
-                m = rx.recv() => {
-                    let Some(m) = m else { return };
-                    let batch = make_batch(stamp, m, &mut rx, max_message);
-                    if stx.send(batch).await.is_err() {
-                        break "stream closed".to_string();
+            let first = match carried.take() {
+                Some(b) => b,
+                None => tokio::select! {
+                    res = &mut call => break res.err().map(|s| s.to_string()).unwrap_or_default(),
+                    m = rx.recv() => {
+                        let Some(m) = m else { return };
+                        match m.write_to_bytes() {
+                            Ok(b) => b,
+                            Err(e) => {
+                                warn!(logger, "cannot encode raft message"; "error" => %e);
+                                continue;
+                            }
+                        }
                     }
-                }
+                },
+            };
+            let (batch, rest) = make_batch(stamp, first, &mut rx, batch_limit(max_message));
+            carried = rest;
+            if stx.send(batch).await.is_err() {
+                break "stream closed".to_string();
             }
         };
         debug!(logger, "peer stream ended"; "reason" => ended);
-        mailbox.try_send(Msg::Unreachable { to: stamp.to });
+        mailbox.report(Msg::Unreachable { to: stamp.to });
     }
 }
 
-/// Packs `first` and whatever else is queued, up to the batch size, into one stream message.
+/// Largest total of encoded messages in one batch: a batch must stay under the peer's
+/// `max_peer_message_bytes`, whatever the value sizes.
+fn batch_limit(max_message: usize) -> usize {
+    BATCH_BYTES.min(max_message.saturating_sub(BATCH_OVERHEAD))
+}
+
+/// Packs `first` (already encoded) and whatever else is queued into one stream message of at
+/// most `limit` bytes. A queued message that would not fit is returned to open the next batch.
+/// A single message is never larger than the limit: raft caps a message's entries at 1 MiB
+/// (or one entry), and the config check keeps one entry under `max_peer_message_bytes`.
 fn make_batch(
     stamp: Stamp,
-    first: RaftMessage,
+    first: Vec<u8>,
     rx: &mut mpsc::Receiver<RaftMessage>,
-    max_message: usize,
-) -> RaftBatch {
-    let limit = BATCH_BYTES.min(max_message / 2);
-    let mut msgs = Vec::new();
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(m) = next.take() {
-        match m.write_to_bytes() {
-            Ok(b) => {
-                bytes += b.len();
-                msgs.push(b);
-            }
-            Err(_) => continue,
-        }
-        if bytes >= limit {
+    limit: usize,
+) -> (RaftBatch, Option<Vec<u8>>) {
+    let mut bytes = first.len() + PER_MESSAGE_OVERHEAD;
+    let mut msgs = vec![first];
+    let mut rest = None;
+    while bytes < limit {
+        let Ok(m) = rx.try_recv() else { break };
+        let Ok(b) = m.write_to_bytes() else { continue };
+        if bytes + b.len() + PER_MESSAGE_OVERHEAD > limit {
+            rest = Some(b);
             break;
         }
-        next = rx.try_recv().ok();
+        bytes += b.len() + PER_MESSAGE_OVERHEAD;
+        msgs.push(b);
     }
-    RaftBatch {
+    let batch = RaftBatch {
         cluster_id: stamp.cluster_id,
         from: stamp.from,
         to: stamp.to,
         msgs,
-    }
+    };
+    (batch, rest)
 }
 
 async fn stream_snapshot(
@@ -273,4 +295,49 @@ async fn stream_snapshot(
         .await
         .map_err(|s| s.to_string())?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::Entry;
+
+    fn append_of(bytes: usize) -> RaftMessage {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = 2;
+        let e = Entry {
+            data: vec![1u8; bytes].into(),
+            ..Default::default()
+        };
+        m.entries = vec![e].into();
+        m
+    }
+
+    #[tokio::test]
+    async fn batches_stay_under_the_peer_message_limit_whatever_the_value_sizes() {
+        let max_message = 3 << 20;
+        let (tx, mut rx) = mpsc::channel(64);
+        for _ in 0..10 {
+            tx.send(append_of(900 << 10)).await.unwrap();
+        }
+        let stamp = Stamp {
+            cluster_id: 1,
+            from: 1,
+            to: 2,
+        };
+        let mut carried = Some(append_of(900 << 10).write_to_bytes().unwrap());
+        let mut sent = 0;
+        while let Some(first) = carried
+            .take()
+            .or_else(|| rx.try_recv().ok().map(|m| m.write_to_bytes().unwrap()))
+        {
+            let (batch, rest) = make_batch(stamp, first, &mut rx, batch_limit(max_message));
+            let encoded = prost::Message::encoded_len(&batch);
+            assert!(encoded <= max_message, "batch of {encoded} bytes");
+            sent += batch.msgs.len();
+            carried = rest;
+        }
+        assert_eq!(sent, 11, "every message is sent once");
+    }
 }

@@ -31,6 +31,22 @@ pub struct ApplyState {
     pub term: Term,
 }
 
+/// Settings that change what applying an entry does. Every replica must apply the same log to
+/// the same bytes, so these are fixed when a data directory is created and a node whose
+/// configuration disagrees refuses to start (a per-node value would let replicas drift apart,
+/// for example during a rolling restart with a new value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplySettings {
+    /// Log entries a client request id is remembered for (see [`crate::StateMachine`]).
+    pub dedup_window: u64,
+}
+
+/// File beside the database holding the last index known to be durable in the log.
+const DURABLE_INDEX_FILE: &str = "RDB_DURABLE_INDEX";
+
+/// Version tag of the stored [`ApplySettings`] record.
+const APPLY_SETTINGS_V1: u64 = 1;
+
 /// A node's RocksDB database. Cheap to clone; safe to share between threads.
 #[derive(Clone)]
 pub struct Engine {
@@ -85,7 +101,16 @@ impl Engine {
         opts.create_missing_column_families(true);
         // Corruption must stop the node, never be skipped silently.
         opts.set_paranoid_checks(true);
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+        // Apply batches are written unsynced, so a power cut or a full disk can leave the newest
+        // WAL ending in a half-written record: nothing acknowledged depends on it (synced writes
+        // come whole), so replay stops there. A damaged record with valid ones after it is still
+        // corruption and refuses the open.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        // Column families must never disagree with each other: flush them together, and record
+        // live WALs in the MANIFEST so that a rolled-back MANIFEST (whose WALs are gone) is
+        // refused instead of opening as an older state.
+        opts.set_atomic_flush(true);
+        opts.set_track_and_verify_wals_in_manifest(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
         // The log column family is written and deleted in index order; smaller memtables keep
@@ -126,7 +151,13 @@ impl Engine {
     }
 
     /// Writes a batch; `sync` waits for the WAL to reach the disk.
+    ///
+    /// Fault point `storage-write` covers every write; callers add their own named one.
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        fail::fail_point!("storage-write", |arg| Err(Error::injected(
+            "storage-write",
+            arg
+        )));
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch, &wo)?;
@@ -190,6 +221,11 @@ impl Engine {
                     HardState::default().write_to_bytes()?,
                 );
                 batch.put_cf(state, keys::APPLY_STATE_KEY, keys::encode_pair(0, 0));
+                batch.put_cf(
+                    self.cf(CF_DATA),
+                    keys::DATA_APPLY_STATE_KEY,
+                    keys::encode_pair(0, 0),
+                );
                 batch.put_cf(state, keys::TRUNCATED_STATE_KEY, keys::encode_pair(0, 0));
                 // Identity last in the batch, but the batch is atomic anyway.
                 batch.put_cf(
@@ -200,6 +236,102 @@ impl Engine {
                 self.write(batch, true)
             }
         }
+    }
+
+    /// Fixes the apply-affecting settings of a directory the first time it is used with them,
+    /// and refuses a configuration that differs from what is stored.
+    ///
+    /// Returns true when the settings were recorded now (a new directory, or one created before
+    /// settings were recorded).
+    pub fn check_apply_settings(&self, configured: ApplySettings) -> Result<bool> {
+        match self.get_pair(keys::APPLY_SETTINGS_KEY)? {
+            Some((APPLY_SETTINGS_V1, dedup_window)) => {
+                if dedup_window != configured.dedup_window {
+                    return Err(Error::SettingChanged {
+                        name: "dedup_window",
+                        stored: dedup_window,
+                        configured: configured.dedup_window,
+                    });
+                }
+                Ok(false)
+            }
+            Some((version, _)) => Err(Error::Corrupt(format!(
+                "apply settings record has unknown version {version}"
+            ))),
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(
+                    self.cf(CF_RAFT_STATE),
+                    keys::APPLY_SETTINGS_KEY,
+                    keys::encode_pair(APPLY_SETTINGS_V1, configured.dedup_window),
+                );
+                self.write(batch, true)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Checks that the user data and the Raft state describe the same applied index. They are
+    /// written in one batch, so they can only differ after damage below RocksDB (a lost or cut
+    /// MANIFEST, media errors): serving such data would make this replica differ from the others
+    /// for good, so the node must refuse to start.
+    pub fn check_consistency(&self) -> Result<()> {
+        let state = self.apply_state()?;
+        let data = match self
+            .db
+            .get_cf(self.cf(CF_DATA), keys::DATA_APPLY_STATE_KEY)?
+        {
+            Some(v) => {
+                let (index, term) = keys::decode_pair(&v).ok_or_else(|| {
+                    Error::Corrupt("apply record in the data column family is not 16 bytes".into())
+                })?;
+                ApplyState { index, term }
+            }
+            None if state.index == 0 => return Ok(()),
+            None => ApplyState::default(),
+        };
+        if data != state {
+            return Err(Error::Diverged {
+                data_index: data.index,
+                state_index: state.index,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records, outside RocksDB, that the log of this node reached `index` durably (an index
+    /// whose entry was synced: an applied or committed one). Written to a file of its own with
+    /// rename and fsync, off the Raft thread, every few seconds. If RocksDB ever opens an older
+    /// state whose log ends below it (a MANIFEST cut past several flushes rolls every column
+    /// family back together, which RocksDB's own checks cannot see), `check_durable_index`
+    /// refuses to start.
+    pub fn record_durable_index(&self, index: Index) -> Result<()> {
+        let dir = self.db.path();
+        let tmp = dir.join(format!("{DURABLE_INDEX_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{index}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(DURABLE_INDEX_FILE))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Refuses a log that ends below the index recorded by `record_durable_index`.
+    pub fn check_durable_index(&self, log_end: Index) -> Result<()> {
+        let path = self.db.path().join(DURABLE_INDEX_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let recorded: Index = text
+            .trim()
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("{} does not hold an index", path.display())))?;
+        if log_end < recorded {
+            return Err(Error::RolledBack { log_end, recorded });
+        }
+        Ok(())
     }
 
     fn has_any_state(&self) -> Result<bool> {
@@ -252,8 +384,16 @@ impl Engine {
         Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?)
     }
 
-    /// Reads user keys in `[start, end)` (an empty `end` means unbounded), at most `limit` pairs.
-    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<ScanPage> {
+    /// Reads user keys in `[start, end)` (an empty `end` means unbounded): at most `limit`
+    /// pairs, and no more pairs once their keys and values reach `max_bytes` (always at least
+    /// one pair, so a scan makes progress). `more` says whether either bound cut the page.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage> {
         let lower = keys::data_key(start);
         let upper = if end.is_empty() {
             keys::data_end()
@@ -271,14 +411,17 @@ impl Engine {
             ro,
             IteratorMode::From(&lower, Direction::Forward),
         );
+        let mut bytes = 0usize;
         for item in it {
             let (k, v) = item?;
-            if page.kvs.len() >= limit {
+            let size = k.len() + v.len();
+            if page.kvs.len() >= limit || (!page.kvs.is_empty() && bytes + size > max_bytes) {
                 page.more = true;
                 break;
             }
             let uk = keys::user_key(&k)
                 .ok_or_else(|| Error::Corrupt("non-data key inside the data range".into()))?;
+            bytes += size;
             page.kvs.push((uk.to_vec(), v.to_vec()));
         }
         Ok(page)

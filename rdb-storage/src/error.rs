@@ -29,9 +29,52 @@ pub enum Error {
         /// Voters in the configuration.
         configured: Vec<u64>,
     },
+    /// A setting that decides what applying an entry does differs from the one the data
+    /// directory was created with.
+    #[error("setting {name} is {configured} in the configuration but this data directory was created with {stored}; it must be the same on every node for the life of the cluster")]
+    SettingChanged {
+        /// The setting.
+        name: &'static str,
+        /// Value recorded in the data directory.
+        stored: u64,
+        /// Value in the configuration.
+        configured: u64,
+    },
+    /// The user data and the Raft state disagree on what was applied.
+    #[error("user data is at applied index {data_index} but the raft state says {state_index}: the data directory is damaged (rolled back or partly lost); replace this node's data from a healthy replica")]
+    Diverged {
+        /// Applied index recorded beside the user data.
+        data_index: u64,
+        /// Applied index recorded in the Raft state.
+        state_index: u64,
+    },
+    /// RocksDB opened an older state than this node had already made durable.
+    #[error("the raft log ends at index {log_end} but this node had already made index {recorded} durable: the data directory was rolled back (damaged MANIFEST or lost files); replace this node's data from a healthy replica")]
+    RolledBack {
+        /// Where the log ends now.
+        log_end: u64,
+        /// The durable index recorded earlier.
+        recorded: u64,
+    },
+    /// The file system failed outside RocksDB.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
     /// A snapshot payload does not decode.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
+    /// A fault point configured through FAILPOINTS failed this write (tests only).
+    #[error("injected fault at {0}")]
+    Injected(String),
+}
+
+impl Error {
+    /// The error a fault point returns: `name`, with the argument it was configured with.
+    pub(crate) fn injected(name: &str, arg: Option<String>) -> Error {
+        Error::Injected(match arg {
+            Some(a) => format!("{name} ({a})"),
+            None => name.to_string(),
+        })
+    }
 }
 
 /// Result with the storage [`Error`].

@@ -3,8 +3,9 @@
 //! - `raft_log`: `index` as 8 big-endian bytes -> encoded `eraftpb::Entry`, so keys sort by index.
 //! - `raft_state`: fixed names -> hard state, conf state, apply state, truncated state, identity.
 //! - `data`: user keys behind the one-byte prefix `d`, so the state machine can keep its own
-//!   records (client-request dedup, `s` and `e`) in the same column family. Snapshots copy the
-//!   whole family, which keeps user data and dedup records consistent with each other.
+//!   records (client-request dedup, `s` and `e`; its applied index, `a`) in the same column
+//!   family. Snapshots copy the whole family, which keeps user data, dedup records and the
+//!   applied index they correspond to consistent with each other.
 
 use crate::Index;
 
@@ -25,6 +26,14 @@ pub const APPLY_STATE_KEY: &[u8] = b"apply_state";
 pub const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
 /// Cluster id and node id this data directory belongs to, 16 bytes.
 pub const IDENT_KEY: &[u8] = b"ident";
+/// Settings that change what applying an entry does, fixed when the directory was created
+/// (see [`crate::ApplySettings`]).
+pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";
+
+/// In `data`: the applied index and term, written in every apply batch beside the data it
+/// describes. At start it must equal the apply state in `raft_state`: if the two column families
+/// ever disagree (media damage, a cut MANIFEST), the node refuses to start.
+pub const DATA_APPLY_STATE_KEY: &[u8] = b"a";
 
 /// Prefix of user keys inside the `data` column family.
 pub const DATA_PREFIX: u8 = b'd';

@@ -17,12 +17,14 @@ pub mod snapshot;
 pub mod state_machine;
 
 #[cfg(test)]
+mod hardening_tests;
+#[cfg(test)]
 mod tests;
 
-pub use engine::{ApplyState, Engine, EngineOptions, Ident, ScanPage};
+pub use engine::{ApplySettings, ApplyState, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use raft_storage::RaftStorage;
-pub use state_machine::{Applied, CommandResult, StateMachine};
+pub use state_machine::{Applied, CommandResult, HashResults, HashState, StateMachine};
 
 /// A Raft log index.
 pub type Index = u64;

@@ -244,6 +244,10 @@ impl RaftStorage {
                 hs.write_to_bytes()?,
             );
         }
+        fail::fail_point!("storage-append", |arg| Err(Error::injected(
+            "storage-append",
+            arg
+        )));
         self.engine.write(batch, true)?;
         if !entries.is_empty() {
             self.last_index = new_last;

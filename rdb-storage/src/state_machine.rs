@@ -8,10 +8,12 @@
 //! a retry of the same id (a client that did not hear the answer) is not applied again and gets
 //! the recorded result back. A record counts for `dedup_window` log entries after the one that
 //! wrote it, decided by log index alone so every replica agrees; a retry later than that
-//! applies again (documented in specs/). Records past the window are deleted in the background
-//! of later batches, which bounds their number.
+//! applies again (documented in specs/). Records past the window are deleted by the batch that
+//! moves the applied index past them, which bounds their number and keeps every replica's bytes
+//! the same at the same applied index.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
@@ -39,8 +41,11 @@ pub enum CommandResult {
         /// On failure, the value found (None if absent, or unknown for a deduplicated retry).
         current: Option<Vec<u8>>,
     },
-    /// A hash point: the replica hashes its data as of this entry (see `rdb-cli check`).
-    HashPoint,
+    /// A hash point: every replica hashes its data as of this entry (see `rdb-cli check`).
+    HashPoint {
+        /// Log index of the hash point.
+        index: Index,
+    },
 }
 
 /// One applied entry and, for a client command, its result.
@@ -55,12 +60,35 @@ pub struct Applied {
     pub result: Option<std::result::Result<CommandResult, String>>,
 }
 
+/// What a hash point found (see [`StateMachine::hashes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashState {
+    /// The data as of the hash point is being hashed in the background.
+    Computing,
+    /// The hash of every record of the `data` column family as of the hash point.
+    Done {
+        /// xxh3 over every (key, value), in key order, with their lengths.
+        hash: u64,
+        /// Records hashed.
+        records: u64,
+    },
+    /// Reading the data failed.
+    Failed(String),
+}
+
+/// Results of recent hash points by log index, shared with the service that answers `Hash`.
+pub type HashResults = Arc<Mutex<BTreeMap<Index, HashState>>>;
+
+/// How many hash results are kept.
+const HASH_RESULTS_KEPT: usize = 16;
+
 /// Applies committed entries. Owned by whichever task applies (one at a time).
 pub struct StateMachine {
     engine: Engine,
     dedup_window: u64,
-    /// Every expiry record below this index has been removed.
+    /// Every expiry record at or below this index has been removed.
     dedup_floor: Index,
+    hashes: HashResults,
 }
 
 const CODE_PUT: u8 = 1;
@@ -77,6 +105,7 @@ impl StateMachine {
             engine,
             dedup_window: dedup_window.max(1),
             dedup_floor: 0,
+            hashes: HashResults::default(),
         };
         sm.reload()?;
         Ok(sm)
@@ -92,7 +121,7 @@ impl StateMachine {
         self.dedup_floor = match it.next() {
             Some(item) => {
                 let (k, _) = item?;
-                keys::parse_dedup_expiry_key(&k).map_or(0, |(index, _, _)| index)
+                keys::parse_dedup_expiry_key(&k).map_or(0, |(index, _, _)| index.saturating_sub(1))
             }
             None => 0,
         };
@@ -104,19 +133,21 @@ impl StateMachine {
         &self.engine
     }
 
-    /// Applies `entries` (committed, in index order, contiguous after the applied index) in one
-    /// atomic batch together with the new applied index.
+    /// Results of hash points, for the service that answers `Hash` requests.
+    pub fn hashes(&self) -> HashResults {
+        self.hashes.clone()
+    }
+
+    /// Applies `entries` (committed, in index order, contiguous after the applied index).
+    ///
+    /// The writes of a run of entries, the dedup records that expire with them and the new
+    /// applied index go in one atomic batch. What the batch leaves on disk depends only on the
+    /// entries and the applied index, never on how entries were split into calls: replicas that
+    /// applied the same log hold the same bytes. A hash point ends its batch, so that the data
+    /// hashed is exactly the state as of that entry.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
-        let Some(last) = entries.last() else {
-            return Ok(Vec::new());
-        };
-        let mut batch = Batch {
-            engine: &self.engine,
-            dedup_window: self.dedup_window,
-            wb: WriteBatch::default(),
-            overlay: HashMap::new(),
-        };
         let mut out = Vec::with_capacity(entries.len());
+        let mut batch = Batch::new(&self.engine, self.dedup_window);
         for e in entries {
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
@@ -127,70 +158,181 @@ impl StateMachine {
                 // Membership is fixed by the configuration file in this phase.
                 _ => None,
             };
+            batch.last = Some((e.index, e.term));
+            let hash_point = matches!(result, Some(Ok(CommandResult::HashPoint { .. })));
             out.push(Applied {
                 index: e.index,
                 term: e.term,
                 result,
             });
+            if hash_point {
+                let done =
+                    std::mem::replace(&mut batch, Batch::new(&self.engine, self.dedup_window));
+                self.commit(done)?;
+                self.start_hash(e.index);
+            }
         }
-        let mut wb = batch.wb;
-        self.expire_dedup(&mut wb, last.index, entries[0].index)?;
-        wb.put_cf(
-            self.engine.cf(CF_RAFT_STATE),
-            keys::APPLY_STATE_KEY,
-            keys::encode_pair(last.index, last.term),
-        );
-        // Not synced: the entries are durable in the log; if this batch is lost in a crash, the
-        // applied index goes back with it and the entries are applied again from the log.
-        self.engine.write(wb, false)?;
+        if batch.last.is_some() {
+            self.commit(batch)?;
+        }
         Ok(out)
     }
 
-    /// Deletes dedup records that no longer count (see `apply_command`). Only what is already
-    /// in RocksDB is visible here, so the floor stops at this batch's first index: records the
-    /// batch itself wrote are removed by a later batch.
-    fn expire_dedup(
-        &mut self,
-        wb: &mut WriteBatch,
-        applied: Index,
-        batch_first: Index,
-    ) -> Result<()> {
+    /// Writes a batch with the dedup records that expire at its last index and the apply state.
+    fn commit(&mut self, mut batch: Batch) -> Result<()> {
+        let Some((index, term)) = batch.last else {
+            return Ok(());
+        };
+        self.expire_dedup(&mut batch, index)?;
+        let applied = keys::encode_pair(index, term);
+        batch.wb.put_cf(
+            self.engine.cf(CF_RAFT_STATE),
+            keys::APPLY_STATE_KEY,
+            applied,
+        );
+        batch
+            .wb
+            .put_cf(self.engine.cf(CF_DATA), keys::DATA_APPLY_STATE_KEY, applied);
+        fail::fail_point!("storage-apply", |arg| Err(Error::injected(
+            "storage-apply",
+            arg
+        )));
+        // Not synced: the entries are durable in the log; if this batch is lost in a crash, the
+        // applied index goes back with it and the entries are applied again from the log.
+        self.engine.write(batch.wb, false)
+    }
+
+    /// Removes every dedup record that stopped counting at `applied` (written at or below
+    /// `applied - dedup_window`), whether it is on disk or was written by this very batch. A
+    /// record rewritten later (a retry applied again after its window) is newer than the expiry
+    /// record of its first write, and is kept.
+    fn expire_dedup(&mut self, batch: &mut Batch, applied: Index) -> Result<()> {
         let Some(threshold) = applied.checked_sub(self.dedup_window) else {
             return Ok(());
         };
-        let threshold = threshold.min(batch_first);
         if threshold <= self.dedup_floor {
             return Ok(());
         }
-        let data = self.engine.cf(CF_DATA);
+        let mut expired = Vec::new();
         let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::dedup_expiry_key(threshold, 0, 0).to_vec());
-        let from = keys::dedup_expiry_key(self.dedup_floor, 0, 0);
+        ro.set_iterate_upper_bound(keys::dedup_expiry_key(threshold + 1, 0, 0).to_vec());
+        let from = keys::dedup_expiry_key(self.dedup_floor + 1, 0, 0);
         for item in self.engine.db().iterator_cf_opt(
-            data,
+            self.engine.cf(CF_DATA),
             ro,
             IteratorMode::From(&from, Direction::Forward),
         ) {
             let (k, _) = item?;
-            if let Some((_, client, seq)) = keys::parse_dedup_expiry_key(&k) {
-                wb.delete_cf(data, keys::dedup_key(client, seq));
+            let parsed = keys::parse_dedup_expiry_key(&k)
+                .ok_or_else(|| Error::Corrupt("bad dedup expiry key".into()))?;
+            expired.push(parsed);
+        }
+        expired.extend(
+            batch
+                .expiries
+                .iter()
+                .copied()
+                .filter(|&(index, _, _)| index <= threshold),
+        );
+        for (index, client, seq) in expired {
+            batch.delete(keys::dedup_expiry_key(index, client, seq).to_vec());
+            let dk = keys::dedup_key(client, seq);
+            if let Some(rec) = batch.read(&dk)? {
+                if record_index(&rec)? == index {
+                    batch.delete(dk.to_vec());
+                }
             }
-            wb.delete_cf(data, &k);
         }
         self.dedup_floor = threshold;
         Ok(())
     }
+
+    /// Hashes the data as it is now (right after a hash point was written) on a thread of its
+    /// own. The thread takes its RocksDB snapshot before this returns, so later batches cannot
+    /// leak into the hash, and the Raft thread does not wait for the hashing itself.
+    fn start_hash(&mut self, index: Index) {
+        {
+            let mut hashes = lock(&self.hashes);
+            hashes.insert(index, HashState::Computing);
+            while hashes.len() > HASH_RESULTS_KEPT {
+                hashes.pop_first();
+            }
+        }
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel::<()>();
+        let engine = self.engine.clone();
+        let hashes = self.hashes.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hash-point".into())
+            .spawn(move || {
+                let view = engine.db().snapshot();
+                let _ = taken_tx.send(());
+                let result = hash_view(&engine, &view);
+                lock(&hashes).insert(
+                    index,
+                    match result {
+                        Ok((hash, records)) => HashState::Done { hash, records },
+                        Err(e) => HashState::Failed(e.to_string()),
+                    },
+                );
+            });
+        match spawned {
+            // An error here means the thread ended before taking its view: it recorded nothing.
+            Ok(_) => {
+                let _ = taken_rx.recv();
+            }
+            Err(e) => {
+                lock(&self.hashes).insert(index, HashState::Failed(format!("cannot start: {e}")));
+            }
+        }
+    }
+}
+
+/// xxh3 over every record of the data column family in `view`, with lengths, in key order.
+fn hash_view(
+    engine: &Engine,
+    view: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+) -> Result<(u64, u64)> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut records = 0u64;
+    for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
+        let (k, v) = item?;
+        h.update(&(k.len() as u64).to_be_bytes());
+        h.update(&k);
+        h.update(&(v.len() as u64).to_be_bytes());
+        h.update(&v);
+        records += 1;
+    }
+    Ok((h.digest(), records))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One apply batch, with the writes made so far readable before they reach RocksDB.
-struct Batch<'a> {
-    engine: &'a Engine,
+struct Batch {
+    engine: Engine,
     dedup_window: u64,
     wb: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Expiry records this batch wrote: (index, client id, seq).
+    expiries: Vec<(Index, u64, u64)>,
+    /// Index and term of the last entry in the batch.
+    last: Option<(Index, Term)>,
 }
 
-impl Batch<'_> {
+impl Batch {
+    fn new(engine: &Engine, dedup_window: u64) -> Batch {
+        Batch {
+            engine: engine.clone(),
+            dedup_window,
+            wb: WriteBatch::default(),
+            overlay: HashMap::new(),
+            expiries: Vec::new(),
+            last: None,
+        }
+    }
+
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
@@ -254,8 +396,8 @@ impl Batch<'_> {
                     }
                 }
             }
-            // Writes nothing; the hashing itself is done by the caller of `apply`.
-            Op::HashPoint(_) => CommandResult::HashPoint,
+            // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
+            Op::HashPoint(_) => CommandResult::HashPoint { index },
         };
         if let Some(dk) = dedup {
             let mut rec = index.to_be_bytes().to_vec();
@@ -263,6 +405,7 @@ impl Batch<'_> {
             self.put(dk.to_vec(), rec);
             let ek = keys::dedup_expiry_key(index, cmd.client_id, cmd.seq);
             self.put(ek.to_vec(), Vec::new());
+            self.expiries.push((index, cmd.client_id, cmd.seq));
         }
         Ok(Ok(result))
     }
@@ -279,7 +422,7 @@ fn encode_result(r: &CommandResult) -> u8 {
         CommandResult::Cas {
             succeeded: false, ..
         } => CODE_CAS_FAILED,
-        CommandResult::HashPoint => CODE_HASH_POINT,
+        CommandResult::HashPoint { .. } => CODE_HASH_POINT,
     }
 }
 
@@ -303,7 +446,9 @@ fn decode_result(rec: &[u8]) -> Result<CommandResult> {
             succeeded: false,
             current: None,
         }),
-        Some(&CODE_HASH_POINT) => Ok(CommandResult::HashPoint),
+        Some(&CODE_HASH_POINT) => Ok(CommandResult::HashPoint {
+            index: record_index(rec)?,
+        }),
         _ => Err(Error::Corrupt("unknown dedup record".into())),
     }
 }

@@ -7,16 +7,16 @@ use rdb_proto::command::{command::Op, Cas, Command, Delete, Put};
 
 use crate::{CommandResult, Engine, Error, Ident, RaftStorage, StateMachine};
 
-const IDENT: Ident = Ident {
+pub(crate) const IDENT: Ident = Ident {
     cluster_id: 7,
     node_id: 1,
 };
 
-fn logger() -> slog::Logger {
+pub(crate) fn logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
 
-fn open(dir: &std::path::Path) -> (Engine, RaftStorage) {
+pub(crate) fn open(dir: &std::path::Path) -> (Engine, RaftStorage) {
     let engine = Engine::open(dir).expect("open");
     engine
         .bootstrap_or_check(IDENT, &[1, 2, 3])
@@ -25,7 +25,7 @@ fn open(dir: &std::path::Path) -> (Engine, RaftStorage) {
     (engine, storage)
 }
 
-fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+pub(crate) fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     Entry {
         index,
         term,
@@ -34,7 +34,7 @@ fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     }
 }
 
-fn cmd(client_id: u64, seq: u64, op: Op) -> Vec<u8> {
+pub(crate) fn cmd(client_id: u64, seq: u64, op: Op) -> Vec<u8> {
     Command {
         client_id,
         seq,
@@ -43,14 +43,14 @@ fn cmd(client_id: u64, seq: u64, op: Op) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn put(k: &str, v: &str) -> Op {
+pub(crate) fn put(k: &str, v: &str) -> Op {
     Op::Put(Put {
         key: k.into(),
         value: v.into(),
     })
 }
 
-fn dedup_records(engine: &Engine) -> usize {
+pub(crate) fn dedup_records(engine: &Engine) -> usize {
     engine
         .db()
         .iterator_cf(
@@ -318,11 +318,11 @@ fn scan_is_ordered_bounded_and_limited() {
         .map(|(i, k)| entry(i as u64 + 1, 1, &cmd(0, 0, put(k, k))))
         .collect();
     sm.apply(&ents).unwrap();
-    let page = engine.scan(b"b", b"e", 10).unwrap();
+    let page = engine.scan(b"b", b"e", 10, usize::MAX).unwrap();
     let keys: Vec<_> = page.kvs.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
     assert!(!page.more);
-    let page = engine.scan(b"", b"", 2).unwrap();
+    let page = engine.scan(b"", b"", 2, usize::MAX).unwrap();
     assert_eq!(page.kvs.len(), 2);
     assert!(page.more);
 }
@@ -355,7 +355,7 @@ fn snapshot_round_trip_replaces_state_atomically() {
         None,
         "old data must be replaced"
     );
-    assert_eq!(dst.scan(b"", b"", 100).unwrap().kvs.len(), 20);
+    assert_eq!(dst.scan(b"", b"", 100, usize::MAX).unwrap().kvs.len(), 20);
     assert_eq!(dst_log.first_index().unwrap(), 21);
     assert_eq!(dst_log.last_index().unwrap(), 20);
     assert_eq!(dst_log.term(20).unwrap(), 2);
@@ -371,7 +371,7 @@ fn snapshot_round_trip_replaces_state_atomically() {
     let mut bad = snap.clone();
     bad.data = snap.data[..snap.data.len() - 3].to_vec().into();
     assert!(dst_log.apply_snapshot(&bad).is_err());
-    assert_eq!(dst.scan(b"", b"", 100).unwrap().kvs.len(), 20);
+    assert_eq!(dst.scan(b"", b"", 100, usize::MAX).unwrap().kvs.len(), 20);
 }
 
 #[test]

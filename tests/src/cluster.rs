@@ -141,6 +141,11 @@ impl TestCluster {
 
     /// Starts (or restarts) node `id`; it must not be running.
     pub fn restart(&mut self, id: u64) {
+        self.restart_with_env(id, &[]);
+    }
+
+    /// Starts (or restarts) node `id` with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let log = self.log_path(id);
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -158,6 +163,7 @@ impl TestCluster {
             None => Command::new(&server),
         };
         let child = cmd
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&self.config)
             .arg("--node-id")
@@ -202,6 +208,26 @@ impl TestCluster {
             let _ = child.wait();
         }
         node.paused = false;
+    }
+
+    /// Waits up to `timeout` for node `id`'s process to end by itself, and reaps it. None if
+    /// it is still running then (or was not started).
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let node = self.node_mut(id);
+        let child = node.child.as_mut()?;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    node.child = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Freezes node `id` (SIGSTOP): it keeps its sockets but answers nothing.

@@ -173,6 +173,11 @@ impl RaftPeer {
         self.raw.raft.prs().conf().voters().ids().iter().collect()
     }
 
+    /// Results of hash points, for the service that answers `Hash`.
+    pub fn hash_results(&self) -> rdb_storage::HashResults {
+        self.sm.hashes()
+    }
+
     /// The engine, for reads outside the Raft task.
     pub fn engine(&self) -> &Engine {
         self.sm.engine()

@@ -7,11 +7,13 @@ use std::time::Duration;
 use rdb_proto::command::{self, command::Op, Command};
 use rdb_proto::kv::kv_server::Kv;
 use rdb_proto::kv::{
-    CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest, DeleteResponse, Error as PbError,
-    ErrorCode, GetRequest, GetResponse, HashRequest, HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest,
-    PutResponse, RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
+    CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest,
+    DeleteResponse, Error as PbError, ErrorCode, GetRequest, GetResponse, HashRequest,
+    HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest, PutResponse, RequestId,
+    ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
-use rdb_storage::{CommandResult, Engine};
+use rdb_storage::{CommandResult, Engine, HashResults, HashState};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::config::Settings;
@@ -22,6 +24,7 @@ use crate::router::{Mailbox, Msg, RequestError};
 pub struct KvService {
     mailbox: Mailbox,
     engine: Engine,
+    hashes: HashResults,
     settings: Arc<Settings>,
     cluster_id: u64,
     client_addr: String,
@@ -32,6 +35,7 @@ impl KvService {
     pub fn new(
         mailbox: Mailbox,
         engine: Engine,
+        hashes: HashResults,
         settings: Arc<Settings>,
         cluster_id: u64,
         client_addr: String,
@@ -39,6 +43,7 @@ impl KvService {
         KvService {
             mailbox,
             engine,
+            hashes,
             settings,
             cluster_id,
             client_addr,
@@ -47,6 +52,22 @@ impl KvService {
 
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.settings.request_timeout_ms)
+    }
+
+    /// When a request must be answered: the server's request timeout, or sooner when the
+    /// client's gRPC deadline (`grpc-timeout`) is nearer. A tenth of the client's time is kept
+    /// back so the typed answer (Unavailable or Indeterminate) reaches it before it gives up.
+    fn deadline<T>(&self, request: &Request<T>) -> Instant {
+        let mut timeout = self.timeout();
+        if let Some(client) = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+        {
+            timeout = timeout.min(client.mul_f64(0.9));
+        }
+        Instant::now() + timeout
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
@@ -79,7 +100,12 @@ impl KvService {
     /// Proposes a write and waits for it to apply. Waiting for room in the mailbox is bounded
     /// and fails as `Unavailable` (nothing proposed); waiting for the outcome is bounded and
     /// fails as `Indeterminate` (the entry may still commit).
-    async fn write(&self, id: Option<RequestId>, op: Op) -> Result<CommandResult, RequestError> {
+    async fn write(
+        &self,
+        deadline: Instant,
+        id: Option<RequestId>,
+        op: Op,
+    ) -> Result<CommandResult, RequestError> {
         let id = id.unwrap_or_default();
         let cmd = Command {
             client_id: id.client_id,
@@ -87,22 +113,20 @@ impl KvService {
             op: Some(op),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let deadline = tokio::time::Instant::now() + self.timeout();
         tokio::time::timeout_at(deadline, self.mailbox.send(Msg::Propose { cmd, tx }))
             .await
             .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RequestError::Indeterminate("node stopped".into())),
-            Err(_) => Err(RequestError::Indeterminate(format!(
-                "no outcome within {} ms",
-                self.settings.request_timeout_ms
-            ))),
+            Err(_) => Err(RequestError::Indeterminate(
+                "no outcome before the deadline".into(),
+            )),
         }
     }
 
     /// Waits until reading local state is linearizable (ReadIndex), unless serializable.
-    async fn read_barrier(&self, consistency: i32) -> Result<(), RequestError> {
+    async fn read_barrier(&self, deadline: Instant, consistency: i32) -> Result<(), RequestError> {
         if consistency == Consistency::Serializable as i32 || cfg!(feature = "inject-stale-reads") {
             return Ok(());
         }
@@ -111,12 +135,11 @@ impl KvService {
                 "unknown consistency {consistency}"
             )));
         }
-        match tokio::time::timeout(self.timeout(), self.mailbox.call(|tx| Msg::Read { tx })).await {
+        match tokio::time::timeout_at(deadline, self.mailbox.call(|tx| Msg::Read { tx })).await {
             Ok(r) => r?,
-            Err(_) => Err(RequestError::Unavailable(format!(
-                "no quorum confirmed leadership within {} ms",
-                self.settings.request_timeout_ms
-            ))),
+            Err(_) => Err(RequestError::Unavailable(
+                "no quorum confirmed leadership before the deadline".into(),
+            )),
         }
     }
 
@@ -173,11 +196,13 @@ fn err<T: Default>(
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
             self.check_key(&r.key)?;
             self.check_value(&r.value)?;
             self.write(
+                deadline,
                 r.request_id,
                 Op::Put(command::Put {
                     key: r.key,
@@ -194,16 +219,20 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
             self.check_key(&r.key)?;
-            self.read_barrier(r.consistency).await
+            self.read_barrier(deadline, r.consistency).await
         }
         .await;
         if let Err(e) = res {
             return err(e, |r: &mut GetResponse, e| r.error = Some(e));
         }
-        let value = self.engine.get(&r.key).map_err(Self::storage_error)?;
+        // A point read is short, but may wait on the disk: let the runtime move other tasks
+        // off this worker meanwhile.
+        let value =
+            tokio::task::block_in_place(|| self.engine.get(&r.key)).map_err(Self::storage_error)?;
         Ok(Response::new(GetResponse {
             error: None,
             found: value.is_some(),
@@ -215,11 +244,16 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
             self.check_key(&r.key)?;
-            self.write(r.request_id, Op::Delete(command::Delete { key: r.key }))
-                .await
+            self.write(
+                deadline,
+                r.request_id,
+                Op::Delete(command::Delete { key: r.key }),
+            )
+            .await
         }
         .await;
         match res {
@@ -233,6 +267,7 @@ impl Kv for KvService {
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let deadline = self.deadline(&request);
         let r = request.into_inner();
         let max = self.settings.max_scan_limit;
         let res = async {
@@ -255,7 +290,7 @@ impl Kv for KvService {
                     )));
                 }
             }
-            self.read_barrier(r.consistency).await
+            self.read_barrier(deadline, r.consistency).await
         }
         .await;
         if let Err(e) = res {
@@ -267,10 +302,21 @@ impl Kv for KvService {
             (r.prefix.clone(), prefix_end(&r.prefix))
         };
         let limit = if r.limit == 0 { max } else { r.limit } as usize;
-        let page = self
-            .engine
-            .scan(&start, &end, limit)
+        let engine = self.engine.clone();
+        let max_bytes = self.settings.max_response_bytes;
+        // A scan can read a lot: off the async workers.
+        let page = tokio::task::spawn_blocking(move || engine.scan(&start, &end, limit, max_bytes))
+            .await
+            .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
             .map_err(Self::storage_error)?;
+        let next_start = match page.kvs.last() {
+            Some((k, _)) if page.more => {
+                let mut next = k.clone();
+                next.push(0);
+                next
+            }
+            _ => Vec::new(),
+        };
         Ok(Response::new(ScanResponse {
             error: None,
             kvs: page
@@ -279,11 +325,12 @@ impl Kv for KvService {
                 .map(|(key, value)| KeyValue { key, value })
                 .collect(),
             more: page.more,
-            next_start: Vec::new(),
+            next_start,
         }))
     }
 
     async fn cas(&self, request: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+        let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
             self.check_key(&r.key)?;
@@ -292,6 +339,7 @@ impl Kv for KvService {
                 self.check_value(e)?;
             }
             self.write(
+                deadline,
                 r.request_id,
                 Op::Cas(command::Cas {
                     key: r.key,
@@ -338,14 +386,77 @@ impl Kv for KvService {
 
     async fn check(
         &self,
-        _request: Request<CheckRequest>,
+        request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Err(Status::unimplemented("check: not yet implemented"))
+        let deadline = self.deadline(&request);
+        match self
+            .write(deadline, None, Op::HashPoint(command::HashPoint {}))
+            .await
+        {
+            Ok(CommandResult::HashPoint { index }) => {
+                Ok(Response::new(CheckResponse { error: None, index }))
+            }
+            Ok(other) => Err(Status::internal(format!("hash point produced {other:?}"))),
+            Err(e) => err(e, |r: &mut CheckResponse, e| r.error = Some(e)),
+        }
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("hash: not yet implemented"))
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let index = request.into_inner().index;
+        if index == 0 {
+            let e = RequestError::InvalidArgument("index must be a hash point's index".into());
+            return err(e, |r: &mut HashResponse, e| r.error = Some(e));
+        }
+        let applied = self
+            .engine
+            .apply_state()
+            .map_err(Self::storage_error)?
+            .index;
+        let state = self
+            .hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&index)
+            .cloned();
+        let mut resp = HashResponse {
+            applied_index: applied,
+            ..Default::default()
+        };
+        match state {
+            Some(HashState::Done { hash, records }) => {
+                resp.ready = true;
+                resp.hash = hash;
+                resp.records = records;
+            }
+            Some(HashState::Computing) => {}
+            None if applied < index => {}
+            Some(HashState::Failed(e)) => {
+                return Err(Status::internal(format!("hashing failed: {e}")));
+            }
+            None => {
+                resp.error = Some(to_pb(RequestError::InvalidArgument(format!(
+                    "no hash was made here at index {index}: this node restarted or installed \
+                     a snapshot past it, or it is older than the last hash points kept"
+                ))));
+            }
+        }
+        Ok(Response::new(resp))
     }
+}
+
+/// Parses a gRPC `grpc-timeout` header value: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The smallest key greater than every key with `prefix`; empty (unbounded) if none exists.
@@ -362,7 +473,19 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{parse_grpc_timeout, prefix_end};
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_garbage_is_ignored() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        for bad in ["", "m", "12", "x5m", "5x"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix_range() {
