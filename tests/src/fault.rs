@@ -71,6 +71,30 @@ pub struct FaultReport {
     /// The replica check after the final reads: every node's hash at one index, or why no
     /// complete check could be made.
     pub replicas: Result<CheckReport, String>,
+    /// Log compactions and snapshot installs the nodes logged during the run.
+    pub events: LogEvents,
+}
+
+/// Counts of notable events in the nodes' logs, to show what a run exercised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogEvents {
+    /// `log compacted` lines, all nodes.
+    pub compactions: usize,
+    /// `installing snapshot` lines, all nodes.
+    pub snapshot_installs: usize,
+}
+
+impl LogEvents {
+    /// Counts the events in every node log of `cluster`.
+    pub fn count(cluster: &TestCluster) -> LogEvents {
+        let mut e = LogEvents::default();
+        for n in &cluster.nodes {
+            let log = std::fs::read_to_string(cluster.log_path(n.id)).unwrap_or_default();
+            e.compactions += log.matches("log compacted").count();
+            e.snapshot_installs += log.matches("installing snapshot").count();
+        }
+        e
+    }
 }
 
 impl FaultReport {
@@ -256,6 +280,7 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
         });
     }
     let replicas = check_replicas(&cluster).await;
+    let events = LogEvents::count(&cluster);
     let history = std::mem::take(&mut *history.lock().expect("history"));
     let result = check(&history, cfg.step_budget);
     FaultReport {
@@ -263,6 +288,7 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
         result,
         faults,
         replicas,
+        events,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rdb_tests::fault::{run, FaultConfig};
+use rdb_tests::fault::{run, FaultConfig, LogEvents};
 use rdb_tests::linearizability::CheckResult;
 
 /// Log compaction every 300 applied entries, keeping 100: under the run's load, followers
@@ -13,10 +13,11 @@ use rdb_tests::linearizability::CheckResult;
 const SMALL_LOG: &str = "snapshot_threshold = 300\ncatch_up_entries = 100\n";
 
 async fn run_seed(seed: u64, secs: u64, partitions: bool) {
-    run_with(seed, secs, partitions, "").await
+    run_with(seed, secs, partitions, "").await;
 }
 
-async fn run_with(seed: u64, secs: u64, partitions: bool, settings: &str) {
+/// Runs one scenario and checks its history and replicas; returns what the nodes logged.
+async fn run_with(seed: u64, secs: u64, partitions: bool, settings: &str) -> LogEvents {
     let cfg = FaultConfig {
         duration: Duration::from_secs(secs),
         seed,
@@ -27,8 +28,9 @@ async fn run_with(seed: u64, secs: u64, partitions: bool, settings: &str) {
     let report = run(&cfg).await;
     let (ok, failed, indeterminate) = report.counts();
     eprintln!(
-        "seed {seed}: {} ops ({ok} ok, {failed} failed, {indeterminate} indeterminate); faults: {:#?}",
+        "seed {seed}: {} ops ({ok} ok, {failed} failed, {indeterminate} indeterminate), {:?}; faults: {:#?}",
         report.history.len(),
+        report.events,
         report.faults
     );
     assert!(
@@ -55,6 +57,7 @@ async fn run_with(seed: u64, secs: u64, partitions: bool, settings: &str) {
         Ok(r) => panic!("seed {seed}: the replicas differ: {r:#?}"),
         Err(e) => panic!("seed {seed}: replica check failed: {e}"),
     }
+    report.events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,5 +77,9 @@ async fn faults_with_partitions_seed_3_history_is_linearizable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_with_snapshots_seed_4_history_is_linearizable() {
-    run_with(4, 25, false, SMALL_LOG).await;
+    let events = run_with(4, 25, false, SMALL_LOG).await;
+    assert!(
+        events.compactions > 0 && events.snapshot_installs > 0,
+        "the small log must make nodes compact and install snapshots: {events:?}"
+    );
 }
