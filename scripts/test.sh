@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 echo "== build"
+# One build of every dependency serves build, clippy (check mode) and test alike, RocksDB's C++
+# included: Cargo.toml states the build-script profile ([profile.dev.build-override]) so that
+# check mode does not give build scripts different dependency hashes. Keep the flags of these
+# commands aligned (--workspace --all-targets --locked) so their feature sets agree too.
 cargo build --workspace --all-targets --locked
 echo "== fmt + clippy"
 cargo fmt --all -- --check

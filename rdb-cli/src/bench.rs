@@ -160,6 +160,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::NotLeader { .. } => "not_leader",
         Error::Unavailable(_) => "unavailable",
         Error::Indeterminate(_) => "indeterminate",
+        Error::Unsupported(_) => "unsupported",
     }
 }
 

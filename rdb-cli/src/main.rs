@@ -2,17 +2,21 @@
 //!
 //! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key not found,
 //! 4 unavailable, 5 indeterminate (a write may or may not have applied), 6 compare-and-swap
-//! did not match.
+//! did not match, 7 `check`: the replicas differ or a node gave no hash.
 
 mod bench;
+mod codec;
 mod output;
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rdb_client::{Client, Error, Options, ReadConsistency, ScanRange};
 
+use crate::codec::Codec;
 use crate::output::{Output, Printer};
 
 /// Exit codes, one per outcome a script may want to tell apart.
@@ -29,6 +33,8 @@ pub mod exit {
     pub const INDETERMINATE: u8 = 5;
     /// `cas` found another value.
     pub const CAS_FAILED: u8 = 6;
+    /// `check`: the replicas' hashes differ, or a node gave no hash before the deadline.
+    pub const CHECK_FAILED: u8 = 7;
 }
 
 /// Command-line client for rdb.
@@ -49,18 +55,29 @@ struct Cli {
     /// Overall deadline of one command, retries included, in milliseconds.
     #[arg(long, default_value_t = 10_000, global = true)]
     timeout_ms: u64,
+    /// Keys and values in arguments and output are hex digits, two per byte (`--hex 00ff`).
+    #[arg(long, global = true, conflicts_with = "escape")]
+    hex: bool,
+    /// Keys and values in arguments may use escapes: \\, \n, \r, \t, \0, \xNN. Output
+    /// always uses this form (unless --hex), so printed keys can be given back.
+    #[arg(long, global = true)]
+    escape: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a value.
+    /// Write a value: from the VALUE argument, from stdin when VALUE is `-`, or from --value-file.
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value; `-` reads it from stdin (byte for byte).
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (byte for byte; for values too large for argv).
+        #[arg(long)]
+        value_file: Option<PathBuf>,
     },
     /// Read a value (exit 3 if absent).
     Get {
@@ -69,6 +86,9 @@ enum Command {
         /// Read this node's state without a ReadIndex round (possibly stale).
         #[arg(long)]
         serializable: bool,
+        /// Write the value's bytes to stdout unchanged (no escaping, no newline).
+        #[arg(long)]
+        raw: bool,
     },
     /// Remove a key.
     Delete {
@@ -86,7 +106,7 @@ enum Command {
         /// Only keys with this prefix.
         #[arg(long, default_value = "", conflicts_with_all = ["start", "end"])]
         prefix: String,
-        /// At most this many pairs (0: the server's maximum).
+        /// At most this many pairs (0: all of them; the server's pages are followed).
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Read this node's state without a ReadIndex round (possibly stale).
@@ -97,17 +117,27 @@ enum Command {
     Cas {
         /// The key.
         key: String,
-        /// The new value.
-        new: String,
-        /// The value the key must hold.
-        #[arg(long, required_unless_present = "absent", conflicts_with = "absent")]
-        expected: Option<String>,
-        /// The key must be absent.
+        /// The new value; `-` reads it from stdin (byte for byte).
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        new: Option<String>,
+        /// Read the new value from this file (byte for byte).
         #[arg(long)]
+        value_file: Option<PathBuf>,
+        /// The value the key must hold.
+        #[arg(long, conflicts_with_all = ["absent", "expected_file"])]
+        expected: Option<String>,
+        /// Read the value the key must hold from this file (byte for byte).
+        #[arg(long, conflicts_with = "absent")]
+        expected_file: Option<PathBuf>,
+        /// The key must be absent.
+        #[arg(long, required_unless_present_any = ["expected", "expected_file"])]
         absent: bool,
     },
     /// Show every endpoint's view of the cluster in one table (exit 4 if any is down).
     Status,
+    /// Compare the replicas: every node hashes its data at the same log index (exit 7 when
+    /// the hashes differ or a node gives none).
+    Check,
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -142,17 +172,44 @@ async fn run(cli: Cli) -> u8 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let p = Printer::new(cli.output);
+    let codec = if cli.hex {
+        Codec::Hex
+    } else if cli.escape {
+        Codec::Escape
+    } else {
+        Codec::Text
+    };
+    let p = Printer::new(cli.output, codec);
+    let arg = |s: &str| codec.decode(s).map_err(|e| invalid(&e));
     match cli.command {
-        Command::Put { key, value } => match client.put(key.clone(), value).await {
-            Ok(()) => p.ok("put", &key),
-            Err(e) => fail(&e),
-        },
-        Command::Get { key, serializable } => {
+        Command::Put {
+            key,
+            value,
+            value_file,
+        } => {
+            let (key, value) = match (arg(&key), value_input(codec, value, value_file)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(code), _) | (_, Err(code)) => return code,
+            };
+            match client.put(key.clone(), value).await {
+                Ok(()) => p.ok("put", &key),
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Get {
+            key,
+            serializable,
+            raw,
+        } => {
+            let key = match arg(&key) {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
             match client
                 .get_with(key.clone(), consistency(serializable))
                 .await
             {
+                Ok(Some(v)) if raw => p.raw(&v),
                 Ok(Some(v)) => p.value(&key, &v),
                 Ok(None) => {
                     p.not_found(&key);
@@ -161,10 +218,16 @@ async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(&e),
             }
         }
-        Command::Delete { key } => match client.delete(key.clone()).await {
-            Ok(existed) => p.deleted(&key, existed),
-            Err(e) => fail(&e),
-        },
+        Command::Delete { key } => {
+            let key = match arg(&key) {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
+            match client.delete(key.clone()).await {
+                Ok(existed) => p.deleted(&key, existed),
+                Err(e) => fail(&e),
+            }
+        }
         Command::Scan {
             start,
             end,
@@ -172,11 +235,14 @@ async fn run(cli: Cli) -> u8 {
             limit,
             serializable,
         } => {
-            let range = ScanRange {
-                start: start.into_bytes(),
-                end: end.into_bytes(),
-                prefix: prefix.into_bytes(),
-                limit,
+            let range = match (arg(&start), arg(&end), arg(&prefix)) {
+                (Ok(start), Ok(end), Ok(prefix)) => ScanRange {
+                    start,
+                    end,
+                    prefix,
+                    limit,
+                },
+                (Err(code), _, _) | (_, Err(code), _) | (_, _, Err(code)) => return code,
             };
             match client.scan(range, consistency(serializable)).await {
                 Ok(page) => p.scan(&page),
@@ -186,22 +252,42 @@ async fn run(cli: Cli) -> u8 {
         Command::Cas {
             key,
             new,
+            value_file,
             expected,
+            expected_file,
             absent: _,
-        } => match client
-            .cas(key.clone(), expected.map(String::into_bytes), new)
-            .await
-        {
-            Ok(outcome) => {
-                p.cas(&key, &outcome);
-                if outcome.succeeded {
-                    0
-                } else {
-                    exit::CAS_FAILED
+        } => {
+            let key = match arg(&key) {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
+            let new = match value_input(codec, new, value_file) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let expected = match (expected, expected_file) {
+                (Some(e), _) => match arg(&e) {
+                    Ok(e) => Some(e),
+                    Err(code) => return code,
+                },
+                (None, Some(path)) => match read_file(&path) {
+                    Ok(e) => Some(e),
+                    Err(code) => return code,
+                },
+                (None, None) => None,
+            };
+            match client.cas(key.clone(), expected, new).await {
+                Ok(outcome) => {
+                    p.cas(&key, &outcome);
+                    if outcome.succeeded {
+                        0
+                    } else {
+                        exit::CAS_FAILED
+                    }
                 }
+                Err(e) => fail(&e),
             }
-            Err(e) => fail(&e),
-        },
+        }
         Command::Status => {
             let all = client.status_all().await;
             p.status(&all);
@@ -211,6 +297,27 @@ async fn run(cli: Cli) -> u8 {
                 exit::UNAVAILABLE
             }
         }
+        Command::Check => match client.check().await {
+            Ok(report) => {
+                p.check(&report);
+                if report.consistent() {
+                    0
+                } else {
+                    if !p.is_json() {
+                        eprintln!(
+                            "rdb-cli: check: {}",
+                            if report.all_ready() {
+                                "the replicas differ"
+                            } else {
+                                "a node gave no hash"
+                            }
+                        );
+                    }
+                    exit::CHECK_FAILED
+                }
+            }
+            Err(e) => fail(&e),
+        },
         Command::Bench(args) => match bench::run(&endpoints, opts, args, &p).await {
             Ok(()) => 0,
             Err(e) => {
@@ -236,5 +343,34 @@ fn fail(e: &Error) -> u8 {
         Error::InvalidArgument(_) => exit::INVALID,
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,
         Error::Indeterminate(_) => exit::INDETERMINATE,
+        Error::Unsupported(_) => exit::FAILURE,
     }
+}
+
+/// Prints a refused input and returns its exit code.
+fn invalid(cause: &str) -> u8 {
+    eprintln!("rdb-cli: invalid input: {cause}");
+    exit::INVALID
+}
+
+/// A value from its argument (decoded with `codec`), from stdin for `-`, or from a file.
+fn value_input(codec: Codec, arg: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, u8> {
+    match (arg.as_deref(), file) {
+        (_, Some(path)) => read_file(&path),
+        (Some("-"), None) => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut v)
+                .map_err(|e| invalid(&format!("cannot read the value from stdin: {e}")))?;
+            Ok(v)
+        }
+        (Some(a), None) => codec.decode(a).map_err(|e| invalid(&e)),
+        (None, None) => Err(invalid("no value given")),
+    }
+}
+
+/// The bytes of a file named on the command line.
+fn read_file(path: &Path) -> Result<Vec<u8>, u8> {
+    std::fs::read(path).map_err(|e| invalid(&format!("cannot read {}: {e}", path.display())))
 }

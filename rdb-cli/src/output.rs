@@ -1,7 +1,11 @@
 //! Rendering results as a table (for people) or JSON (for scripts).
 
-use rdb_client::{CasOutcome, NodeStatus, ScanPage};
+use std::io::Write;
+
+use rdb_client::{CasOutcome, CheckReport, NodeStatus, ScanPage};
 use serde_json::json;
+
+use crate::codec::Codec;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -12,19 +16,21 @@ pub enum Output {
     Json,
 }
 
-/// Prints results in one format; each method returns the exit code for success.
+/// Prints results in one format; each method returns the exit code for success. Keys and
+/// values are printed in the codec's form (escaped or hex), in tables and JSON alike.
 pub struct Printer {
     format: Output,
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    codec: Codec,
 }
 
 impl Printer {
-    /// A printer for `format`.
-    pub fn new(format: Output) -> Printer {
-        Printer { format }
+    /// A printer for `format`, printing keys and values with `codec`.
+    pub fn new(format: Output, codec: Codec) -> Printer {
+        Printer { format, codec }
+    }
+
+    fn text(&self, b: &[u8]) -> String {
+        self.codec.encode(b)
     }
 
     /// True when printing JSON (for commands that print their own documents).
@@ -33,46 +39,69 @@ impl Printer {
     }
 
     /// A write succeeded.
-    pub fn ok(&self, op: &str, key: &str) -> u8 {
+    pub fn ok(&self, op: &str, key: &[u8]) -> u8 {
         match self.format {
             Output::Table => println!("OK"),
-            Output::Json => println!("{}", json!({"op": op, "key": key, "ok": true})),
+            Output::Json => println!(
+                "{}",
+                json!({"op": op, "key": self.text(key), "ok": true, "encoding": self.codec.name()})
+            ),
         }
         0
     }
 
     /// A value was found.
-    pub fn value(&self, key: &str, v: &[u8]) -> u8 {
+    pub fn value(&self, key: &[u8], v: &[u8]) -> u8 {
         match self.format {
-            Output::Table => println!("{}", text(v)),
-            Output::Json => println!("{}", json!({"key": key, "found": true, "value": text(v)})),
+            Output::Table => println!("{}", self.text(v)),
+            Output::Json => println!(
+                "{}",
+                json!({"key": self.text(key), "found": true, "value": self.text(v),
+                       "encoding": self.codec.name()})
+            ),
         }
         0
     }
 
+    /// A value written to stdout byte for byte (`get --raw`).
+    pub fn raw(&self, v: &[u8]) -> u8 {
+        let mut out = std::io::stdout().lock();
+        match out.write_all(v).and_then(|()| out.flush()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rdb-cli: cannot write the value: {e}");
+                crate::exit::FAILURE
+            }
+        }
+    }
+
     /// No value under `key`.
-    pub fn not_found(&self, key: &str) {
+    pub fn not_found(&self, key: &[u8]) {
         match self.format {
-            Output::Table => eprintln!("rdb-cli: key {key:?} not found"),
-            Output::Json => println!("{}", json!({"key": key, "found": false})),
+            Output::Table => eprintln!("rdb-cli: key \"{}\" not found", self.text(key)),
+            Output::Json => println!(
+                "{}",
+                json!({"key": self.text(key), "found": false, "encoding": self.codec.name()})
+            ),
         }
     }
 
     /// A delete ran.
-    pub fn deleted(&self, key: &str, existed: bool) -> u8 {
+    pub fn deleted(&self, key: &[u8], existed: bool) -> u8 {
         match self.format {
             Output::Table => println!("OK (existed: {existed})"),
             Output::Json => println!(
                 "{}",
-                json!({"op": "delete", "key": key, "existed": existed})
+                json!({"op": "delete", "key": self.text(key), "existed": existed,
+                       "encoding": self.codec.name()})
             ),
         }
         0
     }
 
     /// A compare-and-swap ran.
-    pub fn cas(&self, key: &str, o: &CasOutcome) {
-        let current = o.current.as_deref().map(text);
+    pub fn cas(&self, key: &[u8], o: &CasOutcome) {
+        let current = o.current.as_deref().map(|c| self.text(c));
         match self.format {
             Output::Table if o.succeeded => println!("OK"),
             Output::Table => println!(
@@ -81,7 +110,8 @@ impl Printer {
             ),
             Output::Json => println!(
                 "{}",
-                json!({"op": "cas", "key": key, "succeeded": o.succeeded, "current": current})
+                json!({"op": "cas", "key": self.text(key), "succeeded": o.succeeded,
+                       "current": current, "encoding": self.codec.name()})
             ),
         }
     }
@@ -90,8 +120,12 @@ impl Printer {
     pub fn scan(&self, page: &ScanPage) -> u8 {
         match self.format {
             Output::Table => {
+                let mut out = std::io::stdout().lock();
                 for (k, v) in &page.kvs {
-                    println!("{}\t{}", text(k), text(v));
+                    // Neither form contains a tab, so the columns split unambiguously.
+                    if writeln!(out, "{}\t{}", self.text(k), self.text(v)).is_err() {
+                        return crate::exit::FAILURE;
+                    }
                 }
                 if page.more {
                     eprintln!("(more keys follow; raise --limit or continue from the last key)");
@@ -101,12 +135,73 @@ impl Printer {
                 let kvs: Vec<_> = page
                     .kvs
                     .iter()
-                    .map(|(k, v)| json!({"key": text(k), "value": text(v)}))
+                    .map(|(k, v)| json!({"key": self.text(k), "value": self.text(v)}))
                     .collect();
-                println!("{}", json!({"kvs": kvs, "more": page.more}));
+                println!(
+                    "{}",
+                    json!({"kvs": kvs, "more": page.more, "encoding": self.codec.name()})
+                );
             }
         }
         0
+    }
+
+    /// A replica check: one row per node.
+    pub fn check(&self, r: &CheckReport) {
+        match self.format {
+            Output::Json => {
+                let nodes: Vec<_> = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "endpoint": n.endpoint, "node_id": n.node_id, "ready": n.ready,
+                            "hash": n.ready.then(|| format!("{:016x}", n.hash)),
+                            "records": n.ready.then_some(n.records),
+                            "applied_index": n.applied_index, "error": n.error,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"index": r.index, "consistent": r.consistent(), "nodes": nodes})
+                );
+            }
+            Output::Table => {
+                let header = ["ENDPOINT", "ID", "HASH", "RECORDS", "APPLIED", "STATE"];
+                let mut rows: Vec<Vec<String>> =
+                    vec![header.iter().map(|s| s.to_string()).collect()];
+                let first = r.nodes.iter().find(|n| n.ready);
+                for n in &r.nodes {
+                    let state = match (&n.error, first) {
+                        (_, Some(f)) if n.ready && (f.hash, f.records) == (n.hash, n.records) => {
+                            "ok".to_string()
+                        }
+                        _ if n.ready => "DIFFERS".to_string(),
+                        (Some(e), _) => format!("no hash: {e}"),
+                        (None, _) => "no hash".to_string(),
+                    };
+                    rows.push(vec![
+                        n.endpoint.clone(),
+                        n.node_id.map_or("-".into(), |id| id.to_string()),
+                        if n.ready {
+                            format!("{:016x}", n.hash)
+                        } else {
+                            "-".into()
+                        },
+                        if n.ready {
+                            n.records.to_string()
+                        } else {
+                            "-".into()
+                        },
+                        n.applied_index.to_string(),
+                        state,
+                    ]);
+                }
+                println!("hash point at index {}", r.index);
+                print_table(&rows);
+            }
+        }
     }
 
     /// Every endpoint's status, one row each.
@@ -150,24 +245,30 @@ impl Printer {
                         Err(e) => vec![ep.clone(), "-".into(), format!("error: {e}")],
                     });
                 }
-                let widths: Vec<usize> = (0..header.len())
-                    .map(|i| {
-                        rows.iter()
-                            .filter_map(|r| r.get(i))
-                            .map(|c| c.len())
-                            .max()
-                            .unwrap_or(0)
-                    })
-                    .collect();
-                for r in rows {
-                    let line: Vec<String> = r
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-                        .collect();
-                    println!("{}", line.join("  ").trim_end());
-                }
+                print_table(&rows);
             }
         }
+    }
+}
+
+/// Prints rows as aligned columns (the first row is the header).
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
     }
 }

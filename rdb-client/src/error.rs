@@ -20,4 +20,7 @@ pub enum Error {
     /// A write may or may not have been applied: its outcome was still unknown at the deadline.
     #[error("indeterminate: {0}")]
     Indeterminate(String),
+    /// The node does not implement this call (a server older than this client). Not retried.
+    #[error("unsupported by the server: {0}")]
+    Unsupported(String),
 }

@@ -7,6 +7,10 @@
 //! once; a write whose outcome is still unknown at the deadline is reported as
 //! [`Error::Indeterminate`], never as success or failure.
 //!
+//! A [`Client::scan`] follows the server's pages (each response is capped in bytes) until the
+//! caller's limit or the end of the range, and [`Client::check`] compares a hash of every
+//! replica's data taken at the same log index.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), rdb_client::Error> {
 //! let client = rdb_client::Client::new(["127.0.0.1:2379"])?;
@@ -26,9 +30,10 @@ use std::time::Duration;
 
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{
-    CasRequest, Consistency, DeleteRequest, GetRequest, PutRequest, RequestId, Role, ScanRequest,
-    StatusRequest,
+    CasRequest, CheckRequest, Consistency, DeleteRequest, ErrorCode, GetRequest, HashRequest,
+    PutRequest, RequestId, Role, ScanRequest, StatusRequest,
 };
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 /// Result with the client [`Error`].
@@ -89,17 +94,62 @@ pub struct ScanRange {
     pub end: Vec<u8>,
     /// When non-empty, only keys with this prefix (start and end must then be empty).
     pub prefix: Vec<u8>,
-    /// At most this many pairs; 0 for the server's maximum.
+    /// At most this many pairs; 0 for no limit (every pair of the range, fetched page by page).
     pub limit: u32,
 }
 
-/// One page of a scan.
+/// The result of a scan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanPage {
     /// Pairs in ascending key order.
     pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// True when the limit cut the result; continue from the last key followed by a 0 byte.
+    /// True when the caller's limit cut the result; continue from the last key followed by a
+    /// 0 byte. (The server's own page cuts are followed by [`Client::scan`] and never show here.)
     pub more: bool,
+}
+
+/// One node's answer to a replica check ([`Client::check`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeHash {
+    /// The endpoint asked.
+    pub endpoint: String,
+    /// The node's id, when its status answered.
+    pub node_id: Option<u64>,
+    /// Whether the node computed its hash at the check's index before the deadline.
+    pub ready: bool,
+    /// Hash of every record of the node's data (user data and dedup records); valid if `ready`.
+    pub hash: u64,
+    /// Records hashed; valid if `ready`.
+    pub records: u64,
+    /// The node's applied index when it last answered (0 if it never did).
+    pub applied_index: u64,
+    /// Why the node gave no hash, when it did not.
+    pub error: Option<String>,
+}
+
+/// Every replica's hash of its data at one log index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The log index of the hash point every node hashed at.
+    pub index: u64,
+    /// One entry per endpoint, in endpoint order.
+    pub nodes: Vec<NodeHash>,
+}
+
+impl CheckReport {
+    /// True when every node answered with its hash.
+    pub fn all_ready(&self) -> bool {
+        !self.nodes.is_empty() && self.nodes.iter().all(|n| n.ready)
+    }
+
+    /// True when every node answered and all hashes and record counts are equal.
+    pub fn consistent(&self) -> bool {
+        self.all_ready()
+            && self
+                .nodes
+                .windows(2)
+                .all(|w| (w[0].hash, w[0].records) == (w[1].hash, w[1].records))
+    }
 }
 
 /// One node's view of the cluster.
@@ -244,7 +294,7 @@ impl Client {
             key: key.into(),
             consistency: pb_consistency(consistency),
         };
-        self.call_read(consistency, move |mut c| {
+        self.call_read(consistency, self.deadline(), move |mut c| {
             let req = req.clone();
             async move {
                 let r = c.get(req).await?.into_inner();
@@ -300,27 +350,177 @@ impl Client {
         .await
     }
 
-    /// Reads an ordered range of keys.
+    /// Reads an ordered range of keys: at most `range.limit` pairs (0: all of them).
+    ///
+    /// The server caps each response in bytes and says where the next page starts; this call
+    /// follows those pages, each a separate request with the same consistency, all under one
+    /// overall deadline. Each page is a read of its own: pages are not one snapshot, so a write
+    /// made between two pages may show in the later one only. A prefix scan continues as the
+    /// range from the next key to the end of the prefix.
     pub async fn scan(&self, range: ScanRange, consistency: ReadConsistency) -> Result<ScanPage> {
-        let req = ScanRequest {
+        let deadline = self.deadline();
+        let limit = range.limit as usize;
+        let mut req = ScanRequest {
             start: range.start,
             end: range.end,
             prefix: range.prefix,
             limit: range.limit,
             consistency: pb_consistency(consistency),
         };
-        self.call_read(consistency, move |mut c| {
+        let mut kvs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        loop {
+            let page = self.scan_page(&req, consistency, deadline).await?;
+            let next = match (page.next_start.is_empty(), page.kvs.last()) {
+                (false, _) => page.next_start,
+                // A server that cut the page without naming the next key (its maximum page
+                // size, older servers): continue right after the last key returned.
+                (true, Some((last, _))) => successor(last),
+                (true, None) => Vec::new(),
+            };
+            kvs.extend(page.kvs);
+            if limit != 0 && kvs.len() >= limit {
+                let cut = page.more || kvs.len() > limit;
+                kvs.truncate(limit);
+                return Ok(ScanPage { kvs, more: cut });
+            }
+            if !page.more {
+                return Ok(ScanPage { kvs, more: false });
+            }
+            if !req.prefix.is_empty() {
+                req.end = prefix_end(&req.prefix);
+                req.start = std::mem::take(&mut req.prefix);
+            }
+            if next.is_empty() || next <= req.start {
+                return Err(Error::Unavailable(format!(
+                    "scan: the server said more keys follow but gave no later start key \
+                     (next {next:?} after start {:?})",
+                    req.start
+                )));
+            }
+            if !req.end.is_empty() && next >= req.end {
+                return Ok(ScanPage { kvs, more: false });
+            }
+            req.start = next;
+            if limit != 0 {
+                req.limit = (limit - kvs.len()) as u32;
+            }
+        }
+    }
+
+    /// One scan request, retried under `deadline`.
+    async fn scan_page(
+        &self,
+        req: &ScanRequest,
+        consistency: ReadConsistency,
+        deadline: Instant,
+    ) -> Result<RawPage> {
+        self.call_read(consistency, deadline, move |mut c| {
             let req = req.clone();
             async move {
                 let r = c.scan(req).await?.into_inner();
-                let page = ScanPage {
+                let page = RawPage {
                     kvs: r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
                     more: r.more,
+                    next_start: r.next_start,
                 };
                 Ok((page, r.error))
             }
         })
         .await
+    }
+
+    /// Checks that the replicas hold the same data: the leader puts a hash point into the
+    /// Raft log (following `NotLeader` hints and retrying like a read), then every endpoint is
+    /// asked for its hash as of that point until it has one or the deadline passes.
+    ///
+    /// Returns an error only when no hash point could be made; a node that did not answer in
+    /// time is reported in its [`NodeHash`] (`ready == false`). See [`CheckReport::consistent`].
+    pub async fn check(&self) -> Result<CheckReport> {
+        let deadline = self.deadline();
+        let index = self
+            .call_until(false, deadline, |mut c| async move {
+                let r = c.check(CheckRequest {}).await?.into_inner();
+                Ok((r.index, r.error))
+            })
+            .await?;
+        let mut endpoints = self.endpoints();
+        endpoints.dedup();
+        let futs = endpoints
+            .iter()
+            .map(|e| self.hash_of(e.clone(), index, deadline));
+        let nodes = futures::future::join_all(futs).await;
+        Ok(CheckReport { index, nodes })
+    }
+
+    /// Asks `endpoint` for its hash at `index` until it is ready, fails for good, or `deadline`.
+    async fn hash_of(&self, endpoint: String, index: u64, deadline: Instant) -> NodeHash {
+        let node_id = tokio::time::timeout_at(deadline, self.status_of(&endpoint))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|s| s.node_id);
+        let mut out = NodeHash {
+            endpoint: endpoint.clone(),
+            node_id,
+            ..NodeHash::default()
+        };
+        let client = match self.client_for(&endpoint) {
+            Ok(c) => c,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        };
+        let opts = &self.inner.opts;
+        let mut backoff = opts.backoff_min;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                out.error.get_or_insert_with(|| "no answer in time".into());
+                return out;
+            }
+            let mut c = client.clone();
+            let attempt = tokio::time::timeout(
+                opts.attempt_timeout.min(deadline - now),
+                c.hash(HashRequest { index }),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    match r.error {
+                        Some(e) if e.code == ErrorCode::InvalidArgument as i32 => {
+                            out.error = Some(e.message);
+                            return out;
+                        }
+                        Some(e) => out.error = Some(e.message),
+                        None => {
+                            out.applied_index = r.applied_index;
+                            if r.ready {
+                                out.ready = true;
+                                out.hash = r.hash;
+                                out.records = r.records;
+                                out.error = None;
+                                return out;
+                            }
+                            out.error = Some(format!(
+                                "not ready: applied {} of hash point {index}",
+                                r.applied_index
+                            ));
+                        }
+                    }
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                    out.error = Some(Error::Unsupported(s.message().to_string()).to_string());
+                    return out;
+                }
+                Ok(Err(s)) => out.error = Some(s.message().to_string()),
+                Err(_) => out.error = Some("attempt timed out".into()),
+            }
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(opts.backoff_max);
+        }
     }
 
     /// Asks one endpoint for its status (no retries: this is for seeing each node as it is).
@@ -368,6 +568,32 @@ impl Client {
     }
 }
 
+/// One response of a scan, as the server sent it.
+struct RawPage {
+    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    more: bool,
+    next_start: Vec<u8>,
+}
+
+/// The smallest key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
+}
+
+/// The smallest key greater than every key with `prefix`; empty (unbounded) if none exists.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
 fn pb_consistency(c: ReadConsistency) -> i32 {
     match c {
         ReadConsistency::Linearizable => Consistency::Linearizable as i32,
@@ -406,3 +632,6 @@ fn connect_lazy(addr: &str, opts: &Options) -> Result<KvClient<Channel>> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,26 +20,50 @@ enum Next {
 
 impl Client {
     /// Reads: linearizable ones go to the leader like writes; serializable ones go anywhere.
-    pub(crate) async fn call_read<T, F, Fut>(&self, c: ReadConsistency, f: F) -> Result<T>
+    /// `deadline` bounds every attempt and pause (several pages of one scan share one).
+    pub(crate) async fn call_read<T, F, Fut>(
+        &self,
+        c: ReadConsistency,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T>
     where
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
         match c {
-            ReadConsistency::Linearizable => self.call(false, f).await,
-            ReadConsistency::Serializable => self.call_any(f).await,
+            ReadConsistency::Linearizable => self.call_until(false, deadline, f).await,
+            ReadConsistency::Serializable => self.call_any(deadline, f).await,
         }
     }
 
-    /// Runs `f` against the leader until it answers, the deadline passes, or the error is final.
-    /// `write` marks calls whose effect may happen even when no answer arrives.
+    /// Runs `f` against the leader until it answers, the options' deadline passes, or the error
+    /// is final. `write` marks calls whose effect may happen even when no answer arrives.
     pub(crate) async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T>
     where
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
+        self.call_until(write, self.deadline(), f).await
+    }
+
+    /// The deadline of a call starting now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.opts.deadline
+    }
+
+    /// [`Client::call`] with an explicit deadline.
+    pub(crate) async fn call_until<T, F, Fut>(
+        &self,
+        write: bool,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
         let opts = &self.inner.opts;
-        let deadline = Instant::now() + opts.deadline;
         let mut backoff = opts.backoff_min;
         let mut maybe_applied = false;
         let mut last_err = Error::Unavailable("no node answered".into());
@@ -94,6 +118,12 @@ impl Client {
                     // The server's decoder refused the request before it reached Raft.
                     return Err(Error::InvalidArgument(status.message().to_string()));
                 }
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    return Err(Error::Unsupported(format!(
+                        "{target}: {}",
+                        status.message()
+                    )));
+                }
                 Ok(Err(status)) => {
                     if write && !is_connect_failure(&status) {
                         maybe_applied = true;
@@ -127,17 +157,21 @@ impl Client {
     }
 
     /// Serializable reads: any node will do; move on when one fails.
-    async fn call_any<T, F, Fut>(&self, f: F) -> Result<T>
+    async fn call_any<T, F, Fut>(&self, deadline: Instant, f: F) -> Result<T>
     where
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
         let opts = &self.inner.opts;
-        let deadline = Instant::now() + opts.deadline;
         let mut backoff = opts.backoff_min;
         let mut target = self.pick_target();
         loop {
             let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Unavailable(
+                    "no node answered before the deadline".into(),
+                ));
+            }
             let client = self.client_for(&target)?;
             let last_err =
                 match tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client))
@@ -148,6 +182,9 @@ impl Client {
                         return Err(Error::InvalidArgument(e.message))
                     }
                     Ok(Ok((_, Some(e)))) => Error::Unavailable(e.message),
+                    Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                        return Err(Error::Unsupported(format!("{target}: {}", s.message())))
+                    }
                     Ok(Err(s)) => Error::Unavailable(format!("{target}: {}", s.message())),
                     Err(_) => Error::Unavailable(format!("{target}: attempt timed out")),
                 };
@@ -183,10 +220,26 @@ fn is_refused_input(status: &tonic::Status) -> bool {
     )
 }
 
-/// True when the request certainly never reached the server (the connection was refused).
-fn is_connect_failure(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && {
-        let m = status.message().to_ascii_lowercase();
-        m.contains("connect") || m.contains("refused")
+/// True when the request certainly never reached the server: no connection could be made.
+///
+/// Decided by the error's type, never its text. tonic 0.14 wraps every failure of its
+/// connector (TCP connect refused or timed out, TLS handshake) in [`tonic::ConnectError`] and
+/// turns it into an `Unavailable` status whose `source()` is the original transport error; the
+/// chain below it ends in the `std::io::Error` of the failed `connect(2)`. A failure on a
+/// connection that was already up (reset, h2 error) may have carried the request, so it is not
+/// a connect failure.
+pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = next {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        next = err.source();
     }
+    false
 }

@@ -91,9 +91,14 @@ impl TestCluster {
     /// ([`TestCluster::isolate`]). Panics with the reason when namespaces cannot be made
     /// (they need root).
     pub fn start_partitionable(n: usize) -> TestCluster {
+        Self::start_partitionable_with(n, Settings::default())
+    }
+
+    /// [`TestCluster::start_partitionable`] with extra settings.
+    pub fn start_partitionable_with(n: usize, settings: Settings) -> TestCluster {
         let net = NetnsNet::create(n as u32)
             .unwrap_or_else(|e| panic!("cannot create network namespaces (run as root): {e}"));
-        Self::launch(n, Settings::default(), Some(net))
+        Self::launch(n, settings, Some(net))
     }
 
     fn launch(n: usize, settings: Settings, net: Option<NetnsNet>) -> TestCluster {
@@ -186,6 +191,12 @@ impl TestCluster {
     /// Path of node `id`'s log file.
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}.log"))
+    }
+
+    /// What node `id` recovered from disk at each of its starts, oldest first, from the
+    /// `raft peer started` lines of its log (logged before any peer message is processed).
+    pub fn peer_starts(&self, id: u64) -> Vec<PeerStart> {
+        parse_peer_starts(&std::fs::read_to_string(self.log_path(id)).unwrap_or_default())
     }
 
     /// Data directory of node `id`.
@@ -378,6 +389,47 @@ impl TestCluster {
     }
 }
 
+/// The Raft state a node recovered from disk at one start (its `raft peer started` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStart {
+    /// The term in the recovered hard state.
+    pub term: u64,
+    /// The vote in the recovered hard state (0: none).
+    pub vote: u64,
+    /// The recovered applied index.
+    pub applied: u64,
+}
+
+/// Every `raft peer started` line of a node's log, in text (`key: value, ...`) or JSON format.
+pub fn parse_peer_starts(log: &str) -> Vec<PeerStart> {
+    log.lines()
+        .filter(|l| l.contains("raft peer started"))
+        .filter_map(|l| {
+            Some(PeerStart {
+                term: log_field(l, "term")?,
+                vote: log_field(l, "vote")?,
+                applied: log_field(l, "applied")?,
+            })
+        })
+        .collect()
+}
+
+/// A numeric field of one log line.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    if line.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return v.get(name)?.as_u64();
+    }
+    line.split(", ").find_map(|part| {
+        part.trim()
+            .strip_prefix(name)?
+            .strip_prefix(": ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 fn dir_size(p: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
@@ -439,7 +491,31 @@ impl Drop for TestCluster {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use super::{free_port, parse_peer_starts, PeerStart};
+
+    #[test]
+    fn peer_start_lines_parse_in_text_and_json() {
+        let log = "Nov 26 11:10:00.123 INFO starting node, node_id: 2\n\
+            Nov 26 11:10:00.200 INFO raft peer started, last_index: 9, commit: 9, vote: 3, term: 12, applied: 9, node_id: 2\n\
+            {\"msg\":\"raft peer started\",\"level\":\"INFO\",\"applied\":4,\"term\":5,\"vote\":0,\"commit\":4}\n\
+            Nov 26 11:10:01.000 INFO raft peer started, term: 1\n";
+        assert_eq!(
+            parse_peer_starts(log),
+            [
+                PeerStart {
+                    term: 12,
+                    vote: 3,
+                    applied: 9
+                },
+                PeerStart {
+                    term: 5,
+                    vote: 0,
+                    applied: 4
+                },
+            ],
+            "the last line lacks fields and is skipped"
+        );
+    }
 
     #[test]
     fn free_ports_are_never_handed_out_twice() {

@@ -6,7 +6,8 @@
 //! applied (`Failed`), one it reports `Indeterminate` may have been (`Indeterminate`). After the
 //! faults stop, the cluster is healed and every key is read once more; those final reads are
 //! part of the history, so "every acknowledged write is present or superseded" is checked by
-//! the same search.
+//! the same search. Last, the replica check ([`Client::check`]) compares every node's hash
+//! of its data at one log index: the replicas must be identical, not only the reads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdb_client::{Client, Error, Options};
+use rdb_client::{CheckReport, Client, Error, Options};
 
-use crate::cluster::TestCluster;
+use crate::cluster::{Settings, TestCluster};
 use crate::linearizability::{check, CheckResult, Op, Operation, Outcome};
 
 /// What a fault run does.
@@ -38,6 +39,9 @@ pub struct FaultConfig {
     /// Run each node in its own network namespace and let the nemesis cut links too
     /// (needs root).
     pub partitions: bool,
+    /// Extra `[settings]` lines for the cluster (TOML), e.g. a small `snapshot_threshold` so
+    /// compaction and snapshot installs happen during the run.
+    pub settings: String,
 }
 
 impl Default for FaultConfig {
@@ -50,6 +54,7 @@ impl Default for FaultConfig {
             keys: 3,
             step_budget: 5_000_000,
             partitions: false,
+            settings: String::new(),
         }
     }
 }
@@ -63,6 +68,33 @@ pub struct FaultReport {
     pub result: CheckResult,
     /// The faults injected, in order, for the report.
     pub faults: Vec<String>,
+    /// The replica check after the final reads: every node's hash at one index, or why no
+    /// complete check could be made.
+    pub replicas: Result<CheckReport, String>,
+    /// Log compactions and snapshot installs the nodes logged during the run.
+    pub events: LogEvents,
+}
+
+/// Counts of notable events in the nodes' logs, to show what a run exercised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogEvents {
+    /// `log compacted` lines, all nodes.
+    pub compactions: usize,
+    /// `installing snapshot` lines, all nodes.
+    pub snapshot_installs: usize,
+}
+
+impl LogEvents {
+    /// Counts the events in every node log of `cluster`.
+    pub fn count(cluster: &TestCluster) -> LogEvents {
+        let mut e = LogEvents::default();
+        for n in &cluster.nodes {
+            let log = std::fs::read_to_string(cluster.log_path(n.id)).unwrap_or_default();
+            e.compactions += log.matches("log compacted").count();
+            e.snapshot_installs += log.matches("installing snapshot").count();
+        }
+        e
+    }
 }
 
 impl FaultReport {
@@ -104,10 +136,11 @@ fn text(v: Option<Vec<u8>>) -> Option<String> {
 
 /// Runs one fault scenario against a fresh 3-node cluster and checks the history.
 pub async fn run(cfg: &FaultConfig) -> FaultReport {
+    let settings = Settings(cfg.settings.clone());
     let mut cluster = if cfg.partitions {
-        TestCluster::start_partitionable(3)
+        TestCluster::start_partitionable_with(3, settings)
     } else {
-        TestCluster::start(3)
+        TestCluster::start_with(3, settings)
     };
     cluster.wait_leader(Duration::from_secs(10)).await;
     let t0 = Instant::now();
@@ -246,12 +279,38 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
             complete,
         });
     }
+    let replicas = check_replicas(&cluster).await;
+    let events = LogEvents::count(&cluster);
     let history = std::mem::take(&mut *history.lock().expect("history"));
     let result = check(&history, cfg.step_budget);
     FaultReport {
         history,
         result,
         faults,
+        replicas,
+        events,
+    }
+}
+
+/// The replica check, retried while a node has not hashed yet (one that was just restarted
+/// may still be catching up); a complete check is returned as is, equal hashes or not.
+pub async fn check_replicas(cluster: &TestCluster) -> Result<CheckReport, String> {
+    let client = Client::with_options(cluster.endpoints(), crate::cluster::quick_options())
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match client.check().await {
+            Ok(report) if report.all_ready() => return Ok(report),
+            Ok(report) => format!("not every node hashed: {report:?}"),
+            Err(e @ Error::Unsupported(_)) => return Err(e.to_string()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no complete replica check within 30 s; last: {last}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -292,5 +351,6 @@ async fn execute(c: &Client, op: &Op) -> Outcome {
         Err(Error::Indeterminate(_)) => Outcome::Indeterminate,
         Err(Error::Unavailable(_) | Error::NotLeader { .. }) => Outcome::Failed,
         Err(Error::InvalidArgument(m)) => panic!("the workload sent invalid input: {m}"),
+        Err(Error::Unsupported(m)) => panic!("the server refused a basic call: {m}"),
     }
 }

@@ -94,11 +94,17 @@ impl NetnsNet {
     }
 
     /// Adds (`replace`) or removes (`del`) the blackhole route to the other node in each
-    /// node's namespace. A missing route on `del` is fine: the link was not cut.
+    /// node's namespace. A missing route on `del` is fine: the link was not cut. Any other
+    /// failure panics with the command and its error: a partition that silently did not
+    /// happen (or did not heal) would make a fault test prove nothing, or fail elsewhere.
     fn blackhole(&self, op: &str, a: u32, b: u32) {
         for (from, to) in [(a, b), (b, a)] {
             let dst = format!("{}/32", self.addr(to));
-            let _ = ip(&["-n", &self.ns(from), "route", op, "blackhole", &dst]);
+            match ip(&["-n", &self.ns(from), "route", op, "blackhole", &dst]) {
+                Ok(()) => {}
+                Err(e) if op == "del" && is_missing_route(&e) => {}
+                Err(e) => panic!("cannot {op} the link {a}-{b}: {e}"),
+            }
         }
     }
 
@@ -127,8 +133,47 @@ impl NetnsNet {
     }
 }
 
+/// True for the error of `ip route del` when there is no such route (ESRCH, which iproute2
+/// prints as "No such process").
+fn is_missing_route(err: &str) -> bool {
+    err.ends_with("RTNETLINK answers: No such process")
+}
+
 impl Drop for NetnsNet {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_route_on_heal_is_ignored() {
+        assert!(is_missing_route(
+            "`ip -n x route del blackhole 10.0.0.1/32` failed: RTNETLINK answers: No such process"
+        ));
+        assert!(!is_missing_route(
+            "`ip -n x route del blackhole 10.0.0.1/32` failed: Cannot open network namespace \"x\""
+        ));
+    }
+
+    /// Needs root (network namespaces), like the partition fault run.
+    #[test]
+    fn healing_an_uncut_link_is_fine_and_a_failed_cut_panics() {
+        let net = NetnsNet::create(2).unwrap_or_else(|e| panic!("needs root: {e}"));
+        net.heal(1, 2);
+        net.cut(1, 2);
+        net.heal(1, 2);
+        net.heal_all();
+        // Node 3 has no namespace: the command fails and must not pass silently.
+        let r = std::panic::catch_unwind(|| net.cut(1, 3));
+        let msg = r
+            .expect_err("a failed cut must panic")
+            .downcast::<String>()
+            .map(|m| *m)
+            .unwrap_or_default();
+        assert!(msg.contains("route replace blackhole"), "{msg}");
     }
 }

@@ -130,15 +130,52 @@ async fn single_node_recovers_term_vote_commit_and_data_after_kill9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_follower_keeps_term_vote_and_data() {
     let mut c = TestCluster::start(3);
+    // Make the follower's vote certain: with the first leader gone, the next leader of the
+    // two survivors can only win with the other survivor's vote.
+    let first = c.wait_leader(SECS(10)).await;
+    c.kill(first);
     let leader = c.wait_leader(SECS(10)).await;
+    let election_term = c.status(leader).await.unwrap().term;
+    let f = (1..=3).find(|&id| id != first && id != leader).unwrap();
+    c.restart(first);
     let client = c.client();
     write_many(&client, "k", 50, 8).await;
-    let f = follower_of(leader, 3);
     let last = c.status(leader).await.unwrap().applied_index;
+    // Both others hold everything, so the leader keeps its quorum while `f` is down.
+    c.wait_applied(first, last, SECS(10)).await;
     c.wait_applied(f, last, SECS(5)).await;
     let before = c.status(f).await.unwrap();
+    let starts = c.peer_starts(f).len();
     c.kill(f);
     c.restart(f);
+    TestCluster::wait_until("the restarted node's start line", SECS(10), || {
+        let n = c.peer_starts(f).len();
+        async move { n > starts }
+    })
+    .await;
+    // What it read from disk, before any message from the leader could teach it again.
+    let recovered = *c.peer_starts(f).last().unwrap();
+    assert_eq!(
+        recovered.term, before.term,
+        "the term must be recovered from disk: {recovered:?}, before the kill {before:?}"
+    );
+    if before.term == election_term && before.leader_id == leader {
+        assert_eq!(
+            recovered.vote, leader,
+            "node {f} voted for {leader} in term {election_term}; recovered {recovered:?}"
+        );
+    } else {
+        // Another election happened meanwhile: the vote in the current term is the leader's
+        // or none (a node that learned the term from the leader's messages).
+        assert!(
+            recovered.vote == 0 || recovered.vote == before.leader_id,
+            "recovered {recovered:?}, before the kill {before:?}"
+        );
+    }
+    assert!(
+        recovered.applied > 0,
+        "applied index recovered: {recovered:?}"
+    );
     c.wait_applied(f, last, SECS(5)).await;
     let after = c.status(f).await.unwrap();
     assert_eq!(

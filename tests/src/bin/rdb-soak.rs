@@ -5,7 +5,8 @@
 //! cargo run -p rdb-tests --bin rdb-soak -- --duration 60 --seed 42 --rounds 3
 //! ```
 //! Needs the rdb-server binary built (`cargo build --workspace --bins`). A failing round saves
-//! its history as JSON and prints the checker's explanation; the exit code is non-zero.
+//! its history as JSON and prints the checker's explanation; the exit code is non-zero. Every
+//! round ends with the replica check (every node's hash at one index), which must agree.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,9 @@ struct Args {
     /// Also cut links between nodes (each node in its own network namespace; needs root).
     #[arg(long)]
     partitions: bool,
+    /// Extra cluster settings, TOML lines (e.g. "snapshot_threshold = 300").
+    #[arg(long, default_value = "")]
+    settings: String,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
             seed,
             clients: args.clients,
             partitions: args.partitions,
+            settings: args.settings.replace("\\n", "\n"),
             ..FaultConfig::default()
         };
         let report = rt.block_on(run(&cfg));
@@ -77,6 +82,19 @@ fn main() -> ExitCode {
                 eprintln!("{v}");
             }
             return ExitCode::FAILURE;
+        }
+        match &report.replicas {
+            Ok(r) if r.consistent() => {
+                println!("seed {seed}: replicas identical at index {}", r.index)
+            }
+            Ok(r) => {
+                eprintln!("seed {seed}: the replicas differ: {r:#?}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("seed {seed}: replica check failed: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     ExitCode::SUCCESS

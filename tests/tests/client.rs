@@ -1,0 +1,221 @@
+//! `rdb-client` and `rdb-cli` against a real 3-node cluster: scans that page through large
+//! values, binary keys and large values through the CLI, and the replica check.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rdb_client::{ReadConsistency, ScanRange};
+use rdb_proto::kv::kv_client::KvClient;
+use rdb_proto::kv::ScanRequest;
+use rdb_tests::cluster::{bin_dir, TestCluster};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MIB: usize = 1 << 20;
+
+/// Runs `rdb-cli` against the cluster with `args`, feeding `stdin`.
+fn cli(c: &TestCluster, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(bin_dir().join("rdb-cli"))
+        .arg("--endpoints")
+        .arg(c.endpoints().join(","))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rdb-cli (cargo build --workspace --bins)");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("rdb-cli output")
+}
+
+fn explain(o: &Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout[..o.stdout.len().min(300)]),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// 100 values of 1 MiB: no single response may carry them all. The server cuts pages by
+/// bytes (`more` + `next_start`), and the client follows the pages to return every pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_scan_pages_through_100_values_of_1_mib() {
+    let c = TestCluster::start(3);
+    let leader = c.wait_leader(SECS(10)).await;
+    let client = c.client();
+    for i in 0..100u8 {
+        let mut v = vec![i; MIB];
+        v[0] = b'v';
+        client.put(format!("big/{i:03}"), v).await.unwrap();
+    }
+    client.put("bih", "after the prefix").await.unwrap();
+
+    // One raw request: the server must cut it well before 100 MiB and say where to go on.
+    let addr = c.nodes[(leader - 1) as usize].client_addr.clone();
+    let mut raw = KvClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(usize::MAX);
+    let page = raw
+        .scan(ScanRequest {
+            prefix: b"big/".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.error.is_none(), "{:?}", page.error);
+    assert!(
+        page.more && page.kvs.len() < 100,
+        "one response carried {} MiB",
+        page.kvs.len()
+    );
+    let last = &page.kvs.last().expect("a page is never empty").key;
+    assert_eq!(page.next_start, [last.as_slice(), &[0]].concat());
+
+    for consistency in [ReadConsistency::Linearizable, ReadConsistency::Serializable] {
+        let all = client
+            .scan(
+                ScanRange {
+                    prefix: b"big/".to_vec(),
+                    ..Default::default()
+                },
+                consistency,
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.kvs.len(), 100, "{consistency:?}");
+        assert!(!all.more);
+        for (i, (k, v)) in all.kvs.iter().enumerate() {
+            assert_eq!(k, format!("big/{i:03}").as_bytes());
+            assert_eq!((v.len(), v[0], v[MIB - 1]), (MIB, b'v', i as u8));
+        }
+    }
+    // A limit across page boundaries: exactly that many, and `more`.
+    let some = client
+        .scan(
+            ScanRange {
+                start: b"big/010".to_vec(),
+                limit: 45,
+                ..Default::default()
+            },
+            ReadConsistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(some.kvs.len(), 45);
+    assert_eq!(some.kvs[44].0, b"big/054");
+    assert!(some.more);
+}
+
+/// Values too large for argv go through stdin or a file; binary keys through `--hex` or
+/// `--escape`; output names every byte unambiguously.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_takes_large_values_from_stdin_and_files_and_binary_keys_as_hex() {
+    let c = TestCluster::start(3);
+    c.wait_leader(SECS(10)).await;
+    let big: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+
+    let o = cli(&c, &["put", "from-stdin", "-"], &big);
+    assert!(o.status.success(), "{}", explain(&o));
+    let o = cli(&c, &["get", "from-stdin", "--raw"], b"");
+    assert!(o.status.success(), "{}", explain(&o));
+    assert!(o.stdout == big, "the value came back byte for byte");
+
+    let file = c.dir.path().join("value.bin");
+    std::fs::write(&file, &big[..MIB - 1]).unwrap();
+    let path = file.to_str().unwrap();
+    let o = cli(&c, &["put", "from-file", "--value-file", path], b"");
+    assert!(o.status.success(), "{}", explain(&o));
+    assert_eq!(
+        c.client().get("from-file").await.unwrap().as_deref(),
+        Some(&big[..MIB - 1])
+    );
+
+    // cas with the expected value from a file and the new one from stdin.
+    let o = cli(
+        &c,
+        &["cas", "from-file", "-", "--expected-file", path],
+        b"swapped",
+    );
+    assert!(o.status.success(), "{}", explain(&o));
+    assert_eq!(
+        c.client().get("from-file").await.unwrap().as_deref(),
+        Some(&b"swapped"[..])
+    );
+
+    // A binary key and value as hex; read back as hex, escaped, and as JSON.
+    let o = cli(&c, &["--hex", "put", "00ff0a5c", "0001"], b"");
+    assert!(o.status.success(), "{}", explain(&o));
+    assert_eq!(
+        c.client().get(vec![0u8, 0xff, b'\n', b'\\']).await.unwrap(),
+        Some(vec![0, 1])
+    );
+    let o = cli(&c, &["--hex", "get", "00ff0a5c"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "0001\n",
+        "{}",
+        explain(&o)
+    );
+    let o = cli(&c, &["--escape", "get", "\\x00\\xff\\n\\\\"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "\\x00\\x01\n",
+        "{}",
+        explain(&o)
+    );
+    let o = cli(&c, &["-o", "json", "scan", "--limit", "1"], b"");
+    assert!(o.status.success(), "{}", explain(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["encoding"], "escape");
+    assert_eq!(doc["kvs"][0]["key"], "\\x00\\xff\\n\\\\", "{doc}");
+    assert_eq!(doc["kvs"][0]["value"], "\\x00\\x01", "{doc}");
+
+    // Bad hex is invalid input (exit 2) and writes nothing.
+    let o = cli(&c, &["--hex", "put", "0g", "00"], b"");
+    assert_eq!(o.status.code(), Some(2), "{}", explain(&o));
+}
+
+/// `rdb-cli check`: every node hashes its data at the same log index; identical replicas
+/// exit 0 with one row per node, and a node that cannot answer makes it exit 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_check_compares_every_replica_at_one_index() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(SECS(10)).await;
+    let client = c.client();
+    for i in 0..200 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    client.delete("k7").await.unwrap();
+
+    let report = client.check().await.unwrap();
+    assert!(report.consistent(), "{report:#?}");
+    assert_eq!(report.nodes.len(), 3);
+    let ids: Vec<_> = report.nodes.iter().map(|n| n.node_id).collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(3)]);
+    assert!(report.nodes.iter().all(|n| n.applied_index >= report.index));
+    assert!(report.nodes[0].records >= 199, "{report:#?}");
+
+    let o = cli(&c, &["check"], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(" ok")).count(),
+        3,
+        "{text}"
+    );
+
+    let o = cli(&c, &["-o", "json", "check"], b"");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["consistent"], true, "{doc}");
+
+    // A stopped follower gives no hash: the check cannot vouch for it.
+    let f = leader % 3 + 1;
+    c.kill(f);
+    let o = cli(&c, &["--timeout-ms", "3000", "check"], b"");
+    assert_eq!(o.status.code(), Some(7), "{}", explain(&o));
+}
