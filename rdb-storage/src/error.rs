@@ -29,9 +29,15 @@ pub enum Error {
         /// Voters in the configuration.
         configured: Vec<u64>,
     },
-    /// A snapshot payload does not decode.
+    /// A snapshot descriptor or file does not decode or does not match its checksum.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
+    /// A snapshot is being installed: user data is being replaced and must not be read now.
+    #[error("a snapshot is being installed; retry shortly")]
+    SnapshotInstalling,
+    /// A snapshot file could not be read or written.
+    #[error("snapshot file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Result with the storage [`Error`].

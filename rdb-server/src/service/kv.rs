@@ -7,9 +7,10 @@ use std::time::Duration;
 use rdb_proto::command::{self, command::Op, Command};
 use rdb_proto::kv::kv_server::Kv;
 use rdb_proto::kv::{
-    CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest, DeleteResponse, Error as PbError,
-    ErrorCode, GetRequest, GetResponse, HashRequest, HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest,
-    PutResponse, RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
+    CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest,
+    DeleteResponse, Error as PbError, ErrorCode, GetRequest, GetResponse, HashRequest,
+    HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest, PutResponse, RequestId,
+    ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
 use rdb_storage::{CommandResult, Engine};
 use tonic::{Request, Response, Status};
