@@ -2,10 +2,12 @@
 
 use std::time::Instant;
 
-use raft::prelude::{Message as RaftMessage, ReadState, Snapshot};
-use raft::{Config, RawNode, SnapshotStatus, StateRole};
+use std::collections::HashMap;
+
+use raft::prelude::{HardState, Message as RaftMessage, ReadState, Snapshot};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
 use rdb_storage::{Applied, Engine, RaftStorage, StateMachine};
-use slog::{info, o, Logger};
+use slog::{debug, info, o, Logger};
 
 use super::Transport;
 use crate::config::{NodeId, Settings};
@@ -32,8 +34,23 @@ pub struct RaftPeer {
     applied: u64,
     snapshot_threshold: u64,
     catch_up_entries: u64,
+    /// Log length past which the leader compacts without waiting for slow followers.
+    retained_log_cap: u64,
+    /// Ticks so far, and the tick each peer was last heard from: raft-rs clears
+    /// `recent_active` at every quorum check, so it alone cannot say who is alive.
+    ticks: u64,
+    last_heard: HashMap<NodeId, u64>,
+    /// Ticks without a message after which a follower no longer holds back compaction.
+    active_ticks: u64,
+    /// Followers that received a snapshot and may still be installing it (silently: the
+    /// install blocks their Raft thread): the snapshot index and the tick it was delivered.
+    snapshot_delivered: HashMap<NodeId, (u64, u64)>,
     logger: Logger,
 }
+
+/// How many election timeouts a follower that received a snapshot may take to install it
+/// while the leader keeps the log after the snapshot for it.
+const INSTALL_GRACE_ELECTIONS: u64 = 30;
 
 impl RaftPeer {
     /// Opens the peer over storage that was already bootstrapped or recovered.
@@ -82,17 +99,24 @@ impl RaftPeer {
             applied,
             snapshot_threshold: settings.snapshot_threshold,
             catch_up_entries: settings.catch_up_entries,
+            retained_log_cap: settings.retained_log_cap(),
+            ticks: 0,
+            last_heard: HashMap::new(),
+            active_ticks: settings.election_ticks as u64,
+            snapshot_delivered: HashMap::new(),
             logger,
         })
     }
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.raw.tick();
     }
 
     /// Feeds a message from a peer.
     pub fn step(&mut self, m: RaftMessage) -> raft::Result<()> {
+        self.last_heard.insert(m.from, self.ticks);
         self.raw.step(m)
     }
 
@@ -114,6 +138,14 @@ impl RaftPeer {
 
     /// Tells raft whether a snapshot reached `to`, so it stops waiting on it.
     pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        if ok {
+            if let Some(pr) = self.raw.raft.prs().get(to) {
+                if pr.state == ProgressState::Snapshot {
+                    self.snapshot_delivered
+                        .insert(to, (pr.pending_snapshot, self.ticks));
+                }
+            }
+        }
         let status = if ok {
             SnapshotStatus::Finish
         } else {
@@ -198,7 +230,10 @@ impl RaftPeer {
             transport.send(ready.take_messages());
         }
         if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot())?;
+            // The Ready's hard state goes into the install's first batch, so term and vote on
+            // disk always come from one hard state.
+            let hs = ready.hs().cloned();
+            self.install_snapshot(ready.snapshot(), hs.as_ref())?;
             out.snapshot_applied = true;
         }
         let committed = ready.take_committed_entries();
@@ -234,11 +269,14 @@ impl RaftPeer {
         Ok(out)
     }
 
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), crate::ServerError> {
+    fn install_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        hs: Option<&HardState>,
+    ) -> Result<(), crate::ServerError> {
         let meta = snap.get_metadata();
-        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term,
-            "bytes" => snap.data.len());
-        self.raw.mut_store().apply_snapshot(snap)?;
+        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term);
+        self.raw.mut_store().apply_snapshot(snap, hs)?;
         self.sm.reload()?;
         self.applied = meta.index;
         Ok(())
@@ -266,16 +304,74 @@ impl RaftPeer {
         Ok(())
     }
 
+    /// Compacts the log once `snapshot_threshold` applied entries are in it, keeping
+    /// `catch_up_entries`. A leader also keeps what the slowest live follower still needs (see
+    /// [`RaftPeer::slowest_live_follower`]) unless the log is longer than `retained_log_cap`.
+    /// Never past the applied index.
     fn maybe_compact(&mut self) -> Result<Option<u64>, crate::ServerError> {
         let truncated = self.raw.store().truncated().0;
         if self.applied.saturating_sub(truncated) <= self.snapshot_threshold {
             return Ok(None);
         }
-        let compact_to = self.applied - self.catch_up_entries + 1;
+        let mut compact_to = self.applied.saturating_sub(self.catch_up_entries) + 1;
+        let mut held_for = None;
+        let log_len = self
+            .raw
+            .raft
+            .raft_log
+            .last_index()
+            .saturating_sub(truncated);
+        if self.is_leader() && log_len <= self.retained_log_cap {
+            if let Some((id, needed)) = self.slowest_live_follower() {
+                if needed < compact_to {
+                    compact_to = needed;
+                    held_for = Some(id);
+                }
+            }
+        }
+        if compact_to <= truncated + 1 {
+            debug!(self.logger, "compaction held for a follower"; "follower" => held_for,
+                "needed" => compact_to, "log_len" => log_len);
+            return Ok(None);
+        }
         let started = Instant::now();
         self.raw.mut_store().compact(compact_to, self.applied)?;
         info!(self.logger, "log compacted"; "compact_to" => compact_to, "applied" => self.applied,
-            "ms" => started.elapsed().as_millis() as u64);
+            "held_for" => held_for, "ms" => started.elapsed().as_millis() as u64);
         Ok(Some(compact_to))
+    }
+
+    /// The follower still catching up that needs the oldest entry, and that entry's index.
+    ///
+    /// Counted: followers heard from within an election timeout, those raft-rs marks recently
+    /// active, and those that received a snapshot lately (they are silent while installing it).
+    /// What one has: its matched index, or the snapshot it is receiving or installing.
+    fn slowest_live_follower(&mut self) -> Option<(NodeId, u64)> {
+        let (me, ticks) = (self.id(), self.ticks);
+        let grace = self.active_ticks * INSTALL_GRACE_ELECTIONS;
+        let prs = self.raw.raft.prs();
+        self.snapshot_delivered.retain(|id, &mut (index, at)| {
+            ticks.saturating_sub(at) <= grace && prs.get(*id).is_some_and(|pr| pr.matched < index)
+        });
+        prs.iter()
+            .filter_map(|(&id, pr)| {
+                if id == me {
+                    return None;
+                }
+                let heard = self
+                    .last_heard
+                    .get(&id)
+                    .is_some_and(|&t| ticks.saturating_sub(t) <= self.active_ticks);
+                let delivered = self.snapshot_delivered.get(&id).map(|&(index, _)| index);
+                if !(pr.recent_active || heard || delivered.is_some()) {
+                    return None;
+                }
+                let mut have = pr.matched.max(delivered.unwrap_or(0));
+                if pr.state == ProgressState::Snapshot {
+                    have = have.max(pr.pending_snapshot);
+                }
+                Some((id, have + 1))
+            })
+            .min_by_key(|&(_, needed)| needed)
     }
 }

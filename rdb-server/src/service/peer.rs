@@ -1,11 +1,18 @@
 //! The peer service: receives Raft messages and snapshots from other nodes and hands them to
 //! the node task. Anything that does not decode, or is stamped for another cluster or node, is
 //! refused with a gRPC error and never reaches Raft.
+//!
+//! A snapshot's file is written chunk by chunk to a temporary file in the snapshot folder (never
+//! gathered in memory, never sized from the peer's claim), checked for length and checksum,
+//! fsynced and renamed; only then is its `MsgSnapshot` stepped into Raft.
+
+use std::path::PathBuf;
 
 use protobuf::Message as _;
 use raft::prelude::{Message as RaftMessage, MessageType};
 use rdb_proto::peer::peer_server::Peer;
 use rdb_proto::peer::{Done, RaftBatch, SnapshotChunk};
+use rdb_storage::snapshot::{IncomingSnapshot, SnapshotDescriptor};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NodeId;
@@ -18,16 +25,25 @@ pub struct PeerService {
     cluster_id: u64,
     me: NodeId,
     max_snapshot: u64,
+    snap_dir: PathBuf,
 }
 
 impl PeerService {
-    /// A service that forwards to `mailbox` the messages addressed to node `me`.
-    pub fn new(mailbox: Mailbox, cluster_id: u64, me: NodeId, max_snapshot: u64) -> PeerService {
+    /// A service that forwards to `mailbox` the messages addressed to node `me`, and receives
+    /// snapshot files of at most `max_snapshot` bytes into `snap_dir`.
+    pub fn new(
+        mailbox: Mailbox,
+        cluster_id: u64,
+        me: NodeId,
+        max_snapshot: u64,
+        snap_dir: PathBuf,
+    ) -> PeerService {
         PeerService {
             mailbox,
             cluster_id,
             me,
             max_snapshot,
+            snap_dir,
         }
     }
 
@@ -98,40 +114,69 @@ impl Peer for PeerService {
             .header
             .ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
         self.check_stamp(header.cluster_id, header.to)?;
-        if header.total_len > self.max_snapshot {
-            return Err(Status::resource_exhausted(format!(
-                "snapshot of {} bytes is over the limit of {}",
-                header.total_len, self.max_snapshot
-            )));
-        }
-        let mut buf = Vec::with_capacity(header.total_len as usize);
-        buf.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
-            if chunk.header.is_some() {
-                return Err(Status::invalid_argument("header in a later snapshot chunk"));
-            }
-            if buf.len() as u64 + chunk.data.len() as u64 > header.total_len {
-                return Err(Status::invalid_argument("snapshot longer than announced"));
-            }
-            buf.extend_from_slice(&chunk.data);
-        }
-        if buf.len() as u64 != header.total_len {
-            return Err(Status::invalid_argument(format!(
-                "snapshot truncated: {} of {} bytes",
-                buf.len(),
-                header.total_len
-            )));
-        }
-        let m = self.decode(&buf)?;
+        let m = self.decode(&header.message)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
                 "Snapshot call carried a non-snapshot message",
             ));
         }
-        // Verify the payload decodes before Raft accepts it; a bad one is refused here.
-        rdb_storage::snapshot::decode(&m.get_snapshot().data)
+        let snap = m.get_snapshot();
+        let desc = SnapshotDescriptor::decode(&snap.data)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let meta = snap.get_metadata();
+        if (desc.index, desc.term) != (meta.index, meta.term) || desc.file_len != header.total_len {
+            return Err(Status::invalid_argument(
+                "snapshot descriptor does not match the message or the announced length",
+            ));
+        }
+        if desc.file_len > self.max_snapshot {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {} bytes is over the limit of {}",
+                desc.file_len, self.max_snapshot
+            )));
+        }
+        let (dir, max) = (self.snap_dir.clone(), self.max_snapshot);
+        let mut incoming = blocking(move || IncomingSnapshot::create(&dir, desc, max))
+            .await?
+            .map_err(to_status)?;
+        let mut data = first.data;
+        loop {
+            if !data.is_empty() {
+                let (back, written) = blocking(move || {
+                    let r = incoming.write(&data);
+                    (incoming, r)
+                })
+                .await?;
+                incoming = back;
+                written.map_err(to_status)?;
+            }
+            match stream.message().await? {
+                None => break,
+                Some(chunk) if chunk.header.is_some() => {
+                    return Err(Status::invalid_argument("header in a later snapshot chunk"));
+                }
+                Some(chunk) => data = chunk.data,
+            }
+        }
+        blocking(move || incoming.finish())
+            .await?
+            .map_err(to_status)?;
         self.deliver(m).await?;
         Ok(Response::new(Done {}))
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("snapshot receiver task failed: {e}")))
+}
+
+/// A refused snapshot is the sender's fault; a failing disk is ours.
+fn to_status(e: rdb_storage::Error) -> Status {
+    match e {
+        rdb_storage::Error::BadSnapshot(m) => Status::invalid_argument(m),
+        other => Status::internal(other.to_string()),
     }
 }
