@@ -624,11 +624,12 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() {
     write_values(&client, "s", 3000, &[b'x'; 2048]).await;
     let log_before = std::fs::read_to_string(c.log_path(f)).unwrap().len();
     c.restart(f);
-    // Kill it the moment it starts installing the snapshot.
+    // Kill it the moment its install has recorded the pending marker (first batch written),
+    // so it dies while the data is being replaced.
     let deadline = Instant::now() + SECS(20);
     loop {
         let log = std::fs::read_to_string(c.log_path(f)).unwrap_or_default();
-        if log.len() > log_before && log[log_before..].contains("installing snapshot") {
+        if log.len() > log_before && log[log_before..].contains("snapshot install started") {
             break;
         }
         assert!(
@@ -653,6 +654,11 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() {
     assert!(
         a == b,
         "follower data differs from the leader's after an interrupted install"
+    );
+    let log = std::fs::read_to_string(c.log_path(f)).unwrap();
+    eprintln!(
+        "restart finished the interrupted install: {}",
+        log[log_before..].contains("finished an interrupted snapshot install")
     );
 }
 

@@ -180,3 +180,130 @@ fn to_status(e: rdb_storage::Error) -> Status {
         other => Status::internal(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::{ConfState, Snapshot};
+    use rdb_proto::peer::peer_client::PeerClient;
+    use rdb_proto::peer::peer_server::PeerServer;
+    use rdb_proto::peer::SnapshotHeader;
+    use rdb_storage::{Engine, Ident};
+    use tokio::sync::mpsc;
+
+    /// A leader-side snapshot file and its message for node 2.
+    fn leader_snapshot(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, SnapshotDescriptor) {
+        let engine = Engine::open(dir).unwrap();
+        engine
+            .bootstrap_or_check(
+                Ident {
+                    cluster_id: 7,
+                    node_id: 1,
+                },
+                &[1, 2],
+            )
+            .unwrap();
+        let snap: Snapshot = rdb_storage::snapshot::build(&engine, ConfState::default()).unwrap();
+        let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
+        let file = std::fs::read(desc.path_in(&engine.snap_dir())).unwrap();
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.set_snapshot(snap);
+        (m.write_to_bytes().unwrap(), file, desc)
+    }
+
+    /// A peer service for node 2 on a local port, its mailbox, and its snapshot folder.
+    async fn serve(
+        max_snapshot: u64,
+    ) -> (
+        PeerClient<tonic::transport::Channel>,
+        mpsc::Receiver<Msg>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mailbox, rx) = Mailbox::new(16);
+        let svc = PeerService::new(mailbox, 7, 2, max_snapshot, dir.path().to_path_buf());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(svc))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let client = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+        (client, rx, dir)
+    }
+
+    fn chunks(message: &[u8], total_len: u64, data: &[u8]) -> Vec<SnapshotChunk> {
+        let mut out = vec![SnapshotChunk {
+            header: Some(SnapshotHeader {
+                cluster_id: 7,
+                from: 1,
+                to: 2,
+                total_len,
+                message: message.to_vec(),
+            }),
+            data: Vec::new(),
+        }];
+        for part in data.chunks(7) {
+            out.push(SnapshotChunk {
+                header: None,
+                data: part.to_vec(),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_is_received_to_disk_checked_and_only_then_stepped() {
+        let src = tempfile::tempdir().unwrap();
+        let (message, file, desc) = leader_snapshot(src.path());
+        let (mut client, mut rx, dir) = serve(1 << 20).await;
+        let len = file.len() as u64;
+        let files = |dir: &tempfile::TempDir| std::fs::read_dir(dir.path()).unwrap().count();
+
+        // Longer or shorter than announced, or a flipped byte: refused, nothing stepped or kept.
+        let mut longer = file.clone();
+        longer.push(0);
+        let mut flipped = file.clone();
+        flipped[9] ^= 1;
+        for (what, body) in [
+            ("longer", longer),
+            ("shorter", file[..file.len() - 1].to_vec()),
+            ("flipped", flipped),
+        ] {
+            let r = client
+                .snapshot(tokio_stream::iter(chunks(&message, len, &body)))
+                .await;
+            let code = r.map(|_| ()).unwrap_err().code();
+            assert_eq!(code, tonic::Code::InvalidArgument, "{what}");
+            assert!(rx.try_recv().is_err(), "{what}: nothing reaches raft");
+            assert_eq!(files(&dir), 0, "{what}: no file left behind");
+        }
+        // A claimed length that does not match the descriptor, or over the cap, is refused
+        // before anything is allocated or written.
+        let r = client
+            .snapshot(tokio_stream::iter(chunks(&message, 1 << 40, &file)))
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let (mut small, _rx, _dir) = serve(len - 1).await;
+        let r = small
+            .snapshot(tokio_stream::iter(chunks(&message, len, &file)))
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::ResourceExhausted);
+
+        // The real thing: on disk under its final name, then stepped.
+        client
+            .snapshot(tokio_stream::iter(chunks(&message, len, &file)))
+            .await
+            .unwrap();
+        let received = std::fs::read(desc.path_in(dir.path())).unwrap();
+        assert_eq!(received, file);
+        match rx.try_recv() {
+            Ok(Msg::Raft(m)) => assert_eq!(m.get_msg_type(), MessageType::MsgSnapshot),
+            other => panic!("expected the snapshot message, got {other:?}"),
+        }
+    }
+}
