@@ -375,3 +375,187 @@ impl RaftPeer {
             .min_by_key(|&(_, needed)| needed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Compaction against follower progress, on three in-process peers driven tick by tick.
+
+    use std::sync::{Arc, Mutex};
+
+    use prost::Message as _;
+    use raft::prelude::MessageType;
+    use rdb_proto::command::{command::Op, Command, Put};
+    use rdb_storage::Ident;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Net(Arc<Mutex<Vec<RaftMessage>>>);
+
+    impl Transport for Net {
+        fn send(&mut self, msgs: Vec<RaftMessage>) {
+            self.0.lock().unwrap().extend(msgs);
+        }
+    }
+
+    struct Group {
+        peers: Vec<RaftPeer>,
+        net: Net,
+        _dirs: Vec<tempfile::TempDir>,
+    }
+
+    impl Group {
+        fn new(max_retained_log_entries: u64) -> Group {
+            let settings = Settings {
+                snapshot_threshold: 20,
+                catch_up_entries: 5,
+                max_retained_log_entries,
+                election_ticks: 10,
+                heartbeat_ticks: 1,
+                ..Settings::default()
+            };
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let (mut peers, mut dirs) = (Vec::new(), Vec::new());
+            for id in 1..=3 {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = Engine::open(dir.path()).unwrap();
+                engine
+                    .bootstrap_or_check(
+                        Ident {
+                            cluster_id: 1,
+                            node_id: id,
+                        },
+                        &[1, 2, 3],
+                    )
+                    .unwrap();
+                let storage = RaftStorage::open(engine, logger.clone()).unwrap();
+                peers.push(RaftPeer::new(id, storage, &settings, &logger).unwrap());
+                dirs.push(dir);
+            }
+            Group {
+                peers,
+                net: Net::default(),
+                _dirs: dirs,
+            }
+        }
+
+        /// Runs Ready cycles and delivers messages until the group is quiet; `cut` drops some.
+        fn pump(&mut self, cut: &dyn Fn(&RaftMessage) -> bool) {
+            loop {
+                for p in &mut self.peers {
+                    p.handle_ready(&mut self.net).unwrap();
+                }
+                let msgs = std::mem::take(&mut *self.net.0.lock().unwrap());
+                if msgs.is_empty() {
+                    return;
+                }
+                for m in msgs.into_iter().filter(|m| !cut(m)) {
+                    let to = m.to as usize - 1;
+                    let _ = self.peers[to].step(m);
+                }
+            }
+        }
+
+        fn tick(&mut self, cut: &dyn Fn(&RaftMessage) -> bool) {
+            for p in &mut self.peers {
+                p.tick();
+            }
+            self.pump(cut);
+        }
+
+        fn leader(&mut self) -> usize {
+            for _ in 0..500 {
+                if let Some(i) = self.peers.iter().position(|p| p.is_leader()) {
+                    return i;
+                }
+                self.tick(&|_| false);
+            }
+            panic!("no leader elected");
+        }
+
+        /// Proposes `n` puts on the leader, ticking between them.
+        fn write(&mut self, leader: usize, n: usize, cut: &dyn Fn(&RaftMessage) -> bool) {
+            for i in 0..n {
+                let cmd = Command {
+                    client_id: 0,
+                    seq: 0,
+                    op: Some(Op::Put(Put {
+                        key: format!("k{i}").into(),
+                        value: b"v".to_vec(),
+                    })),
+                };
+                self.peers[leader].propose(cmd.encode_to_vec()).unwrap();
+                self.pump(cut);
+                self.tick(cut);
+            }
+        }
+
+        fn matched(&self, leader: usize, id: NodeId) -> u64 {
+            self.peers[leader].raw.raft.prs().get(id).unwrap().matched
+        }
+
+        fn first_index(&self, leader: usize) -> u64 {
+            self.peers[leader].log_bounds().0
+        }
+    }
+
+    /// Cuts appends to `f`: it stays live (heartbeats flow) but falls behind.
+    fn appends_to(f: NodeId) -> impl Fn(&RaftMessage) -> bool {
+        move |m| m.to == f && m.get_msg_type() == MessageType::MsgAppend
+    }
+
+    /// Cuts every message to and from `f`: it looks dead.
+    fn all_of(f: NodeId) -> impl Fn(&RaftMessage) -> bool {
+        move |m| m.to == f || m.from == f
+    }
+
+    #[test]
+    fn the_leader_keeps_the_log_a_live_follower_needs_but_not_for_a_dead_one() {
+        let mut g = Group::new(1000);
+        let l = g.leader();
+        let f = (l as u64 + 1) % 3 + 1;
+        g.write(l, 5, &|_| false);
+        let lag = appends_to(f);
+        g.write(l, 60, &lag);
+        let have = g.matched(l, f);
+        assert!(g.peers[l].applied_index() > have + 40, "the follower lags");
+        assert!(
+            g.first_index(l) <= have + 1,
+            "compacted past a live follower: first index {}, follower matched {have}",
+            g.first_index(l)
+        );
+        // Once it is gone for longer than an election timeout, it no longer holds the log.
+        let dead = all_of(f);
+        for _ in 0..15 {
+            g.tick(&dead);
+        }
+        g.write(l, 30, &dead);
+        assert!(
+            g.first_index(l) > have + 1,
+            "a dead follower still holds the log at {}",
+            g.first_index(l)
+        );
+        let applied = g.peers[l].applied_index();
+        assert!(applied - g.first_index(l) < 25, "compacted as usual");
+    }
+
+    #[test]
+    fn past_the_retained_log_cap_the_leader_compacts_for_no_one() {
+        let mut g = Group::new(30);
+        let l = g.leader();
+        let f = (l as u64 + 1) % 3 + 1;
+        g.write(l, 5, &|_| false);
+        let lag = appends_to(f);
+        g.write(l, 80, &lag);
+        let have = g.matched(l, f);
+        let (first, last) = g.peers[l].log_bounds();
+        assert!(
+            first > have + 1,
+            "the cap let a live follower hold the log: first {first}, matched {have}"
+        );
+        assert!(
+            last - first <= 31,
+            "log bounded by the cap: {first}..{last}"
+        );
+    }
+}
