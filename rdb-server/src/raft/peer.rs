@@ -1,8 +1,7 @@
 //! [`RaftPeer`]: `RawNode` + storage + state machine, driven one step at a time.
 
-use std::time::Instant;
-
 use std::collections::HashMap;
+use std::time::Instant;
 
 use raft::prelude::{HardState, Message as RaftMessage, ReadState, Snapshot};
 use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
