@@ -86,6 +86,12 @@ pub struct Settings {
     pub snapshot_threshold: u64,
     /// Entries kept after compaction so lagging followers catch up from the log (default 5,000).
     pub catch_up_entries: u64,
+    /// Most log entries a leader keeps for followers that are still catching up (recently
+    /// active, including one receiving a snapshot); past it, the log is compacted regardless,
+    /// so a dead or stuck follower cannot make it grow forever (default 0: 10 x snapshot_threshold).
+    pub max_retained_log_entries: u64,
+    /// Bytes per second this node sends snapshot data at, over all transfers (default 0: unlimited).
+    pub snapshot_max_bytes_per_sec: u64,
     /// Largest key in bytes (default 4096).
     pub max_key_bytes: usize,
     /// Largest value in bytes (default 1 MiB).
@@ -112,6 +118,19 @@ pub struct Settings {
     pub log_level: String,
 }
 
+/// Slowest snapshot sending rate accepted, in bytes per second (64 KiB/s).
+pub const MIN_SNAPSHOT_RATE: u64 = 64 << 10;
+
+impl Settings {
+    /// The log length past which a leader compacts without waiting for slow followers.
+    pub fn retained_log_cap(&self) -> u64 {
+        match self.max_retained_log_entries {
+            0 => self.snapshot_threshold.saturating_mul(10),
+            n => n,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -120,6 +139,8 @@ impl Default for Settings {
             heartbeat_ticks: 2,
             snapshot_threshold: 10_000,
             catch_up_entries: 5_000,
+            max_retained_log_entries: 0,
+            snapshot_max_bytes_per_sec: 0,
             max_key_bytes: 4096,
             max_value_bytes: 1 << 20,
             max_peer_message_bytes: 16 << 20,
@@ -253,6 +274,17 @@ impl ClusterConfig {
                 s.catch_up_entries, s.snapshot_threshold
             ));
         }
+        if s.max_retained_log_entries != 0 && s.max_retained_log_entries < s.snapshot_threshold {
+            return bad(format!(
+                "settings: max_retained_log_entries ({}) must be 0 (10 x snapshot_threshold) or at least snapshot_threshold ({})",
+                s.max_retained_log_entries, s.snapshot_threshold
+            ));
+        }
+        if s.snapshot_max_bytes_per_sec != 0 && s.snapshot_max_bytes_per_sec < MIN_SNAPSHOT_RATE {
+            return bad(format!(
+                "settings.snapshot_max_bytes_per_sec must be 0 (unlimited) or at least {MIN_SNAPSHOT_RATE}"
+            ));
+        }
         if s.max_key_bytes == 0 || s.max_key_bytes > 64 * 1024 {
             return bad("settings.max_key_bytes must be between 1 and 65536".into());
         }
@@ -351,6 +383,8 @@ tick_interval_ms = 20
             .to_string()
             .contains("node id 4 is not in the config"));
         ClusterConfig::single_node_default().validate().unwrap();
+        assert_eq!(c.settings.retained_log_cap(), 100_000);
+        assert_eq!(c.settings.snapshot_max_bytes_per_sec, 0);
     }
 
     #[test]
@@ -374,6 +408,14 @@ tick_interval_ms = 20
                 .contains("log_level")
         );
         assert!(err("cluster_id = 1\nnodes = []").contains("at least one"));
+        assert!(
+            err(&THREE.replace("tick_interval_ms = 20", "snapshot_max_bytes_per_sec = 1000"))
+                .contains("snapshot_max_bytes_per_sec")
+        );
+        assert!(
+            err(&THREE.replace("tick_interval_ms = 20", "max_retained_log_entries = 50"))
+                .contains("max_retained_log_entries")
+        );
         for e in [
             err("not toml ["),
             err(&THREE.replace("tick_interval_ms = 20", "election_ticks = 1")),

@@ -22,6 +22,8 @@ use crate::ServerError;
 
 /// Capacity of each of the node task's bounded queues (peer messages, client requests).
 const MAILBOX: usize = 16 * 1024;
+/// Largest snapshot file this node accepts from a peer.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 
 /// Runs node `node_id` of `config` until `shutdown` resolves or a listener fails.
 pub async fn run(
@@ -34,6 +36,10 @@ pub async fn run(
     let me = config.node(node_id)?.clone();
     let logger = logger.new(o!("node" => node_id));
     let engine = open_data_dir(&me.data_dir, config.cluster_id, node_id, &config)?;
+    if let Some(d) = engine.recovered_install() {
+        info!(logger, "finished an interrupted snapshot install"; "index" => d.index, "term" => d.term);
+    }
+    let snap_dir = engine.snap_dir();
     let data_dir_error = |e: rdb_storage::Error| ServerError::DataDir {
         dir: me.data_dir.clone(),
         message: e.to_string(),
@@ -80,6 +86,7 @@ pub async fn run(
         node_id,
         mailbox.clone(),
         tokio::runtime::Handle::current(),
+        snap_dir.clone(),
         logger.clone(),
     );
     let node = Node::new(
@@ -115,7 +122,13 @@ pub async fn run(
         me.client_addr.clone(),
     );
     let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
-    let peer_svc = PeerService::new(mailbox, config.cluster_id, node_id, 4 << 30);
+    let peer_svc = PeerService::new(
+        mailbox,
+        config.cluster_id,
+        node_id,
+        MAX_SNAPSHOT_BYTES,
+        snap_dir,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_main = stop_rx.clone();
     tokio::spawn(async move {

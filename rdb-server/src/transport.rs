@@ -6,19 +6,27 @@
 //! tolerates (it retries appends and heartbeats). A broken stream is reopened with backoff and
 //! reported to Raft as unreachable so it falls back to probing.
 //!
-//! Snapshot messages go separately: the encoded message is streamed in 1 MiB chunks over the
-//! `Snapshot` call, and the outcome is reported back to Raft (`report_snapshot`) every time.
+//! Snapshot messages go separately, over the `Snapshot` call on a connection of their own: the
+//! first chunk carries the `MsgSnapshot` (whose data is only a descriptor of the snapshot file),
+//! the next ones the file, read from disk in chunks of at most 1 MiB (and half a peer message)
+//! and paced by `snapshot_max_bytes_per_sec` over all transfers of the node. The outcome is
+//! reported back to Raft (`report_snapshot`) every time.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Message as RaftMessage, MessageType};
 use rdb_proto::peer::peer_client::PeerClient;
 use rdb_proto::peer::{RaftBatch, SnapshotChunk, SnapshotHeader};
+use rdb_storage::snapshot::SnapshotDescriptor;
 use slog::{debug, info, warn, Logger};
+use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -33,7 +41,7 @@ const BATCH_BYTES: usize = 4 << 20;
 /// Room kept in a batch for its own fields and the framing of each message.
 const BATCH_OVERHEAD: usize = 4096;
 const PER_MESSAGE_OVERHEAD: usize = 16;
-/// Size of one snapshot chunk.
+/// Largest snapshot chunk (also kept under half of `max_peer_message_bytes`).
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -46,6 +54,38 @@ struct Stamp {
     to: NodeId,
 }
 
+/// Paces snapshot data over every transfer of this node.
+#[derive(Debug)]
+struct Throttle {
+    /// 0 for unlimited.
+    bytes_per_sec: u64,
+    /// When the next chunk may go.
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Throttle {
+    fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle {
+            bytes_per_sec,
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes may be sent.
+    async fn take(&self, n: usize) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// Sends Raft messages to the other members of the cluster.
 pub struct GrpcTransport {
     queues: HashMap<NodeId, mpsc::Sender<RaftMessage>>,
@@ -55,16 +95,19 @@ pub struct GrpcTransport {
     max_message: usize,
     mailbox: Mailbox,
     handle: Handle,
+    snap_dir: PathBuf,
+    throttle: Arc<Throttle>,
     logger: Logger,
 }
 
 impl GrpcTransport {
-    /// Starts one sender task per peer on `handle`.
+    /// Starts one sender task per peer on `handle`; snapshot files are read from `snap_dir`.
     pub fn start(
         config: &ClusterConfig,
         me: NodeId,
         mailbox: Mailbox,
         handle: Handle,
+        snap_dir: PathBuf,
         logger: Logger,
     ) -> GrpcTransport {
         let max_message = config.settings.max_peer_message_bytes;
@@ -96,6 +139,8 @@ impl GrpcTransport {
             max_message,
             mailbox,
             handle,
+            snap_dir,
+            throttle: Arc::new(Throttle::new(config.settings.snapshot_max_bytes_per_sec)),
             logger,
         }
     }
@@ -111,11 +156,14 @@ impl GrpcTransport {
             to,
         };
         let (mailbox, logger, max) = (self.mailbox.clone(), self.logger.clone(), self.max_message);
+        let (snap_dir, throttle) = (self.snap_dir.clone(), self.throttle.clone());
         self.handle.spawn(async move {
             let index = m.get_snapshot().get_metadata().index;
-            let result = stream_snapshot(&addr, stamp, m, max).await;
+            let started = std::time::Instant::now();
+            let result = stream_snapshot(&addr, stamp, m, &snap_dir, max, &throttle).await;
             match &result {
-                Ok(bytes) => info!(logger, "snapshot sent"; "peer" => to, "index" => index, "bytes" => bytes),
+                Ok(bytes) => info!(logger, "snapshot sent"; "peer" => to, "index" => index,
+                    "bytes" => bytes, "ms" => started.elapsed().as_millis() as u64),
                 Err(e) => warn!(logger, "snapshot send failed"; "peer" => to, "index" => index, "error" => %e),
             }
             // Raft waits for this report before it sends the peer anything else.
@@ -267,34 +315,85 @@ fn make_batch(
     (batch, rest)
 }
 
+/// Streams the snapshot `m` describes: the message in the first chunk's header, then its file
+/// read from `snap_dir` in chunks. Returns the file bytes sent.
 async fn stream_snapshot(
     addr: &str,
     stamp: Stamp,
     m: RaftMessage,
+    snap_dir: &std::path::Path,
     max_message: usize,
-) -> Result<usize, String> {
-    let bytes = m.write_to_bytes().map_err(|e| e.to_string())?;
-    let total = bytes.len();
+    throttle: &Throttle,
+) -> Result<u64, String> {
+    let desc = SnapshotDescriptor::decode(&m.get_snapshot().data).map_err(|e| e.to_string())?;
+    let path = desc.path_in(snap_dir);
+    let message = m.write_to_bytes().map_err(|e| e.to_string())?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let len = file.metadata().await.map_err(|e| e.to_string())?.len();
+    if len != desc.file_len {
+        return Err(format!(
+            "{} has {len} bytes, its descriptor says {}",
+            path.display(),
+            desc.file_len
+        ));
+    }
     let mut client = connect(addr, max_message)
         .await
         .map_err(|e| e.to_string())?;
-    let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
-    for (i, part) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
-        chunks.push(SnapshotChunk {
-            header: (i == 0).then_some(SnapshotHeader {
-                cluster_id: stamp.cluster_id,
-                from: stamp.from,
-                to: stamp.to,
-                total_len: total as u64,
-            }),
-            data: part.to_vec(),
-        });
-    }
-    client
-        .snapshot(tokio_stream::iter(chunks))
+    let chunk_size = SNAPSHOT_CHUNK.min(max_message / 2).max(1);
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
+    let header = SnapshotChunk {
+        header: Some(SnapshotHeader {
+            cluster_id: stamp.cluster_id,
+            from: stamp.from,
+            to: stamp.to,
+            total_len: desc.file_len,
+            message,
+        }),
+        data: Vec::new(),
+    };
+    tx.send(header)
         .await
-        .map_err(|s| s.to_string())?;
-    Ok(total)
+        .map_err(|_| "snapshot stream closed".to_string())?;
+    let feed = async move {
+        let mut sent = 0u64;
+        loop {
+            let mut buf = vec![0u8; chunk_size];
+            let mut n = 0;
+            while n < chunk_size {
+                match file.read(&mut buf[n..]).await {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                }
+            }
+            if n == 0 {
+                return Ok(sent);
+            }
+            buf.truncate(n);
+            throttle.take(n).await;
+            if tx
+                .send(SnapshotChunk {
+                    header: None,
+                    data: buf,
+                })
+                .await
+                .is_err()
+            {
+                return Err("the receiver ended the snapshot stream".to_string());
+            }
+            sent += n as u64;
+        }
+    };
+    let (sent, done) = tokio::join!(feed, client.snapshot(ReceiverStream::new(rx)));
+    done.map_err(|s| s.to_string())?;
+    let sent = sent?;
+    if sent != desc.file_len {
+        return Err(format!("sent {sent} of {} bytes", desc.file_len));
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

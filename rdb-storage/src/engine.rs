@@ -1,6 +1,7 @@
 //! The RocksDB database of one node: opening it, its identity, and reads of user data.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -11,6 +12,7 @@ use rocksdb::{
 };
 
 use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::snapshot::{self, SnapshotDescriptor};
 use crate::{Error, Index, Result, Term};
 
 /// Which cluster and node a data directory belongs to.
@@ -51,6 +53,11 @@ const APPLY_SETTINGS_V1: u64 = 1;
 #[derive(Clone)]
 pub struct Engine {
     db: Arc<DB>,
+    /// Odd while a snapshot install replaces the user data; bumped at its start and end, so a
+    /// read that saw the same even value before and after did not overlap an install.
+    install_gen: Arc<AtomicU64>,
+    /// The interrupted snapshot install that `open_with` finished, if any.
+    recovered_install: Option<SnapshotDescriptor>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -93,7 +100,8 @@ impl Engine {
         Self::open_with(path, EngineOptions::default())
     }
 
-    /// Opens (creating if missing) the database with rdb's column families.
+    /// Opens (creating if missing) the database with rdb's column families, finishes a snapshot
+    /// install that a crash interrupted (see `snapshot`), and removes stale snapshot files.
     pub fn open_with(path: &Path, engine_opts: EngineOptions) -> Result<Engine> {
         let mut opts = Options::default();
         opts.set_max_total_wal_size(engine_opts.max_wal_bytes);
@@ -136,11 +144,58 @@ impl Engine {
             }
         }
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Engine { db: Arc::new(db) })
+        let mut engine = Engine {
+            db: Arc::new(db),
+            install_gen: Arc::new(AtomicU64::new(0)),
+            recovered_install: None,
+        };
+        // A crash in the middle of a snapshot install left the data half replaced: finish it
+        // before anything reads the data. Then no transfer is running, so every snapshot file
+        // left over is stale.
+        if let Some(desc) = snapshot::pending_install(&engine)? {
+            snapshot::finish_install(&engine, &desc)?;
+            engine.recovered_install = Some(desc);
+        }
+        snapshot::remove_all_files(&engine.snap_dir())?;
+        Ok(engine)
+    }
+
+    /// The interrupted snapshot install that opening this database finished, if any.
+    pub fn recovered_install(&self) -> Option<SnapshotDescriptor> {
+        self.recovered_install
+    }
+
+    /// Where snapshot files of this database are kept: `<data_dir>/snap`.
+    pub fn snap_dir(&self) -> PathBuf {
+        snapshot::snap_dir(self.db.path())
     }
 
     pub(crate) fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// Marks the start of a snapshot install: user data reads are refused until `end_install`.
+    pub(crate) fn begin_install(&self) {
+        self.install_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks the end of a snapshot install.
+    pub(crate) fn end_install(&self) {
+        self.install_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Runs a read of user data, refusing it if a snapshot install overlapped it (it could
+    /// have seen a mix of the old and the new data).
+    fn guarded<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
+        let before = self.install_gen.load(Ordering::SeqCst);
+        if before % 2 == 1 {
+            return Err(Error::SnapshotInstalling);
+        }
+        let out = read()?;
+        if self.install_gen.load(Ordering::SeqCst) != before {
+            return Err(Error::SnapshotInstalling);
+        }
+        Ok(out)
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
@@ -381,13 +436,23 @@ impl Engine {
 
     /// Reads a user key from the applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?)
+        self.guarded(|| Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?))
     }
 
     /// Reads user keys in `[start, end)` (an empty `end` means unbounded): at most `limit`
     /// pairs, and no more pairs once their keys and values reach `max_bytes` (always at least
     /// one pair, so a scan makes progress). `more` says whether either bound cut the page.
     pub fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage> {
+        self.guarded(|| self.scan_unguarded(start, end, limit, max_bytes))
+    }
+
+    fn scan_unguarded(
         &self,
         start: &[u8],
         end: &[u8],

@@ -56,12 +56,16 @@ pub enum Error {
         /// The durable index recorded earlier.
         recorded: u64,
     },
-    /// The file system failed outside RocksDB.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// A snapshot payload does not decode.
+    /// A snapshot descriptor or file does not decode or does not match its checksum.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
+    /// A snapshot is being installed: user data is being replaced and must not be read now.
+    #[error("a snapshot is being installed; retry shortly")]
+    SnapshotInstalling,
+    /// A file outside RocksDB (a snapshot file, the durable-index file) could not be read or
+    /// written.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
     /// A fault point configured through FAILPOINTS failed this write (tests only).
     #[error("injected fault at {0}")]
     Injected(String),

@@ -1,7 +1,8 @@
 //! Every on-disk key layout of rdb, in one place (as TiKV's `keys` crate does).
 //!
 //! - `raft_log`: `index` as 8 big-endian bytes -> encoded `eraftpb::Entry`, so keys sort by index.
-//! - `raft_state`: fixed names -> hard state, conf state, apply state, truncated state, identity.
+//! - `raft_state`: fixed names -> hard state, conf state, apply state, truncated state, identity,
+//!   and the pending-snapshot-install marker.
 //! - `data`: user keys behind the one-byte prefix `d`, so the state machine can keep its own
 //!   records (client-request dedup, `s` and `e`; its applied index, `a`) in the same column
 //!   family. Snapshots copy the whole family, which keeps user data, dedup records and the
@@ -34,6 +35,14 @@ pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";
 /// describes. At start it must equal the apply state in `raft_state`: if the two column families
 /// ever disagree (media damage, a cut MANIFEST), the node refuses to start.
 pub const DATA_APPLY_STATE_KEY: &[u8] = b"a";
+/// A snapshot install that started but has not finished: the snapshot's descriptor
+/// (`snapshot::SnapshotDescriptor`). Present only between the first and the last install batch.
+pub const PENDING_SNAPSHOT_KEY: &[u8] = b"pending_snapshot";
+
+/// Lower bound of every key of the `data` column family (user data and state-machine records).
+pub const DATA_CF_FIRST: &[u8] = &[0x00];
+/// Upper bound (exclusive) of every key of the `data` column family.
+pub const DATA_CF_END: &[u8] = &[0xff; 32];
 
 /// Prefix of user keys inside the `data` column family.
 pub const DATA_PREFIX: u8 = b'd';

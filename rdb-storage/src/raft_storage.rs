@@ -18,7 +18,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use slog::{info, warn, Logger};
 
 use crate::engine::{ApplyState, Engine};
-use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::snapshot::{self, SnapshotSlot};
 use crate::{Error, Index, Result, Term};
 
@@ -298,45 +298,75 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Replaces the whole state with a received snapshot, atomically: user data, dedup records,
-    /// apply state, truncated state, conf state, hard state, and an emptied log.
-    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+    /// Replaces the whole state with a received snapshot: user data, dedup records, apply
+    /// state, truncated state, conf state, hard state, and an emptied log.
+    ///
+    /// `hard_state` is the Ready's hard state, if it has one: it is written as is (commit raised
+    /// to the snapshot index), so term and vote always come from the same hard state. Without
+    /// one, the current hard state is kept with its commit raised.
+    ///
+    /// The snapshot's file is verified first (a bad one changes nothing). Then, with bounded
+    /// memory: one synced batch records the pending install with the Raft-side state, the data
+    /// is replaced in batches, and a last synced batch sets the apply state and clears the
+    /// marker. A crash in between is finished by `Engine::open_with` on restart.
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        let desc = self.begin_snapshot_install(snap, hard_state)?;
+        let pairs = snapshot::finish_install(&self.engine, &desc)?;
+        info!(self.logger, "applied snapshot"; "index" => desc.index, "term" => desc.term,
+            "keys" => pairs, "bytes" => desc.file_len);
+        Ok(())
+    }
+
+    /// The first phase of [`RaftStorage::apply_snapshot`]: verifies the file, then writes the
+    /// pending-install marker, hard state, conf state, truncated state and the emptied log in
+    /// one synced batch, and updates the in-memory Raft state. The data is not touched yet.
+    pub(crate) fn begin_snapshot_install(
+        &mut self,
+        snap: &Snapshot,
+        hard_state: Option<&HardState>,
+    ) -> Result<snapshot::SnapshotDescriptor> {
         let meta = snap.get_metadata();
         let (index, term) = (meta.index, meta.term);
-        let pairs = snapshot::decode(&snap.data)?;
-        let mut batch = WriteBatch::default();
-        let data = self.engine.cf(CF_DATA);
-        batch.delete_range_cf(data, [0u8].as_slice(), [0xffu8; 32].as_slice());
-        let n = pairs.len();
-        for (k, v) in pairs {
-            batch.put_cf(data, k, v);
+        let desc = snapshot::SnapshotDescriptor::decode(&snap.data)?;
+        if (desc.index, desc.term) != (index, term) {
+            return Err(Error::BadSnapshot(format!(
+                "descriptor for {}/{} in a snapshot of {index}/{term}",
+                desc.index, desc.term
+            )));
         }
+        let path = desc.path_in(&self.engine.snap_dir());
+        let pairs = snapshot::verify_file(&path, &desc)?;
+        let mut batch = WriteBatch::default();
         let log = self.engine.cf(CF_RAFT_LOG);
         batch.delete_range_cf(log, keys::raft_log_key(0), keys::raft_log_key(u64::MAX));
         let state = self.engine.cf(CF_RAFT_STATE);
-        let mut hs = self.hard_state.clone();
+        let mut hs = hard_state.unwrap_or(&self.hard_state).clone();
         hs.commit = hs.commit.max(index);
-        hs.term = hs.term.max(term);
         batch.put_cf(state, keys::HARD_STATE_KEY, hs.write_to_bytes()?);
         batch.put_cf(
             state,
             keys::CONF_STATE_KEY,
             meta.get_conf_state().write_to_bytes()?,
         );
-        batch.put_cf(state, keys::APPLY_STATE_KEY, keys::encode_pair(index, term));
         batch.put_cf(
             state,
             keys::TRUNCATED_STATE_KEY,
             keys::encode_pair(index, term),
         );
+        batch.put_cf(state, keys::PENDING_SNAPSHOT_KEY, desc.encode());
         self.engine.write(batch, true)?;
-        info!(self.logger, "applied snapshot"; "index" => index, "term" => term, "keys" => n);
+        info!(self.logger, "snapshot install started"; "index" => index, "term" => term,
+            "keys" => pairs, "bytes" => desc.file_len, "hs_term" => hs.term, "hs_vote" => hs.vote);
         self.hard_state = hs;
         self.conf_state = meta.get_conf_state().clone();
         self.truncated = (index, term);
         self.last_index = index;
         self.cache.clear();
-        Ok(())
+        Ok(desc)
     }
 
     fn term_of(&self, idx: Index) -> Result<Term> {

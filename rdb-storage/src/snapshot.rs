@@ -1,33 +1,145 @@
-//! Building and decoding snapshots of the state machine.
+//! Snapshots of the state machine as files: building, verifying, receiving and installing them.
 //!
 //! A snapshot is the whole `data` column family (user keys and dedup records) read through one
 //! RocksDB snapshot, together with the apply state read through the same view, so data and
-//! index always match. It is built on a background thread; until it is ready,
-//! `Storage::snapshot` answers `SnapshotTemporarilyUnavailable` and raft asks again later.
+//! index always match. The builder writes it to a file under `<data_dir>/snap/` on a background
+//! thread; until it is ready, `Storage::snapshot` answers `SnapshotTemporarilyUnavailable` and
+//! raft asks again later. Nothing on either end ever holds the whole payload in memory.
 //!
-//! Payload format: `RDBSNAP1`, then for each pair `u32 key length, key, u32 value length, value`
-//! (big endian), then the pair count as u64. The whole payload is held in memory: fine for the
-//! data sizes of this phase, and a known limit (see specs/).
+//! The raft `Snapshot.data` is a small [`SnapshotDescriptor`] (index, term, file length,
+//! CRC-32 of the file); the file itself is streamed between nodes by the server's transport.
+//!
+//! File format (big endian): `RDBSNAP2`, then for each pair `u32 key length, key, u32 value
+//! length, value`, then the end mark `u32 0xffff_ffff` and the pair count as u64.
+//!
+//! Install is bounded in memory and crash safe (TiKV's design): one synced batch records a
+//! *pending install* marker with the Raft-side state, the data column family is then cleared
+//! and loaded from the file in batches of a few MiB, and a last synced batch sets the apply
+//! state and removes the marker. [`crate::Engine::open_with`] finishes a pending install before
+//! anything reads the data. The file is deleted only once the marker is gone.
 
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use raft::prelude::{ConfState, Snapshot};
-use rocksdb::IteratorMode;
-use slog::{error, info, Logger};
+use rocksdb::{IteratorMode, WriteBatch};
+use slog::{error, info, warn, Logger};
 
 use crate::engine::{ApplyState, Engine};
 use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
 use crate::raft_storage::snapshot_metadata;
-use crate::{Error, Result};
+use crate::{Error, Index, Result, Term};
 
-const MAGIC: &[u8] = b"RDBSNAP1";
+/// First bytes of a snapshot file.
+const FILE_MAGIC: &[u8; 8] = b"RDBSNAP2";
+/// First bytes of an encoded descriptor.
+const DESC_MAGIC: &[u8; 8] = b"RDBSDESC";
+/// Version of the descriptor and file format.
+const DESC_VERSION: u32 = 1;
+/// Key length that marks the end of the pairs.
+const END_MARK: u32 = u32::MAX;
+/// Buffer size of snapshot file readers and writers.
+const IO_BUF: usize = 1 << 20;
+/// Bytes of pairs written per install batch.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+/// Built snapshot files kept on the leader (the newest and the one before, which a transfer
+/// may still be reading).
+const BUILT_FILES_KEPT: usize = 2;
+/// Name of the snapshot folder inside a data directory.
+pub const SNAP_DIR: &str = "snap";
+
+/// What a raft `Snapshot.data` carries: which file holds the snapshot and how to check it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotDescriptor {
+    /// Applied index the snapshot captured.
+    pub index: Index,
+    /// Term of that entry.
+    pub term: Term,
+    /// Length of the snapshot file in bytes.
+    pub file_len: u64,
+    /// CRC-32 (crc32fast) of the whole file.
+    pub checksum: u32,
+}
+
+impl SnapshotDescriptor {
+    /// Length of the encoded form.
+    pub const ENCODED_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
+
+    /// The encoded form: magic, version, index, term, file length, checksum (big endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::ENCODED_LEN);
+        v.extend_from_slice(DESC_MAGIC);
+        v.extend_from_slice(&DESC_VERSION.to_be_bytes());
+        v.extend_from_slice(&self.index.to_be_bytes());
+        v.extend_from_slice(&self.term.to_be_bytes());
+        v.extend_from_slice(&self.file_len.to_be_bytes());
+        v.extend_from_slice(&self.checksum.to_be_bytes());
+        v
+    }
+
+    /// Decodes a descriptor, refusing anything else (`Error::BadSnapshot`).
+    pub fn decode(b: &[u8]) -> Result<SnapshotDescriptor> {
+        let bad = |m: &str| Error::BadSnapshot(m.to_string());
+        if b.len() != Self::ENCODED_LEN {
+            return Err(bad("descriptor has the wrong length"));
+        }
+        if &b[..8] != DESC_MAGIC {
+            return Err(bad("descriptor magic missing"));
+        }
+        let u64_at = |i: usize| {
+            b[i..i + 8]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| bad("short descriptor"))
+        };
+        let version = b[8..12]
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| bad("short descriptor"))?;
+        if version != DESC_VERSION {
+            return Err(bad(&format!("descriptor version {version} is unknown")));
+        }
+        let checksum = b[36..40]
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| bad("short descriptor"))?;
+        Ok(SnapshotDescriptor {
+            index: u64_at(12)?,
+            term: u64_at(20)?,
+            file_len: u64_at(28)?,
+            checksum,
+        })
+    }
+
+    /// Name of the file holding this snapshot inside the snapshot folder.
+    pub fn file_name(&self) -> String {
+        format!(
+            "snap-{:020}-{}-{:08x}.snap",
+            self.index, self.term, self.checksum
+        )
+    }
+
+    /// Path of the file holding this snapshot inside `snap_dir`.
+    pub fn path_in(&self, snap_dir: &Path) -> PathBuf {
+        snap_dir.join(self.file_name())
+    }
+}
+
+/// The snapshot folder of the data directory `data_dir`.
+pub fn snap_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(SNAP_DIR)
+}
 
 /// The snapshot most recently built, shared between raft's `Storage::snapshot` and the builder.
 #[derive(Default)]
 pub struct SnapshotSlot {
     ready: Option<Snapshot>,
     building: bool,
+    built_files: VecDeque<PathBuf>,
 }
 
 impl SnapshotSlot {
@@ -48,11 +160,21 @@ impl SnapshotSlot {
         true
     }
 
-    fn finish(&mut self, snap: Option<Snapshot>) {
+    /// Ends a build; a new snapshot replaces the previous one, and files older than the last
+    /// [`BUILT_FILES_KEPT`] are returned for removal.
+    fn finish(&mut self, built: Option<(Snapshot, PathBuf)>) -> Vec<PathBuf> {
         self.building = false;
-        if snap.is_some() {
-            self.ready = snap;
+        let Some((snap, path)) = built else {
+            return Vec::new();
+        };
+        self.ready = Some(snap);
+        self.built_files.retain(|p| p != &path);
+        self.built_files.push_back(path);
+        let mut old = Vec::new();
+        while self.built_files.len() > BUILT_FILES_KEPT {
+            old.extend(self.built_files.pop_front());
         }
+        old
     }
 }
 
@@ -69,22 +191,37 @@ pub(crate) fn spawn_build(
             let slot = slot.clone();
             move || {
                 let started = Instant::now();
-                let built = build(&engine, conf_state);
-                let snap = match built {
+                let built = match build(&engine, conf_state) {
                     Ok(s) => {
-                        info!(logger, "snapshot built";
-                            "index" => s.get_metadata().index, "term" => s.get_metadata().term,
-                            "bytes" => s.data.len(), "ms" => started.elapsed().as_millis() as u64);
-                        Some(s)
+                        let desc = SnapshotDescriptor::decode(&s.data);
+                        match desc {
+                            Ok(d) => {
+                                info!(logger, "snapshot built";
+                                    "index" => d.index, "term" => d.term, "bytes" => d.file_len,
+                                    "file" => d.file_name(), "ms" => started.elapsed().as_millis() as u64);
+                                Some((s, d.path_in(&engine.snap_dir())))
+                            }
+                            Err(e) => {
+                                error!(logger, "snapshot build failed"; "error" => %e);
+                                None
+                            }
+                        }
                     }
                     Err(e) => {
                         error!(logger, "snapshot build failed"; "error" => %e);
                         None
                     }
                 };
-                slot.lock()
+                let old = slot
+                    .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .finish(snap);
+                    .finish(built);
+                for p in old {
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        warn!(logger, "cannot remove old snapshot file";
+                            "file" => %p.display(), "error" => %e);
+                    }
+                }
             }
         });
     if spawned.is_err() {
@@ -94,8 +231,13 @@ pub(crate) fn spawn_build(
     }
 }
 
-/// Reads the data column family and the apply state through one consistent RocksDB view.
+/// Writes the data column family and the apply state, read through one consistent RocksDB
+/// view, to a new file under the engine's snapshot folder (buffered, checksummed, fsynced), and
+/// returns the raft snapshot whose data is that file's descriptor.
 pub fn build(engine: &Engine, conf_state: ConfState) -> Result<Snapshot> {
+    let dir = engine.snap_dir();
+    std::fs::create_dir_all(&dir)?;
+    let tmp = TempFile(dir.join(format!("build-{}.tmp", unique_suffix())));
     let db = engine.db();
     let view = db.snapshot();
     let apply = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::APPLY_STATE_KEY)? {
@@ -106,58 +248,420 @@ pub fn build(engine: &Engine, conf_state: ConfState) -> Result<Snapshot> {
         }
         None => return Err(Error::Corrupt("apply state missing".into())),
     };
-    let mut out = Vec::from(MAGIC);
+    let mut out = CrcWriter::new(BufWriter::with_capacity(IO_BUF, File::create(&tmp.0)?));
+    out.write_all(FILE_MAGIC)?;
     let mut count = 0u64;
     for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
         let (k, v) = item?;
-        put_bytes(&mut out, &k);
-        put_bytes(&mut out, &v);
+        write_field(&mut out, &k)?;
+        write_field(&mut out, &v)?;
         count += 1;
     }
-    out.extend_from_slice(&count.to_be_bytes());
+    out.write_all(&END_MARK.to_be_bytes())?;
+    out.write_all(&count.to_be_bytes())?;
+    let (file_len, checksum, writer) = out.finish();
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    let desc = SnapshotDescriptor {
+        index: apply.index,
+        term: apply.term,
+        file_len,
+        checksum,
+    };
+    tmp.persist(&desc.path_in(&dir))?;
     let mut snap = Snapshot::default();
     snap.set_metadata(snapshot_metadata(apply, conf_state));
-    snap.data = out.into();
+    snap.data = desc.encode().into();
     Ok(snap)
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
+fn write_field(out: &mut impl Write, b: &[u8]) -> Result<()> {
+    let len = u32::try_from(b.len())
+        .ok()
+        .filter(|&l| l != END_MARK)
+        .ok_or_else(|| Error::Corrupt(format!("a stored record of {} bytes", b.len())))?;
+    out.write_all(&len.to_be_bytes())?;
+    out.write_all(b)?;
+    Ok(())
 }
 
-/// Decodes a snapshot payload into its stored (column-family) key/value pairs.
-pub fn decode(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let bad = |m: &str| Error::BadSnapshot(m.to_string());
-    let rest = data
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| bad("missing magic header"))?;
-    if rest.len() < 8 {
-        return Err(bad("truncated before the pair count"));
+/// Reads a snapshot file once, checking its framing, length, pair count and checksum against
+/// `desc`, without holding more than a read buffer. Returns the number of pairs.
+pub fn verify_file(path: &Path, desc: &SnapshotDescriptor) -> Result<u64> {
+    let mut r = open_reader(path, desc)?;
+    let mut count = 0u64;
+    while let Some(klen) = r.next_len()? {
+        r.skip(klen)?;
+        let vlen = r.value_len()?;
+        r.skip(vlen)?;
+        count += 1;
     }
-    let (mut body, tail) = rest.split_at(rest.len() - 8);
-    let count = u64::from_be_bytes(tail.try_into().map_err(|_| bad("bad pair count"))?);
-    let take = |body: &mut &[u8]| -> Result<Vec<u8>> {
-        if body.len() < 4 {
-            return Err(bad("truncated length"));
-        }
-        let (len, rest) = body.split_at(4);
-        let len = u32::from_be_bytes(len.try_into().map_err(|_| bad("bad length"))?) as usize;
-        if rest.len() < len {
-            return Err(bad("truncated value"));
-        }
-        let (v, rest) = rest.split_at(len);
-        *body = rest;
-        Ok(v.to_vec())
+    r.finish(count)?;
+    Ok(count)
+}
+
+/// Opens a snapshot file for reading and checks its magic and length.
+fn open_reader(path: &Path, desc: &SnapshotDescriptor) -> Result<FrameReader> {
+    let file = File::open(path)
+        .map_err(|e| Error::BadSnapshot(format!("cannot open {}: {e}", path.display())))?;
+    let len = file.metadata()?.len();
+    if len != desc.file_len {
+        return Err(Error::BadSnapshot(format!(
+            "{} has {len} bytes, the descriptor says {}",
+            path.display(),
+            desc.file_len
+        )));
+    }
+    let mut r = FrameReader {
+        inner: CrcReader {
+            inner: BufReader::with_capacity(IO_BUF, file),
+            hasher: crc32fast::Hasher::new(),
+            read: 0,
+        },
+        desc: *desc,
     };
-    let mut pairs = Vec::new();
-    while !body.is_empty() {
-        let k = take(&mut body)?;
-        let v = take(&mut body)?;
-        pairs.push((k, v));
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != FILE_MAGIC {
+        return Err(Error::BadSnapshot("snapshot file magic missing".into()));
     }
-    if pairs.len() as u64 != count {
-        return Err(bad("pair count does not match"));
+    Ok(r)
+}
+
+/// Reads the frames of a snapshot file, hashing everything it reads.
+struct FrameReader {
+    inner: CrcReader<BufReader<File>>,
+    desc: SnapshotDescriptor,
+}
+
+impl FrameReader {
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| Error::BadSnapshot(format!("snapshot file truncated: {e}")))
     }
-    Ok(pairs)
+
+    fn remaining(&self) -> u64 {
+        self.desc.file_len.saturating_sub(self.inner.read)
+    }
+
+    fn read_u32(&mut self) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    /// The next key length, or `None` at the end mark.
+    fn next_len(&mut self) -> Result<Option<u64>> {
+        match self.read_u32()? {
+            END_MARK => Ok(None),
+            n => self.checked(n).map(Some),
+        }
+    }
+
+    fn value_len(&mut self) -> Result<u64> {
+        let n = self.read_u32()?;
+        self.checked(n)
+    }
+
+    /// A field length, refused when the file cannot hold it (so garbage never sizes a buffer).
+    fn checked(&self, n: u32) -> Result<u64> {
+        if u64::from(n) > self.remaining() {
+            return Err(Error::BadSnapshot(format!(
+                "a field of {n} bytes runs past the end of the file"
+            )));
+        }
+        Ok(u64::from(n))
+    }
+
+    fn skip(&mut self, n: u64) -> Result<()> {
+        let copied = std::io::copy(&mut (&mut self.inner).take(n), &mut std::io::sink())?;
+        if copied != n {
+            return Err(Error::BadSnapshot("snapshot file truncated".into()));
+        }
+        Ok(())
+    }
+
+    fn field(&mut self, n: u64) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; n as usize];
+        self.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    /// Checks the trailer, that nothing follows it, and the checksum.
+    fn finish(mut self, count: u64) -> Result<()> {
+        let mut b = [0u8; 8];
+        self.read_exact(&mut b)?;
+        if u64::from_be_bytes(b) != count {
+            return Err(Error::BadSnapshot("pair count does not match".into()));
+        }
+        let mut extra = [0u8; 1];
+        if self.inner.read(&mut extra)? != 0 {
+            return Err(Error::BadSnapshot(
+                "bytes after the end of the snapshot".into(),
+            ));
+        }
+        let sum = self.inner.hasher.clone().finalize();
+        if sum != self.desc.checksum || self.inner.read != self.desc.file_len {
+            return Err(Error::BadSnapshot(format!(
+                "checksum {sum:08x} does not match the descriptor's {:08x}",
+                self.desc.checksum
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct CrcReader<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    written: u64,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn new(inner: W) -> Self {
+        CrcWriter {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            written: 0,
+        }
+    }
+
+    fn finish(self) -> (u64, u32, W) {
+        (self.written, self.hasher.finalize(), self.inner)
+    }
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file being written; removed on drop unless persisted under its final name.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Renames the file to `to` and syncs the folder, so the name survives a crash.
+    fn persist(mut self, to: &Path) -> Result<()> {
+        std::fs::rename(&self.0, to)?;
+        self.0 = PathBuf::new();
+        if let Some(dir) = to.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn unique_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// A snapshot file arriving from a peer: chunks go to a temporary file in the snapshot folder;
+/// [`IncomingSnapshot::finish`] checks length and checksum, fsyncs and gives it its final name.
+/// Dropped unfinished, the temporary file is removed.
+pub struct IncomingSnapshot {
+    out: CrcWriter<BufWriter<File>>,
+    tmp: TempFile,
+    desc: SnapshotDescriptor,
+    dir: PathBuf,
+}
+
+impl IncomingSnapshot {
+    /// Starts receiving the file `desc` describes into `snap_dir`; refuses one over `max_len`.
+    pub fn create(
+        snap_dir: &Path,
+        desc: SnapshotDescriptor,
+        max_len: u64,
+    ) -> Result<IncomingSnapshot> {
+        if desc.file_len > max_len {
+            return Err(Error::BadSnapshot(format!(
+                "snapshot of {} bytes is over the limit of {max_len}",
+                desc.file_len
+            )));
+        }
+        std::fs::create_dir_all(snap_dir)?;
+        let tmp = TempFile(snap_dir.join(format!("recv-{}.tmp", unique_suffix())));
+        let file = File::create(&tmp.0)?;
+        Ok(IncomingSnapshot {
+            out: CrcWriter::new(BufWriter::with_capacity(IO_BUF, file)),
+            tmp,
+            desc,
+            dir: snap_dir.to_path_buf(),
+        })
+    }
+
+    /// Appends a chunk; refuses data beyond the announced length.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.out.written + chunk.len() as u64 > self.desc.file_len {
+            return Err(Error::BadSnapshot(format!(
+                "snapshot longer than the announced {} bytes",
+                self.desc.file_len
+            )));
+        }
+        self.out.write_all(chunk)?;
+        Ok(())
+    }
+
+    /// Checks length, checksum and framing, fsyncs, and renames the file to its final name.
+    pub fn finish(self) -> Result<PathBuf> {
+        let IncomingSnapshot {
+            out,
+            tmp,
+            desc,
+            dir,
+        } = self;
+        let (len, checksum, writer) = out.finish();
+        if len != desc.file_len {
+            return Err(Error::BadSnapshot(format!(
+                "snapshot truncated: {len} of {} bytes",
+                desc.file_len
+            )));
+        }
+        if checksum != desc.checksum {
+            return Err(Error::BadSnapshot(format!(
+                "checksum {checksum:08x} does not match the descriptor's {:08x}",
+                desc.checksum
+            )));
+        }
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        verify_file(&tmp.0, &desc)?;
+        let path = desc.path_in(&dir);
+        tmp.persist(&path)?;
+        Ok(path)
+    }
+}
+
+/// Removes every file of the snapshot folder: called at start-up, once any pending install is
+/// finished, when no transfer can be reading or writing one.
+pub(crate) fn remove_all_files(snap_dir: &Path) -> Result<()> {
+    let rd = match std::fs::read_dir(snap_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in rd {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes received snapshot files at or below `index`, other than the one just installed
+/// (which `finish_install` removes itself), so superseded transfers do not pile up.
+fn remove_files_up_to(snap_dir: &Path, index: Index) {
+    let Ok(rd) = std::fs::read_dir(snap_dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let file_index = name
+            .strip_prefix("snap-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|i| i.parse::<Index>().ok());
+        if file_index.is_some_and(|i| i <= index) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The pending install recorded in `raft_state`, if a crash interrupted one.
+pub(crate) fn pending_install(engine: &Engine) -> Result<Option<SnapshotDescriptor>> {
+    match engine
+        .db()
+        .get_cf(engine.cf(CF_RAFT_STATE), keys::PENDING_SNAPSHOT_KEY)?
+    {
+        None => Ok(None),
+        Some(v) => SnapshotDescriptor::decode(&v)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("pending snapshot marker: {e}"))),
+    }
+}
+
+/// Phases two and three of an install: clears the data column family, loads the file in
+/// batches of [`INSTALL_BATCH_BYTES`], then in one synced batch sets the apply state and removes
+/// the pending marker; then deletes the file. Redoing it after a crash gives the same result.
+/// Returns the number of pairs loaded.
+pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Result<u64> {
+    let dir = engine.snap_dir();
+    let path = desc.path_in(&dir);
+    let mut r = open_reader(&path, desc).map_err(|e| {
+        Error::Corrupt(format!(
+            "a snapshot install is pending but its file is unusable: {e}"
+        ))
+    })?;
+    // Reads of user data are refused from here until the last batch is written; if this
+    // fails half way, they stay refused (the error stops the node).
+    engine.begin_install();
+    let data = engine.cf(CF_DATA);
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(data, keys::DATA_CF_FIRST, keys::DATA_CF_END);
+    engine.write(batch, false)?;
+    let mut batch = WriteBatch::default();
+    let mut count = 0u64;
+    while let Some(klen) = r.next_len()? {
+        let k = r.field(klen)?;
+        let vlen = r.value_len()?;
+        let v = r.field(vlen)?;
+        batch.put_cf(data, k, v);
+        count += 1;
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            engine.write(std::mem::take(&mut batch), false)?;
+        }
+    }
+    r.finish(count)
+        .map_err(|e| Error::Corrupt(format!("snapshot file changed during install: {e}")))?;
+    let state = engine.cf(CF_RAFT_STATE);
+    batch.put_cf(
+        state,
+        keys::APPLY_STATE_KEY,
+        keys::encode_pair(desc.index, desc.term),
+    );
+    batch.delete_cf(state, keys::PENDING_SNAPSHOT_KEY);
+    // Synced: it also makes every earlier unsynced batch of the load durable.
+    engine.write(batch, true)?;
+    engine.end_install();
+    std::fs::remove_file(&path)?;
+    remove_files_up_to(&dir, desc.index);
+    Ok(count)
 }

@@ -1,10 +1,11 @@
 //! Contract tests for the storage layer.
 
 use prost::Message as _;
-use raft::prelude::{Entry, HardState};
+use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage, StorageError};
 use rdb_proto::command::{command::Op, Cas, Command, Delete, Put};
 
+use crate::snapshot::{IncomingSnapshot, SnapshotDescriptor};
 use crate::{CommandResult, Engine, Error, Ident, RaftStorage, StateMachine};
 
 pub(crate) const IDENT: Ident = Ident {
@@ -327,10 +328,26 @@ fn scan_is_ordered_bounded_and_limited() {
     assert!(page.more);
 }
 
-#[test]
-fn snapshot_round_trip_replaces_state_atomically() {
-    let src_dir = tempfile::tempdir().unwrap();
-    let (src, mut src_log) = open(src_dir.path());
+/// Ships the file of a snapshot built on `src` into `dst`'s snapshot folder the way the
+/// transport does: in chunks, through [`IncomingSnapshot`].
+fn ship(src: &Engine, dst: &Engine, snap: &Snapshot) -> std::path::PathBuf {
+    let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
+    let mut from = std::fs::File::open(desc.path_in(&src.snap_dir())).unwrap();
+    let mut inc = IncomingSnapshot::create(&dst.snap_dir(), desc, u64::MAX).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = std::io::Read::read(&mut from, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        inc.write(&buf[..n]).unwrap();
+    }
+    inc.finish().unwrap()
+}
+
+/// A source with 20 puts applied at term 2 by client 4, and its snapshot.
+fn snapshot_source(dir: &std::path::Path) -> (Engine, RaftStorage, Snapshot) {
+    let (src, mut src_log) = open(dir);
     let ents: Vec<Entry> = (1..=20)
         .map(|i| entry(i, 2, &cmd(4, i, put(&format!("k{i:02}"), "v"))))
         .collect();
@@ -338,28 +355,78 @@ fn snapshot_round_trip_replaces_state_atomically() {
     let mut sm = StateMachine::new(src.clone(), 1000).unwrap();
     sm.apply(&ents).unwrap();
     let snap = crate::snapshot::build(&src, src_log.initial_state().unwrap().conf_state).unwrap();
+    (src, src_log, snap)
+}
+
+/// Every pair of the data column family, as stored.
+fn data_cf(engine: &Engine) -> Vec<(Vec<u8>, Vec<u8>)> {
+    engine
+        .db()
+        .iterator_cf(
+            engine.cf(crate::keys::CF_DATA),
+            rocksdb::IteratorMode::Start,
+        )
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn snapshot_round_trip_through_a_file_replaces_state_with_the_readys_hard_state() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (src, _src_log, snap) = snapshot_source(src_dir.path());
     assert_eq!(
         (snap.get_metadata().index, snap.get_metadata().term),
         (20, 2)
     );
+    // The raft snapshot carries only a descriptor; the data is in a file.
+    assert_eq!(snap.data.len(), SnapshotDescriptor::ENCODED_LEN);
+    let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
+    assert_eq!((desc.index, desc.term), (20, 2));
+    let src_file = desc.path_in(&src.snap_dir());
+    assert_eq!(std::fs::metadata(&src_file).unwrap().len(), desc.file_len);
 
     let dst_dir = tempfile::tempdir().unwrap();
     let (dst, mut dst_log) = open(dst_dir.path());
     let mut dsm = StateMachine::new(dst.clone(), 1000).unwrap();
     dsm.apply(&[entry(1, 1, &cmd(0, 0, put("stale", "x")))])
         .unwrap();
-    dst_log.append(&[entry(1, 1, b"")], None).unwrap();
-    dst_log.apply_snapshot(&snap).unwrap();
+    // The follower voted for 1 in term 2 ...
+    let old = HardState {
+        term: 2,
+        vote: 1,
+        commit: 1,
+        ..Default::default()
+    };
+    dst_log.append(&[entry(1, 1, b"")], Some(&old)).unwrap();
+    let dst_file = ship(&src, &dst, &snap);
+    // ... and the Ready that carries the snapshot moved it to term 5, voting for 3.
+    let ready_hs = HardState {
+        term: 5,
+        vote: 3,
+        commit: 20,
+        ..Default::default()
+    };
+    dst_log.apply_snapshot(&snap, Some(&ready_hs)).unwrap();
     assert_eq!(
         dst.get(b"stale").unwrap(),
         None,
         "old data must be replaced"
     );
-    assert_eq!(dst.scan(b"", b"", 100, usize::MAX).unwrap().kvs.len(), 20);
+    assert_eq!(data_cf(&dst), data_cf(&src), "data identical to the source");
     assert_eq!(dst_log.first_index().unwrap(), 21);
     assert_eq!(dst_log.last_index().unwrap(), 20);
     assert_eq!(dst_log.term(20).unwrap(), 2);
     assert_eq!(dst.apply_state().unwrap().index, 20);
+    // Term and vote come from the same (the Ready's) hard state, on disk and in memory.
+    let stored = dst.hard_state().unwrap().unwrap();
+    assert_eq!((stored.term, stored.vote), (5, 3));
+    assert!(stored.commit >= 20);
+    assert_eq!(dst_log.initial_state().unwrap().hard_state, stored);
+    assert!(!dst_file.exists(), "the installed file is removed");
+    assert!(crate::snapshot::pending_install(&dst).unwrap().is_none());
     // Dedup records travel with the snapshot: a retry after install is still recognised.
     dsm.reload().unwrap();
     let out = dsm
@@ -367,11 +434,246 @@ fn snapshot_round_trip_replaces_state_atomically() {
         .unwrap();
     assert_eq!(out[0].result, Some(Ok(CommandResult::Put)));
     assert_eq!(dst.get(b"k05").unwrap().as_deref(), Some(&b"v"[..]));
-    // A damaged payload is refused, not half-applied.
-    let mut bad = snap.clone();
-    bad.data = snap.data[..snap.data.len() - 3].to_vec().into();
-    assert!(dst_log.apply_snapshot(&bad).is_err());
-    assert_eq!(dst.scan(b"", b"", 100, usize::MAX).unwrap().kvs.len(), 20);
+    // Without a Ready hard state, the current one is kept and only its commit raised.
+    drop((dsm, dst_log, dst));
+    let dst2_dir = tempfile::tempdir().unwrap();
+    let (dst2, mut dst2_log) = open(dst2_dir.path());
+    dst2_log.append(&[], Some(&old)).unwrap();
+    ship(&src, &dst2, &snap);
+    dst2_log.apply_snapshot(&snap, None).unwrap();
+    let stored = dst2.hard_state().unwrap().unwrap();
+    assert_eq!((stored.term, stored.vote, stored.commit), (2, 1, 20));
+}
+
+#[test]
+fn corrupted_short_or_overlong_snapshots_are_refused_and_change_nothing() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (src, _src_log, snap) = snapshot_source(src_dir.path());
+    let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
+    let dst_dir = tempfile::tempdir().unwrap();
+    let (dst, mut dst_log) = open(dst_dir.path());
+    StateMachine::new(dst.clone(), 1000)
+        .unwrap()
+        .apply(&[entry(1, 1, &cmd(0, 0, put("old", "x")))])
+        .unwrap();
+    dst_log.append(&[entry(1, 1, b"")], None).unwrap();
+    let before = data_cf(&dst);
+    let unchanged = |dst_log: &RaftStorage| {
+        assert_eq!(data_cf(&dst), before);
+        assert_eq!(dst_log.last_index().unwrap(), 1);
+        assert_eq!(dst.apply_state().unwrap().index, 1);
+        assert!(crate::snapshot::pending_install(&dst).unwrap().is_none());
+    };
+    let bytes = std::fs::read(desc.path_in(&src.snap_dir())).unwrap();
+    let dst_file = desc.path_in(&dst.snap_dir());
+    std::fs::create_dir_all(dst.snap_dir()).unwrap();
+
+    // Missing file, one flipped byte, a short file: refused before anything is written.
+    assert!(dst_log.apply_snapshot(&snap, None).is_err());
+    unchanged(&dst_log);
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x40;
+    std::fs::write(&dst_file, &flipped).unwrap();
+    assert!(matches!(
+        dst_log.apply_snapshot(&snap, None),
+        Err(Error::BadSnapshot(_))
+    ));
+    unchanged(&dst_log);
+    std::fs::write(&dst_file, &bytes[..bytes.len() - 3]).unwrap();
+    assert!(matches!(
+        dst_log.apply_snapshot(&snap, None),
+        Err(Error::BadSnapshot(_))
+    ));
+    unchanged(&dst_log);
+    // A length field pointing past the end never sizes a buffer.
+    let mut huge = bytes.clone();
+    huge[8..12].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+    std::fs::write(&dst_file, &huge).unwrap();
+    assert!(crate::snapshot::verify_file(&dst_file, &desc).is_err());
+    std::fs::remove_file(&dst_file).unwrap();
+
+    // Receiving: more than announced, less than announced, or another checksum is refused,
+    // and the temporary file does not stay.
+    let mut inc = IncomingSnapshot::create(&dst.snap_dir(), desc, u64::MAX).unwrap();
+    inc.write(&bytes).unwrap();
+    assert!(inc.write(b"x").is_err());
+    drop(inc);
+    let mut inc = IncomingSnapshot::create(&dst.snap_dir(), desc, u64::MAX).unwrap();
+    inc.write(&bytes[..10]).unwrap();
+    assert!(inc.finish().is_err());
+    let mut inc = IncomingSnapshot::create(&dst.snap_dir(), desc, u64::MAX).unwrap();
+    inc.write(&flipped).unwrap();
+    assert!(inc.finish().is_err());
+    assert!(IncomingSnapshot::create(&dst.snap_dir(), desc, desc.file_len - 1).is_err());
+    assert_eq!(
+        std::fs::read_dir(dst.snap_dir()).unwrap().count(),
+        0,
+        "refused transfers leave no file"
+    );
+    // Descriptors: garbage and a mismatch with the metadata are refused.
+    assert!(SnapshotDescriptor::decode(b"RDBSNAP1 not a descriptor").is_err());
+    let mut other = snap.clone();
+    other.mut_metadata().index = 19;
+    ship(&src, &dst, &snap);
+    assert!(dst_log.apply_snapshot(&other, None).is_err());
+    unchanged(&dst_log);
+}
+
+#[test]
+fn a_crash_between_the_first_and_the_last_install_batch_is_finished_on_reopen() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (src, _src_log, snap) = snapshot_source(src_dir.path());
+    let dst_dir = tempfile::tempdir().unwrap();
+    {
+        let (dst, mut dst_log) = open(dst_dir.path());
+        StateMachine::new(dst.clone(), 1000)
+            .unwrap()
+            .apply(&[entry(1, 1, &cmd(0, 0, put("old", "x")))])
+            .unwrap();
+        dst_log.append(&[entry(1, 1, b"")], None).unwrap();
+        ship(&src, &dst, &snap);
+        // Phase one only, then part of the data cleared: the process "dies" here.
+        dst_log.begin_snapshot_install(&snap, None).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(dst.cf(crate::keys::CF_DATA), crate::keys::data_key(b"old"));
+        dst.write(batch, false).unwrap();
+        assert!(crate::snapshot::pending_install(&dst).unwrap().is_some());
+    }
+    let (dst, dst_log) = open(dst_dir.path());
+    assert_eq!(
+        dst.recovered_install().map(|d| d.index),
+        Some(20),
+        "reopening finished the install"
+    );
+    assert_eq!(data_cf(&dst), data_cf(&src), "data identical to the source");
+    assert_eq!(dst.apply_state().unwrap().index, 20);
+    assert_eq!(dst_log.first_index().unwrap(), 21);
+    assert_eq!(dst_log.last_index().unwrap(), 20);
+    assert!(crate::snapshot::pending_install(&dst).unwrap().is_none());
+    assert_eq!(std::fs::read_dir(dst.snap_dir()).unwrap().count(), 0);
+    // A later reopen is an ordinary one.
+    drop((dst, dst_log));
+    let (dst, _) = open(dst_dir.path());
+    assert_eq!(dst.recovered_install(), None);
+    assert_eq!(dst.apply_state().unwrap().index, 20);
+}
+
+#[test]
+fn a_pending_install_whose_file_is_gone_refuses_to_open() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (src, _src_log, snap) = snapshot_source(src_dir.path());
+    let dst_dir = tempfile::tempdir().unwrap();
+    {
+        let (dst, mut dst_log) = open(dst_dir.path());
+        let file = ship(&src, &dst, &snap);
+        dst_log.begin_snapshot_install(&snap, None).unwrap();
+        std::fs::remove_file(file).unwrap();
+    }
+    let err = Engine::open(dst_dir.path()).unwrap_err().to_string();
+    assert!(err.contains("snapshot install is pending"), "{err}");
+}
+
+#[test]
+fn reads_during_an_install_are_refused_not_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    assert_eq!(engine.get(b"k").unwrap(), None);
+    engine.begin_install();
+    assert!(matches!(engine.get(b"k"), Err(Error::SnapshotInstalling)));
+    assert!(matches!(
+        engine.scan(b"", b"", 10, usize::MAX),
+        Err(Error::SnapshotInstalling)
+    ));
+    engine.end_install();
+    assert_eq!(engine.scan(b"", b"", 10, usize::MAX).unwrap().kvs.len(), 0);
+}
+
+/// Records the largest single heap allocation made by threads that opted in.
+struct LargestAlloc;
+
+static LARGEST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static TRACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn note(size: usize) {
+    if TRACKED.try_with(|t| t.get()).unwrap_or(false) {
+        LARGEST.fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only records sizes.
+unsafe impl std::alloc::GlobalAlloc for LargestAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: LargestAlloc = LargestAlloc;
+
+#[test]
+fn a_multi_mib_snapshot_is_built_shipped_and_installed_without_holding_it_in_memory() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (src, mut src_log) = open(src_dir.path());
+    // 24 MiB of values in 384 entries of 64 KiB.
+    let ents: Vec<Entry> = (1..=384u64)
+        .map(|i| {
+            let value = vec![(i % 251) as u8; 64 << 10];
+            let op = Op::Put(Put {
+                key: format!("big{i:04}").into(),
+                value,
+            });
+            entry(i, 3, &cmd(0, 0, op))
+        })
+        .collect();
+    src_log.append(&ents, None).unwrap();
+    let mut sm = StateMachine::new(src.clone(), 1000).unwrap();
+    for chunk in ents.chunks(16) {
+        sm.apply(chunk).unwrap();
+    }
+    drop(ents);
+    let conf_state = src_log.initial_state().unwrap().conf_state;
+    let dst_dir = tempfile::tempdir().unwrap();
+    let (dst, mut dst_log) = open(dst_dir.path());
+
+    TRACKED.with(|t| t.set(true));
+    LARGEST.store(0, std::sync::atomic::Ordering::Relaxed);
+    let snap = crate::snapshot::build(&src, conf_state).unwrap();
+    ship(&src, &dst, &snap);
+    dst_log.apply_snapshot(&snap, None).unwrap();
+    TRACKED.with(|t| t.set(false));
+    let largest = LARGEST.load(std::sync::atomic::Ordering::Relaxed);
+
+    let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
+    assert!(desc.file_len > 24 << 20, "{desc:?}");
+    assert_eq!(
+        dst.scan(b"big", b"bih", 1000, usize::MAX)
+            .unwrap()
+            .kvs
+            .len(),
+        384
+    );
+    assert_eq!(data_cf(&dst), data_cf(&src));
+    assert!(
+        largest < 2 << 20,
+        "one allocation of {largest} bytes while moving a {} byte snapshot",
+        desc.file_len
+    );
 }
 
 #[test]

@@ -661,11 +661,12 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() {
     write_values(&client, "s", 3000, &[b'x'; 2048]).await;
     let log_before = std::fs::read_to_string(c.log_path(f)).unwrap().len();
     c.restart(f);
-    // Kill it the moment it starts installing the snapshot.
+    // Kill it the moment its install has recorded the pending marker (first batch written),
+    // so it dies while the data is being replaced.
     let deadline = Instant::now() + SECS(20);
     loop {
         let log = std::fs::read_to_string(c.log_path(f)).unwrap_or_default();
-        if log.len() > log_before && log[log_before..].contains("installing snapshot") {
+        if log.len() > log_before && log[log_before..].contains("snapshot install started") {
             break;
         }
         assert!(
@@ -691,4 +692,108 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() {
         a == b,
         "follower data differs from the leader's after an interrupted install"
     );
+    let log = std::fs::read_to_string(c.log_path(f)).unwrap();
+    eprintln!(
+        "restart finished the interrupted install: {}",
+        log[log_before..].contains("finished an interrupted snapshot install")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_through_a_slow_snapshot_while_64_clients_keep_writing() {
+    // The retained log (100 entries) lasts a few milliseconds under this load, while the
+    // snapshot (~128 MiB, sent at 32 MiB/s) takes seconds to build, ship and install: the
+    // follower only catches up if the leader keeps the log after the snapshot for it.
+    let settings = Settings(
+        "snapshot_threshold = 300\ncatch_up_entries = 100\nmax_retained_log_entries = 1000000\n\
+         snapshot_max_bytes_per_sec = 33554432\n"
+            .into(),
+    );
+    let mut c = TestCluster::start_with(3, settings);
+    let leader = c.wait_leader(SECS(10)).await;
+    let f = follower_of(leader, 3);
+    let client = c.client();
+    write_values(&client, "big", 2000, &[b'x'; 64 << 10]).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers: Vec<_> = (0..64)
+        .map(|w| {
+            let (client, stop, acked, failed) =
+                (client.clone(), stop.clone(), acked.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.put(format!("w{w:02}-{i:08}"), format!("v{i}")).await {
+                        Ok(()) => acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    };
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let acked_now = || acked.load(std::sync::atomic::Ordering::Relaxed);
+    TestCluster::wait_until("the writers get going", SECS(10), || async {
+        acked_now() > 500
+    })
+    .await;
+
+    // Down for 3 s, and long enough for the leader to compact past it.
+    let f_applied = c.status(f).await.expect("follower status").applied_index;
+    c.kill(f);
+    let down = Instant::now();
+    TestCluster::wait_until(
+        "the leader compacts past the stopped follower, 3 s pass",
+        SECS(30),
+        || {
+            let c = &c;
+            async move {
+                down.elapsed() >= SECS(3)
+                    && c.status(leader)
+                        .await
+                        .is_some_and(|s| s.first_index > f_applied + 1)
+            }
+        },
+    )
+    .await;
+    let log_before = std::fs::read_to_string(c.log_path(f)).unwrap().len();
+    c.restart(f);
+    let t = Instant::now();
+    let target = c.status(leader).await.expect("leader status").applied_index;
+    let acked_at_restart = acked_now();
+    c.wait_applied(f, target, SECS(30)).await;
+    let took = t.elapsed();
+    let acked_during = acked_now() - acked_at_restart;
+    eprintln!(
+        "follower {f} passed the leader's applied index {target} after {took:?}; \
+         {acked_during} writes acknowledged meanwhile"
+    );
+    let log = std::fs::read_to_string(c.log_path(f)).unwrap();
+    assert!(
+        log[log_before..].contains("installing snapshot"),
+        "catch-up went through a snapshot"
+    );
+    assert!(acked_during > 0, "writes went on during the catch-up");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer task");
+    }
+    eprintln!(
+        "writers: {} acknowledged, {} failed",
+        acked_now(),
+        failed.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    // It keeps up afterwards and holds the same data.
+    let last = c.status(leader).await.expect("leader status").applied_index;
+    c.wait_applied(f, last, SECS(30)).await;
+    for key in ["big00000", "big01999", "w00-00000000", "w63-00000000"] {
+        assert_eq!(
+            local_get(&c, f, key).await,
+            local_get(&c, leader, key).await,
+            "{key} differs on the follower"
+        );
+    }
 }

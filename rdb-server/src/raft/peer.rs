@@ -1,11 +1,12 @@
 //! [`RaftPeer`]: `RawNode` + storage + state machine, driven one step at a time.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use raft::prelude::{Message as RaftMessage, ReadState, Snapshot};
-use raft::{Config, RawNode, SnapshotStatus, StateRole};
+use raft::prelude::{HardState, Message as RaftMessage, ReadState, Snapshot};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
 use rdb_storage::{Applied, Engine, RaftStorage, StateMachine};
-use slog::{info, o, Logger};
+use slog::{debug, info, o, Logger};
 
 use super::Transport;
 use crate::config::{NodeId, Settings};
@@ -32,8 +33,23 @@ pub struct RaftPeer {
     applied: u64,
     snapshot_threshold: u64,
     catch_up_entries: u64,
+    /// Log length past which the leader compacts without waiting for slow followers.
+    retained_log_cap: u64,
+    /// Ticks so far, and the tick each peer was last heard from: raft-rs clears
+    /// `recent_active` at every quorum check, so it alone cannot say who is alive.
+    ticks: u64,
+    last_heard: HashMap<NodeId, u64>,
+    /// Ticks without a message after which a follower no longer holds back compaction.
+    active_ticks: u64,
+    /// Followers that received a snapshot and may still be installing it (silently: the
+    /// install blocks their Raft thread): the snapshot index and the tick it was delivered.
+    snapshot_delivered: HashMap<NodeId, (u64, u64)>,
     logger: Logger,
 }
+
+/// How many election timeouts a follower that received a snapshot may take to install it
+/// while the leader keeps the log after the snapshot for it.
+const INSTALL_GRACE_ELECTIONS: u64 = 30;
 
 impl RaftPeer {
     /// Opens the peer over storage that was already bootstrapped or recovered.
@@ -82,17 +98,24 @@ impl RaftPeer {
             applied,
             snapshot_threshold: settings.snapshot_threshold,
             catch_up_entries: settings.catch_up_entries,
+            retained_log_cap: settings.retained_log_cap(),
+            ticks: 0,
+            last_heard: HashMap::new(),
+            active_ticks: settings.election_ticks as u64,
+            snapshot_delivered: HashMap::new(),
             logger,
         })
     }
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.raw.tick();
     }
 
     /// Feeds a message from a peer.
     pub fn step(&mut self, m: RaftMessage) -> raft::Result<()> {
+        self.last_heard.insert(m.from, self.ticks);
         self.raw.step(m)
     }
 
@@ -114,6 +137,14 @@ impl RaftPeer {
 
     /// Tells raft whether a snapshot reached `to`, so it stops waiting on it.
     pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        if ok {
+            if let Some(pr) = self.raw.raft.prs().get(to) {
+                if pr.state == ProgressState::Snapshot {
+                    self.snapshot_delivered
+                        .insert(to, (pr.pending_snapshot, self.ticks));
+                }
+            }
+        }
         let status = if ok {
             SnapshotStatus::Finish
         } else {
@@ -203,7 +234,10 @@ impl RaftPeer {
             transport.send(ready.take_messages());
         }
         if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot())?;
+            // The Ready's hard state goes into the install's first batch, so term and vote on
+            // disk always come from one hard state.
+            let hs = ready.hs().cloned();
+            self.install_snapshot(ready.snapshot(), hs.as_ref())?;
             out.snapshot_applied = true;
         }
         let committed = ready.take_committed_entries();
@@ -239,11 +273,14 @@ impl RaftPeer {
         Ok(out)
     }
 
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), crate::ServerError> {
+    fn install_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        hs: Option<&HardState>,
+    ) -> Result<(), crate::ServerError> {
         let meta = snap.get_metadata();
-        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term,
-            "bytes" => snap.data.len());
-        self.raw.mut_store().apply_snapshot(snap)?;
+        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term);
+        self.raw.mut_store().apply_snapshot(snap, hs)?;
         self.sm.reload()?;
         self.applied = meta.index;
         Ok(())
@@ -271,16 +308,258 @@ impl RaftPeer {
         Ok(())
     }
 
+    /// Compacts the log once `snapshot_threshold` applied entries are in it, keeping
+    /// `catch_up_entries`. A leader also keeps what the slowest live follower still needs (see
+    /// [`RaftPeer::slowest_live_follower`]) unless the log is longer than `retained_log_cap`.
+    /// Never past the applied index.
     fn maybe_compact(&mut self) -> Result<Option<u64>, crate::ServerError> {
         let truncated = self.raw.store().truncated().0;
         if self.applied.saturating_sub(truncated) <= self.snapshot_threshold {
             return Ok(None);
         }
-        let compact_to = self.applied - self.catch_up_entries + 1;
+        let mut compact_to = self.applied.saturating_sub(self.catch_up_entries) + 1;
+        let mut held_for = None;
+        let log_len = self
+            .raw
+            .raft
+            .raft_log
+            .last_index()
+            .saturating_sub(truncated);
+        if self.is_leader() && log_len <= self.retained_log_cap {
+            if let Some((id, needed)) = self.slowest_live_follower() {
+                if needed < compact_to {
+                    compact_to = needed;
+                    held_for = Some(id);
+                }
+            }
+        }
+        if compact_to <= truncated + 1 {
+            debug!(self.logger, "compaction held for a follower"; "follower" => held_for,
+                "needed" => compact_to, "log_len" => log_len);
+            return Ok(None);
+        }
         let started = Instant::now();
         self.raw.mut_store().compact(compact_to, self.applied)?;
         info!(self.logger, "log compacted"; "compact_to" => compact_to, "applied" => self.applied,
-            "ms" => started.elapsed().as_millis() as u64);
+            "held_for" => held_for, "ms" => started.elapsed().as_millis() as u64);
         Ok(Some(compact_to))
+    }
+
+    /// The follower still catching up that needs the oldest entry, and that entry's index.
+    ///
+    /// Counted: followers heard from within an election timeout, those raft-rs marks recently
+    /// active, and those that received a snapshot lately (they are silent while installing it).
+    /// What one has: its matched index, or the snapshot it is receiving or installing.
+    fn slowest_live_follower(&mut self) -> Option<(NodeId, u64)> {
+        let (me, ticks) = (self.id(), self.ticks);
+        let grace = self.active_ticks * INSTALL_GRACE_ELECTIONS;
+        let prs = self.raw.raft.prs();
+        self.snapshot_delivered.retain(|id, &mut (index, at)| {
+            ticks.saturating_sub(at) <= grace && prs.get(*id).is_some_and(|pr| pr.matched < index)
+        });
+        prs.iter()
+            .filter_map(|(&id, pr)| {
+                if id == me {
+                    return None;
+                }
+                let heard = self
+                    .last_heard
+                    .get(&id)
+                    .is_some_and(|&t| ticks.saturating_sub(t) <= self.active_ticks);
+                let delivered = self.snapshot_delivered.get(&id).map(|&(index, _)| index);
+                if !(pr.recent_active || heard || delivered.is_some()) {
+                    return None;
+                }
+                let mut have = pr.matched.max(delivered.unwrap_or(0));
+                if pr.state == ProgressState::Snapshot {
+                    have = have.max(pr.pending_snapshot);
+                }
+                Some((id, have + 1))
+            })
+            .min_by_key(|&(_, needed)| needed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Compaction against follower progress, on three in-process peers driven tick by tick.
+
+    use std::sync::{Arc, Mutex};
+
+    use prost::Message as _;
+    use raft::prelude::MessageType;
+    use rdb_proto::command::{command::Op, Command, Put};
+    use rdb_storage::Ident;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Net(Arc<Mutex<Vec<RaftMessage>>>);
+
+    impl Transport for Net {
+        fn send(&mut self, msgs: Vec<RaftMessage>) {
+            self.0.lock().unwrap().extend(msgs);
+        }
+    }
+
+    struct Group {
+        peers: Vec<RaftPeer>,
+        net: Net,
+        _dirs: Vec<tempfile::TempDir>,
+    }
+
+    impl Group {
+        fn new(max_retained_log_entries: u64) -> Group {
+            let settings = Settings {
+                snapshot_threshold: 20,
+                catch_up_entries: 5,
+                max_retained_log_entries,
+                election_ticks: 10,
+                heartbeat_ticks: 1,
+                ..Settings::default()
+            };
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let (mut peers, mut dirs) = (Vec::new(), Vec::new());
+            for id in 1..=3 {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = Engine::open(dir.path()).unwrap();
+                engine
+                    .bootstrap_or_check(
+                        Ident {
+                            cluster_id: 1,
+                            node_id: id,
+                        },
+                        &[1, 2, 3],
+                    )
+                    .unwrap();
+                let storage = RaftStorage::open(engine, logger.clone()).unwrap();
+                peers.push(RaftPeer::new(id, storage, &settings, &logger).unwrap());
+                dirs.push(dir);
+            }
+            Group {
+                peers,
+                net: Net::default(),
+                _dirs: dirs,
+            }
+        }
+
+        /// Runs Ready cycles and delivers messages until the group is quiet; `cut` drops some.
+        fn pump(&mut self, cut: &dyn Fn(&RaftMessage) -> bool) {
+            loop {
+                for p in &mut self.peers {
+                    p.handle_ready(&mut self.net).unwrap();
+                }
+                let msgs = std::mem::take(&mut *self.net.0.lock().unwrap());
+                if msgs.is_empty() {
+                    return;
+                }
+                for m in msgs.into_iter().filter(|m| !cut(m)) {
+                    let to = m.to as usize - 1;
+                    let _ = self.peers[to].step(m);
+                }
+            }
+        }
+
+        fn tick(&mut self, cut: &dyn Fn(&RaftMessage) -> bool) {
+            for p in &mut self.peers {
+                p.tick();
+            }
+            self.pump(cut);
+        }
+
+        fn leader(&mut self) -> usize {
+            for _ in 0..500 {
+                if let Some(i) = self.peers.iter().position(|p| p.is_leader()) {
+                    return i;
+                }
+                self.tick(&|_| false);
+            }
+            panic!("no leader elected");
+        }
+
+        /// Proposes `n` puts on the leader, ticking between them.
+        fn write(&mut self, leader: usize, n: usize, cut: &dyn Fn(&RaftMessage) -> bool) {
+            for i in 0..n {
+                let cmd = Command {
+                    client_id: 0,
+                    seq: 0,
+                    op: Some(Op::Put(Put {
+                        key: format!("k{i}").into(),
+                        value: b"v".to_vec(),
+                    })),
+                };
+                self.peers[leader].propose(cmd.encode_to_vec()).unwrap();
+                self.pump(cut);
+                self.tick(cut);
+            }
+        }
+
+        fn matched(&self, leader: usize, id: NodeId) -> u64 {
+            self.peers[leader].raw.raft.prs().get(id).unwrap().matched
+        }
+
+        fn first_index(&self, leader: usize) -> u64 {
+            self.peers[leader].log_bounds().0
+        }
+    }
+
+    /// Cuts appends to `f`: it stays live (heartbeats flow) but falls behind.
+    fn appends_to(f: NodeId) -> impl Fn(&RaftMessage) -> bool {
+        move |m| m.to == f && m.get_msg_type() == MessageType::MsgAppend
+    }
+
+    /// Cuts every message to and from `f`: it looks dead.
+    fn all_of(f: NodeId) -> impl Fn(&RaftMessage) -> bool {
+        move |m| m.to == f || m.from == f
+    }
+
+    #[test]
+    fn the_leader_keeps_the_log_a_live_follower_needs_but_not_for_a_dead_one() {
+        let mut g = Group::new(1000);
+        let l = g.leader();
+        let f = (l as u64 + 1) % 3 + 1;
+        g.write(l, 5, &|_| false);
+        let lag = appends_to(f);
+        g.write(l, 60, &lag);
+        let have = g.matched(l, f);
+        assert!(g.peers[l].applied_index() > have + 40, "the follower lags");
+        assert!(
+            g.first_index(l) <= have + 1,
+            "compacted past a live follower: first index {}, follower matched {have}",
+            g.first_index(l)
+        );
+        // Once it is gone for longer than an election timeout, it no longer holds the log.
+        let dead = all_of(f);
+        for _ in 0..15 {
+            g.tick(&dead);
+        }
+        g.write(l, 30, &dead);
+        assert!(
+            g.first_index(l) > have + 1,
+            "a dead follower still holds the log at {}",
+            g.first_index(l)
+        );
+        let applied = g.peers[l].applied_index();
+        assert!(applied - g.first_index(l) < 25, "compacted as usual");
+    }
+
+    #[test]
+    fn past_the_retained_log_cap_the_leader_compacts_for_no_one() {
+        let mut g = Group::new(30);
+        let l = g.leader();
+        let f = (l as u64 + 1) % 3 + 1;
+        g.write(l, 5, &|_| false);
+        let lag = appends_to(f);
+        g.write(l, 80, &lag);
+        let have = g.matched(l, f);
+        let (first, last) = g.peers[l].log_bounds();
+        assert!(
+            first > have + 1,
+            "the cap let a live follower hold the log: first {first}, matched {have}"
+        );
+        assert!(
+            last - first <= 31,
+            "log bounded by the cap: {first}..{last}"
+        );
     }
 }

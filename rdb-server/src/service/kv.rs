@@ -144,7 +144,11 @@ impl KvService {
     }
 
     fn storage_error(e: rdb_storage::Error) -> Status {
-        Status::internal(format!("storage: {e}"))
+        match e {
+            // The data is being replaced by a snapshot for a moment: try again (or elsewhere).
+            rdb_storage::Error::SnapshotInstalling => Status::unavailable(e.to_string()),
+            e => Status::internal(format!("storage: {e}")),
+        }
     }
 }
 

@@ -1,11 +1,18 @@
 //! The peer service: receives Raft messages and snapshots from other nodes and hands them to
 //! the node task. Anything that does not decode, or is stamped for another cluster or node, is
 //! refused with a gRPC error and never reaches Raft.
+//!
+//! A snapshot's file is written chunk by chunk to a temporary file in the snapshot folder (never
+//! gathered in memory, never sized from the peer's claim), checked for length and checksum,
+//! fsynced and renamed; only then is its `MsgSnapshot` stepped into Raft.
+
+use std::path::PathBuf;
 
 use protobuf::Message as _;
 use raft::prelude::{Message as RaftMessage, MessageType};
 use rdb_proto::peer::peer_server::Peer;
 use rdb_proto::peer::{Done, RaftBatch, SnapshotChunk};
+use rdb_storage::snapshot::{IncomingSnapshot, SnapshotDescriptor};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NodeId;
@@ -18,16 +25,25 @@ pub struct PeerService {
     cluster_id: u64,
     me: NodeId,
     max_snapshot: u64,
+    snap_dir: PathBuf,
 }
 
 impl PeerService {
-    /// A service that forwards to `mailbox` the messages addressed to node `me`.
-    pub fn new(mailbox: Mailbox, cluster_id: u64, me: NodeId, max_snapshot: u64) -> PeerService {
+    /// A service that forwards to `mailbox` the messages addressed to node `me`, and receives
+    /// snapshot files of at most `max_snapshot` bytes into `snap_dir`.
+    pub fn new(
+        mailbox: Mailbox,
+        cluster_id: u64,
+        me: NodeId,
+        max_snapshot: u64,
+        snap_dir: PathBuf,
+    ) -> PeerService {
         PeerService {
             mailbox,
             cluster_id,
             me,
             max_snapshot,
+            snap_dir,
         }
     }
 
@@ -98,40 +114,196 @@ impl Peer for PeerService {
             .header
             .ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
         self.check_stamp(header.cluster_id, header.to)?;
-        if header.total_len > self.max_snapshot {
-            return Err(Status::resource_exhausted(format!(
-                "snapshot of {} bytes is over the limit of {}",
-                header.total_len, self.max_snapshot
-            )));
-        }
-        let mut buf = Vec::with_capacity(header.total_len as usize);
-        buf.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
-            if chunk.header.is_some() {
-                return Err(Status::invalid_argument("header in a later snapshot chunk"));
-            }
-            if buf.len() as u64 + chunk.data.len() as u64 > header.total_len {
-                return Err(Status::invalid_argument("snapshot longer than announced"));
-            }
-            buf.extend_from_slice(&chunk.data);
-        }
-        if buf.len() as u64 != header.total_len {
-            return Err(Status::invalid_argument(format!(
-                "snapshot truncated: {} of {} bytes",
-                buf.len(),
-                header.total_len
-            )));
-        }
-        let m = self.decode(&buf)?;
+        let m = self.decode(&header.message)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
                 "Snapshot call carried a non-snapshot message",
             ));
         }
-        // Verify the payload decodes before Raft accepts it; a bad one is refused here.
-        rdb_storage::snapshot::decode(&m.get_snapshot().data)
+        let snap = m.get_snapshot();
+        let desc = SnapshotDescriptor::decode(&snap.data)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let meta = snap.get_metadata();
+        if (desc.index, desc.term) != (meta.index, meta.term) || desc.file_len != header.total_len {
+            return Err(Status::invalid_argument(
+                "snapshot descriptor does not match the message or the announced length",
+            ));
+        }
+        if desc.file_len > self.max_snapshot {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {} bytes is over the limit of {}",
+                desc.file_len, self.max_snapshot
+            )));
+        }
+        let (dir, max) = (self.snap_dir.clone(), self.max_snapshot);
+        let mut incoming = blocking(move || IncomingSnapshot::create(&dir, desc, max))
+            .await?
+            .map_err(to_status)?;
+        let mut data = first.data;
+        loop {
+            if !data.is_empty() {
+                let (back, written) = blocking(move || {
+                    let r = incoming.write(&data);
+                    (incoming, r)
+                })
+                .await?;
+                incoming = back;
+                written.map_err(to_status)?;
+            }
+            match stream.message().await? {
+                None => break,
+                Some(chunk) if chunk.header.is_some() => {
+                    return Err(Status::invalid_argument("header in a later snapshot chunk"));
+                }
+                Some(chunk) => data = chunk.data,
+            }
+        }
+        blocking(move || incoming.finish())
+            .await?
+            .map_err(to_status)?;
         self.deliver(m).await?;
         Ok(Response::new(Done {}))
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("snapshot receiver task failed: {e}")))
+}
+
+/// A refused snapshot is the sender's fault; a failing disk is ours.
+fn to_status(e: rdb_storage::Error) -> Status {
+    match e {
+        rdb_storage::Error::BadSnapshot(m) => Status::invalid_argument(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::{ConfState, Snapshot};
+    use rdb_proto::peer::peer_client::PeerClient;
+    use rdb_proto::peer::peer_server::PeerServer;
+    use rdb_proto::peer::SnapshotHeader;
+    use rdb_storage::{Engine, Ident};
+    use tokio::sync::mpsc;
+
+    /// A leader-side snapshot file and its message for node 2.
+    fn leader_snapshot(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, SnapshotDescriptor) {
+        let engine = Engine::open(dir).unwrap();
+        engine
+            .bootstrap_or_check(
+                Ident {
+                    cluster_id: 7,
+                    node_id: 1,
+                },
+                &[1, 2],
+            )
+            .unwrap();
+        let snap: Snapshot = rdb_storage::snapshot::build(&engine, ConfState::default()).unwrap();
+        let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
+        let file = std::fs::read(desc.path_in(&engine.snap_dir())).unwrap();
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.set_snapshot(snap);
+        (m.write_to_bytes().unwrap(), file, desc)
+    }
+
+    /// A peer service for node 2 on a local port, its mailbox, and its snapshot folder.
+    async fn serve(
+        max_snapshot: u64,
+    ) -> (
+        PeerClient<tonic::transport::Channel>,
+        mpsc::Receiver<Msg>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mailbox, inbox) = Mailbox::new(16);
+        let svc = PeerService::new(mailbox, 7, 2, max_snapshot, dir.path().to_path_buf());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(svc))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let client = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+        (client, inbox.raft, dir)
+    }
+
+    fn chunks(message: &[u8], total_len: u64, data: &[u8]) -> Vec<SnapshotChunk> {
+        let mut out = vec![SnapshotChunk {
+            header: Some(SnapshotHeader {
+                cluster_id: 7,
+                from: 1,
+                to: 2,
+                total_len,
+                message: message.to_vec(),
+            }),
+            data: Vec::new(),
+        }];
+        for part in data.chunks(7) {
+            out.push(SnapshotChunk {
+                header: None,
+                data: part.to_vec(),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_is_received_to_disk_checked_and_only_then_stepped() {
+        let src = tempfile::tempdir().unwrap();
+        let (message, file, desc) = leader_snapshot(src.path());
+        let (mut client, mut rx, dir) = serve(1 << 20).await;
+        let len = file.len() as u64;
+        let files = |dir: &tempfile::TempDir| std::fs::read_dir(dir.path()).unwrap().count();
+
+        // Longer or shorter than announced, or a flipped byte: refused, nothing stepped or kept.
+        let mut longer = file.clone();
+        longer.push(0);
+        let mut flipped = file.clone();
+        flipped[9] ^= 1;
+        for (what, body) in [
+            ("longer", longer),
+            ("shorter", file[..file.len() - 1].to_vec()),
+            ("flipped", flipped),
+        ] {
+            let r = client
+                .snapshot(tokio_stream::iter(chunks(&message, len, &body)))
+                .await;
+            let code = r.map(|_| ()).unwrap_err().code();
+            assert_eq!(code, tonic::Code::InvalidArgument, "{what}");
+            assert!(rx.try_recv().is_err(), "{what}: nothing reaches raft");
+            assert_eq!(files(&dir), 0, "{what}: no file left behind");
+        }
+        // A claimed length that does not match the descriptor, or over the cap, is refused
+        // before anything is allocated or written.
+        let r = client
+            .snapshot(tokio_stream::iter(chunks(&message, 1 << 40, &file)))
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let (mut small, _rx, _dir) = serve(len - 1).await;
+        let r = small
+            .snapshot(tokio_stream::iter(chunks(&message, len, &file)))
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::ResourceExhausted);
+
+        // The real thing: on disk under its final name, then stepped.
+        client
+            .snapshot(tokio_stream::iter(chunks(&message, len, &file)))
+            .await
+            .unwrap();
+        let received = std::fs::read(desc.path_in(dir.path())).unwrap();
+        assert_eq!(received, file);
+        match rx.try_recv() {
+            Ok(Msg::Raft(m)) => assert_eq!(m.get_msg_type(), MessageType::MsgSnapshot),
+            other => panic!("expected the snapshot message, got {other:?}"),
+        }
     }
 }
