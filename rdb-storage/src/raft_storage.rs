@@ -15,7 +15,7 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::engine::{ApplyState, Engine};
 use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
@@ -509,7 +509,7 @@ impl raft::Storage for RaftStorage {
                 self.logger.clone(),
             );
         } else {
-            warn!(self.logger, "snapshot not ready yet"; "request_index" => request_index, "to" => to);
+            debug!(self.logger, "snapshot not ready yet"; "request_index" => request_index, "to" => to);
         }
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
