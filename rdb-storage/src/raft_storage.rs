@@ -15,7 +15,7 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
-use slog::{debug, info, warn, Logger};
+use slog::{debug, info, Logger};
 
 use crate::engine::{ApplyState, Engine};
 use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
