@@ -15,11 +15,7 @@ value=${2:-256}
 load=${3:-0}
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
-if [ -z "${RDB_RELEASE_BIN:-}" ]; then
-  bash "$root/scripts/setup.sh"
-  rdb_build_release
-fi
-bin=$RDB_RELEASE_BIN
+rdb_bench_bin
 work=$(mktemp -d -t rdb-catchup.XXXXXX)
 declare -A pid
 loader=""

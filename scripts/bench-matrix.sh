@@ -7,24 +7,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-3}
 secs=${2:-10}
-bash "$root/scripts/setup.sh"
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
-rdb_build_release
-bin=$RDB_RELEASE_BIN
+rdb_bench_bin
 
 work=$(mktemp -d -t rdb-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-rdb_write_config "$work" 3
-printf '[settings]\nlog_level = "warning"\n' >> "$work/cluster.toml"
-for i in 1 2 3; do
-  "$bin/rdb-server" --config "$work/cluster.toml" --node-id "$i" 2>"$work/n$i.log" &
-  pids+=($!)
-done
-endpoints=$(rdb_endpoints "$work/cluster.toml")
-until "$bin/rdb-cli" --endpoints "$endpoints" --timeout-ms 500 status 2>/dev/null | grep -q leader; do sleep 0.2; done
+rdb_start_bench_cluster "$work" warning
 
 bench() { "$bin/rdb-cli" --endpoints "$endpoints" -o json bench --duration-secs "$secs" "$@" 2>/dev/null | tail -n 1; }
 echo "preloading 100000 keys of 256 B"

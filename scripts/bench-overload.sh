@@ -11,23 +11,12 @@ clients=${1:-512}
 secs=${2:-60}
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
-if [ -z "${RDB_RELEASE_BIN:-}" ]; then
-  bash "$root/scripts/setup.sh"
-  rdb_build_release
-fi
-bin=$RDB_RELEASE_BIN
+rdb_bench_bin
 work=$(mktemp -d -t rdb-overload.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-rdb_write_config "$work" 3
-printf '[settings]\nlog_level = "info"\n' >> "$work/cluster.toml"
-for i in 1 2 3; do
-  "$bin/rdb-server" --config "$work/cluster.toml" --node-id "$i" 2>"$work/n$i.log" &
-  pids+=($!)
-done
-endpoints=$(rdb_endpoints "$work/cluster.toml")
-until "$bin/rdb-cli" --endpoints "$endpoints" --timeout-ms 500 status 2>/dev/null | grep -q leader; do sleep 0.2; done
+rdb_start_bench_cluster "$work" info
 terms() { "$bin/rdb-cli" --endpoints "$endpoints" -o json status 2>/dev/null \
   | python3 -c "import json,sys; print(' '.join(str(n.get('term', '?')) for n in json.load(sys.stdin)))"; }
 leaders() { cat "$work"/n*.log | grep -c "became leader" || true; }

@@ -72,3 +72,32 @@ rdb_endpoints() {
 rdb_endpoint_of() {
   grep client_addr "$1" | sed 's/.*"\(.*\)"/\1/' | sed -n "${2}p"
 }
+
+# Sets `bin` for the benchmark scripts: $RDB_RELEASE_BIN when given (to compare builds), else
+# runs the set-up and builds release binaries.
+rdb_bench_bin() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ -z "${RDB_RELEASE_BIN:-}" ]; then
+    bash "$root/scripts/setup.sh"
+    rdb_build_release || return 1
+  fi
+  bin=$RDB_RELEASE_BIN
+}
+
+# Starts a three-node cluster of "$bin/rdb-server" in DIR with log level LEVEL, appending each
+# node's pid to the array `pids` and its log to DIR/nI.log; sets `endpoints` and returns once
+# a node reports itself leader.
+rdb_start_bench_cluster() {
+  local dir=$1 level=$2 i
+  rdb_write_config "$dir" 3
+  printf '[settings]\nlog_level = "%s"\n' "$level" >> "$dir/cluster.toml"
+  for i in 1 2 3; do
+    "$bin/rdb-server" --config "$dir/cluster.toml" --node-id "$i" 2>"$dir/n$i.log" &
+    pids+=($!)
+  done
+  endpoints=$(rdb_endpoints "$dir/cluster.toml")
+  until "$bin/rdb-cli" --endpoints "$endpoints" --timeout-ms 500 status 2>/dev/null | grep -q leader; do
+    sleep 0.2
+  done
+}

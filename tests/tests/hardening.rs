@@ -170,43 +170,19 @@ async fn a_node_stopped_by_a_full_disk_restarts_once_space_is_freed() {
     assert_eq!(got.as_deref(), Some(&b"y"[..]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_storage_ends_the_process_and_it_restarts_clean() {
+/// Restarts a follower with `failpoints` armed, writes until it stops by itself, checks its log
+/// with `stopped_loudly`, then restarts it clean and waits until it has caught up.
+async fn a_fault_stops_a_follower_which_then_restarts_clean(
+    failpoints: &str,
+    stopped_loudly: impl Fn(std::process::ExitStatus, &str),
+) {
     let mut c = TestCluster::start(3);
     let leader = c.wait_leader(SECS(10)).await;
     let victim = leader % 3 + 1;
     let client = c.client();
     write_n(&client, "a", 20, b"x").await;
     c.kill(victim);
-    c.restart_with_env(victim, &[("FAILPOINTS", "storage-append=panic(injected)")]);
-    write_n(&client, "b", 20, b"y").await;
-    let status = c
-        .wait_exit(victim, SECS(10))
-        .expect("a node whose storage panicked kept running");
-    assert!(!status.success(), "exit status {status:?}");
-    let log = log_of(&c, victim);
-    assert!(
-        log.contains("panic, stopping the node"),
-        "panic not logged:\n{log}"
-    );
-    let target = leader_applied(&c).await;
-    c.restart(victim);
-    c.wait_applied(victim, target, SECS(20)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_io_error_in_storage_ends_the_process_with_its_cause_and_it_restarts_clean() {
-    let mut c = TestCluster::start(3);
-    let leader = c.wait_leader(SECS(10)).await;
-    let victim = leader % 3 + 1;
-    let client = c.client();
-    write_n(&client, "a", 20, b"x").await;
-    c.kill(victim);
-    // Its first apply batch after the restart fails.
-    c.restart_with_env(
-        victim,
-        &[("FAILPOINTS", "storage-apply=return(disk on fire)")],
-    );
+    c.restart_with_env(victim, &[("FAILPOINTS", failpoints)]);
     write_n(&client, "b", 40, b"y").await;
     let Some(status) = c.wait_exit(victim, SECS(10)) else {
         panic!(
@@ -214,17 +190,43 @@ async fn an_io_error_in_storage_ends_the_process_with_its_cause_and_it_restarts_
             c.proc_state(victim)
         );
     };
-    assert_eq!(status.code(), Some(70), "exit status {status:?}");
-    let log = log_of(&c, victim);
-    assert!(
-        log.lines()
-            .any(|l| l.starts_with("rdb-server: fatal storage error")
-                && l.contains("injected fault at storage-apply (disk on fire)")),
-        "cause not printed:\n{log}"
-    );
+    stopped_loudly(status, &log_of(&c, victim));
     let target = leader_applied(&c).await;
     c.restart(victim);
     c.wait_applied(victim, target, SECS(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_storage_ends_the_process_and_it_restarts_clean() {
+    a_fault_stops_a_follower_which_then_restarts_clean(
+        "storage-append=panic(injected)",
+        |status, log| {
+            assert!(!status.success(), "exit status {status:?}");
+            assert!(
+                log.contains("panic, stopping the node"),
+                "panic not logged:\n{log}"
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_in_storage_ends_the_process_with_its_cause_and_it_restarts_clean() {
+    // Its first apply batch after the restart fails.
+    a_fault_stops_a_follower_which_then_restarts_clean(
+        "storage-apply=return(disk on fire)",
+        |status, log| {
+            assert_eq!(status.code(), Some(70), "exit status {status:?}");
+            assert!(
+                log.lines()
+                    .any(|l| l.starts_with("rdb-server: fatal storage error")
+                        && l.contains("injected fault at storage-apply (disk on fire)")),
+                "cause not printed:\n{log}"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
