@@ -396,3 +396,91 @@ async fn a_write_answers_within_the_clients_grpc_deadline_with_a_typed_outcome()
     );
     assert!(started.elapsed() < Duration::from_millis(300));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_manifest_was_cut_refuses_to_start_or_serves_everything() {
+    let mut c = TestCluster::start(1);
+    // Each restart replays the WAL into a flush: MANIFEST edits that a cut can take back.
+    let mut written = 0;
+    for round in 0..3 {
+        c.wait_leader(SECS(10)).await;
+        write_n(&c.client(), &format!("r{round}-"), 200, &[5u8; 256]).await;
+        written += 200;
+        c.kill(1);
+        c.restart(1);
+    }
+    c.wait_leader(SECS(10)).await;
+    let applied = leader_applied(&c).await;
+    // The node records its durable index every few seconds; wait for it to cover everything.
+    let durable = c.data_dir(1).join("RDB_DURABLE_INDEX");
+    TestCluster::wait_until("the durable index", SECS(15), || {
+        let durable = durable.clone();
+        async move {
+            std::fs::read_to_string(&durable)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .is_some_and(|i| i >= applied)
+        }
+    })
+    .await;
+    c.kill(1);
+    let data = c.data_dir(1);
+    let pristine = c.dir.path().join("pristine");
+    std::fs::create_dir_all(&pristine).unwrap();
+    copy_dir(&data, &pristine);
+    let manifest = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST-"))
+        })
+        .max()
+        .expect("a MANIFEST");
+    let len = std::fs::metadata(&manifest).unwrap().len();
+    let mut refused = 0;
+    for cut in [8, 64, 256, 1024, len / 2] {
+        std::fs::remove_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        copy_dir(&pristine, &data);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&manifest)
+            .unwrap();
+        f.set_len(len.saturating_sub(cut)).unwrap();
+        drop(f);
+        c.restart(1);
+        match c.wait_exit(1, SECS(3)) {
+            Some(status) => {
+                assert!(!status.success());
+                let log = log_of(&c, 1);
+                let cause = log.lines().last().unwrap_or_default();
+                assert!(
+                    cause.starts_with("rdb-server: data directory") && cause.len() > 40,
+                    "cut {cut}: no one-line cause: {cause}"
+                );
+                eprintln!("cut {cut}: refused: {cause}");
+                refused += 1;
+            }
+            None => {
+                // It started: then it must serve everything it had acknowledged.
+                c.wait_leader(SECS(10)).await;
+                let page = c
+                    .client()
+                    .scan(
+                        rdb_client::ScanRange {
+                            prefix: b"r".to_vec(),
+                            ..Default::default()
+                        },
+                        rdb_client::ReadConsistency::Linearizable,
+                    )
+                    .await
+                    .unwrap();
+                eprintln!("cut {cut}: started and serves all {} keys", page.kvs.len());
+                assert_eq!(page.kvs.len(), written, "cut {cut}: started with data lost");
+                c.kill(1);
+            }
+        }
+    }
+    assert!(refused > 0, "no cut was noticed at all");
+}
