@@ -73,6 +73,7 @@ pub enum Error {
 
 impl Error {
     /// The error a fault point returns: `name`, with the argument it was configured with.
+    #[cfg(feature = "failpoints")]
     pub(crate) fn injected(name: &str, arg: Option<String>) -> Error {
         Error::Injected(match arg {
             Some(a) => format!("{name} ({a})"),
