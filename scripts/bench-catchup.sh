@@ -32,7 +32,8 @@ start() { "$bin/rdb-server" --config "$work/cluster.toml" --node-id "$1" 2>>"$wo
 for i in 1 2 3; do start "$i"; done
 all=$(rdb_endpoints "$work/cluster.toml")
 status_json() { "$bin/rdb-cli" --endpoints "$1" --timeout-ms 1000 -o json status 2>/dev/null || true; }
-field() { python3 -c "import json,sys; r=[n for n in json.load(sys.stdin) if $1]; print(r[0]['$2'] if r else '')"; }
+# A node that does not answer yet has no such field: print nothing.
+field() { python3 -c "import json,sys; r=[n for n in json.load(sys.stdin) if $1]; print(r[0].get('$2', '') if r else '')"; }
 until [ -n "$(status_json "$all" | field 'n.get("role")=="leader"' node_id)" ]; do sleep 0.1; done
 leader=$(status_json "$all" | field 'n.get("role")=="leader"' node_id)
 f=$(( leader % 3 + 1 ))
