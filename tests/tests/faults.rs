@@ -7,10 +7,12 @@ use std::time::Duration;
 use rdb_tests::fault::{run, FaultConfig, LogEvents};
 use rdb_tests::linearizability::CheckResult;
 
-/// Log compaction every 300 applied entries, keeping 100: under the run's load, followers
-/// that were down or paused come back through snapshot installs, and client retries are
-/// deduplicated through records that travelled in a snapshot.
-const SMALL_LOG: &str = "snapshot_threshold = 300\ncatch_up_entries = 100\n";
+/// Log compaction every 300 applied entries, keeping 100, and the leader holds no more than 300
+/// for followers that are still alive: under the run's load, followers that were down or paused
+/// for a moment come back through snapshot installs, and client retries are deduplicated
+/// through records that travelled in a snapshot.
+const SMALL_LOG: &str =
+    "snapshot_threshold = 300\ncatch_up_entries = 100\nmax_retained_log_entries = 300\n";
 
 async fn run_seed(seed: u64, secs: u64, partitions: bool) {
     run_with(seed, secs, partitions, "").await;
