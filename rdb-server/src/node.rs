@@ -43,13 +43,11 @@ pub struct Node {
     transport: Box<dyn Transport>,
     config: Arc<ClusterConfig>,
     tick: Duration,
-    election_timeout: Duration,
     proposals: BTreeMap<u64, Proposal>,
     reads_new: Vec<oneshot::Sender<ReadResult>>,
     reads_inflight: HashMap<u64, ReadBatch>,
     reads_wait_apply: VecDeque<(u64, Vec<oneshot::Sender<ReadResult>>)>,
     next_read_ctx: u64,
-    last_heard: HashMap<NodeId, Instant>,
     /// Membership is fixed by the config file, so the voters are read once.
     voters: Vec<NodeId>,
     compactor: Option<std::thread::JoinHandle<()>>,
@@ -74,7 +72,6 @@ impl Node {
     ) -> Node {
         let s = &config.settings;
         let tick = Duration::from_millis(s.tick_interval_ms);
-        let election_timeout = tick * s.election_ticks as u32;
         let voters = peer.voters();
         Node {
             voters,
@@ -82,14 +79,12 @@ impl Node {
             inbox,
             transport,
             tick,
-            election_timeout,
             config,
             proposals: BTreeMap::new(),
             reads_new: Vec::new(),
             reads_inflight: HashMap::new(),
             reads_wait_apply: VecDeque::new(),
             next_read_ctx: 1,
-            last_heard: HashMap::new(),
             compactor: None,
             recorder: None,
             recorded_at: Instant::now(),
@@ -149,7 +144,6 @@ impl Node {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Raft(m) => {
-                self.last_heard.insert(m.from, Instant::now());
                 let (from, ty) = (m.from, m.get_msg_type());
                 if let Err(e) = self.peer.step(*m) {
                     debug!(self.logger, "step failed"; "from" => from, "type" => ?ty, "error" => %e);
@@ -179,18 +173,11 @@ impl Node {
                 None => RequestError::Unavailable("no leader is known".into()),
             });
         }
-        let now = Instant::now();
         let me = self.peer.id();
         let active = self
             .voters
             .iter()
-            .filter(|&&v| {
-                v == me
-                    || self
-                        .last_heard
-                        .get(&v)
-                        .is_some_and(|t| now.duration_since(*t) < self.election_timeout)
-            })
+            .filter(|&&v| v == me || self.peer.heard_lately(v))
             .count();
         if active * 2 <= self.voters.len() {
             return Err(RequestError::Unavailable(format!(

@@ -345,6 +345,13 @@ impl RaftPeer {
         Ok(Some(compact_to))
     }
 
+    /// Whether a message from `id` arrived within the last election timeout (in ticks).
+    pub fn heard_lately(&self, id: NodeId) -> bool {
+        self.last_heard
+            .get(&id)
+            .is_some_and(|&t| self.ticks.saturating_sub(t) <= self.active_ticks)
+    }
+
     /// The follower still catching up that needs the oldest entry, and that entry's index.
     ///
     /// Counted: followers heard from within an election timeout, those raft-rs marks recently
@@ -362,10 +369,7 @@ impl RaftPeer {
                 if id == me {
                     return None;
                 }
-                let heard = self
-                    .last_heard
-                    .get(&id)
-                    .is_some_and(|&t| ticks.saturating_sub(t) <= self.active_ticks);
+                let heard = self.heard_lately(id);
                 let delivered = self.snapshot_delivered.get(&id).map(|&(index, _)| index);
                 if !(pr.recent_active || heard || delivered.is_some()) {
                     return None;
