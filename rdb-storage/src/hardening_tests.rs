@@ -394,11 +394,18 @@ fn a_hash_point_sees_exactly_the_state_as_of_its_entry() {
     let (engine2, _) = open(dir2.path());
     let mut sm2 = StateMachine::new(engine2, 1000).unwrap();
     sm2.apply(&log[..2]).unwrap();
-    let wait = |sm: &StateMachine| loop {
-        if let Some(HashState::Done { hash, records }) = sm.hashes().lock().unwrap().get(&2) {
-            return (*hash, *records);
+    let wait = |sm: &StateMachine| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(HashState::Done { hash, records }) = sm.hashes().lock().unwrap().get(&2) {
+                return (*hash, *records);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hash point 2 never hashed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
     };
     assert_eq!(wait(&sm), wait(&sm2));
 }
