@@ -1,9 +1,12 @@
 //! An rdb node.
 //!
 //! - [`config`]: the cluster file and its validation.
-//! - [`raft`]: the Raft core (`RawNode` + storage + state machine), free of threads and RPC.
+//! - [`raft_core`]: the deterministic Raft core (`RawNode` + log store + application + client
+//!   request bookkeeping), free of clocks, threads and RPC; generic over its stores.
+//! - [`stores`]: the RocksDB log store and KV state machine as the core's stores.
+//! - [`sim`]: the in-memory cluster that tests the core under faults, seed by seed.
 //! - [`router`]: the typed messages the node task reads.
-//! - [`node`]: the node task that owns the core and drives the Ready loop.
+//! - [`node`]: the node task that wraps the core with tokio, a clock and RocksDB chores.
 //! - [`transport`]: Raft messages to peers over tonic.
 //! - [`service`]: gRPC adapters for clients and peers.
 //! - [`server`]: wiring it all together.
@@ -11,10 +14,12 @@
 pub mod config;
 pub mod logging;
 pub mod node;
-pub mod raft;
+pub mod raft_core;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod sim;
+pub mod stores;
 pub mod transport;
 
 use std::path::PathBuf;

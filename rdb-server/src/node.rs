@@ -1,55 +1,70 @@
 //! The node task: the one place where the Raft core meets the outside world.
 //!
-//! It owns the [`RaftPeer`] and reads one mailbox ([`Inbox`]: transport reports first, then Raft
-//! messages, then client requests). Each turn it drains what is queued (so many proposals share
-//! one Ready and one fsync), starts one ReadIndex round for all reads that arrived, runs the
-//! Ready cycle, then answers the clients whose entries were applied or whose reads became safe.
-//!
-//! Proposals are tracked by log index with the term they were proposed in. A client hears
-//! success only when the entry at its index is applied *with that term*; if another entry
-//! took the index, or this node stops leading, the client gets `Indeterminate` (the write may
-//! still commit under a new leader) and never a false success.
+//! It owns the [`Core`] (over RocksDB) and reads one mailbox ([`Inbox`]: transport reports
+//! first, then Raft messages, then client requests). Each turn it drains what is queued (so many
+//! proposals share one Ready and one fsync), advances the core, then answers the clients the
+//! core decided about. Every decision is the core's; this task adds tokio, the clock (a tick
+//! every `tick_interval_ms`) and the background chores of the RocksDB stores.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use raft::StateRole;
-use slog::{crit, debug, warn, Logger};
+use rdb_storage::{CommandResult, RaftStorage, StateMachine};
+use slog::{crit, warn, Logger};
 use tokio::sync::oneshot;
 
-use crate::config::{ClusterConfig, NodeId};
-use crate::raft::{RaftPeer, ReadyOutput, Transport};
+use crate::config::{ClusterConfig, NodeId, Settings};
+use crate::raft_core::{
+    Answer, Core, CoreConfig, MessageSink, Output, Refusal, ReplicaConfig, RequestId,
+};
 use crate::router::{Inbox, LeaderHint, Msg, NodeStatus, ProposeResult, ReadResult, RequestError};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
 
-struct Proposal {
-    term: u64,
-    tx: oneshot::Sender<ProposeResult>,
+/// The core as the server runs it: over the RocksDB log store and KV state machine.
+pub type ServerCore = Core<RaftStorage, StateMachine>;
+
+/// A client waiting for the core's answer.
+enum Waiter {
+    Write(oneshot::Sender<ProposeResult>),
+    Read(oneshot::Sender<ReadResult>),
 }
 
-struct ReadBatch {
-    issued: Instant,
-    waiters: Vec<oneshot::Sender<ReadResult>>,
+/// Where messages to peers go from the node task: the sink must be movable to its thread.
+pub trait Transport: MessageSink + Send {}
+impl<T: MessageSink + Send> Transport for T {}
+
+/// The core's settings from the cluster file's.
+pub fn core_config(id: NodeId, s: &Settings) -> CoreConfig {
+    CoreConfig {
+        replica: ReplicaConfig {
+            id,
+            election_ticks: s.election_ticks,
+            heartbeat_ticks: s.heartbeat_ticks,
+            fixed_election_timeout: None,
+            snapshot_threshold: s.snapshot_threshold,
+            catch_up_entries: s.catch_up_entries,
+            retained_log_cap: s.retained_log_cap(),
+        },
+        // Four ticks, and at least 200 ms.
+        read_retry_ticks: 4u64.max(200u64.div_ceil(s.tick_interval_ms.max(1))),
+        planted: Default::default(),
+    }
 }
 
 /// The task that owns the Raft core.
 pub struct Node {
-    peer: RaftPeer,
+    core: ServerCore,
     inbox: Inbox,
     transport: Box<dyn Transport>,
     config: Arc<ClusterConfig>,
     tick: Duration,
-    proposals: BTreeMap<u64, Proposal>,
-    reads_new: Vec<oneshot::Sender<ReadResult>>,
-    reads_inflight: HashMap<u64, ReadBatch>,
-    reads_wait_apply: VecDeque<(u64, Vec<oneshot::Sender<ReadResult>>)>,
-    next_read_ctx: u64,
-    /// Membership is fixed by the config file, so the voters are read once.
-    voters: Vec<NodeId>,
+    waiters: HashMap<RequestId, Waiter>,
+    next_request: RequestId,
     compactor: Option<std::thread::JoinHandle<()>>,
     /// Writes the durable-index file (see `Engine::record_durable_index`) off this thread.
     recorder: Option<std::thread::JoinHandle<()>>,
@@ -62,29 +77,23 @@ pub struct Node {
 const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
 
 impl Node {
-    /// A node task over `peer`, reading `inbox` and sending through `transport`.
+    /// A node task over `core`, reading `inbox` and sending through `transport`.
     pub fn new(
-        peer: RaftPeer,
+        core: ServerCore,
         inbox: Inbox,
         transport: Box<dyn Transport>,
         config: Arc<ClusterConfig>,
         logger: Logger,
     ) -> Node {
-        let s = &config.settings;
-        let tick = Duration::from_millis(s.tick_interval_ms);
-        let voters = peer.voters();
+        let tick = Duration::from_millis(config.settings.tick_interval_ms);
         Node {
-            voters,
-            peer,
+            core,
             inbox,
             transport,
             tick,
             config,
-            proposals: BTreeMap::new(),
-            reads_new: Vec::new(),
-            reads_inflight: HashMap::new(),
-            reads_wait_apply: VecDeque::new(),
-            next_read_ctx: 1,
+            waiters: HashMap::new(),
+            next_request: 1,
             compactor: None,
             recorder: None,
             recorded_at: Instant::now(),
@@ -110,9 +119,8 @@ impl Node {
                 }
             }
             self.drain();
-            self.issue_reads();
-            match self.peer.handle_ready(self.transport.as_mut()) {
-                Ok(out) => self.after_ready(out),
+            match self.core.advance(self.transport.as_mut()) {
+                Ok(out) => self.after_advance(out),
                 Err(e) => {
                     crit!(self.logger, "storage failure, stopping the node"; "error" => %e);
                     crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
@@ -141,55 +149,33 @@ impl Node {
         }
     }
 
+    fn request_id(&mut self, w: Waiter) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.waiters.insert(id, w);
+        id
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Raft(m) => {
-                let (from, ty) = (m.from, m.get_msg_type());
-                if let Err(e) = self.peer.step(*m) {
-                    debug!(self.logger, "step failed"; "from" => from, "type" => ?ty, "error" => %e);
-                }
+            Msg::Raft(m) => self.core.step(*m),
+            Msg::Propose { cmd, tx } => {
+                let id = self.request_id(Waiter::Write(tx));
+                self.core.propose(id, cmd.encode_to_vec());
             }
-            Msg::Propose { cmd, tx } => self.propose(cmd, tx),
-            Msg::Read { tx } => match self.leader_check() {
-                Ok(()) => self.reads_new.push(tx),
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            },
+            Msg::Read { tx } => {
+                let id = self.request_id(Waiter::Read(tx));
+                self.core.read(id);
+            }
             Msg::Status { tx } => {
                 let _ = tx.send(self.status());
             }
-            Msg::SnapshotSent { to, ok } => self.peer.report_snapshot(to, ok),
-            Msg::Unreachable { to } => self.peer.report_unreachable(to),
+            Msg::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
+            Msg::Unreachable { to } => self.core.report_unreachable(to),
         }
     }
 
-    /// Ok if this node leads and has heard from a quorum within an election timeout, so a
-    /// proposal has a chance to commit. Otherwise the error the client should see.
-    fn leader_check(&self) -> Result<(), RequestError> {
-        if !self.peer.is_leader() {
-            return Err(match self.leader_hint() {
-                Some(h) => RequestError::NotLeader(Some(h)),
-                None => RequestError::Unavailable("no leader is known".into()),
-            });
-        }
-        let me = self.peer.id();
-        let active = self
-            .voters
-            .iter()
-            .filter(|&&v| v == me || self.peer.heard_lately(v))
-            .count();
-        if active * 2 <= self.voters.len() {
-            return Err(RequestError::Unavailable(format!(
-                "leader is in contact with {active} of {} nodes, no quorum",
-                self.voters.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn leader_hint(&self) -> Option<LeaderHint> {
-        let id = self.peer.leader_id();
+    fn leader_hint(&self, id: NodeId) -> Option<LeaderHint> {
         if id == 0 {
             return None;
         }
@@ -197,103 +183,54 @@ impl Node {
         Some(LeaderHint { id, addr })
     }
 
-    fn propose(&mut self, cmd: rdb_proto::command::Command, tx: oneshot::Sender<ProposeResult>) {
-        if let Err(e) = self.leader_check() {
-            let _ = tx.send(Err(e));
-            return;
+    fn request_error(&self, r: Refusal) -> RequestError {
+        match r {
+            Refusal::NotLeader { leader } => match self.leader_hint(leader) {
+                Some(h) => RequestError::NotLeader(Some(h)),
+                None => RequestError::Unavailable("no leader is known".into()),
+            },
+            Refusal::Unavailable(m) => RequestError::Unavailable(m),
+            Refusal::Indeterminate(m) => RequestError::Indeterminate(m.into()),
+            Refusal::Rejected(m) => RequestError::InvalidArgument(m),
         }
-        #[cfg(feature = "inject-early-ack")]
-        let early = match &cmd.op {
-            Some(rdb_proto::command::command::Op::Put(_)) => Some(rdb_storage::CommandResult::Put),
-            Some(rdb_proto::command::command::Op::Delete(_)) => {
-                Some(rdb_storage::CommandResult::Delete { existed: true })
-            }
-            Some(rdb_proto::command::command::Op::Cas(_)) => {
-                Some(rdb_storage::CommandResult::Cas {
-                    succeeded: true,
-                    current: None,
-                })
-            }
-            Some(rdb_proto::command::command::Op::HashPoint(_)) | None => None,
-        };
-        match self.peer.propose(cmd.encode_to_vec()) {
-            #[cfg(feature = "inject-early-ack")]
-            Ok(_) if early.is_some() => {
-                let _ = tx.send(early.ok_or_else(|| RequestError::Unavailable(String::new())));
-            }
-            Ok((index, term)) => {
-                // An older waiter at this index lost its entry to this one.
-                if let Some(old) = self.proposals.insert(index, Proposal { term, tx }) {
-                    let _ = old.tx.send(Err(RequestError::Indeterminate(
-                        "entry was replaced by a newer leader".into(),
-                    )));
+    }
+
+    fn after_advance(&mut self, out: Output<CommandResult>) {
+        for (id, answer) in out.replies {
+            let Some(w) = self.waiters.remove(&id) else {
+                continue;
+            };
+            let answer = answer.map_err(|r| self.request_error(r));
+            match (w, answer) {
+                (Waiter::Write(tx), Ok(Answer::Written(r))) => {
+                    let _ = tx.send(Ok(r));
+                }
+                (Waiter::Read(tx), Ok(Answer::ReadReady)) => {
+                    let _ = tx.send(Ok(()));
+                }
+                (Waiter::Write(tx), Err(e)) => {
+                    let _ = tx.send(Err(e));
+                }
+                (Waiter::Read(tx), Err(e)) => {
+                    let _ = tx.send(Err(e));
+                }
+                (w, Ok(a)) => {
+                    warn!(self.logger, "answer does not fit the request"; "id" => id, "answer" => ?a);
+                    drop(w);
                 }
             }
-            Err(e) => {
-                let _ = tx.send(Err(RequestError::Unavailable(format!(
-                    "proposal dropped: {e}"
-                ))));
-            }
         }
-    }
-
-    /// One ReadIndex round for every read that arrived this turn.
-    fn issue_reads(&mut self) {
-        if self.reads_new.is_empty() {
-            return;
+        if let Some(below) = out.compacted_to {
+            self.compact_files(below);
         }
-        let waiters = std::mem::take(&mut self.reads_new);
-        self.start_read_round(waiters);
-    }
-
-    fn start_read_round(&mut self, waiters: Vec<oneshot::Sender<ReadResult>>) {
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
-        self.peer.read_index(ctx.to_be_bytes().to_vec());
-        self.reads_inflight.insert(
-            ctx,
-            ReadBatch {
-                issued: Instant::now(),
-                waiters,
-            },
-        );
     }
 
     fn on_tick(&mut self) {
-        self.peer.tick();
-        // raft-rs drops a ReadIndex silently (no leader, or a new leader that has not yet
-        // committed in its term): re-issue rounds that got no answer, never let them hang.
-        let retry_after = (self.tick * 4).max(Duration::from_millis(200));
-        let now = Instant::now();
-        let stale: Vec<u64> = self
-            .reads_inflight
-            .iter()
-            .filter(|(_, b)| now.duration_since(b.issued) >= retry_after)
-            .map(|(&ctx, _)| ctx)
-            .collect();
-        for ctx in stale {
-            let Some(batch) = self.reads_inflight.remove(&ctx) else {
-                continue;
-            };
-            let waiters: Vec<_> = batch
-                .waiters
-                .into_iter()
-                .filter(|w| !w.is_closed())
-                .collect();
-            if waiters.is_empty() {
-                continue;
-            }
-            match self.leader_check() {
-                Ok(()) => self.start_read_round(waiters),
-                Err(e) => waiters.into_iter().for_each(|w| {
-                    let _ = w.send(Err(e.clone()));
-                }),
-            }
-        }
+        self.core.tick();
         if self.compactor.as_ref().is_some_and(|h| h.is_finished()) {
             self.compactor = None;
         }
-        self.record_durable_index(now);
+        self.record_durable_index(Instant::now());
     }
 
     /// Every few seconds, records the applied index (its entries are in the synced log) in a
@@ -302,7 +239,7 @@ impl Node {
         if self.recorder.as_ref().is_some_and(|h| h.is_finished()) {
             self.recorder = None;
         }
-        let applied = self.peer.applied_index();
+        let applied = self.core.replica().applied_index();
         if self.recorder.is_some()
             || applied <= self.recorded_index
             || now.duration_since(self.recorded_at) < RECORD_DURABLE_EVERY
@@ -311,7 +248,10 @@ impl Node {
         }
         self.recorded_at = now;
         self.recorded_index = applied;
-        let (engine, logger) = (self.peer.engine().clone(), self.logger.clone());
+        let (engine, logger) = (
+            self.core.replica().app().engine().clone(),
+            self.logger.clone(),
+        );
         self.recorder = std::thread::Builder::new()
             .name("durable-index".into())
             .spawn(move || {
@@ -322,107 +262,12 @@ impl Node {
             .ok();
     }
 
-    fn after_ready(&mut self, out: ReadyOutput) {
-        for a in out.applied {
-            let Some(p) = self.proposals.remove(&a.index) else {
-                continue;
-            };
-            let reply = if p.term != a.term {
-                Err(RequestError::Indeterminate(
-                    "entry was replaced by a newer leader".into(),
-                ))
-            } else {
-                match a.result {
-                    Some(Ok(r)) => Ok(r),
-                    Some(Err(e)) => Err(RequestError::InvalidArgument(e)),
-                    None => Err(RequestError::Indeterminate(
-                        "entry was not a command".into(),
-                    )),
-                }
-            };
-            let _ = p.tx.send(reply);
-        }
-        // Entries below the applied index that we still wait for can no longer apply at
-        // their index with our term (only after a snapshot jumped past them).
-        let applied = self.peer.applied_index();
-        while let Some(entry) = self.proposals.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            let _ = entry.remove().tx.send(Err(RequestError::Indeterminate(
-                "state was replaced by a snapshot".into(),
-            )));
-        }
-        for rs in out.read_states {
-            let Some(ctx) = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .ok()
-                .map(u64::from_be_bytes)
-            else {
-                continue;
-            };
-            if let Some(batch) = self.reads_inflight.remove(&ctx) {
-                self.reads_wait_apply.push_back((rs.index, batch.waiters));
-            }
-        }
-        while self
-            .reads_wait_apply
-            .front()
-            .is_some_and(|(index, _)| *index <= applied)
-        {
-            if let Some((_, waiters)) = self.reads_wait_apply.pop_front() {
-                for w in waiters {
-                    let _ = w.send(Ok(()));
-                }
-            }
-        }
-        if let Some(role) = out.role_changed {
-            if role != StateRole::Leader {
-                self.step_down();
-            }
-        }
-        if let Some(below) = out.compacted_to {
-            self.compact_files(below);
-        }
-    }
-
-    /// Leadership is lost: writes in flight may or may not commit; reads must go elsewhere.
-    fn step_down(&mut self) {
-        if !self.proposals.is_empty() {
-            warn!(self.logger, "lost leadership with writes in flight"; "count" => self.proposals.len(),
-                "term" => self.peer.term());
-        }
-        for (_, p) in std::mem::take(&mut self.proposals) {
-            let _ = p.tx.send(Err(RequestError::Indeterminate(
-                "leadership changed before the write committed".into(),
-            )));
-        }
-        let err = match self.leader_hint() {
-            Some(h) => RequestError::NotLeader(Some(h)),
-            None => RequestError::Unavailable("leadership changed".into()),
-        };
-        let inflight = std::mem::take(&mut self.reads_inflight)
-            .into_values()
-            .flat_map(|b| b.waiters);
-        let waiting = std::mem::take(&mut self.reads_wait_apply)
-            .into_iter()
-            .flat_map(|(_, w)| w);
-        for w in inflight
-            .chain(waiting)
-            .chain(std::mem::take(&mut self.reads_new))
-        {
-            let _ = w.send(Err(err.clone()));
-        }
-    }
-
     /// Reclaims the disk space of compacted log entries off the Raft task.
     fn compact_files(&mut self, below: u64) {
         if self.compactor.is_some() {
             return;
         }
-        let engine = self.peer.engine().clone();
+        let engine = self.core.replica().app().engine().clone();
         self.compactor = std::thread::Builder::new()
             .name("log-compact".into())
             .spawn(move || engine.compact_log_files(below))
@@ -430,16 +275,19 @@ impl Node {
     }
 
     fn status(&self) -> NodeStatus {
-        let (first_index, last_index) = self.peer.log_bounds();
-        let leader_id = self.peer.leader_id();
+        let r = self.core.replica();
+        let (first_index, last_index) = r.log_bounds();
         NodeStatus {
-            node_id: self.peer.id(),
-            role: role_code(self.peer.role()),
-            term: self.peer.term(),
-            leader_id,
-            leader_addr: self.leader_hint().map(|h| h.addr).unwrap_or_default(),
-            commit_index: self.peer.commit_index(),
-            applied_index: self.peer.applied_index(),
+            node_id: r.id(),
+            role: role_code(r.role()),
+            term: r.term(),
+            leader_id: r.leader_id(),
+            leader_addr: self
+                .leader_hint(r.leader_id())
+                .map(|h| h.addr)
+                .unwrap_or_default(),
+            commit_index: r.commit_index(),
+            applied_index: r.applied_index(),
             first_index,
             last_index,
         }

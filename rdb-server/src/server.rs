@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::{ApplySettings, Engine, EngineOptions, Ident, RaftStorage};
+use rdb_storage::{ApplySettings, Engine, EngineOptions, Ident, RaftStorage, StateMachine};
 use slog::{info, o, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ClusterConfig, NodeId};
-use crate::node::Node;
-use crate::raft::RaftPeer;
+use crate::node::{core_config, Node};
+use crate::raft_core::Core;
 use crate::router::Mailbox;
 use crate::service::kv::KvService;
 use crate::service::peer::PeerService;
@@ -60,8 +60,16 @@ pub async fn run(
     engine
         .check_durable_index(log_end)
         .map_err(data_dir_error)?;
-    let peer = RaftPeer::new(node_id, storage, &config.settings, &logger)?;
-    let hashes = peer.hash_results();
+    let app =
+        StateMachine::new(engine.clone(), config.settings.dedup_window).map_err(data_dir_error)?;
+    let hashes = app.hashes();
+    let core = Core::new(
+        &core_config(node_id, &config.settings),
+        storage,
+        app,
+        &logger,
+    )
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     // Bind before anything runs so a taken port is a clear startup error.
     let bind = |addr: &str, what: &'static str| {
@@ -90,7 +98,7 @@ pub async fn run(
         logger.clone(),
     );
     let node = Node::new(
-        peer,
+        core,
         inbox,
         Box::new(transport),
         config.clone(),

@@ -1,4 +1,4 @@
-//! The production [`Transport`]: Raft messages to peers over tonic.
+//! The production [`MessageSink`]: Raft messages to peers over tonic.
 //!
 //! Each peer has a bounded queue and a task that keeps one long-lived client stream open,
 //! sending messages in batches. The Raft task only ever `try_send`s into the queue, so a slow
@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{ClusterConfig, NodeId};
-use crate::raft::Transport;
+use crate::raft_core::MessageSink;
 use crate::router::{Mailbox, Msg};
 
 /// Messages queued per peer before new ones are dropped.
@@ -122,7 +122,7 @@ impl GrpcTransport {
                 from: me,
                 to: n.id,
             };
-            handle.spawn(peer_loop(
+            handle.spawn(send_loop(
                 n.peer_addr.clone(),
                 stamp,
                 rx,
@@ -177,7 +177,7 @@ impl GrpcTransport {
     }
 }
 
-impl Transport for GrpcTransport {
+impl MessageSink for GrpcTransport {
     fn send(&mut self, msgs: Vec<RaftMessage>) {
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
@@ -213,7 +213,7 @@ async fn connect(
 }
 
 /// Keeps a stream to one peer open and feeds it from the peer's queue.
-async fn peer_loop(
+async fn send_loop(
     addr: String,
     stamp: Stamp,
     mut rx: mpsc::Receiver<RaftMessage>,

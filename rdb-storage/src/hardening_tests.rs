@@ -426,23 +426,3 @@ fn a_hash_point_sees_exactly_the_state_as_of_its_entry() {
     };
     assert_eq!(wait(&sm), wait(&sm2));
 }
-
-#[cfg(feature = "failpoints")]
-#[test]
-fn fault_points_fail_storage_writes_with_a_typed_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, mut s) = open(dir.path());
-    let mut sm = StateMachine::new(engine, 1000).unwrap();
-    let scenario = fail::FailScenario::setup();
-    fail::cfg("storage-append", "return(disk on fire)").unwrap();
-    let e = s.append(&[entry(1, 1, b"")], None).unwrap_err();
-    assert!(e.to_string().contains("disk on fire"), "{e}");
-    fail::remove("storage-append");
-    s.append(&[entry(1, 1, b"")], None).unwrap();
-    fail::cfg("storage-apply", "return").unwrap();
-    assert!(matches!(
-        sm.apply(&[entry(1, 1, b"")]),
-        Err(Error::Injected(_))
-    ));
-    scenario.teardown();
-}

@@ -24,7 +24,10 @@ mod tests;
 pub use engine::{ApplySettings, ApplyState, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use raft_storage::RaftStorage;
-pub use state_machine::{Applied, CommandResult, HashResults, HashState, StateMachine};
+pub use state_machine::{
+    apply_command, expire_record, Applied, CommandResult, Expiry, HashResults, HashState, Records,
+    StateMachine,
+};
 
 /// A Raft log index.
 pub type Index = u64;

@@ -208,6 +208,17 @@ impl RaftStorage {
     /// Entries may overwrite a conflicting suffix; any stale entries after the new last index
     /// are deleted in the same batch.
     pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        self.append_with(entries, hard_state, true)
+    }
+
+    /// [`RaftStorage::append`], with the WAL synced only if `sync` (unsynced is for tests that
+    /// show what an unsynced log breaks).
+    pub fn append_with(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         let log = self.engine.cf(CF_RAFT_LOG);
         let mut new_last = self.last_index;
@@ -248,7 +259,7 @@ impl RaftStorage {
             "storage-append",
             arg
         )));
-        self.engine.write(batch, true)?;
+        self.engine.write(batch, sync)?;
         if !entries.is_empty() {
             self.last_index = new_last;
             self.cache.append(entries);

@@ -234,14 +234,8 @@ impl StateMachine {
                 .copied()
                 .filter(|&(index, _, _)| index <= threshold),
         );
-        for (index, client, seq) in expired {
-            batch.delete(keys::dedup_expiry_key(index, client, seq).to_vec());
-            let dk = keys::dedup_key(client, seq);
-            if let Some(rec) = batch.read(&dk)? {
-                if record_index(&rec)? == index {
-                    batch.delete(dk.to_vec());
-                }
-            }
+        for e in expired {
+            expire_record(batch, e)?;
         }
         self.dedup_floor = threshold;
         Ok(())
@@ -355,60 +349,120 @@ impl Batch {
         cmd: Command,
         index: Index,
     ) -> Result<std::result::Result<CommandResult, String>> {
-        let dedup = (cmd.client_id != 0).then(|| keys::dedup_key(cmd.client_id, cmd.seq));
-        if let Some(dk) = dedup {
-            if let Some(rec) = self.read(&dk)? {
-                // Whether a record still counts must depend only on the log, never on when a
-                // replica got round to deleting it (apply batches differ between replicas).
-                let recorded_at = record_index(&rec)?;
-                if recorded_at.saturating_add(self.dedup_window) >= index {
-                    return Ok(Ok(decode_result(&rec)?));
-                }
-            }
-        }
-        let Some(op) = cmd.op else {
-            return Ok(Err(format!("command at index {index} has no operation")));
-        };
-        let result = match op {
-            Op::Put(p) => {
-                self.put(keys::data_key(&p.key), p.value);
-                CommandResult::Put
-            }
-            Op::Delete(d) => {
-                let k = keys::data_key(&d.key);
-                let existed = self.read(&k)?.is_some();
-                self.delete(k);
-                CommandResult::Delete { existed }
-            }
-            Op::Cas(c) => {
-                let k = keys::data_key(&c.key);
-                let current = self.read(&k)?;
-                if current == c.expected {
-                    self.put(k, c.new_value);
-                    CommandResult::Cas {
-                        succeeded: true,
-                        current: None,
-                    }
-                } else {
-                    CommandResult::Cas {
-                        succeeded: false,
-                        current,
-                    }
-                }
-            }
-            // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
-            Op::HashPoint(_) => CommandResult::HashPoint { index },
-        };
-        if let Some(dk) = dedup {
-            let mut rec = index.to_be_bytes().to_vec();
-            rec.push(encode_result(&result));
-            self.put(dk.to_vec(), rec);
-            let ek = keys::dedup_expiry_key(index, cmd.client_id, cmd.seq);
-            self.put(ek.to_vec(), Vec::new());
-            self.expiries.push((index, cmd.client_id, cmd.seq));
-        }
-        Ok(Ok(result))
+        let (result, expiry) = apply_command(self, cmd, index, self.dedup_window)?;
+        self.expiries.extend(expiry);
+        Ok(result)
     }
+}
+
+impl Records for Batch {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Batch::read(self, key)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        Batch::put(self, key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        Batch::delete(self, key)
+    }
+}
+
+/// Where KV commands read and write the records of the `data` family: a RocksDB apply batch
+/// here, memory in the simulation. Both run [`apply_command`] and [`expire_record`], so the
+/// simulation tests the very logic the server applies with.
+pub trait Records {
+    /// The record at `key`, including writes made earlier in the same batch.
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Writes a record.
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>);
+    /// Removes a record.
+    fn delete(&mut self, key: Vec<u8>);
+}
+
+/// A dedup record's expiry: (index it was written at, client id, seq).
+pub type Expiry = (Index, u64, u64);
+
+/// Applies one command at `index`: a retry of a request id recorded within `dedup_window`
+/// entries gets the recorded result and changes nothing; anything else runs, and a command
+/// with a request id records its result. Returns the result and the expiry record written.
+pub fn apply_command<R: Records + ?Sized>(
+    r: &mut R,
+    cmd: Command,
+    index: Index,
+    dedup_window: u64,
+) -> Result<(std::result::Result<CommandResult, String>, Option<Expiry>)> {
+    let dedup = (cmd.client_id != 0).then(|| keys::dedup_key(cmd.client_id, cmd.seq));
+    if let Some(dk) = dedup {
+        if let Some(rec) = r.read(&dk)? {
+            // Whether a record still counts must depend only on the log, never on when a
+            // replica got round to deleting it (apply batches differ between replicas).
+            let recorded_at = record_index(&rec)?;
+            if recorded_at.saturating_add(dedup_window) >= index {
+                return Ok((Ok(decode_result(&rec)?), None));
+            }
+        }
+    }
+    let Some(op) = cmd.op else {
+        return Ok((
+            Err(format!("command at index {index} has no operation")),
+            None,
+        ));
+    };
+    let result = match op {
+        Op::Put(p) => {
+            r.put(keys::data_key(&p.key), p.value);
+            CommandResult::Put
+        }
+        Op::Delete(d) => {
+            let k = keys::data_key(&d.key);
+            let existed = r.read(&k)?.is_some();
+            r.delete(k);
+            CommandResult::Delete { existed }
+        }
+        Op::Cas(c) => {
+            let k = keys::data_key(&c.key);
+            let current = r.read(&k)?;
+            if current == c.expected {
+                r.put(k, c.new_value);
+                CommandResult::Cas {
+                    succeeded: true,
+                    current: None,
+                }
+            } else {
+                CommandResult::Cas {
+                    succeeded: false,
+                    current,
+                }
+            }
+        }
+        // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
+        Op::HashPoint(_) => CommandResult::HashPoint { index },
+    };
+    let mut expiry = None;
+    if let Some(dk) = dedup {
+        let mut rec = index.to_be_bytes().to_vec();
+        rec.push(encode_result(&result));
+        r.put(dk.to_vec(), rec);
+        let ek = keys::dedup_expiry_key(index, cmd.client_id, cmd.seq);
+        r.put(ek.to_vec(), Vec::new());
+        expiry = Some((index, cmd.client_id, cmd.seq));
+    }
+    Ok((Ok(result), expiry))
+}
+
+/// Removes an expired dedup record's expiry key, and the record itself unless a later retry
+/// rewrote it (then it belongs to that newer write).
+pub fn expire_record<R: Records + ?Sized>(r: &mut R, (index, client, seq): Expiry) -> Result<()> {
+    r.delete(keys::dedup_expiry_key(index, client, seq).to_vec());
+    let dk = keys::dedup_key(client, seq);
+    if let Some(rec) = r.read(&dk)? {
+        if record_index(&rec)? == index {
+            r.delete(dk.to_vec());
+        }
+    }
+    Ok(())
 }
 
 fn encode_result(r: &CommandResult) -> u8 {

@@ -3,5 +3,5 @@
 
 pub mod cluster;
 pub mod fault;
-pub mod linearizability;
+pub use rdb_server::sim::linearizability;
 pub mod netns;

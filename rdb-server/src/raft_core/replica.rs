@@ -1,0 +1,428 @@
+//! [`Replica`]: `RawNode` + log store + application, driven one step at a time.
+
+use std::collections::BTreeMap;
+
+use raft::prelude::{HardState, Message, ReadState, Snapshot};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
+use slog::{debug, info, o, Logger};
+
+use super::{Application, Applied, CoreError, LogStore, MessageSink};
+
+/// What a replica needs to know besides its stores.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's Raft id.
+    pub id: u64,
+    /// Ticks without a leader before an election.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// raft-rs randomises each election timeout in `[election_ticks, 2 x election_ticks)` with
+    /// its thread-local generator; a simulation fixes it here (`Some(t)`: exactly `t` ticks)
+    /// and varies timing through ticks and delays it controls instead.
+    pub fixed_election_timeout: Option<usize>,
+    /// Compact the log once this many applied entries are in it.
+    pub snapshot_threshold: u64,
+    /// Entries kept after compaction so lagging followers catch up from the log.
+    pub catch_up_entries: u64,
+    /// Log length past which the leader compacts without waiting for slow followers.
+    pub retained_log_cap: u64,
+}
+
+/// What one Ready cycle produced that the caller must act on.
+#[derive(Debug)]
+pub struct ReadyOutput<R> {
+    /// Results of applied entries, in index order.
+    pub applied: Vec<Applied<R>>,
+    /// ReadIndex answers: (context, read index).
+    pub read_states: Vec<ReadState>,
+    /// The new role, if it changed.
+    pub role_changed: Option<StateRole>,
+    /// The log was compacted below this index; its files can be compacted in the background.
+    pub compacted_to: Option<u64>,
+    /// A snapshot from the leader replaced the local state.
+    pub snapshot_applied: bool,
+}
+
+impl<R> Default for ReadyOutput<R> {
+    fn default() -> Self {
+        ReadyOutput {
+            applied: Vec::new(),
+            read_states: Vec::new(),
+            role_changed: None,
+            compacted_to: None,
+            snapshot_applied: false,
+        }
+    }
+}
+
+/// One replica of a Raft group: its Raft state machine, log store and application.
+pub struct Replica<S: LogStore, A: Application> {
+    raw: RawNode<S>,
+    app: A,
+    applied: u64,
+    snapshot_threshold: u64,
+    catch_up_entries: u64,
+    retained_log_cap: u64,
+    /// Ticks so far, and the tick each peer was last heard from: raft-rs clears
+    /// `recent_active` at every quorum check, so it alone cannot say who is alive.
+    ticks: u64,
+    last_heard: BTreeMap<u64, u64>,
+    /// Ticks without a message after which a peer counts as gone.
+    active_ticks: u64,
+    /// Followers that received a snapshot and may still be installing it (silently: the
+    /// install blocks their Raft thread): the snapshot index and the tick it was delivered.
+    snapshot_delivered: BTreeMap<u64, (u64, u64)>,
+    /// Whether entries and hard state are synced before messages that depend on them leave.
+    /// Always true outside tests of the simulation itself.
+    sync_log: bool,
+    logger: Logger,
+}
+
+/// How many election timeouts a follower that received a snapshot may take to install it
+/// while the leader keeps the log after the snapshot for it.
+const INSTALL_GRACE_ELECTIONS: u64 = 30;
+
+impl<S: LogStore, A: Application> Replica<S, A> {
+    /// A replica over stores that were already bootstrapped or recovered.
+    pub fn new(
+        cfg: &ReplicaConfig,
+        store: S,
+        app: A,
+        logger: &Logger,
+    ) -> Result<Replica<S, A>, CoreError> {
+        let applied = app.applied_index()?;
+        let (min_election, max_election) = match cfg.fixed_election_timeout {
+            Some(t) => (t, t + 1),
+            None => (0, 0),
+        };
+        let config = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            min_election_tick: min_election,
+            max_election_tick: max_election,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: 256 << 20,
+            max_committed_size_per_ready: 16 << 20,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Config::default()
+        };
+        config.validate()?;
+        // raft-rs adds `raft_id` to every line itself.
+        let logger = logger.new(o!());
+        let mut raw = RawNode::new(&config, store, &logger)?;
+        // What was recovered from disk, before anything changes it.
+        info!(logger, "replica started"; "applied" => applied,
+            "term" => raw.raft.term, "vote" => raw.raft.vote, "commit" => raw.raft.raft_log.committed,
+            "last_index" => raw.raft.raft_log.last_index());
+        // A lone voter need not wait an election timeout to lead.
+        if raw.raft.prs().conf().voters().ids().iter().eq([cfg.id]) {
+            raw.campaign()?;
+        }
+        Ok(Replica {
+            raw,
+            app,
+            applied,
+            snapshot_threshold: cfg.snapshot_threshold,
+            catch_up_entries: cfg.catch_up_entries,
+            retained_log_cap: cfg.retained_log_cap,
+            ticks: 0,
+            last_heard: BTreeMap::new(),
+            active_ticks: cfg.election_ticks as u64,
+            snapshot_delivered: BTreeMap::new(),
+            sync_log: true,
+            logger,
+        })
+    }
+
+    /// Test-only: persist the log without syncing, so acknowledgements can outrun the disk.
+    pub(crate) fn set_sync_log(&mut self, sync: bool) {
+        self.sync_log = sync;
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.raw.tick();
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, m: Message) -> raft::Result<()> {
+        self.last_heard.insert(m.from, self.ticks);
+        self.raw.step(m)
+    }
+
+    /// Proposes a command; on success returns the (index, term) its entry got.
+    pub fn propose(&mut self, data: Vec<u8>) -> raft::Result<(u64, u64)> {
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw.propose(Vec::new(), data)?;
+        let index = self.raw.raft.raft_log.last_index();
+        if index <= before {
+            return Err(raft::Error::ProposalDropped);
+        }
+        Ok((index, self.raw.raft.term))
+    }
+
+    /// Starts a ReadIndex round; the answer arrives as a `ReadState` with this context.
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.raw.read_index(ctx);
+    }
+
+    /// Tells raft whether a snapshot reached `to`, so it stops waiting on it.
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        if ok {
+            if let Some(pr) = self.raw.raft.prs().get(to) {
+                if pr.state == ProgressState::Snapshot {
+                    self.snapshot_delivered
+                        .insert(to, (pr.pending_snapshot, self.ticks));
+                }
+            }
+        }
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Tells raft a peer could not be reached, so it probes instead of pipelining.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// Current role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of, 0 for none.
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Applied index (durable with the data it produced, or replayable from the log).
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// First and last index of the log.
+    pub fn log_bounds(&self) -> (u64, u64) {
+        (
+            self.raw.store().truncated().0 + 1,
+            self.raw.raft.raft_log.last_index(),
+        )
+    }
+
+    /// The voters of the group.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    /// The log store.
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    /// The application.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// What the leader knows of `id`'s log: its matched index, if it is a tracked peer.
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        self.raw.raft.prs().get(id).map(|pr| pr.matched)
+    }
+
+    /// Runs one Ready cycle if raft has work, in raft-rs's documented order: send the leader's
+    /// messages, install a snapshot, apply committed entries, persist entries and hard state in
+    /// one synced write, then send the messages that depended on it, then the light ready.
+    ///
+    /// Any storage error is returned and must be treated as fatal by the caller.
+    pub fn handle_ready(
+        &mut self,
+        sink: &mut dyn MessageSink,
+    ) -> Result<ReadyOutput<A::Output>, CoreError> {
+        let mut out = ReadyOutput::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+
+        // A leader may send appends before its own write (raft thesis 10.2.1).
+        if !ready.messages().is_empty() {
+            sink.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            // The Ready's hard state goes into the install's first write, so term and vote on
+            // disk always come from one hard state.
+            let hs = ready.hs().cloned();
+            self.install_snapshot(ready.snapshot(), hs.as_ref())?;
+            out.snapshot_applied = true;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(&committed, &mut out)?;
+        if let Some(ss) = ready.ss() {
+            out.role_changed = Some(ss.raft_state);
+            info!(self.logger, "role changed"; "role" => ?ss.raft_state,
+                "leader" => ss.leader_id, "term" => self.raw.raft.term);
+        }
+        if !ready.read_states().is_empty() {
+            out.read_states = ready.take_read_states();
+        }
+        // Entries and hard state: one atomic write, synced, before anything depending on them
+        // (votes, append responses, acknowledgements) leaves this replica.
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            let hs = ready.hs().cloned();
+            let sync = self.sync_log;
+            self.raw
+                .mut_store()
+                .append(ready.entries(), hs.as_ref(), sync)?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            sink.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        if !light.messages().is_empty() {
+            sink.send(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        self.apply(&committed, &mut out)?;
+        self.raw.advance_apply_to(self.applied);
+        out.compacted_to = self.maybe_compact()?;
+        Ok(out)
+    }
+
+    fn install_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        hs: Option<&HardState>,
+    ) -> Result<(), CoreError> {
+        let meta = snap.get_metadata();
+        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term);
+        self.raw.mut_store().apply_snapshot(snap, hs)?;
+        self.app.restored()?;
+        self.applied = meta.index;
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        entries: &[raft::prelude::Entry],
+        out: &mut ReadyOutput<A::Output>,
+    ) -> Result<(), CoreError> {
+        // Entries at or below the applied index were installed by a snapshot in this cycle.
+        let fresh = match entries.iter().position(|e| e.index > self.applied) {
+            Some(i) => &entries[i..],
+            None => return Ok(()),
+        };
+        let results = self.app.apply(fresh)?;
+        if let Some(last) = results.last() {
+            self.applied = last.index;
+        }
+        out.applied.extend(results);
+        Ok(())
+    }
+
+    /// Compacts the log once `snapshot_threshold` applied entries are in it, keeping
+    /// `catch_up_entries`. A leader also keeps what the slowest live follower still needs (see
+    /// [`Replica::slowest_live_follower`]) unless the log is longer than `retained_log_cap`.
+    /// Never past the applied index.
+    fn maybe_compact(&mut self) -> Result<Option<u64>, CoreError> {
+        let truncated = self.raw.store().truncated().0;
+        if self.applied.saturating_sub(truncated) <= self.snapshot_threshold {
+            return Ok(None);
+        }
+        let mut compact_to = self.applied.saturating_sub(self.catch_up_entries) + 1;
+        let mut held_for = None;
+        let log_len = self
+            .raw
+            .raft
+            .raft_log
+            .last_index()
+            .saturating_sub(truncated);
+        if self.is_leader() && log_len <= self.retained_log_cap {
+            if let Some((id, needed)) = self.slowest_live_follower() {
+                if needed < compact_to {
+                    compact_to = needed;
+                    held_for = Some(id);
+                }
+            }
+        }
+        if compact_to <= truncated + 1 {
+            debug!(self.logger, "compaction held for a follower"; "follower" => held_for,
+                "needed" => compact_to, "log_len" => log_len);
+            return Ok(None);
+        }
+        self.raw.mut_store().compact(compact_to, self.applied)?;
+        info!(self.logger, "log compacted"; "compact_to" => compact_to, "applied" => self.applied,
+            "held_for" => held_for);
+        Ok(Some(compact_to))
+    }
+
+    /// Whether a message from `id` arrived within the last election timeout (in ticks).
+    pub fn heard_lately(&self, id: u64) -> bool {
+        self.last_heard
+            .get(&id)
+            .is_some_and(|&t| self.ticks.saturating_sub(t) <= self.active_ticks)
+    }
+
+    /// The follower still catching up that needs the oldest entry, and that entry's index.
+    ///
+    /// Counted: followers heard from within an election timeout, those raft-rs marks recently
+    /// active, and those that received a snapshot lately (they are silent while installing it).
+    /// What one has: its matched index, or the snapshot it is receiving or installing.
+    fn slowest_live_follower(&mut self) -> Option<(u64, u64)> {
+        let (me, ticks) = (self.id(), self.ticks);
+        let grace = self.active_ticks * INSTALL_GRACE_ELECTIONS;
+        let prs = self.raw.raft.prs();
+        self.snapshot_delivered.retain(|id, &mut (index, at)| {
+            ticks.saturating_sub(at) <= grace && prs.get(*id).is_some_and(|pr| pr.matched < index)
+        });
+        prs.iter()
+            .filter_map(|(&id, pr)| {
+                if id == me {
+                    return None;
+                }
+                let heard = self.heard_lately(id);
+                let delivered = self.snapshot_delivered.get(&id).map(|&(index, _)| index);
+                if !(pr.recent_active || heard || delivered.is_some()) {
+                    return None;
+                }
+                let mut have = pr.matched.max(delivered.unwrap_or(0));
+                if pr.state == ProgressState::Snapshot {
+                    have = have.max(pr.pending_snapshot);
+                }
+                Some((id, have + 1))
+            })
+            .min_by_key(|&(_, needed)| needed)
+    }
+}

@@ -1,0 +1,375 @@
+//! [`Core`]: a replica plus the bookkeeping of client requests, as one synchronous state machine.
+//!
+//! Proposals are tracked by log index with the term they were proposed in. A client hears
+//! success only when the entry at its index is applied *with that term*; if another entry took
+//! the index, or this replica stops leading, the client gets `Indeterminate` (the write may
+//! still commit under a new leader) and never a false success.
+//!
+//! Reads that arrive in one turn share one ReadIndex round; a read is answered once the round
+//! confirmed leadership and the applied index reached the read index. raft-rs drops a
+//! ReadIndex silently (no leader, or a new leader not yet committed in its term), so rounds
+//! without an answer are re-issued after `read_retry_ticks`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::prelude::Message;
+use raft::StateRole;
+use slog::{debug, warn, Logger};
+
+use super::replica::ReadyOutput;
+use super::{Application, CoreError, LogStore, MessageSink, Replica, ReplicaConfig};
+
+/// The caller's handle for one client request; answers carry it back.
+pub type RequestId = u64;
+
+/// One answer: the request it is for, and its outcome.
+pub type Reply<R> = (RequestId, Result<Answer<R>, Refusal>);
+
+/// Why a request did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// This replica does not lead; `leader` is the one it knows of (0 for none).
+    NotLeader {
+        /// The known leader, 0 if none.
+        leader: u64,
+    },
+    /// Nothing was applied (no quorum in contact, proposal dropped). Safe to retry.
+    Unavailable(String),
+    /// Proposed, but the outcome is unknown. Retrying with the same request id is safe.
+    Indeterminate(&'static str),
+    /// The application refused the command (every replica refuses it alike).
+    Rejected(String),
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<R> {
+    /// The write applied, with this result.
+    Written(R),
+    /// Reading the local state is now linearizable.
+    ReadReady,
+}
+
+/// What [`Core::advance`] produced besides messages.
+#[derive(Debug)]
+pub struct Output<R> {
+    /// Answers to requests, in the order they were decided.
+    pub replies: Vec<Reply<R>>,
+    /// The log was compacted below this index; the store may reclaim space in the background.
+    pub compacted_to: Option<u64>,
+    /// A snapshot replaced the local state this turn.
+    pub snapshot_applied: bool,
+}
+
+impl<R> Default for Output<R> {
+    fn default() -> Self {
+        Output {
+            replies: Vec::new(),
+            compacted_to: None,
+            snapshot_applied: false,
+        }
+    }
+}
+
+/// Settings of a [`Core`].
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Settings of the replica inside.
+    pub replica: ReplicaConfig,
+    /// Ticks after which a ReadIndex round without an answer is issued again.
+    pub read_retry_ticks: u64,
+    /// Deliberate bugs, for proving the simulation catches them. All off in the server.
+    pub planted: PlantedBugs,
+}
+
+/// Deliberate bugs a test can switch on to show the simulation catches them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Persist the log without syncing it, so votes, append responses and acknowledgements
+    /// can leave before their entries are durable.
+    pub ack_before_sync: bool,
+    /// Answer a read as soon as this replica believes it leads, without a ReadIndex round.
+    pub read_without_index: bool,
+}
+
+struct ReadRound {
+    issued: u64,
+    waiters: Vec<RequestId>,
+}
+
+/// The synchronous node logic: feed it inputs, call [`Core::advance`], act on the output.
+pub struct Core<S: LogStore, A: Application> {
+    replica: Replica<S, A>,
+    ticks: u64,
+    read_retry_ticks: u64,
+    planted: PlantedBugs,
+    /// Writes waiting for their entry to apply: index -> (term proposed in, request).
+    proposals: BTreeMap<u64, (u64, RequestId)>,
+    reads_new: Vec<RequestId>,
+    reads_inflight: BTreeMap<u64, ReadRound>,
+    reads_wait_apply: VecDeque<(u64, Vec<RequestId>)>,
+    next_read_ctx: u64,
+    /// Answers decided outside `advance` (refusals on arrival), returned by the next one.
+    pending: Vec<Reply<A::Output>>,
+    voters: Vec<u64>,
+    logger: Logger,
+}
+
+impl<S: LogStore, A: Application> Core<S, A> {
+    /// A core over stores that were already bootstrapped or recovered.
+    pub fn new(cfg: &CoreConfig, store: S, app: A, logger: &Logger) -> Result<Self, CoreError> {
+        let mut replica = Replica::new(&cfg.replica, store, app, logger)?;
+        replica.set_sync_log(!cfg.planted.ack_before_sync);
+        let voters = replica.voters();
+        Ok(Core {
+            replica,
+            ticks: 0,
+            read_retry_ticks: cfg.read_retry_ticks.max(1),
+            planted: cfg.planted,
+            proposals: BTreeMap::new(),
+            reads_new: Vec::new(),
+            reads_inflight: BTreeMap::new(),
+            reads_wait_apply: VecDeque::new(),
+            next_read_ctx: 1,
+            pending: Vec::new(),
+            voters,
+            logger: logger.clone(),
+        })
+    }
+
+    /// The replica inside, for status and for reads of its stores.
+    pub fn replica(&self) -> &Replica<S, A> {
+        &self.replica
+    }
+
+    /// Advances logical time by one tick, and re-issues read rounds that got no answer.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.replica.tick();
+        let stale: Vec<u64> = self
+            .reads_inflight
+            .iter()
+            .filter(|(_, r)| self.ticks.saturating_sub(r.issued) >= self.read_retry_ticks)
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        for ctx in stale {
+            let Some(round) = self.reads_inflight.remove(&ctx) else {
+                continue;
+            };
+            match self.leader_check() {
+                Ok(()) => self.start_read_round(round.waiters),
+                Err(e) => self.refuse_all(round.waiters, e),
+            }
+        }
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, m: Message) {
+        let (from, ty) = (m.from, m.get_msg_type());
+        if let Err(e) = self.replica.step(m) {
+            debug!(self.logger, "step failed"; "from" => from, "type" => ?ty, "error" => %e);
+        }
+    }
+
+    /// Proposes an encoded command for request `id`.
+    pub fn propose(&mut self, id: RequestId, data: Vec<u8>) {
+        if let Err(e) = self.leader_check() {
+            self.pending.push((id, Err(e)));
+            return;
+        }
+        match self.replica.propose(data) {
+            Ok((index, term)) => {
+                // An older waiter at this index lost its entry to this one.
+                if let Some((_, old)) = self.proposals.insert(index, (term, id)) {
+                    self.pending.push((
+                        old,
+                        Err(Refusal::Indeterminate(
+                            "entry was replaced by a newer leader",
+                        )),
+                    ));
+                }
+            }
+            Err(e) => self.pending.push((
+                id,
+                Err(Refusal::Unavailable(format!("proposal dropped: {e}"))),
+            )),
+        }
+    }
+
+    /// Asks for a linearizable read barrier for request `id`.
+    pub fn read(&mut self, id: RequestId) {
+        if self.planted.read_without_index && self.replica.is_leader() {
+            self.pending.push((id, Ok(Answer::ReadReady)));
+            return;
+        }
+        match self.leader_check() {
+            Ok(()) => self.reads_new.push(id),
+            Err(e) => self.pending.push((id, Err(e))),
+        }
+    }
+
+    /// The transport finished (or failed) sending a snapshot to `to`.
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        self.replica.report_snapshot(to, ok);
+    }
+
+    /// The transport cannot reach `to`.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.replica.report_unreachable(to);
+    }
+
+    /// Ok if this replica leads and has heard from a quorum within an election timeout, so a
+    /// proposal has a chance to commit. Otherwise the refusal the client should see.
+    pub fn leader_check(&self) -> Result<(), Refusal> {
+        if !self.replica.is_leader() {
+            return Err(match self.replica.leader_id() {
+                0 => Refusal::Unavailable("no leader is known".into()),
+                leader => Refusal::NotLeader { leader },
+            });
+        }
+        let me = self.replica.id();
+        let active = self
+            .voters
+            .iter()
+            .filter(|&&v| v == me || self.replica.heard_lately(v))
+            .count();
+        if active * 2 <= self.voters.len() {
+            return Err(Refusal::Unavailable(format!(
+                "leader is in contact with {active} of {} nodes, no quorum",
+                self.voters.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a turn: one ReadIndex round for the reads that arrived, one Ready cycle (persist,
+    /// apply, send through `sink`), then the answers it decided.
+    ///
+    /// A storage error is returned and must end the replica: it cannot persist.
+    pub fn advance(&mut self, sink: &mut dyn MessageSink) -> Result<Output<A::Output>, CoreError> {
+        if !self.reads_new.is_empty() {
+            let waiters = std::mem::take(&mut self.reads_new);
+            self.start_read_round(waiters);
+        }
+        let ready = self.replica.handle_ready(sink)?;
+        let mut out = Output {
+            replies: std::mem::take(&mut self.pending),
+            compacted_to: ready.compacted_to,
+            snapshot_applied: ready.snapshot_applied,
+        };
+        self.after_ready(ready, &mut out);
+        Ok(out)
+    }
+
+    fn start_read_round(&mut self, waiters: Vec<RequestId>) {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.replica.read_index(ctx.to_be_bytes().to_vec());
+        self.reads_inflight.insert(
+            ctx,
+            ReadRound {
+                issued: self.ticks,
+                waiters,
+            },
+        );
+    }
+
+    fn refuse_all(&mut self, ids: Vec<RequestId>, e: Refusal) {
+        self.pending
+            .extend(ids.into_iter().map(|id| (id, Err(e.clone()))));
+    }
+
+    fn after_ready(&mut self, ready: ReadyOutput<A::Output>, out: &mut Output<A::Output>) {
+        for a in ready.applied {
+            let Some((term, id)) = self.proposals.remove(&a.index) else {
+                continue;
+            };
+            let reply = if term != a.term {
+                Err(Refusal::Indeterminate(
+                    "entry was replaced by a newer leader",
+                ))
+            } else {
+                match a.result {
+                    Some(Ok(r)) => Ok(Answer::Written(r)),
+                    Some(Err(e)) => Err(Refusal::Rejected(e)),
+                    None => Err(Refusal::Indeterminate("entry was not a command")),
+                }
+            };
+            out.replies.push((id, reply));
+        }
+        // Entries below the applied index that we still wait for can no longer apply at
+        // their index with our term (only after a snapshot jumped past them).
+        let applied = self.replica.applied_index();
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            let (_, id) = entry.remove();
+            out.replies.push((
+                id,
+                Err(Refusal::Indeterminate("state was replaced by a snapshot")),
+            ));
+        }
+        for rs in ready.read_states {
+            let Some(ctx) = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .ok()
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            if let Some(round) = self.reads_inflight.remove(&ctx) {
+                self.reads_wait_apply.push_back((rs.index, round.waiters));
+            }
+        }
+        while self
+            .reads_wait_apply
+            .front()
+            .is_some_and(|(index, _)| *index <= applied)
+        {
+            if let Some((_, waiters)) = self.reads_wait_apply.pop_front() {
+                out.replies
+                    .extend(waiters.into_iter().map(|id| (id, Ok(Answer::ReadReady))));
+            }
+        }
+        if let Some(role) = ready.role_changed {
+            if role != StateRole::Leader {
+                self.step_down(out);
+            }
+        }
+    }
+
+    /// Leadership is lost: writes in flight may or may not commit; reads must go elsewhere.
+    fn step_down(&mut self, out: &mut Output<A::Output>) {
+        if !self.proposals.is_empty() {
+            warn!(self.logger, "lost leadership with writes in flight";
+                "count" => self.proposals.len(), "term" => self.replica.term());
+        }
+        for (_, (_, id)) in std::mem::take(&mut self.proposals) {
+            out.replies.push((
+                id,
+                Err(Refusal::Indeterminate(
+                    "leadership changed before the write committed",
+                )),
+            ));
+        }
+        let err = match self.replica.leader_id() {
+            0 => Refusal::Unavailable("leadership changed".into()),
+            leader => Refusal::NotLeader { leader },
+        };
+        let inflight = std::mem::take(&mut self.reads_inflight)
+            .into_values()
+            .flat_map(|r| r.waiters);
+        let waiting = std::mem::take(&mut self.reads_wait_apply)
+            .into_iter()
+            .flat_map(|(_, w)| w);
+        let ids: Vec<RequestId> = inflight
+            .chain(waiting)
+            .chain(std::mem::take(&mut self.reads_new))
+            .collect();
+        out.replies
+            .extend(ids.into_iter().map(|id| (id, Err(err.clone()))));
+    }
+}

@@ -1,0 +1,63 @@
+//! The RocksDB stores behind the core: `RaftStorage` as its [`LogStore`] and `StateMachine`
+//! as its [`Application`].
+
+use raft::prelude::{Entry, HardState, Snapshot};
+use rdb_storage::{CommandResult, RaftStorage, StateMachine};
+
+use crate::raft_core::{Application, Applied, CoreError, LogStore};
+
+impl LogStore for RaftStorage {
+    fn append(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), CoreError> {
+        self.append_with(entries, hs, sync)
+            .map_err(CoreError::storage)
+    }
+
+    fn set_commit(&mut self, commit: u64) {
+        RaftStorage::set_commit(self, commit)
+    }
+
+    fn compact(&mut self, compact_to: u64, applied: u64) -> Result<(), CoreError> {
+        RaftStorage::compact(self, compact_to, applied).map_err(CoreError::storage)
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot, hs: Option<&HardState>) -> Result<(), CoreError> {
+        RaftStorage::apply_snapshot(self, snap, hs).map_err(CoreError::storage)
+    }
+
+    fn truncated(&self) -> (u64, u64) {
+        RaftStorage::truncated(self)
+    }
+}
+
+impl Application for StateMachine {
+    type Output = CommandResult;
+
+    fn applied_index(&self) -> Result<u64, CoreError> {
+        Ok(self
+            .engine()
+            .apply_state()
+            .map_err(CoreError::storage)?
+            .index)
+    }
+
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied<CommandResult>>, CoreError> {
+        Ok(StateMachine::apply(self, entries)
+            .map_err(CoreError::storage)?
+            .into_iter()
+            .map(|a| Applied {
+                index: a.index,
+                term: a.term,
+                result: a.result,
+            })
+            .collect())
+    }
+
+    fn restored(&mut self) -> Result<(), CoreError> {
+        self.reload().map_err(CoreError::storage)
+    }
+}
