@@ -194,9 +194,9 @@ impl TestCluster {
     }
 
     /// What node `id` recovered from disk at each of its starts, oldest first, from the
-    /// `raft peer started` lines of its log (logged before any peer message is processed).
-    pub fn peer_starts(&self, id: u64) -> Vec<PeerStart> {
-        parse_peer_starts(&std::fs::read_to_string(self.log_path(id)).unwrap_or_default())
+    /// `replica started` lines of its log (logged before any peer message is processed).
+    pub fn replica_starts(&self, id: u64) -> Vec<ReplicaStart> {
+        parse_replica_starts(&std::fs::read_to_string(self.log_path(id)).unwrap_or_default())
     }
 
     /// Data directory of node `id`.
@@ -389,9 +389,9 @@ impl TestCluster {
     }
 }
 
-/// The Raft state a node recovered from disk at one start (its `raft peer started` line).
+/// The Raft state a node recovered from disk at one start (its `replica started` line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerStart {
+pub struct ReplicaStart {
     /// The term in the recovered hard state.
     pub term: u64,
     /// The vote in the recovered hard state (0: none).
@@ -400,12 +400,12 @@ pub struct PeerStart {
     pub applied: u64,
 }
 
-/// Every `raft peer started` line of a node's log, in text (`key: value, ...`) or JSON format.
-pub fn parse_peer_starts(log: &str) -> Vec<PeerStart> {
+/// Every `replica started` line of a node's log, in text (`key: value, ...`) or JSON format.
+pub fn parse_replica_starts(log: &str) -> Vec<ReplicaStart> {
     log.lines()
-        .filter(|l| l.contains("raft peer started"))
+        .filter(|l| l.contains("replica started"))
         .filter_map(|l| {
-            Some(PeerStart {
+            Some(ReplicaStart {
                 term: log_field(l, "term")?,
                 vote: log_field(l, "vote")?,
                 applied: log_field(l, "applied")?,
@@ -491,23 +491,23 @@ impl Drop for TestCluster {
 
 #[cfg(test)]
 mod tests {
-    use super::{free_port, parse_peer_starts, PeerStart};
+    use super::{free_port, parse_replica_starts, ReplicaStart};
 
     #[test]
-    fn peer_start_lines_parse_in_text_and_json() {
+    fn replica_start_lines_parse_in_text_and_json() {
         let log = "Nov 26 11:10:00.123 INFO starting node, node_id: 2\n\
-            Nov 26 11:10:00.200 INFO raft peer started, last_index: 9, commit: 9, vote: 3, term: 12, applied: 9, node_id: 2\n\
-            {\"msg\":\"raft peer started\",\"level\":\"INFO\",\"applied\":4,\"term\":5,\"vote\":0,\"commit\":4}\n\
-            Nov 26 11:10:01.000 INFO raft peer started, term: 1\n";
+            Nov 26 11:10:00.200 INFO replica started, last_index: 9, commit: 9, vote: 3, term: 12, applied: 9, node_id: 2\n\
+            {\"msg\":\"replica started\",\"level\":\"INFO\",\"applied\":4,\"term\":5,\"vote\":0,\"commit\":4}\n\
+            Nov 26 11:10:01.000 INFO replica started, term: 1\n";
         assert_eq!(
-            parse_peer_starts(log),
+            parse_replica_starts(log),
             [
-                PeerStart {
+                ReplicaStart {
                     term: 12,
                     vote: 3,
                     applied: 9
                 },
-                PeerStart {
+                ReplicaStart {
                     term: 5,
                     vote: 0,
                     applied: 4

@@ -105,7 +105,7 @@ async fn single_node_recovers_term_vote_commit_and_data_after_kill9() {
     let log = std::fs::read_to_string(c.log_path(1)).unwrap();
     let started = log[log_len..]
         .lines()
-        .find(|l| l.contains("raft peer started"))
+        .find(|l| l.contains("replica started"))
         .expect("restart logged its recovered state");
     assert!(
         started.contains(&format!("term: {}", before.term)),
@@ -145,16 +145,16 @@ async fn restarted_follower_keeps_term_vote_and_data() {
     c.wait_applied(first, last, SECS(10)).await;
     c.wait_applied(f, last, SECS(5)).await;
     let before = c.status(f).await.unwrap();
-    let starts = c.peer_starts(f).len();
+    let starts = c.replica_starts(f).len();
     c.kill(f);
     c.restart(f);
     TestCluster::wait_until("the restarted node's start line", SECS(10), || {
-        let n = c.peer_starts(f).len();
+        let n = c.replica_starts(f).len();
         async move { n > starts }
     })
     .await;
     // What it read from disk, before any message from the leader could teach it again.
-    let recovered = *c.peer_starts(f).last().unwrap();
+    let recovered = *c.replica_starts(f).last().unwrap();
     assert_eq!(
         recovered.term, before.term,
         "the term must be recovered from disk: {recovered:?}, before the kill {before:?}"
