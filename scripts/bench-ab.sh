@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Compares two builds' put throughput side by side: for each run and each row, a fresh
+# three-node cluster of build A, then one of build B (interleaved, so drift in disk and CPU
+# steal hits both alike), SECONDS of `rdb-cli bench` each. Prints every run and the medians.
+# Usage:
+#   bash scripts/bench-ab.sh DIR_A DIR_B [RUNS=3] [SECONDS=10]
+# DIR_A and DIR_B hold release `rdb-server` and `rdb-cli` binaries (e.g. a copy of
+# target/release from before a change, and target/release after it).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir_a=${1:?usage: bench-ab.sh DIR_A DIR_B [RUNS] [SECONDS]}
+dir_b=${2:?usage: bench-ab.sh DIR_A DIR_B [RUNS] [SECONDS]}
+runs=${3:-3}
+secs=${4:-10}
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+
+results=$(mktemp -t rdb-ab.XXXXXX)
+one() { # BIN_DIR LABEL ROW_ARGS...
+  local dir=$1 label=$2 work
+  shift 2
+  bin=$dir
+  work=$(mktemp -d -t rdb-ab-run.XXXXXX)
+  pids=()
+  rdb_start_bench_cluster "$work" warning
+  local line
+  line=$("$bin/rdb-cli" --endpoints "$endpoints" -o json bench --duration-secs "$secs" "$@" 2>/dev/null | tail -n 1)
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  echo "$label $line" | tee -a "$results"
+}
+
+for r in $(seq 1 "$runs"); do
+  for row in "64 8" "256 16"; do
+    set -- $row
+    one "$dir_a" "A" --workload put --clients "$1" --connections "$2" --keys 100000
+    one "$dir_b" "B" --workload put --clients "$1" --connections "$2" --keys 100000
+  done
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, _, js = line.partition(" ")
+    if not js.startswith("{"):
+        continue
+    r = json.loads(js)
+    rows.setdefault((r["clients"], r["connections"], label), []).append(r)
+for (c, n, label), rs in sorted(rows.items()):
+    ops = [r["ops_per_sec"] for r in rs]
+    print("MEDIAN %s put %d/%d ops/s %8.0f  p99 %6.2f ms  errors %d  (runs: %s)" % (
+        label, c, n, statistics.median(ops), statistics.median(r["p99_ms"] for r in rs),
+        sum(r["errors"] for r in rs), ", ".join("%.0f" % o for o in ops)))
+PY
+rm -f "$results"
