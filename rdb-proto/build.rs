@@ -1,7 +1,12 @@
 //! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/kv.proto", "proto/peer.proto", "proto/command.proto"];
+    let protos = [
+        "proto/kv.proto",
+        "proto/peer.proto",
+        "proto/command.proto",
+        "proto/pd.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -3,6 +3,7 @@
 //! - [`kv`]: the client service (Put, Get, Delete, Scan, Cas, Status) with errors carried as data.
 //! - [`peer`]: node-to-node transport; Raft messages are opaque bytes.
 //! - [`command`]: the command format stored in Raft log entries.
+//! - [`pd`]: the placement driver (timestamps, ids, stores, regions) and its replicated commands.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -14,6 +15,11 @@ pub mod kv {
 /// Node-to-node Raft transport service and messages.
 pub mod peer {
     tonic::include_proto!("rdb.peer");
+}
+
+/// The placement driver's service, and the commands its Raft group replicates.
+pub mod pd {
+    tonic::include_proto!("rdb.pd");
 }
 
 /// Commands replicated through the Raft log.
