@@ -10,17 +10,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use raft::StateRole;
-use rdb_storage::{CommandResult, RaftStorage, StateMachine};
+use rdb_storage::{RaftStorage, StateMachine};
 use slog::{crit, warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::config::{ClusterConfig, NodeId, Settings};
 use crate::raft_core::{
-    Answer, Core, CoreConfig, MessageSink, Output, Refusal, ReplicaConfig, RequestId,
+    Answer, Application, Core, CoreConfig, MessageSink, Output, Refusal, ReplicaConfig, RequestId,
 };
-use crate::router::{Inbox, LeaderHint, Msg, NodeStatus, ProposeResult, ReadResult, RequestError};
+use crate::router::{
+    Control, Inbox, LeaderHint, Msg, NodeStatus, ProposeResult, ReadResult, RequestError,
+};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
@@ -29,8 +30,8 @@ const MAX_MSGS_PER_TURN: usize = 4096;
 pub type ServerCore = Core<RaftStorage, StateMachine>;
 
 /// A client waiting for the core's answer.
-enum Waiter {
-    Write(oneshot::Sender<ProposeResult>),
+enum Waiter<O> {
+    Write(oneshot::Sender<ProposeResult<O>>),
     Read(oneshot::Sender<ReadResult>),
 }
 
@@ -56,14 +57,15 @@ pub fn core_config(id: NodeId, s: &Settings) -> CoreConfig {
     }
 }
 
-/// The task that owns the Raft core.
-pub struct Node {
-    core: ServerCore,
-    inbox: Inbox,
+/// The task that owns the Raft core, over the RocksDB log store and application `A` (the KV
+/// state machine in `rdb-server`, PD's metadata in `rdb-pd`).
+pub struct Node<A: Application = StateMachine> {
+    core: Core<RaftStorage, A>,
+    inbox: Inbox<A::Output>,
     transport: Box<dyn Transport>,
     config: Arc<ClusterConfig>,
     tick: Duration,
-    waiters: HashMap<RequestId, Waiter>,
+    waiters: HashMap<RequestId, Waiter<A::Output>>,
     next_request: RequestId,
     compactor: Option<std::thread::JoinHandle<()>>,
     /// Writes the durable-index file (see `Engine::record_durable_index`) off this thread.
@@ -76,15 +78,18 @@ pub struct Node {
 /// How often the durable index is recorded outside RocksDB.
 const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
 
-impl Node {
+impl<A: Application> Node<A>
+where
+    A::Output: std::fmt::Debug,
+{
     /// A node task over `core`, reading `inbox` and sending through `transport`.
     pub fn new(
-        core: ServerCore,
-        inbox: Inbox,
+        core: Core<RaftStorage, A>,
+        inbox: Inbox<A::Output>,
         transport: Box<dyn Transport>,
         config: Arc<ClusterConfig>,
         logger: Logger,
-    ) -> Node {
+    ) -> Self {
         let tick = Duration::from_millis(config.settings.tick_interval_ms);
         Node {
             core,
@@ -111,8 +116,8 @@ impl Node {
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.on_tick(),
-                Some(m) = self.inbox.control.recv() => self.handle(m),
-                Some(m) = self.inbox.raft.recv() => self.handle(m),
+                Some(c) = self.inbox.control.recv() => self.control(c),
+                Some(m) = self.inbox.raft.recv() => self.core.step(*m),
                 m = self.inbox.client.recv() => {
                     let Some(m) = m else { break };
                     self.handle(m);
@@ -132,12 +137,12 @@ impl Node {
     /// Handles what else is queued, in priority order, up to a bound per queue so one Ready
     /// serves many messages without starving the loop.
     fn drain(&mut self) {
-        while let Ok(m) = self.inbox.control.try_recv() {
-            self.handle(m);
+        while let Ok(c) = self.inbox.control.try_recv() {
+            self.control(c);
         }
         for _ in 0..MAX_MSGS_PER_TURN {
             match self.inbox.raft.try_recv() {
-                Ok(m) => self.handle(m),
+                Ok(m) => self.core.step(*m),
                 Err(_) => break,
             }
         }
@@ -149,19 +154,25 @@ impl Node {
         }
     }
 
-    fn request_id(&mut self, w: Waiter) -> RequestId {
+    fn request_id(&mut self, w: Waiter<A::Output>) -> RequestId {
         let id = self.next_request;
         self.next_request += 1;
         self.waiters.insert(id, w);
         id
     }
 
-    fn handle(&mut self, msg: Msg) {
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
+            Control::Unreachable { to } => self.core.report_unreachable(to),
+        }
+    }
+
+    fn handle(&mut self, msg: Msg<A::Output>) {
         match msg {
-            Msg::Raft(m) => self.core.step(*m),
-            Msg::Propose { cmd, tx } => {
+            Msg::Propose { data, tx } => {
                 let id = self.request_id(Waiter::Write(tx));
-                self.core.propose(id, cmd.encode_to_vec());
+                self.core.propose(id, data);
             }
             Msg::Read { tx } => {
                 let id = self.request_id(Waiter::Read(tx));
@@ -170,8 +181,6 @@ impl Node {
             Msg::Status { tx } => {
                 let _ = tx.send(self.status());
             }
-            Msg::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
-            Msg::Unreachable { to } => self.core.report_unreachable(to),
         }
     }
 
@@ -195,7 +204,7 @@ impl Node {
         }
     }
 
-    fn after_advance(&mut self, out: Output<CommandResult>) {
+    fn after_advance(&mut self, out: Output<A::Output>) {
         for (id, answer) in out.replies {
             let Some(w) = self.waiters.remove(&id) else {
                 continue;
@@ -205,8 +214,8 @@ impl Node {
                 (Waiter::Write(tx), Ok(Answer::Written(r))) => {
                     let _ = tx.send(Ok(r));
                 }
-                (Waiter::Read(tx), Ok(Answer::ReadReady)) => {
-                    let _ = tx.send(Ok(()));
+                (Waiter::Read(tx), Ok(Answer::ReadReady { term })) => {
+                    let _ = tx.send(Ok(term));
                 }
                 (Waiter::Write(tx), Err(e)) => {
                     let _ = tx.send(Err(e));
@@ -249,7 +258,7 @@ impl Node {
         self.recorded_at = now;
         self.recorded_index = applied;
         let (engine, logger) = (
-            self.core.replica().app().engine().clone(),
+            self.core.replica().store().engine().clone(),
             self.logger.clone(),
         );
         self.recorder = std::thread::Builder::new()
@@ -267,7 +276,7 @@ impl Node {
         if self.compactor.is_some() {
             return;
         }
-        let engine = self.core.replica().app().engine().clone();
+        let engine = self.core.replica().store().engine().clone();
         self.compactor = std::thread::Builder::new()
             .name("log-compact".into())
             .spawn(move || engine.compact_log_files(below))

@@ -4,7 +4,6 @@
 //! [`Msg`]; answers come back on a `oneshot` channel carried in the message.
 
 use raft::prelude::Message as RaftMessage;
-use rdb_proto::command::Command;
 use rdb_storage::CommandResult;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,10 +35,11 @@ pub enum RequestError {
     Indeterminate(String),
 }
 
-/// Result of a write.
-pub type ProposeResult = Result<CommandResult, RequestError>;
-/// Result of a linearizable read barrier: Ok means the local state is now safe to read.
-pub type ReadResult = Result<(), RequestError>;
+/// Result of a write: what applying the command produced.
+pub type ProposeResult<O = CommandResult> = Result<O, RequestError>;
+/// Result of a linearizable read barrier: Ok means the local state is now safe to read; it
+/// carries the term in which leadership was confirmed.
+pub type ReadResult = Result<u64, RequestError>;
 
 /// A snapshot of the node's Raft state for the Status call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,17 +64,15 @@ pub struct NodeStatus {
     pub last_index: u64,
 }
 
-/// A message for the Raft task.
+/// A client request for the Raft task; `O` is what the application's commands produce.
 #[derive(Debug)]
-pub enum Msg {
-    /// A Raft message from a peer.
-    Raft(Box<RaftMessage>),
-    /// A client write to propose.
+pub enum Msg<O = CommandResult> {
+    /// An encoded command to propose.
     Propose {
-        /// The command to replicate.
-        cmd: Command,
+        /// The command, encoded as the application decodes it.
+        data: Vec<u8>,
         /// Where to send the result.
-        tx: oneshot::Sender<ProposeResult>,
+        tx: oneshot::Sender<ProposeResult<O>>,
     },
     /// A linearizable read waiting for a ReadIndex round and for apply to catch up.
     Read {
@@ -86,6 +84,11 @@ pub enum Msg {
         /// Where to send it.
         tx: oneshot::Sender<NodeStatus>,
     },
+}
+
+/// A report from the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
     /// The transport finished (or failed) sending a snapshot to a peer.
     SnapshotSent {
         /// The peer.
@@ -100,43 +103,77 @@ pub enum Msg {
     },
 }
 
+/// The peer side of the Raft task's mailbox, for the transport and the peer service: Raft
+/// messages (bounded: a peer waits when the Raft task falls behind) and transport reports
+/// (unbounded: they are few, and losing one would leave raft waiting on a peer or a snapshot
+/// for good). It does not depend on the application.
+#[derive(Debug, Clone)]
+pub struct RaftSender {
+    control: mpsc::UnboundedSender<Control>,
+    raft: mpsc::Sender<Box<RaftMessage>>,
+}
+
+impl RaftSender {
+    /// Sends a Raft message from a peer, waiting for room. Fails only when the Raft task stopped.
+    pub async fn send_raft(&self, m: Box<RaftMessage>) -> Result<(), RequestError> {
+        self.raft
+            .send(m)
+            .await
+            .map_err(|_| RequestError::Unavailable("node is shutting down".into()))
+    }
+
+    /// Reports from the transport's callbacks, which must not wait: never dropped for lack of
+    /// room (only when the Raft task has stopped).
+    pub fn report(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+}
+
 /// The sending side of the Raft task's mailbox.
 ///
-/// Three queues, read in priority order: control reports from the transport (unbounded: they
-/// are few, and losing one would leave raft waiting on a peer or a snapshot for good), Raft
-/// messages from peers, then client requests. Under client overload, heartbeats and votes do
-/// not queue behind requests, so leaders do not churn. The peer and client queues are bounded:
-/// when the Raft task falls behind, senders wait (peers) or are told the node is busy
-/// (clients), instead of memory growing.
-#[derive(Debug, Clone)]
-pub struct Mailbox {
-    control: mpsc::UnboundedSender<Msg>,
-    raft: mpsc::Sender<Msg>,
-    client: mpsc::Sender<Msg>,
+/// Three queues, read in priority order: transport reports, Raft messages from peers (both in
+/// [`RaftSender`]), then client requests. Under client overload, heartbeats and votes do not
+/// queue behind requests, so leaders do not churn. The client queue is bounded: when the Raft
+/// task falls behind, clients are told the node is busy instead of memory growing.
+#[derive(Debug)]
+pub struct Mailbox<O = CommandResult> {
+    raft: RaftSender,
+    client: mpsc::Sender<Msg<O>>,
+}
+
+impl<O> Clone for Mailbox<O> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            raft: self.raft.clone(),
+            client: self.client.clone(),
+        }
+    }
 }
 
 /// The receiving side of the Raft task's mailbox (see [`Mailbox`]).
 #[derive(Debug)]
-pub struct Inbox {
+pub struct Inbox<O = CommandResult> {
     /// Snapshot and reachability reports from the transport.
-    pub control: mpsc::UnboundedReceiver<Msg>,
+    pub control: mpsc::UnboundedReceiver<Control>,
     /// Raft messages from peers.
-    pub raft: mpsc::Receiver<Msg>,
+    pub raft: mpsc::Receiver<Box<RaftMessage>>,
     /// Client requests.
-    pub client: mpsc::Receiver<Msg>,
+    pub client: mpsc::Receiver<Msg<O>>,
 }
 
-impl Mailbox {
+impl<O> Mailbox<O> {
     /// A mailbox whose peer and client queues hold `capacity` messages each, and the inbox
     /// the Raft task reads.
-    pub fn new(capacity: usize) -> (Mailbox, Inbox) {
+    pub fn new(capacity: usize) -> (Mailbox<O>, Inbox<O>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (raft_tx, raft_rx) = mpsc::channel(capacity);
         let (client_tx, client_rx) = mpsc::channel(capacity);
         (
             Mailbox {
-                control: control_tx,
-                raft: raft_tx,
+                raft: RaftSender {
+                    control: control_tx,
+                    raft: raft_tx,
+                },
                 client: client_tx,
             },
             Inbox {
@@ -147,28 +184,23 @@ impl Mailbox {
         )
     }
 
-    /// Sends, waiting for room. Fails only when the Raft task has stopped.
-    pub async fn send(&self, msg: Msg) -> Result<(), RequestError> {
-        let sent = match msg {
-            Msg::SnapshotSent { .. } | Msg::Unreachable { .. } => {
-                self.control.send(msg).map_err(|_| ())
-            }
-            Msg::Raft(_) => self.raft.send(msg).await.map_err(|_| ()),
-            _ => self.client.send(msg).await.map_err(|_| ()),
-        };
-        sent.map_err(|_| RequestError::Unavailable("node is shutting down".into()))
+    /// The peer side, for the transport and the peer service.
+    pub fn raft_sender(&self) -> RaftSender {
+        self.raft.clone()
     }
 
-    /// Reports from the transport's callbacks, which must not wait: never dropped for lack of
-    /// room (only when the Raft task has stopped).
-    pub fn report(&self, msg: Msg) {
-        let _ = self.control.send(msg);
+    /// Sends a client request, waiting for room. Fails only when the Raft task has stopped.
+    pub async fn send(&self, msg: Msg<O>) -> Result<(), RequestError> {
+        self.client
+            .send(msg)
+            .await
+            .map_err(|_| RequestError::Unavailable("node is shutting down".into()))
     }
 
     /// Sends a request and waits for its answer.
     pub async fn call<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Msg,
+        make: impl FnOnce(oneshot::Sender<T>) -> Msg<O>,
     ) -> Result<T, RequestError> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;

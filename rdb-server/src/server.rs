@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ClusterConfig, NodeId};
 use crate::node::{core_config, Node};
-use crate::raft_core::Core;
+use crate::raft_core::{Application, Core};
 use crate::router::Mailbox;
 use crate::service::kv::KvService;
 use crate::service::peer::PeerService;
@@ -25,17 +25,38 @@ const MAILBOX: usize = 16 * 1024;
 /// Largest snapshot file this node accepts from a peer.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 
-/// Runs node `node_id` of `config` until `shutdown` resolves or a listener fails.
-pub async fn run(
-    config: ClusterConfig,
-    node_id: NodeId,
+/// A node whose Raft task runs, with its listeners bound, ready for its client service.
+pub struct Started<O> {
+    /// The node task's mailbox, for the client service.
+    pub mailbox: Mailbox<O>,
+    /// The node's database, for reads outside the Raft task.
+    pub engine: Engine,
+    /// Bound for the client service.
+    pub client_listener: TcpListener,
+    peer_listener: TcpListener,
+    peer_service: PeerService,
+    max_peer_message: usize,
+    node_thread: std::thread::JoinHandle<()>,
     logger: Logger,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+}
+
+/// Opens node `node_id`'s data directory with the start-up checks, builds its application
+/// with `make_app`, binds its listeners and starts its Raft task on a thread of its own, with
+/// the transport to its peers. The same for an rdb node and a PD node.
+pub async fn start<A, F>(
+    config: &Arc<ClusterConfig>,
+    node_id: NodeId,
+    logger: &Logger,
+    make_app: F,
+) -> Result<Started<A::Output>, ServerError>
+where
+    A: Application + Send + 'static,
+    A::Output: std::fmt::Debug + Send + 'static,
+    F: FnOnce(&Engine) -> Result<A, ServerError>,
+{
     config.validate()?;
     let me = config.node(node_id)?.clone();
-    let logger = logger.new(o!("node" => node_id));
-    let engine = open_data_dir(&me.data_dir, config.cluster_id, node_id, &config)?;
+    let engine = open_data_dir(&me.data_dir, config.cluster_id, node_id, config)?;
     if let Some(d) = engine.recovered_install() {
         info!(logger, "finished an interrupted snapshot install"; "index" => d.index, "term" => d.term);
     }
@@ -44,15 +65,7 @@ pub async fn run(
         dir: me.data_dir.clone(),
         message: e.to_string(),
     };
-    let settings = ApplySettings {
-        dedup_window: config.settings.dedup_window,
-    };
-    if engine
-        .check_apply_settings(settings)
-        .map_err(data_dir_error)?
-    {
-        info!(logger, "recorded apply settings"; "dedup_window" => settings.dedup_window);
-    }
+    let app = make_app(&engine)?;
     let storage = RaftStorage::open(engine.clone(), logger.clone()).map_err(data_dir_error)?;
     engine.check_consistency().map_err(data_dir_error)?;
     let log_end =
@@ -60,14 +73,11 @@ pub async fn run(
     engine
         .check_durable_index(log_end)
         .map_err(data_dir_error)?;
-    let app =
-        StateMachine::new(engine.clone(), config.settings.dedup_window).map_err(data_dir_error)?;
-    let hashes = app.hashes();
     let core = Core::new(
         &core_config(node_id, &config.settings),
         storage,
         app,
-        &logger,
+        logger,
     )
     .map_err(|e| ServerError::Raft(e.to_string()))?;
 
@@ -87,12 +97,11 @@ pub async fn run(
     let client_listener = bind(&me.client_addr, "client").await?;
     let peer_listener = bind(&me.peer_addr, "peer").await?;
 
-    let config = Arc::new(config);
     let (mailbox, inbox) = Mailbox::new(MAILBOX);
     let transport = GrpcTransport::start(
-        &config,
+        config,
         node_id,
-        mailbox.clone(),
+        mailbox.raft_sender(),
         tokio::runtime::Handle::current(),
         snap_dir.clone(),
         logger.clone(),
@@ -119,68 +128,123 @@ pub async fn run(
             }
         })
         .map_err(ServerError::Io)?;
-
-    let s = &config.settings;
-    let kv = KvService::new(
-        mailbox.clone(),
+    let peer_service = PeerService::new(
+        mailbox.raft_sender(),
+        config.cluster_id,
+        node_id,
+        MAX_SNAPSHOT_BYTES,
+        snap_dir,
+    );
+    info!(logger, "serving"; "client_addr" => &me.client_addr, "peer_addr" => &me.peer_addr,
+        "cluster_id" => config.cluster_id);
+    Ok(Started {
+        mailbox,
         engine,
+        client_listener,
+        peer_listener,
+        peer_service,
+        max_peer_message: config.settings.max_peer_message_bytes,
+        node_thread,
+        logger: logger.clone(),
+    })
+}
+
+impl<O> Started<O> {
+    /// Serves `client` (the node's client service, built on `mailbox`) and the peer service
+    /// until `shutdown` resolves or a listener fails.
+    pub async fn serve(
+        self,
+        client: tonic::transport::server::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_rx_main = stop_rx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let client_server = client
+            .serve_with_incoming_shutdown(incoming(self.client_listener), stopped(stop_rx.clone()));
+        let peer_server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                PeerServer::new(self.peer_service)
+                    .max_decoding_message_size(self.max_peer_message)
+                    .max_encoding_message_size(self.max_peer_message),
+            )
+            .serve_with_incoming_shutdown(incoming(self.peer_listener), stopped(stop_rx));
+        let mut stopping = stop_rx_main;
+        let serving = async { tokio::try_join!(client_server, peer_server) };
+        tokio::select! {
+            r = serving => {
+                r.map_err(|e| ServerError::Serve(e.to_string()))?;
+            }
+            // Graceful shutdown waits for open streams, and peers keep theirs open for good: give
+            // in-flight client calls a moment, then stop. Everything acknowledged is synced.
+            _ = async {
+                let _ = stopping.wait_for(|v| *v).await;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            } => {}
+        }
+        info!(self.logger, "stopped");
+        // The node thread ends with the process; everything it acknowledged is already synced.
+        drop(self.node_thread);
+        Ok(())
+    }
+}
+
+/// Runs rdb node `node_id` of `config` until `shutdown` resolves or a listener fails.
+pub async fn run(
+    config: ClusterConfig,
+    node_id: NodeId,
+    logger: Logger,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let logger = logger.new(o!("node" => node_id));
+    let config = Arc::new(config);
+    let me = config.node(node_id)?.clone();
+    let s = config.settings.clone();
+    let mut hashes = None;
+    let started = start(&config, node_id, &logger, |engine| {
+        let settings = ApplySettings {
+            dedup_window: s.dedup_window,
+        };
+        let data_dir_error = |e: rdb_storage::Error| ServerError::DataDir {
+            dir: me.data_dir.clone(),
+            message: e.to_string(),
+        };
+        if engine
+            .check_apply_settings(settings)
+            .map_err(data_dir_error)?
+        {
+            info!(logger, "recorded apply settings"; "dedup_window" => settings.dedup_window);
+        }
+        let sm = StateMachine::new(engine.clone(), s.dedup_window).map_err(data_dir_error)?;
+        hashes = Some(sm.hashes());
+        Ok(sm)
+    })
+    .await?;
+    let hashes = hashes.unwrap_or_default();
+    let kv = KvService::new(
+        started.mailbox.clone(),
+        started.engine.clone(),
         hashes,
         Arc::new(s.clone()),
         config.cluster_id,
         me.client_addr.clone(),
     );
     let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
-    let peer_svc = PeerService::new(
-        mailbox,
-        config.cluster_id,
-        node_id,
-        MAX_SNAPSHOT_BYTES,
-        snap_dir,
-    );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_rx_main = stop_rx.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    info!(logger, "serving"; "client_addr" => &me.client_addr, "peer_addr" => &me.peer_addr,
-        "cluster_id" => config.cluster_id);
-    let client_server = tonic::transport::Server::builder()
+    let client = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(max_client_message)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
-    let peer_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(
-            PeerServer::new(peer_svc)
-                .max_decoding_message_size(s.max_peer_message_bytes)
-                .max_encoding_message_size(s.max_peer_message_bytes),
-        )
-        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx));
-    let mut stopping = stop_rx_main;
-    let serving = async { tokio::try_join!(client_server, peer_server) };
-    tokio::select! {
-        r = serving => {
-            r.map_err(|e| ServerError::Serve(e.to_string()))?;
-        }
-        // Graceful shutdown waits for open streams, and peers keep theirs open for good: give
-        // in-flight client calls a moment, then stop. Everything acknowledged is already synced.
-        _ = async {
-            let _ = stopping.wait_for(|v| *v).await;
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        } => {}
-    }
-    info!(logger, "stopped");
-    // The node thread ends with the process; everything it acknowledged is already synced.
-    drop(node_thread);
-    Ok(())
+        );
+    started.serve(client, shutdown).await
 }
 
 /// A listener stream with Nagle off: tonic ignores `Server::tcp_nodelay` for custom incoming

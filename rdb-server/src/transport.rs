@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{ClusterConfig, NodeId};
 use crate::raft_core::MessageSink;
-use crate::router::{Mailbox, Msg};
+use crate::router::{Control, RaftSender};
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 8192;
@@ -93,7 +93,7 @@ pub struct GrpcTransport {
     cluster_id: u64,
     me: NodeId,
     max_message: usize,
-    mailbox: Mailbox,
+    mailbox: RaftSender,
     handle: Handle,
     snap_dir: PathBuf,
     throttle: Arc<Throttle>,
@@ -105,7 +105,7 @@ impl GrpcTransport {
     pub fn start(
         config: &ClusterConfig,
         me: NodeId,
-        mailbox: Mailbox,
+        mailbox: RaftSender,
         handle: Handle,
         snap_dir: PathBuf,
         logger: Logger,
@@ -167,12 +167,10 @@ impl GrpcTransport {
                 Err(e) => warn!(logger, "snapshot send failed"; "peer" => to, "index" => index, "error" => %e),
             }
             // Raft waits for this report before it sends the peer anything else.
-            let _ = mailbox
-                .send(Msg::SnapshotSent {
-                    to,
-                    ok: result.is_ok(),
-                })
-                .await;
+            mailbox.report(Control::SnapshotSent {
+                to,
+                ok: result.is_ok(),
+            });
         });
     }
 }
@@ -217,7 +215,7 @@ async fn send_loop(
     addr: String,
     stamp: Stamp,
     mut rx: mpsc::Receiver<RaftMessage>,
-    mailbox: Mailbox,
+    mailbox: RaftSender,
     max_message: usize,
     logger: Logger,
 ) {
@@ -233,7 +231,7 @@ async fn send_loop(
                 }
                 // What was queued for a dead peer is stale; Raft will resend what matters.
                 while rx.try_recv().is_ok() {}
-                mailbox.report(Msg::Unreachable { to: stamp.to });
+                mailbox.report(Control::Unreachable { to: stamp.to });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -273,7 +271,7 @@ async fn send_loop(
             }
         };
         debug!(logger, "peer stream ended"; "reason" => ended);
-        mailbox.report(Msg::Unreachable { to: stamp.to });
+        mailbox.report(Control::Unreachable { to: stamp.to });
     }
 }
 

@@ -439,6 +439,54 @@ impl Engine {
         Ok(ApplyState { index, term })
     }
 
+    /// Writes the records of an application other than the KV store (PD's metadata) with the
+    /// new applied index, in one unsynced batch (the log replays it), exactly as the KV state
+    /// machine's apply does. `None` deletes. Keys live in the `data` family and must start with
+    /// [`keys::APP_PREFIX`], so they never meet user data or the apply record.
+    pub fn write_app_records(
+        &self,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+        applied: (Index, Term),
+    ) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        let data = self.cf(CF_DATA);
+        for (k, v) in records {
+            if k.first() != Some(&keys::APP_PREFIX) {
+                return Err(Error::Corrupt(format!(
+                    "application key {k:?} lacks the application prefix"
+                )));
+            }
+            match v {
+                Some(v) => wb.put_cf(data, k, v),
+                None => wb.delete_cf(data, k),
+            }
+        }
+        let pair = keys::encode_pair(applied.0, applied.1);
+        wb.put_cf(self.cf(CF_RAFT_STATE), keys::APPLY_STATE_KEY, pair);
+        wb.put_cf(data, keys::DATA_APPLY_STATE_KEY, pair);
+        self.write(wb, false)
+    }
+
+    /// Every application record (see [`Engine::write_app_records`]) whose key starts with
+    /// `prefix`, in key order.
+    pub fn app_records(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.guarded(|| {
+            let mut out = Vec::new();
+            let it = self.db.iterator_cf(
+                self.cf(CF_DATA),
+                IteratorMode::From(prefix, Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// Reads a user key from the applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.guarded(|| Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?))

@@ -46,6 +46,9 @@ pub const DATA_CF_END: &[u8] = &[0xff; 32];
 
 /// Prefix of user keys inside the `data` column family.
 pub const DATA_PREFIX: u8 = b'd';
+/// Prefix of the records of an application other than the KV store (PD's metadata), in the
+/// `data` family.
+pub const APP_PREFIX: u8 = b'p';
 /// Prefix of dedup records: `s` + client id + seq -> (applied index, result).
 pub const DEDUP_PREFIX: u8 = b's';
 /// Prefix of dedup expiry records: `e` + applied index + client id + seq -> empty.

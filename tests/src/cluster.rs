@@ -70,6 +70,8 @@ pub struct TestCluster {
     pub nodes: Vec<NodeProc>,
     /// Separate network namespaces, when the cluster was started with links that can be cut.
     pub net: Option<NetnsNet>,
+    /// The binary each node runs: `rdb-server`, or `rdb-pd` for a PD group.
+    binary: &'static str,
 }
 
 /// Extra `[settings]` lines for a test cluster (TOML text).
@@ -87,6 +89,11 @@ impl TestCluster {
         Self::launch(n, settings, None)
     }
 
+    /// Starts a PD group of `n` `rdb-pd` nodes, with `pd` as the text of its `[pd]` table.
+    pub fn start_pd(n: usize, pd: &str) -> TestCluster {
+        Self::launch_binary(n, Settings::default(), None, "rdb-pd", pd)
+    }
+
     /// Starts `n` nodes, each in its own network namespace, so links can be cut and healed
     /// ([`TestCluster::isolate`]). Panics with the reason when namespaces cannot be made
     /// (they need root).
@@ -102,6 +109,16 @@ impl TestCluster {
     }
 
     fn launch(n: usize, settings: Settings, net: Option<NetnsNet>) -> TestCluster {
+        Self::launch_binary(n, settings, net, "rdb-server", "")
+    }
+
+    fn launch_binary(
+        n: usize,
+        settings: Settings,
+        net: Option<NetnsNet>,
+        binary: &'static str,
+        pd: &str,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from("cluster_id = 7\n");
         let mut nodes = Vec::new();
@@ -130,6 +147,11 @@ impl TestCluster {
         }
         toml.push_str("[settings]\n");
         toml.push_str(&settings.0);
+        if !pd.is_empty() {
+            toml.push_str("\n[pd]\n");
+            toml.push_str(pd);
+            toml.push('\n');
+        }
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
         let mut c = TestCluster {
@@ -137,6 +159,7 @@ impl TestCluster {
             config,
             nodes,
             net,
+            binary,
         };
         for id in 1..=n as u64 {
             c.restart(id);
@@ -157,7 +180,7 @@ impl TestCluster {
             .append(true)
             .open(&log)
             .expect("open log");
-        let server = bin_dir().join("rdb-server");
+        let server = bin_dir().join(self.binary);
         let mut cmd = match &self.net {
             // `ip netns exec` execs the server in place, so the child's pid is the server's.
             Some(net) => {
@@ -179,8 +202,9 @@ impl TestCluster {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot start {}/rdb-server ({e}); run `cargo build --workspace --bins` first",
-                    bin_dir().display()
+                    "cannot start {}/{} ({e}); run `cargo build --workspace --bins` first",
+                    bin_dir().display(),
+                    self.binary
                 )
             });
         let node = self.node_mut(id);

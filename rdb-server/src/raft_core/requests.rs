@@ -46,8 +46,12 @@ pub enum Refusal {
 pub enum Answer<R> {
     /// The write applied, with this result.
     Written(R),
-    /// Reading the local state is now linearizable.
-    ReadReady,
+    /// Reading the local state is now linearizable: a quorum confirmed this replica led in
+    /// `term` after the read arrived.
+    ReadReady {
+        /// The term in which leadership was confirmed.
+        term: u64,
+    },
 }
 
 /// What [`Core::advance`] produced besides messages.
@@ -94,6 +98,7 @@ pub struct PlantedBugs {
 
 struct ReadRound {
     issued: u64,
+    term: u64,
     waiters: Vec<RequestId>,
 }
 
@@ -107,7 +112,7 @@ pub struct Core<S: LogStore, A: Application> {
     proposals: BTreeMap<u64, (u64, RequestId)>,
     reads_new: Vec<RequestId>,
     reads_inflight: BTreeMap<u64, ReadRound>,
-    reads_wait_apply: VecDeque<(u64, Vec<RequestId>)>,
+    reads_wait_apply: VecDeque<(u64, u64, Vec<RequestId>)>,
     next_read_ctx: u64,
     /// Answers decided outside `advance` (refusals on arrival), returned by the next one.
     pending: Vec<Reply<A::Output>>,
@@ -199,7 +204,8 @@ impl<S: LogStore, A: Application> Core<S, A> {
     /// Asks for a linearizable read barrier for request `id`.
     pub fn read(&mut self, id: RequestId) {
         if self.planted.read_without_index && self.replica.is_leader() {
-            self.pending.push((id, Ok(Answer::ReadReady)));
+            let term = self.replica.term();
+            self.pending.push((id, Ok(Answer::ReadReady { term })));
             return;
         }
         match self.leader_check() {
@@ -269,6 +275,7 @@ impl<S: LogStore, A: Application> Core<S, A> {
             ctx,
             ReadRound {
                 issued: self.ticks,
+                term: self.replica.term(),
                 waiters,
             },
         );
@@ -321,17 +328,21 @@ impl<S: LogStore, A: Application> Core<S, A> {
                 continue;
             };
             if let Some(round) = self.reads_inflight.remove(&ctx) {
-                self.reads_wait_apply.push_back((rs.index, round.waiters));
+                self.reads_wait_apply
+                    .push_back((rs.index, round.term, round.waiters));
             }
         }
         while self
             .reads_wait_apply
             .front()
-            .is_some_and(|(index, _)| *index <= applied)
+            .is_some_and(|(index, _, _)| *index <= applied)
         {
-            if let Some((_, waiters)) = self.reads_wait_apply.pop_front() {
-                out.replies
-                    .extend(waiters.into_iter().map(|id| (id, Ok(Answer::ReadReady))));
+            if let Some((_, term, waiters)) = self.reads_wait_apply.pop_front() {
+                out.replies.extend(
+                    waiters
+                        .into_iter()
+                        .map(|id| (id, Ok(Answer::ReadReady { term }))),
+                );
             }
         }
         if let Some(role) = ready.role_changed {
@@ -364,7 +375,7 @@ impl<S: LogStore, A: Application> Core<S, A> {
             .flat_map(|r| r.waiters);
         let waiting = std::mem::take(&mut self.reads_wait_apply)
             .into_iter()
-            .flat_map(|(_, w)| w);
+            .flat_map(|(_, _, w)| w);
         let ids: Vec<RequestId> = inflight
             .chain(waiting)
             .chain(std::mem::take(&mut self.reads_new))

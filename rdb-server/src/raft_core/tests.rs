@@ -221,7 +221,8 @@ fn a_read_waits_for_a_quorum_round_and_fails_when_leadership_is_lost() {
     let l = g.leader();
     g.cores[l].read(2);
     g.pump(&|_| false);
-    assert_eq!(g.reply(2), Some(Ok(Answer::ReadReady)));
+    let term = g.cores[l].replica().term();
+    assert_eq!(g.reply(2), Some(Ok(Answer::ReadReady { term })));
 }
 
 #[test]

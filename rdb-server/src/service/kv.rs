@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use rdb_proto::command::{self, command::Op, Command};
 use rdb_proto::kv::kv_server::Kv;
 use rdb_proto::kv::{
@@ -113,9 +114,15 @@ impl KvService {
             op: Some(op),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::time::timeout_at(deadline, self.mailbox.send(Msg::Propose { cmd, tx }))
-            .await
-            .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;
+        tokio::time::timeout_at(
+            deadline,
+            self.mailbox.send(Msg::Propose {
+                data: cmd.encode_to_vec(),
+                tx,
+            }),
+        )
+        .await
+        .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RequestError::Indeterminate("node stopped".into())),
@@ -136,7 +143,7 @@ impl KvService {
             )));
         }
         match tokio::time::timeout_at(deadline, self.mailbox.call(|tx| Msg::Read { tx })).await {
-            Ok(r) => r?,
+            Ok(r) => r?.map(|_term| ()),
             Err(_) => Err(RequestError::Unavailable(
                 "no quorum confirmed leadership before the deadline".into(),
             )),

@@ -16,12 +16,12 @@ use rdb_storage::snapshot::{IncomingSnapshot, SnapshotDescriptor};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NodeId;
-use crate::router::{Mailbox, Msg};
+use crate::router::RaftSender;
 
 /// Serves Raft traffic for one node.
 #[derive(Clone)]
 pub struct PeerService {
-    mailbox: Mailbox,
+    raft: RaftSender,
     cluster_id: u64,
     me: NodeId,
     max_snapshot: u64,
@@ -29,17 +29,17 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// A service that forwards to `mailbox` the messages addressed to node `me`, and receives
+    /// A service that forwards to `raft` the messages addressed to node `me`, and receives
     /// snapshot files of at most `max_snapshot` bytes into `snap_dir`.
     pub fn new(
-        mailbox: Mailbox,
+        raft: RaftSender,
         cluster_id: u64,
         me: NodeId,
         max_snapshot: u64,
         snap_dir: PathBuf,
     ) -> PeerService {
         PeerService {
-            mailbox,
+            raft,
             cluster_id,
             me,
             max_snapshot,
@@ -75,8 +75,8 @@ impl PeerService {
     }
 
     async fn deliver(&self, m: RaftMessage) -> Result<(), Status> {
-        self.mailbox
-            .send(Msg::Raft(Box::new(m)))
+        self.raft
+            .send_raft(Box::new(m))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))
     }
@@ -219,12 +219,18 @@ mod tests {
         max_snapshot: u64,
     ) -> (
         PeerClient<tonic::transport::Channel>,
-        mpsc::Receiver<Msg>,
+        mpsc::Receiver<Box<RaftMessage>>,
         tempfile::TempDir,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let (mailbox, inbox) = Mailbox::new(16);
-        let svc = PeerService::new(mailbox, 7, 2, max_snapshot, dir.path().to_path_buf());
+        let (mailbox, inbox) = crate::router::Mailbox::<()>::new(16);
+        let svc = PeerService::new(
+            mailbox.raft_sender(),
+            7,
+            2,
+            max_snapshot,
+            dir.path().to_path_buf(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -302,7 +308,7 @@ mod tests {
         let received = std::fs::read(desc.path_in(dir.path())).unwrap();
         assert_eq!(received, file);
         match rx.try_recv() {
-            Ok(Msg::Raft(m)) => assert_eq!(m.get_msg_type(), MessageType::MsgSnapshot),
+            Ok(m) => assert_eq!(m.get_msg_type(), MessageType::MsgSnapshot),
             other => panic!("expected the snapshot message, got {other:?}"),
         }
     }

@@ -615,7 +615,7 @@ impl World {
             };
             let rep = match answer {
                 Ok(Answer::Written(r)) => Rep::Written(r),
-                Ok(Answer::ReadReady) => {
+                Ok(Answer::ReadReady { .. }) => {
                     let key = read_key.unwrap_or_default();
                     let v = self.nodes[i].disk.lock().get(key.as_bytes());
                     Rep::Value(v.map(|v| String::from_utf8_lossy(&v).into_owned()))

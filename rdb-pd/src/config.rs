@@ -1,0 +1,183 @@
+//! A PD group's configuration file: rdb-server's format (`cluster_id`, `[[nodes]]`,
+//! `[settings]`) plus an optional `[pd]` table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdb_server::config::{ClusterConfig, ConfigError, NodeConfig, Settings};
+use serde::Deserialize;
+
+/// PD-only settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PdSettings {
+    /// How far ahead of the clock the leader persists the timestamp window, in ms (default 3000).
+    pub tso_window_ms: u64,
+    /// A store silent for longer than this is reported Down, in seconds (default 30).
+    pub store_down_after_secs: u64,
+}
+
+impl Default for PdSettings {
+    fn default() -> Self {
+        PdSettings {
+            tso_window_ms: 3000,
+            store_down_after_secs: 30,
+        }
+    }
+}
+
+impl PdSettings {
+    /// The window as a duration.
+    pub fn tso_window(&self) -> Duration {
+        Duration::from_millis(self.tso_window_ms)
+    }
+
+    /// The Down threshold as a duration.
+    pub fn store_down_after(&self) -> Duration {
+        Duration::from_secs(self.store_down_after_secs)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PdFile {
+    cluster_id: u64,
+    nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    settings: Settings,
+    #[serde(default)]
+    pd: PdSettings,
+}
+
+/// A PD group: its members and Raft settings (as rdb-server's) and the PD settings.
+#[derive(Debug, Clone)]
+pub struct PdConfig {
+    /// Members, Raft settings.
+    pub cluster: ClusterConfig,
+    /// PD settings.
+    pub pd: PdSettings,
+}
+
+impl PdConfig {
+    /// Reads and validates a PD configuration file, with rdb-server's rules.
+    pub fn load(path: &Path) -> Result<PdConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<PdConfig, ConfigError> {
+        let f: PdFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string(),
+        })?;
+        let cfg = PdConfig {
+            cluster: ClusterConfig {
+                cluster_id: f.cluster_id,
+                nodes: f.nodes,
+                settings: f.settings,
+            },
+            pd: f.pd,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks rdb-server's rules and PD's own.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cluster.validate()?;
+        if ![1, 3, 5].contains(&self.cluster.nodes.len()) {
+            return Err(ConfigError::Invalid(format!(
+                "a PD group has 1, 3 or 5 nodes, this one has {}",
+                self.cluster.nodes.len()
+            )));
+        }
+        if self.pd.tso_window_ms < 50 {
+            return Err(ConfigError::Invalid(format!(
+                "[pd] tso_window_ms must be at least 50, got {}",
+                self.pd.tso_window_ms
+            )));
+        }
+        if self.pd.store_down_after_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[pd] store_down_after_secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The embedded default: one PD node on 127.0.0.1:2399 (peer port 2400), data in
+    /// `./rdb-pd-data`.
+    pub fn single_node_default() -> PdConfig {
+        PdConfig {
+            cluster: ClusterConfig {
+                cluster_id: 1,
+                nodes: vec![NodeConfig {
+                    id: 1,
+                    peer_addr: "127.0.0.1:2400".into(),
+                    client_addr: "127.0.0.1:2399".into(),
+                    data_dir: PathBuf::from("./rdb-pd-data"),
+                }],
+                settings: Settings::default(),
+            },
+            pd: PdSettings::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"
+cluster_id = 9
+[[nodes]]
+id = 1
+peer_addr = "127.0.0.1:1"
+client_addr = "127.0.0.1:2"
+data_dir = "/tmp/a"
+[[nodes]]
+id = 2
+peer_addr = "127.0.0.1:3"
+client_addr = "127.0.0.1:4"
+data_dir = "/tmp/b"
+[[nodes]]
+id = 3
+peer_addr = "127.0.0.1:5"
+client_addr = "127.0.0.1:6"
+data_dir = "/tmp/c"
+"#;
+
+    #[test]
+    fn a_three_node_file_parses_with_pd_defaults_and_pd_settings_override() {
+        let c = PdConfig::parse(THREE).unwrap();
+        assert_eq!(c.cluster.nodes.len(), 3);
+        assert_eq!(c.pd, PdSettings::default());
+        let c = PdConfig::parse(&format!("{THREE}\n[pd]\ntso_window_ms = 500\n")).unwrap();
+        assert_eq!(c.pd.tso_window_ms, 500);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let two = THREE.split("[[nodes]]\nid = 3").next().unwrap();
+        let e = PdConfig::parse(two).unwrap_err().to_string();
+        assert!(e.contains("1, 3 or 5 nodes"), "{e}");
+        let e = PdConfig::parse(&format!("{THREE}\n[pd]\ntso_window_ms = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tso_window_ms"), "{e}");
+        let e = PdConfig::parse(&format!("{THREE}\n[pd]\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

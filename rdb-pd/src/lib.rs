@@ -1,0 +1,58 @@
+//! rdb-pd, the placement driver: a timestamp oracle, an id allocator, and the map of stores and
+//! regions that lets rdb grow past one Raft group.
+//!
+//! A PD node is an rdb node with another application: the same Raft core, RocksDB storage,
+//! transport and start-up checks (`rdb_server::server::start`), over [`state::PdApp`] instead of
+//! the KV state machine, and the `Pd` gRPC service instead of `Kv`.
+//!
+//! - [`config`]: the configuration file (rdb-server's plus `[pd]`).
+//! - [`state`]: the replicated metadata and how `PdCommand`s apply to it.
+//! - [`tso`]: the timestamp oracle.
+//! - [`service`]: the gRPC service.
+
+pub mod config;
+mod raft_calls;
+pub mod service;
+pub mod state;
+pub mod tso;
+
+use std::sync::Arc;
+
+use rdb_proto::pd::pd_server::PdServer;
+use rdb_server::ServerError;
+use slog::{o, Logger};
+
+use crate::config::PdConfig;
+use crate::service::PdService;
+use crate::state::PdApp;
+
+/// Runs PD node `node_id` of `config` until `shutdown` resolves or a listener fails.
+pub async fn run(
+    config: PdConfig,
+    node_id: u64,
+    logger: Logger,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let logger = logger.new(o!("pd_node" => node_id));
+    let cluster = Arc::new(config.cluster.clone());
+    let mut state = None;
+    let started = rdb_server::server::start(&cluster, node_id, &logger, |engine| {
+        let app = PdApp::open(engine.clone()).map_err(|e| ServerError::Raft(e.to_string()))?;
+        state = Some(app.state());
+        Ok(app)
+    })
+    .await?;
+    let state = state.unwrap_or_default();
+    let svc = PdService::new(
+        started.mailbox.clone(),
+        state,
+        cluster,
+        config.pd.tso_window(),
+        config.pd.store_down_after(),
+    );
+    let client = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(PdServer::new(svc));
+    started.serve(client, shutdown).await
+}

@@ -1,0 +1,519 @@
+//! The `Pd` gRPC service: an adapter from requests to the oracle, Raft proposals and reads of
+//! PD's applied state after a read barrier. Errors travel as data (`Error` in every response).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use prost::Message as _;
+use rdb_proto::pd::pd_command::Op;
+use rdb_proto::pd::pd_server::Pd;
+use rdb_proto::pd::*;
+use rdb_server::config::ClusterConfig;
+use rdb_server::router::{Mailbox, Msg, RequestError};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::raft_calls::{propose, read_barrier};
+use crate::state::{PdOutput, PdState};
+use crate::tso::Tso;
+
+/// What the leader learnt from heartbeats (kept in memory, not replicated).
+#[derive(Default)]
+struct Heartbeats {
+    /// The term these records belong to; a new term starts afresh.
+    term: u64,
+    /// When this node started leading in `term` (stores get that long before they count Down).
+    since: Option<Instant>,
+    stores: HashMap<u64, Instant>,
+    regions: HashMap<u64, (Option<Peer>, u64, u64)>,
+}
+
+/// Serves the PD API for one PD node.
+pub struct PdService {
+    mailbox: Mailbox<PdOutput>,
+    state: Arc<RwLock<PdState>>,
+    tso: Tso,
+    config: Arc<ClusterConfig>,
+    store_down_after: Duration,
+    beats: Mutex<Heartbeats>,
+}
+
+type PdResult<T> = Result<T, RequestError>;
+
+fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
+    let (code, leader) = match &e {
+        RequestError::InvalidArgument(_) => (ErrorCode::InvalidArgument, None),
+        RequestError::NotLeader(hint) => (
+            ErrorCode::NotLeader,
+            hint.as_ref().map(|h| Member {
+                id: h.id,
+                client_addr: h.addr.clone(),
+                peer_addr: config
+                    .node(h.id)
+                    .map(|n| n.peer_addr.clone())
+                    .unwrap_or_default(),
+            }),
+        ),
+        RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
+        RequestError::Indeterminate(_) => (ErrorCode::Indeterminate, None),
+    };
+    let message = match &e {
+        RequestError::NotLeader(Some(h)) => format!("PD node {} leads, at {}", h.id, h.addr),
+        other => other.to_string(),
+    };
+    Error {
+        code: code as i32,
+        message,
+        leader,
+    }
+}
+
+fn coded(code: ErrorCode, message: String) -> Error {
+    Error {
+        code: code as i32,
+        message,
+        leader: None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PdService {
+    /// A service over the PD node's mailbox and applied state.
+    pub fn new(
+        mailbox: Mailbox<PdOutput>,
+        state: Arc<RwLock<PdState>>,
+        config: Arc<ClusterConfig>,
+        tso_window: Duration,
+        store_down_after: Duration,
+    ) -> PdService {
+        let tso = Tso::start(mailbox.clone(), tso_window.as_millis() as u64);
+        PdService {
+            mailbox,
+            state,
+            tso,
+            config,
+            store_down_after,
+            beats: Mutex::new(Heartbeats::default()),
+        }
+    }
+
+    fn err(&self, e: RequestError) -> Option<Error> {
+        Some(pb_error(e, &self.config))
+    }
+
+    /// A read barrier; on a new term, the heartbeat records of the old one are dropped.
+    async fn barrier(&self) -> PdResult<()> {
+        let term = read_barrier(&self.mailbox).await?;
+        let mut b = lock(&self.beats);
+        if b.term != term {
+            *b = Heartbeats {
+                term,
+                since: Some(Instant::now()),
+                ..Default::default()
+            };
+        }
+        Ok(())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&PdState) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Proposes `op`; Ok(None) when it applied, Ok(Some(error)) when PD refused it.
+    async fn change(&self, op: Op) -> PdResult<(Option<Error>, PdOutput)> {
+        let data = PdCommand { op: Some(op) }.encode_to_vec();
+        let out = propose(&self.mailbox, data).await?;
+        Ok(match out {
+            PdOutput::Refused(code, message) => (Some(coded(code, message)), out_done()),
+            other => (None, other),
+        })
+    }
+
+    /// The store as reported: DOWN if the leader has not heard it for `store_down_after`.
+    fn with_liveness(&self, mut st: Store) -> Store {
+        if st.state == StoreState::Tombstone as i32 {
+            return st;
+        }
+        let b = lock(&self.beats);
+        let last = b.stores.get(&st.id).copied().or(b.since);
+        let ago = last.map_or(Duration::ZERO, |t| t.elapsed());
+        st.last_heartbeat_ms_ago = b
+            .stores
+            .get(&st.id)
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        st.state = if ago > self.store_down_after {
+            StoreState::Down as i32
+        } else {
+            StoreState::Up as i32
+        };
+        st
+    }
+
+    fn region_response(&self, r: Option<Region>) -> GetRegionResponse {
+        let Some(r) = r else {
+            return GetRegionResponse {
+                error: Some(coded(ErrorCode::NotFound, "no such region".into())),
+                ..Default::default()
+            };
+        };
+        let b = lock(&self.beats);
+        let (leader, size, keys) = b.regions.get(&r.id).cloned().unwrap_or((None, 0, 0));
+        GetRegionResponse {
+            error: None,
+            region: Some(r),
+            leader,
+            approximate_size: size,
+            approximate_keys: keys,
+        }
+    }
+}
+
+fn out_done() -> PdOutput {
+    PdOutput::Done
+}
+
+fn tso_response(
+    r: Result<(u64, u64), RequestError>,
+    count: u32,
+    config: &ClusterConfig,
+) -> TsoResponse {
+    match r {
+        Ok((physical, logical)) => TsoResponse {
+            error: None,
+            first: Some(Timestamp { physical, logical }),
+            count,
+        },
+        Err(e) => TsoResponse {
+            error: Some(pb_error(e, config)),
+            ..Default::default()
+        },
+    }
+}
+
+type TsoStream = Pin<Box<dyn Stream<Item = Result<TsoResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Pd for PdService {
+    async fn tso(&self, req: Request<TsoRequest>) -> Result<Response<TsoResponse>, Status> {
+        let count = req.into_inner().count;
+        let r = self.tso.get(count).await;
+        Ok(Response::new(tso_response(r, count, &self.config)))
+    }
+
+    type TsoStreamStream = TsoStream;
+
+    async fn tso_stream(
+        &self,
+        req: Request<Streaming<TsoRequest>>,
+    ) -> Result<Response<TsoStream>, Status> {
+        let (tso, config) = (self.tso.clone(), self.config.clone());
+        let out = req.into_inner().then(move |r| {
+            let (tso, config) = (tso.clone(), config.clone());
+            async move {
+                let r = r?;
+                Ok(tso_response(tso.get(r.count).await, r.count, &config))
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn alloc_id(
+        &self,
+        req: Request<AllocIdRequest>,
+    ) -> Result<Response<AllocIdResponse>, Status> {
+        let r = req.into_inner();
+        let count = r.count;
+        let resp = match self.change(Op::AllocId(r)).await {
+            Ok((None, PdOutput::Ids { first })) => AllocIdResponse {
+                error: None,
+                first,
+                count,
+            },
+            Ok((Some(e), _)) => AllocIdResponse {
+                error: Some(e),
+                ..Default::default()
+            },
+            Ok((None, other)) => AllocIdResponse {
+                error: self.err(RequestError::Unavailable(format!(
+                    "unexpected answer {other:?}"
+                ))),
+                ..Default::default()
+            },
+            Err(e) => AllocIdResponse {
+                error: self.err(e),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn bootstrap(
+        &self,
+        req: Request<BootstrapRequest>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        let error = match self.change(Op::Bootstrap(req.into_inner())).await {
+            Ok((e, _)) => e,
+            Err(e) => self.err(e),
+        };
+        Ok(Response::new(BootstrapResponse { error }))
+    }
+
+    async fn is_bootstrapped(
+        &self,
+        _req: Request<IsBootstrappedRequest>,
+    ) -> Result<Response<IsBootstrappedResponse>, Status> {
+        let resp = match self.barrier().await {
+            Ok(()) => IsBootstrappedResponse {
+                error: None,
+                bootstrapped: self.read(|s| s.bootstrapped),
+            },
+            Err(e) => IsBootstrappedResponse {
+                error: self.err(e),
+                bootstrapped: false,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn put_store(
+        &self,
+        req: Request<PutStoreRequest>,
+    ) -> Result<Response<PutStoreResponse>, Status> {
+        let Some(store) = req.into_inner().store else {
+            return Ok(Response::new(PutStoreResponse {
+                error: self.err(RequestError::InvalidArgument("a store is required".into())),
+            }));
+        };
+        let id = store.id;
+        let error = match self.change(Op::PutStore(store)).await {
+            Ok((e, _)) => e,
+            Err(e) => self.err(e),
+        };
+        if error.is_none() {
+            lock(&self.beats).stores.insert(id, Instant::now());
+        }
+        Ok(Response::new(PutStoreResponse { error }))
+    }
+
+    async fn get_store(
+        &self,
+        req: Request<GetStoreRequest>,
+    ) -> Result<Response<GetStoreResponse>, Status> {
+        let id = req.into_inner().store_id;
+        let resp = match self.barrier().await {
+            Ok(()) => match self.read(|s| s.stores.get(&id).cloned()) {
+                Some(st) => GetStoreResponse {
+                    error: None,
+                    store: Some(self.with_liveness(st)),
+                },
+                None => GetStoreResponse {
+                    error: Some(coded(ErrorCode::NotFound, format!("no store {id}"))),
+                    store: None,
+                },
+            },
+            Err(e) => GetStoreResponse {
+                error: self.err(e),
+                store: None,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_all_stores(
+        &self,
+        req: Request<GetAllStoresRequest>,
+    ) -> Result<Response<GetAllStoresResponse>, Status> {
+        let exclude = req.into_inner().exclude_tombstones;
+        let resp = match self.barrier().await {
+            Ok(()) => {
+                let stores: Vec<Store> = self.read(|s| s.stores.values().cloned().collect());
+                GetAllStoresResponse {
+                    error: None,
+                    stores: stores
+                        .into_iter()
+                        .filter(|st| !(exclude && st.state == StoreState::Tombstone as i32))
+                        .map(|st| self.with_liveness(st))
+                        .collect(),
+                }
+            }
+            Err(e) => GetAllStoresResponse {
+                error: self.err(e),
+                stores: Vec::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn set_store_state(
+        &self,
+        req: Request<SetStoreStateRequest>,
+    ) -> Result<Response<SetStoreStateResponse>, Status> {
+        let error = match self.change(Op::SetStoreState(req.into_inner())).await {
+            Ok((e, _)) => e,
+            Err(e) => self.err(e),
+        };
+        Ok(Response::new(SetStoreStateResponse { error }))
+    }
+
+    async fn store_heartbeat(
+        &self,
+        req: Request<StoreHeartbeatRequest>,
+    ) -> Result<Response<StoreHeartbeatResponse>, Status> {
+        let id = req.into_inner().store_id;
+        let error = match self.barrier().await {
+            Ok(()) => match self.read(|s| s.stores.get(&id).map(|st| st.state)) {
+                None => Some(coded(
+                    ErrorCode::NotFound,
+                    format!("store {id} is not registered"),
+                )),
+                Some(st) if st == StoreState::Tombstone as i32 => Some(coded(
+                    ErrorCode::InvalidArgument,
+                    format!("store {id} is a tombstone"),
+                )),
+                Some(_) => {
+                    lock(&self.beats).stores.insert(id, Instant::now());
+                    None
+                }
+            },
+            Err(e) => self.err(e),
+        };
+        Ok(Response::new(StoreHeartbeatResponse { error }))
+    }
+
+    async fn region_heartbeat(
+        &self,
+        req: Request<RegionHeartbeatRequest>,
+    ) -> Result<Response<RegionHeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let Some(region) = r.region else {
+            return Ok(Response::new(RegionHeartbeatResponse {
+                error: self.err(RequestError::InvalidArgument("a region is required".into())),
+            }));
+        };
+        if region.id == 0 {
+            return Ok(Response::new(RegionHeartbeatResponse {
+                error: self.err(RequestError::InvalidArgument(
+                    "region id 0 is reserved".into(),
+                )),
+            }));
+        }
+        if let Err(e) = self.barrier().await {
+            return Ok(Response::new(RegionHeartbeatResponse {
+                error: self.err(e),
+            }));
+        }
+        let known = self.read(|s| s.regions.get(&region.id).cloned());
+        let error = if known.as_ref() == Some(&region) {
+            None
+        } else {
+            // New, changed or stale: apply decides, so every PD node agrees on the verdict.
+            match self.change(Op::PutRegion(region.clone())).await {
+                Ok((e, _)) => e,
+                Err(e) => self.err(e),
+            }
+        };
+        if error.is_none() {
+            lock(&self.beats).regions.insert(
+                region.id,
+                (r.leader, r.approximate_size, r.approximate_keys),
+            );
+        }
+        Ok(Response::new(RegionHeartbeatResponse { error }))
+    }
+
+    async fn get_region(
+        &self,
+        req: Request<GetRegionRequest>,
+    ) -> Result<Response<GetRegionResponse>, Status> {
+        let key = req.into_inner().key;
+        let resp = match self.barrier().await {
+            Ok(()) => self.region_response(self.read(|s| s.region_for(&key).cloned())),
+            Err(e) => GetRegionResponse {
+                error: self.err(e),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_region_by_id(
+        &self,
+        req: Request<GetRegionByIdRequest>,
+    ) -> Result<Response<GetRegionResponse>, Status> {
+        let id = req.into_inner().region_id;
+        let resp = match self.barrier().await {
+            Ok(()) => self.region_response(self.read(|s| s.regions.get(&id).cloned())),
+            Err(e) => GetRegionResponse {
+                error: self.err(e),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn scan_regions(
+        &self,
+        req: Request<ScanRegionsRequest>,
+    ) -> Result<Response<ScanRegionsResponse>, Status> {
+        let r = req.into_inner();
+        let resp = match self.barrier().await {
+            Ok(()) => {
+                let regions = self.read(|s| s.scan(&r.start_key, &r.end_key, r.limit as usize));
+                ScanRegionsResponse {
+                    error: None,
+                    regions: regions
+                        .into_iter()
+                        .map(|x| self.region_response(Some(x)))
+                        .collect(),
+                }
+            }
+            Err(e) => ScanRegionsResponse {
+                error: self.err(e),
+                regions: Vec::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_members(
+        &self,
+        _req: Request<GetMembersRequest>,
+    ) -> Result<Response<GetMembersResponse>, Status> {
+        let members: Vec<Member> = self
+            .config
+            .nodes
+            .iter()
+            .map(|n| Member {
+                id: n.id,
+                client_addr: n.client_addr.clone(),
+                peer_addr: n.peer_addr.clone(),
+            })
+            .collect();
+        let status = tokio::time::timeout(
+            crate::raft_calls::RAFT_TIMEOUT,
+            self.mailbox.call(|tx| Msg::Status { tx }),
+        )
+        .await;
+        let resp = match status {
+            Ok(Ok(st)) => GetMembersResponse {
+                error: None,
+                leader: members.iter().find(|m| m.id == st.leader_id).cloned(),
+                members,
+            },
+            Ok(Err(e)) => GetMembersResponse {
+                error: self.err(e),
+                ..Default::default()
+            },
+            Err(_) => GetMembersResponse {
+                error: self.err(RequestError::Unavailable("the PD node is busy".into())),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+}

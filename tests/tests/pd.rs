@@ -1,0 +1,576 @@
+//! rdb-pd as real processes: timestamps stay strictly increasing across kill -9, restarts and a
+//! paused leader with concurrent callers; the metadata API survives a minority failure and a
+//! full restart; bad requests get typed errors.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdb_proto::pd::pd_client::PdClient;
+use rdb_proto::pd::*;
+use rdb_tests::cluster::TestCluster;
+use tonic::transport::Channel;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// A test's view of a PD group: try the known leader, follow NOT_LEADER hints, rotate on
+/// UNAVAILABLE or transport errors, until a deadline.
+#[derive(Clone)]
+struct Pd {
+    endpoints: Vec<String>,
+    leader: Arc<Mutex<usize>>,
+}
+
+/// An answer's error, if any: (code, message, hinted leader address).
+type Err = Option<(i32, String, Option<String>)>;
+
+fn err_of(e: &Option<Error>) -> Err {
+    e.as_ref().map(|e| {
+        (
+            e.code,
+            e.message.clone(),
+            e.leader.as_ref().map(|l| l.client_addr.clone()),
+        )
+    })
+}
+
+async fn connect(addr: &str) -> Option<PdClient<Channel>> {
+    let ep = Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1));
+    Some(PdClient::new(ep.connect().await.ok()?))
+}
+
+impl Pd {
+    fn new(c: &TestCluster) -> Pd {
+        Pd {
+            endpoints: c.endpoints(),
+            leader: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    /// Runs `call` against the leader until it answers with something other than NOT_LEADER,
+    /// UNAVAILABLE or INDETERMINATE (then that answer), or `deadline` passes (then the last
+    /// answer, or None if nothing answered).
+    async fn try_call<T, F, Fut>(&self, deadline: Duration, mut call: F) -> Option<T>
+    where
+        F: FnMut(PdClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Err), tonic::Status>>,
+    {
+        let until = Instant::now() + deadline;
+        loop {
+            let i = *self.leader.lock().unwrap();
+            let mut next = (i + 1) % self.endpoints.len();
+            if let Some(client) = connect(&self.endpoints[i]).await {
+                if let Ok((t, err)) = call(client).await {
+                    match err {
+                        Some((code, _, hint)) if code == ErrorCode::NotLeader as i32 => {
+                            if let Some(h) =
+                                hint.and_then(|h| self.endpoints.iter().position(|e| *e == h))
+                            {
+                                next = h;
+                            }
+                        }
+                        Some((code, _, _))
+                            if code == ErrorCode::Unavailable as i32
+                                || code == ErrorCode::Indeterminate as i32 => {}
+                        _ => return Some(t),
+                    }
+                    if Instant::now() >= until {
+                        return Some(t);
+                    }
+                }
+            }
+            *self.leader.lock().unwrap() = next;
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Pd::try_call`] that must get an answer.
+    async fn call<T, F, Fut>(&self, deadline: Duration, call: F) -> T
+    where
+        F: FnMut(PdClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Err), tonic::Status>>,
+    {
+        self.try_call(deadline, call)
+            .await
+            .unwrap_or_else(|| panic!("PD did not answer within {deadline:?}"))
+    }
+
+    async fn tso(&self, count: u32, deadline: Duration) -> TsoResponse {
+        self.call(deadline, |mut c| async move {
+            let r = c.tso(TsoRequest { count }).await?.into_inner();
+            let e = err_of(&r.error);
+            Ok((r, e))
+        })
+        .await
+    }
+
+    async fn alloc(&self, count: u32) -> AllocIdResponse {
+        self.call(SECS(20), |mut c| async move {
+            let r = c.alloc_id(AllocIdRequest { count }).await?.into_inner();
+            let e = err_of(&r.error);
+            Ok((r, e))
+        })
+        .await
+    }
+
+    async fn leader_id(&self) -> u64 {
+        let r = self
+            .call(SECS(20), |mut c| async move {
+                let r = c.get_members(GetMembersRequest {}).await?.into_inner();
+                let e = match &r.leader {
+                    Some(_) => None,
+                    None => Some((ErrorCode::Unavailable as i32, "no leader yet".into(), None)),
+                };
+                Ok((r, e))
+            })
+            .await;
+        r.leader.map(|l| l.id).expect("a PD leader")
+    }
+}
+
+fn ts(t: &Timestamp) -> u64 {
+    t.physical << 16 | t.logical
+}
+
+/// One answered call: when it was made and answered, and the timestamps it got.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    caller: usize,
+    invoke: Instant,
+    complete: Instant,
+    first: u64,
+    last: u64,
+}
+
+/// No timestamp twice; a call that began after another ended got larger timestamps.
+fn check_history(mut calls: Vec<Call>) {
+    calls.sort_by_key(|c| c.first);
+    for w in calls.windows(2) {
+        assert!(
+            w[0].last < w[1].first,
+            "timestamps overlap: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let mut by_complete = calls.clone();
+    by_complete.sort_by_key(|c| c.complete);
+    let mut by_invoke = calls;
+    by_invoke.sort_by_key(|c| c.invoke);
+    let (mut j, mut max_last, mut max_call) = (0, 0u64, None);
+    for b in &by_invoke {
+        while j < by_complete.len() && by_complete[j].complete < b.invoke {
+            if by_complete[j].last >= max_last {
+                max_last = by_complete[j].last;
+                max_call = Some(by_complete[j]);
+            }
+            j += 1;
+        }
+        assert!(
+            max_call.is_none() || b.first > max_last,
+            "a timestamp went back: {b:?} began after {max_call:?} ended"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timestamps_strictly_increase_across_kill9_restart_and_a_paused_leader() {
+    let mut c = TestCluster::start_pd(3, "tso_window_ms = 1000");
+    let pd = Pd::new(&c);
+    pd.leader_id().await;
+    let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..16)
+        .map(|caller| {
+            let (pd, calls, stop) = (pd.clone(), calls.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let count = 1 + (n % 7);
+                    n += 1;
+                    let invoke = Instant::now();
+                    let r = pd
+                        .try_call(SECS(1), |mut c| async move {
+                            let r = c.tso(TsoRequest { count }).await?.into_inner();
+                            let e = err_of(&r.error);
+                            Ok((r, e))
+                        })
+                        .await;
+                    let Some(r) = r else { continue };
+                    let Some(first) = r.first.as_ref().filter(|_| r.error.is_none()) else {
+                        continue;
+                    };
+                    assert_eq!(r.count, count);
+                    let first = ts(first);
+                    calls.lock().unwrap().push(Call {
+                        caller,
+                        invoke,
+                        complete: Instant::now(),
+                        first,
+                        last: first + u64::from(count) - 1,
+                    });
+                }
+            })
+        })
+        .collect();
+    let answered = || calls.lock().unwrap().len();
+    let progress = |what: &'static str| {
+        let before = answered();
+        let calls = calls.clone();
+        async move {
+            TestCluster::wait_until(what, SECS(30), || {
+                let n = calls.lock().unwrap().len();
+                async move { n > before + 100 }
+            })
+            .await;
+        }
+    };
+    progress("timestamps at the start").await;
+    let l = pd.leader_id().await;
+    c.kill(l);
+    progress("timestamps after the leader was killed").await;
+    c.restart(l);
+    progress("timestamps after it restarted").await;
+    let l = pd.leader_id().await;
+    c.pause(l);
+    progress("timestamps while the old leader is paused").await;
+    c.resume(l);
+    progress("timestamps after the old leader resumed").await;
+    // Every node down at once, then back: the window persisted ahead keeps time moving on.
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    progress("timestamps after a full restart").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in callers {
+        t.await.expect("caller");
+    }
+    let calls = calls.lock().unwrap().clone();
+    let per_caller = (0..16)
+        .filter(|i| calls.iter().any(|c| c.caller == *i))
+        .count();
+    assert_eq!(per_caller, 16, "every caller got timestamps");
+    check_history(calls);
+}
+
+#[tokio::test]
+async fn a_clock_stepped_back_a_minute_does_not_take_timestamps_back() {
+    let mut c = TestCluster::start_pd(1, "tso_window_ms = 3000");
+    let pd = Pd::new(&c);
+    let before = pd.tso(1, SECS(20)).await;
+    assert_eq!(before.error, None);
+    let before = ts(before.first.as_ref().expect("a timestamp"));
+    c.kill(1);
+    c.restart_with_env(1, &[("RDB_PD_CLOCK_SKEW_MS", "-60000")]);
+    let after = pd.tso(1, SECS(20)).await;
+    assert_eq!(after.error, None);
+    let after = ts(after.first.as_ref().expect("a timestamp"));
+    assert!(
+        after > before,
+        "timestamp went back after a clock step: {before} then {after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_requests_are_typed() {
+    let mut c = TestCluster::start_pd(3, "store_down_after_secs = 2");
+    let pd = Pd::new(&c);
+    let l = pd.leader_id().await;
+
+    // Bootstrap once.
+    let region = Region {
+        id: 2,
+        start_key: vec![],
+        end_key: vec![],
+        epoch: Some(RegionEpoch {
+            version: 1,
+            conf_ver: 1,
+        }),
+        peers: vec![Peer { id: 3, store_id: 1 }],
+    };
+    let store = |id: u64, address: &str| Store {
+        id,
+        address: address.into(),
+        ..Default::default()
+    };
+    let boot = |s: Store, r: Region| {
+        let pd = pd.clone();
+        async move {
+            pd.call(SECS(20), |mut cl| {
+                let (s, r) = (s.clone(), r.clone());
+                async move {
+                    let x = cl
+                        .bootstrap(BootstrapRequest {
+                            store: Some(s),
+                            region: Some(r),
+                        })
+                        .await?
+                        .into_inner();
+                    let e = err_of(&x.error);
+                    Ok((x, e))
+                }
+            })
+            .await
+        }
+    };
+    let r = boot(store(1, "127.0.0.1:1"), region.clone()).await;
+    assert_eq!(r.error, None);
+    let r = boot(store(1, "127.0.0.1:1"), region.clone()).await;
+    assert_eq!(
+        r.error.map(|e| e.code),
+        Some(ErrorCode::AlreadyBootstrapped as i32)
+    );
+
+    // Ids never repeat.
+    let a = pd.alloc(5).await;
+    let b = pd.alloc(3).await;
+    assert_eq!(a.error, None);
+    assert!(b.first >= a.first + 5, "{a:?} then {b:?}");
+
+    // Bad requests: typed, nothing changes.
+    let put_store = |s: Store| {
+        let pd = pd.clone();
+        async move {
+            pd.call(SECS(20), |mut cl| {
+                let s = s.clone();
+                async move {
+                    let x = cl
+                        .put_store(PutStoreRequest { store: Some(s) })
+                        .await?
+                        .into_inner();
+                    let e = err_of(&x.error);
+                    Ok((x, e))
+                }
+            })
+            .await
+        }
+    };
+    let r = put_store(store(4, "")).await;
+    assert_eq!(
+        r.error.map(|e| e.code),
+        Some(ErrorCode::InvalidArgument as i32)
+    );
+    let r = pd.tso(0, SECS(10)).await;
+    assert_eq!(
+        r.error.map(|e| e.code),
+        Some(ErrorCode::InvalidArgument as i32)
+    );
+    assert_eq!(put_store(store(5, "127.0.0.1:5")).await.error, None);
+
+    // Regions: a split is accepted, a stale epoch refused.
+    let heartbeat = |r: Region| {
+        let pd = pd.clone();
+        async move {
+            pd.call(SECS(20), |mut cl| {
+                let r = r.clone();
+                async move {
+                    let x = cl
+                        .region_heartbeat(RegionHeartbeatRequest {
+                            region: Some(r),
+                            leader: Some(Peer { id: 3, store_id: 1 }),
+                            approximate_size: 10,
+                            approximate_keys: 1,
+                        })
+                        .await?
+                        .into_inner();
+                    let e = err_of(&x.error);
+                    Ok((x, e))
+                }
+            })
+            .await
+        }
+    };
+    let left = Region {
+        end_key: b"m".to_vec(),
+        epoch: Some(RegionEpoch {
+            version: 2,
+            conf_ver: 1,
+        }),
+        ..region.clone()
+    };
+    let right = Region {
+        id: 6,
+        start_key: b"m".to_vec(),
+        end_key: vec![],
+        epoch: Some(RegionEpoch {
+            version: 2,
+            conf_ver: 1,
+        }),
+        peers: vec![Peer { id: 7, store_id: 1 }],
+    };
+    assert_eq!(heartbeat(left.clone()).await.error, None);
+    assert_eq!(heartbeat(right.clone()).await.error, None);
+    let r = heartbeat(region.clone()).await;
+    assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::StaleEpoch as i32));
+    let get_region = |key: &'static [u8]| {
+        let pd = pd.clone();
+        async move {
+            pd.call(SECS(20), |mut cl| async move {
+                let x = cl
+                    .get_region(GetRegionRequest { key: key.to_vec() })
+                    .await?
+                    .into_inner();
+                let e = err_of(&x.error);
+                Ok((x, e))
+            })
+            .await
+        }
+    };
+    assert_eq!(get_region(b"a").await.region, Some(left.clone()));
+    assert_eq!(get_region(b"x").await.region, Some(right.clone()));
+    assert_eq!(
+        get_region(b"x").await.leader,
+        Some(Peer { id: 3, store_id: 1 })
+    );
+
+    // A store that stops heartbeating is reported Down; one that heartbeats stays Up.
+    let stores = || {
+        let pd = pd.clone();
+        async move {
+            pd.call(SECS(20), |mut cl| async move {
+                let x = cl
+                    .get_all_stores(GetAllStoresRequest {
+                        exclude_tombstones: false,
+                    })
+                    .await?
+                    .into_inner();
+                let e = err_of(&x.error);
+                Ok((x, e))
+            })
+            .await
+            .stores
+        }
+    };
+    let beat = |id: u64| {
+        let pd = pd.clone();
+        async move {
+            pd.call(SECS(20), |mut cl| async move {
+                let x = cl
+                    .store_heartbeat(StoreHeartbeatRequest {
+                        store_id: id,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let e = err_of(&x.error);
+                Ok((x, e))
+            })
+            .await
+        }
+    };
+    assert_eq!(
+        beat(999).await.error.map(|e| e.code),
+        Some(ErrorCode::NotFound as i32)
+    );
+    let deadline = Instant::now() + SECS(20);
+    loop {
+        assert_eq!(beat(1).await.error, None);
+        let s = stores().await;
+        let state = |id: u64| s.iter().find(|x| x.id == id).map(|x| x.state);
+        if state(5) == Some(StoreState::Down as i32) {
+            assert_eq!(state(1), Some(StoreState::Up as i32), "{s:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store 5 never reported Down: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Tombstone: final.
+    let r = pd
+        .call(SECS(20), |mut cl| async move {
+            let x = cl
+                .set_store_state(SetStoreStateRequest {
+                    store_id: 5,
+                    state: StoreState::Tombstone as i32,
+                })
+                .await?
+                .into_inner();
+            let e = err_of(&x.error);
+            Ok((x, e))
+        })
+        .await;
+    assert_eq!(r.error, None);
+    let r = put_store(store(5, "127.0.0.1:5")).await;
+    assert_eq!(
+        r.error.map(|e| e.code),
+        Some(ErrorCode::InvalidArgument as i32)
+    );
+
+    // A follower points to the leader.
+    let f = (1..=3).find(|&i| i != l).expect("a follower");
+    let mut direct = connect(&c.nodes[f as usize - 1].client_addr)
+        .await
+        .expect("connect");
+    let r = direct
+        .alloc_id(AllocIdRequest { count: 1 })
+        .await
+        .expect("rpc")
+        .into_inner();
+    let leader_addr = c.nodes[l as usize - 1].client_addr.clone();
+    assert_eq!(
+        err_of(&r.error).map(|(code, _, hint)| (code, hint)),
+        Some((ErrorCode::NotLeader as i32, Some(leader_addr)))
+    );
+
+    // A minority down: still serving.
+    c.kill(f);
+    let d = pd.alloc(1).await;
+    assert_eq!(d.error, None);
+    assert!(d.first >= b.first + 3);
+    assert_eq!(pd.tso(1, SECS(20)).await.error, None);
+
+    // Everything restarts: the state is still there, ids go on above.
+    for id in 1..=3 {
+        c.kill(id);
+        c.restart(id);
+    }
+    let e = pd.alloc(1).await;
+    assert!(
+        e.first > d.first,
+        "ids went back after a restart: {d:?} then {e:?}"
+    );
+    assert_eq!(get_region(b"x").await.region, Some(right));
+    let s = stores().await;
+    assert_eq!(
+        s.iter().find(|x| x.id == 5).map(|x| x.state),
+        Some(StoreState::Tombstone as i32)
+    );
+}
+
+#[tokio::test]
+async fn rdb_pd_with_no_arguments_serves_on_2399_with_data_in_the_current_folder() {
+    if std::net::TcpListener::bind("127.0.0.1:2399").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:2400").is_err()
+    {
+        eprintln!("ports 2399/2400 are taken; skipping the no-argument start");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(rdb_tests::cluster::bin_dir().join("rdb-pd"))
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rdb-pd");
+    let pd = Pd {
+        endpoints: vec!["127.0.0.1:2399".into()],
+        leader: Arc::new(Mutex::new(0)),
+    };
+    let r = pd.tso(3, SECS(30)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.error, None);
+    assert_eq!(r.count, 3);
+    assert!(r.first.map(|t| t.physical).unwrap_or(0) > 1_700_000_000_000);
+    assert!(dir.path().join("rdb-pd-data").is_dir());
+}
