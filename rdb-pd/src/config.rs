@@ -167,6 +167,13 @@ data_dir = "/tmp/c"
     }
 
     #[test]
+    fn the_local_three_node_file_is_valid() {
+        let c = PdConfig::parse(include_str!("../../scripts/local-pd.toml")).unwrap();
+        assert_eq!(c.cluster.nodes.len(), 3);
+        assert_eq!(c.pd, PdSettings::default());
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_reason() {
         let two = THREE.split("[[nodes]]\nid = 3").next().unwrap();
         let e = PdConfig::parse(two).unwrap_err().to_string();

@@ -262,6 +262,31 @@ async fn timestamps_strictly_increase_across_kill9_restart_and_a_paused_leader()
 }
 
 #[tokio::test]
+async fn the_tso_stream_answers_every_request_in_order_with_increasing_timestamps() {
+    let c = TestCluster::start_pd(1, "");
+    let pd = Pd::new(&c);
+    assert_eq!(pd.tso(1, SECS(20)).await.error, None);
+    let mut client = connect(&c.nodes[0].client_addr).await.expect("connect");
+    let reqs = (1..=200u32).map(|i| TsoRequest { count: 1 + i % 5 });
+    let mut answers = client
+        .tso_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut last = 0u64;
+    let mut n = 0u32;
+    while let Some(r) = answers.message().await.expect("answer") {
+        n += 1;
+        assert_eq!(r.error, None);
+        assert_eq!(r.count, 1 + n % 5, "answers come in request order");
+        let first = ts(r.first.as_ref().expect("a timestamp"));
+        assert!(first > last, "{first} after {last}");
+        last = first + u64::from(r.count) - 1;
+    }
+    assert_eq!(n, 200);
+}
+
+#[tokio::test]
 async fn a_clock_stepped_back_a_minute_does_not_take_timestamps_back() {
     let mut c = TestCluster::start_pd(1, "tso_window_ms = 3000");
     let pd = Pd::new(&c);
