@@ -25,7 +25,7 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// The input was refused (also clap's code for bad usage).
     pub const INVALID: u8 = 2;
-    /// `get` found no such key.
+    /// `get` found no such key; PD has no such store or region.
     pub const NOT_FOUND: u8 = 3;
     /// No leader / no quorum before the deadline; writes were not applied.
     pub const UNAVAILABLE: u8 = 4;
@@ -343,7 +343,10 @@ fn fail(e: &Error) -> u8 {
         Error::InvalidArgument(_) => exit::INVALID,
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,
         Error::Indeterminate(_) => exit::INDETERMINATE,
-        Error::Unsupported(_) => exit::FAILURE,
+        Error::NotFound(_) => exit::NOT_FOUND,
+        Error::Unsupported(_) | Error::StaleEpoch(_) | Error::AlreadyBootstrapped(_) => {
+            exit::FAILURE
+        }
     }
 }
 
