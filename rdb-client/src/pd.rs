@@ -32,6 +32,9 @@ use crate::{channel_lazy, lock, Error, Options, Result};
 /// The most timestamps one TSO request may ask for (pd.proto: 1 to 65536).
 pub const MAX_TSO_BATCH: u32 = 1 << Timestamp::LOGICAL_BITS;
 
+/// How long a timestamp waiter waits past its deadline for its batch's own answer.
+const TSO_GRACE: Duration = Duration::from_millis(200);
+
 /// A timestamp from PD's oracle. Ordered as its [`Timestamp::as_u64`] form: by physical time,
 /// then by the logical counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -299,10 +302,13 @@ pub struct Members {
     pub leader: Option<Member>,
 }
 
+/// A caller waiting for one timestamp, and its deadline.
+type TsoWaiter = (Instant, oneshot::Sender<Result<Timestamp>>);
+
 /// Callers waiting for one timestamp each.
 #[derive(Default)]
 struct TsoQueue {
-    waiting: VecDeque<oneshot::Sender<Result<Timestamp>>>,
+    waiting: VecDeque<TsoWaiter>,
     /// A task is draining the queue.
     driving: bool,
 }
@@ -402,14 +408,16 @@ impl PdClient {
         let (tx, rx) = oneshot::channel();
         let start_driver = {
             let mut q = lock(&self.inner.tso);
-            q.waiting.push_back(tx);
+            q.waiting.push_back((deadline, tx));
             !std::mem::replace(&mut q.driving, true)
         };
         if start_driver {
             let me = self.clone();
             tokio::spawn(async move { me.drive_tso().await });
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        // The batch's request ends by the earliest deadline in it, with its own error; the grace
+        // only guards against a driver that never answers.
+        match tokio::time::timeout_at(deadline + TSO_GRACE, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::Unavailable(
                 "the timestamp batch was dropped without an answer".into(),
@@ -427,7 +435,7 @@ impl PdClient {
             let batch: Vec<_> = {
                 let mut q = lock(&self.inner.tso);
                 // Callers that gave up need no timestamp.
-                q.waiting.retain(|tx| !tx.is_closed());
+                q.waiting.retain(|(_, tx)| !tx.is_closed());
                 if q.waiting.is_empty() {
                     q.driving = false;
                     return;
@@ -435,10 +443,15 @@ impl PdClient {
                 let n = q.waiting.len().min(MAX_TSO_BATCH as usize);
                 q.waiting.drain(..n).collect()
             };
-            match self.timestamps(batch.len() as u32).await {
+            let deadline = batch
+                .iter()
+                .map(|(d, _)| *d)
+                .min()
+                .unwrap_or_else(Instant::now);
+            match self.timestamps_until(batch.len() as u32, deadline).await {
                 Ok((first, count)) => {
                     let mut batch = batch.into_iter();
-                    for (i, tx) in batch.by_ref().take(count as usize).enumerate() {
+                    for (i, (_, tx)) in batch.by_ref().take(count as usize).enumerate() {
                         let ts = Timestamp {
                             physical: first.physical,
                             logical: first.logical + i as u16,
@@ -447,12 +460,12 @@ impl PdClient {
                     }
                     // PD gave fewer than asked: the rest wait for the next request.
                     let mut q = lock(&self.inner.tso);
-                    for tx in batch.rev() {
-                        q.waiting.push_front(tx);
+                    for waiter in batch.rev() {
+                        q.waiting.push_front(waiter);
                     }
                 }
                 Err(e) => {
-                    for tx in batch {
+                    for (_, tx) in batch {
                         let _ = tx.send(Err(e.clone()));
                     }
                 }
@@ -463,13 +476,17 @@ impl PdClient {
     /// `count` consecutive timestamps (1 to [`MAX_TSO_BATCH`]), in one request: the first, and
     /// how many PD gave (at most `count`). They share `physical`; `logical` counts up.
     pub async fn timestamps(&self, count: u32) -> Result<(Timestamp, u32)> {
+        self.timestamps_until(count, self.deadline()).await
+    }
+
+    async fn timestamps_until(&self, count: u32, deadline: Instant) -> Result<(Timestamp, u32)> {
         if count == 0 || count > MAX_TSO_BATCH {
             return Err(Error::InvalidArgument(format!(
                 "timestamps: count {count} is outside 1..={MAX_TSO_BATCH}"
             )));
         }
         let r = self
-            .call(false, move |mut c| async move {
+            .call_until(false, deadline, move |mut c| async move {
                 let r = c.tso(pb::TsoRequest { count }).await?.into_inner();
                 Ok(((r.first, r.count), r.error))
             })
@@ -713,8 +730,16 @@ impl PdClient {
         F: Fn(PdGrpc<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<pb::Error>), tonic::Status>>,
     {
+        self.call_until(write, self.deadline(), f).await
+    }
+
+    /// [`PdClient::call`] with an explicit deadline.
+    async fn call_until<T, F, Fut>(&self, write: bool, deadline: Instant, f: F) -> Result<T>
+    where
+        F: Fn(PdGrpc<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<pb::Error>), tonic::Status>>,
+    {
         let opts = &self.inner.opts;
-        let deadline = self.deadline();
         let mut backoff = opts.backoff_min;
         let mut maybe_applied = false;
         let mut last_err = Error::Unavailable("no PD node answered".into());

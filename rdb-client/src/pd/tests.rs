@@ -556,9 +556,11 @@ async fn the_deadline_ends_retries_with_an_error_that_says_so() {
         Err(Error::Unavailable(m)) => assert!(m.contains("deadline"), "{m}"),
         other => panic!("expected unavailable at the deadline: {other:?}"),
     }
-    // A timestamp waiter gives up at its deadline too.
+    // A timestamp waiter gets its batch's error at the deadline, with the cause.
     match pd.timestamp().await {
-        Err(Error::Unavailable(m)) => assert!(m.contains("deadline"), "{m}"),
+        Err(Error::Unavailable(m)) => {
+            assert!(m.contains("deadline") && m.contains("no PD leader"), "{m}")
+        }
         other => panic!("expected unavailable at the deadline: {other:?}"),
     }
 }
