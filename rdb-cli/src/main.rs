@@ -1,8 +1,8 @@
 //! `rdb-cli`: talk to an rdb cluster from the shell.
 //!
-//! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key not found,
-//! 4 unavailable, 5 indeterminate (a write may or may not have applied), 6 compare-and-swap
-//! did not match, 7 `check`: the replicas differ or a node gave no hash.
+//! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key (or PD store
+//! or region) not found, 4 unavailable, 5 indeterminate (a write may or may not have applied),
+//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash.
 //!
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 

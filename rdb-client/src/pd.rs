@@ -495,7 +495,8 @@ impl PdClient {
             (Some(first), n)
                 if n >= 1
                     && n <= count
-                    && first.logical + u64::from(n) <= u64::from(MAX_TSO_BATCH) =>
+                    && first.logical <= u64::from(MAX_TSO_BATCH - n)
+                    && first.physical >> (64 - Timestamp::LOGICAL_BITS) == 0 =>
             {
                 Ok((
                     Timestamp {

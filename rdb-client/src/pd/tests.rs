@@ -29,6 +29,9 @@ struct Fake {
     calls: AtomicU32,
     /// Tso requests answered with timestamps.
     tso_requests: AtomicU32,
+    /// Give at most this many timestamps per request (`None`: as many as asked; PD may give
+    /// fewer, and a count of 0 is a malformed answer).
+    tso_max: Option<u32>,
     /// The next timestamp (physical, logical).
     clock: Mutex<(u64, u64)>,
     next_id: Mutex<u64>,
@@ -112,7 +115,8 @@ impl Pd for FakePd {
                 ..Default::default()
             }));
         }
-        let count = u64::from(r.into_inner().count);
+        let asked = r.into_inner().count;
+        let count = u64::from(self.tso_max.map_or(asked, |m| asked.min(m)));
         // Let requests overlap, as a real leader's round trip does.
         tokio::time::sleep(Duration::from_millis(1)).await;
         self.tso_requests.fetch_add(1, Ordering::SeqCst);
@@ -698,6 +702,43 @@ async fn concurrent_timestamps_are_distinct_increasing_and_batched() {
         "{requests} requests for {} timestamps",
         TASKS * CALLS
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_left_over_when_pd_gives_fewer_timestamps_wait_for_the_next_request() {
+    let fake = Arc::new(Fake {
+        tso_max: Some(3),
+        ..Fake::default()
+    });
+    let pd = PdClient::with_options([serve(fake.clone()).await], opts()).unwrap();
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let pd = pd.clone();
+            tokio::spawn(async move { pd.timestamp().await.unwrap() })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for c in calls {
+        seen.insert(c.await.unwrap());
+    }
+    assert_eq!(seen.len(), 32);
+    assert!(
+        fake.tso_requests.load(Ordering::SeqCst) >= 11,
+        "3 per request at most"
+    );
+}
+
+#[tokio::test]
+async fn a_tso_answer_without_timestamps_is_an_error_not_a_timestamp() {
+    let fake = Arc::new(Fake {
+        tso_max: Some(0),
+        ..Fake::default()
+    });
+    let pd = PdClient::with_options([serve(fake).await], opts()).unwrap();
+    match pd.timestamp().await {
+        Err(Error::Unavailable(m)) => assert!(m.contains("malformed"), "{m}"),
+        other => panic!("expected an error: {other:?}"),
+    }
 }
 
 #[tokio::test]
