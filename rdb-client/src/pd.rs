@@ -748,6 +748,8 @@ impl PdClient {
         let mut redirects = 0;
         // NOT_LEADER answers without a hint since the last pause.
         let mut unhinted = 0;
+        // Whether any attempt has ended yet (so `last_err` says something).
+        let mut answered = false;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -812,10 +814,14 @@ impl PdClient {
                 }
                 Err(_) => {
                     maybe_applied = true;
-                    last_err = Error::Unavailable(format!("{target}: attempt timed out"));
+                    // An attempt the deadline cut short says less than the answer before it.
+                    if !answered || Instant::now() < deadline {
+                        last_err = Error::Unavailable(format!("{target}: attempt timed out"));
+                    }
                     Next::Backoff
                 }
             };
+            answered = true;
             *lock(&self.inner.leader) = None;
             match next {
                 Next::Redirect(addr) => {

@@ -545,9 +545,7 @@ async fn the_deadline_ends_retries_with_an_error_that_says_so() {
     .unwrap();
     let started = Instant::now();
     match pd.get_members().await {
-        Err(Error::Unavailable(m)) => {
-            assert!(m.contains("deadline") && m.contains("no quorum"), "{m}")
-        }
+        Err(Error::Unavailable(m)) => assert!(m.contains("deadline"), "{m}"),
         other => panic!("expected unavailable at the deadline: {other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_millis(300));
