@@ -313,6 +313,21 @@ struct TsoQueue {
     driving: bool,
 }
 
+/// Clears [`TsoQueue::driving`] when the driving task ends without emptying the queue (its
+/// runtime shut down), so a later caller starts another driver.
+struct Driving<'a> {
+    queue: &'a Mutex<TsoQueue>,
+    finished: bool,
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(self.queue).driving = false;
+        }
+    }
+}
+
 struct Inner {
     endpoints: Mutex<Vec<(String, PdGrpc<Channel>)>>,
     leader: Mutex<Option<String>>,
@@ -431,6 +446,10 @@ impl PdClient {
 
     /// Serves the timestamp queue until it is empty: one request per batch of waiting callers.
     async fn drive_tso(&self) {
+        let mut guard = Driving {
+            queue: &self.inner.tso,
+            finished: false,
+        };
         loop {
             let batch: Vec<_> = {
                 let mut q = lock(&self.inner.tso);
@@ -438,6 +457,7 @@ impl PdClient {
                 q.waiting.retain(|(_, tx)| !tx.is_closed());
                 if q.waiting.is_empty() {
                     q.driving = false;
+                    guard.finished = true;
                     return;
                 }
                 let n = q.waiting.len().min(MAX_TSO_BATCH as usize);

@@ -32,6 +32,8 @@ struct Fake {
     /// Give at most this many timestamps per request (`None`: as many as asked; PD may give
     /// fewer, and a count of 0 is a malformed answer).
     tso_max: Option<u32>,
+    /// Tso requests never answer while this is set.
+    tso_hold: AtomicBool,
     /// The next timestamp (physical, logical).
     clock: Mutex<(u64, u64)>,
     next_id: Mutex<u64>,
@@ -114,6 +116,9 @@ impl Pd for FakePd {
                 error: Some(error),
                 ..Default::default()
             }));
+        }
+        if self.tso_hold.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         let asked = r.into_inner().count;
         let count = u64::from(self.tso_max.map_or(asked, |m| asked.min(m)));
@@ -724,6 +729,54 @@ async fn callers_left_over_when_pd_gives_fewer_timestamps_wait_for_the_next_requ
         fake.tso_requests.load(Ordering::SeqCst) >= 11,
         "3 per request at most"
     );
+}
+
+/// Waits until `cond` holds; panics naming `what` after 5 s.
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within 5 s: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn a_batch_driver_lost_with_its_runtime_does_not_block_later_callers() {
+    let server = tokio::runtime::Runtime::new().unwrap();
+    let fake = leader_fake();
+    fake.tso_hold.store(true, Ordering::SeqCst);
+    let addr = server.block_on(serve(fake.clone()));
+    // tonic runs a channel's worker on the runtime that made it: this one outlives the test.
+    let pd = {
+        let _in_server = server.enter();
+        PdClient::with_options([addr], opts()).unwrap()
+    };
+
+    // The driver's request hangs, then its runtime goes away under it.
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        let waiter = tokio::spawn({
+            let pd = pd.clone();
+            async move { pd.timestamp().await }
+        });
+        wait_for("the fake saw the Tso request", || {
+            fake.calls.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        drop(waiter);
+    });
+    drop(first);
+
+    fake.tso_hold.store(false, Ordering::SeqCst);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ts = second.block_on(pd.timestamp()).unwrap();
+    assert_eq!(ts.physical, 1_700_000_000_000);
 }
 
 #[tokio::test]
