@@ -25,7 +25,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rdb_client::Error> {
-//! let pd = rdb_client::PdClient::new(["127.0.0.1:2381", "127.0.0.1:2481", "127.0.0.1:2581"])?;
+//! let pd = rdb_client::PdClient::new(["127.0.0.1:2399"])?; // rdb-pd with no arguments
 //! let ts = pd.timestamp().await?;
 //! println!("{} = {} ms, logical {}", ts.as_u64(), ts.physical, ts.logical);
 //! let region = pd.get_region("greeting").await?;
