@@ -161,6 +161,9 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Unavailable(_) => "unavailable",
         Error::Indeterminate(_) => "indeterminate",
         Error::Unsupported(_) => "unsupported",
+        Error::StaleEpoch(_) => "stale_epoch",
+        Error::AlreadyBootstrapped(_) => "already_bootstrapped",
+        Error::NotFound(_) => "not_found",
     }
 }
 

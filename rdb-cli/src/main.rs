@@ -1,12 +1,15 @@
 //! `rdb-cli`: talk to an rdb cluster from the shell.
 //!
-//! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key not found,
-//! 4 unavailable, 5 indeterminate (a write may or may not have applied), 6 compare-and-swap
-//! did not match, 7 `check`: the replicas differ or a node gave no hash.
+//! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key (or PD store
+//! or region) not found, 4 unavailable, 5 indeterminate (a write may or may not have applied),
+//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash.
+//!
+//! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
 mod bench;
 mod codec;
 mod output;
+mod pd;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,7 +28,7 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// The input was refused (also clap's code for bad usage).
     pub const INVALID: u8 = 2;
-    /// `get` found no such key.
+    /// `get` found no such key; PD has no such store or region.
     pub const NOT_FOUND: u8 = 3;
     /// No leader / no quorum before the deadline; writes were not applied.
     pub const UNAVAILABLE: u8 = 4;
@@ -49,6 +52,9 @@ struct Cli {
         global = true
     )]
     endpoints: String,
+    /// Comma-separated client addresses of the PD nodes (for tso, store, region, member).
+    #[arg(long, env = "RDB_PD", global = true)]
+    pd: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -140,6 +146,23 @@ enum Command {
     Check,
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
+    /// Get a timestamp from PD's oracle (needs --pd).
+    Tso,
+    /// PD's stores (needs --pd).
+    Store {
+        #[command(subcommand)]
+        cmd: pd::StoreCmd,
+    },
+    /// PD's map of regions (needs --pd).
+    Region {
+        #[command(subcommand)]
+        cmd: pd::RegionCmd,
+    },
+    /// The PD nodes (needs --pd).
+    Member {
+        #[command(subcommand)]
+        cmd: pd::MemberCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -318,6 +341,16 @@ async fn run(cli: Cli) -> u8 {
             }
             Err(e) => fail(&e),
         },
+        Command::Tso => pd::run(pd::PdCmd::Tso, cli.pd.as_deref(), opts, &p, codec).await,
+        Command::Store { cmd } => {
+            pd::run(pd::PdCmd::Store(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
+        Command::Region { cmd } => {
+            pd::run(pd::PdCmd::Region(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
+        Command::Member { cmd } => {
+            pd::run(pd::PdCmd::Member(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
         Command::Bench(args) => match bench::run(&endpoints, opts, args, &p).await {
             Ok(()) => 0,
             Err(e) => {
@@ -343,7 +376,10 @@ fn fail(e: &Error) -> u8 {
         Error::InvalidArgument(_) => exit::INVALID,
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,
         Error::Indeterminate(_) => exit::INDETERMINATE,
-        Error::Unsupported(_) => exit::FAILURE,
+        Error::NotFound(_) => exit::NOT_FOUND,
+        Error::Unsupported(_) | Error::StaleEpoch(_) | Error::AlreadyBootstrapped(_) => {
+            exit::FAILURE
+        }
     }
 }
 
@@ -373,4 +409,62 @@ fn value_input(codec: Codec, arg: Option<String>, file: Option<PathBuf>) -> Resu
 /// The bytes of a file named on the command line.
 fn read_file(path: &Path) -> Result<Vec<u8>, u8> {
     std::fs::read(path).map_err(|e| invalid(&format!("cannot read {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([&["rdb-cli"], args].concat())
+    }
+
+    #[test]
+    fn pd_commands_parse_with_the_global_pd_option() {
+        let cli = parse(&["--pd", "a:1,b:2", "tso"]).unwrap();
+        assert_eq!(cli.pd.as_deref(), Some("a:1,b:2"));
+        assert!(matches!(cli.command, Command::Tso));
+
+        // Global: it may follow the subcommand too.
+        let cli = parse(&["store", "tombstone", "7", "--pd", "a:1", "-o", "json"]).unwrap();
+        assert_eq!(cli.pd.as_deref(), Some("a:1"));
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Store {
+                cmd: pd::StoreCmd::Tombstone { id: 7 }
+            }
+        ));
+        assert!(parse(&["store", "tombstone", "seven"]).is_err());
+
+        let cli = parse(&["region", "list", "--start", "a", "--limit", "5"]).unwrap();
+        match cli.command {
+            Command::Region {
+                cmd: pd::RegionCmd::List { start, end, limit },
+            } => assert_eq!((start.as_str(), end.as_str(), limit), ("a", "", 5)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["region", "get", "k"]).unwrap().command,
+            Command::Region {
+                cmd: pd::RegionCmd::Get { .. }
+            }
+        ));
+        assert!(matches!(
+            parse(&["store", "list", "--exclude-tombstones"])
+                .unwrap()
+                .command,
+            Command::Store {
+                cmd: pd::StoreCmd::List {
+                    exclude_tombstones: true
+                }
+            }
+        ));
+        assert!(matches!(
+            parse(&["member", "list"]).unwrap().command,
+            Command::Member {
+                cmd: pd::MemberCmd::List
+            }
+        ));
+    }
 }

@@ -2,8 +2,9 @@
 
 use std::io::Write;
 
-use rdb_client::{CasOutcome, CheckReport, NodeStatus, ScanPage};
-use serde_json::json;
+use rdb_client::pd::{Members, RegionInfo, Store};
+use rdb_client::{CasOutcome, CheckReport, NodeStatus, ScanPage, Timestamp};
+use serde_json::{json, Value};
 
 use crate::codec::Codec;
 
@@ -249,6 +250,200 @@ impl Printer {
             }
         }
     }
+}
+
+/// PD's answers.
+impl Printer {
+    /// A timestamp: its u64 form, and physical (as RFC 3339 UTC) / logical.
+    pub fn timestamp(&self, ts: Timestamp) -> u8 {
+        let time = crate::pd::rfc3339_utc(ts.physical);
+        match self.format {
+            Output::Table => {
+                println!("{}", ts.as_u64());
+                println!("physical {} ({time})  logical {}", ts.physical, ts.logical);
+            }
+            Output::Json => println!(
+                "{}",
+                json!({"timestamp": ts.as_u64(), "physical": ts.physical,
+                       "logical": ts.logical, "time": time})
+            ),
+        }
+        0
+    }
+
+    /// Every store, one row each.
+    pub fn stores(&self, stores: &[Store]) -> u8 {
+        match self.format {
+            Output::Json => {
+                let rows: Vec<_> = stores
+                    .iter()
+                    .map(|s| {
+                        json!({"id": s.id, "address": s.address, "state": s.state.name(),
+                               "last_heartbeat_ms_ago": s.last_heartbeat_ms_ago})
+                    })
+                    .collect();
+                println!("{}", Value::Array(rows));
+            }
+            Output::Table => {
+                let mut rows = vec![header(&["ID", "ADDRESS", "STATE", "LAST_HEARTBEAT_MS_AGO"])];
+                for s in stores {
+                    rows.push(vec![
+                        s.id.to_string(),
+                        s.address.clone(),
+                        s.state.name(),
+                        s.last_heartbeat_ms_ago.to_string(),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        0
+    }
+
+    /// A store was marked Tombstone.
+    pub fn store_tombstoned(&self, id: u64) -> u8 {
+        match self.format {
+            Output::Table => println!("OK"),
+            Output::Json => println!(
+                "{}",
+                json!({"op": "store tombstone", "store_id": id, "ok": true})
+            ),
+        }
+        0
+    }
+
+    fn region_json(&self, r: &RegionInfo) -> Value {
+        let g = &r.region;
+        json!({
+            "id": g.id, "start_key": self.text(&g.start_key), "end_key": self.text(&g.end_key),
+            "epoch": {"version": g.epoch.version, "conf_ver": g.epoch.conf_ver},
+            "peers": g.peers.iter().map(|p| json!({"id": p.id, "store_id": p.store_id}))
+                .collect::<Vec<_>>(),
+            "leader": r.leader.map(|p| json!({"id": p.id, "store_id": p.store_id})),
+            "approximate_size": r.approximate_size, "approximate_keys": r.approximate_keys,
+        })
+    }
+
+    /// Regions, one row each. In tables an empty start key shows as `-inf` and an empty end
+    /// key as `+inf`; JSON gives the keys as they are.
+    pub fn regions(&self, regions: &[RegionInfo]) -> u8 {
+        match self.format {
+            Output::Json => {
+                let rows: Vec<_> = regions.iter().map(|r| self.region_json(r)).collect();
+                println!(
+                    "{}",
+                    json!({"regions": rows, "encoding": self.codec.name()})
+                );
+            }
+            Output::Table => {
+                let mut rows = vec![header(&[
+                    "ID", "START", "END", "VERSION", "CONF_VER", "PEERS", "LEADER", "SIZE", "KEYS",
+                ])];
+                for r in regions {
+                    rows.push(self.region_row(r));
+                }
+                print_table(&rows);
+            }
+        }
+        0
+    }
+
+    fn region_row(&self, r: &RegionInfo) -> Vec<String> {
+        let g = &r.region;
+        let bound = |k: &[u8], none: &str| {
+            if k.is_empty() {
+                none.to_string()
+            } else {
+                self.text(k)
+            }
+        };
+        let peers: Vec<String> = g
+            .peers
+            .iter()
+            .map(|p| format!("{}@{}", p.id, p.store_id))
+            .collect();
+        vec![
+            g.id.to_string(),
+            bound(&g.start_key, "-inf"),
+            bound(&g.end_key, "+inf"),
+            g.epoch.version.to_string(),
+            g.epoch.conf_ver.to_string(),
+            peers.join(","),
+            r.leader
+                .map_or("-".into(), |p| format!("{}@{}", p.id, p.store_id)),
+            r.approximate_size.to_string(),
+            r.approximate_keys.to_string(),
+        ]
+    }
+
+    /// The region holding `key`.
+    pub fn region(&self, key: &[u8], r: &RegionInfo) -> u8 {
+        match self.format {
+            Output::Json => println!(
+                "{}",
+                json!({"key": self.text(key), "found": true, "region": self.region_json(r),
+                       "encoding": self.codec.name()})
+            ),
+            Output::Table => {
+                let mut rows = vec![header(&[
+                    "ID", "START", "END", "VERSION", "CONF_VER", "PEERS", "LEADER", "SIZE", "KEYS",
+                ])];
+                rows.push(self.region_row(r));
+                print_table(&rows);
+            }
+        }
+        0
+    }
+
+    /// No region holds `key`.
+    pub fn no_region(&self, key: &[u8]) {
+        match self.format {
+            Output::Table => eprintln!("rdb-cli: no region holds key \"{}\"", self.text(key)),
+            Output::Json => println!(
+                "{}",
+                json!({"key": self.text(key), "found": false, "encoding": self.codec.name()})
+            ),
+        }
+    }
+
+    /// The PD nodes; the leader is marked.
+    pub fn members(&self, m: &Members) -> u8 {
+        let leader_id = m.leader.as_ref().map(|l| l.id);
+        match self.format {
+            Output::Json => {
+                let rows: Vec<_> = m
+                    .members
+                    .iter()
+                    .map(|x| {
+                        json!({"id": x.id, "client_addr": x.client_addr,
+                               "peer_addr": x.peer_addr, "leader": Some(x.id) == leader_id})
+                    })
+                    .collect();
+                println!("{}", json!({"members": rows, "leader_id": leader_id}));
+            }
+            Output::Table => {
+                let mut rows = vec![header(&["ID", "CLIENT_ADDR", "PEER_ADDR", "ROLE"])];
+                for x in &m.members {
+                    rows.push(vec![
+                        x.id.to_string(),
+                        x.client_addr.clone(),
+                        x.peer_addr.clone(),
+                        match leader_id {
+                            Some(l) if l == x.id => "leader".into(),
+                            Some(_) => "follower".into(),
+                            None => "-".into(),
+                        },
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        0
+    }
+}
+
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
 }
 
 /// Prints rows as aligned columns (the first row is the header).

@@ -23,4 +23,15 @@ pub enum Error {
     /// The node does not implement this call (a server older than this client). Not retried.
     #[error("unsupported by the server: {0}")]
     Unsupported(String),
+    /// PD refused a region heartbeat: it holds a newer epoch for the region. The reporter's
+    /// view of the region is out of date. Not retried.
+    #[error("stale epoch: {0}")]
+    StaleEpoch(String),
+    /// PD was bootstrapped already. Not retried. After a retried bootstrap (an earlier attempt
+    /// whose answer was lost), this may be the caller's own bootstrap.
+    #[error("already bootstrapped: {0}")]
+    AlreadyBootstrapped(String),
+    /// PD has no such store or region. Not retried.
+    #[error("not found: {0}")]
+    NotFound(String),
 }

@@ -18,11 +18,26 @@
 //! assert_eq!(client.get("greeting").await?, Some(b"hello".to_vec()));
 //! # Ok(()) }
 //! ```
+//!
+//! A [`PdClient`] talks to rdb-pd, the placement driver, the same way (leader cache, hints,
+//! retries until the deadline): timestamps ([`PdClient::timestamp`], batched across concurrent
+//! callers), unique ids, and the map of stores and regions ([`pd`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rdb_client::Error> {
+//! let pd = rdb_client::PdClient::new(["127.0.0.1:2399"])?; // rdb-pd with no arguments
+//! let ts = pd.timestamp().await?;
+//! println!("{} = {} ms, logical {}", ts.as_u64(), ts.physical, ts.logical);
+//! let region = pd.get_region("greeting").await?;
+//! # Ok(()) }
+//! ```
 
 mod error;
+pub mod pd;
 mod retry;
 
 pub use error::Error;
+pub use pd::{PdClient, Timestamp};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -612,6 +627,13 @@ fn role_name(role: i32) -> &'static str {
 }
 
 fn connect_lazy(addr: &str, opts: &Options) -> Result<KvClient<Channel>> {
+    Ok(KvClient::new(channel_lazy(addr, opts)?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// A channel to `addr` (`host:port` or a URI) that connects on first use.
+pub(crate) fn channel_lazy(addr: &str, opts: &Options) -> Result<Channel> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -624,9 +646,7 @@ fn connect_lazy(addr: &str, opts: &Options) -> Result<KvClient<Channel>> {
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(3))
         .connect_lazy();
-    Ok(KvClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+    Ok(channel)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -213,7 +213,7 @@ impl Client {
 
 /// True for statuses that mean the server refused the request itself (too large, malformed):
 /// retrying cannot help, and nothing was applied.
-fn is_refused_input(status: &tonic::Status) -> bool {
+pub(crate) fn is_refused_input(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::OutOfRange | tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted

@@ -1,0 +1,926 @@
+//! [`PdClient`]: the client of rdb-pd, the placement driver (timestamp oracle, id allocator,
+//! and the map of stores and regions).
+//!
+//! A PD group is a Raft group of its own, and only its leader answers. The client caches the
+//! leader it last heard from, follows a `NOT_LEADER` answer's hint (the leader's client
+//! address), tries the next endpoint when there is no hint, and retries `UNAVAILABLE`,
+//! `INDETERMINATE` and transport failures with backoff until the overall deadline of
+//! [`Options`]. Retrying is safe for every PD call (pd.proto): a retried `AllocId` or `Tso`
+//! at worst skips ids or timestamps, and a retried store or bootstrap change lands once.
+//!
+//! [`PdClient::timestamp`] batches: callers queue, one task at a time asks PD for as many
+//! timestamps as are queued (one `Tso` request with `count = n`) and hands out
+//! `first .. first + n - 1`, one to each caller in queue order. A caller that waits for one
+//! timestamp before asking for the next gets strictly increasing ones, since each request is
+//! sent after the previous answer arrived and PD answers above everything it handed out before.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdb_proto::pd as pb;
+use rdb_proto::pd::pd_client::PdClient as PdGrpc;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::retry::{is_connect_failure, is_refused_input};
+use crate::{channel_lazy, lock, Error, Options, Result};
+
+/// The most timestamps one TSO request may ask for (pd.proto: 1 to 65536).
+pub const MAX_TSO_BATCH: u32 = 1 << Timestamp::LOGICAL_BITS;
+
+/// How long a timestamp waiter waits past its deadline for its batch's own answer.
+const TSO_GRACE: Duration = Duration::from_millis(200);
+
+/// A timestamp from PD's oracle. Ordered as its [`Timestamp::as_u64`] form: by physical time,
+/// then by the logical counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Milliseconds since the Unix epoch (48 bits).
+    pub physical: u64,
+    /// Order within the millisecond.
+    pub logical: u16,
+}
+
+impl Timestamp {
+    /// Bits of the logical counter in the `u64` form.
+    pub const LOGICAL_BITS: u32 = 16;
+
+    /// The `u64` form: `physical << 16 | logical`.
+    pub fn as_u64(self) -> u64 {
+        (self.physical << Self::LOGICAL_BITS) | u64::from(self.logical)
+    }
+
+    /// The timestamp of a `u64` form.
+    pub fn from_u64(v: u64) -> Timestamp {
+        Timestamp {
+            physical: v >> Self::LOGICAL_BITS,
+            logical: (v & 0xffff) as u16,
+        }
+    }
+}
+
+impl From<Timestamp> for u64 {
+    fn from(ts: Timestamp) -> u64 {
+        ts.as_u64()
+    }
+}
+
+/// A store's state as PD sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StoreState {
+    /// Heard from recently (or never since this PD leader took over).
+    #[default]
+    Up,
+    /// Silent for longer than PD's `store_down_after`.
+    Down,
+    /// Removed by an operator; never comes back.
+    Tombstone,
+    /// A state this client does not know (a newer PD).
+    Unknown(i32),
+}
+
+impl StoreState {
+    /// `up`, `down`, `tombstone` or `unknown(N)`.
+    pub fn name(self) -> String {
+        match self {
+            StoreState::Up => "up".into(),
+            StoreState::Down => "down".into(),
+            StoreState::Tombstone => "tombstone".into(),
+            StoreState::Unknown(n) => format!("unknown({n})"),
+        }
+    }
+}
+
+impl From<i32> for StoreState {
+    fn from(v: i32) -> StoreState {
+        match pb::StoreState::try_from(v) {
+            Ok(pb::StoreState::Up) => StoreState::Up,
+            Ok(pb::StoreState::Down) => StoreState::Down,
+            Ok(pb::StoreState::Tombstone) => StoreState::Tombstone,
+            Err(_) => StoreState::Unknown(v),
+        }
+    }
+}
+
+impl From<StoreState> for i32 {
+    fn from(s: StoreState) -> i32 {
+        match s {
+            StoreState::Up => pb::StoreState::Up as i32,
+            StoreState::Down => pb::StoreState::Down as i32,
+            StoreState::Tombstone => pb::StoreState::Tombstone as i32,
+            StoreState::Unknown(v) => v,
+        }
+    }
+}
+
+/// A storage node registered with PD.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Store {
+    /// Store id.
+    pub id: u64,
+    /// Its client address.
+    pub address: String,
+    /// Up, down or tombstone (set by PD; ignored in [`PdClient::put_store`]).
+    pub state: StoreState,
+    /// Milliseconds since the PD leader last heard the store (0 if never since it leads).
+    pub last_heartbeat_ms_ago: u64,
+}
+
+impl From<pb::Store> for Store {
+    fn from(s: pb::Store) -> Store {
+        Store {
+            id: s.id,
+            address: s.address,
+            state: s.state.into(),
+            last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
+        }
+    }
+}
+
+impl From<Store> for pb::Store {
+    fn from(s: Store) -> pb::Store {
+        pb::Store {
+            id: s.id,
+            address: s.address,
+            state: s.state.into(),
+            last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
+        }
+    }
+}
+
+/// A region's epoch: `version` rises with splits and merges, `conf_ver` with membership changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RegionEpoch {
+    /// Raised by splits and merges.
+    pub version: u64,
+    /// Raised by membership changes.
+    pub conf_ver: u64,
+}
+
+/// One replica of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Peer {
+    /// Peer id.
+    pub id: u64,
+    /// The store holding it.
+    pub store_id: u64,
+}
+
+impl From<pb::Peer> for Peer {
+    fn from(p: pb::Peer) -> Peer {
+        Peer {
+            id: p.id,
+            store_id: p.store_id,
+        }
+    }
+}
+
+impl From<Peer> for pb::Peer {
+    fn from(p: Peer) -> pb::Peer {
+        pb::Peer {
+            id: p.id,
+            store_id: p.store_id,
+        }
+    }
+}
+
+/// A range of keys `[start_key, end_key)` and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Region {
+    /// Region id.
+    pub id: u64,
+    /// Inclusive start; empty for the first key.
+    pub start_key: Vec<u8>,
+    /// Exclusive end; empty for no upper bound.
+    pub end_key: Vec<u8>,
+    /// Its epoch.
+    pub epoch: RegionEpoch,
+    /// Its replicas.
+    pub peers: Vec<Peer>,
+}
+
+impl From<pb::Region> for Region {
+    fn from(r: pb::Region) -> Region {
+        let epoch = r.epoch.unwrap_or_default();
+        Region {
+            id: r.id,
+            start_key: r.start_key,
+            end_key: r.end_key,
+            epoch: RegionEpoch {
+                version: epoch.version,
+                conf_ver: epoch.conf_ver,
+            },
+            peers: r.peers.into_iter().map(Peer::from).collect(),
+        }
+    }
+}
+
+impl From<Region> for pb::Region {
+    fn from(r: Region) -> pb::Region {
+        pb::Region {
+            id: r.id,
+            start_key: r.start_key,
+            end_key: r.end_key,
+            epoch: Some(pb::RegionEpoch {
+                version: r.epoch.version,
+                conf_ver: r.epoch.conf_ver,
+            }),
+            peers: r.peers.into_iter().map(pb::Peer::from).collect(),
+        }
+    }
+}
+
+/// A region as PD knows it, with what its latest heartbeat said.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegionInfo {
+    /// The region.
+    pub region: Region,
+    /// Its leader from the latest heartbeat, if any since this PD node leads.
+    pub leader: Option<Peer>,
+    /// Approximate size in bytes.
+    pub approximate_size: u64,
+    /// Approximate number of keys.
+    pub approximate_keys: u64,
+}
+
+impl RegionInfo {
+    /// `None` when the answer names no region.
+    fn from_pb(r: pb::GetRegionResponse) -> Option<RegionInfo> {
+        Some(RegionInfo {
+            region: r.region?.into(),
+            leader: r.leader.map(Peer::from),
+            approximate_size: r.approximate_size,
+            approximate_keys: r.approximate_keys,
+        })
+    }
+}
+
+/// What a store reports in its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// The reporting store.
+    pub store_id: u64,
+    /// Regions it holds.
+    pub region_count: u64,
+    /// Its capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Bytes still free.
+    pub available_bytes: u64,
+}
+
+/// One PD node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// The address clients use (the one [`PdClient`] takes).
+    pub client_addr: String,
+    /// The address PD nodes use among themselves.
+    pub peer_addr: String,
+}
+
+impl From<pb::Member> for Member {
+    fn from(m: pb::Member) -> Member {
+        Member {
+            id: m.id,
+            client_addr: m.client_addr,
+            peer_addr: m.peer_addr,
+        }
+    }
+}
+
+/// The PD group: every node, and which one leads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Members {
+    /// Every PD node.
+    pub members: Vec<Member>,
+    /// The leader, when the answering node knows it.
+    pub leader: Option<Member>,
+}
+
+/// A caller waiting for one timestamp, and its deadline.
+type TsoWaiter = (Instant, oneshot::Sender<Result<Timestamp>>);
+
+/// Callers waiting for one timestamp each.
+#[derive(Default)]
+struct TsoQueue {
+    waiting: VecDeque<TsoWaiter>,
+    /// A task is draining the queue.
+    driving: bool,
+}
+
+/// Clears [`TsoQueue::driving`] when the driving task ends without emptying the queue (its
+/// runtime shut down), so a later caller starts another driver.
+struct Driving<'a> {
+    queue: &'a Mutex<TsoQueue>,
+    finished: bool,
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(self.queue).driving = false;
+        }
+    }
+}
+
+struct Inner {
+    endpoints: Mutex<Vec<(String, PdGrpc<Channel>)>>,
+    leader: Mutex<Option<String>>,
+    next: AtomicUsize,
+    opts: Options,
+    tso: Mutex<TsoQueue>,
+}
+
+/// A handle to a PD group. Cheap to clone; clones share connections, the leader cache and the
+/// timestamp batch.
+#[derive(Clone)]
+pub struct PdClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PdClient")
+            .field("endpoints", &self.endpoints())
+            .field("leader", &self.leader())
+            .finish()
+    }
+}
+
+/// What one attempt learned.
+enum Next {
+    /// Go to this address at once (a leader hint).
+    Redirect(String),
+    /// Not the leader and no hint: try the next endpoint.
+    Elsewhere,
+    /// Try another node after a pause.
+    Backoff,
+}
+
+impl PdClient {
+    /// A client for the PD nodes at `endpoints` (client addresses, `host:port`), with default
+    /// [`Options`]. Connections are made on first use.
+    pub fn new<I, S>(endpoints: I) -> Result<PdClient>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::with_options(endpoints, Options::default())
+    }
+
+    /// A client with explicit timing.
+    pub fn with_options<I, S>(endpoints: I, opts: Options) -> Result<PdClient>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list = Vec::new();
+        for e in endpoints {
+            let addr = e.as_ref().trim().to_string();
+            if addr.is_empty() {
+                continue;
+            }
+            list.push((addr.clone(), connect(&addr, &opts)?));
+        }
+        if list.is_empty() {
+            return Err(Error::InvalidArgument("no PD endpoints given".into()));
+        }
+        Ok(PdClient {
+            inner: Arc::new(Inner {
+                endpoints: Mutex::new(list),
+                leader: Mutex::new(None),
+                next: AtomicUsize::new(0),
+                opts,
+                tso: Mutex::new(TsoQueue::default()),
+            }),
+        })
+    }
+
+    /// The endpoints this client knows (the configured ones plus leaders it was pointed to).
+    pub fn endpoints(&self) -> Vec<String> {
+        lock(&self.inner.endpoints)
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// The endpoint that answered last as leader, if the cache holds one.
+    pub fn leader(&self) -> Option<String> {
+        lock(&self.inner.leader).clone()
+    }
+
+    /// One timestamp, greater than any timestamp PD handed out before this call began.
+    ///
+    /// Concurrent callers share requests (see the module docs); the call waits at most the
+    /// options' deadline.
+    pub async fn timestamp(&self) -> Result<Timestamp> {
+        let deadline = self.deadline();
+        let (tx, rx) = oneshot::channel();
+        let start_driver = {
+            let mut q = lock(&self.inner.tso);
+            q.waiting.push_back((deadline, tx));
+            !std::mem::replace(&mut q.driving, true)
+        };
+        if start_driver {
+            let me = self.clone();
+            tokio::spawn(async move { me.drive_tso().await });
+        }
+        // The batch's request ends by the earliest deadline in it, with its own error; the grace
+        // only guards against a driver that never answers.
+        match tokio::time::timeout_at(deadline + TSO_GRACE, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Unavailable(
+                "the timestamp batch was dropped without an answer".into(),
+            )),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no timestamp within the deadline ({:?})",
+                self.inner.opts.deadline
+            ))),
+        }
+    }
+
+    /// Serves the timestamp queue until it is empty: one request per batch of waiting callers.
+    async fn drive_tso(&self) {
+        let mut guard = Driving {
+            queue: &self.inner.tso,
+            finished: false,
+        };
+        loop {
+            let batch: Vec<_> = {
+                let mut q = lock(&self.inner.tso);
+                // Callers that gave up need no timestamp.
+                q.waiting.retain(|(_, tx)| !tx.is_closed());
+                if q.waiting.is_empty() {
+                    q.driving = false;
+                    guard.finished = true;
+                    return;
+                }
+                let n = q.waiting.len().min(MAX_TSO_BATCH as usize);
+                q.waiting.drain(..n).collect()
+            };
+            let deadline = batch
+                .iter()
+                .map(|(d, _)| *d)
+                .min()
+                .unwrap_or_else(Instant::now);
+            match self.timestamps_until(batch.len() as u32, deadline).await {
+                Ok((first, count)) => {
+                    let mut batch = batch.into_iter();
+                    for (i, (_, tx)) in batch.by_ref().take(count as usize).enumerate() {
+                        let ts = Timestamp {
+                            physical: first.physical,
+                            logical: first.logical + i as u16,
+                        };
+                        let _ = tx.send(Ok(ts));
+                    }
+                    // PD gave fewer than asked: the rest wait for the next request.
+                    let mut q = lock(&self.inner.tso);
+                    for waiter in batch.rev() {
+                        q.waiting.push_front(waiter);
+                    }
+                }
+                Err(e) => {
+                    for (_, tx) in batch {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `count` consecutive timestamps (1 to [`MAX_TSO_BATCH`]), in one request: the first, and
+    /// how many PD gave (at most `count`). They share `physical`; `logical` counts up.
+    pub async fn timestamps(&self, count: u32) -> Result<(Timestamp, u32)> {
+        self.timestamps_until(count, self.deadline()).await
+    }
+
+    async fn timestamps_until(&self, count: u32, deadline: Instant) -> Result<(Timestamp, u32)> {
+        if count == 0 || count > MAX_TSO_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "timestamps: count {count} is outside 1..={MAX_TSO_BATCH}"
+            )));
+        }
+        let r = self
+            .call_until(false, deadline, move |mut c| async move {
+                let r = c.tso(pb::TsoRequest { count }).await?.into_inner();
+                Ok(((r.first, r.count), r.error))
+            })
+            .await?;
+        match r {
+            (Some(first), n)
+                if n >= 1
+                    && n <= count
+                    && first.logical <= u64::from(MAX_TSO_BATCH - n)
+                    && first.physical >> (64 - Timestamp::LOGICAL_BITS) == 0 =>
+            {
+                Ok((
+                    Timestamp {
+                        physical: first.physical,
+                        logical: first.logical as u16,
+                    },
+                    n,
+                ))
+            }
+            (first, n) => Err(Error::Unavailable(format!(
+                "PD answered {count} timestamps with a malformed range (first {first:?}, count {n})"
+            ))),
+        }
+    }
+
+    /// `count` ids never handed out before or again; returns the first (the ids are
+    /// `first .. first + count - 1`).
+    pub async fn alloc_ids(&self, count: u32) -> Result<u64> {
+        if count == 0 {
+            return Err(Error::InvalidArgument("alloc_ids: count is 0".into()));
+        }
+        let (first, n) = self
+            .call(false, move |mut c| async move {
+                let r = c.alloc_id(pb::AllocIdRequest { count }).await?.into_inner();
+                Ok(((r.first, r.count), r.error))
+            })
+            .await?;
+        if n != count {
+            return Err(Error::Unavailable(format!(
+                "PD answered a request for {count} ids with {n}"
+            )));
+        }
+        Ok(first)
+    }
+
+    /// Whether the cluster has its first store and region.
+    pub async fn is_bootstrapped(&self) -> Result<bool> {
+        self.call(false, |mut c| async move {
+            let r = c
+                .is_bootstrapped(pb::IsBootstrappedRequest {})
+                .await?
+                .into_inner();
+            Ok((r.bootstrapped, r.error))
+        })
+        .await
+    }
+
+    /// Records the first store and the first region (which must cover every key). Once only:
+    /// [`Error::AlreadyBootstrapped`] after that.
+    pub async fn bootstrap(&self, store: Store, region: Region) -> Result<()> {
+        let req = pb::BootstrapRequest {
+            store: Some(store.into()),
+            region: Some(region.into()),
+        };
+        self.call(true, move |mut c| {
+            let req = req.clone();
+            async move { Ok(((), c.bootstrap(req).await?.into_inner().error)) }
+        })
+        .await
+    }
+
+    /// Registers a store or updates its address. A tombstoned store cannot come back.
+    pub async fn put_store(&self, store: Store) -> Result<()> {
+        let req = pb::PutStoreRequest {
+            store: Some(store.into()),
+        };
+        self.call(true, move |mut c| {
+            let req = req.clone();
+            async move { Ok(((), c.put_store(req).await?.into_inner().error)) }
+        })
+        .await
+    }
+
+    /// The store with this id; `None` if PD has none.
+    pub async fn get_store(&self, id: u64) -> Result<Option<Store>> {
+        let r = self
+            .call(false, move |mut c| async move {
+                let r = c
+                    .get_store(pb::GetStoreRequest { store_id: id })
+                    .await?
+                    .into_inner();
+                Ok((r.store, r.error))
+            })
+            .await;
+        not_found_as_none(r).map(|s| s.flatten().map(Store::from))
+    }
+
+    /// Every store, tombstoned ones too unless `exclude_tombstones`.
+    pub async fn get_all_stores(&self, exclude_tombstones: bool) -> Result<Vec<Store>> {
+        let stores = self
+            .call(false, move |mut c| async move {
+                let r = c
+                    .get_all_stores(pb::GetAllStoresRequest { exclude_tombstones })
+                    .await?
+                    .into_inner();
+                Ok((r.stores, r.error))
+            })
+            .await?;
+        Ok(stores.into_iter().map(Store::from).collect())
+    }
+
+    /// Marks a store Tombstone: removed for good. [`Error::NotFound`] if PD has no such store.
+    pub async fn set_store_tombstone(&self, id: u64) -> Result<()> {
+        let req = pb::SetStoreStateRequest {
+            store_id: id,
+            state: pb::StoreState::Tombstone as i32,
+        };
+        self.call(true, move |mut c| async move {
+            Ok(((), c.set_store_state(req).await?.into_inner().error))
+        })
+        .await
+    }
+
+    /// A store says it is alive.
+    pub async fn store_heartbeat(&self, stats: StoreStats) -> Result<()> {
+        let req = pb::StoreHeartbeatRequest {
+            store_id: stats.store_id,
+            region_count: stats.region_count,
+            capacity_bytes: stats.capacity_bytes,
+            available_bytes: stats.available_bytes,
+        };
+        self.call(false, move |mut c| async move {
+            Ok(((), c.store_heartbeat(req).await?.into_inner().error))
+        })
+        .await
+    }
+
+    /// A region's leader reports the region. [`Error::StaleEpoch`] when PD holds a newer epoch.
+    pub async fn region_heartbeat(
+        &self,
+        region: Region,
+        leader: Peer,
+        approximate_size: u64,
+        approximate_keys: u64,
+    ) -> Result<()> {
+        let req = pb::RegionHeartbeatRequest {
+            region: Some(region.into()),
+            leader: Some(leader.into()),
+            approximate_size,
+            approximate_keys,
+        };
+        self.call(false, move |mut c| {
+            let req = req.clone();
+            async move { Ok(((), c.region_heartbeat(req).await?.into_inner().error)) }
+        })
+        .await
+    }
+
+    /// The region whose range holds `key`; `None` if none does (not bootstrapped).
+    pub async fn get_region(&self, key: impl Into<Vec<u8>>) -> Result<Option<RegionInfo>> {
+        let key = key.into();
+        let r = self
+            .call(false, move |mut c| {
+                let req = pb::GetRegionRequest { key: key.clone() };
+                async move {
+                    let r = c.get_region(req).await?.into_inner();
+                    let err = r.error.clone();
+                    Ok((RegionInfo::from_pb(r), err))
+                }
+            })
+            .await;
+        not_found_as_none(r).map(Option::flatten)
+    }
+
+    /// The region with this id; `None` if PD has none.
+    pub async fn get_region_by_id(&self, id: u64) -> Result<Option<RegionInfo>> {
+        let r = self
+            .call(false, move |mut c| async move {
+                let r = c
+                    .get_region_by_id(pb::GetRegionByIdRequest { region_id: id })
+                    .await?
+                    .into_inner();
+                let err = r.error.clone();
+                Ok((RegionInfo::from_pb(r), err))
+            })
+            .await;
+        not_found_as_none(r).map(Option::flatten)
+    }
+
+    /// Regions overlapping `[start, end)` (empty `end`: no bound), in key order; at most
+    /// `limit` of them (0: no limit).
+    pub async fn scan_regions(
+        &self,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Vec<RegionInfo>> {
+        let req = pb::ScanRegionsRequest {
+            start_key: start.into(),
+            end_key: end.into(),
+            limit,
+        };
+        self.call(false, move |mut c| {
+            let req = req.clone();
+            async move {
+                let r = c.scan_regions(req).await?.into_inner();
+                let regions = r
+                    .regions
+                    .into_iter()
+                    .filter_map(RegionInfo::from_pb)
+                    .collect::<Vec<_>>();
+                Ok((regions, r.error))
+            }
+        })
+        .await
+    }
+
+    /// The PD nodes and which one leads.
+    pub async fn get_members(&self) -> Result<Members> {
+        self.call(false, |mut c| async move {
+            let r = c.get_members(pb::GetMembersRequest {}).await?.into_inner();
+            let members = Members {
+                members: r.members.into_iter().map(Member::from).collect(),
+                leader: r.leader.map(Member::from),
+            };
+            Ok((members, r.error))
+        })
+        .await
+    }
+
+    /// The deadline of a call starting now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.opts.deadline
+    }
+
+    /// Runs `f` against the PD leader until it answers, the options' deadline passes, or the
+    /// error is final. `write` marks calls whose effect may happen even when no answer arrives:
+    /// at the deadline their outcome is [`Error::Indeterminate`] unless no attempt could have
+    /// reached a server.
+    async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T>
+    where
+        F: Fn(PdGrpc<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<pb::Error>), tonic::Status>>,
+    {
+        self.call_until(write, self.deadline(), f).await
+    }
+
+    /// [`PdClient::call`] with an explicit deadline.
+    async fn call_until<T, F, Fut>(&self, write: bool, deadline: Instant, f: F) -> Result<T>
+    where
+        F: Fn(PdGrpc<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<pb::Error>), tonic::Status>>,
+    {
+        let opts = &self.inner.opts;
+        let mut backoff = opts.backoff_min;
+        let mut maybe_applied = false;
+        let mut last_err = Error::Unavailable("no PD node answered".into());
+        let mut target = self.pick_target();
+        let mut redirects = 0;
+        // NOT_LEADER answers without a hint since the last pause.
+        let mut unhinted = 0;
+        // Whether any attempt has ended yet (so `last_err` says something).
+        let mut answered = false;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(at_deadline(last_err, write && maybe_applied, opts.deadline));
+            }
+            let client = self.client_for(&target)?;
+            let attempt =
+                tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
+            let next = match attempt {
+                Ok(Ok((value, None))) => {
+                    *lock(&self.inner.leader) = Some(target);
+                    return Ok(value);
+                }
+                Ok(Ok((_, Some(e)))) => match pb::ErrorCode::try_from(e.code) {
+                    Ok(pb::ErrorCode::InvalidArgument) => {
+                        return Err(Error::InvalidArgument(e.message))
+                    }
+                    Ok(pb::ErrorCode::StaleEpoch) => return Err(Error::StaleEpoch(e.message)),
+                    Ok(pb::ErrorCode::AlreadyBootstrapped) => {
+                        return Err(Error::AlreadyBootstrapped(e.message))
+                    }
+                    Ok(pb::ErrorCode::NotFound) => return Err(Error::NotFound(e.message)),
+                    Ok(pb::ErrorCode::NotLeader) => {
+                        let hint = e.leader.filter(|m| !m.client_addr.is_empty());
+                        last_err = Error::NotLeader {
+                            leader_id: hint.as_ref().map(|h| h.id),
+                            leader_addr: hint.as_ref().map(|h| h.client_addr.clone()),
+                        };
+                        match hint {
+                            Some(h) if h.client_addr != target && redirects < 3 => {
+                                Next::Redirect(h.client_addr)
+                            }
+                            _ => Next::Elsewhere,
+                        }
+                    }
+                    Ok(pb::ErrorCode::Indeterminate) => {
+                        // Safe to retry for every PD call (pd.proto).
+                        maybe_applied = true;
+                        last_err = Error::Indeterminate(format!("{target}: {}", e.message));
+                        Next::Backoff
+                    }
+                    _ => {
+                        last_err = Error::Unavailable(format!("{target}: {}", e.message));
+                        Next::Backoff
+                    }
+                },
+                Ok(Err(status)) if is_refused_input(&status) => {
+                    return Err(Error::InvalidArgument(status.message().to_string()));
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    return Err(Error::Unsupported(format!(
+                        "{target}: {}",
+                        status.message()
+                    )));
+                }
+                Ok(Err(status)) => {
+                    if !is_connect_failure(&status) {
+                        maybe_applied = true;
+                    }
+                    last_err = Error::Unavailable(format!("{target}: {}", status.message()));
+                    Next::Backoff
+                }
+                Err(_) => {
+                    maybe_applied = true;
+                    // An attempt the deadline cut short says less than the answer before it.
+                    if !answered || Instant::now() < deadline {
+                        last_err = Error::Unavailable(format!("{target}: attempt timed out"));
+                    }
+                    Next::Backoff
+                }
+            };
+            answered = true;
+            *lock(&self.inner.leader) = None;
+            match next {
+                Next::Redirect(addr) => {
+                    redirects += 1;
+                    target = addr;
+                }
+                Next::Elsewhere if unhinted + 1 < self.endpoint_count() => {
+                    unhinted += 1;
+                    target = self.rotate();
+                }
+                Next::Elsewhere | Next::Backoff => {
+                    redirects = 0;
+                    unhinted = 0;
+                    let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(opts.backoff_max);
+                    target = self.rotate();
+                }
+            }
+        }
+    }
+
+    fn pick_target(&self) -> String {
+        if let Some(l) = lock(&self.inner.leader).clone() {
+            return l;
+        }
+        self.rotate()
+    }
+
+    fn rotate(&self) -> String {
+        let eps = lock(&self.inner.endpoints);
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % eps.len().max(1);
+        eps.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
+    }
+
+    fn endpoint_count(&self) -> usize {
+        lock(&self.inner.endpoints).len()
+    }
+
+    fn client_for(&self, endpoint: &str) -> Result<PdGrpc<Channel>> {
+        let mut eps = lock(&self.inner.endpoints);
+        if let Some((_, c)) = eps.iter().find(|(a, _)| a == endpoint) {
+            return Ok(c.clone());
+        }
+        let c = connect(endpoint, &self.inner.opts)?;
+        eps.push((endpoint.to_string(), c.clone()));
+        Ok(c)
+    }
+}
+
+/// The error of a call whose deadline passed; it says so.
+fn at_deadline(last: Error, maybe_applied: bool, budget: Duration) -> Error {
+    match last {
+        _ if maybe_applied => Error::Indeterminate(format!(
+            "outcome unknown at the deadline ({budget:?}); last error: {last}"
+        )),
+        // The PD group kept redirecting: the typed hint is the most useful answer.
+        Error::NotLeader { .. } => last,
+        Error::Unavailable(m) => Error::Unavailable(format!(
+            "no PD leader answered within the deadline ({budget:?}); last error: {m}"
+        )),
+        other => Error::Unavailable(format!(
+            "no PD leader answered within the deadline ({budget:?}); last error: {other}"
+        )),
+    }
+}
+
+/// PD's NOT_FOUND as `Ok(None)`, for lookups.
+fn not_found_as_none<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn connect(addr: &str, opts: &Options) -> Result<PdGrpc<Channel>> {
+    Ok(PdGrpc::new(channel_lazy(addr, opts)?))
+}
+
+#[cfg(test)]
+mod tests;
