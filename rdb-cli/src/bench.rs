@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::distributions::Alphanumeric;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdb_client::{Client, Error, Options, ReadConsistency};
+use rdb_client::{Client, Error, Options, PdClient, ReadConsistency};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -44,6 +44,9 @@ pub enum Workload {
     Get,
     /// Gets with probability `--read-ratio`, puts otherwise.
     Mixed,
+    /// Timestamps from PD's oracle (needs `--pd`): each task asks for one at a time; one
+    /// `PdClient` per connection batches the tasks' requests.
+    Tso,
 }
 
 impl Workload {
@@ -53,6 +56,7 @@ impl Workload {
             Workload::Put => "put",
             Workload::Get => "get",
             Workload::Mixed => "mixed",
+            Workload::Tso => "tso",
         }
     }
 }
@@ -457,9 +461,16 @@ impl Shared {
     }
 }
 
+/// What a measuring task talks to.
+#[derive(Clone)]
+enum Conn {
+    Kv(Client),
+    Pd(PdClient),
+}
+
 /// One measuring task: one request in flight at a time until the budget is spent.
 async fn measure_task(
-    client: Client,
+    conn: Conn,
     args: BenchArgs,
     seed: u64,
     shared: Arc<Shared>,
@@ -470,15 +481,17 @@ async fn measure_task(
     while shared.take_one() {
         let key = key_name(rng.gen_range(0..args.keys));
         let read = match args.workload {
-            Workload::Put => false,
+            Workload::Put | Workload::Tso => false,
             Workload::Get => true,
             Workload::Mixed => rng.gen_bool(args.read_ratio),
         };
         let started = Instant::now();
-        let result = if read {
-            client.get_with(key, consistency).await.map(|v| v.is_some())
-        } else {
-            client.put(key, shared.value.clone()).await.map(|()| true)
+        let result = match &conn {
+            Conn::Pd(pd) => pd.timestamp().await.map(|_| true),
+            Conn::Kv(client) if read => {
+                client.get_with(key, consistency).await.map(|v| v.is_some())
+            }
+            Conn::Kv(client) => client.put(key, shared.value.clone()).await.map(|()| true),
         };
         match result {
             Ok(found) => {
@@ -569,18 +582,34 @@ async fn drive(
     Ok((total, interrupted))
 }
 
-/// Runs a benchmark against the cluster at `endpoints` and prints its summary.
+/// Runs a benchmark against the cluster at `endpoints` (PD's at `pd` for the tso workload)
+/// and prints its summary.
 pub async fn run(
     endpoints: &[String],
+    pd: &[String],
     opts: Options,
     args: BenchArgs,
     p: &Printer,
 ) -> Result<(), String> {
     args.validate()?;
+    if args.workload == Workload::Tso && pd.is_empty() {
+        return Err("the tso workload talks to PD: give its endpoints with --pd".into());
+    }
+    if args.workload == Workload::Tso && args.preload {
+        return Err("--preload writes keys; the tso workload has none".into());
+    }
     let conns: Vec<Client> = (0..args.effective_connections())
         .map(|i| Client::with_options(rotated(endpoints, i), opts.clone()))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot create a client: {e}"))?;
+    let targets: Vec<Conn> = if args.workload == Workload::Tso {
+        (0..args.effective_connections())
+            .map(|i| PdClient::with_options(rotated(pd, i), opts.clone()).map(Conn::Pd))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot create a PD client: {e}"))?
+    } else {
+        conns.iter().cloned().map(Conn::Kv).collect()
+    };
     let mut rng = StdRng::seed_from_u64(args.seed);
     let value: Vec<u8> = (&mut rng)
         .sample_iter(Alphanumeric)
@@ -589,7 +618,7 @@ pub async fn run(
 
     if args.preload {
         preload(&conns, &args, value.clone()).await?;
-    } else if args.workload != Workload::Put {
+    } else if matches!(args.workload, Workload::Get | Workload::Mixed) {
         eprintln!(
             "note: without --preload, gets may find no value (they still count as ops; \
              see not_found)"
@@ -621,11 +650,11 @@ pub async fn run(
     let started = Instant::now();
     let mut set = JoinSet::new();
     for i in 0..args.clients {
-        let client = conns[i % conns.len()].clone();
+        let conn = targets[i % targets.len()].clone();
         let task_seed = rng.gen::<u64>();
         let stats = Stats::new()?;
         set.spawn(measure_task(
-            client,
+            conn,
             args.clone(),
             task_seed,
             shared.clone(),

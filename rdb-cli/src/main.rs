@@ -351,13 +351,23 @@ async fn run(cli: Cli) -> u8 {
         Command::Member { cmd } => {
             pd::run(pd::PdCmd::Member(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
-        Command::Bench(args) => match bench::run(&endpoints, opts, args, &p).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("rdb-cli: bench: {e}");
-                exit::FAILURE
+        Command::Bench(args) => {
+            let pd: Vec<String> = cli
+                .pd
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            match bench::run(&endpoints, &pd, opts, args, &p).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("rdb-cli: bench: {e}");
+                    exit::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

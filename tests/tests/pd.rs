@@ -599,3 +599,102 @@ async fn rdb_pd_with_no_arguments_serves_on_2399_with_data_in_the_current_folder
     assert!(r.first.map(|t| t.physical).unwrap_or(0) > 1_700_000_000_000);
     assert!(dir.path().join("rdb-pd-data").is_dir());
 }
+
+/// Runs `rdb-cli --pd <group> -o json ARGS` and parses its JSON output.
+fn pd_cli(c: &TestCluster, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+        .arg("--pd")
+        .arg(c.endpoints().join(","))
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .expect("run rdb-cli");
+    assert!(
+        out.status.success(),
+        "rdb-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("rdb-cli {args:?} printed no JSON ({e}): {:?}", out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pd_client_and_cli_work_against_a_real_group() {
+    use rdb_client::pd::{
+        Peer as CPeer, Region as CRegion, RegionEpoch as CEpoch, Store as CStore,
+    };
+    let c = TestCluster::start_pd(3, "");
+    let pd = rdb_client::PdClient::new(c.endpoints()).expect("client");
+    // Batched timestamps from concurrent callers: all distinct, each caller's increasing.
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let pd = pd.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..50 {
+                    got.push(pd.timestamp().await.expect("timestamp").as_u64());
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        let got = t.await.expect("task");
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "a caller's timestamps went back"
+        );
+        all.extend(got);
+    }
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "a timestamp was handed out twice");
+
+    let first = pd.alloc_ids(2).await.expect("ids");
+    assert!(pd.alloc_ids(1).await.expect("ids") >= first + 2);
+    pd.bootstrap(
+        CStore {
+            id: 1,
+            address: "127.0.0.1:7".into(),
+            ..Default::default()
+        },
+        CRegion {
+            id: 2,
+            start_key: vec![],
+            end_key: vec![],
+            epoch: CEpoch {
+                version: 1,
+                conf_ver: 1,
+            },
+            peers: vec![CPeer { id: 3, store_id: 1 }],
+        },
+    )
+    .await
+    .expect("bootstrap");
+    assert!(pd.is_bootstrapped().await.expect("is_bootstrapped"));
+
+    // The CLI against the same group.
+    let t = pd_cli(&c, &["tso"]);
+    assert!(t["timestamp"].as_u64().unwrap_or(0) > *all.last().unwrap_or(&0));
+    let stores = pd_cli(&c, &["store", "list"]);
+    assert_eq!(stores[0]["id"], 1, "{stores}");
+    assert_eq!(stores[0]["address"], "127.0.0.1:7", "{stores}");
+    let r = pd_cli(&c, &["region", "get", "anything"]);
+    assert_eq!(r["found"], true, "{r}");
+    assert_eq!(r["region"]["id"], 2, "{r}");
+    let regions = pd_cli(&c, &["region", "list"]);
+    assert_eq!(
+        regions["regions"].as_array().map(|a| a.len()),
+        Some(1),
+        "{regions}"
+    );
+    let members = pd_cli(&c, &["member", "list"]);
+    assert_eq!(
+        members["members"].as_array().map(|a| a.len()),
+        Some(3),
+        "{members}"
+    );
+    assert!(members["leader_id"].as_u64().unwrap_or(0) >= 1, "{members}");
+}
