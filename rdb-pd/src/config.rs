@@ -115,8 +115,8 @@ impl PdConfig {
         Ok(())
     }
 
-    /// The embedded default: one PD node on 127.0.0.1:2399 (peer port 2400), data in
-    /// `./rdb-pd-data`.
+    /// The embedded default: one PD node on 127.0.0.1:2399 (peer port 2400, metrics on 9399),
+    /// data in `./rdb-pd-data`.
     pub fn single_node_default() -> PdConfig {
         PdConfig {
             cluster: ClusterConfig {
@@ -126,6 +126,7 @@ impl PdConfig {
                     peer_addr: "127.0.0.1:2400".into(),
                     client_addr: "127.0.0.1:2399".into(),
                     data_dir: PathBuf::from("./rdb-pd-data"),
+                    metrics_addr: Some("127.0.0.1:9399".into()),
                 }],
                 settings: Settings::default(),
             },

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub client_addr: String,
     /// Where this node keeps its RocksDB database.
     pub data_dir: PathBuf,
+    /// Where this node serves Prometheus metrics (`GET /metrics`); none when left out.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 /// How log lines are written.
@@ -204,6 +207,7 @@ impl ClusterConfig {
                 peer_addr: "127.0.0.1:2380".into(),
                 client_addr: "127.0.0.1:2379".into(),
                 data_dir: PathBuf::from("./rdb-data"),
+                metrics_addr: Some("127.0.0.1:9379".into()),
             }],
             settings: Settings::default(),
         }
@@ -236,7 +240,15 @@ impl ClusterConfig {
             if !ids.insert(n.id) {
                 return bad(format!("node id {} appears twice", n.id));
             }
-            for (what, a) in [("peer_addr", &n.peer_addr), ("client_addr", &n.client_addr)] {
+            let addrs_of_node = [
+                ("peer_addr", Some(&n.peer_addr)),
+                ("client_addr", Some(&n.client_addr)),
+                ("metrics_addr", n.metrics_addr.as_ref()),
+            ];
+            for (what, a) in addrs_of_node
+                .into_iter()
+                .filter_map(|(w, a)| a.map(|a| (w, a)))
+            {
                 if a.parse::<SocketAddr>().is_err() {
                     return bad(format!(
                         "node {}: {what} {a:?} is not an ip:port address",

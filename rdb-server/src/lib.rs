@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod raft_core;
 pub mod router;

@@ -31,7 +31,7 @@ pub type ServerCore = Core<RaftStorage, StateMachine>;
 
 /// A client waiting for the core's answer.
 enum Waiter<O> {
-    Write(oneshot::Sender<ProposeResult<O>>),
+    Write(oneshot::Sender<ProposeResult<O>>, Instant),
     Read(oneshot::Sender<ReadResult>),
 }
 
@@ -72,8 +72,23 @@ pub struct Node<A: Application = StateMachine> {
     recorder: Option<std::thread::JoinHandle<()>>,
     recorded_at: Instant,
     recorded_index: u64,
+    /// Reads that arrived this turn (they share one ReadIndex round).
+    reads_this_turn: u64,
+    /// The leader last seen, to count leader changes.
+    last_leader: u64,
+    /// When an applied-index lag was last warned about, to warn at most every 10 s.
+    lag_warned: Option<Instant>,
+    /// When the RocksDB size was last sampled.
+    disk_sampled: Option<Instant>,
     logger: Logger,
 }
+
+/// A synced write slower than this is logged, as etcd does.
+const SLOW_FSYNC: Duration = Duration::from_millis(100);
+/// A node task turn slower than this is logged.
+const SLOW_TURN: Duration = Duration::from_millis(200);
+/// Apply further than this many entries behind commit is logged.
+const APPLY_LAG_WARN: u64 = 10_000;
 
 /// How often the durable index is recorded outside RocksDB.
 const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
@@ -103,6 +118,10 @@ where
             recorder: None,
             recorded_at: Instant::now(),
             recorded_index: 0,
+            reads_this_turn: 0,
+            last_leader: 0,
+            lag_warned: None,
+            disk_sampled: None,
             logger,
         }
     }
@@ -123,9 +142,19 @@ where
                     self.handle(m);
                 }
             }
+            let turn = Instant::now();
             self.drain();
+            if self.reads_this_turn > 0 {
+                let m = crate::metrics::metrics();
+                m.read_rounds.inc();
+                m.reads_per_round.observe(self.reads_this_turn as f64);
+                self.reads_this_turn = 0;
+            }
             match self.core.advance(self.transport.as_mut()) {
-                Ok(out) => self.after_advance(out),
+                Ok(out) => {
+                    self.after_advance(out);
+                    self.observe(turn.elapsed());
+                }
                 Err(e) => {
                     crit!(self.logger, "storage failure, stopping the node"; "error" => %e);
                     crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
@@ -171,10 +200,11 @@ where
     fn handle(&mut self, msg: Msg<A::Output>) {
         match msg {
             Msg::Propose { data, tx } => {
-                let id = self.request_id(Waiter::Write(tx));
+                let id = self.request_id(Waiter::Write(tx, Instant::now()));
                 self.core.propose(id, data);
             }
             Msg::Read { tx } => {
+                self.reads_this_turn += 1;
                 let id = self.request_id(Waiter::Read(tx));
                 self.core.read(id);
             }
@@ -211,13 +241,16 @@ where
             };
             let answer = answer.map_err(|r| self.request_error(r));
             match (w, answer) {
-                (Waiter::Write(tx), Ok(Answer::Written(r))) => {
+                (Waiter::Write(tx, proposed), Ok(Answer::Written(r))) => {
+                    crate::metrics::metrics()
+                        .propose_apply_seconds
+                        .observe(proposed.elapsed().as_secs_f64());
                     let _ = tx.send(Ok(r));
                 }
                 (Waiter::Read(tx), Ok(Answer::ReadReady { term })) => {
                     let _ = tx.send(Ok(term));
                 }
-                (Waiter::Write(tx), Err(e)) => {
+                (Waiter::Write(tx, _), Err(e)) => {
                     let _ = tx.send(Err(e));
                 }
                 (Waiter::Read(tx), Err(e)) => {
@@ -234,12 +267,68 @@ where
         }
     }
 
+    /// Updates the Raft gauges after a turn, and warns about a slow turn, a slow synced write
+    /// or apply falling behind, with the duration or lag.
+    fn observe(&mut self, turn: Duration) {
+        let m = crate::metrics::metrics();
+        m.turn_seconds.observe(turn.as_secs_f64());
+        let r = self.core.replica();
+        let leader = r.leader_id();
+        if leader != self.last_leader {
+            if leader != 0 {
+                m.leader_changes.inc();
+            }
+            self.last_leader = leader;
+        }
+        let (first, last) = r.log_bounds();
+        let (commit, applied) = (r.commit_index(), r.applied_index());
+        m.term.set(r.term() as i64);
+        m.is_leader.set(i64::from(r.is_leader()));
+        m.role.set(role_metric(r.role()));
+        m.commit_index.set(commit as i64);
+        m.applied_index.set(applied as i64);
+        m.log_first_index.set(first as i64);
+        m.log_entries.set((last + 1).saturating_sub(first) as i64);
+        let slowest = Duration::from_micros(
+            m.slowest_fsync_us
+                .swap(0, std::sync::atomic::Ordering::Relaxed),
+        );
+        if slowest > SLOW_FSYNC {
+            warn!(self.logger, "slow synced write of the raft log"; "ms" => slowest.as_millis() as u64,
+                "expected_ms" => SLOW_FSYNC.as_millis() as u64);
+        }
+        if turn > SLOW_TURN {
+            warn!(self.logger, "slow raft turn"; "ms" => turn.as_millis() as u64,
+                "expected_ms" => SLOW_TURN.as_millis() as u64);
+        }
+        let lag = commit.saturating_sub(applied);
+        if lag > APPLY_LAG_WARN
+            && self
+                .lag_warned
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            self.lag_warned = Some(Instant::now());
+            warn!(self.logger, "apply is falling behind commit"; "lag" => lag, "commit" => commit,
+                "applied" => applied);
+        }
+    }
+
     fn on_tick(&mut self) {
         self.core.tick();
         if self.compactor.as_ref().is_some_and(|h| h.is_finished()) {
             self.compactor = None;
         }
         self.record_durable_index(Instant::now());
+        if self
+            .disk_sampled
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.disk_sampled = Some(Instant::now());
+            let (sst, pending) = self.core.replica().store().engine().disk_stats();
+            let m = crate::metrics::metrics();
+            m.rocksdb_sst_bytes.set(sst as i64);
+            m.rocksdb_pending_compaction_bytes.set(pending as i64);
+        }
     }
 
     /// Every few seconds, records the applied index (its entries are in the synced log) in a
@@ -300,6 +389,16 @@ where
             first_index,
             last_index,
         }
+    }
+}
+
+/// The `rdb_raft_role` value of a raft role.
+fn role_metric(role: StateRole) -> i64 {
+    match role {
+        StateRole::Follower => 0,
+        StateRole::Candidate => 1,
+        StateRole::Leader => 2,
+        StateRole::PreCandidate => 3,
     }
 }
 

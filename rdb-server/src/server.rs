@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
 use rdb_storage::{ApplySettings, Engine, EngineOptions, Ident, RaftStorage, StateMachine};
-use slog::{info, o, Logger};
+use slog::{info, o, warn, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -96,6 +96,15 @@ where
     };
     let client_listener = bind(&me.client_addr, "client").await?;
     let peer_listener = bind(&me.peer_addr, "peer").await?;
+    if let Some(addr) = &me.metrics_addr {
+        let listener = bind(addr, "metrics").await?;
+        let log = logger.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener).await {
+                warn!(log, "metrics endpoint stopped"; "error" => %e);
+            }
+        });
+    }
 
     let (mailbox, inbox) = Mailbox::new(MAILBOX);
     let transport = GrpcTransport::start(
@@ -149,7 +158,7 @@ where
     })
 }
 
-impl<O> Started<O> {
+impl<O: Send + 'static> Started<O> {
     /// Serves `client` (the node's client service, built on `mailbox`) and the peer service
     /// until `shutdown` resolves or a listener fails.
     pub async fn serve(
@@ -166,7 +175,10 @@ impl<O> Started<O> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        tokio::spawn(report_health(self.mailbox.clone(), health));
         let client_server = client
+            .add_service(health_service)
             .serve_with_incoming_shutdown(incoming(self.client_listener), stopped(stop_rx.clone()));
         let peer_server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -193,6 +205,41 @@ impl<O> Started<O> {
         // The node thread ends with the process; everything it acknowledged is already synced.
         drop(self.node_thread);
         Ok(())
+    }
+}
+
+/// Applied this far behind commit, a node reports itself not serving.
+const HEALTH_MAX_APPLY_LAG: u64 = 1000;
+
+/// Keeps the gRPC health service's overall status ("") true: SERVING while the node knows a
+/// leader and its applied index is within `HEALTH_MAX_APPLY_LAG` of its commit index.
+async fn report_health<O: Send + 'static>(
+    mailbox: Mailbox<O>,
+    health: tonic_health::server::HealthReporter,
+) {
+    use tonic_health::ServingStatus;
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        every.tick().await;
+        let status = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            mailbox.call(|tx| crate::router::Msg::Status { tx }),
+        )
+        .await;
+        let serving = match status {
+            Ok(Ok(s)) => {
+                s.leader_id != 0
+                    && s.commit_index.saturating_sub(s.applied_index) <= HEALTH_MAX_APPLY_LAG
+            }
+            Ok(Err(_)) => return,
+            Err(_) => false,
+        };
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
     }
 }
 

@@ -13,8 +13,17 @@ impl LogStore for RaftStorage {
         hs: Option<&HardState>,
         sync: bool,
     ) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
         self.append_with(entries, hs, sync)
-            .map_err(CoreError::storage)
+            .map_err(CoreError::storage)?;
+        let m = crate::metrics::metrics();
+        if sync {
+            m.observe_fsync(started.elapsed());
+        }
+        if !entries.is_empty() {
+            m.entries_per_append.observe(entries.len() as f64);
+        }
+        Ok(())
     }
 
     fn set_commit(&mut self, commit: u64) {
@@ -46,8 +55,12 @@ impl Application for StateMachine {
     }
 
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied<CommandResult>>, CoreError> {
-        Ok(StateMachine::apply(self, entries)
-            .map_err(CoreError::storage)?
+        let started = std::time::Instant::now();
+        let applied = StateMachine::apply(self, entries).map_err(CoreError::storage)?;
+        crate::metrics::metrics()
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(applied
             .into_iter()
             .map(|a| Applied {
                 index: a.index,

@@ -162,8 +162,15 @@ impl GrpcTransport {
             let started = std::time::Instant::now();
             let result = stream_snapshot(&addr, stamp, m, &snap_dir, max, &throttle).await;
             match &result {
-                Ok(bytes) => info!(logger, "snapshot sent"; "peer" => to, "index" => index,
-                    "bytes" => bytes, "ms" => started.elapsed().as_millis() as u64),
+                Ok(bytes) => {
+                    let m = crate::metrics::metrics();
+                    m.snapshots_sent.inc();
+                    m.snapshot_sent_bytes.inc_by(*bytes);
+                    m.snapshot_send_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    info!(logger, "snapshot sent"; "peer" => to, "index" => index,
+                        "bytes" => bytes, "ms" => started.elapsed().as_millis() as u64)
+                }
                 Err(e) => warn!(logger, "snapshot send failed"; "peer" => to, "index" => index, "error" => %e),
             }
             // Raft waits for this report before it sends the peer anything else.
@@ -182,11 +189,19 @@ impl MessageSink for GrpcTransport {
                 self.send_snapshot(m);
                 continue;
             }
-            match self.queues.get(&m.to) {
+            let to = m.to;
+            match self.queues.get(&to) {
                 Some(q) => {
+                    let peer = to.to_string();
+                    let metrics = crate::metrics::metrics();
                     if q.try_send(m).is_err() {
                         debug!(self.logger, "peer queue full, message dropped");
+                        metrics.peer_send_failures.with_label_values(&[&peer]).inc();
                     }
+                    metrics
+                        .peer_queue_depth
+                        .with_label_values(&[&peer])
+                        .set((q.max_capacity() - q.capacity()) as i64);
                 }
                 None => warn!(self.logger, "message for unknown peer"; "to" => m.to),
             }
@@ -231,6 +246,10 @@ async fn send_loop(
                 }
                 // What was queued for a dead peer is stale; Raft will resend what matters.
                 while rx.try_recv().is_ok() {}
+                crate::metrics::metrics()
+                    .peer_send_failures
+                    .with_label_values(&[&stamp.to.to_string()])
+                    .inc();
                 mailbox.report(Control::Unreachable { to: stamp.to });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -271,6 +290,10 @@ async fn send_loop(
             }
         };
         debug!(logger, "peer stream ended"; "reason" => ended);
+        crate::metrics::metrics()
+            .peer_send_failures
+            .with_label_values(&[&stamp.to.to_string()])
+            .inc();
         mailbox.report(Control::Unreachable { to: stamp.to });
     }
 }

@@ -487,6 +487,24 @@ impl Engine {
         })
     }
 
+    /// Bytes of live SST files and bytes compaction still has to rewrite, over every column
+    /// family (for metrics).
+    pub fn disk_stats(&self) -> (u64, u64) {
+        let (mut sst, mut pending) = (0, 0);
+        for cf in [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA] {
+            let prop = |name: &str| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            sst += prop("rocksdb.live-sst-files-size");
+            pending += prop("rocksdb.estimate-pending-compaction-bytes");
+        }
+        (sst, pending)
+    }
+
     /// Reads a user key from the applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.guarded(|| Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?))

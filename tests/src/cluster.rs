@@ -56,6 +56,8 @@ pub struct NodeProc {
     pub client_addr: String,
     /// Peer address.
     pub peer_addr: String,
+    /// Prometheus endpoint address (`GET /metrics`).
+    pub metrics_addr: String,
     child: Option<Child>,
     paused: bool,
 }
@@ -133,14 +135,19 @@ impl TestCluster {
                     format!("127.0.0.1:{}", free_port()),
                 ),
             };
+            let metrics_addr = match &net {
+                Some(net) => format!("{}:9379", net.addr(id as u32)),
+                None => format!("127.0.0.1:{}", free_port()),
+            };
             toml.push_str(&format!(
-                "[[nodes]]\nid = {id}\npeer_addr = \"{peer_addr}\"\nclient_addr = \"{client_addr}\"\ndata_dir = \"{}\"\n",
+                "[[nodes]]\nid = {id}\npeer_addr = \"{peer_addr}\"\nclient_addr = \"{client_addr}\"\nmetrics_addr = \"{metrics_addr}\"\ndata_dir = \"{}\"\n",
                 dir.path().join(format!("node{id}")).display()
             ));
             nodes.push(NodeProc {
                 id,
                 client_addr,
                 peer_addr,
+                metrics_addr,
                 child: None,
                 paused: false,
             });

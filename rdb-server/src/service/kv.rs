@@ -204,9 +204,11 @@ fn err<T: Default>(
     Ok(Response::new(resp))
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+impl KvService {
+    async fn put_inner(
+        &self,
+        request: Request<PutRequest>,
+    ) -> Result<Response<PutResponse>, Status> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
@@ -229,7 +231,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+    async fn get_inner(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<GetResponse>, Status> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
@@ -251,7 +256,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn delete(
+    async fn delete_inner(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
@@ -277,7 +282,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+    async fn scan_inner(
+        &self,
+        request: Request<ScanRequest>,
+    ) -> Result<Response<ScanResponse>, Status> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let max = self.settings.max_scan_limit;
@@ -340,7 +348,10 @@ impl Kv for KvService {
         }))
     }
 
-    async fn cas(&self, request: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+    async fn cas_inner(
+        &self,
+        request: Request<CasRequest>,
+    ) -> Result<Response<CasResponse>, Status> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
@@ -372,7 +383,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn status(
+    async fn status_inner(
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
@@ -395,7 +406,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn check(
+    async fn check_inner(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
@@ -412,7 +423,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash_inner(
+        &self,
+        request: Request<HashRequest>,
+    ) -> Result<Response<HashResponse>, Status> {
         let index = request.into_inner().index;
         if index == 0 {
             let e = RequestError::InvalidArgument("index must be a hash point's index".into());
@@ -453,6 +467,79 @@ impl Kv for KvService {
         }
         Ok(Response::new(resp))
     }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        metered("put", self.put_inner(request), |r| r.error.as_ref()).await
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        metered("get", self.get_inner(request), |r| r.error.as_ref()).await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        metered("delete", self.delete_inner(request), |r| r.error.as_ref()).await
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        metered("scan", self.scan_inner(request), |r| r.error.as_ref()).await
+    }
+
+    async fn cas(&self, request: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+        metered("cas", self.cas_inner(request), |r| r.error.as_ref()).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.status_inner(request).await
+    }
+
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        self.check_inner(request).await
+    }
+
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.hash_inner(request).await
+    }
+}
+
+/// Runs one client call and records its outcome (`ok` or the error code) and latency.
+async fn metered<T>(
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    error: impl Fn(&T) -> Option<&PbError>,
+) -> Result<Response<T>, Status> {
+    let started = std::time::Instant::now();
+    let r = call.await;
+    let outcome = match &r {
+        Ok(resp) => match error(resp.get_ref()) {
+            None => "ok",
+            Some(e) => match ErrorCode::try_from(e.code) {
+                Ok(ErrorCode::InvalidArgument) => "invalid_argument",
+                Ok(ErrorCode::NotLeader) => "not_leader",
+                Ok(ErrorCode::Unavailable) => "unavailable",
+                Ok(ErrorCode::Indeterminate) => "indeterminate",
+                _ => "other",
+            },
+        },
+        Err(_) => "grpc_error",
+    };
+    let m = crate::metrics::metrics();
+    m.requests.with_label_values(&[op, outcome]).inc();
+    m.request_seconds
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    r
 }
 
 /// Parses a gRPC `grpc-timeout` header value: digits and a unit (H, M, S, m, u, n).

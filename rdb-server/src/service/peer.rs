@@ -140,7 +140,9 @@ impl Peer for PeerService {
             .await?
             .map_err(to_status)?;
         let mut data = first.data;
+        let mut received = 0u64;
         loop {
+            received += data.len() as u64;
             if !data.is_empty() {
                 let (back, written) = blocking(move || {
                     let r = incoming.write(&data);
@@ -161,6 +163,9 @@ impl Peer for PeerService {
         blocking(move || incoming.finish())
             .await?
             .map_err(to_status)?;
+        let metrics = crate::metrics::metrics();
+        metrics.snapshots_received.inc();
+        metrics.snapshot_received_bytes.inc_by(received);
         self.deliver(m).await?;
         Ok(Response::new(Done {}))
     }

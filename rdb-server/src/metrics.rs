@@ -1,0 +1,278 @@
+//! Prometheus metrics of a node, and the HTTP endpoint that serves them.
+//!
+//! One process runs one node, so the metrics are process-wide statics in their own registry.
+//! The Raft core stays free of them: the node task, the stores' wrappers, the services and the
+//! transport record what they see.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric of the node.
+pub struct Metrics {
+    registry: Registry,
+    /// Client requests by operation and outcome (ok, or the error kind).
+    pub requests: IntCounterVec,
+    /// Client request latency by operation, seconds.
+    pub request_seconds: HistogramVec,
+    /// From proposal to the answer after apply, seconds (writes on the leader).
+    pub propose_apply_seconds: Histogram,
+    /// Synced writes of the Raft log (entries + hard state), seconds.
+    pub fsync_seconds: Histogram,
+    /// Applying a batch of committed entries, seconds.
+    pub apply_seconds: Histogram,
+    /// One turn of the node task (inputs, Ready cycle, answers), seconds.
+    pub turn_seconds: Histogram,
+    /// Entries persisted per Ready.
+    pub entries_per_append: Histogram,
+    /// ReadIndex rounds started.
+    pub read_rounds: IntCounter,
+    /// Reads served per round.
+    pub reads_per_round: Histogram,
+    /// Raft term.
+    pub term: IntGauge,
+    /// 1 when this node leads.
+    pub is_leader: IntGauge,
+    /// Raft role: 0 follower, 1 candidate, 2 leader, 3 pre-candidate.
+    pub role: IntGauge,
+    /// Times the known leader changed.
+    pub leader_changes: IntCounter,
+    /// Commit index.
+    pub commit_index: IntGauge,
+    /// Applied index.
+    pub applied_index: IntGauge,
+    /// First index still in the log.
+    pub log_first_index: IntGauge,
+    /// Entries in the log.
+    pub log_entries: IntGauge,
+    /// Snapshots sent, and their bytes.
+    pub snapshots_sent: IntCounter,
+    /// Bytes of snapshots sent.
+    pub snapshot_sent_bytes: IntCounter,
+    /// Time to send one snapshot, seconds.
+    pub snapshot_send_seconds: Histogram,
+    /// Snapshots received.
+    pub snapshots_received: IntCounter,
+    /// Bytes of snapshots received.
+    pub snapshot_received_bytes: IntCounter,
+    /// Failures to send to a peer (connect or stream errors, dropped messages), by peer.
+    pub peer_send_failures: IntCounterVec,
+    /// Messages queued for a peer, by peer.
+    pub peer_queue_depth: IntGaugeVec,
+    /// Bytes of live SST files in RocksDB.
+    pub rocksdb_sst_bytes: IntGauge,
+    /// Bytes RocksDB estimates compaction still has to rewrite.
+    pub rocksdb_pending_compaction_bytes: IntGauge,
+    /// The slowest synced write since the node task last looked, in microseconds.
+    pub slowest_fsync_us: AtomicU64,
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+/// Latency buckets: 50 us to about 26 s.
+fn seconds() -> Vec<f64> {
+    exponential_buckets(0.00005, 2.0, 20).unwrap_or_default()
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "rdb_requests_total",
+                "Client requests by operation and outcome",
+            ),
+            &["op", "outcome"],
+        );
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("rdb_request_duration_seconds", "Client request latency")
+                .buckets(seconds()),
+            &["op"],
+        );
+        let peer_send_failures = IntCounterVec::new(
+            Opts::new("rdb_peer_send_failures_total", "Failures sending to a peer"),
+            &["peer"],
+        );
+        let peer_queue_depth = IntGaugeVec::new(
+            Opts::new("rdb_peer_queue_depth", "Raft messages queued for a peer"),
+            &["peer"],
+        );
+        let gauge =
+            |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| panic!("metric {n}: {e}"));
+        let counter =
+            |n: &str, h: &str| IntCounter::new(n, h).unwrap_or_else(|e| panic!("metric {n}: {e}"));
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: requests.unwrap_or_else(|e| panic!("rdb_requests_total: {e}")),
+            request_seconds: request_seconds
+                .unwrap_or_else(|e| panic!("rdb_request_duration_seconds: {e}")),
+            propose_apply_seconds: histogram(
+                "rdb_propose_apply_seconds",
+                "From proposal to the answer after apply",
+                seconds(),
+            ),
+            fsync_seconds: histogram(
+                "rdb_raft_log_fsync_seconds",
+                "Synced writes of Raft entries and hard state",
+                seconds(),
+            ),
+            apply_seconds: histogram(
+                "rdb_apply_seconds",
+                "Applying a batch of committed entries",
+                seconds(),
+            ),
+            turn_seconds: histogram(
+                "rdb_raft_turn_seconds",
+                "One turn of the node task: inputs, Ready cycle, answers",
+                seconds(),
+            ),
+            entries_per_append: histogram(
+                "rdb_raft_entries_per_append",
+                "Entries persisted per Ready",
+                exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
+            ),
+            read_rounds: counter("rdb_read_index_rounds_total", "ReadIndex rounds started"),
+            reads_per_round: histogram(
+                "rdb_reads_per_read_index_round",
+                "Linearizable reads served per ReadIndex round",
+                exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
+            ),
+            term: gauge("rdb_raft_term", "Raft term"),
+            is_leader: gauge("rdb_raft_is_leader", "1 when this node leads"),
+            role: gauge(
+                "rdb_raft_role",
+                "Raft role: 0 follower, 1 candidate, 2 leader, 3 pre-candidate",
+            ),
+            leader_changes: counter(
+                "rdb_raft_leader_changes_total",
+                "Times the known leader changed",
+            ),
+            commit_index: gauge("rdb_raft_commit_index", "Commit index"),
+            applied_index: gauge("rdb_raft_applied_index", "Applied index"),
+            log_first_index: gauge("rdb_raft_log_first_index", "First index in the Raft log"),
+            log_entries: gauge("rdb_raft_log_entries", "Entries in the Raft log"),
+            snapshots_sent: counter("rdb_snapshots_sent_total", "Snapshots sent"),
+            snapshot_sent_bytes: counter("rdb_snapshot_sent_bytes_total", "Snapshot bytes sent"),
+            snapshot_send_seconds: histogram(
+                "rdb_snapshot_send_seconds",
+                "Time to send one snapshot",
+                seconds(),
+            ),
+            snapshots_received: counter("rdb_snapshots_received_total", "Snapshots received"),
+            snapshot_received_bytes: counter(
+                "rdb_snapshot_received_bytes_total",
+                "Snapshot bytes received",
+            ),
+            peer_send_failures: peer_send_failures
+                .unwrap_or_else(|e| panic!("rdb_peer_send_failures_total: {e}")),
+            peer_queue_depth: peer_queue_depth
+                .unwrap_or_else(|e| panic!("rdb_peer_queue_depth: {e}")),
+            rocksdb_sst_bytes: gauge("rdb_rocksdb_sst_bytes", "Bytes of live SST files"),
+            rocksdb_pending_compaction_bytes: gauge(
+                "rdb_rocksdb_pending_compaction_bytes",
+                "Bytes RocksDB estimates compaction still has to rewrite",
+            ),
+            slowest_fsync_us: AtomicU64::new(0),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_seconds.clone()),
+            Box::new(m.propose_apply_seconds.clone()),
+            Box::new(m.fsync_seconds.clone()),
+            Box::new(m.apply_seconds.clone()),
+            Box::new(m.turn_seconds.clone()),
+            Box::new(m.entries_per_append.clone()),
+            Box::new(m.read_rounds.clone()),
+            Box::new(m.reads_per_round.clone()),
+            Box::new(m.term.clone()),
+            Box::new(m.is_leader.clone()),
+            Box::new(m.role.clone()),
+            Box::new(m.leader_changes.clone()),
+            Box::new(m.commit_index.clone()),
+            Box::new(m.applied_index.clone()),
+            Box::new(m.log_first_index.clone()),
+            Box::new(m.log_entries.clone()),
+            Box::new(m.snapshots_sent.clone()),
+            Box::new(m.snapshot_sent_bytes.clone()),
+            Box::new(m.snapshot_send_seconds.clone()),
+            Box::new(m.snapshots_received.clone()),
+            Box::new(m.snapshot_received_bytes.clone()),
+            Box::new(m.peer_send_failures.clone()),
+            Box::new(m.peer_queue_depth.clone()),
+            Box::new(m.rocksdb_sst_bytes.clone()),
+            Box::new(m.rocksdb_pending_compaction_bytes.clone()),
+        ];
+        for c in collectors {
+            // Names are distinct constants: a clash is a programming error caught by any test.
+            m.registry
+                .register(c)
+                .unwrap_or_else(|e| panic!("registering a metric: {e}"));
+        }
+        m
+    }
+
+    /// Records a synced write's duration, and remembers the slowest for the node's warning.
+    pub fn observe_fsync(&self, d: Duration) {
+        self.fsync_seconds.observe(d.as_secs_f64());
+        self.slowest_fsync_us
+            .fetch_max(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// The node's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [("content-type", "text/plain; version=0.0.4")],
+                metrics().render(),
+            )
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_with_its_name() {
+        let m = metrics();
+        m.requests.with_label_values(&["put", "ok"]).inc();
+        m.observe_fsync(Duration::from_millis(3));
+        m.peer_queue_depth.with_label_values(&["2"]).set(4);
+        let text = m.render();
+        for name in [
+            "rdb_requests_total{op=\"put\",outcome=\"ok\"}",
+            "rdb_raft_log_fsync_seconds_count",
+            "rdb_raft_term",
+            "rdb_peer_queue_depth{peer=\"2\"} 4",
+            "rdb_rocksdb_pending_compaction_bytes",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(m.slowest_fsync_us.load(Ordering::Relaxed) >= 3000);
+    }
+}

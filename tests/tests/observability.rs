@@ -1,0 +1,145 @@
+//! Metrics and health of real nodes: counters and histograms move with traffic, and the gRPC
+//! health service says NOT_SERVING on a node cut from its quorum.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use rdb_tests::cluster::TestCluster;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Scrapes `GET /metrics` at `addr`: every sample line as "name{labels}" -> value.
+fn scrape(addr: &str) -> HashMap<String, f64> {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(SECS(5))).expect("timeout");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    body.lines()
+        .filter(|l| l.starts_with("rdb_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("{key} missing; have {:?}", m.keys().collect::<Vec<_>>()))
+}
+
+async fn health(addr: &str) -> Option<i32> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(SECS(2))
+        .connect()
+        .await
+        .ok()?;
+    let mut c = HealthClient::new(channel);
+    let r = c
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_and_health_follows_the_quorum() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(SECS(20)).await;
+    let client = c.client();
+    for i in 0..200 {
+        client.put(format!("k{i}"), "v").await.expect("put");
+    }
+    for i in 0..50 {
+        client.get(format!("k{i}")).await.expect("get");
+    }
+    let l = scrape(&c.nodes[leader as usize - 1].metrics_addr);
+    assert!(get(&l, "rdb_requests_total{op=\"put\",outcome=\"ok\"}") >= 200.0);
+    assert!(get(&l, "rdb_requests_total{op=\"get\",outcome=\"ok\"}") >= 50.0);
+    assert!(get(&l, "rdb_request_duration_seconds_count{op=\"put\"}") >= 200.0);
+    assert!(get(&l, "rdb_propose_apply_seconds_count") >= 200.0);
+    assert!(get(&l, "rdb_read_index_rounds_total") >= 1.0);
+    assert!(get(&l, "rdb_reads_per_read_index_round_sum") >= 50.0);
+    assert_eq!(get(&l, "rdb_raft_is_leader"), 1.0);
+    let applied = get(&l, "rdb_raft_applied_index");
+    assert!(applied >= 200.0, "applied {applied}");
+    for n in &c.nodes {
+        // Every node persisted and applied the writes.
+        TestCluster::wait_until("a follower's metrics to catch up", SECS(10), || {
+            let m = scrape(&n.metrics_addr);
+            async move { get(&m, "rdb_raft_applied_index") >= applied }
+        })
+        .await;
+        let m = scrape(&n.metrics_addr);
+        assert!(
+            get(&m, "rdb_raft_log_fsync_seconds_count") > 0.0,
+            "node {}",
+            n.id
+        );
+        assert!(get(&m, "rdb_apply_seconds_count") > 0.0, "node {}", n.id);
+        assert!(
+            get(&m, "rdb_raft_entries_per_append_sum") >= 200.0,
+            "node {}",
+            n.id
+        );
+        assert!(get(&m, "rdb_raft_term") >= 1.0, "node {}", n.id);
+        assert!(
+            get(&m, "rdb_raft_turn_seconds_count") > 0.0,
+            "node {}",
+            n.id
+        );
+        assert!(m.contains_key("rdb_rocksdb_sst_bytes"), "node {}", n.id);
+    }
+    let leaders: f64 = c
+        .nodes
+        .iter()
+        .map(|n| get(&scrape(&n.metrics_addr), "rdb_raft_is_leader"))
+        .sum();
+    assert_eq!(leaders, 1.0);
+
+    // Health: every node serves; one left alone without its quorum does not.
+    for n in &c.nodes {
+        let addr = n.client_addr.clone();
+        TestCluster::wait_until("every node SERVING", SECS(10), || {
+            let addr = addr.clone();
+            async move { health(&addr).await == Some(ServingStatus::Serving as i32) }
+        })
+        .await;
+    }
+    let alone = (leader % 3) + 1;
+    for id in (1..=3).filter(|&id| id != alone) {
+        c.kill(id);
+    }
+    let addr = c.nodes[alone as usize - 1].client_addr.clone();
+    TestCluster::wait_until(
+        "the node cut from its quorum to say NOT_SERVING",
+        SECS(20),
+        || {
+            let addr = addr.clone();
+            async move { health(&addr).await == Some(ServingStatus::NotServing as i32) }
+        },
+    )
+    .await;
+    for id in (1..=3).filter(|&id| id != alone) {
+        c.restart(id);
+    }
+    TestCluster::wait_until("SERVING again once the quorum is back", SECS(20), || {
+        let addr = addr.clone();
+        async move { health(&addr).await == Some(ServingStatus::Serving as i32) }
+    })
+    .await;
+}
