@@ -217,6 +217,8 @@ impl Printer {
                             "role": s.role, "term": s.term, "leader_id": s.leader_id,
                             "commit_index": s.commit_index, "applied_index": s.applied_index,
                             "first_index": s.first_index, "last_index": s.last_index,
+                            "followers": s.followers.iter().map(|(id, m, lag)| json!({
+                                "id": id, "match_index": m, "lag": lag})).collect::<Vec<_>>(),
                         }),
                         Err(e) => json!({"endpoint": ep, "error": e.to_string()}),
                     })
@@ -247,6 +249,22 @@ impl Printer {
                     });
                 }
                 print_table(&rows);
+                for s in all.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+                    if s.followers.is_empty() {
+                        continue;
+                    }
+                    println!();
+                    let mut rows = vec![vec![
+                        "FOLLOWER".to_string(),
+                        "MATCH".to_string(),
+                        "LAG".to_string(),
+                    ]];
+                    for (id, m, lag) in &s.followers {
+                        rows.push(vec![id.to_string(), m.to_string(), lag.to_string()]);
+                    }
+                    println!("as seen by leader {}:", s.node_id);
+                    print_table(&rows);
+                }
             }
         }
     }

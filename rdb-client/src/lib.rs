@@ -190,6 +190,8 @@ pub struct NodeStatus {
     pub first_index: u64,
     /// Last index of the log.
     pub last_index: u64,
+    /// On the leader: (follower id, match index, lag in entries) of every other voter.
+    pub followers: Vec<(u64, u64, u64)>,
 }
 
 struct Inner {
@@ -561,6 +563,11 @@ impl Client {
             applied_index: r.applied_index,
             first_index: r.first_index,
             last_index: r.last_index,
+            followers: r
+                .followers
+                .iter()
+                .map(|f| (f.id, f.match_index, f.lag))
+                .collect(),
         })
     }
 

@@ -275,4 +275,36 @@ mod tests {
         }
         assert!(m.slowest_fsync_us.load(Ordering::Relaxed) >= 3000);
     }
+
+    #[test]
+    fn the_dashboard_uses_only_metrics_that_exist() {
+        let dashboard = include_str!("../../dashboards/rdb.json");
+        // Labelled families appear once they have a series.
+        let m = metrics();
+        m.requests.with_label_values(&["test", "ok"]);
+        m.request_seconds.with_label_values(&["test"]);
+        m.peer_send_failures.with_label_values(&["test"]);
+        m.peer_queue_depth.with_label_values(&["test"]);
+        let text = m.render();
+        let mut names: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("rdb_"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(
+            names.len() >= 15,
+            "the dashboard names few metrics: {names:?}"
+        );
+        for name in names {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "dashboards/rdb.json uses {name}, which the node does not export"
+            );
+        }
+    }
 }

@@ -388,6 +388,7 @@ where
             applied_index: r.applied_index(),
             first_index,
             last_index,
+            followers: r.follower_progress(),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct NodeStatus {
     pub first_index: u64,
     /// Last index in the log.
     pub last_index: u64,
+    /// On the leader: (follower id, matched index) of every other voter.
+    pub followers: Vec<(NodeId, u64)>,
 }
 
 /// A client request for the Raft task; `O` is what the application's commands produce.

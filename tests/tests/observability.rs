@@ -111,6 +111,21 @@ async fn metrics_move_with_traffic_and_health_follows_the_quorum() {
         .sum();
     assert_eq!(leaders, 1.0);
 
+    // The leader's status shows each follower's match index and lag.
+    let st = client
+        .status_of(&c.nodes[leader as usize - 1].client_addr)
+        .await
+        .expect("status");
+    assert_eq!(st.followers.len(), 2, "{st:?}");
+    for (id, m, lag) in &st.followers {
+        assert_ne!(*id, leader);
+        assert!(
+            *m as f64 >= applied,
+            "follower {id} matched {m}, applied {applied}"
+        );
+        assert_eq!(*lag, st.last_index - m);
+    }
+
     // Health: every node serves; one left alone without its quorum does not.
     for n in &c.nodes {
         let addr = n.client_addr.clone();

@@ -254,6 +254,24 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         &self.app
     }
 
+    /// On a leader: (id, matched index) of every other voter, by id; empty otherwise.
+    pub fn follower_progress(&self) -> Vec<(u64, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let me = self.id();
+        let mut v: Vec<(u64, u64)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(&id, _)| id != me)
+            .map(|(&id, pr)| (id, pr.matched))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// What the leader knows of `id`'s log: its matched index, if it is a tracked peer.
     pub fn matched(&self, id: u64) -> Option<u64> {
         self.raw.raft.prs().get(id).map(|pr| pr.matched)

@@ -403,6 +403,15 @@ impl KvService {
             first_index: s.first_index,
             last_index: s.last_index,
             client_addr: self.client_addr.clone(),
+            followers: s
+                .followers
+                .iter()
+                .map(|&(id, m)| rdb_proto::kv::FollowerProgress {
+                    id,
+                    match_index: m,
+                    lag: s.last_index.saturating_sub(m),
+                })
+                .collect(),
         }))
     }
 
