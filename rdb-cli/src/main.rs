@@ -55,6 +55,27 @@ struct Cli {
     /// Comma-separated client addresses of the PD nodes (for tso, store, region, member).
     #[arg(long, env = "RDB_PD", global = true)]
     pd: Option<String>,
+    /// CA certificate (PEM) that signs the nodes' certificates: talk TLS (https).
+    #[arg(long, env = "RDB_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for nodes that require one (with --key).
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        env = "RDB_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM) (with --cert).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "RDB_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -187,8 +208,16 @@ async fn run(cli: Cli) -> u8 {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    let tls = match tls_options(&cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rdb-cli: {e}");
+            return exit::INVALID;
+        }
+    };
     let opts = Options {
         deadline: Duration::from_millis(cli.timeout_ms),
+        tls,
         ..Options::default()
     };
     let client = match Client::with_options(&endpoints, opts.clone()) {
@@ -369,6 +398,27 @@ async fn run(cli: Cli) -> u8 {
             }
         }
     }
+}
+
+/// TLS settings from --cacert/--cert/--key: None (plaintext) without --cacert.
+fn tls_options(cli: &Cli) -> Result<Option<rdb_client::TlsOptions>, String> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+    };
+    let Some(ca) = &cli.cacert else {
+        if cli.client_cert.is_some() {
+            return Err("--cert needs --cacert (the CA that signs the nodes)".into());
+        }
+        return Ok(None);
+    };
+    let identity = match (&cli.client_cert, &cli.client_key) {
+        (Some(c), Some(k)) => Some((read(c, "--cert")?, read(k, "--key")?)),
+        _ => None,
+    };
+    Ok(Some(rdb_client::TlsOptions {
+        ca_pem: read(ca, "--cacert")?,
+        identity,
+    }))
 }
 
 fn consistency(serializable: bool) -> ReadConsistency {

@@ -77,6 +77,28 @@ pub struct Options {
     pub backoff_min: Duration,
     /// Longest pause between retries.
     pub backoff_max: Duration,
+    /// TLS to the nodes (`https`), or None for plaintext.
+    pub tls: Option<TlsOptions>,
+}
+
+/// How the client speaks TLS: the CA that signs the nodes' certificates, and the client's own
+/// certificate and key for nodes that require one (`client_cert_auth`).
+#[derive(Clone)]
+pub struct TlsOptions {
+    /// CA certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// The client's certificate chain and private key (PEM), if it has one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TlsOptions")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl Default for Options {
@@ -87,6 +109,7 @@ impl Default for Options {
             connect_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -641,13 +664,25 @@ fn connect_lazy(addr: &str, opts: &Options) -> Result<KvClient<Channel>> {
 
 /// A channel to `addr` (`host:port` or a URI) that connects on first use.
 pub(crate) fn channel_lazy(addr: &str, opts: &Options) -> Result<Channel> {
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    let channel = Endpoint::from_shared(uri)
-        .map_err(|e| Error::InvalidArgument(format!("endpoint {addr:?}: {e}")))?
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| Error::InvalidArgument(format!("endpoint {addr:?}: {e}")))?;
+    if let Some(tls) = &opts.tls {
+        let mut cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint
+            .tls_config(cfg)
+            .map_err(|e| Error::InvalidArgument(format!("tls for {addr:?}: {e}")))?;
+    }
+    let channel = endpoint
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

@@ -164,6 +164,7 @@ fn opts() -> Options {
         connect_timeout: Duration::from_millis(300),
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
+        tls: None,
     }
 }
 

@@ -47,6 +47,10 @@ struct PdFile {
     settings: Settings,
     #[serde(default)]
     pd: PdSettings,
+    #[serde(default)]
+    tls: Option<rdb_server::config::TlsSettings>,
+    #[serde(default)]
+    peer_tls: Option<rdb_server::config::TlsSettings>,
 }
 
 /// A PD group: its members and Raft settings (as rdb-server's) and the PD settings.
@@ -85,6 +89,8 @@ impl PdConfig {
                 cluster_id: f.cluster_id,
                 nodes: f.nodes,
                 settings: f.settings,
+                tls: f.tls,
+                peer_tls: f.peer_tls,
             },
             pd: f.pd,
         };
@@ -129,6 +135,8 @@ impl PdConfig {
                     metrics_addr: Some("127.0.0.1:9399".into()),
                 }],
                 settings: Settings::default(),
+                tls: None,
+                peer_tls: None,
             },
             pd: PdSettings::default(),
         }

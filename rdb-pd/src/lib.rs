@@ -51,8 +51,7 @@ pub async fn run(
         config.pd.tso_window(),
         config.pd.store_down_after(),
     );
-    let client = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let client = rdb_server::server::client_server_builder(&config.cluster, node_id)?
         .add_service(PdServer::new(svc));
     started.serve(client, shutdown).await
 }

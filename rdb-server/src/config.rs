@@ -158,6 +158,37 @@ impl Default for Settings {
     }
 }
 
+/// TLS for one port: this node's certificate and key, and the CA that signs the other side's
+/// certificates. A `{id}` in a path is replaced by the node's id, so one file serves every
+/// node (`cert_file = "certs/node{id}.pem"`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// This node's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign the other side's certificates.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `ca_file` (always on for `[peer_tls]`).
+    #[serde(default)]
+    pub client_cert_auth: bool,
+}
+
+impl TlsSettings {
+    /// The settings with `{id}` in every path replaced by `id`.
+    pub fn for_node(&self, id: NodeId) -> TlsSettings {
+        let sub = |p: &PathBuf| PathBuf::from(p.to_string_lossy().replace("{id}", &id.to_string()));
+        TlsSettings {
+            cert_file: sub(&self.cert_file),
+            key_file: sub(&self.key_file),
+            ca_file: self.ca_file.as_ref().map(sub),
+            client_cert_auth: self.client_cert_auth,
+        }
+    }
+}
+
 /// The whole cluster, as read from the file.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +200,14 @@ pub struct ClusterConfig {
     /// Tunables shared by all nodes.
     #[serde(default)]
     pub settings: Settings,
+    /// TLS on the client port (etcd's `--cert-file`, `--key-file`, `--trusted-ca-file`,
+    /// `--client-cert-auth`); plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Mutual TLS on the peer port: every node presents its certificate and accepts only
+    /// peers whose certificate `ca_file` signed; plaintext when absent.
+    #[serde(default)]
+    pub peer_tls: Option<TlsSettings>,
 }
 
 impl ClusterConfig {
@@ -210,6 +249,8 @@ impl ClusterConfig {
                 metrics_addr: Some("127.0.0.1:9379".into()),
             }],
             settings: Settings::default(),
+            tls: None,
+            peer_tls: None,
         }
     }
 
@@ -224,6 +265,20 @@ impl ClusterConfig {
     /// Checks every rule a cluster needs before anything touches the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(t) = &self.tls {
+            if t.client_cert_auth && t.ca_file.is_none() {
+                return bad(
+                    "[tls] client_cert_auth needs ca_file, the CA that signs clients".into(),
+                );
+            }
+        }
+        if let Some(t) = &self.peer_tls {
+            if t.ca_file.is_none() {
+                return bad(
+                    "[peer_tls] needs ca_file: peers check each other's certificates".into(),
+                );
+            }
+        }
         if self.cluster_id == 0 {
             return bad("cluster_id must be non-zero".into());
         }
@@ -434,5 +489,29 @@ tick_interval_ms = 20
         ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn tls_settings_need_a_ca_where_certificates_are_checked_and_take_the_node_id() {
+        let base = "cluster_id = 1\n[[nodes]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ndata_dir = \"d\"\n";
+        let e = ClusterConfig::parse(&format!(
+            "{base}[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_cert_auth = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("client_cert_auth needs ca_file"), "{e}");
+        let e = ClusterConfig::parse(&format!(
+            "{base}[peer_tls]\ncert_file = \"c\"\nkey_file = \"k\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[peer_tls] needs ca_file"), "{e}");
+        let c = ClusterConfig::parse(&format!(
+            "{base}[peer_tls]\ncert_file = \"certs/n{{id}}.pem\"\nkey_file = \"k{{id}}\"\nca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        let t = c.peer_tls.unwrap().for_node(3);
+        assert_eq!(t.cert_file, PathBuf::from("certs/n3.pem"));
+        assert_eq!(t.key_file, PathBuf::from("k3"));
     }
 }

@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod sim;
 pub mod stores;
+pub mod tls;
 pub mod transport;
 
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("serving: {0}")]
     Serve(String),
+    /// A TLS certificate or key cannot be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Other OS failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),

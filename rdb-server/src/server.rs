@@ -35,6 +35,7 @@ pub struct Started<O> {
     pub client_listener: TcpListener,
     peer_listener: TcpListener,
     peer_service: PeerService,
+    peer_tls: Option<tonic::transport::ServerTlsConfig>,
     max_peer_message: usize,
     node_thread: std::thread::JoinHandle<()>,
     logger: Logger,
@@ -106,6 +107,13 @@ where
         });
     }
 
+    let peer_tls = match &config.peer_tls {
+        Some(t) => {
+            crate::tls::set_peer_client(crate::tls::peer_client_config(t, node_id)?);
+            Some(crate::tls::server_config(t, node_id, true)?)
+        }
+        None => None,
+    };
     let (mailbox, inbox) = Mailbox::new(MAILBOX);
     let transport = GrpcTransport::start(
         config,
@@ -152,6 +160,7 @@ where
         client_listener,
         peer_listener,
         peer_service,
+        peer_tls,
         max_peer_message: config.settings.max_peer_message_bytes,
         node_thread,
         logger: logger.clone(),
@@ -180,8 +189,13 @@ impl<O: Send + 'static> Started<O> {
         let client_server = client
             .add_service(health_service)
             .serve_with_incoming_shutdown(incoming(self.client_listener), stopped(stop_rx.clone()));
-        let peer_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let mut peer_builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some(tls) = self.peer_tls {
+            peer_builder = peer_builder
+                .tls_config(tls)
+                .map_err(|e| ServerError::Tls(format!("peer port: {e}")))?;
+        }
+        let peer_server = peer_builder
             .add_service(
                 PeerServer::new(self.peer_service)
                     .max_decoding_message_size(self.max_peer_message)
@@ -205,6 +219,20 @@ impl<O: Send + 'static> Started<O> {
         // The node thread ends with the process; everything it acknowledged is already synced.
         drop(self.node_thread);
         Ok(())
+    }
+}
+
+/// A gRPC server builder for node `id`'s client port, with TLS when the config has `[tls]`.
+pub fn client_server_builder(
+    config: &ClusterConfig,
+    id: NodeId,
+) -> Result<tonic::transport::Server, ServerError> {
+    let builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    match &config.tls {
+        Some(t) => builder
+            .tls_config(crate::tls::server_config(t, id, t.client_cert_auth)?)
+            .map_err(|e| ServerError::Tls(format!("client port: {e}"))),
+        None => Ok(builder),
     }
 }
 
@@ -284,13 +312,11 @@ pub async fn run(
         me.client_addr.clone(),
     );
     let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
-    let client = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(
-            KvServer::new(kv)
-                .max_decoding_message_size(max_client_message)
-                .max_encoding_message_size(usize::MAX),
-        );
+    let client = client_server_builder(&config, node_id)?.add_service(
+        KvServer::new(kv)
+            .max_decoding_message_size(max_client_message)
+            .max_encoding_message_size(usize::MAX),
+    );
     started.serve(client, shutdown).await
 }
 

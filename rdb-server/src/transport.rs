@@ -213,7 +213,11 @@ async fn connect(
     addr: &str,
     max_message: usize,
 ) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = match crate::tls::peer_client() {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    let channel = endpoint
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))

@@ -93,7 +93,18 @@ impl TestCluster {
 
     /// Starts a PD group of `n` `rdb-pd` nodes, with `pd` as the text of its `[pd]` table.
     pub fn start_pd(n: usize, pd: &str) -> TestCluster {
-        Self::launch_binary(n, Settings::default(), None, "rdb-pd", pd)
+        Self::launch_binary(
+            n,
+            Settings::default(),
+            None,
+            "rdb-pd",
+            &format!("[pd]\n{pd}\n"),
+        )
+    }
+
+    /// Starts `n` rdb-server nodes whose config ends with `tables` (TOML text: `[tls]`, ...).
+    pub fn start_with_tables(n: usize, tables: &str) -> TestCluster {
+        Self::launch_binary(n, Settings::default(), None, "rdb-server", tables)
     }
 
     /// Starts `n` nodes, each in its own network namespace, so links can be cut and healed
@@ -119,7 +130,7 @@ impl TestCluster {
         settings: Settings,
         net: Option<NetnsNet>,
         binary: &'static str,
-        pd: &str,
+        tables: &str,
     ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::from("cluster_id = 7\n");
@@ -154,11 +165,8 @@ impl TestCluster {
         }
         toml.push_str("[settings]\n");
         toml.push_str(&settings.0);
-        if !pd.is_empty() {
-            toml.push_str("\n[pd]\n");
-            toml.push_str(pd);
-            toml.push('\n');
-        }
+        toml.push('\n');
+        toml.push_str(tables);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
         let mut c = TestCluster {
@@ -489,6 +497,7 @@ pub fn quick_options() -> Options {
         connect_timeout: Duration::from_millis(300),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
+        tls: None,
     }
 }
 

@@ -127,6 +127,7 @@ fn client_options() -> Options {
         connect_timeout: Duration::from_millis(200),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
+        tls: None,
     }
 }
 

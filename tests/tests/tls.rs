@@ -1,0 +1,160 @@
+//! TLS on real nodes: clients need TLS and a certificate the CA signed; a peer whose
+//! certificate another CA signed can neither join nor send Raft messages.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdb_client::{Client, TlsOptions};
+use rdb_tests::certs::Ca;
+use rdb_tests::cluster::{bin_dir, quick_options, TestCluster};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).expect("read cert")
+}
+
+fn client(c: &TestCluster, tls: Option<TlsOptions>) -> Client {
+    let mut opts = quick_options();
+    opts.deadline = SECS(3);
+    opts.tls = tls;
+    Client::with_options(c.endpoints(), opts).expect("client")
+}
+
+fn tls(dir: &Path, identity: Option<&str>) -> Option<TlsOptions> {
+    Some(TlsOptions {
+        ca_pem: read(&dir.join("ca.pem")),
+        identity: identity.map(|stem| {
+            (
+                read(&dir.join(format!("{stem}.pem"))),
+                read(&dir.join(format!("{stem}.key"))),
+            )
+        }),
+    })
+}
+
+fn tables(dir: &Path, client_tls: bool) -> String {
+    let d = dir.display();
+    let mut t = format!(
+        "[peer_tls]\ncert_file = \"{d}/peer{{id}}.pem\"\nkey_file = \"{d}/peer{{id}}.key\"\nca_file = \"{d}/ca.pem\"\n"
+    );
+    if client_tls {
+        t.push_str(&format!(
+            "[tls]\ncert_file = \"{d}/node{{id}}.pem\"\nkey_file = \"{d}/node{{id}}.key\"\nca_file = \"{d}/ca.pem\"\nclient_cert_auth = true\n"
+        ));
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_need_tls_and_a_certificate_the_ca_signed() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let (ca, other) = (Ca::new("rdb test CA"), Ca::new("another CA"));
+    ca.write(&dir.join("ca.pem"));
+    for id in 1..=3 {
+        ca.issue_to(&format!("node{id}"), dir, &format!("node{id}"));
+        ca.issue_to(&format!("peer{id}"), dir, &format!("peer{id}"));
+    }
+    ca.issue_to("client", dir, "client");
+    other.issue_to("intruder", dir, "intruder");
+    let c = TestCluster::start_with_tables(3, &tables(dir, true));
+
+    // A good client: TLS and a certificate the CA signed.
+    let good = client(&c, tls(dir, Some("client")));
+    let deadline = Instant::now() + SECS(30);
+    while good.put("k", "v").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS cluster never took a write"
+        );
+    }
+    assert_eq!(good.get("k").await.expect("get"), Some(b"v".to_vec()));
+
+    // Refused: plaintext, TLS without a certificate, a certificate from another CA.
+    for (what, t) in [
+        ("plaintext", None),
+        ("no client certificate", tls(dir, None)),
+        ("another CA's certificate", tls(dir, Some("intruder"))),
+    ] {
+        let r = client(&c, t).put("k", "intruder").await;
+        assert!(r.is_err(), "{what}: the write was accepted");
+    }
+    assert_eq!(good.get("k").await.expect("get"), Some(b"v".to_vec()));
+
+    // rdb-cli with --cacert, --cert and --key.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin_dir().join("rdb-cli"))
+            .arg("--endpoints")
+            .arg(c.endpoints().join(","))
+            .arg("--cacert")
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("client.pem"))
+            .arg("--key")
+            .arg(dir.join("client.key"))
+            .args(args)
+            .output()
+            .expect("rdb-cli")
+    };
+    let out = cli(&["put", "cli-key", "cli-value"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["get", "cli-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let (ca, other) = (Ca::new("rdb test CA"), Ca::new("another CA"));
+    ca.write(&dir.join("ca.pem"));
+    ca.issue_to("peer1", dir, "peer1");
+    ca.issue_to("peer2", dir, "peer2");
+    other.issue_to("peer3", dir, "peer3");
+    let c = TestCluster::start_with_tables(3, &tables(dir, false));
+    let writer = client(&c, None);
+    let deadline = Instant::now() + SECS(30);
+    while writer.put("k0", "v").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nodes 1 and 2 never took a write"
+        );
+    }
+    for i in 1..50 {
+        writer.put(format!("k{i}"), "v").await.expect("put");
+    }
+    let mut applied = 0;
+    for id in [1, 2] {
+        let s = c.status(id).await.expect("status");
+        applied = applied.max(s.applied_index);
+    }
+    for id in [1, 2] {
+        c.wait_applied(id, applied, SECS(10)).await;
+    }
+    // Node 3 never gets the entries: nothing it sends is accepted, nothing is sent to it.
+    let watch_until = Instant::now() + SECS(3);
+    let mut answered = 0;
+    while Instant::now() < watch_until {
+        if let Some(s) = c.status(3).await {
+            answered += 1;
+            assert!(
+                s.applied_index < applied,
+                "node 3 applied {} of {applied}: it joined with another CA's certificate",
+                s.applied_index
+            );
+            assert_ne!(s.role, "leader", "node 3 became leader");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered > 0, "node 3 never answered: it should run, alone");
+}
