@@ -18,3 +18,5 @@ echo "== tests"
 cargo test --workspace --locked -- --test-threads=2
 echo "== verify-replication"
 bash scripts/verify-replication.sh
+echo "== verify-replication over TLS"
+bash scripts/verify-replication.sh --tls

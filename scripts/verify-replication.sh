@@ -9,7 +9,15 @@
 #   5. a killed leader is replaced; no acknowledged write is lost
 #   6. a lone node cannot commit
 # Exits non-zero on the first failure and always stops every process it started.
+# With --tls, every node serves TLS on its client port (client certificates required) and mutual
+# TLS on its peer port, and rdb-cli talks TLS: the same steps, over TLS.
 set -euo pipefail
+tls=false
+case "${1:-}" in
+  --tls) tls=true ;;
+  "") ;;
+  *) echo "usage: $0 [--tls]" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
@@ -30,7 +38,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cli() { "$RDB_BIN/rdb-cli" "$@"; }
+tls_flags=()
+if $tls; then
+  "$RDB_BIN/rdb-certs" "$work/certs" 3 >/dev/null
+  tls_flags=(--cacert "$work/certs/ca.pem" --cert "$work/certs/client.pem" --key "$work/certs/client.key")
+fi
+cli() { "$RDB_BIN/rdb-cli" "${tls_flags[@]}" "$@"; }
+# Appends the TLS tables to a config file when running with --tls.
+tls_config() {
+  $tls || return 0
+  local c=$work/certs
+  printf '[tls]\ncert_file = "%s"\nkey_file = "%s"\nca_file = "%s"\nclient_cert_auth = true\n' \
+    "$c/node{id}.pem" "$c/node{id}.key" "$c/ca.pem" >> "$1"
+  printf '[peer_tls]\ncert_file = "%s"\nkey_file = "%s"\nca_file = "%s"\n' \
+    "$c/peer{id}.pem" "$c/peer{id}.key" "$c/ca.pem" >> "$1"
+}
 fail() { echo "FAIL  $*" >&2; exit 1; }
 step_start=0
 begin() { step_start=$(rdb_now_ms); }
@@ -67,12 +89,13 @@ value_is() { # value_is ENDPOINT KEY VALUE [--serializable]
   [ "$(cli --endpoints "$1" --timeout-ms 1000 get "$2" ${4:-} 2>/dev/null)" = "$3" ]
 }
 
-echo "rdb verify-replication ($work)"
+if $tls; then echo "rdb verify-replication over TLS ($work)"; else echo "rdb verify-replication ($work)"; fi
 
 # 1. Single node.
 mkdir -p "$work/single"
 rdb_write_config "$work/single" 1
 single_cfg="$work/single/cluster.toml"
+tls_config "$single_cfg"
 begin
 start single "$single_cfg" 1
 wait_for 2000 cli --endpoints "$(rdb_endpoints "$single_cfg")" --timeout-ms 500 put boot ok ||
@@ -85,6 +108,7 @@ stop9 single
 mkdir -p "$work/three"
 rdb_write_config "$work/three" 3
 cfg="$work/three/cluster.toml"
+tls_config "$cfg"
 all=$(rdb_endpoints "$cfg")
 for i in 1 2 3; do start "n$i" "$cfg" "$i"; done
 begin

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub snapshots_received: IntCounter,
     /// Bytes of snapshots received.
     pub snapshot_received_bytes: IntCounter,
+    /// Time to receive one snapshot (first chunk to the file synced), seconds.
+    pub snapshot_receive_seconds: Histogram,
     /// Failures to send to a peer (connect or stream errors, dropped messages), by peer.
     pub peer_send_failures: IntCounterVec,
     /// Messages queued for a peer, by peer.
@@ -170,6 +172,11 @@ impl Metrics {
                 "rdb_snapshot_received_bytes_total",
                 "Snapshot bytes received",
             ),
+            snapshot_receive_seconds: histogram(
+                "rdb_snapshot_receive_seconds",
+                "Time to receive one snapshot",
+                seconds(),
+            ),
             peer_send_failures: peer_send_failures
                 .unwrap_or_else(|e| panic!("rdb_peer_send_failures_total: {e}")),
             peer_queue_depth: peer_queue_depth
@@ -204,6 +211,7 @@ impl Metrics {
             Box::new(m.snapshot_send_seconds.clone()),
             Box::new(m.snapshots_received.clone()),
             Box::new(m.snapshot_received_bytes.clone()),
+            Box::new(m.snapshot_receive_seconds.clone()),
             Box::new(m.peer_send_failures.clone()),
             Box::new(m.peer_queue_depth.clone()),
             Box::new(m.rocksdb_sst_bytes.clone()),

@@ -141,6 +141,7 @@ impl Peer for PeerService {
             .map_err(to_status)?;
         let mut data = first.data;
         let mut received = 0u64;
+        let started = std::time::Instant::now();
         loop {
             received += data.len() as u64;
             if !data.is_empty() {
@@ -166,6 +167,9 @@ impl Peer for PeerService {
         let metrics = crate::metrics::metrics();
         metrics.snapshots_received.inc();
         metrics.snapshot_received_bytes.inc_by(received);
+        metrics
+            .snapshot_receive_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.deliver(m).await?;
         Ok(Response::new(Done {}))
     }
