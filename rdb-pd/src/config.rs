@@ -65,17 +65,7 @@ pub struct PdConfig {
 impl PdConfig {
     /// Reads and validates a PD configuration file, with rdb-server's rules.
     pub fn load(path: &Path) -> Result<PdConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        rdb_server::config::load_with(path, Self::parse)
     }
 
     /// Parses and validates configuration text.

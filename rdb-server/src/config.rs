@@ -210,21 +210,29 @@ pub struct ClusterConfig {
     pub peer_tls: Option<TlsSettings>,
 }
 
+/// Reads the file at `path` and parses it with `parse`, naming the file in a parse error.
+pub fn load_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Parse { message, .. } => ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => other,
+    })
+}
+
 impl ClusterConfig {
     /// Reads and validates a configuration file. Relative data directories are resolved against
     /// the current directory, as a user typing the command would expect.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        load_with(path, Self::parse)
     }
 
     /// Parses and validates configuration text.

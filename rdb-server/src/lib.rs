@@ -9,7 +9,9 @@
 //! - [`node`]: the node task that wraps the core with tokio, a clock and RocksDB chores.
 //! - [`transport`]: Raft messages to peers over tonic.
 //! - [`service`]: gRPC adapters for clients and peers.
-//! - [`server`]: wiring it all together.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`tls`]: TLS on the client and peer ports.
+//! - [`server`]: wiring it all together (shared by `rdb-pd`).
 
 pub mod config;
 pub mod logging;

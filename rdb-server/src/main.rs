@@ -60,23 +60,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config,
         node_id,
         logger.clone(),
-        shutdown_signal(),
+        rdb_server::server::shutdown_signal(),
     ));
     drop(logger);
     // Do not wait for the raft thread or lingering connections: state is already durable.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result.map_err(Into::into)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -320,6 +320,19 @@ pub async fn run(
     started.serve(client, shutdown).await
 }
 
+/// Resolves on Ctrl-C or SIGTERM: what a node's binary stops on.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// A listener stream with Nagle off: tonic ignores `Server::tcp_nodelay` for custom incoming
 /// streams, and Nagle plus delayed ACKs would add ~40 ms to small responses.
 fn incoming(listener: TcpListener) -> TcpIncoming {
