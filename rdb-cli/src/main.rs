@@ -93,6 +93,16 @@ struct Cli {
     command: Command,
 }
 
+/// `rdb-cli leader ...`.
+#[derive(Debug, Subcommand)]
+enum LeaderCmd {
+    /// Hand leadership to node ID (a voter) and wait until it leads.
+    Transfer {
+        /// The node to lead next.
+        id: u64,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Write a value: from the VALUE argument, from stdin when VALUE is `-`, or from --value-file.
@@ -162,6 +172,11 @@ enum Command {
     },
     /// Show every endpoint's view of the cluster in one table (exit 4 if any is down).
     Status,
+    /// Leadership: `leader transfer ID` hands it to node ID and waits until ID leads.
+    Leader {
+        #[command(subcommand)]
+        cmd: LeaderCmd,
+    },
     /// Compare the replicas: every node hashes its data at the same log index (exit 7 when
     /// the hashes differ or a node gives none).
     Check,
@@ -349,6 +364,15 @@ async fn run(cli: Cli) -> u8 {
                 exit::UNAVAILABLE
             }
         }
+        Command::Leader {
+            cmd: LeaderCmd::Transfer { id },
+        } => match client.transfer_leader(id).await {
+            Ok(()) => {
+                p.leader_transferred(id);
+                0
+            }
+            Err(e) => fail(&e),
+        },
         Command::Check => match client.check().await {
             Ok(report) => {
                 p.check(&report);

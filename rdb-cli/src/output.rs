@@ -318,6 +318,17 @@ impl Printer {
         0
     }
 
+    /// Leadership moved to `id`.
+    pub fn leader_transferred(&self, id: u64) {
+        match self.format {
+            Output::Table => println!("OK: node {id} leads"),
+            Output::Json => println!(
+                "{}",
+                json!({"op": "leader transfer", "leader_id": id, "ok": true})
+            ),
+        }
+    }
+
     /// A store was marked Tombstone.
     pub fn store_tombstoned(&self, id: u64) -> u8 {
         match self.format {

@@ -594,6 +594,39 @@ impl Client {
         })
     }
 
+    /// Hands leadership to node `to` and waits (until the deadline) for `to` to report itself
+    /// leader. The current leader must be in contact with a quorum; `to` must be a voter.
+    pub async fn transfer_leader(&self, to: u64) -> Result<()> {
+        let deadline = self.deadline();
+        loop {
+            let statuses = self.status_all().await;
+            let leads = |id: u64| {
+                statuses.iter().any(|(_, s)| {
+                    s.as_ref()
+                        .is_ok_and(|s| s.node_id == id && s.role == "leader")
+                })
+            };
+            if leads(to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "node {to} did not take over leadership before the deadline"
+                )));
+            }
+            // Start (or restart) the transfer on whoever leads now.
+            self.call_until(false, deadline, move |mut c| async move {
+                let r = c
+                    .transfer_leader(rdb_proto::kv::TransferLeaderRequest { to })
+                    .await?
+                    .into_inner();
+                Ok(((), r.error))
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The status of every known endpoint, in endpoint order.
     pub async fn status_all(&self) -> Vec<(String, Result<NodeStatus>)> {
         let endpoints = self.endpoints();

@@ -106,6 +106,13 @@ impl Kv for FakeNode {
         }))
     }
 
+    async fn transfer_leader(
+        &self,
+        _: Request<rdb_proto::kv::TransferLeaderRequest>,
+    ) -> Result<Response<rdb_proto::kv::TransferLeaderResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let error = self.not_leader.as_ref().map(|addr| PbError {
             code: ErrorCode::NotLeader as i32,

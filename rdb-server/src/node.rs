@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use raft::StateRole;
 use rdb_storage::{RaftStorage, StateMachine};
-use slog::{crit, warn, Logger};
+use slog::{crit, info, warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::config::{ClusterConfig, NodeId, Settings};
@@ -210,6 +210,17 @@ where
             }
             Msg::Status { tx } => {
                 let _ = tx.send(self.status());
+            }
+            Msg::TransferLeader { to, tx } => {
+                let r = self
+                    .core
+                    .transfer_leader(to)
+                    .map_err(|r| self.request_error(r));
+                if r.is_ok() {
+                    info!(self.logger, "transferring leadership"; "to" => to,
+                        "term" => self.core.replica().term());
+                }
+                let _ = tx.send(r);
             }
         }
     }

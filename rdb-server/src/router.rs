@@ -81,6 +81,13 @@ pub enum Msg<O = CommandResult> {
         /// Answered once reading local state is linearizable.
         tx: oneshot::Sender<ReadResult>,
     },
+    /// Starts handing leadership to another voter.
+    TransferLeader {
+        /// The voter to lead next.
+        to: NodeId,
+        /// Ok once the transfer started.
+        tx: oneshot::Sender<Result<(), RequestError>>,
+    },
     /// Asks for the node's status.
     Status {
         /// Where to send it.

@@ -177,8 +177,10 @@ impl<O: Send + 'static> Started<O> {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stop_rx_main = stop_rx.clone();
+        let (mailbox, logger) = (self.mailbox.clone(), self.logger.clone());
         tokio::spawn(async move {
             shutdown.await;
+            hand_over_leadership(&mailbox, &logger).await;
             let _ = stop_tx.send(true);
         });
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -234,6 +236,41 @@ pub fn client_server_builder(
             .map_err(|e| ServerError::Tls(format!("client port: {e}"))),
         None => Ok(builder),
     }
+}
+
+/// How long a stopping leader waits for its successor to take over.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On a clean stop (SIGTERM, Ctrl-C), a leader hands leadership to its most caught-up follower
+/// and waits for it to take over, so clients see a handover instead of an election timeout.
+async fn hand_over_leadership<O: Send + 'static>(mailbox: &Mailbox<O>, logger: &Logger) {
+    use crate::router::Msg;
+    let status = || mailbox.call(|tx| Msg::Status { tx });
+    let Ok(s) = status().await else { return };
+    if s.leader_id != s.node_id {
+        return;
+    }
+    let Some(&(to, matched)) = s.followers.iter().max_by_key(|&&(_, m)| m) else {
+        return;
+    };
+    if !matches!(
+        mailbox.call(|tx| Msg::TransferLeader { to, tx }).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    info!(logger, "stopping: handing leadership over"; "to" => to, "matched" => matched);
+    let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(s) = status().await {
+            if s.leader_id != 0 && s.leader_id != s.node_id {
+                info!(logger, "leadership handed over"; "leader" => s.leader_id, "term" => s.term);
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    warn!(logger, "leadership was not handed over in time; stopping anyway"; "to" => to);
 }
 
 /// Applied this far behind commit, a node reports itself not serving.

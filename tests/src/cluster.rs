@@ -260,6 +260,14 @@ impl TestCluster {
         node.paused = false;
     }
 
+    /// Stops node `id` cleanly (SIGTERM), as an operator would.
+    pub fn terminate(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(child) = &node.child {
+            signal(child, libc::SIGTERM);
+        }
+    }
+
     /// Waits up to `timeout` for node `id`'s process to end by itself, and reaps it. None if
     /// it is still running then (or was not started).
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {

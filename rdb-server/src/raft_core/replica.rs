@@ -191,6 +191,11 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         self.raw.report_snapshot(to, status);
     }
 
+    /// Starts handing leadership to `to` (a leader only; raft-rs ignores it otherwise).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
     /// Tells raft a peer could not be reached, so it probes instead of pipelining.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);

@@ -214,6 +214,23 @@ impl<S: LogStore, A: Application> Core<S, A> {
         }
     }
 
+    /// Starts handing leadership to voter `to`; refused unless this replica leads and `to` is
+    /// another voter.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<(), Refusal> {
+        self.leader_check()?;
+        if to == self.replica.id() {
+            return Err(Refusal::Rejected(format!("node {to} already leads")));
+        }
+        if !self.voters.contains(&to) {
+            return Err(Refusal::Rejected(format!(
+                "node {to} is not a voter (voters: {:?})",
+                self.voters
+            )));
+        }
+        self.replica.transfer_leader(to);
+        Ok(())
+    }
+
     /// The transport finished (or failed) sending a snapshot to `to`.
     pub fn report_snapshot(&mut self, to: u64, ok: bool) {
         self.replica.report_snapshot(to, ok);

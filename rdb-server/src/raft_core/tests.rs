@@ -243,3 +243,30 @@ fn a_write_in_flight_when_leadership_is_lost_is_indeterminate_never_a_success() 
         )))
     );
 }
+
+#[test]
+fn leadership_moves_to_the_voter_it_is_handed_to_and_only_a_leader_can_hand_it() {
+    let mut g = Group::new(1000);
+    let l = g.leader();
+    let to = (l + 1) % 3;
+    let f = (l + 2) % 3;
+    assert!(matches!(
+        g.cores[f].transfer_leader(to as u64 + 1),
+        Err(Refusal::NotLeader { .. })
+    ));
+    assert!(matches!(
+        g.cores[l].transfer_leader(l as u64 + 1),
+        Err(Refusal::Rejected(_))
+    ));
+    assert!(matches!(
+        g.cores[l].transfer_leader(9),
+        Err(Refusal::Rejected(_))
+    ));
+    g.cores[l].transfer_leader(to as u64 + 1).unwrap();
+    g.pump(&|_| false);
+    assert!(
+        g.cores[to].replica().is_leader(),
+        "no election timeout needed"
+    );
+    assert!(!g.cores[l].replica().is_leader());
+}

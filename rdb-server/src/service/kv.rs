@@ -480,6 +480,32 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    async fn transfer_leader(
+        &self,
+        request: Request<rdb_proto::kv::TransferLeaderRequest>,
+    ) -> Result<Response<rdb_proto::kv::TransferLeaderResponse>, Status> {
+        let to = request.into_inner().to;
+        let r = tokio::time::timeout(
+            self.timeout(),
+            self.mailbox.call(|tx| Msg::TransferLeader { to, tx }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RequestError::Unavailable(
+                "node did not answer in time".into(),
+            ))
+        })
+        .and_then(|r| r);
+        match r {
+            Ok(()) => Ok(Response::new(rdb_proto::kv::TransferLeaderResponse {
+                error: None,
+            })),
+            Err(e) => err(e, |r: &mut rdb_proto::kv::TransferLeaderResponse, e| {
+                r.error = Some(e)
+            }),
+        }
+    }
+
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         metered("put", self.put_inner(request), |r| r.error.as_ref()).await
     }

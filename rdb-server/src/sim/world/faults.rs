@@ -62,7 +62,22 @@ impl World {
                     self.heal_at
                 ));
             }
-            60..=79 => {
+            60..=69 => {
+                // A handover: the leader gives way to another voter at once.
+                if let Some(l) = self.leader() {
+                    let to = (l + 1 + self.rng.gen_range(0..n - 1)) % n;
+                    if let Some(core) = &mut self.nodes[l].core {
+                        let started = core.transfer_leader(to as u64 + 1).is_ok();
+                        self.note(format!(
+                            "leader n{} hands over to n{} ({})",
+                            l + 1,
+                            to + 1,
+                            if started { "started" } else { "refused" }
+                        ));
+                    }
+                }
+            }
+            70..=84 => {
                 let until = self.now + self.rng.gen_range(10..80) * STEPS_PER_TICK;
                 self.nodes[target].paused_until = until;
                 self.note(format!("pause n{} until step {until}", target + 1));
