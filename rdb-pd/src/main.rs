@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rdb_pd::config::PdConfig;
+use rdb_server::{binary, server};
 
 /// Runs one node of an rdb placement driver group.
 #[derive(Debug, Parser)]
@@ -24,44 +25,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    rdb_server::logging::install_panic_hook();
-    let scenario = fail::FailScenario::setup();
-    let result = run(args);
-    rdb_server::logging::flush();
-    scenario.teardown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rdb-pd: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let config = match &args.config {
-        Some(path) => PdConfig::load(path)?,
-        None => PdConfig::single_node_default(),
-    };
-    let node_id = match (args.node_id, config.cluster.nodes.as_slice()) {
-        (Some(id), _) => id,
-        (None, [only]) => only.id,
-        (None, _) => return Err("--node-id is required when the config has several nodes".into()),
-    };
-    config.cluster.node(node_id)?;
-    let s = &config.cluster.settings;
-    let logger = rdb_server::logging::logger(s.log_format, &s.log_level);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("rdb-pd-worker")
-        .build()?;
-    let result = rt.block_on(rdb_pd::run(
-        config,
-        node_id,
-        logger.clone(),
-        rdb_server::server::shutdown_signal(),
-    ));
-    drop(logger);
-    rt.shutdown_timeout(std::time::Duration::from_millis(100));
-    result.map_err(Into::into)
+    binary::main_of("rdb-pd", || {
+        let config = match &args.config {
+            Some(path) => PdConfig::load(path)?,
+            None => PdConfig::single_node_default(),
+        };
+        let node_id = binary::node_id(&config.cluster, args.node_id)?;
+        let cluster = config.cluster.clone();
+        binary::run_node(&cluster, "rdb-pd-worker", |logger| {
+            rdb_pd::run(config, node_id, logger, server::shutdown_signal())
+        })
+    })
 }

@@ -1,5 +1,6 @@
 //! An rdb node.
 //!
+//! - [`binary`]: what a node binary's `main` does around the node (rdb-server, rdb-pd).
 //! - [`config`]: the cluster file and its validation.
 //! - [`raft_core`]: the deterministic Raft core (`RawNode` + log store + application + client
 //!   request bookkeeping), free of clocks, threads and RPC; generic over its stores.
@@ -13,6 +14,7 @@
 //! - [`tls`]: TLS on the client and peer ports.
 //! - [`server`]: wiring it all together (shared by `rdb-pd`).
 
+pub mod binary;
 pub mod config;
 pub mod logging;
 pub mod metrics;
