@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod endpoints;
 mod error;
 pub mod pd;
 mod retry;
@@ -39,7 +40,7 @@ mod retry;
 pub use error::Error;
 pub use pd::{PdClient, Timestamp};
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -218,9 +219,7 @@ pub struct NodeStatus {
 }
 
 struct Inner {
-    endpoints: Mutex<Vec<(String, KvClient<Channel>)>>,
-    leader: Mutex<Option<String>>,
-    next: AtomicUsize,
+    endpoints: endpoints::Endpoints<KvClient<Channel>>,
     client_id: u64,
     seq: AtomicU64,
     opts: Options,
@@ -258,17 +257,8 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut list = Vec::new();
-        for e in endpoints {
-            let addr = e.as_ref().trim().to_string();
-            if addr.is_empty() {
-                continue;
-            }
-            list.push((addr.clone(), connect_lazy(&addr, &opts)?));
-        }
-        if list.is_empty() {
-            return Err(Error::InvalidArgument("no endpoints given".into()));
-        }
+        let endpoints =
+            endpoints::Endpoints::new(endpoints, "endpoints", |a| connect_lazy(a, &opts))?;
         let client_id = loop {
             let id = rand::random::<u64>();
             if id != 0 {
@@ -277,9 +267,7 @@ impl Client {
         };
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints: Mutex::new(list),
-                leader: Mutex::new(None),
-                next: AtomicUsize::new(0),
+                endpoints,
                 client_id,
                 seq: AtomicU64::new(0),
                 opts,
@@ -289,10 +277,7 @@ impl Client {
 
     /// The endpoints this client knows (the configured ones plus leaders it was pointed to).
     pub fn endpoints(&self) -> Vec<String> {
-        lock(&self.inner.endpoints)
-            .iter()
-            .map(|(a, _)| a.clone())
-            .collect()
+        self.inner.endpoints.addrs()
     }
 
     fn next_request_id(&self) -> RequestId {
@@ -636,13 +621,10 @@ impl Client {
     }
 
     fn client_for(&self, endpoint: &str) -> Result<KvClient<Channel>> {
-        let mut eps = lock(&self.inner.endpoints);
-        if let Some((_, c)) = eps.iter().find(|(a, _)| a == endpoint) {
-            return Ok(c.clone());
-        }
-        let c = connect_lazy(endpoint, &self.inner.opts)?;
-        eps.push((endpoint.to_string(), c.clone()));
-        Ok(c)
+        let opts = &self.inner.opts;
+        self.inner
+            .endpoints
+            .client_for(endpoint, |a| connect_lazy(a, opts))
     }
 }
 

@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -329,9 +328,7 @@ impl Drop for Driving<'_> {
 }
 
 struct Inner {
-    endpoints: Mutex<Vec<(String, PdGrpc<Channel>)>>,
-    leader: Mutex<Option<String>>,
-    next: AtomicUsize,
+    endpoints: crate::endpoints::Endpoints<PdGrpc<Channel>>,
     opts: Options,
     tso: Mutex<TsoQueue>,
 }
@@ -379,22 +376,11 @@ impl PdClient {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut list = Vec::new();
-        for e in endpoints {
-            let addr = e.as_ref().trim().to_string();
-            if addr.is_empty() {
-                continue;
-            }
-            list.push((addr.clone(), connect(&addr, &opts)?));
-        }
-        if list.is_empty() {
-            return Err(Error::InvalidArgument("no PD endpoints given".into()));
-        }
+        let endpoints =
+            crate::endpoints::Endpoints::new(endpoints, "PD endpoints", |a| connect(a, &opts))?;
         Ok(PdClient {
             inner: Arc::new(Inner {
-                endpoints: Mutex::new(list),
-                leader: Mutex::new(None),
-                next: AtomicUsize::new(0),
+                endpoints,
                 opts,
                 tso: Mutex::new(TsoQueue::default()),
             }),
@@ -403,15 +389,12 @@ impl PdClient {
 
     /// The endpoints this client knows (the configured ones plus leaders it was pointed to).
     pub fn endpoints(&self) -> Vec<String> {
-        lock(&self.inner.endpoints)
-            .iter()
-            .map(|(a, _)| a.clone())
-            .collect()
+        self.inner.endpoints.addrs()
     }
 
     /// The endpoint that answered last as leader, if the cache holds one.
     pub fn leader(&self) -> Option<String> {
-        lock(&self.inner.leader).clone()
+        self.inner.endpoints.leader()
     }
 
     /// One timestamp, greater than any timestamp PD handed out before this call began.
@@ -780,7 +763,7 @@ impl PdClient {
                 tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
             let next = match attempt {
                 Ok(Ok((value, None))) => {
-                    *lock(&self.inner.leader) = Some(target);
+                    self.inner.endpoints.set_leader(Some(target));
                     return Ok(value);
                 }
                 Ok(Ok((_, Some(e)))) => match pb::ErrorCode::try_from(e.code) {
@@ -842,7 +825,7 @@ impl PdClient {
                 }
             };
             answered = true;
-            *lock(&self.inner.leader) = None;
+            self.inner.endpoints.set_leader(None);
             match next {
                 Next::Redirect(addr) => {
                     redirects += 1;
@@ -865,30 +848,22 @@ impl PdClient {
     }
 
     fn pick_target(&self) -> String {
-        if let Some(l) = lock(&self.inner.leader).clone() {
-            return l;
-        }
-        self.rotate()
+        self.inner.endpoints.pick_target()
     }
 
     fn rotate(&self) -> String {
-        let eps = lock(&self.inner.endpoints);
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % eps.len().max(1);
-        eps.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
+        self.inner.endpoints.rotate()
     }
 
     fn endpoint_count(&self) -> usize {
-        lock(&self.inner.endpoints).len()
+        self.inner.endpoints.len()
     }
 
     fn client_for(&self, endpoint: &str) -> Result<PdGrpc<Channel>> {
-        let mut eps = lock(&self.inner.endpoints);
-        if let Some((_, c)) = eps.iter().find(|(a, _)| a == endpoint) {
-            return Ok(c.clone());
-        }
-        let c = connect(endpoint, &self.inner.opts)?;
-        eps.push((endpoint.to_string(), c.clone()));
-        Ok(c)
+        let opts = &self.inner.opts;
+        self.inner
+            .endpoints
+            .client_for(endpoint, |a| connect(a, opts))
     }
 }
 

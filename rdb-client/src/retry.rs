@@ -1,14 +1,13 @@
 //! The retry loop shared by every call: pick a node, follow hints, back off, respect the deadline.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{Error as PbError, ErrorCode};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::{lock, Client, Error, ReadConsistency, Result};
+use crate::{Client, Error, ReadConsistency, Result};
 
 /// What one attempt learned.
 enum Next {
@@ -85,7 +84,7 @@ impl Client {
                 tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
             let next = match attempt {
                 Ok(Ok((value, None))) => {
-                    *lock(&self.inner.leader) = Some(target);
+                    self.inner.endpoints.set_leader(Some(target));
                     return Ok(value);
                 }
                 Ok(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {
@@ -146,7 +145,7 @@ impl Client {
                 }
                 Next::Backoff => {
                     redirects = 0;
-                    *lock(&self.inner.leader) = None;
+                    self.inner.endpoints.set_leader(None);
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(opts.backoff_max);
@@ -198,16 +197,11 @@ impl Client {
     }
 
     fn pick_target(&self) -> String {
-        if let Some(l) = lock(&self.inner.leader).clone() {
-            return l;
-        }
-        self.rotate()
+        self.inner.endpoints.pick_target()
     }
 
     fn rotate(&self) -> String {
-        let eps = lock(&self.inner.endpoints);
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % eps.len().max(1);
-        eps.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
+        self.inner.endpoints.rotate()
     }
 }
 
