@@ -89,6 +89,9 @@ impl Throttle {
 /// Sends Raft messages to the other members of the cluster.
 pub struct GrpcTransport {
     queues: HashMap<NodeId, mpsc::Sender<RaftMessage>>,
+    /// Each peer's send-failure counter and queue-depth gauge, looked up once: `send` runs on
+    /// the Raft thread for every message.
+    peer_metrics: HashMap<NodeId, (prometheus::IntCounter, prometheus::IntGauge)>,
     addrs: HashMap<NodeId, String>,
     cluster_id: u64,
     me: NodeId,
@@ -111,11 +114,20 @@ impl GrpcTransport {
         logger: Logger,
     ) -> GrpcTransport {
         let max_message = config.settings.max_peer_message_bytes;
+        let mut peer_metrics = HashMap::new();
         let mut queues = HashMap::new();
         let mut addrs = HashMap::new();
         for n in config.nodes.iter().filter(|n| n.id != me) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             queues.insert(n.id, tx);
+            let (m, peer) = (crate::metrics::metrics(), n.id.to_string());
+            peer_metrics.insert(
+                n.id,
+                (
+                    m.peer_send_failures.with_label_values(&[&peer]),
+                    m.peer_queue_depth.with_label_values(&[&peer]),
+                ),
+            );
             addrs.insert(n.id, n.peer_addr.clone());
             let stamp = Stamp {
                 cluster_id: config.cluster_id,
@@ -133,6 +145,7 @@ impl GrpcTransport {
         }
         GrpcTransport {
             queues,
+            peer_metrics,
             addrs,
             cluster_id: config.cluster_id,
             me,
@@ -192,16 +205,16 @@ impl MessageSink for GrpcTransport {
             let to = m.to;
             match self.queues.get(&to) {
                 Some(q) => {
-                    let peer = to.to_string();
-                    let metrics = crate::metrics::metrics();
-                    if q.try_send(m).is_err() {
+                    let dropped = q.try_send(m).is_err();
+                    if dropped {
                         debug!(self.logger, "peer queue full, message dropped");
-                        metrics.peer_send_failures.with_label_values(&[&peer]).inc();
                     }
-                    metrics
-                        .peer_queue_depth
-                        .with_label_values(&[&peer])
-                        .set((q.max_capacity() - q.capacity()) as i64);
+                    if let Some((failures, depth)) = self.peer_metrics.get(&to) {
+                        if dropped {
+                            failures.inc();
+                        }
+                        depth.set((q.max_capacity() - q.capacity()) as i64);
+                    }
                 }
                 None => warn!(self.logger, "message for unknown peer"; "to" => m.to),
             }
