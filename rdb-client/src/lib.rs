@@ -34,10 +34,12 @@
 
 mod endpoints;
 mod error;
+mod members;
 pub mod pd;
 mod retry;
 
 pub use error::Error;
+pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
 pub use pd::{PdClient, Timestamp};
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -113,6 +113,20 @@ impl Kv for FakeNode {
         Err(Status::unimplemented("not in the fake"))
     }
 
+    async fn member_list(
+        &self,
+        _: Request<rdb_proto::kv::MemberListRequest>,
+    ) -> Result<Response<rdb_proto::kv::MemberListResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn member_change(
+        &self,
+        _: Request<rdb_proto::kv::MemberChangeRequest>,
+    ) -> Result<Response<rdb_proto::kv::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let error = self.not_leader.as_ref().map(|addr| PbError {
             code: ErrorCode::NotLeader as i32,

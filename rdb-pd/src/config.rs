@@ -81,6 +81,7 @@ impl PdConfig {
                 settings: f.settings,
                 tls: f.tls,
                 peer_tls: f.peer_tls,
+                joining: false,
             },
             pd: f.pd,
         };
@@ -127,6 +128,7 @@ impl PdConfig {
                 settings: Settings::default(),
                 tls: None,
                 peer_tls: None,
+                joining: false,
             },
             pd: PdSettings::default(),
         }

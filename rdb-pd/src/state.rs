@@ -322,6 +322,18 @@ impl Application for PdApp {
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
+
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        cc: &raft::prelude::ConfChangeV2,
+        cs: &raft::prelude::ConfState,
+    ) -> Result<(), CoreError> {
+        self.engine
+            .apply_conf_change(index, term, cc, cs)
+            .map_err(CoreError::storage)
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +450,7 @@ mod tests {
                     node_id: 1,
                 },
                 &[1],
+                &[],
             )
             .unwrap();
         let mut app = PdApp::open(engine.clone()).unwrap();

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A Raft node id.
 pub type NodeId = u64;
@@ -65,7 +65,7 @@ pub struct NodeConfig {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable, one event per line with key=value fields.
@@ -76,7 +76,7 @@ pub enum LogFormat {
 }
 
 /// Per-node tunables; every field has a documented default.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Milliseconds per Raft tick (default 50).
@@ -195,7 +195,8 @@ impl TlsSettings {
 pub struct ClusterConfig {
     /// Identifies the cluster; a data directory remembers it and refuses another.
     pub cluster_id: u64,
-    /// Every member; membership is fixed by this list.
+    /// The initial members. Once a node's data directory exists, the membership stored in it
+    /// (changed through the log: `rdb-cli member ...`) wins over this list.
     pub nodes: Vec<NodeConfig>,
     /// Tunables shared by all nodes.
     #[serde(default)]
@@ -208,6 +209,10 @@ pub struct ClusterConfig {
     /// peers whose certificate `ca_file` signed; plaintext when absent.
     #[serde(default)]
     pub peer_tls: Option<TlsSettings>,
+    /// Set by `rdb-server --join`, never by a file: this node joins a running cluster, so its
+    /// data directory starts with no membership (it comes with the leader's snapshot).
+    #[serde(skip)]
+    pub joining: bool,
 }
 
 /// Reads the file at `path` and parses it with `parse`, naming the file in a parse error.
@@ -259,6 +264,7 @@ impl ClusterConfig {
             settings: Settings::default(),
             tls: None,
             peer_tls: None,
+            joining: false,
         }
     }
 

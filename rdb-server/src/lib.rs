@@ -17,6 +17,7 @@
 pub mod binary;
 pub mod config;
 pub mod logging;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod raft_core;

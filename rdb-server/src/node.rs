@@ -16,11 +16,14 @@ use slog::{crit, info, warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::config::{ClusterConfig, NodeId, Settings};
+use crate::members::{Directory, SharedDirectory};
 use crate::raft_core::{
-    Answer, Application, Core, CoreConfig, MessageSink, Output, Refusal, ReplicaConfig, RequestId,
+    Answer, Application, Core, CoreConfig, Membership, MessageSink, Output, Refusal,
+    ReplicaConfig, RequestId,
 };
 use crate::router::{
-    Control, Inbox, LeaderHint, Msg, NodeStatus, ProposeResult, ReadResult, RequestError,
+    Control, Inbox, LeaderHint, MembersView, Msg, NodeStatus, ProposeResult, ReadResult,
+    RequestError,
 };
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
@@ -33,11 +36,15 @@ pub type ServerCore = Core<RaftStorage, StateMachine>;
 enum Waiter<O> {
     Write(oneshot::Sender<ProposeResult<O>>, Instant),
     Read(oneshot::Sender<ReadResult>),
+    Change(oneshot::Sender<Result<(u64, Membership), RequestError>>),
 }
 
 /// Where messages to peers go from the node task: the sink must be movable to its thread.
-pub trait Transport: MessageSink + Send {}
-impl<T: MessageSink + Send> Transport for T {}
+pub trait Transport: MessageSink + Send {
+    /// The members changed: open streams to new peers (`peers` maps id to peer address, without
+    /// this node) and close those to nodes that left.
+    fn set_peers(&mut self, peers: &std::collections::BTreeMap<NodeId, String>);
+}
 
 /// The core's settings from the cluster file's.
 pub fn core_config(id: NodeId, s: &Settings) -> CoreConfig {
@@ -64,6 +71,7 @@ pub struct Node<A: Application = StateMachine> {
     inbox: Inbox<A::Output>,
     transport: Box<dyn Transport>,
     config: Arc<ClusterConfig>,
+    members: SharedDirectory,
     tick: Duration,
     waiters: HashMap<RequestId, Waiter<A::Output>>,
     next_request: RequestId,
@@ -103,6 +111,7 @@ where
         inbox: Inbox<A::Output>,
         transport: Box<dyn Transport>,
         config: Arc<ClusterConfig>,
+        members: SharedDirectory,
         logger: Logger,
     ) -> Self {
         let tick = Duration::from_millis(config.settings.tick_interval_ms);
@@ -112,6 +121,7 @@ where
             transport,
             tick,
             config,
+            members,
             waiters: HashMap::new(),
             next_request: 1,
             compactor: None,
@@ -194,6 +204,39 @@ where
         match c {
             Control::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
             Control::Unreachable { to } => self.core.report_unreachable(to),
+            Control::Removed { by } => {
+                let applied = self.core.replica().applied_index();
+                self.stop_removed(&format!("node {by} says so"), applied);
+            }
+        }
+    }
+
+    /// This node is no longer a member: record it (so a restart refuses to serve) and stop.
+    fn stop_removed(&self, how: &str, index: u64) -> ! {
+        let engine = self.core.replica().store().engine();
+        if let Err(e) = engine.mark_removed(index) {
+            warn!(self.logger, "cannot record the removal"; "error" => %e);
+        }
+        crit!(self.logger, "this node was removed from the cluster; stopping"; "how" => how,
+            "index" => index);
+        crate::logging::fatal_exit(&format!(
+            "node {} was removed from the cluster ({how}); it will not serve again",
+            self.core.replica().id()
+        ))
+    }
+
+    /// Re-reads the member directory after a membership change, and tells the transport.
+    fn reload_members(&mut self) {
+        let engine = self.core.replica().store().engine();
+        match Directory::load(engine, &self.config) {
+            Ok(d) => {
+                self.transport.set_peers(&d.peers_of(self.core.replica().id()));
+                self.members.replace(d);
+            }
+            Err(e) => {
+                crit!(self.logger, "cannot read the member records"; "error" => %e);
+                crate::logging::fatal_exit(&format!("cannot read the member records: {e}"));
+            }
         }
     }
 
@@ -210,6 +253,35 @@ where
             }
             Msg::Status { tx } => {
                 let _ = tx.send(self.status());
+            }
+            Msg::Members { tx } => {
+                let r = self.core.replica();
+                let _ = tx.send(MembersView {
+                    node_id: r.id(),
+                    leader_id: r.leader_id(),
+                    commit_index: r.commit_index(),
+                    membership: Membership::from(&r.conf_state()),
+                    progress: r.follower_progress(),
+                });
+            }
+            Msg::ChangeMembers { steps, added, tx } => {
+                let reused = steps
+                    .iter()
+                    .map(|s| s.id())
+                    .find(|&id| self.members.is_removed(id));
+                if let Some(id) = reused {
+                    let _ = tx.send(Err(RequestError::InvalidArgument(format!(
+                        "node id {id} was removed from this cluster and cannot be used again"
+                    ))));
+                    return;
+                }
+                let context = prost::Message::encode_to_vec(&rdb_proto::command::MemberContext {
+                    added,
+                });
+                info!(self.logger, "proposing a membership change"; "steps" => ?steps,
+                    "term" => self.core.replica().term());
+                let id = self.request_id(Waiter::Change(tx));
+                self.core.change_membership(id, &steps, context);
             }
             Msg::TransferLeader { to, tx } => {
                 let r = self
@@ -229,7 +301,7 @@ where
         if id == 0 {
             return None;
         }
-        let addr = self.config.node(id).ok()?.client_addr.clone();
+        let addr = self.members.client_addr(id)?;
         Some(LeaderHint { id, addr })
     }
 
@@ -246,6 +318,10 @@ where
     }
 
     fn after_advance(&mut self, out: Output<A::Output>) {
+        // First, so that answers to membership changes find the new members' addresses.
+        if out.membership_changed {
+            self.reload_members();
+        }
         for (id, answer) in out.replies {
             let Some(w) = self.waiters.remove(&id) else {
                 continue;
@@ -267,6 +343,12 @@ where
                 (Waiter::Read(tx), Err(e)) => {
                     let _ = tx.send(Err(e));
                 }
+                (Waiter::Change(tx), Ok(Answer::MembershipChanged { index, membership })) => {
+                    let _ = tx.send(Ok((index, membership)));
+                }
+                (Waiter::Change(tx), Err(e)) => {
+                    let _ = tx.send(Err(e));
+                }
                 (w, Ok(a)) => {
                     warn!(self.logger, "answer does not fit the request"; "id" => id, "answer" => ?a);
                     drop(w);
@@ -275,6 +357,10 @@ where
         }
         if let Some(below) = out.compacted_to {
             self.compact_files(below);
+        }
+        if out.removed {
+            let applied = self.core.replica().applied_index();
+            self.stop_removed("it applied its own removal", applied);
         }
     }
 

@@ -8,6 +8,8 @@ use rdb_storage::CommandResult;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeId;
+use crate::raft_core::{MemberStep, Membership};
+use rdb_storage::MemberRecord;
 
 /// The leader as a node knows it, to tell a client where to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +95,35 @@ pub enum Msg<O = CommandResult> {
         /// Where to send it.
         tx: oneshot::Sender<NodeStatus>,
     },
+    /// Change the membership (leader only); answered once the change applied here.
+    ChangeMembers {
+        /// The steps, one per node.
+        steps: Vec<MemberStep>,
+        /// Addresses of the nodes added.
+        added: Vec<MemberRecord>,
+        /// The change's log index and the membership it led to.
+        tx: oneshot::Sender<Result<(u64, Membership), RequestError>>,
+    },
+    /// The membership as this node applied it, with the leader's view of progress.
+    Members {
+        /// Answered at once.
+        tx: oneshot::Sender<MembersView>,
+    },
+}
+
+/// The membership as one node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembersView {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// The leader it knows, 0 for none.
+    pub leader_id: NodeId,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Who votes and who learns.
+    pub membership: Membership,
+    /// On the leader: every other member's matched index.
+    pub progress: Vec<(NodeId, u64)>,
 }
 
 /// A report from the transport.
@@ -109,6 +140,11 @@ pub enum Control {
     Unreachable {
         /// The peer.
         to: NodeId,
+    },
+    /// Peer `by` answered that this node was removed from the cluster.
+    Removed {
+        /// The peer that said so.
+        by: NodeId,
     },
 }
 

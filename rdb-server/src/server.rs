@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::{ApplySettings, Engine, EngineOptions, Ident, RaftStorage, StateMachine};
+use rdb_storage::{
+    ApplySettings, Engine, EngineOptions, Ident, MemberRecord, RaftStorage, StateMachine,
+};
 use slog::{info, o, warn, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ClusterConfig, NodeId};
+use crate::members::{Directory, SharedDirectory};
 use crate::node::{core_config, Node};
 use crate::raft_core::{Application, Core};
 use crate::router::Mailbox;
@@ -31,6 +34,8 @@ pub struct Started<O> {
     pub mailbox: Mailbox<O>,
     /// The node's database, for reads outside the Raft task.
     pub engine: Engine,
+    /// Members' addresses as this node applied them.
+    pub members: SharedDirectory,
     /// Bound for the client service.
     pub client_listener: TcpListener,
     peer_listener: TcpListener,
@@ -66,6 +71,19 @@ where
         dir: me.data_dir.clone(),
         message: e.to_string(),
     };
+    if let Some(index) = engine.removed().map_err(data_dir_error)? {
+        return Err(ServerError::DataDir {
+            dir: me.data_dir.clone(),
+            message: format!(
+                "node {node_id} was removed from cluster {} (at log index {index}) and will not \
+                 serve again; to bring this machine back, delete the directory and add it as a \
+                 new member with a new id",
+                config.cluster_id
+            ),
+        });
+    }
+    let directory = Directory::load(&engine, config).map_err(data_dir_error)?;
+    let members = SharedDirectory::new(directory.clone());
     let app = make_app(&engine)?;
     let storage = RaftStorage::open(engine.clone(), logger.clone()).map_err(data_dir_error)?;
     engine.check_consistency().map_err(data_dir_error)?;
@@ -117,6 +135,7 @@ where
     let (mailbox, inbox) = Mailbox::new(MAILBOX);
     let transport = GrpcTransport::start(
         config,
+        &directory.peers_of(node_id),
         node_id,
         mailbox.raft_sender(),
         tokio::runtime::Handle::current(),
@@ -128,6 +147,7 @@ where
         inbox,
         Box::new(transport),
         config.clone(),
+        members.clone(),
         logger.clone(),
     );
     // The node task gets a thread of its own: its fsyncs block, and nothing else waits on them.
@@ -151,12 +171,14 @@ where
         node_id,
         MAX_SNAPSHOT_BYTES,
         snap_dir,
+        members.clone(),
     );
     info!(logger, "serving"; "client_addr" => &me.client_addr, "peer_addr" => &me.peer_addr,
         "cluster_id" => config.cluster_id);
     Ok(Started {
         mailbox,
         engine,
+        members,
         client_listener,
         peer_listener,
         peer_service,
@@ -347,6 +369,7 @@ pub async fn run(
         Arc::new(s.clone()),
         config.cluster_id,
         me.client_addr.clone(),
+        started.members.clone(),
     );
     let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
     let client = client_server_builder(&config, node_id)?.add_service(
@@ -395,7 +418,25 @@ pub fn open_data_dir(
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;
-    let voters: Vec<NodeId> = config.nodes.iter().map(|n| n.id).collect();
+    // A node joining a running cluster starts with no membership: it arrives with the
+    // leader's snapshot. A node of the file's initial cluster starts with the file's.
+    let (voters, records): (Vec<NodeId>, Vec<MemberRecord>) = if config.joining {
+        (Vec::new(), Vec::new())
+    } else {
+        config
+            .nodes
+            .iter()
+            .map(|n| {
+                let r = MemberRecord {
+                    id: n.id,
+                    peer_addr: n.peer_addr.clone(),
+                    client_addr: n.client_addr.clone(),
+                    removed: false,
+                };
+                (n.id, r)
+            })
+            .unzip()
+    };
     engine
         .bootstrap_or_check(
             Ident {
@@ -403,6 +444,7 @@ pub fn open_data_dir(
                 node_id,
             },
             &voters,
+            &records,
         )
         .map_err(|e| ServerError::DataDir {
             dir: dir.to_path_buf(),

@@ -1,7 +1,7 @@
 //! The RocksDB stores behind the core: `RaftStorage` as its [`LogStore`] and `StateMachine`
 //! as its [`Application`].
 
-use raft::prelude::{Entry, HardState, Snapshot};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, HardState, Snapshot};
 use rdb_storage::{CommandResult, RaftStorage, StateMachine};
 
 use crate::raft_core::{Application, Applied, CoreError, LogStore};
@@ -41,6 +41,14 @@ impl LogStore for RaftStorage {
     fn truncated(&self) -> (u64, u64) {
         RaftStorage::truncated(self)
     }
+
+    fn set_conf_state(&mut self, cs: &ConfState) {
+        RaftStorage::set_conf_state(self, cs)
+    }
+
+    fn initial_voters(&self) -> Vec<u64> {
+        RaftStorage::initial_voters(self).to_vec()
+    }
 }
 
 impl Application for StateMachine {
@@ -72,5 +80,17 @@ impl Application for StateMachine {
 
     fn restored(&mut self) -> Result<(), CoreError> {
         self.reload().map_err(CoreError::storage)
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        cc: &ConfChangeV2,
+        cs: &ConfState,
+    ) -> Result<(), CoreError> {
+        self.engine()
+            .apply_conf_change(index, term, cc, cs)
+            .map_err(CoreError::storage)
     }
 }

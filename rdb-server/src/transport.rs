@@ -12,7 +12,7 @@
 //! and paced by `snapshot_max_bytes_per_sec` over all transfers of the node. The outcome is
 //! reported back to Raft (`report_snapshot`) every time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,9 +104,11 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// Starts one sender task per peer on `handle`; snapshot files are read from `snap_dir`.
+    /// Starts one sender task per peer of `peers` (id to peer address) on `handle`; snapshot
+    /// files are read from `snap_dir`.
     pub fn start(
         config: &ClusterConfig,
+        peers: &BTreeMap<NodeId, String>,
         me: NodeId,
         mailbox: RaftSender,
         handle: Handle,
@@ -114,39 +116,10 @@ impl GrpcTransport {
         logger: Logger,
     ) -> GrpcTransport {
         let max_message = config.settings.max_peer_message_bytes;
-        let mut peer_metrics = HashMap::new();
-        let mut queues = HashMap::new();
-        let mut addrs = HashMap::new();
-        for n in config.nodes.iter().filter(|n| n.id != me) {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            queues.insert(n.id, tx);
-            let (m, peer) = (crate::metrics::metrics(), n.id.to_string());
-            peer_metrics.insert(
-                n.id,
-                (
-                    m.peer_send_failures.with_label_values(&[&peer]),
-                    m.peer_queue_depth.with_label_values(&[&peer]),
-                ),
-            );
-            addrs.insert(n.id, n.peer_addr.clone());
-            let stamp = Stamp {
-                cluster_id: config.cluster_id,
-                from: me,
-                to: n.id,
-            };
-            handle.spawn(send_loop(
-                n.peer_addr.clone(),
-                stamp,
-                rx,
-                mailbox.clone(),
-                max_message,
-                logger.new(slog::o!("peer" => n.id)),
-            ));
-        }
-        GrpcTransport {
-            queues,
-            peer_metrics,
-            addrs,
+        let mut t = GrpcTransport {
+            queues: HashMap::new(),
+            peer_metrics: HashMap::new(),
+            addrs: HashMap::new(),
             cluster_id: config.cluster_id,
             me,
             max_message,
@@ -155,7 +128,37 @@ impl GrpcTransport {
             snap_dir,
             throttle: Arc::new(Throttle::new(config.settings.snapshot_max_bytes_per_sec)),
             logger,
-        }
+        };
+        crate::node::Transport::set_peers(&mut t, peers);
+        t
+    }
+
+    /// Starts the sender task of peer `id` at `addr`.
+    fn add_peer(&mut self, id: NodeId, addr: &str) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        self.queues.insert(id, tx);
+        let (m, peer) = (crate::metrics::metrics(), id.to_string());
+        self.peer_metrics.insert(
+            id,
+            (
+                m.peer_send_failures.with_label_values(&[&peer]),
+                m.peer_queue_depth.with_label_values(&[&peer]),
+            ),
+        );
+        self.addrs.insert(id, addr.to_string());
+        let stamp = Stamp {
+            cluster_id: self.cluster_id,
+            from: self.me,
+            to: id,
+        };
+        self.handle.spawn(send_loop(
+            addr.to_string(),
+            stamp,
+            rx,
+            self.mailbox.clone(),
+            self.max_message,
+            self.logger.new(slog::o!("peer" => id)),
+        ));
     }
 
     fn send_snapshot(&self, m: RaftMessage) {
@@ -192,6 +195,30 @@ impl GrpcTransport {
                 ok: result.is_ok(),
             });
         });
+    }
+}
+
+impl crate::node::Transport for GrpcTransport {
+    fn set_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
+        // Dropping a queue's sender ends its task once the queue is drained.
+        let gone: Vec<NodeId> = self
+            .addrs
+            .iter()
+            .filter(|(id, addr)| peers.get(id) != Some(*addr))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            info!(self.logger, "peer stream closed"; "peer" => id);
+            self.queues.remove(&id);
+            self.addrs.remove(&id);
+            self.peer_metrics.remove(&id);
+        }
+        for (&id, addr) in peers {
+            if id != self.me && !self.addrs.contains_key(&id) {
+                info!(self.logger, "peer stream opened"; "peer" => id, "addr" => addr);
+                self.add_peer(id, addr);
+            }
+        }
     }
 }
 
@@ -263,6 +290,9 @@ async fn send_loop(
                 }
                 // What was queued for a dead peer is stale; Raft will resend what matters.
                 while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
                 crate::metrics::metrics()
                     .peer_send_failures
                     .with_label_values(&[&stamp.to.to_string()])
@@ -306,7 +336,11 @@ async fn send_loop(
                 break "stream closed".to_string();
             }
         };
-        debug!(logger, "peer stream ended"; "reason" => ended);
+        debug!(logger, "peer stream ended"; "reason" => &ended);
+        if ended.contains(crate::members::REMOVED_MARK) {
+            mailbox.report(Control::Removed { by: stamp.to });
+            return;
+        }
         crate::metrics::metrics()
             .peer_send_failures
             .with_label_values(&[&stamp.to.to_string()])

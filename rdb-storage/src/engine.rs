@@ -191,7 +191,7 @@ impl Engine {
 
     /// Runs a read of user data, refusing it if a snapshot install overlapped it (it could
     /// have seen a mix of the old and the new data).
-    fn guarded<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(crate) fn guarded<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
         let before = self.install_gen.load(Ordering::SeqCst);
         if before % 2 == 1 {
             return Err(Error::SnapshotInstalling);
@@ -239,9 +239,17 @@ impl Engine {
         }
     }
 
-    /// Claims a fresh directory for `ident` with the initial membership, or checks that an
-    /// existing one belongs to `ident` and has the same membership. Never rewrites existing data.
-    pub fn bootstrap_or_check(&self, ident: Ident, voters: &[u64]) -> Result<()> {
+    /// Claims a fresh directory for `ident` with the initial membership (`voters`, and the
+    /// addresses in `members`), or checks that an existing one belongs to `ident`. Never
+    /// rewrites existing data: once a directory exists, its stored membership (changed through
+    /// the log) wins over whatever the caller configured. A node joining a running cluster
+    /// passes no voters: its membership arrives with the leader's snapshot.
+    pub fn bootstrap_or_check(
+        &self,
+        ident: Ident,
+        voters: &[u64],
+        members: &[crate::MemberRecord],
+    ) -> Result<()> {
         let mut configured = voters.to_vec();
         configured.sort_unstable();
         match self.ident()? {
@@ -252,14 +260,9 @@ impl Engine {
                 node: ident.node_id,
             }),
             Some(_) => {
-                let cs = self.conf_state()?.ok_or_else(|| {
+                self.conf_state()?.ok_or_else(|| {
                     Error::Corrupt("identity present but conf state missing".into())
                 })?;
-                let mut stored = cs.voters.clone();
-                stored.sort_unstable();
-                if stored != configured {
-                    return Err(Error::MembershipChanged { stored, configured });
-                }
                 Ok(())
             }
             None => {
@@ -275,6 +278,14 @@ impl Engine {
                 let mut batch = WriteBatch::default();
                 let state = self.cf(CF_RAFT_STATE);
                 batch.put_cf(state, keys::CONF_STATE_KEY, cs.write_to_bytes()?);
+                batch.put_cf(state, keys::INITIAL_CONF_STATE_KEY, cs.write_to_bytes()?);
+                for m in members {
+                    batch.put_cf(
+                        self.cf(CF_DATA),
+                        crate::membership::member_key(m.id),
+                        prost::Message::encode_to_vec(m),
+                    );
+                }
                 batch.put_cf(
                     state,
                     keys::HARD_STATE_KEY,

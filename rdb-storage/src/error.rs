@@ -21,14 +21,6 @@ pub enum Error {
         /// Node id this process was started with.
         node: u64,
     },
-    /// The voters stored on disk differ from the configured membership.
-    #[error("stored membership {stored:?} differs from the configured one {configured:?}")]
-    MembershipChanged {
-        /// Voters on disk.
-        stored: Vec<u64>,
-        /// Voters in the configuration.
-        configured: Vec<u64>,
-    },
     /// A setting that decides what applying an entry does differs from the one the data
     /// directory was created with.
     #[error("setting {name} is {configured} in the configuration but this data directory was created with {stored}; it must be the same on every node for the life of the cluster")]

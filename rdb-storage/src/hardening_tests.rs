@@ -69,7 +69,7 @@ fn a_torn_wal_tail_is_tolerated_and_synced_entries_survive() {
     let newest = wal.last().expect("a WAL file");
     truncate_by(newest, 7);
     let engine = Engine::open(dir.path()).unwrap_or_else(|e| panic!("torn tail refused: {e}"));
-    engine.bootstrap_or_check(IDENT, &[1, 2, 3]).unwrap();
+    engine.bootstrap_or_check(IDENT, &[1, 2, 3], &[]).unwrap();
     let s = RaftStorage::open(engine.clone(), crate::tests::logger()).unwrap();
     // Every synced log entry is there; the applied index is wherever the surviving apply
     // batches left it, and the data agrees with it.
@@ -148,7 +148,7 @@ fn a_cut_manifest_never_opens_as_an_older_state() {
         }
         truncate_by(&dir.path().join(manifest.file_name().unwrap()), cut);
         let opened = Engine::open(dir.path()).and_then(|engine| {
-            engine.bootstrap_or_check(IDENT, &[1, 2, 3])?;
+            engine.bootstrap_or_check(IDENT, &[1, 2, 3], &[])?;
             let s = RaftStorage::open(engine.clone(), crate::tests::logger())?;
             engine.check_consistency()?;
             engine.check_durable_index(s.last_index().unwrap_or(0))?;

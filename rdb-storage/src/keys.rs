@@ -31,6 +31,11 @@ pub const IDENT_KEY: &[u8] = b"ident";
 /// (see [`crate::ApplySettings`]).
 pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";
 
+/// Set once this node learnt it was removed from its cluster: the index of the removal, 8 bytes.
+pub const REMOVED_KEY: &[u8] = b"removed";
+/// The conf state the group was bootstrapped with (its voters have the log from index 1).
+pub const INITIAL_CONF_STATE_KEY: &[u8] = b"initial_conf_state";
+
 /// In `data`: the applied index and term, written in every apply batch beside the data it
 /// describes. At start it must equal the apply state in `raft_state`: if the two column families
 /// ever disagree (media damage, a cut MANIFEST), the node refuses to start.
@@ -49,6 +54,8 @@ pub const DATA_PREFIX: u8 = b'd';
 /// Prefix of the records of an application other than the KV store (PD's metadata), in the
 /// `data` family.
 pub const APP_PREFIX: u8 = b'p';
+/// Prefix of member records (`m` + id, see [`crate::membership`]) in the `data` family.
+pub const MEMBER_PREFIX: u8 = b'm';
 /// Prefix of dedup records: `s` + client id + seq -> (applied index, result).
 pub const DEDUP_PREFIX: u8 = b's';
 /// Prefix of dedup expiry records: `e` + applied index + client id + seq -> empty.

@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod membership;
 pub mod raft_storage;
 pub mod snapshot;
 pub mod state_machine;
@@ -21,6 +22,8 @@ mod hardening_tests;
 #[cfg(test)]
 mod tests;
 
+pub use membership::{member_key, records_of_change};
+pub use rdb_proto::command::MemberRecord;
 pub use engine::{ApplySettings, ApplyState, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use raft_storage::RaftStorage;

@@ -101,6 +101,7 @@ pub struct RaftStorage {
     engine: Engine,
     hard_state: HardState,
     conf_state: ConfState,
+    initial_voters: Vec<u64>,
     truncated: (Index, Term),
     last_index: Index,
     cache: EntryCache,
@@ -152,10 +153,12 @@ impl RaftStorage {
                 apply.index
             )));
         }
+        let initial_voters = engine.initial_voters()?;
         let s = RaftStorage {
             engine,
             hard_state,
             conf_state,
+            initial_voters,
             truncated,
             last_index,
             cache: EntryCache::default(),
@@ -201,6 +204,16 @@ impl RaftStorage {
     /// Index and term of the last entry removed from the log.
     pub fn truncated(&self) -> (Index, Term) {
         self.truncated
+    }
+
+    /// Takes the conf state a conf change wrote (with its apply batch) as the current one.
+    pub fn set_conf_state(&mut self, cs: &ConfState) {
+        self.conf_state = cs.clone();
+    }
+
+    /// The voters the group was bootstrapped with (see [`Engine::initial_voters`]).
+    pub fn initial_voters(&self) -> &[u64] {
+        &self.initial_voters
     }
 
     /// Persists a Ready's entries and hard state in one batch with a synced WAL.
@@ -515,7 +528,6 @@ impl raft::Storage for RaftStorage {
             info!(self.logger, "building snapshot"; "request_index" => request_index, "to" => to);
             snapshot::spawn_build(
                 self.engine.clone(),
-                self.conf_state.clone(),
                 self.snapshots.clone(),
                 self.logger.clone(),
             );

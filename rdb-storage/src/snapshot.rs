@@ -181,7 +181,6 @@ impl SnapshotSlot {
 /// Builds a snapshot on its own thread and publishes it in `slot`.
 pub(crate) fn spawn_build(
     engine: Engine,
-    conf_state: ConfState,
     slot: Arc<Mutex<SnapshotSlot>>,
     logger: Logger,
 ) {
@@ -191,7 +190,7 @@ pub(crate) fn spawn_build(
             let slot = slot.clone();
             move || {
                 let started = Instant::now();
-                let built = match build(&engine, conf_state) {
+                let built = match build(&engine) {
                     Ok(s) => {
                         let desc = SnapshotDescriptor::decode(&s.data);
                         match desc {
@@ -234,7 +233,10 @@ pub(crate) fn spawn_build(
 /// Writes the data column family and the apply state, read through one consistent RocksDB
 /// view, to a new file under the engine's snapshot folder (buffered, checksummed, fsynced), and
 /// returns the raft snapshot whose data is that file's descriptor.
-pub fn build(engine: &Engine, conf_state: ConfState) -> Result<Snapshot> {
+///
+/// The conf state is read through the same view: it is written in the apply batch of the
+/// conf change that made it, so it always matches the applied index.
+pub fn build(engine: &Engine) -> Result<Snapshot> {
     let dir = engine.snap_dir();
     std::fs::create_dir_all(&dir)?;
     let tmp = TempFile(dir.join(format!("build-{}.tmp", unique_suffix())));
@@ -247,6 +249,10 @@ pub fn build(engine: &Engine, conf_state: ConfState) -> Result<Snapshot> {
             ApplyState { index, term }
         }
         None => return Err(Error::Corrupt("apply state missing".into())),
+    };
+    let conf_state = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::CONF_STATE_KEY)? {
+        Some(v) => <ConfState as protobuf::Message>::parse_from_bytes(&v)?,
+        None => return Err(Error::Corrupt("conf state missing".into())),
     };
     let mut out = CrcWriter::new(BufWriter::with_capacity(IO_BUF, File::create(&tmp.0)?));
     out.write_all(FILE_MAGIC)?;

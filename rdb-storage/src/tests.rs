@@ -20,7 +20,7 @@ pub(crate) fn logger() -> slog::Logger {
 pub(crate) fn open(dir: &std::path::Path) -> (Engine, RaftStorage) {
     let engine = Engine::open(dir).expect("open");
     engine
-        .bootstrap_or_check(IDENT, &[1, 2, 3])
+        .bootstrap_or_check(IDENT, &[1, 2, 3], &[])
         .expect("bootstrap");
     let storage = RaftStorage::open(engine.clone(), logger()).expect("raft storage");
     (engine, storage)
@@ -174,7 +174,7 @@ fn reopen_recovers_hard_state_log_and_data_from_the_wal() {
         drop((sm, s));
     }
     let engine = Engine::open(dir.path()).unwrap_or_else(|e| panic!("reopen: {e}"));
-    engine.bootstrap_or_check(IDENT, &[1, 2, 3]).unwrap();
+    engine.bootstrap_or_check(IDENT, &[1, 2, 3], &[]).unwrap();
     let s = RaftStorage::open(engine.clone(), logger()).unwrap();
     let hs = s.initial_state().unwrap().hard_state;
     assert_eq!((hs.term, hs.vote, hs.commit), (3, 2, 2));
@@ -204,7 +204,7 @@ fn applied_index_never_runs_ahead_of_the_data_it_describes() {
 }
 
 #[test]
-fn identity_and_membership_are_checked_not_overwritten() {
+fn identity_is_checked_and_membership_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     let engine = Engine::open(dir.path()).unwrap();
@@ -213,13 +213,13 @@ fn identity_and_membership_are_checked_not_overwritten() {
         node_id: 2,
     };
     assert!(matches!(
-        engine.bootstrap_or_check(other, &[1, 2, 3]),
+        engine.bootstrap_or_check(other, &[1, 2, 3], &[]),
         Err(Error::WrongIdentity { .. })
     ));
-    assert!(matches!(
-        engine.bootstrap_or_check(IDENT, &[1, 2]),
-        Err(Error::MembershipChanged { .. })
-    ));
+    // The stored membership wins over the configured one, and is not rewritten.
+    engine.bootstrap_or_check(IDENT, &[1, 2], &[]).unwrap();
+    assert_eq!(engine.conf_state().unwrap().unwrap().voters, vec![1, 2, 3]);
+    assert_eq!(engine.initial_voters().unwrap(), vec![1, 2, 3]);
     assert_eq!(engine.ident().unwrap(), Some(IDENT));
 }
 
@@ -354,7 +354,7 @@ fn snapshot_source(dir: &std::path::Path) -> (Engine, RaftStorage, Snapshot) {
     src_log.append(&ents, None).unwrap();
     let mut sm = StateMachine::new(src.clone(), 1000).unwrap();
     sm.apply(&ents).unwrap();
-    let snap = crate::snapshot::build(&src, src_log.initial_state().unwrap().conf_state).unwrap();
+    let snap = crate::snapshot::build(&src).unwrap();
     (src, src_log, snap)
 }
 
@@ -647,13 +647,13 @@ fn a_multi_mib_snapshot_is_built_shipped_and_installed_without_holding_it_in_mem
         sm.apply(chunk).unwrap();
     }
     drop(ents);
-    let conf_state = src_log.initial_state().unwrap().conf_state;
+
     let dst_dir = tempfile::tempdir().unwrap();
     let (dst, mut dst_log) = open(dst_dir.path());
 
     TRACKED.with(|t| t.set(true));
     LARGEST.store(0, std::sync::atomic::Ordering::Relaxed);
-    let snap = crate::snapshot::build(&src, conf_state).unwrap();
+    let snap = crate::snapshot::build(&src).unwrap();
     ship(&src, &dst, &snap);
     dst_log.apply_snapshot(&snap, None).unwrap();
     TRACKED.with(|t| t.set(false));

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message as _;
-use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
+use raft::prelude::{
+    ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata,
+};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rdb_proto::command::Command;
 use rdb_storage::{keys, CommandResult, Records};
@@ -25,6 +27,7 @@ enum Undo {
     HardState(HardState),
     Data(Vec<u8>, Option<Vec<u8>>),
     Applied((u64, u64)),
+    ConfState(ConfState),
 }
 
 /// What one node's disk holds.
@@ -33,6 +36,8 @@ pub struct DiskState {
     entries: BTreeMap<u64, Entry>,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The voters the disk was bootstrapped with (none for a node that joined later).
+    initial_voters: Vec<u64>,
     truncated: (u64, u64),
     /// The `data` family: user records, dedup records and their expiry keys.
     data: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -89,10 +94,13 @@ impl MemDisk {
     /// A disk bootstrapped for a group of `voters`.
     pub fn bootstrap(voters: &[u64]) -> MemDisk {
         let disk = MemDisk::default();
-        disk.lock().conf_state = ConfState {
+        let mut d = disk.lock();
+        d.conf_state = ConfState {
             voters: voters.to_vec(),
             ..Default::default()
         };
+        d.initial_voters = voters.to_vec();
+        drop(d);
         disk
     }
 
@@ -127,6 +135,7 @@ impl MemDisk {
                         d.data.remove(&k);
                     }
                     Undo::Applied(a) => d.applied = a,
+                    Undo::ConfState(cs) => d.conf_state = cs,
                 }
             }
         }
@@ -346,6 +355,13 @@ impl LogStore for MemLog {
     fn truncated(&self) -> (u64, u64) {
         self.disk.lock().truncated
     }
+
+    /// The disk already holds it: [`MemKv`] wrote it with the apply.
+    fn set_conf_state(&mut self, _cs: &ConfState) {}
+
+    fn initial_voters(&self) -> Vec<u64> {
+        self.disk.lock().initial_voters.clone()
+    }
 }
 
 /// The KV state machine on a [`MemDisk`]: `rdb_storage`'s command logic over a map.
@@ -456,6 +472,30 @@ impl Application for MemKv {
     }
 
     fn restored(&mut self) -> Result<(), CoreError> {
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        cc: &ConfChangeV2,
+        cs: &ConfState,
+    ) -> Result<(), CoreError> {
+        let records = rdb_storage::records_of_change(cc).map_err(CoreError::storage)?;
+        let mut d = self.disk.lock();
+        let mut undo = Vec::new();
+        for r in records {
+            let k = rdb_storage::member_key(r.id).to_vec();
+            let old = d.data.insert(k.clone(), prost::Message::encode_to_vec(&r));
+            undo.push(Undo::Data(k, old));
+        }
+        let old = std::mem::replace(&mut d.conf_state, cs.clone());
+        undo.push(Undo::ConfState(old));
+        let old = std::mem::replace(&mut d.applied, (index, term));
+        undo.push(Undo::Applied(old));
+        // Not synced, like any apply: the log can replay it.
+        d.finish(Some(undo), false);
         Ok(())
     }
 }

@@ -21,9 +21,12 @@ pub mod mem;
 
 pub use replica::ReadyOutput;
 pub use replica::{Replica, ReplicaConfig};
-pub use requests::{Answer, Core, CoreConfig, Output, PlantedBugs, Refusal, Reply, RequestId};
+pub use requests::{
+    Answer, Core, CoreConfig, MemberStep, Membership, Output, PlantedBugs, Refusal, Reply,
+    RequestId,
+};
 
-use raft::prelude::{Entry, HardState, Message, Snapshot};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot};
 
 /// Where messages to peers go. Implementations must not block: queue and return.
 pub trait MessageSink {
@@ -73,6 +76,12 @@ pub trait LogStore: raft::Storage {
     fn apply_snapshot(&mut self, snap: &Snapshot, hs: Option<&HardState>) -> Result<(), CoreError>;
     /// Index and term of the last entry removed from the log.
     fn truncated(&self) -> (u64, u64);
+    /// Records in memory the conf state the application persisted with a conf change, so
+    /// that snapshots and restarts see it.
+    fn set_conf_state(&mut self, cs: &ConfState);
+    /// The voters the group was bootstrapped with: they hold the log from index 1 and need no
+    /// snapshot to start from it.
+    fn initial_voters(&self) -> Vec<u64>;
 }
 
 /// One applied entry and, for a client command, what the application made of it.
@@ -98,6 +107,16 @@ pub trait Application {
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied<Self::Output>>, CoreError>;
     /// The log store installed a snapshot: reload whatever is cached from the data.
     fn restored(&mut self) -> Result<(), CoreError>;
+    /// Applies the membership change at `index`: persists `cs` (the configuration raft-rs
+    /// switched to) and the members `cc` adds or removes, with the applied index, in one write.
+    /// `cc` is empty for a change raft-rs refused: only the applied index moves.
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        cc: &ConfChangeV2,
+        cs: &ConfState,
+    ) -> Result<(), CoreError>;
 }
 
 #[cfg(test)]

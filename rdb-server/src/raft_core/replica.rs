@@ -2,9 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use raft::prelude::{HardState, Message, ReadState, Snapshot};
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    ReadState, Snapshot,
+};
+use raft_proto::ConfChangeI;
 use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
-use slog::{debug, info, o, Logger};
+use slog::{debug, info, o, warn, Logger};
 
 use super::{Application, Applied, CoreError, LogStore, MessageSink};
 
@@ -42,6 +47,11 @@ pub struct ReadyOutput<R> {
     pub compacted_to: Option<u64>,
     /// A snapshot from the leader replaced the local state.
     pub snapshot_applied: bool,
+    /// Membership changes applied this cycle: the entry's index and the resulting conf state,
+    /// or why raft-rs refused it (then the entry changed nothing, on every replica alike).
+    pub conf_changes: Vec<(u64, Result<ConfState, String>)>,
+    /// This replica is no longer a member: a conf change (or a snapshot) removed it.
+    pub removed: bool,
 }
 
 impl<R> Default for ReadyOutput<R> {
@@ -52,6 +62,8 @@ impl<R> Default for ReadyOutput<R> {
             role_changed: None,
             compacted_to: None,
             snapshot_applied: false,
+            conf_changes: Vec::new(),
+            removed: false,
         }
     }
 }
@@ -124,7 +136,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         if raw.raft.prs().conf().voters().ids().iter().eq([cfg.id]) {
             raw.campaign()?;
         }
-        Ok(Replica {
+        let mut replica = Replica {
             raw,
             app,
             applied,
@@ -137,7 +149,9 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             snapshot_delivered: BTreeMap::new(),
             sync_log: true,
             logger,
-        })
+        };
+        replica.keep_new_members_off_the_initial_log()?;
+        Ok(replica)
     }
 
     /// Test-only: persist the log without syncing, so acknowledgements can outrun the disk.
@@ -154,7 +168,45 @@ impl<S: LogStore, A: Application> Replica<S, A> {
     /// Feeds a message from a peer.
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
         self.last_heard.insert(m.from, self.ticks);
+        // A node that joined with no membership of its own must start from a snapshot, which
+        // brings the conf state: entries from index 1 would rebuild membership from nothing.
+        if m.get_msg_type() == MessageType::MsgAppend && m.index == 0 && !self.is_member() {
+            warn!(self.logger, "refusing the log from its start before a snapshot";
+                "from" => m.from, "term" => m.term);
+            return Ok(());
+        }
         self.raw.step(m)
+    }
+
+    /// Proposes a membership change; on success returns the (index, term) its entry got.
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> raft::Result<(u64, u64)> {
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw.propose_conf_change(Vec::new(), cc)?;
+        let index = self.raw.raft.raft_log.last_index();
+        if index <= before {
+            return Err(raft::Error::ProposalDropped);
+        }
+        Ok((index, self.raw.raft.term))
+    }
+
+    /// Whether a membership change is proposed but not yet applied (raft-rs allows one at a
+    /// time, and turns a second one into an empty entry).
+    pub fn has_pending_conf(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// The group's membership as this replica applied it.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// Whether this replica is in its own membership (as a voter or a learner).
+    pub fn is_member(&self) -> bool {
+        let conf = self.raw.raft.prs().conf();
+        let me = self.raw.raft.id;
+        conf.voters().contains(me)
+            || conf.learners().contains(&me)
+            || conf.learners_next().contains(&me)
     }
 
     /// Proposes a command; on success returns the (index, term) its entry got.
@@ -244,9 +296,19 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         )
     }
 
-    /// The voters of the group.
+    /// The voters of the group (both halves of a joint configuration).
     pub fn voters(&self) -> Vec<u64> {
         self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    /// Whether `id` has a vote in the current configuration (either half of a joint one).
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.raw.raft.prs().conf().voters().contains(id)
+    }
+
+    /// Whether `id` is a learner.
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.raw.raft.prs().conf().learners().contains(&id)
     }
 
     /// The log store.
@@ -357,21 +419,118 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         Ok(())
     }
 
-    fn apply(
-        &mut self,
-        entries: &[raft::prelude::Entry],
-        out: &mut ReadyOutput<A::Output>,
-    ) -> Result<(), CoreError> {
+    fn apply(&mut self, entries: &[Entry], out: &mut ReadyOutput<A::Output>) -> Result<(), CoreError> {
         // Entries at or below the applied index were installed by a snapshot in this cycle.
         let fresh = match entries.iter().position(|e| e.index > self.applied) {
             Some(i) => &entries[i..],
             None => return Ok(()),
         };
-        let results = self.app.apply(fresh)?;
+        // Commands go to the application in runs; a membership change ends a run, so the
+        // conf state is written with exactly the applied index it belongs to.
+        let mut run_start = 0;
+        for (i, e) in fresh.iter().enumerate() {
+            if matches!(
+                e.get_entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            ) {
+                self.apply_commands(&fresh[run_start..i], out)?;
+                self.apply_conf_change(e, out)?;
+                run_start = i + 1;
+            }
+        }
+        self.apply_commands(&fresh[run_start..], out)
+    }
+
+    fn apply_commands(
+        &mut self,
+        entries: &[Entry],
+        out: &mut ReadyOutput<A::Output>,
+    ) -> Result<(), CoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let results = self.app.apply(entries)?;
         if let Some(last) = results.last() {
             self.applied = last.index;
         }
         out.applied.extend(results);
+        Ok(())
+    }
+
+    /// Applies one membership change: raft-rs switches configuration, and the application
+    /// records the new conf state and members with the entry's index. A change raft-rs refuses
+    /// (deterministically, on every replica) is applied as an entry that changes nothing.
+    fn apply_conf_change(
+        &mut self,
+        e: &Entry,
+        out: &mut ReadyOutput<A::Output>,
+    ) -> Result<(), CoreError> {
+        let was_member = self.is_member();
+        let decoded = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&e.data).map(ConfChangeI::into_v2)
+        } else {
+            ConfChangeV2::parse_from_bytes(&e.data)
+        };
+        let changed = decoded
+            .map_err(|err| format!("undecodable membership change: {err}"))
+            .and_then(|cc| {
+                self.raw
+                    .apply_conf_change(&cc)
+                    .map(|cs| (cc, cs))
+                    .map_err(|err| err.to_string())
+            });
+        let result = match changed {
+            Ok((cc, cs)) => {
+                self.app.apply_conf_change(e.index, e.term, &cc, &cs)?;
+                self.raw.mut_store().set_conf_state(&cs);
+                info!(self.logger, "membership changed"; "index" => e.index,
+                    "voters" => ?cs.voters, "learners" => ?cs.learners,
+                    "voters_outgoing" => ?cs.voters_outgoing);
+                Ok(cs)
+            }
+            Err(err) => {
+                warn!(self.logger, "membership change refused"; "index" => e.index, "error" => &err);
+                let cs = self.conf_state();
+                self.app
+                    .apply_conf_change(e.index, e.term, &ConfChangeV2::default(), &cs)?;
+                Err(err)
+            }
+        };
+        self.applied = e.index;
+        out.applied.push(super::Applied {
+            index: e.index,
+            term: e.term,
+            result: None,
+        });
+        out.conf_changes.push((e.index, result));
+        if was_member && !self.is_member() {
+            out.removed = true;
+        }
+        self.keep_new_members_off_the_initial_log()?;
+        Ok(())
+    }
+
+    /// A member that was not in the group from the start has no conf state of its own to
+    /// replay the log from index 1 onto: it must get a snapshot. So once the group has such a
+    /// member, entry 1 leaves every log that still holds it (any later leader needs a snapshot
+    /// to reach the new member, and the snapshot carries the conf state).
+    fn keep_new_members_off_the_initial_log(&mut self) -> Result<(), CoreError> {
+        if self.raw.store().truncated().0 > 0 || self.applied == 0 {
+            return Ok(());
+        }
+        let initial = self.raw.store().initial_voters();
+        let conf = self.conf_state();
+        let newcomer = conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .chain(&conf.voters_outgoing)
+            .chain(&conf.learners_next)
+            .any(|id| !initial.contains(id));
+        if newcomer {
+            self.raw.mut_store().compact(2, self.applied)?;
+            info!(self.logger, "log start compacted for a new member"; "applied" => self.applied);
+        }
         Ok(())
     }
 

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::prelude::Message;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Message};
 use raft::StateRole;
 use slog::{debug, warn, Logger};
 
@@ -52,7 +52,72 @@ pub enum Answer<R> {
         /// The term in which leadership was confirmed.
         term: u64,
     },
+    /// The membership change applied at `index`; the group's membership is now this.
+    MembershipChanged {
+        /// Log index of the change.
+        index: u64,
+        /// The membership it led to.
+        membership: Membership,
+    },
 }
+
+/// Who votes and who learns, as raft-rs's conf state says (sorted ids).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Voters (of the new half, in a joint configuration).
+    pub voters: Vec<u64>,
+    /// Voters of the old half while a joint configuration is being left; empty otherwise.
+    pub voters_outgoing: Vec<u64>,
+    /// Learners (and voters being demoted, which learn once the joint configuration is left).
+    pub learners: Vec<u64>,
+}
+
+impl From<&ConfState> for Membership {
+    fn from(cs: &ConfState) -> Membership {
+        let sorted = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        let mut learners = sorted(&cs.learners);
+        learners.extend(cs.learners_next.iter().copied());
+        learners.sort_unstable();
+        Membership {
+            voters: sorted(&cs.voters),
+            voters_outgoing: sorted(&cs.voters_outgoing),
+            learners,
+        }
+    }
+}
+
+/// One step of a membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberStep {
+    /// Add a new node as a voter.
+    AddVoter(u64),
+    /// Add a new node as a learner.
+    AddLearner(u64),
+    /// Make a learner a voter.
+    Promote(u64),
+    /// Remove a voter or a learner.
+    Remove(u64),
+}
+
+impl MemberStep {
+    /// The node the step is about.
+    pub fn id(&self) -> u64 {
+        match *self {
+            MemberStep::AddVoter(id)
+            | MemberStep::AddLearner(id)
+            | MemberStep::Promote(id)
+            | MemberStep::Remove(id) => id,
+        }
+    }
+}
+
+/// A learner may be promoted once it holds this share of the leader's committed log (etcd's
+/// rule, in tenths): a far-behind voter would count towards quorums it cannot serve.
+const PROMOTE_READY_TENTHS: u64 = 9;
 
 /// What [`Core::advance`] produced besides messages.
 #[derive(Debug)]
@@ -63,6 +128,10 @@ pub struct Output<R> {
     pub compacted_to: Option<u64>,
     /// A snapshot replaced the local state this turn.
     pub snapshot_applied: bool,
+    /// The membership changed this turn (a conf change applied, or a snapshot installed).
+    pub membership_changed: bool,
+    /// This replica was removed from the group: it must stop serving.
+    pub removed: bool,
 }
 
 impl<R> Default for Output<R> {
@@ -71,6 +140,8 @@ impl<R> Default for Output<R> {
             replies: Vec::new(),
             compacted_to: None,
             snapshot_applied: false,
+            membership_changed: false,
+            removed: false,
         }
     }
 }
@@ -231,6 +302,129 @@ impl<S: LogStore, A: Application> Core<S, A> {
         Ok(())
     }
 
+    /// Proposes the membership change `steps` for request `id`, with `context` (the added
+    /// nodes' addresses, for the application) in the entry. One step is a simple change; a
+    /// change of several voters runs as joint consensus, left automatically once applied.
+    ///
+    /// Refused unless this replica leads with a quorum, no other change is in flight, every
+    /// step fits the current membership, and a promoted learner has caught up. A change that
+    /// removes the leader first hands leadership to the most caught-up remaining voter and is
+    /// refused as `Unavailable` (retry it with the new leader).
+    pub fn change_membership(&mut self, id: RequestId, steps: &[MemberStep], context: Vec<u8>) {
+        if let Err(e) = self.check_membership_change(steps) {
+            self.pending.push((id, Err(e)));
+            return;
+        }
+        let changes = steps
+            .iter()
+            .map(|step| {
+                let mut c = ConfChangeSingle::default();
+                c.node_id = step.id();
+                c.set_change_type(match step {
+                    MemberStep::AddVoter(_) | MemberStep::Promote(_) => ConfChangeType::AddNode,
+                    MemberStep::AddLearner(_) => ConfChangeType::AddLearnerNode,
+                    MemberStep::Remove(_) => ConfChangeType::RemoveNode,
+                });
+                c
+            })
+            .collect();
+        let cc = ConfChangeV2 {
+            changes,
+            context: context.into(),
+            ..Default::default()
+        };
+        match self.replica.propose_conf_change(cc) {
+            Ok((index, term)) => {
+                if let Some((_, old)) = self.proposals.insert(index, (term, id)) {
+                    self.pending.push((
+                        old,
+                        Err(Refusal::Indeterminate(
+                            "entry was replaced by a newer leader",
+                        )),
+                    ));
+                }
+            }
+            Err(e) => self.pending.push((
+                id,
+                Err(Refusal::Unavailable(format!("proposal dropped: {e}"))),
+            )),
+        }
+    }
+
+    fn check_membership_change(&mut self, steps: &[MemberStep]) -> Result<(), Refusal> {
+        self.leader_check()?;
+        if steps.is_empty() {
+            return Err(Refusal::Rejected("no membership change given".into()));
+        }
+        if self.replica.has_pending_conf() {
+            return Err(Refusal::Unavailable(
+                "another membership change is still being applied".into(),
+            ));
+        }
+        let r = &self.replica;
+        let mut seen = Vec::new();
+        for step in steps {
+            let id = step.id();
+            if id == 0 || seen.contains(&id) {
+                return Err(Refusal::Rejected(format!(
+                    "node id {id} is zero or appears twice in one change"
+                )));
+            }
+            seen.push(id);
+            let member = r.is_voter(id) || r.is_learner(id);
+            match step {
+                MemberStep::AddVoter(_) | MemberStep::AddLearner(_) if member => {
+                    return Err(Refusal::Rejected(format!("node {id} is already a member")));
+                }
+                MemberStep::Promote(_) if !r.is_learner(id) => {
+                    return Err(Refusal::Rejected(format!("node {id} is not a learner")));
+                }
+                MemberStep::Promote(_) => {
+                    let matched = r.matched(id).unwrap_or(0);
+                    let commit = r.commit_index();
+                    if matched * 10 < commit * PROMOTE_READY_TENTHS {
+                        return Err(Refusal::Rejected(format!(
+                            "learner {id} is not caught up: it has the log to index {matched} of \
+                             {commit}; promote it once it has at least 90%"
+                        )));
+                    }
+                }
+                MemberStep::Remove(_) if !member => {
+                    return Err(Refusal::Rejected(format!("node {id} is not a member")));
+                }
+                _ => {}
+            }
+        }
+        let removed = |v: &u64| steps.contains(&MemberStep::Remove(*v));
+        let remaining: Vec<u64> = self.voters.iter().copied().filter(|v| !removed(v)).collect();
+        let added = steps
+            .iter()
+            .any(|s| matches!(s, MemberStep::AddVoter(_) | MemberStep::Promote(_)));
+        if remaining.is_empty() && !added {
+            return Err(Refusal::Rejected("a change may not remove every voter".into()));
+        }
+        let me = self.replica.id();
+        if removed(&me) {
+            // raft-rs keeps a removed leader leading; hand over first, so the change is made
+            // by a leader that stays.
+            let to = self
+                .replica
+                .follower_progress()
+                .into_iter()
+                .filter(|(id, _)| remaining.contains(id))
+                .max_by_key(|&(_, matched)| matched)
+                .map(|(id, _)| id)
+                .ok_or_else(|| {
+                    Refusal::Rejected("no other voter to hand leadership to".into())
+                })?;
+            self.replica.transfer_leader(to);
+            return Err(Refusal::Unavailable(format!(
+                "node {me} leads: leadership moves to node {to} before {me} is removed; retry"
+            )));
+        }
+        Ok(())
+    }
+
     /// The transport finished (or failed) sending a snapshot to `to`.
     pub fn report_snapshot(&mut self, to: u64, ok: bool) {
         self.replica.report_snapshot(to, ok);
@@ -279,7 +473,12 @@ impl<S: LogStore, A: Application> Core<S, A> {
             replies: std::mem::take(&mut self.pending),
             compacted_to: ready.compacted_to,
             snapshot_applied: ready.snapshot_applied,
+            membership_changed: ready.snapshot_applied || !ready.conf_changes.is_empty(),
+            removed: ready.removed,
         };
+        if out.membership_changed {
+            self.voters = self.replica.voters();
+        }
         self.after_ready(ready, &mut out);
         Ok(out)
     }
@@ -304,14 +503,25 @@ impl<S: LogStore, A: Application> Core<S, A> {
     }
 
     fn after_ready(&mut self, ready: ReadyOutput<A::Output>, out: &mut Output<A::Output>) {
+        let mut conf_changes: BTreeMap<u64, Result<ConfState, String>> =
+            ready.conf_changes.into_iter().collect();
         for a in ready.applied {
             let Some((term, id)) = self.proposals.remove(&a.index) else {
                 continue;
             };
+            let conf_change = conf_changes.remove(&a.index);
             let reply = if term != a.term {
                 Err(Refusal::Indeterminate(
                     "entry was replaced by a newer leader",
                 ))
+            } else if let Some(changed) = conf_change {
+                match changed {
+                    Ok(cs) => Ok(Answer::MembershipChanged {
+                        index: a.index,
+                        membership: Membership::from(&cs),
+                    }),
+                    Err(e) => Err(Refusal::Rejected(e)),
+                }
             } else {
                 match a.result {
                     Some(Ok(r)) => Ok(Answer::Written(r)),

@@ -18,17 +18,19 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::config::Settings;
+use crate::members::SharedDirectory;
 use crate::router::{Mailbox, Msg, RequestError};
 
 /// Serves the client API of one node.
 #[derive(Clone)]
 pub struct KvService {
-    mailbox: Mailbox,
+    pub(crate) mailbox: Mailbox,
     engine: Engine,
     hashes: HashResults,
-    settings: Arc<Settings>,
-    cluster_id: u64,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) cluster_id: u64,
     client_addr: String,
+    pub(crate) members: SharedDirectory,
 }
 
 impl KvService {
@@ -40,6 +42,7 @@ impl KvService {
         settings: Arc<Settings>,
         cluster_id: u64,
         client_addr: String,
+        members: SharedDirectory,
     ) -> KvService {
         KvService {
             mailbox,
@@ -48,17 +51,18 @@ impl KvService {
             settings,
             cluster_id,
             client_addr,
+            members,
         }
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_millis(self.settings.request_timeout_ms)
     }
 
     /// When a request must be answered: the server's request timeout, or sooner when the
     /// client's gRPC deadline (`grpc-timeout`) is nearer. A tenth of the client's time is kept
     /// back so the typed answer (Unavailable or Indeterminate) reaches it before it gives up.
-    fn deadline<T>(&self, request: &Request<T>) -> Instant {
+    pub(crate) fn deadline<T>(&self, request: &Request<T>) -> Instant {
         let mut timeout = self.timeout();
         if let Some(client) = request
             .metadata()
@@ -195,7 +199,7 @@ pub fn to_pb(e: RequestError) -> PbError {
     }
 }
 
-fn err<T: Default>(
+pub(crate) fn err<T: Default>(
     e: RequestError,
     set: impl FnOnce(&mut T, PbError),
 ) -> Result<Response<T>, Status> {
@@ -504,6 +508,26 @@ impl Kv for KvService {
                 r.error = Some(e)
             }),
         }
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<rdb_proto::kv::MemberListRequest>,
+    ) -> Result<Response<rdb_proto::kv::MemberListResponse>, Status> {
+        metered("member_list", self.member_list_inner(request), |r| {
+            r.error.as_ref()
+        })
+        .await
+    }
+
+    async fn member_change(
+        &self,
+        request: Request<rdb_proto::kv::MemberChangeRequest>,
+    ) -> Result<Response<rdb_proto::kv::MemberChangeResponse>, Status> {
+        metered("member_change", self.member_change_inner(request), |r| {
+            r.error.as_ref()
+        })
+        .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

@@ -1,4 +1,5 @@
 //! gRPC adapters: decode, validate, hand a typed message to the node task, encode the answer.
 
 pub mod kv;
+mod members;
 pub mod peer;

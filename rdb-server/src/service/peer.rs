@@ -16,6 +16,7 @@ use rdb_storage::snapshot::{IncomingSnapshot, SnapshotDescriptor};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NodeId;
+use crate::members::{SharedDirectory, REMOVED_MARK};
 use crate::router::RaftSender;
 
 /// Serves Raft traffic for one node.
@@ -26,6 +27,7 @@ pub struct PeerService {
     me: NodeId,
     max_snapshot: u64,
     snap_dir: PathBuf,
+    members: SharedDirectory,
 }
 
 impl PeerService {
@@ -37,6 +39,7 @@ impl PeerService {
         me: NodeId,
         max_snapshot: u64,
         snap_dir: PathBuf,
+        members: SharedDirectory,
     ) -> PeerService {
         PeerService {
             raft,
@@ -44,7 +47,19 @@ impl PeerService {
             me,
             max_snapshot,
             snap_dir,
+            members,
         }
+    }
+
+    /// A removed node is told so (it then stops for good) instead of being heard.
+    fn check_not_removed(&self, from: NodeId) -> Result<(), Status> {
+        if self.members.is_removed(from) {
+            return Err(Status::failed_precondition(format!(
+                "{}: node {from} was removed from cluster {}",
+                REMOVED_MARK, self.cluster_id
+            )));
+        }
+        Ok(())
     }
 
     fn check_stamp(&self, cluster_id: u64, to: NodeId) -> Result<(), Status> {
@@ -88,6 +103,7 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.check_stamp(batch.cluster_id, batch.to)?;
+            self.check_not_removed(batch.from)?;
             for bytes in &batch.msgs {
                 let m = self.decode(bytes)?;
                 if m.get_msg_type() == MessageType::MsgSnapshot {
@@ -193,7 +209,7 @@ fn to_status(e: rdb_storage::Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft::prelude::{ConfState, Snapshot};
+    use raft::prelude::Snapshot;
     use rdb_proto::peer::peer_client::PeerClient;
     use rdb_proto::peer::peer_server::PeerServer;
     use rdb_proto::peer::SnapshotHeader;
@@ -210,9 +226,10 @@ mod tests {
                     node_id: 1,
                 },
                 &[1, 2],
+                &[],
             )
             .unwrap();
-        let snap: Snapshot = rdb_storage::snapshot::build(&engine, ConfState::default()).unwrap();
+        let snap: Snapshot = rdb_storage::snapshot::build(&engine).unwrap();
         let desc = SnapshotDescriptor::decode(&snap.data).unwrap();
         let file = std::fs::read(desc.path_in(&engine.snap_dir())).unwrap();
         let mut m = RaftMessage::default();
@@ -239,6 +256,7 @@ mod tests {
             2,
             max_snapshot,
             dir.path().to_path_buf(),
+            Default::default(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -620,6 +620,7 @@ impl World {
                     let v = self.nodes[i].disk.lock().get(key.as_bytes());
                     Rep::Value(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
                 }
+                Ok(Answer::MembershipChanged { .. }) => continue,
                 Err(r) => Rep::Refused(r),
             };
             let delay = self.rng.gen_range(1..=self.sc.max_delay);

@@ -1,0 +1,150 @@
+//! Membership records: who is in the group, at which addresses, beside the conf state.
+//!
+//! raft-rs's `ConfState` says which ids vote and which learn; the addresses live in the data
+//! column family under [`keys::MEMBER_PREFIX`] + id (a [`MemberRecord`]), so snapshots carry
+//! them and every replica holds the same bytes. A conf change entry's context
+//! ([`MemberContext`]) names the addresses of the nodes it adds; applying it writes the new conf
+//! state, the records and the applied index in one batch, so a crash keeps all or none of them.
+//! A removed member keeps a record with `removed` set: its id is never accepted again.
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfChangeType, ConfChangeV2, ConfState};
+use rdb_proto::command::{MemberContext, MemberRecord};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::engine::Engine;
+use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
+use crate::{Error, Index, Result, Term};
+
+/// The key of member `id`'s record.
+pub fn member_key(id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = keys::MEMBER_PREFIX;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The records a conf change leaves: each added node's addresses (from the entry's context),
+/// and a `removed` record for each removed node. Deterministic in the entry alone.
+pub fn records_of_change(cc: &ConfChangeV2) -> Result<Vec<MemberRecord>> {
+    let ctx = if cc.context.is_empty() {
+        MemberContext::default()
+    } else {
+        MemberContext::decode(cc.context.as_ref())
+            .map_err(|e| Error::Corrupt(format!("undecodable member context: {e}")))?
+    };
+    let mut out = Vec::new();
+    for c in &cc.changes {
+        match c.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if let Some(r) = ctx.added.iter().find(|r| r.id == c.node_id) {
+                    out.push(r.clone());
+                }
+            }
+            ConfChangeType::RemoveNode => out.push(MemberRecord {
+                id: c.node_id,
+                removed: true,
+                ..Default::default()
+            }),
+        }
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// Every member record (current and removed), by id.
+    pub fn members(&self) -> Result<Vec<MemberRecord>> {
+        self.guarded(|| {
+            let mut out = Vec::new();
+            let it = self.db().iterator_cf(
+                self.cf(CF_DATA),
+                IteratorMode::From(&[keys::MEMBER_PREFIX], Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item?;
+                if k.first() != Some(&keys::MEMBER_PREFIX) {
+                    break;
+                }
+                let r = MemberRecord::decode(v.as_ref())
+                    .map_err(|e| Error::Corrupt(format!("undecodable member record: {e}")))?;
+                out.push(r);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records an applied conf change: the new conf state, the member records it changes and
+    /// the applied index, in one unsynced batch (the log can replay it, as any apply batch).
+    /// Records of members the change adds keep an earlier address if the context had none.
+    pub fn write_conf_change(
+        &self,
+        cs: &ConfState,
+        records: &[MemberRecord],
+        applied: (Index, Term),
+    ) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        let data = self.cf(CF_DATA);
+        let state = self.cf(CF_RAFT_STATE);
+        for r in records {
+            wb.put_cf(data, member_key(r.id), r.encode_to_vec());
+        }
+        wb.put_cf(state, keys::CONF_STATE_KEY, cs.write_to_bytes()?);
+        let pair = keys::encode_pair(applied.0, applied.1);
+        wb.put_cf(state, keys::APPLY_STATE_KEY, pair);
+        wb.put_cf(data, keys::DATA_APPLY_STATE_KEY, pair);
+        fail::fail_point!("storage-conf-change", |arg| Err(Error::injected(
+            "storage-conf-change",
+            arg
+        )));
+        self.write(wb, false)
+    }
+
+    /// Applies the membership change entry at (`index`, `term`): the conf state raft-rs switched
+    /// to, and the records of the members `cc` adds (addresses from its context) or removes.
+    pub fn apply_conf_change(
+        &self,
+        index: Index,
+        term: Term,
+        cc: &ConfChangeV2,
+        cs: &ConfState,
+    ) -> Result<()> {
+        let records = records_of_change(cc)?;
+        self.write_conf_change(cs, &records, (index, term))
+    }
+
+    /// Marks this directory's node as removed from its cluster (synced): it must never serve
+    /// again, even if it restarts before hearing so from the others.
+    pub fn mark_removed(&self, at_index: Index) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        wb.put_cf(
+            self.cf(CF_RAFT_STATE),
+            keys::REMOVED_KEY,
+            at_index.to_be_bytes(),
+        );
+        self.write(wb, true)
+    }
+
+    /// `Some(index)` if this node was removed from its cluster (see [`Engine::mark_removed`]).
+    pub fn removed(&self) -> Result<Option<Index>> {
+        match self.db().get_cf(self.cf(CF_RAFT_STATE), keys::REMOVED_KEY)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Index::from_be_bytes(v.as_slice().try_into().map_err(
+                |_| Error::Corrupt("removed marker is not 8 bytes".into()),
+            )?))),
+        }
+    }
+
+    /// The voters the group started with, which have the log from index 1 without a snapshot
+    /// (see [`crate::RaftStorage`]): recorded at bootstrap; for directories made before it was
+    /// recorded, the conf state's voters (membership was fixed then).
+    pub fn initial_voters(&self) -> Result<Vec<u64>> {
+        match self
+            .db()
+            .get_cf(self.cf(CF_RAFT_STATE), keys::INITIAL_CONF_STATE_KEY)?
+        {
+            Some(v) => Ok(ConfState::parse_from_bytes(&v)?.voters),
+            None => Ok(self.conf_state()?.map(|cs| cs.voters).unwrap_or_default()),
+        }
+    }
+}
