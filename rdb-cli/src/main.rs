@@ -8,6 +8,7 @@
 
 mod bench;
 mod codec;
+mod members;
 mod output;
 mod pd;
 
@@ -194,10 +195,10 @@ enum Command {
         #[command(subcommand)]
         cmd: pd::RegionCmd,
     },
-    /// The PD nodes (needs --pd).
+    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's nodes).
     Member {
         #[command(subcommand)]
-        cmd: pd::MemberCmd,
+        cmd: members::MemberCmd,
     },
 }
 
@@ -401,9 +402,17 @@ async fn run(cli: Cli) -> u8 {
         Command::Region { cmd } => {
             pd::run(pd::PdCmd::Region(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
-        Command::Member { cmd } => {
-            pd::run(pd::PdCmd::Member(cmd), cli.pd.as_deref(), opts, &p, codec).await
-        }
+        Command::Member { cmd } if cli.pd.is_some() => match cmd {
+            members::MemberCmd::List => {
+                let cmd = pd::PdCmd::Member(pd::MemberCmd::List);
+                pd::run(cmd, cli.pd.as_deref(), opts, &p, codec).await
+            }
+            _ => {
+                eprintln!("rdb-cli: PD's membership is fixed by its config file; only `member list` works with --pd");
+                exit::INVALID
+            }
+        },
+        Command::Member { cmd } => members::run(&client, cmd, &p).await,
         Command::Bench(args) => {
             let pd: Vec<String> = cli
                 .pd
@@ -454,7 +463,7 @@ fn consistency(serializable: bool) -> ReadConsistency {
 }
 
 /// Prints the one-line cause and returns the exit code for it.
-fn fail(e: &Error) -> u8 {
+pub(crate) fn fail(e: &Error) -> u8 {
     eprintln!("rdb-cli: {e}");
     match e {
         Error::InvalidArgument(_) => exit::INVALID,
@@ -547,7 +556,7 @@ mod tests {
         assert!(matches!(
             parse(&["member", "list"]).unwrap().command,
             Command::Member {
-                cmd: pd::MemberCmd::List
+                cmd: members::MemberCmd::List
             }
         ));
     }

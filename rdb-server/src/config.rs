@@ -48,7 +48,7 @@ pub enum ConfigError {
 }
 
 /// One member of the cluster.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Raft id, non-zero and unique.
@@ -161,7 +161,7 @@ impl Default for Settings {
 /// TLS for one port: this node's certificate and key, and the CA that signs the other side's
 /// certificates. A `{id}` in a path is replaced by the node's id, so one file serves every
 /// node (`cert_file = "certs/node{id}.pem"`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// This node's certificate chain (PEM).
@@ -190,7 +190,7 @@ impl TlsSettings {
 }
 
 /// The whole cluster, as read from the file.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Identifies the cluster; a data directory remembers it and refuses another.

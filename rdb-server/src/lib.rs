@@ -16,6 +16,7 @@
 
 pub mod binary;
 pub mod config;
+pub mod join;
 pub mod logging;
 pub mod members;
 pub mod metrics;
