@@ -2,8 +2,7 @@
 //! `MemberChange` calls).
 
 use rdb_proto::kv::{
-    Member, MemberChangeRequest, MemberChangeStep, MemberChangeType, MemberListRequest,
-    MemberRole,
+    Member, MemberChangeRequest, MemberChangeStep, MemberChangeType, MemberListRequest, MemberRole,
 };
 
 use crate::{Client, Result};
@@ -94,8 +93,18 @@ impl MemberChange {
                 peer_addr,
                 client_addr,
             } => (MemberChangeType::AddLearner, *id, peer_addr, client_addr),
-            MemberChange::Promote(id) => (MemberChangeType::Promote, *id, &String::new(), &String::new()),
-            MemberChange::Remove(id) => (MemberChangeType::Remove, *id, &String::new(), &String::new()),
+            MemberChange::Promote(id) => (
+                MemberChangeType::Promote,
+                *id,
+                &String::new(),
+                &String::new(),
+            ),
+            MemberChange::Remove(id) => (
+                MemberChangeType::Remove,
+                *id,
+                &String::new(),
+                &String::new(),
+            ),
         };
         MemberChangeStep {
             r#type: ty as i32,

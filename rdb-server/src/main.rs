@@ -63,8 +63,14 @@ fn joined(args: &Args, endpoints: &[String]) -> Result<ClusterConfig, Box<dyn st
     let a = JoinArgs {
         endpoints: endpoints.to_vec(),
         node_id: args.node_id.ok_or_else(|| missing("--node-id"))?,
-        peer_addr: args.peer_addr.clone().ok_or_else(|| missing("--peer-addr"))?,
-        client_addr: args.client_addr.clone().ok_or_else(|| missing("--client-addr"))?,
+        peer_addr: args
+            .peer_addr
+            .clone()
+            .ok_or_else(|| missing("--peer-addr"))?,
+        client_addr: args
+            .client_addr
+            .clone()
+            .ok_or_else(|| missing("--client-addr"))?,
         data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
         metrics_addr: args.metrics_addr.clone(),
     };

@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 use crate::config::{ClusterConfig, NodeId, Settings};
 use crate::members::{Directory, SharedDirectory};
 use crate::raft_core::{
-    Answer, Application, Core, CoreConfig, Membership, MessageSink, Output, Refusal,
-    ReplicaConfig, RequestId,
+    Answer, Application, Core, CoreConfig, Membership, MessageSink, Output, Refusal, ReplicaConfig,
+    RequestId,
 };
 use crate::router::{
     Control, Inbox, LeaderHint, MembersView, Msg, NodeStatus, ProposeResult, ReadResult,
@@ -230,7 +230,8 @@ where
         let engine = self.core.replica().store().engine();
         match Directory::load(engine, &self.config) {
             Ok(d) => {
-                self.transport.set_peers(&d.peers_of(self.core.replica().id()));
+                self.transport
+                    .set_peers(&d.peers_of(self.core.replica().id()));
                 self.members.replace(d);
             }
             Err(e) => {
@@ -275,9 +276,8 @@ where
                     ))));
                     return;
                 }
-                let context = prost::Message::encode_to_vec(&rdb_proto::command::MemberContext {
-                    added,
-                });
+                let context =
+                    prost::Message::encode_to_vec(&rdb_proto::command::MemberContext { added });
                 info!(self.logger, "proposing a membership change"; "steps" => ?steps,
                     "term" => self.core.replica().term());
                 let id = self.request_id(Waiter::Change(tx));

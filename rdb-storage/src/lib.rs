@@ -22,11 +22,11 @@ mod hardening_tests;
 #[cfg(test)]
 mod tests;
 
-pub use membership::{member_key, records_of_change};
-pub use rdb_proto::command::MemberRecord;
 pub use engine::{ApplySettings, ApplyState, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
+pub use membership::{member_key, records_of_change};
 pub use raft_storage::RaftStorage;
+pub use rdb_proto::command::MemberRecord;
 pub use state_machine::{
     apply_command, expire_record, Applied, CommandResult, Expiry, HashResults, HashState, Records,
     StateMachine,

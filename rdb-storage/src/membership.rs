@@ -127,11 +127,16 @@ impl Engine {
 
     /// `Some(index)` if this node was removed from its cluster (see [`Engine::mark_removed`]).
     pub fn removed(&self) -> Result<Option<Index>> {
-        match self.db().get_cf(self.cf(CF_RAFT_STATE), keys::REMOVED_KEY)? {
+        match self
+            .db()
+            .get_cf(self.cf(CF_RAFT_STATE), keys::REMOVED_KEY)?
+        {
             None => Ok(None),
-            Some(v) => Ok(Some(Index::from_be_bytes(v.as_slice().try_into().map_err(
-                |_| Error::Corrupt("removed marker is not 8 bytes".into()),
-            )?))),
+            Some(v) => Ok(Some(Index::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("removed marker is not 8 bytes".into()))?,
+            ))),
         }
     }
 

@@ -179,11 +179,7 @@ impl SnapshotSlot {
 }
 
 /// Builds a snapshot on its own thread and publishes it in `slot`.
-pub(crate) fn spawn_build(
-    engine: Engine,
-    slot: Arc<Mutex<SnapshotSlot>>,
-    logger: Logger,
-) {
+pub(crate) fn spawn_build(engine: Engine, slot: Arc<Mutex<SnapshotSlot>>, logger: Logger) {
     let spawned = std::thread::Builder::new()
         .name("snapshot-build".into())
         .spawn({

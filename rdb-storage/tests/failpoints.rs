@@ -26,7 +26,7 @@ fn fault_points_fail_storage_writes_with_a_typed_error() {
                 node_id: 1,
             },
             &[1, 2, 3],
-                &[],
+            &[],
         )
         .unwrap();
     let logger = slog::Logger::root(slog::Discard, slog::o!());

@@ -7,8 +7,8 @@ use raft::prelude::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
     ReadState, Snapshot,
 };
-use raft_proto::ConfChangeI;
 use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
+use raft_proto::ConfChangeI;
 use slog::{debug, info, o, warn, Logger};
 
 use super::{Application, Applied, CoreError, LogStore, MessageSink};
@@ -419,7 +419,11 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         Ok(())
     }
 
-    fn apply(&mut self, entries: &[Entry], out: &mut ReadyOutput<A::Output>) -> Result<(), CoreError> {
+    fn apply(
+        &mut self,
+        entries: &[Entry],
+        out: &mut ReadyOutput<A::Output>,
+    ) -> Result<(), CoreError> {
         // Entries at or below the applied index were installed by a snapshot in this cycle.
         let fresh = match entries.iter().position(|e| e.index > self.applied) {
             Some(i) => &entries[i..],

@@ -396,12 +396,19 @@ impl<S: LogStore, A: Application> Core<S, A> {
             }
         }
         let removed = |v: &u64| steps.contains(&MemberStep::Remove(*v));
-        let remaining: Vec<u64> = self.voters.iter().copied().filter(|v| !removed(v)).collect();
+        let remaining: Vec<u64> = self
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !removed(v))
+            .collect();
         let added = steps
             .iter()
             .any(|s| matches!(s, MemberStep::AddVoter(_) | MemberStep::Promote(_)));
         if remaining.is_empty() && !added {
-            return Err(Refusal::Rejected("a change may not remove every voter".into()));
+            return Err(Refusal::Rejected(
+                "a change may not remove every voter".into(),
+            ));
         }
         let me = self.replica.id();
         if removed(&me) {
@@ -414,9 +421,7 @@ impl<S: LogStore, A: Application> Core<S, A> {
                 .filter(|(id, _)| remaining.contains(id))
                 .max_by_key(|&(_, matched)| matched)
                 .map(|(id, _)| id)
-                .ok_or_else(|| {
-                    Refusal::Rejected("no other voter to hand leadership to".into())
-                })?;
+                .ok_or_else(|| Refusal::Rejected("no other voter to hand leadership to".into()))?;
             self.replica.transfer_leader(to);
             return Err(Refusal::Unavailable(format!(
                 "node {me} leads: leadership moves to node {to} before {me} is removed; retry"

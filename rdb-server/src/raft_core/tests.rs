@@ -7,14 +7,17 @@ use rdb_proto::command::{command::Op, Command, Put};
 use rdb_storage::CommandResult;
 
 use super::mem::{MemDisk, MemKv, MemLog};
-use super::{Answer, Core, CoreConfig, Refusal, ReplicaConfig, RequestId};
+use super::{Answer, Core, CoreConfig, MemberStep, Membership, Refusal, ReplicaConfig, RequestId};
 
 type MemCore = Core<MemLog, MemKv>;
 
 struct Group {
     cores: Vec<MemCore>,
+    disks: Vec<MemDisk>,
     net: Vec<Message>,
     replies: Vec<(RequestId, Result<Answer<CommandResult>, Refusal>)>,
+    /// Ids of replicas that reported their own removal.
+    removed: Vec<u64>,
 }
 
 fn config(id: u64, max_retained_log_entries: u64) -> CoreConfig {
@@ -47,20 +50,29 @@ fn put(i: usize) -> Vec<u8> {
 
 impl Group {
     fn new(max_retained_log_entries: u64) -> Group {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let cores = (1..=3)
-            .map(|id| {
-                let disk = MemDisk::bootstrap(&[1, 2, 3]);
-                let store = MemLog::open(disk.clone());
-                let app = MemKv::open(disk, 1000);
-                Core::new(&config(id, max_retained_log_entries), store, app, &logger).unwrap()
-            })
-            .collect();
-        Group {
-            cores,
+        let mut g = Group {
+            cores: Vec::new(),
+            disks: Vec::new(),
             net: Vec::new(),
             replies: Vec::new(),
+            removed: Vec::new(),
+        };
+        for _ in 1..=3 {
+            g.add_replica(&[1, 2, 3], max_retained_log_entries);
         }
+        g
+    }
+
+    /// Starts replica `cores.len() + 1` on a disk bootstrapped with `voters` (none: it joins).
+    fn add_replica(&mut self, voters: &[u64], max_retained_log_entries: u64) {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let id = self.cores.len() as u64 + 1;
+        let disk = MemDisk::bootstrap(voters);
+        let store = MemLog::open(disk.clone());
+        let app = MemKv::open(disk.clone(), 1000);
+        let core = Core::new(&config(id, max_retained_log_entries), store, app, &logger);
+        self.cores.push(core.unwrap());
+        self.disks.push(disk);
     }
 
     /// Runs turns and delivers messages until the group is quiet; `cut` drops some.
@@ -69,6 +81,9 @@ impl Group {
             for c in &mut self.cores {
                 let out = c.advance(&mut self.net).unwrap();
                 self.replies.extend(out.replies);
+                if out.removed {
+                    self.removed.push(c.replica().id());
+                }
             }
             let msgs = std::mem::take(&mut self.net);
             if msgs.is_empty() {
@@ -269,4 +284,188 @@ fn leadership_moves_to_the_voter_it_is_handed_to_and_only_a_leader_can_hand_it()
         "no election timeout needed"
     );
     assert!(!g.cores[l].replica().is_leader());
+}
+
+/// The context of a change adding `ids` (addresses are only recorded).
+fn added(ids: &[u64]) -> Vec<u8> {
+    rdb_proto::command::MemberContext {
+        added: ids
+            .iter()
+            .map(|&id| rdb_proto::command::MemberRecord {
+                id,
+                peer_addr: format!("127.0.0.1:{}", 2000 + id),
+                client_addr: format!("127.0.0.1:{}", 3000 + id),
+                removed: false,
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+impl Group {
+    /// Ticks until request `id` is answered.
+    fn answer(
+        &mut self,
+        id: RequestId,
+        cut: &dyn Fn(&Message) -> bool,
+    ) -> Result<Answer<CommandResult>, Refusal> {
+        for _ in 0..300 {
+            if let Some(r) = self.reply(id) {
+                return r;
+            }
+            self.tick(cut);
+        }
+        panic!("request {id} was never answered");
+    }
+
+    fn leader_among(&mut self, ids: &[u64]) -> usize {
+        for _ in 0..500 {
+            if let Some(i) = self
+                .cores
+                .iter()
+                .position(|c| c.replica().is_leader() && ids.contains(&c.replica().id()))
+            {
+                return i;
+            }
+            self.tick(&|_| false);
+        }
+        panic!("no leader among {ids:?}");
+    }
+}
+
+fn membership_of(a: Result<Answer<CommandResult>, Refusal>) -> Membership {
+    match a {
+        Ok(Answer::MembershipChanged { membership, .. }) => membership,
+        other => panic!("expected a membership change, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_learner_joins_from_a_snapshot_is_promoted_once_caught_up_and_a_voter_leaves() {
+    let mut g = Group::new(1000);
+    let l = g.leader();
+    // Few entries: nothing is compacted by size, so the log still starts at index 1.
+    g.write(l, 3, &|_| false);
+    assert_eq!(g.first_index(l), 1);
+    // Node 4 starts with no membership of its own.
+    g.add_replica(&[], 1000);
+    // A learner cut off from the leader stays behind and is not promoted.
+    let cut_4 = all_of(4);
+    g.cores[l].change_membership(100, &[MemberStep::AddLearner(4)], added(&[4]));
+    let m = membership_of(g.answer(100, &cut_4));
+    assert_eq!((m.voters, m.learners), (vec![1, 2, 3], vec![4]));
+    g.write(l, 5, &cut_4);
+    g.cores[l].change_membership(101, &[MemberStep::Promote(4)], Vec::new());
+    match g.answer(101, &cut_4) {
+        Err(Refusal::Rejected(m)) => assert!(m.contains("not caught up"), "{m}"),
+        other => panic!("a far-behind learner was promoted: {other:?}"),
+    }
+    // Connected, it catches up from a snapshot (entry 1 left every log when it was added).
+    for _ in 0..100 {
+        g.tick(&|_| false);
+    }
+    assert!(g.cores[l].replica().matched(4).unwrap() >= g.cores[l].replica().commit_index());
+    assert_eq!(g.cores[3].replica().voters(), vec![1, 2, 3]);
+    g.cores[l].change_membership(102, &[MemberStep::Promote(4)], Vec::new());
+    assert_eq!(
+        membership_of(g.answer(102, &|_| false)).voters,
+        vec![1, 2, 3, 4]
+    );
+    // A follower leaves; the rest keep writing and hold the same data.
+    let f = (1..=3u64).find(|&id| id != l as u64 + 1).unwrap();
+    g.cores[l].change_membership(103, &[MemberStep::Remove(f)], Vec::new());
+    let m = membership_of(g.answer(103, &|_| false));
+    assert!(!m.voters.contains(&f) && m.voters.contains(&4));
+    let gone = all_of(f);
+    g.write(l, 10, &gone);
+    for _ in 0..50 {
+        g.tick(&gone);
+    }
+    let data = |i: usize| g.disks[i].lock().data().clone();
+    let others: Vec<usize> = (0..4).filter(|&i| i as u64 + 1 != f).collect();
+    for &i in &others[1..] {
+        assert_eq!(data(i), data(others[0]), "replica {} differs", i + 1);
+    }
+    // Member records travel with the data: node 4 knows its own address, and f is marked removed.
+    let rec = g.disks[3]
+        .lock()
+        .data()
+        .get(&rdb_storage::member_key(4).to_vec())
+        .cloned();
+    let rec = rdb_proto::command::MemberRecord::decode(rec.unwrap().as_slice()).unwrap();
+    assert_eq!(rec.peer_addr, "127.0.0.1:2004");
+    let rec = g.disks[others[0]]
+        .lock()
+        .data()
+        .get(&rdb_storage::member_key(f).to_vec())
+        .cloned();
+    assert!(
+        rdb_proto::command::MemberRecord::decode(rec.unwrap().as_slice())
+            .unwrap()
+            .removed
+    );
+}
+
+#[test]
+fn the_leader_hands_over_before_it_is_removed_and_a_joint_change_is_left_automatically() {
+    let mut g = Group::new(1000);
+    let l = g.leader();
+    let me = l as u64 + 1;
+    g.write(l, 3, &|_| false);
+    g.cores[l].change_membership(200, &[MemberStep::Remove(me)], Vec::new());
+    match g.answer(200, &|_| false) {
+        Err(Refusal::Unavailable(m)) => assert!(m.contains("moves to node"), "{m}"),
+        other => panic!("the leader accepted its own removal: {other:?}"),
+    }
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != me).collect();
+    let l2 = g.leader_among(&rest);
+    g.cores[l2].change_membership(201, &[MemberStep::Remove(me)], Vec::new());
+    let m = membership_of(g.answer(201, &|_| false));
+    assert_eq!(m.voters, rest);
+    // Replace a voter by a learner in one joint change: enter, then leave on its own.
+    g.add_replica(&[], 1000);
+    let gone = all_of(me);
+    g.cores[l2].change_membership(202, &[MemberStep::AddLearner(4)], added(&[4]));
+    membership_of(g.answer(202, &gone));
+    for _ in 0..100 {
+        g.tick(&gone);
+    }
+    let out = rest[0];
+    let l3 = g.leader_among(&rest);
+    if g.cores[l3].replica().id() == out {
+        // Replacing the leader itself goes through a hand-over first.
+        g.cores[l3].change_membership(
+            203,
+            &[MemberStep::Promote(4), MemberStep::Remove(out)],
+            Vec::new(),
+        );
+        assert!(matches!(g.answer(203, &gone), Err(Refusal::Unavailable(_))));
+    }
+    let l4 = g.leader_among(&[rest[1], 4]);
+    g.cores[l4].change_membership(
+        204,
+        &[MemberStep::Promote(4), MemberStep::Remove(out)],
+        Vec::new(),
+    );
+    let m = membership_of(g.answer(204, &gone));
+    assert_eq!(
+        (m.voters.clone(), m.voters_outgoing.clone()),
+        (vec![rest[1], 4], rest.clone())
+    );
+    for _ in 0..50 {
+        g.tick(&gone);
+    }
+    for i in [rest[1] as usize - 1, 3] {
+        let cs = g.cores[i].replica().conf_state();
+        assert!(
+            cs.voters_outgoing.is_empty(),
+            "node {} stayed joint: {cs:?}",
+            i + 1
+        );
+    }
+    assert!(
+        g.removed.iter().all(|&id| id == me || id == out),
+        "{:?}",
+        g.removed
+    );
 }

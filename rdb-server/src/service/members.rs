@@ -20,19 +20,17 @@ impl KvService {
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         let local = request.into_inner().local;
-        let view = match tokio::time::timeout(
-            self.timeout(),
-            self.mailbox.call(|tx| Msg::Members { tx }),
-        )
-        .await
-        {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return err(e, |r: &mut MemberListResponse, e| r.error = Some(e)),
-            Err(_) => {
-                let e = RequestError::Unavailable("node did not answer in time".into());
-                return err(e, |r: &mut MemberListResponse, e| r.error = Some(e));
-            }
-        };
+        let view =
+            match tokio::time::timeout(self.timeout(), self.mailbox.call(|tx| Msg::Members { tx }))
+                .await
+            {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return err(e, |r: &mut MemberListResponse, e| r.error = Some(e)),
+                Err(_) => {
+                    let e = RequestError::Unavailable("node did not answer in time".into());
+                    return err(e, |r: &mut MemberListResponse, e| r.error = Some(e));
+                }
+            };
         if !local && view.leader_id != view.node_id {
             let e = match self.members.client_addr(view.leader_id) {
                 Some(addr) if view.leader_id != 0 => {
@@ -72,7 +70,9 @@ impl KvService {
             Ok(v) => v,
             Err(e) => return err(e, |r: &mut MemberChangeResponse, e| r.error = Some(e)),
         };
-        let call = self.mailbox.call(|tx| Msg::ChangeMembers { steps, added, tx });
+        let call = self
+            .mailbox
+            .call(|tx| Msg::ChangeMembers { steps, added, tx });
         let r = match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(e),
@@ -137,10 +137,7 @@ fn parse_changes(
             MemberChangeType::AddVoter | MemberChangeType::AddLearner => {
                 for (what, addr) in [("peer_addr", &c.peer_addr), ("client_addr", &c.client_addr)] {
                     if !looks_like_host_port(addr) {
-                        return bad(format!(
-                            "node {}: {what} {addr:?} is not HOST:PORT",
-                            c.id
-                        ));
+                        return bad(format!("node {}: {what} {addr:?} is not HOST:PORT", c.id));
                     }
                 }
                 added.push(MemberRecord {
@@ -197,7 +194,10 @@ mod tests {
             step(MemberChangeType::Remove, 3, ""),
         ]))
         .unwrap();
-        assert_eq!(steps, vec![MemberStep::AddLearner(4), MemberStep::Remove(3)]);
+        assert_eq!(
+            steps,
+            vec![MemberStep::AddLearner(4), MemberStep::Remove(3)]
+        );
         assert_eq!(added.len(), 1);
         assert_eq!(added[0].peer_addr, "h:1");
     }
