@@ -143,10 +143,20 @@ fn member_of(m: Member) -> MemberInfo {
 impl Client {
     /// The members, as the leader sees them (following `NotLeader` hints like a read).
     pub async fn member_list(&self) -> Result<MemberList> {
+        self.member_list_from(false).await
+    }
+
+    /// The members as the node the client reaches applied them, leader or not (no progress
+    /// figures unless it leads): for checking what each node believes.
+    pub async fn member_list_local(&self) -> Result<MemberList> {
+        self.member_list_from(true).await
+    }
+
+    async fn member_list_from(&self, local: bool) -> Result<MemberList> {
         let deadline = self.deadline();
         self.call_until(false, deadline, |mut c| async move {
             let r = c
-                .member_list(MemberListRequest { local: false })
+                .member_list(MemberListRequest { local })
                 .await?
                 .into_inner();
             let list = MemberList {

@@ -58,6 +58,8 @@ pub struct NodeProc {
     pub peer_addr: String,
     /// Prometheus endpoint address (`GET /metrics`).
     pub metrics_addr: String,
+    /// For a node added at run time: the client addresses it joins through (`--join`).
+    pub join: Option<Vec<String>>,
     child: Option<Child>,
     paused: bool,
 }
@@ -159,6 +161,7 @@ impl TestCluster {
                 client_addr,
                 peer_addr,
                 metrics_addr,
+                join: None,
                 child: None,
                 paused: false,
             });
@@ -205,10 +208,20 @@ impl TestCluster {
             }
             None => Command::new(&server),
         };
+        cmd.envs(env.iter().copied());
+        let node = &self.nodes[(id - 1) as usize];
+        match &node.join {
+            None => cmd.arg("--config").arg(&self.config),
+            Some(endpoints) => cmd
+                .arg("--join")
+                .arg(endpoints.join(","))
+                .args(["--peer-addr", &node.peer_addr])
+                .args(["--client-addr", &node.client_addr])
+                .args(["--metrics-addr", &node.metrics_addr])
+                .arg("--data-dir")
+                .arg(self.data_dir(id)),
+        };
         let child = cmd
-            .envs(env.iter().copied())
-            .arg("--config")
-            .arg(&self.config)
             .arg("--node-id")
             .arg(id.to_string())
             .stdin(Stdio::null())
@@ -225,6 +238,36 @@ impl TestCluster {
         let node = self.node_mut(id);
         node.child = Some(child);
         node.paused = false;
+    }
+
+    /// Addresses for a new node (id = the next one), which joins through `through` (node ids)
+    /// once started with [`TestCluster::restart`]; add it to the cluster first
+    /// (`Client::change_members`).
+    pub fn new_joiner(&mut self, through: &[u64]) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let join = through
+            .iter()
+            .map(|&t| self.nodes[(t - 1) as usize].client_addr.clone())
+            .collect();
+        self.nodes.push(NodeProc {
+            id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            join: Some(join),
+            child: None,
+            paused: false,
+        });
+        id
+    }
+
+    /// A client for nodes `ids` only.
+    pub fn client_of(&self, ids: &[u64]) -> Client {
+        let eps: Vec<String> = ids
+            .iter()
+            .map(|&id| self.nodes[(id - 1) as usize].client_addr.clone())
+            .collect();
+        Client::with_options(eps, quick_options()).expect("client")
     }
 
     /// Path of node `id`'s log file.
