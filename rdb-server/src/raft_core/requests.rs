@@ -318,8 +318,10 @@ impl<S: LogStore, A: Application> Core<S, A> {
         let changes = steps
             .iter()
             .map(|step| {
-                let mut c = ConfChangeSingle::default();
-                c.node_id = step.id();
+                let mut c = ConfChangeSingle {
+                    node_id: step.id(),
+                    ..Default::default()
+                };
                 c.set_change_type(match step {
                     MemberStep::AddVoter(_) | MemberStep::Promote(_) => ConfChangeType::AddNode,
                     MemberStep::AddLearner(_) => ConfChangeType::AddLearnerNode,
