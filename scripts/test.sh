@@ -20,3 +20,5 @@ echo "== verify-replication"
 bash scripts/verify-replication.sh
 echo "== verify-replication over TLS"
 bash scripts/verify-replication.sh --tls
+echo "== verify-membership"
+bash scripts/verify-membership.sh
