@@ -56,6 +56,8 @@ fn run_seeds(from: u64, to: u64, planted: Planted) -> Result<Stats, Box<Failure>
         total.snapshots += stats.snapshots;
         total.applied += stats.applied;
         total.late_retries += stats.late_retries;
+        total.member_changes += stats.member_changes;
+        total.removed += stats.removed;
     }
     Ok(total)
 }
@@ -66,7 +68,8 @@ fn default_part(part: u64) {
     match run_seeds(part * per, (part + 1) * per, Planted::default()) {
         Ok(t) => eprintln!(
             "seeds {}..{}: {} operations checked ({} succeeded), {} entries applied, {} faults, \
-             {} snapshots installed, {} retries past half the dedup window, {:?}",
+             {} snapshots installed, {} retries past half the dedup window, {} membership \
+             changes applied, {} nodes removed, {:?}",
             part * per,
             (part + 1) * per,
             t.ops,
@@ -75,6 +78,8 @@ fn default_part(part: u64) {
             t.faults,
             t.snapshots,
             t.late_retries,
+            t.member_changes,
+            t.removed,
             started.elapsed()
         ),
         Err(f) => panic!("{}", report(&f)),

@@ -58,6 +58,10 @@ pub struct Scenario {
     pub snapshot_threshold: u64,
     /// Deliberate bugs.
     pub planted: Planted,
+    /// A spare node (id `nodes + 1`, starting with no membership) exists, and faults include
+    /// membership changes: adding it as a learner, promoting it, removing voters (the leader
+    /// too), one step or a joint change at a time.
+    pub membership: bool,
 }
 
 impl Scenario {
@@ -83,6 +87,7 @@ impl Scenario {
             },
             snapshot_threshold: r.gen_range(10..=80),
             planted: Planted::default(),
+            membership: r.gen_bool(0.5),
         }
     }
 }
@@ -105,6 +110,10 @@ pub struct Stats {
     pub late_retries: usize,
     /// A hash of the history and final data: the same seed must give the same fingerprint.
     pub fingerprint: u64,
+    /// Membership changes that applied (answered to the node that proposed them).
+    pub member_changes: usize,
+    /// Nodes removed that stopped for good.
+    pub removed: usize,
 }
 
 /// Why a run failed, with what is needed to replay it.
@@ -241,6 +250,9 @@ struct World {
     stats: Stats,
     trace: Vec<String>,
     healing: bool,
+    /// Nodes that stopped for good: they applied their own removal, or a peer that knows they
+    /// were removed refused them (as the peer service does).
+    removed: BTreeSet<usize>,
 }
 
 fn node_index(id: u64) -> usize {
@@ -251,9 +263,11 @@ impl World {
     fn new(sc: Scenario) -> World {
         let rng = StdRng::seed_from_u64(sc.seed);
         let voters: Vec<u64> = (1..=sc.nodes as u64).collect();
-        let nodes = (0..sc.nodes)
-            .map(|_| Node {
-                disk: MemDisk::bootstrap(&voters),
+        let spare = usize::from(sc.membership);
+        let nodes = (0..sc.nodes + spare)
+            .map(|i| Node {
+                // The spare joins later: no membership of its own until a snapshot brings it.
+                disk: MemDisk::bootstrap(if i < sc.nodes { &voters } else { &[] }),
                 core: None,
                 inbox: Vec::new(),
                 paused_until: 0,
@@ -287,6 +301,7 @@ impl World {
             stats: Stats::default(),
             trace: Vec::new(),
             healing: false,
+            removed: BTreeSet::new(),
         }
     }
 
@@ -397,21 +412,50 @@ impl World {
         s
     }
 
-    /// Every node up, one leader, every replica applied to the same index, no client busy.
+    /// The members (voters and learners) as the leader applied them, by index.
+    fn members(&self) -> Option<Vec<usize>> {
+        let l = self.leader()?;
+        let cs = self.nodes[l].core.as_ref()?.replica().conf_state();
+        let mut ids: Vec<u64> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners)
+            .chain(&cs.learners_next)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids.into_iter().map(node_index).collect())
+    }
+
+    /// Every member up, one leader, every member applied to the same index, the membership
+    /// out of any joint configuration, no client busy. Nodes never added or removed for good
+    /// are left out.
     fn converged(&self) -> bool {
+        let Some(members) = self.members() else {
+            return false;
+        };
         let mut applied = BTreeSet::new();
-        let mut leaders = 0;
-        for n in &self.nodes {
-            let Some(c) = &n.core else { return false };
+        for &i in &members {
+            let Some(c) = &self.nodes[i].core else {
+                return false;
+            };
             let r = c.replica();
-            if r.is_leader() {
-                leaders += 1;
-            }
             if r.applied_index() != r.commit_index() || r.log_bounds().1 != r.commit_index() {
+                return false;
+            }
+            if !r.conf_state().voters_outgoing.is_empty() {
                 return false;
             }
             applied.insert(r.applied_index());
         }
+        let leaders = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .filter(|c| c.replica().is_leader())
+            .count();
         leaders == 1 && applied.len() == 1 && self.clients.iter().all(|c| c.pending.is_none())
     }
 
@@ -421,7 +465,8 @@ impl World {
             self.maybe_fault();
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].restart_at.is_some_and(|t| t <= self.now) {
+            if self.nodes[i].restart_at.is_some_and(|t| t <= self.now) && !self.removed.contains(&i)
+            {
                 self.start(i)?;
             }
         }
@@ -529,6 +574,13 @@ impl World {
                 Envelope::Raft(m) => {
                     let (from, to) = (node_index(m.from), node_index(m.to));
                     let ok = self.nodes[to].core.is_some() && !self.cut.contains(&(from, to));
+                    if ok && self.knows_removed(to, m.from) {
+                        // The peer service refuses a removed node, which then stops for good.
+                        if self.nodes[from].core.is_some() {
+                            self.stop_removed(from, &format!("n{} refused it", to + 1));
+                        }
+                        continue;
+                    }
                     if m.get_msg_type() == MessageType::MsgSnapshot {
                         self.nodes[from]
                             .inbox
@@ -606,10 +658,17 @@ impl World {
         if out.snapshot_applied {
             self.stats.snapshots += 1;
         }
+        if out.removed {
+            self.stop_removed(i, "it applied its own removal");
+            return Ok(());
+        }
         for m in msgs {
             self.send_raft(i, m);
         }
         for (id, answer) in out.replies {
+            if let Ok(Answer::MembershipChanged { .. }) = &answer {
+                self.stats.member_changes += 1;
+            }
             let Some((client, attempt, read_key)) = self.nodes[i].requests.remove(&id) else {
                 continue;
             };
@@ -637,6 +696,30 @@ impl World {
         Ok(())
     }
 
+    /// Whether node `at` applied the removal of node `id` (its member records say so).
+    fn knows_removed(&self, at: usize, id: u64) -> bool {
+        if !self.sc.membership {
+            return false;
+        }
+        let key = rdb_storage::member_key(id).to_vec();
+        let d = self.nodes[at].disk.lock();
+        d.data().get(&key).is_some_and(|v| {
+            rdb_proto::command::MemberRecord::decode(v.as_slice()).is_ok_and(|r| r.removed)
+        })
+    }
+
+    /// Node `i` was removed from the group: it stops and never starts again.
+    fn stop_removed(&mut self, i: usize, how: &str) {
+        self.removed.insert(i);
+        self.stats.removed += 1;
+        let n = &mut self.nodes[i];
+        n.core = None;
+        n.restart_at = None;
+        n.inbox.clear();
+        n.requests.clear();
+        self.note(format!("n{} stops: removed from the group ({how})", i + 1));
+    }
+
     fn max_commit(&self) -> u64 {
         self.nodes
             .iter()
@@ -658,19 +741,20 @@ impl World {
     }
 
     fn check(&mut self) -> Result<Stats, String> {
-        // Replicas: the same bytes at the same applied index.
-        let states: Vec<_> = self
-            .nodes
+        // Replicas (every member): the same bytes at the same applied index.
+        let members = self.members().ok_or("no leader at the end")?;
+        let states: Vec<_> = members
             .iter()
-            .map(|n| {
-                let d = n.disk.lock();
+            .map(|&i| {
+                let d = self.nodes[i].disk.lock();
                 (d.applied().0, d.data().clone())
             })
             .collect();
-        for (i, s) in states.iter().enumerate().skip(1) {
+        let first = members[0] + 1;
+        for (s, &i) in states.iter().zip(&members).skip(1) {
             if s.0 != states[0].0 {
                 return Err(format!(
-                    "n{} applied {} but n1 applied {}",
+                    "n{} applied {} but n{first} applied {}",
                     i + 1,
                     s.0,
                     states[0].0
@@ -691,7 +775,7 @@ impl World {
                         })
                         .collect();
                 return Err(format!(
-                    "replicas differ: n{} vs n1 at applied index {}: {diff:?}",
+                    "replicas differ: n{} vs n{first} at applied index {}: {diff:?}",
                     i + 1,
                     s.0
                 ));

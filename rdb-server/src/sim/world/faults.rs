@@ -3,23 +3,76 @@
 use rand::Rng;
 
 use super::{World, STEPS_PER_TICK};
+use crate::raft_core::MemberStep;
 
 impl World {
     pub(super) fn heal(&mut self) {
         self.healing = true;
         self.cut.clear();
         self.note("heal everything: links, pauses, clocks; restart crashed nodes".into());
-        for n in &mut self.nodes {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
             n.paused_until = 0;
             n.slow_until = 0;
-            if n.core.is_none() {
+            if n.core.is_none() && !self.removed.contains(&i) {
                 n.restart_at = Some(0);
             }
         }
     }
 
+    /// A membership change proposed on the leader: add the spare as a learner, promote it,
+    /// remove a voter (the leader too: it hands over first), or promote and remove in one
+    /// joint change. Refusals (a learner behind, a change in flight) are part of the test.
+    fn change_membership(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let spare = self.sc.nodes as u64 + 1;
+        let Some(core) = &self.nodes[l].core else {
+            return;
+        };
+        let r = core.replica();
+        let voters = r.voters();
+        let removable: Vec<u64> = voters.iter().copied().filter(|&v| v != spare).collect();
+        let pick = |rng: &mut rand::rngs::StdRng| removable[rng.gen_range(0..removable.len())];
+        let steps = if r.is_learner(spare) {
+            if self.rng.gen_bool(0.5) || removable.is_empty() {
+                vec![MemberStep::Promote(spare)]
+            } else {
+                vec![
+                    MemberStep::Promote(spare),
+                    MemberStep::Remove(pick(&mut self.rng)),
+                ]
+            }
+        } else if r.is_voter(spare) {
+            if voters.len() <= 3 || removable.is_empty() {
+                return;
+            }
+            vec![MemberStep::Remove(pick(&mut self.rng))]
+        } else if !self.removed.contains(&(spare as usize - 1)) {
+            vec![MemberStep::AddLearner(spare)]
+        } else {
+            return;
+        };
+        let context = rdb_proto::command::MemberContext {
+            added: vec![rdb_proto::command::MemberRecord {
+                id: spare,
+                peer_addr: format!("sim:{spare}"),
+                client_addr: format!("sim:{spare}"),
+                removed: false,
+            }],
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        if let Some(core) = &mut self.nodes[l].core {
+            core.change_membership(id, &steps, prost::Message::encode_to_vec(&context));
+        }
+        self.note(format!("n{} proposes membership change {steps:?}", l + 1));
+    }
+
     pub(super) fn maybe_fault(&mut self) {
         if !self.rng.gen_ratio(1, self.sc.fault_every.max(1) as u32) {
+            return;
+        }
+        if self.sc.membership && self.rng.gen_ratio(1, 5) {
+            self.change_membership();
             return;
         }
         let n = self.nodes.len();
