@@ -262,7 +262,7 @@ where
                     leader_id: r.leader_id(),
                     commit_index: r.commit_index(),
                     membership: Membership::from(&r.conf_state()),
-                    progress: r.follower_progress(),
+                    progress: r.progress(),
                 });
             }
             Msg::ChangeMembers { steps, added, tx } => {

@@ -155,7 +155,8 @@ impl StateMachine {
                     Ok(cmd) => batch.apply_command(cmd, e.index)?,
                     Err(err) => Err(format!("undecodable command at index {}: {err}", e.index)),
                 }),
-                // Membership is fixed by the configuration file in this phase.
+                // Conf changes never come here: the core applies them through
+                // `Application::apply_conf_change`.
                 _ => None,
             };
             batch.last = Some((e.index, e.term));

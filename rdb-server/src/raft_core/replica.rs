@@ -323,6 +323,14 @@ impl<S: LogStore, A: Application> Replica<S, A> {
 
     /// On a leader: (id, matched index) of every other voter, by id; empty otherwise.
     pub fn follower_progress(&self) -> Vec<(u64, u64)> {
+        let mut v = self.progress();
+        v.retain(|&(id, _)| self.is_voter(id));
+        v
+    }
+
+    /// On a leader: (id, matched index) of every other member, learners included, by id;
+    /// empty otherwise.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
         if !self.is_leader() {
             return Vec::new();
         }
