@@ -2,7 +2,8 @@
 //!
 //! With no arguments it runs a single-node cluster on 127.0.0.1 (client port 2379, peer port
 //! 2380) with its data in `./rdb-data`. With `--config FILE --node-id N` it runs node N of the
-//! cluster described in FILE.
+//! cluster described in FILE. With `--restore BACKUP` it seeds data directories from a backup
+//! file and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,10 @@ struct Args {
     /// Which node of the configuration this process is. Optional when the file has one node.
     #[arg(long, short = 'n')]
     node_id: Option<u64>,
+    /// Seed the data directory of --node-id, or of every node of --config, from a backup file
+    /// (`rdb-cli snapshot save`), then exit without serving. Directories must be new or empty.
+    #[arg(long, value_name = "FILE", requires = "config")]
+    restore: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -30,6 +35,11 @@ fn main() -> ExitCode {
             Some(path) => ClusterConfig::load(path)?,
             None => ClusterConfig::single_node_default(),
         };
+        if let Some(file) = &args.restore {
+            return rdb_server::restore::run(&config, args.node_id, file)
+                .map(drop)
+                .map_err(Into::into);
+        }
         let node_id = binary::node_id(&config, args.node_id)?;
         let cluster = config.clone();
         binary::run_node(&cluster, "rdb-worker", |logger| {

@@ -15,6 +15,7 @@ use crate::config::{ClusterConfig, NodeId};
 use crate::node::{core_config, Node};
 use crate::raft_core::{Application, Core};
 use crate::router::Mailbox;
+use crate::service::backup::BackupService;
 use crate::service::kv::KvService;
 use crate::service::peer::PeerService;
 use crate::transport::GrpcTransport;
@@ -354,6 +355,19 @@ pub async fn run(
             .max_decoding_message_size(max_client_message)
             .max_encoding_message_size(usize::MAX),
     );
+    // Backups (`rdb-cli snapshot save`) on the client port: service/backup.rs.
+    let ident = Ident {
+        cluster_id: config.cluster_id,
+        node_id,
+    };
+    let backup = BackupService::new(
+        started.mailbox.clone(),
+        started.engine.clone(),
+        ident,
+        &s,
+        &logger,
+    );
+    let client = client.add_service(backup.into_server());
     started.serve(client, shutdown).await
 }
 

@@ -1,4 +1,5 @@
 //! gRPC adapters: decode, validate, hand a typed message to the node task, encode the answer.
 
+pub mod backup;
 pub mod kv;
 pub mod peer;
