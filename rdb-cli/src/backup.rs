@@ -65,3 +65,25 @@ fn print_saved(p: &Printer, s: &SavedSnapshot) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::SnapshotCmd;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn snapshot_save_takes_a_file_and_the_global_options() {
+        let cli =
+            Cli::try_parse_from(["rdb-cli", "snapshot", "save", "b.rdb", "-o", "json"]).unwrap();
+        assert!(cli.output == crate::output::Output::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot {
+                cmd: SnapshotCmd::Save { file }
+            } if file == std::path::Path::new("b.rdb")
+        ));
+        assert!(Cli::try_parse_from(["rdb-cli", "snapshot", "save"]).is_err());
+    }
+}

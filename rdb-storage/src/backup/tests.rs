@@ -247,3 +247,22 @@ fn a_restore_interrupted_before_its_rename_leaves_no_directory_and_is_redone() {
     e.check_consistency().unwrap();
     assert_eq!(e.apply_state().unwrap().index, 20);
 }
+
+#[test]
+fn no_backup_is_written_from_the_middle_of_a_snapshot_install() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = source(src_dir.path());
+    // The marker the first install batch writes, before the data is cleared.
+    let mut wb = WriteBatch::default();
+    wb.put_cf(
+        src.cf(crate::keys::CF_RAFT_STATE),
+        crate::keys::PENDING_SNAPSHOT_KEY,
+        b"an install is running",
+    );
+    src.write(wb, true).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("backup.rdb");
+    let r = write(&src, IDENT, &path);
+    assert!(matches!(r, Err(Error::SnapshotInstalling)), "{r:?}");
+    assert!(!path.exists(), "a failed backup leaves no file");
+}
