@@ -337,3 +337,64 @@ async fn damaged_backups_and_existing_directories_are_refused_and_left_untouched
     })
     .await;
 }
+
+/// Over TLS with client certificates: `rdb-cli snapshot save` with `--cacert --cert --key`
+/// works; a plaintext client gets nothing and leaves no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_saved_over_tls_with_the_clients_certificate() {
+    use rdb_tests::certs::Ca;
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    let ca = Ca::new("rdb test CA");
+    ca.write(&dir.join("ca.pem"));
+    for id in 1..=3 {
+        ca.issue_to(&format!("node{id}"), dir, &format!("node{id}"));
+    }
+    ca.issue_to("client", dir, "client");
+    let d = dir.display();
+    let c = TestCluster::start_with_tables(
+        3,
+        &format!(
+            "[tls]\ncert_file = \"{d}/node{{id}}.pem\"\nkey_file = \"{d}/node{{id}}.key\"\nca_file = \"{d}/ca.pem\"\nclient_cert_auth = true\n"
+        ),
+    );
+    let cli = |file: &Path, tls: bool| {
+        let mut cmd = Command::new(bin_dir().join("rdb-cli"));
+        cmd.arg("--endpoints")
+            .arg(c.endpoints().join(","))
+            .args(["--timeout-ms", "3000"]);
+        if tls {
+            cmd.arg("--cacert")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(dir.join("client.pem"))
+                .arg("--key")
+                .arg(dir.join("client.key"));
+        }
+        cmd.args(["snapshot", "save"]).arg(file).output().unwrap()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let plain = out.path().join("plain.rdb");
+    let o = cli(&plain, false);
+    assert_eq!(o.status.code(), Some(4), "{}", explain(&o));
+    assert!(!plain.exists() && !out.path().join("plain.rdb.partial").exists());
+
+    let file = out.path().join("tls.rdb");
+    let mut saved = None;
+    TestCluster::wait_until("a backup over TLS", SECS(30), || {
+        let o = cli(&file, true);
+        let ok = o.status.success();
+        if ok {
+            saved = Some(String::from_utf8_lossy(&o.stdout).to_string());
+        }
+        async move { ok }
+    })
+    .await;
+    let saved = saved.unwrap();
+    assert!(
+        saved.starts_with("saved ") && saved.contains("(from node"),
+        "{saved}"
+    );
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert!(saved.contains(&format!(" {len} bytes,")), "{saved}");
+}
