@@ -249,6 +249,16 @@ async fn an_idle_cluster_restores_to_identical_data() {
     assert_eq!(saved.cluster_id, 7);
     // Idle: the backup is at the applied index of the leader that sent it.
     assert_eq!(saved.index, src.status(leader).await.unwrap().applied_index);
+    // The node kept no copy: its backup file was unlinked before it was streamed.
+    let leftovers: Vec<String> = std::fs::read_dir(src.data_dir(leader).join("snap"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("backup-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let mut new = unstarted_cluster();
     restore_and_start(&mut new, &file, saved.index).await;

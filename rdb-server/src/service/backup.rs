@@ -90,26 +90,31 @@ impl BackupService {
             .unwrap_or_default();
         let path = dir.join(format!("backup-{}-{nanos}.tmp", std::process::id()));
         let (engine, ident, p) = (self.engine.clone(), self.ident, path.clone());
+        // Written, opened and unlinked in one blocking task, so that the file is gone even when
+        // the client leaves (and this future is dropped) while it is being written.
         let written = tokio::task::spawn_blocking(move || -> rdb_storage::Result<_> {
             std::fs::create_dir_all(p.parent().unwrap_or(&p))?;
-            rdb_storage::backup::write(&engine, ident, &p)
+            let info = rdb_storage::backup::write(&engine, ident, &p)?;
+            let file = std::fs::File::open(&p);
+            std::fs::remove_file(&p)?;
+            Ok((info, file?))
         })
         .await
         .map_err(|e| TakeError::Failed(Status::internal(format!("backup task failed: {e}"))))?;
-        let info = match written {
-            Ok(info) => info,
+        let (info, file) = match written {
+            Ok(taken) => taken,
             // The data is being replaced by a snapshot for a moment: try again.
             Err(e @ rdb_storage::Error::SnapshotInstalling) => {
                 return Err(TakeError::Refused(RequestError::Unavailable(e.to_string())))
             }
-            Err(e) => return Err(TakeError::Failed(Status::internal(format!("backup: {e}")))),
+            Err(e) => {
+                return Err(TakeError::Failed(Status::internal(format!(
+                    "backup of {}: {e}",
+                    path.display()
+                ))))
+            }
         };
-        let file = tokio::fs::File::open(&path).await;
-        if let Err(e) = tokio::fs::remove_file(&path).await {
-            warn!(self.logger, "cannot remove a backup file"; "file" => %path.display(), "error" => %e);
-        }
-        let file =
-            file.map_err(|e| TakeError::Failed(Status::internal(format!("backup file: {e}"))))?;
+        let file = tokio::fs::File::from_std(file);
         let header = BackupHeader {
             cluster_id: info.source.cluster_id,
             node_id: info.source.node_id,
