@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/peer.proto",
         "proto/command.proto",
         "proto/pd.proto",
+        "proto/backup.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -168,6 +168,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::StaleEpoch(_) => "stale_epoch",
         Error::AlreadyBootstrapped(_) => "already_bootstrapped",
         Error::NotFound(_) => "not_found",
+        Error::Io(_) => "io",
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
+mod backup;
 mod bench;
 mod codec;
 mod members;
@@ -183,6 +184,11 @@ enum Command {
     Check,
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
+    /// Backups: `snapshot save FILE` saves a consistent copy of the data (for `rdb-server --restore`).
+    Snapshot {
+        #[command(subcommand)]
+        cmd: backup::SnapshotCmd,
+    },
     /// Get a timestamp from PD's oracle (needs --pd).
     Tso,
     /// PD's stores (needs --pd).
@@ -395,6 +401,7 @@ async fn run(cli: Cli) -> u8 {
             }
             Err(e) => fail(&e),
         },
+        Command::Snapshot { cmd } => backup::run(cmd, &client, &p).await,
         Command::Tso => pd::run(pd::PdCmd::Tso, cli.pd.as_deref(), opts, &p, codec).await,
         Command::Store { cmd } => {
             pd::run(pd::PdCmd::Store(cmd), cli.pd.as_deref(), opts, &p, codec).await
@@ -470,9 +477,10 @@ pub(crate) fn fail(e: &Error) -> u8 {
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,
         Error::Indeterminate(_) => exit::INDETERMINATE,
         Error::NotFound(_) => exit::NOT_FOUND,
-        Error::Unsupported(_) | Error::StaleEpoch(_) | Error::AlreadyBootstrapped(_) => {
-            exit::FAILURE
-        }
+        Error::Unsupported(_)
+        | Error::StaleEpoch(_)
+        | Error::AlreadyBootstrapped(_)
+        | Error::Io(_) => exit::FAILURE,
     }
 }
 

@@ -34,4 +34,7 @@ pub enum Error {
     /// PD has no such store or region. Not retried.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A local file could not be written (a backup being saved). Not retried.
+    #[error("i/o: {0}")]
+    Io(String),
 }

@@ -9,7 +9,8 @@
 //!
 //! A [`Client::scan`] follows the server's pages (each response is capped in bytes) until the
 //! caller's limit or the end of the range, and [`Client::check`] compares a hash of every
-//! replica's data taken at the same log index.
+//! replica's data taken at the same log index. [`Client::save_snapshot`] saves a consistent
+//! backup of the data to a file, for `rdb-server --restore`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rdb_client::Error> {
@@ -32,12 +33,14 @@
 //! # Ok(()) }
 //! ```
 
+mod backup;
 mod endpoints;
 mod error;
 mod members;
 pub mod pd;
 mod retry;
 
+pub use backup::SavedSnapshot;
 pub use error::Error;
 pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
 pub use pd::{PdClient, Timestamp};

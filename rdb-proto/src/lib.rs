@@ -4,6 +4,7 @@
 //! - [`peer`]: node-to-node transport; Raft messages are opaque bytes.
 //! - [`command`]: the command format stored in Raft log entries.
 //! - [`pd`]: the placement driver (timestamps, ids, stores, regions) and its replicated commands.
+//! - [`backup`]: streaming a consistent backup of a node's data to a client.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -25,6 +26,11 @@ pub mod pd {
 /// Commands replicated through the Raft log.
 pub mod command {
     tonic::include_proto!("rdb.command");
+}
+
+/// Backups: a node streams a consistent copy of its data to a client.
+pub mod backup {
+    tonic::include_proto!("rdb.backup");
 }
 
 pub use prost;

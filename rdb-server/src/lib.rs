@@ -13,6 +13,7 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`tls`]: TLS on the client and peer ports.
 //! - [`server`]: wiring it all together (shared by `rdb-pd`).
+//! - [`restore`]: `rdb-server --restore`, seeding a new cluster's data directories from a backup.
 
 pub mod binary;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod raft_core;
+pub mod restore;
 pub mod router;
 pub mod server;
 pub mod service;

@@ -3,7 +3,8 @@
 //! With no arguments it runs a single-node cluster on 127.0.0.1 (client port 2379, peer port
 //! 2380) with its data in `./rdb-data`. With `--config FILE --node-id N` it runs node N of the
 //! cluster described in FILE. With `--join A,B,C --node-id N --peer-addr .. --client-addr ..
-//! --data-dir ..` it joins a running cluster that added node N (`rdb-cli member add`).
+//! --data-dir ..` it joins a running cluster that added node N (`rdb-cli member add`). With
+//! `--restore BACKUP --config FILE` it seeds data directories from a backup file and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ struct Args {
     /// With --join: where to serve Prometheus metrics (HOST:PORT); none when left out.
     #[arg(long, requires = "join")]
     metrics_addr: Option<String>,
+    /// Seed the data directory of --node-id, or of every node of --config, from a backup file
+    /// (`rdb-cli snapshot save`), then exit without serving. Directories must be new or empty.
+    #[arg(long, value_name = "FILE", requires = "config")]
+    restore: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,11 @@ fn main() -> ExitCode {
             (None, Some(endpoints)) => joined(&args, endpoints)?,
             (None, None) => ClusterConfig::single_node_default(),
         };
+        if let Some(file) = &args.restore {
+            return rdb_server::restore::run(&config, args.node_id, file)
+                .map(drop)
+                .map_err(Into::into);
+        }
         let node_id = binary::node_id(&config, args.node_id)?;
         let cluster = config.clone();
         binary::run_node(&cluster, "rdb-worker", |logger| {

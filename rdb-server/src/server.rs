@@ -18,6 +18,7 @@ use crate::members::{Directory, SharedDirectory};
 use crate::node::{core_config, Node};
 use crate::raft_core::{Application, Core};
 use crate::router::Mailbox;
+use crate::service::backup::BackupService;
 use crate::service::kv::KvService;
 use crate::service::peer::PeerService;
 use crate::transport::GrpcTransport;
@@ -377,6 +378,19 @@ pub async fn run(
             .max_decoding_message_size(max_client_message)
             .max_encoding_message_size(usize::MAX),
     );
+    // Backups (`rdb-cli snapshot save`) on the client port: service/backup.rs.
+    let ident = Ident {
+        cluster_id: config.cluster_id,
+        node_id,
+    };
+    let backup = BackupService::new(
+        started.mailbox.clone(),
+        started.engine.clone(),
+        ident,
+        &s,
+        &logger,
+    );
+    let client = client.add_service(backup.into_server());
     started.serve(client, shutdown).await
 }
 
@@ -397,6 +411,20 @@ pub async fn shutdown_signal() {
 /// streams, and Nagle plus delayed ACKs would add ~40 ms to small responses.
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The member records of the file's nodes: what a new data directory starts with.
+pub fn member_records(config: &ClusterConfig) -> Vec<MemberRecord> {
+    config
+        .nodes
+        .iter()
+        .map(|n| MemberRecord {
+            id: n.id,
+            peer_addr: n.peer_addr.clone(),
+            client_addr: n.client_addr.clone(),
+            removed: false,
+        })
+        .collect()
 }
 
 /// Opens a node's data directory, creating it on first start, and checks it belongs to this
@@ -423,19 +451,10 @@ pub fn open_data_dir(
     let (voters, records): (Vec<NodeId>, Vec<MemberRecord>) = if config.joining {
         (Vec::new(), Vec::new())
     } else {
-        config
-            .nodes
-            .iter()
-            .map(|n| {
-                let r = MemberRecord {
-                    id: n.id,
-                    peer_addr: n.peer_addr.clone(),
-                    client_addr: n.client_addr.clone(),
-                    removed: false,
-                };
-                (n.id, r)
-            })
-            .unzip()
+        (
+            config.nodes.iter().map(|n| n.id).collect(),
+            member_records(config),
+        )
     };
     engine
         .bootstrap_or_check(

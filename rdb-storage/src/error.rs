@@ -51,6 +51,12 @@ pub enum Error {
     /// A snapshot descriptor or file does not decode or does not match its checksum.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
+    /// A backup file is damaged, truncated, or not a backup file; nothing was changed.
+    #[error("bad backup: {0}")]
+    BadBackup(String),
+    /// A restore was asked to write into a data directory that already holds something.
+    #[error("data directory {} is not empty: a restore never overwrites data (give a new directory, or remove this one first)", .0.display())]
+    DataDirNotEmpty(std::path::PathBuf),
     /// A snapshot is being installed: user data is being replaced and must not be read now.
     #[error("a snapshot is being installed; retry shortly")]
     SnapshotInstalling,

@@ -8,7 +8,9 @@
 //! - [`RaftStorage`]: `raft::Storage` plus the writes a Ready needs (entries + hard state in one
 //!   synced batch), compaction and snapshot installation.
 //! - [`StateMachine`]: applies committed entries, with the applied index in the same batch.
+//! - [`backup`]: backup files of the data, and restoring one into a new cluster's directory.
 
+pub mod backup;
 pub mod engine;
 pub mod error;
 pub mod keys;

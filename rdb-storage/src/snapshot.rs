@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -43,7 +43,7 @@ const DESC_VERSION: u32 = 1;
 /// Key length that marks the end of the pairs.
 const END_MARK: u32 = u32::MAX;
 /// Buffer size of snapshot file readers and writers.
-const IO_BUF: usize = 1 << 20;
+pub(crate) const IO_BUF: usize = 1 << 20;
 /// Bytes of pairs written per install batch.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// Built snapshot files kept on the leader (the newest and the one before, which a transfer
@@ -236,31 +236,9 @@ pub fn build(engine: &Engine) -> Result<Snapshot> {
     let dir = engine.snap_dir();
     std::fs::create_dir_all(&dir)?;
     let tmp = TempFile(dir.join(format!("build-{}.tmp", unique_suffix())));
-    let db = engine.db();
-    let view = db.snapshot();
-    let apply = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::APPLY_STATE_KEY)? {
-        Some(v) => {
-            let (index, term) = keys::decode_pair(&v)
-                .ok_or_else(|| Error::Corrupt("apply state is not 16 bytes".into()))?;
-            ApplyState { index, term }
-        }
-        None => return Err(Error::Corrupt("apply state missing".into())),
-    };
-    let conf_state = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::CONF_STATE_KEY)? {
-        Some(v) => <ConfState as protobuf::Message>::parse_from_bytes(&v)?,
-        None => return Err(Error::Corrupt("conf state missing".into())),
-    };
     let mut out = CrcWriter::new(BufWriter::with_capacity(IO_BUF, File::create(&tmp.0)?));
-    out.write_all(FILE_MAGIC)?;
-    let mut count = 0u64;
-    for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
-        let (k, v) = item?;
-        write_field(&mut out, &k)?;
-        write_field(&mut out, &v)?;
-        count += 1;
-    }
-    out.write_all(&END_MARK.to_be_bytes())?;
-    out.write_all(&count.to_be_bytes())?;
+    let written = write_pairs(engine, &mut out)?;
+    let (apply, conf_state) = (written.apply, written.conf_state);
     let (file_len, checksum, writer) = out.finish();
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -278,6 +256,65 @@ pub fn build(engine: &Engine) -> Result<Snapshot> {
     Ok(snap)
 }
 
+/// What [`write_pairs`] wrote.
+pub(crate) struct Written {
+    /// The apply state read with the data.
+    pub(crate) apply: ApplyState,
+    /// The conf state read with the data (written in the same batch as the apply state).
+    pub(crate) conf_state: ConfState,
+    /// Pairs written.
+    pub(crate) pairs: u64,
+    /// Pairs of user data among them.
+    pub(crate) user_keys: u64,
+}
+
+/// Writes the snapshot file format to `out`: every record of the data column family and the
+/// apply state, read through one RocksDB view so they match. Refuses a view taken in the
+/// middle of a snapshot install (`Error::SnapshotInstalling`).
+pub(crate) fn write_pairs(engine: &Engine, out: &mut impl Write) -> Result<Written> {
+    let db = engine.db();
+    let view = db.snapshot();
+    // The install marker is written before the data is cleared and removed with the last
+    // batch of the load: a view that sees it may hold half of the new data.
+    if view
+        .get_cf(engine.cf(CF_RAFT_STATE), keys::PENDING_SNAPSHOT_KEY)?
+        .is_some()
+    {
+        return Err(Error::SnapshotInstalling);
+    }
+    let apply = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::APPLY_STATE_KEY)? {
+        Some(v) => {
+            let (index, term) = keys::decode_pair(&v)
+                .ok_or_else(|| Error::Corrupt("apply state is not 16 bytes".into()))?;
+            ApplyState { index, term }
+        }
+        None => return Err(Error::Corrupt("apply state missing".into())),
+    };
+    let conf_state = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::CONF_STATE_KEY)? {
+        Some(v) => <ConfState as protobuf::Message>::parse_from_bytes(&v)?,
+        None => return Err(Error::Corrupt("conf state missing".into())),
+    };
+    out.write_all(FILE_MAGIC)?;
+    let (mut count, mut user_keys) = (0u64, 0u64);
+    for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
+        let (k, v) = item?;
+        write_field(out, &k)?;
+        write_field(out, &v)?;
+        count += 1;
+        if k.first() == Some(&keys::DATA_PREFIX) {
+            user_keys += 1;
+        }
+    }
+    out.write_all(&END_MARK.to_be_bytes())?;
+    out.write_all(&count.to_be_bytes())?;
+    Ok(Written {
+        apply,
+        conf_state,
+        pairs: count,
+        user_keys,
+    })
+}
+
 fn write_field(out: &mut impl Write, b: &[u8]) -> Result<()> {
     let len = u32::try_from(b.len())
         .ok()
@@ -291,7 +328,7 @@ fn write_field(out: &mut impl Write, b: &[u8]) -> Result<()> {
 /// Reads a snapshot file once, checking its framing, length, pair count and checksum against
 /// `desc`, without holding more than a read buffer. Returns the number of pairs.
 pub fn verify_file(path: &Path, desc: &SnapshotDescriptor) -> Result<u64> {
-    let mut r = open_reader(path, desc)?;
+    let mut r = open_reader(path, 0, desc)?;
     let mut count = 0u64;
     while let Some(klen) = r.next_len()? {
         r.skip(klen)?;
@@ -303,18 +340,25 @@ pub fn verify_file(path: &Path, desc: &SnapshotDescriptor) -> Result<u64> {
     Ok(count)
 }
 
-/// Opens a snapshot file for reading and checks its magic and length.
-fn open_reader(path: &Path, desc: &SnapshotDescriptor) -> Result<FrameReader> {
-    let file = File::open(path)
+/// Opens a snapshot file for reading and checks its magic and length. The snapshot starts
+/// `offset` bytes into the file (a backup file's header comes first) and runs to its end.
+pub(crate) fn open_reader(
+    path: &Path,
+    offset: u64,
+    desc: &SnapshotDescriptor,
+) -> Result<FrameReader> {
+    let mut file = File::open(path)
         .map_err(|e| Error::BadSnapshot(format!("cannot open {}: {e}", path.display())))?;
     let len = file.metadata()?.len();
-    if len != desc.file_len {
+    if len.checked_sub(offset) != Some(desc.file_len) {
         return Err(Error::BadSnapshot(format!(
-            "{} has {len} bytes, the descriptor says {}",
+            "{} has {} bytes of snapshot, the descriptor says {}",
             path.display(),
+            len.saturating_sub(offset),
             desc.file_len
         )));
     }
+    file.seek(SeekFrom::Start(offset))?;
     let mut r = FrameReader {
         inner: CrcReader {
             inner: BufReader::with_capacity(IO_BUF, file),
@@ -332,13 +376,13 @@ fn open_reader(path: &Path, desc: &SnapshotDescriptor) -> Result<FrameReader> {
 }
 
 /// Reads the frames of a snapshot file, hashing everything it reads.
-struct FrameReader {
+pub(crate) struct FrameReader {
     inner: CrcReader<BufReader<File>>,
     desc: SnapshotDescriptor,
 }
 
 impl FrameReader {
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
         self.inner
             .read_exact(buf)
             .map_err(|e| Error::BadSnapshot(format!("snapshot file truncated: {e}")))
@@ -355,14 +399,14 @@ impl FrameReader {
     }
 
     /// The next key length, or `None` at the end mark.
-    fn next_len(&mut self) -> Result<Option<u64>> {
+    pub(crate) fn next_len(&mut self) -> Result<Option<u64>> {
         match self.read_u32()? {
             END_MARK => Ok(None),
             n => self.checked(n).map(Some),
         }
     }
 
-    fn value_len(&mut self) -> Result<u64> {
+    pub(crate) fn value_len(&mut self) -> Result<u64> {
         let n = self.read_u32()?;
         self.checked(n)
     }
@@ -377,7 +421,7 @@ impl FrameReader {
         Ok(u64::from(n))
     }
 
-    fn skip(&mut self, n: u64) -> Result<()> {
+    pub(crate) fn skip(&mut self, n: u64) -> Result<()> {
         let copied = std::io::copy(&mut (&mut self.inner).take(n), &mut std::io::sink())?;
         if copied != n {
             return Err(Error::BadSnapshot("snapshot file truncated".into()));
@@ -385,14 +429,14 @@ impl FrameReader {
         Ok(())
     }
 
-    fn field(&mut self, n: u64) -> Result<Vec<u8>> {
+    pub(crate) fn field(&mut self, n: u64) -> Result<Vec<u8>> {
         let mut v = vec![0u8; n as usize];
         self.read_exact(&mut v)?;
         Ok(v)
     }
 
     /// Checks the trailer, that nothing follows it, and the checksum.
-    fn finish(mut self, count: u64) -> Result<()> {
+    pub(crate) fn finish(mut self, count: u64) -> Result<()> {
         let mut b = [0u8; 8];
         self.read_exact(&mut b)?;
         if u64::from_be_bytes(b) != count {
@@ -430,14 +474,14 @@ impl<R: Read> Read for CrcReader<R> {
     }
 }
 
-struct CrcWriter<W> {
+pub(crate) struct CrcWriter<W> {
     inner: W,
     hasher: crc32fast::Hasher,
     written: u64,
 }
 
 impl<W: Write> CrcWriter<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         CrcWriter {
             inner,
             hasher: crc32fast::Hasher::new(),
@@ -445,7 +489,7 @@ impl<W: Write> CrcWriter<W> {
         }
     }
 
-    fn finish(self) -> (u64, u32, W) {
+    pub(crate) fn finish(self) -> (u64, u32, W) {
         (self.written, self.hasher.finalize(), self.inner)
     }
 }
@@ -464,11 +508,11 @@ impl<W: Write> Write for CrcWriter<W> {
 }
 
 /// A file being written; removed on drop unless persisted under its final name.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl TempFile {
     /// Renames the file to `to` and syncs the folder, so the name survives a crash.
-    fn persist(mut self, to: &Path) -> Result<()> {
+    pub(crate) fn persist(mut self, to: &Path) -> Result<()> {
         std::fs::rename(&self.0, to)?;
         self.0 = PathBuf::new();
         if let Some(dir) = to.parent() {
@@ -486,7 +530,7 @@ impl Drop for TempFile {
     }
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -627,7 +671,7 @@ pub(crate) fn pending_install(engine: &Engine) -> Result<Option<SnapshotDescript
 pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Result<u64> {
     let dir = engine.snap_dir();
     let path = desc.path_in(&dir);
-    let mut r = open_reader(&path, desc).map_err(|e| {
+    let mut r = open_reader(&path, 0, desc).map_err(|e| {
         Error::Corrupt(format!(
             "a snapshot install is pending but its file is unusable: {e}"
         ))

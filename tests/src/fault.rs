@@ -353,7 +353,12 @@ async fn execute(c: &Client, op: &Op) -> Outcome {
         Err(Error::Unavailable(_) | Error::NotLeader { .. }) => Outcome::Failed,
         Err(Error::InvalidArgument(m)) => panic!("the workload sent invalid input: {m}"),
         Err(Error::Unsupported(m)) => panic!("the server refused a basic call: {m}"),
-        Err(e @ (Error::StaleEpoch(_) | Error::AlreadyBootstrapped(_) | Error::NotFound(_))) => {
+        Err(
+            e @ (Error::StaleEpoch(_)
+            | Error::AlreadyBootstrapped(_)
+            | Error::NotFound(_)
+            | Error::Io(_)),
+        ) => {
             panic!("a KV call got a PD error: {e}")
         }
     }

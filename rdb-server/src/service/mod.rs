@@ -1,5 +1,6 @@
 //! gRPC adapters: decode, validate, hand a typed message to the node task, encode the answer.
 
+pub mod backup;
 pub mod kv;
 mod members;
 pub mod peer;

@@ -1,0 +1,228 @@
+//! The backup service: streams a consistent backup of this node's data to a client.
+//!
+//! `Save` first passes a linearizable read barrier through the mailbox (`Msg::Read`, a
+//! ReadIndex round): it succeeds only on the leader, once it has applied every entry committed
+//! before the call, so the backup holds every write acknowledged before the call started. A
+//! follower answers `NOT_LEADER` with the leader's address (the client follows it), as it does
+//! for a linearizable read. Then the node writes the backup file with
+//! [`rdb_storage::backup::write`] (data and applied index through one RocksDB view) into its
+//! snapshot folder, opens it, unlinks it, and streams it: a header, then chunks of 1 MiB. The
+//! open handle keeps the bytes readable; nothing is left on disk once the stream ends, however
+//! it ends (a file left by a crash during the write is removed at the next start, with the
+//! other files of the snapshot folder). One backup at a time per node.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use rdb_proto::backup::backup_server::{Backup, BackupServer};
+use rdb_proto::backup::{BackupChunk, BackupHeader, SaveRequest};
+use rdb_storage::{Engine, Ident};
+use slog::{info, warn, Logger};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Settings;
+use crate::router::{Mailbox, Msg, RequestError};
+use crate::service::kv::to_pb;
+
+/// Bytes of the backup file per streamed message.
+const CHUNK: usize = 1 << 20;
+
+/// The stream `Save` answers with.
+pub type SaveStream = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send + 'static>>;
+
+/// Serves backups of one node's data.
+#[derive(Clone)]
+pub struct BackupService {
+    mailbox: Mailbox,
+    engine: Engine,
+    ident: Ident,
+    timeout: Duration,
+    running: Arc<Semaphore>,
+    logger: Logger,
+}
+
+impl BackupService {
+    /// A service for node `ident` that passes read barriers through `mailbox` and backs up
+    /// `engine`'s data.
+    pub fn new(
+        mailbox: Mailbox,
+        engine: Engine,
+        ident: Ident,
+        settings: &Settings,
+        logger: &Logger,
+    ) -> BackupService {
+        BackupService {
+            mailbox,
+            engine,
+            ident,
+            timeout: Duration::from_millis(settings.request_timeout_ms),
+            running: Arc::new(Semaphore::new(1)),
+            logger: logger.clone(),
+        }
+    }
+
+    /// The gRPC server of this service, for the client port.
+    pub fn into_server(self) -> BackupServer<BackupService> {
+        BackupServer::new(self)
+    }
+
+    /// Waits until this node leads and has applied everything committed before now.
+    async fn read_barrier(&self) -> Result<(), RequestError> {
+        match tokio::time::timeout(self.timeout, self.mailbox.call(|tx| Msg::Read { tx })).await {
+            Ok(r) => r?.map(|_term| ()),
+            Err(_) => Err(RequestError::Unavailable(
+                "no quorum confirmed leadership before the deadline".into(),
+            )),
+        }
+    }
+
+    /// Writes the backup file and opens it, unlinked; returns its header and the open file.
+    async fn take(&self) -> Result<(BackupHeader, tokio::fs::File), TakeError> {
+        let dir = self.engine.snap_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = dir.join(format!("backup-{}-{nanos}.tmp", std::process::id()));
+        let (engine, ident, p) = (self.engine.clone(), self.ident, path.clone());
+        // Written, opened and unlinked in one blocking task, so that the file is gone even when
+        // the client leaves (and this future is dropped) while it is being written.
+        let written = tokio::task::spawn_blocking(move || -> rdb_storage::Result<_> {
+            std::fs::create_dir_all(p.parent().unwrap_or(&p))?;
+            let info = rdb_storage::backup::write(&engine, ident, &p)?;
+            let file = std::fs::File::open(&p);
+            std::fs::remove_file(&p)?;
+            Ok((info, file?))
+        })
+        .await
+        .map_err(|e| TakeError::Failed(Status::internal(format!("backup task failed: {e}"))))?;
+        let (info, file) = match written {
+            Ok(taken) => taken,
+            // The data is being replaced by a snapshot for a moment: try again.
+            Err(e @ rdb_storage::Error::SnapshotInstalling) => {
+                return Err(TakeError::Refused(RequestError::Unavailable(e.to_string())))
+            }
+            Err(e) => {
+                return Err(TakeError::Failed(Status::internal(format!(
+                    "backup of {}: {e}",
+                    path.display()
+                ))))
+            }
+        };
+        let file = tokio::fs::File::from_std(file);
+        let header = BackupHeader {
+            cluster_id: info.source.cluster_id,
+            node_id: info.source.node_id,
+            index: info.index,
+            term: info.term,
+            file_len: info.file_len,
+            crc32: info.checksum,
+            keys: info.keys,
+        };
+        Ok((header, file))
+    }
+}
+
+/// Why no backup was taken.
+enum TakeError {
+    /// Told to the client as data (it may retry).
+    Refused(RequestError),
+    /// A failure of this node.
+    Failed(Status),
+}
+
+/// A stream of one message: the error.
+fn refusal(e: RequestError) -> Response<SaveStream> {
+    let chunk = BackupChunk {
+        error: Some(to_pb(e)),
+        ..Default::default()
+    };
+    Response::new(Box::pin(futures::stream::iter([Ok::<_, Status>(chunk)])))
+}
+
+#[tonic::async_trait]
+impl Backup for BackupService {
+    type SaveStream = SaveStream;
+
+    async fn save(&self, _request: Request<SaveRequest>) -> Result<Response<SaveStream>, Status> {
+        let Ok(permit) = self.running.clone().try_acquire_owned() else {
+            return Ok(refusal(RequestError::Unavailable(
+                "a backup is already being taken on this node; retry later".into(),
+            )));
+        };
+        if let Err(e) = self.read_barrier().await {
+            return Ok(refusal(e));
+        }
+        let started = Instant::now();
+        let (header, mut file) = match self.take().await {
+            Ok(taken) => taken,
+            Err(TakeError::Refused(e)) => return Ok(refusal(e)),
+            Err(TakeError::Failed(status)) => return Err(status),
+        };
+        info!(self.logger, "backup taken"; "index" => header.index, "term" => header.term,
+            "bytes" => header.file_len, "keys" => header.keys,
+            "ms" => started.elapsed().as_millis() as u64);
+        let (tx, rx) = mpsc::channel(2);
+        let len = header.file_len;
+        let first = BackupChunk {
+            header: Some(header),
+            ..Default::default()
+        };
+        let logger = self.logger.clone();
+        tokio::spawn(async move {
+            // Held until the stream ends, with the open (unlinked) file.
+            let _permit = permit;
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut sent = 0u64;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut n = 0;
+                while n < CHUNK {
+                    match file.read(&mut buf[n..]).await {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Status::internal(format!("reading the backup: {e}"))))
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if tx
+                    .send(Ok(BackupChunk {
+                        data: buf,
+                        ..Default::default()
+                    }))
+                    .await
+                    .is_err()
+                {
+                    warn!(logger, "backup stream ended by the client"; "sent" => sent, "bytes" => len);
+                    return;
+                }
+                sent += n as u64;
+            }
+            if sent != len {
+                let _ = tx
+                    .send(Err(Status::internal(format!(
+                        "the backup file has {sent} bytes, not {len}"
+                    ))))
+                    .await;
+                return;
+            }
+            info!(logger, "backup sent"; "bytes" => sent, "ms" => started.elapsed().as_millis() as u64);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
