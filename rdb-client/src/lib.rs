@@ -85,6 +85,10 @@ pub struct Options {
     pub backoff_max: Duration,
     /// TLS to the nodes (`https`), or None for plaintext.
     pub tls: Option<TlsOptions>,
+    /// Send linearizable reads to every node in turn (each asks the leader for a read index
+    /// and answers from its own data), instead of only to the leader: spreads read load over
+    /// the cluster (default true).
+    pub spread_reads: bool,
 }
 
 /// How the client speaks TLS: the CA that signs the nodes' certificates, and the client's own
@@ -116,6 +120,7 @@ impl Default for Options {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             tls: None,
+            spread_reads: true,
         }
     }
 }

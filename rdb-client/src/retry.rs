@@ -31,6 +31,9 @@ impl Client {
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
         match c {
+            ReadConsistency::Linearizable if self.inner.opts.spread_reads => {
+                self.call_until_from(false, deadline, true, f).await
+            }
             ReadConsistency::Linearizable => self.call_until(false, deadline, f).await,
             ReadConsistency::Serializable => self.call_any(deadline, f).await,
         }
@@ -62,11 +65,32 @@ impl Client {
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
+        self.call_until_from(write, deadline, false, f).await
+    }
+
+    /// [`Client::call_until`]; with `any_node`, the call starts at the next endpoint in
+    /// rotation instead of the leader (linearizable reads: every node serves them, asking the
+    /// leader for a read index), and an answer does not make that node the known leader.
+    async fn call_until_from<T, F, Fut>(
+        &self,
+        write: bool,
+        deadline: Instant,
+        any_node: bool,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
         let opts = &self.inner.opts;
         let mut backoff = opts.backoff_min;
         let mut maybe_applied = false;
         let mut last_err = Error::Unavailable("no node answered".into());
-        let mut target = self.pick_target();
+        let mut target = if any_node {
+            self.rotate()
+        } else {
+            self.pick_target()
+        };
         let mut redirects = 0;
         loop {
             let now = Instant::now();
@@ -84,7 +108,9 @@ impl Client {
                 tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
             let next = match attempt {
                 Ok(Ok((value, None))) => {
-                    self.inner.endpoints.set_leader(Some(target));
+                    if !any_node {
+                        self.inner.endpoints.set_leader(Some(target));
+                    }
                     return Ok(value);
                 }
                 Ok(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {

@@ -61,6 +61,7 @@ pub fn core_config(id: NodeId, s: &Settings) -> CoreConfig {
         // Four ticks, and at least 200 ms.
         read_retry_ticks: 4u64.max(200u64.div_ceil(s.tick_interval_ms.max(1))),
         planted: Default::default(),
+        read_ctx_salt: rand::random(),
     }
 }
 

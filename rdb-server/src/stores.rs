@@ -53,6 +53,7 @@ impl LogStore for RaftStorage {
 
 impl Application for StateMachine {
     type Output = CommandResult;
+    const FOLLOWER_READS: bool = true;
 
     fn applied_index(&self) -> Result<u64, CoreError> {
         Ok(self

@@ -549,6 +549,7 @@ pub fn quick_options() -> Options {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
         tls: None,
+        spread_reads: true,
     }
 }
 

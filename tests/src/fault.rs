@@ -128,6 +128,7 @@ fn client_options() -> Options {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
         tls: None,
+        spread_reads: true,
     }
 }
 

@@ -421,6 +421,7 @@ fn opts() -> Options {
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         tls: None,
+        spread_reads: true,
     }
 }
 

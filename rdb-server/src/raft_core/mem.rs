@@ -412,6 +412,7 @@ impl Records for MemBatch<'_> {
 
 impl Application for MemKv {
     type Output = CommandResult;
+    const FOLLOWER_READS: bool = true;
 
     fn applied_index(&self) -> Result<u64, CoreError> {
         Ok(self.disk.lock().applied.0)

@@ -100,6 +100,10 @@ pub struct Applied<R> {
 pub trait Application {
     /// What applying one command produced, for the client that proposed it.
     type Output: std::fmt::Debug;
+    /// Whether followers may serve linearizable reads (a ReadIndex round through the leader,
+    /// answered once the follower applied that far). Off for applications whose reads need the
+    /// leader's own state (PD's timestamp oracle).
+    const FOLLOWER_READS: bool = false;
     /// The applied index recorded in durable state, where applying resumes after a restart.
     fn applied_index(&self) -> Result<u64, CoreError>;
     /// Applies committed entries (contiguous after the applied index), durably with the new

@@ -155,6 +155,9 @@ pub struct CoreConfig {
     pub read_retry_ticks: u64,
     /// Deliberate bugs, for proving the simulation catches them. All off in the server.
     pub planted: PlantedBugs,
+    /// Distinguishes this life of the replica in ReadIndex contexts (random in the server,
+    /// drawn from the seed in the simulation).
+    pub read_ctx_salt: u64,
 }
 
 /// Deliberate bugs a test can switch on to show the simulation catches them.
@@ -165,13 +168,22 @@ pub struct PlantedBugs {
     pub ack_before_sync: bool,
     /// Answer a read as soon as this replica believes it leads, without a ReadIndex round.
     pub read_without_index: bool,
+    /// A follower answers a read as soon as the leader gives the read index, without waiting
+    /// to apply that far.
+    pub follower_read_before_apply: bool,
 }
 
 struct ReadRound {
     issued: u64,
     term: u64,
     waiters: Vec<RequestId>,
+    /// Times the round was issued; a follower gives up after [`FOLLOWER_READ_TRIES`].
+    tries: u32,
 }
+
+/// How many times a follower issues a read round before refusing its reads: the leader it
+/// forwards to may be gone, and it cannot tell.
+const FOLLOWER_READ_TRIES: u32 = 3;
 
 /// The synchronous node logic: feed it inputs, call [`Core::advance`], act on the output.
 pub struct Core<S: LogStore, A: Application> {
@@ -188,6 +200,7 @@ pub struct Core<S: LogStore, A: Application> {
     /// Answers decided outside `advance` (refusals on arrival), returned by the next one.
     pending: Vec<Reply<A::Output>>,
     voters: Vec<u64>,
+    read_ctx_salt: u64,
     logger: Logger,
 }
 
@@ -209,6 +222,7 @@ impl<S: LogStore, A: Application> Core<S, A> {
             next_read_ctx: 1,
             pending: Vec::new(),
             voters,
+            read_ctx_salt: cfg.read_ctx_salt,
             logger: logger.clone(),
         })
     }
@@ -232,8 +246,14 @@ impl<S: LogStore, A: Application> Core<S, A> {
             let Some(round) = self.reads_inflight.remove(&ctx) else {
                 continue;
             };
-            match self.leader_check() {
-                Ok(()) => self.start_read_round(round.waiters),
+            match self.read_check() {
+                Ok(()) if self.replica.is_leader() || round.tries < FOLLOWER_READ_TRIES => {
+                    self.start_read_round(round.waiters, round.tries + 1)
+                }
+                Ok(()) => self.refuse_all(
+                    round.waiters,
+                    Refusal::Unavailable("the leader did not confirm a follower's read".into()),
+                ),
                 Err(e) => self.refuse_all(round.waiters, e),
             }
         }
@@ -279,9 +299,25 @@ impl<S: LogStore, A: Application> Core<S, A> {
             self.pending.push((id, Ok(Answer::ReadReady { term })));
             return;
         }
-        match self.leader_check() {
+        match self.read_check() {
             Ok(()) => self.reads_new.push(id),
             Err(e) => self.pending.push((id, Err(e))),
+        }
+    }
+
+    /// Ok if this replica may start a read round: it leads with a quorum, or (for an
+    /// application that allows it, [`Application::FOLLOWER_READS`]) it is a member that knows a
+    /// leader, which its ReadIndex request is forwarded to.
+    fn read_check(&self) -> Result<(), Refusal> {
+        if self.replica.is_leader() || !A::FOLLOWER_READS {
+            return self.leader_check();
+        }
+        match self.replica.leader_id() {
+            0 => Err(Refusal::Unavailable("no leader is known".into())),
+            _ if !self.replica.is_member() => Err(Refusal::Unavailable(
+                "this node is not a member of the group".into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -473,7 +509,7 @@ impl<S: LogStore, A: Application> Core<S, A> {
     pub fn advance(&mut self, sink: &mut dyn MessageSink) -> Result<Output<A::Output>, CoreError> {
         if !self.reads_new.is_empty() {
             let waiters = std::mem::take(&mut self.reads_new);
-            self.start_read_round(waiters);
+            self.start_read_round(waiters, 1);
         }
         let ready = self.replica.handle_ready(sink)?;
         let mut out = Output {
@@ -490,18 +526,40 @@ impl<S: LogStore, A: Application> Core<S, A> {
         Ok(out)
     }
 
-    fn start_read_round(&mut self, waiters: Vec<RequestId>) {
+    fn start_read_round(&mut self, waiters: Vec<RequestId>, tries: u32) {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.replica.read_index(ctx.to_be_bytes().to_vec());
+        // The leader keys pending rounds by context, followers' and its own alike: the
+        // context names this replica and this life of it, so no two ever collide there (a
+        // collision would answer one round with another's, older, read index).
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&self.replica.id().to_be_bytes());
+        bytes.extend_from_slice(&self.read_ctx_salt.to_be_bytes());
+        bytes.extend_from_slice(&ctx.to_be_bytes());
+        self.replica.read_index(bytes);
         self.reads_inflight.insert(
             ctx,
             ReadRound {
                 issued: self.ticks,
                 term: self.replica.term(),
                 waiters,
+                tries,
             },
         );
+    }
+
+    /// The round number in a read context this replica made in this life, if it is one.
+    fn own_read_ctx(&self, bytes: &[u8]) -> Option<u64> {
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        if bytes.len() != 24 || word(0)? != self.replica.id() || word(1)? != self.read_ctx_salt {
+            return None;
+        }
+        word(2)
     }
 
     fn refuse_all(&mut self, ids: Vec<RequestId>, e: Refusal) {
@@ -552,18 +610,18 @@ impl<S: LogStore, A: Application> Core<S, A> {
             ));
         }
         for rs in ready.read_states {
-            let Some(ctx) = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .ok()
-                .map(u64::from_be_bytes)
-            else {
+            let Some(ctx) = self.own_read_ctx(&rs.request_ctx) else {
                 continue;
             };
             if let Some(round) = self.reads_inflight.remove(&ctx) {
+                let index = if self.planted.follower_read_before_apply && !self.replica.is_leader()
+                {
+                    0
+                } else {
+                    rs.index
+                };
                 self.reads_wait_apply
-                    .push_back((rs.index, round.term, round.waiters));
+                    .push_back((index, round.term, round.waiters));
             }
         }
         while self

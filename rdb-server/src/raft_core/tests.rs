@@ -33,6 +33,7 @@ fn config(id: u64, max_retained_log_entries: u64) -> CoreConfig {
         },
         read_retry_ticks: 4,
         planted: Default::default(),
+        read_ctx_salt: id * 1000,
     }
 }
 
@@ -208,11 +209,52 @@ fn a_write_is_answered_once_applied_and_a_follower_points_to_the_leader() {
     assert_eq!(g.reply(7), Some(Ok(Answer::Written(CommandResult::Put))));
     let f = (l + 1) % 3;
     g.cores[f].propose(8, put(2));
-    g.cores[f].read(9);
     g.pump(&|_| false);
     let leader = l as u64 + 1;
     assert_eq!(g.reply(8), Some(Err(Refusal::NotLeader { leader })));
-    assert_eq!(g.reply(9), Some(Err(Refusal::NotLeader { leader })));
+}
+
+#[test]
+fn a_follower_serves_a_read_only_once_it_applied_what_the_leader_committed() {
+    let mut g = Group::new(1000);
+    let l = g.leader();
+    let f = (l + 1) % 3;
+    let fid = f as u64 + 1;
+    // The follower misses a write the leader committed with the third node.
+    let lag = appends_to(fid);
+    g.cores[l].propose(1, put(1));
+    g.pump(&lag);
+    assert_eq!(g.reply(1), Some(Ok(Answer::Written(CommandResult::Put))));
+    assert!(g.disks[f].lock().get(b"k1").is_none());
+    // Its read round goes through the leader, but it waits until it has the write.
+    g.cores[f].read(2);
+    for _ in 0..3 {
+        g.tick(&lag);
+    }
+    assert_eq!(
+        g.reply(2),
+        None,
+        "a follower answered a read before applying the leader's commit"
+    );
+    g.tick(&|_| false);
+    g.pump(&|_| false);
+    assert!(matches!(g.reply(2), Some(Ok(Answer::ReadReady { .. }))));
+    assert!(g.disks[f].lock().get(b"k1").is_some());
+    // Cut off from the leader, a follower gives up on its read instead of waiting for ever.
+    let alone = all_of(fid);
+    g.cores[f].read(3);
+    let mut answer = None;
+    for _ in 0..200 {
+        answer = g.reply(3);
+        if answer.is_some() {
+            break;
+        }
+        g.tick(&alone);
+    }
+    match answer {
+        Some(Err(Refusal::Unavailable(_) | Refusal::NotLeader { .. })) => {}
+        other => panic!("a cut-off follower's read ended with {other:?}"),
+    }
 }
 
 #[test]

@@ -147,6 +147,20 @@ fn simulation_catches_reads_without_read_index() {
 }
 
 #[test]
+fn simulation_catches_follower_reads_before_apply() {
+    must_catch(
+        Planted {
+            core: PlantedBugs {
+                follower_read_before_apply: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        "a follower read answered before applying the read index",
+    );
+}
+
+#[test]
 fn simulation_catches_retries_applied_twice() {
     must_catch(
         Planted {

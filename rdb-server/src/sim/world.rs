@@ -320,6 +320,7 @@ impl World {
             },
             read_retry_ticks: 4,
             planted: self.sc.planted.core,
+            read_ctx_salt: self.rng.gen(),
         }
     }
 
