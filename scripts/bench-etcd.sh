@@ -8,7 +8,8 @@
 # and p99, and the servers' CPU seconds per 1,000 operations; then each server's RSS and data size.
 # Usage:
 #   bash scripts/bench-etcd.sh [ROUNDS=3] [SECONDS=10] [ROWS]
-# ROWS (optional) is a space-separated subset of: put1 put16 put64 put256 get64 sget64.
+# ROWS (optional) is a space-separated subset of: put1 put16 put64 put256 get64 sget64, and
+# lget64: get64 with rdb's client sending linearizable reads to the leader only (etcd: as get64).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${1:-3}
@@ -84,6 +85,8 @@ one() { # one SYSTEM ROW
     put256) args=(--workload put --clients 256 --connections 16) ;;
     get64) args=(--workload get --clients 64 --connections 8) ;;
     sget64) args=(--workload get-serializable --clients 64 --connections 8) ;;
+    lget64) args=(--workload get --clients 64 --connections 8)
+      if [ "$sys" = rdb ]; then args+=(--leader-reads); fi ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
   if [ "$sys" = etcd ]; then
@@ -125,7 +128,8 @@ for line in open(sys.argv[1]):
         order.append(row)
     runs.setdefault((row, sysname), []).append(r)
 names = {"put1": "put 1/1", "put16": "put 16/4", "put64": "put 64/8", "put256": "put 256/16",
-         "get64": "get linearizable 64/8", "sget64": "get serializable 64/8"}
+         "get64": "get linearizable 64/8", "sget64": "get serializable 64/8",
+         "lget64": "get linearizable 64/8, rdb leader-only"}
 print("| row | etcd ops/s | rdb ops/s | rdb/etcd per round | p50 etcd / rdb ms | p99 etcd / rdb ms | CPU s per 1k ops etcd / rdb |")
 print("|---|---|---|---|---|---|---|")
 med = statistics.median

@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Seed for the key-choice random number generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Keys per request: above 1, puts are `batch_put`s and gets `batch_get`s of that many
+    /// random keys (one Raft entry, one read barrier); ops count requests, keys/s counts keys.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
 }
 
 impl BenchArgs {
@@ -107,6 +111,12 @@ impl BenchArgs {
         }
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
+        }
+        if self.batch == 0 || self.batch > rdb_client::MAX_BATCH_KEYS {
+            return Err(format!(
+                "--batch must be between 1 and {}",
+                rdb_client::MAX_BATCH_KEYS
+            ));
         }
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
@@ -280,6 +290,8 @@ pub struct Summary {
     pub consistency: ReadConsistency,
     /// Whether Ctrl-C cut the run short.
     pub interrupted: bool,
+    /// Keys per request.
+    pub batch: usize,
 }
 
 impl Summary {
@@ -310,6 +322,7 @@ impl Summary {
             max_ms: ms(hist.max()),
             consistency: args.consistency(),
             interrupted,
+            batch: args.batch,
         }
     }
 
@@ -346,6 +359,8 @@ impl Summary {
             errors: self.error_total(),
             seconds: round(self.seconds, 3),
             ops_per_sec: round(self.ops_per_sec(), 1),
+            batch: self.batch,
+            keys_per_sec: round(self.ops_per_sec() * self.batch as f64, 1),
             p50_ms: round(self.p50_ms, 3),
             p95_ms: round(self.p95_ms, 3),
             p99_ms: round(self.p99_ms, 3),
@@ -387,12 +402,23 @@ impl Summary {
                 "clients     {} over {} connections; {} keys, {}-byte values",
                 self.clients, self.connections, self.keys, self.value_size
             ),
-            format!(
-                "ops         {} in {:.2} s = {:.1} ops/s",
-                self.ops,
-                self.seconds,
-                self.ops_per_sec()
-            ),
+            if self.batch > 1 {
+                format!(
+                    "ops         {} in {:.2} s = {:.1} ops/s of {} keys = {:.1} keys/s",
+                    self.ops,
+                    self.seconds,
+                    self.ops_per_sec(),
+                    self.batch,
+                    self.ops_per_sec() * self.batch as f64
+                )
+            } else {
+                format!(
+                    "ops         {} in {:.2} s = {:.1} ops/s",
+                    self.ops,
+                    self.seconds,
+                    self.ops_per_sec()
+                )
+            },
             format!(
                 "latency ms  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
                 self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms
@@ -421,6 +447,8 @@ struct JsonSummary<'a> {
     errors: u64,
     seconds: f64,
     ops_per_sec: f64,
+    batch: usize,
+    keys_per_sec: f64,
     p50_ms: f64,
     p95_ms: f64,
     p99_ms: f64,
@@ -486,12 +514,27 @@ async fn measure_task(
             Workload::Get => true,
             Workload::Mixed => rng.gen_bool(args.read_ratio),
         };
+        let more: Vec<String> = (1..args.batch)
+            .map(|_| key_name(rng.gen_range(0..args.keys)))
+            .collect();
         let started = Instant::now();
         let result = match &conn {
             Conn::Pd(pd) => pd.timestamp().await.map(|_| true),
+            Conn::Kv(client) if read && args.batch > 1 => client
+                .batch_get(std::iter::once(key).chain(more), consistency)
+                .await
+                .map(|v| v.iter().all(Option::is_some)),
             Conn::Kv(client) if read => {
                 client.get_with(key, consistency).await.map(|v| v.is_some())
             }
+            Conn::Kv(client) if args.batch > 1 => client
+                .batch_put(
+                    std::iter::once(key)
+                        .chain(more)
+                        .map(|k| (k, shared.value.clone())),
+                )
+                .await
+                .map(|()| true),
             Conn::Kv(client) => client.put(key, shared.value.clone()).await.map(|()| true),
         };
         match result {

@@ -7,6 +7,7 @@
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
 mod backup;
+mod batch;
 mod bench;
 mod codec;
 mod members;
@@ -133,6 +134,12 @@ enum Command {
     Delete {
         /// The key.
         key: String,
+    },
+    /// Several keys in one request: `batch put K V [K V ...]`, `batch get K...`,
+    /// `batch delete K...` (writes are one Raft entry: all or none).
+    Batch {
+        #[command(subcommand)]
+        cmd: batch::BatchCmd,
     },
     /// List keys in order, by range or prefix.
     Scan {
@@ -292,6 +299,7 @@ async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(&e),
             }
         }
+        Command::Batch { cmd } => batch::run(&client, cmd, codec, &p).await,
         Command::Delete { key } => {
             let key = match arg(&key) {
                 Ok(k) => k,

@@ -34,6 +34,7 @@
 //! ```
 
 mod backup;
+mod batch;
 mod endpoints;
 mod error;
 mod members;
@@ -41,6 +42,7 @@ pub mod pd;
 mod retry;
 
 pub use backup::SavedSnapshot;
+pub use batch::MAX_BATCH_KEYS;
 pub use error::Error;
 pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
 pub use pd::{PdClient, Timestamp};
@@ -290,7 +292,7 @@ impl Client {
         self.inner.endpoints.addrs()
     }
 
-    fn next_request_id(&self) -> RequestId {
+    pub(crate) fn next_request_id(&self) -> RequestId {
         RequestId {
             client_id: self.inner.client_id,
             seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -664,7 +666,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
-fn pb_consistency(c: ReadConsistency) -> i32 {
+pub(crate) fn pb_consistency(c: ReadConsistency) -> i32 {
     match c {
         ReadConsistency::Linearizable => Consistency::Linearizable as i32,
         ReadConsistency::Serializable => Consistency::Serializable as i32,

@@ -113,6 +113,27 @@ impl Kv for FakeNode {
         Err(Status::unimplemented("not in the fake"))
     }
 
+    async fn batch_put(
+        &self,
+        _: Request<rdb_proto::kv::BatchPutRequest>,
+    ) -> Result<Response<rdb_proto::kv::BatchPutResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn batch_get(
+        &self,
+        _: Request<rdb_proto::kv::BatchGetRequest>,
+    ) -> Result<Response<rdb_proto::kv::BatchGetResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn batch_delete(
+        &self,
+        _: Request<rdb_proto::kv::BatchDeleteRequest>,
+    ) -> Result<Response<rdb_proto::kv::BatchDeleteResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
     async fn member_list(
         &self,
         _: Request<rdb_proto::kv::MemberListRequest>,

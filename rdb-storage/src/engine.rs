@@ -521,6 +521,19 @@ impl Engine {
         self.guarded(|| Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?))
     }
 
+    /// Reads several user keys through one RocksDB snapshot, so the values are all as of one
+    /// applied index; `None` for an absent key, in the order given.
+    pub fn get_many(&self, user_keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.guarded(|| {
+            let view = self.db.snapshot();
+            let cf = self.cf(CF_DATA);
+            user_keys
+                .iter()
+                .map(|k| Ok(view.get_cf(cf, keys::data_key(k))?))
+                .collect()
+        })
+    }
+
     /// Reads user keys in `[start, end)` (an empty `end` means unbounded): at most `limit`
     /// pairs, and no more pairs once their keys and values reach `max_bytes` (always at least
     /// one pair, so a scan makes progress). `more` says whether either bound cut the page.

@@ -46,6 +46,12 @@ pub enum CommandResult {
         /// Log index of the hash point.
         index: Index,
     },
+    /// A batch of puts and deletes applied as one.
+    Batch {
+        /// How many of its deletes found their key (for a deduplicated retry: as first
+        /// recorded).
+        deleted: u64,
+    },
 }
 
 /// One applied entry and, for a client command, its result.
@@ -97,6 +103,8 @@ const CODE_DELETE_ABSENT: u8 = 3;
 const CODE_CAS_OK: u8 = 4;
 const CODE_CAS_FAILED: u8 = 5;
 const CODE_HASH_POINT: u8 = 6;
+/// A batch; the record goes on with the number of keys its deletes removed (8 bytes).
+const CODE_BATCH: u8 = 7;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries.
@@ -440,11 +448,28 @@ pub fn apply_command<R: Records + ?Sized>(
         }
         // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
         Op::HashPoint(_) => CommandResult::HashPoint { index },
+        Op::Batch(b) => {
+            for p in b.puts {
+                r.put(keys::data_key(&p.key), p.value);
+            }
+            let mut deleted = 0;
+            for d in b.deletes {
+                let k = keys::data_key(&d.key);
+                if r.read(&k)?.is_some() {
+                    deleted += 1;
+                }
+                r.delete(k);
+            }
+            CommandResult::Batch { deleted }
+        }
     };
     let mut expiry = None;
     if let Some(dk) = dedup {
         let mut rec = index.to_be_bytes().to_vec();
         rec.push(encode_result(&result));
+        if let CommandResult::Batch { deleted } = result {
+            rec.extend_from_slice(&deleted.to_be_bytes());
+        }
         r.put(dk.to_vec(), rec);
         let ek = keys::dedup_expiry_key(index, cmd.client_id, cmd.seq);
         r.put(ek.to_vec(), Vec::new());
@@ -478,6 +503,7 @@ fn encode_result(r: &CommandResult) -> u8 {
             succeeded: false, ..
         } => CODE_CAS_FAILED,
         CommandResult::HashPoint { .. } => CODE_HASH_POINT,
+        CommandResult::Batch { .. } => CODE_BATCH,
     }
 }
 
@@ -503,6 +529,13 @@ fn decode_result(rec: &[u8]) -> Result<CommandResult> {
         }),
         Some(&CODE_HASH_POINT) => Ok(CommandResult::HashPoint {
             index: record_index(rec)?,
+        }),
+        Some(&CODE_BATCH) => Ok(CommandResult::Batch {
+            deleted: rec
+                .get(9..17)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::Corrupt("batch dedup record too short".into()))?,
         }),
         _ => Err(Error::Corrupt("unknown dedup record".into())),
     }

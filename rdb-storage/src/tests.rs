@@ -777,3 +777,60 @@ fn dedup_records_written_by_a_huge_batch_are_still_expired_later() {
         "records from the big batch leaked: {records}"
     );
 }
+
+#[test]
+fn a_batch_applies_as_one_write_and_a_retry_gets_its_recorded_count() {
+    use rdb_proto::command::Batch;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 1000).unwrap();
+    let put = |k: &str, v: &str| Put {
+        key: k.into(),
+        value: v.into(),
+    };
+    let del = |k: &str| Delete { key: k.into() };
+    let batch = |puts: Vec<Put>, deletes: Vec<Delete>| Op::Batch(Batch { puts, deletes });
+    let ents = vec![
+        entry(
+            1,
+            1,
+            &cmd(
+                9,
+                1,
+                batch(vec![put("a", "1"), put("b", "2"), put("a", "3")], vec![]),
+            ),
+        ),
+        entry(
+            2,
+            1,
+            &cmd(
+                9,
+                2,
+                batch(vec![put("c", "4")], vec![del("a"), del("x"), del("b")]),
+            ),
+        ),
+        // A retry of seq 2 after the keys changed again: the recorded count, nothing applied.
+        entry(
+            3,
+            1,
+            &cmd(0, 0, batch(vec![put("a", "5"), put("b", "6")], vec![])),
+        ),
+        entry(4, 1, &cmd(9, 2, batch(vec![], vec![del("a"), del("b")]))),
+    ];
+    let out = sm.apply(&ents).unwrap();
+    let results: Vec<_> = out.iter().map(|a| a.result.clone()).collect();
+    assert_eq!(results[0], Some(Ok(CommandResult::Batch { deleted: 0 })));
+    assert_eq!(results[1], Some(Ok(CommandResult::Batch { deleted: 2 })));
+    assert_eq!(results[3], Some(Ok(CommandResult::Batch { deleted: 2 })));
+    assert_eq!(engine.get(b"a").unwrap().as_deref(), Some(&b"5"[..]));
+    assert_eq!(engine.get(b"b").unwrap().as_deref(), Some(&b"6"[..]));
+    assert_eq!(engine.get(b"c").unwrap().as_deref(), Some(&b"4"[..]));
+    // The dedup record survives a restart.
+    drop(sm);
+    let mut sm = StateMachine::new(engine.clone(), 1000).unwrap();
+    let out = sm
+        .apply(&[entry(5, 1, &cmd(9, 2, batch(vec![], vec![del("c")])))])
+        .unwrap();
+    assert_eq!(out[0].result, Some(Ok(CommandResult::Batch { deleted: 2 })));
+    assert!(engine.get(b"c").unwrap().is_some());
+}

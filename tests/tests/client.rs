@@ -219,3 +219,85 @@ async fn cli_check_compares_every_replica_at_one_index() {
     let o = cli(&c, &["--timeout-ms", "3000", "check"], b"");
     assert_eq!(o.status.code(), Some(7), "{}", explain(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_calls_write_all_or_nothing_and_read_as_of_one_index() {
+    let c = TestCluster::start(3);
+    c.wait_leader(SECS(20)).await;
+    let client = c.client();
+    let pairs: Vec<(String, String)> = (0..500)
+        .map(|i| (format!("b{i:04}"), format!("v{i}")))
+        .collect();
+    client.batch_put(pairs.clone()).await.expect("batch put");
+    let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+    for consistency in [ReadConsistency::Linearizable, ReadConsistency::Serializable] {
+        // Every node answers (linearizable reads go to every node in turn).
+        for _ in 0..3 {
+            let got = client
+                .batch_get(keys.clone(), consistency)
+                .await
+                .expect("batch get");
+            if consistency == ReadConsistency::Linearizable {
+                for ((_, v), g) in pairs.iter().zip(&got) {
+                    assert_eq!(g.as_deref(), Some(v.as_bytes()));
+                }
+            }
+        }
+    }
+    // One pair over the value limit: the whole batch is refused, nothing written.
+    let too_big = vec![
+        ("fresh-1".to_string(), "x".to_string()),
+        ("fresh-2".into(), "y".repeat(2 * MIB)),
+    ];
+    let e = client.batch_put(too_big).await.unwrap_err();
+    assert!(matches!(e, rdb_client::Error::InvalidArgument(_)), "{e:?}");
+    assert_eq!(client.get("fresh-1").await.unwrap(), None);
+    // Deletes count what existed; the keys are gone together.
+    let deleted = client
+        .batch_delete(keys[..100].iter().cloned().chain(["nope".to_string()]))
+        .await
+        .expect("batch delete");
+    assert_eq!(deleted, 100);
+    let got = client
+        .batch_get(keys[..101].to_vec(), ReadConsistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(got[..100].iter().all(Option::is_none));
+    assert_eq!(got[100].as_deref(), Some(&b"v100"[..]));
+    // Limits: an empty batch and one over 10,000 keys are refused.
+    let none: Vec<String> = Vec::new();
+    assert!(matches!(
+        client.batch_delete(none).await,
+        Err(rdb_client::Error::InvalidArgument(_))
+    ));
+    let many: Vec<String> = (0..10_001).map(|i| format!("m{i}")).collect();
+    assert!(matches!(
+        client.batch_get(many, ReadConsistency::Serializable).await,
+        Err(rdb_client::Error::InvalidArgument(_))
+    ));
+
+    // The CLI: one entry for the pairs, a get that reports what is missing, a counted delete.
+    let out = cli(&c, &["batch", "put", "c1", "one", "c2", "two"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&c, &["batch", "get", "c1", "c2", "c3"], b"");
+    assert_eq!(out.status.code(), Some(3), "a missing key exits 3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "c1\tone\nc2\ttwo\n");
+    let out = cli(
+        &c,
+        &["-o", "json", "batch", "delete", "c1", "c2", "c3"],
+        b"",
+    );
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["deleted"], 2);
+    let out = cli(&c, &["batch", "put", "odd"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a key without a value is refused"
+    );
+}

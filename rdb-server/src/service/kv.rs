@@ -25,7 +25,7 @@ use crate::router::{Mailbox, Msg, RequestError};
 #[derive(Clone)]
 pub struct KvService {
     pub(crate) mailbox: Mailbox,
-    engine: Engine,
+    pub(crate) engine: Engine,
     hashes: HashResults,
     pub(crate) settings: Arc<Settings>,
     pub(crate) cluster_id: u64,
@@ -75,7 +75,7 @@ impl KvService {
         Instant::now() + timeout
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
         let max = self.settings.max_key_bytes;
         if key.is_empty() {
             return Err(RequestError::InvalidArgument(
@@ -91,7 +91,7 @@ impl KvService {
         Ok(())
     }
 
-    fn check_value(&self, value: &[u8]) -> Result<(), RequestError> {
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), RequestError> {
         let max = self.settings.max_value_bytes;
         if value.len() > max {
             return Err(RequestError::InvalidArgument(format!(
@@ -105,7 +105,7 @@ impl KvService {
     /// Proposes a write and waits for it to apply. Waiting for room in the mailbox is bounded
     /// and fails as `Unavailable` (nothing proposed); waiting for the outcome is bounded and
     /// fails as `Indeterminate` (the entry may still commit).
-    async fn write(
+    pub(crate) async fn write(
         &self,
         deadline: Instant,
         id: Option<RequestId>,
@@ -137,7 +137,11 @@ impl KvService {
     }
 
     /// Waits until reading local state is linearizable (ReadIndex), unless serializable.
-    async fn read_barrier(&self, deadline: Instant, consistency: i32) -> Result<(), RequestError> {
+    pub(crate) async fn read_barrier(
+        &self,
+        deadline: Instant,
+        consistency: i32,
+    ) -> Result<(), RequestError> {
         if consistency == Consistency::Serializable as i32 || cfg!(feature = "inject-stale-reads") {
             return Ok(());
         }
@@ -154,7 +158,7 @@ impl KvService {
         }
     }
 
-    fn storage_error(e: rdb_storage::Error) -> Status {
+    pub(crate) fn storage_error(e: rdb_storage::Error) -> Status {
         match e {
             // The data is being replaced by a snapshot for a moment: try again (or elsewhere).
             rdb_storage::Error::SnapshotInstalling => Status::unavailable(e.to_string()),
@@ -508,6 +512,36 @@ impl Kv for KvService {
                 r.error = Some(e)
             }),
         }
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<rdb_proto::kv::BatchPutRequest>,
+    ) -> Result<Response<rdb_proto::kv::BatchPutResponse>, Status> {
+        metered("batch_put", self.batch_put_inner(request), |r| {
+            r.error.as_ref()
+        })
+        .await
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<rdb_proto::kv::BatchGetRequest>,
+    ) -> Result<Response<rdb_proto::kv::BatchGetResponse>, Status> {
+        metered("batch_get", self.batch_get_inner(request), |r| {
+            r.error.as_ref()
+        })
+        .await
+    }
+
+    async fn batch_delete(
+        &self,
+        request: Request<rdb_proto::kv::BatchDeleteRequest>,
+    ) -> Result<Response<rdb_proto::kv::BatchDeleteResponse>, Status> {
+        metered("batch_delete", self.batch_delete_inner(request), |r| {
+            r.error.as_ref()
+        })
+        .await
     }
 
     async fn member_list(

@@ -1,6 +1,7 @@
 //! gRPC adapters: decode, validate, hand a typed message to the node task, encode the answer.
 
 pub mod backup;
+mod batch;
 pub mod kv;
 mod members;
 pub mod peer;
