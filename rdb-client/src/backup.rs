@@ -17,7 +17,7 @@ use crate::{channel_lazy, Client, Error, Result};
 pub struct SavedSnapshot {
     /// Where it was saved.
     pub path: PathBuf,
-    /// The endpoint that sent it (the leader).
+    /// The endpoint that sent it (the leader, unless the client reached only followers).
     pub endpoint: String,
     /// The cluster it was taken from.
     pub cluster_id: u64,
@@ -49,9 +49,10 @@ impl Client {
     /// Saves a consistent backup of the cluster's data to `path`, which `rdb-server --restore`
     /// turns into the data directories of a new cluster.
     ///
-    /// The leader first confirms its leadership and applies every committed write (a
-    /// linearizable read barrier), so the backup holds every write acknowledged before this
-    /// call started, and more recent ones up to its index. Finding the leader follows hints
+    /// The node first passes a linearizable read barrier (the leader confirms its leadership;
+    /// the node applies every write committed before it), so the backup holds every write
+    /// acknowledged before this call started, and more recent ones up to its index. The call
+    /// starts at the known leader (any member serves it); finding a node follows hints
     /// and retries like any call, under the options' deadline; since the node builds the whole
     /// backup before answering, one attempt may take the rest of that deadline. The file then
     /// streams in chunks, each of which must arrive within the attempt timeout.
@@ -100,7 +101,8 @@ impl Client {
         })
     }
 
-    /// Starts a save on the leader: returns the endpoint, the header and the rest of the stream.
+    /// Starts a save (at the known leader first): returns the endpoint, the header and the rest
+    /// of the stream.
     async fn open_save(&self) -> Result<(String, BackupHeader, Streaming<BackupChunk>)> {
         let opts = &self.inner.opts;
         let deadline = self.deadline();
@@ -115,10 +117,8 @@ impl Client {
             }
             let attempt = tokio::time::timeout(deadline - now, self.try_open(&target)).await;
             let refused = match attempt {
-                Ok(Ok((header, stream))) => {
-                    self.inner.endpoints.set_leader(Some(target.clone()));
-                    return Ok((target, header, stream));
-                }
+                // A follower may answer too: it does not become the known leader.
+                Ok(Ok((header, stream))) => return Ok((target, header, stream)),
                 Ok(Err(r)) => r,
                 Err(_) => Refused::Retry(Error::Unavailable(format!(
                     "{target}: no backup before the deadline"

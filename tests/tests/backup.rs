@@ -233,8 +233,9 @@ async fn an_idle_cluster_restores_to_identical_data() {
 
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("idle.rdb");
-    // Asked through a follower only: it refuses with NOT_LEADER and the leader's address (a
-    // follower's copy could miss acknowledged writes), and the client follows the hint.
+    // Asked through a follower only: it serves the backup itself after a read barrier through
+    // the leader (a ReadIndex round, then applying that far), so it holds every acknowledged
+    // write, as a linearizable read there would.
     let leader = src.wait_leader(SECS(10)).await;
     let follower = leader % 3 + 1;
     let saved = src
@@ -242,15 +243,21 @@ async fn an_idle_cluster_restores_to_identical_data() {
         .save_snapshot(&file)
         .await
         .expect("save");
-    assert_eq!(saved.node_id, leader);
-    assert_eq!(saved.endpoint, src.nodes[(leader - 1) as usize].client_addr);
+    assert_eq!(saved.node_id, follower);
+    assert_eq!(
+        saved.endpoint,
+        src.nodes[(follower - 1) as usize].client_addr
+    );
     assert_eq!(saved.keys, old.len() as u64);
     assert_eq!(saved.bytes, std::fs::metadata(&file).unwrap().len());
     assert_eq!(saved.cluster_id, 7);
-    // Idle: the backup is at the applied index of the leader that sent it.
-    assert_eq!(saved.index, src.status(leader).await.unwrap().applied_index);
+    // Idle: the backup is at the applied index of the node that sent it.
+    assert_eq!(
+        saved.index,
+        src.status(follower).await.unwrap().applied_index
+    );
     // The node kept no copy: its backup file was unlinked before it was streamed.
-    let leftovers: Vec<String> = std::fs::read_dir(src.data_dir(leader).join("snap"))
+    let leftovers: Vec<String> = std::fs::read_dir(src.data_dir(follower).join("snap"))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -1,10 +1,9 @@
 //! The backup service: streams a consistent backup of this node's data to a client.
 //!
 //! `Save` first passes a linearizable read barrier through the mailbox (`Msg::Read`, a
-//! ReadIndex round): it succeeds only on the leader, once it has applied every entry committed
-//! before the call, so the backup holds every write acknowledged before the call started. A
-//! follower answers `NOT_LEADER` with the leader's address (the client follows it), as it does
-//! for a linearizable read. Then the node writes the backup file with
+//! ReadIndex round, forwarded to the leader on a follower): it succeeds once this node has
+//! applied every entry committed before the call, so the backup holds every write acknowledged
+//! before the call started, whichever member serves it. Then the node writes the backup file with
 //! [`rdb_storage::backup::write`] (data and applied index through one RocksDB view) into its
 //! snapshot folder, opens it, unlinks it, and streams it: a header, then chunks of 1 MiB. The
 //! open handle keeps the bytes readable; nothing is left on disk once the stream ends, however
