@@ -273,7 +273,13 @@ impl<S: LogStore, A: Application> Core<S, A> {
             self.pending.push((id, Err(e)));
             return;
         }
-        match self.replica.propose(data) {
+        let proposed = self.replica.propose(data);
+        self.track(id, proposed);
+    }
+
+    /// Waits for request `id`'s entry at (index, term), or refuses it if raft dropped it.
+    fn track(&mut self, id: RequestId, proposed: raft::Result<(u64, u64)>) {
+        match proposed {
             Ok((index, term)) => {
                 // An older waiter at this index lost its entry to this one.
                 if let Some((_, old)) = self.proposals.insert(index, (term, id)) {
@@ -371,22 +377,8 @@ impl<S: LogStore, A: Application> Core<S, A> {
             context: context.into(),
             ..Default::default()
         };
-        match self.replica.propose_conf_change(cc) {
-            Ok((index, term)) => {
-                if let Some((_, old)) = self.proposals.insert(index, (term, id)) {
-                    self.pending.push((
-                        old,
-                        Err(Refusal::Indeterminate(
-                            "entry was replaced by a newer leader",
-                        )),
-                    ));
-                }
-            }
-            Err(e) => self.pending.push((
-                id,
-                Err(Refusal::Unavailable(format!("proposal dropped: {e}"))),
-            )),
-        }
+        let proposed = self.replica.propose_conf_change(cc);
+        self.track(id, proposed);
     }
 
     fn check_membership_change(&mut self, steps: &[MemberStep]) -> Result<(), Refusal> {

@@ -31,6 +31,12 @@ fn check_count(n: usize) -> Result<(), RequestError> {
 }
 
 impl KvService {
+    /// A batch's keys: how many, and each within the key limit.
+    fn check_keys(&self, keys: &[Vec<u8>]) -> Result<(), RequestError> {
+        check_count(keys.len())?;
+        keys.iter().try_for_each(|k| self.check_key(k))
+    }
+
     pub(crate) async fn batch_put_inner(
         &self,
         request: Request<BatchPutRequest>,
@@ -72,10 +78,7 @@ impl KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
-            check_count(r.keys.len())?;
-            for k in &r.keys {
-                self.check_key(k)?;
-            }
+            self.check_keys(&r.keys)?;
             let deletes = r
                 .keys
                 .into_iter()
@@ -105,10 +108,7 @@ impl KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
-            check_count(r.keys.len())?;
-            for k in &r.keys {
-                self.check_key(k)?;
-            }
+            self.check_keys(&r.keys)?;
             self.read_barrier(deadline, r.consistency).await
         }
         .await;
