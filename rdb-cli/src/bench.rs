@@ -2,21 +2,35 @@
 //!
 //! It opens `--connections` [`Client`]s (each with the endpoint list rotated, so different
 //! connections try different nodes first) and runs `--clients` tokio tasks spread round-robin
-//! over them. Each task keeps exactly one request in flight: it picks a key uniformly from
-//! `bench-00000000 .. bench-{keys-1}` with a seeded `StdRng`, issues a put or a get (by
-//! `--workload` and `--read-ratio`), waits for the answer, and repeats until `--duration-secs`
-//! have passed or `--ops` requests have been issued in total. `--preload` first writes every
-//! key once, so that reads find data.
+//! over them. Each task keeps exactly one request in flight: it picks a key from
+//! `bench-00000000 .. bench-{keys-1}` (uniformly or zipfian, `--distribution`) and a kind of
+//! request by the workload's mix, both with a seeded `StdRng`, issues the request, waits for
+//! the answer, and repeats until `--duration-secs` have passed or `--ops` requests have been
+//! issued in total. `--preload` first writes every key once, so that reads find data.
+//!
+//! Kinds of request: `read` (a get, or a batch get with `--batch`), `update` (a put or batch
+//! put to a key of the key space), `insert` (a put to a new key after the key space), `scan`
+//! (up to 1..=`--scan-max` keys from the chosen key on) and `tso` (a timestamp from PD). The
+//! workloads `put`, `get`, `mixed` (`--read-ratio`) and `tso` are rdb's own. The YCSB core
+//! workloads are presets: `ycsb-a` 50% reads / 50% updates, `ycsb-b` 95/5, `ycsb-c` reads
+//! only, `ycsb-e` 95% scans / 5% inserts; `scan` is scans only. The presets preload by default
+//! (`--no-preload` skips it when an earlier run wrote the keys) and the ycsb ones pick keys
+//! zipfian by default, as YCSB does. Unlike YCSB, ycsb-e's scans start among the preloaded
+//! keys only (its inserts are visible to scans that run past the end of the key space), and
+//! each run numbers its inserts from `--keys` again.
 //!
 //! Latency is measured around each client call (so it includes the client's own retries and
-//! redirects) and recorded in microseconds in a per-task HDR histogram; the histograms are
-//! merged at the end. Only successful calls count as ops and go into the histogram; failed
-//! calls are counted by error kind and the run goes on. Throughput is successful ops divided
-//! by the wall time from the first request to the last answer. The summary is a short table
-//! (in table mode) and always one JSON line on stdout, for scripts. Ctrl-C stops the run early
-//! and still prints the summary.
+//! redirects) and recorded in microseconds in a per-task, per-kind HDR histogram; the
+//! histograms are merged at the end. Only successful calls count as ops and go into the
+//! histogram; failed calls are counted by error kind and the run goes on. Throughput is
+//! successful ops divided by the wall time from the first request to the last answer. The
+//! summary is a short table (in table mode) and always one JSON line on stdout, for scripts:
+//! totals first, then per kind of request (`ops_by_kind`). Ctrl-C stops the run early and
+//! still prints the summary.
 
-use std::collections::BTreeMap;
+mod keys;
+mod report;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +40,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::distributions::Alphanumeric;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdb_client::{Client, Error, Options, PdClient, ReadConsistency};
-use serde_json::json;
+use rdb_client::{Client, Error, Options, PdClient, ReadConsistency, ScanRange};
 use tokio::task::JoinSet;
+
+pub use keys::Distribution;
+use keys::{key_name, KeyChooser, KEY_PREFIX};
+use report::{new_histogram, round, Stats, Summary};
 
 use crate::output::Printer;
 
-/// Largest latency the histograms track (one hour, in microseconds); longer ones saturate.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Read share of `--workload mixed` when `--read-ratio` is not given.
+const DEFAULT_READ_RATIO: f64 = 0.5;
 
 /// Which requests the benchmark issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,11 +59,26 @@ pub enum Workload {
     Put,
     /// Only gets.
     Get,
-    /// Gets with probability `--read-ratio`, puts otherwise.
+    /// Gets with probability `--read-ratio` (default 0.5), puts otherwise.
     Mixed,
     /// Timestamps from PD's oracle (needs `--pd`): each task asks for one at a time; one
     /// `PdClient` per connection batches the tasks' requests.
     Tso,
+    /// YCSB A, update heavy: 50% reads, 50% updates (zipfian keys; preloads).
+    #[value(name = "ycsb-a")]
+    YcsbA,
+    /// YCSB B, read mostly: 95% reads, 5% updates (zipfian keys; preloads).
+    #[value(name = "ycsb-b")]
+    YcsbB,
+    /// YCSB C, read only (zipfian keys; preloads).
+    #[value(name = "ycsb-c")]
+    YcsbC,
+    /// YCSB E, short ranges: 95% scans of 1..=--scan-max keys, 5% inserts of new keys
+    /// (zipfian scan starts; preloads).
+    #[value(name = "ycsb-e")]
+    YcsbE,
+    /// Only scans of 1..=--scan-max keys (uniform starts; preloads).
+    Scan,
 }
 
 impl Workload {
@@ -57,6 +89,145 @@ impl Workload {
             Workload::Get => "get",
             Workload::Mixed => "mixed",
             Workload::Tso => "tso",
+            Workload::YcsbA => "ycsb-a",
+            Workload::YcsbB => "ycsb-b",
+            Workload::YcsbC => "ycsb-c",
+            Workload::YcsbE => "ycsb-e",
+            Workload::Scan => "scan",
+        }
+    }
+
+    /// The kinds of request and their shares; `read_ratio` is used by `mixed` only.
+    fn mix(self, read_ratio: f64) -> Mix {
+        let split = |first, share, second| Mix::Split {
+            first,
+            share,
+            second,
+        };
+        match self {
+            Workload::Put => Mix::Only(OpKind::Update),
+            Workload::Get | Workload::YcsbC => Mix::Only(OpKind::Read),
+            Workload::Mixed => split(OpKind::Read, read_ratio, OpKind::Update),
+            Workload::Tso => Mix::Only(OpKind::Tso),
+            Workload::YcsbA => split(OpKind::Read, 0.5, OpKind::Update),
+            Workload::YcsbB => split(OpKind::Read, 0.95, OpKind::Update),
+            Workload::YcsbE => split(OpKind::Scan, 0.95, OpKind::Insert),
+            Workload::Scan => Mix::Only(OpKind::Scan),
+        }
+    }
+
+    /// Whether the workload is a preset with its own fixed mix that needs data: the YCSB
+    /// workloads and `scan`. These preload unless told not to.
+    fn is_preset(self) -> bool {
+        matches!(
+            self,
+            Workload::YcsbA | Workload::YcsbB | Workload::YcsbC | Workload::YcsbE | Workload::Scan
+        )
+    }
+
+    /// Key distribution when `--distribution` is not given: zipfian for the YCSB workloads
+    /// (as in YCSB), uniform for the others; None for tso, which has no keys.
+    fn default_distribution(self) -> Option<Distribution> {
+        match self {
+            Workload::Tso => None,
+            Workload::YcsbA | Workload::YcsbB | Workload::YcsbC | Workload::YcsbE => {
+                Some(Distribution::Zipfian)
+            }
+            Workload::Put | Workload::Get | Workload::Mixed | Workload::Scan => {
+                Some(Distribution::Uniform)
+            }
+        }
+    }
+
+    /// Whether the workload issues scans.
+    fn scans(self) -> bool {
+        matches!(self, Workload::YcsbE | Workload::Scan)
+    }
+}
+
+/// A kind of request, as counted in the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OpKind {
+    /// A get (a batch get with `--batch`).
+    Read,
+    /// A put (a batch put with `--batch`) to a key of the key space.
+    Update,
+    /// A put to a new key after the key space (ycsb-e).
+    Insert,
+    /// A scan of 1..=`--scan-max` keys.
+    Scan,
+    /// A timestamp from PD.
+    Tso,
+}
+
+impl OpKind {
+    /// The name used in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Read => "read",
+            OpKind::Update => "update",
+            OpKind::Insert => "insert",
+            OpKind::Scan => "scan",
+            OpKind::Tso => "tso",
+        }
+    }
+}
+
+/// How a workload divides its requests between kinds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mix {
+    /// Every request is of this kind.
+    Only(OpKind),
+    /// `first` with probability `share`, `second` otherwise.
+    Split {
+        first: OpKind,
+        share: f64,
+        second: OpKind,
+    },
+}
+
+impl Mix {
+    /// The kinds the mix issues, in the order the summary lists them.
+    fn kinds(self) -> Vec<OpKind> {
+        match self {
+            Mix::Only(k) => vec![k],
+            Mix::Split { first, second, .. } => vec![first, second],
+        }
+    }
+
+    /// The kind of the next request. `share` is validated to lie in [0, 1].
+    fn pick(self, rng: &mut impl Rng) -> OpKind {
+        match self {
+            Mix::Only(k) => k,
+            Mix::Split {
+                first,
+                share,
+                second,
+            } => {
+                if rng.gen_bool(share) {
+                    first
+                } else {
+                    second
+                }
+            }
+        }
+    }
+
+    /// The mix in words, e.g. "95% reads, 5% updates".
+    fn describe(self) -> String {
+        match self {
+            Mix::Only(k) => format!("{}s only", k.name()),
+            Mix::Split {
+                first,
+                share,
+                second,
+            } => format!(
+                "{}% {}s, {}% {}s",
+                round(share * 100.0, 1),
+                first.name(),
+                round((1.0 - share) * 100.0, 1),
+                second.name()
+            ),
         }
     }
 }
@@ -85,15 +256,28 @@ pub struct BenchArgs {
     /// Stop after this many requests in total instead of after --duration-secs.
     #[arg(long, conflicts_with = "duration_secs")]
     pub ops: Option<u64>,
-    /// Write every key once before measuring (get and mixed workloads need data).
+    /// Write every key once before measuring (get and mixed need data; the ycsb and scan
+    /// workloads do this by default).
     #[arg(long)]
     pub preload: bool,
-    /// Serve gets without a ReadIndex round (possibly stale); default is linearizable.
+    /// Do not preload for the ycsb and scan workloads (the keys exist from an earlier run).
+    #[arg(long, conflicts_with = "preload")]
+    pub no_preload: bool,
+    /// Serve gets and scans without a ReadIndex round (possibly stale); default is
+    /// linearizable.
     #[arg(long)]
     pub serializable: bool,
-    /// Fraction of requests that are gets in the mixed workload, 0 to 1.
-    #[arg(long, default_value_t = 0.5)]
-    pub read_ratio: f64,
+    /// Fraction of requests that are gets in the mixed workload, 0 to 1 [default: 0.5]. The
+    /// ycsb and scan workloads have their own mix and refuse it.
+    #[arg(long)]
+    pub read_ratio: Option<f64>,
+    /// How keys (and scan starts) are picked [default: zipfian for the ycsb workloads,
+    /// uniform for the others]. Zipfian is YCSB's scrambled zipfian, constant 0.99.
+    #[arg(long, value_enum)]
+    pub distribution: Option<Distribution>,
+    /// Longest scan of the ycsb-e and scan workloads: each scan asks for a uniform 1..=N keys.
+    #[arg(long, default_value_t = 100)]
+    pub scan_max: u32,
     /// Seed for the key-choice random number generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -121,11 +305,35 @@ impl BenchArgs {
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
         }
-        if !(0.0..=1.0).contains(&self.read_ratio) {
+        if let Some(ratio) = self.read_ratio {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(format!("--read-ratio must be between 0 and 1, got {ratio}"));
+            }
+            if self.workload.is_preset() {
+                return Err(format!(
+                    "--read-ratio sets the mix of --workload mixed; {} has its own ({}); \
+                     use --workload mixed --distribution zipfian for another ratio",
+                    self.workload.name(),
+                    self.mix().describe()
+                ));
+            }
+        }
+        if self.scan_max == 0 {
+            return Err("--scan-max must be at least 1".into());
+        }
+        if self.batch > 1 && self.workload.scans() {
             return Err(format!(
-                "--read-ratio must be between 0 and 1, got {}",
-                self.read_ratio
+                "--batch applies to gets and puts, not to the scans of {}",
+                self.workload.name()
             ));
+        }
+        if self.workload == Workload::Tso {
+            if self.preload {
+                return Err("--preload writes keys; the tso workload has none".into());
+            }
+            if self.distribution.is_some() {
+                return Err("--distribution picks keys; the tso workload has none".into());
+            }
         }
         match self.ops {
             Some(0) => return Err("--ops must be at least 1".into()),
@@ -137,7 +345,7 @@ impl BenchArgs {
         Ok(())
     }
 
-    /// Read consistency the gets use.
+    /// Read consistency the gets and scans use.
     fn consistency(&self) -> ReadConsistency {
         if self.serializable {
             ReadConsistency::Serializable
@@ -150,11 +358,30 @@ impl BenchArgs {
     fn effective_connections(&self) -> usize {
         self.connections.min(self.clients)
     }
-}
 
-/// The name of key number `i`.
-fn key_name(i: u64) -> String {
-    format!("bench-{i:08}")
+    /// The kinds of request this run issues and their shares.
+    fn mix(&self) -> Mix {
+        self.workload
+            .mix(self.read_ratio.unwrap_or(DEFAULT_READ_RATIO))
+    }
+
+    /// How keys are picked (None for tso, which has no keys).
+    fn distribution(&self) -> Option<Distribution> {
+        if self.workload == Workload::Tso {
+            return None;
+        }
+        self.distribution.or(self.workload.default_distribution())
+    }
+
+    /// Whether every key is written once before measuring.
+    fn should_preload(&self) -> bool {
+        self.preload || (self.workload.is_preset() && !self.no_preload)
+    }
+
+    /// Longest scan, for the workloads that scan.
+    fn scan_max(&self) -> Option<u32> {
+        self.workload.scans().then_some(self.scan_max)
+    }
 }
 
 /// `endpoints` rotated left by `i`, so connection `i` tries a different node first.
@@ -167,296 +394,11 @@ fn rotated(endpoints: &[String], i: usize) -> Vec<String> {
     v
 }
 
-/// A short name for the kind of a client error, used to count errors.
-fn error_kind(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidArgument(_) => "invalid_argument",
-        Error::NotLeader { .. } => "not_leader",
-        Error::Unavailable(_) => "unavailable",
-        Error::Indeterminate(_) => "indeterminate",
-        Error::Unsupported(_) => "unsupported",
-        Error::StaleEpoch(_) => "stale_epoch",
-        Error::AlreadyBootstrapped(_) => "already_bootstrapped",
-        Error::NotFound(_) => "not_found",
-        Error::Io(_) => "io",
-    }
-}
-
-fn ms(us: u64) -> f64 {
-    us as f64 / 1000.0
-}
-
-fn round(x: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
-    (x * f).round() / f
-}
-
-fn new_histogram() -> Result<Histogram<u64>, String> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-        .map_err(|e| format!("cannot create a latency histogram: {e}"))
-}
-
-/// What one task (or, merged, all tasks) observed.
-struct Stats {
-    hist: Histogram<u64>,
-    ops: u64,
-    not_found: u64,
-    errors: BTreeMap<&'static str, u64>,
-    first_error: BTreeMap<&'static str, String>,
-}
-
-impl Stats {
-    fn new() -> Result<Stats, String> {
-        Ok(Stats {
-            hist: new_histogram()?,
-            ops: 0,
-            not_found: 0,
-            errors: BTreeMap::new(),
-            first_error: BTreeMap::new(),
-        })
-    }
-
-    fn record_ok(&mut self, started: Instant) {
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.hist.saturating_record(us.max(1));
-        self.ops += 1;
-    }
-
-    fn record_err(&mut self, e: &Error) {
-        let kind = error_kind(e);
-        *self.errors.entry(kind).or_insert(0) += 1;
-        self.first_error
-            .entry(kind)
-            .or_insert_with(|| e.to_string());
-    }
-
-    fn error_total(&self) -> u64 {
-        self.errors.values().sum()
-    }
-
-    fn merge(&mut self, other: Stats) -> Result<(), String> {
-        self.hist
-            .add(&other.hist)
-            .map_err(|e| format!("cannot merge latency histograms: {e:?}"))?;
-        self.ops += other.ops;
-        self.not_found += other.not_found;
-        for (k, n) in other.errors {
-            *self.errors.entry(k).or_insert(0) += n;
-        }
-        for (k, m) in other.first_error {
-            self.first_error.entry(k).or_insert(m);
-        }
-        Ok(())
-    }
-}
-
 /// Counters the tasks bump as they go, for the progress bar.
 #[derive(Default)]
 struct Live {
     ok: AtomicU64,
     errors: AtomicU64,
-}
-
-/// The result of a run, as printed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// The workload run.
-    pub workload: Workload,
-    /// Concurrent tasks.
-    pub clients: usize,
-    /// Client connections used.
-    pub connections: usize,
-    /// Bytes per written value.
-    pub value_size: usize,
-    /// Size of the key space.
-    pub keys: u64,
-    /// Successful requests.
-    pub ops: u64,
-    /// Successful gets that found no value.
-    pub not_found: u64,
-    /// Failed requests by error kind.
-    pub errors: BTreeMap<String, u64>,
-    /// Wall time of the measured phase.
-    pub seconds: f64,
-    /// Median latency in milliseconds.
-    pub p50_ms: f64,
-    /// 95th percentile latency in milliseconds.
-    pub p95_ms: f64,
-    /// 99th percentile latency in milliseconds.
-    pub p99_ms: f64,
-    /// Largest latency in milliseconds.
-    pub max_ms: f64,
-    /// Consistency of the gets.
-    pub consistency: ReadConsistency,
-    /// Whether Ctrl-C cut the run short.
-    pub interrupted: bool,
-    /// Keys per request.
-    pub batch: usize,
-}
-
-impl Summary {
-    /// Builds the summary of a run from its latency histogram (microseconds) and counters.
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        args: &BenchArgs,
-        hist: &Histogram<u64>,
-        ops: u64,
-        not_found: u64,
-        errors: &BTreeMap<&'static str, u64>,
-        elapsed: Duration,
-        interrupted: bool,
-    ) -> Summary {
-        Summary {
-            workload: args.workload,
-            clients: args.clients,
-            connections: args.effective_connections(),
-            value_size: args.value_size,
-            keys: args.keys,
-            ops,
-            not_found,
-            errors: errors.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
-            seconds: elapsed.as_secs_f64(),
-            p50_ms: ms(hist.value_at_quantile(0.50)),
-            p95_ms: ms(hist.value_at_quantile(0.95)),
-            p99_ms: ms(hist.value_at_quantile(0.99)),
-            max_ms: ms(hist.max()),
-            consistency: args.consistency(),
-            interrupted,
-            batch: args.batch,
-        }
-    }
-
-    /// Failed requests of every kind.
-    pub fn error_total(&self) -> u64 {
-        self.errors.values().sum()
-    }
-
-    /// Successful requests per second of wall time.
-    pub fn ops_per_sec(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.ops as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-
-    fn consistency_name(&self) -> &'static str {
-        match self.consistency {
-            ReadConsistency::Linearizable => "linearizable",
-            ReadConsistency::Serializable => "serializable",
-        }
-    }
-
-    /// The summary as one line of JSON, fields in a fixed order.
-    pub fn to_json(&self) -> String {
-        let line = JsonSummary {
-            workload: self.workload.name(),
-            clients: self.clients,
-            connections: self.connections,
-            value_size: self.value_size,
-            keys: self.keys,
-            ops: self.ops,
-            errors: self.error_total(),
-            seconds: round(self.seconds, 3),
-            ops_per_sec: round(self.ops_per_sec(), 1),
-            batch: self.batch,
-            keys_per_sec: round(self.ops_per_sec() * self.batch as f64, 1),
-            p50_ms: round(self.p50_ms, 3),
-            p95_ms: round(self.p95_ms, 3),
-            p99_ms: round(self.p99_ms, 3),
-            max_ms: round(self.max_ms, 3),
-            consistency: self.consistency_name(),
-            errors_by_kind: &self.errors,
-            not_found: self.not_found,
-            interrupted: self.interrupted,
-        };
-        // Plain numbers, strings and a string-keyed map: serializing cannot fail.
-        serde_json::to_string(&line)
-            .unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
-    }
-
-    /// The summary as a few aligned lines for people.
-    pub fn to_table(&self) -> String {
-        let reads = match self.workload {
-            Workload::Put => String::new(),
-            _ => format!(" ({} reads)", self.consistency_name()),
-        };
-        let errors = if self.errors.is_empty() {
-            "0".to_string()
-        } else {
-            let parts: Vec<String> = self
-                .errors
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            format!("{} ({})", self.error_total(), parts.join(", "))
-        };
-        let cut = if self.interrupted {
-            " [interrupted]"
-        } else {
-            ""
-        };
-        let mut lines = vec![
-            format!("workload    {}{reads}{cut}", self.workload.name()),
-            format!(
-                "clients     {} over {} connections; {} keys, {}-byte values",
-                self.clients, self.connections, self.keys, self.value_size
-            ),
-            if self.batch > 1 {
-                format!(
-                    "ops         {} in {:.2} s = {:.1} ops/s of {} keys = {:.1} keys/s",
-                    self.ops,
-                    self.seconds,
-                    self.ops_per_sec(),
-                    self.batch,
-                    self.ops_per_sec() * self.batch as f64
-                )
-            } else {
-                format!(
-                    "ops         {} in {:.2} s = {:.1} ops/s",
-                    self.ops,
-                    self.seconds,
-                    self.ops_per_sec()
-                )
-            },
-            format!(
-                "latency ms  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
-                self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms
-            ),
-            format!("errors      {errors}"),
-        ];
-        if self.not_found > 0 {
-            lines.push(format!(
-                "not found   {} gets (use --preload to write every key first)",
-                self.not_found
-            ));
-        }
-        lines.join("\n")
-    }
-}
-
-/// The JSON line's fields, in the order they are printed.
-#[derive(serde::Serialize)]
-struct JsonSummary<'a> {
-    workload: &'static str,
-    clients: usize,
-    connections: usize,
-    value_size: usize,
-    keys: u64,
-    ops: u64,
-    errors: u64,
-    seconds: f64,
-    ops_per_sec: f64,
-    batch: usize,
-    keys_per_sec: f64,
-    p50_ms: f64,
-    p95_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    consistency: &'static str,
-    errors_by_kind: &'a BTreeMap<String, u64>,
-    not_found: u64,
-    interrupted: bool,
 }
 
 /// When the measured phase ends.
@@ -475,9 +417,22 @@ struct Shared {
     stop: AtomicBool,
     live: Live,
     value: Vec<u8>,
+    /// Inserts issued so far; insert `n` writes key number `keys + n`.
+    inserted: AtomicU64,
 }
 
 impl Shared {
+    fn new(budget: Budget, value: Vec<u8>) -> Shared {
+        Shared {
+            budget,
+            issued: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            live: Live::default(),
+            value,
+            inserted: AtomicU64::new(0),
+        }
+    }
+
     /// Claims the right to issue one more request; false when the run is over.
     fn take_one(&self) -> bool {
         if self.stop.load(Ordering::Relaxed) {
@@ -497,6 +452,112 @@ enum Conn {
     Pd(PdClient),
 }
 
+/// One request, with its keys named, ready to send (built before the clock starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Timestamp,
+    Get(String),
+    BatchGet(Vec<String>),
+    Put(String),
+    BatchPut(Vec<String>),
+    Scan { start: String, limit: u32 },
+}
+
+/// Builds the request of `kind` for the chosen key number `key` (and `more` for batches).
+/// Inserts take the next number after the key space from `inserted`; scans draw their
+/// length from `rng`.
+fn build_request(
+    kind: OpKind,
+    key: u64,
+    more: &[u64],
+    args: &BenchArgs,
+    inserted: &AtomicU64,
+    rng: &mut impl Rng,
+) -> Request {
+    let batch = || {
+        std::iter::once(key)
+            .chain(more.iter().copied())
+            .map(key_name)
+            .collect()
+    };
+    match kind {
+        OpKind::Tso => Request::Timestamp,
+        OpKind::Read if more.is_empty() => Request::Get(key_name(key)),
+        OpKind::Read => Request::BatchGet(batch()),
+        OpKind::Update if more.is_empty() => Request::Put(key_name(key)),
+        OpKind::Update => Request::BatchPut(batch()),
+        OpKind::Insert => {
+            let n = inserted.fetch_add(1, Ordering::Relaxed);
+            Request::Put(key_name(args.keys.saturating_add(n)))
+        }
+        OpKind::Scan => Request::Scan {
+            start: key_name(key),
+            limit: rng.gen_range(1..=args.scan_max.max(1)),
+        },
+    }
+}
+
+/// What a successful request returned.
+struct Done {
+    /// False for a get that found no value (or a batch get that missed a key).
+    found: bool,
+    /// Pairs a scan returned.
+    rows: u64,
+}
+
+impl Done {
+    fn found(found: bool) -> Done {
+        Done { found, rows: 0 }
+    }
+}
+
+/// Sends one request and waits for its answer.
+async fn send(
+    conn: &Conn,
+    req: Request,
+    value: &[u8],
+    consistency: ReadConsistency,
+) -> Result<Done, Error> {
+    let client = match conn {
+        Conn::Pd(pd) => return pd.timestamp().await.map(|_| Done::found(true)),
+        Conn::Kv(client) => client,
+    };
+    match req {
+        Request::Timestamp => Err(Error::Unsupported(
+            "timestamps come from PD, not from a KV node".into(),
+        )),
+        Request::Get(key) => client
+            .get_with(key, consistency)
+            .await
+            .map(|v| Done::found(v.is_some())),
+        Request::BatchGet(keys) => client
+            .batch_get(keys, consistency)
+            .await
+            .map(|v| Done::found(v.iter().all(Option::is_some))),
+        Request::Put(key) => client
+            .put(key, value.to_vec())
+            .await
+            .map(|()| Done::found(true)),
+        Request::BatchPut(keys) => client
+            .batch_put(keys.into_iter().map(|k| (k, value.to_vec())))
+            .await
+            .map(|()| Done::found(true)),
+        Request::Scan { start, limit } => {
+            let range = ScanRange {
+                start: start.into_bytes(),
+                // Stay among the benchmark's keys.
+                end: rdb_client::prefix_end(KEY_PREFIX),
+                prefix: Vec::new(),
+                limit,
+            };
+            client.scan(range, consistency).await.map(|page| Done {
+                found: true,
+                rows: page.kvs.len() as u64,
+            })
+        }
+    }
+}
+
 /// One measuring task: one request in flight at a time until the budget is spent.
 async fn measure_task(
     conn: Conn,
@@ -507,46 +568,29 @@ async fn measure_task(
 ) -> Stats {
     let mut rng = StdRng::seed_from_u64(seed);
     let consistency = args.consistency();
+    let mix = args.mix();
+    let chooser = KeyChooser::new(
+        args.distribution().unwrap_or(Distribution::Uniform),
+        args.keys,
+    );
     while shared.take_one() {
-        let key = key_name(rng.gen_range(0..args.keys));
-        let read = match args.workload {
-            Workload::Put | Workload::Tso => false,
-            Workload::Get => true,
-            Workload::Mixed => rng.gen_bool(args.read_ratio),
-        };
-        let more: Vec<String> = (1..args.batch)
-            .map(|_| key_name(rng.gen_range(0..args.keys)))
-            .collect();
+        // Same draw order as before the presets (key, kind, batch keys), so a seed gives
+        // the old workloads the same uniform key sequence.
+        let key = chooser.next(&mut rng);
+        let kind = mix.pick(&mut rng);
+        let more: Vec<u64> = (1..args.batch).map(|_| chooser.next(&mut rng)).collect();
+        let req = build_request(kind, key, &more, &args, &shared.inserted, &mut rng);
         let started = Instant::now();
-        let result = match &conn {
-            Conn::Pd(pd) => pd.timestamp().await.map(|_| true),
-            Conn::Kv(client) if read && args.batch > 1 => client
-                .batch_get(std::iter::once(key).chain(more), consistency)
-                .await
-                .map(|v| v.iter().all(Option::is_some)),
-            Conn::Kv(client) if read => {
-                client.get_with(key, consistency).await.map(|v| v.is_some())
-            }
-            Conn::Kv(client) if args.batch > 1 => client
-                .batch_put(
-                    std::iter::once(key)
-                        .chain(more)
-                        .map(|k| (k, shared.value.clone())),
-                )
-                .await
-                .map(|()| true),
-            Conn::Kv(client) => client.put(key, shared.value.clone()).await.map(|()| true),
-        };
-        match result {
-            Ok(found) => {
-                stats.record_ok(started);
-                if !found {
+        match send(&conn, req, &shared.value, consistency).await {
+            Ok(done) => {
+                stats.record_ok(kind, started, done.rows);
+                if !done.found {
                     stats.not_found += 1;
                 }
                 shared.live.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                stats.record_err(&e);
+                stats.record_err(kind, &e);
                 shared.live.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -570,11 +614,11 @@ async fn preload_task(
         let started = Instant::now();
         match client.put(key_name(i), shared.value.clone()).await {
             Ok(()) => {
-                stats.record_ok(started);
+                stats.record_ok(OpKind::Insert, started, 0);
                 shared.live.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                stats.record_err(&e);
+                stats.record_err(OpKind::Insert, &e);
                 shared.live.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -589,15 +633,16 @@ fn bar_style(template: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-/// Waits for every task, refreshing `bar` with `refresh` and turning Ctrl-C into a stop
-/// request. Returns the merged stats and whether Ctrl-C was pressed.
+/// Waits for every task, merging their stats into `total`, refreshing `bar` with `refresh`
+/// and turning Ctrl-C into a stop request. Returns the merged stats and whether Ctrl-C was
+/// pressed.
 async fn drive(
     mut set: JoinSet<Stats>,
     shared: &Shared,
     bar: &ProgressBar,
+    mut total: Stats,
     refresh: impl Fn(&ProgressBar, u64, u64),
 ) -> Result<(Stats, bool), String> {
-    let mut total = Stats::new()?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -639,9 +684,7 @@ pub async fn run(
     if args.workload == Workload::Tso && pd.is_empty() {
         return Err("the tso workload talks to PD: give its endpoints with --pd".into());
     }
-    if args.workload == Workload::Tso && args.preload {
-        return Err("--preload writes keys; the tso workload has none".into());
-    }
+    let empty = Arc::new(new_histogram()?);
     let conns: Vec<Client> = (0..args.effective_connections())
         .map(|i| Client::with_options(rotated(endpoints, i), opts.clone()))
         .collect::<Result<_, _>>()
@@ -660,8 +703,14 @@ pub async fn run(
         .take(args.value_size)
         .collect();
 
-    if args.preload {
-        preload(&conns, &args, value.clone()).await?;
+    if args.should_preload() {
+        preload(&conns, &args, value.clone(), &empty).await?;
+    } else if args.no_preload && args.workload.is_preset() {
+        eprintln!(
+            "note: --no-preload: reads and scans find only the keys an earlier run wrote \
+             (bench-00000000 .. {})",
+            key_name(args.keys - 1)
+        );
     } else if matches!(args.workload, Workload::Get | Workload::Mixed) {
         eprintln!(
             "note: without --preload, gets may find no value (they still count as ops; \
@@ -673,13 +722,7 @@ pub async fn run(
         Some(n) => Budget::Ops(n),
         None => Budget::Until(Instant::now() + Duration::from_secs(args.duration_secs)),
     };
-    let shared = Arc::new(Shared {
-        budget,
-        issued: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        live: Live::default(),
-        value,
-    });
+    let shared = Arc::new(Shared::new(budget, value));
     let bar = match args.ops {
         Some(n) => ProgressBar::new(n).with_style(bar_style(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} requests  {msg}",
@@ -696,17 +739,17 @@ pub async fn run(
     for i in 0..args.clients {
         let conn = targets[i % targets.len()].clone();
         let task_seed = rng.gen::<u64>();
-        let stats = Stats::new()?;
         set.spawn(measure_task(
             conn,
             args.clone(),
             task_seed,
             shared.clone(),
-            stats,
+            Stats::new(empty.clone()),
         ));
     }
     let by_ops = args.ops.is_some();
-    let (total, interrupted) = drive(set, &shared, &bar, |bar, ok, errors| {
+    let total = Stats::new(empty.clone());
+    let (total, interrupted) = drive(set, &shared, &bar, total, |bar, ok, errors| {
         let secs = started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { ok as f64 / secs } else { 0.0 };
         if by_ops {
@@ -721,15 +764,7 @@ pub async fn run(
     let elapsed = started.elapsed();
     bar.finish_and_clear();
 
-    let summary = Summary::new(
-        &args,
-        &total.hist,
-        total.ops,
-        total.not_found,
-        &total.errors,
-        elapsed,
-        interrupted,
-    );
+    let summary = Summary::new(&args, &total, elapsed, interrupted)?;
     if !p.is_json() {
         println!("{}", summary.to_table());
         for (kind, msg) in &total.first_error {
@@ -747,14 +782,13 @@ pub async fn run(
 }
 
 /// Writes every key once, with the same clients as the measured phase.
-async fn preload(conns: &[Client], args: &BenchArgs, value: Vec<u8>) -> Result<(), String> {
-    let shared = Arc::new(Shared {
-        budget: Budget::Ops(args.keys),
-        issued: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        live: Live::default(),
-        value,
-    });
+async fn preload(
+    conns: &[Client],
+    args: &BenchArgs,
+    value: Vec<u8>,
+    empty: &Arc<Histogram<u64>>,
+) -> Result<(), String> {
+    let shared = Arc::new(Shared::new(Budget::Ops(args.keys), value));
     let next = Arc::new(AtomicU64::new(0));
     let bar = ProgressBar::new(args.keys).with_style(bar_style(
         "preload {elapsed_precise} [{wide_bar}] {pos}/{len} keys  {msg}",
@@ -767,10 +801,11 @@ async fn preload(conns: &[Client], args: &BenchArgs, value: Vec<u8>) -> Result<(
             args.keys,
             next.clone(),
             shared.clone(),
-            Stats::new()?,
+            Stats::new(empty.clone()),
         ));
     }
-    let (total, interrupted) = drive(set, &shared, &bar, |bar, ok, errors| {
+    let total = Stats::new(empty.clone());
+    let (total, interrupted) = drive(set, &shared, &bar, total, |bar, ok, errors| {
         bar.set_position(ok + errors);
         let secs = started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { ok as f64 / secs } else { 0.0 };
@@ -784,7 +819,7 @@ async fn preload(conns: &[Client], args: &BenchArgs, value: Vec<u8>) -> Result<(
     let errors = total.error_total();
     eprintln!(
         "preloaded {} of {} keys in {:.2} s{}",
-        total.ops,
+        total.ops(),
         args.keys,
         started.elapsed().as_secs_f64(),
         if errors > 0 {
@@ -810,17 +845,21 @@ mod tests {
         bench: BenchArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+    pub(super) fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
         let mut v = vec!["bench"];
         v.extend_from_slice(args);
         Cmd::try_parse_from(v).map(|c| c.bench)
     }
 
-    fn defaults() -> BenchArgs {
-        match parse(&[]) {
+    pub(super) fn parsed(args: &[&str]) -> BenchArgs {
+        match parse(args) {
             Ok(a) => a,
-            Err(e) => panic!("defaults do not parse: {e}"),
+            Err(e) => panic!("{args:?} do not parse: {e}"),
         }
+    }
+
+    pub(super) fn defaults() -> BenchArgs {
+        parsed(&[])
     }
 
     #[test]
@@ -833,15 +872,22 @@ mod tests {
         assert_eq!(a.value_size, 256);
         assert_eq!(a.duration_secs, 10);
         assert_eq!(a.ops, None);
-        assert!(!a.preload && !a.serializable);
-        assert_eq!(a.read_ratio, 0.5);
+        assert!(!a.preload && !a.no_preload && !a.serializable);
+        assert_eq!(a.read_ratio, None);
+        assert_eq!(a.distribution, None);
+        assert_eq!(a.scan_max, 100);
         assert_eq!(a.seed, 1);
         assert_eq!(a.validate(), Ok(()));
+        // The put workload: updates only, uniform keys, no preload, no scans.
+        assert_eq!(a.mix(), Mix::Only(OpKind::Update));
+        assert_eq!(a.distribution(), Some(Distribution::Uniform));
+        assert!(!a.should_preload());
+        assert_eq!(a.scan_max(), None);
     }
 
     #[test]
     fn flags_parse_in_kebab_case() {
-        let a = parse(&[
+        let a = parsed(&[
             "--workload",
             "mixed",
             "--clients",
@@ -858,14 +904,11 @@ mod tests {
             "--serializable",
             "--read-ratio",
             "0.9",
+            "--distribution",
+            "zipfian",
             "--seed",
             "42",
-        ])
-        .map_err(|e| e.to_string());
-        let a = match a {
-            Ok(a) => a,
-            Err(e) => panic!("{e}"),
-        };
+        ]);
         assert_eq!(a.workload, Workload::Mixed);
         assert_eq!(
             (a.clients, a.connections, a.keys, a.value_size),
@@ -873,10 +916,28 @@ mod tests {
         );
         assert_eq!(a.ops, Some(100));
         assert!(a.preload && a.serializable);
-        assert_eq!(a.read_ratio, 0.9);
+        assert_eq!(a.read_ratio, Some(0.9));
+        assert_eq!(
+            a.mix(),
+            Mix::Split {
+                first: OpKind::Read,
+                share: 0.9,
+                second: OpKind::Update
+            }
+        );
+        assert_eq!(a.distribution(), Some(Distribution::Zipfian));
         assert_eq!(a.seed, 42);
         assert_eq!(a.consistency(), ReadConsistency::Serializable);
         assert_eq!(a.validate(), Ok(()));
+        // Without --read-ratio, mixed is half reads.
+        assert_eq!(
+            parsed(&["--workload", "mixed"]).mix(),
+            Mix::Split {
+                first: OpKind::Read,
+                share: 0.5,
+                second: OpKind::Update
+            }
+        );
     }
 
     #[test]
@@ -884,7 +945,84 @@ mod tests {
         assert!(parse(&["--ops", "5"]).is_ok());
         assert!(parse(&["--duration-secs", "5"]).is_ok());
         assert!(parse(&["--ops", "5", "--duration-secs", "5"]).is_err());
-        assert!(parse(&["--workload", "scan"]).is_err());
+        assert!(parse(&["--workload", "bogus"]).is_err());
+        assert!(parse(&["--workload", "ycsb-d"]).is_err());
+        assert!(parse(&["--distribution", "latest"]).is_err());
+        assert!(parse(&["--preload", "--no-preload"]).is_err());
+    }
+
+    #[test]
+    fn ycsb_presets_map_to_their_mix_zipfian_keys_and_a_preload() {
+        let split = |first, share, second| Mix::Split {
+            first,
+            share,
+            second,
+        };
+        let cases = [
+            (
+                "ycsb-a",
+                Workload::YcsbA,
+                split(OpKind::Read, 0.5, OpKind::Update),
+                "50% reads, 50% updates",
+            ),
+            (
+                "ycsb-b",
+                Workload::YcsbB,
+                split(OpKind::Read, 0.95, OpKind::Update),
+                "95% reads, 5% updates",
+            ),
+            (
+                "ycsb-c",
+                Workload::YcsbC,
+                Mix::Only(OpKind::Read),
+                "reads only",
+            ),
+            (
+                "ycsb-e",
+                Workload::YcsbE,
+                split(OpKind::Scan, 0.95, OpKind::Insert),
+                "95% scans, 5% inserts",
+            ),
+        ];
+        for (name, workload, mix, words) in cases {
+            let a = parsed(&["--workload", name]);
+            assert_eq!(a.workload, workload);
+            assert_eq!(workload.name(), name);
+            assert_eq!(a.mix(), mix, "{name}");
+            assert_eq!(a.mix().describe(), words, "{name}");
+            assert_eq!(a.distribution(), Some(Distribution::Zipfian), "{name}");
+            assert!(a.should_preload(), "{name} does not preload");
+            assert_eq!(a.validate(), Ok(()), "{name}");
+        }
+        // Only ycsb-e scans, and it reports its longest scan.
+        assert_eq!(parsed(&["--workload", "ycsb-e"]).scan_max(), Some(100));
+        assert_eq!(parsed(&["--workload", "ycsb-a"]).scan_max(), None);
+
+        // scan: scans only, uniform starts, preloads, its own --scan-max.
+        let a = parsed(&["--workload", "scan", "--scan-max", "7"]);
+        assert_eq!(a.mix(), Mix::Only(OpKind::Scan));
+        assert_eq!(a.distribution(), Some(Distribution::Uniform));
+        assert!(a.should_preload());
+        assert_eq!(a.scan_max(), Some(7));
+        assert_eq!(a.validate(), Ok(()));
+    }
+
+    #[test]
+    fn presets_take_a_distribution_and_no_preload() {
+        let a = parsed(&["--workload", "ycsb-a", "--distribution", "uniform"]);
+        assert_eq!(a.distribution(), Some(Distribution::Uniform));
+        let a = parsed(&["--workload", "ycsb-b", "--no-preload"]);
+        assert!(!a.should_preload());
+        assert_eq!(a.validate(), Ok(()));
+        // The old workloads preload only when asked; --no-preload changes nothing there.
+        assert!(parsed(&["--workload", "get", "--preload"]).should_preload());
+        assert!(!parsed(&["--workload", "get"]).should_preload());
+        assert!(!parsed(&["--workload", "get", "--no-preload"]).should_preload());
+        // tso has no keys.
+        let t = parsed(&["--workload", "tso"]);
+        assert_eq!(t.distribution(), None);
+        assert!(!t.should_preload());
+        assert_eq!(t.mix(), Mix::Only(OpKind::Tso));
     }
 
     #[test]
@@ -900,21 +1038,159 @@ mod tests {
         check(&|a| a.clients = 0, "--clients");
         check(&|a| a.connections = 0, "--connections");
         check(&|a| a.keys = 0, "--keys");
-        check(&|a| a.read_ratio = -0.1, "--read-ratio");
-        check(&|a| a.read_ratio = 1.5, "--read-ratio");
-        check(&|a| a.read_ratio = f64::NAN, "--read-ratio");
+        check(&|a| a.read_ratio = Some(-0.1), "--read-ratio");
+        check(&|a| a.read_ratio = Some(1.5), "--read-ratio");
+        check(&|a| a.read_ratio = Some(f64::NAN), "--read-ratio");
         check(&|a| a.ops = Some(0), "--ops");
         check(&|a| a.duration_secs = 0, "--duration-secs");
+        check(&|a| a.batch = 0, "--batch");
+        check(&|a| a.scan_max = 0, "--scan-max");
+        // A preset's mix is fixed: the error names it and the way to another ratio.
+        check(
+            &|a| {
+                a.workload = Workload::YcsbB;
+                a.read_ratio = Some(0.5);
+            },
+            "ycsb-b has its own (95% reads, 5% updates); use --workload mixed",
+        );
+        check(
+            &|a| {
+                a.workload = Workload::Scan;
+                a.read_ratio = Some(1.0);
+            },
+            "--read-ratio",
+        );
+        // Scans and inserts are single requests.
+        check(
+            &|a| {
+                a.workload = Workload::YcsbE;
+                a.batch = 10;
+            },
+            "--batch",
+        );
+        check(
+            &|a| {
+                a.workload = Workload::Tso;
+                a.distribution = Some(Distribution::Zipfian);
+            },
+            "--distribution",
+        );
+        check(
+            &|a| {
+                a.workload = Workload::Tso;
+                a.preload = true;
+            },
+            "--preload",
+        );
 
         let mut a = defaults();
-        a.read_ratio = 0.0;
+        a.read_ratio = Some(0.0);
         assert_eq!(a.validate(), Ok(()));
-        a.read_ratio = 1.0;
+        a.read_ratio = Some(1.0);
         assert_eq!(a.validate(), Ok(()));
         // With --ops the duration is not used.
         a.duration_secs = 0;
         a.ops = Some(1);
         assert_eq!(a.validate(), Ok(()));
+        // Batches of reads and updates are fine in the ycsb presets without scans.
+        let mut a = defaults();
+        a.workload = Workload::YcsbA;
+        a.batch = 10;
+        assert_eq!(a.validate(), Ok(()));
+    }
+
+    #[test]
+    fn mixes_pick_kinds_in_their_shares() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let n = 20_000;
+        let share_of = |mix: Mix, kind: OpKind, rng: &mut StdRng| {
+            let picks: Vec<OpKind> = (0..n).map(|_| mix.pick(rng)).collect();
+            assert!(
+                picks.iter().all(|k| mix.kinds().contains(k)),
+                "{mix:?} picked a kind it does not list"
+            );
+            picks.iter().filter(|&&k| k == kind).count() as f64 / n as f64
+        };
+        let near = |got: f64, want: f64| assert!((got - want).abs() < 0.01, "{got} vs {want}");
+        near(
+            share_of(Workload::YcsbA.mix(0.0), OpKind::Read, &mut rng),
+            0.5,
+        );
+        near(
+            share_of(Workload::YcsbB.mix(0.0), OpKind::Read, &mut rng),
+            0.95,
+        );
+        near(
+            share_of(Workload::YcsbC.mix(0.0), OpKind::Read, &mut rng),
+            1.0,
+        );
+        near(
+            share_of(Workload::YcsbE.mix(0.0), OpKind::Scan, &mut rng),
+            0.95,
+        );
+        near(
+            share_of(Workload::Mixed.mix(0.2), OpKind::Read, &mut rng),
+            0.2,
+        );
+        near(
+            share_of(Workload::Put.mix(0.9), OpKind::Update, &mut rng),
+            1.0,
+        );
+    }
+
+    #[test]
+    fn requests_name_their_keys() {
+        let mut a = defaults();
+        a.keys = 1000;
+        a.scan_max = 5;
+        let inserted = AtomicU64::new(0);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut build =
+            |kind, key, more: &[u64]| build_request(kind, key, more, &a, &inserted, &mut rng);
+        assert_eq!(
+            build(OpKind::Read, 7, &[]),
+            Request::Get("bench-00000007".into())
+        );
+        assert_eq!(
+            build(OpKind::Update, 7, &[]),
+            Request::Put("bench-00000007".into())
+        );
+        assert_eq!(
+            build(OpKind::Read, 7, &[8, 9]),
+            Request::BatchGet(vec![
+                "bench-00000007".into(),
+                "bench-00000008".into(),
+                "bench-00000009".into()
+            ])
+        );
+        assert_eq!(
+            build(OpKind::Update, 1, &[2]),
+            Request::BatchPut(vec!["bench-00000001".into(), "bench-00000002".into()])
+        );
+        assert_eq!(build(OpKind::Tso, 7, &[]), Request::Timestamp);
+        // Inserts write new keys after the key space, one number each, whatever key was drawn.
+        assert_eq!(
+            build(OpKind::Insert, 7, &[]),
+            Request::Put("bench-00001000".into())
+        );
+        assert_eq!(
+            build(OpKind::Insert, 7, &[]),
+            Request::Put("bench-00001001".into())
+        );
+        // Scans start at the drawn key and ask for 1..=scan_max keys, every length in time.
+        let mut lengths = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            match build(OpKind::Scan, 42, &[]) {
+                Request::Scan { start, limit } => {
+                    assert_eq!(start, "bench-00000042");
+                    assert!((1..=5).contains(&limit), "limit {limit}");
+                    lengths.insert(limit);
+                }
+                other => panic!("not a scan: {other:?}"),
+            }
+        }
+        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(inserted.load(Ordering::Relaxed), 2);
     }
 
     #[test]
@@ -925,16 +1201,6 @@ mod tests {
         assert_eq!(a.effective_connections(), 2);
         a.clients = 16;
         assert_eq!(a.effective_connections(), 4);
-    }
-
-    #[test]
-    fn keys_are_zero_padded() {
-        assert_eq!(key_name(0), "bench-00000000");
-        assert_eq!(key_name(42), "bench-00000042");
-        assert_eq!(key_name(99_999_999), "bench-99999999");
-        assert_eq!(key_name(123_456_789), "bench-123456789");
-        // Padding keeps numeric and byte order the same within the documented range.
-        assert!(key_name(9) < key_name(10));
     }
 
     #[test]
@@ -950,150 +1216,15 @@ mod tests {
     }
 
     #[test]
-    fn error_kinds_have_stable_names() {
-        assert_eq!(
-            error_kind(&Error::InvalidArgument("x".into())),
-            "invalid_argument"
-        );
-        assert_eq!(
-            error_kind(&Error::NotLeader {
-                leader_id: None,
-                leader_addr: None
-            }),
-            "not_leader"
-        );
-        assert_eq!(error_kind(&Error::Unavailable("x".into())), "unavailable");
-        assert_eq!(
-            error_kind(&Error::Indeterminate("x".into())),
-            "indeterminate"
-        );
-    }
-
-    fn parse_json(line: &str) -> serde_json::Value {
-        match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => panic!("not JSON ({e}): {line}"),
-        }
-    }
-
-    fn stats_with(latencies_us: &[u64]) -> Stats {
-        let mut s = match Stats::new() {
-            Ok(s) => s,
-            Err(e) => panic!("{e}"),
-        };
-        for &us in latencies_us {
-            s.hist.saturating_record(us);
-            s.ops += 1;
-        }
-        s
-    }
-
-    #[test]
-    fn stats_merge_adds_everything() {
-        let mut a = stats_with(&[1000, 2000]);
-        a.record_err(&Error::Unavailable("first".into()));
-        let mut b = stats_with(&[3000]);
-        b.not_found = 1;
-        b.record_err(&Error::Unavailable("second".into()));
-        b.record_err(&Error::Indeterminate("x".into()));
-        assert_eq!(a.merge(b), Ok(()));
-        assert_eq!(a.ops, 3);
-        assert_eq!(a.hist.len(), 3);
-        assert_eq!(a.not_found, 1);
-        assert_eq!(a.errors.get("unavailable"), Some(&2));
-        assert_eq!(a.errors.get("indeterminate"), Some(&1));
-        assert_eq!(a.error_total(), 3);
-        assert_eq!(
-            a.first_error.get("unavailable").map(String::as_str),
-            Some("unavailable: first")
-        );
-    }
-
-    #[test]
-    fn summary_json_has_every_field() {
-        // 100 ops: 1..=100 ms.
-        let lat: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
-        let mut s = stats_with(&lat);
-        s.record_err(&Error::Unavailable("x".into()));
-        s.record_err(&Error::Unavailable("y".into()));
-        let mut args = defaults();
-        args.workload = Workload::Get;
-        args.clients = 8;
-        args.connections = 2;
-        let sum = Summary::new(
-            &args,
-            &s.hist,
-            s.ops,
-            0,
-            &s.errors,
-            Duration::from_secs(2),
-            false,
-        );
-        assert_eq!(sum.ops_per_sec(), 50.0);
-        let line = sum.to_json();
-        assert!(!line.contains('\n'));
-        assert!(line.starts_with(r#"{"workload":"get","clients":8,"connections":2,"#));
-        let j = parse_json(&line);
-        assert_eq!(j["workload"], "get");
-        assert_eq!(j["clients"], 8);
-        assert_eq!(j["connections"], 2);
-        assert_eq!(j["value_size"], 256);
-        assert_eq!(j["keys"], 100_000);
-        assert_eq!(j["ops"], 100);
-        assert_eq!(j["errors"], 2);
-        assert_eq!(j["errors_by_kind"]["unavailable"], 2);
-        assert_eq!(j["not_found"], 0);
-        assert_eq!(j["seconds"], 2.0);
-        assert_eq!(j["ops_per_sec"], 50.0);
-        assert_eq!(j["consistency"], "linearizable");
-        assert_eq!(j["interrupted"], false);
-        // HDR values are within 0.1% (3 significant figures).
-        let near = |key: &str, want: f64| {
-            let got = j[key].as_f64().unwrap_or(f64::NAN);
-            assert!((got - want).abs() <= want * 0.001 + 0.001, "{key}: {got}");
-        };
-        near("p50_ms", 50.0);
-        near("p95_ms", 95.0);
-        near("p99_ms", 99.0);
-        near("max_ms", 100.0);
-
-        let table = sum.to_table();
-        assert!(table.contains("get (linearizable reads)"), "{table}");
-        assert!(table.contains("100 in 2.00 s = 50.0 ops/s"), "{table}");
-        assert!(table.contains("2 (unavailable 2)"), "{table}");
-    }
-
-    #[test]
-    fn empty_run_summary_is_all_zero() {
-        let s = stats_with(&[]);
-        let sum = Summary::new(&defaults(), &s.hist, 0, 0, &s.errors, Duration::ZERO, true);
-        let j = parse_json(&sum.to_json());
-        assert_eq!(j["ops"], 0);
-        assert_eq!(j["ops_per_sec"], 0.0);
-        assert_eq!(j["p99_ms"], 0.0);
-        assert_eq!(j["max_ms"], 0.0);
-        assert_eq!(j["errors"], 0);
-        assert_eq!(j["interrupted"], true);
-    }
-
-    #[test]
     fn ops_budget_is_shared_and_exact() {
-        let shared = Shared {
-            budget: Budget::Ops(3),
-            issued: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            live: Live::default(),
-            value: Vec::new(),
-        };
+        let shared = Shared::new(Budget::Ops(3), Vec::new());
         let taken = (0..10).filter(|_| shared.take_one()).count();
         assert_eq!(taken, 3);
-        let stopped = Shared {
-            budget: Budget::Until(Instant::now() + Duration::from_secs(60)),
-            issued: AtomicU64::new(0),
-            stop: AtomicBool::new(true),
-            live: Live::default(),
-            value: Vec::new(),
-        };
+        let stopped = Shared::new(
+            Budget::Until(Instant::now() + Duration::from_secs(60)),
+            Vec::new(),
+        );
+        stopped.stop.store(true, Ordering::Relaxed);
         assert!(!stopped.take_one());
     }
 }
