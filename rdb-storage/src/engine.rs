@@ -11,6 +11,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
+use crate::dedup::{self, DedupHorizon};
 use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::snapshot::{self, SnapshotDescriptor};
 use crate::{Error, Index, Result, Term};
@@ -58,6 +59,8 @@ pub struct Engine {
     install_gen: Arc<AtomicU64>,
     /// The interrupted snapshot install that `open_with` finished, if any.
     recovered_install: Option<SnapshotDescriptor>,
+    /// Which dedup records compaction may drop (see [`crate::dedup`]).
+    dedup: Arc<DedupHorizon>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,6 +140,9 @@ impl Engine {
         data_table.set_bloom_filter(10.0, false);
         let mut data_opts = Options::default();
         data_opts.set_block_based_table_factory(&data_table);
+        // Dead dedup records go with compaction instead of costing each write deletes.
+        let dedup = Arc::new(DedupHorizon::default());
+        data_opts.set_compaction_filter("rdb-dead-dedup-records", dedup::filter(dedup.shared()));
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RAFT_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_RAFT_STATE, Options::default()),
@@ -160,6 +166,7 @@ impl Engine {
             db: Arc::new(db),
             install_gen: Arc::new(AtomicU64::new(0)),
             recovered_install: None,
+            dedup,
         };
         // A crash in the middle of a snapshot install left the data half replaced: finish it
         // before anything reads the data. Then no transfer is running, so every snapshot file
@@ -180,6 +187,17 @@ impl Engine {
     /// Where snapshot files of this database are kept: `<data_dir>/snap`.
     pub fn snap_dir(&self) -> PathBuf {
         snapshot::snap_dir(self.db.path())
+    }
+
+    /// Which dedup records compaction may drop; views of the data pin it (see [`crate::dedup`]).
+    pub fn dedup_horizon(&self) -> &Arc<DedupHorizon> {
+        &self.dedup
+    }
+
+    /// Compacts the whole `data` family now (dropping dead dedup records); for tests and tools.
+    pub fn compact_data(&self) {
+        self.db
+            .compact_range_cf(self.cf(CF_DATA), None::<&[u8]>, None::<&[u8]>);
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -227,7 +245,12 @@ impl Engine {
         )));
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
+        // A synced write makes every write before it durable, apply batches included.
+        let written = sync.then(|| self.dedup.written_index());
         self.db.write_opt(batch, &wo)?;
+        if let Some(w) = written {
+            self.dedup.synced(w);
+        }
         Ok(())
     }
 

@@ -58,7 +58,8 @@ pub const APP_PREFIX: u8 = b'p';
 pub const MEMBER_PREFIX: u8 = b'm';
 /// Prefix of dedup records: `s` + client id + seq -> (applied index, result).
 pub const DEDUP_PREFIX: u8 = b's';
-/// Prefix of dedup expiry records: `e` + applied index + client id + seq -> empty.
+/// Prefix of the dedup expiry records that versions before compaction-filtered expiry wrote
+/// (`e` + applied index + client id + seq -> empty): compaction drops them, hashes skip them.
 pub const DEDUP_EXPIRY_PREFIX: u8 = b'e';
 
 /// Key of a log entry.
@@ -101,25 +102,6 @@ pub fn dedup_key(client_id: u64, seq: u64) -> [u8; 17] {
     k
 }
 
-/// Key of the expiry record that lets old dedup records be found in index order.
-pub fn dedup_expiry_key(index: Index, client_id: u64, seq: u64) -> [u8; 25] {
-    let mut k = [0u8; 25];
-    k[0] = DEDUP_EXPIRY_PREFIX;
-    k[1..9].copy_from_slice(&index.to_be_bytes());
-    k[9..17].copy_from_slice(&client_id.to_be_bytes());
-    k[17..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// (index, client id, seq) of an expiry key.
-pub fn parse_dedup_expiry_key(key: &[u8]) -> Option<(Index, u64, u64)> {
-    if key.len() != 25 || key[0] != DEDUP_EXPIRY_PREFIX {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| u64::from_be_bytes(key[r].try_into().unwrap_or_default());
-    Some((n(1..9), n(9..17), n(17..25)))
-}
-
 /// Two u64s as 16 big-endian bytes (apply state, truncated state, identity).
 pub fn encode_pair(a: u64, b: u64) -> [u8; 16] {
     let mut v = [0u8; 16];
@@ -158,12 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_keys_sort_by_index_and_parse_back() {
-        assert!(dedup_expiry_key(1, u64::MAX, 9) < dedup_expiry_key(2, 0, 0));
-        assert_eq!(
-            parse_dedup_expiry_key(&dedup_expiry_key(7, 8, 9)),
-            Some((7, 8, 9))
-        );
+    fn pairs_round_trip() {
         assert_eq!(decode_pair(&encode_pair(3, 4)), Some((3, 4)));
     }
 }

@@ -11,6 +11,7 @@
 //! - [`backup`]: backup files of the data, and restoring one into a new cluster's directory.
 
 pub mod backup;
+pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod keys;
@@ -30,8 +31,7 @@ pub use membership::{member_key, records_of_change};
 pub use raft_storage::RaftStorage;
 pub use rdb_proto::command::MemberRecord;
 pub use state_machine::{
-    apply_command, expire_record, Applied, CommandResult, Expiry, HashResults, HashState, Records,
-    StateMachine,
+    apply_command, Applied, CommandResult, HashResults, HashState, Records, StateMachine,
 };
 
 /// A Raft log index.

@@ -273,6 +273,8 @@ pub(crate) struct Written {
 /// middle of a snapshot install (`Error::SnapshotInstalling`).
 pub(crate) fn write_pairs(engine: &Engine, out: &mut impl Write) -> Result<Written> {
     let db = engine.db();
+    // Before the view: compaction must not drop dedup records that are still live as of it.
+    let _pin = engine.dedup_horizon().pin();
     let view = db.snapshot();
     // The install marker is written before the data is cleared and removed with the last
     // batch of the load: a view that sees it may hold half of the new data.

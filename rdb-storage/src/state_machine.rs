@@ -8,9 +8,9 @@
 //! a retry of the same id (a client that did not hear the answer) is not applied again and gets
 //! the recorded result back. A record counts for `dedup_window` log entries after the one that
 //! wrote it, decided by log index alone so every replica agrees; a retry later than that
-//! applies again (documented in specs/). Records past the window are deleted by the batch that
-//! moves the applied index past them, which bounds their number and keeps every replica's bytes
-//! the same at the same applied index.
+//! applies again (documented in specs/). Records past the window are dead: RocksDB's compaction
+//! drops them (see [`crate::dedup`]), which bounds their number without writing anything, and
+//! replicas hold the same live records at the same applied index.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
 use rdb_proto::command::{command::Op, Command};
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{IteratorMode, WriteBatch};
 
+use crate::dedup::{self, DedupPin};
 use crate::engine::Engine;
 use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
 use crate::{Error, Index, Result, Term};
@@ -71,9 +72,10 @@ pub struct Applied {
 pub enum HashState {
     /// The data as of the hash point is being hashed in the background.
     Computing,
-    /// The hash of every record of the `data` column family as of the hash point.
+    /// The hash of every live record of the `data` column family as of the hash point.
     Done {
-        /// xxh3 over every (key, value), in key order, with their lengths.
+        /// xxh3 over every live (key, value), in key order, with their lengths (dead dedup
+        /// records are skipped: compaction drops them at different times on each replica).
         hash: u64,
         /// Records hashed.
         records: u64,
@@ -92,8 +94,6 @@ const HASH_RESULTS_KEPT: usize = 16;
 pub struct StateMachine {
     engine: Engine,
     dedup_window: u64,
-    /// Every expiry record at or below this index has been removed.
-    dedup_floor: Index,
     hashes: HashResults,
 }
 
@@ -112,27 +112,23 @@ impl StateMachine {
         let mut sm = StateMachine {
             engine,
             dedup_window: dedup_window.max(1),
-            dedup_floor: 0,
             hashes: HashResults::default(),
         };
         sm.reload()?;
         Ok(sm)
     }
 
-    /// Re-reads what is cached from disk (after a snapshot replaced the data).
+    /// Re-reads what is cached from disk (after a snapshot replaced the data): the applied
+    /// index, which decides which dedup records compaction may drop.
     pub fn reload(&mut self) -> Result<()> {
-        let db = self.engine.db();
-        let mut it = db.iterator_cf(
-            self.engine.cf(CF_DATA),
-            IteratorMode::From(&[keys::DEDUP_EXPIRY_PREFIX], Direction::Forward),
-        );
-        self.dedup_floor = match it.next() {
-            Some(item) => {
-                let (k, _) = item?;
-                keys::parse_dedup_expiry_key(&k).map_or(0, |(index, _, _)| index.saturating_sub(1))
-            }
-            None => 0,
-        };
+        // A directory not bootstrapped yet has no apply state: nothing is dead then.
+        let applied = self
+            .engine
+            .get_pair(keys::APPLY_STATE_KEY)?
+            .map_or(0, |(index, _)| index);
+        self.engine
+            .dedup_horizon()
+            .configure(self.dedup_window, applied);
         Ok(())
     }
 
@@ -148,11 +144,11 @@ impl StateMachine {
 
     /// Applies `entries` (committed, in index order, contiguous after the applied index).
     ///
-    /// The writes of a run of entries, the dedup records that expire with them and the new
-    /// applied index go in one atomic batch. What the batch leaves on disk depends only on the
-    /// entries and the applied index, never on how entries were split into calls: replicas that
-    /// applied the same log hold the same bytes. A hash point ends its batch, so that the data
-    /// hashed is exactly the state as of that entry.
+    /// The writes of a run of entries and the new applied index go in one atomic batch. What
+    /// the batch leaves on disk depends only on the entries and the applied index, never on how
+    /// entries were split into calls: replicas that applied the same log hold the same live
+    /// records (dead dedup records go whenever compaction runs). A hash point ends its batch, so
+    /// that the data hashed is exactly the state as of that entry.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(entries.len());
         let mut batch = Batch::new(&self.engine, self.dedup_window);
@@ -187,12 +183,12 @@ impl StateMachine {
         Ok(out)
     }
 
-    /// Writes a batch with the dedup records that expire at its last index and the apply state.
+    /// Writes a batch with the apply state; once a synced write follows, compaction may drop
+    /// the dedup records that died with it.
     fn commit(&mut self, mut batch: Batch) -> Result<()> {
         let Some((index, term)) = batch.last else {
             return Ok(());
         };
-        self.expire_dedup(&mut batch, index)?;
         let applied = keys::encode_pair(index, term);
         batch.wb.put_cf(
             self.engine.cf(CF_RAFT_STATE),
@@ -208,45 +204,8 @@ impl StateMachine {
         )));
         // Not synced: the entries are durable in the log; if this batch is lost in a crash, the
         // applied index goes back with it and the entries are applied again from the log.
-        self.engine.write(batch.wb, false)
-    }
-
-    /// Removes every dedup record that stopped counting at `applied` (written at or below
-    /// `applied - dedup_window`), whether it is on disk or was written by this very batch. A
-    /// record rewritten later (a retry applied again after its window) is newer than the expiry
-    /// record of its first write, and is kept.
-    fn expire_dedup(&mut self, batch: &mut Batch, applied: Index) -> Result<()> {
-        let Some(threshold) = applied.checked_sub(self.dedup_window) else {
-            return Ok(());
-        };
-        if threshold <= self.dedup_floor {
-            return Ok(());
-        }
-        let mut expired = Vec::new();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::dedup_expiry_key(threshold + 1, 0, 0).to_vec());
-        let from = keys::dedup_expiry_key(self.dedup_floor + 1, 0, 0);
-        for item in self.engine.db().iterator_cf_opt(
-            self.engine.cf(CF_DATA),
-            ro,
-            IteratorMode::From(&from, Direction::Forward),
-        ) {
-            let (k, _) = item?;
-            let parsed = keys::parse_dedup_expiry_key(&k)
-                .ok_or_else(|| Error::Corrupt("bad dedup expiry key".into()))?;
-            expired.push(parsed);
-        }
-        expired.extend(
-            batch
-                .expiries
-                .iter()
-                .copied()
-                .filter(|&(index, _, _)| index <= threshold),
-        );
-        for e in expired {
-            expire_record(batch, e)?;
-        }
-        self.dedup_floor = threshold;
+        self.engine.write(batch.wb, false)?;
+        self.engine.dedup_horizon().written(index);
         Ok(())
     }
 
@@ -264,12 +223,16 @@ impl StateMachine {
         let (taken_tx, taken_rx) = std::sync::mpsc::channel::<()>();
         let engine = self.engine.clone();
         let hashes = self.hashes.clone();
+        let window = self.dedup_window;
+        // Pinned here, at `index`, before the view exists: records live at the hash point stay
+        // in the view whatever compaction does meanwhile.
+        let pin = engine.dedup_horizon().pin();
         let spawned = std::thread::Builder::new()
             .name("hash-point".into())
             .spawn(move || {
                 let view = engine.db().snapshot();
                 let _ = taken_tx.send(());
-                let result = hash_view(&engine, &view);
+                let result = hash_view(&engine, &view, index, window, pin);
                 lock(&hashes).insert(
                     index,
                     match result {
@@ -290,15 +253,22 @@ impl StateMachine {
     }
 }
 
-/// xxh3 over every record of the data column family in `view`, with lengths, in key order.
+/// xxh3 over every live record of the data column family in `view` (taken at `applied`), with
+/// lengths, in key order. `_pin` keeps compaction from dropping records the view shows.
 fn hash_view(
     engine: &Engine,
     view: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    applied: Index,
+    window: u64,
+    _pin: DedupPin,
 ) -> Result<(u64, u64)> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut records = 0u64;
     for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
         let (k, v) = item?;
+        if dedup::is_dead(&k, &v, applied, window) {
+            continue;
+        }
         h.update(&(k.len() as u64).to_be_bytes());
         h.update(&k);
         h.update(&(v.len() as u64).to_be_bytes());
@@ -318,8 +288,6 @@ struct Batch {
     dedup_window: u64,
     wb: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Expiry records this batch wrote: (index, client id, seq).
-    expiries: Vec<(Index, u64, u64)>,
     /// Index and term of the last entry in the batch.
     last: Option<(Index, Term)>,
 }
@@ -331,7 +299,6 @@ impl Batch {
             dedup_window,
             wb: WriteBatch::default(),
             overlay: HashMap::new(),
-            expiries: Vec::new(),
             last: None,
         }
     }
@@ -358,9 +325,7 @@ impl Batch {
         cmd: Command,
         index: Index,
     ) -> Result<std::result::Result<CommandResult, String>> {
-        let (result, expiry) = apply_command(self, cmd, index, self.dedup_window)?;
-        self.expiries.extend(expiry);
-        Ok(result)
+        apply_command(self, cmd, index, self.dedup_window)
     }
 }
 
@@ -379,8 +344,8 @@ impl Records for Batch {
 }
 
 /// Where KV commands read and write the records of the `data` family: a RocksDB apply batch
-/// here, memory in the simulation. Both run [`apply_command`] and [`expire_record`], so the
-/// simulation tests the very logic the server applies with.
+/// here, memory in the simulation. Both run [`apply_command`], so the simulation tests the very
+/// logic the server applies with.
 pub trait Records {
     /// The record at `key`, including writes made earlier in the same batch.
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -390,18 +355,16 @@ pub trait Records {
     fn delete(&mut self, key: Vec<u8>);
 }
 
-/// A dedup record's expiry: (index it was written at, client id, seq).
-pub type Expiry = (Index, u64, u64);
-
 /// Applies one command at `index`: a retry of a request id recorded within `dedup_window`
 /// entries gets the recorded result and changes nothing; anything else runs, and a command
-/// with a request id records its result. Returns the result and the expiry record written.
+/// with a request id records its result (dead once the window has passed, see
+/// [`crate::dedup`]).
 pub fn apply_command<R: Records + ?Sized>(
     r: &mut R,
     cmd: Command,
     index: Index,
     dedup_window: u64,
-) -> Result<(std::result::Result<CommandResult, String>, Option<Expiry>)> {
+) -> Result<std::result::Result<CommandResult, String>> {
     let dedup = (cmd.client_id != 0).then(|| keys::dedup_key(cmd.client_id, cmd.seq));
     if let Some(dk) = dedup {
         if let Some(rec) = r.read(&dk)? {
@@ -409,15 +372,12 @@ pub fn apply_command<R: Records + ?Sized>(
             // replica got round to deleting it (apply batches differ between replicas).
             let recorded_at = record_index(&rec)?;
             if recorded_at.saturating_add(dedup_window) >= index {
-                return Ok((Ok(decode_result(&rec)?), None));
+                return Ok(Ok(decode_result(&rec)?));
             }
         }
     }
     let Some(op) = cmd.op else {
-        return Ok((
-            Err(format!("command at index {index} has no operation")),
-            None,
-        ));
+        return Ok(Err(format!("command at index {index} has no operation")));
     };
     let result = match op {
         Op::Put(p) => {
@@ -463,7 +423,6 @@ pub fn apply_command<R: Records + ?Sized>(
             CommandResult::Batch { deleted }
         }
     };
-    let mut expiry = None;
     if let Some(dk) = dedup {
         let mut rec = index.to_be_bytes().to_vec();
         rec.push(encode_result(&result));
@@ -471,24 +430,8 @@ pub fn apply_command<R: Records + ?Sized>(
             rec.extend_from_slice(&deleted.to_be_bytes());
         }
         r.put(dk.to_vec(), rec);
-        let ek = keys::dedup_expiry_key(index, cmd.client_id, cmd.seq);
-        r.put(ek.to_vec(), Vec::new());
-        expiry = Some((index, cmd.client_id, cmd.seq));
     }
-    Ok((Ok(result), expiry))
-}
-
-/// Removes an expired dedup record's expiry key, and the record itself unless a later retry
-/// rewrote it (then it belongs to that newer write).
-pub fn expire_record<R: Records + ?Sized>(r: &mut R, (index, client, seq): Expiry) -> Result<()> {
-    r.delete(keys::dedup_expiry_key(index, client, seq).to_vec());
-    let dk = keys::dedup_key(client, seq);
-    if let Some(rec) = r.read(&dk)? {
-        if record_index(&rec)? == index {
-            r.delete(dk.to_vec());
-        }
-    }
-    Ok(())
+    Ok(Ok(result))
 }
 
 fn encode_result(r: &CommandResult) -> u8 {
@@ -508,9 +451,7 @@ fn encode_result(r: &CommandResult) -> u8 {
 }
 
 fn record_index(rec: &[u8]) -> Result<Index> {
-    rec.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(Index::from_be_bytes)
+    dedup::record_index(rec)
         .ok_or_else(|| Error::Corrupt("dedup record shorter than 8 bytes".into()))
 }
 

@@ -51,6 +51,13 @@ pub(crate) fn put(k: &str, v: &str) -> Op {
     })
 }
 
+/// A synced write (as the next log append would be): apply batches before it become durable.
+pub(crate) fn sync(engine: &Engine) {
+    engine
+        .write(rocksdb::WriteBatch::default(), true)
+        .expect("synced write");
+}
+
 pub(crate) fn dedup_records(engine: &Engine) -> usize {
     engine
         .db()
@@ -297,6 +304,16 @@ fn dedup_records_expire_after_the_window() {
     for chunk in ents.chunks(5) {
         sm.apply(chunk).unwrap();
     }
+    // The write path deletes nothing: compaction drops dead records, and only once the applied
+    // index that killed them is durable.
+    engine.compact_data();
+    assert_eq!(
+        dedup_records(&engine),
+        100,
+        "unsynced apply batches killed records"
+    );
+    sync(&engine);
+    engine.compact_data();
     let records = dedup_records(&engine);
     assert!(
         records <= 15,
@@ -306,6 +323,65 @@ fn dedup_records_expire_after_the_window() {
         records >= 10,
         "the last window must be kept, found {records}"
     );
+}
+
+#[test]
+fn a_pinned_view_keeps_the_records_live_at_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 10).unwrap();
+    let ents: Vec<Entry> = (1..=60)
+        .map(|i| entry(i, 1, &cmd(3, i, put("k", "v"))))
+        .collect();
+    sm.apply(&ents[..20]).unwrap();
+    sync(&engine);
+    let pin = engine.dedup_horizon().pin();
+    sm.apply(&ents[20..]).unwrap();
+    sync(&engine);
+    engine.compact_data();
+    // Live at 20 (the pin): records written after index 10.
+    assert_eq!(dedup_records(&engine), 50);
+    drop(pin);
+    engine.compact_data();
+    assert_eq!(dedup_records(&engine), 10);
+}
+
+#[test]
+fn replicas_that_compacted_at_different_times_hash_the_same() {
+    use rdb_proto::command::HashPoint;
+    let log: Vec<Entry> = (1..=41u64)
+        .map(|i| match i {
+            41 => entry(i, 1, &cmd(0, 0, Op::HashPoint(HashPoint {}))),
+            _ => entry(i, 1, &cmd(5, i, put(&format!("k{}", i % 7), "v"))),
+        })
+        .collect();
+    let mut hashes = Vec::new();
+    for compact in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _) = open(dir.path());
+        let mut sm = StateMachine::new(engine.clone(), 10).unwrap();
+        sm.apply(&log[..40]).unwrap();
+        sync(&engine);
+        if compact {
+            engine.compact_data();
+        }
+        let before = dedup_records(&engine);
+        assert_eq!(before, if compact { 10 } else { 40 });
+        sm.apply(&log[40..]).unwrap();
+        let results = sm.hashes();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let done = loop {
+            match results.lock().unwrap().get(&41).cloned() {
+                Some(crate::HashState::Computing) | None => {}
+                Some(other) => break other,
+            }
+            assert!(std::time::Instant::now() < deadline, "hash never finished");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        hashes.push(done);
+    }
+    assert!(matches!(hashes[0], crate::HashState::Done { .. }));
+    assert_eq!(hashes[0], hashes[1]);
 }
 
 #[test]
@@ -771,6 +847,8 @@ fn dedup_records_written_by_a_huge_batch_are_still_expired_later() {
     for chunk in ents[100..].chunks(5) {
         sm.apply(chunk).unwrap();
     }
+    sync(&engine);
+    engine.compact_data();
     let records = dedup_records(&engine);
     assert!(
         records <= 15,

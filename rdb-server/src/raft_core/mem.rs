@@ -39,7 +39,7 @@ pub struct DiskState {
     /// The voters the disk was bootstrapped with (none for a node that joined later).
     initial_voters: Vec<u64>,
     truncated: (u64, u64),
-    /// The `data` family: user records, dedup records and their expiry keys.
+    /// The `data` family: user records and dedup records.
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     applied: (u64, u64),
     /// Unsynced writes, oldest first, each as the changes that undo it.
@@ -76,6 +76,24 @@ impl DiskState {
         if let Some(u) = undo {
             u.push(Undo::Entry(index, old));
         }
+    }
+
+    /// What compaction does to the `data` family in RocksDB: drops the dedup records that died
+    /// by the durable applied index, durably (a crash does not bring them back). Like
+    /// compaction, it runs at a different moment on every replica.
+    pub fn drop_dead_records(&mut self, window: u64) {
+        // The applied index as a crash losing every unsynced write would leave it.
+        let durable = self
+            .unsynced
+            .iter()
+            .flatten()
+            .find_map(|u| match u {
+                Undo::Applied(a) => Some(a.0),
+                _ => None,
+            })
+            .unwrap_or(self.applied.0);
+        self.data
+            .retain(|k, v| !rdb_storage::dedup::is_dead(k, v, durable, window));
     }
 
     fn finish(&mut self, undo: Option<Vec<Undo>>, sync: bool) {
@@ -370,6 +388,10 @@ pub struct MemKv {
     dedup_window: u64,
     /// Test-only bug: treat every command as carrying no request id, so a retry applies again.
     pub forget_request_ids: bool,
+    /// Apply calls between two runs of the modelled compaction (see
+    /// [`DiskState::drop_dead_records`]); the simulation picks it per node.
+    pub compact_every: u32,
+    applies: u32,
 }
 
 impl MemKv {
@@ -379,6 +401,8 @@ impl MemKv {
             disk,
             dedup_window: dedup_window.max(1),
             forget_request_ids: false,
+            compact_every: 1,
+            applies: 0,
         }
     }
 
@@ -438,7 +462,6 @@ impl Application for MemKv {
                             }
                             rdb_storage::apply_command(&mut b, cmd, e.index, self.dedup_window)
                                 .map_err(CoreError::storage)?
-                                .0
                         }
                         Err(err) => Err(format!("undecodable command at index {}: {err}", e.index)),
                     })
@@ -451,24 +474,15 @@ impl Application for MemKv {
                 result,
             });
         }
-        // Dedup records that stopped counting at the batch's last index, as the server does.
-        if let Some(threshold) = last.index.checked_sub(self.dedup_window) {
-            let from = vec![keys::DEDUP_EXPIRY_PREFIX];
-            let to = keys::dedup_expiry_key(threshold + 1, 0, 0).to_vec();
-            let expired: Vec<_> =
-                b.d.data
-                    .range(from..to)
-                    .filter_map(|(k, _)| keys::parse_dedup_expiry_key(k))
-                    .collect();
-            for e in expired {
-                rdb_storage::expire_record(&mut b, e).map_err(CoreError::storage)?;
-            }
-        }
         let old = std::mem::replace(&mut b.d.applied, (last.index, last.term));
         b.undo.push(Undo::Applied(old));
         let undo = std::mem::take(&mut b.undo);
         // Not synced, like `StateMachine::apply`: the log can replay it.
         d.finish(Some(undo), false);
+        self.applies = self.applies.wrapping_add(1);
+        if self.applies.is_multiple_of(self.compact_every.max(1)) {
+            d.drop_dead_records(self.dedup_window);
+        }
         Ok(out)
     }
 
