@@ -135,6 +135,15 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         // A lone voter need not wait an election timeout to lead.
         if raw.raft.prs().conf().voters().ids().iter().eq([cfg.id]) {
             raw.campaign()?;
+        } else if raw.raft.promotable() {
+            // etcd's initial election tick advance: start one tick short of the election
+            // timeout, so a group restarted together elects within one randomised spread
+            // (0.1-1 s by default) instead of a whole timeout plus the spread. A node that
+            // restarts beside a live leader disrupts nothing: peers that hear from the leader
+            // refuse its pre-vote (check-quorum), and pre-votes change no term.
+            for _ in 1..cfg.election_ticks {
+                raw.tick();
+            }
         }
         let mut replica = Replica {
             raw,

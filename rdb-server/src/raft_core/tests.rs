@@ -76,6 +76,30 @@ impl Group {
         self.disks.push(disk);
     }
 
+    /// Restarts replica `i` on its disk, as a process restart does (nothing unsynced is lost).
+    fn restart(&mut self, i: usize) {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let disk = self.disks[i].clone();
+        let core = Core::new(
+            &config(i as u64 + 1, 1000),
+            MemLog::open(disk.clone()),
+            MemKv::open(disk, 1000),
+            &logger,
+        );
+        self.cores[i] = core.unwrap();
+    }
+
+    /// Ticks until some replica leads; returns how many ticks that took.
+    fn ticks_to_leader(&mut self) -> usize {
+        for t in 0..500 {
+            if self.cores.iter().any(|c| c.replica().is_leader()) {
+                return t;
+            }
+            self.tick(&|_| false);
+        }
+        panic!("no leader elected");
+    }
+
     /// Runs turns and delivers messages until the group is quiet; `cut` drops some.
     fn pump(&mut self, cut: &dyn Fn(&Message) -> bool) {
         loop {
@@ -510,4 +534,42 @@ fn the_leader_hands_over_before_it_is_removed_and_a_joint_change_is_left_automat
         "{:?}",
         g.removed
     );
+}
+
+/// Like etcd's initial election tick advance: a group that starts (or restarts) together elects
+/// a leader within the randomised part of the timeout, not after a whole timeout first.
+#[test]
+fn a_group_started_together_elects_without_sitting_out_a_whole_timeout() {
+    let mut g = Group::new(1000);
+    // Election timeouts are 11-13 ticks here; each replica starts 9 ticks into its own.
+    let first = g.ticks_to_leader();
+    assert!(first <= 4, "a fresh group took {first} ticks to elect");
+    let l = g.leader();
+    g.write(l, 3, &|_| false);
+    for i in 0..3 {
+        g.restart(i);
+    }
+    let again = g.ticks_to_leader();
+    assert!(again <= 4, "a restarted group took {again} ticks to elect");
+}
+
+/// The advance must not let a restarted follower unseat a live leader: its pre-vote is refused
+/// by peers that hear from the leader, and its term stays.
+#[test]
+fn a_follower_restarted_beside_a_live_leader_does_not_disturb_it() {
+    let mut g = Group::new(1000);
+    let l = g.leader();
+    let term = g.cores[l].replica().term();
+    let f = (l + 1) % 3;
+    g.restart(f);
+    for _ in 0..40 {
+        g.tick(&|_| false);
+        assert!(
+            g.cores[l].replica().is_leader(),
+            "the leader lost its place"
+        );
+    }
+    assert_eq!(g.cores[l].replica().term(), term);
+    assert_eq!(g.cores[f].replica().term(), term);
+    assert_eq!(g.cores[f].replica().leader_id(), l as u64 + 1);
 }
