@@ -44,6 +44,8 @@ pub struct DiskState {
     applied: (u64, u64),
     /// Unsynced writes, oldest first, each as the changes that undo it.
     unsynced: Vec<Vec<Undo>>,
+    /// Synced writes so far (each one an fsync on a real disk).
+    synced_writes: u64,
 }
 
 impl DiskState {
@@ -97,6 +99,9 @@ impl DiskState {
     }
 
     fn finish(&mut self, undo: Option<Vec<Undo>>, sync: bool) {
+        if sync {
+            self.synced_writes += 1;
+        }
         match undo {
             Some(u) if !sync => self.unsynced.push(u),
             _ => self.unsynced.clear(),
@@ -125,6 +130,11 @@ impl MemDisk {
     /// Locks the disk's state.
     pub fn lock(&self) -> MutexGuard<'_, DiskState> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Synced writes so far: what would be fsyncs on a real disk.
+    pub fn synced_writes(&self) -> u64 {
+        self.lock().synced_writes
     }
 
     /// Unsynced writes that a crash may lose.

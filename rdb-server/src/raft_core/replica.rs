@@ -88,6 +88,9 @@ pub struct Replica<S: LogStore, A: Application> {
     /// Whether entries and hard state are synced before messages that depend on them leave.
     /// Always true outside tests of the simulation itself.
     sync_log: bool,
+    /// Term and vote as last written to the log store: a Ready whose hard state changes
+    /// neither (only the commit index) and carries no entries needs no fsync.
+    persisted_term_vote: (u64, u64),
     logger: Logger,
 }
 
@@ -145,6 +148,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
                 raw.tick();
             }
         }
+        let (term, vote) = (raw.raft.term, raw.raft.vote);
         let mut replica = Replica {
             raw,
             app,
@@ -157,6 +161,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             active_ticks: cfg.election_ticks as u64,
             snapshot_delivered: BTreeMap::new(),
             sync_log: true,
+            persisted_term_vote: (term, vote),
             logger,
         };
         replica.keep_new_members_off_the_initial_log()?;
@@ -398,13 +403,24 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             out.read_states = ready.take_read_states();
         }
         // Entries and hard state: one atomic write, synced, before anything depending on them
-        // (votes, append responses, acknowledgements) leaves this replica.
+        // (votes, append responses, acknowledgements) leaves this replica. As etcd's MustSync
+        // decides: only new entries, a new term or a new vote need the fsync. A write that only
+        // raises the commit index goes unsynced (the next synced write carries it to disk): a
+        // crash that loses it leaves a lower commit index, which the applied index and the
+        // log recover, and saves every commit advance (each write's second round on the
+        // leader, each heartbeat on a follower) an fsync before the answer.
         if !ready.entries().is_empty() || ready.hs().is_some() {
             let hs = ready.hs().cloned();
-            let sync = self.sync_log;
+            let term_vote = hs.as_ref().map(|h| (h.term, h.vote));
+            let must_sync = !ready.entries().is_empty()
+                || term_vote.is_some_and(|tv| tv != self.persisted_term_vote);
+            let sync = self.sync_log && must_sync;
             self.raw
                 .mut_store()
                 .append(ready.entries(), hs.as_ref(), sync)?;
+            if let Some(tv) = term_vote {
+                self.persisted_term_vote = tv;
+            }
         }
         if !ready.persisted_messages().is_empty() {
             sink.send(ready.take_persisted_messages());
