@@ -1,6 +1,8 @@
 //! Membership: list the members, add, promote and remove them (the `MemberList` and
 //! `MemberChange` calls).
 
+use tokio::time::Instant;
+
 use rdb_proto::kv::{
     Member, MemberChangeRequest, MemberChangeStep, MemberChangeType, MemberListRequest, MemberRole,
 };
@@ -153,7 +155,10 @@ impl Client {
     }
 
     async fn member_list_from(&self, local: bool) -> Result<MemberList> {
-        let deadline = self.deadline();
+        self.member_list_until(local, self.deadline()).await
+    }
+
+    async fn member_list_until(&self, local: bool, deadline: Instant) -> Result<MemberList> {
         self.call_until(false, deadline, |mut c| async move {
             let r = c
                 .member_list(MemberListRequest { local })
@@ -192,7 +197,11 @@ impl Client {
             .await;
         match r {
             Ok(members) => Ok(members.into_iter().map(member_of).collect()),
-            Err(e) => match self.member_list().await {
+            // Whether the change took effect after all is checked within the same deadline, so
+            // a failing change never takes longer than one deadline to say so. With no time
+            // left, the outcome stays the error (unknown, for an indeterminate one).
+            Err(e) if Instant::now() >= deadline => Err(e),
+            Err(e) => match self.member_list_until(false, deadline).await {
                 Ok(list) if changes.iter().all(|c| c.holds_in(&list)) => Ok(list.members),
                 _ => Err(e),
             },

@@ -319,3 +319,33 @@ async fn a_change_survives_kill_9_of_the_leader_and_every_node_agrees() {
     })
     .await;
 }
+
+/// A change that cannot commit (two of three voters down) fails within the client's one
+/// deadline: the check whether it took effect after all shares that deadline instead of
+/// starting a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_commit_fails_within_one_deadline() {
+    let mut c = TestCluster::start(3);
+    let l = c.wait_leader(SECS(10)).await;
+    for id in (1..=3).filter(|&i| i != l) {
+        c.kill(id);
+    }
+    let opts = rdb_client::Options {
+        deadline: SECS(3),
+        ..rdb_tests::cluster::quick_options()
+    };
+    let client = Client::with_options(vec![c.nodes[(l - 1) as usize].client_addr.clone()], opts)
+        .expect("client");
+    let started = std::time::Instant::now();
+    let r = client
+        .change_members(&[MemberChange::AddLearner {
+            id: 9,
+            peer_addr: "127.0.0.1:1".into(),
+            client_addr: "127.0.0.1:2".into(),
+        }])
+        .await;
+    let took = started.elapsed();
+    assert!(r.is_err(), "a minority committed a change: {r:?}");
+    // One deadline (3 s) plus slack for the last attempt; two deadlines would be 6 s.
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+}
