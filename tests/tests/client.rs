@@ -301,3 +301,51 @@ async fn batch_calls_write_all_or_nothing_and_read_as_of_one_index() {
         "a key without a value is refused"
     );
 }
+
+/// `rdb-cli bench`'s YCSB mixes against real processes: ycsb-a issues reads and updates, ycsb-e
+/// scans and inserts, each kind counted in the JSON line, with no errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_bench_runs_ycsb_mixes_and_counts_every_kind() {
+    let c = TestCluster::start(3);
+    c.wait_leader(SECS(10)).await;
+    for (workload, kinds) in [
+        ("ycsb-a", ["read", "update"]),
+        ("ycsb-e", ["scan", "insert"]),
+    ] {
+        let o = cli(
+            &c,
+            &[
+                "-o",
+                "json",
+                "bench",
+                "--workload",
+                workload,
+                "--keys",
+                "300",
+                "--clients",
+                "8",
+                "--connections",
+                "2",
+                "--duration-secs",
+                "3",
+            ],
+            b"",
+        );
+        assert!(o.status.success(), "{workload}: {}", explain(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{workload}: no JSON summary ({e}): {}", explain(&o)));
+        assert_eq!(v["workload"], workload);
+        assert_eq!(v["errors"], 0, "{workload}: {line}");
+        assert_eq!(v["distribution"], "zipfian", "{workload}: {line}");
+        for kind in kinds {
+            let ops = v["ops_by_kind"][kind]["ops"].as_u64().unwrap_or(0);
+            assert!(ops > 0, "{workload}: no {kind} ops: {line}");
+        }
+        if workload == "ycsb-e" {
+            let rows = v["ops_by_kind"]["scan"]["rows"].as_u64().unwrap_or(0);
+            assert!(rows > 0, "ycsb-e scans returned no rows: {line}");
+        }
+    }
+}
