@@ -3,7 +3,8 @@
 # three-node cluster of build A, then one of build B (interleaved, so drift in disk and CPU
 # steal hits both alike), SECONDS of `rdb-cli bench` each. Prints every run and the medians.
 # Usage:
-#   bash scripts/bench-ab.sh DIR_A DIR_B [RUNS=3] [SECONDS=10]
+#   bash scripts/bench-ab.sh DIR_A DIR_B [RUNS=3] [SECONDS=10] [ROWS="64/8 256/16"]
+# ROWS are CLIENTS/CONNECTIONS pairs, e.g. "1/1 16/4 64/8 256/16".
 # DIR_A and DIR_B hold release `rdb-server` and `rdb-cli` binaries (e.g. a copy of
 # target/release from before a change, and target/release after it).
 set -euo pipefail
@@ -12,6 +13,7 @@ dir_a=${1:?usage: bench-ab.sh DIR_A DIR_B [RUNS] [SECONDS]}
 dir_b=${2:?usage: bench-ab.sh DIR_A DIR_B [RUNS] [SECONDS]}
 runs=${3:-3}
 secs=${4:-10}
+rows=${5:-"64/8 256/16"}
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
 
@@ -32,8 +34,8 @@ one() { # BIN_DIR LABEL ROW_ARGS...
 }
 
 for r in $(seq 1 "$runs"); do
-  for row in "64 8" "256 16"; do
-    set -- $row
+  for row in $rows; do
+    set -- ${row/\// }
     one "$dir_a" "A" --workload put --clients "$1" --connections "$2" --keys 100000
     one "$dir_b" "B" --workload put --clients "$1" --connections "$2" --keys 100000
   done
@@ -50,8 +52,9 @@ for line in open(sys.argv[1]):
     rows.setdefault((r["clients"], r["connections"], label), []).append(r)
 for (c, n, label), rs in sorted(rows.items()):
     ops = [r["ops_per_sec"] for r in rs]
-    print("MEDIAN %s put %d/%d ops/s %8.0f  p99 %6.2f ms  errors %d  (runs: %s)" % (
-        label, c, n, statistics.median(ops), statistics.median(r["p99_ms"] for r in rs),
+    print("MEDIAN %s put %d/%d ops/s %8.0f  p50 %6.2f ms  p99 %6.2f ms  errors %d  (runs: %s)" % (
+        label, c, n, statistics.median(ops), statistics.median(r["p50_ms"] for r in rs),
+        statistics.median(r["p99_ms"] for r in rs),
         sum(r["errors"] for r in rs), ", ".join("%.0f" % o for o in ops)))
 PY
 rm -f "$results"

@@ -5,7 +5,9 @@
 # the two systems alternating (etcd first in odd rounds, rdb first in even ones), with the same
 # load generator (`kvbench`, tests/src/bin/kvbench.rs): 256-byte values, 100,000 keys. Prints
 # every run, then per row the ops/s of each round, the per-round ratio rdb/etcd, the median p50
-# and p99, and the servers' CPU seconds per 1,000 operations; then each server's RSS and data size.
+# and p99, the servers' CPU seconds per 1,000 operations, and for puts the WAL fsyncs per second
+# (summed over the three members, from their Prometheus metrics) and puts per fsync per member;
+# then each server's RSS and data size.
 # Usage:
 #   bash scripts/bench-etcd.sh [ROUNDS=3] [SECONDS=10] [ROWS]
 # ROWS (optional) is a space-separated subset of: put1 put16 put64 put256 get64 sget64, and
@@ -45,6 +47,7 @@ for i in 1 2 3; do
 done
 initial=${initial%,}
 etcd_endpoints=""
+etcd_metrics=()
 for i in 1 2 3; do
   cp=${ep[$(( 2 * i - 2 ))]}; pp=${ep[$(( 2 * i - 1 ))]}
   etcd --name "e$i" --data-dir "$work/etcd$i" \
@@ -54,6 +57,7 @@ for i in 1 2 3; do
     --logger zap --log-level warn >"$work/etcd$i.log" 2>&1 &
   etcd_pids+=($!)
   etcd_endpoints+="127.0.0.1:$cp,"
+  etcd_metrics+=("http://127.0.0.1:$cp/metrics")
 done
 etcd_endpoints=${etcd_endpoints%,}
 until "$kvbench" --backend etcd --endpoints "$etcd_endpoints" --clients 1 --connections 1 \
@@ -66,15 +70,19 @@ mkdir -p "$work/rdb"
 rdb_start_bench_cluster "$work/rdb" warning
 rdb_endpoints=$endpoints
 rdb_pids=("${pids[@]}")
+rdb_metrics=("${metrics_urls[@]}")
 
-cpu_ticks() { # summed utime+stime of the given pids, in clock ticks
-  local t=0 p f
-  for p in "$@"; do
-    read -r -a f < "/proc/$p/stat"
-    t=$(( t + f[13] + f[14] ))
-  done
-  echo $t
+fsyncs() { # SYSTEM: WAL fsyncs so far, summed over the members
+  local u
+  if [ "$1" = etcd ]; then
+    for u in "${etcd_metrics[@]}"; do curl -sf "$u" || true; done |
+      awk '/^etcd_disk_wal_fsync_duration_seconds_count/ {n += $2} END {printf "%d\n", n}'
+  else
+    for u in "${rdb_metrics[@]}"; do curl -sf "$u" || true; done |
+      awk '/^rdb_raft_log_fsync_seconds_count/ {n += $2} END {printf "%d\n", n}'
+  fi
 }
+
 results="$work/results.txt"
 one() { # one SYSTEM ROW
   local sys=$1 row=$2 eps args before after line
@@ -89,14 +97,17 @@ one() { # one SYSTEM ROW
       if [ "$sys" = rdb ]; then args+=(--leader-reads); fi ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
+  local f0 f1
+  f0=$(fsyncs "$sys")
   if [ "$sys" = etcd ]; then
-    eps=$etcd_endpoints; before=$(cpu_ticks "${etcd_pids[@]}")
+    eps=$etcd_endpoints; before=$(rdb_cpu_ticks "${etcd_pids[@]}")
   else
-    eps=$rdb_endpoints; before=$(cpu_ticks "${rdb_pids[@]}")
+    eps=$rdb_endpoints; before=$(rdb_cpu_ticks "${rdb_pids[@]}")
   fi
   line=$("$kvbench" --backend "$sys" --endpoints "$eps" --duration-secs "$secs" "${args[@]}")
-  if [ "$sys" = etcd ]; then after=$(cpu_ticks "${etcd_pids[@]}"); else after=$(cpu_ticks "${rdb_pids[@]}"); fi
-  echo "$row $sys $(( after - before )) $line" | tee -a "$results"
+  if [ "$sys" = etcd ]; then after=$(rdb_cpu_ticks "${etcd_pids[@]}"); else after=$(rdb_cpu_ticks "${rdb_pids[@]}"); fi
+  f1=$(fsyncs "$sys")
+  echo "$row $sys $(( after - before )) $(( f1 - f0 )) $line" | tee -a "$results"
 }
 
 echo "rdb vs etcd ($(etcd --version | head -n 1)), $rounds rounds of $secs s per row"
@@ -121,9 +132,10 @@ tck = float(sys.argv[2])
 runs = {}
 order = []
 for line in open(sys.argv[1]):
-    row, sysname, ticks, js = line.split(" ", 3)
+    row, sysname, ticks, syncs, js = line.split(" ", 4)
     r = json.loads(js)
     r["cpu_s"] = int(ticks) / tck
+    r["fsyncs"] = int(syncs)
     if row not in order:
         order.append(row)
     runs.setdefault((row, sysname), []).append(r)
@@ -145,6 +157,17 @@ for row in order:
         med(r["p50_ms"] for r in e), med(r["p50_ms"] for r in d),
         med(r["p99_ms"] for r in e), med(r["p99_ms"] for r in d),
         cpu(e), cpu(d)))
+print()
+print("| put row | fsyncs/s etcd / rdb (3 members) | puts per fsync per member etcd / rdb |")
+print("|---|---|---|")
+for row in order:
+    if not row.startswith("put"):
+        continue
+    e, d = runs[(row, "etcd")], runs[(row, "rdb")]
+    # fsyncs over the run's seconds (ops / ops_per_sec).
+    rate = lambda rs: med(r["fsyncs"] * r["ops_per_sec"] / r["ops"] for r in rs if r["ops"])
+    per = lambda rs: med(3 * r["ops"] / r["fsyncs"] for r in rs if r["fsyncs"])
+    print("| %s | %.0f / %.0f | %.2f / %.2f |" % (names.get(row, row), rate(e), rate(d), per(e), per(d)))
 errs = sum(r["errors"] for rs in runs.values() for r in rs)
 print("\nerrors: %d" % errs)
 PY

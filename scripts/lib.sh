@@ -42,23 +42,37 @@ print(" ".join(map(str, ports)))
 PY
 }
 
+# Summed user + system CPU time of the given pids so far, in clock ticks (getconf CLK_TCK).
+rdb_cpu_ticks() {
+  local t=0 p f
+  for p in "$@"; do
+    read -r -a f < "/proc/$p/stat"
+    t=$(( t + f[13] + f[14] ))
+  done
+  echo $t
+}
+
 # Milliseconds since the epoch.
 rdb_now_ms() {
   echo $(( $(date +%s%N) / 1000000 ))
 }
 
-# Writes a cluster config with N nodes on free ports into DIR/cluster.toml.
+# Writes a cluster config with N nodes on free ports into DIR/cluster.toml; with a third
+# argument `metrics`, each node also serves Prometheus metrics on a free port.
 rdb_write_config() {
-  local dir=$1 n=$2 i ports
-  read -r -a ports <<< "$(rdb_free_ports $(( 2 * n )))"
+  local dir=$1 n=$2 metrics=${3:-} i ports
+  read -r -a ports <<< "$(rdb_free_ports $(( 3 * n )))"
   {
     echo "cluster_id = 42"
     for i in $(seq 1 "$n"); do
       echo "[[nodes]]"
       echo "id = $i"
-      echo "peer_addr = \"127.0.0.1:${ports[$(( 2 * i - 2 ))]}\""
-      echo "client_addr = \"127.0.0.1:${ports[$(( 2 * i - 1 ))]}\""
+      echo "peer_addr = \"127.0.0.1:${ports[$(( 3 * i - 3 ))]}\""
+      echo "client_addr = \"127.0.0.1:${ports[$(( 3 * i - 2 ))]}\""
       echo "data_dir = \"$dir/node$i\""
+      if [ "$metrics" = metrics ]; then
+        echo "metrics_addr = \"127.0.0.1:${ports[$(( 3 * i - 1 ))]}\""
+      fi
     done
   } > "$dir/cluster.toml"
 }
@@ -86,18 +100,30 @@ rdb_bench_bin() {
 }
 
 # Starts a three-node cluster of "$bin/rdb-server" in DIR with log level LEVEL, appending each
-# node's pid to the array `pids` and its log to DIR/nI.log; sets `endpoints` and returns once
-# a node reports itself leader.
+# node's pid to the array `pids` and its log to DIR/nI.log; sets `endpoints`, and
+# `metrics_urls` (each node's Prometheus endpoint), and returns once a node reports itself leader.
 rdb_start_bench_cluster() {
-  local dir=$1 level=$2 i
-  rdb_write_config "$dir" 3
+  local dir=$1 level=$2 i p started=()
+  rdb_write_config "$dir" 3 metrics
   printf '[settings]\nlog_level = "%s"\n' "$level" >> "$dir/cluster.toml"
   for i in 1 2 3; do
     "$bin/rdb-server" --config "$dir/cluster.toml" --node-id "$i" 2>"$dir/n$i.log" &
     pids+=($!)
+    started+=($!)
+  done
+  metrics_urls=()
+  for p in $(grep metrics_addr "$dir/cluster.toml" | sed 's/.*"\(.*\)"/\1/'); do
+    metrics_urls+=("http://$p/metrics")
   done
   endpoints=$(rdb_endpoints "$dir/cluster.toml")
   until "$bin/rdb-cli" --endpoints "$endpoints" --timeout-ms 500 status 2>/dev/null | grep -q leader; do
+    for i in 1 2 3; do
+      if ! kill -0 "${started[$(( i - 1 ))]}" 2>/dev/null; then
+        echo "rdb-server node $i exited at start:" >&2
+        tail -n 5 "$dir/n$i.log" >&2
+        return 1
+      fi
+    done
     sleep 0.2
   done
 }
