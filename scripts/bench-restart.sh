@@ -45,7 +45,7 @@ for r in $(seq 1 "$rounds"); do
   until "${cli[@]}" --timeout-ms 200 get restart-probe >/dev/null 2>&1; do :; done
   took=$(( $(rdb_now_ms) - start ))
   times+=("$took")
-  rss=$(for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$p/status"; done | paste -sd/ -)
+  rss=$(for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d\n", $2 / 1024}' "/proc/$p/status"; done | paste -sd/ -)
   echo "round $r: kill -9 of all three to a linearizable get: $took ms (RSS $rss MiB)"
 done
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR] = $1} END {print "median: " a[int((NR + 1) / 2)] " ms"}'
