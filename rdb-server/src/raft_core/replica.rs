@@ -135,6 +135,8 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         info!(logger, "replica started"; "applied" => applied,
             "term" => raw.raft.term, "vote" => raw.raft.vote, "commit" => raw.raft.raft_log.committed,
             "last_index" => raw.raft.raft_log.last_index());
+        // What the disk holds, before a campaign below changes term and vote in memory only.
+        let (term, vote) = (raw.raft.term, raw.raft.vote);
         // A lone voter need not wait an election timeout to lead.
         if raw.raft.prs().conf().voters().ids().iter().eq([cfg.id]) {
             raw.campaign()?;
@@ -148,7 +150,6 @@ impl<S: LogStore, A: Application> Replica<S, A> {
                 raw.tick();
             }
         }
-        let (term, vote) = (raw.raft.term, raw.raft.vote);
         let mut replica = Replica {
             raw,
             app,
