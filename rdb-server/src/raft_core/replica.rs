@@ -143,9 +143,10 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         } else if raw.raft.promotable() {
             // etcd's initial election tick advance: start one tick short of the election
             // timeout, so a group restarted together elects within one randomised spread
-            // (0.1-1 s by default) instead of a whole timeout plus the spread. A node that
-            // restarts beside a live leader disrupts nothing: peers that hear from the leader
-            // refuse its pre-vote (check-quorum), and pre-votes change no term.
+            // (50 ms-1.05 s with the default 50 ms ticks) instead of a whole timeout plus the
+            // spread. A node that restarts beside a live leader disrupts nothing: peers that
+            // hear from the leader refuse its pre-vote (check-quorum), and pre-votes change no
+            // term.
             for _ in 1..cfg.election_ticks {
                 raw.tick();
             }
