@@ -19,30 +19,98 @@
 //! entries must find the records they found the first time, so a record may only go once the
 //! applied index that killed it is on disk (the next synced write makes it so).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rocksdb::compaction_filter::Decision;
 
-use crate::keys::{DEDUP_EXPIRY_PREFIX, DEDUP_PREFIX};
+use crate::keys::{DEDUP_EXPIRY_PREFIX, DEDUP_PREFIX, REGION_PREFIX};
 use crate::Index;
 
 /// Length of a dedup record's key: prefix, client id, seq.
 const DEDUP_KEY_LEN: usize = 17;
+/// Length of a region's dedup record key: `r`, region id, then a static node's dedup key.
+const REGION_DEDUP_KEY_LEN: usize = 9 + DEDUP_KEY_LEN;
 /// Length of the expiry keys that earlier versions wrote beside each dedup record.
 const LEGACY_EXPIRY_KEY_LEN: usize = 25;
 
 /// Whether the `data` family record (`key`, `value`) is a dedup record that no entry after
 /// `applied` can read (or an expiry key of an earlier version, which nothing reads), so that
 /// comparisons of replicas must skip it.
+///
+/// A region's records (`r` + id + `s` ...) count by that region's applied index: callers pass
+/// the applied index of the group whose records they read.
 pub fn is_dead(key: &[u8], value: &[u8], applied: Index, window: u64) -> bool {
-    match (key.first(), key.len()) {
-        (Some(&DEDUP_EXPIRY_PREFIX), LEGACY_EXPIRY_KEY_LEN) => true,
-        (Some(&DEDUP_PREFIX), DEDUP_KEY_LEN) => {
+    match classify(key) {
+        Kind::LegacyExpiry => true,
+        Kind::Dedup(_) => {
             record_index(value).is_some_and(|at| at.saturating_add(window) <= applied)
         }
-        _ => false,
+        Kind::Other => false,
+    }
+}
+
+/// What a `data` record is, for expiry.
+enum Kind {
+    /// An expiry key of an earlier version.
+    LegacyExpiry,
+    /// A dedup record of a static node (`None`) or of a region.
+    Dedup(Option<u64>),
+    /// Anything else: never dropped.
+    Other,
+}
+
+fn classify(key: &[u8]) -> Kind {
+    match (key.first(), key.len()) {
+        (Some(&DEDUP_EXPIRY_PREFIX), LEGACY_EXPIRY_KEY_LEN) => Kind::LegacyExpiry,
+        (Some(&DEDUP_PREFIX), DEDUP_KEY_LEN) => Kind::Dedup(None),
+        (Some(&REGION_PREFIX), REGION_DEDUP_KEY_LEN) if key[9] == DEDUP_PREFIX => {
+            match key[1..9].try_into() {
+                Ok(id) => Kind::Dedup(Some(u64::from_be_bytes(id))),
+                Err(_) => Kind::Other,
+            }
+        }
+        _ => Kind::Other,
+    }
+}
+
+/// The horizons of every group in one database: a static node's, or each region's (registered
+/// when the store opens the region's view). The compaction filter reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Horizons {
+    node: Arc<AtomicU64>,
+    regions: RwLock<HashMap<u64, Arc<AtomicU64>>>,
+}
+
+impl Horizons {
+    /// A set whose static-node horizon is `node`'s.
+    pub(crate) fn new(node: &DedupHorizon) -> Horizons {
+        Horizons {
+            node: node.shared(),
+            regions: RwLock::default(),
+        }
+    }
+
+    /// Makes compaction follow `h` for region `id`'s records (replacing an earlier view's).
+    pub(crate) fn register(&self, id: u64, h: &DedupHorizon) {
+        self.regions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, h.shared());
+    }
+
+    /// The horizon for records of `region`, if its group is known; 0 (nothing) otherwise.
+    fn of(&self, region: Option<u64>) -> Index {
+        match region {
+            None => self.node.load(Ordering::Acquire),
+            Some(id) => self
+                .regions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .map_or(0, |h| h.load(Ordering::Acquire)),
+        }
     }
 }
 
@@ -52,18 +120,18 @@ pub(crate) fn record_index(value: &[u8]) -> Option<Index> {
 }
 
 /// The compaction filter of the `data` family: drops dedup records written at or below the
-/// horizon, and expiry keys of earlier versions. Everything else is kept.
-pub(crate) fn filter(horizon: Arc<AtomicU64>) -> impl FnMut(u32, &[u8], &[u8]) -> Decision {
-    move |_level, key, value| match (key.first(), key.len()) {
-        (Some(&DEDUP_EXPIRY_PREFIX), LEGACY_EXPIRY_KEY_LEN) => Decision::Remove,
-        (Some(&DEDUP_PREFIX), DEDUP_KEY_LEN) => {
-            let h = horizon.load(Ordering::Acquire);
+/// horizon of their group, and expiry keys of earlier versions. Everything else is kept.
+pub(crate) fn filter(horizons: Arc<Horizons>) -> impl FnMut(u32, &[u8], &[u8]) -> Decision {
+    move |_level, key, value| match classify(key) {
+        Kind::LegacyExpiry => Decision::Remove,
+        Kind::Dedup(region) => {
+            let h = horizons.of(region);
             match record_index(value) {
-                Some(at) if at <= h => Decision::Remove,
+                Some(at) if h > 0 && at <= h => Decision::Remove,
                 _ => Decision::Keep,
             }
         }
-        _ => Decision::Keep,
+        Kind::Other => Decision::Keep,
     }
 }
 
@@ -228,12 +296,37 @@ mod tests {
         assert_eq!(h.current(), 90, "an unsynced apply batch kills nothing");
         h.synced(120);
         assert_eq!(h.current(), 110);
-        let mut f = filter(h.shared());
+        let mut f = filter(Arc::new(Horizons::new(&h)));
         assert!(matches!(
             f(0, &dedup_key(1, 1), &rec(110)),
             Decision::Remove
         ));
         assert!(matches!(f(0, &dedup_key(1, 1), &rec(111)), Decision::Keep));
         assert!(matches!(f(0, b"d90", &rec(1)), Decision::Keep));
+    }
+
+    #[test]
+    fn a_region_s_records_follow_that_region_s_horizon_only() {
+        use crate::keys::Space;
+        let node = DedupHorizon::default();
+        let horizons = Arc::new(Horizons::new(&node));
+        let r7 = DedupHorizon::default();
+        r7.configure(10, 100);
+        horizons.register(7, &r7);
+        let mut f = filter(horizons.clone());
+        let k7 = Space::Region(7).dedup_key(1, 1);
+        let k8 = Space::Region(8).dedup_key(1, 1);
+        assert!(matches!(f(0, &k7, &rec(90)), Decision::Remove));
+        assert!(matches!(f(0, &k7, &rec(91)), Decision::Keep));
+        assert!(
+            matches!(f(0, &k8, &rec(1)), Decision::Keep),
+            "a region without a view on this store keeps its records"
+        );
+        assert!(is_dead(&k7, &rec(90), 100, 10));
+        assert!(!is_dead(&k7, &rec(91), 100, 10));
+        assert!(
+            matches!(f(0, &dedup_key(1, 1), &rec(1)), Decision::Keep),
+            "the static node's horizon is still 0"
+        );
     }
 }

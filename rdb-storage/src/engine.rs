@@ -11,8 +11,8 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
-use crate::dedup::{self, DedupHorizon};
-use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::dedup::{self, DedupHorizon, Horizons};
+use crate::keys::{self, Space, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::snapshot::{self, SnapshotDescriptor};
 use crate::{Error, Index, Result, Term};
 
@@ -50,10 +50,16 @@ const DURABLE_INDEX_FILE: &str = "RDB_DURABLE_INDEX";
 /// Version tag of the stored [`ApplySettings`] record.
 const APPLY_SETTINGS_V1: u64 = 1;
 
-/// A node's RocksDB database. Cheap to clone; safe to share between threads.
+/// A node's RocksDB database, seen as one Raft group's storage: a static node's one group, or
+/// one region of a PD-mode store ([`Engine::region`]). Cheap to clone; safe to share between
+/// threads.
 #[derive(Clone)]
 pub struct Engine {
     db: Arc<DB>,
+    /// Whose Raft records this view reads and writes.
+    space: Space,
+    /// The dedup horizons of every group of the database, for the compaction filter.
+    horizons: Arc<Horizons>,
     /// Odd while a snapshot install replaces the user data; bumped at its start and end, so a
     /// read that saw the same even value before and after did not overlap an install.
     install_gen: Arc<AtomicU64>,
@@ -67,6 +73,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("path", &self.db.path())
+            .field("space", &self.space)
             .finish()
     }
 }
@@ -142,7 +149,8 @@ impl Engine {
         data_opts.set_block_based_table_factory(&data_table);
         // Dead dedup records go with compaction instead of costing each write deletes.
         let dedup = Arc::new(DedupHorizon::default());
-        data_opts.set_compaction_filter("rdb-dead-dedup-records", dedup::filter(dedup.shared()));
+        let horizons = Arc::new(Horizons::new(&dedup));
+        data_opts.set_compaction_filter("rdb-dead-dedup-records", dedup::filter(horizons.clone()));
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RAFT_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_RAFT_STATE, Options::default()),
@@ -164,6 +172,8 @@ impl Engine {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut engine = Engine {
             db: Arc::new(db),
+            space: Space::Node,
+            horizons,
             install_gen: Arc::new(AtomicU64::new(0)),
             recovered_install: None,
             dedup,
@@ -179,14 +189,55 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The view of region `id` of a PD-mode store over the same database: its own Raft keys,
+    /// apply record, dedup records (with a dedup horizon of their own) and snapshot folder.
+    /// Finishes a snapshot install of the region that a crash interrupted. Keep one view per
+    /// region at a time (clones share it): a new view takes over the region's dedup horizon.
+    pub fn region(&self, id: u64) -> Result<Engine> {
+        if id == 0 {
+            return Err(Error::Corrupt("region id 0".into()));
+        }
+        let dedup = Arc::new(DedupHorizon::default());
+        self.horizons.register(id, &dedup);
+        let mut view = Engine {
+            db: self.db.clone(),
+            space: Space::Region(id),
+            horizons: self.horizons.clone(),
+            install_gen: Arc::new(AtomicU64::new(0)),
+            recovered_install: None,
+            dedup,
+        };
+        if let Some(desc) = snapshot::pending_install(&view)? {
+            snapshot::finish_install(&view, &desc)?;
+            view.recovered_install = Some(desc);
+        }
+        snapshot::remove_all_files(&view.snap_dir())?;
+        Ok(view)
+    }
+
+    /// Whose Raft records this view reads and writes.
+    pub fn space(&self) -> Space {
+        self.space
+    }
+
+    /// Key of one of this group's records in `raft_state`.
+    pub(crate) fn state_key(&self, name: &[u8]) -> Vec<u8> {
+        self.space.state_key(name)
+    }
+
     /// The interrupted snapshot install that opening this database finished, if any.
     pub fn recovered_install(&self) -> Option<SnapshotDescriptor> {
         self.recovered_install
     }
 
-    /// Where snapshot files of this database are kept: `<data_dir>/snap`.
+    /// Where snapshot files of this group are kept: `<data_dir>/snap`, or `<data_dir>/snap/r<id>`
+    /// for a region.
     pub fn snap_dir(&self) -> PathBuf {
-        snapshot::snap_dir(self.db.path())
+        let dir = snapshot::snap_dir(self.db.path());
+        match self.space {
+            Space::Node => dir,
+            Space::Region(id) => dir.join(format!("r{id}")),
+        }
     }
 
     /// Which dedup records compaction may drop; views of the data pin it (see [`crate::dedup`]).
@@ -307,8 +358,16 @@ impl Engine {
                 };
                 let mut batch = WriteBatch::default();
                 let state = self.cf(CF_RAFT_STATE);
-                batch.put_cf(state, keys::CONF_STATE_KEY, cs.write_to_bytes()?);
-                batch.put_cf(state, keys::INITIAL_CONF_STATE_KEY, cs.write_to_bytes()?);
+                batch.put_cf(
+                    state,
+                    self.state_key(keys::CONF_STATE_KEY),
+                    cs.write_to_bytes()?,
+                );
+                batch.put_cf(
+                    state,
+                    self.state_key(keys::INITIAL_CONF_STATE_KEY),
+                    cs.write_to_bytes()?,
+                );
                 for m in members {
                     batch.put_cf(
                         self.cf(CF_DATA),
@@ -318,16 +377,24 @@ impl Engine {
                 }
                 batch.put_cf(
                     state,
-                    keys::HARD_STATE_KEY,
+                    self.state_key(keys::HARD_STATE_KEY),
                     HardState::default().write_to_bytes()?,
                 );
-                batch.put_cf(state, keys::APPLY_STATE_KEY, keys::encode_pair(0, 0));
                 batch.put_cf(
-                    self.cf(CF_DATA),
-                    keys::DATA_APPLY_STATE_KEY,
+                    state,
+                    self.state_key(keys::APPLY_STATE_KEY),
                     keys::encode_pair(0, 0),
                 );
-                batch.put_cf(state, keys::TRUNCATED_STATE_KEY, keys::encode_pair(0, 0));
+                batch.put_cf(
+                    self.cf(CF_DATA),
+                    self.space.data_apply_key(),
+                    keys::encode_pair(0, 0),
+                );
+                batch.put_cf(
+                    state,
+                    self.state_key(keys::TRUNCATED_STATE_KEY),
+                    keys::encode_pair(0, 0),
+                );
                 // Identity last in the batch, but the batch is atomic anyway.
                 batch.put_cf(
                     state,
@@ -345,7 +412,7 @@ impl Engine {
     /// Returns true when the settings were recorded now (a new directory, or one created before
     /// settings were recorded).
     pub fn check_apply_settings(&self, configured: ApplySettings) -> Result<bool> {
-        match self.get_pair(keys::APPLY_SETTINGS_KEY)? {
+        match self.get_store_pair(keys::APPLY_SETTINGS_KEY)? {
             Some((APPLY_SETTINGS_V1, dedup_window)) => {
                 if dedup_window != configured.dedup_window {
                     return Err(Error::SettingChanged {
@@ -380,7 +447,7 @@ impl Engine {
         let state = self.apply_state()?;
         let data = match self
             .db
-            .get_cf(self.cf(CF_DATA), keys::DATA_APPLY_STATE_KEY)?
+            .get_cf(self.cf(CF_DATA), self.space.data_apply_key())?
         {
             Some(v) => {
                 let (index, term) = keys::decode_pair(&v).ok_or_else(|| {
@@ -456,18 +523,31 @@ impl Engine {
         self.get_proto(keys::HARD_STATE_KEY)
     }
 
-    fn get_proto<M: protobuf::Message>(&self, key: &[u8]) -> Result<Option<M>> {
-        match self.db.get_cf(self.cf(CF_RAFT_STATE), key)? {
+    fn get_proto<M: protobuf::Message>(&self, name: &[u8]) -> Result<Option<M>> {
+        match self
+            .db
+            .get_cf(self.cf(CF_RAFT_STATE), self.state_key(name))?
+        {
             None => Ok(None),
             Some(v) => Ok(Some(M::parse_from_bytes(&v)?)),
         }
     }
 
-    pub(crate) fn get_pair(&self, key: &[u8]) -> Result<Option<(u64, u64)>> {
+    /// One of this group's 16-byte records of `raft_state`, by name.
+    pub(crate) fn get_pair(&self, name: &[u8]) -> Result<Option<(u64, u64)>> {
+        self.get_raw_pair(&self.state_key(name), name)
+    }
+
+    /// A 16-byte record of the whole store (identity, apply settings), by name.
+    fn get_store_pair(&self, name: &[u8]) -> Result<Option<(u64, u64)>> {
+        self.get_raw_pair(name, name)
+    }
+
+    fn get_raw_pair(&self, key: &[u8], name: &[u8]) -> Result<Option<(u64, u64)>> {
         match self.db.get_cf(self.cf(CF_RAFT_STATE), key)? {
             None => Ok(None),
             Some(v) => keys::decode_pair(&v).map(Some).ok_or_else(|| {
-                Error::Corrupt(format!("{} is not 16 bytes", String::from_utf8_lossy(key)))
+                Error::Corrupt(format!("{} is not 16 bytes", String::from_utf8_lossy(name)))
             }),
         }
     }
@@ -503,8 +583,12 @@ impl Engine {
             }
         }
         let pair = keys::encode_pair(applied.0, applied.1);
-        wb.put_cf(self.cf(CF_RAFT_STATE), keys::APPLY_STATE_KEY, pair);
-        wb.put_cf(data, keys::DATA_APPLY_STATE_KEY, pair);
+        wb.put_cf(
+            self.cf(CF_RAFT_STATE),
+            self.state_key(keys::APPLY_STATE_KEY),
+            pair,
+        );
+        wb.put_cf(data, self.space.data_apply_key(), pair);
         self.write(wb, false)
     }
 
@@ -620,10 +704,11 @@ impl Engine {
     /// Compacts the files of the log column family below `index`, so entries removed by log
     /// compaction stop taking disk space. Slow; call it off the Raft task.
     pub fn compact_log_files(&self, index: Index) {
+        let (lower, _) = self.space.log_bounds();
         self.db.compact_range_cf(
             self.cf(CF_RAFT_LOG),
-            None::<&[u8]>,
-            Some(&keys::raft_log_key(index)[..]),
+            Some(&lower[..]),
+            Some(&self.space.log_key(index)[..]),
         );
     }
 }

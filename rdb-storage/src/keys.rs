@@ -62,6 +62,154 @@ pub const DEDUP_PREFIX: u8 = b's';
 /// (`e` + applied index + client id + seq -> empty): compaction drops them, hashes skip them.
 pub const DEDUP_EXPIRY_PREFIX: u8 = b'e';
 
+/// Prefix of a region's own records in the `data` family (PD mode): `r` + region id (8 bytes
+/// big endian) + [`REGION_APPLY_SUFFIX`] (its applied index), [`REGION_META_SUFFIX`] (its
+/// range, epoch and peers) or [`DEDUP_PREFIX`] + client id + seq (its dedup records). In
+/// `raft_state` the same prefix carries the region's hard, conf, apply and truncated state.
+pub const REGION_PREFIX: u8 = b'r';
+/// After a region's prefix in `data`: its applied index and term (the `a` of a static node).
+pub const REGION_APPLY_SUFFIX: u8 = b'a';
+/// After a region's prefix in `data`: the region's `rdb.pd.Region` (range, epoch, peers),
+/// written by the apply batch that changed it, so snapshots carry it.
+pub const REGION_META_SUFFIX: u8 = b'm';
+
+/// Whose Raft group a key belongs to in a store's one RocksDB.
+///
+/// A static node (config-file cluster) hosts one group and keeps the layout it always had:
+/// unprefixed Raft keys, `a` and `s` records. A store in PD mode hosts many regions, each a
+/// Raft group whose log, Raft state and own records carry the region id, while user data stays
+/// shared under `d` and each region owns the keys of its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// The one group of a static node.
+    Node,
+    /// A region of a PD-mode store.
+    Region(u64),
+}
+
+impl Space {
+    /// Key of a log entry of this group.
+    pub fn log_key(self, index: Index) -> Vec<u8> {
+        match self {
+            Space::Node => raft_log_key(index).to_vec(),
+            Space::Region(id) => {
+                let mut k = Vec::with_capacity(16);
+                k.extend_from_slice(&id.to_be_bytes());
+                k.extend_from_slice(&index.to_be_bytes());
+                k
+            }
+        }
+    }
+
+    /// Index of a log entry key of this group; `None` for a key of another group or shape.
+    pub fn log_index(self, key: &[u8]) -> Option<Index> {
+        match self {
+            Space::Node => raft_log_index(key),
+            Space::Region(id) => {
+                let (r, idx) = key.split_at_checked(8)?;
+                if r != id.to_be_bytes() {
+                    return None;
+                }
+                raft_log_index(idx)
+            }
+        }
+    }
+
+    /// Bounds `[lower, upper)` of every log key of this group.
+    pub fn log_bounds(self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            Space::Node => (raft_log_key(0).to_vec(), vec![0xff; 9]),
+            Space::Region(id) => (id.to_be_bytes().to_vec(), (id + 1).to_be_bytes().to_vec()),
+        }
+    }
+
+    /// Key of one of this group's records in `raft_state` (hard state, conf state, ...).
+    pub fn state_key(self, name: &[u8]) -> Vec<u8> {
+        match self {
+            Space::Node => name.to_vec(),
+            Space::Region(id) => {
+                let mut k = region_prefix(id);
+                k.extend_from_slice(name);
+                k
+            }
+        }
+    }
+
+    /// Key of this group's applied index in `data` (beside the data it describes).
+    pub fn data_apply_key(self) -> Vec<u8> {
+        match self {
+            Space::Node => DATA_APPLY_STATE_KEY.to_vec(),
+            Space::Region(id) => {
+                let mut k = region_prefix(id);
+                k.push(REGION_APPLY_SUFFIX);
+                k
+            }
+        }
+    }
+
+    /// Key of the dedup record of one client request applied by this group.
+    pub fn dedup_key(self, client_id: u64, seq: u64) -> Vec<u8> {
+        match self {
+            Space::Node => dedup_key(client_id, seq).to_vec(),
+            Space::Region(id) => {
+                let mut k = region_prefix(id);
+                k.extend_from_slice(&dedup_key(client_id, seq));
+                k
+            }
+        }
+    }
+
+    /// Bounds `[lower, upper)` of this group's own records in `data` (a region's apply record,
+    /// meta and dedup records); `None` for a static node, whose records are the whole family.
+    pub fn own_records(self) -> Option<(Vec<u8>, Vec<u8>)> {
+        match self {
+            Space::Node => None,
+            Space::Region(id) => Some((region_prefix(id), region_prefix_end(id))),
+        }
+    }
+
+    /// The region id, if this is a region.
+    pub fn region_id(self) -> Option<u64> {
+        match self {
+            Space::Node => None,
+            Space::Region(id) => Some(id),
+        }
+    }
+}
+
+/// `r` + region id: the start of a region's own records (in `data` and `raft_state`).
+pub fn region_prefix(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.push(REGION_PREFIX);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Exclusive end of a region's own records.
+pub fn region_prefix_end(id: u64) -> Vec<u8> {
+    match id.checked_add(1) {
+        Some(next) => region_prefix(next),
+        None => vec![REGION_PREFIX + 1],
+    }
+}
+
+/// Key of a region's meta record in `data`.
+pub fn region_meta_key(id: u64) -> Vec<u8> {
+    let mut k = region_prefix(id);
+    k.push(REGION_META_SUFFIX);
+    k
+}
+
+/// The stored bounds `[lower, upper)` of user keys in `[start, end)` (empty `end`: no bound).
+pub fn data_range(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let upper = if end.is_empty() {
+        data_end()
+    } else {
+        data_key(end)
+    };
+    (data_key(start), upper)
+}
+
 /// Key of a log entry.
 pub fn raft_log_key(index: Index) -> [u8; 8] {
     index.to_be_bytes()
@@ -137,6 +285,33 @@ mod tests {
         assert_eq!(user_key(&k), Some(&b"\xff\xffabc"[..]));
         assert!(k.as_slice() < data_end().as_slice());
         assert!(user_key(&dedup_key(1, 2)).is_none());
+    }
+
+    #[test]
+    fn region_keys_stay_inside_their_region_and_never_meet_a_static_node_s() {
+        let (a, b) = (Space::Region(7), Space::Region(8));
+        let (lo, hi) = a.log_bounds();
+        for idx in [0, 1, 5, u64::MAX] {
+            let k = a.log_key(idx);
+            assert!(lo <= k && k < hi, "log key {idx} outside region 7's bounds");
+            assert_eq!(a.log_index(&k), Some(idx));
+            assert_eq!(
+                b.log_index(&k),
+                None,
+                "region 8 must not read region 7's log"
+            );
+        }
+        assert!(a.log_key(u64::MAX) < b.log_key(0));
+        let (own_lo, own_hi) = a.own_records().unwrap();
+        for k in [a.data_apply_key(), a.dedup_key(1, 2), region_meta_key(7)] {
+            assert!(own_lo <= k && k < own_hi);
+            assert!(user_key(&k).is_none());
+        }
+        assert!(region_meta_key(8) >= own_hi);
+        assert_eq!(Space::Node.log_key(3), raft_log_key(3).to_vec());
+        assert_eq!(Space::Node.state_key(HARD_STATE_KEY), HARD_STATE_KEY);
+        assert_eq!(Space::Node.dedup_key(1, 2), dedup_key(1, 2).to_vec());
+        assert_eq!(region_prefix_end(u64::MAX), vec![REGION_PREFIX + 1]);
     }
 
     #[test]

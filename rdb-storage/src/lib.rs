@@ -17,11 +17,14 @@ pub mod error;
 pub mod keys;
 pub mod membership;
 pub mod raft_storage;
+pub mod region;
 pub mod snapshot;
 pub mod state_machine;
 
 #[cfg(test)]
 mod hardening_tests;
+#[cfg(test)]
+mod region_tests;
 #[cfg(test)]
 mod tests;
 

@@ -89,10 +89,14 @@ impl Engine {
         for r in records {
             wb.put_cf(data, member_key(r.id), r.encode_to_vec());
         }
-        wb.put_cf(state, keys::CONF_STATE_KEY, cs.write_to_bytes()?);
+        wb.put_cf(
+            state,
+            self.state_key(keys::CONF_STATE_KEY),
+            cs.write_to_bytes()?,
+        );
         let pair = keys::encode_pair(applied.0, applied.1);
-        wb.put_cf(state, keys::APPLY_STATE_KEY, pair);
-        wb.put_cf(data, keys::DATA_APPLY_STATE_KEY, pair);
+        wb.put_cf(state, self.state_key(keys::APPLY_STATE_KEY), pair);
+        wb.put_cf(data, self.space().data_apply_key(), pair);
         fail::fail_point!("storage-conf-change", |arg| Err(Error::injected(
             "storage-conf-change",
             arg
@@ -119,7 +123,7 @@ impl Engine {
         let mut wb = WriteBatch::default();
         wb.put_cf(
             self.cf(CF_RAFT_STATE),
-            keys::REMOVED_KEY,
+            self.state_key(keys::REMOVED_KEY),
             at_index.to_be_bytes(),
         );
         self.write(wb, true)
@@ -129,7 +133,7 @@ impl Engine {
     pub fn removed(&self) -> Result<Option<Index>> {
         match self
             .db()
-            .get_cf(self.cf(CF_RAFT_STATE), keys::REMOVED_KEY)?
+            .get_cf(self.cf(CF_RAFT_STATE), self.state_key(keys::REMOVED_KEY))?
         {
             None => Ok(None),
             Some(v) => Ok(Some(Index::from_be_bytes(
@@ -144,10 +148,10 @@ impl Engine {
     /// (see [`crate::RaftStorage`]): recorded at bootstrap; for directories made before it was
     /// recorded, the conf state's voters (membership was fixed then).
     pub fn initial_voters(&self) -> Result<Vec<u64>> {
-        match self
-            .db()
-            .get_cf(self.cf(CF_RAFT_STATE), keys::INITIAL_CONF_STATE_KEY)?
-        {
+        match self.db().get_cf(
+            self.cf(CF_RAFT_STATE),
+            self.state_key(keys::INITIAL_CONF_STATE_KEY),
+        )? {
             Some(v) => Ok(ConfState::parse_from_bytes(&v)?.voters),
             None => Ok(self.conf_state()?.map(|cs| cs.voters).unwrap_or_default()),
         }

@@ -127,16 +127,21 @@ impl RaftStorage {
         if hard_state.commit < apply.index {
             hard_state.commit = apply.index;
         }
+        let space = engine.space();
+        let (lower, upper) = space.log_bounds();
         let mut ro = ReadOptions::default();
         ro.set_total_order_seek(true);
+        ro.set_iterate_lower_bound(lower);
+        ro.set_iterate_upper_bound(upper);
         let mut it = engine
             .db()
             .iterator_cf_opt(engine.cf(CF_RAFT_LOG), ro, IteratorMode::End);
         let last_index = match it.next() {
             Some(item) => {
                 let (k, _) = item?;
-                keys::raft_log_index(&k)
-                    .ok_or_else(|| Error::Corrupt("raft log key is not 8 bytes".into()))?
+                space
+                    .log_index(&k)
+                    .ok_or_else(|| Error::Corrupt("raft log key of the wrong shape".into()))?
             }
             None => truncated.0,
         };
@@ -182,12 +187,13 @@ impl RaftStorage {
 
     fn count_entries(&self) -> Result<u64> {
         let mut n = 0;
-        let it = self.engine.db().iterator_cf(
+        let space = self.engine.space();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(space.log_bounds().1);
+        let it = self.engine.db().iterator_cf_opt(
             self.engine.cf(CF_RAFT_LOG),
-            IteratorMode::From(
-                &keys::raft_log_key(self.truncated.0 + 1),
-                Direction::Forward,
-            ),
+            ro,
+            IteratorMode::From(&space.log_key(self.truncated.0 + 1), Direction::Forward),
         );
         for item in it {
             item?;
@@ -234,6 +240,7 @@ impl RaftStorage {
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         let log = self.engine.cf(CF_RAFT_LOG);
+        let space = self.engine.space();
         let mut new_last = self.last_index;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if first.index <= self.truncated.0 {
@@ -250,13 +257,13 @@ impl RaftStorage {
                 );
             }
             for e in entries {
-                batch.put_cf(log, keys::raft_log_key(e.index), e.write_to_bytes()?);
+                batch.put_cf(log, space.log_key(e.index), e.write_to_bytes()?);
             }
             if last.index < self.last_index {
                 batch.delete_range_cf(
                     log,
-                    keys::raft_log_key(last.index + 1),
-                    keys::raft_log_key(self.last_index + 1),
+                    space.log_key(last.index + 1),
+                    space.log_key(self.last_index + 1),
                 );
             }
             new_last = last.index;
@@ -264,7 +271,7 @@ impl RaftStorage {
         if let Some(hs) = hard_state {
             batch.put_cf(
                 self.engine.cf(CF_RAFT_STATE),
-                keys::HARD_STATE_KEY,
+                self.engine.state_key(keys::HARD_STATE_KEY),
                 hs.write_to_bytes()?,
             );
         }
@@ -303,14 +310,15 @@ impl RaftStorage {
         }
         let new_truncated = (compact_to - 1, self.term_of(compact_to - 1)?);
         let mut batch = WriteBatch::default();
+        let space = self.engine.space();
         batch.delete_range_cf(
             self.engine.cf(CF_RAFT_LOG),
-            keys::raft_log_key(0),
-            keys::raft_log_key(compact_to),
+            space.log_key(0),
+            space.log_key(compact_to),
         );
         batch.put_cf(
             self.engine.cf(CF_RAFT_STATE),
-            keys::TRUNCATED_STATE_KEY,
+            self.engine.state_key(keys::TRUNCATED_STATE_KEY),
             keys::encode_pair(new_truncated.0, new_truncated.1),
         );
         // Synced: the apply batches before this point must be durable before the log that could
@@ -366,22 +374,24 @@ impl RaftStorage {
         let pairs = snapshot::verify_file(&path, &desc)?;
         let mut batch = WriteBatch::default();
         let log = self.engine.cf(CF_RAFT_LOG);
-        batch.delete_range_cf(log, keys::raft_log_key(0), keys::raft_log_key(u64::MAX));
+        let (lower, upper) = self.engine.space().log_bounds();
+        batch.delete_range_cf(log, lower, upper);
         let state = self.engine.cf(CF_RAFT_STATE);
+        let key = |name| self.engine.state_key(name);
         let mut hs = hard_state.unwrap_or(&self.hard_state).clone();
         hs.commit = hs.commit.max(index);
-        batch.put_cf(state, keys::HARD_STATE_KEY, hs.write_to_bytes()?);
+        batch.put_cf(state, key(keys::HARD_STATE_KEY), hs.write_to_bytes()?);
         batch.put_cf(
             state,
-            keys::CONF_STATE_KEY,
+            key(keys::CONF_STATE_KEY),
             meta.get_conf_state().write_to_bytes()?,
         );
         batch.put_cf(
             state,
-            keys::TRUNCATED_STATE_KEY,
+            key(keys::TRUNCATED_STATE_KEY),
             keys::encode_pair(index, term),
         );
-        batch.put_cf(state, keys::PENDING_SNAPSHOT_KEY, desc.encode());
+        batch.put_cf(state, key(keys::PENDING_SNAPSHOT_KEY), desc.encode());
         self.engine.write(batch, true)?;
         info!(self.logger, "snapshot install started"; "index" => index, "term" => term,
             "keys" => pairs, "bytes" => desc.file_len, "hs_term" => hs.term, "hs_vote" => hs.vote);
@@ -403,7 +413,10 @@ impl RaftStorage {
         let v = self
             .engine
             .db()
-            .get_cf(self.engine.cf(CF_RAFT_LOG), keys::raft_log_key(idx))?
+            .get_cf(
+                self.engine.cf(CF_RAFT_LOG),
+                self.engine.space().log_key(idx),
+            )?
             .ok_or_else(|| Error::Corrupt(format!("log entry {idx} missing")))?;
         Ok(Entry::parse_from_bytes(&v)?.term)
     }
@@ -420,17 +433,19 @@ impl RaftStorage {
         let cache_first = self.cache.first().unwrap_or(u64::MAX);
         if low < cache_first {
             let disk_high = high.min(cache_first);
+            let space = self.engine.space();
             let mut ro = ReadOptions::default();
-            ro.set_iterate_upper_bound(keys::raft_log_key(disk_high).to_vec());
+            ro.set_iterate_upper_bound(space.log_key(disk_high));
             let it = self.engine.db().iterator_cf_opt(
                 self.engine.cf(CF_RAFT_LOG),
                 ro,
-                IteratorMode::From(&keys::raft_log_key(low), Direction::Forward),
+                IteratorMode::From(&space.log_key(low), Direction::Forward),
             );
             for item in it {
                 let (k, v) = item?;
-                let idx = keys::raft_log_index(&k)
-                    .ok_or_else(|| Error::Corrupt("raft log key is not 8 bytes".into()))?;
+                let idx = space
+                    .log_index(&k)
+                    .ok_or_else(|| Error::Corrupt("raft log key of the wrong shape".into()))?;
                 if idx != next {
                     return Err(Error::Corrupt(format!("log entry {next} missing")));
                 }

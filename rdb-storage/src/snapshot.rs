@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use raft::prelude::{ConfState, Snapshot};
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use slog::{error, info, warn, Logger};
 
 use crate::engine::{ApplyState, Engine};
-use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
+use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
 use crate::raft_storage::snapshot_metadata;
 use crate::{Error, Index, Result, Term};
 
@@ -276,15 +276,16 @@ pub(crate) fn write_pairs(engine: &Engine, out: &mut impl Write) -> Result<Writt
     // Before the view: compaction must not drop dedup records that are still live as of it.
     let _pin = engine.dedup_horizon().pin();
     let view = db.snapshot();
+    let state = engine.cf(CF_RAFT_STATE);
     // The install marker is written before the data is cleared and removed with the last
     // batch of the load: a view that sees it may hold half of the new data.
     if view
-        .get_cf(engine.cf(CF_RAFT_STATE), keys::PENDING_SNAPSHOT_KEY)?
+        .get_cf(state, engine.state_key(keys::PENDING_SNAPSHOT_KEY))?
         .is_some()
     {
         return Err(Error::SnapshotInstalling);
     }
-    let apply = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::APPLY_STATE_KEY)? {
+    let apply = match view.get_cf(state, engine.state_key(keys::APPLY_STATE_KEY))? {
         Some(v) => {
             let (index, term) = keys::decode_pair(&v)
                 .ok_or_else(|| Error::Corrupt("apply state is not 16 bytes".into()))?;
@@ -292,19 +293,38 @@ pub(crate) fn write_pairs(engine: &Engine, out: &mut impl Write) -> Result<Writt
         }
         None => return Err(Error::Corrupt("apply state missing".into())),
     };
-    let conf_state = match view.get_cf(engine.cf(CF_RAFT_STATE), keys::CONF_STATE_KEY)? {
+    let conf_state = match view.get_cf(state, engine.state_key(keys::CONF_STATE_KEY))? {
         Some(v) => <ConfState as protobuf::Message>::parse_from_bytes(&v)?,
         None => return Err(Error::Corrupt("conf state missing".into())),
     };
     out.write_all(FILE_MAGIC)?;
     let (mut count, mut user_keys) = (0u64, 0u64);
-    for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
-        let (k, v) = item?;
-        write_field(out, &k)?;
-        write_field(out, &v)?;
-        count += 1;
-        if k.first() == Some(&keys::DATA_PREFIX) {
-            user_keys += 1;
+    // A static node's snapshot is the whole family; a region's, its own records and then the
+    // user keys of its range, as of the same view.
+    let meta = match engine.space() {
+        Space::Node => None,
+        Space::Region(id) => match view.get_cf(engine.cf(CF_DATA), keys::region_meta_key(id))? {
+            Some(v) => Some(crate::region::decode_meta(&v)?),
+            None => return Err(Error::Corrupt(format!("region {id} has no meta record"))),
+        },
+    };
+    let ranges = crate::region::owned_ranges(engine.space(), meta.as_ref())?;
+    for (lower, upper) in ranges {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let it = view.iterator_cf_opt(
+            engine.cf(CF_DATA),
+            ro,
+            IteratorMode::From(&lower, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            write_field(out, &k)?;
+            write_field(out, &v)?;
+            count += 1;
+            if k.first() == Some(&keys::DATA_PREFIX) {
+                user_keys += 1;
+            }
         }
     }
     out.write_all(&END_MARK.to_be_bytes())?;
@@ -655,15 +675,40 @@ fn remove_files_up_to(snap_dir: &Path, index: Index) {
 
 /// The pending install recorded in `raft_state`, if a crash interrupted one.
 pub(crate) fn pending_install(engine: &Engine) -> Result<Option<SnapshotDescriptor>> {
-    match engine
-        .db()
-        .get_cf(engine.cf(CF_RAFT_STATE), keys::PENDING_SNAPSHOT_KEY)?
-    {
+    match engine.db().get_cf(
+        engine.cf(CF_RAFT_STATE),
+        engine.state_key(keys::PENDING_SNAPSHOT_KEY),
+    )? {
         None => Ok(None),
         Some(v) => SnapshotDescriptor::decode(&v)
             .map(Some)
             .map_err(|e| Error::Corrupt(format!("pending snapshot marker: {e}"))),
     }
+}
+
+/// The meta record of region `id` in its snapshot file (among the region's own records, which
+/// come first). A region snapshot without one is refused.
+fn region_meta_in_file(
+    path: &Path,
+    desc: &SnapshotDescriptor,
+    id: u64,
+) -> Result<rdb_proto::pd::Region> {
+    let want = keys::region_meta_key(id);
+    let mut r = open_reader(path, 0, desc)?;
+    while let Some(klen) = r.next_len()? {
+        let k = r.field(klen)?;
+        let vlen = r.value_len()?;
+        if k == want {
+            return crate::region::decode_meta(&r.field(vlen)?);
+        }
+        if !k.starts_with(&keys::region_prefix(id)) {
+            break;
+        }
+        r.skip(vlen)?;
+    }
+    Err(Error::BadSnapshot(format!(
+        "snapshot of region {id} carries no meta record"
+    )))
 }
 
 /// Phases two and three of an install: clears the data column family, loads the file in
@@ -678,12 +723,21 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
             "a snapshot install is pending but its file is unusable: {e}"
         ))
     })?;
+    // What the snapshot replaces: a static node's whole family, or a region's own records and
+    // the user keys of the range the snapshot's meta record gives it.
+    let meta = match engine.space() {
+        Space::Node => None,
+        Space::Region(id) => Some(region_meta_in_file(&path, desc, id)?),
+    };
+    let clear = crate::region::owned_ranges(engine.space(), meta.as_ref())?;
     // Reads of user data are refused from here until the last batch is written; if this
     // fails half way, they stay refused (the error stops the node).
     engine.begin_install();
     let data = engine.cf(CF_DATA);
     let mut batch = WriteBatch::default();
-    batch.delete_range_cf(data, keys::DATA_CF_FIRST, keys::DATA_CF_END);
+    for (lower, upper) in clear {
+        batch.delete_range_cf(data, lower, upper);
+    }
     engine.write(batch, false)?;
     let mut batch = WriteBatch::default();
     let mut count = 0u64;
@@ -702,10 +756,10 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
     let state = engine.cf(CF_RAFT_STATE);
     batch.put_cf(
         state,
-        keys::APPLY_STATE_KEY,
+        engine.state_key(keys::APPLY_STATE_KEY),
         keys::encode_pair(desc.index, desc.term),
     );
-    batch.delete_cf(state, keys::PENDING_SNAPSHOT_KEY);
+    batch.delete_cf(state, engine.state_key(keys::PENDING_SNAPSHOT_KEY));
     // Synced: it also makes every earlier unsynced batch of the load durable.
     engine.write(batch, true)?;
     engine.end_install();

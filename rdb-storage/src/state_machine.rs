@@ -22,7 +22,8 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::dedup::{self, DedupPin};
 use crate::engine::Engine;
-use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
+use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
+use crate::region::{self, Region};
 use crate::{Error, Index, Result, Term};
 
 /// What a command did.
@@ -52,6 +53,12 @@ pub enum CommandResult {
         /// How many of its deletes found their key (for a deduplicated retry: as first
         /// recorded).
         deleted: u64,
+    },
+    /// A region split (PD mode): this region now ends at the split key and `new_region` has
+    /// state on this store; the store starts its peer.
+    Split {
+        /// Id of the region made by the split.
+        new_region: u64,
     },
 }
 
@@ -95,6 +102,8 @@ pub struct StateMachine {
     engine: Engine,
     dedup_window: u64,
     hashes: HashResults,
+    /// The region's meta as applied (PD mode); `None` for a static node.
+    region: Option<Region>,
 }
 
 const CODE_PUT: u8 = 1;
@@ -105,6 +114,8 @@ const CODE_CAS_FAILED: u8 = 5;
 const CODE_HASH_POINT: u8 = 6;
 /// A batch; the record goes on with the number of keys its deletes removed (8 bytes).
 const CODE_BATCH: u8 = 7;
+/// A split (never written: splits carry no request id; kept so every result has a code).
+const CODE_SPLIT: u8 = 8;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries.
@@ -113,6 +124,7 @@ impl StateMachine {
             engine,
             dedup_window: dedup_window.max(1),
             hashes: HashResults::default(),
+            region: None,
         };
         sm.reload()?;
         Ok(sm)
@@ -129,7 +141,13 @@ impl StateMachine {
         self.engine
             .dedup_horizon()
             .configure(self.dedup_window, applied);
+        self.region = self.engine.region_meta()?;
         Ok(())
+    }
+
+    /// The region's meta as applied (range, epoch, peers); `None` for a static node.
+    pub fn region(&self) -> Option<&Region> {
+        self.region.as_ref()
     }
 
     /// The engine this state machine writes to.
@@ -156,7 +174,23 @@ impl StateMachine {
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
                 EntryType::EntryNormal => Some(match Command::decode(e.data.as_ref()) {
-                    Ok(cmd) => batch.apply_command(cmd, e.index)?,
+                    Ok(Command {
+                        op: Some(Op::Split(split)),
+                        ..
+                    }) => {
+                        // A split reads the region's dedup records from the database: what
+                        // the batch holds so far goes first.
+                        let done = std::mem::replace(
+                            &mut batch,
+                            Batch::new(&self.engine, self.dedup_window),
+                        );
+                        self.commit(done)?;
+                        self.split(&mut batch, &split, e.index)?
+                    }
+                    Ok(cmd) => match self.outside_region(&cmd) {
+                        Some(refused) => Err(refused),
+                        None => batch.apply_command(cmd, e.index)?,
+                    },
                     Err(err) => Err(format!("undecodable command at index {}: {err}", e.index)),
                 }),
                 // Conf changes never come here: the core applies them through
@@ -183,6 +217,64 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// In a region, a write whose keys are not all inside the region's range as applied is
+    /// refused: a write proposed before a split and applied after it must not touch the other
+    /// half's keys. The same on every replica, as the range changes only through the log.
+    fn outside_region(&self, cmd: &Command) -> Option<String> {
+        let region = self.region.as_ref()?;
+        let outside = |k: &[u8]| !region::contains(region, k);
+        let key = match &cmd.op {
+            Some(Op::Put(p)) => outside(&p.key).then_some(&p.key),
+            Some(Op::Delete(d)) => outside(&d.key).then_some(&d.key),
+            Some(Op::Cas(c)) => outside(&c.key).then_some(&c.key),
+            Some(Op::Batch(b)) => b
+                .puts
+                .iter()
+                .map(|p| &p.key)
+                .chain(b.deletes.iter().map(|d| &d.key))
+                .find(|k| outside(k)),
+            _ => None,
+        }?;
+        Some(format!(
+            "key not in region: {:?} is outside region {} (version {})",
+            String::from_utf8_lossy(key),
+            region.id,
+            region::epoch(region).version
+        ))
+    }
+
+    /// Applies a split at `index` into `batch` (which the caller just emptied): the parent's
+    /// new range and epoch, and the new region's whole initial state, in the one batch that
+    /// also records the applied index, so the split is atomic on every replica.
+    fn split(
+        &mut self,
+        batch: &mut Batch,
+        split: &rdb_proto::command::Split,
+        index: Index,
+    ) -> Result<std::result::Result<CommandResult, String>> {
+        let Some(parent) = self.region.as_ref() else {
+            return Ok(Err(format!(
+                "split at index {index} in a group that is not a region"
+            )));
+        };
+        let (left, right) = match region::plan_split(parent, split) {
+            Ok(halves) => halves,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        region::split_batch(
+            &self.engine,
+            &mut batch.wb,
+            &left,
+            &right,
+            index,
+            self.dedup_window,
+        )?;
+        self.region = Some(left);
+        Ok(Ok(CommandResult::Split {
+            new_region: right.id,
+        }))
+    }
+
     /// Writes a batch with the apply state; once a synced write follows, compaction may drop
     /// the dedup records that died with it.
     fn commit(&mut self, mut batch: Batch) -> Result<()> {
@@ -192,12 +284,14 @@ impl StateMachine {
         let applied = keys::encode_pair(index, term);
         batch.wb.put_cf(
             self.engine.cf(CF_RAFT_STATE),
-            keys::APPLY_STATE_KEY,
+            self.engine.state_key(keys::APPLY_STATE_KEY),
             applied,
         );
-        batch
-            .wb
-            .put_cf(self.engine.cf(CF_DATA), keys::DATA_APPLY_STATE_KEY, applied);
+        batch.wb.put_cf(
+            self.engine.cf(CF_DATA),
+            self.engine.space().data_apply_key(),
+            applied,
+        );
         fail::fail_point!("storage-apply", |arg| Err(Error::injected(
             "storage-apply",
             arg
@@ -224,6 +318,13 @@ impl StateMachine {
         let engine = self.engine.clone();
         let hashes = self.hashes.clone();
         let window = self.dedup_window;
+        let ranges = match region::owned_ranges(engine.space(), self.region.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                lock(&self.hashes).insert(index, HashState::Failed(e.to_string()));
+                return;
+            }
+        };
         // Pinned here, at `index`, before the view exists: records live at the hash point stay
         // in the view whatever compaction does meanwhile.
         let pin = engine.dedup_horizon().pin();
@@ -232,7 +333,7 @@ impl StateMachine {
             .spawn(move || {
                 let view = engine.db().snapshot();
                 let _ = taken_tx.send(());
-                let result = hash_view(&engine, &view, index, window, pin);
+                let result = hash_view(&engine, &view, &ranges, index, window, pin);
                 lock(&hashes).insert(
                     index,
                     match result {
@@ -253,27 +354,38 @@ impl StateMachine {
     }
 }
 
-/// xxh3 over every live record of the data column family in `view` (taken at `applied`), with
-/// lengths, in key order. `_pin` keeps compaction from dropping records the view shows.
+/// xxh3 over every live record of the group's `ranges` of the data column family in `view`
+/// (taken at `applied`), with lengths, in key order. `_pin` keeps compaction from dropping
+/// records the view shows.
 fn hash_view(
     engine: &Engine,
     view: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    ranges: &[(Vec<u8>, Vec<u8>)],
     applied: Index,
     window: u64,
     _pin: DedupPin,
 ) -> Result<(u64, u64)> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut records = 0u64;
-    for item in view.iterator_cf(engine.cf(CF_DATA), IteratorMode::Start) {
-        let (k, v) = item?;
-        if dedup::is_dead(&k, &v, applied, window) {
-            continue;
+    for (lower, upper) in ranges {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.clone());
+        let it = view.iterator_cf_opt(
+            engine.cf(CF_DATA),
+            ro,
+            IteratorMode::From(lower, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if dedup::is_dead(&k, &v, applied, window) {
+                continue;
+            }
+            h.update(&(k.len() as u64).to_be_bytes());
+            h.update(&k);
+            h.update(&(v.len() as u64).to_be_bytes());
+            h.update(&v);
+            records += 1;
         }
-        h.update(&(k.len() as u64).to_be_bytes());
-        h.update(&k);
-        h.update(&(v.len() as u64).to_be_bytes());
-        h.update(&v);
-        records += 1;
     }
     Ok((h.digest(), records))
 }
@@ -330,6 +442,10 @@ impl Batch {
 }
 
 impl Records for Batch {
+    fn space(&self) -> Space {
+        self.engine.space()
+    }
+
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Batch::read(self, key)
     }
@@ -347,6 +463,10 @@ impl Records for Batch {
 /// here, memory in the simulation. Both run [`apply_command`], so the simulation tests the very
 /// logic the server applies with.
 pub trait Records {
+    /// Whose records these are (a region keeps its dedup records under its own prefix).
+    fn space(&self) -> Space {
+        Space::Node
+    }
     /// The record at `key`, including writes made earlier in the same batch.
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Writes a record.
@@ -365,9 +485,9 @@ pub fn apply_command<R: Records + ?Sized>(
     index: Index,
     dedup_window: u64,
 ) -> Result<std::result::Result<CommandResult, String>> {
-    let dedup = (cmd.client_id != 0).then(|| keys::dedup_key(cmd.client_id, cmd.seq));
-    if let Some(dk) = dedup {
-        if let Some(rec) = r.read(&dk)? {
+    let dedup = (cmd.client_id != 0).then(|| r.space().dedup_key(cmd.client_id, cmd.seq));
+    if let Some(dk) = &dedup {
+        if let Some(rec) = r.read(dk)? {
             // Whether a record still counts must depend only on the log, never on when a
             // replica got round to deleting it (apply batches differ between replicas).
             let recorded_at = record_index(&rec)?;
@@ -408,6 +528,12 @@ pub fn apply_command<R: Records + ?Sized>(
         }
         // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
         Op::HashPoint(_) => CommandResult::HashPoint { index },
+        // `StateMachine::apply` runs a region's splits itself; anywhere else one is refused.
+        Op::Split(_) => {
+            return Ok(Err(format!(
+                "split at index {index} in a group that is not a region"
+            )))
+        }
         Op::Batch(b) => {
             for p in b.puts {
                 r.put(keys::data_key(&p.key), p.value);
@@ -429,7 +555,7 @@ pub fn apply_command<R: Records + ?Sized>(
         if let CommandResult::Batch { deleted } = result {
             rec.extend_from_slice(&deleted.to_be_bytes());
         }
-        r.put(dk.to_vec(), rec);
+        r.put(dk, rec);
     }
     Ok(Ok(result))
 }
@@ -447,6 +573,8 @@ fn encode_result(r: &CommandResult) -> u8 {
         } => CODE_CAS_FAILED,
         CommandResult::HashPoint { .. } => CODE_HASH_POINT,
         CommandResult::Batch { .. } => CODE_BATCH,
+        // Never recorded: a split carries no request id (the store proposes it).
+        CommandResult::Split { .. } => CODE_SPLIT,
     }
 }
 

@@ -1,0 +1,301 @@
+//! Regions of a PD-mode store (issue 13, specs/009-regions): many Raft groups over one RocksDB.
+//!
+//! Each region is a Raft group of its own whose log, Raft state and own records carry its id
+//! ([`keys::Space::Region`]); user data stays shared under `d`, and a region owns the user keys
+//! of its range `[start_key, end_key)`. The region's *meta* (`rdb.pd.Region`: range, epoch,
+//! peers) is a record of its own in `data`, written by the apply batch that changes it, so a
+//! snapshot carries it and every replica changes it at the same log index.
+//!
+//! A region is created on a store by [`Engine::create_region`] (the bootstrap of region 1, or
+//! a peer that PD placed on this store) or by the apply of a split in its parent's batch
+//! ([`split_batch`]): either way its log starts after [`REGION_INIT_INDEX`], so a replica that
+//! has nothing yet is told apart and gets a snapshot.
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfState, HardState};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+pub use rdb_proto::pd::{Peer, Region, RegionEpoch};
+
+use crate::dedup;
+use crate::engine::Engine;
+use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
+use crate::{Error, Index, Result, Term};
+
+/// Index and term a new region's state starts at (TiKV's `RAFT_INIT_LOG_INDEX`/`TERM`): its
+/// first entry is `REGION_INIT_INDEX + 1`.
+pub const REGION_INIT_INDEX: Index = 5;
+/// Term of the state a new region starts with.
+pub const REGION_INIT_TERM: Term = 5;
+
+/// Decodes a stored region meta record.
+pub fn decode_meta(v: &[u8]) -> Result<Region> {
+    Region::decode(v).map_err(|e| Error::Corrupt(format!("undecodable region meta: {e}")))
+}
+
+/// Whether `key` lies in the region's range `[start_key, end_key)` (empty end: no bound).
+pub fn contains(region: &Region, key: &[u8]) -> bool {
+    key >= region.start_key.as_slice()
+        && (region.end_key.is_empty() || key < region.end_key.as_slice())
+}
+
+/// The region's epoch, or the zero epoch if the record lacks one.
+pub fn epoch(region: &Region) -> RegionEpoch {
+    region.epoch.unwrap_or_default()
+}
+
+/// The voters of a region's peers, as its first conf state.
+fn conf_state_of(region: &Region) -> ConfState {
+    let mut voters: Vec<u64> = region.peers.iter().map(|p| p.id).collect();
+    voters.sort_unstable();
+    ConfState {
+        voters,
+        ..Default::default()
+    }
+}
+
+/// Adds to `wb` the whole initial state of `region` on this store: hard state, conf state
+/// (the region's peers as voters), apply and truncated state at [`REGION_INIT_INDEX`], the
+/// apply record and the meta record.
+pub(crate) fn put_initial_state(
+    engine: &Engine,
+    wb: &mut WriteBatch,
+    region: &Region,
+) -> Result<()> {
+    let space = Space::Region(region.id);
+    let state = engine.cf(CF_RAFT_STATE);
+    let data = engine.cf(CF_DATA);
+    let cs = conf_state_of(region);
+    let hs = HardState {
+        term: REGION_INIT_TERM,
+        commit: REGION_INIT_INDEX,
+        ..Default::default()
+    };
+    let init = keys::encode_pair(REGION_INIT_INDEX, REGION_INIT_TERM);
+    wb.put_cf(
+        state,
+        space.state_key(keys::HARD_STATE_KEY),
+        hs.write_to_bytes()?,
+    );
+    wb.put_cf(
+        state,
+        space.state_key(keys::CONF_STATE_KEY),
+        cs.write_to_bytes()?,
+    );
+    wb.put_cf(
+        state,
+        space.state_key(keys::INITIAL_CONF_STATE_KEY),
+        cs.write_to_bytes()?,
+    );
+    wb.put_cf(state, space.state_key(keys::APPLY_STATE_KEY), init);
+    wb.put_cf(state, space.state_key(keys::TRUNCATED_STATE_KEY), init);
+    wb.put_cf(data, space.data_apply_key(), init);
+    wb.put_cf(
+        data,
+        keys::region_meta_key(region.id),
+        region.encode_to_vec(),
+    );
+    Ok(())
+}
+
+impl Engine {
+    /// Creates the initial state of `region` on this store in one synced write (the bootstrap
+    /// of region 1, or a peer PD placed here) and returns the region's view. Refuses a region
+    /// that already has state here, or one with id 0, no peers, or duplicate peer ids.
+    pub fn create_region(&self, region: &Region) -> Result<Engine> {
+        check_region(region)?;
+        if self
+            .db()
+            .get_cf(
+                self.cf(CF_RAFT_STATE),
+                Space::Region(region.id).state_key(keys::CONF_STATE_KEY),
+            )?
+            .is_some()
+        {
+            return Err(Error::Corrupt(format!(
+                "region {} already has state on this store",
+                region.id
+            )));
+        }
+        let mut wb = WriteBatch::default();
+        put_initial_state(self, &mut wb, region)?;
+        self.write(wb, true)?;
+        self.region(region.id)
+    }
+
+    /// The ids of every region with Raft state on this store, in order.
+    pub fn region_ids(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(vec![keys::REGION_PREFIX + 1]);
+        let it = self.db().iterator_cf_opt(
+            self.cf(CF_RAFT_STATE),
+            ro,
+            IteratorMode::From(&[keys::REGION_PREFIX], Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            if k.len() == 9 + keys::CONF_STATE_KEY.len() && k.ends_with(keys::CONF_STATE_KEY) {
+                let id: [u8; 8] = k[1..9]
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("region key too short".into()))?;
+                out.push(u64::from_be_bytes(id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// This region's meta as applied (range, epoch, peers); `None` for a static node's view.
+    pub fn region_meta(&self) -> Result<Option<Region>> {
+        let Space::Region(id) = self.space() else {
+            return Ok(None);
+        };
+        match self
+            .db()
+            .get_cf(self.cf(CF_DATA), keys::region_meta_key(id))?
+        {
+            Some(v) => Ok(Some(decode_meta(&v)?)),
+            None => Err(Error::Corrupt(format!("region {id} has no meta record"))),
+        }
+    }
+}
+
+fn check_region(region: &Region) -> Result<()> {
+    let bad = |m: String| Err(Error::Corrupt(m));
+    if region.id == 0 {
+        return bad("region id 0".into());
+    }
+    if region.peers.is_empty() {
+        return bad(format!("region {} has no peers", region.id));
+    }
+    let mut ids: Vec<u64> = region.peers.iter().map(|p| p.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != region.peers.len() || ids.first() == Some(&0) {
+        return bad(format!(
+            "region {} has duplicate or zero peer ids",
+            region.id
+        ));
+    }
+    if !region.end_key.is_empty() && region.end_key <= region.start_key {
+        return bad(format!("region {} has an empty range", region.id));
+    }
+    Ok(())
+}
+
+/// What a split at `index` changes, computed from the parent's meta as applied: the parent
+/// keeps `[start, split_key)`, the new region takes `[split_key, end)`, and both get the next
+/// epoch version. Refused (deterministically, the same on every replica) if the epoch moved on
+/// since the split was proposed, the key is not strictly inside the range, or the ids do not
+/// fit the parent's peers.
+pub fn plan_split(
+    parent: &Region,
+    split: &rdb_proto::command::Split,
+) -> std::result::Result<(Region, Region), String> {
+    let ep = epoch(parent);
+    if split.version != ep.version {
+        return Err(format!(
+            "epoch not match: split proposed at version {}, region {} is at {}",
+            split.version, parent.id, ep.version
+        ));
+    }
+    let key = split.split_key.as_slice();
+    if key <= parent.start_key.as_slice() || !contains(parent, key) {
+        return Err(format!(
+            "split key {:?} is not strictly inside region {}",
+            String::from_utf8_lossy(key),
+            parent.id
+        ));
+    }
+    if split.new_region_id == 0
+        || split.new_region_id == parent.id
+        || split.new_peer_ids.len() != parent.peers.len()
+        || split.new_peer_ids.contains(&0)
+    {
+        return Err(format!(
+            "split of region {} names bad ids for the new region",
+            parent.id
+        ));
+    }
+    let next = RegionEpoch {
+        version: ep.version + 1,
+        conf_ver: ep.conf_ver,
+    };
+    let mut left = parent.clone();
+    left.end_key = key.to_vec();
+    left.epoch = Some(next);
+    let right = Region {
+        id: split.new_region_id,
+        start_key: key.to_vec(),
+        end_key: parent.end_key.clone(),
+        epoch: Some(next),
+        peers: parent
+            .peers
+            .iter()
+            .zip(&split.new_peer_ids)
+            .map(|(p, &id)| Peer {
+                id,
+                store_id: p.store_id,
+            })
+            .collect(),
+    };
+    check_region(&right).map_err(|e| e.to_string())?;
+    Ok((left, right))
+}
+
+/// Adds a split to `wb` (the parent's apply batch at `index`): the parent's new meta, the new
+/// region's whole initial state, and a copy of the parent's dedup records that are live at
+/// `index`, re-dated to the new region's first index, so a write retried against the new
+/// region after the split is still applied at most once. The parent's records must all be
+/// in the database (the caller commits its earlier batch first).
+pub(crate) fn split_batch(
+    engine: &Engine,
+    wb: &mut WriteBatch,
+    left: &Region,
+    right: &Region,
+    index: Index,
+    window: u64,
+) -> Result<()> {
+    let data = engine.cf(CF_DATA);
+    wb.put_cf(data, keys::region_meta_key(left.id), left.encode_to_vec());
+    put_initial_state(engine, wb, right)?;
+    let mut lower = keys::region_prefix(left.id);
+    lower.push(keys::DEDUP_PREFIX);
+    let mut upper = keys::region_prefix(left.id);
+    upper.push(keys::DEDUP_PREFIX + 1);
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(upper);
+    let it = engine
+        .db()
+        .iterator_cf_opt(data, ro, IteratorMode::From(&lower, Direction::Forward));
+    for item in it {
+        let (k, v) = item?;
+        if dedup::is_dead(&k, &v, index, window) {
+            continue;
+        }
+        // The same request id under the new region's prefix.
+        let mut key = keys::region_prefix(right.id);
+        key.extend_from_slice(k.get(9..).unwrap_or_default());
+        let mut rec = REGION_INIT_INDEX.to_be_bytes().to_vec();
+        rec.extend_from_slice(v.get(8..).unwrap_or_default());
+        wb.put_cf(data, key, rec);
+    }
+    Ok(())
+}
+
+/// Bounds of everything a group's snapshot or hash covers in `data`: the whole family for a
+/// static node; a region's own records and the user keys of its range.
+pub(crate) fn owned_ranges(space: Space, meta: Option<&Region>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    match (space, meta) {
+        (Space::Node, _) => Ok(vec![(
+            keys::DATA_CF_FIRST.to_vec(),
+            keys::DATA_CF_END.to_vec(),
+        )]),
+        (Space::Region(id), Some(meta)) => Ok(vec![
+            (keys::region_prefix(id), keys::region_prefix_end(id)),
+            keys::data_range(&meta.start_key, &meta.end_key),
+        ]),
+        (Space::Region(id), None) => Err(Error::Corrupt(format!("region {id} has no meta record"))),
+    }
+}
