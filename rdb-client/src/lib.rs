@@ -39,6 +39,7 @@ mod endpoints;
 mod error;
 mod members;
 pub mod pd;
+pub mod regions;
 mod retry;
 
 pub use backup::SavedSnapshot;
