@@ -5,6 +5,7 @@
 //! - [`raft_core`]: the deterministic Raft core (`RawNode` + log store + application + client
 //!   request bookkeeping), free of clocks, threads and RPC; generic over its stores.
 //! - [`stores`]: the RocksDB log store and KV state machine as the core's stores.
+//! - [`store`]: a PD-mode store: many regions (Raft groups) over one RocksDB, driven as one.
 //! - [`sim`]: the in-memory cluster that tests the core under faults, seed by seed.
 //! - [`router`]: the typed messages the node task reads.
 //! - [`node`]: the node task that wraps the core with tokio, a clock and RocksDB chores.
@@ -28,6 +29,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod sim;
+pub mod store;
 pub mod stores;
 pub mod tls;
 pub mod transport;

@@ -80,7 +80,7 @@ fn classify(key: &[u8]) -> Kind {
 #[derive(Debug, Default)]
 pub(crate) struct Horizons {
     node: Arc<AtomicU64>,
-    regions: RwLock<HashMap<u64, Arc<AtomicU64>>>,
+    regions: RwLock<HashMap<u64, Arc<DedupHorizon>>>,
 }
 
 impl Horizons {
@@ -93,11 +93,22 @@ impl Horizons {
     }
 
     /// Makes compaction follow `h` for region `id`'s records (replacing an earlier view's).
-    pub(crate) fn register(&self, id: u64, h: &DedupHorizon) {
+    pub(crate) fn register(&self, id: u64, h: &Arc<DedupHorizon>) {
         self.regions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, h.shared());
+            .insert(id, h.clone());
+    }
+
+    /// Every region's horizon with the applied index it has written: read before a synced
+    /// write of the whole store, which makes them all durable.
+    pub(crate) fn written(&self) -> Vec<(Arc<DedupHorizon>, Index)> {
+        self.regions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|h| (h.clone(), h.written_index()))
+            .collect()
     }
 
     /// The horizon for records of `region`, if its group is known; 0 (nothing) otherwise.
@@ -109,7 +120,7 @@ impl Horizons {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&id)
-                .map_or(0, |h| h.load(Ordering::Acquire)),
+                .map_or(0, |h| h.current()),
         }
     }
 }
@@ -310,7 +321,7 @@ mod tests {
         use crate::keys::Space;
         let node = DedupHorizon::default();
         let horizons = Arc::new(Horizons::new(&node));
-        let r7 = DedupHorizon::default();
+        let r7 = Arc::new(DedupHorizon::default());
         r7.configure(10, 100);
         horizons.register(7, &r7);
         let mut f = filter(horizons.clone());

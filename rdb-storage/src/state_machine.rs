@@ -104,6 +104,8 @@ pub struct StateMachine {
     hashes: HashResults,
     /// The region's meta as applied (PD mode); `None` for a static node.
     region: Option<Region>,
+    /// Regions this region's splits created since the store last asked ([`StateMachine::take_splits`]).
+    splits: Vec<u64>,
 }
 
 const CODE_PUT: u8 = 1;
@@ -125,6 +127,7 @@ impl StateMachine {
             dedup_window: dedup_window.max(1),
             hashes: HashResults::default(),
             region: None,
+            splits: Vec::new(),
         };
         sm.reload()?;
         Ok(sm)
@@ -148,6 +151,12 @@ impl StateMachine {
     /// The region's meta as applied (range, epoch, peers); `None` for a static node.
     pub fn region(&self) -> Option<&Region> {
         self.region.as_ref()
+    }
+
+    /// The regions this region's splits created (their state is written, on every replica
+    /// alike) since the last call: the store starts their peers.
+    pub fn take_splits(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.splits)
     }
 
     /// The engine this state machine writes to.
@@ -270,6 +279,7 @@ impl StateMachine {
             self.dedup_window,
         )?;
         self.region = Some(left);
+        self.splits.push(right.id);
         Ok(Ok(CommandResult::Split {
             new_region: right.id,
         }))

@@ -19,7 +19,7 @@ mod requests;
 
 pub mod mem;
 
-pub use replica::ReadyOutput;
+pub use replica::{Persisting, ReadyOutput};
 pub use replica::{Replica, ReplicaConfig};
 pub use requests::{
     Answer, Core, CoreConfig, MemberStep, Membership, Output, PlantedBugs, Refusal, Reply,

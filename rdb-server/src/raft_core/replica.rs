@@ -68,6 +68,21 @@ impl<R> Default for ReadyOutput<R> {
     }
 }
 
+/// A Ready whose entries and hard state are written, but whose fsync may still be owed (see
+/// [`Replica::begin_ready`]); [`Replica::finish_ready`] completes it.
+pub struct Persisting<R> {
+    ready: raft::Ready,
+    out: ReadyOutput<R>,
+    needs_sync: bool,
+}
+
+impl<R> Persisting<R> {
+    /// Whether the write must reach the disk before [`Replica::finish_ready`] runs.
+    pub fn needs_sync(&self) -> bool {
+        self.needs_sync
+    }
+}
+
 /// One replica of a Raft group: its Raft state machine, log store and application.
 pub struct Replica<S: LogStore, A: Application> {
     raw: RawNode<S>,
@@ -168,6 +183,16 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         };
         replica.keep_new_members_off_the_initial_log()?;
         Ok(replica)
+    }
+
+    /// The application, to take what it recorded for the caller (a store's splits).
+    pub fn app_mut(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// Starts an election now (a split's new region, on the store that led its parent).
+    pub fn campaign(&mut self) -> raft::Result<()> {
+        self.raw.campaign()
     }
 
     /// Test-only: persist the log without syncing, so acknowledgements can outrun the disk.
@@ -377,9 +402,25 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         &mut self,
         sink: &mut dyn MessageSink,
     ) -> Result<ReadyOutput<A::Output>, CoreError> {
+        match self.begin_ready(sink, true)? {
+            Some(p) => self.finish_ready(p, sink),
+            None => Ok(ReadyOutput::default()),
+        }
+    }
+
+    /// The first half of a Ready cycle, up to writing entries and hard state. With
+    /// `sync_now`, the write is synced when it needs to be; without it, the write goes
+    /// unsynced and [`Persisting::needs_sync`] says whether the caller owes an fsync before
+    /// [`Replica::finish_ready`] (a store of many regions syncs once for all of them). Nothing
+    /// that depends on the write leaves through `sink` before `finish_ready`. `None`: no Ready.
+    pub fn begin_ready(
+        &mut self,
+        sink: &mut dyn MessageSink,
+        sync_now: bool,
+    ) -> Result<Option<Persisting<A::Output>>, CoreError> {
         let mut out = ReadyOutput::default();
         if !self.raw.has_ready() {
-            return Ok(out);
+            return Ok(None);
         }
         let mut ready = self.raw.ready();
 
@@ -411,6 +452,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         // crash that loses it leaves a lower commit index, which the applied index and the
         // log recover, and saves every commit advance (each write's second round on the
         // leader, each heartbeat on a follower) an fsync before the answer.
+        let mut needs_sync = false;
         if !ready.entries().is_empty() || ready.hs().is_some() {
             let hs = ready.hs().cloned();
             let term_vote = hs.as_ref().map(|h| (h.term, h.vote));
@@ -419,11 +461,29 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             let sync = self.sync_log && must_sync;
             self.raw
                 .mut_store()
-                .append(ready.entries(), hs.as_ref(), sync)?;
+                .append(ready.entries(), hs.as_ref(), sync && sync_now)?;
+            needs_sync = sync && !sync_now;
             if let Some(tv) = term_vote {
                 self.persisted_term_vote = tv;
             }
         }
+        Ok(Some(Persisting {
+            ready,
+            out,
+            needs_sync,
+        }))
+    }
+
+    /// The second half of a Ready cycle, once its write is durable: sends what depended on
+    /// it, advances raft-rs, applies what committed and compacts.
+    pub fn finish_ready(
+        &mut self,
+        p: Persisting<A::Output>,
+        sink: &mut dyn MessageSink,
+    ) -> Result<ReadyOutput<A::Output>, CoreError> {
+        let Persisting {
+            mut ready, mut out, ..
+        } = p;
         if !ready.persisted_messages().is_empty() {
             sink.send(ready.take_persisted_messages());
         }

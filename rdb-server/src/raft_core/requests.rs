@@ -16,7 +16,7 @@ use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, M
 use raft::StateRole;
 use slog::{debug, warn, Logger};
 
-use super::replica::ReadyOutput;
+use super::replica::{Persisting, ReadyOutput};
 use super::{Application, CoreError, LogStore, MessageSink, Replica, ReplicaConfig};
 
 /// The caller's handle for one client request; answers carry it back.
@@ -225,6 +225,16 @@ impl<S: LogStore, A: Application> Core<S, A> {
             read_ctx_salt: cfg.read_ctx_salt,
             logger: logger.clone(),
         })
+    }
+
+    /// The application, to take what it recorded for the caller (a store's splits).
+    pub fn app_mut(&mut self) -> &mut A {
+        self.replica.app_mut()
+    }
+
+    /// Starts an election now (a split's new region, on the store that led its parent).
+    pub fn campaign(&mut self) -> Result<(), CoreError> {
+        Ok(self.replica.campaign()?)
     }
 
     /// The replica inside, for status and for reads of its stores.
@@ -499,11 +509,34 @@ impl<S: LogStore, A: Application> Core<S, A> {
     ///
     /// A storage error is returned and must end the replica: it cannot persist.
     pub fn advance(&mut self, sink: &mut dyn MessageSink) -> Result<Output<A::Output>, CoreError> {
+        let p = self.begin_advance(sink, true)?;
+        self.finish_advance(p, sink)
+    }
+
+    /// The first half of [`Core::advance`]: the read round and the Ready's write, synced now
+    /// or owed by the caller (see [`Replica::begin_ready`]).
+    pub fn begin_advance(
+        &mut self,
+        sink: &mut dyn MessageSink,
+        sync_now: bool,
+    ) -> Result<Option<Persisting<A::Output>>, CoreError> {
         if !self.reads_new.is_empty() {
             let waiters = std::mem::take(&mut self.reads_new);
             self.start_read_round(waiters, 1);
         }
-        let ready = self.replica.handle_ready(sink)?;
+        self.replica.begin_ready(sink, sync_now)
+    }
+
+    /// The second half of [`Core::advance`], once the write of `begin_advance` is durable.
+    pub fn finish_advance(
+        &mut self,
+        p: Option<Persisting<A::Output>>,
+        sink: &mut dyn MessageSink,
+    ) -> Result<Output<A::Output>, CoreError> {
+        let ready = match p {
+            Some(p) => self.replica.finish_ready(p, sink)?,
+            None => ReadyOutput::default(),
+        };
         let mut out = Output {
             replies: std::mem::take(&mut self.pending),
             compacted_to: ready.compacted_to,

@@ -1,0 +1,441 @@
+//! A PD-mode store's regions (issue 13, specs/009-regions): many Raft groups over one RocksDB,
+//! driven as one.
+//!
+//! [`StoreCore`] holds a [`Core`] per region hosted here and routes to them: peer messages by
+//! region id, client requests by region id, epoch and keys. Each turn ([`StoreCore::advance`])
+//! runs every region's Ready up to its write, syncs the store's WAL once for all of them, and
+//! only then finishes every Ready: no vote, append response or answer leaves before that one
+//! fsync, however many regions wrote. A split applied by a region starts the new region's
+//! peer in the same turn (on the store that led the parent, it campaigns at once).
+//!
+//! Like [`Core`], it has no clock, thread or socket: the caller ticks it, feeds it messages and
+//! requests, and sends what [`StoreOutput`] holds. Tests drive several stores in one process
+//! over real RocksDB directories.
+
+use std::collections::{BTreeMap, HashMap};
+
+use raft::prelude::Message;
+use rdb_storage::region::{self, Peer, Region, RegionEpoch};
+use rdb_storage::{CommandResult, Engine, RaftStorage, StateMachine};
+use slog::{debug, info, o, Logger};
+
+use crate::raft_core::{Answer, Core, CoreConfig, CoreError, MessageSink, Refusal, RequestId};
+
+/// The core of one region, as a store runs it.
+pub type RegionCore = Core<RaftStorage, StateMachine>;
+
+/// A Raft message between two peers of a region, with what routing it needs.
+#[derive(Debug, Clone)]
+pub struct RegionMessage {
+    /// The region the message belongs to.
+    pub region_id: u64,
+    /// The store holding the sending peer.
+    pub from_store: u64,
+    /// The store holding the receiving peer.
+    pub to_store: u64,
+    /// The sender's epoch of the region.
+    pub epoch: RegionEpoch,
+    /// The raft-rs message; its `from` and `to` are peer ids.
+    pub msg: Message,
+}
+
+/// Why a client request cannot go to a region here. The client refreshes its region map and
+/// retries elsewhere; nothing was proposed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegionError {
+    /// This store hosts no peer of the region.
+    NotFound(u64),
+    /// The request's epoch is not the region's: its range or peers changed. `current` holds
+    /// the region as it is here and the region a split made from it, when this store has it.
+    EpochNotMatch {
+        /// The regions that now cover what the client's region covered, as known here.
+        current: Vec<Region>,
+    },
+    /// A key of the request lies outside the region's range.
+    KeyNotInRegion {
+        /// The key.
+        key: Vec<u8>,
+        /// The region as it is here.
+        region: Box<Region>,
+    },
+}
+
+/// A client's answer, with the region it came from (to name its leader).
+pub type RegionReply = (u64, RequestId, Result<Answer<CommandResult>, Refusal>);
+
+/// What one turn produced for the caller.
+#[derive(Debug, Default)]
+pub struct StoreOutput {
+    /// Messages to other stores, in order. Their writes are durable.
+    pub messages: Vec<RegionMessage>,
+    /// Answers to client requests: (region, request, outcome).
+    pub replies: Vec<RegionReply>,
+    /// Regions created on this store in this turn (by splits).
+    pub created: Vec<u64>,
+    /// Whether the turn synced the WAL (some region wrote entries or a new term or vote).
+    pub synced: bool,
+    /// How many regions' writes that one sync made durable.
+    pub regions_synced: usize,
+    /// Regions whose log was compacted below an index this turn, to reclaim disk space.
+    pub compacted: Vec<(u64, u64)>,
+}
+
+/// A region hosted here.
+struct RegionPeer {
+    core: RegionCore,
+    /// This store's peer id in the region.
+    peer_id: u64,
+}
+
+/// The regions of one store over one RocksDB database, driven together; see the module docs.
+pub struct StoreCore {
+    store_id: u64,
+    engine: Engine,
+    cfg: CoreConfig,
+    dedup_window: u64,
+    regions: BTreeMap<u64, RegionPeer>,
+    /// Messages for regions this store does not host (dropped), for status and tests.
+    dropped: u64,
+    logger: Logger,
+}
+
+/// Collects one region's outgoing messages, addressed by store.
+struct Outbox<'a> {
+    region_id: u64,
+    from_store: u64,
+    epoch: RegionEpoch,
+    stores: HashMap<u64, u64>,
+    out: &'a mut Vec<RegionMessage>,
+}
+
+impl MessageSink for Outbox<'_> {
+    fn send(&mut self, msgs: Vec<Message>) {
+        for msg in msgs {
+            // A peer not in the region's meta (one being removed) cannot be reached from here.
+            let Some(&to_store) = self.stores.get(&msg.to) else {
+                continue;
+            };
+            self.out.push(RegionMessage {
+                region_id: self.region_id,
+                from_store: self.from_store,
+                to_store,
+                epoch: self.epoch,
+                msg,
+            });
+        }
+    }
+}
+
+impl StoreCore {
+    /// Opens every region with state in `engine` (a PD-mode store's database). `cfg` is the
+    /// template of each region's core (its replica id is set per region).
+    pub fn open(
+        engine: Engine,
+        store_id: u64,
+        cfg: CoreConfig,
+        dedup_window: u64,
+        logger: &Logger,
+    ) -> Result<StoreCore, CoreError> {
+        let mut store = StoreCore {
+            store_id,
+            engine,
+            cfg,
+            dedup_window,
+            regions: BTreeMap::new(),
+            dropped: 0,
+            logger: logger.new(o!("store" => store_id)),
+        };
+        for id in store.engine.region_ids().map_err(CoreError::storage)? {
+            store.start_region(id)?;
+        }
+        Ok(store)
+    }
+
+    /// Creates `region` on this store (the bootstrap of region 1, or a peer PD placed here)
+    /// and starts its peer.
+    pub fn create_region(&mut self, region: &Region) -> Result<(), CoreError> {
+        self.engine
+            .create_region(region)
+            .map_err(CoreError::storage)?;
+        self.start_region(region.id)
+    }
+
+    fn start_region(&mut self, id: u64) -> Result<(), CoreError> {
+        let view = self.engine.region(id).map_err(CoreError::storage)?;
+        let meta = view
+            .region_meta()
+            .map_err(CoreError::storage)?
+            .ok_or_else(|| {
+                CoreError::storage(rdb_storage::Error::Corrupt(format!("region {id}")))
+            })?;
+        let peer_id = meta
+            .peers
+            .iter()
+            .find(|p| p.store_id == self.store_id)
+            .map(|p| p.id)
+            .ok_or_else(|| {
+                CoreError::storage(rdb_storage::Error::Corrupt(format!(
+                    "region {id} has no peer on store {}",
+                    self.store_id
+                )))
+            })?;
+        let logger = self.logger.new(o!("region" => id, "peer" => peer_id));
+        let storage =
+            RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
+        let sm = StateMachine::new(view, self.dedup_window).map_err(CoreError::storage)?;
+        let mut cfg = self.cfg.clone();
+        cfg.replica.id = peer_id;
+        let core = Core::new(&cfg, storage, sm, &logger)?;
+        info!(logger, "region started"; "start" => ?meta.start_key, "end" => ?meta.end_key,
+            "version" => region::epoch(&meta).version);
+        self.regions.insert(id, RegionPeer { core, peer_id });
+        Ok(())
+    }
+
+    /// This store's id.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// The store's database (every region's view shares it).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Ids of the regions hosted here, in order.
+    pub fn region_ids(&self) -> Vec<u64> {
+        self.regions.keys().copied().collect()
+    }
+
+    /// A region's meta as applied here.
+    pub fn region(&self, id: u64) -> Option<&Region> {
+        self.regions.get(&id)?.core.replica().app().region()
+    }
+
+    /// A region's core, for status.
+    pub fn core(&self, id: u64) -> Option<&RegionCore> {
+        Some(&self.regions.get(&id)?.core)
+    }
+
+    /// The region hosted here whose range holds `key`.
+    pub fn region_for_key(&self, key: &[u8]) -> Option<&Region> {
+        self.regions
+            .values()
+            .filter_map(|r| r.core.replica().app().region())
+            .find(|m| region::contains(m, key))
+    }
+
+    /// Messages dropped because their region is not hosted here.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Advances every region's clock by one tick.
+    pub fn tick(&mut self) {
+        for r in self.regions.values_mut() {
+            r.core.tick();
+        }
+    }
+
+    /// Hands a peer's message to its region. A message for a region not hosted here, or for
+    /// another peer id than this store's, is dropped (a region appears here by bootstrap, PD
+    /// placement or a split applied from the parent's log).
+    pub fn step(&mut self, m: RegionMessage) {
+        match self.regions.get_mut(&m.region_id) {
+            Some(r) if r.peer_id == m.msg.to => r.core.step(m.msg),
+            _ => {
+                self.dropped += 1;
+                debug!(self.logger, "message for a region not hosted here";
+                    "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
+            }
+        }
+    }
+
+    /// Checks that a request for `keys` may go to region `id` at `epoch`.
+    pub fn check(&self, id: u64, epoch: &RegionEpoch, keys: &[&[u8]]) -> Result<(), RegionError> {
+        let meta = self.region(id).ok_or(RegionError::NotFound(id))?;
+        if region::epoch(meta) != *epoch {
+            let mut current = vec![meta.clone()];
+            // After a split, the other half starts where this one now ends.
+            if !meta.end_key.is_empty() {
+                if let Some(next) = self.region_for_key(&meta.end_key) {
+                    current.push(next.clone());
+                }
+            }
+            return Err(RegionError::EpochNotMatch { current });
+        }
+        if let Some(k) = keys.iter().find(|k| !region::contains(meta, k)) {
+            return Err(RegionError::KeyNotInRegion {
+                key: k.to_vec(),
+                region: Box::new(meta.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Proposes an encoded command for request `id` to region `region_id`, once [`Self::check`]
+    /// passes for its keys; the answer comes in a later [`StoreOutput`].
+    pub fn propose(
+        &mut self,
+        region_id: u64,
+        epoch: &RegionEpoch,
+        keys: &[&[u8]],
+        id: RequestId,
+        data: Vec<u8>,
+    ) -> Result<(), RegionError> {
+        self.check(region_id, epoch, keys)?;
+        if let Some(r) = self.regions.get_mut(&region_id) {
+            r.core.propose(id, data);
+        }
+        Ok(())
+    }
+
+    /// Asks region `region_id` for a linearizable read barrier for request `id`.
+    pub fn read(
+        &mut self,
+        region_id: u64,
+        epoch: &RegionEpoch,
+        keys: &[&[u8]],
+        id: RequestId,
+    ) -> Result<(), RegionError> {
+        self.check(region_id, epoch, keys)?;
+        if let Some(r) = self.regions.get_mut(&region_id) {
+            r.core.read(id);
+        }
+        Ok(())
+    }
+
+    /// Proposes splitting region `region_id` at `split_key` into a new region with the given
+    /// ids (one peer id per peer of the region, in its order), as request `id`.
+    pub fn propose_split(
+        &mut self,
+        region_id: u64,
+        split_key: &[u8],
+        new_region_id: u64,
+        new_peer_ids: &[u64],
+        id: RequestId,
+    ) -> Result<(), RegionError> {
+        let meta = self
+            .region(region_id)
+            .ok_or(RegionError::NotFound(region_id))?;
+        let cmd = rdb_proto::command::Command {
+            op: Some(rdb_proto::command::command::Op::Split(
+                rdb_proto::command::Split {
+                    split_key: split_key.to_vec(),
+                    new_region_id,
+                    new_peer_ids: new_peer_ids.to_vec(),
+                    version: region::epoch(meta).version,
+                },
+            )),
+            ..Default::default()
+        };
+        let epoch = region::epoch(meta);
+        self.propose(
+            region_id,
+            &epoch,
+            &[split_key],
+            id,
+            prost::Message::encode_to_vec(&cmd),
+        )
+    }
+
+    /// The store id of a region's peer, if the region is hosted here and has that peer.
+    pub fn store_of(&self, region_id: u64, peer_id: u64) -> Option<u64> {
+        self.region(region_id)?
+            .peers
+            .iter()
+            .find(|p| p.id == peer_id)
+            .map(|p| p.store_id)
+    }
+
+    /// The peer leading a region, as known here.
+    pub fn leader_of(&self, region_id: u64) -> Option<Peer> {
+        let r = self.regions.get(&region_id)?;
+        let leader = r.core.replica().leader_id();
+        let store_id = self.store_of(region_id, leader)?;
+        Some(Peer {
+            id: leader,
+            store_id,
+        })
+    }
+
+    /// Runs a turn for every region: each Ready up to its write, one fsync of the WAL if any
+    /// write needs it, then each Ready's second half (messages that depend on the writes,
+    /// apply, answers). Regions created by splits start here, before the turn ends.
+    ///
+    /// A storage error is returned and must end the store: it cannot persist.
+    pub fn advance(&mut self) -> Result<StoreOutput, CoreError> {
+        let mut out = StoreOutput::default();
+        let mut pending = Vec::with_capacity(self.regions.len());
+        let mut owed = false;
+        for (&id, r) in self.regions.iter_mut() {
+            let mut outbox = outbox(id, self.store_id, &r.core, &mut out.messages);
+            let p = r.core.begin_advance(&mut outbox, false)?;
+            if p.as_ref().is_some_and(|p| p.needs_sync()) {
+                owed = true;
+                out.regions_synced += 1;
+            }
+            pending.push((id, p));
+        }
+        if owed {
+            let started = std::time::Instant::now();
+            self.engine.sync_store().map_err(CoreError::storage)?;
+            crate::metrics::metrics().observe_fsync(started.elapsed());
+            out.synced = true;
+        }
+        let mut created = Vec::new();
+        for (id, p) in pending {
+            let Some(r) = self.regions.get_mut(&id) else {
+                continue;
+            };
+            let mut outbox = outbox(id, self.store_id, &r.core, &mut out.messages);
+            let o = r.core.finish_advance(p, &mut outbox)?;
+            out.replies
+                .extend(o.replies.into_iter().map(|(rid, a)| (id, rid, a)));
+            if let Some(below) = o.compacted_to {
+                out.compacted.push((id, below));
+            }
+            let led = r.core.replica().is_leader();
+            for new in r.core.app_mut().take_splits() {
+                created.push((new, led));
+            }
+        }
+        for (id, led) in created {
+            if self.regions.contains_key(&id) {
+                continue;
+            }
+            self.start_region(id)?;
+            info!(self.logger, "region created by a split"; "region" => id, "parent_led" => led);
+            if led {
+                // The parent's leader has the freshest view of the new region's peers: it
+                // campaigns at once instead of waiting out an election timeout.
+                if let Some(r) = self.regions.get_mut(&id) {
+                    r.core.campaign()?;
+                }
+            }
+            out.created.push(id);
+        }
+        Ok(out)
+    }
+}
+
+fn outbox<'a>(
+    region_id: u64,
+    from_store: u64,
+    core: &RegionCore,
+    out: &'a mut Vec<RegionMessage>,
+) -> Outbox<'a> {
+    let meta = core.replica().app().region();
+    Outbox {
+        region_id,
+        from_store,
+        epoch: meta.map(region::epoch).unwrap_or_default(),
+        stores: meta
+            .map(|m| m.peers.iter().map(|p| (p.id, p.store_id)).collect())
+            .unwrap_or_default(),
+        out,
+    }
+}
+
+#[cfg(test)]
+mod tests;

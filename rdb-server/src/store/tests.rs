@@ -1,0 +1,364 @@
+//! Three stores in one process over real RocksDB directories, with messages passed by hand:
+//! regions elect, serve, split under writes, route and refuse by epoch and range, and a
+//! restarted store catches up on every region.
+
+use prost::Message as _;
+use rdb_proto::command::{command::Op, Command, Put};
+use rdb_storage::region::{Peer, Region, RegionEpoch};
+use rdb_storage::{CommandResult, Engine};
+
+use super::*;
+use crate::config::Settings;
+use crate::raft_core::Answer;
+
+const WINDOW: u64 = 10_000;
+/// Rounds a condition may take; one round is one tick, one delivery of every message and one
+/// turn of every store, so this is about 50 election timeouts.
+const ROUNDS: usize = 500;
+
+struct Stores {
+    dirs: Vec<tempfile::TempDir>,
+    stores: Vec<Option<StoreCore>>,
+    inflight: Vec<RegionMessage>,
+    replies: Vec<RegionReply>,
+    next_request: u64,
+    /// Turns in which one sync covered several regions' writes.
+    shared_syncs: usize,
+}
+
+fn logger() -> Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn open(dir: &std::path::Path, store_id: u64) -> StoreCore {
+    let engine = Engine::open(dir).expect("open");
+    let cfg = crate::node::core_config(0, &Settings::default());
+    StoreCore::open(engine, store_id, cfg, WINDOW, &logger()).expect("store")
+}
+
+fn region_one() -> Region {
+    Region {
+        id: 1,
+        start_key: Vec::new(),
+        end_key: Vec::new(),
+        epoch: Some(RegionEpoch {
+            version: 1,
+            conf_ver: 1,
+        }),
+        peers: (1..=3)
+            .map(|s| Peer {
+                id: 10 + s,
+                store_id: s,
+            })
+            .collect(),
+    }
+}
+
+fn put_cmd(client: u64, seq: u64, k: &str, v: &str) -> Vec<u8> {
+    Command {
+        client_id: client,
+        seq,
+        op: Some(Op::Put(Put {
+            key: k.into(),
+            value: v.into(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+impl Stores {
+    fn new() -> Stores {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+        let mut stores = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            let mut s = open(d.path(), i as u64 + 1);
+            s.create_region(&region_one()).expect("bootstrap");
+            stores.push(Some(s));
+        }
+        Stores {
+            dirs,
+            stores,
+            inflight: Vec::new(),
+            replies: Vec::new(),
+            next_request: 1,
+            shared_syncs: 0,
+        }
+    }
+
+    fn store(&mut self, id: u64) -> &mut StoreCore {
+        self.stores[id as usize - 1].as_mut().expect("store is up")
+    }
+
+    /// One round: deliver what is in flight, tick, and run a turn on every live store.
+    fn round(&mut self) {
+        for m in std::mem::take(&mut self.inflight) {
+            if let Some(s) = self.stores[m.to_store as usize - 1].as_mut() {
+                s.step(m);
+            }
+        }
+        for s in self.stores.iter_mut().flatten() {
+            s.tick();
+            let out = s.advance().expect("advance");
+            if out.regions_synced > 1 {
+                self.shared_syncs += 1;
+            }
+            self.inflight.extend(out.messages);
+            self.replies.extend(out.replies);
+        }
+    }
+
+    fn until(&mut self, what: &str, mut done: impl FnMut(&mut Stores) -> bool) {
+        for _ in 0..ROUNDS {
+            if done(self) {
+                return;
+            }
+            self.round();
+        }
+        panic!("not within {ROUNDS} rounds: {what}");
+    }
+
+    /// The store leading region `id`, once one does.
+    fn leader(&mut self, id: u64) -> u64 {
+        let mut found = 0;
+        self.until(&format!("region {id} has a leader"), |st| {
+            found = st
+                .stores
+                .iter()
+                .flatten()
+                .find(|s| s.core(id).is_some_and(|c| c.replica().is_leader()))
+                .map_or(0, |s| s.store_id());
+            found != 0
+        });
+        found
+    }
+
+    fn epoch(&mut self, store: u64, region: u64) -> RegionEpoch {
+        rdb_storage::region::epoch(self.store(store).region(region).expect("region"))
+    }
+
+    /// Proposes a put to region `id` through its leader and waits for the answer.
+    fn put(&mut self, id: u64, client: u64, seq: u64, k: &str, v: &str) -> CommandResult {
+        let leader = self.leader(id);
+        let epoch = self.epoch(leader, id);
+        let req = self.next_request;
+        self.next_request += 1;
+        self.store(leader)
+            .propose(id, &epoch, &[k.as_bytes()], req, put_cmd(client, seq, k, v))
+            .expect("routed");
+        self.answer(req)
+    }
+
+    fn answer(&mut self, req: u64) -> CommandResult {
+        let mut got = None;
+        self.until(&format!("request {req} answered"), |st| {
+            if let Some(i) = st.replies.iter().position(|r| r.1 == req) {
+                got = Some(st.replies.remove(i).2);
+            }
+            got.is_some()
+        });
+        match got {
+            Some(Ok(Answer::Written(r))) => r,
+            other => panic!("request {req}: {other:?}"),
+        }
+    }
+
+    /// Every live store's user data, once all of them applied the same index in every
+    /// region they host.
+    fn converged(&mut self) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.until("every store applied every region's log", |st| {
+            let ids: Vec<u64> = st
+                .stores
+                .iter()
+                .flatten()
+                .flat_map(|s| s.region_ids())
+                .collect();
+            ids.iter().all(|&id| {
+                let applied: Vec<u64> = st
+                    .stores
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| s.core(id).map(|c| c.replica().applied_index()))
+                    .collect();
+                let commit = st
+                    .stores
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| s.core(id).map(|c| c.replica().commit_index()))
+                    .max()
+                    .unwrap_or(0);
+                applied.len() == st.stores.iter().flatten().count()
+                    && applied.iter().all(|&a| a == commit)
+            })
+        });
+        self.stores
+            .iter()
+            .flatten()
+            .map(|s| {
+                s.engine()
+                    .scan(b"", b"", usize::MAX, usize::MAX)
+                    .expect("scan")
+                    .kvs
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn regions_split_under_writes_route_by_epoch_and_range_and_replicas_stay_identical() {
+    let mut st = Stores::new();
+    for i in 0..20 {
+        let k = format!("k{i:02}");
+        assert_eq!(st.put(1, 9, i + 1, &k, "v1"), CommandResult::Put);
+    }
+    let leader = st.leader(1);
+    let old_epoch = st.epoch(leader, 1);
+    // A split proposed beside writes to both future halves, in the same turn.
+    let (split_req, w1, w2) = (st.next_request, st.next_request + 1, st.next_request + 2);
+    st.next_request += 3;
+    let s = st.store(leader);
+    s.propose_split(1, b"k10", 2, &[21, 22, 23], split_req)
+        .expect("split proposed");
+    s.propose(1, &old_epoch, &[b"k03"], w1, put_cmd(9, 100, "k03", "v2"))
+        .expect("routed");
+    s.propose(1, &old_epoch, &[b"k13"], w2, put_cmd(9, 101, "k13", "v2"))
+        .expect("routed");
+    assert_eq!(st.answer(split_req), CommandResult::Split { new_region: 2 });
+    assert_eq!(st.answer(w1), CommandResult::Put);
+    // Proposed before the split and ordered after it in the log: refused at apply, on every
+    // replica alike, so it never lands in the wrong region.
+    let refused = loop {
+        if let Some(i) = st.replies.iter().position(|r| r.1 == w2) {
+            break st.replies.remove(i).2;
+        }
+        st.round();
+    };
+    assert!(
+        matches!(&refused, Err(Refusal::Rejected(m)) if m.contains("key not in region")),
+        "{refused:?}"
+    );
+
+    // Every store hosts both halves, and region 2 elects.
+    st.until("every store hosts region 2", |st| {
+        st.stores.iter().flatten().all(|s| s.region(2).is_some())
+    });
+    let l2 = st.leader(2);
+    let left = st.store(leader).region(1).expect("left").clone();
+    let right = st.store(l2).region(2).expect("right").clone();
+    assert_eq!(
+        (&left.start_key[..], &left.end_key[..]),
+        (&b""[..], &b"k10"[..])
+    );
+    assert_eq!(
+        (&right.start_key[..], &right.end_key[..]),
+        (&b"k10"[..], &b""[..])
+    );
+
+    // Routing: the old epoch, a key of the other half, a region this store lacks.
+    let s = st.store(leader);
+    match s.propose(1, &old_epoch, &[b"k01"], 999, put_cmd(0, 0, "k01", "x")) {
+        Err(RegionError::EpochNotMatch { current }) => {
+            let ids: Vec<u64> = current.iter().map(|r| r.id).collect();
+            assert_eq!(ids, vec![1, 2], "both halves come back");
+        }
+        other => panic!("stale epoch accepted: {other:?}"),
+    }
+    let new_epoch = rdb_storage::region::epoch(&left);
+    assert!(matches!(
+        s.propose(1, &new_epoch, &[b"k15"], 999, put_cmd(0, 0, "k15", "x")),
+        Err(RegionError::KeyNotInRegion { .. })
+    ));
+    assert_eq!(s.check(7, &new_epoch, &[]), Err(RegionError::NotFound(7)));
+
+    // Both halves take writes. A retry in region 2 of a write region 1 applied before the
+    // split is answered from the record the split copied, and writes nothing.
+    assert_eq!(st.put(2, 9, 200, "k15", "v3"), CommandResult::Put);
+    assert_eq!(st.put(2, 9, 201, "k12", "v3"), CommandResult::Put);
+    assert_eq!(st.put(2, 9, 13, "k12", "v1"), CommandResult::Put);
+    assert_eq!(st.put(1, 9, 202, "k01", "v3"), CommandResult::Put);
+
+    let data = st.converged();
+    assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    let get = |k: &str| {
+        data[0]
+            .iter()
+            .find(|(key, _)| key == k.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(get("k12").as_deref(), Some("v3"), "the retry wrote again");
+    assert_eq!(get("k03").as_deref(), Some("v2"));
+    assert_eq!(
+        get("k13").as_deref(),
+        Some("v1"),
+        "the refused write landed"
+    );
+    assert_eq!(get("k15").as_deref(), Some("v3"));
+    assert_eq!(data[0].len(), 20, "k00..k19, nothing else");
+}
+
+#[test]
+fn a_restarted_store_reopens_every_region_and_catches_up() {
+    let mut st = Stores::new();
+    assert_eq!(st.put(1, 1, 1, "a", "1"), CommandResult::Put);
+    let leader = st.leader(1);
+    let req = st.next_request;
+    st.next_request += 1;
+    st.store(leader)
+        .propose_split(1, b"m", 2, &[21, 22, 23], req)
+        .expect("split");
+    assert_eq!(st.answer(req), CommandResult::Split { new_region: 2 });
+    st.until("every store hosts region 2", |st| {
+        st.stores.iter().flatten().all(|s| s.region(2).is_some())
+    });
+    // Take down a store that leads neither region, write to both, bring it back.
+    let l2 = st.leader(2);
+    let down = (1..=3)
+        .find(|&s| s != leader && s != l2)
+        .expect("a follower store");
+    st.stores[down as usize - 1] = None;
+    for i in 0..30 {
+        let k = format!("{}{i:02}", if i % 2 == 0 { "b" } else { "x" });
+        let region = if i % 2 == 0 { 1 } else { 2 };
+        assert_eq!(st.put(region, 1, 10 + i, &k, "w"), CommandResult::Put);
+    }
+    let dir = st.dirs[down as usize - 1].path().to_path_buf();
+    st.stores[down as usize - 1] = Some(open(&dir, down));
+    assert_eq!(st.store(down).region_ids(), vec![1, 2]);
+    let data = st.converged();
+    assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    assert_eq!(data[0].len(), 31);
+}
+
+#[test]
+fn one_fsync_makes_every_region_s_writes_of_a_turn_durable() {
+    let mut st = Stores::new();
+    let leader = st.leader(1);
+    let req = st.next_request;
+    st.next_request += 1;
+    st.store(leader)
+        .propose_split(1, b"m", 2, &[21, 22, 23], req)
+        .expect("split");
+    assert_eq!(st.answer(req), CommandResult::Split { new_region: 2 });
+    st.leader(2);
+    st.shared_syncs = 0;
+    // Writes to both regions in the same turns: wherever the leaders are, followers append
+    // both regions' entries in one turn and sync once for them.
+    for i in 0..10u64 {
+        let (r1, r2) = (st.next_request, st.next_request + 1);
+        st.next_request += 2;
+        let (l1, l2) = (st.leader(1), st.leader(2));
+        let (e1, e2) = (st.epoch(l1, 1), st.epoch(l2, 2));
+        st.store(l1)
+            .propose(1, &e1, &[b"a"], r1, put_cmd(3, 2 * i + 1, "a", "1"))
+            .expect("routed");
+        st.store(l2)
+            .propose(2, &e2, &[b"z"], r2, put_cmd(3, 2 * i + 2, "z", "2"))
+            .expect("routed");
+        st.answer(r1);
+        st.answer(r2);
+    }
+    assert!(
+        st.shared_syncs >= 10,
+        "only {} turns synced several regions at once",
+        st.shared_syncs
+    );
+}
