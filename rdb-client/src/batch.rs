@@ -18,6 +18,7 @@ impl Client {
         V: Into<Vec<u8>>,
     {
         let req = BatchPutRequest {
+            context: None,
             pairs: pairs
                 .into_iter()
                 .map(|(k, v)| KeyValue {
@@ -44,6 +45,7 @@ impl Client {
         consistency: ReadConsistency,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let req = BatchGetRequest {
+            context: None,
             keys: keys.into_iter().map(Into::into).collect(),
             consistency: pb_consistency(consistency),
         };
@@ -69,6 +71,7 @@ impl Client {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<u64> {
         let req = BatchDeleteRequest {
+            context: None,
             keys: keys.into_iter().map(Into::into).collect(),
             request_id: Some(self.next_request_id()),
         };

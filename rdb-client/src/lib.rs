@@ -303,6 +303,7 @@ impl Client {
     /// Writes `value` under `key`.
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
         let req = PutRequest {
+            context: None,
             key: key.into(),
             value: value.into(),
             request_id: Some(self.next_request_id()),
@@ -329,6 +330,7 @@ impl Client {
         consistency: ReadConsistency,
     ) -> Result<Option<Vec<u8>>> {
         let req = GetRequest {
+            context: None,
             key: key.into(),
             consistency: pb_consistency(consistency),
         };
@@ -346,6 +348,7 @@ impl Client {
     /// applied, the answer recorded the first time).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         let req = DeleteRequest {
+            context: None,
             key: key.into(),
             request_id: Some(self.next_request_id()),
         };
@@ -367,6 +370,7 @@ impl Client {
         new: impl Into<Vec<u8>>,
     ) -> Result<CasOutcome> {
         let req = CasRequest {
+            context: None,
             key: key.into(),
             expected,
             new_value: new.into(),
@@ -399,6 +403,7 @@ impl Client {
         let deadline = self.deadline();
         let limit = range.limit as usize;
         let mut req = ScanRequest {
+            context: None,
             start: range.start,
             end: range.end,
             prefix: range.prefix,

@@ -155,7 +155,9 @@ impl Kv for FakeNode {
             leader: Some(LeaderHint {
                 id: 1,
                 addr: addr.clone(),
+                peer_id: 0,
             }),
+            regions: Vec::new(),
         });
         Ok(Response::new(CheckResponse {
             index: if error.is_some() { 0 } else { 42 },

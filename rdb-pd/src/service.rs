@@ -58,6 +58,10 @@ fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
         ),
         RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
         RequestError::Indeterminate(_) => (ErrorCode::Indeterminate, None),
+        // PD has no regions of its own to route by.
+        RequestError::KeyNotInRegion(..)
+        | RequestError::EpochNotMatch(..)
+        | RequestError::RegionNotFound(_) => (ErrorCode::InvalidArgument, None),
     };
     let message = match &e {
         RequestError::NotLeader(Some(h)) => format!("PD node {} leads, at {}", h.id, h.addr),

@@ -147,7 +147,7 @@ where
                 biased;
                 _ = ticker.tick() => self.on_tick(),
                 Some(c) = self.inbox.control.recv() => self.control(c),
-                Some(m) = self.inbox.raft.recv() => self.core.step(*m),
+                Some(m) = self.inbox.raft.recv() => self.core.step(m.msg),
                 m = self.inbox.client.recv() => {
                     let Some(m) = m else { break };
                     self.handle(m);
@@ -182,7 +182,7 @@ where
         }
         for _ in 0..MAX_MSGS_PER_TURN {
             match self.inbox.raft.try_recv() {
-                Ok(m) => self.core.step(*m),
+                Ok(m) => self.core.step(m.msg),
                 Err(_) => break,
             }
         }
@@ -203,7 +203,7 @@ where
 
     fn control(&mut self, c: Control) {
         match c {
-            Control::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
+            Control::SnapshotSent { to, ok, .. } => self.core.report_snapshot(to, ok),
             Control::Unreachable { to } => self.core.report_unreachable(to),
             Control::Removed { by } => {
                 let applied = self.core.replica().applied_index();
@@ -303,7 +303,11 @@ where
             return None;
         }
         let addr = self.members.client_addr(id)?;
-        Some(LeaderHint { id, addr })
+        Some(LeaderHint {
+            id,
+            addr,
+            peer_id: 0,
+        })
     }
 
     fn request_error(&self, r: Refusal) -> RequestError {

@@ -14,14 +14,16 @@ use rdb_storage::MemberRecord;
 /// The leader as a node knows it, to tell a client where to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderHint {
-    /// Leader's node id.
+    /// Leader's node id (PD mode: its store id).
     pub id: NodeId,
     /// Leader's client address.
     pub addr: String,
+    /// PD mode: the leader's peer id in the region; 0 otherwise.
+    pub peer_id: u64,
 }
 
 /// Why a request did not succeed, as the client will see it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
     /// Malformed or over a limit; retrying will not help.
     #[error("invalid argument: {0}")]
@@ -35,6 +37,15 @@ pub enum RequestError {
     /// Proposed, but the outcome is unknown. Retrying with the same request id is safe.
     #[error("indeterminate: {0}")]
     Indeterminate(String),
+    /// PD mode: a key lies outside the region the request names; `1` holds that region.
+    #[error("key not in region: {0}")]
+    KeyNotInRegion(String, Vec<rdb_storage::region::Region>),
+    /// PD mode: the request's region epoch is stale; `1` holds the regions now covering it.
+    #[error("epoch not match: {0}")]
+    EpochNotMatch(String, Vec<rdb_storage::region::Region>),
+    /// PD mode: this store hosts no such region (or none holding the key).
+    #[error("region not found: {0}")]
+    RegionNotFound(String),
 }
 
 /// Result of a write: what applying the command produced.
@@ -131,6 +142,8 @@ pub struct MembersView {
 pub enum Control {
     /// The transport finished (or failed) sending a snapshot to a peer.
     SnapshotSent {
+        /// The region the snapshot is of (PD mode); 0 for a static node's group.
+        region_id: u64,
         /// The peer.
         to: NodeId,
         /// Whether the peer received all of it.
@@ -155,12 +168,23 @@ pub enum Control {
 #[derive(Debug, Clone)]
 pub struct RaftSender {
     control: mpsc::UnboundedSender<Control>,
-    raft: mpsc::Sender<Box<RaftMessage>>,
+    raft: mpsc::Sender<Box<PeerMsg>>,
+}
+
+/// A Raft message from a peer, with the region it is for (PD mode).
+#[derive(Debug, Clone)]
+pub struct PeerMsg {
+    /// The region (PD mode); 0 for a static node's one group.
+    pub region_id: u64,
+    /// The sending node (PD mode: store).
+    pub from: NodeId,
+    /// The raft-rs message.
+    pub msg: RaftMessage,
 }
 
 impl RaftSender {
     /// Sends a Raft message from a peer, waiting for room. Fails only when the Raft task stopped.
-    pub async fn send_raft(&self, m: Box<RaftMessage>) -> Result<(), RequestError> {
+    pub async fn send_raft(&self, m: Box<PeerMsg>) -> Result<(), RequestError> {
         self.raft
             .send(m)
             .await
@@ -201,7 +225,7 @@ pub struct Inbox<O = CommandResult> {
     /// Snapshot and reachability reports from the transport.
     pub control: mpsc::UnboundedReceiver<Control>,
     /// Raft messages from peers.
-    pub raft: mpsc::Receiver<Box<RaftMessage>>,
+    pub raft: mpsc::Receiver<Box<PeerMsg>>,
     /// Client requests.
     pub client: mpsc::Receiver<Msg<O>>,
 }

@@ -11,6 +11,10 @@
 //! the next ones the file, read from disk in chunks of at most 1 MiB (and half a peer message)
 //! and paced by `snapshot_max_bytes_per_sec` over all transfers of the node. The outcome is
 //! reported back to Raft (`report_snapshot`) every time.
+//!
+//! Between the stores of a PD-mode cluster the same streams carry every region's messages:
+//! peers are stores, each message travels with its region id, and a region's snapshot files
+//! are read from its own folder (`snap/r<id>`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -52,7 +56,12 @@ struct Stamp {
     cluster_id: u64,
     from: NodeId,
     to: NodeId,
+    /// Between stores (PD mode): batches carry each message's region id.
+    regions: bool,
 }
+
+/// A queued message: its region (0 for a static node's group) and the message.
+type Queued = (u64, RaftMessage);
 
 /// Paces snapshot data over every transfer of this node.
 #[derive(Debug)]
@@ -88,7 +97,7 @@ impl Throttle {
 
 /// Sends Raft messages to the other members of the cluster.
 pub struct GrpcTransport {
-    queues: HashMap<NodeId, mpsc::Sender<RaftMessage>>,
+    queues: HashMap<NodeId, mpsc::Sender<Queued>>,
     /// Each peer's send-failure counter and queue-depth gauge, looked up once: `send` runs on
     /// the Raft thread for every message.
     peer_metrics: HashMap<NodeId, (prometheus::IntCounter, prometheus::IntGauge)>,
@@ -100,6 +109,8 @@ pub struct GrpcTransport {
     handle: Handle,
     snap_dir: PathBuf,
     throttle: Arc<Throttle>,
+    /// PD mode: peers are stores and messages carry region ids.
+    regions: bool,
     logger: Logger,
 }
 
@@ -127,10 +138,76 @@ impl GrpcTransport {
             handle,
             snap_dir,
             throttle: Arc::new(Throttle::new(config.settings.snapshot_max_bytes_per_sec)),
+            regions: false,
             logger,
         };
         crate::node::Transport::set_peers(&mut t, peers);
         t
+    }
+
+    /// The transport of a PD-mode store: `me` and the peers are store ids, and messages go
+    /// with [`GrpcTransport::send_region`].
+    pub fn start_store(
+        config: &ClusterConfig,
+        me: NodeId,
+        mailbox: RaftSender,
+        handle: Handle,
+        snap_dir: PathBuf,
+        logger: Logger,
+    ) -> GrpcTransport {
+        let mut t = GrpcTransport::start(
+            config,
+            &BTreeMap::new(),
+            me,
+            mailbox,
+            handle,
+            snap_dir,
+            logger,
+        );
+        t.regions = true;
+        t
+    }
+
+    /// Adds or moves store `id` (PD mode) at `addr`.
+    pub fn set_store(&mut self, id: NodeId, addr: &str) {
+        if id == self.me || self.addrs.get(&id).is_some_and(|a| a == addr) {
+            return;
+        }
+        self.queues.remove(&id);
+        info!(self.logger, "peer stream opened"; "peer" => id, "addr" => addr);
+        self.add_peer(id, addr);
+    }
+
+    /// Whether store `id` has an address here (PD mode).
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.addrs.contains_key(&id)
+    }
+
+    /// Queues a message of region `region_id` for store `to` (PD mode).
+    pub fn send_region(&mut self, to: NodeId, region_id: u64, m: RaftMessage) {
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            self.send_snapshot(to, region_id, m);
+            return;
+        }
+        self.enqueue(to, (region_id, m));
+    }
+
+    fn enqueue(&mut self, to: NodeId, item: Queued) {
+        match self.queues.get(&to) {
+            Some(q) => {
+                let dropped = q.try_send(item).is_err();
+                if dropped {
+                    debug!(self.logger, "peer queue full, message dropped");
+                }
+                if let Some((failures, depth)) = self.peer_metrics.get(&to) {
+                    if dropped {
+                        failures.inc();
+                    }
+                    depth.set((q.max_capacity() - q.capacity()) as i64);
+                }
+            }
+            None => warn!(self.logger, "message for unknown peer"; "to" => to),
+        }
     }
 
     /// Starts the sender task of peer `id` at `addr`.
@@ -150,6 +227,7 @@ impl GrpcTransport {
             cluster_id: self.cluster_id,
             from: self.me,
             to: id,
+            regions: self.regions,
         };
         self.handle.spawn(send_loop(
             addr.to_string(),
@@ -161,8 +239,8 @@ impl GrpcTransport {
         ));
     }
 
-    fn send_snapshot(&self, m: RaftMessage) {
-        let to = m.to;
+    /// Streams a snapshot to node (PD mode: store) `to`.
+    fn send_snapshot(&self, to: NodeId, region_id: u64, m: RaftMessage) {
         let Some(addr) = self.addrs.get(&to).cloned() else {
             return;
         };
@@ -170,13 +248,17 @@ impl GrpcTransport {
             cluster_id: self.cluster_id,
             from: self.me,
             to,
+            regions: self.regions,
         };
         let (mailbox, logger, max) = (self.mailbox.clone(), self.logger.clone(), self.max_message);
-        let (snap_dir, throttle) = (self.snap_dir.clone(), self.throttle.clone());
+        let snap_dir = region_snap_dir(&self.snap_dir, region_id);
+        let throttle = self.throttle.clone();
+        let peer = m.to;
         self.handle.spawn(async move {
             let index = m.get_snapshot().get_metadata().index;
             let started = std::time::Instant::now();
-            let result = stream_snapshot(&addr, stamp, m, &snap_dir, max, &throttle).await;
+            let result =
+                stream_snapshot(&addr, stamp, region_id, m, &snap_dir, max, &throttle).await;
             match &result {
                 Ok(bytes) => {
                     let m = crate::metrics::metrics();
@@ -191,7 +273,8 @@ impl GrpcTransport {
             }
             // Raft waits for this report before it sends the peer anything else.
             mailbox.report(Control::SnapshotSent {
-                to,
+                region_id,
+                to: peer,
                 ok: result.is_ok(),
             });
         });
@@ -226,26 +309,21 @@ impl MessageSink for GrpcTransport {
     fn send(&mut self, msgs: Vec<RaftMessage>) {
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.send_snapshot(m);
+                self.send_snapshot(m.to, 0, m);
                 continue;
             }
             let to = m.to;
-            match self.queues.get(&to) {
-                Some(q) => {
-                    let dropped = q.try_send(m).is_err();
-                    if dropped {
-                        debug!(self.logger, "peer queue full, message dropped");
-                    }
-                    if let Some((failures, depth)) = self.peer_metrics.get(&to) {
-                        if dropped {
-                            failures.inc();
-                        }
-                        depth.set((q.max_capacity() - q.capacity()) as i64);
-                    }
-                }
-                None => warn!(self.logger, "message for unknown peer"; "to" => m.to),
-            }
+            self.enqueue(to, (0, m));
         }
+    }
+}
+
+/// Where the snapshot files of region `region_id` live (the folder itself for region 0, a
+/// static node's group), as `Engine::snap_dir` lays them out.
+pub fn region_snap_dir(snap_dir: &std::path::Path, region_id: u64) -> PathBuf {
+    match region_id {
+        0 => snap_dir.to_path_buf(),
+        id => snap_dir.join(format!("r{id}")),
     }
 }
 
@@ -273,7 +351,7 @@ async fn connect(
 async fn send_loop(
     addr: String,
     stamp: Stamp,
-    mut rx: mpsc::Receiver<RaftMessage>,
+    mut rx: mpsc::Receiver<Queued>,
     mailbox: RaftSender,
     max_message: usize,
     logger: Logger,
@@ -312,16 +390,16 @@ async fn send_loop(
         let call = client.raft(ReceiverStream::new(srx));
         tokio::pin!(call);
         // An encoded message that did not fit in the previous batch opens the next one.
-        let mut carried: Option<Vec<u8>> = None;
+        let mut carried: Option<(u64, Vec<u8>)> = None;
         let ended = loop {
             let first = match carried.take() {
                 Some(b) => b,
                 None => tokio::select! {
                     res = &mut call => break res.err().map(|s| s.to_string()).unwrap_or_default(),
                     m = rx.recv() => {
-                        let Some(m) = m else { return };
+                        let Some((region, m)) = m else { return };
                         match m.write_to_bytes() {
-                            Ok(b) => b,
+                            Ok(b) => (region, b),
                             Err(e) => {
                                 warn!(logger, "cannot encode raft message"; "error" => %e);
                                 continue;
@@ -361,28 +439,36 @@ fn batch_limit(max_message: usize) -> usize {
 /// (or one entry), and the config check keeps one entry under `max_peer_message_bytes`.
 fn make_batch(
     stamp: Stamp,
-    first: Vec<u8>,
-    rx: &mut mpsc::Receiver<RaftMessage>,
+    first: (u64, Vec<u8>),
+    rx: &mut mpsc::Receiver<Queued>,
     limit: usize,
-) -> (RaftBatch, Option<Vec<u8>>) {
-    let mut bytes = first.len() + PER_MESSAGE_OVERHEAD;
-    let mut msgs = vec![first];
+) -> (RaftBatch, Option<(u64, Vec<u8>)>) {
+    let mut bytes = first.1.len() + PER_MESSAGE_OVERHEAD;
+    let mut region_ids = vec![first.0];
+    let mut msgs = vec![first.1];
     let mut rest = None;
     while bytes < limit {
-        let Ok(m) = rx.try_recv() else { break };
+        let Ok((region, m)) = rx.try_recv() else {
+            break;
+        };
         let Ok(b) = m.write_to_bytes() else { continue };
         if bytes + b.len() + PER_MESSAGE_OVERHEAD > limit {
-            rest = Some(b);
+            rest = Some((region, b));
             break;
         }
         bytes += b.len() + PER_MESSAGE_OVERHEAD;
+        region_ids.push(region);
         msgs.push(b);
+    }
+    if !stamp.regions {
+        region_ids.clear();
     }
     let batch = RaftBatch {
         cluster_id: stamp.cluster_id,
         from: stamp.from,
         to: stamp.to,
         msgs,
+        region_ids,
     };
     (batch, rest)
 }
@@ -392,6 +478,7 @@ fn make_batch(
 async fn stream_snapshot(
     addr: &str,
     stamp: Stamp,
+    region_id: u64,
     m: RaftMessage,
     snap_dir: &std::path::Path,
     max_message: usize,
@@ -423,6 +510,7 @@ async fn stream_snapshot(
             to: stamp.to,
             total_len: desc.file_len,
             message,
+            region_id,
         }),
         data: Vec::new(),
     };
@@ -490,19 +578,21 @@ mod tests {
         let max_message = 3 << 20;
         let (tx, mut rx) = mpsc::channel(64);
         for _ in 0..10 {
-            tx.send(append_of(900 << 10)).await.unwrap();
+            tx.send((0, append_of(900 << 10))).await.unwrap();
         }
         let stamp = Stamp {
             cluster_id: 1,
             from: 1,
             to: 2,
+            regions: false,
         };
-        let mut carried = Some(append_of(900 << 10).write_to_bytes().unwrap());
+        let mut carried = Some((0, append_of(900 << 10).write_to_bytes().unwrap()));
         let mut sent = 0;
-        while let Some(first) = carried
-            .take()
-            .or_else(|| rx.try_recv().ok().map(|m| m.write_to_bytes().unwrap()))
-        {
+        while let Some(first) = carried.take().or_else(|| {
+            rx.try_recv()
+                .ok()
+                .map(|(r, m): Queued| (r, m.write_to_bytes().unwrap()))
+        }) {
             let (batch, rest) = make_batch(stamp, first, &mut rx, batch_limit(max_message));
             let encoded = prost::Message::encoded_len(&batch);
             assert!(encoded <= max_message, "batch of {encoded} bytes");

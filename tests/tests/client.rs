@@ -61,6 +61,7 @@ async fn client_scan_pages_through_100_values_of_1_mib() {
         .max_decoding_message_size(usize::MAX);
     let page = raw
         .scan(ScanRequest {
+            context: None,
             prefix: b"big/".to_vec(),
             ..Default::default()
         })

@@ -331,6 +331,7 @@ async fn follower_answers_not_leader_with_the_leaders_address() {
     let r = raw(&addr)
         .await
         .put(PutRequest {
+            context: None,
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             request_id: None,
@@ -380,6 +381,7 @@ async fn a_retried_write_is_applied_once() {
     let leader = c.wait_leader(SECS(10)).await;
     let mut kv = raw(&c.nodes[(leader - 1) as usize].client_addr).await;
     let put = |v: &str, client_id, seq| PutRequest {
+        context: None,
         key: b"dedup".to_vec(),
         value: v.as_bytes().to_vec(),
         request_id: Some(RequestId { client_id, seq }),

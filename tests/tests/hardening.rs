@@ -277,6 +277,7 @@ async fn a_scan_of_large_values_pages_under_the_response_cap() {
     loop {
         let r = kv
             .scan(ScanRequest {
+                context: None,
                 start: start.clone(),
                 end: b"bih".to_vec(),
                 ..Default::default()
@@ -383,6 +384,7 @@ async fn a_write_answers_within_the_clients_grpc_deadline_with_a_typed_outcome()
     }
     let mut kv = raw(&c.nodes[(leader - 1) as usize].client_addr).await;
     let mut req = tonic::Request::new(rdb_proto::kv::PutRequest {
+        context: None,
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         request_id: None,

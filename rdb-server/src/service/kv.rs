@@ -172,34 +172,40 @@ pub fn to_pb(e: RequestError) -> PbError {
     let message = match &e {
         RequestError::InvalidArgument(m)
         | RequestError::Unavailable(m)
-        | RequestError::Indeterminate(m) => m.clone(),
+        | RequestError::Indeterminate(m)
+        | RequestError::KeyNotInRegion(m, _)
+        | RequestError::EpochNotMatch(m, _)
+        | RequestError::RegionNotFound(m) => m.clone(),
         RequestError::NotLeader(Some(h)) => format!("node {} leads, at {}", h.id, h.addr),
         RequestError::NotLeader(None) => "not leader".into(),
     };
+    let plain = |code: ErrorCode, message: String| PbError {
+        code: code as i32,
+        message,
+        leader: None,
+        regions: Vec::new(),
+    };
     match e {
-        RequestError::InvalidArgument(_) => PbError {
-            code: ErrorCode::InvalidArgument as i32,
-            message,
-            leader: None,
-        },
+        RequestError::InvalidArgument(_) => plain(ErrorCode::InvalidArgument, message),
         RequestError::NotLeader(hint) => PbError {
-            code: ErrorCode::NotLeader as i32,
-            message,
             leader: hint.map(|h| PbLeaderHint {
                 id: h.id,
                 addr: h.addr,
+                peer_id: h.peer_id,
             }),
+            ..plain(ErrorCode::NotLeader, message)
         },
-        RequestError::Unavailable(_) => PbError {
-            code: ErrorCode::Unavailable as i32,
-            message,
-            leader: None,
+        RequestError::Unavailable(_) => plain(ErrorCode::Unavailable, message),
+        RequestError::Indeterminate(_) => plain(ErrorCode::Indeterminate, message),
+        RequestError::KeyNotInRegion(_, regions) => PbError {
+            regions,
+            ..plain(ErrorCode::KeyNotInRegion, message)
         },
-        RequestError::Indeterminate(_) => PbError {
-            code: ErrorCode::Indeterminate as i32,
-            message,
-            leader: None,
+        RequestError::EpochNotMatch(_, regions) => PbError {
+            regions,
+            ..plain(ErrorCode::EpochNotMatch, message)
         },
+        RequestError::RegionNotFound(_) => plain(ErrorCode::RegionNotFound, message),
     }
 }
 

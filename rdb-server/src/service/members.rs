@@ -37,6 +37,7 @@ impl KvService {
                     RequestError::NotLeader(Some(crate::router::LeaderHint {
                         id: view.leader_id,
                         addr,
+                        peer_id: 0,
                     }))
                 }
                 _ => RequestError::Unavailable("no leader is known".into()),

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NodeId;
 use crate::members::{SharedDirectory, REMOVED_MARK};
-use crate::router::RaftSender;
+use crate::router::{PeerMsg, RaftSender};
 
 /// Serves Raft traffic for one node.
 #[derive(Clone)]
@@ -28,6 +28,8 @@ pub struct PeerService {
     max_snapshot: u64,
     snap_dir: PathBuf,
     members: SharedDirectory,
+    /// PD mode: nodes are stores, messages carry region ids and are addressed to peers.
+    regions: bool,
 }
 
 impl PeerService {
@@ -48,7 +50,16 @@ impl PeerService {
             max_snapshot,
             snap_dir,
             members,
+            regions: false,
         }
+    }
+
+    /// The service of a PD-mode store `me`: every message must carry its region id, and is
+    /// handed on with it (the store checks the peer id).
+    pub fn for_store(raft: RaftSender, me: NodeId, max_snapshot: u64, snap_dir: PathBuf) -> Self {
+        let mut s = PeerService::new(raft, 0, me, max_snapshot, snap_dir, Default::default());
+        s.regions = true;
+        s
     }
 
     /// A removed node is told so (it then stops for good) instead of being heard.
@@ -81,7 +92,7 @@ impl PeerService {
     fn decode(&self, bytes: &[u8]) -> Result<RaftMessage, Status> {
         let m = RaftMessage::parse_from_bytes(bytes)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-        if m.to != self.me {
+        if !self.regions && m.to != self.me {
             return Err(Status::invalid_argument(
                 "raft message addressed to another node",
             ));
@@ -89,9 +100,20 @@ impl PeerService {
         Ok(m)
     }
 
-    async fn deliver(&self, m: RaftMessage) -> Result<(), Status> {
+    async fn deliver(&self, region_id: u64, from: NodeId, msg: RaftMessage) -> Result<(), Status> {
+        if self.regions == (region_id == 0) {
+            return Err(Status::invalid_argument(if self.regions {
+                "a store takes only messages with a region id"
+            } else {
+                "a region id in a message for a config-file cluster"
+            }));
+        }
         self.raft
-            .send_raft(Box::new(m))
+            .send_raft(Box::new(PeerMsg {
+                region_id,
+                from,
+                msg,
+            }))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))
     }
@@ -104,14 +126,20 @@ impl Peer for PeerService {
         while let Some(batch) = stream.message().await? {
             self.check_stamp(batch.cluster_id, batch.to)?;
             self.check_not_removed(batch.from)?;
-            for bytes in &batch.msgs {
+            if !batch.region_ids.is_empty() && batch.region_ids.len() != batch.msgs.len() {
+                return Err(Status::invalid_argument(
+                    "a batch needs one region id per message, or none",
+                ));
+            }
+            for (i, bytes) in batch.msgs.iter().enumerate() {
+                let region_id = batch.region_ids.get(i).copied().unwrap_or(0);
                 let m = self.decode(bytes)?;
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     return Err(Status::invalid_argument(
                         "snapshots go through the Snapshot call",
                     ));
                 }
-                self.deliver(m).await?;
+                self.deliver(region_id, batch.from, m).await?;
             }
         }
         Ok(Response::new(Done {}))
@@ -151,7 +179,8 @@ impl Peer for PeerService {
                 desc.file_len, self.max_snapshot
             )));
         }
-        let (dir, max) = (self.snap_dir.clone(), self.max_snapshot);
+        let dir = crate::transport::region_snap_dir(&self.snap_dir, header.region_id);
+        let max = self.max_snapshot;
         let mut incoming = blocking(move || IncomingSnapshot::create(&dir, desc, max))
             .await?
             .map_err(to_status)?;
@@ -186,7 +215,7 @@ impl Peer for PeerService {
         metrics
             .snapshot_receive_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.deliver(m).await?;
+        self.deliver(header.region_id, header.from, m).await?;
         Ok(Response::new(Done {}))
     }
 }
@@ -245,7 +274,7 @@ mod tests {
         max_snapshot: u64,
     ) -> (
         PeerClient<tonic::transport::Channel>,
-        mpsc::Receiver<Box<RaftMessage>>,
+        mpsc::Receiver<Box<PeerMsg>>,
         tempfile::TempDir,
     ) {
         let dir = tempfile::tempdir().unwrap();
@@ -277,6 +306,7 @@ mod tests {
                 to: 2,
                 total_len,
                 message: message.to_vec(),
+                region_id: 0,
             }),
             data: Vec::new(),
         }];
@@ -335,7 +365,7 @@ mod tests {
         let received = std::fs::read(desc.path_in(dir.path())).unwrap();
         assert_eq!(received, file);
         match rx.try_recv() {
-            Ok(m) => assert_eq!(m.get_msg_type(), MessageType::MsgSnapshot),
+            Ok(m) => assert_eq!(m.msg.get_msg_type(), MessageType::MsgSnapshot),
             other => panic!("expected the snapshot message, got {other:?}"),
         }
     }
