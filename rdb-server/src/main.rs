@@ -5,6 +5,8 @@
 //! cluster described in FILE. With `--join A,B,C --node-id N --peer-addr .. --client-addr ..
 //! --data-dir ..` it joins a running cluster that added node N (`rdb-cli member add`). With
 //! `--restore BACKUP --config FILE` it seeds data directories from a backup file and exits.
+//! With `--pd A,B,C --addr HOST:PORT --data-dir DIR` it runs a store of a PD-mode cluster:
+//! many regions, split as they grow and placed through rdb-pd (specs/009-regions).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,12 +42,31 @@ struct Args {
     /// With --join: where clients reach this node (HOST:PORT), as it was added.
     #[arg(long, requires = "join")]
     client_addr: Option<String>,
-    /// With --join: this node's data directory.
-    #[arg(long, requires = "join")]
+    /// With --join or --pd: this node's (store's) data directory.
+    #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// With --join: where to serve Prometheus metrics (HOST:PORT); none when left out.
-    #[arg(long, requires = "join")]
+    /// With --join or --pd: where to serve Prometheus metrics (HOST:PORT); none when left out.
+    #[arg(long)]
     metrics_addr: Option<String>,
+    /// Run a store of a PD-mode cluster led by these rdb-pd client addresses (comma-separated).
+    /// Needs --addr and --data-dir.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["config", "join", "restore", "node_id"], requires_all = ["addr", "data_dir"])]
+    pd: Option<Vec<String>>,
+    /// With --pd: where clients and other stores reach this store (HOST:PORT); it listens there.
+    #[arg(long, requires = "pd")]
+    addr: Option<String>,
+    /// With --pd: how many stores the first region is bootstrapped on (its replicas).
+    #[arg(long, requires = "pd", default_value_t = 3)]
+    replicas: usize,
+    /// With --pd: split a region once it holds more keys than this.
+    #[arg(long, requires = "pd", default_value_t = 960_000)]
+    region_split_keys: u64,
+    /// With --pd: split a region once its keys and values pass this many bytes.
+    #[arg(long, requires = "pd", default_value_t = 96 << 20)]
+    region_split_size: u64,
+    /// With --pd: how often (ms) a store measures the regions it leads.
+    #[arg(long, requires = "pd", default_value_t = 10_000)]
+    split_check_ms: u64,
     /// Seed the data directory of --node-id, or of every node of --config, from a backup file
     /// (`rdb-cli snapshot save`), then exit without serving. Directories must be new or empty.
     #[arg(long, value_name = "FILE", requires = "config")]
@@ -54,7 +75,16 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(pd) = &args.pd {
+        return binary::main_of("rdb-server", || run_store(&args, pd));
+    }
     binary::main_of("rdb-server", || {
+        if args.join.is_none() && (args.data_dir.is_some() || args.metrics_addr.is_some()) {
+            return Err(ConfigError::Invalid(
+                "--data-dir and --metrics-addr go with --join or --pd".into(),
+            )
+            .into());
+        }
         let config = match (&args.config, &args.join) {
             (Some(path), _) => ClusterConfig::load(path)?,
             (None, Some(endpoints)) => joined(&args, endpoints)?,
@@ -70,6 +100,32 @@ fn main() -> ExitCode {
         binary::run_node(&cluster, "rdb-worker", |logger| {
             server::run(config, node_id, logger, server::shutdown_signal())
         })
+    })
+}
+
+/// Runs a store of a PD-mode cluster (`--pd`).
+fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use rdb_server::store::serve::{self, SplitConfig, StoreArgs};
+    let missing = |what: &str| ConfigError::Invalid(format!("--pd needs {what}"));
+    if args.replicas == 0 {
+        return Err(ConfigError::Invalid("--replicas must be at least 1".into()).into());
+    }
+    let store = StoreArgs {
+        pd: pd.to_vec(),
+        addr: args.addr.clone().ok_or_else(|| missing("--addr"))?,
+        data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
+        settings: Default::default(),
+        replicas: args.replicas,
+        split: SplitConfig {
+            region_split_size: args.region_split_size.max(1),
+            region_split_keys: args.region_split_keys.max(1),
+            check_interval: std::time::Duration::from_millis(args.split_check_ms.max(10)),
+        },
+        metrics_addr: args.metrics_addr.clone(),
+    };
+    let config = ClusterConfig::single_node_default();
+    binary::run_node(&config, "rdb-worker", |logger| {
+        serve::run(store, logger, server::shutdown_signal())
     })
 }
 

@@ -284,6 +284,12 @@ where
                 let id = self.request_id(Waiter::Change(tx));
                 self.core.change_membership(id, &steps, context);
             }
+            Msg::RegionPropose { tx, .. } => {
+                let _ = tx.send(Err(not_a_store()));
+            }
+            Msg::RegionRead { tx, .. } => {
+                let _ = tx.send(Err(not_a_store()));
+            }
             Msg::TransferLeader { to, tx } => {
                 let r = self
                     .core
@@ -493,6 +499,13 @@ where
             followers: r.follower_progress(),
         }
     }
+}
+
+/// What a node of a config-file cluster answers a request that names a region.
+fn not_a_store() -> RequestError {
+    RequestError::InvalidArgument(
+        "a region context was sent to a node of a config-file cluster, which has no regions".into(),
+    )
 }
 
 /// The `rdb_raft_role` value of a raft role.

@@ -120,6 +120,38 @@ pub enum Msg<O = CommandResult> {
         /// Answered at once.
         tx: oneshot::Sender<MembersView>,
     },
+    /// PD mode: an encoded KV command for the region `route` names (or the one holding its
+    /// first key). A static node refuses it.
+    RegionPropose {
+        /// Which region, at which epoch, and the keys the command touches.
+        route: RegionRoute,
+        /// The encoded command.
+        data: Vec<u8>,
+        /// Where to send the result.
+        tx: oneshot::Sender<ProposeResult<O>>,
+    },
+    /// PD mode: a read of the keys of `route`: answered with the region as applied here once
+    /// reading it is allowed (after a ReadIndex round when `linearizable`).
+    RegionRead {
+        /// Which region, at which epoch, and the keys read (a scan: its start).
+        route: RegionRoute,
+        /// Whether a ReadIndex round must come first.
+        linearizable: bool,
+        /// The region the keys belong to, as applied here.
+        tx: oneshot::Sender<Result<rdb_storage::region::Region, RequestError>>,
+    },
+}
+
+/// PD mode: where a client request goes. Without a region id the store picks the region
+/// holding the first key, and checks no epoch.
+#[derive(Debug, Clone, Default)]
+pub struct RegionRoute {
+    /// The region (0: the one holding the first key).
+    pub region_id: u64,
+    /// The epoch the client knows; `None` skips the check.
+    pub epoch: Option<rdb_storage::region::RegionEpoch>,
+    /// Every key the request touches, in the order given.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// The membership as one node sees it.

@@ -25,7 +25,7 @@ use crate::transport::GrpcTransport;
 use crate::ServerError;
 
 /// Capacity of each of the node task's bounded queues (peer messages, client requests).
-const MAILBOX: usize = 16 * 1024;
+pub(crate) const MAILBOX: usize = 16 * 1024;
 /// Largest snapshot file this node accepts from a peer.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 
@@ -409,7 +409,7 @@ pub async fn shutdown_signal() {
 
 /// A listener stream with Nagle off: tonic ignores `Server::tcp_nodelay` for custom incoming
 /// streams, and Nagle plus delayed ACKs would add ~40 ms to small responses.
-fn incoming(listener: TcpListener) -> TcpIncoming {
+pub(crate) fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 

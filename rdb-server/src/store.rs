@@ -127,7 +127,8 @@ impl MessageSink for Outbox<'_> {
 }
 
 impl StoreCore {
-    /// Opens every region with state in `engine` (a PD-mode store's database). `cfg` is the
+    /// Opens every region with state in `engine` (a PD-mode store's database) and logs as
+    /// `logger` (which should name the store). `cfg` is the
     /// template of each region's core (its replica id is set per region).
     pub fn open(
         engine: Engine,
@@ -143,7 +144,8 @@ impl StoreCore {
             dedup_window,
             regions: BTreeMap::new(),
             dropped: 0,
-            logger: logger.new(o!("store" => store_id)),
+            // The caller's logger names the store already.
+            logger: logger.clone(),
         };
         for id in store.engine.region_ids().map_err(CoreError::storage)? {
             store.start_region(id)?;
@@ -339,6 +341,49 @@ impl StoreCore {
         )
     }
 
+    /// The transport finished (or failed) sending region `region_id`'s snapshot to peer `to`.
+    pub fn report_snapshot(&mut self, region_id: u64, to: u64, ok: bool) {
+        if let Some(r) = self.regions.get_mut(&region_id) {
+            r.core.report_snapshot(to, ok);
+        }
+    }
+
+    /// The transport cannot reach store `store`: every region's peer there is unreachable.
+    pub fn report_unreachable_store(&mut self, store: u64) {
+        for r in self.regions.values_mut() {
+            let peers: Vec<u64> = r
+                .core
+                .replica()
+                .app()
+                .region()
+                .map(|m| {
+                    m.peers
+                        .iter()
+                        .filter(|p| p.store_id == store)
+                        .map(|p| p.id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for p in peers {
+                r.core.report_unreachable(p);
+            }
+        }
+    }
+
+    /// A region's view of the database (for chores off the Raft thread, as compacting its
+    /// log files).
+    pub fn region_engine(&self, region_id: u64) -> Option<Engine> {
+        Some(
+            self.regions
+                .get(&region_id)?
+                .core
+                .replica()
+                .store()
+                .engine()
+                .clone(),
+        )
+    }
+
     /// The store id of a region's peer, if the region is hosted here and has that peer.
     pub fn store_of(&self, region_id: u64, peer_id: u64) -> Option<u64> {
         self.region(region_id)?
@@ -436,6 +481,8 @@ fn outbox<'a>(
         out,
     }
 }
+
+pub mod serve;
 
 #[cfg(test)]
 mod tests;

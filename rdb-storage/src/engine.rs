@@ -203,7 +203,9 @@ impl Engine {
             db: self.db.clone(),
             space: Space::Region(id),
             horizons: self.horizons.clone(),
-            install_gen: Arc::new(AtomicU64::new(0)),
+            // Shared with every view: user data is shared, so a read through any view (the
+            // store's client service reads through the store's) must see any install.
+            install_gen: self.install_gen.clone(),
             recovered_install: None,
             dedup,
         };

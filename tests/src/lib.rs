@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod fault;
 pub use rdb_server::sim::linearizability;
 pub mod netns;
+pub mod regions;

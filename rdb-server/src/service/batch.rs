@@ -61,7 +61,7 @@ impl KvService {
                 puts,
                 deletes: Vec::new(),
             });
-            self.write(deadline, r.request_id, op).await
+            self.write(deadline, r.request_id, op, r.context).await
         }
         .await;
         match res {
@@ -88,7 +88,7 @@ impl KvService {
                 puts: Vec::new(),
                 deletes,
             });
-            self.write(deadline, r.request_id, op).await
+            self.write(deadline, r.request_id, op, r.context).await
         }
         .await;
         match res {
@@ -109,7 +109,8 @@ impl KvService {
         let r = request.into_inner();
         let res = async {
             self.check_keys(&r.keys)?;
-            self.read_barrier(deadline, r.consistency).await
+            self.read_barrier(deadline, r.consistency, r.context, &r.keys)
+                .await
         }
         .await;
         if let Err(e) = res {

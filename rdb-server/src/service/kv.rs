@@ -10,16 +10,17 @@ use rdb_proto::kv::kv_server::Kv;
 use rdb_proto::kv::{
     CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest,
     DeleteResponse, Error as PbError, ErrorCode, GetRequest, GetResponse, HashRequest,
-    HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest, PutResponse, RequestId,
-    ScanRequest, ScanResponse, StatusRequest, StatusResponse,
+    HashResponse, KeyValue, LeaderHint as PbLeaderHint, PutRequest, PutResponse, RegionContext,
+    RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
+use rdb_storage::region::Region;
 use rdb_storage::{CommandResult, Engine, HashResults, HashState};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::config::Settings;
 use crate::members::SharedDirectory;
-use crate::router::{Mailbox, Msg, RequestError};
+use crate::router::{Mailbox, Msg, RegionRoute, RequestError};
 
 /// Serves the client API of one node.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct KvService {
     pub(crate) cluster_id: u64,
     client_addr: String,
     pub(crate) members: SharedDirectory,
+    /// PD mode: requests go to regions (`Msg::RegionPropose`, `Msg::RegionRead`).
+    store_mode: bool,
 }
 
 impl KvService {
@@ -52,7 +55,14 @@ impl KvService {
             cluster_id,
             client_addr,
             members,
+            store_mode: false,
         }
+    }
+
+    /// The service of a PD-mode store: every request goes to a region.
+    pub fn for_store(mut self) -> KvService {
+        self.store_mode = true;
+        self
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -110,23 +120,30 @@ impl KvService {
         deadline: Instant,
         id: Option<RequestId>,
         op: Op,
+        context: Option<RegionContext>,
     ) -> Result<CommandResult, RequestError> {
         let id = id.unwrap_or_default();
+        let keys = op_keys(&op);
         let cmd = Command {
             client_id: id.client_id,
             seq: id.seq,
             op: Some(op),
         };
+        let data = cmd.encode_to_vec();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::time::timeout_at(
-            deadline,
-            self.mailbox.send(Msg::Propose {
-                data: cmd.encode_to_vec(),
+        // A static node refuses a region context itself, with a clear error.
+        let msg = if self.store_mode || context.is_some() {
+            Msg::RegionPropose {
+                route: route(context, keys),
+                data,
                 tx,
-            }),
-        )
-        .await
-        .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;
+            }
+        } else {
+            Msg::Propose { data, tx }
+        };
+        tokio::time::timeout_at(deadline, self.mailbox.send(msg))
+            .await
+            .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RequestError::Indeterminate("node stopped".into())),
@@ -136,25 +153,44 @@ impl KvService {
         }
     }
 
-    /// Waits until reading local state is linearizable (ReadIndex), unless serializable.
+    /// Waits until reading local state is linearizable (ReadIndex), unless serializable. In
+    /// PD mode (or with a region context) the keys must belong to one region here, which is
+    /// returned as applied.
     pub(crate) async fn read_barrier(
         &self,
         deadline: Instant,
         consistency: i32,
-    ) -> Result<(), RequestError> {
-        if consistency == Consistency::Serializable as i32 || cfg!(feature = "inject-stale-reads") {
-            return Ok(());
-        }
-        if consistency != Consistency::Linearizable as i32 {
+        context: Option<RegionContext>,
+        keys: &[Vec<u8>],
+    ) -> Result<Option<Region>, RequestError> {
+        let serializable =
+            consistency == Consistency::Serializable as i32 || cfg!(feature = "inject-stale-reads");
+        if !serializable && consistency != Consistency::Linearizable as i32 {
             return Err(RequestError::InvalidArgument(format!(
                 "unknown consistency {consistency}"
             )));
         }
+        let timed_out = || {
+            RequestError::Unavailable("no quorum confirmed leadership before the deadline".into())
+        };
+        if self.store_mode || context.is_some() {
+            let route = route(context, keys.to_vec());
+            let call = self.mailbox.call(|tx| Msg::RegionRead {
+                route,
+                linearizable: !serializable,
+                tx,
+            });
+            return match tokio::time::timeout_at(deadline, call).await {
+                Ok(r) => r?.map(Some),
+                Err(_) => Err(timed_out()),
+            };
+        }
+        if serializable {
+            return Ok(None);
+        }
         match tokio::time::timeout_at(deadline, self.mailbox.call(|tx| Msg::Read { tx })).await {
-            Ok(r) => r?.map(|_term| ()),
-            Err(_) => Err(RequestError::Unavailable(
-                "no quorum confirmed leadership before the deadline".into(),
-            )),
+            Ok(r) => r?.map(|_term| None),
+            Err(_) => Err(timed_out()),
         }
     }
 
@@ -164,6 +200,48 @@ impl KvService {
             rdb_storage::Error::SnapshotInstalling => Status::unavailable(e.to_string()),
             e => Status::internal(format!("storage: {e}")),
         }
+    }
+}
+
+/// The part of the scan range `[start, end)` (empty end: unbounded) inside `region`, and the
+/// region's end when the range goes on past it (where the next page starts).
+fn clip_to_region(
+    start: Vec<u8>,
+    end: Vec<u8>,
+    region: &Region,
+) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+    let start = start.max(region.start_key.clone());
+    let range_goes_on = !region.end_key.is_empty() && (end.is_empty() || end > region.end_key);
+    if range_goes_on {
+        (start, region.end_key.clone(), Some(region.end_key.clone()))
+    } else {
+        (start, end, None)
+    }
+}
+
+/// The keys a KV command touches, in order (none for a hash point).
+fn op_keys(op: &Op) -> Vec<Vec<u8>> {
+    match op {
+        Op::Put(p) => vec![p.key.clone()],
+        Op::Delete(d) => vec![d.key.clone()],
+        Op::Cas(c) => vec![c.key.clone()],
+        Op::Batch(b) => b
+            .puts
+            .iter()
+            .map(|p| p.key.clone())
+            .chain(b.deletes.iter().map(|d| d.key.clone()))
+            .collect(),
+        Op::HashPoint(_) | Op::Split(_) => Vec::new(),
+    }
+}
+
+/// Where a request goes in PD mode, from its region context and keys.
+fn route(context: Option<RegionContext>, keys: Vec<Vec<u8>>) -> RegionRoute {
+    let context = context.unwrap_or_default();
+    RegionRoute {
+        region_id: context.region_id,
+        epoch: context.epoch.filter(|_| context.region_id != 0),
+        keys,
     }
 }
 
@@ -235,6 +313,7 @@ impl KvService {
                     key: r.key,
                     value: r.value,
                 }),
+                r.context,
             )
             .await
         }
@@ -253,7 +332,13 @@ impl KvService {
         let r = request.into_inner();
         let res = async {
             self.check_key(&r.key)?;
-            self.read_barrier(deadline, r.consistency).await
+            self.read_barrier(
+                deadline,
+                r.consistency,
+                r.context,
+                std::slice::from_ref(&r.key),
+            )
+            .await
         }
         .await;
         if let Err(e) = res {
@@ -282,6 +367,7 @@ impl KvService {
                 deadline,
                 r.request_id,
                 Op::Delete(command::Delete { key: r.key }),
+                r.context,
             )
             .await
         }
@@ -323,16 +409,33 @@ impl KvService {
                     )));
                 }
             }
-            self.read_barrier(deadline, r.consistency).await
+            let first = if r.prefix.is_empty() {
+                &r.start
+            } else {
+                &r.prefix
+            };
+            self.read_barrier(
+                deadline,
+                r.consistency,
+                r.context,
+                std::slice::from_ref(first),
+            )
+            .await
         }
         .await;
-        if let Err(e) = res {
-            return err(e, |r: &mut ScanResponse, e| r.error = Some(e));
-        }
+        let region = match res {
+            Ok(region) => region,
+            Err(e) => return err(e, |r: &mut ScanResponse, e| r.error = Some(e)),
+        };
         let (start, end) = if r.prefix.is_empty() {
             (r.start, r.end)
         } else {
             (r.prefix.clone(), prefix_end(&r.prefix))
+        };
+        // PD mode: one region's part of the range; the client goes on at the region's end.
+        let (start, end, region_end) = match region {
+            Some(region) => clip_to_region(start, end, &region),
+            None => (start, end, None),
         };
         let limit = if r.limit == 0 { max } else { r.limit } as usize;
         let engine = self.engine.clone();
@@ -348,7 +451,8 @@ impl KvService {
                 next.push(0);
                 next
             }
-            _ => Vec::new(),
+            // The region ended before the range did: the next page is the next region's.
+            _ => region_end.clone().unwrap_or_default(),
         };
         Ok(Response::new(ScanResponse {
             error: None,
@@ -357,7 +461,7 @@ impl KvService {
                 .into_iter()
                 .map(|(key, value)| KeyValue { key, value })
                 .collect(),
-            more: page.more,
+            more: page.more || region_end.is_some(),
             next_start,
         }))
     }
@@ -382,6 +486,7 @@ impl KvService {
                     expected: r.expected,
                     new_value: r.new_value,
                 }),
+                r.context,
             )
             .await
         }
@@ -435,7 +540,7 @@ impl KvService {
     ) -> Result<Response<CheckResponse>, Status> {
         let deadline = self.deadline(&request);
         match self
-            .write(deadline, None, Op::HashPoint(command::HashPoint {}))
+            .write(deadline, None, Op::HashPoint(command::HashPoint {}), None)
             .await
         {
             Ok(CommandResult::HashPoint { index }) => {

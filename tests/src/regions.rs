@@ -1,0 +1,160 @@
+//! A PD-mode cluster of real processes on 127.0.0.1 ports chosen per test: one `rdb-pd` node
+//! and `n` `rdb-server --pd` stores, each with its data and log in one temporary folder. Stores
+//! can be killed with SIGKILL and restarted; every process is killed when the cluster drops.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdb_client::pd::RegionInfo;
+use rdb_client::{Client, PdClient};
+
+use crate::cluster::{bin_dir, free_port, quick_options, TestCluster};
+
+/// How stores split in a test.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    /// `--region-split-keys`.
+    pub keys: u64,
+    /// `--split-check-ms`.
+    pub check_ms: u64,
+}
+
+/// A PD node and its stores.
+pub struct RegionCluster {
+    /// The PD group (one node).
+    pub pd: TestCluster,
+    /// Store client addresses, index = store number - 1 (not the store id PD assigned).
+    pub addrs: Vec<String>,
+    dir: tempfile::TempDir,
+    stores: Vec<Option<Child>>,
+    split: Split,
+}
+
+impl RegionCluster {
+    /// Starts a PD node and `n` stores that split regions past `split.keys` keys.
+    pub fn start(n: usize, split: Split) -> RegionCluster {
+        let pd = TestCluster::start_pd(1, "");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut c = RegionCluster {
+            pd,
+            addrs,
+            dir,
+            stores: (0..n).map(|_| None).collect(),
+            split,
+        };
+        for i in 1..=n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// The PD client address.
+    pub fn pd_addr(&self) -> String {
+        self.pd.nodes[0].client_addr.clone()
+    }
+
+    /// A PD client.
+    pub fn pd_client(&self) -> PdClient {
+        PdClient::new([self.pd_addr()]).expect("pd client")
+    }
+
+    /// A client for every store (it follows the stores' leader hints).
+    pub fn client(&self) -> Client {
+        Client::with_options(self.addrs.clone(), quick_options()).expect("client")
+    }
+
+    /// Log of store `i` (1-based).
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("store{i}.log"))
+    }
+
+    /// Starts (or restarts) store `i` (1-based); it must not be running.
+    pub fn restart(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("open log");
+        let child = Command::new(bin_dir().join("rdb-server"))
+            .args(["--pd", &self.pd_addr()])
+            .args(["--addr", &self.addrs[i - 1]])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("store{i}")))
+            .args(["--region-split-keys", &self.split.keys.to_string()])
+            .args(["--split-check-ms", &self.split.check_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rdb-server; run `cargo build --workspace --bins` first");
+        self.stores[i - 1] = Some(child);
+    }
+
+    /// Kills store `i` (1-based) with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.stores[i - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every region PD knows, in key order.
+    pub async fn regions(&self) -> Vec<RegionInfo> {
+        self.pd_client()
+            .scan_regions(Vec::new(), Vec::new(), 0)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Waits until PD knows at least `n` regions, each with a leader, whose ranges tile the
+    /// key space (PD hears of each split half from its own leader, so for a moment it may
+    /// have one half and not the other); returns them in key order.
+    pub async fn wait_regions(&self, n: usize, timeout: Duration) -> Vec<RegionInfo> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let r = self.regions().await;
+            let tiled = r.first().is_some_and(|f| f.region.start_key.is_empty())
+                && r.last().is_some_and(|l| l.region.end_key.is_empty())
+                && r.windows(2)
+                    .all(|w| w[0].region.end_key == w[1].region.start_key);
+            if r.len() >= n && tiled && r.iter().all(|r| r.leader.is_some()) {
+                return r;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "PD knows {} regions after {timeout:?}, wanted {n}: {r:?}",
+                    r.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RegionCluster {
+    fn drop(&mut self) {
+        for i in 1..=self.stores.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for i in 1..=self.stores.len() {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                eprintln!("--- store {i} log tail ---");
+                for l in log
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Regions (issue 13, specs/009-regions) against real processes: one rdb-pd node and three
+//! `rdb-server --pd` stores with small split thresholds.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rdb_client::{Client, Error, ReadConsistency, ScanRange};
+use rdb_proto::kv::kv_client::KvClient;
+use rdb_proto::kv::{ErrorCode, PutRequest, RegionContext};
+use rdb_proto::pd::RegionEpoch;
+use rdb_tests::cluster::quick_options;
+use rdb_tests::regions::{RegionCluster, Split};
+
+fn key(i: usize) -> String {
+    format!("key{i:05}")
+}
+
+/// Every pair of the whole key space, in order, through `client`.
+async fn scan_all(client: &Client, c: ReadConsistency) -> Vec<(String, String)> {
+    let page = client
+        .scan(
+            ScanRange {
+                start: Vec::new(),
+                end: Vec::new(),
+                prefix: Vec::new(),
+                limit: 0,
+            },
+            c,
+        )
+        .await
+        .expect("scan");
+    page.kvs
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Writes keys `0..n` from `writers` tasks (each key once, value `v{i}`), retrying a write
+/// whose outcome was unknown with the same client (its request id makes it at-most-once);
+/// returns what was acknowledged.
+async fn write_keys(client: &Client, n: usize, writers: usize) -> BTreeMap<String, String> {
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (client, acked) = (client.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(writers) {
+                let (k, v) = (key(i), format!("v{i}"));
+                for _ in 0..5 {
+                    match client.put(k.clone(), v.clone()).await {
+                        Ok(()) => {
+                            acked.lock().expect("acked").insert(k.clone(), v.clone());
+                            break;
+                        }
+                        Err(Error::InvalidArgument(m)) => panic!("put {k}: {m}"),
+                        Err(_) => continue,
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let out = acked.lock().expect("acked").clone();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_split_into_many_regions_that_keep_every_key_in_order_and_survive_a_store_kill() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 100,
+            check_ms: 200,
+        },
+    );
+    let client = c.client();
+    let n = 1200;
+    let acked = write_keys(&client, n, 8).await;
+    assert_eq!(acked.len(), n, "every write was acknowledged");
+    let regions = c.wait_regions(8, Duration::from_secs(30)).await;
+    // Ranges tile the key space: each starts where the previous one ended.
+    assert!(regions[0].region.start_key.is_empty());
+    assert!(regions.last().expect("a region").region.end_key.is_empty());
+    for w in regions.windows(2) {
+        assert_eq!(
+            w[0].region.end_key, w[1].region.start_key,
+            "a gap or overlap"
+        );
+        assert!(
+            w[1].region.epoch.version > 1,
+            "a split region has a newer epoch"
+        );
+    }
+
+    for (k, v) in &acked {
+        assert_eq!(
+            client.get(k.clone()).await.expect("get").as_deref(),
+            Some(v.as_bytes()),
+            "{k}"
+        );
+    }
+    let all = scan_all(&client, ReadConsistency::Linearizable).await;
+    let expected: Vec<(String, String)> = acked.clone().into_iter().collect();
+    assert_eq!(
+        all, expected,
+        "a full scan returns every key once, in order"
+    );
+
+    // kill -9 a store: every region still serves reads and writes.
+    c.kill(1);
+    let regions = c.regions().await;
+    for r in &regions {
+        let mut k = r.region.start_key.clone();
+        k.extend_from_slice(b"-after-kill");
+        client
+            .put(k.clone(), "x")
+            .await
+            .expect("put after the kill");
+        assert_eq!(
+            client.get(k).await.expect("get").as_deref(),
+            Some(&b"x"[..])
+        );
+    }
+    // The killed store comes back and catches up on every region: its own (serializable)
+    // view of the data ends up equal to the cluster's.
+    c.restart(1);
+    let all = scan_all(&client, ReadConsistency::Linearizable).await;
+    let only_one = Client::with_options([c.addrs[0].clone()], quick_options()).expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine = scan_all(&only_one, ReadConsistency::Serializable).await;
+        if mine == all {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted store holds {} keys, the cluster {}",
+            mine.len(),
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_with_a_stale_epoch_a_foreign_key_or_an_unknown_region_are_refused_with_what_is_current(
+) {
+    let c = RegionCluster::start(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 200,
+        },
+    );
+    let client = c.client();
+    write_keys(&client, 200, 4).await;
+    let regions = c.wait_regions(2, Duration::from_secs(30)).await;
+    let first = regions[0].clone();
+    let leader = first.leader.expect("a leader");
+    let stores = c.pd_client().get_all_stores(true).await.expect("stores");
+    let addr_of = |store: u64| {
+        stores
+            .iter()
+            .find(|s| s.id == store)
+            .map(|s| s.address.clone())
+            .expect("store address")
+    };
+    let mut kv = KvClient::connect(format!("http://{}", addr_of(leader.store_id)))
+        .await
+        .expect("connect");
+    let put = |context: RegionContext, key: &str| PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        request_id: None,
+        context: Some(context),
+    };
+    let ctx = |id: u64, version: u64, conf_ver: u64| RegionContext {
+        region_id: id,
+        epoch: Some(RegionEpoch { version, conf_ver }),
+    };
+    let (v, cv) = (first.region.epoch.version, first.region.epoch.conf_ver);
+    let start = String::from_utf8_lossy(&first.region.start_key).into_owned();
+
+    // The epoch before any split: EPOCH_NOT_MATCH, with the region as it is now and the one
+    // the split made from it.
+    let e = kv
+        .put(put(ctx(first.region.id, 1, cv), &format!("{start}a")))
+        .await
+        .expect("rpc")
+        .into_inner()
+        .error
+        .expect("refused");
+    assert_eq!(e.code, ErrorCode::EpochNotMatch as i32, "{e:?}");
+    assert_eq!(e.regions[0].id, first.region.id);
+    assert_eq!(e.regions[0].epoch.expect("epoch").version, v);
+    assert!(
+        e.regions.len() >= 2,
+        "the split's other half comes back too: {e:?}"
+    );
+    assert_eq!(e.regions[1].start_key, e.regions[0].end_key);
+
+    // A key of another region: KEY_NOT_IN_REGION with the region's range.
+    let beyond = String::from_utf8_lossy(&first.region.end_key).into_owned();
+    let e = kv
+        .put(put(ctx(first.region.id, v, cv), &beyond))
+        .await
+        .expect("rpc")
+        .into_inner()
+        .error
+        .expect("refused");
+    assert_eq!(e.code, ErrorCode::KeyNotInRegion as i32, "{e:?}");
+    assert_eq!(e.regions[0].end_key, first.region.end_key);
+
+    // A region no store has: REGION_NOT_FOUND.
+    let e = kv
+        .put(put(ctx(999_999, 1, 1), "k"))
+        .await
+        .expect("rpc")
+        .into_inner()
+        .error
+        .expect("refused");
+    assert_eq!(e.code, ErrorCode::RegionNotFound as i32, "{e:?}");
+
+    // The current epoch at a follower's store: NOT_LEADER naming the leader's store.
+    let follower = first
+        .region
+        .peers
+        .iter()
+        .find(|p| p.store_id != leader.store_id)
+        .expect("a follower");
+    let mut fkv = KvClient::connect(format!("http://{}", addr_of(follower.store_id)))
+        .await
+        .expect("connect");
+    let e = fkv
+        .put(put(ctx(first.region.id, v, cv), &format!("{start}a")))
+        .await
+        .expect("rpc")
+        .into_inner()
+        .error
+        .expect("refused");
+    assert_eq!(e.code, ErrorCode::NotLeader as i32, "{e:?}");
+    let hint = e.leader.expect("hint");
+    assert_eq!(
+        (hint.id, hint.addr),
+        (leader.store_id, addr_of(leader.store_id))
+    );
+    // And with everything right, the write goes through.
+    let ok = kv
+        .put(put(ctx(first.region.id, v, cv), &format!("{start}a")))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert!(ok.error.is_none(), "{:?}", ok.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splits_under_writes_and_kill_9_lose_no_acknowledged_write_and_replicas_converge() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 60,
+            check_ms: 100,
+        },
+    );
+    let client = c.client();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { write_keys(&client, 900, 6).await })
+    };
+    // Kill and restart stores at random moments while regions split.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let mut kills = 0;
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..700))).await;
+        let victim = rng.gen_range(1..=3);
+        c.kill(victim);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..600))).await;
+        c.restart(victim);
+        kills += 1;
+    }
+    let acked = writer.await.expect("writer");
+    assert!(
+        kills >= 1,
+        "the writers finished before any store was killed"
+    );
+    c.wait_regions(4, Duration::from_secs(30)).await;
+    // No acknowledged write is lost (a write that failed may or may not have applied).
+    let all: BTreeMap<String, String> = scan_all(&client, ReadConsistency::Linearizable)
+        .await
+        .into_iter()
+        .collect();
+    for (k, v) in &acked {
+        assert_eq!(all.get(k), Some(v), "acknowledged write of {k} lost");
+    }
+    // Every store ends up with the same data.
+    for i in 0..3 {
+        let only = Client::with_options([c.addrs[i].clone()], quick_options()).expect("client");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mine: BTreeMap<String, String> = scan_all(&only, ReadConsistency::Serializable)
+                .await
+                .into_iter()
+                .collect();
+            if mine == all {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "store {} holds {} keys, the cluster {}",
+                i + 1,
+                mine.len(),
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
