@@ -1,4 +1,5 @@
-# Shared helpers for rdb's scripts. Source it; it defines functions only.
+# Shared helpers for rdb's scripts. Source it; it defines functions (and the clock of the verify
+# scripts' steps) only.
 
 # Builds the binaries once (debug profile, cached in target/) and sets RDB_BIN to their folder.
 rdb_build() {
@@ -55,6 +56,29 @@ rdb_cpu_ticks() {
 # Milliseconds since the epoch.
 rdb_now_ms() {
   echo $(( $(date +%s%N) / 1000000 ))
+}
+
+# The step helpers of the verify scripts. `begin` starts a step's clock; `pass NAME [CEILING_MS]`
+# prints the step with its time and fails it when a ceiling is given and passed; `fail MESSAGE`
+# stops the script (its EXIT trap cleans up); `wait_for MS CMD...` retries CMD until it succeeds,
+# or returns 1 after MS milliseconds.
+step_start=0
+fail() { echo "FAIL  $*" >&2; exit 1; }
+begin() { step_start=$(rdb_now_ms); }
+pass() {
+  local ms=$(( $(rdb_now_ms) - step_start ))
+  local ceiling=${2:-}
+  if [ -n "$ceiling" ] && [ "$ms" -gt "$ceiling" ]; then
+    fail "$1: took ${ms} ms, over the ${ceiling} ms ceiling"
+  fi
+  printf 'PASS  %-56s %6d ms%s\n' "$1" "$ms" "${ceiling:+ (ceiling $ceiling ms)}"
+}
+wait_for() {
+  local until=$(( $(rdb_now_ms) + $1 )); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(rdb_now_ms)" -lt "$until" ] || return 1
+    sleep 0.02
+  done
 }
 
 # Writes a cluster config with N nodes on free ports into DIR/cluster.toml; with a third

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: system set-up, build, lint, unit + integration tests, and the
-# end-to-end replication check. This is the README's test command and what CI runs.
+# end-to-end checks (replication, membership, regions). This is the README's test command and
+# what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,5 @@ echo "== verify-replication over TLS"
 bash scripts/verify-replication.sh --tls
 echo "== verify-membership"
 bash scripts/verify-membership.sh
+echo "== verify-regions"
+bash scripts/verify-regions.sh

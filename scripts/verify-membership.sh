@@ -35,17 +35,7 @@ cleanup() {
 trap cleanup EXIT
 
 cli() { "$RDB_BIN/rdb-cli" "$@"; }
-fail() { echo "FAIL  $*" >&2; exit 1; }
-step_start=0
-begin() { step_start=$(rdb_now_ms); }
-pass() { printf 'PASS  %-56s %6d ms\n' "$1" $(( $(rdb_now_ms) - step_start )); }
-wait_for() { # wait_for MS CMD...: until CMD succeeds
-  local until=$(( $(rdb_now_ms) + $1 )); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$(rdb_now_ms)" -lt "$until" ] || return 1
-    sleep 0.05
-  done
-}
+# fail, begin, pass and wait_for come from lib.sh.
 
 rdb_write_config "$work" 3
 cfg="$work/cluster.toml"

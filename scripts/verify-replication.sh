@@ -53,17 +53,7 @@ tls_config() {
   printf '[peer_tls]\ncert_file = "%s"\nkey_file = "%s"\nca_file = "%s"\n' \
     "$c/peer{id}.pem" "$c/peer{id}.key" "$c/ca.pem" >> "$1"
 }
-fail() { echo "FAIL  $*" >&2; exit 1; }
-step_start=0
-begin() { step_start=$(rdb_now_ms); }
-pass() {
-  local ms=$(( $(rdb_now_ms) - step_start ))
-  local ceiling=${2:-}
-  if [ -n "$ceiling" ] && [ "$ms" -gt "$ceiling" ]; then
-    fail "$1: took ${ms} ms, over the ${ceiling} ms ceiling"
-  fi
-  printf 'PASS  %-48s %6d ms%s\n' "$1" "$ms" "${ceiling:+ (ceiling $ceiling ms)}"
-}
+# fail, begin, pass and wait_for come from lib.sh.
 
 start() { # start NAME CONFIG ID
   "$RDB_BIN/rdb-server" --config "$2" --node-id "$3" >>"$work/$1.log" 2>&1 &
@@ -71,15 +61,6 @@ start() { # start NAME CONFIG ID
 }
 stop9() { kill -9 "${pid[$1]}" 2>/dev/null || true; wait "${pid[$1]}" 2>/dev/null || true; unset "pid[$1]"; }
 
-# Waits until CMD succeeds, up to MS milliseconds.
-wait_for() {
-  local ms=$1; shift
-  local until=$(( $(rdb_now_ms) + ms ))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(rdb_now_ms)" -lt "$until" ] || return 1
-    sleep 0.02
-  done
-}
 leader_of() { # prints the id of a node that reports itself leader (status exits 4 if one is down)
   { cli --endpoints "$1" --timeout-ms 1000 -o json status 2>/dev/null || true; } |
     python3 -c 'import json,sys; r=[n for n in json.load(sys.stdin) if n.get("role")=="leader"]; print(r[0]["node_id"] if r else "")'
