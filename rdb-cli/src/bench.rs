@@ -671,22 +671,38 @@ async fn drive(
     Ok((total, interrupted))
 }
 
-/// Runs a benchmark against the cluster at `endpoints` (PD's at `pd` for the tso workload)
-/// and prints its summary.
+/// Where a benchmark sends its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Targets<'a> {
+    /// The cluster's client addresses.
+    pub endpoints: &'a [String],
+    /// PD's client addresses (the tso workload; with `regions`, the region map).
+    pub pd: &'a [String],
+    /// A PD-mode cluster: each connection routes by PD's region map (`Client::with_pd`).
+    pub regions: bool,
+}
+
+/// Runs a benchmark against the cluster at `targets` and prints its summary.
 pub async fn run(
-    endpoints: &[String],
-    pd: &[String],
+    targets: Targets<'_>,
     opts: Options,
     args: BenchArgs,
     p: &Printer,
 ) -> Result<(), String> {
+    let (endpoints, pd) = (targets.endpoints, targets.pd);
     args.validate()?;
     if args.workload == Workload::Tso && pd.is_empty() {
         return Err("the tso workload talks to PD: give its endpoints with --pd".into());
     }
     let empty = Arc::new(new_histogram()?);
     let conns: Vec<Client> = (0..args.effective_connections())
-        .map(|i| Client::with_options(rotated(endpoints, i), opts.clone()))
+        .map(|i| {
+            if targets.regions {
+                Client::with_pd(rotated(pd, i), opts.clone())
+            } else {
+                Client::with_options(rotated(endpoints, i), opts.clone())
+            }
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot create a client: {e}"))?;
     let targets: Vec<Conn> = if args.workload == Workload::Tso {

@@ -55,9 +55,15 @@ struct Cli {
         global = true
     )]
     endpoints: String,
-    /// Comma-separated client addresses of the PD nodes (for tso, store, region, member).
+    /// Comma-separated client addresses of the PD nodes (for tso, store, region, member, and
+    /// with --regions for every KV command).
     #[arg(long, env = "RDB_PD", global = true)]
     pd: Option<String>,
+    /// A PD-mode cluster (`rdb-server --pd`): send each KV request to the leader of its key's
+    /// region, found through PD's region map (needs --pd). Without it, requests go to
+    /// --endpoints, and the stores there route them.
+    #[arg(long, env = "RDB_REGIONS", global = true, requires = "pd")]
+    regions: bool,
     /// CA certificate (PEM) that signs the nodes' certificates: talk TLS (https).
     #[arg(long, env = "RDB_CACERT", global = true)]
     cacert: Option<std::path::PathBuf>,
@@ -249,7 +255,20 @@ async fn run(cli: Cli) -> u8 {
         tls,
         ..Options::default()
     };
-    let client = match Client::with_options(&endpoints, opts.clone()) {
+    let pd_endpoints: Vec<String> = cli
+        .pd
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let made = if cli.regions {
+        Client::with_pd(&pd_endpoints, opts.clone())
+    } else {
+        Client::with_options(&endpoints, opts.clone())
+    };
+    let client = match made {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -429,15 +448,12 @@ async fn run(cli: Cli) -> u8 {
         },
         Command::Member { cmd } => members::run(&client, cmd, &p).await,
         Command::Bench(args) => {
-            let pd: Vec<String> = cli
-                .pd
-                .as_deref()
-                .unwrap_or_default()
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            match bench::run(&endpoints, &pd, opts, args, &p).await {
+            let targets = bench::Targets {
+                endpoints: &endpoints,
+                pd: &pd_endpoints,
+                regions: cli.regions,
+            };
+            match bench::run(targets, opts, args, &p).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("rdb-cli: bench: {e}");

@@ -104,6 +104,7 @@ impl Client {
     /// Starts a save (at the known leader first): returns the endpoint, the header and the rest
     /// of the stream.
     async fn open_save(&self) -> Result<(String, BackupHeader, Streaming<BackupChunk>)> {
+        self.require_group()?;
         let opts = &self.inner.opts;
         let deadline = self.deadline();
         let mut backoff = opts.backoff_min;

@@ -45,6 +45,15 @@ impl<C: Clone> Endpoints<C> {
         })
     }
 
+    /// No endpoints yet: the client learns them as it goes (PD mode: the stores it reaches).
+    pub(crate) fn empty() -> Endpoints<C> {
+        Endpoints {
+            list: Mutex::new(Vec::new()),
+            leader: Mutex::new(None),
+            next: AtomicUsize::new(0),
+        }
+    }
+
     /// Every known endpoint: the configured ones plus leaders the client was pointed to.
     pub(crate) fn addrs(&self) -> Vec<String> {
         lock(&self.list).iter().map(|(a, _)| a.clone()).collect()

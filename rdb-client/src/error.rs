@@ -20,7 +20,8 @@ pub enum Error {
     /// A write may or may not have been applied: its outcome was still unknown at the deadline.
     #[error("indeterminate: {0}")]
     Indeterminate(String),
-    /// The node does not implement this call (a server older than this client). Not retried.
+    /// The node does not implement this call (a server older than this client), or the client
+    /// cannot make it (a PD-mode client and a call about one Raft group). Not retried.
     #[error("unsupported by the server: {0}")]
     Unsupported(String),
     /// PD refused a region heartbeat: it holds a newer epoch for the region. The reporter's

@@ -32,6 +32,27 @@
 //! let region = pd.get_region("greeting").await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # PD mode
+//!
+//! A cluster of stores run with `rdb-server --pd` hosts many regions, each a Raft group owning
+//! a range of keys. [`Client::with_pd`] makes a client that finds each key's region and its
+//! leader through PD, caches them ([`regions::RegionCache`], see [`Client::region_cache`]),
+//! and sends each request to that leader's store with the region's id and epoch. Stores
+//! correct the cache when it is out of date (a new leader, a split): the request is re-routed
+//! within the same deadline, with the same request id. Batch calls are cut by region and are
+//! atomic per region only; scans continue from region to region in key order. Calls about
+//! one Raft group's endpoints ([`Client::check`], membership, backups) are not available in
+//! this mode ([`Error::Unsupported`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rdb_client::Error> {
+//! let opts = rdb_client::Options::default();
+//! let client = rdb_client::Client::with_pd(["127.0.0.1:2399"], opts)?;
+//! client.put("greeting", "hello").await?; // to the leader of the region holding "greeting"
+//! let all = client.scan(Default::default(), Default::default()).await?; // every region
+//! # Ok(()) }
+//! ```
 
 mod backup;
 mod batch;
@@ -41,6 +62,7 @@ mod members;
 pub mod pd;
 pub mod regions;
 mod retry;
+mod routing;
 
 pub use backup::SavedSnapshot;
 pub use batch::MAX_BATCH_KEYS;
@@ -232,7 +254,10 @@ pub struct NodeStatus {
 }
 
 struct Inner {
+    /// The configured endpoints; in PD mode none at first, then the stores reached.
     endpoints: endpoints::Endpoints<KvClient<Channel>>,
+    /// PD mode: the placement driver and the region cache that route requests.
+    routing: Option<routing::Routing>,
     client_id: u64,
     seq: AtomicU64,
     opts: Options,
@@ -272,23 +297,33 @@ impl Client {
     {
         let endpoints =
             endpoints::Endpoints::new(endpoints, "endpoints", |a| connect_lazy(a, &opts))?;
+        Ok(Self::build(endpoints, None, opts))
+    }
+
+    fn build(
+        endpoints: endpoints::Endpoints<KvClient<Channel>>,
+        routing: Option<routing::Routing>,
+        opts: Options,
+    ) -> Client {
         let client_id = loop {
             let id = rand::random::<u64>();
             if id != 0 {
                 break id;
             }
         };
-        Ok(Client {
+        Client {
             inner: Arc::new(Inner {
                 endpoints,
+                routing,
                 client_id,
                 seq: AtomicU64::new(0),
                 opts,
             }),
-        })
+        }
     }
 
-    /// The endpoints this client knows (the configured ones plus leaders it was pointed to).
+    /// The endpoints this client knows (the configured ones plus leaders it was pointed to;
+    /// in PD mode, the stores it has sent requests to).
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.endpoints.addrs()
     }
@@ -308,8 +343,11 @@ impl Client {
             value: value.into(),
             request_id: Some(self.next_request_id()),
         };
-        self.call(true, move |mut c| {
-            let req = req.clone();
+        self.call_key(true, &req.key, self.deadline(), |mut c, context| {
+            let req = PutRequest {
+                context,
+                ..req.clone()
+            };
             async move {
                 let r = c.put(req).await?.into_inner();
                 Ok(((), r.error))
@@ -334,8 +372,11 @@ impl Client {
             key: key.into(),
             consistency: pb_consistency(consistency),
         };
-        self.call_read(consistency, self.deadline(), move |mut c| {
-            let req = req.clone();
+        self.call_read_key(consistency, &req.key, self.deadline(), |mut c, context| {
+            let req = GetRequest {
+                context,
+                ..req.clone()
+            };
             async move {
                 let r = c.get(req).await?.into_inner();
                 Ok((r.found.then_some(r.value), r.error))
@@ -352,8 +393,11 @@ impl Client {
             key: key.into(),
             request_id: Some(self.next_request_id()),
         };
-        self.call(true, move |mut c| {
-            let req = req.clone();
+        self.call_key(true, &req.key, self.deadline(), |mut c, context| {
+            let req = DeleteRequest {
+                context,
+                ..req.clone()
+            };
             async move {
                 let r = c.delete(req).await?.into_inner();
                 Ok((r.existed, r.error))
@@ -376,8 +420,11 @@ impl Client {
             new_value: new.into(),
             request_id: Some(self.next_request_id()),
         };
-        self.call(true, move |mut c| {
-            let req = req.clone();
+        self.call_key(true, &req.key, self.deadline(), |mut c, context| {
+            let req = CasRequest {
+                context,
+                ..req.clone()
+            };
             async move {
                 let r = c.cas(req).await?.into_inner();
                 Ok((
@@ -398,7 +445,8 @@ impl Client {
     /// follows those pages, each a separate request with the same consistency, all under one
     /// overall deadline. Each page is a read of its own: pages are not one snapshot, so a write
     /// made between two pages may show in the later one only. A prefix scan continues as the
-    /// range from the next key to the end of the prefix.
+    /// range from the next key to the end of the prefix. In PD mode each page goes to the
+    /// region of its first key, and a region's store ends the page at the region's end.
     pub async fn scan(&self, range: ScanRange, consistency: ReadConsistency) -> Result<ScanPage> {
         let deadline = self.deadline();
         let limit = range.limit as usize;
@@ -457,8 +505,17 @@ impl Client {
         consistency: ReadConsistency,
         deadline: Instant,
     ) -> Result<RawPage> {
-        self.call_read(consistency, deadline, move |mut c| {
-            let req = req.clone();
+        // The page's first key routes it (PD mode): the store answers its region's part only.
+        let first = if req.prefix.is_empty() {
+            &req.start
+        } else {
+            &req.prefix
+        };
+        self.call_read_key(consistency, first, deadline, |mut c, context| {
+            let req = ScanRequest {
+                context,
+                ..req.clone()
+            };
             async move {
                 let r = c.scan(req).await?.into_inner();
                 let page = RawPage {

@@ -898,4 +898,4 @@ fn connect(addr: &str, opts: &Options) -> Result<PdGrpc<Channel>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

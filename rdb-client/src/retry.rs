@@ -1,52 +1,181 @@
 //! The retry loop shared by every call: pick a node, follow hints, back off, respect the deadline.
+//!
+//! A call's [`Route`] says where its attempts go: the leader of the configured endpoints, or in
+//! PD mode the leader of its keys' region ([`crate::routing`]). A region route is looked up in
+//! the region cache again before every attempt that follows no hint, so an answer that corrects
+//! the cache (`NotLeader`, `EpochNotMatch`, `KeyNotInRegion`, `RegionNotFound`) sends the next
+//! attempt elsewhere at once. The rest is common to both: one deadline, backoff, the same
+//! request id on every attempt, and the [`Error::Indeterminate`] rule for writes.
 
 use std::future::Future;
 
 use rdb_proto::kv::kv_client::KvClient;
-use rdb_proto::kv::{Error as PbError, ErrorCode};
+use rdb_proto::kv::{Error as PbError, ErrorCode, RegionContext};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::pd::{Peer, Region};
+use crate::regions::CachedRegion;
 use crate::{Client, Error, ReadConsistency, Result};
+
+/// Retries made at once (hints, cache corrections) before the loop pauses anyway.
+const MAX_QUICK_RETRIES: u32 = 3;
 
 /// What one attempt learned.
 enum Next {
-    /// Go to this address at once (a leader hint).
-    Redirect(String),
+    /// Try again at once: at this target (a leader hint), or (`None`) where the route now says.
+    Now(Option<Target>),
     /// Try another node after a pause.
     Backoff,
 }
 
+/// Where one attempt goes.
+pub(crate) struct Target {
+    /// The node's (PD mode: the store's) client address.
+    pub(crate) addr: String,
+    /// PD mode: the region the request is for (its context goes with it) and the peer addressed.
+    pub(crate) region: Option<(CachedRegion, Peer)>,
+}
+
+impl Target {
+    /// The request's region context: `None` outside PD mode.
+    fn context(&self) -> Option<RegionContext> {
+        self.region.as_ref().map(|(r, _)| region_context(&r.region))
+    }
+}
+
+/// The context naming `region` and its epoch in a request.
+pub(crate) fn region_context(region: &Region) -> RegionContext {
+    RegionContext {
+        region_id: region.id,
+        epoch: Some(rdb_proto::pd::RegionEpoch {
+            version: region.epoch.version,
+            conf_ver: region.epoch.conf_ver,
+        }),
+    }
+}
+
+/// Where the attempts of one call go.
+#[derive(Clone, Copy)]
+pub(crate) enum Route<'a> {
+    /// The configured endpoints: the leader, or with `any_node` the next one in rotation (an
+    /// answer then does not make that node the known leader).
+    Group { any_node: bool },
+    /// PD mode: the leader of the region holding every one of `keys` (the first key's region);
+    /// with `any_peer`, an answer does not make the peer the known leader (serializable reads).
+    Region {
+        keys: &'a [&'a [u8]],
+        any_peer: bool,
+    },
+}
+
+/// How a call ended.
+pub(crate) enum Outcome<T> {
+    /// The answer.
+    Done(T),
+    /// The keys no longer lie in one region (a split): the caller cuts them again.
+    Regroup,
+}
+
+/// What the attempts of one call have learned so far; carried over when a batch's part is cut
+/// again after a split, so its outcome at the deadline is still reported right.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    /// A write attempt may have been applied (no answer, or an `Indeterminate` one).
+    pub(crate) maybe_applied: bool,
+    /// The latest failure, reported at the deadline.
+    pub(crate) last_err: Error,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            maybe_applied: false,
+            last_err: Error::Unavailable("no node answered".into()),
+        }
+    }
+}
+
+impl Progress {
+    /// The call's error once it gives up: [`Error::Indeterminate`] for a write that may have
+    /// been applied, else the latest failure.
+    pub(crate) fn at_deadline(&self, write: bool) -> Error {
+        if write && self.maybe_applied {
+            Error::Indeterminate(format!(
+                "outcome unknown at the deadline; last error: {}",
+                self.last_err
+            ))
+        } else {
+            self.last_err.clone()
+        }
+    }
+
+    /// `err` as the call's final error: [`Error::Indeterminate`] if a write may have been applied.
+    pub(crate) fn fail(&self, write: bool, err: Error) -> Error {
+        match err {
+            Error::Indeterminate(_) => err,
+            err if write && self.maybe_applied => {
+                Error::Indeterminate(format!("outcome unknown; last error: {err}"))
+            }
+            err => err,
+        }
+    }
+}
+
 impl Client {
-    /// Reads: linearizable ones go to the leader like writes; serializable ones go anywhere.
-    /// `deadline` bounds every attempt and pause (several pages of one scan share one).
-    pub(crate) async fn call_read<T, F, Fut>(
+    /// A call for `key`: a write (`write`) or a leader read, to the key's region in PD mode,
+    /// else to the leader of the endpoints. `f` gets the region context to put in the request.
+    pub(crate) async fn call_key<T, F, Fut>(
         &self,
-        c: ReadConsistency,
+        write: bool,
+        key: &[u8],
         deadline: Instant,
         f: F,
     ) -> Result<T>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
-        match c {
-            ReadConsistency::Linearizable if self.inner.opts.spread_reads => {
-                self.call_until_from(false, deadline, true, f).await
-            }
-            ReadConsistency::Linearizable => self.call_until(false, deadline, f).await,
-            ReadConsistency::Serializable => self.call_any(deadline, f).await,
-        }
+        let keys = [key];
+        let route = match self.inner.routing {
+            Some(_) => Route::Region {
+                keys: &keys,
+                any_peer: false,
+            },
+            None => Route::Group { any_node: false },
+        };
+        self.run_to_end(write, deadline, route, f).await
     }
 
-    /// Runs `f` against the leader until it answers, the options' deadline passes, or the error
-    /// is final. `write` marks calls whose effect may happen even when no answer arrives.
-    pub(crate) async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T>
+    /// A read of `key`: in PD mode from the key's region (its leader first, also for
+    /// serializable reads); otherwise linearizable ones go to the leader like writes (or to
+    /// every node in turn, with `spread_reads`) and serializable ones anywhere. `deadline`
+    /// bounds every attempt and pause (several pages of one scan share one).
+    pub(crate) async fn call_read_key<T, F, Fut>(
+        &self,
+        c: ReadConsistency,
+        key: &[u8],
+        deadline: Instant,
+        f: F,
+    ) -> Result<T>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
-        self.call_until(write, self.deadline(), f).await
+        let keys = [key];
+        let route = match (&self.inner.routing, c) {
+            (Some(_), c) => Route::Region {
+                keys: &keys,
+                any_peer: c == ReadConsistency::Serializable,
+            },
+            (None, ReadConsistency::Linearizable) => Route::Group {
+                any_node: self.inner.opts.spread_reads,
+            },
+            (None, ReadConsistency::Serializable) => {
+                return self.call_any(deadline, |c| f(c, None)).await
+            }
+        };
+        self.run_to_end(false, deadline, route, f).await
     }
 
     /// The deadline of a call starting now.
@@ -54,7 +183,9 @@ impl Client {
         Instant::now() + self.inner.opts.deadline
     }
 
-    /// [`Client::call`] with an explicit deadline.
+    /// Runs `f` against the leader of the configured endpoints until it answers, `deadline`
+    /// passes, or the error is final: for calls about that Raft group (no key), which a PD-mode
+    /// client refuses. `write` marks calls whose effect may happen even when no answer arrives.
     pub(crate) async fn call_until<T, F, Fut>(
         &self,
         write: bool,
@@ -65,120 +196,281 @@ impl Client {
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
-        self.call_until_from(write, deadline, false, f).await
+        let route = Route::Group { any_node: false };
+        self.run_to_end(write, deadline, route, |c, _| f(c)).await
     }
 
-    /// [`Client::call_until`]; with `any_node`, the call starts at the next endpoint in
-    /// rotation instead of the leader (linearizable reads: every node serves them, asking the
-    /// leader for a read index), and an answer does not make that node the known leader.
-    async fn call_until_from<T, F, Fut>(
+    /// Errs in PD mode: the call addresses the one Raft group of the configured endpoints.
+    pub(crate) fn require_group(&self) -> Result<()> {
+        match self.inner.routing {
+            Some(_) => Err(Error::Unsupported(
+                "this call addresses the Raft group of the configured endpoints; a PD-mode \
+                 client has none (use Client::new with the addresses of one group)"
+                    .into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Client::run`] for one key or one group: a cut can never be needed.
+    async fn run_to_end<T, F, Fut>(
         &self,
         write: bool,
         deadline: Instant,
-        any_node: bool,
+        route: Route<'_>,
         f: F,
     ) -> Result<T>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
+        let mut progress = Progress::default();
+        match self.run(write, deadline, route, &mut progress, f).await? {
+            Outcome::Done(v) => Ok(v),
+            Outcome::Regroup => Err(Error::Unavailable(
+                "the keys of one request lie in several regions".into(),
+            )),
+        }
+    }
+
+    /// The loop: runs `f` (given a client and the region context) where `route` says until it
+    /// answers, `deadline` passes, or the error is final. `write` marks calls whose effect may
+    /// happen even when no answer arrives; `progress` carries what earlier loops of the same
+    /// write learned.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        write: bool,
+        deadline: Instant,
+        route: Route<'_>,
+        progress: &mut Progress,
+        f: F,
+    ) -> Result<Outcome<T>>
+    where
+        F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
         let opts = &self.inner.opts;
         let mut backoff = opts.backoff_min;
-        let mut maybe_applied = false;
-        let mut last_err = Error::Unavailable("no node answered".into());
-        let mut target = if any_node {
-            self.rotate()
-        } else {
-            self.pick_target()
+        let (any, mut next_target) = match route {
+            Route::Group { any_node } => {
+                self.require_group()?;
+                let addr = if any_node {
+                    self.rotate()
+                } else {
+                    self.pick_target()
+                };
+                (any_node, Some(Target { addr, region: None }))
+            }
+            Route::Region { any_peer, .. } => (any_peer, None),
         };
-        let mut redirects = 0;
+        // Attempts made at once since the last pause, and (PD mode) how many peers past the
+        // region's leader the next routed attempt starts.
+        let mut quick = 0;
+        let mut skip = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(if write && maybe_applied {
-                    Error::Indeterminate(format!(
-                        "outcome unknown at the deadline; last error: {last_err}"
-                    ))
-                } else {
-                    last_err
-                });
+                return Err(progress.at_deadline(write));
             }
-            let client = self.client_for(&target)?;
-            let attempt =
-                tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
-            let next = match attempt {
-                Ok(Ok((value, None))) => {
-                    if !any_node {
-                        self.inner.endpoints.set_leader(Some(target));
+            let target = match next_target.take() {
+                Some(t) => Ok(Some(t)),
+                None => self.route(route, skip, deadline).await,
+            };
+            let (next, region) = match target {
+                Ok(Some(target)) => {
+                    match self
+                        .attempt(write, any, deadline, target, progress, &f)
+                        .await
+                    {
+                        Attempt::Done(value) => return Ok(Outcome::Done(value)),
+                        Attempt::Fail(e) => return Err(e),
+                        Attempt::Next(next, region) => (next, region),
                     }
-                    return Ok(value);
                 }
-                Ok(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {
-                    Ok(ErrorCode::InvalidArgument) => {
-                        return Err(Error::InvalidArgument(e.message))
-                    }
-                    Ok(ErrorCode::NotLeader) => {
-                        let hint = e.leader.filter(|h| !h.addr.is_empty());
-                        last_err = Error::NotLeader {
-                            leader_id: hint.as_ref().map(|h| h.id),
-                            leader_addr: hint.as_ref().map(|h| h.addr.clone()),
-                        };
-                        match hint {
-                            Some(h) if h.addr != target && redirects < 3 => Next::Redirect(h.addr),
-                            _ => Next::Backoff,
-                        }
-                    }
-                    Ok(ErrorCode::Indeterminate) => {
-                        // Retrying with the same request id is safe: the cluster applies it once.
-                        maybe_applied = true;
-                        last_err = Error::Indeterminate(e.message);
-                        Next::Backoff
-                    }
-                    _ => {
-                        last_err = Error::Unavailable(e.message);
-                        Next::Backoff
-                    }
-                },
-                Ok(Err(status)) if is_refused_input(&status) => {
-                    // The server's decoder refused the request before it reached Raft.
-                    return Err(Error::InvalidArgument(status.message().to_string()));
-                }
-                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    return Err(Error::Unsupported(format!(
-                        "{target}: {}",
-                        status.message()
-                    )));
-                }
-                Ok(Err(status)) => {
-                    if write && !is_connect_failure(&status) {
-                        maybe_applied = true;
-                    }
-                    last_err = Error::Unavailable(format!("{target}: {}", status.message()));
-                    Next::Backoff
-                }
-                Err(_) => {
-                    if write {
-                        maybe_applied = true;
-                    }
-                    last_err = Error::Unavailable(format!("{target}: attempt timed out"));
-                    Next::Backoff
+                Ok(None) => return Ok(Outcome::Regroup),
+                Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => return Err(e),
+                Err(e) => {
+                    progress.last_err = e;
+                    (Next::Backoff, None)
                 }
             };
             match next {
-                Next::Redirect(addr) => {
-                    redirects += 1;
-                    target = addr;
+                Next::Now(target) if quick < MAX_QUICK_RETRIES => {
+                    // A hint or a corrected cache: start again from the region's leader.
+                    quick += 1;
+                    skip = 0;
+                    next_target = target;
                 }
-                Next::Backoff => {
-                    redirects = 0;
-                    self.inner.endpoints.set_leader(None);
+                _ => {
+                    quick = 0;
+                    match (&self.inner.routing, region) {
+                        (Some(routing), Some((id, peers))) => {
+                            // Another peer next; after trying them all, ask PD again.
+                            skip += 1;
+                            if skip % peers.max(1) == 0 {
+                                routing.cache.invalidate(id);
+                            }
+                        }
+                        (Some(_), None) => {}
+                        (None, _) => self.inner.endpoints.set_leader(None),
+                    }
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(opts.backoff_max);
-                    target = self.rotate();
+                    next_target = match route {
+                        Route::Group { .. } => Some(Target {
+                            addr: self.rotate(),
+                            region: None,
+                        }),
+                        Route::Region { .. } => None,
+                    };
                 }
             }
         }
+    }
+
+    /// Where the next attempt of `route` goes; `None` when its keys must be cut again.
+    async fn route(
+        &self,
+        route: Route<'_>,
+        skip: usize,
+        deadline: Instant,
+    ) -> Result<Option<Target>> {
+        match (route, &self.inner.routing) {
+            (Route::Region { keys, .. }, Some(routing)) => {
+                routing.target(keys, skip, deadline).await
+            }
+            _ => Ok(Some(Target {
+                addr: self.rotate(),
+                region: None,
+            })),
+        }
+    }
+
+    /// One attempt at `target`, and what it means for the next one.
+    async fn attempt<T, F, Fut>(
+        &self,
+        write: bool,
+        any: bool,
+        deadline: Instant,
+        target: Target,
+        progress: &mut Progress,
+        f: &F,
+    ) -> Attempt<T>
+    where
+        F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
+        Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
+    {
+        // Routing may have asked PD: no attempt (that might apply) once the time is up.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Attempt::Fail(progress.at_deadline(write));
+        }
+        let client = match self.client_for(&target.addr) {
+            Ok(c) => c,
+            Err(e) => return Attempt::Fail(e),
+        };
+        let timeout = self.inner.opts.attempt_timeout.min(left);
+        let answer = tokio::time::timeout(timeout, f(client, target.context())).await;
+        let routing = self.inner.routing.as_ref();
+        let region = target
+            .region
+            .as_ref()
+            .map(|(r, _)| (r.region.id, r.region.peers.len()));
+        let addr = &target.addr;
+        let next = match answer {
+            Ok(Ok((value, None))) => {
+                match (&target.region, routing) {
+                    (None, _) if !any => self.inner.endpoints.set_leader(Some(target.addr)),
+                    (Some((r, peer)), Some(routing)) if !any && r.leader != Some(*peer) => {
+                        routing.cache.update_leader(r.region.id, *peer);
+                    }
+                    _ => {}
+                }
+                return Attempt::Done(value);
+            }
+            Ok(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {
+                Ok(ErrorCode::InvalidArgument) => {
+                    return Attempt::Fail(Error::InvalidArgument(e.message))
+                }
+                Ok(ErrorCode::NotLeader) => {
+                    let hint = e.leader.filter(|h| !h.addr.is_empty());
+                    progress.last_err = Error::NotLeader {
+                        leader_id: hint.as_ref().map(|h| h.id),
+                        leader_addr: hint.as_ref().map(|h| h.addr.clone()),
+                    };
+                    match hint {
+                        Some(h) if h.addr != *addr => {
+                            // PD mode: the hint names the leader's store and peer; the retry
+                            // keeps the region's context (a stale one gets EpochNotMatch).
+                            let region = match (target.region, routing) {
+                                (Some((r, _)), Some(routing)) => {
+                                    Some((r.clone(), routing.on_not_leader(&r, &h)))
+                                }
+                                _ => None,
+                            };
+                            Next::Now(Some(Target {
+                                addr: h.addr,
+                                region,
+                            }))
+                        }
+                        _ => Next::Backoff,
+                    }
+                }
+                Ok(ErrorCode::Indeterminate) => {
+                    // Retrying with the same request id is safe: the cluster applies it once.
+                    progress.maybe_applied = true;
+                    progress.last_err = Error::Indeterminate(e.message);
+                    Next::Backoff
+                }
+                // Nothing was proposed: retrying (with the same request id) is safe.
+                Ok(
+                    code @ (ErrorCode::EpochNotMatch
+                    | ErrorCode::KeyNotInRegion
+                    | ErrorCode::RegionNotFound),
+                ) => {
+                    progress.last_err = Error::Unavailable(format!("{addr}: {}", e.message));
+                    match (&target.region, routing) {
+                        (Some((r, _)), Some(routing)) => {
+                            if code == ErrorCode::EpochNotMatch {
+                                let current = e.regions.into_iter().map(Region::from).collect();
+                                routing.cache.on_epoch_not_match(&r.region, current);
+                            } else {
+                                routing.cache.invalidate(r.region.id);
+                            }
+                            Next::Now(None)
+                        }
+                        _ => Next::Backoff,
+                    }
+                }
+                _ => {
+                    progress.last_err = Error::Unavailable(e.message);
+                    Next::Backoff
+                }
+            },
+            Ok(Err(status)) if is_refused_input(&status) => {
+                // The server's decoder refused the request before it reached Raft.
+                return Attempt::Fail(Error::InvalidArgument(status.message().to_string()));
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                return Attempt::Fail(Error::Unsupported(format!("{addr}: {}", status.message())));
+            }
+            Ok(Err(status)) => {
+                if write && !is_connect_failure(&status) {
+                    progress.maybe_applied = true;
+                }
+                progress.last_err = Error::Unavailable(format!("{addr}: {}", status.message()));
+                Next::Backoff
+            }
+            Err(_) => {
+                if write {
+                    progress.maybe_applied = true;
+                }
+                progress.last_err = Error::Unavailable(format!("{addr}: attempt timed out"));
+                Next::Backoff
+            }
+        };
+        Attempt::Next(next, region)
     }
 
     /// Serializable reads: any node will do; move on when one fails.
@@ -262,4 +554,14 @@ pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
         next = err.source();
     }
     false
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    /// The answer.
+    Done(T),
+    /// A final error: retrying cannot help.
+    Fail(Error),
+    /// Try again, as [`Next`] says; PD mode: the id and peer count of the region addressed.
+    Next(Next, Option<(u64, usize)>),
 }

@@ -13,9 +13,10 @@ use tonic::{Request, Response, Status};
 
 use super::*;
 
-/// A PD node with just enough state for the client's calls.
+/// A PD node with just enough state for the client's calls (also the PD of
+/// `crate::routing` tests).
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     id: u64,
     /// `Some(hint)`: answer everything NOT_LEADER, with the hint's client address if non-empty.
     not_leader: Option<String>,
@@ -399,7 +400,7 @@ impl Pd for FakePd {
 }
 
 /// Serves `fake` on a fresh 127.0.0.1 port; returns its address.
-async fn serve(fake: Arc<Fake>) -> String {
+pub(crate) async fn serve(fake: Arc<Fake>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
