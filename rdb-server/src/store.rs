@@ -78,6 +78,9 @@ pub struct StoreOutput {
     pub regions_synced: usize,
     /// Regions whose log was compacted below an index this turn, to reclaim disk space.
     pub compacted: Vec<(u64, u64)>,
+    /// Reads whose barrier completed after their region changed under them (a split took
+    /// their keys, or the epoch moved on): refused instead of answered, see [`StoreCore::read`].
+    pub refused_reads: Vec<(RequestId, RegionError)>,
 }
 
 /// A region hosted here.
@@ -94,6 +97,8 @@ pub struct StoreCore {
     cfg: CoreConfig,
     dedup_window: u64,
     regions: BTreeMap<u64, RegionPeer>,
+    /// Read barriers in flight: the region, epoch and keys each was checked against.
+    reads: HashMap<RequestId, (u64, RegionEpoch, Vec<Vec<u8>>)>,
     /// Messages for regions this store does not host (dropped), for status and tests.
     dropped: u64,
     logger: Logger,
@@ -143,6 +148,7 @@ impl StoreCore {
             cfg,
             dedup_window,
             regions: BTreeMap::new(),
+            reads: HashMap::new(),
             dropped: 0,
             // The caller's logger names the store already.
             logger: logger.clone(),
@@ -293,6 +299,12 @@ impl StoreCore {
     }
 
     /// Asks region `region_id` for a linearizable read barrier for request `id`.
+    ///
+    /// The barrier completes once this peer applied up to the leader's read index, and that
+    /// may apply a split that moves `keys` to another region, whose writes this store may not
+    /// have applied yet. So the keys and epoch are checked again when it completes: a read
+    /// whose region changed is refused (in [`StoreOutput::refused_reads`]) and the client
+    /// retries at the right region.
     pub fn read(
         &mut self,
         region_id: u64,
@@ -303,6 +315,8 @@ impl StoreCore {
         self.check(region_id, epoch, keys)?;
         if let Some(r) = self.regions.get_mut(&region_id) {
             r.core.read(id);
+            let keys = keys.iter().map(|k| k.to_vec()).collect();
+            self.reads.insert(id, (region_id, *epoch, keys));
         }
         Ok(())
     }
@@ -445,6 +459,7 @@ impl StoreCore {
                 created.push((new, led));
             }
         }
+        self.recheck_reads(&mut out);
         for (id, led) in created {
             if self.regions.contains_key(&id) {
                 continue;
@@ -461,6 +476,32 @@ impl StoreCore {
             out.created.push(id);
         }
         Ok(out)
+    }
+}
+
+impl StoreCore {
+    /// Refuses the read barriers of this turn whose region no longer holds their keys at their
+    /// epoch (see [`StoreCore::read`]).
+    fn recheck_reads(&mut self, out: &mut StoreOutput) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(out.replies.len());
+        for reply in std::mem::take(&mut out.replies) {
+            let Some((region, epoch, keys)) = self.reads.remove(&reply.1) else {
+                kept.push(reply);
+                continue;
+            };
+            if matches!(reply.2, Ok(Answer::ReadReady { .. })) {
+                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                if let Err(e) = self.check(region, &epoch, &keys) {
+                    out.refused_reads.push((reply.1, e));
+                    continue;
+                }
+            }
+            kept.push(reply);
+        }
+        out.replies = kept;
     }
 }
 

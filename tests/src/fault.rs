@@ -136,22 +136,24 @@ fn text(v: Option<Vec<u8>>) -> Option<String> {
     v.map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-/// Runs one fault scenario against a fresh 3-node cluster and checks the history.
-pub async fn run(cfg: &FaultConfig) -> FaultReport {
-    let settings = Settings(cfg.settings.clone());
-    let mut cluster = if cfg.partitions {
-        TestCluster::start_partitionable_with(3, settings)
-    } else {
-        TestCluster::start_with(3, settings)
-    };
-    cluster.wait_leader(Duration::from_secs(10)).await;
-    let t0 = Instant::now();
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
+/// The history a run records, shared by its clients.
+type History = Arc<Mutex<Vec<Operation>>>;
+
+/// Starts the run's clients on `endpoints` (each one beginning at another endpoint): random
+/// get/put/cas/delete on `cfg.keys` keys (reads only for the `cfg.readers` extra clients),
+/// each operation recorded in `history` with its invoke and complete times since `t0`, until
+/// `stop` is set.
+fn spawn_clients(
+    cfg: &FaultConfig,
+    endpoints: &[String],
+    t0: Instant,
+    history: &History,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for id in 0..(cfg.clients + cfg.readers) as u64 {
         let read_only = id >= cfg.clients as u64;
-        let mut endpoints = cluster.endpoints();
+        let mut endpoints = endpoints.to_vec();
         let n = endpoints.len();
         endpoints.rotate_left(id as usize % n);
         let client = Client::with_options(endpoints, client_options()).expect("client");
@@ -199,6 +201,44 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
             }
         }));
     }
+    tasks
+}
+
+/// Reads every key once more through `reader`, with patience (these reads must succeed), and
+/// adds them to the history: "every acknowledged write is present or superseded" is then
+/// checked by the same search.
+async fn final_reads(reader: &Client, cfg: &FaultConfig, t0: Instant, history: &History) {
+    for k in 0..cfg.keys {
+        let key = format!("k{k}");
+        let invoke = t0.elapsed().as_nanos() as u64;
+        let v = reader
+            .get(key.clone())
+            .await
+            .unwrap_or_else(|e| panic!("final read of {key}: {e}"));
+        let complete = t0.elapsed().as_nanos() as u64;
+        history.lock().expect("history").push(Operation {
+            client: u64::MAX,
+            op: Op::Get { key },
+            outcome: Outcome::Get(text(v)),
+            invoke,
+            complete,
+        });
+    }
+}
+
+/// Runs one fault scenario against a fresh 3-node cluster and checks the history.
+pub async fn run(cfg: &FaultConfig) -> FaultReport {
+    let settings = Settings(cfg.settings.clone());
+    let mut cluster = if cfg.partitions {
+        TestCluster::start_partitionable_with(3, settings)
+    } else {
+        TestCluster::start_with(3, settings)
+    };
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let t0 = Instant::now();
+    let history: History = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = spawn_clients(cfg, &cluster.endpoints(), t0, &history, &stop);
 
     // The nemesis: one fault at a time, so a majority is usually up and progress is possible.
     let mut faults = Vec::new();
@@ -265,22 +305,7 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
     cluster.wait_leader(Duration::from_secs(15)).await;
     let reader =
         Client::with_options(cluster.endpoints(), crate::cluster::quick_options()).expect("client");
-    for k in 0..cfg.keys {
-        let key = format!("k{k}");
-        let invoke = t0.elapsed().as_nanos() as u64;
-        let v = reader
-            .get(key.clone())
-            .await
-            .unwrap_or_else(|e| panic!("final read of {key}: {e}"));
-        let complete = t0.elapsed().as_nanos() as u64;
-        history.lock().expect("history").push(Operation {
-            client: u64::MAX,
-            op: Op::Get { key },
-            outcome: Outcome::Get(text(v)),
-            invoke,
-            complete,
-        });
-    }
+    final_reads(&reader, cfg, t0, &history).await;
     let replicas = check_replicas(&cluster).await;
     let events = LogEvents::count(&cluster);
     let history = std::mem::take(&mut *history.lock().expect("history"));
@@ -291,6 +316,96 @@ pub async fn run(cfg: &FaultConfig) -> FaultReport {
         faults,
         replicas,
         events,
+    }
+}
+
+/// What a fault run over regions saw (see [`run_regions`]).
+#[derive(Debug)]
+pub struct RegionFaultReport {
+    /// Every recorded operation of the checked clients.
+    pub history: Vec<Operation>,
+    /// The checker's verdict.
+    pub result: CheckResult,
+    /// The faults injected, in order.
+    pub faults: Vec<String>,
+    /// Regions PD knew at the end.
+    pub regions: usize,
+    /// Keys the filler wrote (they make the regions split during the run).
+    pub filler_keys: usize,
+}
+
+/// [`run`] over a PD-mode cluster (issue 13): one PD node and three stores splitting regions
+/// past `split_keys` keys. Besides the checked clients on `cfg.keys` keys (`k0`, `k1`, ...),
+/// a filler writes many other keys (`f...`, between and around them) so regions split while
+/// the clients run, and the nemesis kills (-9) and restarts stores or pauses them. The history
+/// is checked for linearizability, final reads included.
+pub async fn run_regions(cfg: &FaultConfig, split_keys: u64) -> RegionFaultReport {
+    use crate::regions::{RegionCluster, Split};
+    let mut cluster = RegionCluster::start(
+        3,
+        Split {
+            keys: split_keys,
+            check_ms: 100,
+        },
+    );
+    cluster.wait_regions(1, Duration::from_secs(15)).await;
+    let t0 = Instant::now();
+    let history: History = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = spawn_clients(cfg, &cluster.addrs, t0, &history, &stop);
+    let filled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let client = Client::with_options(cluster.addrs.clone(), client_options()).expect("client");
+        let (stop, filled) = (stop.clone(), filled.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Keys before, between and after the checked ones ("k0", "k1", ...).
+                let key = format!(
+                    "{}{i:06}",
+                    ["a", "k0f", "k1f", "k2f", "z"][(i % 5) as usize]
+                );
+                if client.put(key, "filler").await.is_ok() {
+                    filled.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    let mut faults = Vec::new();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let end = Instant::now() + cfg.duration;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        let victim = rng.gen_range(1..=3);
+        let hold = Duration::from_millis(rng.gen_range(200..1500));
+        if rng.gen_bool(0.7) {
+            faults.push(format!(
+                "{:?} kill -9 store {victim} for {hold:?}",
+                t0.elapsed()
+            ));
+            cluster.kill(victim);
+            tokio::time::sleep(hold).await;
+            cluster.restart(victim);
+        } else {
+            faults.push(format!("{:?} quiet for {hold:?}", t0.elapsed()));
+            tokio::time::sleep(hold).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let regions = cluster.wait_regions(1, Duration::from_secs(30)).await.len();
+    final_reads(&cluster.client(), cfg, t0, &history).await;
+    let history = std::mem::take(&mut *history.lock().expect("history"));
+    let result = check(&history, cfg.step_budget);
+    RegionFaultReport {
+        history,
+        result,
+        faults,
+        regions,
+        filler_keys: filled.load(Ordering::Relaxed),
     }
 }
 

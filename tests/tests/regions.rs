@@ -324,3 +324,114 @@ async fn splits_under_writes_and_kill_9_lose_no_acknowledged_write_and_replicas_
         }
     }
 }
+
+/// Issue 13's fault run: regions split (a filler writes around the checked keys) while
+/// clients run get/put/cas/delete on three keys and stores are killed with -9 and restarted;
+/// the history, final reads included, must be linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splits_under_kill_9_keep_the_history_linearizable() {
+    use rdb_tests::fault::{run_regions, FaultConfig};
+    use rdb_tests::linearizability::CheckResult;
+    let cfg = FaultConfig {
+        duration: Duration::from_secs(15),
+        seed: 7,
+        readers: 2,
+        ..FaultConfig::default()
+    };
+    let report = run_regions(&cfg, 40).await;
+    let ok = report
+        .history
+        .iter()
+        .filter(|o| {
+            !matches!(
+                o.outcome,
+                rdb_tests::linearizability::Outcome::Failed
+                    | rdb_tests::linearizability::Outcome::Indeterminate
+            )
+        })
+        .count();
+    eprintln!(
+        "{} ops ({ok} ok), {} regions, {} filler keys; faults: {:#?}",
+        report.history.len(),
+        report.regions,
+        report.filler_keys,
+        report.faults
+    );
+    assert!(ok > 50, "too few successful operations ({ok})");
+    assert!(
+        report.regions >= 4,
+        "only {} regions: the run did not split enough to mean anything",
+        report.regions
+    );
+    match &report.result {
+        CheckResult::Linearizable => {}
+        CheckResult::Illegal(v) => panic!("history not linearizable:\n{v}"),
+        other => panic!("checker gave up: {other:?}"),
+    }
+}
+
+/// `Client::with_pd` against real stores: batches and scans cut by region while regions split,
+/// and routing that follows a killed leader's region to its new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pd_client_routes_batches_and_scans_by_region_through_splits_and_a_store_kill() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 100,
+        },
+    );
+    c.wait_regions(1, Duration::from_secs(15)).await;
+    let client = Client::with_pd([c.pd_addr()], quick_options()).expect("client");
+    let mut expected = BTreeMap::new();
+    for batch in 0..6 {
+        let pairs: Vec<(String, String)> = (0..100)
+            .map(|i| (key(batch * 100 + i), format!("b{batch}-{i}")))
+            .collect();
+        client
+            .batch_put(pairs.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .await
+            .expect("batch put");
+        expected.extend(pairs);
+    }
+    let regions = c.wait_regions(4, Duration::from_secs(30)).await;
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    let values = client
+        .batch_get(keys.iter().cloned(), ReadConsistency::Linearizable)
+        .await
+        .expect("batch get");
+    for (k, v) in keys.iter().zip(values) {
+        assert_eq!(v.as_deref(), Some(expected[k].as_bytes()), "{k}");
+    }
+    let all = scan_all(&client, ReadConsistency::Linearizable).await;
+    assert_eq!(all, expected.clone().into_iter().collect::<Vec<_>>());
+
+    // Kill the store leading the region of the first key: the client finds the new leader.
+    let stores = c.pd_client().get_all_stores(true).await.expect("stores");
+    let leader_store = regions[0].leader.expect("leader").store_id;
+    let addr = &stores
+        .iter()
+        .find(|s| s.id == leader_store)
+        .expect("store")
+        .address;
+    let index = c.addrs.iter().position(|a| a == addr).expect("one of ours") + 1;
+    c.kill(index);
+    let k = key(0);
+    client
+        .put(k.clone(), "after")
+        .await
+        .expect("put after the kill");
+    assert_eq!(
+        client.get(k).await.expect("get").as_deref(),
+        Some(&b"after"[..])
+    );
+    let deleted = client
+        .batch_delete(keys.iter().take(250).cloned())
+        .await
+        .expect("batch delete");
+    assert_eq!(deleted, 250);
+    assert_eq!(
+        scan_all(&client, ReadConsistency::Linearizable).await.len(),
+        350
+    );
+}

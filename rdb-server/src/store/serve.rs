@@ -741,6 +741,12 @@ impl StoreTask {
                 let _ = self.jobs.send(Job::ResolveStore(m.to_store));
             }
         }
+        // Reads whose region changed while they waited (StoreCore::read).
+        for (id, e) in out.refused_reads {
+            if let Some(Waiter::Read(tx, _)) = self.waiters.remove(&id) {
+                let _ = tx.send(Err(region_error(e)));
+            }
+        }
         for (region, id, answer) in out.replies {
             let Some(w) = self.waiters.remove(&id) else {
                 continue;

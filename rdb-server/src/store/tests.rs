@@ -21,6 +21,11 @@ struct Stores {
     stores: Vec<Option<StoreCore>>,
     inflight: Vec<RegionMessage>,
     replies: Vec<RegionReply>,
+    refused_reads: Vec<(RequestId, RegionError)>,
+    /// Messages dropped on delivery: (region, to store).
+    cut: Vec<(u64, u64)>,
+    /// Whether rounds advance the clock (off: only messages move things).
+    ticking: bool,
     next_request: u64,
     /// Turns in which one sync covered several regions' writes.
     shared_syncs: usize,
@@ -80,6 +85,9 @@ impl Stores {
             stores,
             inflight: Vec::new(),
             replies: Vec::new(),
+            refused_reads: Vec::new(),
+            cut: Vec::new(),
+            ticking: true,
             next_request: 1,
             shared_syncs: 0,
         }
@@ -92,18 +100,24 @@ impl Stores {
     /// One round: deliver what is in flight, tick, and run a turn on every live store.
     fn round(&mut self) {
         for m in std::mem::take(&mut self.inflight) {
+            if self.cut.contains(&(m.region_id, m.to_store)) {
+                continue;
+            }
             if let Some(s) = self.stores[m.to_store as usize - 1].as_mut() {
                 s.step(m);
             }
         }
         for s in self.stores.iter_mut().flatten() {
-            s.tick();
+            if self.ticking {
+                s.tick();
+            }
             let out = s.advance().expect("advance");
             if out.regions_synced > 1 {
                 self.shared_syncs += 1;
             }
             self.inflight.extend(out.messages);
             self.replies.extend(out.replies);
+            self.refused_reads.extend(out.refused_reads);
         }
     }
 
@@ -361,4 +375,51 @@ fn one_fsync_makes_every_region_s_writes_of_a_turn_durable() {
         "only {} turns synced several regions at once",
         st.shared_syncs
     );
+}
+
+#[test]
+fn a_read_whose_keys_a_split_moved_while_it_waited_is_refused_not_served_stale() {
+    let mut st = Stores::new();
+    assert_eq!(st.put(1, 1, 1, "x", "old"), CommandResult::Put);
+    let leader = st.leader(1);
+    let lagging = (1..=3).find(|&s| s != leader).expect("a follower store");
+    st.converged();
+    // The lagging store hears nothing while region 1 splits and region 2 overwrites "x".
+    st.cut = (1..=2).map(|r| (r, lagging)).collect();
+    let req = st.next_request;
+    st.next_request += 1;
+    st.store(leader)
+        .propose_split(1, b"m", 2, &[21, 22, 23], req)
+        .expect("split");
+    assert_eq!(st.answer(req), CommandResult::Split { new_region: 2 });
+    assert_eq!(st.put(2, 1, 2, "x", "new"), CommandResult::Put);
+    // Region 1 reaches it again, region 2 still does not. It still has the old epoch, so a
+    // read of "x" is routed to region 1 there and passes the first check.
+    st.cut = vec![(2, lagging)];
+    let old_epoch = st.epoch(lagging, 1);
+    // No clock from here: the barrier is answered and the lagging store catches up through
+    // messages alone, so no read round times out and no election starts.
+    st.ticking = false;
+    let read = st.next_request;
+    st.next_request += 1;
+    st.store(lagging)
+        .read(1, &old_epoch, &[b"x"], read)
+        .expect("routed to region 1 at its old epoch");
+    st.until("the read's barrier completes", |st| {
+        st.refused_reads.iter().any(|(id, _)| *id == read) || st.replies.iter().any(|r| r.1 == read)
+    });
+    // Its data for "x" is stale: answering the read would have returned "old".
+    assert_eq!(
+        st.store(lagging).engine().get(b"x").expect("get"),
+        Some(b"old".to_vec())
+    );
+    if let Some(r) = st.replies.iter().find(|r| r.1 == read) {
+        panic!("the read was answered from a region that no longer holds its key: {r:?}");
+    }
+    match st.refused_reads.iter().find(|(id, _)| *id == read) {
+        Some((_, RegionError::EpochNotMatch { current })) => {
+            assert_eq!(&current[0].end_key[..], b"m")
+        }
+        other => panic!("expected EpochNotMatch, got {other:?}"),
+    }
 }
