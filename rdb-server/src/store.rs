@@ -88,6 +88,9 @@ struct RegionPeer {
     core: RegionCore,
     /// This store's peer id in the region.
     peer_id: u64,
+    /// The store of every peer heard from: an uninitialized region has no meta to say where
+    /// its leader is, yet must answer it.
+    heard: HashMap<u64, u64>,
 }
 
 /// The regions of one store over one RocksDB database, driven together; see the module docs.
@@ -154,6 +157,15 @@ impl StoreCore {
             logger: logger.clone(),
         };
         for id in store.engine.region_ids().map_err(CoreError::storage)? {
+            let view = store.engine.region(id).map_err(CoreError::storage)?;
+            if view.region_meta().map_err(CoreError::storage)?.is_none() {
+                // Uninitialized: its leader's next message makes it again.
+                store
+                    .engine
+                    .destroy_uninit_region(id)
+                    .map_err(CoreError::storage)?;
+                continue;
+            }
             store.start_region(id)?;
         }
         Ok(store)
@@ -196,7 +208,43 @@ impl StoreCore {
         let core = Core::new(&cfg, storage, sm, &logger)?;
         info!(logger, "region started"; "start" => ?meta.start_key, "end" => ?meta.end_key,
             "version" => region::epoch(&meta).version);
-        self.regions.insert(id, RegionPeer { core, peer_id });
+        self.regions.insert(
+            id,
+            RegionPeer {
+                core,
+                peer_id,
+                heard: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts an uninitialized peer `peer_id` of region `id`, which a message from its leader
+    /// named (see [`StoreCore::step`]).
+    fn start_uninit(&mut self, id: u64, peer_id: u64) -> Result<(), CoreError> {
+        let view = self
+            .engine
+            .create_uninit_region(id)
+            .map_err(CoreError::storage)?;
+        let logger = self.logger.new(o!("region" => id, "peer" => peer_id));
+        let storage =
+            RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
+        let sm = StateMachine::new(view, self.dedup_window).map_err(CoreError::storage)?;
+        let mut cfg = self.cfg.clone();
+        cfg.replica.id = peer_id;
+        let core = Core::new(&cfg, storage, sm, &logger)?;
+        info!(
+            logger,
+            "uninitialized region created for its leader's message"
+        );
+        self.regions.insert(
+            id,
+            RegionPeer {
+                core,
+                peer_id,
+                heard: HashMap::new(),
+            },
+        );
         Ok(())
     }
 
@@ -245,17 +293,79 @@ impl StoreCore {
         }
     }
 
-    /// Hands a peer's message to its region. A message for a region not hosted here, or for
-    /// another peer id than this store's, is dropped (a region appears here by bootstrap, PD
-    /// placement or a split applied from the parent's log).
-    pub fn step(&mut self, m: RegionMessage) {
-        match self.regions.get_mut(&m.region_id) {
-            Some(r) if r.peer_id == m.msg.to => r.core.step(m.msg),
-            _ => {
+    /// Hands a peer's message to its region.
+    ///
+    /// A region appears on a store by bootstrap, by a split applied from its parent's log, or,
+    /// when a leader's heartbeat, append or snapshot names a region this store does not host,
+    /// as an uninitialized peer: a store that received the parent by snapshot never applies
+    /// the split, so this is how it gets the new region (TiKV's way); the leader then sends it
+    /// a snapshot. A snapshot is stepped only if its range overlaps no other region hosted here
+    /// (a parent that has not applied its split yet still covers it: the leader sends it again
+    /// later). Messages for another peer id than this store's are dropped.
+    ///
+    /// A storage error (creating the uninitialized region) must end the store.
+    pub fn step(&mut self, m: RegionMessage) -> Result<(), CoreError> {
+        use raft::prelude::MessageType;
+        if !self.regions.contains_key(&m.region_id) {
+            let from_leader = matches!(
+                m.msg.get_msg_type(),
+                MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
+            );
+            if !from_leader || m.msg.to == 0 {
                 self.dropped += 1;
                 debug!(self.logger, "message for a region not hosted here";
                     "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
+                return Ok(());
             }
+            self.start_uninit(m.region_id, m.msg.to)?;
+        }
+        if m.msg.get_msg_type() == MessageType::MsgSnapshot
+            && !self.snapshot_fits(m.region_id, &m.msg)
+        {
+            self.dropped += 1;
+            return Ok(());
+        }
+        match self.regions.get_mut(&m.region_id) {
+            Some(r) if r.peer_id == m.msg.to => {
+                r.heard.insert(m.msg.from, m.from_store);
+                r.core.step(m.msg);
+            }
+            _ => {
+                self.dropped += 1;
+                debug!(self.logger, "message for another peer of a region";
+                    "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a snapshot for region `id` may be installed: its range overlaps no other
+    /// region hosted here.
+    fn snapshot_fits(&self, id: u64, msg: &raft::prelude::Message) -> bool {
+        let Some(view) = self.region_engine(id) else {
+            return false;
+        };
+        let meta = match rdb_storage::snapshot::region_meta_of(&view, msg.get_snapshot()) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(self.logger, "snapshot without a usable region meta"; "region" => id,
+                    "error" => %e);
+                return false;
+            }
+        };
+        let clash = self
+            .regions
+            .iter()
+            .filter(|(&other, _)| other != id)
+            .filter_map(|(_, r)| r.core.replica().app().region())
+            .find(|o| overlaps(o, &meta));
+        match clash {
+            Some(o) => {
+                debug!(self.logger, "snapshot overlaps a region hosted here; dropped";
+                    "region" => id, "other" => o.id);
+                false
+            }
+            None => true,
         }
     }
 
@@ -428,7 +538,7 @@ impl StoreCore {
         let mut pending = Vec::with_capacity(self.regions.len());
         let mut owed = false;
         for (&id, r) in self.regions.iter_mut() {
-            let mut outbox = outbox(id, self.store_id, &r.core, &mut out.messages);
+            let mut outbox = outbox(id, self.store_id, r, &mut out.messages);
             let p = r.core.begin_advance(&mut outbox, false)?;
             if p.as_ref().is_some_and(|p| p.needs_sync()) {
                 owed = true;
@@ -447,7 +557,7 @@ impl StoreCore {
             let Some(r) = self.regions.get_mut(&id) else {
                 continue;
             };
-            let mut outbox = outbox(id, self.store_id, &r.core, &mut out.messages);
+            let mut outbox = outbox(id, self.store_id, r, &mut out.messages);
             let o = r.core.finish_advance(p, &mut outbox)?;
             out.replies
                 .extend(o.replies.into_iter().map(|(rid, a)| (id, rid, a)));
@@ -461,8 +571,14 @@ impl StoreCore {
         }
         self.recheck_reads(&mut out);
         for (id, led) in created {
-            if self.regions.contains_key(&id) {
-                continue;
+            match self.regions.get(&id) {
+                // Initialized already (by its leader's snapshot): the split left it alone.
+                Some(r) if r.core.replica().app().region().is_some() => continue,
+                // Uninitialized: the split wrote its initial state; start it from there.
+                Some(_) => {
+                    self.regions.remove(&id);
+                }
+                None => {}
             }
             self.start_region(id)?;
             info!(self.logger, "region created by a split"; "region" => id, "parent_led" => led);
@@ -505,20 +621,28 @@ impl StoreCore {
     }
 }
 
+/// Whether two regions' ranges overlap (an empty end is unbounded).
+fn overlaps(a: &Region, b: &Region) -> bool {
+    let before_end = |k: &[u8], end: &[u8]| end.is_empty() || k < end;
+    before_end(&a.start_key, &b.end_key) && before_end(&b.start_key, &a.end_key)
+}
+
 fn outbox<'a>(
     region_id: u64,
     from_store: u64,
-    core: &RegionCore,
+    r: &RegionPeer,
     out: &'a mut Vec<RegionMessage>,
 ) -> Outbox<'a> {
-    let meta = core.replica().app().region();
+    let meta = r.core.replica().app().region();
+    let mut stores = r.heard.clone();
+    if let Some(m) = meta {
+        stores.extend(m.peers.iter().map(|p| (p.id, p.store_id)));
+    }
     Outbox {
         region_id,
         from_store,
         epoch: meta.map(region::epoch).unwrap_or_default(),
-        stores: meta
-            .map(|m| m.peers.iter().map(|p| (p.id, p.store_id)).collect())
-            .unwrap_or_default(),
+        stores,
         out,
     }
 }

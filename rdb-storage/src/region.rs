@@ -146,7 +146,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// This region's meta as applied (range, epoch, peers); `None` for a static node's view.
+    /// This region's meta as applied (range, epoch, peers); `None` for a static node's view
+    /// and for an uninitialized region (see [`Engine::create_uninit_region`]).
     pub fn region_meta(&self) -> Result<Option<Region>> {
         let Space::Region(id) = self.space() else {
             return Ok(None);
@@ -156,8 +157,71 @@ impl Engine {
             .get_cf(self.cf(CF_DATA), keys::region_meta_key(id))?
         {
             Some(v) => Ok(Some(decode_meta(&v)?)),
+            None if self.apply_state()?.index == 0 => Ok(None),
             None => Err(Error::Corrupt(format!("region {id} has no meta record"))),
         }
+    }
+
+    /// Creates an *uninitialized* region `id` on this store: empty Raft state (no voters, no
+    /// log, nothing applied, no meta), the state of a peer a leader reached before this store
+    /// learnt of the region (it missed the split that made it, having received its parent by
+    /// snapshot). The leader sends it a snapshot, which brings the range, meta and data.
+    /// Returns the region's view.
+    pub fn create_uninit_region(&self, id: u64) -> Result<Engine> {
+        let space = Space::Region(id);
+        let state = self.cf(CF_RAFT_STATE);
+        if self
+            .db()
+            .get_cf(state, space.state_key(keys::CONF_STATE_KEY))?
+            .is_some()
+        {
+            return Err(Error::Corrupt(format!(
+                "region {id} already has state on this store"
+            )));
+        }
+        let zero = keys::encode_pair(0, 0);
+        let mut wb = WriteBatch::default();
+        wb.put_cf(
+            state,
+            space.state_key(keys::HARD_STATE_KEY),
+            HardState::default().write_to_bytes()?,
+        );
+        wb.put_cf(
+            state,
+            space.state_key(keys::CONF_STATE_KEY),
+            ConfState::default().write_to_bytes()?,
+        );
+        wb.put_cf(state, space.state_key(keys::APPLY_STATE_KEY), zero);
+        wb.put_cf(state, space.state_key(keys::TRUNCATED_STATE_KEY), zero);
+        wb.put_cf(self.cf(CF_DATA), space.data_apply_key(), zero);
+        // Unsynced: if a crash loses it, the next message from the leader makes it again.
+        self.write(wb, false)?;
+        self.region(id)
+    }
+
+    /// Removes every trace of region `id` from this store (an uninitialized region found at
+    /// start, which the next message from its leader recreates). Refuses an initialized one.
+    pub fn destroy_uninit_region(&self, id: u64) -> Result<()> {
+        if self.region(id)?.region_meta()?.is_some() {
+            return Err(Error::Corrupt(format!(
+                "region {id} is initialized and cannot be dropped"
+            )));
+        }
+        let space = Space::Region(id);
+        let mut wb = WriteBatch::default();
+        let (lo, hi) = space.log_bounds();
+        wb.delete_range_cf(self.cf(crate::keys::CF_RAFT_LOG), lo, hi);
+        wb.delete_range_cf(
+            self.cf(CF_RAFT_STATE),
+            keys::region_prefix(id),
+            keys::region_prefix_end(id),
+        );
+        wb.delete_range_cf(
+            self.cf(CF_DATA),
+            keys::region_prefix(id),
+            keys::region_prefix_end(id),
+        );
+        self.write(wb, true)
     }
 }
 
@@ -346,7 +410,39 @@ pub(crate) fn split_batch(
 ) -> Result<()> {
     let data = engine.cf(CF_DATA);
     wb.put_cf(data, keys::region_meta_key(left.id), left.encode_to_vec());
+    // The new region may exist here already: created uninitialized by a message from its
+    // leader (which applied the split first), or even initialized by that leader's snapshot.
+    // An initialized one is newer than the split: leave it. An uninitialized one gets the
+    // initial state, keeping any term and vote it already cast (a term never goes back).
+    let child = Space::Region(right.id);
+    let existing = engine.db().get_cf(
+        engine.cf(CF_RAFT_STATE),
+        child.state_key(keys::HARD_STATE_KEY),
+    )?;
+    let initialized = engine
+        .db()
+        .get_cf(data, keys::region_meta_key(right.id))?
+        .is_some();
+    if initialized {
+        return Ok(());
+    }
     put_initial_state(engine, wb, right)?;
+    if let Some(v) = existing {
+        let old = HardState::parse_from_bytes(&v)?;
+        if old.term > REGION_INIT_TERM {
+            let hs = HardState {
+                term: old.term,
+                vote: old.vote,
+                commit: REGION_INIT_INDEX,
+                ..Default::default()
+            };
+            wb.put_cf(
+                engine.cf(CF_RAFT_STATE),
+                child.state_key(keys::HARD_STATE_KEY),
+                hs.write_to_bytes()?,
+            );
+        }
+    }
     let mut lower = keys::region_prefix(left.id);
     lower.push(keys::DEDUP_PREFIX);
     let mut upper = keys::region_prefix(left.id);

@@ -686,6 +686,20 @@ pub(crate) fn pending_install(engine: &Engine) -> Result<Option<SnapshotDescript
     }
 }
 
+/// The region a received snapshot of region `engine` is of (its meta record), read from its
+/// file in the region's snapshot folder: a store checks that it overlaps no other region it
+/// hosts before stepping the snapshot.
+pub fn region_meta_of(
+    engine: &Engine,
+    snap: &raft::prelude::Snapshot,
+) -> Result<rdb_proto::pd::Region> {
+    let Space::Region(id) = engine.space() else {
+        return Err(Error::BadSnapshot("not a region's snapshot".into()));
+    };
+    let desc = SnapshotDescriptor::decode(&snap.data)?;
+    region_meta_in_file(&desc.path_in(&engine.snap_dir()), &desc, id)
+}
+
 /// The meta record of region `id` in its snapshot file (among the region's own records, which
 /// come first). A region snapshot without one is refused.
 fn region_meta_in_file(

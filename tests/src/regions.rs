@@ -102,6 +102,28 @@ impl RegionCluster {
         }
     }
 
+    /// Stops store `i` (1-based) with SIGTERM; returns whether it exited within `timeout`
+    /// (it is killed with SIGKILL otherwise).
+    pub fn terminate(&mut self, i: usize, timeout: Duration) -> bool {
+        let Some(mut c) = self.stores[i - 1].take() else {
+            return true;
+        };
+        // SAFETY: kill(2) with a pid this process spawned and has not reaped.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     /// Every region PD knows, in key order.
     pub async fn regions(&self) -> Vec<RegionInfo> {
         self.pd_client()

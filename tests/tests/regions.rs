@@ -435,3 +435,44 @@ async fn the_pd_client_routes_batches_and_scans_by_region_through_splits_and_a_s
         350
     );
 }
+
+/// SIGTERM stops a store promptly (its peer streams stay open for good, so a graceful stop
+/// must not wait for them), and it comes back with its regions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_stops_on_sigterm_and_restarts_with_its_regions() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 100,
+        },
+    );
+    let client = c.client();
+    write_keys(&client, 200, 4).await;
+    c.wait_regions(2, Duration::from_secs(30)).await;
+    let started = std::time::Instant::now();
+    assert!(
+        c.terminate(2, Duration::from_secs(5)),
+        "store 2 did not stop within 5 s of SIGTERM"
+    );
+    eprintln!("stopped in {:?}", started.elapsed());
+    c.restart(2);
+    client.put(key(5), "again").await.expect("put");
+    let only = Client::with_options([c.addrs[1].clone()], quick_options()).expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = only
+            .get_with(key(5), ReadConsistency::Serializable)
+            .await
+            .ok()
+            .flatten();
+        if v.as_deref() == Some(&b"again"[..]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 2 did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -256,7 +256,13 @@ pub async fn run(
     );
     let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
     info!(logger, "serving"; "addr" => &args.addr);
-    tonic::transport::Server::builder()
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stopped = stop_rx.clone();
+    let serving = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             KvServer::new(kv)
@@ -268,9 +274,18 @@ pub async fn run(
                 .max_decoding_message_size(s.max_peer_message_bytes)
                 .max_encoding_message_size(s.max_peer_message_bytes),
         )
-        .serve_with_incoming_shutdown(crate::server::incoming(listener), shutdown)
-        .await
-        .map_err(|e| ServerError::Serve(e.to_string()))?;
+        .serve_with_incoming_shutdown(crate::server::incoming(listener), async move {
+            let _ = stopped.wait_for(|v| *v).await;
+        });
+    tokio::select! {
+        r = serving => r.map_err(|e| ServerError::Serve(e.to_string()))?,
+        // A graceful stop waits for open streams, and other stores keep theirs open for good:
+        // give in-flight calls a moment, then stop. Everything acknowledged is synced.
+        _ = async {
+            let _ = stop_rx.wait_for(|v| *v).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        } => {}
+    }
     info!(logger, "stopped");
     Ok(())
 }
@@ -555,13 +570,17 @@ impl StoreTask {
 
     fn step(&mut self, m: crate::router::PeerMsg) {
         let to_store = self.core.store_id();
-        self.core.step(RegionMessage {
+        let stepped = self.core.step(RegionMessage {
             region_id: m.region_id,
             from_store: m.from,
             to_store,
             epoch: RegionEpoch::default(),
             msg: m.msg,
         });
+        if let Err(e) = stepped {
+            crit!(self.logger, "storage failure, stopping the store"; "error" => %e);
+            crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
+        }
     }
 
     fn control(&mut self, c: Control) {

@@ -36,8 +36,12 @@ fn logger() -> Logger {
 }
 
 fn open(dir: &std::path::Path, store_id: u64) -> StoreCore {
+    open_with(dir, store_id, &Settings::default())
+}
+
+fn open_with(dir: &std::path::Path, store_id: u64, settings: &Settings) -> StoreCore {
     let engine = Engine::open(dir).expect("open");
-    let cfg = crate::node::core_config(0, &Settings::default());
+    let cfg = crate::node::core_config(0, settings);
     StoreCore::open(engine, store_id, cfg, WINDOW, &logger()).expect("store")
 }
 
@@ -73,10 +77,14 @@ fn put_cmd(client: u64, seq: u64, k: &str, v: &str) -> Vec<u8> {
 
 impl Stores {
     fn new() -> Stores {
+        Self::with_settings(&Settings::default())
+    }
+
+    fn with_settings(settings: &Settings) -> Stores {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
         let mut stores = Vec::new();
         for (i, d) in dirs.iter().enumerate() {
-            let mut s = open(d.path(), i as u64 + 1);
+            let mut s = open_with(d.path(), i as u64 + 1, settings);
             s.create_region(&region_one()).expect("bootstrap");
             stores.push(Some(s));
         }
@@ -99,12 +107,26 @@ impl Stores {
 
     /// One round: deliver what is in flight, tick, and run a turn on every live store.
     fn round(&mut self) {
+        let mut reports = Vec::new();
         for m in std::mem::take(&mut self.inflight) {
             if self.cut.contains(&(m.region_id, m.to_store)) {
                 continue;
             }
+            if m.msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                // What the transport and the peer service do: the file goes to the receiver's
+                // folder for the region first, and the sender hears how it went.
+                if !self.copy_snapshot(&m) {
+                    continue;
+                }
+                reports.push((m.from_store, m.region_id, m.msg.to));
+            }
             if let Some(s) = self.stores[m.to_store as usize - 1].as_mut() {
-                s.step(m);
+                s.step(m).expect("step");
+            }
+        }
+        for (store, region, to) in reports {
+            if let Some(s) = self.stores[store as usize - 1].as_mut() {
+                s.report_snapshot(region, to, true);
             }
         }
         for s in self.stores.iter_mut().flatten() {
@@ -119,6 +141,26 @@ impl Stores {
             self.replies.extend(out.replies);
             self.refused_reads.extend(out.refused_reads);
         }
+    }
+
+    /// Copies the file of a snapshot message from the sender's folder to the receiver's;
+    /// false if either store is down or the file is gone.
+    fn copy_snapshot(&self, m: &RegionMessage) -> bool {
+        let (Some(from), Some(to)) = (
+            self.stores[m.from_store as usize - 1].as_ref(),
+            self.stores[m.to_store as usize - 1].as_ref(),
+        ) else {
+            return false;
+        };
+        let Ok(desc) =
+            rdb_storage::snapshot::SnapshotDescriptor::decode(&m.msg.get_snapshot().data)
+        else {
+            return false;
+        };
+        let src = crate::transport::region_snap_dir(&from.engine().snap_dir(), m.region_id);
+        let dst = crate::transport::region_snap_dir(&to.engine().snap_dir(), m.region_id);
+        std::fs::create_dir_all(&dst).is_ok()
+            && std::fs::copy(desc.path_in(&src), desc.path_in(&dst)).is_ok()
     }
 
     fn until(&mut self, what: &str, mut done: impl FnMut(&mut Stores) -> bool) {
@@ -422,4 +464,63 @@ fn a_read_whose_keys_a_split_moved_while_it_waited_is_refused_not_served_stale()
         }
         other => panic!("expected EpochNotMatch, got {other:?}"),
     }
+}
+
+#[test]
+fn a_store_that_got_the_parent_by_snapshot_gets_the_split_region_from_its_leader() {
+    // A short log: the parent compacts past its split while one store is away, so that store
+    // gets the parent by snapshot and never applies the split itself.
+    let settings = Settings {
+        snapshot_threshold: 4,
+        catch_up_entries: 1,
+        ..Settings::default()
+    };
+    let mut st = Stores::with_settings(&settings);
+    let leader = st.leader(1);
+    let away = (1..=3).find(|&s| s != leader).expect("a follower store");
+    st.cut = (1..=2).map(|r| (r, away)).collect();
+    let req = st.next_request;
+    st.next_request += 1;
+    st.store(leader)
+        .propose_split(1, b"m", 2, &[21, 22, 23], req)
+        .expect("split");
+    assert_eq!(st.answer(req), CommandResult::Split { new_region: 2 });
+    for i in 0..12u64 {
+        let (region, k) = if i % 2 == 0 {
+            (1, format!("a{i}"))
+        } else {
+            (2, format!("x{i}"))
+        };
+        assert_eq!(st.put(region, 5, i + 1, &k, "v"), CommandResult::Put);
+    }
+    assert!(
+        st.store(leader)
+            .core(1)
+            .expect("region 1")
+            .replica()
+            .log_bounds()
+            .0
+            > 8,
+        "region 1 compacted past its split"
+    );
+    assert!(st.store(away).region(2).is_none());
+    st.cut.clear();
+    st.until(
+        "the store that was away hosts region 2, initialized",
+        |st| st.store(away).region(2).is_some(),
+    );
+    let data = st.converged();
+    assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    assert_eq!(data[0].len(), 12);
+    let meta = st.store(away).region(2).expect("region 2").clone();
+    assert_eq!(&meta.start_key[..], b"m");
+    assert_eq!(
+        &st.store(away).region(1).expect("region 1").end_key[..],
+        b"m"
+    );
+    // It restarts with both.
+    let dir = st.dirs[away as usize - 1].path().to_path_buf();
+    st.stores[away as usize - 1] = None;
+    st.stores[away as usize - 1] = Some(open_with(&dir, away, &settings));
+    assert_eq!(st.store(away).region_ids(), vec![1, 2]);
 }
