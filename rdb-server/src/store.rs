@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use raft::prelude::Message;
 use rdb_storage::region::{self, Peer, Region, RegionEpoch};
-use rdb_storage::{CommandResult, Engine, RaftStorage, StateMachine};
+use rdb_storage::{AppendBatch, CommandResult, Engine, RaftStorage, StateMachine};
 use slog::{debug, info, o, Logger};
 
 use crate::raft_core::{Answer, Core, CoreConfig, CoreError, MessageSink, Refusal, RequestId};
@@ -100,6 +100,8 @@ pub struct StoreCore {
     cfg: CoreConfig,
     dedup_window: u64,
     regions: BTreeMap<u64, RegionPeer>,
+    /// Every region's appends of the current turn, written as one batch (see `advance`).
+    appends: AppendBatch,
     /// Read barriers in flight: the region, epoch and keys each was checked against.
     reads: HashMap<RequestId, (u64, RegionEpoch, Vec<Vec<u8>>)>,
     /// Messages for regions this store does not host (dropped), for status and tests.
@@ -151,6 +153,7 @@ impl StoreCore {
             cfg,
             dedup_window,
             regions: BTreeMap::new(),
+            appends: AppendBatch::default(),
             reads: HashMap::new(),
             dropped: 0,
             // The caller's logger names the store already.
@@ -200,8 +203,9 @@ impl StoreCore {
                 )))
             })?;
         let logger = self.logger.new(o!("region" => id, "peer" => peer_id));
-        let storage =
+        let mut storage =
             RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
+        storage.defer_appends(self.appends.clone());
         let sm = StateMachine::new(view, self.dedup_window).map_err(CoreError::storage)?;
         let mut cfg = self.cfg.clone();
         cfg.replica.id = peer_id;
@@ -227,8 +231,9 @@ impl StoreCore {
             .create_uninit_region(id)
             .map_err(CoreError::storage)?;
         let logger = self.logger.new(o!("region" => id, "peer" => peer_id));
-        let storage =
+        let mut storage =
             RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
+        storage.defer_appends(self.appends.clone());
         let sm = StateMachine::new(view, self.dedup_window).map_err(CoreError::storage)?;
         let mut cfg = self.cfg.clone();
         cfg.replica.id = peer_id;
@@ -546,9 +551,14 @@ impl StoreCore {
             }
             pending.push((id, p));
         }
-        if owed {
-            let started = std::time::Instant::now();
-            self.engine.sync_store().map_err(CoreError::storage)?;
+        // Every region's entries and hard states of this turn, in one write: synced if any
+        // region needs it (new entries, term or vote), before anything depending on them.
+        let started = std::time::Instant::now();
+        let wrote = self
+            .engine
+            .write_appends(&self.appends, owed)
+            .map_err(CoreError::storage)?;
+        if wrote && owed {
             crate::metrics::metrics().observe_fsync(started.elapsed());
             out.synced = true;
         }

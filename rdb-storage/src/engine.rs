@@ -288,22 +288,29 @@ impl Engine {
             .unwrap_or_else(|| panic!("column family {name} missing"))
     }
 
-    /// Makes every write so far durable with one fsync of the WAL, for all the groups of the
-    /// database (a PD-mode store syncs once per turn for all its regions, whose log writes went
-    /// unsynced). Their apply batches become durable too, so their dedup horizons move on.
-    pub fn sync_store(&self) -> Result<()> {
-        fail::fail_point!("storage-write", |arg| Err(Error::injected(
-            "storage-write",
-            arg
-        )));
-        let written = self.horizons.written();
-        let own = self.dedup.written_index();
-        self.db.flush_wal(true)?;
+    /// Writes a PD-mode store's batch of every region's appends of a turn (see
+    /// `RaftStorage::defer_appends`) as one write, synced when `sync`, which then also makes
+    /// every earlier write durable: every region's apply batches too, so their dedup horizons
+    /// move on. Returns whether there was anything to write.
+    pub fn write_appends(
+        &self,
+        appends: &crate::raft_storage::AppendBatch,
+        sync: bool,
+    ) -> Result<bool> {
+        let batch = std::mem::take(&mut *appends.lock());
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        let written = if sync {
+            self.horizons.written()
+        } else {
+            Vec::new()
+        };
+        self.write(batch, sync)?;
         for (h, w) in written {
             h.synced(w);
         }
-        self.dedup.synced(own);
-        Ok(())
+        Ok(true)
     }
 
     /// Writes a batch; `sync` waits for the WAL to reach the disk.

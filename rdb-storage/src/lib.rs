@@ -31,7 +31,7 @@ mod tests;
 pub use engine::{ApplySettings, ApplyState, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use membership::{member_key, records_of_change};
-pub use raft_storage::RaftStorage;
+pub use raft_storage::{AppendBatch, RaftStorage};
 pub use rdb_proto::command::MemberRecord;
 pub use state_machine::{
     apply_command, Applied, CommandResult, HashResults, HashState, Records, StateMachine,

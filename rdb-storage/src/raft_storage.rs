@@ -96,6 +96,17 @@ impl EntryCache {
     }
 }
 
+/// A PD-mode store's batch of every region's appends of one turn (see
+/// [`RaftStorage::defer_appends`] and `Engine::write_appends`). Cheap to clone; clones share it.
+#[derive(Clone, Default)]
+pub struct AppendBatch(Arc<Mutex<WriteBatch>>);
+
+impl AppendBatch {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, WriteBatch> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Raft's view of a node's durable state. Owned by the Raft task (inside `RawNode`).
 pub struct RaftStorage {
     engine: Engine,
@@ -106,10 +117,20 @@ pub struct RaftStorage {
     last_index: Index,
     cache: EntryCache,
     snapshots: Arc<Mutex<SnapshotSlot>>,
+    /// A store's batch of every region's appends this turn (see [`RaftStorage::defer_appends`]).
+    deferred: Option<AppendBatch>,
     logger: Logger,
 }
 
 impl RaftStorage {
+    /// From now on, appends go into `batch` instead of to the database: a PD-mode store writes
+    /// every region's appends of a turn as one synced write (`Engine::write_store_batch`)
+    /// before anything that depends on them leaves the store. Until then the entries are only
+    /// in this storage's memory (its entry cache serves them).
+    pub fn defer_appends(&mut self, batch: AppendBatch) {
+        self.deferred = Some(batch);
+    }
+
     /// Loads the Raft state of an engine that was bootstrapped with `Engine::bootstrap_or_check`.
     pub fn open(engine: Engine, logger: Logger) -> Result<RaftStorage> {
         let mut hard_state = engine
@@ -168,6 +189,7 @@ impl RaftStorage {
             last_index,
             cache: EntryCache::default(),
             snapshots: Arc::new(Mutex::new(SnapshotSlot::default())),
+            deferred: None,
             logger,
         };
         // Check that the log is contiguous from first to last: a gap means lost writes.
@@ -238,7 +260,13 @@ impl RaftStorage {
         hard_state: Option<&HardState>,
         sync: bool,
     ) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut local = WriteBatch::default();
+        let deferred = self.deferred.clone();
+        let mut shared = deferred.as_ref().map(AppendBatch::lock);
+        let batch: &mut WriteBatch = match shared.as_mut() {
+            Some(b) => b,
+            None => &mut local,
+        };
         let log = self.engine.cf(CF_RAFT_LOG);
         let space = self.engine.space();
         let mut new_last = self.last_index;
@@ -279,7 +307,10 @@ impl RaftStorage {
             "storage-append",
             arg
         )));
-        self.engine.write(batch, sync)?;
+        if shared.is_none() {
+            self.engine.write(local, sync)?;
+        }
+        drop(shared);
         if !entries.is_empty() {
             self.last_index = new_last;
             self.cache.append(entries);
