@@ -556,7 +556,7 @@ fn a_store_that_got_the_parent_by_snapshot_gets_the_split_region_from_its_leader
     let mut written = 0u64;
     while written < 12 || !compacted(&mut st) {
         assert!(written < 200, "region 1 never compacted:\n{}", st.dump());
-        let (region, k) = if written % 2 == 0 {
+        let (region, k) = if written.is_multiple_of(2) {
             (1, format!("a{written}"))
         } else {
             (2, format!("x{written}"))
