@@ -151,21 +151,7 @@ where
         members.clone(),
         logger.clone(),
     );
-    // The node task gets a thread of its own: its fsyncs block, and nothing else waits on them.
-    let node_thread = std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(node.run()),
-                Err(e) => crate::logging::fatal_exit(&format!(
-                    "cannot start the raft thread's runtime: {e}"
-                )),
-            }
-        })
-        .map_err(ServerError::Io)?;
+    let node_thread = spawn_raft_thread(node.run())?;
     let peer_service = PeerService::new(
         mailbox.raft_sender(),
         config.cluster_id,
@@ -392,6 +378,27 @@ pub async fn run(
     );
     let client = client.add_service(backup.into_server());
     started.serve(client, shutdown).await
+}
+
+/// Runs a Raft task (a node's, or a store's) on a thread of its own with a current-thread
+/// runtime: its fsyncs block, and nothing else waits on them.
+pub(crate) fn spawn_raft_thread(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, ServerError> {
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(task),
+                Err(e) => crate::logging::fatal_exit(&format!(
+                    "cannot start the raft thread's runtime: {e}"
+                )),
+            }
+        })
+        .map_err(ServerError::Io)
 }
 
 /// Resolves on Ctrl-C or SIGTERM: what a node's binary stops on.

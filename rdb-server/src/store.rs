@@ -202,6 +202,15 @@ impl StoreCore {
                     self.store_id
                 )))
             })?;
+        let logger = self.start_peer(view, id, peer_id)?;
+        info!(logger, "region started"; "start" => ?meta.start_key, "end" => ?meta.end_key,
+            "version" => region::epoch(&meta).version);
+        Ok(())
+    }
+
+    /// Opens the Raft storage and state machine of region `id`'s view as peer `peer_id` and
+    /// adds the peer; returns its logger.
+    fn start_peer(&mut self, view: Engine, id: u64, peer_id: u64) -> Result<Logger, CoreError> {
         let logger = self.logger.new(o!("region" => id, "peer" => peer_id));
         let mut storage =
             RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
@@ -210,8 +219,6 @@ impl StoreCore {
         let mut cfg = self.cfg.clone();
         cfg.replica.id = peer_id;
         let core = Core::new(&cfg, storage, sm, &logger)?;
-        info!(logger, "region started"; "start" => ?meta.start_key, "end" => ?meta.end_key,
-            "version" => region::epoch(&meta).version);
         self.regions.insert(
             id,
             RegionPeer {
@@ -220,7 +227,7 @@ impl StoreCore {
                 heard: HashMap::new(),
             },
         );
-        Ok(())
+        Ok(logger)
     }
 
     /// Starts an uninitialized peer `peer_id` of region `id`, which a message from its leader
@@ -230,25 +237,10 @@ impl StoreCore {
             .engine
             .create_uninit_region(id)
             .map_err(CoreError::storage)?;
-        let logger = self.logger.new(o!("region" => id, "peer" => peer_id));
-        let mut storage =
-            RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
-        storage.defer_appends(self.appends.clone());
-        let sm = StateMachine::new(view, self.dedup_window).map_err(CoreError::storage)?;
-        let mut cfg = self.cfg.clone();
-        cfg.replica.id = peer_id;
-        let core = Core::new(&cfg, storage, sm, &logger)?;
+        let logger = self.start_peer(view, id, peer_id)?;
         info!(
             logger,
             "uninitialized region created for its leader's message"
-        );
-        self.regions.insert(
-            id,
-            RegionPeer {
-                core,
-                peer_id,
-                heard: HashMap::new(),
-            },
         );
         Ok(())
     }

@@ -222,20 +222,7 @@ pub async fn run(
         compacting: None,
         logger: logger.clone(),
     };
-    std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(task.run()),
-                Err(e) => crate::logging::fatal_exit(&format!(
-                    "cannot start the raft thread's runtime: {e}"
-                )),
-            }
-        })
-        .map_err(ServerError::Io)?;
+    crate::server::spawn_raft_thread(task.run())?;
 
     let s = &args.settings;
     let kv = KvService::new(
@@ -646,10 +633,19 @@ impl StoreTask {
         Ok((id, route.epoch.unwrap_or(current)))
     }
 
+    /// The region and epoch a request goes to ([`StoreTask::locate`]), once its keys pass
+    /// the region's checks.
+    fn route(&self, route: &RegionRoute) -> Result<(u64, RegionEpoch), RequestError> {
+        let (id, epoch) = self.locate(route)?;
+        let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
+        self.core.check(id, &epoch, &keys).map_err(region_error)?;
+        Ok((id, epoch))
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::RegionPropose { route, data, tx } => {
-                let (id, epoch) = match self.locate(&route) {
+                let (id, epoch) = match self.route(&route) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -657,10 +653,6 @@ impl StoreTask {
                     }
                 };
                 let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
-                if let Err(e) = self.core.check(id, &epoch, &keys) {
-                    let _ = tx.send(Err(region_error(e)));
-                    return;
-                }
                 let req = self.request_id(Waiter::Write(tx));
                 if let Err(e) = self.core.propose(id, &epoch, &keys, req, data) {
                     if let Some(Waiter::Write(tx)) = self.waiters.remove(&req) {
@@ -673,7 +665,7 @@ impl StoreTask {
                 linearizable,
                 tx,
             } => {
-                let (id, epoch) = match self.locate(&route) {
+                let (id, epoch) = match self.route(&route) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -681,10 +673,6 @@ impl StoreTask {
                     }
                 };
                 let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
-                if let Err(e) = self.core.check(id, &epoch, &keys) {
-                    let _ = tx.send(Err(region_error(e)));
-                    return;
-                }
                 if !linearizable {
                     let meta = self.core.region(id).cloned();
                     let _ =
