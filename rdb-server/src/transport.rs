@@ -242,6 +242,12 @@ impl GrpcTransport {
     /// Streams a snapshot to node (PD mode: store) `to`.
     fn send_snapshot(&self, to: NodeId, region_id: u64, m: RaftMessage) {
         let Some(addr) = self.addrs.get(&to).cloned() else {
+            // Raft sends that peer nothing else until it hears how the snapshot went.
+            self.mailbox.report(Control::SnapshotSent {
+                region_id,
+                to: m.to,
+                ok: false,
+            });
             return;
         };
         let stamp = Stamp {
@@ -571,6 +577,32 @@ mod tests {
         };
         m.entries = vec![e].into();
         m
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_for_a_store_with_no_address_is_reported_failed_at_once() {
+        // Raft sends a follower nothing else until it hears how a snapshot went: one that
+        // cannot even be sent must still be reported, or that follower is stuck for good.
+        let (mailbox, mut inbox) = crate::router::Mailbox::<()>::new(16);
+        let config = crate::config::ClusterConfig::single_node_default();
+        let mut t = GrpcTransport::start_store(
+            &config,
+            1,
+            mailbox.raft_sender(),
+            Handle::current(),
+            std::env::temp_dir(),
+            slog::Logger::root(slog::Discard, slog::o!()),
+        );
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = 23;
+        t.send_region(9, 5, m);
+        match inbox.control.try_recv() {
+            Ok(Control::SnapshotSent { region_id, to, ok }) => {
+                assert_eq!((region_id, to, ok), (5, 23, false));
+            }
+            other => panic!("expected a failed snapshot report, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -744,7 +744,13 @@ impl StoreTask {
         for m in out.messages {
             if self.transport.knows(m.to_store) {
                 self.transport.send_region(m.to_store, m.region_id, m.msg);
-            } else if self.resolving.insert(m.to_store) {
+                continue;
+            }
+            if m.msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                // Raft sends that peer nothing else until it hears how the snapshot went.
+                self.core.report_snapshot(m.region_id, m.msg.to, false);
+            }
+            if self.resolving.insert(m.to_store) {
                 let _ = self.jobs.send(Job::ResolveStore(m.to_store));
             }
         }

@@ -122,24 +122,30 @@ impl Stores {
     fn round(&mut self) {
         let mut reports = Vec::new();
         for m in std::mem::take(&mut self.inflight) {
+            let snapshot = m.msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot;
             if self.cut.contains(&(m.region_id, m.to_store)) {
+                if snapshot {
+                    reports.push((m.from_store, m.region_id, m.msg.to, false));
+                }
                 continue;
             }
-            if m.msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+            if snapshot {
                 // What the transport and the peer service do: the file goes to the receiver's
-                // folder for the region first, and the sender hears how it went.
-                if !self.copy_snapshot(&m) {
+                // folder for the region first, and the sender always hears how it went (raft
+                // sends that follower nothing else until it does).
+                let copied = self.copy_snapshot(&m);
+                reports.push((m.from_store, m.region_id, m.msg.to, copied));
+                if !copied {
                     continue;
                 }
-                reports.push((m.from_store, m.region_id, m.msg.to));
             }
             if let Some(s) = self.stores[m.to_store as usize - 1].as_mut() {
                 s.step(m).expect("step");
             }
         }
-        for (store, region, to) in reports {
+        for (store, region, to, ok) in reports {
             if let Some(s) = self.stores[store as usize - 1].as_mut() {
-                s.report_snapshot(region, to, true);
+                s.report_snapshot(region, to, ok);
             }
         }
         for s in self.stores.iter_mut().flatten() {
@@ -768,7 +774,10 @@ fn simulate(seed: u64, rounds: usize) {
         }
         // The network: drop, duplicate, delay, reorder.
         let mut msgs = std::mem::take(&mut st.inflight);
-        msgs.retain(|_| !rng.gen_bool(0.03));
+        // Snapshots are not lost silently: the transport reports every one (see `round`).
+        msgs.retain(|m| {
+            m.msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot || !rng.gen_bool(0.03)
+        });
         let dups: Vec<RegionMessage> = msgs
             .iter()
             .filter(|_| rng.gen_bool(0.02))
