@@ -73,6 +73,19 @@ pass() {
   fi
   printf 'PASS  %-56s %6d ms%s\n' "$1" "$ms" "${ceiling:+ (ceiling $ceiling ms)}"
 }
+# The EXIT trap of the verify scripts: kills every process in the associative array `pid`
+# and removes the folder `work`, or keeps it and prints the logs' tails when the script failed.
+rdb_verify_cleanup() {
+  local rc=$? p
+  for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ $rc -ne 0 ]; then
+    echo "logs kept in $work" >&2
+    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
+  else
+    rm -rf "$work"
+  fi
+}
 wait_for() {
   local until=$(( $(rdb_now_ms) + $1 )); shift
   until "$@" >/dev/null 2>&1; do

@@ -19,18 +19,7 @@ rdb_build
 
 work=$(mktemp -d -t rdb-regions.XXXXXX)
 declare -A pid
-cleanup() {
-  local rc=$?
-  for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ $rc -ne 0 ]; then
-    echo "logs kept in $work" >&2
-    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
-  else
-    rm -rf "$work"
-  fi
-}
-trap cleanup EXIT
+trap rdb_verify_cleanup EXIT
 keys=1200
 read -r pd_port pd_peer s1 s2 s3 <<<"$(rdb_free_ports 5)"
 pd=127.0.0.1:$pd_port

@@ -25,18 +25,7 @@ rdb_build
 
 work=$(mktemp -d -t rdb-verify.XXXXXX)
 declare -A pid
-cleanup() {
-  local rc=$?
-  for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ $rc -ne 0 ]; then
-    echo "logs kept in $work" >&2
-    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
-  else
-    rm -rf "$work"
-  fi
-}
-trap cleanup EXIT
+trap rdb_verify_cleanup EXIT
 
 tls_flags=()
 if $tls; then
