@@ -56,6 +56,9 @@ pub enum ServerError {
     /// raft-rs refused its configuration or state.
     #[error("raft: {0}")]
     Raft(String),
+    /// A PD-mode store could not do what it needs from the placement driver.
+    #[error("PD: {0}")]
+    Pd(String),
     /// A listener could not be bound.
     #[error("cannot listen for {what} traffic on {addr}: {source}")]
     Bind {

@@ -98,7 +98,7 @@ pub async fn run(
         dir: args.data_dir.clone(),
         message: e.to_string(),
     };
-    let pd_error = |what: &str, e: rdb_client::Error| ServerError::Raft(format!("PD: {what}: {e}"));
+    let pd_error = |what: &str, e: rdb_client::Error| ServerError::Pd(format!("{what}: {e}"));
     std::fs::create_dir_all(&args.data_dir).map_err(|e| ServerError::DataDir {
         dir: args.data_dir.clone(),
         message: e.to_string(),
@@ -295,10 +295,10 @@ async fn bootstrap(
                 return match pd.get_region_by_id(FIRST_REGION_ID).await {
                     Ok(Some(info)) => Ok(first_region(&info.region.peers)
                         .filter(|r| r.peers.iter().any(|p| p.store_id == store_id))),
-                    Ok(None) => Err(ServerError::Raft(
-                        "PD is bootstrapped but has no region 1".into(),
+                    Ok(None) => Err(ServerError::Pd(
+                        "bootstrapped, but it has no region 1".into(),
                     )),
-                    Err(e) => Err(ServerError::Raft(format!("PD: GetRegionById: {e}"))),
+                    Err(e) => Err(ServerError::Pd(format!("GetRegionById: {e}"))),
                 };
             }
             Ok(false) => {
@@ -310,7 +310,7 @@ async fn bootstrap(
                     let first_peer = pd
                         .alloc_ids(args.replicas as u32)
                         .await
-                        .map_err(|e| ServerError::Raft(format!("PD: AllocId: {e}")))?;
+                        .map_err(|e| ServerError::Pd(format!("AllocId: {e}")))?;
                     let peers: Vec<pdc::Peer> = ids
                         .iter()
                         .enumerate()
