@@ -4,9 +4,9 @@
 # metrics) twice, alternating which goes first: once with every key in region 1, once split
 # into REGIONS regions (a power of two) before measuring. Both preload KEYS keys, then run
 # `rdb-cli --regions bench --workload put` (256-byte values, uniform keys, CLIENTS/CONNS) for
-# SECONDS, routed by PD's region map. Prints every run, then per setup the median ops/s, p50,
-# p99, WAL fsyncs per second summed over the stores (rdb_raft_log_fsync_seconds_count), and
-# the regions each had.
+# SECONDS, routed by PD's region map. Prints every run (with how many region leaders each store
+# held), then per setup the median ops/s, p50, p99, WAL fsyncs per second summed over the
+# stores (rdb_raft_log_fsync_seconds_count), and the regions each had.
 # Usage:
 #   bash scripts/bench-regions.sh [ROUNDS=3] [SECONDS=10] [REGIONS=8] [CLIENTS=256] [CONNS=16]
 set -euo pipefail
@@ -92,8 +92,13 @@ one() { # one LABEL: a fresh cluster, split into REGIONS regions when LABEL is "
   line=$("$bin/rdb-cli" --pd "$pd" --regions -o json bench --workload put --keys "$keys" \
     --clients "$clients" --connections "$conns" --duration-secs "$secs" 2>/dev/null | tail -n 1)
   f1=$(fsyncs)
+  # How the regions' leaders sat on the three stores during the run (after it, as PD saw it).
+  leaders=$("$bin/rdb-cli" --pd "$pd" --timeout-ms 2000 -o json region list 2>/dev/null | python3 -c '
+import collections, json, sys
+c = collections.Counter(r["leader"]["store_id"] for r in json.load(sys.stdin)["regions"] if r.get("leader"))
+print("/".join(str(c[s]) for s in sorted(c)))')
   echo "$label $n $((f1 - f0)) $line" >> "$results"
-  echo "$label regions=$n fsyncs=$((f1 - f0)) $line"
+  echo "$label regions=$n leaders_per_store=$leaders fsyncs=$((f1 - f0)) $line"
   stop_all
 }
 
