@@ -253,6 +253,12 @@ async fn requests_with_a_stale_epoch_a_foreign_key_or_an_unknown_region_are_refu
         (hint.id, hint.addr),
         (leader.store_id, addr_of(leader.store_id))
     );
+    // A replica hash check addresses one Raft group: a store refuses it clearly instead of
+    // hashing one of its regions.
+    match client.check().await {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("PD-mode store"), "{m}"),
+        other => panic!("a store answered a hash check: {other:?}"),
+    }
     // And with everything right, the write goes through.
     let ok = kv
         .put(put(ctx(first.region.id, v, cv), &format!("{start}a")))

@@ -219,6 +219,13 @@ fn clip_to_region(
     }
 }
 
+/// What a PD-mode store answers the calls that address one Raft group (hash checks).
+fn not_per_store() -> RequestError {
+    RequestError::InvalidArgument(
+        "this is a PD-mode store: replica hash checks per region are not offered yet".into(),
+    )
+}
+
 /// The keys a KV command touches, in order (none for a hash point).
 fn op_keys(op: &Op) -> Vec<Vec<u8>> {
     match op {
@@ -538,6 +545,11 @@ impl KvService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        if self.store_mode {
+            return err(not_per_store(), |r: &mut CheckResponse, e| {
+                r.error = Some(e)
+            });
+        }
         let deadline = self.deadline(&request);
         match self
             .write(deadline, None, Op::HashPoint(command::HashPoint {}), None)
@@ -555,6 +567,9 @@ impl KvService {
         &self,
         request: Request<HashRequest>,
     ) -> Result<Response<HashResponse>, Status> {
+        if self.store_mode {
+            return err(not_per_store(), |r: &mut HashResponse, e| r.error = Some(e));
+        }
         let index = request.into_inner().index;
         if index == 0 {
             let e = RequestError::InvalidArgument("index must be a hash point's index".into());
