@@ -31,8 +31,12 @@ done
 echo "rdb: PD on $pd, stores on ${stores[*]}; logs in ./rdb-data/*.log (Ctrl-C to stop)"
 
 deadline=$(( $(rdb_now_ms) + 20000 ))
-until "$RDB_BIN/rdb-cli" --pd "$pd" --timeout-ms 1000 region list 2>/dev/null | grep -q '@'; do
-  [ "$(rdb_now_ms)" -lt "$deadline" ] || { echo "rdb: no region within 20 s; see the logs" >&2; exit 1; }
+region_led() { # region 1 is bootstrapped and PD knows its leader
+  "$RDB_BIN/rdb-cli" --pd "$pd" --timeout-ms 1000 -o json region list 2>/dev/null |
+    python3 -c 'import json,sys; rs=json.load(sys.stdin)["regions"]; sys.exit(0 if rs and all(r.get("leader") for r in rs) else 1)'
+}
+until region_led; do
+  [ "$(rdb_now_ms)" -lt "$deadline" ] || { echo "rdb: no region with a leader within 20 s; see the logs" >&2; exit 1; }
   sleep 0.2
 done
 "$RDB_BIN/rdb-cli" --pd "$pd" store list
