@@ -114,15 +114,23 @@ struct Outbox<'a> {
     region_id: u64,
     from_store: u64,
     epoch: RegionEpoch,
-    stores: HashMap<u64, u64>,
+    /// (peer, store) of the region's peers, from its meta.
+    peers: Vec<(u64, u64)>,
+    /// The stores of peers heard from (all an uninitialized region knows).
+    heard: &'a HashMap<u64, u64>,
     out: &'a mut Vec<RegionMessage>,
 }
 
 impl MessageSink for Outbox<'_> {
     fn send(&mut self, msgs: Vec<Message>) {
         for msg in msgs {
-            // A peer not in the region's meta (one being removed) cannot be reached from here.
-            let Some(&to_store) = self.stores.get(&msg.to) else {
+            // A peer neither in the region's meta nor heard from cannot be reached from here.
+            let known = self
+                .peers
+                .iter()
+                .find(|(p, _)| *p == msg.to)
+                .map(|&(_, s)| s);
+            let Some(to_store) = known.or_else(|| self.heard.get(&msg.to).copied()) else {
                 continue;
             };
             self.out.push(RegionMessage {
@@ -535,8 +543,9 @@ impl StoreCore {
         let mut pending = Vec::with_capacity(self.regions.len());
         let mut owed = false;
         for (&id, r) in self.regions.iter_mut() {
-            let mut outbox = outbox(id, self.store_id, r, &mut out.messages);
-            let p = r.core.begin_advance(&mut outbox, false)?;
+            let RegionPeer { core, heard, .. } = r;
+            let mut outbox = outbox(id, self.store_id, core, heard, &mut out.messages);
+            let p = core.begin_advance(&mut outbox, false)?;
             if p.as_ref().is_some_and(|p| p.needs_sync()) {
                 owed = true;
                 out.regions_synced += 1;
@@ -559,8 +568,9 @@ impl StoreCore {
             let Some(r) = self.regions.get_mut(&id) else {
                 continue;
             };
-            let mut outbox = outbox(id, self.store_id, r, &mut out.messages);
-            let o = r.core.finish_advance(p, &mut outbox)?;
+            let RegionPeer { core, heard, .. } = &mut *r;
+            let mut outbox = outbox(id, self.store_id, core, heard, &mut out.messages);
+            let o = core.finish_advance(p, &mut outbox)?;
             out.replies
                 .extend(o.replies.into_iter().map(|(rid, a)| (id, rid, a)));
             if let Some(below) = o.compacted_to {
@@ -629,22 +639,24 @@ fn overlaps(a: &Region, b: &Region) -> bool {
     before_end(&a.start_key, &b.end_key) && before_end(&b.start_key, &a.end_key)
 }
 
+/// Where region `region_id`'s messages of this turn go: its peers' stores, by its meta and by
+/// what it heard. Built per region per turn, so it copies only the few peers of the meta.
 fn outbox<'a>(
     region_id: u64,
     from_store: u64,
-    r: &RegionPeer,
+    core: &RegionCore,
+    heard: &'a HashMap<u64, u64>,
     out: &'a mut Vec<RegionMessage>,
 ) -> Outbox<'a> {
-    let meta = r.core.replica().app().region();
-    let mut stores = r.heard.clone();
-    if let Some(m) = meta {
-        stores.extend(m.peers.iter().map(|p| (p.id, p.store_id)));
-    }
+    let meta = core.replica().app().region();
     Outbox {
         region_id,
         from_store,
         epoch: meta.map(region::epoch).unwrap_or_default(),
-        stores,
+        peers: meta
+            .map(|m| m.peers.iter().map(|p| (p.id, p.store_id)).collect())
+            .unwrap_or_default(),
+        heard,
         out,
     }
 }
