@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One region against many on the same three stores (issue 13): put throughput and WAL fsyncs.
+# One region against many on the same three stores: put throughput and WAL fsyncs.
 # Each round starts a fresh PD-mode cluster (release build: one rdb-pd node, three stores with
 # metrics) twice, alternating which goes first: once with every key in region 1, once split
 # into REGIONS regions (a power of two) before measuring. Both preload KEYS keys, then run
@@ -43,7 +43,8 @@ stop_all() {
 start_stores() { # start_stores DIR SPLIT_KEYS
   local i
   for i in 1 2 3; do
-    "$bin/rdb-server" --pd "$pd" --addr "${addrs[$((i - 1))]}" --data-dir "$1/store$i" \
+    "$bin/rdb-server" --pd "$pd" --addr "${addrs[$((i - 1))]}" --peer-addr "${paddrs[$((i - 1))]}" \
+      --data-dir "$1/store$i" \
       --metrics-addr "${maddrs[$((i - 1))]}" --region-split-keys "$2" --split-check-ms 200 \
       2>>"$1/store$i.log" &
     pids+=($!)
@@ -62,10 +63,11 @@ fsyncs() {
 one() { # one LABEL: a fresh cluster, split into REGIONS regions when LABEL is "many"
   local label=$1 dir="$work/$1-$RANDOM" pd_port pd_peer
   mkdir -p "$dir"
-  read -r pd_port pd_peer a1 a2 a3 m1 m2 m3 <<<"$(rdb_free_ports 8)"
+  read -r pd_port pd_peer a1 a2 a3 m1 m2 m3 r1 r2 r3 <<<"$(rdb_free_ports 11)"
   pd=127.0.0.1:$pd_port
   addrs=(127.0.0.1:$a1 127.0.0.1:$a2 127.0.0.1:$a3)
   maddrs=(127.0.0.1:$m1 127.0.0.1:$m2 127.0.0.1:$m3)
+  paddrs=(127.0.0.1:$r1 127.0.0.1:$r2 127.0.0.1:$r3)
   printf 'cluster_id = 5\n[[nodes]]\nid = 1\nclient_addr = "%s"\npeer_addr = "127.0.0.1:%s"\ndata_dir = "%s/pd"\n[settings]\nlog_level = "warn"\n' \
     "$pd" "$pd_peer" "$dir" > "$dir/pd.toml"
   "$RDB_RELEASE_BIN/rdb-pd" --config "$dir/pd.toml" 2>"$dir/pd.log" &

@@ -20,11 +20,13 @@ trap cleanup EXIT INT TERM
 
 pd=127.0.0.1:2399
 stores=(127.0.0.1:20161 127.0.0.1:20162 127.0.0.1:20163)
+peers=(127.0.0.1:20171 127.0.0.1:20172 127.0.0.1:20173)
 mkdir -p rdb-data
 "$RDB_BIN/rdb-pd" 2>rdb-data/pd.log &
 pids+=($!)
 for i in 1 2 3; do
-  "$RDB_BIN/rdb-server" --pd "$pd" --addr "${stores[$((i - 1))]}" --data-dir "rdb-data/store$i" "$@" \
+  "$RDB_BIN/rdb-server" --pd "$pd" --addr "${stores[$((i - 1))]}" --peer-addr "${peers[$((i - 1))]}" \
+    --data-dir "rdb-data/store$i" "$@" \
     2>"rdb-data/store$i.log" &
   pids+=($!)
 done

@@ -21,14 +21,16 @@ work=$(mktemp -d -t rdb-regions.XXXXXX)
 declare -A pid
 trap rdb_verify_cleanup EXIT
 keys=1200
-read -r pd_port pd_peer s1 s2 s3 <<<"$(rdb_free_ports 5)"
+read -r pd_port pd_peer s1 s2 s3 p1 p2 p3 <<<"$(rdb_free_ports 8)"
 pd=127.0.0.1:$pd_port
 store_addr=(127.0.0.1:$s1 127.0.0.1:$s2 127.0.0.1:$s3)
+store_peer=(127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p3)
 endpoints=$(IFS=,; echo "${store_addr[*]}")
 cli() { "$RDB_BIN/rdb-cli" --endpoints "$endpoints" --timeout-ms 10000 "$@"; }
 pdcli() { "$RDB_BIN/rdb-cli" --pd "$pd" --timeout-ms 5000 "$@"; }
 start_store() { # start_store N
-  "$RDB_BIN/rdb-server" --pd "$pd" --addr "${store_addr[$(($1 - 1))]}" --data-dir "$work/store$1" \
+  "$RDB_BIN/rdb-server" --pd "$pd" --addr "${store_addr[$(($1 - 1))]}" \
+    --peer-addr "${store_peer[$(($1 - 1))]}" --data-dir "$work/store$1" \
     --region-split-keys 100 --split-check-ms 200 >>"$work/store$1.log" 2>&1 &
   pid[store$1]=$!
 }

@@ -39,3 +39,14 @@ pub enum Error {
     #[error("i/o: {0}")]
     Io(String),
 }
+
+impl Error {
+    /// Whether the same call may succeed later (no leader yet, no quorum, an unknown outcome
+    /// of a retry-safe call); the rest will not change by waiting.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::NotLeader { .. } | Error::Indeterminate(_)
+        )
+    }
+}

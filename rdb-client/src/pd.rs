@@ -127,6 +127,20 @@ pub struct Store {
     pub state: StoreState,
     /// Milliseconds since the PD leader last heard the store (0 if never since it leads).
     pub last_heartbeat_ms_ago: u64,
+    /// Where other stores send it Raft traffic (empty: `address`, for a store registered
+    /// before stores had a peer port of their own).
+    pub peer_address: String,
+}
+
+impl Store {
+    /// Where other stores reach this one for Raft traffic.
+    pub fn peer_addr(&self) -> &str {
+        if self.peer_address.is_empty() {
+            &self.address
+        } else {
+            &self.peer_address
+        }
+    }
 }
 
 impl From<pb::Store> for Store {
@@ -136,6 +150,7 @@ impl From<pb::Store> for Store {
             address: s.address,
             state: s.state.into(),
             last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
+            peer_address: s.peer_address,
         }
     }
 }
@@ -147,6 +162,7 @@ impl From<Store> for pb::Store {
             address: s.address,
             state: s.state.into(),
             last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
+            peer_address: s.peer_address,
         }
     }
 }

@@ -37,11 +37,17 @@ pub async fn run(
     let logger = logger.new(o!("pd_node" => node_id));
     let cluster = Arc::new(config.cluster.clone());
     let mut state = None;
-    let started = rdb_server::server::start(&cluster, node_id, &logger, |engine| {
-        let app = PdApp::open(engine.clone()).map_err(|e| ServerError::Raft(e.to_string()))?;
-        state = Some(app.state());
-        Ok(app)
-    })
+    let started = rdb_server::server::start(
+        &cluster,
+        node_id,
+        rdb_storage::DirKind::Pd,
+        &logger,
+        |engine| {
+            let app = PdApp::open(engine.clone()).map_err(|e| ServerError::Raft(e.to_string()))?;
+            state = Some(app.state());
+            Ok(app)
+        },
+    )
     .await?;
     let state = state.unwrap_or_default();
     let svc = PdService::new(

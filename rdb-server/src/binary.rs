@@ -1,7 +1,13 @@
-//! What the `main` of a node binary (`rdb-server`, `rdb-pd`) does around the node itself.
+//! What the `main` of a node binary (`rdb-server`, `rdb-pd`) does around the node itself,
+//! including the clean stop: on SIGTERM or Ctrl-C the node stops serving, stops its Raft thread
+//! and every task that holds the database, waits for RocksDB to close, and exits 0. A stop that
+//! does not finish within [`STOP_BOUND`] exits 1 with the step it was stuck in; it never hangs.
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use slog::Logger;
 
@@ -15,6 +21,7 @@ pub fn main_of(
     name: &str,
     run: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>,
 ) -> ExitCode {
+    let _ = NAME.set(name.to_string());
     crate::logging::install_panic_hook();
     let scenario = fail::FailScenario::setup();
     let result = run();
@@ -44,9 +51,58 @@ pub fn node_id(config: &ClusterConfig, arg: Option<NodeId>) -> Result<NodeId, Co
     Ok(id)
 }
 
-/// Runs a node (`serve`, given the logger) on a multi-threaded runtime until it returns, then
-/// stops without waiting for the Raft thread or lingering connections: what the node
-/// acknowledged is already durable.
+/// The binary's name, for the one-line causes it prints.
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// The binary's name (`rdb-server` when `main_of` did not set one).
+pub fn name() -> &'static str {
+    NAME.get().map_or("rdb-server", String::as_str)
+}
+
+/// How long a clean stop may take, from the signal to the exit (a leader's handover included).
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
+
+/// The step of the stop reached so far, for the cause printed when it takes too long.
+static STOP_STAGE: Mutex<&str> = Mutex::new("stopping");
+/// Whether the stop's deadline runs already.
+static STOP_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Records the step a stop has reached (see [`arm_stop_deadline`]).
+pub fn stop_stage(stage: &'static str) {
+    *STOP_STAGE.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+}
+
+/// Starts the stop's deadline (once; later calls do nothing): if the process is still there
+/// [`STOP_BOUND`] later, it prints `NAME: the stop did not finish within 5 s (STEP)` and exits 1
+/// at once, without the exit handlers that could hang or abort on a database still in use.
+pub fn arm_stop_deadline() {
+    if STOP_ARMED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("stop-deadline".into())
+        .spawn(|| {
+            std::thread::sleep(STOP_BOUND);
+            let stage = *STOP_STAGE.lock().unwrap_or_else(|p| p.into_inner());
+            crate::logging::exit_now(
+                1,
+                &format!(
+                    "the stop did not finish within {} s (stuck {stage})",
+                    STOP_BOUND.as_secs()
+                ),
+            );
+        });
+    if spawned.is_err() {
+        crate::logging::exit_now(
+            1,
+            "cannot start the stop's deadline thread; exiting at once",
+        );
+    }
+}
+
+/// Runs a node (`serve`, given the logger) on a multi-threaded runtime until it returns (its
+/// Raft thread stopped), then ends every task left on the runtime and waits until every
+/// database the process opened is closed, so the process exits with nothing using RocksDB.
 pub fn run_node<F>(
     config: &ClusterConfig,
     thread_name: &str,
@@ -62,7 +118,26 @@ where
         .thread_name(thread_name)
         .build()?;
     let result = rt.block_on(serve(logger.clone()));
+    // A node that failed (rather than being stopped) gets the same bound for its way out.
+    arm_stop_deadline();
+    stop_stage("ending the remaining tasks");
+    // Connection tasks and blocking reads may still hold the database: end the former, wait for
+    // the latter (the deadline bounds both).
+    rt.shutdown_timeout(STOP_BOUND);
+    stop_stage("closing the database");
+    let open = rdb_storage::engine::wait_all_closed(STOP_BOUND);
+    if let Some(path) = open.first() {
+        crate::logging::exit_now(
+            1,
+            &format!(
+                "the stop could not close the database at {}: it is still in use",
+                path.display()
+            ),
+        );
+    }
+    if result.is_ok() {
+        slog::info!(logger, "stopped cleanly");
+    }
     drop(logger);
-    rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result.map_err(Into::into)
 }

@@ -125,6 +125,75 @@ pub struct Settings {
 pub const MIN_SNAPSHOT_RATE: u64 = 64 << 10;
 
 impl Settings {
+    /// Checks that the settings make sense together (every value in range).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let s = self;
+        if s.tick_interval_ms == 0 {
+            return bad("settings.tick_interval_ms must be positive".into());
+        }
+        if s.heartbeat_ticks == 0 || s.election_ticks <= s.heartbeat_ticks {
+            return bad(format!(
+                "settings: election_ticks ({}) must exceed heartbeat_ticks ({}), which must be positive",
+                s.election_ticks, s.heartbeat_ticks
+            ));
+        }
+        if s.catch_up_entries >= s.snapshot_threshold {
+            return bad(format!(
+                "settings: catch_up_entries ({}) must be below snapshot_threshold ({})",
+                s.catch_up_entries, s.snapshot_threshold
+            ));
+        }
+        if s.max_retained_log_entries != 0 && s.max_retained_log_entries < s.snapshot_threshold {
+            return bad(format!(
+                "settings: max_retained_log_entries ({}) must be 0 (10 x snapshot_threshold) or at least snapshot_threshold ({})",
+                s.max_retained_log_entries, s.snapshot_threshold
+            ));
+        }
+        if s.snapshot_max_bytes_per_sec != 0 && s.snapshot_max_bytes_per_sec < MIN_SNAPSHOT_RATE {
+            return bad(format!(
+                "settings.snapshot_max_bytes_per_sec must be 0 (unlimited) or at least {MIN_SNAPSHOT_RATE}"
+            ));
+        }
+        if s.max_key_bytes == 0 || s.max_key_bytes > 64 * 1024 {
+            return bad("settings.max_key_bytes must be between 1 and 65536".into());
+        }
+        if s.max_value_bytes == 0
+            || s.max_value_bytes + s.max_key_bytes + 4096 > s.max_peer_message_bytes
+        {
+            return bad(format!(
+                "settings: max_value_bytes ({}) must be positive and fit, with the key, in max_peer_message_bytes ({})",
+                s.max_value_bytes, s.max_peer_message_bytes
+            ));
+        }
+        if s.request_timeout_ms == 0 {
+            return bad("settings.request_timeout_ms must be positive".into());
+        }
+        if s.dedup_window < 1000 {
+            return bad("settings.dedup_window must be at least 1000".into());
+        }
+        if s.max_wal_bytes < (1 << 20) {
+            return bad("settings.max_wal_bytes must be at least 1 MiB".into());
+        }
+        if s.max_response_bytes < s.max_value_bytes + s.max_key_bytes {
+            return bad(format!(
+                "settings: max_response_bytes ({}) must hold the largest key and value ({} bytes)",
+                s.max_response_bytes,
+                s.max_value_bytes + s.max_key_bytes
+            ));
+        }
+        if s.max_scan_limit == 0 {
+            return bad("settings.max_scan_limit must be positive".into());
+        }
+        if slog::Level::from_str_ok(&s.log_level).is_none() {
+            return bad(format!(
+                "settings.log_level {:?} is not a level",
+                s.log_level
+            ));
+        }
+        Ok(())
+    }
+
     /// The log length past which a leader compacts without waiting for slow followers.
     pub fn retained_log_cap(&self) -> u64 {
         match self.max_retained_log_entries {
@@ -213,6 +282,88 @@ pub struct ClusterConfig {
     /// data directory starts with no membership (it comes with the leader's snapshot).
     #[serde(skip)]
     pub joining: bool,
+}
+
+/// The optional file of a PD-mode store (`rdb-server --pd ... --config store.toml`): the same
+/// `[settings]`, `[tls]` and `[peer_tls]` tables as a cluster file, without `cluster_id` and
+/// `nodes` (PD places stores and knows the cluster), plus `[pd_tls]` to reach PD.
+///
+/// ```toml
+/// [tls]                      # the client port (--addr)
+/// cert_file = "store.pem"
+/// key_file = "store.key"
+/// [peer_tls]                 # the peer port (--peer-addr) and this store's connections to others
+/// cert_file = "store.pem"
+/// key_file = "store.key"
+/// ca_file = "ca.pem"
+/// [pd_tls]                   # PD's client port
+/// ca_file = "ca.pem"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// Regions' Raft and request settings.
+    #[serde(default)]
+    pub settings: Settings,
+    /// TLS on the client port; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Mutual TLS on the peer port and to other stores; plaintext when absent.
+    #[serde(default)]
+    pub peer_tls: Option<TlsSettings>,
+    /// TLS to PD's client port; plaintext when absent.
+    #[serde(default)]
+    pub pd_tls: Option<ClientTlsSettings>,
+}
+
+/// The client side of a TLS connection (a store to PD): the CA that signs the server, and this
+/// side's certificate when the server asks for one.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    /// CA certificates (PEM) that sign the server's certificate.
+    pub ca_file: PathBuf,
+    /// This side's certificate chain (PEM), for a server that requires client certificates.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl StoreFile {
+    /// Reads and validates a store file.
+    pub fn load(path: &Path) -> Result<StoreFile, ConfigError> {
+        load_with(path, |text| {
+            let f: StoreFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: PathBuf::new(),
+                message: e.message().to_string(),
+            })?;
+            f.validate()?;
+            Ok(f)
+        })
+    }
+
+    /// Checks the TLS tables as a cluster file's.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert_auth && t.ca_file.is_none())
+        {
+            return bad("[tls] client_cert_auth needs ca_file, the CA that signs clients");
+        }
+        if self.peer_tls.as_ref().is_some_and(|t| t.ca_file.is_none()) {
+            return bad("[peer_tls] needs ca_file: stores check each other's certificates");
+        }
+        if let Some(t) = &self.pd_tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                return bad("[pd_tls] needs both cert_file and key_file, or neither");
+            }
+        }
+        self.settings.validate()
+    }
 }
 
 /// Reads the file at `path` and parses it with `parse`, naming the file in a parse error.
@@ -339,70 +490,7 @@ impl ClusterConfig {
                 ));
             }
         }
-        let s = &self.settings;
-        if s.tick_interval_ms == 0 {
-            return bad("settings.tick_interval_ms must be positive".into());
-        }
-        if s.heartbeat_ticks == 0 || s.election_ticks <= s.heartbeat_ticks {
-            return bad(format!(
-                "settings: election_ticks ({}) must exceed heartbeat_ticks ({}), which must be positive",
-                s.election_ticks, s.heartbeat_ticks
-            ));
-        }
-        if s.catch_up_entries >= s.snapshot_threshold {
-            return bad(format!(
-                "settings: catch_up_entries ({}) must be below snapshot_threshold ({})",
-                s.catch_up_entries, s.snapshot_threshold
-            ));
-        }
-        if s.max_retained_log_entries != 0 && s.max_retained_log_entries < s.snapshot_threshold {
-            return bad(format!(
-                "settings: max_retained_log_entries ({}) must be 0 (10 x snapshot_threshold) or at least snapshot_threshold ({})",
-                s.max_retained_log_entries, s.snapshot_threshold
-            ));
-        }
-        if s.snapshot_max_bytes_per_sec != 0 && s.snapshot_max_bytes_per_sec < MIN_SNAPSHOT_RATE {
-            return bad(format!(
-                "settings.snapshot_max_bytes_per_sec must be 0 (unlimited) or at least {MIN_SNAPSHOT_RATE}"
-            ));
-        }
-        if s.max_key_bytes == 0 || s.max_key_bytes > 64 * 1024 {
-            return bad("settings.max_key_bytes must be between 1 and 65536".into());
-        }
-        if s.max_value_bytes == 0
-            || s.max_value_bytes + s.max_key_bytes + 4096 > s.max_peer_message_bytes
-        {
-            return bad(format!(
-                "settings: max_value_bytes ({}) must be positive and fit, with the key, in max_peer_message_bytes ({})",
-                s.max_value_bytes, s.max_peer_message_bytes
-            ));
-        }
-        if s.request_timeout_ms == 0 {
-            return bad("settings.request_timeout_ms must be positive".into());
-        }
-        if s.dedup_window < 1000 {
-            return bad("settings.dedup_window must be at least 1000".into());
-        }
-        if s.max_wal_bytes < (1 << 20) {
-            return bad("settings.max_wal_bytes must be at least 1 MiB".into());
-        }
-        if s.max_response_bytes < s.max_value_bytes + s.max_key_bytes {
-            return bad(format!(
-                "settings: max_response_bytes ({}) must hold the largest key and value ({} bytes)",
-                s.max_response_bytes,
-                s.max_value_bytes + s.max_key_bytes
-            ));
-        }
-        if s.max_scan_limit == 0 {
-            return bad("settings.max_scan_limit must be positive".into());
-        }
-        if slog::Level::from_str_ok(&s.log_level).is_none() {
-            return bad(format!(
-                "settings.log_level {:?} is not a level",
-                s.log_level
-            ));
-        }
-        Ok(())
+        self.settings.validate()
     }
 }
 

@@ -58,10 +58,16 @@ pub fn flush() {
 /// background threads, which may be stuck on the very failure that stops the node, and
 /// everything acknowledged is already synced.
 pub fn fatal_exit(cause: &str) -> ! {
+    exit_now(70, cause)
+}
+
+/// Ends the process at once with `code` after writing out the logs and printing `NAME: cause`
+/// as one line, skipping exit handlers and static destructors (see [`fatal_exit`]).
+pub fn exit_now(code: i32, cause: &str) -> ! {
     flush();
-    eprintln!("rdb-server: {cause}");
+    eprintln!("{}: {cause}", crate::binary::name());
     // SAFETY: `_exit` only ends the process; nothing of this process runs after it.
-    unsafe { libc::_exit(70) }
+    unsafe { libc::_exit(code) }
 }
 
 /// Makes a panic on any thread end the process: a node whose Raft thread (or any other) died
@@ -78,7 +84,10 @@ pub fn install_panic_hook() {
                 "cause" => %info);
         }
         flush();
-        eprintln!("rdb-server: fatal: a thread panicked; the process stops");
+        eprintln!(
+            "{}: fatal: a thread panicked; the process stops",
+            crate::binary::name()
+        );
         std::process::abort();
     }));
 }

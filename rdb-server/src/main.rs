@@ -5,8 +5,9 @@
 //! cluster described in FILE. With `--join A,B,C --node-id N --peer-addr .. --client-addr ..
 //! --data-dir ..` it joins a running cluster that added node N (`rdb-cli member add`). With
 //! `--restore BACKUP --config FILE` it seeds data directories from a backup file and exits.
-//! With `--pd A,B,C --addr HOST:PORT --data-dir DIR` it runs a store of a PD-mode cluster:
-//! many regions, split as they grow and placed through rdb-pd (specs/009-regions).
+//! With `--pd A,B,C --addr HOST:PORT --peer-addr HOST:PORT --data-dir DIR` it runs a store of
+//! a PD-mode cluster: many regions, split as they grow and placed through rdb-pd
+//! (specs/009-regions); `--config FILE` then names an optional store file (settings, TLS).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ use rdb_server::{binary, server};
 #[command(name = "rdb-server", version, about)]
 struct Args {
     /// Cluster configuration file (TOML). Without it: a single node on 127.0.0.1 with data in ./rdb-data.
+    /// With --pd: the store's file ([settings], [tls], [peer_tls], [pd_tls]), optional.
     #[arg(long, short = 'c', conflicts_with = "join")]
     config: Option<PathBuf>,
     /// Which node of the configuration this process is. Optional when the file has one node.
@@ -36,8 +38,9 @@ struct Args {
     /// `rdb-cli member add` added. Needs --node-id, --peer-addr, --client-addr, --data-dir.
     #[arg(long, value_delimiter = ',', requires_all = ["node_id", "peer_addr", "client_addr", "data_dir"])]
     join: Option<Vec<String>>,
-    /// With --join: where other nodes reach this one (HOST:PORT), as it was added.
-    #[arg(long, requires = "join")]
+    /// With --join: where other nodes reach this one (HOST:PORT), as it was added. With --pd:
+    /// where other stores send this one Raft traffic (it listens there).
+    #[arg(long)]
     peer_addr: Option<String>,
     /// With --join: where clients reach this node (HOST:PORT), as it was added.
     #[arg(long, requires = "join")]
@@ -49,10 +52,10 @@ struct Args {
     #[arg(long)]
     metrics_addr: Option<String>,
     /// Run a store of a PD-mode cluster led by these rdb-pd client addresses (comma-separated).
-    /// Needs --addr and --data-dir.
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["config", "join", "restore", "node_id"], requires_all = ["addr", "data_dir"])]
+    /// Needs --addr, --peer-addr and --data-dir.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["join", "restore", "node_id"], requires_all = ["addr", "peer_addr", "data_dir"])]
     pd: Option<Vec<String>>,
-    /// With --pd: where clients and other stores reach this store (HOST:PORT); it listens there.
+    /// With --pd: where clients reach this store (HOST:PORT); it listens there.
     #[arg(long, requires = "pd")]
     addr: Option<String>,
     /// With --pd: how many stores the first region is bootstrapped on (its replicas).
@@ -85,6 +88,12 @@ fn main() -> ExitCode {
             )
             .into());
         }
+        if args.join.is_none() && (args.peer_addr.is_some() || args.client_addr.is_some()) {
+            return Err(ConfigError::Invalid(
+                "--peer-addr goes with --join or --pd, --client-addr with --join".into(),
+            )
+            .into());
+        }
         let config = match (&args.config, &args.join) {
             (Some(path), _) => ClusterConfig::load(path)?,
             (None, Some(endpoints)) => joined(&args, endpoints)?,
@@ -110,11 +119,25 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
     if args.replicas == 0 {
         return Err(ConfigError::Invalid("--replicas must be at least 1".into()).into());
     }
+    if args.client_addr.is_some() {
+        return Err(ConfigError::Invalid(
+            "--client-addr goes with --join; a store's client address is --addr".into(),
+        )
+        .into());
+    }
+    let file = match &args.config {
+        Some(path) => rdb_server::config::StoreFile::load(path)?,
+        None => Default::default(),
+    };
     let store = StoreArgs {
         pd: pd.to_vec(),
         addr: args.addr.clone().ok_or_else(|| missing("--addr"))?,
+        peer_addr: args
+            .peer_addr
+            .clone()
+            .ok_or_else(|| missing("--peer-addr"))?,
         data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
-        settings: Default::default(),
+        file,
         replicas: args.replicas,
         split: SplitConfig {
             region_split_size: args.region_split_size.max(1),
@@ -123,7 +146,8 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
         },
         metrics_addr: args.metrics_addr.clone(),
     };
-    let config = ClusterConfig::single_node_default();
+    let mut config = ClusterConfig::single_node_default();
+    config.settings = store.file.settings.clone();
     binary::run_node(&config, "rdb-worker", |logger| {
         serve::run(store, logger, server::shutdown_signal())
     })

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub peer_send_failures: IntCounterVec,
     /// Messages queued for a peer, by peer.
     pub peer_queue_depth: IntGaugeVec,
+    /// Peer messages refused on arrival, by why: `cluster` (another cluster or kind of node),
+    /// `raft` (what raft-rs must not be given, see `Replica::refusal`).
+    pub peer_messages_refused: IntCounterVec,
     /// Bytes of live SST files in RocksDB.
     pub rocksdb_sst_bytes: IntGauge,
     /// Bytes RocksDB estimates compaction still has to rewrite.
@@ -105,6 +108,13 @@ impl Metrics {
         let peer_queue_depth = IntGaugeVec::new(
             Opts::new("rdb_peer_queue_depth", "Raft messages queued for a peer"),
             &["peer"],
+        );
+        let peer_messages_refused = IntCounterVec::new(
+            Opts::new(
+                "rdb_peer_messages_refused_total",
+                "Peer messages refused on arrival",
+            ),
+            &["why"],
         );
         let gauge =
             |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| panic!("metric {n}: {e}"));
@@ -181,6 +191,8 @@ impl Metrics {
                 .unwrap_or_else(|e| panic!("rdb_peer_send_failures_total: {e}")),
             peer_queue_depth: peer_queue_depth
                 .unwrap_or_else(|e| panic!("rdb_peer_queue_depth: {e}")),
+            peer_messages_refused: peer_messages_refused
+                .unwrap_or_else(|e| panic!("rdb_peer_messages_refused_total: {e}")),
             rocksdb_sst_bytes: gauge("rdb_rocksdb_sst_bytes", "Bytes of live SST files"),
             rocksdb_pending_compaction_bytes: gauge(
                 "rdb_rocksdb_pending_compaction_bytes",
@@ -214,6 +226,7 @@ impl Metrics {
             Box::new(m.snapshot_receive_seconds.clone()),
             Box::new(m.peer_send_failures.clone()),
             Box::new(m.peer_queue_depth.clone()),
+            Box::new(m.peer_messages_refused.clone()),
             Box::new(m.rocksdb_sst_bytes.clone()),
             Box::new(m.rocksdb_pending_compaction_bytes.clone()),
         ];

@@ -89,6 +89,8 @@ pub struct Node<A: Application = StateMachine> {
     lag_warned: Option<Instant>,
     /// When the RocksDB size was last sampled.
     disk_sampled: Option<Instant>,
+    /// A clean stop was asked for: the loop ends after this turn's messages.
+    stopping: bool,
     logger: Logger,
 }
 
@@ -133,21 +135,23 @@ where
             last_leader: 0,
             lag_warned: None,
             disk_sampled: None,
+            stopping: false,
             logger,
         }
     }
 
-    /// Runs until every mailbox sender is gone. A storage failure ends the process: a node that
-    /// cannot persist must not keep voting or acknowledging.
+    /// Runs until it is stopped ([`Control::Stop`]) or every mailbox sender is gone, then waits
+    /// for its chores' threads. A storage failure ends the process: a node that cannot persist
+    /// must not keep voting or acknowledging.
     pub async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        while !self.stopping {
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.on_tick(),
                 Some(c) = self.inbox.control.recv() => self.control(c),
-                Some(m) = self.inbox.raft.recv() => self.core.step(m.msg),
+                Some(m) = self.inbox.raft.recv() => self.step(m.msg),
                 m = self.inbox.client.recv() => {
                     let Some(m) = m else { break };
                     self.handle(m);
@@ -155,6 +159,11 @@ where
             }
             let turn = Instant::now();
             self.drain();
+            if self.stopping {
+                // What this turn stepped is dropped unpersisted, as in a crash: none of it was
+                // acknowledged.
+                break;
+            }
             if self.reads_this_turn > 0 {
                 let m = crate::metrics::metrics();
                 m.read_rounds.inc();
@@ -172,6 +181,8 @@ where
                 }
             }
         }
+        join_chore(self.compactor.take());
+        join_chore(self.recorder.take());
     }
 
     /// Handles what else is queued, in priority order, up to a bound per queue so one Ready
@@ -182,7 +193,7 @@ where
         }
         for _ in 0..MAX_MSGS_PER_TURN {
             match self.inbox.raft.try_recv() {
-                Ok(m) => self.core.step(m.msg),
+                Ok(m) => self.step(m.msg),
                 Err(_) => break,
             }
         }
@@ -191,6 +202,16 @@ where
                 Ok(m) => self.handle(m),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Steps a peer's message, counting it if it was refused.
+    fn step(&mut self, m: raft::prelude::Message) {
+        if !self.core.step(m) {
+            crate::metrics::metrics()
+                .peer_messages_refused
+                .with_label_values(&["raft"])
+                .inc();
         }
     }
 
@@ -209,6 +230,7 @@ where
                 let applied = self.core.replica().applied_index();
                 self.stop_removed(&format!("node {by} says so"), applied);
             }
+            Control::Stop => self.stopping = true,
         }
     }
 
@@ -498,6 +520,15 @@ where
             last_index,
             followers: r.follower_progress(),
         }
+    }
+}
+
+/// Waits for a chore's thread (log-file compaction, durable-index record) on the way out: it
+/// holds the database.
+pub(crate) fn join_chore(handle: Option<std::thread::JoinHandle<()>>) {
+    if let Some(h) = handle {
+        // A panic there has ended the process already (see `logging::install_panic_hook`).
+        let _ = h.join();
     }
 }
 

@@ -191,6 +191,8 @@ pub enum Control {
         /// The peer that said so.
         by: NodeId,
     },
+    /// A clean stop: the Raft task ends its loop and drops the core (and its database handles).
+    Stop,
 }
 
 /// The peer side of the Raft task's mailbox, for the transport and the peer service: Raft
@@ -227,6 +229,11 @@ impl RaftSender {
     /// room (only when the Raft task has stopped).
     pub fn report(&self, c: Control) {
         let _ = self.control.send(c);
+    }
+
+    /// Asks the Raft task to stop (see [`Control::Stop`]).
+    pub fn stop(&self) {
+        self.report(Control::Stop);
     }
 }
 

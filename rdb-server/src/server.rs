@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
 use rdb_storage::{
-    ApplySettings, Engine, EngineOptions, Ident, MemberRecord, RaftStorage, StateMachine,
+    ApplySettings, DirKind, Engine, EngineOptions, Ident, MemberRecord, RaftStorage, StateMachine,
 };
 use slog::{info, o, warn, Logger};
 use tokio::net::TcpListener;
@@ -20,7 +20,7 @@ use crate::raft_core::{Application, Core};
 use crate::router::Mailbox;
 use crate::service::backup::BackupService;
 use crate::service::kv::KvService;
-use crate::service::peer::PeerService;
+use crate::service::peer::{PeerIdent, PeerService};
 use crate::transport::GrpcTransport;
 use crate::ServerError;
 
@@ -43,7 +43,7 @@ pub struct Started<O> {
     peer_service: PeerService,
     peer_tls: Option<tonic::transport::ServerTlsConfig>,
     max_peer_message: usize,
-    node_thread: std::thread::JoinHandle<()>,
+    raft_thread: RaftThread,
     logger: Logger,
 }
 
@@ -53,6 +53,7 @@ pub struct Started<O> {
 pub async fn start<A, F>(
     config: &Arc<ClusterConfig>,
     node_id: NodeId,
+    kind: DirKind,
     logger: &Logger,
     make_app: F,
 ) -> Result<Started<A::Output>, ServerError>
@@ -63,7 +64,7 @@ where
 {
     config.validate()?;
     let me = config.node(node_id)?.clone();
-    let engine = open_data_dir(&me.data_dir, config.cluster_id, node_id, config)?;
+    let engine = open_data_dir(&me.data_dir, kind, node_id, config)?;
     if let Some(d) = engine.recovered_install() {
         info!(logger, "finished an interrupted snapshot install"; "index" => d.index, "term" => d.term);
     }
@@ -138,6 +139,7 @@ where
         config,
         &directory.peers_of(node_id),
         node_id,
+        peer_kind(kind),
         mailbox.raft_sender(),
         tokio::runtime::Handle::current(),
         snap_dir.clone(),
@@ -151,14 +153,18 @@ where
         members.clone(),
         logger.clone(),
     );
-    let node_thread = spawn_raft_thread(node.run())?;
+    let raft_thread = RaftThread::spawn(node.run(), mailbox.raft_sender())?;
     let peer_service = PeerService::new(
         mailbox.raft_sender(),
-        config.cluster_id,
-        node_id,
+        PeerIdent {
+            cluster_id: config.cluster_id,
+            node: node_id,
+            kind: peer_kind(kind),
+        },
         MAX_SNAPSHOT_BYTES,
         snap_dir,
         members.clone(),
+        logger.clone(),
     );
     info!(logger, "serving"; "client_addr" => &me.client_addr, "peer_addr" => &me.peer_addr,
         "cluster_id" => config.cluster_id);
@@ -171,30 +177,27 @@ where
         peer_service,
         peer_tls,
         max_peer_message: config.settings.max_peer_message_bytes,
-        node_thread,
+        raft_thread,
         logger: logger.clone(),
     })
 }
 
 impl<O: Send + 'static> Started<O> {
     /// Serves `client` (the node's client service, built on `mailbox`) and the peer service
-    /// until `shutdown` resolves or a listener fails.
+    /// until `shutdown` resolves or a listener fails, then stops the Raft thread.
     pub async fn serve(
         self,
         client: tonic::transport::server::Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop_rx_main = stop_rx.clone();
         let (mailbox, logger) = (self.mailbox.clone(), self.logger.clone());
         tokio::spawn(async move {
             shutdown.await;
+            crate::binary::stop_stage("handing leadership over");
             hand_over_leadership(&mailbox, &logger).await;
             let _ = stop_tx.send(true);
         });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|v| *v).await;
-        };
         let (health, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(report_health(self.mailbox.clone(), health));
         let client_server = client
@@ -212,24 +215,96 @@ impl<O: Send + 'static> Started<O> {
                     .max_decoding_message_size(self.max_peer_message)
                     .max_encoding_message_size(self.max_peer_message),
             )
-            .serve_with_incoming_shutdown(incoming(self.peer_listener), stopped(stop_rx));
-        let mut stopping = stop_rx_main;
-        let serving = async { tokio::try_join!(client_server, peer_server) };
-        tokio::select! {
-            r = serving => {
-                r.map_err(|e| ServerError::Serve(e.to_string()))?;
-            }
-            // Graceful shutdown waits for open streams, and peers keep theirs open for good: give
-            // in-flight client calls a moment, then stop. Everything acknowledged is synced.
-            _ = async {
-                let _ = stopping.wait_for(|v| *v).await;
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            } => {}
-        }
-        info!(self.logger, "stopped");
-        // The node thread ends with the process; everything it acknowledged is already synced.
-        drop(self.node_thread);
-        Ok(())
+            .serve_with_incoming_shutdown(incoming(self.peer_listener), stopped(stop_rx.clone()));
+        let serving = async {
+            tokio::try_join!(client_server, peer_server)
+                .map(drop)
+                .map_err(|e| ServerError::Serve(e.to_string()))
+        };
+        serve_until_stopped(serving, stop_rx, self.raft_thread, &self.logger).await
+    }
+}
+
+/// Resolves once `rx` says the node is stopping: the graceful-shutdown signal of its servers.
+pub(crate) async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// How long in-flight client calls get once a node stops serving.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `serving` (a node's or store's gRPC servers, which stop gracefully once `stop` says
+/// so) until it ends, or until `STOP_GRACE` after the stop began (graceful shutdown waits for
+/// open streams, and peers keep theirs open for good); then stops the Raft thread. Everything
+/// acknowledged is synced already; requests still queued get "shutting down".
+pub(crate) async fn serve_until_stopped(
+    serving: impl std::future::Future<Output = Result<(), ServerError>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    raft_thread: RaftThread,
+    logger: &Logger,
+) -> Result<(), ServerError> {
+    let result = tokio::select! {
+        r = serving => r,
+        _ = async {
+            let _ = stop.wait_for(|v| *v).await;
+            crate::binary::stop_stage("finishing client calls");
+            tokio::time::sleep(STOP_GRACE).await;
+        } => Ok(()),
+    };
+    info!(logger, "stopped serving");
+    crate::binary::stop_stage("stopping the Raft thread");
+    raft_thread.stop().await;
+    info!(logger, "stopped");
+    result
+}
+
+/// The thread a node's (or a store's) Raft task runs on, stopped and joined on a clean stop so
+/// that its core, and with it its database handles, are gone before the process exits.
+pub(crate) struct RaftThread {
+    handle: std::thread::JoinHandle<()>,
+    raft: crate::router::RaftSender,
+}
+
+impl RaftThread {
+    /// Runs `task` on a thread of its own with a current-thread runtime (its fsyncs block, and
+    /// nothing else waits on them); `raft` reaches its mailbox, to stop it.
+    pub(crate) fn spawn(
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+        raft: crate::router::RaftSender,
+    ) -> Result<RaftThread, ServerError> {
+        let handle = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(task),
+                    Err(e) => crate::logging::fatal_exit(&format!(
+                        "cannot start the raft thread's runtime: {e}"
+                    )),
+                }
+            })
+            .map_err(ServerError::Io)?;
+        Ok(RaftThread { handle, raft })
+    }
+
+    /// Asks the Raft task to stop and waits for its thread to end.
+    pub(crate) async fn stop(self) {
+        self.raft.stop();
+        let handle = self.handle;
+        // A panic there has ended the process already (see `logging::install_panic_hook`).
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    }
+}
+
+/// How peer messages name a kind of process (see [`rdb_proto::peer::PeerKind`]).
+pub(crate) fn peer_kind(kind: DirKind) -> rdb_proto::peer::PeerKind {
+    use rdb_proto::peer::PeerKind;
+    match kind {
+        DirKind::Node => PeerKind::Node,
+        DirKind::Store => PeerKind::Store,
+        DirKind::Pd => PeerKind::Pd,
     }
 }
 
@@ -329,7 +404,7 @@ pub async fn run(
     let me = config.node(node_id)?.clone();
     let s = config.settings.clone();
     let mut hashes = None;
-    let started = start(&config, node_id, &logger, |engine| {
+    let started = start(&config, node_id, DirKind::Node, &logger, |engine| {
         let settings = ApplySettings {
             dedup_window: s.dedup_window,
         };
@@ -380,28 +455,8 @@ pub async fn run(
     started.serve(client, shutdown).await
 }
 
-/// Runs a Raft task (a node's, or a store's) on a thread of its own with a current-thread
-/// runtime: its fsyncs block, and nothing else waits on them.
-pub(crate) fn spawn_raft_thread(
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>, ServerError> {
-    std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(task),
-                Err(e) => crate::logging::fatal_exit(&format!(
-                    "cannot start the raft thread's runtime: {e}"
-                )),
-            }
-        })
-        .map_err(ServerError::Io)
-}
-
-/// Resolves on Ctrl-C or SIGTERM: what a node's binary stops on.
+/// Resolves on Ctrl-C or SIGTERM: what a node's binary stops on. From then on the stop has
+/// [`crate::binary::STOP_BOUND`] to finish.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -412,6 +467,7 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    crate::binary::arm_stop_deadline();
 }
 
 /// A listener stream with Nagle off: tonic ignores `Server::tcp_nodelay` for custom incoming
@@ -435,13 +491,14 @@ pub fn member_records(config: &ClusterConfig) -> Vec<MemberRecord> {
 }
 
 /// Opens a node's data directory, creating it on first start, and checks it belongs to this
-/// cluster and node. Existing data is never rewritten or "repaired".
+/// kind of process (`kind`), cluster and node. Existing data is never rewritten or "repaired".
 pub fn open_data_dir(
     dir: &Path,
-    cluster_id: u64,
+    kind: DirKind,
     node_id: NodeId,
     config: &ClusterConfig,
 ) -> Result<Engine, ServerError> {
+    let cluster_id = config.cluster_id;
     std::fs::create_dir_all(dir).map_err(|e| ServerError::DataDir {
         dir: dir.to_path_buf(),
         message: e.to_string(),
@@ -450,6 +507,10 @@ pub fn open_data_dir(
         max_wal_bytes: config.settings.max_wal_bytes,
     };
     let engine = Engine::open_with(dir, opts).map_err(|e| ServerError::DataDir {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    engine.claim_kind(kind).map_err(|e| ServerError::DataDir {
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;

@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use raft::prelude::Message;
 use rdb_storage::region::{self, Peer, Region, RegionEpoch};
+use rdb_storage::snapshot::SnapshotDescriptor;
 use rdb_storage::{AppendBatch, CommandResult, Engine, RaftStorage, StateMachine};
-use slog::{debug, info, o, Logger};
+use slog::{debug, info, o, warn, Logger};
 
 use crate::raft_core::{Answer, Core, CoreConfig, CoreError, MessageSink, Refusal, RequestId};
 
@@ -81,6 +82,10 @@ pub struct StoreOutput {
     /// Reads whose barrier completed after their region changed under them (a split took
     /// their keys, or the epoch moved on): refused instead of answered, see [`StoreCore::read`].
     pub refused_reads: Vec<(RequestId, RegionError)>,
+    /// Regions a leader's message named that this store does not host: the caller asks PD
+    /// about each and passes what it says to [`StoreCore::confirm_region`], which lets the
+    /// next such message create the peer (see [`StoreCore::step`]).
+    pub confirm: Vec<u64>,
 }
 
 /// A region hosted here.
@@ -106,8 +111,32 @@ pub struct StoreCore {
     reads: HashMap<RequestId, (u64, RegionEpoch, Vec<Vec<u8>>)>,
     /// Messages for regions this store does not host (dropped), for status and tests.
     dropped: u64,
+    /// Messages a region refused before raft-rs saw them (see `Core::step`).
+    refused: u64,
+    /// Snapshots stepped but not installed yet, with the range each covers: a snapshot that
+    /// overlaps one of them is refused like one that overlaps a hosted region. Two overlapping
+    /// snapshots stepped in one turn would both install (an uninitialized region has no range
+    /// to clash with yet), the older one's keys over the newer one's (TiKV keeps pending
+    /// snapshot ranges for the same reason).
+    pending_snapshots: BTreeMap<u64, (Region, SnapshotDescriptor)>,
+    /// Peers PD confirmed that a leader may create here uninitialized: region -> peer id.
+    confirmed: HashMap<u64, u64>,
+    /// Regions asked about (see [`StoreOutput::confirm`]), with the tick they were asked at.
+    asked: HashMap<u64, u64>,
+    /// Regions to ask about in the next turn's output.
+    pending_asks: Vec<u64>,
+    /// Ticks so far: the store's only clock, for asking again.
+    ticks: u64,
     logger: Logger,
 }
+
+/// Uninitialized peers a store hosts at most: each costs a RocksDB write and a ticked RawNode,
+/// and only a leader that PD vouches for can create one.
+const MAX_UNINIT: usize = 256;
+/// Regions asked about at once (see [`StoreOutput::confirm`]).
+const MAX_ASKED: usize = 64;
+/// Ticks before a region is asked about again.
+const ASK_AGAIN_TICKS: u64 = 10;
 
 /// Collects one region's outgoing messages, addressed by store.
 struct Outbox<'a> {
@@ -164,20 +193,37 @@ impl StoreCore {
             appends: AppendBatch::default(),
             reads: HashMap::new(),
             dropped: 0,
+            refused: 0,
+            pending_asks: Vec::new(),
+            pending_snapshots: BTreeMap::new(),
+            confirmed: HashMap::new(),
+            asked: HashMap::new(),
+            ticks: 0,
             // The caller's logger names the store already.
             logger: logger.clone(),
         };
         for id in store.engine.region_ids().map_err(CoreError::storage)? {
             let view = store.engine.region(id).map_err(CoreError::storage)?;
-            if view.region_meta().map_err(CoreError::storage)?.is_none() {
-                // Uninitialized: its leader's next message makes it again.
-                store
-                    .engine
-                    .destroy_uninit_region(id)
-                    .map_err(CoreError::storage)?;
+            if view.region_meta().map_err(CoreError::storage)?.is_some() {
+                store.start_region(id)?;
                 continue;
             }
-            store.start_region(id)?;
+            // Uninitialized. One that recorded a term or a vote starts again as it was: it
+            // must not vote twice in a term. One that did not is dropped; its leader's next
+            // message makes it again.
+            let hs = view.hard_state().map_err(CoreError::storage)?;
+            let peer = view.uninit_peer().map_err(CoreError::storage)?;
+            match (peer, hs) {
+                (Some(peer_id), Some(hs)) if hs.term > 0 || hs.vote > 0 => {
+                    let logger = store.start_peer(view, id, peer_id)?;
+                    info!(logger, "uninitialized region started again"; "term" => hs.term,
+                        "vote" => hs.vote);
+                }
+                _ => store
+                    .engine
+                    .destroy_uninit_region(id)
+                    .map_err(CoreError::storage)?,
+            }
         }
         Ok(store)
     }
@@ -243,7 +289,7 @@ impl StoreCore {
     fn start_uninit(&mut self, id: u64, peer_id: u64) -> Result<(), CoreError> {
         let view = self
             .engine
-            .create_uninit_region(id)
+            .create_uninit_region(id, peer_id)
             .map_err(CoreError::storage)?;
         let logger = self.start_peer(view, id, peer_id)?;
         info!(
@@ -291,11 +337,49 @@ impl StoreCore {
         self.dropped
     }
 
+    /// Messages a region refused before raft-rs saw them: no legitimate peer sends them.
+    pub fn refused_messages(&self) -> u64 {
+        self.refused
+    }
+
     /// Advances every region's clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         for r in self.regions.values_mut() {
             r.core.tick();
         }
+    }
+
+    /// What PD says of a region a leader named (see [`StoreOutput::confirm`]): if it has a
+    /// peer on this store, that leader's next message may create the peer here.
+    pub fn confirm_region(&mut self, region: &Region) {
+        let Some(peer) = region.peers.iter().find(|p| p.store_id == self.store_id) else {
+            return;
+        };
+        if !self.regions.contains_key(&region.id) {
+            self.confirmed.insert(region.id, peer.id);
+        }
+    }
+
+    /// Asks (through [`StoreOutput::confirm`]) about region `id`, unless it was asked about
+    /// lately or too many are waiting.
+    fn ask(&mut self, id: u64, out: &mut Vec<u64>) {
+        let ticks = self.ticks;
+        self.asked
+            .retain(|_, &mut at| ticks.saturating_sub(at) < ASK_AGAIN_TICKS);
+        if self.asked.contains_key(&id) || self.asked.len() >= MAX_ASKED {
+            return;
+        }
+        self.asked.insert(id, ticks);
+        out.push(id);
+    }
+
+    /// Uninitialized regions hosted here.
+    fn uninit_count(&self) -> usize {
+        self.regions
+            .values()
+            .filter(|r| r.core.replica().app().region().is_none())
+            .count()
     }
 
     /// Hands a peer's message to its region.
@@ -304,73 +388,143 @@ impl StoreCore {
     /// when a leader's heartbeat, append or snapshot names a region this store does not host,
     /// as an uninitialized peer: a store that received the parent by snapshot never applies
     /// the split, so this is how it gets the new region (TiKV's way); the leader then sends it
-    /// a snapshot. A snapshot is stepped only if its range overlaps no other region hosted here
-    /// (a parent that has not applied its split yet still covers it: the leader sends it again
-    /// later). Messages for another peer id than this store's are dropped.
+    /// a snapshot. Such a peer is created only once PD confirmed the region has that peer here
+    /// (the first messages are dropped while the store asks, see [`StoreOutput::confirm`]),
+    /// and only up to [`MAX_UNINIT`] of them: a message alone creates nothing.
+    ///
+    /// A snapshot is stepped only if its range overlaps no other region hosted here and no
+    /// snapshot stepped but not installed yet (a parent that has not applied its split yet
+    /// still covers it: the leader sends it again later). A dropped snapshot's file is removed.
+    /// Messages for another peer id than this store's are dropped.
     ///
     /// A storage error (creating the uninitialized region) must end the store.
     pub fn step(&mut self, m: RegionMessage) -> Result<(), CoreError> {
         use raft::prelude::MessageType;
-        if !self.regions.contains_key(&m.region_id) {
-            let from_leader = matches!(
-                m.msg.get_msg_type(),
-                MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
-            );
-            if !from_leader || m.msg.to == 0 {
-                self.dropped += 1;
-                debug!(self.logger, "message for a region not hosted here";
-                    "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
-                return Ok(());
-            }
-            self.start_uninit(m.region_id, m.msg.to)?;
-        }
-        if m.msg.get_msg_type() == MessageType::MsgSnapshot
-            && !self.snapshot_fits(m.region_id, &m.msg)
-        {
+        let snapshot = m.msg.get_msg_type() == MessageType::MsgSnapshot;
+        if !self.regions.contains_key(&m.region_id) && !self.create_for(&m)? {
             self.dropped += 1;
+            if snapshot {
+                self.discard_snapshot_file(m.region_id, &m.msg);
+            }
             return Ok(());
         }
+        let Some(meta) = (if snapshot {
+            self.snapshot_fits(m.region_id, &m.msg)
+        } else {
+            Some(None)
+        }) else {
+            self.dropped += 1;
+            self.discard_snapshot_file(m.region_id, &m.msg);
+            return Ok(());
+        };
         match self.regions.get_mut(&m.region_id) {
             Some(r) if r.peer_id == m.msg.to => {
                 r.heard.insert(m.msg.from, m.from_store);
-                r.core.step(m.msg);
+                if !r.core.step(m.msg) {
+                    self.refused += 1;
+                    return Ok(());
+                }
+                if let Some(pending) = meta {
+                    self.pending_snapshots.insert(m.region_id, pending);
+                }
             }
             _ => {
                 self.dropped += 1;
                 debug!(self.logger, "message for another peer of a region";
                     "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
+                if snapshot {
+                    self.discard_snapshot_file(m.region_id, &m.msg);
+                }
             }
         }
         Ok(())
     }
 
-    /// Whether a snapshot for region `id` may be installed: its range overlaps no other
-    /// region hosted here.
-    fn snapshot_fits(&self, id: u64, msg: &raft::prelude::Message) -> bool {
-        let Some(view) = self.region_engine(id) else {
-            return false;
-        };
+    /// Whether `m`, for a region not hosted here, creates it uninitialized (see
+    /// [`StoreCore::step`]); otherwise it is dropped, and the region may be asked about.
+    fn create_for(&mut self, m: &RegionMessage) -> Result<bool, CoreError> {
+        use raft::prelude::MessageType;
+        let from_leader = matches!(
+            m.msg.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
+        );
+        if !from_leader || m.msg.to == 0 {
+            debug!(self.logger, "message for a region not hosted here";
+                "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
+            return Ok(false);
+        }
+        match self.confirmed.get(&m.region_id) {
+            Some(&peer) if peer == m.msg.to => {}
+            _ => {
+                let mut asks = std::mem::take(&mut self.pending_asks);
+                self.ask(m.region_id, &mut asks);
+                self.pending_asks = asks;
+                return Ok(false);
+            }
+        }
+        if self.uninit_count() >= MAX_UNINIT {
+            warn!(self.logger, "too many uninitialized regions; a new one waits";
+                "region" => m.region_id, "limit" => MAX_UNINIT);
+            return Ok(false);
+        }
+        self.confirmed.remove(&m.region_id);
+        self.asked.remove(&m.region_id);
+        self.start_uninit(m.region_id, m.msg.to)?;
+        Ok(true)
+    }
+
+    /// Removes the received file of a snapshot message that will not be stepped.
+    fn discard_snapshot_file(&self, region_id: u64, msg: &Message) {
+        if let Ok(desc) = SnapshotDescriptor::decode(&msg.get_snapshot().data) {
+            let dir = crate::transport::region_snap_dir(&self.engine.snap_dir(), region_id);
+            let _ = std::fs::remove_file(desc.path_in(&dir));
+            if !self.regions.contains_key(&region_id) {
+                // Empty unless another upload for the region is under way.
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+
+    /// The range a snapshot for region `id` will cover and its descriptor, if it may be
+    /// stepped: it overlaps no other region hosted here and no snapshot waiting to be
+    /// installed. `None`: drop it.
+    fn snapshot_fits(
+        &self,
+        id: u64,
+        msg: &raft::prelude::Message,
+    ) -> Option<Option<(Region, SnapshotDescriptor)>> {
+        let view = self.region_engine(id)?;
+        let desc = SnapshotDescriptor::decode(&msg.get_snapshot().data).ok()?;
         let meta = match rdb_storage::snapshot::region_meta_of(&view, msg.get_snapshot()) {
-            Ok(m) => m,
+            Ok(m) if m.id == id => m,
+            Ok(m) => {
+                warn!(self.logger, "snapshot of another region; dropped"; "region" => id,
+                    "snapshot_region" => m.id);
+                return None;
+            }
             Err(e) => {
                 debug!(self.logger, "snapshot without a usable region meta"; "region" => id,
                     "error" => %e);
-                return false;
+                return None;
             }
         };
-        let clash = self
+        let hosted = self
             .regions
             .iter()
             .filter(|(&other, _)| other != id)
-            .filter_map(|(_, r)| r.core.replica().app().region())
-            .find(|o| overlaps(o, &meta));
-        match clash {
+            .filter_map(|(_, r)| r.core.replica().app().region());
+        let pending = self
+            .pending_snapshots
+            .iter()
+            .filter(|(&other, _)| other != id)
+            .map(|(_, (r, _))| r);
+        match hosted.chain(pending).find(|o| overlaps(o, &meta)) {
             Some(o) => {
-                debug!(self.logger, "snapshot overlaps a region hosted here; dropped";
+                debug!(self.logger, "snapshot overlaps a region hosted or being installed here; dropped";
                     "region" => id, "other" => o.id);
-                false
+                None
             }
-            None => true,
+            None => Some(Some((meta, desc))),
         }
     }
 
@@ -581,6 +735,14 @@ impl StoreCore {
                 created.push((new, led));
             }
         }
+        // Every snapshot stepped so far was installed in this turn (which removed its file),
+        // or raft-rs ignored it as stale: either way it is no longer pending, and its file goes.
+        // (A copy of it received again meanwhile is checked for before it is stepped.)
+        for (id, (_, desc)) in std::mem::take(&mut self.pending_snapshots) {
+            let dir = crate::transport::region_snap_dir(&self.engine.snap_dir(), id);
+            let _ = std::fs::remove_file(desc.path_in(&dir));
+        }
+        out.confirm = std::mem::take(&mut self.pending_asks);
         self.recheck_reads(&mut out);
         for (id, led) in created {
             match self.regions.get(&id) {

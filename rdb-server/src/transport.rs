@@ -24,7 +24,7 @@ use std::time::Duration;
 use protobuf::Message as _;
 use raft::prelude::{Message as RaftMessage, MessageType};
 use rdb_proto::peer::peer_client::PeerClient;
-use rdb_proto::peer::{RaftBatch, SnapshotChunk, SnapshotHeader};
+use rdb_proto::peer::{PeerKind, RaftBatch, SnapshotChunk, SnapshotHeader};
 use rdb_storage::snapshot::SnapshotDescriptor;
 use slog::{debug, info, warn, Logger};
 use tokio::io::AsyncReadExt;
@@ -58,6 +58,8 @@ struct Stamp {
     to: NodeId,
     /// Between stores (PD mode): batches carry each message's region id.
     regions: bool,
+    /// What kind of process sends: the receiver refuses another kind.
+    kind: PeerKind,
 }
 
 /// A queued message: its region (0 for a static node's group) and the message.
@@ -111,16 +113,20 @@ pub struct GrpcTransport {
     throttle: Arc<Throttle>,
     /// PD mode: peers are stores and messages carry region ids.
     regions: bool,
+    /// What kind of process this is, stamped on every batch and snapshot.
+    kind: PeerKind,
     logger: Logger,
 }
 
 impl GrpcTransport {
     /// Starts one sender task per peer of `peers` (id to peer address) on `handle`; snapshot
-    /// files are read from `snap_dir`.
+    /// files are read from `snap_dir`. Batches are stamped with the cluster id and `kind`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &ClusterConfig,
         peers: &BTreeMap<NodeId, String>,
         me: NodeId,
+        kind: PeerKind,
         mailbox: RaftSender,
         handle: Handle,
         snap_dir: PathBuf,
@@ -138,15 +144,17 @@ impl GrpcTransport {
             handle,
             snap_dir,
             throttle: Arc::new(Throttle::new(config.settings.snapshot_max_bytes_per_sec)),
-            regions: false,
+            regions: kind == PeerKind::Store,
+            kind,
             logger,
         };
         crate::node::Transport::set_peers(&mut t, peers);
         t
     }
 
-    /// The transport of a PD-mode store: `me` and the peers are store ids, and messages go
-    /// with [`GrpcTransport::send_region`].
+    /// The transport of a PD-mode store: `me` and the peers are store ids (added with
+    /// [`GrpcTransport::set_store`]), `config`'s cluster id is PD's, and messages go with
+    /// [`GrpcTransport::send_region`].
     pub fn start_store(
         config: &ClusterConfig,
         me: NodeId,
@@ -155,17 +163,16 @@ impl GrpcTransport {
         snap_dir: PathBuf,
         logger: Logger,
     ) -> GrpcTransport {
-        let mut t = GrpcTransport::start(
+        GrpcTransport::start(
             config,
             &BTreeMap::new(),
             me,
+            PeerKind::Store,
             mailbox,
             handle,
             snap_dir,
             logger,
-        );
-        t.regions = true;
-        t
+        )
     }
 
     /// Adds or moves store `id` (PD mode) at `addr`.
@@ -181,6 +188,11 @@ impl GrpcTransport {
     /// Whether store `id` has an address here (PD mode).
     pub fn knows(&self, id: NodeId) -> bool {
         self.addrs.contains_key(&id)
+    }
+
+    /// Whether store `id` has address `addr` here (PD mode).
+    pub fn knows_at(&self, id: NodeId, addr: &str) -> bool {
+        self.addrs.get(&id).is_some_and(|a| a == addr)
     }
 
     /// Queues a message of region `region_id` for store `to` (PD mode).
@@ -228,6 +240,7 @@ impl GrpcTransport {
             from: self.me,
             to: id,
             regions: self.regions,
+            kind: self.kind,
         };
         self.handle.spawn(send_loop(
             addr.to_string(),
@@ -255,6 +268,7 @@ impl GrpcTransport {
             from: self.me,
             to,
             regions: self.regions,
+            kind: self.kind,
         };
         let (mailbox, logger, max) = (self.mailbox.clone(), self.logger.clone(), self.max_message);
         let snap_dir = region_snap_dir(&self.snap_dir, region_id);
@@ -475,6 +489,7 @@ fn make_batch(
         to: stamp.to,
         msgs,
         region_ids,
+        kind: stamp.kind as i32,
     };
     (batch, rest)
 }
@@ -517,6 +532,7 @@ async fn stream_snapshot(
             total_len: desc.file_len,
             message,
             region_id,
+            kind: stamp.kind as i32,
         }),
         data: Vec::new(),
     };
@@ -617,6 +633,7 @@ mod tests {
             from: 1,
             to: 2,
             regions: false,
+            kind: PeerKind::Node,
         };
         let mut carried = Some((0, append_of(900 << 10).write_to_bytes().unwrap()));
         let mut sent = 0;

@@ -372,6 +372,7 @@ pub fn restore(backup: &Path, data_dir: &Path, target: &RestoreTarget) -> Result
 /// Builds the restored database in `dir`; returns (records loaded, records skipped).
 fn load(backup: &Path, header: &Header, dir: &Path, target: &RestoreTarget) -> Result<(u64, u64)> {
     let engine = Engine::open_with(dir, target.engine_opts)?;
+    engine.claim_kind(crate::DirKind::Node)?;
     engine.bootstrap_or_check(target.ident, &target.voters, &target.members)?;
     engine.check_apply_settings(target.settings)?;
     let data = engine.cf(CF_DATA);

@@ -1,8 +1,9 @@
 //! The RocksDB database of one node: opening it, its identity, and reads of user data.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, HardState};
@@ -23,6 +24,44 @@ pub struct Ident {
     pub cluster_id: u64,
     /// This node's id.
     pub node_id: u64,
+}
+
+/// What kind of process a data directory belongs to. Each refuses the others' directories: a PD
+/// node started on a config-file node's directory (same cluster id and node id in its file)
+/// would otherwise join that node's Raft group and apply its own commands to the KV data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirKind {
+    /// A node of a config-file cluster (`rdb-server --config`, `--join`, no arguments).
+    Node,
+    /// A store of a PD-mode cluster (`rdb-server --pd`).
+    Store,
+    /// A node of the placement driver (`rdb-pd`).
+    Pd,
+}
+
+impl DirKind {
+    fn code(self) -> &'static [u8] {
+        match self {
+            DirKind::Node => b"node",
+            DirKind::Store => b"store",
+            DirKind::Pd => b"pd",
+        }
+    }
+
+    fn from_code(b: &[u8]) -> Option<DirKind> {
+        [DirKind::Node, DirKind::Store, DirKind::Pd]
+            .into_iter()
+            .find(|k| k.code() == b)
+    }
+
+    /// How an error message names this kind.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DirKind::Node => "a node of a config-file cluster",
+            DirKind::Store => "a PD-mode store",
+            DirKind::Pd => "a PD node",
+        }
+    }
 }
 
 /// Index and term of the last applied entry; persisted atomically with the data it produced.
@@ -50,12 +89,58 @@ const DURABLE_INDEX_FILE: &str = "RDB_DURABLE_INDEX";
 /// Version tag of the stored [`ApplySettings`] record.
 const APPLY_SETTINGS_V1: u64 = 1;
 
+/// Every database this process opened, with the flag its closing sets: a clean stop waits for
+/// all of them ([`wait_all_closed`]) before the process exits, because exiting while a thread
+/// still uses RocksDB runs its static destructors under that thread (an abort).
+static OPENED: Mutex<Vec<(PathBuf, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+
+/// Sets its flag when dropped: declared after the database in [`Database`], so after it closed.
+struct ClosedFlag(Arc<AtomicBool>);
+
+impl Drop for ClosedFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The RocksDB handle, which marks itself closed once RocksDB finished closing (field order:
+/// `db` drops first, waiting for RocksDB's background work, then `closed`).
+struct Database {
+    db: DB,
+    _closed: ClosedFlag,
+}
+
+impl std::ops::Deref for Database {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        &self.db
+    }
+}
+
+/// Waits until every database this process opened is closed (every [`Engine`] of it dropped and
+/// RocksDB's background work finished), for at most `timeout`. Returns the paths of those still
+/// open (none after a clean stop).
+pub fn wait_all_closed(timeout: Duration) -> Vec<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open: Vec<PathBuf> = {
+            let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+            opened.retain(|(_, closed)| !closed.load(Ordering::Acquire));
+            opened.iter().map(|(p, _)| p.clone()).collect()
+        };
+        if open.is_empty() || Instant::now() >= deadline {
+            return open;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A node's RocksDB database, seen as one Raft group's storage: a static node's one group, or
 /// one region of a PD-mode store ([`Engine::region`]). Cheap to clone; safe to share between
 /// threads.
 #[derive(Clone)]
 pub struct Engine {
-    db: Arc<DB>,
+    db: Arc<Database>,
     /// Whose Raft records this view reads and writes.
     space: Space,
     /// The dedup horizons of every group of the database, for the compaction filter.
@@ -170,8 +255,16 @@ impl Engine {
             }
         }
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        OPENED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.to_path_buf(), closed.clone()));
         let mut engine = Engine {
-            db: Arc::new(db),
+            db: Arc::new(Database {
+                db,
+                _closed: ClosedFlag(closed),
+            }),
             space: Space::Node,
             horizons,
             install_gen: Arc::new(AtomicU64::new(0)),
@@ -330,6 +423,39 @@ impl Engine {
             self.dedup.synced(w);
         }
         Ok(())
+    }
+
+    /// Records that this directory belongs to a process of `kind`, or checks that it does:
+    /// refuses a directory of another kind. A directory written before kinds were recorded
+    /// takes the kind of the first process that opens it now (a store's is told by its
+    /// identity record).
+    pub fn claim_kind(&self, kind: DirKind) -> Result<()> {
+        let state = self.cf(CF_RAFT_STATE);
+        let found = match self.db.get_cf(state, keys::KIND_KEY)? {
+            Some(v) => Some(
+                DirKind::from_code(&v)
+                    .ok_or_else(|| Error::Corrupt("unknown data directory kind".into()))?,
+            ),
+            // Before kinds were recorded, a store's identity had cluster id 0.
+            None => match self.ident()? {
+                Some(i) if i.cluster_id == 0 => Some(DirKind::Store),
+                _ => None,
+            },
+        };
+        match found {
+            Some(found) if found != kind => Err(Error::WrongKind {
+                found: found.describe(),
+                wanted: kind.describe(),
+            }),
+            _ => {
+                if self.db.get_cf(state, keys::KIND_KEY)?.is_none() {
+                    let mut wb = WriteBatch::default();
+                    wb.put_cf(state, keys::KIND_KEY, kind.code());
+                    self.write(wb, true)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The identity stored in this directory, or `None` for a fresh one.
@@ -531,10 +657,12 @@ impl Engine {
 
     fn has_any_state(&self) -> Result<bool> {
         for cf in [CF_RAFT_STATE, CF_RAFT_LOG, CF_DATA] {
-            let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::Start);
-            if let Some(item) = it.next() {
-                item?;
-                return Ok(true);
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, _) = item?;
+                // Which kind of process owns the directory is recorded before anything else.
+                if !(cf == CF_RAFT_STATE && &*k == keys::KIND_KEY) {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)

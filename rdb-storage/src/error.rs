@@ -21,6 +21,20 @@ pub enum Error {
         /// Node id this process was started with.
         node: u64,
     },
+    /// The data directory holds another kind of node (a config-file node, a PD-mode store, a
+    /// PD node) than the one started on it.
+    #[error(
+        "this data directory holds {found}, not {wanted}; give each process a directory of its own"
+    )]
+    WrongKind {
+        /// What the directory holds.
+        found: &'static str,
+        /// What was started on it.
+        wanted: &'static str,
+    },
+    /// A store's directory belongs to another store or another PD cluster.
+    #[error("{0}")]
+    WrongStore(String),
     /// A setting that decides what applying an entry does differs from the one the data
     /// directory was created with.
     #[error("setting {name} is {configured} in the configuration but this data directory was created with {stored}; it must be the same on every node for the life of the cluster")]

@@ -25,11 +25,20 @@ pub const CONF_STATE_KEY: &[u8] = b"conf_state";
 pub const APPLY_STATE_KEY: &[u8] = b"apply_state";
 /// Index and term of the last entry removed from the log by compaction or a snapshot, 16 bytes.
 pub const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
-/// Cluster id and node id this data directory belongs to, 16 bytes.
+/// Cluster id and node id this data directory belongs to, 16 bytes (a store: PD's cluster id
+/// and the store id).
 pub const IDENT_KEY: &[u8] = b"ident";
+/// What kind of process owns this data directory (see `engine::DirKind`).
+pub const KIND_KEY: &[u8] = b"kind";
+/// A PD-mode store's secret token, 8 bytes (see `region::StoreIdent`).
+pub const STORE_TOKEN_KEY: &[u8] = b"store_token";
 /// Settings that change what applying an entry does, fixed when the directory was created
 /// (see [`crate::ApplySettings`]).
 pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";
+
+/// An uninitialized region's peer id on this store, 8 bytes: what a restart starts it as again
+/// (it may have voted, and must not forget it).
+pub const UNINIT_PEER_KEY: &[u8] = b"uninit_peer";
 
 /// Set once this node learnt it was removed from its cluster: the index of the removal, 8 bytes.
 pub const REMOVED_KEY: &[u8] = b"removed";

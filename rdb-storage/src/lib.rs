@@ -28,7 +28,7 @@ mod region_tests;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{ApplySettings, ApplyState, Engine, EngineOptions, Ident, ScanPage};
+pub use engine::{ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use membership::{member_key, records_of_change};
 pub use raft_storage::{AppendBatch, RaftStorage};

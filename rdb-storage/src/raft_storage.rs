@@ -15,7 +15,7 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
-use slog::{debug, info, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::engine::{ApplyState, Engine};
 use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
@@ -567,7 +567,17 @@ impl raft::Storage for RaftStorage {
             .snapshots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(snap) = slot.ready_for(request_index.max(self.truncated.0)) {
+        // raft-rs ends the process on any error here but this one: a read that fails now is
+        // tried again with the next request.
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let version = match self.engine.region_meta() {
+            Ok(meta) => meta.map_or(0, |m| crate::region::epoch(&m).version),
+            Err(e) => {
+                warn!(self.logger, "cannot read the region meta for a snapshot"; "error" => %e);
+                return Err(unavailable());
+            }
+        };
+        if let Some(snap) = slot.ready_for(request_index.max(self.truncated.0), version) {
             return Ok(snap);
         }
         if slot.start_building() {
@@ -575,14 +585,13 @@ impl raft::Storage for RaftStorage {
             snapshot::spawn_build(
                 self.engine.clone(),
                 self.snapshots.clone(),
+                version,
                 self.logger.clone(),
             );
         } else {
             debug!(self.logger, "snapshot not ready yet"; "request_index" => request_index, "to" => to);
         }
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        Err(unavailable())
     }
 }
 

@@ -162,12 +162,13 @@ impl Engine {
         }
     }
 
-    /// Creates an *uninitialized* region `id` on this store: empty Raft state (no voters, no
-    /// log, nothing applied, no meta), the state of a peer a leader reached before this store
-    /// learnt of the region (it missed the split that made it, having received its parent by
-    /// snapshot). The leader sends it a snapshot, which brings the range, meta and data.
-    /// Returns the region's view.
-    pub fn create_uninit_region(&self, id: u64) -> Result<Engine> {
+    /// Creates an *uninitialized* region `id` on this store, as peer `peer_id`: empty Raft state
+    /// (no voters, no log, nothing applied, no meta), the state of a peer a leader reached
+    /// before this store learnt of the region (it missed the split that made it, having
+    /// received its parent by snapshot). The leader sends it a snapshot, which brings the
+    /// range, meta and data. The peer id is recorded, so that a restart brings the peer back
+    /// with any term and vote it recorded since ([`Engine::uninit_peer`]). Returns the view.
+    pub fn create_uninit_region(&self, id: u64, peer_id: u64) -> Result<Engine> {
         let space = Space::Region(id);
         let state = self.cf(CF_RAFT_STATE);
         if self
@@ -193,10 +194,37 @@ impl Engine {
         );
         wb.put_cf(state, space.state_key(keys::APPLY_STATE_KEY), zero);
         wb.put_cf(state, space.state_key(keys::TRUNCATED_STATE_KEY), zero);
+        wb.put_cf(
+            state,
+            space.state_key(keys::UNINIT_PEER_KEY),
+            peer_id.to_be_bytes(),
+        );
         wb.put_cf(self.cf(CF_DATA), space.data_apply_key(), zero);
-        // Unsynced: if a crash loses it, the next message from the leader makes it again.
+        // Unsynced: if a crash loses it, the next message from the leader makes it again. Its
+        // first vote is synced with its hard state, and this write is in the WAL before it.
         self.write(wb, false)?;
         self.region(id)
+    }
+
+    /// The peer id an uninitialized region of this view was created as (see
+    /// [`Engine::create_uninit_region`]); `None` for other views.
+    pub fn uninit_peer(&self) -> Result<Option<u64>> {
+        let Space::Region(_) = self.space() else {
+            return Ok(None);
+        };
+        match self.db().get_cf(
+            self.cf(CF_RAFT_STATE),
+            self.state_key(keys::UNINIT_PEER_KEY),
+        )? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("uninitialized peer record".into()))?;
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+        }
     }
 
     /// Removes every trace of region `id` from this store (an uninitialized region found at
@@ -237,45 +265,78 @@ pub struct RangeStats {
     pub middle: Option<Vec<u8>>,
 }
 
+/// Whose a PD-mode store's directory is: recorded when the store claims its id, checked at
+/// every start, and stamped (the cluster id) on every message to other stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreIdent {
+    /// The PD cluster the store belongs to (PD mints it when its group first starts); 0 in a
+    /// directory written before stores recorded it.
+    pub cluster_id: u64,
+    /// The store's id, which PD allocated.
+    pub store_id: u64,
+    /// A random secret the store minted with its id: PD moves the store to another address
+    /// only for a registration that carries it. 0 before stores recorded one.
+    pub token: u64,
+}
+
 impl Engine {
-    /// Claims a fresh directory for store `store_id` of a PD-mode cluster, or checks that an
-    /// existing one is that store's. Refuses the directory of a config-file node.
-    pub fn claim_for_store(&self, store_id: u64) -> Result<()> {
-        if self.conf_state()?.is_some() {
-            return Err(Error::Corrupt(
-                "this directory holds a node of a config-file cluster, not a PD-mode store".into(),
-            ));
-        }
-        let want = crate::Ident {
-            cluster_id: STORE_CLUSTER_ID,
-            node_id: store_id,
-        };
-        match self.ident()? {
+    /// Claims a fresh directory for the store `want`, or checks that an existing one is that
+    /// store's: refuses the directory of another kind of process, of another store, or of a
+    /// store of another PD cluster. A directory written before stores recorded their cluster
+    /// and token takes `want`'s.
+    pub fn claim_for_store(&self, want: StoreIdent) -> Result<()> {
+        self.claim_kind(crate::DirKind::Store)?;
+        match self.store_ident()? {
             Some(found) if found == want => Ok(()),
-            Some(found) => Err(Error::WrongIdentity {
-                found_cluster: found.cluster_id,
-                found_node: found.node_id,
-                cluster: want.cluster_id,
-                node: want.node_id,
-            }),
-            None => {
+            Some(found) if found.store_id != want.store_id => Err(Error::WrongStore(format!(
+                "this data directory belongs to store {}, not store {}",
+                found.store_id, want.store_id
+            ))),
+            Some(found) if found.cluster_id != 0 && found.cluster_id != want.cluster_id => {
+                Err(Error::WrongStore(format!(
+                    "this data directory belongs to a store of cluster {}, not of cluster {}",
+                    found.cluster_id, want.cluster_id
+                )))
+            }
+            Some(found) if found.token != 0 && found.token != want.token => Err(Error::WrongStore(
+                "this data directory holds another store token".into(),
+            )),
+            _ => {
                 let mut wb = WriteBatch::default();
+                let state = self.cf(CF_RAFT_STATE);
                 wb.put_cf(
-                    self.cf(CF_RAFT_STATE),
+                    state,
                     keys::IDENT_KEY,
-                    keys::encode_pair(want.cluster_id, want.node_id),
+                    keys::encode_pair(want.cluster_id, want.store_id),
                 );
+                wb.put_cf(state, keys::STORE_TOKEN_KEY, want.token.to_be_bytes());
                 self.write(wb, true)
             }
         }
     }
 
-    /// The store id a PD-mode directory was claimed for, if it was.
-    pub fn store_id(&self) -> Result<Option<u64>> {
-        Ok(self
-            .ident()?
-            .filter(|i| i.cluster_id == STORE_CLUSTER_ID)
-            .map(|i| i.node_id))
+    /// The identity of the store this directory was claimed for, if it was (see
+    /// [`Engine::claim_for_store`]); `None` for a fresh directory.
+    pub fn store_ident(&self) -> Result<Option<StoreIdent>> {
+        let Some(ident) = self.ident()? else {
+            return Ok(None);
+        };
+        let token = match self
+            .db()
+            .get_cf(self.cf(CF_RAFT_STATE), keys::STORE_TOKEN_KEY)?
+        {
+            None => 0,
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("store token record is not 8 bytes".into()))?,
+            ),
+        };
+        Ok(Some(StoreIdent {
+            cluster_id: ident.cluster_id,
+            store_id: ident.node_id,
+            token,
+        }))
     }
 
     /// Counts the user keys of `[start, end)` (empty end: no bound) and their bytes; with
@@ -308,9 +369,6 @@ impl Engine {
         Ok(stats)
     }
 }
-
-/// The cluster id recorded in a PD-mode store's directory (stores are known by store id).
-pub const STORE_CLUSTER_ID: u64 = 0;
 
 fn check_region(region: &Region) -> Result<()> {
     let bad = |m: String| Err(Error::Corrupt(m));

@@ -137,18 +137,23 @@ pub fn snap_dir(data_dir: &Path) -> PathBuf {
 /// The snapshot most recently built, shared between raft's `Storage::snapshot` and the builder.
 #[derive(Default)]
 pub struct SnapshotSlot {
-    ready: Option<Snapshot>,
+    /// The snapshot, and its region's epoch version when its build began (0 for a static
+    /// node's group).
+    ready: Option<(Snapshot, u64)>,
     building: bool,
     built_files: VecDeque<PathBuf>,
 }
 
 impl SnapshotSlot {
-    /// The built snapshot if it covers at least `index`.
-    pub fn ready_for(&self, index: u64) -> Option<Snapshot> {
+    /// The built snapshot if it covers at least `index` and its region's range has not changed
+    /// since (`version`, the epoch version now): a snapshot from before a split still covers
+    /// the keys the split gave away, and a store that hosts them refuses it, so it would be
+    /// sent again and again until the log moved past it.
+    pub fn ready_for(&self, index: u64, version: u64) -> Option<Snapshot> {
         self.ready
             .as_ref()
-            .filter(|s| s.get_metadata().index >= index)
-            .cloned()
+            .filter(|(s, v)| s.get_metadata().index >= index && *v == version)
+            .map(|(s, _)| s.clone())
     }
 
     /// Marks a build as started; false if one is already running.
@@ -162,12 +167,12 @@ impl SnapshotSlot {
 
     /// Ends a build; a new snapshot replaces the previous one, and files older than the last
     /// [`BUILT_FILES_KEPT`] are returned for removal.
-    fn finish(&mut self, built: Option<(Snapshot, PathBuf)>) -> Vec<PathBuf> {
+    fn finish(&mut self, built: Option<(Snapshot, PathBuf)>, version: u64) -> Vec<PathBuf> {
         self.building = false;
         let Some((snap, path)) = built else {
             return Vec::new();
         };
-        self.ready = Some(snap);
+        self.ready = Some((snap, version));
         self.built_files.retain(|p| p != &path);
         self.built_files.push_back(path);
         let mut old = Vec::new();
@@ -178,8 +183,14 @@ impl SnapshotSlot {
     }
 }
 
-/// Builds a snapshot on its own thread and publishes it in `slot`.
-pub(crate) fn spawn_build(engine: Engine, slot: Arc<Mutex<SnapshotSlot>>, logger: Logger) {
+/// Builds a snapshot on its own thread and publishes it in `slot`, as of the region's epoch
+/// `version` (read before the build, so a split during it makes the snapshot stale at once).
+pub(crate) fn spawn_build(
+    engine: Engine,
+    slot: Arc<Mutex<SnapshotSlot>>,
+    version: u64,
+    logger: Logger,
+) {
     let spawned = std::thread::Builder::new()
         .name("snapshot-build".into())
         .spawn({
@@ -210,7 +221,7 @@ pub(crate) fn spawn_build(engine: Engine, slot: Arc<Mutex<SnapshotSlot>>, logger
                 let old = slot
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .finish(built);
+                    .finish(built, version);
                 for p in old {
                     if let Err(e) = std::fs::remove_file(&p) {
                         warn!(logger, "cannot remove old snapshot file";
@@ -222,7 +233,7 @@ pub(crate) fn spawn_build(engine: Engine, slot: Arc<Mutex<SnapshotSlot>>, logger
     if spawned.is_err() {
         slot.lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .finish(None);
+            .finish(None, version);
     }
 }
 

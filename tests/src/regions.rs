@@ -26,25 +26,38 @@ pub struct RegionCluster {
     pub pd: TestCluster,
     /// Store client addresses, index = store number - 1 (not the store id PD assigned).
     pub addrs: Vec<String>,
+    /// Store peer addresses, likewise.
+    pub peer_addrs: Vec<String>,
     dir: tempfile::TempDir,
     stores: Vec<Option<Child>>,
     split: Split,
+    /// `--replicas`: stores region 1 is bootstrapped on.
+    replicas: usize,
 }
 
 impl RegionCluster {
-    /// Starts a PD node and `n` stores that split regions past `split.keys` keys.
+    /// Starts a PD node and `n` stores that split regions past `split.keys` keys, with region
+    /// 1 on three of them.
     pub fn start(n: usize, split: Split) -> RegionCluster {
+        Self::start_with_replicas(n, split, 3)
+    }
+
+    /// Starts a PD node and `n` stores that split regions past `split.keys` keys, with region
+    /// 1 bootstrapped on `replicas` of them.
+    pub fn start_with_replicas(n: usize, split: Split, replicas: usize) -> RegionCluster {
         let pd = TestCluster::start_pd(1, "");
         let dir = tempfile::tempdir().expect("tempdir");
-        let addrs = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let port = |_| format!("127.0.0.1:{}", free_port());
+        let addrs = (0..n).map(port).collect();
+        let peer_addrs = (0..n).map(port).collect();
         let mut c = RegionCluster {
             pd,
             addrs,
+            peer_addrs,
             dir,
             stores: (0..n).map(|_| None).collect(),
             split,
+            replicas,
         };
         for i in 1..=n {
             c.restart(i);
@@ -82,10 +95,12 @@ impl RegionCluster {
         let child = Command::new(bin_dir().join("rdb-server"))
             .args(["--pd", &self.pd_addr()])
             .args(["--addr", &self.addrs[i - 1]])
+            .args(["--peer-addr", &self.peer_addrs[i - 1]])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("store{i}")))
             .args(["--region-split-keys", &self.split.keys.to_string()])
             .args(["--split-check-ms", &self.split.check_ms.to_string()])
+            .args(["--replicas", &self.replicas.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -102,26 +117,24 @@ impl RegionCluster {
         }
     }
 
-    /// Stops store `i` (1-based) with SIGTERM; returns whether it exited within `timeout`
-    /// (it is killed with SIGKILL otherwise).
-    pub fn terminate(&mut self, i: usize, timeout: Duration) -> bool {
-        let Some(mut c) = self.stores[i - 1].take() else {
-            return true;
-        };
+    /// Stops store `i` (1-based) with SIGTERM; returns its exit status if it exited within
+    /// `timeout` (it is killed with SIGKILL otherwise), or if it was not running.
+    pub fn terminate(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.stores[i - 1].take()?;
         // SAFETY: kill(2) with a pid this process spawned and has not reaped.
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return true;
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
         let _ = c.wait();
-        false
+        None
     }
 
     /// Every region PD knows, in key order.

@@ -206,7 +206,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         self.raw.tick();
     }
 
-    /// Feeds a message from a peer.
+    /// Feeds a message from a peer; check it with [`Replica::refusal`] first.
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
         self.last_heard.insert(m.from, self.ticks);
         // A node that joined with no membership of its own must start from a snapshot, which
@@ -217,6 +217,66 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             return Ok(());
         }
         self.raw.step(m)
+    }
+
+    /// Why a message from the network must not reach raft-rs, if it must not. raft-rs trusts
+    /// its caller with some inputs and ends the process (`fatal!`, or a slice out of range) on
+    /// what a correct peer never sends: a heartbeat committing past the end of the log, entries
+    /// that are not contiguous or that rewrite a committed entry. Local message types (a
+    /// campaign, a proposal, a leader transfer) never come from a peer here either: followers
+    /// forward no proposals and only a leader transfers leadership.
+    pub fn refusal(&self, m: &Message) -> Option<&'static str> {
+        let log = &self.raw.raft.raft_log;
+        match m.get_msg_type() {
+            MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum
+            | MessageType::MsgPropose
+            | MessageType::MsgTransferLeader => return Some("a local message type from a peer"),
+            _ => {}
+        }
+        if m.from == 0 || m.to != self.id() || m.from == m.to {
+            return Some("a message not from a peer to this replica");
+        }
+        match m.get_msg_type() {
+            MessageType::MsgHeartbeat if m.commit > log.last_index() => {
+                Some("a heartbeat that commits past the end of the log")
+            }
+            MessageType::MsgAppend => {
+                let mut prev_term = m.log_term;
+                for (i, e) in m.entries.iter().enumerate() {
+                    if m.index.checked_add(1 + i as u64) != Some(e.index) {
+                        return Some("an append whose entries are not contiguous");
+                    }
+                    if e.term < prev_term || e.term > m.term {
+                        return Some("an append whose entry terms are out of order");
+                    }
+                    prev_term = e.term;
+                }
+                // raft-rs appends after the entry at (index, log_term) only if it has it; the
+                // entries must then agree with every committed one they cover.
+                if log.match_term(m.index, m.log_term) {
+                    let rewrites = m
+                        .entries
+                        .iter()
+                        .take_while(|e| e.index <= log.committed)
+                        .any(|e| log.term(e.index).is_ok_and(|t| t != e.term));
+                    if rewrites {
+                        return Some("an append that rewrites a committed entry");
+                    }
+                }
+                None
+            }
+            MessageType::MsgAppendResponse if !m.reject && m.index > log.last_index() => {
+                Some("an acknowledgement of entries past the end of the log")
+            }
+            MessageType::MsgSnapshot if m.get_snapshot().get_metadata().index == 0 => {
+                Some("an empty snapshot")
+            }
+            _ => None,
+        }
     }
 
     /// Proposes a membership change; on success returns the (index, term) its entry got.

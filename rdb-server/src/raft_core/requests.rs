@@ -201,6 +201,8 @@ pub struct Core<S: LogStore, A: Application> {
     pending: Vec<Reply<A::Output>>,
     voters: Vec<u64>,
     read_ctx_salt: u64,
+    /// Peer messages refused before raft-rs saw them (see [`Core::step`]).
+    refused: u64,
     logger: Logger,
 }
 
@@ -223,6 +225,7 @@ impl<S: LogStore, A: Application> Core<S, A> {
             pending: Vec::new(),
             voters,
             read_ctx_salt: cfg.read_ctx_salt,
+            refused: 0,
             logger: logger.clone(),
         })
     }
@@ -269,12 +272,23 @@ impl<S: LogStore, A: Application> Core<S, A> {
         }
     }
 
-    /// Feeds a message from a peer.
-    pub fn step(&mut self, m: Message) {
-        let (from, ty) = (m.from, m.get_msg_type());
+    /// Feeds a message from a peer; false if it was refused before raft-rs saw it (see
+    /// [`super::Replica::refusal`]: no legitimate peer sends such a message).
+    pub fn step(&mut self, m: Message) -> bool {
+        let (from, ty, term) = (m.from, m.get_msg_type(), m.term);
+        if let Some(why) = self.replica.refusal(&m) {
+            self.refused += 1;
+            // The first one is worth a warning; a flood of them is not worth a line each.
+            if self.refused.is_power_of_two() {
+                warn!(self.logger, "refused a peer message"; "from" => from, "type" => ?ty,
+                    "term" => term, "why" => why, "refused_so_far" => self.refused);
+            }
+            return false;
+        }
         if let Err(e) = self.replica.step(m) {
             debug!(self.logger, "step failed"; "from" => from, "type" => ?ty, "error" => %e);
         }
+        true
     }
 
     /// Proposes an encoded command for request `id`.

@@ -11,13 +11,24 @@ use std::path::PathBuf;
 use protobuf::Message as _;
 use raft::prelude::{Message as RaftMessage, MessageType};
 use rdb_proto::peer::peer_server::Peer;
-use rdb_proto::peer::{Done, RaftBatch, SnapshotChunk};
+use rdb_proto::peer::{Done, PeerKind, RaftBatch, SnapshotChunk};
 use rdb_storage::snapshot::{IncomingSnapshot, SnapshotDescriptor};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NodeId;
 use crate::members::{SharedDirectory, REMOVED_MARK};
 use crate::router::{PeerMsg, RaftSender};
+
+/// Who a node (or store) is to its peers: what every message to it must be stamped with.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerIdent {
+    /// Its cluster: a config-file cluster's id, PD's cluster id for a store.
+    pub cluster_id: u64,
+    /// Its node id (a store's: the store id).
+    pub node: NodeId,
+    /// What kind of process it is.
+    pub kind: PeerKind,
+}
 
 /// Serves Raft traffic for one node.
 #[derive(Clone)]
@@ -28,21 +39,33 @@ pub struct PeerService {
     max_snapshot: u64,
     snap_dir: PathBuf,
     members: SharedDirectory,
+    /// What kind of process this is: messages from another kind are refused.
+    kind: PeerKind,
     /// PD mode: nodes are stores, messages carry region ids and are addressed to peers.
     regions: bool,
+    /// Whether a refused message was logged already (one line, then the metric counts).
+    warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    logger: slog::Logger,
 }
 
 impl PeerService {
-    /// A service that forwards to `raft` the messages addressed to node `me`, and receives
-    /// snapshot files of at most `max_snapshot` bytes into `snap_dir`.
+    /// A service that forwards to `raft` the messages of `me`'s cluster and kind addressed to
+    /// it, and receives snapshot files of at most `max_snapshot` bytes into `snap_dir`. A store
+    /// (kind STORE, PD's cluster id) takes only messages with a region id, and hands each on
+    /// with it (the store checks the peer id).
     pub fn new(
         raft: RaftSender,
-        cluster_id: u64,
-        me: NodeId,
+        me: PeerIdent,
         max_snapshot: u64,
         snap_dir: PathBuf,
         members: SharedDirectory,
+        logger: slog::Logger,
     ) -> PeerService {
+        let PeerIdent {
+            cluster_id,
+            node: me,
+            kind,
+        } = me;
         PeerService {
             raft,
             cluster_id,
@@ -50,16 +73,11 @@ impl PeerService {
             max_snapshot,
             snap_dir,
             members,
-            regions: false,
+            kind,
+            regions: kind == PeerKind::Store,
+            warned: Default::default(),
+            logger,
         }
-    }
-
-    /// The service of a PD-mode store `me`: every message must carry its region id, and is
-    /// handed on with it (the store checks the peer id).
-    pub fn for_store(raft: RaftSender, me: NodeId, max_snapshot: u64, snap_dir: PathBuf) -> Self {
-        let mut s = PeerService::new(raft, 0, me, max_snapshot, snap_dir, Default::default());
-        s.regions = true;
-        s
     }
 
     /// A removed node is told so (it then stops for good) instead of being heard.
@@ -73,12 +91,36 @@ impl PeerService {
         Ok(())
     }
 
-    fn check_stamp(&self, cluster_id: u64, to: NodeId) -> Result<(), Status> {
-        if cluster_id != self.cluster_id {
-            return Err(Status::permission_denied(format!(
-                "message for cluster {cluster_id}, this is cluster {}",
+    /// Refuses a message from another cluster or another kind of process, or for another
+    /// node: counted, and logged the first time.
+    fn check_stamp(
+        &self,
+        cluster_id: u64,
+        kind: i32,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<(), Status> {
+        let kind = PeerKind::try_from(kind).unwrap_or(PeerKind::Unspecified);
+        // Versions before kinds were stamped sent none; stores always stamp theirs.
+        let kind_ok =
+            kind == self.kind || (kind == PeerKind::Unspecified && self.kind != PeerKind::Store);
+        if cluster_id != self.cluster_id || !kind_ok {
+            crate::metrics::metrics()
+                .peer_messages_refused
+                .with_label_values(&["cluster"])
+                .inc();
+            let why = format!(
+                "message from {} {from} of cluster {cluster_id}; this is {} {} of cluster {}",
+                kind_name(kind),
+                kind_name(self.kind),
+                self.me,
                 self.cluster_id
-            )));
+            );
+            if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                slog::warn!(self.logger, "refused a peer message of another cluster or kind";
+                    "why" => &why, "from" => from, "cluster_id" => cluster_id);
+            }
+            return Err(Status::permission_denied(why));
         }
         if to != self.me {
             return Err(Status::invalid_argument(format!(
@@ -124,7 +166,7 @@ impl Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<Done>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
-            self.check_stamp(batch.cluster_id, batch.to)?;
+            self.check_stamp(batch.cluster_id, batch.kind, batch.from, batch.to)?;
             self.check_not_removed(batch.from)?;
             if !batch.region_ids.is_empty() && batch.region_ids.len() != batch.msgs.len() {
                 return Err(Status::invalid_argument(
@@ -157,7 +199,7 @@ impl Peer for PeerService {
         let header = first
             .header
             .ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
-        self.check_stamp(header.cluster_id, header.to)?;
+        self.check_stamp(header.cluster_id, header.kind, header.from, header.to)?;
         let m = self.decode(&header.message)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
@@ -217,6 +259,15 @@ impl Peer for PeerService {
             .observe(started.elapsed().as_secs_f64());
         self.deliver(header.region_id, header.from, m).await?;
         Ok(Response::new(Done {}))
+    }
+}
+
+/// How a refusal names a kind of process.
+fn kind_name(kind: PeerKind) -> &'static str {
+    match kind {
+        PeerKind::Unspecified | PeerKind::Node => "node",
+        PeerKind::Store => "store",
+        PeerKind::Pd => "PD node",
     }
 }
 
@@ -281,11 +332,15 @@ mod tests {
         let (mailbox, inbox) = crate::router::Mailbox::<()>::new(16);
         let svc = PeerService::new(
             mailbox.raft_sender(),
-            7,
-            2,
+            PeerIdent {
+                cluster_id: 7,
+                node: 2,
+                kind: PeerKind::Node,
+            },
             max_snapshot,
             dir.path().to_path_buf(),
             Default::default(),
+            slog::Logger::root(slog::Discard, slog::o!()),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -307,6 +362,7 @@ mod tests {
                 total_len,
                 message: message.to_vec(),
                 region_id: 0,
+                kind: PeerKind::Node as i32,
             }),
             data: Vec::new(),
         }];

@@ -627,7 +627,9 @@ impl World {
         inbox.shuffle(&mut self.rng);
         for input in inbox {
             match input {
-                Input::Raft(m) => core.step(m),
+                Input::Raft(m) => {
+                    core.step(m);
+                }
                 Input::SnapshotReport { to, ok } => core.report_snapshot(to, ok),
                 Input::Unreachable { to } => core.report_unreachable(to),
                 Input::Request {

@@ -21,19 +21,20 @@ use std::time::{Duration, Instant};
 use rdb_client::pd::{self as pdc, PdClient, StoreStats};
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::region::{self, Peer, RangeStats, Region, RegionEpoch};
-use rdb_storage::{CommandResult, Engine};
-use slog::{crit, info, o, warn, Logger};
+use rdb_proto::peer::PeerKind;
+use rdb_storage::region::{self, Peer, RangeStats, Region, RegionEpoch, StoreIdent};
+use rdb_storage::{CommandResult, DirKind, Engine, EngineOptions};
+use slog::{crit, debug, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{RegionError, RegionMessage, StoreCore};
-use crate::config::{ClusterConfig, Settings};
+use crate::config::{ClusterConfig, StoreFile};
 use crate::raft_core::{Answer, Refusal, RequestId};
 use crate::router::{
     Control, Inbox, LeaderHint, Mailbox, Msg, NodeStatus, RegionRoute, RequestError,
 };
 use crate::service::kv::KvService;
-use crate::service::peer::PeerService;
+use crate::service::peer::{PeerIdent, PeerService};
 use crate::transport::GrpcTransport;
 use crate::ServerError;
 
@@ -74,12 +75,14 @@ impl Default for SplitConfig {
 pub struct StoreArgs {
     /// PD client addresses.
     pub pd: Vec<String>,
-    /// Where clients and other stores reach this one (HOST:PORT); also what it listens on.
+    /// Where clients reach this store (HOST:PORT); also what it listens on.
     pub addr: String,
+    /// Where other stores send it Raft traffic (HOST:PORT); also what it listens on.
+    pub peer_addr: String,
     /// The store's data directory.
     pub data_dir: PathBuf,
-    /// Regions' Raft and request settings (a config file's `[settings]`).
-    pub settings: Settings,
+    /// The store's file: regions' Raft and request settings, and TLS.
+    pub file: StoreFile,
     /// Stores the first region is bootstrapped on (its replicas).
     pub replicas: usize,
     /// When regions split.
@@ -88,78 +91,68 @@ pub struct StoreArgs {
     pub metrics_addr: Option<String>,
 }
 
+/// How often a store that PD has not heard register tries again.
+const REGISTER_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs a store until `shutdown` resolves.
+///
+/// A store that already has an id and regions starts serving them at once, PD or not, and
+/// registers its addresses with PD in the background. A new store (or one without regions)
+/// waits for PD: it needs an id, and then the bootstrap. A stop ends any wait.
 pub async fn run(
     args: StoreArgs,
     logger: Logger,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     let data_error = |e: rdb_storage::Error| ServerError::DataDir {
         dir: args.data_dir.clone(),
         message: e.to_string(),
     };
-    let pd_error = |what: &str, e: rdb_client::Error| ServerError::Pd(format!("{what}: {e}"));
+    let settings = &args.file.settings;
     std::fs::create_dir_all(&args.data_dir).map_err(|e| ServerError::DataDir {
         dir: args.data_dir.clone(),
         message: e.to_string(),
     })?;
-    let engine = Engine::open(&args.data_dir).map_err(data_error)?;
+    let engine = Engine::open_with(
+        &args.data_dir,
+        EngineOptions {
+            max_wal_bytes: settings.max_wal_bytes,
+        },
+    )
+    .map_err(data_error)?;
+    engine.claim_kind(DirKind::Store).map_err(data_error)?;
     engine
         .check_apply_settings(rdb_storage::ApplySettings {
-            dedup_window: args.settings.dedup_window,
+            dedup_window: settings.dedup_window,
         })
         .map_err(data_error)?;
-    let pd = PdClient::new(args.pd.iter().cloned()).map_err(|e| pd_error("client", e))?;
-    let store_id = match engine.store_id().map_err(data_error)? {
-        Some(id) => id,
-        None => {
-            let id = pd.alloc_ids(1).await.map_err(|e| pd_error("AllocId", e))?;
-            engine.claim_for_store(id).map_err(data_error)?;
-            id
-        }
+    let pd = PdClient::with_options(args.pd.iter().cloned(), pd_options(&args.file)?)
+        .map_err(|e| ServerError::Pd(format!("client: {e}")))?;
+    let Some(ident) = identify(&engine, &pd, &stop_rx, &logger).await? else {
+        return Ok(());
     };
-    engine.claim_for_store(store_id).map_err(data_error)?;
+    let store_id = ident.store_id;
     let logger = logger.new(o!("store" => store_id));
-    pd.put_store(pdc::Store {
-        id: store_id,
-        address: args.addr.clone(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| pd_error("PutStore", e))?;
-    info!(logger, "registered with PD"; "addr" => &args.addr);
 
-    let cfg = crate::node::core_config(0, &args.settings);
-    let mut core = StoreCore::open(
-        engine.clone(),
-        store_id,
-        cfg,
-        args.settings.dedup_window,
-        &logger,
-    )
-    .map_err(|e| ServerError::Raft(e.to_string()))?;
-    if core.region_ids().is_empty() {
-        if let Some(first) = bootstrap(&pd, store_id, &args, &logger).await? {
-            core.create_region(&first)
-                .map_err(|e| ServerError::Raft(e.to_string()))?;
-        }
-    }
-
-    let listener = tokio::net::TcpListener::bind(&args.addr)
-        .await
-        .map_err(|e| ServerError::Bind {
-            what: "store",
-            addr: args.addr.clone(),
-            source: e,
-        })?;
-    if let Some(addr) = &args.metrics_addr {
-        let l = tokio::net::TcpListener::bind(addr)
+    // Listen before registering: PD hears only of addresses this store really serves.
+    let bind = |addr: String, what: &'static str| async move {
+        tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| ServerError::Bind {
-                what: "metrics",
-                addr: addr.clone(),
+                what,
+                addr,
                 source: e,
-            })?;
+            })
+    };
+    let client_listener = bind(args.addr.clone(), "client").await?;
+    let peer_listener = bind(args.peer_addr.clone(), "peer").await?;
+    if let Some(addr) = &args.metrics_addr {
+        let l = bind(addr.clone(), "metrics").await?;
         let log = logger.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(l).await {
@@ -167,10 +160,63 @@ pub async fn run(
             }
         });
     }
+    let client_tls = match &args.file.tls {
+        Some(t) => Some(crate::tls::server_config(t, store_id, t.client_cert_auth)?),
+        None => None,
+    };
+    let peer_tls = match &args.file.peer_tls {
+        Some(t) => {
+            crate::tls::set_peer_client(crate::tls::peer_client_config(t, store_id)?);
+            Some(crate::tls::server_config(t, store_id, true)?)
+        }
+        None => None,
+    };
+    let me = pdc::Store {
+        id: store_id,
+        address: args.addr.clone(),
+        peer_address: args.peer_addr.clone(),
+        ..Default::default()
+    };
+
+    let cfg = crate::node::core_config(0, settings);
+    let mut core = StoreCore::open(
+        engine.clone(),
+        store_id,
+        cfg,
+        settings.dedup_window,
+        &logger,
+    )
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let hosted = core.region_ids().len();
+    let registered = if hosted == 0 {
+        // Nothing to serve without PD: register, then take part in the bootstrap.
+        let put = || pd.put_store(me.clone());
+        if until_pd(&stop_rx, &logger, "PutStore", put)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        info!(logger, "registered with PD"; "addr" => &args.addr, "peer_addr" => &args.peer_addr);
+        match bootstrap(&pd, &me, args.replicas, &stop_rx, &logger).await? {
+            Bootstrap::Stopped => return Ok(()),
+            Bootstrap::Hosts(first) => core
+                .create_region(&first)
+                .map_err(|e| ServerError::Raft(e.to_string()))?,
+            Bootstrap::NotHere => {}
+        }
+        true
+    } else {
+        // Its regions are served now; PD hears of this store's addresses when it answers.
+        info!(logger, "serving the regions hosted here; registering with PD in the background";
+            "regions" => hosted);
+        false
+    };
+
     let config = ClusterConfig {
-        cluster_id: region::STORE_CLUSTER_ID,
+        cluster_id: ident.cluster_id,
         nodes: Vec::new(),
-        settings: args.settings.clone(),
+        settings: settings.clone(),
         tls: None,
         peer_tls: None,
         joining: false,
@@ -194,12 +240,8 @@ pub async fn run(
         events_tx.clone(),
         logger.clone(),
     ));
-    // Every store's address now, so the first messages find their way.
-    if let Ok(stores) = pd.get_all_stores(true).await {
-        for s in stores {
-            let _ = events_tx.send(Event::StoreAddr(s.id, s.address));
-        }
-    }
+    // Every store's address, so the first messages find their way.
+    let _ = jobs_tx.send(Job::AllStores);
     let task = StoreTask {
         core,
         inbox,
@@ -210,7 +252,7 @@ pub async fn run(
         addrs: addrs.clone(),
         waiters: HashMap::new(),
         next_request: 1,
-        tick: Duration::from_millis(args.settings.tick_interval_ms),
+        tick: Duration::from_millis(settings.tick_interval_ms),
         split: args.split,
         stats: HashMap::new(),
         splitting: HashMap::new(),
@@ -218,133 +260,264 @@ pub async fn run(
         last_split_check: Instant::now(),
         last_region_heartbeat: Instant::now(),
         last_store_heartbeat: None,
-        resolving: BTreeSet::new(),
+        me: me.clone(),
+        registered,
+        last_register: None,
+        resolver: Resolver::default(),
         compacting: None,
+        stopping: false,
         logger: logger.clone(),
     };
-    crate::server::spawn_raft_thread(task.run())?;
+    let raft_thread = crate::server::RaftThread::spawn(task.run(), mailbox.raft_sender())?;
 
-    let s = &args.settings;
     let kv = KvService::new(
         mailbox.clone(),
         engine.clone(),
         Default::default(),
-        Arc::new(s.clone()),
-        region::STORE_CLUSTER_ID,
+        Arc::new(settings.clone()),
+        ident.cluster_id,
         args.addr.clone(),
         Default::default(),
     )
     .for_store();
-    let peer = PeerService::for_store(
+    let peer = PeerService::new(
         mailbox.raft_sender(),
-        store_id,
+        PeerIdent {
+            cluster_id: ident.cluster_id,
+            node: store_id,
+            kind: PeerKind::Store,
+        },
         MAX_SNAPSHOT_BYTES,
         snap_dir,
+        Default::default(),
+        logger.clone(),
     );
-    let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
-    info!(logger, "serving"; "addr" => &args.addr);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stopped = stop_rx.clone();
-    let serving = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let max_client_message = 2 * (settings.max_value_bytes + settings.max_key_bytes) + (1 << 20);
+    info!(logger, "serving"; "addr" => &args.addr, "peer_addr" => &args.peer_addr,
+        "tls" => client_tls.is_some(), "peer_tls" => peer_tls.is_some());
+    let mut client_builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = client_tls {
+        client_builder = client_builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(format!("client port: {e}")))?;
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let client_server = client_builder
+        .add_service(health_service)
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(max_client_message)
                 .max_encoding_message_size(usize::MAX),
         )
+        .serve_with_incoming_shutdown(
+            crate::server::incoming(client_listener),
+            crate::server::stopped(stop_rx.clone()),
+        );
+    let mut peer_builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = peer_tls {
+        peer_builder = peer_builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(format!("peer port: {e}")))?;
+    }
+    let peer_server = peer_builder
         .add_service(
             PeerServer::new(peer)
-                .max_decoding_message_size(s.max_peer_message_bytes)
-                .max_encoding_message_size(s.max_peer_message_bytes),
+                .max_decoding_message_size(settings.max_peer_message_bytes)
+                .max_encoding_message_size(settings.max_peer_message_bytes),
         )
-        .serve_with_incoming_shutdown(crate::server::incoming(listener), async move {
-            let _ = stopped.wait_for(|v| *v).await;
-        });
-    tokio::select! {
-        r = serving => r.map_err(|e| ServerError::Serve(e.to_string()))?,
-        // A graceful stop waits for open streams, and other stores keep theirs open for good:
-        // give in-flight calls a moment, then stop. Everything acknowledged is synced.
-        _ = async {
-            let _ = stop_rx.wait_for(|v| *v).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        } => {}
-    }
-    info!(logger, "stopped");
-    Ok(())
+        .serve_with_incoming_shutdown(
+            crate::server::incoming(peer_listener),
+            crate::server::stopped(stop_rx.clone()),
+        );
+    let serving = async {
+        tokio::try_join!(client_server, peer_server)
+            .map(drop)
+            .map_err(|e| ServerError::Serve(e.to_string()))
+    };
+    crate::server::serve_until_stopped(serving, stop_rx, raft_thread, &logger).await
 }
 
-/// The first region of a cluster, if this store hosts a peer of it: recorded with PD by the
-/// registered store with the smallest id once `replicas` stores are registered, and created
-/// in its initial state on each of them. Waits (retrying) until PD is bootstrapped.
-async fn bootstrap(
+/// How the store reaches PD: the default timing, and TLS from `[pd_tls]`.
+fn pd_options(file: &StoreFile) -> Result<rdb_client::Options, ServerError> {
+    let mut opts = rdb_client::Options::default();
+    if let Some(t) = &file.pd_tls {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p)
+                .map_err(|e| ServerError::Tls(format!("[pd_tls] {what} {}: {e}", p.display())))
+        };
+        let identity = match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => Some((read(c, "cert_file")?, read(k, "key_file")?)),
+            _ => None,
+        };
+        opts.tls = Some(rdb_client::TlsOptions {
+            ca_pem: read(&t.ca_file, "ca_file")?,
+            identity,
+        });
+    }
+    Ok(opts)
+}
+
+/// The store's identity: the one recorded in its directory, or, for a new store, an id from
+/// PD's allocator and a fresh token, recorded before anything else. `None`: stopped while
+/// waiting for PD.
+async fn identify(
+    engine: &Engine,
     pd: &PdClient,
-    store_id: u64,
-    args: &StoreArgs,
+    stop: &tokio::sync::watch::Receiver<bool>,
     logger: &Logger,
-) -> Result<Option<Region>, ServerError> {
-    let mut waited = Instant::now();
-    loop {
-        match pd.is_bootstrapped().await {
-            Ok(true) => {
-                // Every store starts region 1 as it was at the bootstrap (its peers never
-                // change yet); later splits come from its log.
-                return match pd.get_region_by_id(FIRST_REGION_ID).await {
-                    Ok(Some(info)) => Ok(first_region(&info.region.peers)
-                        .filter(|r| r.peers.iter().any(|p| p.store_id == store_id))),
-                    Ok(None) => Err(ServerError::Pd(
-                        "bootstrapped, but it has no region 1".into(),
-                    )),
-                    Err(e) => Err(ServerError::Pd(format!("GetRegionById: {e}"))),
-                };
+) -> Result<Option<StoreIdent>, ServerError> {
+    let data_error = |e: rdb_storage::Error| ServerError::Pd(format!("data directory: {e}"));
+    let found = engine.store_ident().map_err(data_error)?;
+    let store_id = match found {
+        Some(f) => f.store_id,
+        None => match until_pd(stop, logger, "AllocId", || pd.alloc_ids(1)).await? {
+            Some(id) => id,
+            None => return Ok(None),
+        },
+    };
+    let token = match found {
+        Some(f) if f.token != 0 => f.token,
+        _ => loop {
+            let t: u64 = rand::random();
+            if t != 0 {
+                break t;
             }
-            Ok(false) => {
-                let stores = pd.get_all_stores(true).await.unwrap_or_default();
-                let mut ids: Vec<u64> = stores.iter().map(|s| s.id).collect();
-                ids.sort_unstable();
-                ids.truncate(args.replicas);
-                if ids.len() == args.replicas && ids[0] == store_id {
-                    let first_peer = pd
-                        .alloc_ids(args.replicas as u32)
-                        .await
-                        .map_err(|e| ServerError::Pd(format!("AllocId: {e}")))?;
-                    let peers: Vec<pdc::Peer> = ids
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &s)| pdc::Peer {
-                            id: first_peer + i as u64,
-                            store_id: s,
-                        })
-                        .collect();
-                    let region = first_region(&peers)
-                        .ok_or_else(|| ServerError::Raft("cannot build the first region".into()))?;
-                    let store = pdc::Store {
-                        id: store_id,
-                        address: args.addr.clone(),
-                        ..Default::default()
-                    };
-                    match pd.bootstrap(store, pd_region(&region)).await {
-                        Ok(()) => {
-                            info!(logger, "bootstrapped the cluster"; "region" => FIRST_REGION_ID,
-                                "stores" => ?ids);
-                            return Ok(Some(region));
-                        }
-                        // Another store won a race: take region 1 as PD has it.
-                        Err(rdb_client::Error::AlreadyBootstrapped(_)) => continue,
-                        Err(e) => warn!(logger, "bootstrap failed, retrying"; "error" => %e),
-                    }
-                } else if waited.elapsed() > Duration::from_secs(5) {
-                    waited = Instant::now();
-                    info!(logger, "waiting for stores to bootstrap the cluster";
-                        "registered" => stores.len(), "needed" => args.replicas);
+        },
+    };
+    let ident = StoreIdent {
+        cluster_id: found.map_or(0, |f| f.cluster_id),
+        store_id,
+        token,
+    };
+    engine.claim_for_store(ident).map_err(data_error)?;
+    Ok(Some(ident))
+}
+
+/// Calls `call` until PD answers, or until the store is stopped (`None`). A refusal that
+/// retrying cannot change ends the wait with an error.
+async fn until_pd<T, F, Fut>(
+    stop: &tokio::sync::watch::Receiver<bool>,
+    logger: &Logger,
+    what: &str,
+    mut call: F,
+) -> Result<Option<T>, ServerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, rdb_client::Error>>,
+{
+    let mut warned: Option<Instant> = None;
+    loop {
+        let mut stop = stop.clone();
+        let answer = tokio::select! {
+            r = call() => r,
+            _ = stop.wait_for(|v| *v) => return Ok(None),
+        };
+        match answer {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if !e.is_retryable() => {
+                return Err(ServerError::Pd(format!("{what}: {e}")));
+            }
+            Err(e) => {
+                if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warned = Some(Instant::now());
+                    warn!(logger, "PD unreachable, retrying"; "call" => what, "error" => %e);
                 }
             }
-            Err(e) => warn!(logger, "PD unreachable, retrying"; "error" => %e),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.wait_for(|v| *v) => return Ok(None),
+        }
+    }
+}
+
+/// What the bootstrap gave this store.
+enum Bootstrap {
+    /// Region 1 has a peer here: create it in its initial state.
+    Hosts(Region),
+    /// The cluster is bootstrapped on other stores.
+    NotHere,
+    /// The store was stopped while it waited.
+    Stopped,
+}
+
+/// Region 1, if this store hosts a peer of it: recorded with PD by the registered store with
+/// the smallest id once `replicas` stores are registered, and created in its initial state on
+/// each of them. Waits (retrying) until PD is bootstrapped.
+async fn bootstrap(
+    pd: &PdClient,
+    me: &pdc::Store,
+    replicas: usize,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    logger: &Logger,
+) -> Result<Bootstrap, ServerError> {
+    let mut waited = Instant::now();
+    loop {
+        let Some(bootstrapped) =
+            until_pd(stop, logger, "IsBootstrapped", || pd.is_bootstrapped()).await?
+        else {
+            return Ok(Bootstrap::Stopped);
+        };
+        if bootstrapped {
+            // Every store starts region 1 as it was at the bootstrap; later splits come from
+            // its log.
+            let get = || pd.get_region_by_id(FIRST_REGION_ID);
+            return match until_pd(stop, logger, "GetRegionById", get).await? {
+                None => Ok(Bootstrap::Stopped),
+                Some(None) => Err(ServerError::Pd(
+                    "bootstrapped, but it has no region 1".into(),
+                )),
+                Some(Some(info)) => Ok(first_region(&info.region.peers)
+                    .filter(|r| r.peers.iter().any(|p| p.store_id == me.id))
+                    .map_or(Bootstrap::NotHere, Bootstrap::Hosts)),
+            };
+        }
+        let Some(stores) =
+            until_pd(stop, logger, "GetAllStores", || pd.get_all_stores(true)).await?
+        else {
+            return Ok(Bootstrap::Stopped);
+        };
+        let mut ids: Vec<u64> = stores.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids.truncate(replicas);
+        if ids.len() == replicas && ids[0] == me.id {
+            let alloc = || pd.alloc_ids(replicas as u32);
+            let Some(first_peer) = until_pd(stop, logger, "AllocId", alloc).await? else {
+                return Ok(Bootstrap::Stopped);
+            };
+            let peers: Vec<pdc::Peer> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| pdc::Peer {
+                    id: first_peer + i as u64,
+                    store_id: s,
+                })
+                .collect();
+            let region = first_region(&peers)
+                .ok_or_else(|| ServerError::Raft("cannot build the first region".into()))?;
+            match pd.bootstrap(me.clone(), pd_region(&region)).await {
+                Ok(()) => {
+                    info!(logger, "bootstrapped the cluster"; "region" => FIRST_REGION_ID,
+                        "stores" => ?ids);
+                    return Ok(Bootstrap::Hosts(region));
+                }
+                // Another store won a race: take region 1 as PD has it.
+                Err(rdb_client::Error::AlreadyBootstrapped(_)) => continue,
+                Err(e) => warn!(logger, "bootstrap failed, retrying"; "error" => %e),
+            }
+        } else if waited.elapsed() > Duration::from_secs(5) {
+            waited = Instant::now();
+            info!(logger, "waiting for stores to bootstrap the cluster";
+                "registered" => stores.len(), "needed" => replicas);
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.wait_for(|v| *v) => return Ok(Bootstrap::Stopped),
+        }
     }
 }
 
@@ -379,8 +552,14 @@ fn pd_region(r: &Region) -> pdc::Region {
 /// Work for PD, done off the Raft thread.
 #[derive(Debug)]
 enum Job {
-    /// The address of a store this one needs to send to.
+    /// This store's addresses, until PD has them.
+    Register(pdc::Store),
+    /// Every store's addresses (at start).
+    AllStores,
+    /// The addresses of a store this one needs to send to.
     ResolveStore(u64),
+    /// What PD knows of a region a leader named (see `StoreOutput::confirm`).
+    ConfirmRegion(u64),
     /// Ids for a split of `region` (at `version`) at `key`: one region id, one per peer.
     SplitIds {
         region: u64,
@@ -399,7 +578,13 @@ enum Job {
 /// What comes back to the store task.
 #[derive(Debug)]
 enum Event {
-    StoreAddr(u64, String),
+    Registered,
+    /// A store's client and peer addresses.
+    StoreAddr(pdc::Store),
+    /// PD could not say where a store is (unreachable, or it does not know the store).
+    NotResolved(u64),
+    /// PD's region, for a region a leader named.
+    RegionFound(Region),
     SplitIds {
         region: u64,
         version: u64,
@@ -423,12 +608,43 @@ async fn pd_worker(
         let (pd, events, logger) = (pd.clone(), events.clone(), logger.clone());
         tokio::spawn(async move {
             match job {
+                Job::Register(me) => match pd.put_store(me.clone()).await {
+                    Ok(()) => {
+                        info!(logger, "registered with PD"; "addr" => &me.address,
+                            "peer_addr" => &me.peer_address);
+                        let _ = events.send(Event::Registered);
+                    }
+                    Err(e) => debug!(logger, "cannot register with PD yet"; "error" => %e),
+                },
+                Job::AllStores => match pd.get_all_stores(true).await {
+                    Ok(stores) => {
+                        for s in stores {
+                            let _ = events.send(Event::StoreAddr(s));
+                        }
+                    }
+                    Err(e) => debug!(logger, "cannot list the stores yet"; "error" => %e),
+                },
                 Job::ResolveStore(id) => match pd.get_store(id).await {
                     Ok(Some(s)) => {
-                        let _ = events.send(Event::StoreAddr(id, s.address));
+                        let _ = events.send(Event::StoreAddr(s));
                     }
-                    Ok(None) => warn!(logger, "PD does not know a store"; "store" => id),
-                    Err(e) => warn!(logger, "cannot resolve a store"; "store" => id, "error" => %e),
+                    Ok(None) => {
+                        warn!(logger, "PD does not know a store"; "store" => id);
+                        let _ = events.send(Event::NotResolved(id));
+                    }
+                    Err(e) => {
+                        debug!(logger, "cannot resolve a store"; "store" => id, "error" => %e);
+                        let _ = events.send(Event::NotResolved(id));
+                    }
+                },
+                Job::ConfirmRegion(id) => match pd.get_region_by_id(id).await {
+                    Ok(Some(info)) => {
+                        let _ = events.send(Event::RegionFound(info.region.into()));
+                    }
+                    Ok(None) => debug!(logger, "PD does not know a region a leader named";
+                        "region" => id),
+                    Err(e) => debug!(logger, "cannot ask PD about a region"; "region" => id,
+                        "error" => %e),
                 },
                 Job::SplitIds {
                     region,
@@ -475,6 +691,46 @@ async fn pd_worker(
     }
 }
 
+/// When to ask PD where a store is: when a message needs a store with no address here, and
+/// again when the transport cannot reach one (it may have restarted elsewhere), at most once
+/// per backoff (doubling from `RESOLVE_MIN` to `RESOLVE_MAX` while nothing changes).
+#[derive(Default)]
+struct Resolver {
+    /// Per store: when it was last asked about, and the wait before asking again.
+    asked: HashMap<u64, (Instant, Duration)>,
+    /// Stores asked about with no answer yet.
+    in_flight: BTreeSet<u64>,
+}
+
+const RESOLVE_MIN: Duration = Duration::from_millis(500);
+const RESOLVE_MAX: Duration = Duration::from_secs(10);
+
+impl Resolver {
+    /// Whether to ask about `store` now; if so, it counts as asked.
+    fn should_ask(&mut self, store: u64, now: Instant) -> bool {
+        if self.in_flight.contains(&store) {
+            return false;
+        }
+        let (at, wait) = self.asked.entry(store).or_insert((now, Duration::ZERO));
+        if *wait > Duration::ZERO && now.duration_since(*at) < *wait {
+            return false;
+        }
+        *at = now;
+        *wait = (*wait * 2).clamp(RESOLVE_MIN, RESOLVE_MAX);
+        self.in_flight.insert(store);
+        true
+    }
+
+    /// PD answered about `store`; `moved`: with an address not known before, so the next
+    /// failure may be asked about soon again.
+    fn answered(&mut self, store: u64, moved: bool) {
+        self.in_flight.remove(&store);
+        if moved {
+            self.asked.remove(&store);
+        }
+    }
+}
+
 /// A client waiting for an answer.
 enum Waiter {
     Write(oneshot::Sender<Result<CommandResult, RequestError>>),
@@ -507,10 +763,17 @@ struct StoreTask {
     last_split_check: Instant,
     last_region_heartbeat: Instant,
     last_store_heartbeat: Option<Instant>,
-    /// Stores whose address was asked of PD.
-    resolving: BTreeSet<u64>,
+    /// This store as PD should know it.
+    me: pdc::Store,
+    /// Whether PD acknowledged this store's addresses since it started.
+    registered: bool,
+    last_register: Option<Instant>,
+    /// When to ask PD for other stores' addresses.
+    resolver: Resolver,
     /// A log-file compaction running off this thread.
     compacting: Option<std::thread::JoinHandle<()>>,
+    /// A clean stop was asked for: the loop ends after this turn's messages.
+    stopping: bool,
     logger: Logger,
 }
 
@@ -518,7 +781,7 @@ impl StoreTask {
     async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        while !self.stopping {
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.on_tick(),
@@ -545,6 +808,11 @@ impl StoreTask {
                     Err(_) => break,
                 }
             }
+            if self.stopping {
+                // What this turn stepped is dropped unpersisted, as in a crash: none of it was
+                // acknowledged.
+                break;
+            }
             match self.core.advance() {
                 Ok(out) => self.dispatch(out),
                 Err(e) => {
@@ -553,10 +821,12 @@ impl StoreTask {
                 }
             }
         }
+        crate::node::join_chore(self.compacting.take());
     }
 
     fn step(&mut self, m: crate::router::PeerMsg) {
         let to_store = self.core.store_id();
+        let refused = self.core.refused_messages();
         let stepped = self.core.step(RegionMessage {
             region_id: m.region_id,
             from_store: m.from,
@@ -568,6 +838,19 @@ impl StoreTask {
             crit!(self.logger, "storage failure, stopping the store"; "error" => %e);
             crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
         }
+        if self.core.refused_messages() > refused {
+            crate::metrics::metrics()
+                .peer_messages_refused
+                .with_label_values(&["raft"])
+                .inc();
+        }
+    }
+
+    /// Asks PD where `store` is, unless it was asked lately (see [`Resolver`]).
+    fn resolve(&mut self, store: u64) {
+        if store != self.core.store_id() && self.resolver.should_ask(store, Instant::now()) {
+            let _ = self.jobs.send(Job::ResolveStore(store));
+        }
     }
 
     fn control(&mut self, c: Control) {
@@ -575,21 +858,30 @@ impl StoreTask {
             Control::SnapshotSent { region_id, to, ok } => {
                 self.core.report_snapshot(region_id, to, ok);
             }
-            Control::Unreachable { to } => self.core.report_unreachable_store(to),
+            Control::Unreachable { to } => {
+                self.core.report_unreachable_store(to);
+                // It may have restarted on another address.
+                self.resolve(to);
+            }
             // Stores are never removed from a region yet.
             Control::Removed { .. } => {}
+            Control::Stop => self.stopping = true,
         }
     }
 
     fn event(&mut self, e: Event) {
         match e {
-            Event::StoreAddr(id, addr) => {
-                self.resolving.remove(&id);
-                if id != self.core.store_id() {
-                    self.transport.set_store(id, &addr);
+            Event::Registered => self.registered = true,
+            Event::StoreAddr(s) => {
+                let moved = !self.transport.knows_at(s.id, s.peer_addr());
+                self.resolver.answered(s.id, moved);
+                if s.id != self.core.store_id() && moved {
+                    self.transport.set_store(s.id, s.peer_addr());
                 }
-                lock(&self.addrs).insert(id, addr);
+                lock(&self.addrs).insert(s.id, s.address);
             }
+            Event::NotResolved(id) => self.resolver.answered(id, false),
+            Event::RegionFound(region) => self.core.confirm_region(&region),
             Event::Measured {
                 region,
                 version,
@@ -750,9 +1042,10 @@ impl StoreTask {
                 // Raft sends that peer nothing else until it hears how the snapshot went.
                 self.core.report_snapshot(m.region_id, m.msg.to, false);
             }
-            if self.resolving.insert(m.to_store) {
-                let _ = self.jobs.send(Job::ResolveStore(m.to_store));
-            }
+            self.resolve(m.to_store);
+        }
+        for region in out.confirm {
+            let _ = self.jobs.send(Job::ConfirmRegion(region));
         }
         // Reads whose region changed while they waited (StoreCore::read).
         for (id, e) in out.refused_reads {
@@ -815,11 +1108,8 @@ impl StoreTask {
             // A new region's stores may be new to this one; its leader reports it at once.
             if let Some(meta) = self.core.region(id).cloned() {
                 for p in &meta.peers {
-                    if p.store_id != self.core.store_id()
-                        && !self.transport.knows(p.store_id)
-                        && self.resolving.insert(p.store_id)
-                    {
-                        let _ = self.jobs.send(Job::ResolveStore(p.store_id));
+                    if !self.transport.knows(p.store_id) {
+                        self.resolve(p.store_id);
                     }
                 }
             }
@@ -833,6 +1123,14 @@ impl StoreTask {
     fn on_tick(&mut self) {
         self.core.tick();
         let now = Instant::now();
+        if !self.registered
+            && self
+                .last_register
+                .is_none_or(|t| now.duration_since(t) >= REGISTER_EVERY)
+        {
+            self.last_register = Some(now);
+            let _ = self.jobs.send(Job::Register(self.me.clone()));
+        }
         self.report_leadership(
             now.duration_since(self.last_region_heartbeat) >= REGION_HEARTBEAT_EVERY,
         );

@@ -24,6 +24,10 @@ struct Stores {
     refused_reads: Vec<(RequestId, RegionError)>,
     /// Messages dropped on delivery: (region, to store).
     cut: Vec<(u64, u64)>,
+    /// Snapshots kept back on delivery, (region, to store): their file reaches the receiver's
+    /// folder and the sender hears they arrived, but the message waits in `held`.
+    hold: Vec<(u64, u64)>,
+    held: Vec<RegionMessage>,
     /// Whether rounds advance the clock (off: only messages move things).
     ticking: bool,
     next_request: u64,
@@ -108,6 +112,8 @@ impl Stores {
             replies: Vec::new(),
             refused_reads: Vec::new(),
             cut: Vec::new(),
+            hold: Vec::new(),
+            held: Vec::new(),
             ticking: true,
             next_request: 1,
             shared_syncs: 0,
@@ -138,6 +144,10 @@ impl Stores {
                 if !copied {
                     continue;
                 }
+                if self.hold.contains(&(m.region_id, m.to_store)) {
+                    self.held.push(m);
+                    continue;
+                }
             }
             if let Some(s) = self.stores[m.to_store as usize - 1].as_mut() {
                 s.step(m).expect("step");
@@ -148,6 +158,7 @@ impl Stores {
                 s.report_snapshot(region, to, ok);
             }
         }
+        let mut asked = Vec::new();
         for s in self.stores.iter_mut().flatten() {
             if self.ticking {
                 s.tick();
@@ -159,6 +170,25 @@ impl Stores {
             self.inflight.extend(out.messages);
             self.replies.extend(out.replies);
             self.refused_reads.extend(out.refused_reads);
+            asked.extend(out.confirm.into_iter().map(|r| (s.store_id(), r)));
+        }
+        for (store, region) in asked {
+            self.answer_as_pd(store, region);
+        }
+    }
+
+    /// What PD does for a store that asks about a region a leader named: it answers with the
+    /// region as its leader reported it (here: as any store that has it initialized has it).
+    fn answer_as_pd(&mut self, store: u64, region: u64) {
+        let known = self
+            .stores
+            .iter()
+            .flatten()
+            .filter_map(|s| s.region(region))
+            .max_by_key(|r| rdb_storage::region::epoch(r).version)
+            .cloned();
+        if let (Some(r), Some(s)) = (known, self.stores[store as usize - 1].as_mut()) {
+            s.confirm_region(&r);
         }
     }
 
@@ -190,6 +220,20 @@ impl Stores {
             self.round();
         }
         panic!("not within {ROUNDS} rounds: {what}");
+    }
+
+    /// Like [`Stores::until`], for a condition that waits on a thread of its own (a snapshot
+    /// being built): rounds go on, a millisecond apart, for up to 10 s.
+    fn until_built(&mut self, what: &str, mut done: impl FnMut(&mut Stores) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not within 10 s: {what}"
+            );
+            self.round();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// The store leading region `id`, once one does.
@@ -590,6 +634,175 @@ fn a_store_that_got_the_parent_by_snapshot_gets_the_split_region_from_its_leader
     st.stores[away as usize - 1] = None;
     st.stores[away as usize - 1] = Some(open_with(&dir, away, &settings));
     assert_eq!(st.store(away).region_ids(), vec![1, 2]);
+}
+
+/// Splits region `parent` at `key` into `new` (with peer ids `new * 10 + store`) through its
+/// leader, and waits for the answer.
+fn split(st: &mut Stores, parent: u64, key: &str, new: u64) {
+    let leader = st.leader(parent);
+    let req = st.next_request;
+    st.next_request += 1;
+    let peers: Vec<u64> = (1..=3).map(|s| new * 10 + s).collect();
+    st.store(leader)
+        .propose_split(parent, key.as_bytes(), new, &peers, req)
+        .expect("split");
+    assert_eq!(st.answer(req), CommandResult::Split { new_region: new });
+}
+
+#[test]
+fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
+    // Region 1's log is compacted past its split, so the store that was away gets region 1 by
+    // snapshot; regions 2 and 3 keep their logs.
+    let settings = Settings {
+        snapshot_threshold: 40,
+        catch_up_entries: 1,
+        ..Settings::default()
+    };
+    let mut st = Stores::with_settings(&settings);
+    let leader = st.leader(1);
+    let away = (1..=3).find(|&s| s != leader).expect("a follower store");
+    st.cut = (1..=3).map(|r| (r, away)).collect();
+    assert_eq!(st.put(1, 7, 1, "u", "v0"), CommandResult::Put);
+    split(&mut st, 1, "m", 2);
+    // Region 2's snapshot to the away store, [m, end) as of now, is captured.
+    st.cut.retain(|c| c.0 != 2);
+    st.hold = vec![(2, away)];
+    st.until_built("region 2's snapshot for the away store is captured", |st| {
+        !st.held.is_empty()
+    });
+    st.cut.push((2, away));
+    // Region 2 writes "u" and splits it off to region 3, which writes it again.
+    assert_eq!(st.put(2, 7, 2, "u", "v1"), CommandResult::Put);
+    split(&mut st, 2, "t", 3);
+    assert_eq!(st.put(3, 7, 3, "u", "v2"), CommandResult::Put);
+    st.cut.retain(|c| c.0 != 3);
+    st.hold = vec![(3, away)];
+    st.until_built("region 3's snapshot for the away store is captured", |st| {
+        st.held.len() == 2
+    });
+    st.cut.push((3, away));
+    st.hold.clear();
+    // Region 1 compacts past its split on every store that took part (the leader keeps the
+    // log a while for a follower it heard lately), and only region 1 reaches the away store
+    // again: it installs region 1 as [start, m), leaving regions 2 and 3 uninitialized there.
+    let compacted = |st: &mut Stores| {
+        (1..=3u64).filter(|&s| s != away).all(|s| {
+            st.store(s)
+                .core(1)
+                .is_some_and(|c| c.replica().log_bounds().0 > 10)
+        })
+    };
+    let mut written = 0;
+    while !compacted(&mut st) {
+        assert!(written < 400, "region 1 never compacted:\n{}", st.dump());
+        written += 1;
+        assert_eq!(st.put(1, 8, written, "a", "w"), CommandResult::Put);
+    }
+    st.cut.retain(|c| c.0 != 1);
+    st.until_built("the away store installed region 1 after its split", |st| {
+        st.store(away)
+            .region(1)
+            .is_some_and(|r| r.end_key == b"m".to_vec())
+    });
+    assert!(st.store(away).region(2).is_none() && st.store(away).region(3).is_none());
+    // Both captured snapshots, region 2's [m, end) and region 3's [t, end), in one turn; then
+    // every message goes through again.
+    let held = std::mem::take(&mut st.held);
+    assert_eq!(
+        held.iter().map(|m| m.region_id).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    st.cut.clear();
+    st.inflight.splice(0..0, held);
+    st.round();
+    let data = st.converged();
+    assert!(
+        data.windows(2).all(|w| w[0] == w[1]),
+        "replicas differ:\n{:?}\n{}",
+        data,
+        st.dump()
+    );
+    let u = data[0]
+        .iter()
+        .find(|(k, _)| k == b"u")
+        .map(|(_, v)| v.clone());
+    assert_eq!(u.as_deref(), Some(&b"v2"[..]));
+}
+
+#[test]
+fn an_uninitialized_peer_that_voted_remembers_its_vote_across_a_restart() {
+    use raft::prelude::{Message, MessageType};
+    let dir = tempfile::tempdir().expect("dir");
+    let region = Region {
+        id: 2,
+        start_key: b"m".to_vec(),
+        end_key: Vec::new(),
+        epoch: Some(RegionEpoch {
+            version: 2,
+            conf_ver: 1,
+        }),
+        peers: (1..=3)
+            .map(|s| Peer {
+                id: 20 + s,
+                store_id: s,
+            })
+            .collect(),
+    };
+    let msg = |ty: MessageType, from: u64, term: u64| {
+        let mut m = Message::default();
+        m.set_msg_type(ty);
+        m.from = from;
+        m.to = 23;
+        m.term = term;
+        RegionMessage {
+            region_id: 2,
+            from_store: from - 20,
+            to_store: 3,
+            epoch: RegionEpoch::default(),
+            msg: m,
+        }
+    };
+    // What store 3 answers a vote request from `from` at `term`: whether it granted it.
+    let vote = |s: &mut StoreCore, from: u64, term: u64| {
+        s.step(msg(MessageType::MsgRequestVote, from, term))
+            .expect("step");
+        let out = s.advance().expect("advance");
+        out.messages
+            .iter()
+            .find(|m| m.msg.get_msg_type() == MessageType::MsgRequestVoteResponse)
+            .map(|m| !m.msg.reject)
+            .expect("a vote response")
+    };
+    let mut s = open(dir.path(), 3);
+    // A leader's heartbeat names region 2: nothing is created until PD vouches for it.
+    s.step(msg(MessageType::MsgHeartbeat, 21, 6)).expect("step");
+    assert!(s.core(2).is_none(), "a message alone created a region");
+    assert_eq!(s.advance().expect("advance").confirm, vec![2]);
+    s.confirm_region(&region);
+    s.step(msg(MessageType::MsgHeartbeat, 21, 6)).expect("step");
+    assert!(
+        s.core(2).is_some() && s.region(2).is_none(),
+        "uninitialized"
+    );
+    s.advance().expect("advance");
+    // The leader falls silent for long enough that a candidate may be heard.
+    for _ in 0..10 * Settings::default().election_ticks {
+        s.tick();
+    }
+    s.advance().expect("advance");
+    assert!(
+        vote(&mut s, 22, 7),
+        "votes for the first candidate of term 7"
+    );
+    drop(s);
+
+    let mut s = reopen(dir.path(), 3, &Settings::default());
+    let r = s.core(2).expect("the uninitialized peer is back").replica();
+    assert_eq!((r.term(), r.id()), (7, 23));
+    assert!(
+        !vote(&mut s, 21, 7),
+        "voted twice in term 7: once before the restart, once after"
+    );
 }
 
 /// A randomized run of three stores with splits under faults, checked for linearizability.
