@@ -32,6 +32,9 @@ pub const IDENT_KEY: &[u8] = b"ident";
 pub const KIND_KEY: &[u8] = b"kind";
 /// A PD-mode store's secret token, 8 bytes (see `region::StoreIdent`).
 pub const STORE_TOKEN_KEY: &[u8] = b"store_token";
+/// Prefix of a PD-mode store's records of other stores' peer addresses: this prefix, the store
+/// id (8 bytes, big endian); the value is the address (see `Engine::store_addrs`).
+pub const STORE_ADDR_PREFIX: &[u8] = b"store_addr/";
 /// Settings that change what applying an entry does, fixed when the directory was created
 /// (see [`crate::ApplySettings`]).
 pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";

@@ -315,6 +315,44 @@ impl Engine {
         }
     }
 
+    /// Other stores' addresses as this store last learnt them from PD, as (id, peer address,
+    /// client address): a store that restarts while PD is away still reaches its peers and
+    /// names their leaders to clients.
+    pub fn store_addrs(&self) -> Result<Vec<(u64, String, String)>> {
+        let mut upper = keys::STORE_ADDR_PREFIX.to_vec();
+        upper.push(0xff);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let it = self.db().iterator_cf_opt(
+            self.cf(CF_RAFT_STATE),
+            ro,
+            IteratorMode::From(keys::STORE_ADDR_PREFIX, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            let id: [u8; 8] = k
+                .get(keys::STORE_ADDR_PREFIX.len()..)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::Corrupt("store address key".into()))?;
+            let text = std::str::from_utf8(&v)
+                .map_err(|_| Error::Corrupt("store address is not UTF-8".into()))?;
+            let (peer, client) = text.split_once('\n').unwrap_or((text, text));
+            out.push((u64::from_be_bytes(id), peer.to_string(), client.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Records store `id`'s peer and client addresses (see [`Engine::store_addrs`]);
+    /// unsynced: losing them only means asking PD again.
+    pub fn record_store_addr(&self, id: u64, peer: &str, client: &str) -> Result<()> {
+        let mut key = keys::STORE_ADDR_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_RAFT_STATE), key, format!("{peer}\n{client}"));
+        self.write(wb, false)
+    }
+
     /// The identity of the store this directory was claimed for, if it was (see
     /// [`Engine::claim_for_store`]); `None` for a fresh directory.
     pub fn store_ident(&self) -> Result<Option<StoreIdent>> {

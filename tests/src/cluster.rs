@@ -104,6 +104,12 @@ impl TestCluster {
         )
     }
 
+    /// Starts a PD group of `n` `rdb-pd` nodes whose config ends with `tables` (TOML text:
+    /// `[pd]`, `[tls]`, ...).
+    pub fn start_pd_with_tables(n: usize, tables: &str) -> TestCluster {
+        Self::launch_binary(n, Settings::default(), None, "rdb-pd", tables)
+    }
+
     /// Starts `n` rdb-server nodes whose config ends with `tables` (TOML text: `[tls]`, ...).
     pub fn start_with_tables(n: usize, tables: &str) -> TestCluster {
         Self::launch_binary(n, Settings::default(), None, "rdb-server", tables)

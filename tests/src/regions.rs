@@ -20,6 +20,30 @@ pub struct Split {
     pub check_ms: u64,
 }
 
+/// What a region cluster is started with besides its size and splits.
+#[derive(Clone)]
+pub struct Setup {
+    /// `--replicas`: stores region 1 is bootstrapped on.
+    pub replicas: usize,
+    /// The text of every store's file (`--config`: `[settings]`, `[tls]`, ...), if any.
+    pub store_file: Option<String>,
+    /// Tables added to PD's configuration (`[tls]`, ...).
+    pub pd_tables: String,
+    /// TLS for this test's own clients of PD and of the stores.
+    pub client_tls: Option<rdb_client::TlsOptions>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            replicas: 3,
+            store_file: None,
+            pd_tables: String::new(),
+            client_tls: None,
+        }
+    }
+}
+
 /// A PD node and its stores.
 pub struct RegionCluster {
     /// The PD group (one node).
@@ -31,8 +55,7 @@ pub struct RegionCluster {
     dir: tempfile::TempDir,
     stores: Vec<Option<Child>>,
     split: Split,
-    /// `--replicas`: stores region 1 is bootstrapped on.
-    replicas: usize,
+    setup: Setup,
 }
 
 impl RegionCluster {
@@ -45,8 +68,24 @@ impl RegionCluster {
     /// Starts a PD node and `n` stores that split regions past `split.keys` keys, with region
     /// 1 bootstrapped on `replicas` of them.
     pub fn start_with_replicas(n: usize, split: Split, replicas: usize) -> RegionCluster {
-        let pd = TestCluster::start_pd(1, "");
+        Self::start_setup(
+            n,
+            split,
+            Setup {
+                replicas,
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// Starts a PD node and `n` stores that split regions past `split.keys` keys, as `setup`
+    /// says.
+    pub fn start_setup(n: usize, split: Split, setup: Setup) -> RegionCluster {
+        let pd = TestCluster::start_pd_with_tables(1, &setup.pd_tables);
         let dir = tempfile::tempdir().expect("tempdir");
+        if let Some(text) = &setup.store_file {
+            std::fs::write(dir.path().join("store.toml"), text).expect("write store file");
+        }
         let port = |_| format!("127.0.0.1:{}", free_port());
         let addrs = (0..n).map(port).collect();
         let peer_addrs = (0..n).map(port).collect();
@@ -57,7 +96,7 @@ impl RegionCluster {
             dir,
             stores: (0..n).map(|_| None).collect(),
             split,
-            replicas,
+            setup,
         };
         for i in 1..=n {
             c.restart(i);
@@ -72,12 +111,25 @@ impl RegionCluster {
 
     /// A PD client.
     pub fn pd_client(&self) -> PdClient {
-        PdClient::new([self.pd_addr()]).expect("pd client")
+        PdClient::with_options([self.pd_addr()], self.options()).expect("pd client")
     }
 
     /// A client for every store (it follows the stores' leader hints).
     pub fn client(&self) -> Client {
-        Client::with_options(self.addrs.clone(), quick_options()).expect("client")
+        Client::with_options(self.addrs.clone(), self.options()).expect("client")
+    }
+
+    /// The quick test options, with this cluster's client TLS.
+    pub fn options(&self) -> rdb_client::Options {
+        rdb_client::Options {
+            tls: self.setup.client_tls.clone(),
+            ..quick_options()
+        }
+    }
+
+    /// Where the test's files go (certificates, the store file).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Log of store `i` (1-based).
@@ -100,13 +152,26 @@ impl RegionCluster {
             .arg(self.dir.path().join(format!("store{i}")))
             .args(["--region-split-keys", &self.split.keys.to_string()])
             .args(["--split-check-ms", &self.split.check_ms.to_string()])
-            .args(["--replicas", &self.replicas.to_string()])
+            .args(["--replicas", &self.setup.replicas.to_string()])
+            .args(
+                self.setup
+                    .store_file
+                    .iter()
+                    .flat_map(|_| ["--config".into(), self.dir.path().join("store.toml")]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("start rdb-server; run `cargo build --workspace --bins` first");
         self.stores[i - 1] = Some(child);
+    }
+
+    /// Whether store `i` (1-based) is running (it did not exit by itself).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.stores[i - 1]
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Kills store `i` (1-based) with SIGKILL and reaps it.

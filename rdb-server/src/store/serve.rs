@@ -223,7 +223,7 @@ pub async fn run(
     };
     let (mailbox, inbox) = Mailbox::new(crate::server::MAILBOX);
     let snap_dir = engine.snap_dir();
-    let transport = GrpcTransport::start_store(
+    let mut transport = GrpcTransport::start_store(
         &config,
         store_id,
         mailbox.raft_sender(),
@@ -231,7 +231,12 @@ pub async fn run(
         snap_dir.clone(),
         logger.clone(),
     );
+    // Where the other stores were last heard of: enough to serve while PD is away.
     let addrs: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
+    for (id, peer, client) in engine.store_addrs().map_err(data_error)? {
+        transport.set_store(id, &peer);
+        lock(&addrs).insert(id, client);
+    }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     tokio::spawn(pd_worker(
@@ -294,7 +299,8 @@ pub async fn run(
     );
     let max_client_message = 2 * (settings.max_value_bytes + settings.max_key_bytes) + (1 << 20);
     info!(logger, "serving"; "addr" => &args.addr, "peer_addr" => &args.peer_addr,
-        "tls" => client_tls.is_some(), "peer_tls" => peer_tls.is_some());
+        "cluster_id" => ident.cluster_id, "tls" => client_tls.is_some(),
+        "peer_tls" => peer_tls.is_some());
     let mut client_builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = client_tls {
         client_builder = client_builder
@@ -873,10 +879,19 @@ impl StoreTask {
         match e {
             Event::Registered => self.registered = true,
             Event::StoreAddr(s) => {
-                let moved = !self.transport.knows_at(s.id, s.peer_addr());
+                let moved = !self.transport.knows_at(s.id, s.peer_addr())
+                    || lock(&self.addrs).get(&s.id) != Some(&s.address);
                 self.resolver.answered(s.id, moved);
                 if s.id != self.core.store_id() && moved {
                     self.transport.set_store(s.id, s.peer_addr());
+                    let recorded =
+                        self.core
+                            .engine()
+                            .record_store_addr(s.id, s.peer_addr(), &s.address);
+                    if let Err(e) = recorded {
+                        warn!(self.logger, "cannot record a store's address"; "store" => s.id,
+                            "error" => %e);
+                    }
                 }
                 lock(&self.addrs).insert(s.id, s.address);
             }
