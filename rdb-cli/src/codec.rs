@@ -61,7 +61,10 @@ pub fn unhex(arg: &str) -> Result<Vec<u8>, String> {
         .or_else(|| arg.strip_prefix("0X"))
         .unwrap_or(arg);
     if !digits.len().is_multiple_of(2) {
-        return Err(format!("{arg:?} is not hex: odd number of digits"));
+        return Err(format!(
+            "'{}' is not hex: odd number of digits",
+            escape(arg.as_bytes())
+        ));
     }
     (0..digits.len())
         .step_by(2)
@@ -69,36 +72,21 @@ pub fn unhex(arg: &str) -> Result<Vec<u8>, String> {
             digits
                 .get(i..i + 2)
                 .and_then(|d| u8::from_str_radix(d, 16).ok())
-                .ok_or_else(|| format!("{arg:?} is not hex: bad digits at offset {i}"))
+                .ok_or_else(|| {
+                    format!(
+                        "'{}' is not hex: bad digits at offset {i}",
+                        escape(arg.as_bytes())
+                    )
+                })
         })
         .collect()
 }
 
 /// The escape form: printable UTF-8 as is, `\\`, `\n`, `\r`, `\t`, and `\xNN` for every other
-/// byte (control characters and bytes that are not UTF-8).
+/// byte (control characters and bytes that are not UTF-8); the client's own
+/// ([`rdb_client::escape_bytes`]), so keys in its errors read the same.
 pub fn escape(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => s.push_str("\\\\"),
-                '\n' => s.push_str("\\n"),
-                '\r' => s.push_str("\\r"),
-                '\t' => s.push_str("\\t"),
-                c if c.is_control() => {
-                    let mut buf = [0u8; 4];
-                    for b in c.encode_utf8(&mut buf).bytes() {
-                        let _ = write!(s, "\\x{b:02x}");
-                    }
-                }
-                c => s.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            let _ = write!(s, "\\x{b:02x}");
-        }
-    }
-    s
+    rdb_client::escape_bytes(bytes)
 }
 
 /// Reads the escape form back: `\\`, `\n`, `\r`, `\t`, `\0` and `\xNN`; other text as is.
@@ -111,8 +99,12 @@ pub fn unescape(arg: &str) -> Result<Vec<u8>, String> {
             out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             continue;
         }
-        let bad =
-            || format!("{arg:?}: bad escape at offset {i} (use \\\\, \\n, \\r, \\t, \\0 or \\xNN)");
+        let bad = || {
+            format!(
+                "'{}': bad escape at offset {i} (use \\\\, \\n, \\r, \\t, \\0 or \\xNN)",
+                escape(arg.as_bytes())
+            )
+        };
         match chars.next().map(|(_, c)| c) {
             Some('\\') => out.push(b'\\'),
             Some('n') => out.push(b'\n'),

@@ -10,6 +10,7 @@ mod backup;
 mod batch;
 mod bench;
 mod codec;
+mod diagnose;
 mod members;
 mod output;
 mod pd;
@@ -263,6 +264,18 @@ async fn run(cli: Cli) -> u8 {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    let talks_to_pd = cli.regions
+        || matches!(
+            cli.command,
+            Command::Tso | Command::Store { .. } | Command::Region { .. }
+        )
+        || (matches!(cli.command, Command::Member { .. }) && cli.pd.is_some());
+    let first_contact = if talks_to_pd {
+        &pd_endpoints
+    } else {
+        &endpoints
+    };
+    diagnose::set_targets(first_contact.clone(), opts.tls.is_some());
     let made = if cli.regions {
         Client::with_pd(&pd_endpoints, opts.clone())
     } else {
@@ -493,9 +506,17 @@ fn consistency(serializable: bool) -> ReadConsistency {
     }
 }
 
-/// Prints the one-line cause and returns the exit code for it.
+/// Prints the one-line cause and returns the exit code for it. When no node answered, it
+/// names a transport mismatch if there is one (TLS against plaintext or the reverse).
 pub(crate) fn fail(e: &Error) -> u8 {
-    eprintln!("rdb-cli: {e}");
+    let hint = match e {
+        Error::Unavailable(_) | Error::Indeterminate(_) => diagnose::transport_hint(),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => eprintln!("rdb-cli: {e} ({hint})"),
+        None => eprintln!("rdb-cli: {e}"),
+    }
     match e {
         Error::InvalidArgument(_) => exit::INVALID,
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,

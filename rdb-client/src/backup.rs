@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tonic::Streaming;
 
+use crate::error::human_duration;
 use crate::{channel_lazy, Client, Error, Result};
 
 /// A backup saved by [`Client::save_snapshot`].
@@ -224,7 +225,7 @@ impl Client {
         loop {
             let next = tokio::time::timeout(stall, stream.message())
                 .await
-                .map_err(|_| broken(format!("nothing for {stall:?}")))?
+                .map_err(|_| broken(format!("nothing for {}", human_duration(stall))))?
                 .map_err(|s| broken(s.message().to_string()))?;
             let Some(chunk) = next else { break };
             received += chunk.data.len() as u64;

@@ -7,7 +7,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The cluster kept redirecting until the deadline; the last hint is given when known.
-    #[error("not leader (leader {leader_id:?} at {leader_addr:?})")]
+    #[error("not leader; {}", leader_text(*.leader_id, .leader_addr.as_deref()))]
     NotLeader {
         /// The leader's id, when known.
         leader_id: Option<u64>,
@@ -40,6 +40,56 @@ pub enum Error {
     Io(String),
 }
 
+/// The leader a `NotLeader` error names, for people: `leader is node 1 at 127.0.0.1:2399`,
+/// or `leader unknown`.
+fn leader_text(id: Option<u64>, addr: Option<&str>) -> String {
+    match (id, addr.filter(|a| !a.is_empty())) {
+        (Some(id), Some(addr)) => format!("leader is node {id} at {addr}"),
+        (Some(id), None) => format!("leader is node {id}"),
+        (None, Some(addr)) => format!("leader is at {addr}"),
+        (None, None) => "leader unknown".into(),
+    }
+}
+
+/// A duration for people: `300 ms`, `1.5 s`, `10 s`.
+pub(crate) fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        ms if ms < 1000 => format!("{ms} ms"),
+        ms if ms % 1000 == 0 => format!("{} s", ms / 1000),
+        ms => format!("{} s", ms as f64 / 1000.0),
+    }
+}
+
+/// Bytes for people (a key in a message): printable UTF-8 as is, `\\`, `\n`, `\r`, `\t`, and
+/// `\xNN` for every other byte. Every byte string has one form, and `rdb-cli --escape` reads
+/// it back.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                '\t' => s.push_str("\\t"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(s, "\\x{b:02x}");
+                    }
+                }
+                c => s.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(s, "\\x{b:02x}");
+        }
+    }
+    s
+}
+
 impl Error {
     /// Whether the same call may succeed later (no leader yet, no quorum, an unknown outcome
     /// of a retry-safe call); the rest will not change by waiting.
@@ -48,5 +98,64 @@ impl Error {
             self,
             Error::Unavailable(_) | Error::NotLeader { .. } | Error::Indeterminate(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_names_the_leader_in_words() {
+        let e = |id, addr: Option<&str>| {
+            Error::NotLeader {
+                leader_id: id,
+                leader_addr: addr.map(String::from),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            e(Some(1), Some("127.0.0.1:2399")),
+            "not leader; leader is node 1 at 127.0.0.1:2399"
+        );
+        assert_eq!(e(Some(2), None), "not leader; leader is node 2");
+        assert_eq!(e(None, Some("h:1")), "not leader; leader is at h:1");
+        assert_eq!(e(None, None), "not leader; leader unknown");
+        assert_eq!(e(None, Some("")), "not leader; leader unknown");
+    }
+
+    #[test]
+    fn every_error_prints_without_debug_forms() {
+        let all = [
+            Error::InvalidArgument("key too large".into()),
+            Error::NotLeader {
+                leader_id: Some(3),
+                leader_addr: Some("10.0.0.3:2379".into()),
+            },
+            Error::Unavailable("no quorum".into()),
+            Error::Indeterminate("no answer".into()),
+            Error::Unsupported("hash".into()),
+            Error::StaleEpoch("region 2".into()),
+            Error::AlreadyBootstrapped("cluster 1".into()),
+            Error::NotFound("store 9".into()),
+            Error::Io("disk full".into()),
+        ];
+        for e in all {
+            let text = e.to_string();
+            for debug in ["Some(", "None", "\"", "{", "["] {
+                assert!(!text.contains(debug), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn durations_and_bytes_in_words() {
+        use std::time::Duration;
+        assert_eq!(human_duration(Duration::from_millis(300)), "300 ms");
+        assert_eq!(human_duration(Duration::from_secs(10)), "10 s");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(escape_bytes(b"user/42"), "user/42");
+        assert_eq!(escape_bytes(b"a\nb\\\x00\xff"), "a\\nb\\\\\\x00\\xff");
+        assert_eq!(escape_bytes("é".as_bytes()), "é");
     }
 }

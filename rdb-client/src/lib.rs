@@ -2,9 +2,11 @@
 //!
 //! A [`Client`] knows a list of endpoints. It finds the leader and caches it, follows
 //! `NotLeader` hints, and retries `Unavailable` answers and transport failures with backoff
-//! until an overall deadline. Every write carries a request id (a random client id and a
-//! sequence number), and a retry reuses it, so the cluster applies a retried write at most
-//! once; a write whose outcome is still unknown at the deadline is reported as
+//! until an overall deadline. A node silent for about an election timeout
+//! ([`Options::election_timeout`]) is not waited for any longer: the call tries the next one,
+//! while the first attempt may still answer. Every write carries a request id (a random
+//! client id and a sequence number), and a retry reuses it, so the cluster applies a retried
+//! write at most once; a write whose outcome is still unknown at the deadline is reported as
 //! [`Error::Indeterminate`], never as success or failure.
 //!
 //! A [`Client::scan`] follows the server's pages (each response is capped in bytes) until the
@@ -54,6 +56,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attempts;
 mod backup;
 mod batch;
 mod endpoints;
@@ -66,7 +69,7 @@ mod routing;
 
 pub use backup::SavedSnapshot;
 pub use batch::MAX_BATCH_KEYS;
-pub use error::Error;
+pub use error::{escape_bytes, Error};
 pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
 pub use pd::{PdClient, Timestamp};
 
@@ -100,8 +103,18 @@ pub enum ReadConsistency {
 pub struct Options {
     /// Overall time one call may take, retries included.
     pub deadline: Duration,
-    /// Time one attempt against one node may take.
+    /// Longest time one attempt against one node may run. A call waits for an attempt only
+    /// about an election timeout (at most a third of the deadline) before it also tries another
+    /// node with the same request id; the first attempt runs on meanwhile, up to this long, and
+    /// its answer is taken if it comes first. So a silent (paused, cut-off) leader costs a call
+    /// about an election, and a slow one still answers.
     pub attempt_timeout: Duration,
+    /// The cluster's election timeout: how long its followers wait for a silent leader before
+    /// they elect another. Set it to the servers' `tick_interval_ms * election_ticks` (their
+    /// default: 50 ms * 20 = 1 s, the default here too); the client cannot ask them. A call
+    /// waits this long (at most a third of its deadline, at least 200 ms) for one node before
+    /// it tries another. The same value serves the PD group, which has the same settings.
+    pub election_timeout: Duration,
     /// Time to establish a connection.
     pub connect_timeout: Duration,
     /// First pause between retries; doubles up to `backoff_max`.
@@ -141,6 +154,7 @@ impl Default for Options {
         Options {
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(6),
+            election_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
@@ -484,8 +498,9 @@ impl Client {
             if next.is_empty() || next <= req.start {
                 return Err(Error::Unavailable(format!(
                     "scan: the server said more keys follow but gave no later start key \
-                     (next {next:?} after start {:?})",
-                    req.start
+                     (next '{}' after start '{}')",
+                    escape_bytes(&next),
+                    escape_bytes(&req.start)
                 )));
             }
             if !req.end.is_empty() && next >= req.end {
@@ -761,7 +776,7 @@ pub(crate) fn channel_lazy(addr: &str, opts: &Options) -> Result<Channel> {
         format!("{scheme}://{addr}")
     };
     let mut endpoint = Endpoint::from_shared(uri)
-        .map_err(|e| Error::InvalidArgument(format!("endpoint {addr:?}: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("endpoint '{addr}': {e}")))?;
     if let Some(tls) = &opts.tls {
         let mut cfg = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
@@ -770,7 +785,7 @@ pub(crate) fn channel_lazy(addr: &str, opts: &Options) -> Result<Channel> {
         }
         endpoint = endpoint
             .tls_config(cfg)
-            .map_err(|e| Error::InvalidArgument(format!("tls for {addr:?}: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("tls for '{addr}': {e}")))?;
     }
     let channel = endpoint
         .connect_timeout(opts.connect_timeout)

@@ -5,7 +5,8 @@
 //! leader it last heard from, follows a `NOT_LEADER` answer's hint (the leader's client
 //! address), tries the next endpoint when there is no hint, and retries `UNAVAILABLE`,
 //! `INDETERMINATE` and transport failures with backoff until the overall deadline of
-//! [`Options`]. Retrying is safe for every PD call (pd.proto): a retried `AllocId` or `Tso`
+//! [`Options`]. A node silent past its turn (about an election) is not waited for any longer
+//! ([`crate::attempts`]): a paused leader costs a call about an election. Retrying is safe for every PD call (pd.proto): a retried `AllocId` or `Tso`
 //! at worst skips ids or timestamps, and a retried store or bootstrap change lands once.
 //!
 //! [`PdClient::timestamp`] batches: callers queue, one task at a time asks PD for as many
@@ -25,6 +26,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::attempts::{Attempts, Waited};
+use crate::error::human_duration;
 use crate::retry::{is_connect_failure, is_refused_input};
 use crate::{channel_lazy, lock, Error, Options, Result};
 
@@ -437,8 +440,8 @@ impl PdClient {
                 "the timestamp batch was dropped without an answer".into(),
             )),
             Err(_) => Err(Error::Unavailable(format!(
-                "no timestamp within the deadline ({:?})",
-                self.inner.opts.deadline
+                "no timestamp within the deadline ({})",
+                human_duration(self.inner.opts.deadline)
             ))),
         }
     }
@@ -525,9 +528,15 @@ impl PdClient {
                     n,
                 ))
             }
-            (first, n) => Err(Error::Unavailable(format!(
-                "PD answered {count} timestamps with a malformed range (first {first:?}, count {n})"
-            ))),
+            (first, n) => {
+                let first = match first {
+                    Some(t) => format!("physical {} logical {}", t.physical, t.logical),
+                    None => "none".into(),
+                };
+                Err(Error::Unavailable(format!(
+                    "PD answered {count} timestamps with a malformed range (first {first}, count {n})"
+                )))
+            }
         }
     }
 
@@ -769,14 +778,38 @@ impl PdClient {
         let mut unhinted = 0;
         // Whether any attempt has ended yet (so `last_err` says something).
         let mut answered = false;
+        // Attempts past their turn that run on ([`crate::attempts`]), and the nodes passed over
+        // since the last pause because one of them runs there.
+        let mut attempts = Attempts::new(opts, no_error::<T>);
+        let mut passed = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(at_deadline(last_err, write && maybe_applied, opts.deadline));
             }
-            let client = self.client_for(&target)?;
-            let attempt =
-                tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client)).await;
+            let busy = attempts.is_running(&target);
+            if busy && passed < self.endpoint_count() {
+                // Still waiting for that node: ask another one meanwhile.
+                passed += 1;
+                target = self.rotate();
+                continue;
+            }
+            let attempt = if busy {
+                // Every node was passed over: wait for the attempts still running.
+                Err(NoAnswer::Busy)
+            } else {
+                let client = self.client_for(&target)?;
+                match attempts
+                    .wait(target.clone(), target.clone(), f(client), deadline)
+                    .await
+                {
+                    Waited::Answered(t, answer) | Waited::Earlier(t, answer) => {
+                        target = t;
+                        Ok(answer)
+                    }
+                    Waited::TurnOver => Err(NoAnswer::TurnOver),
+                }
+            };
             let next = match attempt {
                 Ok(Ok((value, None))) => {
                     self.inner.endpoints.set_leader(Some(target));
@@ -831,7 +864,7 @@ impl PdClient {
                     last_err = Error::Unavailable(format!("{target}: {}", status.message()));
                     Next::Backoff
                 }
-                Err(_) => {
+                Err(NoAnswer::TurnOver) => {
                     maybe_applied = true;
                     // An attempt the deadline cut short says less than the answer before it.
                     if !answered || Instant::now() < deadline {
@@ -839,6 +872,7 @@ impl PdClient {
                     }
                     Next::Backoff
                 }
+                Err(NoAnswer::Busy) => Next::Backoff,
             };
             answered = true;
             self.inner.endpoints.set_leader(None);
@@ -854,8 +888,15 @@ impl PdClient {
                 Next::Elsewhere | Next::Backoff => {
                     redirects = 0;
                     unhinted = 0;
+                    passed = 0;
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::sleep(pause).await;
+                    // An attempt still running may answer meanwhile.
+                    if let Some((t, Ok((value, None)))) =
+                        attempts.pause_until(Instant::now() + pause).await
+                    {
+                        self.inner.endpoints.set_leader(Some(t));
+                        return Ok(value);
+                    }
                     backoff = (backoff * 2).min(opts.backoff_max);
                     target = self.rotate();
                 }
@@ -883,19 +924,35 @@ impl PdClient {
     }
 }
 
+/// Why an attempt gave no answer.
+enum NoAnswer {
+    /// Its turn passed; it runs on.
+    TurnOver,
+    /// Not sent: an earlier attempt at the same node still runs.
+    Busy,
+}
+
+/// Whether an answer ends a call: no error in it.
+fn no_error<T>(answer: &std::result::Result<(T, Option<pb::Error>), tonic::Status>) -> bool {
+    matches!(answer, Ok((_, None)))
+}
+
 /// The error of a call whose deadline passed; it says so.
 fn at_deadline(last: Error, maybe_applied: bool, budget: Duration) -> Error {
     match last {
         _ if maybe_applied => Error::Indeterminate(format!(
-            "outcome unknown at the deadline ({budget:?}); last error: {last}"
+            "outcome unknown at the deadline ({}); last error: {last}",
+            human_duration(budget)
         )),
         // The PD group kept redirecting: the typed hint is the most useful answer.
         Error::NotLeader { .. } => last,
         Error::Unavailable(m) => Error::Unavailable(format!(
-            "no PD leader answered within the deadline ({budget:?}); last error: {m}"
+            "no PD leader answered within the deadline ({}); last error: {m}",
+            human_duration(budget)
         )),
         other => Error::Unavailable(format!(
-            "no PD leader answered within the deadline ({budget:?}); last error: {other}"
+            "no PD leader answered within the deadline ({}); last error: {other}",
+            human_duration(budget)
         )),
     }
 }

@@ -5,7 +5,8 @@
 //! the region cache again before every attempt that follows no hint, so an answer that corrects
 //! the cache (`NotLeader`, `EpochNotMatch`, `KeyNotInRegion`, `RegionNotFound`) sends the next
 //! attempt elsewhere at once. The rest is common to both: one deadline, backoff, the same
-//! request id on every attempt, and the [`Error::Indeterminate`] rule for writes.
+//! request id on every attempt, turns that keep a silent node from taking the deadline
+//! ([`crate::attempts`]), and the [`Error::Indeterminate`] rule for writes.
 
 use std::future::Future;
 
@@ -14,6 +15,7 @@ use rdb_proto::kv::{Error as PbError, ErrorCode, RegionContext};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::attempts::{Attempts, Waited};
 use crate::pd::{Peer, Region};
 use crate::regions::CachedRegion;
 use crate::{Client, Error, ReadConsistency, Result};
@@ -236,7 +238,8 @@ impl Client {
     /// The loop: runs `f` (given a client and the region context) where `route` says until it
     /// answers, `deadline` passes, or the error is final. `write` marks calls whose effect may
     /// happen even when no answer arrives; `progress` carries what earlier loops of the same
-    /// write learned.
+    /// write learned. An attempt unanswered after its turn runs on while the loop tries other
+    /// nodes ([`crate::attempts`]).
     pub(crate) async fn run<T, F, Fut>(
         &self,
         write: bool,
@@ -251,6 +254,7 @@ impl Client {
     {
         let opts = &self.inner.opts;
         let mut backoff = opts.backoff_min;
+        let mut attempts = Attempts::new(opts, answered::<T>);
         let (any, mut next_target) = match route {
             Route::Group { any_node } => {
                 self.require_group()?;
@@ -263,10 +267,12 @@ impl Client {
             }
             Route::Region { any_peer, .. } => (any_peer, None),
         };
-        // Attempts made at once since the last pause, and (PD mode) how many peers past the
-        // region's leader the next routed attempt starts.
+        // Attempts made at once since the last pause; (PD mode) how many peers past the
+        // region's leader the next routed attempt starts; nodes passed over since the last
+        // pause because an attempt of this call still runs there.
         let mut quick = 0;
         let mut skip = 0;
+        let mut passed = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -277,9 +283,23 @@ impl Client {
                 None => self.route(route, skip, deadline).await,
             };
             let (next, region) = match target {
+                Ok(Some(t)) if attempts.is_running(&t.addr) && passed < self.candidates(&t) => {
+                    // Still waiting for that node: ask another one meanwhile.
+                    passed += 1;
+                    match route {
+                        Route::Group { .. } => {
+                            next_target = Some(Target {
+                                addr: self.rotate(),
+                                region: None,
+                            })
+                        }
+                        Route::Region { .. } => skip += 1,
+                    }
+                    continue;
+                }
                 Ok(Some(target)) => {
                     match self
-                        .attempt(write, any, deadline, target, progress, &f)
+                        .attempt(write, any, deadline, target, progress, &mut attempts, &f)
                         .await
                     {
                         Attempt::Done(value) => return Ok(Outcome::Done(value)),
@@ -303,6 +323,7 @@ impl Client {
                 }
                 _ => {
                     quick = 0;
+                    passed = 0;
                     match (&self.inner.routing, region) {
                         (Some(routing), Some((id, peers))) => {
                             // Another peer next; after trying them all, ask PD again.
@@ -315,7 +336,13 @@ impl Client {
                         (None, _) => self.inner.endpoints.set_leader(None),
                     }
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::sleep(pause).await;
+                    // An attempt still running may answer meanwhile.
+                    if let Some((target, Ok((value, None)))) =
+                        attempts.pause_until(Instant::now() + pause).await
+                    {
+                        self.answered_by(&target, any);
+                        return Ok(Outcome::Done(value));
+                    }
                     backoff = (backoff * 2).min(opts.backoff_max);
                     next_target = match route {
                         Route::Group { .. } => Some(Target {
@@ -326,6 +353,25 @@ impl Client {
                     };
                 }
             }
+        }
+    }
+
+    /// How many nodes an attempt like `target` can go to: the region's peers, or the endpoints.
+    fn candidates(&self, target: &Target) -> usize {
+        match &target.region {
+            Some((r, _)) => r.region.peers.len(),
+            None => self.inner.endpoints.len(),
+        }
+    }
+
+    /// Records that `target` answered: it leads, unless the call may go to any node.
+    fn answered_by(&self, target: &Target, any: bool) {
+        match (&target.region, self.inner.routing.as_ref()) {
+            (None, _) if !any => self.inner.endpoints.set_leader(Some(target.addr.clone())),
+            (Some((r, peer)), Some(routing)) if !any && r.leader != Some(*peer) => {
+                routing.cache.update_leader(r.region.id, *peer);
+            }
+            _ => {}
         }
     }
 
@@ -347,7 +393,9 @@ impl Client {
         }
     }
 
-    /// One attempt at `target`, and what it means for the next one.
+    /// One attempt at `target`, and what it means for the next one. An attempt past its turn
+    /// joins `attempts`, and an answer from one of those that comes first is taken instead.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt<T, F, Fut>(
         &self,
         write: bool,
@@ -355,6 +403,7 @@ impl Client {
         deadline: Instant,
         target: Target,
         progress: &mut Progress,
+        attempts: &mut Attempts<Target, Fut>,
         f: &F,
     ) -> Attempt<T>
     where
@@ -366,30 +415,53 @@ impl Client {
         if left.is_zero() {
             return Attempt::Fail(progress.at_deadline(write));
         }
-        let client = match self.client_for(&target.addr) {
-            Ok(c) => c,
-            Err(e) => return Attempt::Fail(e),
-        };
-        let timeout = self.inner.opts.attempt_timeout.min(left);
-        let answer = tokio::time::timeout(timeout, f(client, target.context())).await;
-        let routing = self.inner.routing.as_ref();
         let region = target
             .region
             .as_ref()
             .map(|(r, _)| (r.region.id, r.region.peers.len()));
+        if attempts.is_running(&target.addr) {
+            // Every other node was passed over too: wait for the attempts still running.
+            return Attempt::Next(Next::Backoff, region);
+        }
+        let client = match self.client_for(&target.addr) {
+            Ok(c) => c,
+            Err(e) => return Attempt::Fail(e),
+        };
+        let sent_to = target.addr.clone();
+        let store = target.region.as_ref().map(|(_, p)| p.store_id);
+        let routing = self.inner.routing.as_ref();
+        // PD mode: a store that gave no answer may have moved; look its address up again.
+        let store_failed = || {
+            if let (Some(routing), Some(store)) = (routing, store) {
+                routing.on_store_failure(store);
+            }
+        };
+        let fut = f(client, target.context());
+        let (target, answer) = match attempts.wait(sent_to.clone(), target, fut, deadline).await {
+            Waited::Answered(target, answer) | Waited::Earlier(target, answer) => (target, answer),
+            Waited::TurnOver => {
+                store_failed();
+                if write {
+                    progress.maybe_applied = true;
+                }
+                progress.last_err = Error::Unavailable(format!("{sent_to}: attempt timed out"));
+                return Attempt::Next(Next::Backoff, region);
+            }
+        };
+        let region = target
+            .region
+            .as_ref()
+            .map(|(r, _)| (r.region.id, r.region.peers.len()));
+        if let (Ok(_), Some(routing), Some((_, peer))) = (&answer, routing, &target.region) {
+            routing.on_store_answer(peer.store_id);
+        }
         let addr = &target.addr;
         let next = match answer {
-            Ok(Ok((value, None))) => {
-                match (&target.region, routing) {
-                    (None, _) if !any => self.inner.endpoints.set_leader(Some(target.addr)),
-                    (Some((r, peer)), Some(routing)) if !any && r.leader != Some(*peer) => {
-                        routing.cache.update_leader(r.region.id, *peer);
-                    }
-                    _ => {}
-                }
+            Ok((value, None)) => {
+                self.answered_by(&target, any);
                 return Attempt::Done(value);
             }
-            Ok(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {
+            Ok((_, Some(e))) => match ErrorCode::try_from(e.code) {
                 Ok(ErrorCode::InvalidArgument) => {
                     return Attempt::Fail(Error::InvalidArgument(e.message))
                 }
@@ -448,32 +520,27 @@ impl Client {
                     Next::Backoff
                 }
             },
-            Ok(Err(status)) if is_refused_input(&status) => {
+            Err(status) if is_refused_input(&status) => {
                 // The server's decoder refused the request before it reached Raft.
                 return Attempt::Fail(Error::InvalidArgument(status.message().to_string()));
             }
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
                 return Attempt::Fail(Error::Unsupported(format!("{addr}: {}", status.message())));
             }
-            Ok(Err(status)) => {
+            Err(status) => {
+                store_failed();
                 if write && !is_connect_failure(&status) {
                     progress.maybe_applied = true;
                 }
                 progress.last_err = Error::Unavailable(format!("{addr}: {}", status.message()));
                 Next::Backoff
             }
-            Err(_) => {
-                if write {
-                    progress.maybe_applied = true;
-                }
-                progress.last_err = Error::Unavailable(format!("{addr}: attempt timed out"));
-                Next::Backoff
-            }
         };
         Attempt::Next(next, region)
     }
 
-    /// Serializable reads: any node will do; move on when one fails.
+    /// Serializable reads: any node will do; move on when one fails or is slow (an attempt past
+    /// its turn runs on, and its answer is taken if it comes first).
     async fn call_any<T, F, Fut>(&self, deadline: Instant, f: F) -> Result<T>
     where
         F: Fn(KvClient<Channel>) -> Fut,
@@ -481,34 +548,36 @@ impl Client {
     {
         let opts = &self.inner.opts;
         let mut backoff = opts.backoff_min;
+        let mut attempts = Attempts::new(opts, answered::<T>);
         let mut target = self.pick_target();
+        let mut last_err = Error::Unavailable("no node answered before the deadline".into());
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Unavailable(
-                    "no node answered before the deadline".into(),
-                ));
-            }
-            let client = self.client_for(&target)?;
-            let last_err =
-                match tokio::time::timeout(opts.attempt_timeout.min(deadline - now), f(client))
-                    .await
-                {
-                    Ok(Ok((v, None))) => return Ok(v),
-                    Ok(Ok((_, Some(e)))) if e.code == ErrorCode::InvalidArgument as i32 => {
-                        return Err(Error::InvalidArgument(e.message))
-                    }
-                    Ok(Ok((_, Some(e)))) => Error::Unavailable(e.message),
-                    Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                        return Err(Error::Unsupported(format!("{target}: {}", s.message())))
-                    }
-                    Ok(Err(s)) => Error::Unavailable(format!("{target}: {}", s.message())),
-                    Err(_) => Error::Unavailable(format!("{target}: attempt timed out")),
-                };
-            if Instant::now() + backoff >= deadline {
+            if Instant::now() >= deadline {
                 return Err(last_err);
             }
-            tokio::time::sleep(backoff).await;
+            if !attempts.is_running(&target) {
+                let client = self.client_for(&target)?;
+                let answer = match attempts.wait(target.clone(), (), f(client), deadline).await {
+                    Waited::Answered((), answer) | Waited::Earlier((), answer) => Some(answer),
+                    Waited::TurnOver => None,
+                };
+                last_err = match answer {
+                    Some(Ok((v, None))) => return Ok(v),
+                    Some(Ok((_, Some(e)))) if e.code == ErrorCode::InvalidArgument as i32 => {
+                        return Err(Error::InvalidArgument(e.message))
+                    }
+                    Some(Ok((_, Some(e)))) => Error::Unavailable(e.message),
+                    Some(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                        return Err(Error::Unsupported(format!("{target}: {}", s.message())))
+                    }
+                    Some(Err(s)) => Error::Unavailable(format!("{target}: {}", s.message())),
+                    None => Error::Unavailable(format!("{target}: attempt timed out")),
+                };
+            }
+            let until = (Instant::now() + backoff).min(deadline);
+            if let Some(((), Ok((v, None)))) = attempts.pause_until(until).await {
+                return Ok(v);
+            }
             backoff = (backoff * 2).min(opts.backoff_max);
             target = self.rotate();
         }
@@ -521,6 +590,11 @@ impl Client {
     fn rotate(&self) -> String {
         self.inner.endpoints.rotate()
     }
+}
+
+/// Whether an answer ends a call: no error in it.
+fn answered<T>(answer: &std::result::Result<(T, Option<PbError>), tonic::Status>) -> bool {
+    matches!(answer, Ok((_, None)))
 }
 
 /// True for statuses that mean the server refused the request itself (too large, malformed):

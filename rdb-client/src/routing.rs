@@ -13,6 +13,11 @@
 //! store sent; `KeyNotInRegion` and `RegionNotFound` drop the region so that PD is asked again.
 //! None of these proposed anything, so a write is retried with the same request id.
 //!
+//! A store that gives no answer at its cached address (refused, broken, silent past its turn)
+//! may have restarted elsewhere: its address is looked up in PD again before the next attempt
+//! there, with a doubling pause between look-ups while it stays unreachable
+//! ([`Routing::on_store_failure`]).
+//!
 //! Batch calls are cut by region ([`RegionCache::group_keys`]) and each part is one request,
 //! with its own request id for writes. A part whose keys a split spread over several regions
 //! is cut again; the pieces keep the part's request id, which is safe because a split copies
@@ -21,7 +26,9 @@
 //! Scans need no cutting: a store answers only its region's part of a range and says where the
 //! next region starts, and [`Client::scan`] routes each page by its start key.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{Error as PbError, LeaderHint, RegionContext, RequestId};
@@ -31,15 +38,40 @@ use tonic::transport::Channel;
 use crate::pd::Peer;
 use crate::regions::{CachedRegion, RegionCache};
 use crate::retry::{Outcome, Progress, Route, Target};
-use crate::{Client, Error, Options, PdClient, ReadConsistency, Result};
+use crate::{escape_bytes, lock, Client, Error, Options, PdClient, ReadConsistency, Result};
 
 /// The PD side of a PD-mode client: the placement driver and the regions learned from it.
 pub(crate) struct Routing {
     pub(crate) pd: PdClient,
     pub(crate) cache: Arc<RegionCache>,
+    /// Stores whose cached address failed, and when PD may be asked for it again.
+    stale_stores: Mutex<HashMap<u64, Refresh>>,
+    /// The longest a store address refresh may wait for PD before the cached address is used.
+    refresh_wait: Duration,
+    /// First and longest pause between two refreshes of one store's address.
+    refresh_backoff: (Duration, Duration),
+}
+
+/// When a store's failed address is looked up in PD again.
+struct Refresh {
+    /// Not before this.
+    after: Instant,
+    /// The pause after the next look-up (doubles up to the longest).
+    backoff: Duration,
 }
 
 impl Routing {
+    /// Routing through `pd` with an empty cache; `opts` time the store address refreshes.
+    fn new(pd: PdClient, opts: &Options) -> Routing {
+        Routing {
+            pd,
+            cache: Arc::new(RegionCache::new()),
+            stale_stores: Mutex::new(HashMap::new()),
+            refresh_wait: crate::attempts::turn(opts),
+            refresh_backoff: (opts.backoff_min, opts.backoff_max),
+        }
+    }
+
     /// Where the next attempt for `keys` goes: the store of the region's leader, or `skip`
     /// peers past it. `None` when the keys no longer lie in one region.
     pub(crate) async fn target(
@@ -91,31 +123,81 @@ impl Routing {
             .await?
             .ok_or_else(|| {
                 Error::Unavailable(format!(
-                    "PD knows no region holding {key:?} (not bootstrapped?)"
+                    "PD knows no region holding '{}' (not bootstrapped?)",
+                    escape_bytes(key)
                 ))
             })?;
         self.cache.insert(info);
         // The cache refuses a region older than one it holds; that one is newer than PD's map.
         self.cache.locate(key).ok_or_else(|| {
             Error::Unavailable(format!(
-                "PD's region for {key:?} is older than the cached map"
+                "PD's region for '{}' is older than the cached map",
+                escape_bytes(key)
             ))
         })
     }
 
-    /// The client address of a store, from the cache or PD.
+    /// The client address of a store, from the cache or PD. A cached address that failed
+    /// ([`Routing::on_store_failure`]) is looked up in PD again (the store may have restarted
+    /// on another address), at most once per pause per store, the pause doubling while the
+    /// store stays unreachable; if PD does not answer soon, the cached address is used.
     async fn store_address(&self, store_id: u64, deadline: Instant) -> Result<String> {
-        if let Some(addr) = self.cache.store_address(store_id) {
-            return Ok(addr);
+        let cached = self.cache.store_address(store_id);
+        if let Some(addr) = &cached {
+            if !self.refresh_due(store_id) {
+                return Ok(addr.clone());
+            }
         }
-        match pd_call(deadline, self.pd.get_store(store_id)).await? {
-            Some(store) if !store.address.is_empty() => {
+        let wait = match cached {
+            Some(_) => deadline.min(Instant::now() + self.refresh_wait),
+            None => deadline,
+        };
+        match (pd_call(wait, self.pd.get_store(store_id)).await, cached) {
+            (Ok(Some(store)), _) if !store.address.is_empty() => {
                 self.cache.set_store(store_id, store.address.clone());
                 Ok(store.address)
             }
-            _ => Err(Error::Unavailable(format!(
+            (Ok(_), None) => Err(Error::Unavailable(format!(
                 "PD knows no address of store {store_id}"
             ))),
+            (Err(e), None) => Err(e),
+            // PD is away or has nothing better: keep trying the address the client has.
+            (_, Some(addr)) => Ok(addr),
+        }
+    }
+
+    /// Whether the failed address of `store_id` is due to be looked up in PD again; if so, the
+    /// next look-up is scheduled one (doubled) pause later.
+    fn refresh_due(&self, store_id: u64) -> bool {
+        let mut stale = lock(&self.stale_stores);
+        let Some(r) = stale.get_mut(&store_id) else {
+            return false;
+        };
+        let now = Instant::now();
+        if now < r.after {
+            return false;
+        }
+        r.after = now + r.backoff;
+        r.backoff = (r.backoff * 2).min(self.refresh_backoff.1);
+        true
+    }
+
+    /// An attempt at `store_id`'s cached address got no answer (refused, broken, or silent):
+    /// look the address up in PD again before the next attempt there.
+    pub(crate) fn on_store_failure(&self, store_id: u64) {
+        lock(&self.stale_stores)
+            .entry(store_id)
+            .or_insert_with(|| Refresh {
+                after: Instant::now(),
+                backoff: self.refresh_backoff.0,
+            });
+    }
+
+    /// `store_id` answered: its cached address works.
+    pub(crate) fn on_store_answer(&self, store_id: u64) {
+        let mut stale = lock(&self.stale_stores);
+        if !stale.is_empty() {
+            stale.remove(&store_id);
         }
     }
 
@@ -197,10 +279,7 @@ impl Client {
         S: AsRef<str>,
     {
         let pd = PdClient::with_options(pd_endpoints, opts.clone())?;
-        let routing = Routing {
-            pd,
-            cache: Arc::new(RegionCache::new()),
-        };
+        let routing = Routing::new(pd, &opts);
         Ok(Client::build(
             crate::endpoints::Endpoints::empty(),
             Some(routing),

@@ -206,6 +206,7 @@ fn opts() -> Options {
         deadline: Duration::from_secs(3),
         attempt_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(300),
+        election_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         tls: None,

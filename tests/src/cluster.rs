@@ -95,13 +95,7 @@ impl TestCluster {
 
     /// Starts a PD group of `n` `rdb-pd` nodes, with `pd` as the text of its `[pd]` table.
     pub fn start_pd(n: usize, pd: &str) -> TestCluster {
-        Self::launch_binary(
-            n,
-            Settings::default(),
-            None,
-            "rdb-pd",
-            &format!("[pd]\n{pd}\n"),
-        )
+        Self::start_pd_with_tables(n, &format!("[pd]\n{pd}\n"))
     }
 
     /// Starts a PD group of `n` `rdb-pd` nodes whose config ends with `tables` (TOML text:
@@ -552,6 +546,7 @@ pub fn quick_options() -> Options {
         deadline: Duration::from_secs(10),
         attempt_timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_millis(300),
+        election_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
         tls: None,

@@ -125,6 +125,7 @@ fn client_options() -> Options {
         deadline: Duration::from_millis(1500),
         attempt_timeout: Duration::from_millis(700),
         connect_timeout: Duration::from_millis(200),
+        election_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
         tls: None,

@@ -158,3 +158,74 @@ async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
     }
     assert!(answered > 0, "node 3 never answered: it should run, alone");
 }
+
+/// Runs `rdb-cli --pd ADDRS ARGS` (the TLS options go in `args`).
+fn pd_cli(c: &TestCluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin_dir().join("rdb-cli"))
+        .arg("--pd")
+        .arg(c.endpoints().join(","))
+        .args(args)
+        .output()
+        .expect("rdb-cli")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pd_group_with_tls_answers_the_cli_over_tls_only() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let ca = Ca::new("rdb test CA");
+    ca.write(&dir.join("ca.pem"));
+    for id in 1..=3 {
+        ca.issue_to(&format!("node{id}"), dir, &format!("node{id}"));
+        ca.issue_to(&format!("peer{id}"), dir, &format!("peer{id}"));
+    }
+    ca.issue_to("client", dir, "client");
+    let c = TestCluster::start_pd_with_tables(3, &tables(dir, true));
+    let (ca_pem, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    );
+    let tls_args = [
+        "--cacert",
+        ca_pem.to_str().expect("path"),
+        "--cert",
+        cert.to_str().expect("path"),
+        "--key",
+        key.to_str().expect("path"),
+    ];
+
+    // `rdb-cli --pd ... tso` over TLS, once the group has a leader.
+    let deadline = Instant::now() + SECS(30);
+    let out = loop {
+        let out = pd_cli(&c, &[&tls_args[..], &["-o", "json", "tso"]].concat());
+        if out.status.success() || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        out.status.success(),
+        "tso over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(ts["timestamp"].as_u64().unwrap_or(0) > 0, "{ts}");
+
+    // The PD client of the library over TLS too.
+    let mut opts = quick_options();
+    opts.tls = tls(dir, Some("client"));
+    let pd = rdb_client::PdClient::with_options(c.endpoints(), opts).expect("client");
+    let members = pd.get_members().await.expect("members over TLS");
+    assert_eq!(members.members.len(), 3);
+
+    // Plaintext is refused, with one line that says why, and exit 4 (unavailable).
+    let out = pd_cli(&c, &["--timeout-ms", "2000", "tso"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "plaintext: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("speaks TLS") && stderr.contains("--cacert"),
+        "the cause is named: {stderr}"
+    );
+}

@@ -125,7 +125,7 @@ impl Stats {
         let mut all = Histogram::clone(&self.empty);
         for k in self.kinds.values() {
             all.add(&k.hist)
-                .map_err(|e| format!("cannot merge latency histograms: {e:?}"))?;
+                .map_err(|e| format!("cannot merge latency histograms: {e}"))?;
         }
         Ok(all)
     }
@@ -136,7 +136,7 @@ impl Stats {
                 Some(ours) => {
                     ours.hist
                         .add(&theirs.hist)
-                        .map_err(|e| format!("cannot merge latency histograms: {e:?}"))?;
+                        .map_err(|e| format!("cannot merge latency histograms: {e}"))?;
                     ours.ops += theirs.ops;
                     ours.errors += theirs.errors;
                     ours.rows += theirs.rows;

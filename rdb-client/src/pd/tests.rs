@@ -419,6 +419,7 @@ fn opts() -> Options {
         deadline: Duration::from_secs(5),
         attempt_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(300),
+        election_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         tls: None,
@@ -431,7 +432,7 @@ fn with_deadline(deadline: Duration) -> Options {
 }
 
 /// A 127.0.0.1 port nobody listens on (bound, then released).
-fn dead_addr() -> String {
+pub(crate) fn dead_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     drop(l);
@@ -828,4 +829,28 @@ async fn bad_counts_are_refused_before_sending() {
         pd.alloc_ids(0).await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[tokio::test]
+async fn a_silent_pd_leader_costs_a_turn_not_the_attempt_timeout() {
+    // The first endpoint takes requests and never answers them, as a paused leader does.
+    let silent = leader_fake();
+    silent.tso_hold.store(true, Ordering::SeqCst);
+    let live = leader_fake();
+    let endpoints = [serve(silent.clone()).await, serve(live.clone()).await];
+    let timing = Options {
+        deadline: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(2),
+        election_timeout: Duration::from_millis(300),
+        ..opts()
+    };
+    let pd = PdClient::with_options(endpoints.clone(), timing).unwrap();
+    let started = Instant::now();
+    let ts = pd.timestamp().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(ts.physical, 1_700_000_000_000);
+    // A 300 ms turn, then the other node; a full attempt would be 2 s.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(silent.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(pd.leader().as_deref(), Some(endpoints[1].as_str()));
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::pd::{Peer, Region, RegionEpoch, Store};
 use crate::retry::region_context;
+use crate::routing::Routing;
 use crate::{prefix_end, Client, Error, Options, PdClient, ReadConsistency, ScanRange};
 
 /// One request a fake store received.
@@ -42,6 +43,8 @@ struct FakeStore {
     fail_first: Mutex<VecDeque<ErrorCode>>,
     /// Never answer a put (after recording it).
     hang_puts: bool,
+    /// Answer puts only after this long (a slow store).
+    put_delay: Duration,
     data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     seen: Mutex<Vec<Seen>>,
 }
@@ -135,6 +138,7 @@ impl Kv for FakeKv {
         if self.0.hang_puts {
             std::future::pending::<()>().await;
         }
+        tokio::time::sleep(self.0.put_delay).await;
         if error.is_none() {
             self.0.data.lock().unwrap().insert(r.key, r.value);
         }
@@ -329,6 +333,7 @@ fn opts() -> Options {
         deadline: Duration::from_secs(3),
         attempt_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(300),
+        election_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         tls: None,
@@ -671,4 +676,127 @@ async fn an_unanswered_write_is_indeterminate_at_the_deadline() {
     let puts = store.seen("put");
     assert!(puts.len() >= 2, "retried: {puts:?}");
     assert!(puts.iter().all(|p| p.request_id == puts[0].request_id));
+}
+
+/// One region on two stores whose leader (store 1, PD says) is `leader`; store 2 serves the
+/// region too. Options: turns of 300 ms, attempts of up to 2 s, a 3 s deadline.
+async fn leader_and_follower(leader: FakeStore) -> (Client, Arc<FakeStore>, Arc<FakeStore>) {
+    let (s1, a1) = serve(leader).await;
+    let (s2, a2) = serve_store().await;
+    let r = region(1, "", "", 1, &[peer(11, 1), peer(12, 2)]);
+    s1.regions.lock().unwrap().insert(1, r.clone());
+    s2.regions.lock().unwrap().insert(1, r.clone());
+    let pd_addr = crate::pd::tests::serve(Arc::default()).await;
+    let pd = PdClient::with_options([pd_addr.clone()], opts()).unwrap();
+    for (id, address) in [(1, a1), (2, a2)] {
+        let store = Store {
+            id,
+            address,
+            ..Store::default()
+        };
+        pd.put_store(store).await.unwrap();
+    }
+    pd.region_heartbeat(r, peer(11, 1), 0, 0).await.unwrap();
+    let timing = Options {
+        attempt_timeout: Duration::from_secs(2),
+        election_timeout: Duration::from_millis(300),
+        ..opts()
+    };
+    (Client::with_pd([pd_addr], timing).unwrap(), s1, s2)
+}
+
+#[tokio::test]
+async fn a_silent_leader_costs_a_turn_not_the_attempt_timeout() {
+    let (client, s1, s2) = leader_and_follower(FakeStore {
+        hang_puts: true,
+        ..FakeStore::default()
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    client.put("k", "v").await.unwrap();
+    let took = started.elapsed();
+    // A 300 ms turn, then the other peer; a full attempt would be 2 s.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let (tried, done) = (s1.seen("put"), s2.seen("put"));
+    assert_eq!((tried.len(), done.len()), (1, 1), "{tried:?} {done:?}");
+    assert_eq!(done[0].request_id, tried[0].request_id, "same request id");
+}
+
+#[tokio::test]
+async fn a_slow_leader_still_answers_its_first_attempt() {
+    // The leader takes 800 ms (past the 300 ms turn); the other peer names it as the leader.
+    let (client, s1, s2) = leader_and_follower(FakeStore {
+        put_delay: Duration::from_millis(800),
+        ..FakeStore::default()
+    })
+    .await;
+    let hint = LeaderHint {
+        id: 1,
+        addr: client
+            .pd()
+            .unwrap()
+            .get_store(1)
+            .await
+            .unwrap()
+            .unwrap()
+            .address,
+        peer_id: 11,
+    };
+    s2.not_leader.lock().unwrap().insert(1, hint);
+    let started = tokio::time::Instant::now();
+    client.put("k", "v").await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    // Sent once to the leader: its hint back there did not start a second attempt.
+    let tried = s1.seen("put");
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert!(
+        !s2.seen("put").is_empty(),
+        "the other peer was asked meanwhile"
+    );
+    assert_eq!(
+        s1.data.lock().unwrap().get(b"k".as_slice()),
+        Some(&b"v".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_moved_is_looked_up_in_pd_again() {
+    let (store, addr) = serve_store().await;
+    let r = region(1, "", "", 1, &[peer(11, 1)]);
+    store.regions.lock().unwrap().insert(1, r.clone());
+    // PD knows where store 1 is now; the client still has the address it had before.
+    let client = client_with_pd(&[(1, &addr)], &[(r, peer(11, 1))]).await;
+    let cache = client.region_cache().unwrap();
+    cache.set_store(1, crate::pd::tests::dead_addr());
+    client.put("k", "v").await.unwrap();
+    assert_eq!(cache.store_address(1), Some(addr));
+    assert_eq!(store.seen("put").len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_store_address_is_looked_up_again_with_backoff() {
+    let pd = PdClient::with_options([crate::pd::tests::dead_addr()], opts()).unwrap();
+    let o = Options {
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        ..opts()
+    };
+    let routing = Routing::new(pd, &o);
+    assert!(!routing.refresh_due(1), "nothing failed yet");
+    routing.on_store_failure(1);
+    assert!(routing.refresh_due(1), "at once after a failure");
+    assert!(!routing.refresh_due(1), "then not before the pause");
+    // Further failures do not move the schedule forward.
+    routing.on_store_failure(1);
+    assert!(!routing.refresh_due(1));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(routing.refresh_due(1), "after the first pause");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(!routing.refresh_due(1), "the pause doubled");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(routing.refresh_due(1));
+    // An answer from the store ends the look-ups.
+    routing.on_store_answer(1);
+    assert!(!routing.refresh_due(1));
 }
