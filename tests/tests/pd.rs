@@ -698,3 +698,68 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
     );
     assert!(members["leader_id"].as_u64().unwrap_or(0) >= 1, "{members}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_clock_stepped_back_a_burst_of_timestamps_never_waits_for_the_clock() {
+    let mut c = TestCluster::start_pd(1, "tso_window_ms = 3000");
+    let pd = Pd::new(&c);
+    assert_eq!(pd.tso(1, SECS(20)).await.error, None);
+    // Restarted a minute behind: its window opens at the old limit, a minute ahead of its clock.
+    c.kill(1);
+    c.restart_with_env(1, &[("RDB_PD_CLOCK_SKEW_MS", "-60000")]);
+    assert_eq!(pd.tso(1, SECS(20)).await.error, None, "serving again");
+    let addr = c.nodes[0].client_addr.clone();
+
+    /// Calls `Tso` with each count in turn on one connection: the ranges it got, and the
+    /// slowest call. A call that would wait for the clock fails here: `connect`'s channel
+    /// times calls out after 1 s.
+    async fn caller(
+        addr: String,
+        counts: impl Iterator<Item = u32>,
+    ) -> (Vec<(u64, u64)>, Duration) {
+        let mut client = connect(&addr).await.expect("connect");
+        let (mut got, mut slowest) = (Vec::new(), Duration::ZERO);
+        for count in counts {
+            let t = Instant::now();
+            let r = client
+                .tso(TsoRequest { count })
+                .await
+                .unwrap_or_else(|e| panic!("Tso(count={count}) after {:?}: {e}", t.elapsed()))
+                .into_inner();
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r.error, None);
+            assert_eq!(r.count, count);
+            let first = ts(r.first.as_ref().expect("a timestamp"));
+            if let Some(&(_, last)) = got.last() {
+                assert!(first > last, "{first} after {last}");
+            }
+            got.push((first, first + u64::from(count) - 1));
+        }
+        (got, slowest)
+    }
+
+    // 200,000 timestamps in calls of various counts, and single ones alongside (as
+    // `rdb-cli tso` asks).
+    let mut left = 200_000u32;
+    let bulk: Vec<u32> = [65_536u32, 1, 30_000, 65_536, 7, 50_000, 65_535, 2]
+        .iter()
+        .cycle()
+        .map_while(|&n| {
+            let n = n.min(left);
+            left -= n;
+            (n > 0).then_some(n)
+        })
+        .collect();
+    let single = tokio::spawn(caller(addr.clone(), std::iter::repeat_n(1, 200)));
+    let (mut all, slowest) = caller(addr, bulk.into_iter()).await;
+    let (got, slowest_single) = single.await.expect("single caller");
+    all.extend(got);
+    assert!(
+        slowest <= Duration::from_millis(50) && slowest_single <= Duration::from_millis(50),
+        "a call took {slowest:?} (single timestamps: {slowest_single:?})"
+    );
+    all.sort_unstable();
+    for w in all.windows(2) {
+        assert!(w[0].1 < w[1].0, "timestamps overlap: {w:?}");
+    }
+}
