@@ -120,11 +120,14 @@ pub async fn run(
     };
     engine.claim_for_store(store_id).map_err(data_error)?;
     let logger = logger.new(o!("store" => store_id));
-    pd.put_store(pdc::Store {
-        id: store_id,
-        address: args.addr.clone(),
-        ..Default::default()
-    })
+    pd.put_store(
+        pdc::Store {
+            id: store_id,
+            address: args.addr.clone(),
+            ..Default::default()
+        },
+        0,
+    )
     .await
     .map_err(|e| pd_error("PutStore", e))?;
     info!(logger, "registered with PD"; "addr" => &args.addr);
@@ -326,7 +329,7 @@ async fn bootstrap(
                         address: args.addr.clone(),
                         ..Default::default()
                     };
-                    match pd.bootstrap(store, pd_region(&region)).await {
+                    match pd.bootstrap(store, pd_region(&region), 0).await {
                         Ok(()) => {
                             info!(logger, "bootstrapped the cluster"; "region" => FIRST_REGION_ID,
                                 "stores" => ?ids);
