@@ -525,6 +525,7 @@ pub(crate) fn fail(e: &Error) -> u8 {
         Error::Unsupported(_)
         | Error::StaleEpoch(_)
         | Error::AlreadyBootstrapped(_)
+        | Error::ClusterMismatch(_)
         | Error::Io(_) => exit::FAILURE,
     }
 }

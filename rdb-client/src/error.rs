@@ -35,6 +35,11 @@ pub enum Error {
     /// PD has no such store or region. Not retried.
     #[error("not found: {0}")]
     NotFound(String),
+    /// PD belongs to another cluster than the one the client expects
+    /// ([`crate::PdClient::set_cluster_id`]): a store of another cluster, or a PD that lost its
+    /// data and minted a new id. The message names both ids. Not retried.
+    #[error("cluster mismatch: {0}")]
+    ClusterMismatch(String),
     /// A local file could not be written (a backup being saved). Not retried.
     #[error("i/o: {0}")]
     Io(String),

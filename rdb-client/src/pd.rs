@@ -14,16 +14,23 @@
 //! `first .. first + n - 1`, one to each caller in queue order. A caller that waits for one
 //! timestamp before asking for the next gets strictly increasing ones, since each request is
 //! sent after the previous answer arrived and PD answers above everything it handed out before.
+//!
+//! Cluster identity: [`PdClient::cluster_id`] asks PD for its cluster id; after
+//! [`PdClient::set_cluster_id`], every request carries the expected id (gRPC metadata
+//! `rdb-cluster-id`) and a PD of another cluster refuses it with [`Error::ClusterMismatch`],
+//! which is not retried.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdb_proto::pd as pb;
-use rdb_proto::pd::pd_client::PdClient as PdGrpc;
+use rdb_proto::pd::pd_client::PdClient as PdGrpcClient;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::attempts::{Attempts, Waited};
@@ -346,10 +353,32 @@ impl Drop for Driving<'_> {
     }
 }
 
+/// Stamps every request with the expected cluster id, once one is set (0: none).
+#[derive(Clone, Default)]
+struct Stamp(Arc<AtomicU64>);
+
+impl tonic::service::Interceptor for Stamp {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        let id = self.0.load(Ordering::Relaxed);
+        if id != 0 {
+            req.metadata_mut()
+                .insert(pb::CLUSTER_ID_METADATA, id.into());
+        }
+        Ok(req)
+    }
+}
+
+/// The generated client over a lazy channel, stamping requests.
+type PdGrpc = PdGrpcClient<InterceptedService<Channel, Stamp>>;
+
 struct Inner {
-    endpoints: crate::endpoints::Endpoints<PdGrpc<Channel>>,
+    endpoints: crate::endpoints::Endpoints<PdGrpc>,
     opts: Options,
     tso: Mutex<TsoQueue>,
+    stamp: Stamp,
 }
 
 /// A handle to a PD group. Cheap to clone; clones share connections, the leader cache and the
@@ -395,15 +424,49 @@ impl PdClient {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let endpoints =
-            crate::endpoints::Endpoints::new(endpoints, "PD endpoints", |a| connect(a, &opts))?;
+        let stamp = Stamp::default();
+        let endpoints = crate::endpoints::Endpoints::new(endpoints, "PD endpoints", |a| {
+            connect(a, &opts, &stamp)
+        })?;
         Ok(PdClient {
             inner: Arc::new(Inner {
                 endpoints,
                 opts,
                 tso: Mutex::new(TsoQueue::default()),
+                stamp,
             }),
         })
+    }
+
+    /// From now on every request (of this client and its clones) carries `cluster_id`, and a PD
+    /// of another cluster answers [`Error::ClusterMismatch`]. 0 stops stamping.
+    pub fn set_cluster_id(&self, cluster_id: u64) {
+        self.inner.stamp.0.store(cluster_id, Ordering::Relaxed);
+    }
+
+    /// The cluster id requests carry (0: none).
+    pub fn expected_cluster_id(&self) -> u64 {
+        self.inner.stamp.0.load(Ordering::Relaxed)
+    }
+
+    /// PD's cluster id: random, non-zero, minted by PD on first need and never changed. A PD
+    /// that lost its data mints a new one.
+    pub async fn cluster_id(&self) -> Result<u64> {
+        let id = self
+            .call(false, |mut c| async move {
+                let r = c
+                    .get_cluster_id(pb::GetClusterIdRequest {})
+                    .await?
+                    .into_inner();
+                Ok((r.cluster_id, r.error))
+            })
+            .await?;
+        if id == 0 {
+            return Err(Error::Unavailable(
+                "PD answered cluster id 0, which is not an id".into(),
+            ));
+        }
+        Ok(id)
     }
 
     /// The endpoints this client knows (the configured ones plus leaders it was pointed to).
@@ -572,12 +635,14 @@ impl PdClient {
         .await
     }
 
-    /// Records the first store and the first region (which must cover every key). Once only:
-    /// [`Error::AlreadyBootstrapped`] after that.
-    pub async fn bootstrap(&self, store: Store, region: Region) -> Result<()> {
+    /// Records the first store (with its token, as in [`PdClient::put_store`]) and the first
+    /// region (which must cover every key). Once only: [`Error::AlreadyBootstrapped`] after
+    /// that.
+    pub async fn bootstrap(&self, store: Store, region: Region, store_token: u64) -> Result<()> {
         let req = pb::BootstrapRequest {
             store: Some(store.into()),
             region: Some(region.into()),
+            store_token,
         };
         self.call(true, move |mut c| {
             let req = req.clone();
@@ -586,10 +651,14 @@ impl PdClient {
         .await
     }
 
-    /// Registers a store or updates its address. A tombstoned store cannot come back.
-    pub async fn put_store(&self, store: Store) -> Result<()> {
+    /// Registers a store or updates its address. `store_token` is the random number the store
+    /// minted when it claimed its id: PD keeps the first one it is given, and refuses
+    /// ([`Error::InvalidArgument`]) a later call for that id with another, so only the store
+    /// itself can move. PD refuses an id it never handed out, and a tombstoned store.
+    pub async fn put_store(&self, store: Store, store_token: u64) -> Result<()> {
         let req = pb::PutStoreRequest {
             store: Some(store.into()),
+            store_token,
         };
         self.call(true, move |mut c| {
             let req = req.clone();
@@ -705,31 +774,60 @@ impl PdClient {
     }
 
     /// Regions overlapping `[start, end)` (empty `end`: no bound), in key order; at most
-    /// `limit` of them (0: no limit).
+    /// `limit` of them (0: no limit). PD answers in pages of about 1 MiB; this asks for every
+    /// page (each within the deadline) and returns them together.
     pub async fn scan_regions(
         &self,
         start: impl Into<Vec<u8>>,
         end: impl Into<Vec<u8>>,
         limit: u32,
     ) -> Result<Vec<RegionInfo>> {
-        let req = pb::ScanRegionsRequest {
-            start_key: start.into(),
-            end_key: end.into(),
-            limit,
-        };
-        self.call(false, move |mut c| {
-            let req = req.clone();
-            async move {
-                let r = c.scan_regions(req).await?.into_inner();
-                let regions = r
-                    .regions
-                    .into_iter()
-                    .filter_map(RegionInfo::from_pb)
-                    .collect::<Vec<_>>();
-                Ok((regions, r.error))
+        let end = end.into();
+        let mut start = start.into();
+        let mut out: Vec<RegionInfo> = Vec::new();
+        loop {
+            let left = if limit == 0 {
+                0
+            } else {
+                limit - out.len() as u32
+            };
+            let req = pb::ScanRegionsRequest {
+                start_key: start,
+                end_key: end.clone(),
+                limit: left,
+            };
+            let (page, next) = self
+                .call(false, move |mut c| {
+                    let req = req.clone();
+                    async move {
+                        let r = c.scan_regions(req).await?.into_inner();
+                        let regions = r
+                            .regions
+                            .into_iter()
+                            .filter_map(RegionInfo::from_pb)
+                            .collect::<Vec<_>>();
+                        Ok(((regions, r.next_start_key), r.error))
+                    }
+                })
+                .await?;
+            let got = page.len();
+            out.extend(page);
+            let done = limit != 0 && out.len() >= limit as usize;
+            if next.is_empty() || done {
+                out.truncate(if limit == 0 {
+                    usize::MAX
+                } else {
+                    limit as usize
+                });
+                return Ok(out);
             }
-        })
-        .await
+            if got == 0 {
+                return Err(Error::Unavailable(
+                    "PD answered an empty page of regions with more to come".into(),
+                ));
+            }
+            start = next;
+        }
     }
 
     /// The PD nodes and which one leads.
@@ -756,7 +854,7 @@ impl PdClient {
     /// reached a server.
     async fn call<T, F, Fut>(&self, write: bool, f: F) -> Result<T>
     where
-        F: Fn(PdGrpc<Channel>) -> Fut,
+        F: Fn(PdGrpc) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<pb::Error>), tonic::Status>>,
     {
         self.call_until(write, self.deadline(), f).await
@@ -765,7 +863,7 @@ impl PdClient {
     /// [`PdClient::call`] with an explicit deadline.
     async fn call_until<T, F, Fut>(&self, write: bool, deadline: Instant, f: F) -> Result<T>
     where
-        F: Fn(PdGrpc<Channel>) -> Fut,
+        F: Fn(PdGrpc) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<pb::Error>), tonic::Status>>,
     {
         let opts = &self.inner.opts;
@@ -824,6 +922,12 @@ impl PdClient {
                         return Err(Error::AlreadyBootstrapped(e.message))
                     }
                     Ok(pb::ErrorCode::NotFound) => return Err(Error::NotFound(e.message)),
+                    Ok(pb::ErrorCode::ClusterMismatch) => {
+                        return Err(Error::ClusterMismatch(format!(
+                            "PD at {target}: {}",
+                            e.message
+                        )))
+                    }
                     Ok(pb::ErrorCode::NotLeader) => {
                         let hint = e.leader.filter(|m| !m.client_addr.is_empty());
                         last_err = Error::NotLeader {
@@ -916,11 +1020,11 @@ impl PdClient {
         self.inner.endpoints.len()
     }
 
-    fn client_for(&self, endpoint: &str) -> Result<PdGrpc<Channel>> {
+    fn client_for(&self, endpoint: &str) -> Result<PdGrpc> {
         let opts = &self.inner.opts;
         self.inner
             .endpoints
-            .client_for(endpoint, |a| connect(a, opts))
+            .client_for(endpoint, |a| connect(a, opts, &self.inner.stamp))
     }
 }
 
@@ -966,8 +1070,11 @@ fn not_found_as_none<T>(r: Result<T>) -> Result<Option<T>> {
     }
 }
 
-fn connect(addr: &str, opts: &Options) -> Result<PdGrpc<Channel>> {
-    Ok(PdGrpc::new(channel_lazy(addr, opts)?))
+fn connect(addr: &str, opts: &Options, stamp: &Stamp) -> Result<PdGrpc> {
+    Ok(PdGrpcClient::with_interceptor(
+        channel_lazy(addr, opts)?,
+        stamp.clone(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 //! The `Pd` gRPC service: an adapter from requests to the oracle, Raft proposals and reads of
 //! PD's applied state after a read barrier. Errors travel as data (`Error` in every response).
+//!
+//! Every request is first admitted: one stamped with a cluster id (metadata
+//! [`CLUSTER_ID_METADATA`]) is served only if that is this PD's cluster id. The id is minted on
+//! first need (the first `GetClusterId` or stamped request that finds none after a read
+//! barrier) rather than when a node first leads: it then needs no hook into leadership changes,
+//! and a leader that never gets asked never writes it. Once applied it never changes, so a node
+//! that holds one checks against it without a barrier.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -13,10 +20,11 @@ use rdb_proto::pd::pd_server::Pd;
 use rdb_proto::pd::*;
 use rdb_server::config::ClusterConfig;
 use rdb_server::router::{Mailbox, Msg, RequestError};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::raft_calls::{propose, read_barrier};
-use crate::state::{PdOutput, PdState};
+use crate::state::{PdOutput, PdState, SCAN_PAGE_BYTES};
 use crate::tso::Tso;
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
@@ -82,6 +90,54 @@ fn coded(code: ErrorCode, message: String) -> Error {
     }
 }
 
+/// A response that carries only an error (every PD response can).
+trait Refusal: Default {
+    fn refusal(e: Error) -> Self;
+}
+
+macro_rules! refusal {
+    ($($t:ty),*) => {$(
+        impl Refusal for $t {
+            // Some responses have no field but `error`.
+            #[allow(clippy::needless_update)]
+            fn refusal(e: Error) -> Self {
+                Self { error: Some(e), ..Default::default() }
+            }
+        }
+    )*};
+}
+
+refusal!(
+    TsoResponse,
+    AllocIdResponse,
+    BootstrapResponse,
+    IsBootstrappedResponse,
+    PutStoreResponse,
+    GetStoreResponse,
+    GetAllStoresResponse,
+    SetStoreStateResponse,
+    StoreHeartbeatResponse,
+    RegionHeartbeatResponse,
+    GetRegionResponse,
+    ScanRegionsResponse,
+    GetMembersResponse,
+    GetClusterIdResponse
+);
+
+/// The cluster id a request is stamped with, if any.
+fn stamp(meta: &MetadataMap) -> Result<Option<u64>, Error> {
+    let Some(v) = meta.get(CLUSTER_ID_METADATA) else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(id) if id != 0 => Ok(Some(id)),
+        _ => Err(coded(
+            ErrorCode::InvalidArgument,
+            format!("metadata {CLUSTER_ID_METADATA} must be a non-zero decimal cluster id"),
+        )),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -122,6 +178,57 @@ impl PdService {
             };
         }
         Ok(())
+    }
+
+    /// This PD's cluster id, minted through the log if none is set yet (the first one applied
+    /// wins, so two leaders racing or a retried proposal agree on one).
+    async fn cluster_id(&self) -> PdResult<u64> {
+        // Set once and never changed: an id this node applied is current.
+        let known = self.read(|s| s.cluster_id);
+        if known != 0 {
+            return Ok(known);
+        }
+        self.barrier().await?;
+        let known = self.read(|s| s.cluster_id);
+        if known != 0 {
+            return Ok(known);
+        }
+        let minted = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let cmd = PdCommand {
+            op: Some(Op::InitCluster(InitCluster { cluster_id: minted })),
+        };
+        match propose(&self.mailbox, cmd.encode_to_vec()).await? {
+            PdOutput::ClusterId(id) => Ok(id),
+            other => Err(RequestError::Unavailable(format!(
+                "unexpected answer to minting the cluster id: {other:?}"
+            ))),
+        }
+    }
+
+    /// Refuses a request stamped with a cluster id that is not this PD's.
+    async fn admit(&self, meta: &MetadataMap) -> Result<(), Error> {
+        let Some(expected) = stamp(meta)? else {
+            return Ok(());
+        };
+        let own = self
+            .cluster_id()
+            .await
+            .map_err(|e| pb_error(e, &self.config))?;
+        if own == expected {
+            return Ok(());
+        }
+        Err(coded(
+            ErrorCode::ClusterMismatch,
+            format!(
+                "this PD belongs to cluster {own}, the request to cluster {expected} (a caller \
+                 of another cluster, or a PD that lost its data)"
+            ),
+        ))
     }
 
     fn read<T>(&self, f: impl FnOnce(&PdState) -> T) -> T {
@@ -201,9 +308,19 @@ fn tso_response(
 
 type TsoStream = Pin<Box<dyn Stream<Item = Result<TsoResponse, Status>> + Send + 'static>>;
 
+/// Answers a refused request with its error alone.
+macro_rules! admit {
+    ($svc:expr, $req:expr) => {
+        if let Err(e) = $svc.admit($req.metadata()).await {
+            return Ok(Response::new(Refusal::refusal(e)));
+        }
+    };
+}
+
 #[tonic::async_trait]
 impl Pd for PdService {
     async fn tso(&self, req: Request<TsoRequest>) -> Result<Response<TsoResponse>, Status> {
+        admit!(self, req);
         let count = req.into_inner().count;
         let r = self.tso.get(count).await;
         Ok(Response::new(tso_response(r, count, &self.config)))
@@ -215,6 +332,13 @@ impl Pd for PdService {
         &self,
         req: Request<Streaming<TsoRequest>>,
     ) -> Result<Response<TsoStream>, Status> {
+        if let Err(e) = self.admit(req.metadata()).await {
+            // Still one answer per request, each the refusal.
+            let out = req
+                .into_inner()
+                .map(move |r| r.map(|_| TsoResponse::refusal(e.clone())));
+            return Ok(Response::new(Box::pin(out)));
+        }
         let (tso, config) = (self.tso.clone(), self.config.clone());
         let out = req.into_inner().then(move |r| {
             let (tso, config) = (tso.clone(), config.clone());
@@ -230,6 +354,7 @@ impl Pd for PdService {
         &self,
         req: Request<AllocIdRequest>,
     ) -> Result<Response<AllocIdResponse>, Status> {
+        admit!(self, req);
         let r = req.into_inner();
         let count = r.count;
         let resp = match self.change(Op::AllocId(r)).await {
@@ -238,10 +363,7 @@ impl Pd for PdService {
                 first,
                 count,
             },
-            Ok((Some(e), _)) => AllocIdResponse {
-                error: Some(e),
-                ..Default::default()
-            },
+            Ok((Some(e), _)) => AllocIdResponse::refusal(e),
             Ok((None, other)) => AllocIdResponse {
                 error: self.err(RequestError::Unavailable(format!(
                     "unexpected answer {other:?}"
@@ -260,6 +382,7 @@ impl Pd for PdService {
         &self,
         req: Request<BootstrapRequest>,
     ) -> Result<Response<BootstrapResponse>, Status> {
+        admit!(self, req);
         let error = match self.change(Op::Bootstrap(req.into_inner())).await {
             Ok((e, _)) => e,
             Err(e) => self.err(e),
@@ -269,8 +392,9 @@ impl Pd for PdService {
 
     async fn is_bootstrapped(
         &self,
-        _req: Request<IsBootstrappedRequest>,
+        req: Request<IsBootstrappedRequest>,
     ) -> Result<Response<IsBootstrappedResponse>, Status> {
+        admit!(self, req);
         let resp = match self.barrier().await {
             Ok(()) => IsBootstrappedResponse {
                 error: None,
@@ -288,13 +412,14 @@ impl Pd for PdService {
         &self,
         req: Request<PutStoreRequest>,
     ) -> Result<Response<PutStoreResponse>, Status> {
-        let Some(store) = req.into_inner().store else {
+        admit!(self, req);
+        let r = req.into_inner();
+        let Some(id) = r.store.as_ref().map(|s| s.id) else {
             return Ok(Response::new(PutStoreResponse {
                 error: self.err(RequestError::InvalidArgument("a store is required".into())),
             }));
         };
-        let id = store.id;
-        let error = match self.change(Op::PutStore(store)).await {
+        let error = match self.change(Op::RegisterStore(r)).await {
             Ok((e, _)) => e,
             Err(e) => self.err(e),
         };
@@ -308,6 +433,7 @@ impl Pd for PdService {
         &self,
         req: Request<GetStoreRequest>,
     ) -> Result<Response<GetStoreResponse>, Status> {
+        admit!(self, req);
         let id = req.into_inner().store_id;
         let resp = match self.barrier().await {
             Ok(()) => match self.read(|s| s.stores.get(&id).cloned()) {
@@ -332,6 +458,7 @@ impl Pd for PdService {
         &self,
         req: Request<GetAllStoresRequest>,
     ) -> Result<Response<GetAllStoresResponse>, Status> {
+        admit!(self, req);
         let exclude = req.into_inner().exclude_tombstones;
         let resp = match self.barrier().await {
             Ok(()) => {
@@ -357,6 +484,7 @@ impl Pd for PdService {
         &self,
         req: Request<SetStoreStateRequest>,
     ) -> Result<Response<SetStoreStateResponse>, Status> {
+        admit!(self, req);
         let error = match self.change(Op::SetStoreState(req.into_inner())).await {
             Ok((e, _)) => e,
             Err(e) => self.err(e),
@@ -368,6 +496,7 @@ impl Pd for PdService {
         &self,
         req: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
+        admit!(self, req);
         let id = req.into_inner().store_id;
         let error = match self.barrier().await {
             Ok(()) => match self.read(|s| s.stores.get(&id).map(|st| st.state)) {
@@ -393,6 +522,7 @@ impl Pd for PdService {
         &self,
         req: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
+        admit!(self, req);
         let r = req.into_inner();
         let Some(region) = r.region else {
             return Ok(Response::new(RegionHeartbeatResponse {
@@ -411,15 +541,23 @@ impl Pd for PdService {
                 error: self.err(e),
             }));
         }
-        let known = self.read(|s| s.regions.get(&region.id).cloned());
-        let error = if known.as_ref() == Some(&region) {
-            None
-        } else {
-            // New, changed or stale: apply decides, so every PD node agrees on the verdict.
-            match self.change(Op::PutRegion(region.clone())).await {
+        let (checked, unchanged) = self.read(|s| {
+            let checked = s
+                .check_leader(&region, r.leader.as_ref())
+                .map_err(|m| (ErrorCode::InvalidArgument, m))
+                .and_then(|()| s.check_region(&region));
+            let unchanged = s.regions.get(&region.id) == Some(&region) && !s.reserves(&region);
+            (checked, unchanged)
+        });
+        let error = match checked {
+            Err((code, message)) => Some(coded(code, message)),
+            Ok(()) if unchanged => None,
+            // New, changed or naming unreserved ids: apply checks again and decides, so every
+            // PD node agrees on the verdict.
+            Ok(()) => match self.change(Op::PutRegion(region.clone())).await {
                 Ok((e, _)) => e,
                 Err(e) => self.err(e),
-            }
+            },
         };
         if error.is_none() {
             lock(&self.beats).regions.insert(
@@ -434,6 +572,7 @@ impl Pd for PdService {
         &self,
         req: Request<GetRegionRequest>,
     ) -> Result<Response<GetRegionResponse>, Status> {
+        admit!(self, req);
         let key = req.into_inner().key;
         let resp = match self.barrier().await {
             Ok(()) => self.region_response(self.read(|s| s.region_for(&key).cloned())),
@@ -449,6 +588,7 @@ impl Pd for PdService {
         &self,
         req: Request<GetRegionByIdRequest>,
     ) -> Result<Response<GetRegionResponse>, Status> {
+        admit!(self, req);
         let id = req.into_inner().region_id;
         let resp = match self.barrier().await {
             Ok(()) => self.region_response(self.read(|s| s.regions.get(&id).cloned())),
@@ -464,21 +604,25 @@ impl Pd for PdService {
         &self,
         req: Request<ScanRegionsRequest>,
     ) -> Result<Response<ScanRegionsResponse>, Status> {
+        admit!(self, req);
         let r = req.into_inner();
         let resp = match self.barrier().await {
             Ok(()) => {
-                let regions = self.read(|s| s.scan(&r.start_key, &r.end_key, r.limit as usize));
+                let page = self
+                    .read(|s| s.scan(&r.start_key, &r.end_key, r.limit as usize, SCAN_PAGE_BYTES));
                 ScanRegionsResponse {
                     error: None,
-                    regions: regions
+                    regions: page
+                        .regions
                         .into_iter()
                         .map(|x| self.region_response(Some(x)))
                         .collect(),
+                    next_start_key: page.next_start_key.unwrap_or_default(),
                 }
             }
             Err(e) => ScanRegionsResponse {
                 error: self.err(e),
-                regions: Vec::new(),
+                ..Default::default()
             },
         };
         Ok(Response::new(resp))
@@ -486,8 +630,9 @@ impl Pd for PdService {
 
     async fn get_members(
         &self,
-        _req: Request<GetMembersRequest>,
+        req: Request<GetMembersRequest>,
     ) -> Result<Response<GetMembersResponse>, Status> {
+        admit!(self, req);
         let members: Vec<Member> = self
             .config
             .nodes
@@ -516,6 +661,24 @@ impl Pd for PdService {
             Err(_) => GetMembersResponse {
                 error: self.err(RequestError::Unavailable("the PD node is busy".into())),
                 ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_cluster_id(
+        &self,
+        req: Request<GetClusterIdRequest>,
+    ) -> Result<Response<GetClusterIdResponse>, Status> {
+        admit!(self, req);
+        let resp = match self.cluster_id().await {
+            Ok(cluster_id) => GetClusterIdResponse {
+                error: None,
+                cluster_id,
+            },
+            Err(e) => GetClusterIdResponse {
+                error: self.err(e),
+                cluster_id: 0,
             },
         };
         Ok(Response::new(resp))

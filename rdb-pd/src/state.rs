@@ -4,24 +4,49 @@
 //! records under the application prefix `p` with each apply, so a restart or a snapshot reloads
 //! it. Apply depends on the log only (the TSO window uses the proposer's clock carried in the
 //! command), so every replica holds the same state at the same applied index.
+//!
+//! Apply checks what it is told, the same way on every replica: a store id PD never handed out
+//! is refused, a store's address changes only with the token it registered with, a region whose
+//! range overlaps a newer region is stale, and every id a store reports is reserved so `AllocId`
+//! never hands it out again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
-use rdb_proto::pd::{pd_command::Op, ErrorCode, PdCommand, Region, Store, StoreState};
+use rdb_proto::pd::{
+    pd_command::Op, ErrorCode, PdCommand, Peer, PutStoreRequest, Region, Store, StoreState,
+};
 use rdb_server::raft_core::{Application, Applied, CoreError};
 use rdb_storage::Engine;
 
 const KEY_TSO: &[u8] = b"pt";
 const KEY_NEXT_ID: &[u8] = b"pi";
 const KEY_BOOTSTRAPPED: &[u8] = b"pb";
+const KEY_CLUSTER_ID: &[u8] = b"pc";
 const PREFIX_STORE: &[u8] = b"ps";
+const PREFIX_TOKEN: &[u8] = b"pk";
 const PREFIX_REGION: &[u8] = b"pr";
+
+/// Ids a store may report (region and peer ids) stay below this, so reserving one can never
+/// exhaust the id space.
+pub const MAX_REPORTED_ID: u64 = 1 << 62;
+
+/// Bytes past which a `ScanRegions` answer stops and says where to go on: far inside the 4 MiB
+/// a gRPC client decodes by default.
+pub const SCAN_PAGE_BYTES: usize = 1 << 20;
+
+/// What one region costs in a scan answer beyond its own encoding: its leader, statistics and
+/// the framing of the entry (a generous bound).
+const SCAN_ENTRY_OVERHEAD: usize = 64;
 
 fn store_key(id: u64) -> Vec<u8> {
     [PREFIX_STORE, &id.to_be_bytes()].concat()
+}
+
+fn token_key(id: u64) -> Vec<u8> {
+    [PREFIX_TOKEN, &id.to_be_bytes()].concat()
 }
 
 fn region_key(id: u64) -> Vec<u8> {
@@ -31,18 +56,31 @@ fn region_key(id: u64) -> Vec<u8> {
 /// The replicated metadata, as of the applied index.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct PdState {
+    /// The cluster id (random, non-zero once minted; 0: none yet).
+    pub cluster_id: u64,
     /// Upper bound (physical ms, exclusive) of every timestamp any leader may hand out.
     pub tso_limit: u64,
-    /// The next id `AllocId` hands out (ids start at 1).
+    /// The next id `AllocId` hands out (ids start at 1); every id below it is taken.
     pub next_id: u64,
     /// Whether `Bootstrap` ran.
     pub bootstrapped: bool,
     /// Registered stores (state UP or TOMBSTONE; DOWN is computed by the leader).
     pub stores: BTreeMap<u64, Store>,
+    /// The token each store registered with (stores registered before tokens have none).
+    pub store_tokens: BTreeMap<u64, u64>,
     /// Regions by id.
     pub regions: BTreeMap<u64, Region>,
     /// Region ids by start key, to find the region holding a key.
     pub by_start: BTreeMap<Vec<u8>, u64>,
+}
+
+/// One page of a region scan.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ScanPage {
+    /// Regions in start-key order.
+    pub regions: Vec<Region>,
+    /// Set when the page was cut short for size: the start key of the first region left out.
+    pub next_start_key: Option<Vec<u8>>,
 }
 
 impl PdState {
@@ -53,17 +91,117 @@ impl PdState {
         (r.end_key.is_empty() || key < r.end_key.as_slice()).then_some(r)
     }
 
-    /// Regions overlapping `[start, end)` (empty end: no bound), at most `limit` (0: all).
-    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<Region> {
+    /// Regions overlapping `[start, end)` (empty end: no bound), at most `limit` (0: all), in
+    /// start-key order, stopping before their encoding (with a leader and statistics each)
+    /// would pass `max_bytes` (always at least one region; the continuation key comes on top). A page cut short names the start key to ask from next: since that key is a
+    /// region's start, the next page begins exactly with that region.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize, max_bytes: usize) -> ScanPage {
         let first = self
             .region_for(start)
             .map_or_else(|| start.to_vec(), |r| r.start_key.clone());
-        self.by_start
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut page = ScanPage::default();
+        let mut bytes = 0;
+        let found = self
+            .by_start
             .range(first..)
             .take_while(|(k, _)| end.is_empty() || k.as_slice() < end)
-            .filter_map(|(_, id)| self.regions.get(id).cloned())
-            .take(if limit == 0 { usize::MAX } else { limit })
-            .collect()
+            .filter_map(|(_, id)| self.regions.get(id))
+            .take(limit);
+        for r in found {
+            let cost = r.encoded_len() + SCAN_ENTRY_OVERHEAD;
+            if !page.regions.is_empty() && bytes + cost > max_bytes {
+                page.next_start_key = Some(r.start_key.clone());
+                break;
+            }
+            bytes += cost;
+            page.regions.push(r.clone());
+        }
+        page
+    }
+
+    /// Whether `id` is one `AllocId` handed out.
+    pub fn allocated(&self, id: u64) -> bool {
+        id != 0 && id < self.next_id
+    }
+
+    /// Whether recording `r` would reserve an id (one it names is not below `next_id`).
+    pub fn reserves(&self, r: &Region) -> bool {
+        region_ids(r).any(|id| id >= self.next_id)
+    }
+
+    /// Why `r` cannot replace what PD has, if it cannot: a bad range or ids (INVALID_ARGUMENT),
+    /// an epoch older than PD's for it, or a range overlapping another region of a newer
+    /// version, which means `r` is from before a split that region came from (STALE_EPOCH).
+    pub fn check_region(&self, r: &Region) -> Result<(), (ErrorCode, String)> {
+        if !r.end_key.is_empty() && r.end_key <= r.start_key {
+            return Err((
+                ErrorCode::InvalidArgument,
+                format!("region {} has an empty range", r.id),
+            ));
+        }
+        if let Some(m) = bad_region_id(r) {
+            return Err((ErrorCode::InvalidArgument, m));
+        }
+        let new = r.epoch.unwrap_or_default();
+        if let Some(old) = self.regions.get(&r.id) {
+            let old = old.epoch.unwrap_or_default();
+            if new.version < old.version || new.conf_ver < old.conf_ver {
+                return Err((
+                    ErrorCode::StaleEpoch,
+                    format!(
+                        "region {} epoch (version {}, conf_ver {}) is older than PD's \
+                         (version {}, conf_ver {})",
+                        r.id, new.version, new.conf_ver, old.version, old.conf_ver
+                    ),
+                ));
+            }
+        }
+        let overlaps = |o: &Region| {
+            (o.end_key.is_empty() || r.start_key < o.end_key)
+                && (r.end_key.is_empty() || o.start_key < r.end_key)
+        };
+        let newer = self.regions.values().find(|o| {
+            o.id != r.id && o.epoch.unwrap_or_default().version > new.version && overlaps(o)
+        });
+        match newer {
+            Some(o) => Err((
+                ErrorCode::StaleEpoch,
+                format!(
+                    "region {} (version {}) overlaps region {} of a newer version ({})",
+                    r.id,
+                    new.version,
+                    o.id,
+                    o.epoch.unwrap_or_default().version
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a region heartbeat whose leader is missing, is not one of the region's peers,
+    /// or sits on a store PD does not know (or has tombstoned).
+    pub fn check_leader(&self, r: &Region, leader: Option<&Peer>) -> Result<(), String> {
+        let Some(l) = leader else {
+            return Err(format!("the heartbeat of region {} names no leader", r.id));
+        };
+        if !r.peers.contains(l) {
+            return Err(format!(
+                "region {}: its leader (peer {} on store {}) is not one of its peers",
+                r.id, l.id, l.store_id
+            ));
+        }
+        match self.stores.get(&l.store_id) {
+            None => Err(format!(
+                "region {}: its leader is on store {}, which PD does not know",
+                r.id, l.store_id
+            )),
+            Some(st) if st.state == StoreState::Tombstone as i32 => Err(format!(
+                "region {}: its leader is on store {}, a tombstone",
+                r.id, l.store_id
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     fn put_region(&mut self, r: Region) {
@@ -87,7 +225,9 @@ impl PdState {
                 .map_err(|_| CoreError::storage(corrupt("a PD counter is not 8 bytes")))
         };
         for (k, v) in engine.app_records(b"p").map_err(CoreError::storage)? {
-            if k == KEY_TSO {
+            if k == KEY_CLUSTER_ID {
+                s.cluster_id = u64_of(&v)?;
+            } else if k == KEY_TSO {
                 s.tso_limit = u64_of(&v)?;
             } else if k == KEY_NEXT_ID {
                 s.next_id = u64_of(&v)?;
@@ -97,6 +237,8 @@ impl PdState {
                 let st = Store::decode(v.as_slice())
                     .map_err(|e| CoreError::storage(corrupt(&format!("store record: {e}"))))?;
                 s.stores.insert(st.id, st);
+            } else if let Some(id) = k.strip_prefix(PREFIX_TOKEN) {
+                s.store_tokens.insert(u64_of(id)?, u64_of(&v)?);
             } else if k.starts_with(PREFIX_REGION) {
                 let r = Region::decode(v.as_slice())
                     .map_err(|e| CoreError::storage(corrupt(&format!("region record: {e}"))))?;
@@ -129,6 +271,8 @@ pub enum PdOutput {
         /// The first id.
         first: u64,
     },
+    /// The cluster id, as set (by this command or an earlier one).
+    ClusterId(u64),
     /// The change was made.
     Done,
     /// The change was refused, deterministically (every replica refuses it).
@@ -157,12 +301,15 @@ impl PdApp {
     }
 }
 
-/// Applies one command to `s`, returning its output and the records to write.
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Applies one command to `s`, returning its output and the records to write. A refusal (or an
+/// error) changes nothing: every check comes before the first change.
 pub fn apply_command(
     s: &mut PdState,
     cmd: PdCommand,
     term: u64,
-    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: &mut Writes,
 ) -> Result<PdOutput, String> {
     let op = cmd.op.ok_or("PD command without an operation")?;
     Ok(match op {
@@ -178,9 +325,27 @@ pub fn apply_command(
                 return Err("count must be at least 1".into());
             }
             let first = s.next_id.max(1);
-            s.next_id = first + u64::from(r.count);
-            writes.push((KEY_NEXT_ID.to_vec(), Some(s.next_id.to_be_bytes().to_vec())));
+            let Some(next) = first.checked_add(u64::from(r.count)) else {
+                return Ok(PdOutput::Refused(
+                    ErrorCode::InvalidArgument,
+                    "the id space is used up".into(),
+                ));
+            };
+            set_next_id(s, next, writes);
             PdOutput::Ids { first }
+        }
+        Op::InitCluster(c) => {
+            if c.cluster_id == 0 {
+                return Err("cluster id 0 is not a cluster id".into());
+            }
+            if s.cluster_id == 0 {
+                s.cluster_id = c.cluster_id;
+                writes.push((
+                    KEY_CLUSTER_ID.to_vec(),
+                    Some(c.cluster_id.to_be_bytes().to_vec()),
+                ));
+            }
+            PdOutput::ClusterId(s.cluster_id)
         }
         Op::Bootstrap(b) => {
             if s.bootstrapped {
@@ -195,16 +360,33 @@ pub fn apply_command(
             if !region.start_key.is_empty() || !region.end_key.is_empty() {
                 return Err("the first region must cover every key (empty start and end)".into());
             }
+            if let Some(refused) =
+                check_store(s, &store, b.store_token).or_else(|| check_region_ids(&region))
+            {
+                return Ok(refused);
+            }
             s.bootstrapped = true;
             writes.push((KEY_BOOTSTRAPPED.to_vec(), Some(vec![1])));
-            put_store(s, store, writes)?;
-            writes.push((region_key(region.id), Some(region.encode_to_vec())));
-            s.put_region(region);
+            record_store(s, store, b.store_token, writes);
+            record_region(s, region, writes);
             PdOutput::Done
         }
-        Op::PutStore(st) => match put_store(s, st, writes)? {
+        Op::RegisterStore(PutStoreRequest { store, store_token }) => {
+            let store = store.ok_or("a store is required")?;
+            match check_store(s, &store, store_token) {
+                Some(refused) => refused,
+                None => {
+                    record_store(s, store, store_token, writes);
+                    PdOutput::Done
+                }
+            }
+        }
+        Op::PutStore(store) => match check_store(s, &store, 0) {
             Some(refused) => refused,
-            None => PdOutput::Done,
+            None => {
+                record_store(s, store, 0, writes);
+                PdOutput::Done
+            }
         },
         Op::SetStoreState(r) => {
             if r.state != StoreState::Tombstone as i32 {
@@ -220,60 +402,102 @@ pub fn apply_command(
             writes.push((store_key(st.id), Some(st.encode_to_vec())));
             PdOutput::Done
         }
-        Op::PutRegion(r) => {
-            let new = r.epoch.unwrap_or_default();
-            if let Some(old) = s.regions.get(&r.id) {
-                let old = old.epoch.unwrap_or_default();
-                if new.version < old.version || new.conf_ver < old.conf_ver {
-                    return Ok(PdOutput::Refused(
-                        ErrorCode::StaleEpoch,
-                        format!(
-                            "region {} epoch (version {}, conf_ver {}) is older than PD's \
-                             (version {}, conf_ver {})",
-                            r.id, new.version, new.conf_ver, old.version, old.conf_ver
-                        ),
-                    ));
-                }
+        Op::PutRegion(r) => match s.check_region(&r) {
+            Err((code, message)) => PdOutput::Refused(code, message),
+            Ok(()) => {
+                record_region(s, r, writes);
+                PdOutput::Done
             }
-            writes.push((region_key(r.id), Some(r.encode_to_vec())));
-            s.put_region(r);
-            PdOutput::Done
-        }
+        },
     })
 }
 
-fn put_store(
-    s: &mut PdState,
-    mut st: Store,
-    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<Option<PdOutput>, String> {
-    if st.id == 0 {
-        return Err("store id 0 is reserved".into());
+fn refused(message: String) -> Option<PdOutput> {
+    Some(PdOutput::Refused(ErrorCode::InvalidArgument, message))
+}
+
+/// Why `st` cannot be registered with `token`, if it cannot.
+fn check_store(s: &PdState, st: &Store, token: u64) -> Option<PdOutput> {
+    if !s.allocated(st.id) {
+        return refused(format!(
+            "store id {} was never handed out by this PD (its ids so far are below {}): a store \
+             gets its id from AllocId; is it a store of another cluster, or did PD lose its data?",
+            st.id,
+            s.next_id.max(1)
+        ));
     }
     if st.address.is_empty() {
-        return Err("a store needs an address".into());
+        return refused(format!("store {} needs an address", st.id));
     }
     if let Some(old) = s.stores.get(&st.id) {
         if old.state == StoreState::Tombstone as i32 {
-            return Ok(Some(PdOutput::Refused(
-                ErrorCode::InvalidArgument,
-                format!("store {} is a tombstone and cannot come back", st.id),
-            )));
+            return refused(format!(
+                "store {} is a tombstone and cannot come back",
+                st.id
+            ));
+        }
+    }
+    if let Some(&known) = s.store_tokens.get(&st.id) {
+        if known != token {
+            return refused(format!(
+                "store {} is registered with another store token: only that store (its data \
+                 directory) can change its address",
+                st.id
+            ));
         }
     }
     if let Some(other) = s.stores.values().find(|o| {
         o.id != st.id && o.address == st.address && o.state != StoreState::Tombstone as i32
     }) {
-        return Ok(Some(PdOutput::Refused(
-            ErrorCode::InvalidArgument,
-            format!("address {} is already store {}", st.address, other.id),
-        )));
+        return refused(format!(
+            "address {} is already store {}",
+            st.address, other.id
+        ));
     }
+    None
+}
+
+/// Records `st` (UP) and, if it has none yet, its first non-zero token.
+fn record_store(s: &mut PdState, mut st: Store, token: u64, writes: &mut Writes) {
     st.state = StoreState::Up as i32;
     st.last_heartbeat_ms_ago = 0;
+    if token != 0 && !s.store_tokens.contains_key(&st.id) {
+        s.store_tokens.insert(st.id, token);
+        writes.push((token_key(st.id), Some(token.to_be_bytes().to_vec())));
+    }
     writes.push((store_key(st.id), Some(st.encode_to_vec())));
     s.stores.insert(st.id, st);
-    Ok(None)
+}
+
+/// Every id a region names: its own, its peers' and their stores'.
+fn region_ids(r: &Region) -> impl Iterator<Item = u64> + '_ {
+    std::iter::once(r.id).chain(r.peers.iter().flat_map(|p| [p.id, p.store_id]))
+}
+
+/// Refuses a region naming id 0 or an id past [`MAX_REPORTED_ID`].
+fn check_region_ids(r: &Region) -> Option<PdOutput> {
+    bad_region_id(r).and_then(refused)
+}
+
+fn bad_region_id(r: &Region) -> Option<String> {
+    let id = region_ids(r).find(|&id| id == 0 || id >= MAX_REPORTED_ID)?;
+    Some(format!("region {} names id {id}, out of range", r.id))
+}
+
+/// Records `r` and reserves every id it names.
+fn record_region(s: &mut PdState, r: Region, writes: &mut Writes) {
+    if let Some(max) = region_ids(&r).max() {
+        if max >= s.next_id {
+            set_next_id(s, max + 1, writes);
+        }
+    }
+    writes.push((region_key(r.id), Some(r.encode_to_vec())));
+    s.put_region(r);
+}
+
+fn set_next_id(s: &mut PdState, next: u64, writes: &mut Writes) {
+    s.next_id = next;
+    writes.push((KEY_NEXT_ID.to_vec(), Some(next.to_be_bytes().to_vec())));
 }
 
 impl Application for PdApp {
@@ -337,154 +561,4 @@ impl Application for PdApp {
 }
 
 #[cfg(test)]
-mod tests {
-    use rdb_proto::pd::{AllocIdRequest, BootstrapRequest, RegionEpoch, TsoAdvance};
-
-    use super::*;
-
-    fn run(s: &mut PdState, op: Op) -> Result<PdOutput, String> {
-        apply_command(s, PdCommand { op: Some(op) }, 1, &mut Vec::new())
-    }
-
-    fn region(id: u64, start: &[u8], end: &[u8], version: u64) -> Region {
-        Region {
-            id,
-            start_key: start.to_vec(),
-            end_key: end.to_vec(),
-            epoch: Some(RegionEpoch {
-                version,
-                conf_ver: 1,
-            }),
-            peers: vec![],
-        }
-    }
-
-    #[test]
-    fn a_tso_window_never_starts_below_the_last_one_whatever_the_proposers_clock() {
-        let mut s = PdState::default();
-        let adv = |now_ms| {
-            Op::TsoAdvance(TsoAdvance {
-                now_ms,
-                window_ms: 3000,
-            })
-        };
-        assert_eq!(
-            run(&mut s, adv(10_000)),
-            Ok(PdOutput::TsoAdvanced {
-                base: 10_000,
-                limit: 13_000,
-                term: 1
-            })
-        );
-        // A clock stepped back: the window starts at the old limit.
-        assert_eq!(
-            run(&mut s, adv(5_000)),
-            Ok(PdOutput::TsoAdvanced {
-                base: 13_000,
-                limit: 16_000,
-                term: 1
-            })
-        );
-    }
-
-    #[test]
-    fn ids_never_repeat_and_a_zero_count_is_refused() {
-        let mut s = PdState::default();
-        let alloc = |count| Op::AllocId(AllocIdRequest { count });
-        assert_eq!(run(&mut s, alloc(5)), Ok(PdOutput::Ids { first: 1 }));
-        assert_eq!(run(&mut s, alloc(1)), Ok(PdOutput::Ids { first: 6 }));
-        assert!(run(&mut s, alloc(0)).is_err());
-    }
-
-    #[test]
-    fn regions_are_found_by_key_and_a_stale_epoch_is_refused() {
-        let mut s = PdState::default();
-        let boot = Op::Bootstrap(BootstrapRequest {
-            store: Some(Store {
-                id: 1,
-                address: "a:1".into(),
-                ..Default::default()
-            }),
-            region: Some(region(2, b"", b"", 1)),
-        });
-        assert_eq!(run(&mut s, boot.clone()), Ok(PdOutput::Done));
-        assert!(matches!(
-            run(&mut s, boot),
-            Ok(PdOutput::Refused(ErrorCode::AlreadyBootstrapped, _))
-        ));
-        assert_eq!(s.region_for(b"zzz").map(|r| r.id), Some(2));
-        // A split into [.., m) and [m, ..).
-        run(&mut s, Op::PutRegion(region(2, b"", b"m", 2))).unwrap();
-        run(&mut s, Op::PutRegion(region(3, b"m", b"", 2))).unwrap();
-        assert_eq!(s.region_for(b"a").map(|r| r.id), Some(2));
-        assert_eq!(s.region_for(b"m").map(|r| r.id), Some(3));
-        assert_eq!(
-            s.scan(b"b", b"", 0)
-                .iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>(),
-            vec![2, 3]
-        );
-        assert_eq!(
-            s.scan(b"", b"m", 0)
-                .iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>(),
-            vec![2]
-        );
-        assert!(matches!(
-            run(&mut s, Op::PutRegion(region(2, b"", b"", 1))),
-            Ok(PdOutput::Refused(ErrorCode::StaleEpoch, _))
-        ));
-        assert_eq!(s.region_for(b"z").map(|r| r.id), Some(3), "nothing changed");
-    }
-
-    #[test]
-    fn the_state_written_through_reloads_identically() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        engine
-            .bootstrap_or_check(
-                rdb_storage::Ident {
-                    cluster_id: 1,
-                    node_id: 1,
-                },
-                &[1],
-                &[],
-            )
-            .unwrap();
-        let mut app = PdApp::open(engine.clone()).unwrap();
-        let cmds = [
-            Op::AllocId(AllocIdRequest { count: 3 }),
-            Op::Bootstrap(BootstrapRequest {
-                store: Some(Store {
-                    id: 1,
-                    address: "a:1".into(),
-                    ..Default::default()
-                }),
-                region: Some(region(2, b"", b"", 1)),
-            }),
-            Op::TsoAdvance(TsoAdvance {
-                now_ms: 7,
-                window_ms: 100,
-            }),
-        ];
-        let entries: Vec<Entry> = cmds
-            .into_iter()
-            .enumerate()
-            .map(|(i, op)| Entry {
-                index: i as u64 + 1,
-                term: 1,
-                data: PdCommand { op: Some(op) }.encode_to_vec().into(),
-                ..Default::default()
-            })
-            .collect();
-        app.apply(&entries).unwrap();
-        let live = app.state.read().unwrap().clone();
-        let reloaded = PdApp::open(engine).unwrap();
-        assert_eq!(*reloaded.state.read().unwrap(), live);
-        assert_eq!(reloaded.applied_index().unwrap(), 3);
-        assert_eq!(live.next_id, 4);
-        assert_eq!(live.tso_limit, 107);
-    }
-}
+mod tests;

@@ -8,8 +8,14 @@
 //! Requests queue to one task. It takes every request waiting, confirms leadership once for the
 //! batch with a ReadIndex round (a deposed leader cannot confirm, so it cannot hand out a
 //! timestamp lower than one a newer leader already gave), then serves them in order.
+//!
+//! The physical part follows the wall clock when the clock is ahead, and is never held back by
+//! it: when a millisecond's 65,536 logical values are used up, the next request is served from
+//! the next millisecond at once (as TiKV's PD does), even if the clock is far behind (a window
+//! opened above an earlier leader's, or a clock stepped back). The persisted limit bounds how far
+//! that goes; the window is advanced through Raft when the physical part nears it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use rdb_proto::pd::{pd_command::Op, PdCommand, TsoAdvance};
@@ -74,6 +80,38 @@ struct Window {
     limit: u64,
 }
 
+/// What the window can do for one request.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// Served: the first (physical, logical) of the request's timestamps.
+    Served(u64, u64),
+    /// The window must be advanced (through Raft) first.
+    Advance,
+}
+
+impl Window {
+    /// Places `count` timestamps (at most [`LOGICAL_SPAN`]) at wall-clock time `now`: in the
+    /// current millisecond if they fit, else in the next one (never waiting for the clock),
+    /// and asks for an advance while the physical part is within half a window of the limit,
+    /// so a leader rarely waits on Raft mid-batch and never serves at or past the limit.
+    fn place(&mut self, now: u64, count: u64, window_ms: u64) -> Place {
+        if now > self.physical {
+            self.physical = now;
+            self.logical = 0;
+        }
+        if self.logical + count > LOGICAL_SPAN {
+            self.physical += 1;
+            self.logical = 0;
+        }
+        if self.physical + window_ms / 2 >= self.limit {
+            return Place::Advance;
+        }
+        let first = (self.physical, self.logical);
+        self.logical += count;
+        Place::Served(first.0, first.1)
+    }
+}
+
 /// The wall clock in ms, shifted by `RDB_PD_CLOCK_SKEW_MS` (signed) when that is set: tests use
 /// it to restart a node with a clock stepped back.
 fn now_ms() -> u64 {
@@ -121,29 +159,13 @@ async fn serve(
         advance(mailbox, window_ms, term, w).await?;
     }
     for c in batch.drain(..) {
-        let count = u64::from(c.count);
-        loop {
-            let now = now_ms();
-            if now > w.physical {
-                w.physical = now;
-                w.logical = 0;
+        let (physical, logical) = loop {
+            match w.place(now_ms(), u64::from(c.count), window_ms) {
+                Place::Served(p, l) => break (p, l),
+                Place::Advance => advance(mailbox, window_ms, term, w).await?,
             }
-            if w.logical + count > LOGICAL_SPAN {
-                // The millisecond is used up: wait for the next one.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-            // Keep half a window ahead, so a leader rarely waits on Raft mid-batch.
-            if w.physical + window_ms / 2 >= w.limit {
-                advance(mailbox, window_ms, term, w).await?;
-                if w.physical >= w.limit {
-                    continue;
-                }
-            }
-            break;
-        }
-        let _ = c.tx.send(Ok((w.physical, w.logical)));
-        w.logical += count;
+        };
+        let _ = c.tx.send(Ok((physical, logical)));
     }
     Ok(())
 }
@@ -185,5 +207,84 @@ async fn advance(
         other => Err(RequestError::Unavailable(format!(
             "unexpected answer to a window advance: {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window opened a minute ahead of the wall clock (an earlier leader's limit, or a clock
+    /// stepped back), with a limit far enough not to need an advance.
+    fn ahead() -> (Window, u64) {
+        let now = 1_000_000;
+        let w = Window {
+            term: 1,
+            physical: now + 60_000,
+            logical: 0,
+            limit: now + 200_000,
+        };
+        (w, now)
+    }
+
+    #[test]
+    fn a_used_up_millisecond_moves_to_the_next_one_without_waiting_for_the_clock() {
+        let (mut w, now) = ahead();
+        let start = w.physical;
+        let mut last = None;
+        // 200,000 timestamps in requests of various sizes, the clock standing still far behind.
+        let mut left = 200_000u64;
+        for count in [1u64, 65_536, 7, 65_536, 30_000, 65_535, 2].iter().cycle() {
+            if left == 0 {
+                break;
+            }
+            let count = (*count).min(left);
+            left -= count;
+            let Place::Served(p, l) = w.place(now, count, 3000) else {
+                panic!("asked for an advance with the limit far ahead");
+            };
+            assert!(
+                l + count <= LOGICAL_SPAN,
+                "{count} from {l} pass the millisecond"
+            );
+            let first = p << 16 | l;
+            if let Some(prev) = last {
+                assert!(first > prev, "{first} after {prev}");
+            }
+            last = Some(first + count - 1);
+        }
+        assert!(
+            w.physical <= start + 10,
+            "physical ran on: {}",
+            w.physical - start
+        );
+    }
+
+    #[test]
+    fn the_physical_part_follows_a_clock_that_is_ahead() {
+        let (mut w, _) = ahead();
+        let later = w.physical + 10;
+        assert_eq!(w.place(later, 5, 3000), Place::Served(later, 0));
+        assert_eq!(w.place(later, 5, 3000), Place::Served(later, 5));
+    }
+
+    #[test]
+    fn near_the_limit_it_asks_for_an_advance_and_never_serves_past_it() {
+        let mut w = Window {
+            term: 1,
+            physical: 10_000,
+            logical: 0,
+            limit: 11_600,
+        };
+        assert!(matches!(w.place(0, LOGICAL_SPAN, 3000), Place::Served(..)));
+        // Each full request takes the next millisecond; 1,500 below the limit it stops.
+        let mut served = 1;
+        while let Place::Served(p, _) = w.place(0, LOGICAL_SPAN, 3000) {
+            assert!(p + 1500 < w.limit);
+            served += 1;
+        }
+        assert_eq!(served, 100);
+        w.limit += 3000;
+        assert_eq!(w.place(0, 1, 3000), Place::Served(10_100, 0));
     }
 }

@@ -21,6 +21,10 @@ pub mod peer {
 /// The placement driver's service, and the commands its Raft group replicates.
 pub mod pd {
     tonic::include_proto!("rdb.pd");
+
+    /// The gRPC metadata entry in which a PD request carries the cluster id its caller expects
+    /// (decimal); a PD of another cluster answers `CLUSTER_MISMATCH`.
+    pub const CLUSTER_ID_METADATA: &str = "rdb-cluster-id";
 }
 
 /// Commands replicated through the Raft log.

@@ -474,6 +474,7 @@ async fn execute(c: &Client, op: &Op) -> Outcome {
             e @ (Error::StaleEpoch(_)
             | Error::AlreadyBootstrapped(_)
             | Error::NotFound(_)
+            | Error::ClusterMismatch(_)
             | Error::Io(_)),
         ) => {
             panic!("a KV call got a PD error: {e}")

@@ -336,6 +336,7 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
                         .bootstrap(BootstrapRequest {
                             store: Some(s),
                             region: Some(r),
+                            store_token: 0,
                         })
                         .await?
                         .into_inner();
@@ -346,6 +347,9 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
             .await
         }
     };
+    // Ids never repeat; the store and region ids below are among the first five.
+    let a = pd.alloc(5).await;
+    assert_eq!((a.error.clone(), a.first), (None, 1));
     let r = boot(store(1, "127.0.0.1:1"), region.clone()).await;
     assert_eq!(r.error, None);
     let r = boot(store(1, "127.0.0.1:1"), region.clone()).await;
@@ -353,11 +357,7 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
         r.error.map(|e| e.code),
         Some(ErrorCode::AlreadyBootstrapped as i32)
     );
-
-    // Ids never repeat.
-    let a = pd.alloc(5).await;
     let b = pd.alloc(3).await;
-    assert_eq!(a.error, None);
     assert!(b.first >= a.first + 5, "{a:?} then {b:?}");
 
     // Bad requests: typed, nothing changes.
@@ -368,7 +368,10 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
                 let s = s.clone();
                 async move {
                     let x = cl
-                        .put_store(PutStoreRequest { store: Some(s) })
+                        .put_store(PutStoreRequest {
+                            store: Some(s),
+                            store_token: 0,
+                        })
                         .await?
                         .into_inner();
                     let e = err_of(&x.error);
@@ -390,8 +393,9 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
     );
     assert_eq!(put_store(store(5, "127.0.0.1:5")).await.error, None);
 
-    // Regions: a split is accepted, a stale epoch refused.
-    let heartbeat = |r: Region| {
+    // Regions: a split is accepted, a stale epoch refused, and so are a heartbeat over a newer
+    // region's keys and one whose leader is no peer or on no store PD knows.
+    let heartbeat_led = |r: Region, leader: Peer| {
         let pd = pd.clone();
         async move {
             pd.call(SECS(20), |mut cl| {
@@ -399,8 +403,8 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
                 async move {
                     let x = cl
                         .region_heartbeat(RegionHeartbeatRequest {
+                            leader: Some(leader),
                             region: Some(r),
-                            leader: Some(Peer { id: 3, store_id: 1 }),
                             approximate_size: 10,
                             approximate_keys: 1,
                         })
@@ -413,6 +417,7 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
             .await
         }
     };
+    let heartbeat = |r: Region| heartbeat_led(r.clone(), r.peers[0]);
     let left = Region {
         end_key: b"m".to_vec(),
         epoch: Some(RegionEpoch {
@@ -435,6 +440,32 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
     assert_eq!(heartbeat(right.clone()).await.error, None);
     let r = heartbeat(region.clone()).await;
     assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::StaleEpoch as i32));
+    let forged = Region {
+        id: 8,
+        start_key: b"p".to_vec(),
+        end_key: b"q".to_vec(),
+        ..region.clone()
+    };
+    let r = heartbeat(forged).await;
+    assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::StaleEpoch as i32));
+    let r = heartbeat_led(right.clone(), Peer { id: 3, store_id: 1 }).await;
+    assert_eq!(
+        err_of(&r.error).map(|(code, m, _)| (code, m.contains("not one of its peers"))),
+        Some((ErrorCode::InvalidArgument as i32, true))
+    );
+    let elsewhere = Region {
+        peers: vec![Peer { id: 7, store_id: 4 }],
+        epoch: Some(RegionEpoch {
+            version: 3,
+            conf_ver: 1,
+        }),
+        ..right.clone()
+    };
+    let r = heartbeat(elsewhere).await;
+    assert_eq!(
+        err_of(&r.error).map(|(code, m, _)| (code, m.contains("does not know"))),
+        Some((ErrorCode::InvalidArgument as i32, true))
+    );
     let get_region = |key: &'static [u8]| {
         let pd = pd.clone();
         async move {
@@ -453,7 +484,7 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
     assert_eq!(get_region(b"x").await.region, Some(right.clone()));
     assert_eq!(
         get_region(b"x").await.leader,
-        Some(Peer { id: 3, store_id: 1 })
+        Some(Peer { id: 7, store_id: 1 })
     );
 
     // A store that stops heartbeating is reported Down; one that heartbeats stays Up.
@@ -670,6 +701,7 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
             },
             peers: vec![CPeer { id: 3, store_id: 1 }],
         },
+        11,
     )
     .await
     .expect("bootstrap");
@@ -697,4 +729,249 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
         "{members}"
     );
     assert!(members["leader_id"].as_u64().unwrap_or(0) >= 1, "{members}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_clock_stepped_back_a_burst_of_timestamps_never_waits_for_the_clock() {
+    let mut c = TestCluster::start_pd(1, "tso_window_ms = 3000");
+    let pd = Pd::new(&c);
+    assert_eq!(pd.tso(1, SECS(20)).await.error, None);
+    // Restarted a minute behind: its window opens at the old limit, a minute ahead of its clock.
+    c.kill(1);
+    c.restart_with_env(1, &[("RDB_PD_CLOCK_SKEW_MS", "-60000")]);
+    assert_eq!(pd.tso(1, SECS(20)).await.error, None, "serving again");
+    let addr = c.nodes[0].client_addr.clone();
+
+    /// Calls `Tso` with each count in turn on one connection: the ranges it got, and the
+    /// slowest call. A call that would wait for the clock fails here: `connect`'s channel
+    /// times calls out after 1 s.
+    async fn caller(
+        addr: String,
+        counts: impl Iterator<Item = u32>,
+    ) -> (Vec<(u64, u64)>, Duration) {
+        let mut client = connect(&addr).await.expect("connect");
+        let (mut got, mut slowest) = (Vec::new(), Duration::ZERO);
+        for count in counts {
+            let t = Instant::now();
+            let r = client
+                .tso(TsoRequest { count })
+                .await
+                .unwrap_or_else(|e| panic!("Tso(count={count}) after {:?}: {e}", t.elapsed()))
+                .into_inner();
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r.error, None);
+            assert_eq!(r.count, count);
+            let first = ts(r.first.as_ref().expect("a timestamp"));
+            if let Some(&(_, last)) = got.last() {
+                assert!(first > last, "{first} after {last}");
+            }
+            got.push((first, first + u64::from(count) - 1));
+        }
+        (got, slowest)
+    }
+
+    // 200,000 timestamps in calls of various counts, and single ones alongside (as
+    // `rdb-cli tso` asks).
+    let mut left = 200_000u32;
+    let bulk: Vec<u32> = [65_536u32, 1, 30_000, 65_536, 7, 50_000, 65_535, 2]
+        .iter()
+        .cycle()
+        .map_while(|&n| {
+            let n = n.min(left);
+            left -= n;
+            (n > 0).then_some(n)
+        })
+        .collect();
+    let single = tokio::spawn(caller(addr.clone(), std::iter::repeat_n(1, 200)));
+    let (mut all, slowest) = caller(addr, bulk.into_iter()).await;
+    let (got, slowest_single) = single.await.expect("single caller");
+    all.extend(got);
+    assert!(
+        slowest <= Duration::from_millis(50) && slowest_single <= Duration::from_millis(50),
+        "a call took {slowest:?} (single timestamps: {slowest_single:?})"
+    );
+    all.sort_unstable();
+    for w in all.windows(2) {
+        assert!(w[0].1 < w[1].0, "timestamps overlap: {w:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pd_that_lost_its_data_mints_a_new_cluster_id_and_refuses_callers_of_the_old_one() {
+    use rdb_client::{Error as CError, PdClient as Client};
+    let mut c = TestCluster::start_pd(3, "");
+    let pd = Client::new(c.endpoints()).expect("client");
+    let id = pd.cluster_id().await.expect("cluster id");
+    assert_ne!(id, 0);
+    assert_eq!(
+        pd.cluster_id().await.expect("cluster id"),
+        id,
+        "minted once"
+    );
+
+    // Stamped with its id, a caller is served; stamped with another, refused, not retried.
+    pd.set_cluster_id(id);
+    pd.alloc_ids(1)
+        .await
+        .expect("ids for a caller of this cluster");
+    pd.timestamp()
+        .await
+        .expect("a timestamp for a caller of this cluster");
+    let stranger = Client::new(c.endpoints()).expect("client");
+    let other = id.wrapping_add(1).max(1);
+    stranger.set_cluster_id(other);
+    let mismatch = |r: Result<u64, CError>| match r {
+        Err(CError::ClusterMismatch(m)) => m,
+        other => panic!("expected a cluster mismatch: {other:?}"),
+    };
+    let m = mismatch(stranger.alloc_ids(1).await);
+    assert!(
+        m.contains(&id.to_string()) && m.contains(&other.to_string()),
+        "{m}"
+    );
+    let t = stranger.timestamp().await.map(|t| t.as_u64());
+    mismatch(t);
+
+    // Replicated: the next leader has the same id; and it survives a full restart.
+    let l = Pd::new(&c).leader_id().await;
+    c.kill(l);
+    assert_eq!(pd.cluster_id().await.expect("cluster id"), id);
+    c.restart(l);
+    for n in 1..=3 {
+        c.kill(n);
+    }
+    for n in 1..=3 {
+        c.restart(n);
+    }
+    assert_eq!(pd.cluster_id().await.expect("cluster id"), id);
+
+    // Every data directory wiped: a new cluster, which refuses callers of the old one and
+    // serves unstamped ones.
+    for n in 1..=3 {
+        c.kill(n);
+        std::fs::remove_dir_all(c.data_dir(n)).expect("wipe");
+    }
+    for n in 1..=3 {
+        c.restart(n);
+    }
+    let m = mismatch(pd.alloc_ids(1).await);
+    assert!(m.contains(&id.to_string()), "{m}");
+    let fresh = Client::new(c.endpoints()).expect("client");
+    let new_id = fresh.cluster_id().await.expect("cluster id");
+    assert_ne!(new_id, id);
+    assert!(m.contains(&new_id.to_string()), "{m}");
+    fresh
+        .alloc_ids(1)
+        .await
+        .expect("an unstamped caller is served");
+}
+
+#[tokio::test]
+async fn a_store_moves_only_with_its_token_and_only_ids_pd_gave_are_stores() {
+    use rdb_client::pd::Store as CStore;
+    use rdb_client::{Error as CError, PdClient as Client};
+    let c = TestCluster::start_pd(1, "");
+    let pd = Client::new(c.endpoints()).expect("client");
+    let id = pd.alloc_ids(1).await.expect("id");
+    let store = |address: &str| CStore {
+        id,
+        address: address.into(),
+        ..Default::default()
+    };
+    pd.put_store(store("127.0.0.1:1"), 7)
+        .await
+        .expect("register");
+    pd.put_store(store("127.0.0.1:2"), 7)
+        .await
+        .expect("the store itself moves");
+    for token in [8, 0] {
+        match pd.put_store(store("127.0.0.1:66"), token).await {
+            Err(CError::InvalidArgument(m)) => {
+                assert!(m.contains(&format!("store {id}")), "{m}")
+            }
+            other => panic!("another token moved store {id}: {other:?}"),
+        }
+    }
+    let st = pd.get_store(id).await.expect("get").expect("a store");
+    assert_eq!(st.address, "127.0.0.1:2");
+    let never = CStore {
+        id: id + 1000,
+        address: "127.0.0.1:3".into(),
+        ..Default::default()
+    };
+    match pd.put_store(never, 9).await {
+        Err(CError::InvalidArgument(m)) => assert!(m.contains("never handed out"), "{m}"),
+        other => panic!("a store id PD never gave was taken: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_over_regions_larger_than_a_grpc_message_comes_back_whole() {
+    use rdb_client::pd::{
+        Peer as CPeer, Region as CRegion, RegionEpoch as CEpoch, Store as CStore,
+    };
+    let c = TestCluster::start_pd(1, "");
+    let pd = rdb_client::PdClient::new(c.endpoints()).expect("client");
+    let store = pd.alloc_ids(1).await.expect("id");
+    pd.put_store(
+        CStore {
+            id: store,
+            address: "127.0.0.1:7".into(),
+            ..Default::default()
+        },
+        7,
+    )
+    .await
+    .expect("store");
+    // 640 regions bounded by 4,000-byte keys: about 5 MB, past the 4 MiB a gRPC client
+    // decodes in one message.
+    const N: u64 = 640;
+    fn bound(i: u64) -> Vec<u8> {
+        let mut k = vec![b'k'; 4000];
+        k[..8].copy_from_slice(&i.to_be_bytes());
+        k
+    }
+    fn region(i: u64, store: u64) -> CRegion {
+        CRegion {
+            id: 10_000 + i,
+            start_key: if i == 0 { vec![] } else { bound(i) },
+            end_key: if i + 1 == N { vec![] } else { bound(i + 1) },
+            epoch: CEpoch {
+                version: 1,
+                conf_ver: 1,
+            },
+            peers: vec![CPeer {
+                id: 20_000 + i,
+                store_id: store,
+            }],
+        }
+    }
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pd = pd.clone();
+            tokio::spawn(async move {
+                for i in (t..N).step_by(8) {
+                    let r = region(i, store);
+                    let leader = r.peers[0];
+                    pd.region_heartbeat(r, leader, 0, 0)
+                        .await
+                        .expect("heartbeat");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let all = pd.scan_regions("", "", 0).await.expect("scan");
+    assert_eq!(
+        all.iter().map(|r| r.region.id).collect::<Vec<_>>(),
+        (0..N).map(|i| 10_000 + i).collect::<Vec<_>>()
+    );
+    let some = pd
+        .scan_regions(bound(100), bound(600), 450)
+        .await
+        .expect("scan");
+    assert_eq!(some.len(), 450);
+    assert_eq!(some[0].region.id, 10_100);
 }

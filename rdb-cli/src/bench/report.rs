@@ -28,6 +28,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::StaleEpoch(_) => "stale_epoch",
         Error::AlreadyBootstrapped(_) => "already_bootstrapped",
         Error::NotFound(_) => "not_found",
+        Error::ClusterMismatch(_) => "cluster_mismatch",
         Error::Io(_) => "io",
     }
 }

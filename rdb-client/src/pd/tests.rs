@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,12 @@ pub(crate) struct Fake {
     stores: Mutex<BTreeMap<u64, pb::Store>>,
     regions: Mutex<BTreeMap<u64, pb::RegionHeartbeatRequest>>,
     members: Vec<pb::Member>,
+    /// This PD's cluster id; a request stamped with another is refused CLUSTER_MISMATCH.
+    cluster_id: u64,
+    /// The cluster id stamped on the last request (0: none).
+    last_stamp: AtomicU64,
+    /// Answer scans in pages of this many regions (0: one page).
+    scan_page: usize,
 }
 
 fn pb_err(code: pb::ErrorCode, message: &str) -> Option<pb::Error> {
@@ -54,8 +60,19 @@ fn pb_err(code: pb::ErrorCode, message: &str) -> Option<pb::Error> {
 
 impl Fake {
     /// The error this node answers before looking at the request, if any.
-    fn gate(&self) -> Option<pb::Error> {
+    fn gate(&self, meta: &tonic::metadata::MetadataMap) -> Option<pb::Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let stamp = meta
+            .get(pb::CLUSTER_ID_METADATA)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.last_stamp.store(stamp, Ordering::SeqCst);
+        if stamp != 0 && stamp != self.cluster_id {
+            return pb_err(
+                pb::ErrorCode::ClusterMismatch,
+                &format!("PD {} is not {stamp}", self.cluster_id),
+            );
+        }
         if let Some(hint) = &self.not_leader {
             return Some(pb::Error {
                 code: pb::ErrorCode::NotLeader as i32,
@@ -112,7 +129,7 @@ type TsoStream =
 #[tonic::async_trait]
 impl Pd for FakePd {
     async fn tso(&self, r: Request<pb::TsoRequest>) -> Result<Response<pb::TsoResponse>, Status> {
-        if let Some(error) = self.gate() {
+        if let Some(error) = self.gate(r.metadata()) {
             return Ok(Response::new(pb::TsoResponse {
                 error: Some(error),
                 ..Default::default()
@@ -154,7 +171,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::AllocIdRequest>,
     ) -> Result<Response<pb::AllocIdResponse>, Status> {
-        if let Some(error) = self.gate() {
+        if let Some(error) = self.gate(r.metadata()) {
             return Ok(Response::new(pb::AllocIdResponse {
                 error: Some(error),
                 ..Default::default()
@@ -175,7 +192,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
-        let error = self.gate().or_else(|| {
+        let error = self.gate(r.metadata()).or_else(|| {
             if self.bootstrapped.swap(true, Ordering::SeqCst) {
                 return pb_err(pb::ErrorCode::AlreadyBootstrapped, "bootstrapped already");
             }
@@ -197,9 +214,9 @@ impl Pd for FakePd {
 
     async fn is_bootstrapped(
         &self,
-        _: Request<pb::IsBootstrappedRequest>,
+        r: Request<pb::IsBootstrappedRequest>,
     ) -> Result<Response<pb::IsBootstrappedResponse>, Status> {
-        let error = self.gate();
+        let error = self.gate(r.metadata());
         Ok(Response::new(pb::IsBootstrappedResponse {
             bootstrapped: error.is_none() && self.bootstrapped.load(Ordering::SeqCst),
             error,
@@ -210,7 +227,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::PutStoreRequest>,
     ) -> Result<Response<pb::PutStoreResponse>, Status> {
-        let error = self.gate().or_else(|| {
+        let error = self.gate(r.metadata()).or_else(|| {
             let store = r.into_inner().store.unwrap_or_default();
             self.stores.lock().unwrap().insert(store.id, store);
             None
@@ -222,7 +239,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::GetStoreRequest>,
     ) -> Result<Response<pb::GetStoreResponse>, Status> {
-        if let Some(error) = self.gate() {
+        if let Some(error) = self.gate(r.metadata()) {
             return Ok(Response::new(pb::GetStoreResponse {
                 error: Some(error),
                 store: None,
@@ -247,7 +264,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::GetAllStoresRequest>,
     ) -> Result<Response<pb::GetAllStoresResponse>, Status> {
-        let error = self.gate();
+        let error = self.gate(r.metadata());
         let exclude = r.into_inner().exclude_tombstones;
         let stores = self
             .stores
@@ -264,7 +281,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::SetStoreStateRequest>,
     ) -> Result<Response<pb::SetStoreStateResponse>, Status> {
-        let error = self.gate().or_else(|| {
+        let error = self.gate(r.metadata()).or_else(|| {
             let r = r.into_inner();
             match self.stores.lock().unwrap().get_mut(&r.store_id) {
                 Some(s) => {
@@ -281,7 +298,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::StoreHeartbeatRequest>,
     ) -> Result<Response<pb::StoreHeartbeatResponse>, Status> {
-        let error = self.gate().or_else(|| {
+        let error = self.gate(r.metadata()).or_else(|| {
             let known = self
                 .stores
                 .lock()
@@ -298,7 +315,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::RegionHeartbeatRequest>,
     ) -> Result<Response<pb::RegionHeartbeatResponse>, Status> {
-        let error = self.gate().or_else(|| {
+        let error = self.gate(r.metadata()).or_else(|| {
             let r = r.into_inner();
             let region = r.region.clone().unwrap_or_default();
             let mut regions = self.regions.lock().unwrap();
@@ -324,7 +341,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::GetRegionRequest>,
     ) -> Result<Response<pb::GetRegionResponse>, Status> {
-        if let Some(error) = self.gate() {
+        if let Some(error) = self.gate(r.metadata()) {
             return Ok(Response::new(pb::GetRegionResponse {
                 error: Some(error),
                 ..Default::default()
@@ -344,7 +361,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::GetRegionByIdRequest>,
     ) -> Result<Response<pb::GetRegionResponse>, Status> {
-        if let Some(error) = self.gate() {
+        if let Some(error) = self.gate(r.metadata()) {
             return Ok(Response::new(pb::GetRegionResponse {
                 error: Some(error),
                 ..Default::default()
@@ -360,7 +377,7 @@ impl Pd for FakePd {
         &self,
         r: Request<pb::ScanRegionsRequest>,
     ) -> Result<Response<pb::ScanRegionsResponse>, Status> {
-        let error = self.gate();
+        let error = self.gate(r.metadata());
         let r = r.into_inner();
         let regions = self.regions.lock().unwrap();
         let mut out: Vec<_> = regions
@@ -380,21 +397,38 @@ impl Pd for FakePd {
         if r.limit > 0 {
             out.truncate(r.limit as usize);
         }
+        let mut next_start_key = Vec::new();
+        if self.scan_page > 0 && out.len() > self.scan_page {
+            let rest = out.split_off(self.scan_page);
+            next_start_key = rest[0].region.as_ref().unwrap().start_key.clone();
+        }
         Ok(Response::new(pb::ScanRegionsResponse {
             error,
             regions: out,
+            next_start_key,
         }))
     }
 
     async fn get_members(
         &self,
-        _: Request<pb::GetMembersRequest>,
+        r: Request<pb::GetMembersRequest>,
     ) -> Result<Response<pb::GetMembersResponse>, Status> {
-        let error = self.gate();
+        let error = self.gate(r.metadata());
         Ok(Response::new(pb::GetMembersResponse {
             error,
             members: self.members.clone(),
             leader: self.members.iter().find(|m| m.id == self.id).cloned(),
+        }))
+    }
+
+    async fn get_cluster_id(
+        &self,
+        r: Request<pb::GetClusterIdRequest>,
+    ) -> Result<Response<pb::GetClusterIdResponse>, Status> {
+        let error = self.gate(r.metadata());
+        Ok(Response::new(pb::GetClusterIdResponse {
+            cluster_id: if error.is_none() { self.cluster_id } else { 0 },
+            error,
         }))
     }
 }
@@ -513,11 +547,14 @@ async fn unavailable_and_indeterminate_are_retried_until_success() {
         ..Fake::default()
     });
     let pd = PdClient::with_options([serve(fake.clone()).await], opts()).unwrap();
-    pd.put_store(Store {
-        id: 4,
-        address: "127.0.0.1:2379".into(),
-        ..Default::default()
-    })
+    pd.put_store(
+        Store {
+            id: 4,
+            address: "127.0.0.1:2379".into(),
+            ..Default::default()
+        },
+        7,
+    )
     .await
     .unwrap();
     assert_eq!(
@@ -587,7 +624,7 @@ async fn a_write_still_indeterminate_at_the_deadline_is_reported_so() {
         with_deadline(Duration::from_millis(200)),
     )
     .unwrap();
-    match pd.bootstrap(Store::default(), Region::default()).await {
+    match pd.bootstrap(Store::default(), Region::default(), 7).await {
         Err(Error::Indeterminate(m)) => assert!(m.contains("deadline"), "{m}"),
         other => panic!("expected indeterminate: {other:?}"),
     }
@@ -614,10 +651,12 @@ async fn refusals_are_typed_and_lookups_of_missing_things_are_none() {
         peers: vec![Peer { id: 3, store_id: 1 }],
         ..Default::default()
     };
-    pd.bootstrap(store.clone(), region.clone()).await.unwrap();
+    pd.bootstrap(store.clone(), region.clone(), 7)
+        .await
+        .unwrap();
     assert!(pd.is_bootstrapped().await.unwrap());
     assert!(matches!(
-        pd.bootstrap(store, region.clone()).await,
+        pd.bootstrap(store, region.clone(), 7).await,
         Err(Error::AlreadyBootstrapped(_))
     ));
 
@@ -853,4 +892,88 @@ async fn a_silent_pd_leader_costs_a_turn_not_the_attempt_timeout() {
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     assert_eq!(silent.calls.load(Ordering::SeqCst), 1);
     assert_eq!(pd.leader().as_deref(), Some(endpoints[1].as_str()));
+}
+
+#[tokio::test]
+async fn a_client_that_expects_a_cluster_stamps_every_call_and_another_cluster_is_final() {
+    let fake = Arc::new(Fake {
+        cluster_id: 41,
+        clock: Mutex::new((1_700_000_000_000, 0)),
+        ..Fake::default()
+    });
+    let pd = PdClient::with_options([serve(fake.clone()).await], opts()).unwrap();
+    // Unstamped until told.
+    assert_eq!(pd.cluster_id().await.unwrap(), 41);
+    assert_eq!(fake.last_stamp.load(Ordering::SeqCst), 0);
+    pd.set_cluster_id(41);
+    assert_eq!(pd.expected_cluster_id(), 41);
+    pd.alloc_ids(1).await.unwrap();
+    assert_eq!(fake.last_stamp.load(Ordering::SeqCst), 41);
+    // Clones share it, the timestamp batch included.
+    pd.clone().timestamp().await.unwrap();
+    assert_eq!(fake.last_stamp.load(Ordering::SeqCst), 41);
+
+    pd.set_cluster_id(42);
+    let before = fake.calls.load(Ordering::SeqCst);
+    match pd.alloc_ids(1).await {
+        Err(Error::ClusterMismatch(m)) => {
+            assert!(m.contains("41") && m.contains("42"), "{m}")
+        }
+        other => panic!("expected a cluster mismatch: {other:?}"),
+    }
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst),
+        before + 1,
+        "a mismatch is not retried"
+    );
+    assert!(matches!(
+        pd.timestamp().await,
+        Err(Error::ClusterMismatch(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_region_scan_answered_in_pages_returns_every_region_once_in_order() {
+    let fake = Arc::new(Fake {
+        scan_page: 3,
+        ..Fake::default()
+    });
+    let pd = PdClient::with_options([serve(fake.clone()).await], opts()).unwrap();
+    let leader = Peer {
+        id: 100,
+        store_id: 1,
+    };
+    let bounds: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i]).collect();
+    for i in 0..=bounds.len() {
+        let region = Region {
+            id: i as u64 + 1,
+            start_key: if i == 0 {
+                vec![]
+            } else {
+                bounds[i - 1].clone()
+            },
+            end_key: bounds.get(i).cloned().unwrap_or_default(),
+            peers: vec![leader],
+            ..Default::default()
+        };
+        pd.region_heartbeat(region, leader, 0, 0).await.unwrap();
+    }
+    let ids = |rs: Vec<RegionInfo>| rs.into_iter().map(|r| r.region.id).collect::<Vec<_>>();
+    let before = fake.calls.load(Ordering::SeqCst);
+    let all = pd.scan_regions("", "", 0).await.unwrap();
+    assert_eq!(ids(all), (1..=11).collect::<Vec<_>>());
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst) - before,
+        4,
+        "11 regions in pages of 3"
+    );
+    // A limit and a range still hold across pages.
+    assert_eq!(
+        ids(pd.scan_regions("b", "", 5).await.unwrap()),
+        vec![3, 4, 5, 6, 7]
+    );
+    assert_eq!(
+        ids(pd.scan_regions("b", "h", 0).await.unwrap()),
+        vec![3, 4, 5, 6, 7, 8]
+    );
 }

@@ -369,7 +369,7 @@ async fn client_with_pd(stores: &[(u64, &str)], regions: &[(Region, Peer)]) -> C
             address: address.into(),
             ..Store::default()
         };
-        pd.put_store(store).await.unwrap();
+        pd.put_store(store, id).await.unwrap();
     }
     for (r, leader) in regions {
         pd.region_heartbeat(r.clone(), *leader, 0, 0).await.unwrap();
@@ -660,7 +660,7 @@ async fn an_unanswered_write_is_indeterminate_at_the_deadline() {
         address: addr,
         ..Store::default()
     };
-    pd.put_store(s).await.unwrap();
+    pd.put_store(s, 1).await.unwrap();
     pd.region_heartbeat(r, peer(11, 1), 0, 0).await.unwrap();
     let short = Options {
         deadline: Duration::from_millis(400),
@@ -694,7 +694,7 @@ async fn leader_and_follower(leader: FakeStore) -> (Client, Arc<FakeStore>, Arc<
             address,
             ..Store::default()
         };
-        pd.put_store(store).await.unwrap();
+        pd.put_store(store, id).await.unwrap();
     }
     pd.region_heartbeat(r, peer(11, 1), 0, 0).await.unwrap();
     let timing = Options {

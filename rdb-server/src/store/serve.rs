@@ -190,7 +190,7 @@ pub async fn run(
     let hosted = core.region_ids().len();
     let registered = if hosted == 0 {
         // Nothing to serve without PD: register, then take part in the bootstrap.
-        let put = || pd.put_store(me.clone());
+        let put = || pd.put_store(me.clone(), ident.token);
         if until_pd(&stop_rx, &logger, "PutStore", put)
             .await?
             .is_none()
@@ -198,7 +198,7 @@ pub async fn run(
             return Ok(());
         }
         info!(logger, "registered with PD"; "addr" => &args.addr, "peer_addr" => &args.peer_addr);
-        match bootstrap(&pd, &me, args.replicas, &stop_rx, &logger).await? {
+        match bootstrap(&pd, &me, ident.token, args.replicas, &stop_rx, &logger).await? {
             Bootstrap::Stopped => return Ok(()),
             Bootstrap::Hosts(first) => core
                 .create_region(&first)
@@ -266,6 +266,7 @@ pub async fn run(
         last_region_heartbeat: Instant::now(),
         last_store_heartbeat: None,
         me: me.clone(),
+        token: ident.token,
         registered,
         last_register: None,
         resolver: Resolver::default(),
@@ -366,9 +367,14 @@ fn pd_options(file: &StoreFile) -> Result<rdb_client::Options, ServerError> {
     Ok(opts)
 }
 
-/// The store's identity: the one recorded in its directory, or, for a new store, an id from
-/// PD's allocator and a fresh token, recorded before anything else. `None`: stopped while
-/// waiting for PD.
+/// How long a store that knows its cluster waits at start for PD to say whether it is that
+/// cluster's PD, before it serves its regions without it.
+const PD_CHECK: Duration = Duration::from_secs(2);
+
+/// The store's identity: the one recorded in its directory, or, for a new store, PD's cluster
+/// id, an id from PD's allocator and a fresh token, recorded before anything else. From here on
+/// `pd` stamps every call with the cluster id, and a PD of another cluster refuses them (a
+/// reachable one ends the start with that cause). `None`: stopped while waiting for PD.
 async fn identify(
     engine: &Engine,
     pd: &PdClient,
@@ -377,6 +383,28 @@ async fn identify(
 ) -> Result<Option<StoreIdent>, ServerError> {
     let data_error = |e: rdb_storage::Error| ServerError::Pd(format!("data directory: {e}"));
     let found = engine.store_ident().map_err(data_error)?;
+    if let Some(f) = found.filter(|f| f.cluster_id != 0 && f.token != 0) {
+        pd.set_cluster_id(f.cluster_id);
+        match tokio::time::timeout(PD_CHECK, pd.cluster_id()).await {
+            Ok(Err(e @ rdb_client::Error::ClusterMismatch(_))) => {
+                return Err(ServerError::Pd(format!(
+                    "{e}; this store belongs to cluster {} and serves no other PD (a PD that \
+                     lost its data directory starts a new cluster)",
+                    f.cluster_id
+                )));
+            }
+            Ok(Ok(_)) => {}
+            // Unreachable now: serve the regions hosted here, and keep asking in the background.
+            _ => warn!(logger, "PD unreachable at start; serving the regions hosted here";
+                "cluster_id" => f.cluster_id),
+        }
+        return Ok(Some(f));
+    }
+    // A new store (or one written before stores recorded their cluster): it needs PD.
+    let Some(cluster_id) = until_pd(stop, logger, "GetClusterId", || pd.cluster_id()).await? else {
+        return Ok(None);
+    };
+    pd.set_cluster_id(cluster_id);
     let store_id = match found {
         Some(f) => f.store_id,
         None => match until_pd(stop, logger, "AllocId", || pd.alloc_ids(1)).await? {
@@ -394,11 +422,12 @@ async fn identify(
         },
     };
     let ident = StoreIdent {
-        cluster_id: found.map_or(0, |f| f.cluster_id),
+        cluster_id,
         store_id,
         token,
     };
     engine.claim_for_store(ident).map_err(data_error)?;
+    info!(logger, "joined the cluster"; "cluster_id" => cluster_id, "store" => store_id);
     Ok(Some(ident))
 }
 
@@ -456,6 +485,7 @@ enum Bootstrap {
 async fn bootstrap(
     pd: &PdClient,
     me: &pdc::Store,
+    token: u64,
     replicas: usize,
     stop: &tokio::sync::watch::Receiver<bool>,
     logger: &Logger,
@@ -504,7 +534,7 @@ async fn bootstrap(
                 .collect();
             let region = first_region(&peers)
                 .ok_or_else(|| ServerError::Raft("cannot build the first region".into()))?;
-            match pd.bootstrap(me.clone(), pd_region(&region)).await {
+            match pd.bootstrap(me.clone(), pd_region(&region), token).await {
                 Ok(()) => {
                     info!(logger, "bootstrapped the cluster"; "region" => FIRST_REGION_ID,
                         "stores" => ?ids);
@@ -558,8 +588,8 @@ fn pd_region(r: &Region) -> pdc::Region {
 /// Work for PD, done off the Raft thread.
 #[derive(Debug)]
 enum Job {
-    /// This store's addresses, until PD has them.
-    Register(pdc::Store),
+    /// This store's addresses (and its token), until PD has them.
+    Register(pdc::Store, u64),
     /// Every store's addresses (at start).
     AllStores,
     /// The addresses of a store this one needs to send to.
@@ -614,7 +644,7 @@ async fn pd_worker(
         let (pd, events, logger) = (pd.clone(), events.clone(), logger.clone());
         tokio::spawn(async move {
             match job {
-                Job::Register(me) => match pd.put_store(me.clone()).await {
+                Job::Register(me, token) => match pd.put_store(me.clone(), token).await {
                     Ok(()) => {
                         info!(logger, "registered with PD"; "addr" => &me.address,
                             "peer_addr" => &me.peer_address);
@@ -771,6 +801,8 @@ struct StoreTask {
     last_store_heartbeat: Option<Instant>,
     /// This store as PD should know it.
     me: pdc::Store,
+    /// The store's token, which PD needs to accept a change of its addresses.
+    token: u64,
     /// Whether PD acknowledged this store's addresses since it started.
     registered: bool,
     last_register: Option<Instant>,
@@ -1144,7 +1176,7 @@ impl StoreTask {
                 .is_none_or(|t| now.duration_since(t) >= REGISTER_EVERY)
         {
             self.last_register = Some(now);
-            let _ = self.jobs.send(Job::Register(self.me.clone()));
+            let _ = self.jobs.send(Job::Register(self.me.clone(), self.token));
         }
         self.report_leadership(
             now.duration_since(self.last_region_heartbeat) >= REGION_HEARTBEAT_EVERY,
