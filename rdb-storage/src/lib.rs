@@ -17,6 +17,7 @@ pub mod error;
 pub mod keys;
 pub mod membership;
 pub mod raft_storage;
+pub mod range_stats;
 pub mod region;
 pub mod snapshot;
 pub mod state_machine;

@@ -253,18 +253,6 @@ impl Engine {
     }
 }
 
-/// What [`Engine::range_stats`] found in a range of user keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RangeStats {
-    /// User keys in the range.
-    pub keys: u64,
-    /// Bytes of their keys and values.
-    pub bytes: u64,
-    /// When asked for: the key in the middle of the range (by key count), where a split
-    /// would leave two halves of about the same number of keys; `None` with fewer than 2 keys.
-    pub middle: Option<Vec<u8>>,
-}
-
 /// Whose a PD-mode store's directory is: recorded when the store claims its id, checked at
 /// every start, and stamped (the cluster id) on every message to other stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,36 +363,6 @@ impl Engine {
             store_id: ident.node_id,
             token,
         }))
-    }
-
-    /// Counts the user keys of `[start, end)` (empty end: no bound) and their bytes; with
-    /// `middle`, reads the range a second time to find its middle key. Reads through one
-    /// RocksDB view; slow on a big range, so off the Raft thread.
-    pub fn range_stats(&self, start: &[u8], end: &[u8], middle: bool) -> Result<RangeStats> {
-        let view = self.db().snapshot();
-        let (lower, upper) = keys::data_range(start, end);
-        let iter = || {
-            let mut ro = ReadOptions::default();
-            ro.set_iterate_upper_bound(upper.clone());
-            view.iterator_cf_opt(
-                self.cf(CF_DATA),
-                ro,
-                IteratorMode::From(&lower, Direction::Forward),
-            )
-        };
-        let mut stats = RangeStats::default();
-        for item in iter() {
-            let (k, v) = item?;
-            stats.keys += 1;
-            stats.bytes += (k.len() - 1 + v.len()) as u64;
-        }
-        if middle && stats.keys >= 2 {
-            if let Some(item) = iter().nth((stats.keys / 2) as usize) {
-                let (k, _) = item?;
-                stats.middle = keys::user_key(&k).map(<[u8]>::to_vec);
-            }
-        }
-        Ok(stats)
     }
 }
 

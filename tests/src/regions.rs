@@ -2,12 +2,16 @@
 //! and `n` `rdb-server --pd` stores, each with its data and log in one temporary folder. Stores
 //! can be killed with SIGKILL and restarted; every process is killed when the cluster drops.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdb_client::pd::RegionInfo;
-use rdb_client::{Client, PdClient};
+use rdb_client::{Client, Error, PdClient};
+use rdb_proto::kv::kv_client::KvClient;
+use rdb_proto::kv::{PutRequest, RegionContext};
 
 use crate::cluster::{bin_dir, free_port, quick_options, TestCluster};
 
@@ -233,6 +237,133 @@ impl RegionCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+impl RegionCluster {
+    /// Sends `req` to the store leading the region of its key, as PD knows them, with that
+    /// region's epoch, until a store accepts it; returns the region that did. Every attempt
+    /// sends the same request id (`req.request_id` as given), so the write applies at most
+    /// once however many attempts reach a store. Panics after `timeout`.
+    pub async fn put_raw(&self, req: PutRequest, timeout: Duration) -> u64 {
+        let pd = self.pd_client();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = match put_once(&pd, req.clone()).await {
+                Ok(region) => return region,
+                Err(e) => e,
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "put of {:?} not accepted within {timeout:?}: {last}",
+                String::from_utf8_lossy(&req.key)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One attempt of [`RegionCluster::put_raw`]: the region that accepted, or why none did.
+async fn put_once(pd: &PdClient, mut req: PutRequest) -> Result<u64, String> {
+    let info = pd
+        .get_region(req.key.clone())
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("PD knows no region for the key")?;
+    let leader = info.leader.ok_or("the region has no leader")?;
+    let store = pd
+        .get_store(leader.store_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("PD does not know the leader's store")?;
+    req.context = Some(RegionContext {
+        region_id: info.region.id,
+        epoch: Some(rdb_proto::pd::RegionEpoch {
+            version: info.region.epoch.version,
+            conf_ver: info.region.epoch.conf_ver,
+        }),
+    });
+    let mut kv = KvClient::connect(format!("http://{}", store.address))
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = kv.put(req).await.map_err(|e| e.to_string())?.into_inner();
+    match r.error {
+        None => Ok(info.region.id),
+        Some(e) => Err(format!("refused: {}", e.message)),
+    }
+}
+
+/// Key `i` of the tests' key space.
+pub fn key(i: usize) -> String {
+    format!("key{i:05}")
+}
+
+/// What [`write_rounds`] wrote to one key: the last value acknowledged, and the values
+/// written after it whose outcome stayed unknown (the key may hold any of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyWrites {
+    /// The last value acknowledged.
+    pub acked: Option<String>,
+    /// Values written after it, not acknowledged.
+    pub unknown: Vec<String>,
+}
+
+impl KeyWrites {
+    /// Whether `value` is one the key may hold.
+    pub fn allows(&self, value: Option<&str>) -> bool {
+        match value {
+            Some(v) => self.acked.as_deref() == Some(v) || self.unknown.iter().any(|u| u == v),
+            None => self.acked.is_none(),
+        }
+    }
+}
+
+/// Writes keys `key(0)..key(n)` `rounds` times over from `writers` tasks, each key's value
+/// `r{round}-{i}`: a replica that missed a later round holds an earlier one, which tells
+/// which. A write whose call fails is made again (5 calls at most); `rdb-client` retries each
+/// call itself with one request id, so an attempt that reaches the cluster twice applies once.
+/// Returns what each key may hold.
+pub async fn write_rounds(
+    client: &Client,
+    n: usize,
+    rounds: usize,
+    writers: usize,
+) -> BTreeMap<String, KeyWrites> {
+    let written = Arc::new(Mutex::new(BTreeMap::<String, KeyWrites>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (client, written) = (client.clone(), written.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..rounds {
+                for i in (w..n).step_by(writers) {
+                    let (k, v) = (key(i), format!("r{round}-{i}"));
+                    let mut acked = false;
+                    for _ in 0..5 {
+                        match client.put(k.clone(), v.clone()).await {
+                            Ok(()) => {
+                                acked = true;
+                                break;
+                            }
+                            Err(Error::InvalidArgument(m)) => panic!("put {k}: {m}"),
+                            Err(_) => continue,
+                        }
+                    }
+                    let mut all = written.lock().unwrap_or_else(|p| p.into_inner());
+                    let kw = all.entry(k).or_default();
+                    if acked {
+                        kw.acked = Some(v);
+                        kw.unknown.clear();
+                    } else {
+                        kw.unknown.push(v);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let out = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    out
 }
 
 impl Drop for RegionCluster {

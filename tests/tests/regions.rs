@@ -2,20 +2,15 @@
 //! `rdb-server --pd` stores with small split thresholds.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rdb_client::{Client, Error, ReadConsistency, ScanRange};
 use rdb_proto::kv::kv_client::KvClient;
-use rdb_proto::kv::{ErrorCode, PutRequest, RegionContext};
+use rdb_proto::kv::{ErrorCode, PutRequest, RegionContext, RequestId};
 use rdb_proto::pd::RegionEpoch;
 use rdb_tests::cluster::quick_options;
-use rdb_tests::regions::{RegionCluster, Split};
-
-fn key(i: usize) -> String {
-    format!("key{i:05}")
-}
+use rdb_tests::regions::{key, write_rounds, RegionCluster, Split};
 
 /// Every pair of the whole key space, in order, through `client`.
 async fn scan_all(client: &Client, c: ReadConsistency) -> Vec<(String, String)> {
@@ -42,35 +37,20 @@ async fn scan_all(client: &Client, c: ReadConsistency) -> Vec<(String, String)> 
         .collect()
 }
 
-/// Writes keys `0..n` from `writers` tasks (each key once, value `v{i}`), retrying a write
-/// whose outcome was unknown with the same client (its request id makes it at-most-once);
-/// returns what was acknowledged.
-async fn write_keys(client: &Client, n: usize, writers: usize) -> BTreeMap<String, String> {
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (client, acked) = (client.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in (w..n).step_by(writers) {
-                let (k, v) = (key(i), format!("v{i}"));
-                for _ in 0..5 {
-                    match client.put(k.clone(), v.clone()).await {
-                        Ok(()) => {
-                            acked.lock().expect("acked").insert(k.clone(), v.clone());
-                            break;
-                        }
-                        Err(Error::InvalidArgument(m)) => panic!("put {k}: {m}"),
-                        Err(_) => continue,
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let out = acked.lock().expect("acked").clone();
-    out
+/// What every key must hold after `write_rounds` whose every last write was acknowledged.
+fn last_acked(
+    written: &BTreeMap<String, rdb_tests::regions::KeyWrites>,
+) -> BTreeMap<String, String> {
+    written
+        .iter()
+        .map(|(k, w)| {
+            assert!(
+                w.unknown.is_empty(),
+                "the last write of {k} was not acknowledged: {w:?}"
+            );
+            (k.clone(), w.acked.clone().expect("acknowledged"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -84,8 +64,12 @@ async fn writes_split_into_many_regions_that_keep_every_key_in_order_and_survive
     );
     let client = c.client();
     let n = 1200;
-    let acked = write_keys(&client, n, 8).await;
-    assert_eq!(acked.len(), n, "every write was acknowledged");
+    let acked = last_acked(&write_rounds(&client, n, 2, 8).await);
+    assert_eq!(acked.len(), n);
+    assert!(
+        acked.values().all(|v| v.starts_with("r1-")),
+        "the second round overwrote every key"
+    );
     let regions = c.wait_regions(8, Duration::from_secs(30)).await;
     // Ranges tile the key space: each starts where the previous one ended.
     assert!(regions[0].region.start_key.is_empty());
@@ -162,7 +146,7 @@ async fn requests_with_a_stale_epoch_a_foreign_key_or_an_unknown_region_are_refu
         },
     );
     let client = c.client();
-    write_keys(&client, 200, 4).await;
+    write_rounds(&client, 200, 1, 4).await;
     let regions = c.wait_regions(2, Duration::from_secs(30)).await;
     let first = regions[0].clone();
     let leader = first.leader.expect("a leader");
@@ -280,7 +264,7 @@ async fn splits_under_writes_and_kill_9_lose_no_acknowledged_write_and_replicas_
     let client = c.client();
     let writer = {
         let client = client.clone();
-        tokio::spawn(async move { write_keys(&client, 900, 6).await })
+        tokio::spawn(async move { write_rounds(&client, 600, 2, 6).await })
     };
     // Kill and restart stores at random moments while regions split.
     let mut rng = rand::rngs::StdRng::seed_from_u64(13);
@@ -293,21 +277,28 @@ async fn splits_under_writes_and_kill_9_lose_no_acknowledged_write_and_replicas_
         c.restart(victim);
         kills += 1;
     }
-    let acked = writer.await.expect("writer");
+    let written = writer.await.expect("writer");
     assert!(
         kills >= 1,
         "the writers finished before any store was killed"
     );
     c.wait_regions(4, Duration::from_secs(30)).await;
-    // No acknowledged write is lost (a write that failed may or may not have applied).
+    // Every key holds its last acknowledged value, or a later one whose write failed (it
+    // may or may not have applied): never an older round's.
     let all: BTreeMap<String, String> = scan_all(&client, ReadConsistency::Linearizable)
         .await
         .into_iter()
         .collect();
-    for (k, v) in &acked {
-        assert_eq!(all.get(k), Some(v), "acknowledged write of {k} lost");
+    assert!(
+        all.keys().all(|k| written.contains_key(k)),
+        "a key nobody wrote appeared"
+    );
+    for (k, w) in &written {
+        let v = all.get(k).map(String::as_str);
+        assert!(w.allows(v), "{k} holds {v:?}, written: {w:?}");
     }
-    // Every store ends up with the same data.
+    // Every store ends up with the same data: a store that missed an overwrite would still
+    // hold an older round's value.
     for i in 0..3 {
         let only = Client::with_options([c.addrs[i].clone()], quick_options()).expect("client");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -454,7 +445,7 @@ async fn a_store_stops_on_sigterm_and_restarts_with_its_regions() {
         },
     );
     let client = c.client();
-    write_keys(&client, 200, 4).await;
+    write_rounds(&client, 200, 1, 4).await;
     c.wait_regions(2, Duration::from_secs(30)).await;
     let started = std::time::Instant::now();
     let status = c.terminate(2, Duration::from_secs(6));
@@ -482,4 +473,67 @@ async fn a_store_stops_on_sigterm_and_restarts_with_its_regions() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// At most once through real processes: a put sent again with the request id of one that
+/// applied long ago (another write to the key came in between) changes nothing, at the
+/// region that applied it and, after a split moved the key to a new region, at that one
+/// (which got the request id's record from the split).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_sent_again_with_its_request_id_applies_once_also_after_a_split_moved_its_key() {
+    let c = RegionCluster::start(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 100,
+        },
+    );
+    c.wait_regions(1, Duration::from_secs(15)).await;
+    let client = c.client();
+    // Past every key `write_rounds` writes: the first split puts it in the new region.
+    let k = b"zz-once".to_vec();
+    let first = PutRequest {
+        key: k.clone(),
+        value: b"first".to_vec(),
+        request_id: Some(RequestId {
+            client_id: rand::random::<u64>() | 1,
+            seq: 1,
+        }),
+        context: None,
+    };
+    let timeout = Duration::from_secs(20);
+    let before = c.put_raw(first.clone(), timeout).await;
+    client.put(k.clone(), "second").await.expect("put");
+    // The same request again: answered, not applied.
+    assert_eq!(c.put_raw(first.clone(), timeout).await, before);
+    assert_eq!(
+        client.get(k.clone()).await.expect("get").as_deref(),
+        Some(&b"second"[..]),
+        "the repeated request applied again"
+    );
+    // Split the key's region: the key lands in a new region.
+    write_rounds(&client, 200, 1, 4).await;
+    let pd = c.pd_client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = pd.get_region(k.clone()).await.ok().flatten();
+        if now
+            .as_ref()
+            .is_some_and(|r| r.region.id != before && r.leader.is_some())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key's region never split: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = c.put_raw(first, timeout).await;
+    assert_ne!(after, before, "sent to the new region");
+    assert_eq!(
+        client.get(k).await.expect("get").as_deref(),
+        Some(&b"second"[..]),
+        "the repeated request applied again in the region the split made"
+    );
 }

@@ -9,9 +9,10 @@
 //!
 //! The task reports to PD off its thread (a worker task with a `PdClient`): store heartbeats,
 //! a heartbeat for every region it leads (at once when it starts leading or a split made it,
-//! then every few seconds), and splits: every `split_check` it counts the keys and bytes of
-//! each region it leads on a blocking thread; one over `region_split_keys` or
-//! `region_split_size` gets ids from PD and proposes a split at its middle key.
+//! then every few seconds), and splits: every `split_check` it estimates the keys and bytes of
+//! each region it leads on a blocking thread, reading keys only of a region near a threshold
+//! (see [`split_check`]); one over `region_split_keys` or `region_split_size` by exact count
+//! gets ids from PD and proposes a split at its middle key.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use rdb_client::pd::{self as pdc, PdClient, StoreStats};
 use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
 use rdb_proto::peer::PeerKind;
-use rdb_storage::region::{self, Peer, RangeStats, Region, RegionEpoch, StoreIdent};
+use rdb_storage::region::{self, Peer, Region, RegionEpoch, StoreIdent};
 use rdb_storage::{CommandResult, DirKind, Engine, EngineOptions};
 use slog::{crit, debug, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
@@ -49,26 +50,10 @@ const STORE_HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A split that got no answer in this long may be tried again.
 const SPLIT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// When a region splits.
-#[derive(Debug, Clone, Copy)]
-pub struct SplitConfig {
-    /// Approximate bytes of keys and values past which a region splits (TiKV's 96 MiB).
-    pub region_split_size: u64,
-    /// Keys past which a region splits (TiKV's 960,000).
-    pub region_split_keys: u64,
-    /// How often each region a store leads is measured.
-    pub check_interval: Duration,
-}
+mod split_check;
 
-impl Default for SplitConfig {
-    fn default() -> Self {
-        SplitConfig {
-            region_split_size: 96 << 20,
-            region_split_keys: 960_000,
-            check_interval: Duration::from_secs(10),
-        }
-    }
-}
+pub use split_check::SplitConfig;
+use split_check::{Counted, Measure};
 
 /// How to start a store.
 #[derive(Debug, Clone)]
@@ -259,7 +244,9 @@ pub async fn run(
         next_request: 1,
         tick: Duration::from_millis(settings.tick_interval_ms),
         split: args.split,
-        stats: HashMap::new(),
+        sizes: HashMap::new(),
+        counted: HashMap::new(),
+        checks: 0,
         splitting: HashMap::new(),
         led: BTreeSet::new(),
         last_split_check: Instant::now(),
@@ -606,7 +593,8 @@ enum Job {
     RegionHeartbeat {
         region: Region,
         leader: Peer,
-        stats: RangeStats,
+        /// Approximate keys and bytes.
+        size: (u64, u64),
     },
     StoreHeartbeat(StoreStats),
 }
@@ -627,11 +615,8 @@ enum Event {
         key: Vec<u8>,
         first_id: u64,
     },
-    Measured {
-        region: u64,
-        version: u64,
-        stats: RangeStats,
-    },
+    /// A split check of a region.
+    Measured(u64, Measure),
 }
 
 async fn pd_worker(
@@ -703,7 +688,7 @@ async fn pd_worker(
                 Job::RegionHeartbeat {
                     region,
                     leader,
-                    stats,
+                    size: (keys, bytes),
                 } => {
                     let id = region.id;
                     let leader = pdc::Peer {
@@ -711,7 +696,7 @@ async fn pd_worker(
                         store_id: leader.store_id,
                     };
                     if let Err(e) = pd
-                        .region_heartbeat(pd_region(&region), leader, stats.bytes, stats.keys)
+                        .region_heartbeat(pd_region(&region), leader, bytes, keys)
                         .await
                     {
                         warn!(logger, "region heartbeat failed"; "region" => id, "error" => %e);
@@ -790,8 +775,12 @@ struct StoreTask {
     next_request: RequestId,
     tick: Duration,
     split: SplitConfig,
-    /// The latest measure of each region led here.
-    stats: HashMap<u64, RangeStats>,
+    /// The latest size (keys, bytes) of each region led here, for PD.
+    sizes: HashMap<u64, (u64, u64)>,
+    /// The last exact count of each region led here.
+    counted: HashMap<u64, Counted>,
+    /// Split checks made so far.
+    checks: u64,
     /// Regions with a split in flight, since when.
     splitting: HashMap<u64, Instant>,
     /// Regions this store led at the last check.
@@ -929,11 +918,7 @@ impl StoreTask {
             }
             Event::NotResolved(id) => self.resolver.answered(id, false),
             Event::RegionFound(region) => self.core.confirm_region(&region),
-            Event::Measured {
-                region,
-                version,
-                stats,
-            } => self.measured(region, version, stats),
+            Event::Measured(region, measure) => self.measured(region, measure),
             Event::SplitIds {
                 region,
                 version,
@@ -1225,55 +1210,60 @@ impl StoreTask {
         else {
             return;
         };
-        let stats = self.stats.get(&id).cloned().unwrap_or_default();
+        let size = self.sizes.get(&id).copied().unwrap_or_default();
         let _ = self.jobs.send(Job::RegionHeartbeat {
             region,
             leader,
-            stats,
+            size,
         });
     }
 
-    /// Measures every region led here on a blocking thread; each result comes back as an event.
+    /// Checks every region led here on a blocking thread (see [`split_check`]); each result
+    /// comes back as an event.
     fn check_splits(&mut self) {
-        let regions: Vec<Region> = self
+        let regions: Vec<(Region, Option<Counted>)> = self
             .led
             .iter()
             .filter(|id| !self.splitting.contains_key(id))
             .filter_map(|&id| self.core.region(id).cloned())
+            .map(|r| {
+                let last = self.counted.get(&r.id).copied();
+                (r, last)
+            })
             .collect();
         if regions.is_empty() {
             return;
         }
+        self.checks += 1;
+        let check = self.checks;
         let engine = self.core.engine().clone();
         let split = self.split;
         let (events, logger) = (self.events_tx.clone(), self.logger.clone());
         tokio::task::spawn_blocking(move || {
-            for r in regions {
-                match engine.range_stats(&r.start_key, &r.end_key, true) {
-                    Ok(mut stats) => {
-                        if stats.keys < split.region_split_keys
-                            && stats.bytes < split.region_split_size
-                        {
-                            stats.middle = None;
-                        }
-                        let _ = events.send(Event::Measured {
-                            region: r.id,
-                            version: region::epoch(&r).version,
-                            stats,
-                        });
+            for (region, measure) in split_check::check_regions(&split, &engine, &regions, check) {
+                match measure {
+                    Ok(m) => {
+                        let _ = events.send(Event::Measured(region, m));
                     }
                     Err(e) => {
-                        warn!(logger, "cannot measure a region"; "region" => r.id, "error" => %e)
+                        warn!(logger, "cannot check a region's size"; "region" => region,
+                            "error" => %e)
                     }
                 }
             }
         });
     }
 
-    fn measured(&mut self, region: u64, version: u64, stats: RangeStats) {
-        let key = stats.middle.clone();
-        self.stats.insert(region, stats);
-        let Some(key) = key else { return };
+    fn measured(&mut self, region: u64, measure: Measure) {
+        let size = measure.size(self.counted.get(&region));
+        self.sizes.insert(region, size);
+        if let Some(c) = measure.counted() {
+            self.counted.insert(region, c);
+        }
+        let Some(key) = measure.counted.and_then(|c| c.middle) else {
+            return;
+        };
+        let version = measure.version;
         let current = self.core.region(region).map(|r| region::epoch(r).version);
         let leads = self.led.contains(&region);
         if current != Some(version) || !leads || self.splitting.contains_key(&region) {
@@ -1281,9 +1271,9 @@ impl StoreTask {
         }
         let peers = self.core.region(region).map_or(0, |r| r.peers.len());
         self.splitting.insert(region, Instant::now());
+        let (keys, bytes) = self.sizes.get(&region).copied().unwrap_or_default();
         info!(self.logger, "region over its split threshold"; "region" => region,
-            "keys" => self.stats.get(&region).map_or(0, |s| s.keys),
-            "bytes" => self.stats.get(&region).map_or(0, |s| s.bytes));
+            "keys" => keys, "bytes" => bytes);
         let _ = self.jobs.send(Job::SplitIds {
             region,
             version,

@@ -11,7 +11,6 @@ use super::*;
 use crate::config::Settings;
 use crate::raft_core::Answer;
 
-const WINDOW: u64 = 10_000;
 /// Rounds a condition may take; one round is one tick, one delivery of every message and one
 /// turn of every store, so this is about 50 election timeouts.
 const ROUNDS: usize = 500;
@@ -46,7 +45,7 @@ fn open(dir: &std::path::Path, store_id: u64) -> StoreCore {
 fn open_with(dir: &std::path::Path, store_id: u64, settings: &Settings) -> StoreCore {
     let engine = Engine::open(dir).expect("open");
     let cfg = crate::node::core_config(0, settings);
-    StoreCore::open(engine, store_id, cfg, WINDOW, &logger()).expect("store")
+    StoreCore::open(engine, store_id, cfg, settings.dedup_window, &logger()).expect("store")
 }
 
 /// Reopens a store's directory, waiting for background threads (a snapshot being built) to let
@@ -55,7 +54,8 @@ fn reopen(dir: &std::path::Path, store_id: u64, settings: &Settings) -> StoreCor
     for _ in 0..200 {
         if let Ok(engine) = Engine::open(dir) {
             let cfg = crate::node::core_config(0, settings);
-            return StoreCore::open(engine, store_id, cfg, WINDOW, &logger()).expect("store");
+            return StoreCore::open(engine, store_id, cfg, settings.dedup_window, &logger())
+                .expect("store");
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -805,163 +805,347 @@ fn an_uninitialized_peer_that_voted_remembers_its_vote_across_a_restart() {
     );
 }
 
-/// A randomized run of three stores with splits under faults, checked for linearizability.
+/// Rounds an attempt may go unanswered before its client tries again (a restart loses what was
+/// in flight at that store; a cut may hold it).
+const ATTEMPT_ROUNDS: u64 = 40;
+/// Rounds a client keeps at one operation before it gives up.
+const OP_ROUNDS: u64 = 400;
+/// Applied entries a request id is remembered for in [`simulate`]: small, so that records die
+/// and compaction drops them within a run, and retries come near the end of the window.
+const SIM_WINDOW: u64 = 20;
+/// Entries a region may append between a client's look at its log and the proposal it makes
+/// right after (the other clients' proposals of the round, a split, a leader's empty entry).
+const WINDOW_MARGIN: u64 = 8;
+
+/// An operation of one client of [`simulate`], in flight.
+struct SimOp {
+    op: crate::sim::linearizability::Op,
+    /// A write's encoded command, the same for every attempt: its request id (client id, seq)
+    /// is what makes a retry apply at most once.
+    cmd: Option<Vec<u8>>,
+    seq: u64,
+    invoke: u64,
+    /// The attempt waited on: its request, store, and the round it was sent in.
+    attempt: Option<(RequestId, u64, u64)>,
+    /// When to send the next attempt, while none is waited on.
+    retry_at: u64,
+    /// Whether an attempt was proposed that may have applied.
+    maybe_applied: bool,
+    /// Each region's highest commit index when the operation began: no attempt lands at or
+    /// below it.
+    floors: HashMap<u64, u64>,
+    /// Regions attempts were proposed to.
+    regions: std::collections::BTreeSet<u64>,
+}
+
+/// Each region's highest commit index and highest last log index over the live stores.
+fn region_indexes(st: &Stores) -> HashMap<u64, (u64, u64)> {
+    let mut out: HashMap<u64, (u64, u64)> = HashMap::new();
+    for s in st.stores.iter().flatten() {
+        for id in s.region_ids() {
+            let Some(c) = s.core(id) else { continue };
+            let e = out.entry(id).or_default();
+            e.0 = e.0.max(c.replica().commit_index());
+            e.1 = e.1.max(c.replica().log_bounds().1);
+        }
+    }
+    out
+}
+
+/// Whether a write that may have applied can be sent again to region `target`, so that if it
+/// did apply, the retry still finds its request id's record: wherever the first apply was (a
+/// region attempts went to), wherever a split copied the record (a region made since the
+/// operation began; copies are dated at its first index) and wherever the retry lands, the
+/// retry's entry must come within the window of the record (the static simulation's clients
+/// bound their retries the same way, and `rdb-client` by time).
+fn within_window(p: &SimOp, target: u64, indexes: &HashMap<u64, (u64, u64)>) -> bool {
+    indexes.iter().all(|(id, &(_, last))| {
+        let floor = p.floors.get(id).copied();
+        let concerned = *id == target || p.regions.contains(id) || floor.is_none();
+        !concerned || last + WINDOW_MARGIN <= floor.unwrap_or(0) + SIM_WINDOW
+    })
+}
+
+/// Every live (not yet expired) dedup record of region `id` at store `s`.
+fn live_dedup_records(s: &StoreCore, id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut prefix = rdb_storage::keys::region_prefix(id);
+    prefix.push(rdb_storage::keys::DEDUP_PREFIX);
+    let applied = s.core(id).map_or(0, |c| c.replica().applied_index());
+    s.engine()
+        .app_records(&prefix)
+        .expect("dedup records")
+        .into_iter()
+        .filter(|(k, v)| !rdb_storage::dedup::is_dead(k, v, applied, SIM_WINDOW))
+        .collect()
+}
+
+/// A randomized run of three stores with splits under faults, checked for linearizability and
+/// at-most-once application.
 ///
 /// Four clients each keep one get/put/cas/delete in flight on keys `k0`..`k3`, routed the way a
 /// client with a region cache would: to a random store, for the region that store says holds
-/// the key, at that region's epoch there. Meanwhile a nemesis splits regions at random points
-/// between and around the keys, drops, duplicates, delays and reorders messages, cuts stores
-/// off, and restarts stores (the store is dropped and reopened from its directory). Every
-/// operation is recorded with the rounds it began and ended in; at the end the network heals,
-/// every key is read once more, the history must be linearizable and the stores must hold the
-/// same data.
+/// the key, at that region's epoch there. A write carries a request id (client id, seq); one
+/// whose outcome is unknown (indeterminate, or unanswered because its store restarted) is sent
+/// again with the same id, to a random store, which after a split may route it to another
+/// region than the first attempt, as long as the retry stays within the dedup window (kept
+/// small). A CAS usually expects the value last seen, so most of them swap: one applied twice
+/// answers "not swapped" while its value is there to be read, which the linearizability check
+/// refuses. Meanwhile a nemesis splits regions at random points between and around the keys,
+/// and the region of a write waiting to be sent again so that the write's key moves; drops,
+/// duplicates, delays and reorders messages, cuts stores off, restarts stores (the store is
+/// dropped and reopened from its directory) and compacts a store's data (dropping dedup
+/// records past their window). Every operation is recorded with the rounds it began and ended
+/// in; at the end the network heals, every key is read once more, the history must be
+/// linearizable and the stores must hold the same data and the same live dedup records.
+///
+/// Planted bugs it catches (checked by hand, 2026-12-07): no dedup at all (5 of seeds 1-8),
+/// no copy of dedup records at a split (3 of seeds 1-12), a dedup horizon that lets
+/// compaction drop records still in their window (11 of seeds 1-12).
 fn simulate(seed: u64, rounds: usize) {
     use crate::sim::linearizability::{check, CheckResult, Op, Operation, Outcome};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use rdb_proto::command::command::Op as Op2;
     use rdb_proto::command::{Cas, Delete};
-    use std::collections::HashMap;
 
     let mut rng = StdRng::seed_from_u64(seed);
     let settings = Settings {
         snapshot_threshold: 30,
         catch_up_entries: 5,
+        dedup_window: SIM_WINDOW,
         ..Settings::default()
     };
     let mut st = Stores::with_settings(&settings);
     const KEYS: usize = 4;
-    struct Pending {
-        client: u64,
-        op: Op,
-        invoke: u64,
-        store: u64,
-        read: bool,
-    }
-    let mut pending: HashMap<RequestId, Pending> = HashMap::new();
-    let mut busy = [false; 4];
+    const CLIENTS: usize = 4;
+    let mut ops: Vec<Option<SimOp>> = (0..CLIENTS).map(|_| None).collect();
+    // Every attempt sent: its client and operation (by seq).
+    let mut attempts: HashMap<RequestId, (usize, u64)> = HashMap::new();
     let mut history: Vec<Operation> = Vec::new();
-    let mut seq = [0u64; 4];
+    let mut seq = [0u64; CLIENTS];
+    // The value of each key as last seen by any client, for CAS expectations.
+    let mut seen: HashMap<String, Option<String>> = HashMap::new();
     let mut next_region = 100u64;
     let mut held: Vec<(usize, RegionMessage)> = Vec::new();
-    let mut splits = 0;
-    let mut restarts = 0;
+    let (mut splits, mut restarts, mut compactions) = (0, 0, 0);
+    // Writes sent again after an attempt that may have applied; those whose attempts went to
+    // more than one region; and those that ran out of window.
+    let (mut retried, mut moved, mut out_of_window) = (0, 0, 0);
+    let finish = |history: &mut Vec<Operation>,
+                  seen: &mut HashMap<String, Option<String>>,
+                  c: usize,
+                  p: SimOp,
+                  outcome: Outcome,
+                  round: u64| {
+        let key = p.op.key().to_string();
+        match (&p.op, &outcome) {
+            (_, Outcome::Get(v)) => {
+                seen.insert(key, v.clone());
+            }
+            (Op::Put { value, .. }, Outcome::Put) => {
+                seen.insert(key, Some(value.clone()));
+            }
+            (Op::Cas { new, .. }, Outcome::Cas(true)) => {
+                seen.insert(key, Some(new.clone()));
+            }
+            (_, Outcome::Delete) => {
+                seen.insert(key, None);
+            }
+            _ => {}
+        }
+        history.push(Operation {
+            client: c as u64,
+            op: p.op,
+            outcome,
+            invoke: p.invoke,
+            complete: round,
+        });
+    };
     for round in 0..rounds as u64 {
-        // Clients.
-        for c in 0..4u64 {
-            if busy[c as usize] {
+        // Clients: begin an operation, or send the next attempt of one.
+        for c in 0..CLIENTS {
+            if ops[c].is_none() {
+                let k = rng.gen_range(0..KEYS);
+                let key = format!("k{k}");
+                seq[c] += 1;
+                let s = seq[c];
+                let value = format!("c{c}-{s}");
+                let roll: f64 = rng.gen();
+                let (op, cmd) = if roll < 0.4 {
+                    (Op::Get { key: key.clone() }, None)
+                } else if roll < 0.65 {
+                    (
+                        Op::Put {
+                            key: key.clone(),
+                            value: value.clone(),
+                        },
+                        Some(put_cmd(c as u64 + 1, s, &key, &value)),
+                    )
+                } else if roll < 0.9 {
+                    // Mostly what was seen last, so that most swaps succeed.
+                    let expected = match seen.get(&key) {
+                        Some(v) if rng.gen_bool(0.8) => v.clone(),
+                        _ if rng.gen_bool(0.3) => None,
+                        _ => Some(format!(
+                            "c{}-{}",
+                            rng.gen_range(0..CLIENTS),
+                            rng.gen_range(1..=s)
+                        )),
+                    };
+                    let cmd = Command {
+                        client_id: c as u64 + 1,
+                        seq: s,
+                        op: Some(Op2::Cas(Cas {
+                            key: key.clone().into_bytes(),
+                            expected: expected.clone().map(String::into_bytes),
+                            new_value: value.clone().into_bytes(),
+                        })),
+                    };
+                    (
+                        Op::Cas {
+                            key: key.clone(),
+                            expected,
+                            new: value,
+                        },
+                        Some(cmd.encode_to_vec()),
+                    )
+                } else {
+                    let cmd = Command {
+                        client_id: c as u64 + 1,
+                        seq: s,
+                        op: Some(Op2::Delete(Delete {
+                            key: key.clone().into_bytes(),
+                        })),
+                    };
+                    (Op::Delete { key: key.clone() }, Some(cmd.encode_to_vec()))
+                };
+                let floors = region_indexes(&st)
+                    .into_iter()
+                    .map(|(id, (commit, _))| (id, commit))
+                    .collect();
+                ops[c] = Some(SimOp {
+                    op,
+                    cmd,
+                    seq: s,
+                    invoke: round,
+                    attempt: None,
+                    retry_at: round,
+                    maybe_applied: false,
+                    floors,
+                    regions: std::collections::BTreeSet::new(),
+                });
+            }
+            let Some(p) = ops[c].as_mut() else { continue };
+            if let Some((_, _, sent)) = p.attempt {
+                if round < sent + ATTEMPT_ROUNDS {
+                    continue;
+                }
+                // No answer: the store restarted, or a cut holds the request.
+                p.attempt = None;
+                p.maybe_applied |= p.cmd.is_some();
+                if p.cmd.is_none() {
+                    let p = ops[c].take().expect("pending");
+                    finish(&mut history, &mut seen, c, p, Outcome::Failed, round);
+                    continue;
+                }
+            }
+            if p.retry_at > round {
                 continue;
             }
             let store = rng.gen_range(1..=3u64);
-            let Some(s) = st.stores[store as usize - 1].as_mut() else {
+            let Some(s) = st.stores[store as usize - 1].as_ref() else {
+                p.retry_at = round + 1;
                 continue;
             };
-            let k = rng.gen_range(0..KEYS);
-            let key = format!("k{k}");
-            seq[c as usize] += 1;
-            let value = format!("c{c}-{}", seq[c as usize]);
-            let roll: f64 = rng.gen();
-            let (op, cmd) = if roll < 0.4 {
-                (Op::Get { key: key.clone() }, None)
-            } else if roll < 0.7 {
-                (
-                    Op::Put {
-                        key: key.clone(),
-                        value: value.clone(),
-                    },
-                    Some(put_cmd(0, 0, &key, &value)),
-                )
-            } else if roll < 0.9 {
-                let expected = if rng.gen_bool(0.5) {
-                    None
-                } else {
-                    Some(format!(
-                        "c{}-{}",
-                        rng.gen_range(0..4),
-                        rng.gen_range(1..=seq[c as usize])
-                    ))
-                };
-                let cmd = Command {
-                    op: Some(Op2::Cas(Cas {
-                        key: key.clone().into_bytes(),
-                        expected: expected.clone().map(String::into_bytes),
-                        new_value: value.clone().into_bytes(),
-                    })),
-                    ..Default::default()
-                };
-                (
-                    Op::Cas {
-                        key: key.clone(),
-                        expected,
-                        new: value,
-                    },
-                    Some(cmd.encode_to_vec()),
-                )
-            } else {
-                let cmd = Command {
-                    op: Some(Op2::Delete(Delete {
-                        key: key.clone().into_bytes(),
-                    })),
-                    ..Default::default()
-                };
-                (Op::Delete { key: key.clone() }, Some(cmd.encode_to_vec()))
-            };
+            let key = p.op.key().to_string();
             let Some(region) = s.region_for_key(key.as_bytes()).cloned() else {
+                p.retry_at = round + rng.gen_range(1..=3);
                 continue;
             };
+            let out_of_time = round >= p.invoke + OP_ROUNDS;
+            if out_of_time
+                || (p.maybe_applied && !within_window(p, region.id, &region_indexes(&st)))
+            {
+                if !out_of_time {
+                    out_of_window += 1;
+                }
+                let p = ops[c].take().expect("pending");
+                let outcome = if p.maybe_applied {
+                    Outcome::Indeterminate
+                } else {
+                    Outcome::Failed
+                };
+                finish(&mut history, &mut seen, c, p, outcome, round);
+                continue;
+            }
             let epoch = rdb_storage::region::epoch(&region);
             let req = st.next_request;
             st.next_request += 1;
             let s = st.stores[store as usize - 1].as_mut().expect("up");
-            let routed = match &cmd {
+            let routed = match &p.cmd {
                 Some(data) => s.propose(region.id, &epoch, &[key.as_bytes()], req, data.clone()),
                 None => s.read(region.id, &epoch, &[key.as_bytes()], req),
             };
-            if routed.is_err() {
-                history.push(Operation {
-                    client: c,
-                    op,
-                    outcome: Outcome::Failed,
-                    invoke: round,
-                    complete: round,
-                });
-                continue;
+            match routed {
+                Ok(()) => {
+                    if p.maybe_applied {
+                        retried += 1;
+                        if !p.regions.is_empty() && !p.regions.contains(&region.id) {
+                            moved += 1;
+                        }
+                    }
+                    p.regions.insert(region.id);
+                    p.attempt = Some((req, store, round));
+                    attempts.insert(req, (c, p.seq));
+                }
+                Err(_) if p.cmd.is_some() => p.retry_at = round + rng.gen_range(1..=3),
+                Err(_) => {
+                    let p = ops[c].take().expect("pending");
+                    finish(&mut history, &mut seen, c, p, Outcome::Failed, round);
+                }
             }
-            busy[c as usize] = true;
-            pending.insert(
-                req,
-                Pending {
-                    client: c,
-                    op,
-                    invoke: round,
-                    store,
-                    read: cmd.is_none(),
-                },
-            );
         }
         // Nemesis.
         let roll: f64 = rng.gen();
-        if roll < 0.02 {
-            // A split at a random point between or around the keys, by a leader.
-            let at = format!(
+        let unsure: Vec<String> = ops
+            .iter()
+            .flatten()
+            .filter(|p| p.maybe_applied && p.attempt.is_none())
+            .map(|p| p.op.key().to_string())
+            .collect();
+        let target = (!unsure.is_empty() && rng.gen_bool(0.05))
+            .then(|| unsure[rng.gen_range(0..unsure.len())].clone());
+        if roll < 0.02 || target.is_some() {
+            // A split by a leader: of the region of a write that may have applied and waits
+            // to be sent again, just past the region's start, so that the write's key moves
+            // to the new region before the retry; else at a random point between or around
+            // the keys.
+            let random = format!(
                 "k{}{}",
                 rng.gen_range(0..KEYS),
                 ["", "~", "5"][rng.gen_range(0..3)]
             );
             for s in st.stores.iter_mut().flatten() {
+                let at = target.as_deref().unwrap_or(&random);
                 let Some(r) = s.region_for_key(at.as_bytes()).cloned() else {
                     continue;
                 };
-                if !s.core(r.id).is_some_and(|c| c.replica().is_leader())
-                    || r.start_key == at.as_bytes()
-                {
+                if !s.core(r.id).is_some_and(|c| c.replica().is_leader()) {
                     continue;
+                }
+                let at = match &target {
+                    // Between the region's start and the key (none if the key is the start).
+                    Some(key) if r.start_key.is_empty() => b"a".to_vec(),
+                    Some(_) => [&r.start_key[..], b"~"].concat(),
+                    None => random.clone().into_bytes(),
+                };
+                if r.start_key == at || target.as_ref().is_some_and(|k| at >= k.as_bytes().to_vec())
+                {
+                    break;
                 }
                 let ids: Vec<u64> = (1..=3).map(|i| next_region + i).collect();
                 let req = 1 << 40 | next_region;
-                if s.propose_split(r.id, at.as_bytes(), next_region, &ids, req)
-                    .is_ok()
-                {
+                if s.propose_split(r.id, &at, next_region, &ids, req).is_ok() {
                     splits += 1;
                 }
                 next_region += 10;
@@ -970,7 +1154,7 @@ fn simulate(seed: u64, rounds: usize) {
         } else if roll < 0.03 {
             let victim = rng.gen_range(1..=3u64);
             let dir = st.dirs[victim as usize - 1].path().to_path_buf();
-            // Requests in flight there get no answer: they stay indeterminate (reads: failed).
+            // Requests in flight there get no answer: their clients try again.
             st.stores[victim as usize - 1] = None;
             st.stores[victim as usize - 1] = Some(reopen(&dir, victim, &settings));
             restarts += 1;
@@ -984,6 +1168,13 @@ fn simulate(seed: u64, rounds: usize) {
                 .collect();
         } else if roll < 0.08 {
             st.cut.clear();
+        } else if roll < 0.085 {
+            // Compaction drops the dedup records past their window (flushing first).
+            let victim = rng.gen_range(1..=3u64);
+            if let Some(s) = st.stores[victim as usize - 1].as_ref() {
+                s.engine().compact_data();
+                compactions += 1;
+            }
         }
         // The network: drop, duplicate, delay, reorder.
         let mut msgs = std::mem::take(&mut st.inflight);
@@ -1022,98 +1213,106 @@ fn simulate(seed: u64, rounds: usize) {
         }
         st.inflight = now;
         st.round();
-        // Answers.
+        // Answers: a success answers the operation whichever attempt it came from; a refusal
+        // matters only for the attempt waited on.
         let replies = std::mem::take(&mut st.replies);
-        for (_, req, answer) in replies {
-            let Some(p) = pending.remove(&req) else {
+        let refused = std::mem::take(&mut st.refused_reads)
+            .into_iter()
+            .map(|(req, _)| (req, Err(Refusal::Unavailable("region changed".into()))));
+        let answers = replies
+            .into_iter()
+            .map(|(_, req, a)| (req, a))
+            .chain(refused);
+        for (req, answer) in answers {
+            let Some((c, s)) = attempts.remove(&req) else {
                 continue;
             };
-            busy[p.client as usize] = false;
-            let outcome = match answer {
-                Ok(Answer::ReadReady { .. }) => match st.stores[p.store as usize - 1].as_ref() {
-                    Some(s) => Outcome::Get(
-                        s.engine()
-                            .get(p.op.key().as_bytes())
-                            .expect("read")
-                            .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                    ),
-                    None => Outcome::Failed,
-                },
-                Ok(Answer::Written(CommandResult::Put)) => Outcome::Put,
-                Ok(Answer::Written(CommandResult::Delete { .. })) => Outcome::Delete,
-                Ok(Answer::Written(CommandResult::Cas { succeeded, .. })) => {
+            let Some(p) = ops[c].as_mut().filter(|p| p.seq == s) else {
+                continue;
+            };
+            let current = p.attempt.is_some_and(|(a, _, _)| a == req);
+            let outcome = match (answer, &p.op) {
+                (Ok(Answer::ReadReady { .. }), Op::Get { key }) => {
+                    let store = p.attempt.map_or(0, |(_, s, _)| s as usize);
+                    match st
+                        .stores
+                        .get(store.wrapping_sub(1))
+                        .and_then(Option::as_ref)
+                    {
+                        Some(s) => Outcome::Get(
+                            s.engine()
+                                .get(key.as_bytes())
+                                .expect("read")
+                                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        ),
+                        None => Outcome::Failed,
+                    }
+                }
+                (Ok(Answer::Written(CommandResult::Put)), Op::Put { .. }) => Outcome::Put,
+                (Ok(Answer::Written(CommandResult::Delete { .. })), Op::Delete { .. }) => {
+                    Outcome::Delete
+                }
+                (Ok(Answer::Written(CommandResult::Cas { succeeded, .. })), Op::Cas { .. }) => {
                     Outcome::Cas(succeeded)
                 }
-                Ok(other) => panic!("unexpected answer {other:?}"),
-                Err(Refusal::Indeterminate(_)) if !p.read => Outcome::Indeterminate,
-                Err(_) => Outcome::Failed,
-            };
-            history.push(Operation {
-                client: p.client,
-                op: p.op,
-                outcome,
-                invoke: p.invoke,
-                complete: round,
-            });
-        }
-        for (req, _) in std::mem::take(&mut st.refused_reads) {
-            if let Some(p) = pending.remove(&req) {
-                busy[p.client as usize] = false;
-                history.push(Operation {
-                    client: p.client,
-                    op: p.op,
-                    outcome: Outcome::Failed,
-                    invoke: p.invoke,
-                    complete: round,
-                });
-            }
-        }
-        // A store restart loses what was in flight there: its writes may still have applied.
-        for c in 0..4u64 {
-            let lost: Vec<RequestId> = pending
-                .iter()
-                .filter(|(_, p)| p.client == c && round - p.invoke > 300)
-                .map(|(&id, _)| id)
-                .collect();
-            for id in lost {
-                if let Some(p) = pending.remove(&id) {
-                    busy[c as usize] = false;
-                    history.push(Operation {
-                        client: c,
-                        op: p.op,
-                        outcome: if p.read {
-                            Outcome::Failed
-                        } else {
-                            Outcome::Indeterminate
-                        },
-                        invoke: p.invoke,
-                        complete: round,
-                    });
+                (Ok(other), op) => panic!("seed {seed}: answer {other:?} to {op:?}"),
+                (Err(Refusal::Rejected(m)), _) if !m.starts_with("key not in region") => {
+                    panic!("seed {seed}: a valid command was rejected: {m}")
                 }
-            }
+                (Err(e), _) => {
+                    // Proposed, so it may have applied (unless it was refused before it was).
+                    if p.cmd.is_some() && matches!(e, Refusal::Indeterminate(_)) {
+                        p.maybe_applied = true;
+                    }
+                    if !current {
+                        continue;
+                    }
+                    p.attempt = None;
+                    if p.cmd.is_some() {
+                        // Longer after an unknown outcome, so that a split may come between.
+                        let most = if p.maybe_applied { 12 } else { 3 };
+                        p.retry_at = round + rng.gen_range(1..=most);
+                        continue;
+                    }
+                    Outcome::Failed
+                }
+            };
+            let p = ops[c].take().expect("pending");
+            finish(&mut history, &mut seen, c, p, outcome, round);
         }
     }
-    // Heal; whatever is still pending may have applied.
+    // Heal; a write still in flight may have applied.
     st.cut.clear();
     st.inflight.extend(held.into_iter().map(|(_, m)| m));
-    for (_, p) in pending.drain() {
-        history.push(Operation {
-            client: p.client,
-            op: p.op,
-            outcome: if p.read {
-                Outcome::Failed
-            } else {
-                Outcome::Indeterminate
-            },
-            invoke: p.invoke,
-            complete: rounds as u64,
-        });
+    for (c, p) in ops.iter_mut().enumerate() {
+        let Some(p) = p.take() else { continue };
+        let outcome = if p.cmd.is_some() && (p.maybe_applied || p.attempt.is_some()) {
+            Outcome::Indeterminate
+        } else {
+            Outcome::Failed
+        };
+        finish(&mut history, &mut seen, c, p, outcome, rounds as u64);
     }
     let data = st.converged();
     assert!(
         data.windows(2).all(|w| w[0] == w[1]),
         "seed {seed}: replicas differ"
     );
+    // Every region's live dedup records, as a split copied them or a snapshot carried them,
+    // are the same on every store.
+    let live: Vec<&StoreCore> = st.stores.iter().flatten().collect();
+    for id in live[0].region_ids() {
+        let first = live_dedup_records(live[0], id);
+        for s in &live[1..] {
+            assert_eq!(
+                live_dedup_records(s, id),
+                first,
+                "seed {seed}: stores {} and {} hold different dedup records of region {id}",
+                live[0].store_id(),
+                s.store_id()
+            );
+        }
+    }
     // Final reads, through the leaders.
     let end = rounds as u64 + 1000;
     for k in 0..KEYS {
@@ -1134,19 +1333,26 @@ fn simulate(seed: u64, rounds: usize) {
         .iter()
         .filter(|o| !matches!(o.outcome, Outcome::Failed | Outcome::Indeterminate))
         .count();
+    let swapped = history
+        .iter()
+        .filter(|o| o.outcome == Outcome::Cas(true))
+        .count();
     assert!(acked > 20, "seed {seed}: only {acked} operations completed");
+    let summary = format!(
+        "{} ops ({acked} completed, {swapped} swaps), {splits} splits proposed, {restarts} \
+         restarts, {compactions} compactions; {retried} writes sent again after an unknown \
+         outcome ({moved} to another region), {out_of_window} given up at the window",
+        history.len()
+    );
     match check(&history, 2_000_000) {
         CheckResult::Linearizable => {}
         CheckResult::Illegal(v) => {
-            panic!("seed {seed} ({splits} splits, {restarts} restarts): not linearizable:\n{v}")
+            panic!("seed {seed} ({summary}): not linearizable:\n{v}")
         }
         other => panic!("seed {seed}: checker gave up: {other:?}"),
     }
     let regions = st.stores[0].as_ref().map_or(0, |s| s.region_ids().len());
-    eprintln!(
-        "seed {seed}: {} ops ({acked} completed), {splits} splits proposed, {regions} regions, {restarts} restarts",
-        history.len()
-    );
+    eprintln!("seed {seed}: {summary}, {regions} regions");
 }
 
 #[test]
@@ -1160,6 +1366,6 @@ fn simulated_stores_split_under_faults_and_stay_linearizable() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
     for seed in first..first + seeds {
-        simulate(seed, 1500);
+        simulate(seed, 1000);
     }
 }
