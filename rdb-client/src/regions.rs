@@ -1,5 +1,5 @@
 //! [`RegionCache`]: the client's copy of the part of PD's region map it has used, so most calls
-//! go straight to the right region's leader without asking PD first (issue 13, multi-Raft).
+//! go straight to the right region's leader without asking PD first (specs/009-regions).
 //!
 //! The cache is pure data: it never calls PD or a store. The caller fills it from PD
 //! ([`PdClient::get_region`](crate::PdClient::get_region),

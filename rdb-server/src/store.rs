@@ -1,4 +1,4 @@
-//! A PD-mode store's regions (issue 13, specs/009-regions): many Raft groups over one RocksDB,
+//! A PD-mode store's regions (specs/009-regions): many Raft groups over one RocksDB,
 //! driven as one.
 //!
 //! [`StoreCore`] holds a [`Core`] per region hosted here and routes to them: peer messages by

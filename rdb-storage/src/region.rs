@@ -1,4 +1,4 @@
-//! Regions of a PD-mode store (issue 13, specs/009-regions): many Raft groups over one RocksDB.
+//! Regions of a PD-mode store (specs/009-regions): many Raft groups over one RocksDB.
 //!
 //! Each region is a Raft group of its own whose log, Raft state and own records carry its id
 //! ([`keys::Space::Region`]); user data stays shared under `d`, and a region owns the user keys

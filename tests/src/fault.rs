@@ -335,7 +335,7 @@ pub struct RegionFaultReport {
     pub filler_keys: usize,
 }
 
-/// [`run`] over a PD-mode cluster (issue 13): one PD node and three stores splitting regions
+/// [`run`] over a PD-mode cluster (specs/009-regions): one PD node and three stores splitting regions
 /// past `split_keys` keys. Besides the checked clients on `cfg.keys` keys (`k0`, `k1`, ...),
 /// a filler writes many other keys (`f...`, between and around them) so regions split while
 /// the clients run, and the nemesis kills (-9) and restarts stores or pauses them. The history

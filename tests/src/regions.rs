@@ -171,6 +171,23 @@ impl RegionCluster {
         self.stores[i - 1] = Some(child);
     }
 
+    /// Waits up to `timeout` for store `i` (1-based) to exit by itself; its exit status, or
+    /// None if it is still running then.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let child = self.stores[i - 1].as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.stores[i - 1] = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether store `i` (1-based) is running (it did not exit by itself).
     pub fn is_running(&mut self, i: usize) -> bool {
         self.stores[i - 1]

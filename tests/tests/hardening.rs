@@ -69,7 +69,7 @@ async fn a_node_killed_with_a_torn_wal_tail_restarts_and_catches_up() {
     // The follower's last write must be one it never synced (an apply batch): wait until it
     // applied everything, or the last record could be the synced append of the last entry,
     // which it acknowledged; cutting that is data loss, which Raft rightly refuses (seen once
-    // in session 4: the node stopped with raft-rs's "to_commit out of range").
+    // before this was checked: the node stopped with raft-rs's "to_commit out of range").
     let applied = leader_applied(&c).await;
     c.wait_applied(follower, applied, SECS(10)).await;
     c.kill(follower);

@@ -1,4 +1,4 @@
-//! Regions (issue 13, specs/009-regions) against real processes: one rdb-pd node and three
+//! Regions (specs/009-regions) against real processes: one rdb-pd node and three
 //! `rdb-server --pd` stores with small split thresholds.
 
 use std::collections::BTreeMap;
@@ -322,7 +322,7 @@ async fn splits_under_writes_and_kill_9_lose_no_acknowledged_write_and_replicas_
     }
 }
 
-/// Issue 13's fault run: regions split (a filler writes around the checked keys) while
+/// The regions fault run: regions split (a filler writes around the checked keys) while
 /// clients run get/put/cas/delete on three keys and stores are killed with -9 and restarted;
 /// the history, final reads included, must be linearizable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

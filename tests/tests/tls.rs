@@ -229,3 +229,136 @@ async fn a_pd_group_with_tls_answers_the_cli_over_tls_only() {
         "the cause is named: {stderr}"
     );
 }
+
+/// A raw peer client of `addr` over TLS with `ca` as the trusted CA and `identity` (stem in
+/// `dir`) as its certificate, or over plaintext without `ca`.
+async fn raw_peer(
+    addr: &str,
+    dir: &Path,
+    identity: Option<&str>,
+    plaintext: bool,
+) -> Result<
+    rdb_proto::peer::peer_client::PeerClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let endpoint = if plaintext {
+        Endpoint::from_shared(format!("http://{addr}"))?
+    } else {
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(
+            &dir.join("ca.pem"),
+        )));
+        if let Some(stem) = identity {
+            cfg = cfg.identity(Identity::from_pem(
+                read(&dir.join(format!("{stem}.pem"))),
+                read(&dir.join(format!("{stem}.key"))),
+            ));
+        }
+        Endpoint::from_shared(format!("https://{addr}"))?.tls_config(cfg)?
+    };
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    Ok(rdb_proto::peer::peer_client::PeerClient::new(channel))
+}
+
+/// Whether store `addr`'s peer port takes a batch from this raw client (an empty batch for
+/// an unknown store: the port answers it only after the TLS handshake and the stamp check).
+async fn peer_port_answers(
+    peer: Result<
+        rdb_proto::peer::peer_client::PeerClient<tonic::transport::Channel>,
+        tonic::transport::Error,
+    >,
+) -> bool {
+    let Ok(mut peer) = peer else { return false };
+    let batch = rdb_proto::peer::RaftBatch::default();
+    match peer.raft(tokio_stream::iter(vec![batch])).await {
+        Ok(_) => true,
+        // Refused by the service itself (the stamp): the TLS handshake passed.
+        Err(s) => s.code() == tonic::Code::PermissionDenied,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pd_mode_stores_serve_clients_peers_and_pd_over_tls_and_refuse_other_cas() {
+    use rdb_tests::regions::{RegionCluster, Setup, Split};
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let (ca, other) = (Ca::new("rdb test CA"), Ca::new("another CA"));
+    ca.write(&dir.join("ca.pem"));
+    for stem in ["pd", "store", "client"] {
+        ca.issue_to(stem, dir, stem);
+    }
+    other.issue_to("intruder", dir, "intruder");
+    let d = dir.display();
+    let store_file = format!(
+        "[tls]\ncert_file = \"{d}/store.pem\"\nkey_file = \"{d}/store.key\"\n\
+         [peer_tls]\ncert_file = \"{d}/store.pem\"\nkey_file = \"{d}/store.key\"\nca_file = \"{d}/ca.pem\"\n\
+         [pd_tls]\nca_file = \"{d}/ca.pem\"\n"
+    );
+    let pd_tables =
+        format!("[tls]\ncert_file = \"{d}/pd.pem\"\nkey_file = \"{d}/pd.key\"\n");
+    let c = RegionCluster::start_setup(
+        3,
+        Split {
+            keys: 40,
+            check_ms: 200,
+        },
+        Setup {
+            store_file: Some(store_file),
+            pd_tables,
+            client_tls: tls(dir, None),
+            ..Setup::default()
+        },
+    );
+    // Clients over TLS, routed by PD over TLS; the regions split and replicate between the
+    // stores over mutual TLS.
+    let client = Client::with_pd([c.pd_addr()], c.options()).expect("client");
+    for i in 0..120 {
+        client
+            .put(format!("key{i:03}"), "v")
+            .await
+            .unwrap_or_else(|e| panic!("put key{i:03} over TLS: {e}"));
+    }
+    c.wait_regions(2, SECS(30)).await;
+    for addr in &c.addrs {
+        let mut opts = c.options();
+        opts.deadline = SECS(10);
+        let only = Client::with_options([addr.clone()], opts).expect("client");
+        let deadline = Instant::now() + SECS(10);
+        while only
+            .get_with("key119", rdb_client::ReadConsistency::Serializable)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "{addr} never got key119");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Plaintext is refused on the client port.
+    let mut plain = quick_options();
+    plain.deadline = SECS(2);
+    let plain = Client::with_options([c.addrs[0].clone()], plain).expect("client");
+    assert!(plain.get("key001").await.is_err(), "plaintext got an answer");
+    // The peer port takes only peers with a certificate the CA signed.
+    let peer = &c.peer_addrs[0];
+    assert!(
+        peer_port_answers(raw_peer(peer, dir, Some("store"), false).await).await,
+        "a store's own certificate is refused"
+    );
+    assert!(
+        !peer_port_answers(raw_peer(peer, dir, Some("intruder"), false).await).await,
+        "a peer certificate another CA signed was taken"
+    );
+    assert!(
+        !peer_port_answers(raw_peer(peer, dir, None, false).await).await,
+        "a peer without a certificate was taken"
+    );
+    assert!(
+        !peer_port_answers(raw_peer(peer, dir, None, true).await).await,
+        "a plaintext peer was taken"
+    );
+}

@@ -805,6 +805,101 @@ fn an_uninitialized_peer_that_voted_remembers_its_vote_across_a_restart() {
     );
 }
 
+/// A leader's message from the network for region `region`, to this store's peer `to`.
+fn leader_message(region: u64, ty: raft::prelude::MessageType, to: u64) -> RegionMessage {
+    let mut m = raft::prelude::Message::default();
+    m.set_msg_type(ty);
+    m.from = to + 1_000;
+    m.to = to;
+    m.term = 6;
+    RegionMessage {
+        region_id: region,
+        from_store: 2,
+        to_store: 3,
+        epoch: RegionEpoch::default(),
+        msg: m,
+    }
+}
+
+/// Region `id` over `[start, end)` with peers `id * 10 + store` on stores 1 to 3.
+fn region_of(id: u64, start: &[u8], end: &[u8]) -> Region {
+    Region {
+        id,
+        start_key: start.to_vec(),
+        end_key: end.to_vec(),
+        epoch: Some(RegionEpoch {
+            version: 2,
+            conf_ver: 1,
+        }),
+        peers: (1..=3)
+            .map(|s| Peer {
+                id: id * 10 + s,
+                store_id: s,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn uninitialized_peers_need_pd_to_vouch_for_them_and_are_bounded_in_number() {
+    use raft::prelude::MessageType;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = open(dir.path(), 3);
+    // Leaders' heartbeats name many regions; PD confirms some of them.
+    let named = 300u64;
+    for id in 1..=named {
+        s.step(leader_message(id, MessageType::MsgHeartbeat, id * 10 + 3))
+            .expect("step");
+    }
+    assert!(s.region_ids().is_empty(), "a message alone created a region");
+    let asked = s.advance().expect("advance").confirm;
+    assert_eq!(asked.len(), MAX_ASKED, "regions asked about at once");
+    // Asked again only after a while.
+    s.step(leader_message(1, MessageType::MsgHeartbeat, 13))
+        .expect("step");
+    assert!(s.advance().expect("advance").confirm.is_empty());
+    for id in 1..=named {
+        let k = format!("k{id:04}");
+        s.confirm_region(&region_of(id, k.as_bytes(), b""));
+    }
+    // A peer id PD did not name for this store creates nothing.
+    s.step(leader_message(7, MessageType::MsgHeartbeat, 999))
+        .expect("step");
+    assert!(s.core(7).is_none());
+    for id in 1..=named {
+        s.step(leader_message(id, MessageType::MsgHeartbeat, id * 10 + 3))
+            .expect("step");
+    }
+    assert_eq!(s.region_ids().len(), MAX_UNINIT, "uninitialized peers at most");
+    s.advance().expect("advance");
+}
+
+#[test]
+fn a_snapshot_that_is_not_stepped_leaves_no_file_behind() {
+    use raft::prelude::MessageType;
+    let mut st = Stores::new();
+    let leader = st.leader(1);
+    split(&mut st, 1, "m", 2);
+    // A snapshot of region 2 built by its leader, as it would arrive at store 3 for a region
+    // PD never named for it, and for a range that region 1 (hosted there) still covers.
+    let l2 = st.leader(2);
+    let view = st.store(l2).region_engine(2).expect("region 2");
+    let snap = rdb_storage::snapshot::build(&view).expect("snapshot");
+    let desc = SnapshotDescriptor::decode(&snap.data).expect("descriptor");
+    let src = crate::transport::region_snap_dir(&st.store(l2).engine().snap_dir(), 2);
+    let receiver = (1..=3).find(|&s| s != leader && s != l2).unwrap_or(leader);
+    let dst_dir = crate::transport::region_snap_dir(&st.store(receiver).engine().snap_dir(), 9);
+    std::fs::create_dir_all(&dst_dir).expect("dir");
+    let dst = desc.path_in(&dst_dir);
+    std::fs::copy(desc.path_in(&src), &dst).expect("copy");
+    let mut m = leader_message(9, MessageType::MsgSnapshot, 93);
+    m.to_store = receiver;
+    m.msg.set_snapshot(snap);
+    st.store(receiver).step(m).expect("step");
+    assert!(!dst.exists(), "the file of a dropped snapshot is still there");
+    assert!(!dst_dir.exists(), "the folder of a region not hosted is still there");
+}
+
 /// Rounds an attempt may go unanswered before its client tries again (a restart loses what was
 /// in flight at that store; a cut may hold it).
 const ATTEMPT_ROUNDS: u64 = 40;
