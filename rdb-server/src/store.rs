@@ -119,8 +119,9 @@ pub struct StoreCore {
     /// to clash with yet), the older one's keys over the newer one's (TiKV keeps pending
     /// snapshot ranges for the same reason).
     pending_snapshots: BTreeMap<u64, (Region, SnapshotDescriptor)>,
-    /// Peers PD confirmed that a leader may create here uninitialized: region -> peer id.
-    confirmed: HashMap<u64, u64>,
+    /// Peers PD confirmed that a leader may create here uninitialized: region -> (peer id,
+    /// the tick of the confirmation). Unused ones are forgotten after `CONFIRMED_TICKS`.
+    confirmed: HashMap<u64, (u64, u64)>,
     /// Regions asked about (see [`StoreOutput::confirm`]), with the tick they were asked at.
     asked: HashMap<u64, u64>,
     /// Regions to ask about in the next turn's output.
@@ -137,6 +138,8 @@ const MAX_UNINIT: usize = 256;
 const MAX_ASKED: usize = 64;
 /// Ticks before a region is asked about again.
 const ASK_AGAIN_TICKS: u64 = 10;
+/// Ticks a confirmation waits for its leader's next message before it is forgotten.
+const CONFIRMED_TICKS: u64 = 100;
 
 /// Collects one region's outgoing messages, addressed by store.
 struct Outbox<'a> {
@@ -345,6 +348,9 @@ impl StoreCore {
     /// Advances every region's clock by one tick.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        let ticks = self.ticks;
+        self.confirmed
+            .retain(|_, &mut (_, at)| ticks.saturating_sub(at) < CONFIRMED_TICKS);
         for r in self.regions.values_mut() {
             r.core.tick();
         }
@@ -357,7 +363,7 @@ impl StoreCore {
             return;
         };
         if !self.regions.contains_key(&region.id) {
-            self.confirmed.insert(region.id, peer.id);
+            self.confirmed.insert(region.id, (peer.id, self.ticks));
         }
     }
 
@@ -454,7 +460,7 @@ impl StoreCore {
             return Ok(false);
         }
         match self.confirmed.get(&m.region_id) {
-            Some(&peer) if peer == m.msg.to => {}
+            Some(&(peer, _)) if peer == m.msg.to => {}
             _ => {
                 let mut asks = std::mem::take(&mut self.pending_asks);
                 self.ask(m.region_id, &mut asks);

@@ -152,7 +152,10 @@ async fn a_node_a_store_and_a_pd_node_each_refuse_the_others_directories() {
         ]
     };
     let a = args(&dir);
-    let (status, err) = run("rdb-server", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (status, err) = run(
+        "rdb-server",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(!status.success(), "a store opened a node's directory");
     assert!(err.contains("not a PD-mode store"), "{err}");
     // The node still starts on its own directory, with its data.

@@ -245,9 +245,8 @@ async fn raw_peer(
     let endpoint = if plaintext {
         Endpoint::from_shared(format!("http://{addr}"))?
     } else {
-        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(
-            &dir.join("ca.pem"),
-        )));
+        let mut cfg =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&dir.join("ca.pem"))));
         if let Some(stem) = identity {
             cfg = cfg.identity(Identity::from_pem(
                 read(&dir.join(format!("{stem}.pem"))),
@@ -297,8 +296,7 @@ async fn pd_mode_stores_serve_clients_peers_and_pd_over_tls_and_refuse_other_cas
          [peer_tls]\ncert_file = \"{d}/store.pem\"\nkey_file = \"{d}/store.key\"\nca_file = \"{d}/ca.pem\"\n\
          [pd_tls]\nca_file = \"{d}/ca.pem\"\n"
     );
-    let pd_tables =
-        format!("[tls]\ncert_file = \"{d}/pd.pem\"\nkey_file = \"{d}/pd.key\"\n");
+    let pd_tables = format!("[tls]\ncert_file = \"{d}/pd.pem\"\nkey_file = \"{d}/pd.key\"\n");
     let c = RegionCluster::start_setup(
         3,
         Split {
@@ -342,7 +340,10 @@ async fn pd_mode_stores_serve_clients_peers_and_pd_over_tls_and_refuse_other_cas
     let mut plain = quick_options();
     plain.deadline = SECS(2);
     let plain = Client::with_options([c.addrs[0].clone()], plain).expect("client");
-    assert!(plain.get("key001").await.is_err(), "plaintext got an answer");
+    assert!(
+        plain.get("key001").await.is_err(),
+        "plaintext got an answer"
+    );
     // The peer port takes only peers with a certificate the CA signed.
     let peer = &c.peer_addrs[0];
     assert!(

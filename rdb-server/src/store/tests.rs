@@ -851,7 +851,10 @@ fn uninitialized_peers_need_pd_to_vouch_for_them_and_are_bounded_in_number() {
         s.step(leader_message(id, MessageType::MsgHeartbeat, id * 10 + 3))
             .expect("step");
     }
-    assert!(s.region_ids().is_empty(), "a message alone created a region");
+    assert!(
+        s.region_ids().is_empty(),
+        "a message alone created a region"
+    );
     let asked = s.advance().expect("advance").confirm;
     assert_eq!(asked.len(), MAX_ASKED, "regions asked about at once");
     // Asked again only after a while.
@@ -870,7 +873,11 @@ fn uninitialized_peers_need_pd_to_vouch_for_them_and_are_bounded_in_number() {
         s.step(leader_message(id, MessageType::MsgHeartbeat, id * 10 + 3))
             .expect("step");
     }
-    assert_eq!(s.region_ids().len(), MAX_UNINIT, "uninitialized peers at most");
+    assert_eq!(
+        s.region_ids().len(),
+        MAX_UNINIT,
+        "uninitialized peers at most"
+    );
     s.advance().expect("advance");
 }
 
@@ -896,8 +903,14 @@ fn a_snapshot_that_is_not_stepped_leaves_no_file_behind() {
     m.to_store = receiver;
     m.msg.set_snapshot(snap);
     st.store(receiver).step(m).expect("step");
-    assert!(!dst.exists(), "the file of a dropped snapshot is still there");
-    assert!(!dst_dir.exists(), "the folder of a region not hosted is still there");
+    assert!(
+        !dst.exists(),
+        "the file of a dropped snapshot is still there"
+    );
+    assert!(
+        !dst_dir.exists(),
+        "the folder of a region not hosted is still there"
+    );
 }
 
 /// Rounds an attempt may go unanswered before its client tries again (a restart loses what was
