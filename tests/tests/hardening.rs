@@ -312,7 +312,7 @@ async fn hashes_at_a_hash_point(c: &TestCluster) -> Vec<(u64, u64)> {
     let leader = c.wait_leader(SECS(10)).await;
     let r = raw(&c.nodes[(leader - 1) as usize].client_addr)
         .await
-        .check(CheckRequest {})
+        .check(CheckRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -323,7 +323,10 @@ async fn hashes_at_a_hash_point(c: &TestCluster) -> Vec<(u64, u64)> {
         let deadline = std::time::Instant::now() + SECS(10);
         loop {
             let h = kv
-                .hash(HashRequest { index: r.index })
+                .hash(HashRequest {
+                    index: r.index,
+                    context: None,
+                })
                 .await
                 .unwrap()
                 .into_inner();
