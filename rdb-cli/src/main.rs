@@ -9,6 +9,7 @@
 mod backup;
 mod batch;
 mod bench;
+mod check;
 mod codec;
 mod diagnose;
 mod members;
@@ -56,8 +57,8 @@ struct Cli {
         global = true
     )]
     endpoints: String,
-    /// Comma-separated client addresses of the PD nodes (for tso, store, region, member, and
-    /// with --regions for every KV command).
+    /// Comma-separated client addresses of the PD nodes (for tso, store, region, member,
+    /// check of every region, and with --regions for every KV command).
     #[arg(long, env = "RDB_PD", global = true)]
     pd: Option<String>,
     /// A PD-mode cluster (`rdb-server --pd`): send each KV request to the leader of its key's
@@ -193,9 +194,10 @@ enum Command {
         #[command(subcommand)]
         cmd: LeaderCmd,
     },
-    /// Compare the replicas: every node hashes its data at the same log index (exit 7 when
-    /// the hashes differ or a node gives none).
-    Check,
+    /// Compare the replicas: every node hashes its data at the same log index, and the ones
+    /// that differ from the majority are named (exit 7 when any differ or one gives no hash).
+    /// With --pd: every region's replicas, one row per region.
+    Check(check::CheckArgs),
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
     /// Backups: `snapshot save FILE` saves a consistent copy of the data (for `rdb-server --restore`).
@@ -269,7 +271,7 @@ async fn run(cli: Cli) -> u8 {
             cli.command,
             Command::Tso | Command::Store { .. } | Command::Region { .. }
         )
-        || (matches!(cli.command, Command::Member { .. }) && cli.pd.is_some());
+        || (matches!(cli.command, Command::Member { .. } | Command::Check(_)) && cli.pd.is_some());
     let first_contact = if talks_to_pd {
         &pd_endpoints
     } else {
@@ -420,27 +422,20 @@ async fn run(cli: Cli) -> u8 {
             }
             Err(e) => fail(&e),
         },
-        Command::Check => match client.check().await {
-            Ok(report) => {
-                p.check(&report);
-                if report.consistent() {
-                    0
-                } else {
-                    if !p.is_json() {
-                        eprintln!(
-                            "rdb-cli: check: {}",
-                            if report.all_ready() {
-                                "the replicas differ"
-                            } else {
-                                "a node gave no hash"
-                            }
-                        );
-                    }
-                    exit::CHECK_FAILED
-                }
+        Command::Check(args) if cli.pd.is_some() => {
+            match Client::with_pd(&pd_endpoints, opts.clone()) {
+                Ok(pd_client) => check::run_regions(&pd_client, args, &p, codec).await,
+                Err(e) => fail(&e),
             }
-            Err(e) => fail(&e),
-        },
+        }
+        Command::Check(args) => {
+            if args.region.is_some() || args.key.is_some() {
+                return invalid(
+                    "check --region and KEY name a region of a PD-mode cluster: give --pd",
+                );
+            }
+            check::run_group(&client, &p).await
+        }
         Command::Snapshot { cmd } => backup::run(cmd, &client, &p).await,
         Command::Tso => pd::run(pd::PdCmd::Tso, cli.pd.as_deref(), opts, &p, codec).await,
         Command::Store { cmd } => {
@@ -517,6 +512,11 @@ pub(crate) fn fail(e: &Error) -> u8 {
         Some(hint) => eprintln!("rdb-cli: {e} ({hint})"),
         None => eprintln!("rdb-cli: {e}"),
     }
+    exit_code(e)
+}
+
+/// The exit code for an error.
+pub(crate) fn exit_code(e: &Error) -> u8 {
     match e {
         Error::InvalidArgument(_) => exit::INVALID,
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,
@@ -607,6 +607,21 @@ mod tests {
                 }
             }
         ));
+        let check = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Check(a)) => Ok((a.region, a.key)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(check(&["check"]).unwrap(), (None, None));
+        assert_eq!(
+            check(&["--pd", "a:1", "check", "--region", "4"]).unwrap(),
+            (Some(4), None)
+        );
+        assert_eq!(
+            check(&["check", "k1", "--pd", "a:1"]).unwrap(),
+            (None, Some("k1".into()))
+        );
+        assert!(check(&["check", "k1", "--region", "4"]).is_err());
         assert!(matches!(
             parse(&["member", "list"]).unwrap().command,
             Command::Member {

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use rdb_client::pd::{Members, RegionInfo, Store};
-use rdb_client::{CasOutcome, CheckReport, NodeStatus, ScanPage, Timestamp};
+use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp};
 use serde_json::{json, Value};
 
 use crate::codec::Codec;
@@ -145,64 +145,6 @@ impl Printer {
             }
         }
         0
-    }
-
-    /// A replica check: one row per node.
-    pub fn check(&self, r: &CheckReport) {
-        match self.format {
-            Output::Json => {
-                let nodes: Vec<_> = r
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        json!({
-                            "endpoint": n.endpoint, "node_id": n.node_id, "ready": n.ready,
-                            "hash": n.ready.then(|| format!("{:016x}", n.hash)),
-                            "records": n.ready.then_some(n.records),
-                            "applied_index": n.applied_index, "error": n.error,
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"index": r.index, "consistent": r.consistent(), "nodes": nodes})
-                );
-            }
-            Output::Table => {
-                let header = ["ENDPOINT", "ID", "HASH", "RECORDS", "APPLIED", "STATE"];
-                let mut rows: Vec<Vec<String>> =
-                    vec![header.iter().map(|s| s.to_string()).collect()];
-                let first = r.nodes.iter().find(|n| n.ready);
-                for n in &r.nodes {
-                    let state = match (&n.error, first) {
-                        (_, Some(f)) if n.ready && (f.hash, f.records) == (n.hash, n.records) => {
-                            "ok".to_string()
-                        }
-                        _ if n.ready => "DIFFERS".to_string(),
-                        (Some(e), _) => format!("no hash: {e}"),
-                        (None, _) => "no hash".to_string(),
-                    };
-                    rows.push(vec![
-                        n.endpoint.clone(),
-                        n.node_id.map_or("-".into(), |id| id.to_string()),
-                        if n.ready {
-                            format!("{:016x}", n.hash)
-                        } else {
-                            "-".into()
-                        },
-                        if n.ready {
-                            n.records.to_string()
-                        } else {
-                            "-".into()
-                        },
-                        n.applied_index.to_string(),
-                        state,
-                    ]);
-                }
-                println!("hash point at index {}", r.index);
-                print_table(&rows);
-            }
-        }
     }
 
     /// Every endpoint's status, one row each.

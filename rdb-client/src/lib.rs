@@ -45,7 +45,8 @@
 //! within the same deadline, with the same request id. Batch calls are cut by region and are
 //! atomic per region only; scans continue from region to region in key order. Calls about
 //! one Raft group's endpoints ([`Client::check`], membership, backups) are not available in
-//! this mode ([`Error::Unsupported`]).
+//! this mode ([`Error::Unsupported`]); [`Client::check_regions`] checks every region's
+//! replicas instead.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rdb_client::Error> {
@@ -59,6 +60,7 @@
 mod attempts;
 mod backup;
 mod batch;
+mod check;
 mod endpoints;
 mod error;
 mod members;
@@ -69,6 +71,7 @@ mod routing;
 
 pub use backup::SavedSnapshot;
 pub use batch::MAX_BATCH_KEYS;
+pub use check::{CheckReport, NodeHash, RegionCheck, RegionScope, ReplicaState};
 pub use error::{escape_bytes, Error};
 pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
 pub use pd::{PdClient, Timestamp};
@@ -79,8 +82,8 @@ use std::time::Duration;
 
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{
-    CasRequest, CheckRequest, Consistency, DeleteRequest, ErrorCode, GetRequest, HashRequest,
-    PutRequest, RequestId, Role, ScanRequest, StatusRequest,
+    CasRequest, Consistency, DeleteRequest, GetRequest, PutRequest, RequestId, Role, ScanRequest,
+    StatusRequest,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -194,50 +197,6 @@ pub struct ScanPage {
     /// True when the caller's limit cut the result; continue from the last key followed by a
     /// 0 byte. (The server's own page cuts are followed by [`Client::scan`] and never show here.)
     pub more: bool,
-}
-
-/// One node's answer to a replica check ([`Client::check`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeHash {
-    /// The endpoint asked.
-    pub endpoint: String,
-    /// The node's id, when its status answered.
-    pub node_id: Option<u64>,
-    /// Whether the node computed its hash at the check's index before the deadline.
-    pub ready: bool,
-    /// Hash of every record of the node's data (user data and dedup records); valid if `ready`.
-    pub hash: u64,
-    /// Records hashed; valid if `ready`.
-    pub records: u64,
-    /// The node's applied index when it last answered (0 if it never did).
-    pub applied_index: u64,
-    /// Why the node gave no hash, when it did not.
-    pub error: Option<String>,
-}
-
-/// Every replica's hash of its data at one log index.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckReport {
-    /// The log index of the hash point every node hashed at.
-    pub index: u64,
-    /// One entry per endpoint, in endpoint order.
-    pub nodes: Vec<NodeHash>,
-}
-
-impl CheckReport {
-    /// True when every node answered with its hash.
-    pub fn all_ready(&self) -> bool {
-        !self.nodes.is_empty() && self.nodes.iter().all(|n| n.ready)
-    }
-
-    /// True when every node answered and all hashes and record counts are equal.
-    pub fn consistent(&self) -> bool {
-        self.all_ready()
-            && self
-                .nodes
-                .windows(2)
-                .all(|w| (w[0].hash, w[0].records) == (w[1].hash, w[1].records))
-    }
 }
 
 /// One node's view of the cluster.
@@ -544,100 +503,6 @@ impl Client {
         .await
     }
 
-    /// Checks that the replicas hold the same data: the leader puts a hash point into the
-    /// Raft log (following `NotLeader` hints and retrying like a read), then every endpoint is
-    /// asked for its hash as of that point until it has one or the deadline passes.
-    ///
-    /// Returns an error only when no hash point could be made; a node that did not answer in
-    /// time is reported in its [`NodeHash`] (`ready == false`). See [`CheckReport::consistent`].
-    pub async fn check(&self) -> Result<CheckReport> {
-        let deadline = self.deadline();
-        let index = self
-            .call_until(false, deadline, |mut c| async move {
-                let r = c.check(CheckRequest {}).await?.into_inner();
-                Ok((r.index, r.error))
-            })
-            .await?;
-        let mut endpoints = self.endpoints();
-        endpoints.dedup();
-        let futs = endpoints
-            .iter()
-            .map(|e| self.hash_of(e.clone(), index, deadline));
-        let nodes = futures::future::join_all(futs).await;
-        Ok(CheckReport { index, nodes })
-    }
-
-    /// Asks `endpoint` for its hash at `index` until it is ready, fails for good, or `deadline`.
-    async fn hash_of(&self, endpoint: String, index: u64, deadline: Instant) -> NodeHash {
-        let node_id = tokio::time::timeout_at(deadline, self.status_of(&endpoint))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .map(|s| s.node_id);
-        let mut out = NodeHash {
-            endpoint: endpoint.clone(),
-            node_id,
-            ..NodeHash::default()
-        };
-        let client = match self.client_for(&endpoint) {
-            Ok(c) => c,
-            Err(e) => {
-                out.error = Some(e.to_string());
-                return out;
-            }
-        };
-        let opts = &self.inner.opts;
-        let mut backoff = opts.backoff_min;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                out.error.get_or_insert_with(|| "no answer in time".into());
-                return out;
-            }
-            let mut c = client.clone();
-            let attempt = tokio::time::timeout(
-                opts.attempt_timeout.min(deadline - now),
-                c.hash(HashRequest { index }),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(r)) => {
-                    let r = r.into_inner();
-                    match r.error {
-                        Some(e) if e.code == ErrorCode::InvalidArgument as i32 => {
-                            out.error = Some(e.message);
-                            return out;
-                        }
-                        Some(e) => out.error = Some(e.message),
-                        None => {
-                            out.applied_index = r.applied_index;
-                            if r.ready {
-                                out.ready = true;
-                                out.hash = r.hash;
-                                out.records = r.records;
-                                out.error = None;
-                                return out;
-                            }
-                            out.error = Some(format!(
-                                "not ready: applied {} of hash point {index}",
-                                r.applied_index
-                            ));
-                        }
-                    }
-                }
-                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                    out.error = Some(Error::Unsupported(s.message().to_string()).to_string());
-                    return out;
-                }
-                Ok(Err(s)) => out.error = Some(s.message().to_string()),
-                Err(_) => out.error = Some("attempt timed out".into()),
-            }
-            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(opts.backoff_max);
-        }
-    }
-
     /// Asks one endpoint for its status (no retries: this is for seeing each node as it is).
     pub async fn status_of(&self, endpoint: &str) -> Result<NodeStatus> {
         let mut c = self.client_for(endpoint)?;
@@ -710,7 +575,7 @@ impl Client {
         endpoints.into_iter().zip(results).collect()
     }
 
-    fn client_for(&self, endpoint: &str) -> Result<KvClient<Channel>> {
+    pub(crate) fn client_for(&self, endpoint: &str) -> Result<KvClient<Channel>> {
         let opts = &self.inner.opts;
         self.inner
             .endpoints

@@ -141,7 +141,7 @@ impl Routing {
     /// ([`Routing::on_store_failure`]) is looked up in PD again (the store may have restarted
     /// on another address), at most once per pause per store, the pause doubling while the
     /// store stays unreachable; if PD does not answer soon, the cached address is used.
-    async fn store_address(&self, store_id: u64, deadline: Instant) -> Result<String> {
+    pub(crate) async fn store_address(&self, store_id: u64, deadline: Instant) -> Result<String> {
         let cached = self.cache.store_address(store_id);
         if let Some(addr) = &cached {
             if !self.refresh_due(store_id) {
@@ -253,7 +253,7 @@ impl Routing {
 }
 
 /// A PD call bounded by the caller's deadline.
-async fn pd_call<T>(
+pub(crate) async fn pd_call<T>(
     deadline: Instant,
     call: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {

@@ -21,6 +21,7 @@ use rdb_storage::{AppendBatch, CommandResult, Engine, RaftStorage, StateMachine}
 use slog::{debug, info, o, warn, Logger};
 
 use crate::raft_core::{Answer, Core, CoreConfig, CoreError, MessageSink, Refusal, RequestId};
+use hashes::{RegionHashes, StoreHashes};
 
 /// The core of one region, as a store runs it.
 pub type RegionCore = Core<RaftStorage, StateMachine>;
@@ -128,6 +129,8 @@ pub struct StoreCore {
     pending_asks: Vec<u64>,
     /// Ticks so far: the store's only clock, for asking again.
     ticks: u64,
+    /// Every hosted region's hash results, for the KV service (see [`hashes`]).
+    hashes: StoreHashes,
     logger: Logger,
 }
 
@@ -202,6 +205,7 @@ impl StoreCore {
             confirmed: HashMap::new(),
             asked: HashMap::new(),
             ticks: 0,
+            hashes: StoreHashes::default(),
             // The caller's logger names the store already.
             logger: logger.clone(),
         };
@@ -272,7 +276,8 @@ impl StoreCore {
         let mut storage =
             RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
         storage.defer_appends(self.appends.clone());
-        let sm = StateMachine::new(view, self.dedup_window).map_err(CoreError::storage)?;
+        let sm = StateMachine::new(view.clone(), self.dedup_window).map_err(CoreError::storage)?;
+        let results = sm.hashes();
         let mut cfg = self.cfg.clone();
         cfg.replica.id = peer_id;
         let core = Core::new(&cfg, storage, sm, &logger)?;
@@ -282,6 +287,13 @@ impl StoreCore {
                 core,
                 peer_id,
                 heard: HashMap::new(),
+            },
+        );
+        self.hashes.insert(
+            id,
+            RegionHashes {
+                results,
+                engine: view,
             },
         );
         Ok(logger)
@@ -305,6 +317,12 @@ impl StoreCore {
     /// This store's id.
     pub fn store_id(&self) -> u64 {
         self.store_id
+    }
+
+    /// Every hosted region's hash results, kept up to date as peers start and go: for the
+    /// service that answers `Hash`.
+    pub fn hashes(&self) -> StoreHashes {
+        self.hashes.clone()
     }
 
     /// The store's database (every region's view shares it).
@@ -757,6 +775,7 @@ impl StoreCore {
                 // Uninitialized: the split wrote its initial state; start it from there.
                 Some(_) => {
                     self.regions.remove(&id);
+                    self.hashes.remove(id);
                 }
                 None => {}
             }
@@ -829,6 +848,7 @@ fn outbox<'a>(
     }
 }
 
+pub mod hashes;
 pub mod serve;
 
 #[cfg(test)]

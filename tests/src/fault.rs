@@ -6,8 +6,9 @@
 //! applied (`Failed`), one it reports `Indeterminate` may have been (`Indeterminate`). After the
 //! faults stop, the cluster is healed and every key is read once more; those final reads are
 //! part of the history, so "every acknowledged write is present or superseded" is checked by
-//! the same search. Last, the replica check ([`Client::check`]) compares every node's hash
-//! of its data at one log index: the replicas must be identical, not only the reads.
+//! the same search. Last, the replica check ([`Client::check`]; over regions,
+//! [`Client::check_regions`] for each region) compares every replica's hash of its data at one
+//! log index: the replicas must be identical, not only the reads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdb_client::{CheckReport, Client, Error, Options};
+use rdb_client::{CheckReport, Client, Error, Options, RegionCheck};
 
 use crate::cluster::{Settings, TestCluster};
 use crate::linearizability::{check, CheckResult, Op, Operation, Outcome};
@@ -333,13 +334,17 @@ pub struct RegionFaultReport {
     pub regions: usize,
     /// Keys the filler wrote (they make the regions split during the run).
     pub filler_keys: usize,
+    /// The replica check of every region after the final reads: each region's peers hashed
+    /// at one index of its log, or why no complete check could be made.
+    pub replicas: Result<Vec<RegionCheck>, String>,
 }
 
 /// [`run`] over a PD-mode cluster (specs/009-regions): one PD node and three stores splitting regions
 /// past `split_keys` keys. Besides the checked clients on `cfg.keys` keys (`k0`, `k1`, ...),
 /// a filler writes many other keys (`f...`, between and around them) so regions split while
 /// the clients run, and the nemesis kills (-9) and restarts stores or pauses them. The history
-/// is checked for linearizability, final reads included.
+/// is checked for linearizability, final reads included; last, every region's replicas are
+/// hashed at one index of its log ([`RegionFaultReport::replicas`]).
 pub async fn run_regions(cfg: &FaultConfig, split_keys: u64) -> RegionFaultReport {
     use crate::regions::{RegionCluster, Split};
     let mut cluster = RegionCluster::start(
@@ -399,6 +404,7 @@ pub async fn run_regions(cfg: &FaultConfig, split_keys: u64) -> RegionFaultRepor
     }
     let regions = cluster.wait_regions(1, Duration::from_secs(30)).await.len();
     final_reads(&cluster.client(), cfg, t0, &history).await;
+    let replicas = cluster.check_replicas(Duration::from_secs(30)).await;
     let history = std::mem::take(&mut *history.lock().expect("history"));
     let result = check(&history, cfg.step_budget);
     RegionFaultReport {
@@ -407,6 +413,7 @@ pub async fn run_regions(cfg: &FaultConfig, split_keys: u64) -> RegionFaultRepor
         faults,
         regions,
         filler_keys: filled.load(Ordering::Relaxed),
+        replicas,
     }
 }
 

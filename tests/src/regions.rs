@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdb_client::pd::RegionInfo;
-use rdb_client::{Client, Error, PdClient};
+use rdb_client::{Client, Error, PdClient, RegionCheck, RegionScope};
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{PutRequest, RegionContext};
 
@@ -136,6 +136,11 @@ impl RegionCluster {
         self.dir.path()
     }
 
+    /// Data directory of store `i` (1-based).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("store{i}"))
+    }
+
     /// Log of store `i` (1-based).
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("store{i}.log"))
@@ -153,7 +158,7 @@ impl RegionCluster {
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
             .arg("--data-dir")
-            .arg(self.dir.path().join(format!("store{i}")))
+            .arg(self.data_dir(i))
             .args(["--region-split-keys", &self.split.keys.to_string()])
             .args(["--split-check-ms", &self.split.check_ms.to_string()])
             .args(["--replicas", &self.setup.replicas.to_string()])
@@ -257,6 +262,60 @@ impl RegionCluster {
 }
 
 impl RegionCluster {
+    /// The replica check of every region (`rdb-cli --pd ... check`'s call), retried while a
+    /// region has no hash point or a peer has no hash yet (a store just restarted may still be
+    /// catching up; one restarted after it hashed has forgotten the hash). A complete check
+    /// (every peer of every region hashed) is returned as is, equal hashes or not; `Err` says
+    /// why none was complete within `timeout`.
+    pub async fn check_replicas(&self, timeout: Duration) -> Result<Vec<RegionCheck>, String> {
+        let client =
+            Client::with_pd([self.pd_addr()], self.options()).map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = match client.check_regions(RegionScope::All).await {
+                Ok(checks) => {
+                    // Refused for good: asking again will not help.
+                    let refused = checks.iter().find_map(|c| match &c.report {
+                        Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => {
+                            Some(format!("region {}: refused: {e}", c.region.id))
+                        }
+                        _ => None,
+                    });
+                    if let Some(why) = refused {
+                        return Err(why);
+                    }
+                    match incomplete(&checks) {
+                        None => return Ok(checks),
+                        Some(why) => why,
+                    }
+                }
+                Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => {
+                    return Err(e.to_string())
+                }
+                Err(e) => e.to_string(),
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "no complete replica check within {timeout:?}; last: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Panics unless every region's replicas hash equal at one index of its log (see
+    /// [`RegionCluster::check_replicas`]); returns the checks.
+    pub async fn assert_replicas_agree(&self) -> Vec<RegionCheck> {
+        let checks = self
+            .check_replicas(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("replica check: {e}"));
+        if let Some(c) = checks.iter().find(|c| !c.consistent()) {
+            panic!("region {}'s replicas differ: {c:#?}", c.region.id);
+        }
+        checks
+    }
+
     /// Sends `req` to the store leading the region of its key, as PD knows them, with that
     /// region's epoch, until a store accepts it; returns the region that did. Every attempt
     /// sends the same request id (`req.request_id` as given), so the write applies at most
@@ -307,6 +366,21 @@ async fn put_once(pd: &PdClient, mut req: PutRequest) -> Result<u64, String> {
         None => Ok(info.region.id),
         Some(e) => Err(format!("refused: {}", e.message)),
     }
+}
+
+/// Why a region check is not complete: a region without a hash point or a peer without a hash.
+fn incomplete(checks: &[RegionCheck]) -> Option<String> {
+    if checks.is_empty() {
+        return Some("PD knows no region".into());
+    }
+    checks.iter().find_map(|c| match &c.report {
+        Err(e) => Some(format!("region {}: no hash point: {e}", c.region.id)),
+        Ok(r) if !r.all_ready() => Some(format!(
+            "region {}: not every peer hashed: {r:?}",
+            c.region.id
+        )),
+        Ok(_) => None,
+    })
 }
 
 /// Key `i` of the tests' key space.

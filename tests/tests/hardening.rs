@@ -312,7 +312,7 @@ async fn hashes_at_a_hash_point(c: &TestCluster) -> Vec<(u64, u64)> {
     let leader = c.wait_leader(SECS(10)).await;
     let r = raw(&c.nodes[(leader - 1) as usize].client_addr)
         .await
-        .check(CheckRequest {})
+        .check(CheckRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -323,7 +323,10 @@ async fn hashes_at_a_hash_point(c: &TestCluster) -> Vec<(u64, u64)> {
         let deadline = std::time::Instant::now() + SECS(10);
         loop {
             let h = kv
-                .hash(HashRequest { index: r.index })
+                .hash(HashRequest {
+                    index: r.index,
+                    context: None,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -370,6 +373,30 @@ async fn replicas_hash_equal_at_a_hash_point_and_a_tampered_one_differs() {
         hashes[2], hashes[0],
         "a tampered replica hashed equal: {hashes:?}"
     );
+    // `rdb-cli check` names that node, as the one that differs from the majority, whatever
+    // the order of the endpoints it is given (node 3 first here).
+    let mut endpoints = c.endpoints();
+    endpoints.rotate_right(1);
+    let o = Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+        .args(["--endpoints", &endpoints.join(","), "check"])
+        .output()
+        .expect("run rdb-cli");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(7), "{out}{err}");
+    let named = format!(
+        "node 3 at {} differs from the majority (2 of 3 agree)",
+        c.nodes[2].client_addr
+    );
+    assert!(err.contains(&named), "{out}{err}");
+    let states: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .map(|l| l.rsplit("  ").next().unwrap_or_default())
+        .collect();
+    assert_eq!(states, ["DIFFERS", "ok", "ok"], "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

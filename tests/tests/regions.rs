@@ -133,6 +133,7 @@ async fn writes_split_into_many_regions_that_keep_every_key_in_order_and_survive
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    c.assert_replicas_agree().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,8 +238,8 @@ async fn requests_with_a_stale_epoch_a_foreign_key_or_an_unknown_region_are_refu
         (hint.id, hint.addr),
         (leader.store_id, addr_of(leader.store_id))
     );
-    // A replica hash check addresses one Raft group: a store refuses it clearly instead of
-    // hashing one of its regions.
+    // A replica hash check is per region: a store refuses one that names no region clearly
+    // instead of hashing one of its regions.
     match client.check().await {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("PD-mode store"), "{m}"),
         other => panic!("a store answered a hash check: {other:?}"),
@@ -320,6 +321,8 @@ async fn splits_under_writes_and_kill_9_lose_no_acknowledged_write_and_replicas_
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // And the same records, dedup records included: every region's replicas hash equal.
+    c.assert_replicas_agree().await;
 }
 
 /// The regions fault run: regions split (a filler writes around the checked keys) while
@@ -364,6 +367,12 @@ async fn splits_under_kill_9_keep_the_history_linearizable() {
         CheckResult::Linearizable => {}
         CheckResult::Illegal(v) => panic!("history not linearizable:\n{v}"),
         other => panic!("checker gave up: {other:?}"),
+    }
+    // Every region's replicas hold the same data, not only the reads agree.
+    let checks = report.replicas.expect("a complete replica check");
+    assert!(checks.len() >= 4, "{} regions checked", checks.len());
+    if let Some(c) = checks.iter().find(|c| !c.consistent()) {
+        panic!("region {}'s replicas differ: {c:#?}", c.region.id);
     }
 }
 

@@ -221,6 +221,7 @@ async fn forged_peer_messages_neither_end_a_store_nor_change_its_data() {
         let only = Client::with_options([c.addrs[i - 1].clone()], c.options()).expect("client");
         wait_holds(&only, 0, 30, Duration::from_secs(10), &format!("store {i}")).await;
     }
+    c.assert_replicas_agree().await;
     let log = std::fs::read_to_string(c.log_path(1)).unwrap_or_default();
     assert!(
         log.contains("refused a peer message"),
@@ -264,6 +265,7 @@ async fn a_store_restarts_and_serves_while_pd_is_down_and_all_catch_up() {
         )
         .await;
     }
+    c.assert_replicas_agree().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -287,6 +289,7 @@ async fn a_store_restarted_on_other_ports_is_reached_by_its_peers() {
         "store 2 on its new ports",
     )
     .await;
+    c.assert_replicas_agree().await;
     TestCluster::wait_until(
         "PD has store 2's new address",
         Duration::from_secs(10),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Settings;
 use crate::members::SharedDirectory;
 use crate::router::{Mailbox, Msg, RegionRoute, RequestError};
+use crate::store::hashes::StoreHashes;
 
 /// Serves the client API of one node.
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct KvService {
     pub(crate) members: SharedDirectory,
     /// PD mode: requests go to regions (`Msg::RegionPropose`, `Msg::RegionRead`).
     store_mode: bool,
+    /// PD mode: the hosted regions' hash results, which answer `Hash`.
+    store_hashes: StoreHashes,
 }
 
 impl KvService {
@@ -56,12 +59,15 @@ impl KvService {
             client_addr,
             members,
             store_mode: false,
+            store_hashes: StoreHashes::default(),
         }
     }
 
-    /// The service of a PD-mode store: every request goes to a region.
-    pub fn for_store(mut self) -> KvService {
+    /// The service of a PD-mode store: every request goes to a region, and `Hash` reads the
+    /// hosted regions' results from `hashes`.
+    pub fn for_store(mut self, hashes: StoreHashes) -> KvService {
         self.store_mode = true;
+        self.store_hashes = hashes;
         self
     }
 
@@ -219,11 +225,16 @@ fn clip_to_region(
     }
 }
 
-/// What a PD-mode store answers the calls that address one Raft group (hash checks).
-fn not_per_store() -> RequestError {
-    RequestError::InvalidArgument(
-        "this is a PD-mode store: replica hash checks per region are not offered yet".into(),
-    )
+/// The region a PD-mode store's `Check` or `Hash` is for: its context must name one.
+fn region_of(context: Option<&RegionContext>) -> Result<u64, RequestError> {
+    match context.map(|c| c.region_id) {
+        Some(id) if id != 0 => Ok(id),
+        _ => Err(RequestError::InvalidArgument(
+            "this is a PD-mode store: a replica check is per region; name the region in the \
+             request's context"
+                .into(),
+        )),
+    }
 }
 
 /// The keys a KV command touches, in order (none for a hash point).
@@ -545,14 +556,21 @@ impl KvService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        if self.store_mode {
-            return err(not_per_store(), |r: &mut CheckResponse, e| {
-                r.error = Some(e)
-            });
-        }
         let deadline = self.deadline(&request);
+        let context = request.into_inner().context;
+        if self.store_mode {
+            // Into that region's log, like any write to it (leader and epoch checked).
+            if let Err(e) = region_of(context.as_ref()) {
+                return err(e, |r: &mut CheckResponse, e| r.error = Some(e));
+            }
+        }
         match self
-            .write(deadline, None, Op::HashPoint(command::HashPoint {}), None)
+            .write(
+                deadline,
+                None,
+                Op::HashPoint(command::HashPoint {}),
+                context,
+            )
             .await
         {
             Ok(CommandResult::HashPoint { index }) => {
@@ -567,21 +585,27 @@ impl KvService {
         &self,
         request: Request<HashRequest>,
     ) -> Result<Response<HashResponse>, Status> {
-        if self.store_mode {
-            return err(not_per_store(), |r: &mut HashResponse, e| r.error = Some(e));
-        }
-        let index = request.into_inner().index;
+        let HashRequest { index, context } = request.into_inner();
         if index == 0 {
             let e = RequestError::InvalidArgument("index must be a hash point's index".into());
             return err(e, |r: &mut HashResponse, e| r.error = Some(e));
         }
-        let applied = self
-            .engine
-            .apply_state()
-            .map_err(Self::storage_error)?
-            .index;
-        let state = self
-            .hashes
+        // A static node's own results, or (PD mode) those of the region asked about.
+        let (hashes, engine) = if self.store_mode {
+            let found = region_of(context.as_ref()).and_then(|id| {
+                self.store_hashes.get(id).ok_or_else(|| {
+                    RequestError::RegionNotFound(format!("this store hosts no peer of region {id}"))
+                })
+            });
+            match found {
+                Ok(r) => (r.results, r.engine),
+                Err(e) => return err(e, |r: &mut HashResponse, e| r.error = Some(e)),
+            }
+        } else {
+            (self.hashes.clone(), self.engine.clone())
+        };
+        let applied = engine.apply_state().map_err(Self::storage_error)?.index;
+        let state = hashes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&index)

@@ -261,6 +261,7 @@ pub async fn run(
         stopping: false,
         logger: logger.clone(),
     };
+    let hashes = task.core.hashes();
     let raft_thread = crate::server::RaftThread::spawn(task.run(), mailbox.raft_sender())?;
 
     let kv = KvService::new(
@@ -272,7 +273,7 @@ pub async fn run(
         args.addr.clone(),
         Default::default(),
     )
-    .for_store();
+    .for_store(hashes);
     let peer = PeerService::new(
         mailbox.raft_sender(),
         PeerIdent {
