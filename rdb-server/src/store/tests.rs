@@ -212,27 +212,24 @@ impl Stores {
             && std::fs::copy(desc.path_in(&src), desc.path_in(&dst)).is_ok()
     }
 
+    /// Runs rounds until `done`. Gives up after `ROUNDS` rounds and 10 s, whichever is later:
+    /// snapshots are built on threads of their own, which a loaded machine runs late, so past
+    /// `ROUNDS` the rounds go on a millisecond apart to let them.
     fn until(&mut self, what: &str, mut done: impl FnMut(&mut Stores) -> bool) {
-        for _ in 0..ROUNDS {
-            if done(self) {
-                return;
-            }
-            self.round();
-        }
-        panic!("not within {ROUNDS} rounds: {what}");
-    }
-
-    /// Like [`Stores::until`], for a condition that waits on a thread of its own (a snapshot
-    /// being built): rounds go on, a millisecond apart, for up to 10 s.
-    fn until_built(&mut self, what: &str, mut done: impl FnMut(&mut Stores) -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        let mut rounds = 0;
         while !done(self) {
+            let late = rounds >= ROUNDS;
             assert!(
-                std::time::Instant::now() < deadline,
-                "not within 10 s: {what}"
+                !late || started.elapsed() < std::time::Duration::from_secs(10),
+                "not within {ROUNDS} rounds and 10 s: {what}\n{}",
+                self.dump()
             );
             self.round();
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            rounds += 1;
+            if late {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     }
 
@@ -315,17 +312,21 @@ impl Stores {
     }
 
     fn converged(&mut self) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-        for _ in 0..ROUNDS * 4 {
-            if self.all_applied() {
-                break;
-            }
+        let started = std::time::Instant::now();
+        let mut rounds = 0;
+        while !self.all_applied() {
+            let late = rounds >= ROUNDS * 4;
+            assert!(
+                !late || started.elapsed() < std::time::Duration::from_secs(30),
+                "the stores did not converge:\n{}",
+                self.dump()
+            );
             self.round();
+            rounds += 1;
+            if late {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
-        assert!(
-            self.all_applied(),
-            "the stores did not converge:\n{}",
-            self.dump()
-        );
         self.stores
             .iter()
             .flatten()
@@ -667,7 +668,7 @@ fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
     // Region 2's snapshot to the away store, [m, end) as of now, is captured.
     st.cut.retain(|c| c.0 != 2);
     st.hold = vec![(2, away)];
-    st.until_built("region 2's snapshot for the away store is captured", |st| {
+    st.until("region 2's snapshot for the away store is captured", |st| {
         !st.held.is_empty()
     });
     st.cut.push((2, away));
@@ -677,7 +678,7 @@ fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
     assert_eq!(st.put(3, 7, 3, "u", "v2"), CommandResult::Put);
     st.cut.retain(|c| c.0 != 3);
     st.hold = vec![(3, away)];
-    st.until_built("region 3's snapshot for the away store is captured", |st| {
+    st.until("region 3's snapshot for the away store is captured", |st| {
         st.held.len() == 2
     });
     st.cut.push((3, away));
@@ -699,7 +700,7 @@ fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
         assert_eq!(st.put(1, 8, written, "a", "w"), CommandResult::Put);
     }
     st.cut.retain(|c| c.0 != 1);
-    st.until_built("the away store installed region 1 after its split", |st| {
+    st.until("the away store installed region 1 after its split", |st| {
         st.store(away)
             .region(1)
             .is_some_and(|r| r.end_key == b"m".to_vec())
