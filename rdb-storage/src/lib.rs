@@ -14,6 +14,7 @@ pub mod backup;
 pub mod dedup;
 pub mod engine;
 pub mod error;
+mod installs;
 pub mod keys;
 pub mod membership;
 pub mod raft_storage;

@@ -755,9 +755,10 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
         Space::Region(id) => Some(region_meta_in_file(&path, desc, id)?),
     };
     let clear = crate::region::owned_ranges(engine.space(), meta.as_ref())?;
-    // Reads of user data are refused from here until the last batch is written; if this
-    // fails half way, they stay refused (the error stops the node).
-    engine.begin_install();
+    // Reads of these ranges are refused from here until the last batch is written; if this
+    // fails half way, they stay refused (the error stops the node, and its next start
+    // finishes the install before anything reads).
+    let install = engine.begin_install(clear.clone());
     let data = engine.cf(CF_DATA);
     let mut batch = WriteBatch::default();
     for (lower, upper) in clear {
@@ -787,7 +788,7 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
     batch.delete_cf(state, engine.state_key(keys::PENDING_SNAPSHOT_KEY));
     // Synced: it also makes every earlier unsynced batch of the load durable.
     engine.write(batch, true)?;
-    engine.end_install();
+    engine.end_install(install);
     std::fs::remove_file(&path)?;
     remove_files_up_to(&dir, desc.index);
     Ok(count)
