@@ -276,7 +276,7 @@ impl Engine {
         // before anything reads the data. Then no transfer is running, so every snapshot file
         // left over is stale.
         if let Some(desc) = snapshot::pending_install(&engine)? {
-            snapshot::finish_install(&engine, &desc)?;
+            snapshot::finish_install(&engine, &desc, &AtomicBool::new(false))?;
             engine.recovered_install = Some(desc);
         }
         snapshot::remove_all_files(&engine.snap_dir())?;
@@ -304,7 +304,7 @@ impl Engine {
             dedup,
         };
         if let Some(desc) = snapshot::pending_install(&view)? {
-            snapshot::finish_install(&view, &desc)?;
+            snapshot::finish_install(&view, &desc, &AtomicBool::new(false))?;
             view.recovered_install = Some(desc);
         }
         snapshot::remove_all_files(&view.snap_dir())?;
