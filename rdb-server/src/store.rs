@@ -8,6 +8,12 @@
 //! fsync, however many regions wrote. A split applied by a region starts the new region's
 //! peer in the same turn (on the store that led the parent, it campaigns at once).
 //!
+//! A region's snapshot installs on a thread of its own (`RaftStorage::start_snapshot_install`):
+//! the turn it arrives in only starts it, and the region's replica holds that Ready, silent
+//! (`Replica::is_installing`), until a later turn finds the install over and finishes it.
+//! Every other region goes on meanwhile, and reads of other regions' keys are served (only
+//! reads of the range being loaded are refused, see `rdb_storage::installs`).
+//!
 //! Like [`Core`], it has no clock, thread or socket: the caller ticks it, feeds it messages and
 //! requests, and sends what [`StoreOutput`] holds. Tests drive several stores in one process
 //! over real RocksDB directories.
@@ -118,7 +124,8 @@ pub struct StoreCore {
     /// overlaps one of them is refused like one that overlaps a hosted region. Two overlapping
     /// snapshots stepped in one turn would both install (an uninitialized region has no range
     /// to clash with yet), the older one's keys over the newer one's (TiKV keeps pending
-    /// snapshot ranges for the same reason).
+    /// snapshot ranges for the same reason). A snapshot being installed in the background stays
+    /// here until its install is over.
     pending_snapshots: BTreeMap<u64, (Region, SnapshotDescriptor)>,
     /// Peers PD confirmed that a leader may create here uninitialized: region -> (peer id,
     /// the tick of the confirmation). Unused ones are forgotten after `CONFIRMED_TICKS`.
@@ -143,6 +150,9 @@ const MAX_ASKED: usize = 64;
 const ASK_AGAIN_TICKS: u64 = 10;
 /// Ticks a confirmation waits for its leader's next message before it is forgotten.
 const CONFIRMED_TICKS: u64 = 100;
+/// Snapshots a store installs at once (each on a thread of its own, see
+/// [`StoreCore::advance`]); more are dropped before they are stepped, and sent again later.
+const MAX_INSTALLS: usize = 4;
 
 /// Collects one region's outgoing messages, addressed by store.
 struct Outbox<'a> {
@@ -276,6 +286,7 @@ impl StoreCore {
         let mut storage =
             RaftStorage::open(view.clone(), logger.clone()).map_err(CoreError::storage)?;
         storage.defer_appends(self.appends.clone());
+        storage.install_in_background();
         let sm = StateMachine::new(view.clone(), self.dedup_window).map_err(CoreError::storage)?;
         let results = sm.hashes();
         let mut cfg = self.cfg.clone();
@@ -353,7 +364,15 @@ impl StoreCore {
             .find(|m| region::contains(m, key))
     }
 
-    /// Messages dropped because their region is not hosted here.
+    /// Whether region `id` is installing a snapshot in the background (see
+    /// [`StoreCore::advance`]): it serves nothing until the install is over.
+    pub fn is_installing(&self, id: u64) -> bool {
+        self.regions
+            .get(&id)
+            .is_some_and(|r| r.core.replica().is_installing())
+    }
+
+    /// Messages dropped because their region is not hosted here (or cannot take them now).
     pub fn dropped_messages(&self) -> u64 {
         self.dropped
     }
@@ -418,8 +437,11 @@ impl StoreCore {
     ///
     /// A snapshot is stepped only if its range overlaps no other region hosted here and no
     /// snapshot stepped but not installed yet (a parent that has not applied its split yet
-    /// still covers it: the leader sends it again later). A dropped snapshot's file is removed.
-    /// Messages for another peer id than this store's are dropped.
+    /// still covers it: the leader sends it again later), and fewer than [`MAX_INSTALLS`] are
+    /// pending. A dropped snapshot's file is removed. Messages for another peer id than this
+    /// store's are dropped, and so is every message for a region installing a snapshot (a
+    /// second snapshot included): its replica is silent until the install is over (see
+    /// `Replica::is_installing`), and its leader sends again.
     ///
     /// A storage error (creating the uninitialized region) must end the store.
     pub fn step(&mut self, m: RegionMessage) -> Result<(), CoreError> {
@@ -430,6 +452,23 @@ impl StoreCore {
             if snapshot {
                 self.discard_snapshot_file(m.region_id, &m.msg);
             }
+            return Ok(());
+        }
+        if self.is_installing(m.region_id) {
+            self.dropped += 1;
+            if snapshot {
+                self.discard_snapshot_file(m.region_id, &m.msg);
+            }
+            return Ok(());
+        }
+        if snapshot
+            && self.pending_snapshots.len() >= MAX_INSTALLS
+            && !self.pending_snapshots.contains_key(&m.region_id)
+        {
+            debug!(self.logger, "too many snapshots pending; one waits"; "region" => m.region_id,
+                "limit" => MAX_INSTALLS);
+            self.dropped += 1;
+            self.discard_snapshot_file(m.region_id, &m.msg);
             return Ok(());
         }
         let Some(meta) = (if snapshot {
@@ -449,7 +488,7 @@ impl StoreCore {
                     return Ok(());
                 }
                 if let Some(pending) = meta {
-                    self.pending_snapshots.insert(m.region_id, pending);
+                    self.keep_pending(m.region_id, pending);
                 }
             }
             _ => {
@@ -497,9 +536,32 @@ impl StoreCore {
         Ok(true)
     }
 
-    /// Removes the received file of a snapshot message that will not be stepped.
+    /// Records a snapshot stepped for region `id` as pending. Of two stepped before one
+    /// installs, raft-rs keeps the newer: so does this, and the other's file goes.
+    fn keep_pending(&mut self, id: u64, pending: (Region, SnapshotDescriptor)) {
+        let dir = crate::transport::region_snap_dir(&self.engine.snap_dir(), id);
+        let older = match self.pending_snapshots.get(&id) {
+            Some((_, d)) if *d == pending.1 => return,
+            Some((_, d)) if d.index > pending.1.index => pending.1,
+            _ => match self.pending_snapshots.insert(id, pending) {
+                Some((_, d)) => d,
+                None => return,
+            },
+        };
+        let _ = std::fs::remove_file(older.path_in(&dir));
+    }
+
+    /// Removes the received file of a snapshot message that will not be stepped (unless it is
+    /// the file of the snapshot its region is installing: the same snapshot, sent again).
     fn discard_snapshot_file(&self, region_id: u64, msg: &Message) {
         if let Ok(desc) = SnapshotDescriptor::decode(&msg.get_snapshot().data) {
+            let installing = self
+                .regions
+                .get(&region_id)
+                .and_then(|r| r.core.replica().installing_snapshot());
+            if installing == Some((desc.index, desc.term)) {
+                return;
+            }
             let dir = crate::transport::region_snap_dir(&self.engine.snap_dir(), region_id);
             let _ = std::fs::remove_file(desc.path_in(&dir));
             if !self.regions.contains_key(&region_id) {
@@ -713,7 +775,9 @@ impl StoreCore {
 
     /// Runs a turn for every region: each Ready up to its write, one fsync of the WAL if any
     /// write needs it, then each Ready's second half (messages that depend on the writes,
-    /// apply, answers). Regions created by splits start here, before the turn ends.
+    /// apply, answers). Regions created by splits start here, before the turn ends. A region
+    /// whose Ready brings a snapshot starts installing it in the background and takes part in
+    /// no turn until the install is over (see the module docs).
     ///
     /// A storage error is returned and must end the store: it cannot persist.
     pub fn advance(&mut self) -> Result<StoreOutput, CoreError> {
@@ -749,6 +813,10 @@ impl StoreCore {
             let RegionPeer { core, heard, .. } = &mut *r;
             let mut outbox = outbox(id, self.store_id, core, heard, &mut out.messages);
             let o = core.finish_advance(p, &mut outbox)?;
+            if o.snapshot_applied {
+                info!(self.logger, "region installed a snapshot"; "region" => id,
+                    "applied" => core.replica().applied_index());
+            }
             out.replies
                 .extend(o.replies.into_iter().map(|(rid, a)| (id, rid, a)));
             if let Some(below) = o.compacted_to {
@@ -759,10 +827,19 @@ impl StoreCore {
                 created.push((new, led));
             }
         }
-        // Every snapshot stepped so far was installed in this turn (which removed its file),
-        // or raft-rs ignored it as stale: either way it is no longer pending, and its file goes.
-        // (A copy of it received again meanwhile is checked for before it is stepped.)
-        for (id, (_, desc)) in std::mem::take(&mut self.pending_snapshots) {
+        // A snapshot stepped so far is being installed (it stays pending, its range refused to
+        // others, until the install removes its file), was installed, or raft-rs ignored it as
+        // stale: then it is no longer pending, and its file goes. (A copy of it received again
+        // meanwhile is checked for before it is stepped.)
+        for (id, (meta, desc)) in std::mem::take(&mut self.pending_snapshots) {
+            let installing = self
+                .regions
+                .get(&id)
+                .and_then(|r| r.core.replica().installing_snapshot());
+            if installing == Some((desc.index, desc.term)) {
+                self.pending_snapshots.insert(id, (meta, desc));
+                continue;
+            }
             let dir = crate::transport::region_snap_dir(&self.engine.snap_dir(), id);
             let _ = std::fs::remove_file(desc.path_in(&dir));
         }
@@ -770,8 +847,16 @@ impl StoreCore {
         self.recheck_reads(&mut out);
         for (id, led) in created {
             match self.regions.get(&id) {
-                // Initialized already (by its leader's snapshot): the split left it alone.
-                Some(r) if r.core.replica().app().region().is_some() => continue,
+                // Initialized already, or being initialized, by its leader's snapshot: the split
+                // left it alone. (A snapshot is refused while a region hosted here overlaps it,
+                // so a parent here cannot apply a split over one being installed; this holds
+                // even so.)
+                Some(r)
+                    if r.core.replica().app().region().is_some()
+                        || r.core.replica().is_installing() =>
+                {
+                    continue
+                }
                 // Uninitialized: the split wrote its initial state; start it from there.
                 Some(_) => {
                     self.regions.remove(&id);

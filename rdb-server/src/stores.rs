@@ -38,6 +38,22 @@ impl LogStore for RaftStorage {
         RaftStorage::apply_snapshot(self, snap, hs).map_err(CoreError::storage)
     }
 
+    fn start_snapshot_install(
+        &mut self,
+        snap: &Snapshot,
+        hs: Option<&HardState>,
+    ) -> Result<bool, CoreError> {
+        if !self.installs_in_background() {
+            return Ok(false);
+        }
+        RaftStorage::start_snapshot_install(self, snap, hs).map_err(CoreError::storage)?;
+        Ok(true)
+    }
+
+    fn poll_snapshot_install(&mut self) -> Result<bool, CoreError> {
+        RaftStorage::poll_snapshot_install(self).map_err(CoreError::storage)
+    }
+
     fn truncated(&self) -> (u64, u64) {
         RaftStorage::truncated(self)
     }

@@ -1,7 +1,7 @@
 //! The RocksDB database of one node: opening it, its identity, and reads of user data.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use rocksdb::{
 };
 
 use crate::dedup::{self, DedupHorizon, Horizons};
+use crate::installs::{InstallId, Installs, KeyRange};
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::snapshot::{self, SnapshotDescriptor};
 use crate::{Error, Index, Result, Term};
@@ -145,9 +146,9 @@ pub struct Engine {
     space: Space,
     /// The dedup horizons of every group of the database, for the compaction filter.
     horizons: Arc<Horizons>,
-    /// Odd while a snapshot install replaces the user data; bumped at its start and end, so a
-    /// read that saw the same even value before and after did not overlap an install.
-    install_gen: Arc<AtomicU64>,
+    /// The key ranges snapshot installs are replacing, for every group of the database: reads
+    /// of them are refused (see [`crate::installs`]).
+    installs: Arc<Installs>,
     /// The interrupted snapshot install that `open_with` finished, if any.
     recovered_install: Option<SnapshotDescriptor>,
     /// Which dedup records compaction may drop (see [`crate::dedup`]).
@@ -267,7 +268,7 @@ impl Engine {
             }),
             space: Space::Node,
             horizons,
-            install_gen: Arc::new(AtomicU64::new(0)),
+            installs: Arc::default(),
             recovered_install: None,
             dedup,
         };
@@ -275,7 +276,7 @@ impl Engine {
         // before anything reads the data. Then no transfer is running, so every snapshot file
         // left over is stale.
         if let Some(desc) = snapshot::pending_install(&engine)? {
-            snapshot::finish_install(&engine, &desc)?;
+            snapshot::finish_install(&engine, &desc, &AtomicBool::new(false))?;
             engine.recovered_install = Some(desc);
         }
         snapshot::remove_all_files(&engine.snap_dir())?;
@@ -298,12 +299,12 @@ impl Engine {
             horizons: self.horizons.clone(),
             // Shared with every view: user data is shared, so a read through any view (the
             // store's client service reads through the store's) must see any install.
-            install_gen: self.install_gen.clone(),
+            installs: self.installs.clone(),
             recovered_install: None,
             dedup,
         };
         if let Some(desc) = snapshot::pending_install(&view)? {
-            snapshot::finish_install(&view, &desc)?;
+            snapshot::finish_install(&view, &desc, &AtomicBool::new(false))?;
             view.recovered_install = Some(desc);
         }
         snapshot::remove_all_files(&view.snap_dir())?;
@@ -350,27 +351,29 @@ impl Engine {
         &self.db
     }
 
-    /// Marks the start of a snapshot install: user data reads are refused until `end_install`.
-    pub(crate) fn begin_install(&self) {
-        self.install_gen.fetch_add(1, Ordering::SeqCst);
+    /// Marks the start of a snapshot install replacing `ranges` of the `data` family: reads
+    /// of them are refused until [`Engine::end_install`] (for good, if it never comes).
+    pub(crate) fn begin_install(&self, ranges: Vec<KeyRange>) -> InstallId {
+        self.installs.begin(ranges)
     }
 
     /// Marks the end of a snapshot install.
-    pub(crate) fn end_install(&self) {
-        self.install_gen.fetch_add(1, Ordering::SeqCst);
+    pub(crate) fn end_install(&self, id: InstallId) {
+        self.installs.end(id);
     }
 
-    /// Runs a read of user data, refusing it if a snapshot install overlapped it (it could
-    /// have seen a mix of the old and the new data).
-    pub(crate) fn guarded<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
-        let before = self.install_gen.load(Ordering::SeqCst);
-        if before % 2 == 1 {
-            return Err(Error::SnapshotInstalling);
-        }
+    /// Runs a read of the `data` family's keys in `[lower, upper)`, refusing it if a snapshot
+    /// install of an overlapping range overlapped it in time (it could have seen a mix of the
+    /// old and the new data).
+    pub(crate) fn guarded<T>(
+        &self,
+        lower: &[u8],
+        upper: &[u8],
+        read: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let before = self.installs.check_start(lower, upper)?;
         let out = read()?;
-        if self.install_gen.load(Ordering::SeqCst) != before {
-            return Err(Error::SnapshotInstalling);
-        }
+        self.installs.check_end(before, lower, upper)?;
         Ok(out)
     }
 
@@ -750,7 +753,7 @@ impl Engine {
     /// Every application record (see [`Engine::write_app_records`]) whose key starts with
     /// `prefix`, in key order.
     pub fn app_records(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.guarded(|| {
+        self.guarded(prefix, &keys::prefix_end(prefix), || {
             let mut out = Vec::new();
             let it = self.db.iterator_cf(
                 self.cf(CF_DATA),
@@ -787,13 +790,21 @@ impl Engine {
 
     /// Reads a user key from the applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.guarded(|| Ok(self.db.get_cf(self.cf(CF_DATA), keys::data_key(key))?))
+        let (lower, upper) = keys::data_key_range(key);
+        self.guarded(&lower, &upper, || {
+            Ok(self.db.get_cf(self.cf(CF_DATA), &lower)?)
+        })
     }
 
     /// Reads several user keys through one RocksDB snapshot, so the values are all as of one
     /// applied index; `None` for an absent key, in the order given.
     pub fn get_many(&self, user_keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.guarded(|| {
+        // The range from the first key to the last covers them all.
+        let (Some(first), Some(last)) = (user_keys.iter().min(), user_keys.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let (lower, upper) = (keys::data_key(first), keys::data_key_range(last).1);
+        self.guarded(&lower, &upper, || {
             let view = self.db.snapshot();
             let cf = self.cf(CF_DATA);
             user_keys
@@ -813,22 +824,20 @@ impl Engine {
         limit: usize,
         max_bytes: usize,
     ) -> Result<ScanPage> {
-        self.guarded(|| self.scan_unguarded(start, end, limit, max_bytes))
+        let (lower, upper) = keys::data_range(start, end);
+        self.guarded(&lower, &upper, || {
+            self.scan_unguarded(&lower, &upper, limit, max_bytes)
+        })
     }
 
+    /// [`Engine::scan`] of the stored keys `[lower, upper)`.
     fn scan_unguarded(
         &self,
-        start: &[u8],
-        end: &[u8],
+        lower: &[u8],
+        upper: &[u8],
         limit: usize,
         max_bytes: usize,
     ) -> Result<ScanPage> {
-        let lower = keys::data_key(start);
-        let upper = if end.is_empty() {
-            keys::data_end()
-        } else {
-            keys::data_key(end)
-        };
         let mut page = ScanPage::default();
         if lower >= upper {
             return Ok(page);
@@ -838,7 +847,7 @@ impl Engine {
         let it = self.db.iterator_cf_opt(
             self.cf(CF_DATA),
             ro,
-            IteratorMode::From(&lower, Direction::Forward),
+            IteratorMode::From(lower, Direction::Forward),
         );
         let mut bytes = 0usize;
         for item in it {

@@ -74,6 +74,10 @@ pub enum Error {
     /// A snapshot is being installed: user data is being replaced and must not be read now.
     #[error("a snapshot is being installed; retry shortly")]
     SnapshotInstalling,
+    /// A snapshot install was stopped half way because its node is stopping; the next start
+    /// finishes it.
+    #[error("the snapshot install was stopped half way (the node is stopping); the next start finishes it")]
+    InstallStopped,
     /// A file outside RocksDB (a snapshot file, the durable-index file) could not be read or
     /// written.
     #[error("i/o: {0}")]

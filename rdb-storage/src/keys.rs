@@ -222,6 +222,27 @@ pub fn data_range(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (data_key(start), upper)
 }
 
+/// The first key after every key that starts with `prefix` ([`DATA_CF_END`] when no key is:
+/// the prefix is all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    DATA_CF_END.to_vec()
+}
+
+/// The stored bounds `[lower, upper)` of the one user key `key`.
+pub fn data_key_range(key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lower = data_key(key);
+    let mut upper = lower.clone();
+    upper.push(0);
+    (lower, upper)
+}
+
 /// Key of a log entry.
 pub fn raft_log_key(index: Index) -> [u8; 8] {
     index.to_be_bytes()

@@ -2,11 +2,11 @@
 //! the user data, in the column families `raft_log`, `raft_state` and `data`.
 //!
 //! This is the only crate that names `rocksdb`. It knows nothing of gRPC or threads beyond the
-//! snapshot builder.
+//! snapshot builder and the background snapshot installer of a store's regions.
 //!
 //! - [`Engine`]: opens the database, checks identity, serves reads of user data.
 //! - [`RaftStorage`]: `raft::Storage` plus the writes a Ready needs (entries + hard state in one
-//!   synced batch), compaction and snapshot installation.
+//!   synced batch), compaction and snapshot installation (inline, or on a thread of its own).
 //! - [`StateMachine`]: applies committed entries, with the applied index in the same batch.
 //! - [`backup`]: backup files of the data, and restoring one into a new cluster's directory.
 
@@ -14,6 +14,7 @@ pub mod backup;
 pub mod dedup;
 pub mod engine;
 pub mod error;
+mod installs;
 pub mod keys;
 pub mod membership;
 pub mod raft_storage;

@@ -55,7 +55,8 @@ pub fn records_of_change(cc: &ConfChangeV2) -> Result<Vec<MemberRecord>> {
 impl Engine {
     /// Every member record (current and removed), by id.
     pub fn members(&self) -> Result<Vec<MemberRecord>> {
-        self.guarded(|| {
+        let prefix = [keys::MEMBER_PREFIX];
+        self.guarded(&prefix, &keys::prefix_end(&prefix), || {
             let mut out = Vec::new();
             let it = self.db().iterator_cf(
                 self.cf(CF_DATA),

@@ -9,6 +9,7 @@
 //! it just persisted to send them to followers and to apply them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
@@ -119,6 +120,11 @@ pub struct RaftStorage {
     snapshots: Arc<Mutex<SnapshotSlot>>,
     /// A store's batch of every region's appends this turn (see [`RaftStorage::defer_appends`]).
     deferred: Option<AppendBatch>,
+    /// Whether snapshots install on a thread of their own (see
+    /// [`RaftStorage::install_in_background`]).
+    background_installs: bool,
+    /// A snapshot install running on a thread of its own.
+    installing: Option<BackgroundInstall>,
     logger: Logger,
 }
 
@@ -129,6 +135,17 @@ impl RaftStorage {
     /// in this storage's memory (its entry cache serves them).
     pub fn defer_appends(&mut self, batch: AppendBatch) {
         self.deferred = Some(batch);
+    }
+
+    /// From now on, the caller installs snapshots with [`RaftStorage::start_snapshot_install`]
+    /// (a PD-mode store: one region's install must not hold up the others).
+    pub fn install_in_background(&mut self) {
+        self.background_installs = true;
+    }
+
+    /// Whether the caller installs snapshots with [`RaftStorage::start_snapshot_install`].
+    pub fn installs_in_background(&self) -> bool {
+        self.background_installs
     }
 
     /// Loads the Raft state of an engine that was bootstrapped with `Engine::bootstrap_or_check`.
@@ -190,6 +207,8 @@ impl RaftStorage {
             cache: EntryCache::default(),
             snapshots: Arc::new(Mutex::new(SnapshotSlot::default())),
             deferred: None,
+            background_installs: false,
+            installing: None,
             logger,
         };
         // Check that the log is contiguous from first to last: a gap means lost writes.
@@ -372,13 +391,16 @@ impl RaftStorage {
     /// memory: one synced batch records the pending install with the Raft-side state, the data
     /// is replaced in batches, and a last synced batch sets the apply state and clears the
     /// marker. A crash in between is finished by `Engine::open_with` on restart.
+    ///
+    /// This runs on the caller's thread for as long as the load takes; a store of many regions
+    /// uses [`RaftStorage::start_snapshot_install`] instead.
     pub fn apply_snapshot(
         &mut self,
         snap: &Snapshot,
         hard_state: Option<&HardState>,
     ) -> Result<()> {
         let desc = self.begin_snapshot_install(snap, hard_state)?;
-        let pairs = snapshot::finish_install(&self.engine, &desc)?;
+        let pairs = snapshot::finish_install(&self.engine, &desc, &AtomicBool::new(false))?;
         info!(self.logger, "applied snapshot"; "index" => desc.index, "term" => desc.term,
             "keys" => pairs, "bytes" => desc.file_len);
         Ok(())
@@ -392,6 +414,86 @@ impl RaftStorage {
         snap: &Snapshot,
         hard_state: Option<&HardState>,
     ) -> Result<snapshot::SnapshotDescriptor> {
+        let (desc, hs) = self.install_plan(snap, hard_state)?;
+        let never = AtomicBool::new(false);
+        write_install_start(&self.engine, snap, &desc, &hs, &never, &self.logger)?;
+        self.installed(snap, hs);
+        Ok(desc)
+    }
+
+    /// [`RaftStorage::apply_snapshot`] on a thread of its own: verifying the file, the first
+    /// batch and the load all run there, while the caller goes on with other work. The caller
+    /// must not touch this group's log or Raft state until [`RaftStorage::poll_snapshot_install`]
+    /// says the install is over (a store holds the region's Ready meanwhile: no step, no tick,
+    /// no append), and only then does this storage take the snapshot's Raft state. Dropping the
+    /// storage before then stops the install between two of its writes, as a crash would: the
+    /// next start finishes it (or, stopped before its first batch, never began it).
+    pub fn start_snapshot_install(
+        &mut self,
+        snap: &Snapshot,
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        if self.installing.is_some() {
+            return Err(Error::Corrupt(
+                "a snapshot install started while another one is under way".into(),
+            ));
+        }
+        let (desc, hs) = self.install_plan(snap, hard_state)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (engine, logger) = (self.engine.clone(), self.logger.clone());
+        let (thread_snap, thread_hs, thread_stop) = (snap.clone(), hs.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("snapshot-install".into())
+            .spawn(move || {
+                write_install_start(
+                    &engine,
+                    &thread_snap,
+                    &desc,
+                    &thread_hs,
+                    &thread_stop,
+                    &logger,
+                )?;
+                snapshot::finish_install(&engine, &desc, &thread_stop)
+            })?;
+        self.installing = Some(BackgroundInstall {
+            handle: Some(handle),
+            stop,
+            snap: snap.clone(),
+            hs,
+            desc,
+        });
+        Ok(())
+    }
+
+    /// Whether no install started by [`RaftStorage::start_snapshot_install`] is under way any
+    /// more. When one just ended, this storage takes the snapshot's Raft state (as
+    /// [`RaftStorage::apply_snapshot`] leaves it) before answering true; an install that failed
+    /// returns its error (the store must stop: the next start finishes or redoes it).
+    pub fn poll_snapshot_install(&mut self) -> Result<bool> {
+        let Some(mut install) = self.installing.take() else {
+            return Ok(true);
+        };
+        let Some(handle) = install.handle.take_if(|h| h.is_finished()) else {
+            self.installing = Some(install);
+            return Ok(false);
+        };
+        let pairs = handle.join().map_err(|_| {
+            Error::Corrupt("the snapshot install thread ended without an outcome".into())
+        })??;
+        let (snap, hs, desc) = (install.snap.clone(), install.hs.clone(), install.desc);
+        self.installed(&snap, hs);
+        info!(self.logger, "applied snapshot"; "index" => desc.index, "term" => desc.term,
+            "keys" => pairs, "bytes" => desc.file_len);
+        Ok(true)
+    }
+
+    /// The descriptor of `snap` (checked against its metadata) and the hard state its install
+    /// writes: the Ready's, or the current one, with the commit index raised to the snapshot.
+    fn install_plan(
+        &self,
+        snap: &Snapshot,
+        hard_state: Option<&HardState>,
+    ) -> Result<(snapshot::SnapshotDescriptor, HardState)> {
         let meta = snap.get_metadata();
         let (index, term) = (meta.index, meta.term);
         let desc = snapshot::SnapshotDescriptor::decode(&snap.data)?;
@@ -401,37 +503,19 @@ impl RaftStorage {
                 desc.index, desc.term
             )));
         }
-        let path = desc.path_in(&self.engine.snap_dir());
-        let pairs = snapshot::verify_file(&path, &desc)?;
-        let mut batch = WriteBatch::default();
-        let log = self.engine.cf(CF_RAFT_LOG);
-        let (lower, upper) = self.engine.space().log_bounds();
-        batch.delete_range_cf(log, lower, upper);
-        let state = self.engine.cf(CF_RAFT_STATE);
-        let key = |name| self.engine.state_key(name);
         let mut hs = hard_state.unwrap_or(&self.hard_state).clone();
         hs.commit = hs.commit.max(index);
-        batch.put_cf(state, key(keys::HARD_STATE_KEY), hs.write_to_bytes()?);
-        batch.put_cf(
-            state,
-            key(keys::CONF_STATE_KEY),
-            meta.get_conf_state().write_to_bytes()?,
-        );
-        batch.put_cf(
-            state,
-            key(keys::TRUNCATED_STATE_KEY),
-            keys::encode_pair(index, term),
-        );
-        batch.put_cf(state, key(keys::PENDING_SNAPSHOT_KEY), desc.encode());
-        self.engine.write(batch, true)?;
-        info!(self.logger, "snapshot install started"; "index" => index, "term" => term,
-            "keys" => pairs, "bytes" => desc.file_len, "hs_term" => hs.term, "hs_vote" => hs.vote);
+        Ok((desc, hs))
+    }
+
+    /// Takes the Raft-side state an install of `snap` wrote (with `hs`) as the current one.
+    fn installed(&mut self, snap: &Snapshot, hs: HardState) {
+        let meta = snap.get_metadata();
         self.hard_state = hs;
         self.conf_state = meta.get_conf_state().clone();
-        self.truncated = (index, term);
-        self.last_index = index;
+        self.truncated = (meta.index, meta.term);
+        self.last_index = meta.index;
         self.cache.clear();
-        Ok(desc)
     }
 
     fn term_of(&self, idx: Index) -> Result<Term> {
@@ -592,6 +676,63 @@ impl raft::Storage for RaftStorage {
             debug!(self.logger, "snapshot not ready yet"; "request_index" => request_index, "to" => to);
         }
         Err(unavailable())
+    }
+}
+
+/// The first phase of an install: verifies the snapshot's file (a bad one, or a `stop`, changes
+/// nothing), then writes the pending-install marker, hard state `hs`, conf state, truncated
+/// state and the emptied log of `engine`'s group in one synced batch.
+fn write_install_start(
+    engine: &Engine,
+    snap: &Snapshot,
+    desc: &snapshot::SnapshotDescriptor,
+    hs: &HardState,
+    stop: &AtomicBool,
+    logger: &Logger,
+) -> Result<()> {
+    let meta = snap.get_metadata();
+    let (index, term) = (meta.index, meta.term);
+    let path = desc.path_in(&engine.snap_dir());
+    let pairs = snapshot::verify_file_unless(&path, desc, stop)?;
+    let mut batch = WriteBatch::default();
+    let log = engine.cf(CF_RAFT_LOG);
+    let (lower, upper) = engine.space().log_bounds();
+    batch.delete_range_cf(log, lower, upper);
+    let state = engine.cf(CF_RAFT_STATE);
+    let key = |name| engine.state_key(name);
+    batch.put_cf(state, key(keys::HARD_STATE_KEY), hs.write_to_bytes()?);
+    batch.put_cf(
+        state,
+        key(keys::CONF_STATE_KEY),
+        meta.get_conf_state().write_to_bytes()?,
+    );
+    batch.put_cf(
+        state,
+        key(keys::TRUNCATED_STATE_KEY),
+        keys::encode_pair(index, term),
+    );
+    batch.put_cf(state, key(keys::PENDING_SNAPSHOT_KEY), desc.encode());
+    engine.write(batch, true)?;
+    info!(logger, "snapshot install started"; "index" => index, "term" => term,
+        "keys" => pairs, "bytes" => desc.file_len, "hs_term" => hs.term, "hs_vote" => hs.vote);
+    Ok(())
+}
+
+/// A snapshot install running on a thread of its own (see
+/// [`RaftStorage::start_snapshot_install`]).
+struct BackgroundInstall {
+    handle: Option<std::thread::JoinHandle<Result<u64>>>,
+    /// Set when the storage is dropped: the install stops between two writes.
+    stop: Arc<AtomicBool>,
+    /// The snapshot, and the hard state its first batch writes.
+    snap: Snapshot,
+    hs: HardState,
+    desc: snapshot::SnapshotDescriptor,
+}
+
+impl Drop for BackgroundInstall {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 

@@ -466,17 +466,27 @@ pub(crate) fn split_batch(
     wb.put_cf(data, keys::region_meta_key(left.id), left.encode_to_vec());
     // The new region may exist here already: created uninitialized by a message from its
     // leader (which applied the split first), or even initialized by that leader's snapshot.
-    // An initialized one is newer than the split: leave it. An uninitialized one gets the
-    // initial state, keeping any term and vote it already cast (a term never goes back).
+    // An initialized one (or one being initialized) is newer than the split: leave it. An
+    // uninitialized one gets the initial state, keeping any term and vote it already cast (a
+    // term never goes back).
     let child = Space::Region(right.id);
     let existing = engine.db().get_cf(
         engine.cf(CF_RAFT_STATE),
         child.state_key(keys::HARD_STATE_KEY),
     )?;
+    // A snapshot being installed initializes it: the install may have cleared the meta
+    // record and not loaded it yet, and finishes (at the next start, after a crash) either way.
     let initialized = engine
         .db()
         .get_cf(data, keys::region_meta_key(right.id))?
-        .is_some();
+        .is_some()
+        || engine
+            .db()
+            .get_cf(
+                engine.cf(CF_RAFT_STATE),
+                child.state_key(keys::PENDING_SNAPSHOT_KEY),
+            )?
+            .is_some();
     if initialized {
         return Ok(());
     }

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -361,6 +362,15 @@ fn write_field(out: &mut impl Write, b: &[u8]) -> Result<()> {
 /// Reads a snapshot file once, checking its framing, length, pair count and checksum against
 /// `desc`, without holding more than a read buffer. Returns the number of pairs.
 pub fn verify_file(path: &Path, desc: &SnapshotDescriptor) -> Result<u64> {
+    verify_file_unless(path, desc, &AtomicBool::new(false))
+}
+
+/// [`verify_file`], giving up (`Error::InstallStopped`) once `stop` is set.
+pub(crate) fn verify_file_unless(
+    path: &Path,
+    desc: &SnapshotDescriptor,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let mut r = open_reader(path, 0, desc)?;
     let mut count = 0u64;
     while let Some(klen) = r.next_len()? {
@@ -368,6 +378,9 @@ pub fn verify_file(path: &Path, desc: &SnapshotDescriptor) -> Result<u64> {
         let vlen = r.value_len()?;
         r.skip(vlen)?;
         count += 1;
+        if count.is_multiple_of(4096) && stop.load(Ordering::Acquire) {
+            return Err(Error::InstallStopped);
+        }
     }
     r.finish(count)?;
     Ok(count)
@@ -736,11 +749,39 @@ fn region_meta_in_file(
     )))
 }
 
-/// Phases two and three of an install: clears the data column family, loads the file in
-/// batches of [`INSTALL_BATCH_BYTES`], then in one synced batch sets the apply state and removes
-/// the pending marker; then deletes the file. Redoing it after a crash gives the same result.
-/// Returns the number of pairs loaded.
-pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Result<u64> {
+/// The name of the fail point a snapshot load into the database at `data_dir` passes between
+/// two of its writes (after clearing the range, after each batch, before the last one):
+/// `pause` holds the load there, `return` ends it there as a crash would. Named per database,
+/// so that a test holds one store's loads and no other's.
+pub fn load_fail_point(data_dir: &Path) -> String {
+    format!("snapshot-load:{}", data_dir.display())
+}
+
+/// Between two writes of a load: ends it (as a crash would) when `stop` is set or at a fail
+/// point (see [`load_fail_point`]).
+fn between_writes(engine: &Engine, stop: &AtomicBool) -> Result<()> {
+    fail::fail_point!(&load_fail_point(engine.db().path()), |arg| Err(
+        Error::injected("snapshot-load", arg)
+    ));
+    if stop.load(Ordering::Acquire) {
+        return Err(Error::InstallStopped);
+    }
+    Ok(())
+}
+
+/// Phases two and three of an install: clears the data column family (a static node's) or the
+/// region's records and range, loads the file in batches of [`INSTALL_BATCH_BYTES`], then in
+/// one synced batch sets the apply state and removes the pending marker; then deletes the file.
+/// Redoing it after a crash gives the same result. Returns the number of pairs loaded.
+///
+/// Reads of what it replaces are refused from the clear until the last batch is written
+/// ([`crate::installs`]); reads of other ranges go on. Once `stop` is set it ends between two
+/// writes (`Error::InstallStopped`), leaving the marker for the next start to finish.
+pub(crate) fn finish_install(
+    engine: &Engine,
+    desc: &SnapshotDescriptor,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let dir = engine.snap_dir();
     let path = desc.path_in(&dir);
     let mut r = open_reader(&path, 0, desc).map_err(|e| {
@@ -755,15 +796,17 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
         Space::Region(id) => Some(region_meta_in_file(&path, desc, id)?),
     };
     let clear = crate::region::owned_ranges(engine.space(), meta.as_ref())?;
-    // Reads of user data are refused from here until the last batch is written; if this
-    // fails half way, they stay refused (the error stops the node).
-    engine.begin_install();
+    // Reads of these ranges are refused from here until the last batch is written. If the load
+    // fails or stops half way they stay refused: the node is stopping (a failure stops it),
+    // and its next start finishes the install before anything reads.
+    let install = engine.begin_install(clear.clone());
     let data = engine.cf(CF_DATA);
     let mut batch = WriteBatch::default();
     for (lower, upper) in clear {
         batch.delete_range_cf(data, lower, upper);
     }
     engine.write(batch, false)?;
+    between_writes(engine, stop)?;
     let mut batch = WriteBatch::default();
     let mut count = 0u64;
     while let Some(klen) = r.next_len()? {
@@ -774,10 +817,12 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
         count += 1;
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             engine.write(std::mem::take(&mut batch), false)?;
+            between_writes(engine, stop)?;
         }
     }
     r.finish(count)
         .map_err(|e| Error::Corrupt(format!("snapshot file changed during install: {e}")))?;
+    between_writes(engine, stop)?;
     let state = engine.cf(CF_RAFT_STATE);
     batch.put_cf(
         state,
@@ -787,7 +832,7 @@ pub(crate) fn finish_install(engine: &Engine, desc: &SnapshotDescriptor) -> Resu
     batch.delete_cf(state, engine.state_key(keys::PENDING_SNAPSHOT_KEY));
     // Synced: it also makes every earlier unsynced batch of the load durable.
     engine.write(batch, true)?;
-    engine.end_install();
+    engine.end_install(install);
     std::fs::remove_file(&path)?;
     remove_files_up_to(&dir, desc.index);
     Ok(count)

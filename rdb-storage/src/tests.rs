@@ -654,13 +654,16 @@ fn reads_during_an_install_are_refused_not_mixed() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _) = open(dir.path());
     assert_eq!(engine.get(b"k").unwrap(), None);
-    engine.begin_install();
+    let install = engine.begin_install(vec![(
+        crate::keys::DATA_CF_FIRST.to_vec(),
+        crate::keys::DATA_CF_END.to_vec(),
+    )]);
     assert!(matches!(engine.get(b"k"), Err(Error::SnapshotInstalling)));
     assert!(matches!(
         engine.scan(b"", b"", 10, usize::MAX),
         Err(Error::SnapshotInstalling)
     ));
-    engine.end_install();
+    engine.end_install(install);
     assert_eq!(engine.scan(b"", b"", 10, usize::MAX).unwrap().kvs.len(), 0);
 }
 

@@ -74,6 +74,24 @@ pub trait LogStore: raft::Storage {
     fn compact(&mut self, compact_to: u64, applied: u64) -> Result<(), CoreError>;
     /// Replaces the log, the Raft state and the application's data with a snapshot.
     fn apply_snapshot(&mut self, snap: &Snapshot, hs: Option<&HardState>) -> Result<(), CoreError>;
+    /// [`LogStore::apply_snapshot`] off the caller's thread, if this store does that: true if
+    /// the install started in the background (the caller then touches neither the log nor the
+    /// Raft state until [`LogStore::poll_snapshot_install`] says it is over), false if the
+    /// caller must install with `apply_snapshot`.
+    fn start_snapshot_install(
+        &mut self,
+        snap: &Snapshot,
+        hs: Option<&HardState>,
+    ) -> Result<bool, CoreError> {
+        let _ = (snap, hs);
+        Ok(false)
+    }
+    /// Whether no install started by [`LogStore::start_snapshot_install`] is under way any
+    /// more; once one ends, the store is as `apply_snapshot` leaves it. An install that failed
+    /// returns its error.
+    fn poll_snapshot_install(&mut self) -> Result<bool, CoreError> {
+        Ok(true)
+    }
     /// Index and term of the last entry removed from the log.
     fn truncated(&self) -> (u64, u64);
     /// Records in memory the conf state the application persisted with a conf change, so

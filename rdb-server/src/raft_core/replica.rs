@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
-    ReadState, Snapshot,
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, ReadState,
 };
 use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
@@ -106,6 +105,10 @@ pub struct Replica<S: LogStore, A: Application> {
     /// Term and vote as last written to the log store: a Ready whose hard state changes
     /// neither (only the commit index) and carries no entries needs no fsync.
     persisted_term_vote: (u64, u64),
+    /// A Ready whose snapshot the log store installs in the background (see
+    /// [`Replica::begin_ready`]). Until the install is over, nothing of it is written or sent,
+    /// and raft-rs is neither stepped nor ticked nor asked for another Ready.
+    held: Option<raft::Ready>,
     logger: Logger,
 }
 
@@ -179,6 +182,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             snapshot_delivered: BTreeMap::new(),
             sync_log: true,
             persisted_term_vote: (term, vote),
+            held: None,
             logger,
         };
         replica.keep_new_members_off_the_initial_log()?;
@@ -190,8 +194,12 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         &mut self.app
     }
 
-    /// Starts an election now (a split's new region, on the store that led its parent).
+    /// Starts an election now (a split's new region, on the store that led its parent); not
+    /// while a snapshot installs.
     pub fn campaign(&mut self) -> raft::Result<()> {
+        if self.held.is_some() {
+            return Ok(());
+        }
         self.raw.campaign()
     }
 
@@ -200,14 +208,40 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         self.sync_log = sync;
     }
 
-    /// Advances logical time by one tick.
+    /// Advances logical time by one tick. raft-rs's clock stands still while a snapshot
+    /// installs (see [`Replica::is_installing`]).
     pub fn tick(&mut self) {
         self.ticks += 1;
-        self.raw.tick();
+        if self.held.is_none() {
+            self.raw.tick();
+        }
     }
 
-    /// Feeds a message from a peer; check it with [`Replica::refusal`] first.
+    /// Whether a snapshot is being installed in the background. Meanwhile the replica is
+    /// silent, as a node busy installing inline would be: messages to it are dropped (the
+    /// leader sends again), its election clock stands still, and it proposes and reads
+    /// nothing. raft-rs allows stepping between `ready` and `advance`, but any message that
+    /// makes a follower answer (a heartbeat, an append, a vote request) or an election timeout
+    /// would leave raft-rs a message to send that `advance` refuses on a follower (it ends the
+    /// process), and an answer would leave before the Ready it depends on is persisted.
+    pub fn is_installing(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The (index, term) of the snapshot being installed in the background, if one is.
+    pub fn installing_snapshot(&self) -> Option<(u64, u64)> {
+        let meta = self.held.as_ref()?.snapshot().get_metadata();
+        Some((meta.index, meta.term))
+    }
+
+    /// Feeds a message from a peer; check it with [`Replica::refusal`] first. Dropped while a
+    /// snapshot installs (see [`Replica::is_installing`]).
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
+        if self.held.is_some() {
+            debug!(self.logger, "message dropped while a snapshot installs";
+                "from" => m.from, "type" => ?m.get_msg_type());
+            return Ok(());
+        }
         self.last_heard.insert(m.from, self.ticks);
         // A node that joined with no membership of its own must start from a snapshot, which
         // brings the conf state: entries from index 1 would rebuild membership from nothing.
@@ -281,6 +315,9 @@ impl<S: LogStore, A: Application> Replica<S, A> {
 
     /// Proposes a membership change; on success returns the (index, term) its entry got.
     pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> raft::Result<(u64, u64)> {
+        if self.held.is_some() {
+            return Err(raft::Error::ProposalDropped);
+        }
         let before = self.raw.raft.raft_log.last_index();
         self.raw.propose_conf_change(Vec::new(), cc)?;
         let index = self.raw.raft.raft_log.last_index();
@@ -312,6 +349,9 @@ impl<S: LogStore, A: Application> Replica<S, A> {
 
     /// Proposes a command; on success returns the (index, term) its entry got.
     pub fn propose(&mut self, data: Vec<u8>) -> raft::Result<(u64, u64)> {
+        if self.held.is_some() {
+            return Err(raft::Error::ProposalDropped);
+        }
         let before = self.raw.raft.raft_log.last_index();
         self.raw.propose(Vec::new(), data)?;
         let index = self.raw.raft.raft_log.last_index();
@@ -321,13 +361,20 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         Ok((index, self.raw.raft.term))
     }
 
-    /// Starts a ReadIndex round; the answer arrives as a `ReadState` with this context.
+    /// Starts a ReadIndex round; the answer arrives as a `ReadState` with this context. None
+    /// starts while a snapshot installs (the caller's retry gives up on it in time).
     pub fn read_index(&mut self, ctx: Vec<u8>) {
-        self.raw.read_index(ctx);
+        if self.held.is_none() {
+            self.raw.read_index(ctx);
+        }
     }
 
     /// Tells raft whether a snapshot reached `to`, so it stops waiting on it.
     pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        // Only a leader sends snapshots, and a replica installing one is a follower.
+        if self.held.is_some() {
+            return;
+        }
         if ok {
             if let Some(pr) = self.raw.raft.prs().get(to) {
                 if pr.state == ProgressState::Snapshot {
@@ -346,12 +393,16 @@ impl<S: LogStore, A: Application> Replica<S, A> {
 
     /// Starts handing leadership to `to` (a leader only; raft-rs ignores it otherwise).
     pub fn transfer_leader(&mut self, to: u64) {
-        self.raw.transfer_leader(to);
+        if self.held.is_none() {
+            self.raw.transfer_leader(to);
+        }
     }
 
     /// Tells raft a peer could not be reached, so it probes instead of pipelining.
     pub fn report_unreachable(&mut self, to: u64) {
-        self.raw.report_unreachable(to);
+        if self.held.is_none() {
+            self.raw.report_unreachable(to);
+        }
     }
 
     /// This replica's id.
@@ -473,28 +524,59 @@ impl<S: LogStore, A: Application> Replica<S, A> {
     /// unsynced and [`Persisting::needs_sync`] says whether the caller owes an fsync before
     /// [`Replica::finish_ready`] (a store of many regions syncs once for all of them). Nothing
     /// that depends on the write leaves through `sink` before `finish_ready`. `None`: no Ready.
+    ///
+    /// A Ready with a snapshot installs it first. If the log store installs in the background
+    /// ([`LogStore::start_snapshot_install`]), the Ready is held instead and `None` returned:
+    /// later calls check whether the install is over (`None` until it is) and then go on with
+    /// the held Ready as if it had just been taken. raft-rs's `RawNode` allows a Ready to stay
+    /// unadvanced for as long as no other is taken; its messages to send after persisting, its
+    /// entries and hard state wait with it. See [`Replica::is_installing`] for what the replica
+    /// does meanwhile. A crash during the install is finished at the next start (the log store
+    /// records the install before it touches the data), so the Ready's effects stay atomic.
     pub fn begin_ready(
         &mut self,
         sink: &mut dyn MessageSink,
         sync_now: bool,
     ) -> Result<Option<Persisting<A::Output>>, CoreError> {
         let mut out = ReadyOutput::default();
-        if !self.raw.has_ready() {
-            return Ok(None);
-        }
-        let mut ready = self.raw.ready();
-
-        // A leader may send appends before its own write (raft thesis 10.2.1).
-        if !ready.messages().is_empty() {
-            sink.send(ready.take_messages());
-        }
-        if !ready.snapshot().is_empty() {
-            // The Ready's hard state goes into the install's first write, so term and vote on
-            // disk always come from one hard state.
-            let hs = ready.hs().cloned();
-            self.install_snapshot(ready.snapshot(), hs.as_ref())?;
-            out.snapshot_applied = true;
-        }
+        let mut ready = match self.held.take() {
+            Some(ready) => {
+                if !self.raw.mut_store().poll_snapshot_install()? {
+                    self.held = Some(ready);
+                    return Ok(None);
+                }
+                self.snapshot_installed(&ready)?;
+                out.snapshot_applied = true;
+                ready
+            }
+            None => {
+                if !self.raw.has_ready() {
+                    return Ok(None);
+                }
+                let mut ready = self.raw.ready();
+                // A leader may send appends before its own write (raft thesis 10.2.1).
+                if !ready.messages().is_empty() {
+                    sink.send(ready.take_messages());
+                }
+                if !ready.snapshot().is_empty() {
+                    // The Ready's hard state goes into the install's first write, so term and
+                    // vote on disk always come from one hard state.
+                    let hs = ready.hs().cloned();
+                    let meta = ready.snapshot().get_metadata();
+                    info!(self.logger, "installing snapshot"; "index" => meta.index,
+                        "term" => meta.term);
+                    let store = self.raw.mut_store();
+                    if store.start_snapshot_install(ready.snapshot(), hs.as_ref())? {
+                        self.held = Some(ready);
+                        return Ok(None);
+                    }
+                    store.apply_snapshot(ready.snapshot(), hs.as_ref())?;
+                    self.snapshot_installed(&ready)?;
+                    out.snapshot_applied = true;
+                }
+                ready
+            }
+        };
         let committed = ready.take_committed_entries();
         self.apply(&committed, &mut out)?;
         if let Some(ss) = ready.ss() {
@@ -561,16 +643,14 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         Ok(out)
     }
 
-    fn install_snapshot(
-        &mut self,
-        snap: &Snapshot,
-        hs: Option<&HardState>,
-    ) -> Result<(), CoreError> {
-        let meta = snap.get_metadata();
-        info!(self.logger, "installing snapshot"; "index" => meta.index, "term" => meta.term);
-        self.raw.mut_store().apply_snapshot(snap, hs)?;
+    /// The log store installed `ready`'s snapshot: the application reloads, and applying
+    /// resumes after it. The install wrote the Ready's hard state, synced.
+    fn snapshot_installed(&mut self, ready: &raft::Ready) -> Result<(), CoreError> {
         self.app.restored()?;
-        self.applied = meta.index;
+        self.applied = ready.snapshot().get_metadata().index;
+        if let Some(hs) = ready.hs() {
+            self.persisted_term_vote = (hs.term, hs.vote);
+        }
         Ok(())
     }
 

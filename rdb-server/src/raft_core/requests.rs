@@ -339,6 +339,12 @@ impl<S: LogStore, A: Application> Core<S, A> {
     /// application that allows it, [`Application::FOLLOWER_READS`]) it is a member that knows a
     /// leader, which its ReadIndex request is forwarded to.
     fn read_check(&self) -> Result<(), Refusal> {
+        if self.replica.is_installing() {
+            return Err(match self.replica.leader_id() {
+                0 => Refusal::Unavailable("a snapshot is being installed here".into()),
+                leader => Refusal::NotLeader { leader },
+            });
+        }
         if self.replica.is_leader() || !A::FOLLOWER_READS {
             return self.leader_check();
         }
@@ -560,6 +566,12 @@ impl<S: LogStore, A: Application> Core<S, A> {
         };
         if out.membership_changed {
             self.voters = self.replica.voters();
+        }
+        if self.replica.is_installing() {
+            // A snapshot replaces the state in the background (it started this turn, or goes
+            // on): nothing in flight is answered from here until it is over, and a follower
+            // has no writes of its own in flight.
+            self.step_down(&mut out);
         }
         self.after_ready(ready, &mut out);
         Ok(out)

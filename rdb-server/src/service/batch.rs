@@ -116,8 +116,14 @@ impl KvService {
         if let Err(e) = res {
             return err(e, |r: &mut BatchGetResponse, e| r.error = Some(e));
         }
-        let values = tokio::task::block_in_place(|| self.engine.get_many(&r.keys))
-            .map_err(Self::storage_error)?;
+        let values = match tokio::task::block_in_place(|| self.engine.get_many(&r.keys)) {
+            Ok(v) => v,
+            Err(e) => {
+                return err(Self::read_failed(e)?, |r: &mut BatchGetResponse, e| {
+                    r.error = Some(e)
+                })
+            }
+        };
         let max = self.settings.max_response_bytes;
         let bytes: usize = values.iter().flatten().map(Vec::len).sum::<usize>()
             + r.keys.iter().map(Vec::len).sum::<usize>();

@@ -207,6 +207,17 @@ impl KvService {
             e => Status::internal(format!("storage: {e}")),
         }
     }
+
+    /// Why a read of local user data failed. One that a snapshot install of its keys overlapped
+    /// (only the keys being loaded: other regions' reads go on) is refused as data,
+    /// `Unavailable`, so the client tries again here or at another replica; any other failure
+    /// is the server's (`INTERNAL`).
+    pub(crate) fn read_failed(e: rdb_storage::Error) -> Result<RequestError, Status> {
+        match e {
+            rdb_storage::Error::SnapshotInstalling => Ok(RequestError::Unavailable(e.to_string())),
+            e => Err(Self::storage_error(e)),
+        }
+    }
 }
 
 /// The part of the scan range `[start, end)` (empty end: unbounded) inside `region`, and the
@@ -364,8 +375,14 @@ impl KvService {
         }
         // A point read is short, but may wait on the disk: let the runtime move other tasks
         // off this worker meanwhile.
-        let value =
-            tokio::task::block_in_place(|| self.engine.get(&r.key)).map_err(Self::storage_error)?;
+        let value = match tokio::task::block_in_place(|| self.engine.get(&r.key)) {
+            Ok(v) => v,
+            Err(e) => {
+                return err(Self::read_failed(e)?, |r: &mut GetResponse, e| {
+                    r.error = Some(e)
+                })
+            }
+        };
         Ok(Response::new(GetResponse {
             error: None,
             found: value.is_some(),
@@ -459,10 +476,18 @@ impl KvService {
         let engine = self.engine.clone();
         let max_bytes = self.settings.max_response_bytes;
         // A scan can read a lot: off the async workers.
-        let page = tokio::task::spawn_blocking(move || engine.scan(&start, &end, limit, max_bytes))
-            .await
-            .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
-            .map_err(Self::storage_error)?;
+        let scanned =
+            tokio::task::spawn_blocking(move || engine.scan(&start, &end, limit, max_bytes))
+                .await
+                .map_err(|e| Status::internal(format!("scan task failed: {e}")))?;
+        let page = match scanned {
+            Ok(page) => page,
+            Err(e) => {
+                return err(Self::read_failed(e)?, |r: &mut ScanResponse, e| {
+                    r.error = Some(e)
+                })
+            }
+        };
         let next_start = match page.kvs.last() {
             Some((k, _)) if page.more => {
                 let mut next = k.clone();

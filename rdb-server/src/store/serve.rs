@@ -999,6 +999,18 @@ impl StoreTask {
                 };
                 let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
                 if !linearizable {
+                    if self.core.is_installing(id) {
+                        // Its data is being replaced: the leader's store serves the read.
+                        let leader = self.core.core(id).map_or(0, |c| c.replica().leader_id());
+                        let e = match self.refusal(id, Refusal::NotLeader { leader }) {
+                            e @ RequestError::NotLeader(Some(_)) => e,
+                            _ => RequestError::Unavailable(format!(
+                                "region {id} is installing a snapshot on this store"
+                            )),
+                        };
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
                     let meta = self.core.region(id).cloned();
                     let _ =
                         tx.send(meta.ok_or_else(|| RequestError::RegionNotFound(id.to_string())));
