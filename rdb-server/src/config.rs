@@ -344,26 +344,34 @@ impl StoreFile {
         })
     }
 
-    /// Checks the TLS tables as a cluster file's.
+    /// Checks the TLS tables as a cluster file's, and the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
-        if self
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_cert_auth && t.ca_file.is_none())
-        {
-            return bad("[tls] client_cert_auth needs ca_file, the CA that signs clients");
-        }
-        if self.peer_tls.as_ref().is_some_and(|t| t.ca_file.is_none()) {
-            return bad("[peer_tls] needs ca_file: stores check each other's certificates");
-        }
+        validate_tls(self.tls.as_ref(), self.peer_tls.as_ref())?;
         if let Some(t) = &self.pd_tls {
             if t.cert_file.is_some() != t.key_file.is_some() {
-                return bad("[pd_tls] needs both cert_file and key_file, or neither");
+                return Err(ConfigError::Invalid(
+                    "[pd_tls] needs both cert_file and key_file, or neither".into(),
+                ));
             }
         }
         self.settings.validate()
     }
+}
+
+/// Checks `[tls]` and `[peer_tls]`: client certificates need the CA that signs them, and peers
+/// always check each other's.
+fn validate_tls(
+    tls: Option<&TlsSettings>,
+    peer_tls: Option<&TlsSettings>,
+) -> Result<(), ConfigError> {
+    let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+    if tls.is_some_and(|t| t.client_cert_auth && t.ca_file.is_none()) {
+        return bad("[tls] client_cert_auth needs ca_file, the CA that signs clients");
+    }
+    if peer_tls.is_some_and(|t| t.ca_file.is_none()) {
+        return bad("[peer_tls] needs ca_file: peers check each other's certificates");
+    }
+    Ok(())
 }
 
 /// Reads the file at `path` and parses it with `parse`, naming the file in a parse error.
@@ -430,20 +438,7 @@ impl ClusterConfig {
     /// Checks every rule a cluster needs before anything touches the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if let Some(t) = &self.tls {
-            if t.client_cert_auth && t.ca_file.is_none() {
-                return bad(
-                    "[tls] client_cert_auth needs ca_file, the CA that signs clients".into(),
-                );
-            }
-        }
-        if let Some(t) = &self.peer_tls {
-            if t.ca_file.is_none() {
-                return bad(
-                    "[peer_tls] needs ca_file: peers check each other's certificates".into(),
-                );
-            }
-        }
+        validate_tls(self.tls.as_ref(), self.peer_tls.as_ref())?;
         if self.cluster_id == 0 {
             return bad("cluster_id must be non-zero".into());
         }
@@ -537,6 +532,39 @@ tick_interval_ms = 20
 
     fn err(text: &str) -> String {
         ClusterConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_store_file_takes_settings_and_tls_and_refuses_what_a_cluster_file_would() {
+        let dir = tempfile::tempdir().expect("dir");
+        let load = |text: &str| {
+            let path = dir.path().join("store.toml");
+            std::fs::write(&path, text).expect("write");
+            StoreFile::load(&path).map_err(|e| e.to_string())
+        };
+        let f = load(
+            "[settings]\ntick_interval_ms = 20\n[pd_tls]\nca_file = \"ca.pem\"\n\
+             [peer_tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nca_file = \"ca.pem\"\n",
+        )
+        .expect("a store file");
+        assert_eq!(f.settings.tick_interval_ms, 20);
+        assert!(f.tls.is_none() && f.peer_tls.is_some() && f.pd_tls.is_some());
+        let refused = [
+            ("cluster_id = 1\n", "unknown field"),
+            (
+                "[peer_tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n",
+                "ca_file",
+            ),
+            (
+                "[pd_tls]\nca_file = \"c\"\ncert_file = \"s.pem\"\n",
+                "both cert_file and key_file",
+            ),
+            ("[settings]\nheartbeat_ticks = 0\n", "heartbeat_ticks"),
+        ];
+        for (text, says) in refused {
+            let e = load(text).expect_err(text);
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]
