@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds rdb, and runs a local PD-mode cluster in the foreground: one
-# rdb-pd node (client port 2399, data in ./rdb-pd-data) and three stores (127.0.0.1:20161-20163,
-# data and logs in ./rdb-data/store*), which bootstrap region 1 and split it as it grows
-# (defaults: 960,000 keys or 96 MiB; pass --region-split-keys N to split sooner).
+# rdb-pd node (client port 2399, data in ./rdb-pd-data) and three stores (clients on
+# 127.0.0.1:20161-20163, peers on 20171-20173, data and logs in ./rdb-data/store*), which
+# bootstrap region 1 and split it as it grows (defaults: 960,000 keys or 96 MiB; pass
+# --region-split-keys N to split sooner).
 # Ctrl-C stops all four processes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
