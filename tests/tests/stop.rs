@@ -107,6 +107,16 @@ async fn cycles(
     }
 }
 
+/// Stops node 1 of `c` with SIGTERM: its exit status (None: still running after `STOP_WAIT`)
+/// and its log.
+fn stop_node(c: &Mutex<TestCluster>) -> (Option<ExitStatus>, String) {
+    let mut c = c.lock().expect("cluster");
+    c.terminate(1);
+    let status = c.wait_exit(1, STOP_WAIT);
+    let log = std::fs::read_to_string(c.log_path(1)).unwrap_or_default();
+    (status, log)
+}
+
 /// The last lines of a log, for a failure message.
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
@@ -167,15 +177,7 @@ async fn a_config_file_node_stops_with_exit_0_every_time_even_with_writes_in_fli
     cycles(
         "config-file node",
         move || c1.lock().expect("cluster").restart(1),
-        move || {
-            let mut c = c2.lock().expect("cluster");
-            c.terminate(1);
-            let status = c.wait_exit(1, STOP_WAIT);
-            (
-                status,
-                std::fs::read_to_string(c.log_path(1)).unwrap_or_default(),
-            )
-        },
+        move || stop_node(&c2),
         put_write(client.clone()),
         keys_survived(client),
     )
@@ -248,15 +250,7 @@ async fn an_rdb_pd_node_stops_with_exit_0_every_time_even_with_writes_in_flight(
     cycles(
         "rdb-pd node",
         move || c1.lock().expect("cluster").restart(1),
-        move || {
-            let mut c = c2.lock().expect("cluster");
-            c.terminate(1);
-            let status = c.wait_exit(1, STOP_WAIT);
-            (
-                status,
-                std::fs::read_to_string(c.log_path(1)).unwrap_or_default(),
-            )
-        },
+        move || stop_node(&c2),
         write,
         survived,
     )
