@@ -7,11 +7,17 @@ use std::time::Duration;
 use rdb_server::config::{ClusterConfig, ConfigError, NodeConfig, Settings};
 use serde::Deserialize;
 
+/// Shortest timestamp window a PD leader persists ahead of the clock, in ms.
+pub const MIN_TSO_WINDOW_MS: u64 = 50;
+/// Longest: a window is how far timestamps may run ahead of the clock after a restart.
+pub const MAX_TSO_WINDOW_MS: u64 = 60_000;
+
 /// PD-only settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PdSettings {
-    /// How far ahead of the clock the leader persists the timestamp window, in ms (default 3000).
+    /// How far ahead of the clock the leader persists the timestamp window, in ms (default 3000,
+    /// at most 60,000).
     pub tso_window_ms: u64,
     /// A store silent for longer than this is reported Down, in seconds (default 30).
     pub store_down_after_secs: u64,
@@ -98,9 +104,10 @@ impl PdConfig {
                 self.cluster.nodes.len()
             )));
         }
-        if self.pd.tso_window_ms < 50 {
+        if !(MIN_TSO_WINDOW_MS..=MAX_TSO_WINDOW_MS).contains(&self.pd.tso_window_ms) {
             return Err(ConfigError::Invalid(format!(
-                "[pd] tso_window_ms must be at least 50, got {}",
+                "[pd] tso_window_ms must be {MIN_TSO_WINDOW_MS} to {MAX_TSO_WINDOW_MS} (1 min), \
+                 got {}: the oracle persists a window this far ahead of the clock",
                 self.pd.tso_window_ms
             )));
         }
@@ -183,6 +190,13 @@ data_dir = "/tmp/c"
             .unwrap_err()
             .to_string();
         assert!(e.contains("tso_window_ms"), "{e}");
+        // A window far ahead of the clock would hand out timestamps of another century.
+        for too_far in ["60001", "9000000000000"] {
+            let e = PdConfig::parse(&format!("{THREE}\n[pd]\ntso_window_ms = {too_far}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("tso_window_ms must be 50 to 60000"), "{e}");
+        }
         let e = PdConfig::parse(&format!("{THREE}\n[pd]\nbogus = 1\n"))
             .unwrap_err()
             .to_string();

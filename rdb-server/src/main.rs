@@ -119,6 +119,16 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
     if args.replicas == 0 {
         return Err(ConfigError::Invalid("--replicas must be at least 1".into()).into());
     }
+    // 0 would split a region at every key (or every byte): never what an operator means.
+    for (flag, value) in [
+        ("--region-split-keys", args.region_split_keys),
+        ("--region-split-size", args.region_split_size),
+        ("--split-check-ms", args.split_check_ms),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::Invalid(format!("{flag} must be at least 1")).into());
+        }
+    }
     if args.client_addr.is_some() {
         return Err(ConfigError::Invalid(
             "--client-addr goes with --join; a store's client address is --addr".into(),
@@ -140,8 +150,8 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
         file,
         replicas: args.replicas,
         split: SplitConfig {
-            region_split_size: args.region_split_size.max(1),
-            region_split_keys: args.region_split_keys.max(1),
+            region_split_size: args.region_split_size,
+            region_split_keys: args.region_split_keys,
             check_interval: std::time::Duration::from_millis(args.split_check_ms.max(10)),
         },
         metrics_addr: args.metrics_addr.clone(),

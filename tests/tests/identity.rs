@@ -177,3 +177,37 @@ async fn a_node_a_store_and_a_pd_node_each_refuse_the_others_directories() {
         "{err}"
     );
 }
+
+#[test]
+fn a_store_refuses_split_thresholds_of_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("store");
+    let (addr, peer) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    for flag in [
+        "--region-split-keys",
+        "--region-split-size",
+        "--split-check-ms",
+    ] {
+        let (status, err) = run(
+            "rdb-server",
+            &[
+                "--pd",
+                "127.0.0.1:1",
+                "--addr",
+                &addr,
+                "--peer-addr",
+                &peer,
+                "--data-dir",
+                data.to_str().expect("utf-8 path"),
+                flag,
+                "0",
+            ],
+        );
+        assert!(!status.success(), "{flag} 0 was taken");
+        assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
+    }
+    assert!(!data.exists(), "a refused start created the data directory");
+}
