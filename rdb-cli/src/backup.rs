@@ -37,7 +37,7 @@ pub async fn run(cmd: SnapshotCmd, client: &Client, p: &Printer) -> u8 {
 
 fn print_saved(p: &Printer, s: &SavedSnapshot) {
     if p.is_json() {
-        println!(
+        outln!(
             "{}",
             json!({
                 "op": "snapshot save",
@@ -52,7 +52,7 @@ fn print_saved(p: &Printer, s: &SavedSnapshot) {
             })
         );
     } else {
-        println!(
+        outln!(
             "saved {}: index {}, term {}, {} bytes, crc32 {:08x}, {} keys (from node {} of cluster {})",
             s.path.display(),
             s.index,

@@ -64,9 +64,9 @@ pub async fn run(client: &Client, cmd: BatchCmd, codec: Codec, p: &Printer) -> u
             match client.batch_put(kvs).await {
                 Ok(()) => {
                     if p.is_json() {
-                        println!("{}", json!({"op": "batch put", "pairs": n, "ok": true}));
+                        outln!("{}", json!({"op": "batch put", "pairs": n, "ok": true}));
                     } else {
-                        println!("OK ({n} pairs)");
+                        outln!("OK ({n} pairs)");
                     }
                     0
                 }
@@ -96,11 +96,11 @@ pub async fn run(client: &Client, cmd: BatchCmd, codec: Codec, p: &Printer) -> u
                                 None => json!({"key": codec.encode(k), "found": false}),
                             })
                             .collect();
-                        println!("{}", json!({"results": rows, "encoding": codec.name()}));
+                        outln!("{}", json!({"results": rows, "encoding": codec.name()}));
                     } else {
                         for (k, v) in keys.iter().zip(&values) {
                             if let Some(v) = v {
-                                println!("{}\t{}", codec.encode(k), codec.encode(v));
+                                outln!("{}\t{}", codec.encode(k), codec.encode(v));
                             }
                         }
                     }
@@ -121,12 +121,12 @@ pub async fn run(client: &Client, cmd: BatchCmd, codec: Codec, p: &Printer) -> u
             match client.batch_delete(keys).await {
                 Ok(deleted) => {
                     if p.is_json() {
-                        println!(
+                        outln!(
                             "{}",
                             json!({"op": "batch delete", "deleted": deleted, "ok": true})
                         );
                     } else {
-                        println!("OK ({deleted} existed)");
+                        outln!("OK ({deleted} existed)");
                     }
                     0
                 }

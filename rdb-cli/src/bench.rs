@@ -782,12 +782,12 @@ pub async fn run(
 
     let summary = Summary::new(&args, &total, elapsed, interrupted)?;
     if !p.is_json() {
-        println!("{}", summary.to_table());
+        outln!("{}", summary.to_table());
         for (kind, msg) in &total.first_error {
             eprintln!("first {kind} error: {msg}");
         }
     }
-    println!("{}", summary.to_json());
+    outln!("{}", summary.to_json());
     if summary.ops == 0 && summary.error_total() > 0 {
         return Err(format!(
             "no request succeeded ({} failed)",

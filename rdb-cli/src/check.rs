@@ -31,9 +31,9 @@ pub async fn run_group(client: &Client, p: &Printer) -> u8 {
         Err(e) => return fail(&e),
     };
     if p.is_json() {
-        println!("{}", group_json(&report));
+        outln!("{}", group_json(&report));
     } else {
-        println!("hash point at index {}", report.index);
+        outln!("hash point at index {}", report.index);
         print_table(&group_rows(&report));
     }
     if report.consistent() {
@@ -62,7 +62,7 @@ pub async fn run_regions(client: &Client, args: CheckArgs, p: &Printer, codec: C
     if p.is_json() {
         let regions: Vec<Value> = checks.iter().map(|c| region_json(c, codec)).collect();
         let consistent = checks.iter().all(RegionCheck::consistent);
-        println!(
+        outln!(
             "{}",
             json!({"consistent": consistent, "regions": regions, "encoding": codec.name()})
         );

@@ -6,6 +6,12 @@
 //!
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
+/// Prints a line to stdout; a closed pipe ends the CLI quietly (see [`stdout::write`]).
+macro_rules! outln {
+    () => { $crate::stdout::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod backup;
 mod batch;
 mod bench;
@@ -15,6 +21,7 @@ mod diagnose;
 mod members;
 mod output;
 mod pd;
+mod stdout;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -225,12 +232,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Output piped into `head` and the like: a closed pipe ends the process quietly, as it does
-    // Unix tools, instead of failing the next print (a panic).
-    // SAFETY: restoring the default action of SIGPIPE, before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

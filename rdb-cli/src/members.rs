@@ -113,7 +113,7 @@ fn print_members(p: &Printer, members: &[MemberInfo], list: Option<&MemberList>)
                               "commit_index": l.commit_index, "members": rows}),
             None => json!({"members": rows}),
         };
-        println!("{doc}");
+        outln!("{doc}");
         return 0;
     }
     let mut rows = vec![header(&[

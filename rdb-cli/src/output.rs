@@ -1,7 +1,5 @@
 //! Rendering results as a table (for people) or JSON (for scripts).
 
-use std::io::Write;
-
 use rdb_client::pd::{Members, RegionInfo, Store};
 use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp};
 use serde_json::{json, Value};
@@ -42,8 +40,8 @@ impl Printer {
     /// A write succeeded.
     pub fn ok(&self, op: &str, key: &[u8]) -> u8 {
         match self.format {
-            Output::Table => println!("OK"),
-            Output::Json => println!(
+            Output::Table => outln!("OK"),
+            Output::Json => outln!(
                 "{}",
                 json!({"op": op, "key": self.text(key), "ok": true, "encoding": self.codec.name()})
             ),
@@ -54,8 +52,8 @@ impl Printer {
     /// A value was found.
     pub fn value(&self, key: &[u8], v: &[u8]) -> u8 {
         match self.format {
-            Output::Table => println!("{}", self.text(v)),
-            Output::Json => println!(
+            Output::Table => outln!("{}", self.text(v)),
+            Output::Json => outln!(
                 "{}",
                 json!({"key": self.text(key), "found": true, "value": self.text(v),
                        "encoding": self.codec.name()})
@@ -66,21 +64,15 @@ impl Printer {
 
     /// A value written to stdout byte for byte (`get --raw`).
     pub fn raw(&self, v: &[u8]) -> u8 {
-        let mut out = std::io::stdout().lock();
-        match out.write_all(v).and_then(|()| out.flush()) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("rdb-cli: cannot write the value: {e}");
-                crate::exit::FAILURE
-            }
-        }
+        crate::stdout::write_bytes(v);
+        0
     }
 
     /// No value under `key`.
     pub fn not_found(&self, key: &[u8]) {
         match self.format {
             Output::Table => eprintln!("rdb-cli: key \"{}\" not found", self.text(key)),
-            Output::Json => println!(
+            Output::Json => outln!(
                 "{}",
                 json!({"key": self.text(key), "found": false, "encoding": self.codec.name()})
             ),
@@ -90,8 +82,8 @@ impl Printer {
     /// A delete ran.
     pub fn deleted(&self, key: &[u8], existed: bool) -> u8 {
         match self.format {
-            Output::Table => println!("OK (existed: {existed})"),
-            Output::Json => println!(
+            Output::Table => outln!("OK (existed: {existed})"),
+            Output::Json => outln!(
                 "{}",
                 json!({"op": "delete", "key": self.text(key), "existed": existed,
                        "encoding": self.codec.name()})
@@ -104,12 +96,12 @@ impl Printer {
     pub fn cas(&self, key: &[u8], o: &CasOutcome) {
         let current = o.current.as_deref().map(|c| self.text(c));
         match self.format {
-            Output::Table if o.succeeded => println!("OK"),
-            Output::Table => println!(
+            Output::Table if o.succeeded => outln!("OK"),
+            Output::Table => outln!(
                 "compare failed; current value: {}",
                 current.as_deref().unwrap_or("<absent or unknown>")
             ),
-            Output::Json => println!(
+            Output::Json => outln!(
                 "{}",
                 json!({"op": "cas", "key": self.text(key), "succeeded": o.succeeded,
                        "current": current, "encoding": self.codec.name()})
@@ -121,12 +113,9 @@ impl Printer {
     pub fn scan(&self, page: &ScanPage) -> u8 {
         match self.format {
             Output::Table => {
-                let mut out = std::io::stdout().lock();
                 for (k, v) in &page.kvs {
                     // Neither form contains a tab, so the columns split unambiguously.
-                    if writeln!(out, "{}\t{}", self.text(k), self.text(v)).is_err() {
-                        return crate::exit::FAILURE;
-                    }
+                    outln!("{}\t{}", self.text(k), self.text(v));
                 }
                 if page.more {
                     eprintln!("(more keys follow; raise --limit or continue from the last key)");
@@ -138,7 +127,7 @@ impl Printer {
                     .iter()
                     .map(|(k, v)| json!({"key": self.text(k), "value": self.text(v)}))
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     json!({"kvs": kvs, "more": page.more, "encoding": self.codec.name()})
                 );
@@ -165,7 +154,7 @@ impl Printer {
                         Err(e) => json!({"endpoint": ep, "error": e.to_string()}),
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                outln!("{}", serde_json::Value::Array(rows));
             }
             Output::Table => {
                 let header = [
@@ -195,7 +184,7 @@ impl Printer {
                     if s.followers.is_empty() {
                         continue;
                     }
-                    println!();
+                    outln!();
                     let mut rows = vec![vec![
                         "FOLLOWER".to_string(),
                         "MATCH".to_string(),
@@ -204,7 +193,7 @@ impl Printer {
                     for (id, m, lag) in &s.followers {
                         rows.push(vec![id.to_string(), m.to_string(), lag.to_string()]);
                     }
-                    println!("as seen by leader {}:", s.node_id);
+                    outln!("as seen by leader {}:", s.node_id);
                     print_table(&rows);
                 }
             }
@@ -219,10 +208,10 @@ impl Printer {
         let time = crate::pd::rfc3339_utc(ts.physical);
         match self.format {
             Output::Table => {
-                println!("{}", ts.as_u64());
-                println!("physical {} ({time})  logical {}", ts.physical, ts.logical);
+                outln!("{}", ts.as_u64());
+                outln!("physical {} ({time})  logical {}", ts.physical, ts.logical);
             }
-            Output::Json => println!(
+            Output::Json => outln!(
                 "{}",
                 json!({"timestamp": ts.as_u64(), "physical": ts.physical,
                        "logical": ts.logical, "time": time})
@@ -242,7 +231,7 @@ impl Printer {
                                "last_heartbeat_ms_ago": s.last_heartbeat_ms_ago})
                     })
                     .collect();
-                println!("{}", Value::Array(rows));
+                outln!("{}", Value::Array(rows));
             }
             Output::Table => {
                 let mut rows = vec![header(&["ID", "ADDRESS", "STATE", "LAST_HEARTBEAT_MS_AGO"])];
@@ -263,8 +252,8 @@ impl Printer {
     /// Leadership moved to `id`.
     pub fn leader_transferred(&self, id: u64) {
         match self.format {
-            Output::Table => println!("OK: node {id} leads"),
-            Output::Json => println!(
+            Output::Table => outln!("OK: node {id} leads"),
+            Output::Json => outln!(
                 "{}",
                 json!({"op": "leader transfer", "leader_id": id, "ok": true})
             ),
@@ -274,8 +263,8 @@ impl Printer {
     /// A store was marked Tombstone.
     pub fn store_tombstoned(&self, id: u64) -> u8 {
         match self.format {
-            Output::Table => println!("OK"),
-            Output::Json => println!(
+            Output::Table => outln!("OK"),
+            Output::Json => outln!(
                 "{}",
                 json!({"op": "store tombstone", "store_id": id, "ok": true})
             ),
@@ -301,7 +290,7 @@ impl Printer {
         match self.format {
             Output::Json => {
                 let rows: Vec<_> = regions.iter().map(|r| self.region_json(r)).collect();
-                println!(
+                outln!(
                     "{}",
                     json!({"regions": rows, "encoding": self.codec.name()})
                 );
@@ -350,7 +339,7 @@ impl Printer {
     /// The region holding `key`.
     pub fn region(&self, key: &[u8], r: &RegionInfo) -> u8 {
         match self.format {
-            Output::Json => println!(
+            Output::Json => outln!(
                 "{}",
                 json!({"key": self.text(key), "found": true, "region": self.region_json(r),
                        "encoding": self.codec.name()})
@@ -370,7 +359,7 @@ impl Printer {
     pub fn no_region(&self, key: &[u8]) {
         match self.format {
             Output::Table => eprintln!("rdb-cli: no region holds key \"{}\"", self.text(key)),
-            Output::Json => println!(
+            Output::Json => outln!(
                 "{}",
                 json!({"key": self.text(key), "found": false, "encoding": self.codec.name()})
             ),
@@ -390,7 +379,7 @@ impl Printer {
                                "peer_addr": x.peer_addr, "leader": Some(x.id) == leader_id})
                     })
                     .collect();
-                println!("{}", json!({"members": rows, "leader_id": leader_id}));
+                outln!("{}", json!({"members": rows, "leader_id": leader_id}));
             }
             Output::Table => {
                 let mut rows = vec![header(&["ID", "CLIENT_ADDR", "PEER_ADDR", "ROLE"])];
@@ -435,6 +424,6 @@ pub(crate) fn print_table(rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }

@@ -352,12 +352,10 @@ async fn cli_bench_runs_ycsb_mixes_and_counts_every_kind() {
 }
 
 /// `rdb-cli get KEY | head -c 10` (escaped, and `--raw`): the reader goes away before the value
-/// is written out, and the CLI ends quietly as Unix tools do (SIGPIPE), without a panic or an
-/// error line.
+/// is written out, and the CLI ends quietly with 0, without a panic or an error line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_output_into_a_closed_pipe_ends_quietly() {
     use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
     let c = TestCluster::start(1);
     c.wait_leader(SECS(20)).await;
     c.client()
@@ -379,12 +377,9 @@ async fn cli_output_into_a_closed_pipe_ends_quietly() {
         drop(out);
         let o = child.wait_with_output().expect("rdb-cli output");
         let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.is_empty(), "{args:?}: rdb-cli complained: {stderr}");
         assert!(
-            !stderr.contains("panicked"),
-            "{args:?}: rdb-cli panicked: {stderr}"
-        );
-        assert!(
-            o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
+            o.status.success(),
             "{args:?}: rdb-cli ended with {:?}: {stderr}",
             o.status
         );

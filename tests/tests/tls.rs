@@ -110,6 +110,29 @@ async fn clients_need_tls_and_a_certificate_the_ca_signed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-value");
+
+    // rdb-cli in plaintext: the node drops the connection, and the CLI's next write to it fails
+    // with a broken pipe. That is "unavailable" (exit 4) with a cause every time, never death by
+    // SIGPIPE without a word (the signal that ends the CLI quietly when its stdout is closed).
+    for round in 0..10 {
+        use std::os::unix::process::ExitStatusExt;
+        let out = std::process::Command::new(bin_dir().join("rdb-cli"))
+            .arg("--endpoints")
+            .arg(c.endpoints().join(","))
+            .args(["--timeout-ms", "1000", "get", "cli-key"])
+            .output()
+            .expect("rdb-cli");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            None,
+            "round {round}: plaintext rdb-cli was killed by a signal: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(4), "round {round}: {stderr}");
+        assert!(stderr.contains("unavailable"), "round {round}: {stderr}");
+    }
+    let out = cli(&["get", "cli-key"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-value");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
