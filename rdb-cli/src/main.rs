@@ -196,8 +196,12 @@ enum Command {
     },
     /// Show every endpoint's view of the cluster in one table (exit 4 if any is down).
     Status,
-    /// Leadership: `leader transfer ID` hands it to node ID and waits until ID leads.
+    /// Leadership: `leader transfer ID` hands it to node ID and waits until ID leads (with
+    /// --pd and --region: to peer ID of that region).
     Leader {
+        /// With --pd: the region whose leadership moves.
+        #[arg(long, global = true)]
+        region: Option<u64>,
         #[command(subcommand)]
         cmd: LeaderCmd,
     },
@@ -224,8 +228,12 @@ enum Command {
         #[command(subcommand)]
         cmd: pd::RegionCmd,
     },
-    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's nodes).
+    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's nodes;
+    /// with --pd and --region: that region's peers).
     Member {
+        /// With --pd: the region whose peers to list or change.
+        #[arg(long, global = true)]
+        region: Option<u64>,
         #[command(subcommand)]
         cmd: members::MemberCmd,
     },
@@ -278,7 +286,15 @@ async fn run(cli: Cli) -> u8 {
             cli.command,
             Command::Tso | Command::Store { .. } | Command::Region { .. }
         )
-        || (matches!(cli.command, Command::Member { .. } | Command::Check(_)) && cli.pd.is_some());
+        || (matches!(
+            cli.command,
+            Command::Member { .. }
+                | Command::Check(_)
+                | Command::Leader {
+                    region: Some(_),
+                    ..
+                }
+        ) && cli.pd.is_some());
     let first_contact = if talks_to_pd {
         &pd_endpoints
     } else {
@@ -421,7 +437,21 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Leader {
+            region: Some(region),
             cmd: LeaderCmd::Transfer { id },
+        } => match with_pd(&cli.pd, &pd_endpoints, &opts) {
+            Ok(pd_client) => match pd_client.transfer_region_leader(region, id).await {
+                Ok(()) => {
+                    p.leader_transferred(id);
+                    0
+                }
+                Err(e) => fail(&e),
+            },
+            Err(code) => code,
+        },
+        Command::Leader {
+            cmd: LeaderCmd::Transfer { id },
+            ..
         } => match client.transfer_leader(id).await {
             Ok(()) => {
                 p.leader_transferred(id);
@@ -451,7 +481,14 @@ async fn run(cli: Cli) -> u8 {
         Command::Region { cmd } => {
             pd::run(pd::PdCmd::Region(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
-        Command::Member { cmd } if cli.pd.is_some() => match cmd {
+        Command::Member {
+            region: Some(region),
+            cmd,
+        } => match with_pd(&cli.pd, &pd_endpoints, &opts) {
+            Ok(pd_client) => members::run_region(&pd_client, region, cmd, &p).await,
+            Err(code) => code,
+        },
+        Command::Member { cmd, .. } if cli.pd.is_some() => match cmd {
             members::MemberCmd::List => {
                 let cmd = pd::PdCmd::Member(pd::MemberCmd::List);
                 pd::run(cmd, cli.pd.as_deref(), opts, &p, codec).await
@@ -461,7 +498,7 @@ async fn run(cli: Cli) -> u8 {
                 exit::INVALID
             }
         },
-        Command::Member { cmd } => members::run(&client, cmd, &p).await,
+        Command::Member { cmd, .. } => members::run(&client, cmd, &p).await,
         Command::Bench(args) => {
             let targets = bench::Targets {
                 endpoints: &endpoints,
@@ -538,6 +575,17 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
 }
 
 /// Prints a refused input and returns its exit code.
+/// A PD-mode client for a command about one region (`--region` needs `--pd`); the exit code
+/// when there is none.
+fn with_pd(pd: &Option<String>, pd_endpoints: &[String], opts: &Options) -> Result<Client, u8> {
+    if pd.is_none() {
+        return Err(invalid(
+            "--region names a region of a PD-mode cluster: give --pd with PD's addresses",
+        ));
+    }
+    Client::with_pd(pd_endpoints, opts.clone()).map_err(|e| fail(&e))
+}
+
 fn invalid(cause: &str) -> u8 {
     eprintln!("rdb-cli: invalid input: {cause}");
     exit::INVALID
@@ -632,7 +680,8 @@ mod tests {
         assert!(matches!(
             parse(&["member", "list"]).unwrap().command,
             Command::Member {
-                cmd: members::MemberCmd::List
+                cmd: members::MemberCmd::List,
+                region: None,
             }
         ));
     }

@@ -1,7 +1,9 @@
 //! `rdb-cli member ...`: the cluster's membership (or, with `--pd`, PD's members).
 
 use clap::Subcommand;
-use rdb_client::{Client, MemberChange, MemberInfo, MemberList, MemberRole};
+use rdb_client::{
+    Client, MemberChange, MemberInfo, MemberList, MemberRole, RegionMemberChange, RegionMembers,
+};
 use serde_json::json;
 
 use crate::output::{header, print_table, Printer};
@@ -12,16 +14,20 @@ pub enum MemberCmd {
     /// The members with their role and how far each has the log (PD's nodes with --pd).
     List,
     /// Add node ID (an id never used in this cluster) as a voter, or with --learner as a
-    /// learner; then start it with `rdb-server --join`.
+    /// learner; then start it with `rdb-server --join`. With --region: add a peer of the
+    /// region on store --store (its id from PD unless ID is given).
     Add {
-        /// The new node's id.
-        id: u64,
+        /// The new node's (or peer's) id.
+        id: Option<u64>,
         /// Where the other nodes reach it (HOST:PORT).
         #[arg(long)]
-        peer_addr: String,
+        peer_addr: Option<String>,
         /// Where clients reach it (HOST:PORT).
         #[arg(long)]
-        client_addr: String,
+        client_addr: Option<String>,
+        /// With --region: the store to host the new peer (one with no peer of the region).
+        #[arg(long)]
+        store: Option<u64>,
         /// Add it as a learner (it receives the log but does not vote); promote it later.
         #[arg(long)]
         learner: bool,
@@ -57,9 +63,10 @@ pub async fn run(client: &Client, cmd: MemberCmd, p: &Printer) -> u8 {
             }
         }
         MemberCmd::Add {
-            id,
-            peer_addr,
-            client_addr,
+            id: Some(id),
+            peer_addr: Some(peer_addr),
+            client_addr: Some(client_addr),
+            store: None,
             learner,
         } => vec![if learner {
             MemberChange::AddLearner {
@@ -74,6 +81,15 @@ pub async fn run(client: &Client, cmd: MemberCmd, p: &Printer) -> u8 {
                 client_addr,
             }
         }],
+        MemberCmd::Add { store: Some(_), .. } => {
+            return crate::invalid(
+                "--store places a peer of a region: give --pd and --region (a node of a \
+                 config-file cluster takes ID, --peer-addr and --client-addr)",
+            )
+        }
+        MemberCmd::Add { .. } => {
+            return crate::invalid("member add takes ID, --peer-addr and --client-addr")
+        }
         MemberCmd::Promote { id } => vec![MemberChange::Promote(id)],
         MemberCmd::Remove { id } => vec![MemberChange::Remove(id)],
         MemberCmd::Replace { old, new } => {
@@ -84,6 +100,122 @@ pub async fn run(client: &Client, cmd: MemberCmd, p: &Printer) -> u8 {
         Ok(members) => print_members(p, &members, None),
         Err(e) => crate::fail(&e),
     }
+}
+
+/// Runs a membership command on region `region`'s peers through a PD-mode client; returns the
+/// exit code.
+pub async fn run_region(client: &Client, region: u64, cmd: MemberCmd, p: &Printer) -> u8 {
+    let changes = match cmd {
+        MemberCmd::List => {
+            return match client.region_members(region).await {
+                Ok(list) => print_region(p, &list),
+                Err(e) => crate::fail(&e),
+            }
+        }
+        MemberCmd::Add {
+            id,
+            peer_addr: None,
+            client_addr: None,
+            store: Some(store_id),
+            learner,
+        } => {
+            let id = match id {
+                Some(id) => id,
+                None => match client.pd().map(|pd| pd.alloc_ids(1)) {
+                    Some(alloc) => match alloc.await {
+                        Ok(id) => id,
+                        Err(e) => return crate::fail(&e),
+                    },
+                    None => return crate::invalid("a region's new peer needs --pd"),
+                },
+            };
+            vec![if learner {
+                RegionMemberChange::AddLearner { id, store_id }
+            } else {
+                RegionMemberChange::AddVoter { id, store_id }
+            }]
+        }
+        MemberCmd::Add { .. } => {
+            return crate::invalid(
+                "a region's new peer takes --store (the store to host it) and no addresses",
+            )
+        }
+        MemberCmd::Promote { id } => vec![RegionMemberChange::Promote(id)],
+        MemberCmd::Remove { id } => vec![RegionMemberChange::Remove(id)],
+        MemberCmd::Replace { old, new } => {
+            vec![
+                RegionMemberChange::Promote(new),
+                RegionMemberChange::Remove(old),
+            ]
+        }
+    };
+    match client.change_region_members(region, &changes).await {
+        Ok(members) => print_peers(p, region, &members, None),
+        Err(e) => crate::fail(&e),
+    }
+}
+
+/// A region's peers as its leader sees them.
+fn print_region(p: &Printer, list: &RegionMembers) -> u8 {
+    print_peers(p, list.region_id, &list.members, Some(list))
+}
+
+fn print_peers(
+    p: &Printer,
+    region: u64,
+    members: &[MemberInfo],
+    list: Option<&RegionMembers>,
+) -> u8 {
+    let leader = list.map(|l| l.leader_id);
+    if p.is_json() {
+        let rows: Vec<_> = members
+            .iter()
+            .map(|m| {
+                json!({"id": m.id, "store_id": m.store_id, "role": role_name(m.role),
+                       "client_addr": m.client_addr, "match_index": m.match_index,
+                       "leader": Some(m.id) == leader})
+            })
+            .collect();
+        let doc = match list {
+            Some(l) => json!({"region_id": region, "leader_id": l.leader_id,
+                              "commit_index": l.commit_index, "peers": rows}),
+            None => json!({"region_id": region, "peers": rows}),
+        };
+        outln!("{doc}");
+        return 0;
+    }
+    let mut rows = vec![header(&[
+        "PEER",
+        "STORE",
+        "ROLE",
+        "CLIENT_ADDR",
+        "MATCH",
+        "LAG",
+    ])];
+    for m in members {
+        let role = if Some(m.id) == leader {
+            "voter (leader)"
+        } else {
+            role_name(m.role)
+        };
+        let (matched, lag) = match list {
+            Some(l) => (
+                m.match_index.to_string(),
+                l.commit_index.saturating_sub(m.match_index).to_string(),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        rows.push(vec![
+            m.id.to_string(),
+            m.store_id.to_string(),
+            role.into(),
+            m.client_addr.clone(),
+            matched,
+            lag,
+        ]);
+    }
+    print_table(&rows);
+    0
 }
 
 fn role_name(r: MemberRole) -> &'static str {

@@ -65,6 +65,7 @@ mod endpoints;
 mod error;
 mod members;
 pub mod pd;
+mod region_members;
 pub mod regions;
 mod retry;
 mod routing;
@@ -75,6 +76,7 @@ pub use check::{CheckReport, NodeHash, RegionCheck, RegionScope, ReplicaState};
 pub use error::{escape_bytes, Error};
 pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
 pub use pd::{PdClient, Timestamp};
+pub use region_members::{RegionMemberChange, RegionMembers};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -557,7 +559,7 @@ impl Client {
             // Start (or restart) the transfer on whoever leads now.
             self.call_until(false, deadline, move |mut c| async move {
                 let r = c
-                    .transfer_leader(rdb_proto::kv::TransferLeaderRequest { to })
+                    .transfer_leader(rdb_proto::kv::TransferLeaderRequest { to, region_id: 0 })
                     .await?
                     .into_inner();
                 Ok(((), r.error))

@@ -31,6 +31,8 @@ pub struct MemberInfo {
     pub role: Role,
     /// The highest log index the leader knows it holds (the leader's commit index for itself).
     pub match_index: u64,
+    /// PD mode: the store hosting this peer of the region (0 for a config-file node).
+    pub store_id: u64,
 }
 
 /// The members as the leader sees them.
@@ -113,6 +115,7 @@ impl MemberChange {
             id,
             peer_addr: peer.clone(),
             client_addr: client.clone(),
+            store_id: 0,
         }
     }
 
@@ -128,7 +131,7 @@ impl MemberChange {
     }
 }
 
-fn member_of(m: Member) -> MemberInfo {
+pub(crate) fn member_of(m: Member) -> MemberInfo {
     MemberInfo {
         id: m.id,
         peer_addr: m.peer_addr,
@@ -139,6 +142,7 @@ fn member_of(m: Member) -> MemberInfo {
             Role::Voter
         },
         match_index: m.match_index,
+        store_id: m.store_id,
     }
 }
 
@@ -161,7 +165,10 @@ impl Client {
     async fn member_list_until(&self, local: bool, deadline: Instant) -> Result<MemberList> {
         self.call_until(false, deadline, |mut c| async move {
             let r = c
-                .member_list(MemberListRequest { local })
+                .member_list(MemberListRequest {
+                    local,
+                    region_id: 0,
+                })
                 .await?
                 .into_inner();
             let list = MemberList {
@@ -185,6 +192,7 @@ impl Client {
         let deadline = self.deadline();
         let req = MemberChangeRequest {
             changes: changes.iter().map(MemberChange::to_pb).collect(),
+            region_id: 0,
         };
         let r = self
             .call_until(true, deadline, |mut c| {

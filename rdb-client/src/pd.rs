@@ -193,6 +193,8 @@ pub struct Peer {
     pub id: u64,
     /// The store holding it.
     pub store_id: u64,
+    /// Whether it only learns the log (added by a membership change, not yet promoted).
+    pub learner: bool,
 }
 
 impl From<pb::Peer> for Peer {
@@ -200,6 +202,7 @@ impl From<pb::Peer> for Peer {
         Peer {
             id: p.id,
             store_id: p.store_id,
+            learner: p.learner,
         }
     }
 }
@@ -209,6 +212,7 @@ impl From<Peer> for pb::Peer {
         pb::Peer {
             id: p.id,
             store_id: p.store_id,
+            learner: p.learner,
         }
     }
 }

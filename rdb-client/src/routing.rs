@@ -209,6 +209,7 @@ impl Routing {
         let leader = Peer {
             id: hint.peer_id,
             store_id: hint.id,
+            learner: false,
         };
         self.cache.update_leader(region.region.id, leader);
         leader

@@ -171,10 +171,13 @@ async fn ask_one(ep: &str) -> Result<MemberListResponse, String> {
         let mut c = KvClient::connect(format!("http://{ep}"))
             .await
             .map_err(|e| e.to_string())?;
-        c.member_list(MemberListRequest { local: false })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| s.message().to_string())
+        c.member_list(MemberListRequest {
+            local: false,
+            region_id: 0,
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
     };
     tokio::time::timeout(Duration::from_secs(3), call)
         .await
@@ -209,6 +212,7 @@ mod tests {
                     client_addr: c.into(),
                     role: MemberRole::Voter as i32,
                     match_index: 0,
+                    store_id: 0,
                 })
                 .collect(),
             settings_toml: "tick_interval_ms = 20\n".into(),

@@ -278,17 +278,29 @@ where
             Msg::Status { tx } => {
                 let _ = tx.send(self.status());
             }
-            Msg::Members { tx } => {
+            Msg::Members { region_id, tx } if region_id > 1 => {
+                let _ = tx.send(Err(not_a_store(region_id)));
+            }
+            Msg::ChangeMembers { region_id, tx, .. } if region_id > 1 => {
+                let _ = tx.send(Err(not_a_store(region_id)));
+            }
+            Msg::TransferLeader { region_id, tx, .. } if region_id > 1 => {
+                let _ = tx.send(Err(not_a_store(region_id)));
+            }
+            Msg::Members { tx, .. } => {
                 let r = self.core.replica();
-                let _ = tx.send(MembersView {
+                let _ = tx.send(Ok(MembersView {
                     node_id: r.id(),
                     leader_id: r.leader_id(),
                     commit_index: r.commit_index(),
                     membership: Membership::from(&r.conf_state()),
                     progress: r.progress(),
-                });
+                    stores: Vec::new(),
+                }));
             }
-            Msg::ChangeMembers { steps, added, tx } => {
+            Msg::ChangeMembers {
+                steps, added, tx, ..
+            } => {
                 let reused = steps
                     .iter()
                     .map(|s| s.id())
@@ -306,13 +318,13 @@ where
                 let id = self.request_id(Waiter::Change(tx));
                 self.core.change_membership(id, &steps, context);
             }
-            Msg::RegionPropose { tx, .. } => {
-                let _ = tx.send(Err(not_a_store()));
+            Msg::RegionPropose { route, tx, .. } => {
+                let _ = tx.send(Err(not_a_store(route.region_id)));
             }
-            Msg::RegionRead { tx, .. } => {
-                let _ = tx.send(Err(not_a_store()));
+            Msg::RegionRead { route, tx, .. } => {
+                let _ = tx.send(Err(not_a_store(route.region_id)));
             }
-            Msg::TransferLeader { to, tx } => {
+            Msg::TransferLeader { to, tx, .. } => {
                 let r = self
                     .core
                     .transfer_leader(to)
@@ -533,10 +545,13 @@ pub(crate) fn join_chore(handle: Option<std::thread::JoinHandle<()>>) {
 }
 
 /// What a node of a config-file cluster answers a request that names a region.
-fn not_a_store() -> RequestError {
-    RequestError::InvalidArgument(
-        "a region context was sent to a node of a config-file cluster, which has no regions".into(),
-    )
+/// A request naming a region of a PD-mode store, sent to a node of a config-file cluster,
+/// whose one group is region 1 (or 0: unnamed).
+fn not_a_store(region_id: u64) -> RequestError {
+    RequestError::InvalidArgument(format!(
+        "region {region_id} was named, but this is a node of a config-file cluster: its one \
+         group is region 1"
+    ))
 }
 
 /// The `rdb_raft_role` value of a raft role.

@@ -96,7 +96,9 @@ pub enum Msg<O = CommandResult> {
     },
     /// Starts handing leadership to another voter.
     TransferLeader {
-        /// The voter to lead next.
+        /// The region (PD mode); 0 for a static node's group.
+        region_id: u64,
+        /// The voter to lead next (PD mode: a peer of the region).
         to: NodeId,
         /// Ok once the transfer started.
         tx: oneshot::Sender<Result<(), RequestError>>,
@@ -108,6 +110,8 @@ pub enum Msg<O = CommandResult> {
     },
     /// Change the membership (leader only); answered once the change applied here.
     ChangeMembers {
+        /// The region (PD mode); 0 for a static node's group.
+        region_id: u64,
         /// The steps, one per node.
         steps: Vec<MemberStep>,
         /// Addresses of the nodes added.
@@ -117,8 +121,10 @@ pub enum Msg<O = CommandResult> {
     },
     /// The membership as this node applied it, with the leader's view of progress.
     Members {
+        /// The region (PD mode); 0 for a static node's group.
+        region_id: u64,
         /// Answered at once.
-        tx: oneshot::Sender<MembersView>,
+        tx: oneshot::Sender<Result<MembersView, RequestError>>,
     },
     /// PD mode: an encoded KV command for the region `route` names (or the one holding its
     /// first key). A static node refuses it.
@@ -167,6 +173,8 @@ pub struct MembersView {
     pub membership: Membership,
     /// On the leader: every other member's matched index.
     pub progress: Vec<(NodeId, u64)>,
+    /// PD mode: each peer's store and that store's client address (empty if unknown).
+    pub stores: Vec<(u64, u64, String)>,
 }
 
 /// A report from the transport.

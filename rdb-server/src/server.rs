@@ -338,7 +338,13 @@ async fn hand_over_leadership<O: Send + 'static>(mailbox: &Mailbox<O>, logger: &
         return;
     };
     if !matches!(
-        mailbox.call(|tx| Msg::TransferLeader { to, tx }).await,
+        mailbox
+            .call(|tx| Msg::TransferLeader {
+                region_id: 0,
+                to,
+                tx
+            })
+            .await,
         Ok(Ok(()))
     ) {
         return;
@@ -486,6 +492,7 @@ pub fn member_records(config: &ClusterConfig) -> Vec<MemberRecord> {
             peer_addr: n.peer_addr.clone(),
             client_addr: n.client_addr.clone(),
             removed: false,
+            store_id: 0,
         })
         .collect()
 }

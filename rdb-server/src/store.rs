@@ -21,12 +21,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use raft::prelude::Message;
+use rdb_proto::command::{MemberContext, MemberRecord};
 use rdb_storage::region::{self, Peer, Region, RegionEpoch};
 use rdb_storage::snapshot::SnapshotDescriptor;
 use rdb_storage::{AppendBatch, CommandResult, Engine, RaftStorage, StateMachine};
 use slog::{debug, info, o, warn, Logger};
 
-use crate::raft_core::{Answer, Core, CoreConfig, CoreError, MessageSink, Refusal, RequestId};
+use crate::raft_core::{
+    Answer, Core, CoreConfig, CoreError, MemberStep, MessageSink, Refusal, RequestId,
+};
 use hashes::{RegionHashes, StoreHashes};
 
 /// The core of one region, as a store runs it.
@@ -59,6 +62,9 @@ pub enum RegionError {
         /// The regions that now cover what the client's region covered, as known here.
         current: Vec<Region>,
     },
+    /// The request cannot apply to the region as it is (a membership change that would put
+    /// two of its peers on one store, or names no store for a new peer).
+    Invalid(String),
     /// A key of the request lies outside the region's range.
     KeyNotInRegion {
         /// The key.
@@ -66,6 +72,15 @@ pub enum RegionError {
         /// The region as it is here.
         region: Box<Region>,
     },
+}
+
+/// Why a request to a region was refused at once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestRefused {
+    /// The region is not here or does not take the request.
+    Region(RegionError),
+    /// The region's core refused it (not its leader, no such peer, ...).
+    Core(Refusal),
 }
 
 /// A client's answer, with the region it came from (to name its leader).
@@ -93,6 +108,11 @@ pub struct StoreOutput {
     /// about each and passes what it says to [`StoreCore::confirm_region`], which lets the
     /// next such message create the peer (see [`StoreCore::step`]).
     pub confirm: Vec<u64>,
+    /// Regions whose membership changed this turn (a conf change applied, or a snapshot
+    /// installed): their leader tells PD at once.
+    pub membership_changed: Vec<u64>,
+    /// Regions whose peer here a membership change removed this turn: gone from this store.
+    pub destroyed: Vec<u64>,
 }
 
 /// A region hosted here.
@@ -138,8 +158,15 @@ pub struct StoreCore {
     ticks: u64,
     /// Every hosted region's hash results, for the KV service (see [`hashes`]).
     hashes: StoreHashes,
+    /// Removed peers' user data to delete, each once its tick comes (see `destroy`).
+    garbage: Vec<(u64, Region)>,
     logger: Logger,
 }
+
+/// Ticks between the removal of a peer and the deletion of its user data: a read whose barrier
+/// passed before the removal may still be reading it (reads take at most a request's
+/// deadline, far less than this).
+pub const GARBAGE_TICKS: u64 = 600;
 
 /// Uninitialized peers a store hosts at most: each costs a RocksDB write and a ticked RawNode,
 /// and only a leader that PD vouches for can create one.
@@ -216,6 +243,7 @@ impl StoreCore {
             asked: HashMap::new(),
             ticks: 0,
             hashes: StoreHashes::default(),
+            garbage: Vec::new(),
             // The caller's logger names the store already.
             logger: logger.clone(),
         };
@@ -241,6 +269,10 @@ impl StoreCore {
                     .destroy_uninit_region(id)
                     .map_err(CoreError::storage)?,
             }
+        }
+        // Removed peers' data left by the last run: no read can be running on it now.
+        for g in store.engine.garbage().map_err(CoreError::storage)? {
+            store.collect(&g)?;
         }
         Ok(store)
     }
@@ -516,6 +548,17 @@ impl StoreCore {
                 "region" => m.region_id, "to" => m.msg.to, "from_store" => m.from_store);
             return Ok(false);
         }
+        // A peer removed from here (or an older one) is never made again: its group moved on
+        // without it, and a stale leader's message must not bring it back.
+        let removed = self
+            .engine
+            .tombstone(m.region_id)
+            .map_err(CoreError::storage)?;
+        if removed.is_some_and(|peer| m.msg.to <= peer) {
+            debug!(self.logger, "message for a removed peer"; "region" => m.region_id,
+                "to" => m.msg.to, "from_store" => m.from_store);
+            return Ok(false);
+        }
         match self.confirmed.get(&m.region_id) {
             Some(&(peer, _)) if peer == m.msg.to => {}
             _ => {
@@ -653,6 +696,73 @@ impl StoreCore {
         Ok(())
     }
 
+    /// Proposes a membership change of region `region_id` as request `id` (its leader only;
+    /// the core refuses on a follower and checks the steps as for any group, the catch-up
+    /// rule of a promotion included). `added` names the store of each peer a step adds: a
+    /// region has at most one peer per store. Answered with the new membership once applied.
+    pub fn change_members(
+        &mut self,
+        region_id: u64,
+        id: RequestId,
+        steps: &[MemberStep],
+        added: &[MemberRecord],
+    ) -> Result<(), RegionError> {
+        let r = self
+            .regions
+            .get_mut(&region_id)
+            .ok_or(RegionError::NotFound(region_id))?;
+        let meta = r
+            .core
+            .replica()
+            .app()
+            .region()
+            .ok_or(RegionError::NotFound(region_id))?;
+        let mut stores: Vec<u64> = meta.peers.iter().map(|p| p.store_id).collect();
+        let mut context = Vec::new();
+        for step in steps {
+            let (MemberStep::AddVoter(peer) | MemberStep::AddLearner(peer)) = *step else {
+                continue;
+            };
+            let store = added
+                .iter()
+                .find(|a| a.id == peer)
+                .map_or(0, |a| a.store_id);
+            if store == 0 {
+                return Err(RegionError::Invalid(format!(
+                    "peer {peer} is added without the store that hosts it"
+                )));
+            }
+            if stores.contains(&store) {
+                return Err(RegionError::Invalid(format!(
+                    "store {store} already hosts a peer of region {region_id}"
+                )));
+            }
+            stores.push(store);
+            context.push(MemberRecord {
+                id: peer,
+                store_id: store,
+                ..Default::default()
+            });
+        }
+        let context = prost::Message::encode_to_vec(&MemberContext { added: context });
+        info!(self.logger, "proposing a membership change"; "region" => region_id,
+            "steps" => ?steps, "term" => r.core.replica().term());
+        r.core.change_membership(id, steps, context);
+        Ok(())
+    }
+
+    /// Starts handing region `region_id`'s leadership to its peer `to` (its leader only).
+    pub fn transfer_leader(&mut self, region_id: u64, to: u64) -> Result<(), RequestRefused> {
+        let r = self
+            .regions
+            .get_mut(&region_id)
+            .ok_or(RequestRefused::Region(RegionError::NotFound(region_id)))?;
+        r.core.transfer_leader(to).map_err(RequestRefused::Core)?;
+        info!(self.logger, "transferring leadership"; "region" => region_id, "to" => to,
+            "term" => r.core.replica().term());
+        Ok(())
+    }
+
     /// Asks region `region_id` for a linearizable read barrier for request `id`.
     ///
     /// The barrier completes once this peer applied up to the leader's read index, and that
@@ -770,6 +880,7 @@ impl StoreCore {
         Some(Peer {
             id: leader,
             store_id,
+            learner: false,
         })
     }
 
@@ -782,6 +893,16 @@ impl StoreCore {
     /// A storage error is returned and must end the store: it cannot persist.
     pub fn advance(&mut self) -> Result<StoreOutput, CoreError> {
         let mut out = StoreOutput::default();
+        if self.garbage.first().is_some_and(|g| g.0 <= self.ticks) {
+            let ticks = self.ticks;
+            let (due, later) = std::mem::take(&mut self.garbage)
+                .into_iter()
+                .partition::<Vec<_>, _>(|g| g.0 <= ticks);
+            self.garbage = later;
+            for (_, g) in due {
+                self.collect(&g)?;
+            }
+        }
         let mut pending = Vec::with_capacity(self.regions.len());
         let mut owed = false;
         for (&id, r) in self.regions.iter_mut() {
@@ -806,6 +927,7 @@ impl StoreCore {
             out.synced = true;
         }
         let mut created = Vec::new();
+        let mut removed = Vec::new();
         for (id, p) in pending {
             let Some(r) = self.regions.get_mut(&id) else {
                 continue;
@@ -826,6 +948,16 @@ impl StoreCore {
             for new in r.core.app_mut().take_splits() {
                 created.push((new, led));
             }
+            if o.membership_changed {
+                out.membership_changed.push(id);
+            }
+            if o.removed {
+                removed.push(id);
+            }
+        }
+        for id in removed {
+            self.destroy(id)?;
+            out.destroyed.push(id);
         }
         // A snapshot stepped so far is being installed (it stays pending, its range refused to
         // others, until the install removes its file), was installed, or raft-rs ignored it as
@@ -880,6 +1012,47 @@ impl StoreCore {
 }
 
 impl StoreCore {
+    /// Drops region `id`'s peer, which a membership change just removed: its Raft state goes
+    /// at once (with a tombstone, see [`Engine::destroy_region`]), its user data
+    /// [`GARBAGE_TICKS`] later.
+    fn destroy(&mut self, id: u64) -> Result<(), CoreError> {
+        let Some(r) = self.regions.remove(&id) else {
+            return Ok(());
+        };
+        self.hashes.remove(id);
+        if let Some((_, desc)) = self.pending_snapshots.remove(&id) {
+            let dir = crate::transport::region_snap_dir(&self.engine.snap_dir(), id);
+            let _ = std::fs::remove_file(desc.path_in(&dir));
+        }
+        // The region's requests in flight end with it: the client retries at its leader.
+        drop(r.core);
+        let meta = self
+            .engine
+            .destroy_region(id, r.peer_id)
+            .map_err(CoreError::storage)?;
+        info!(self.logger, "region peer removed from this store"; "region" => id,
+            "peer" => r.peer_id, "conf_ver" => region::epoch(&meta).conf_ver);
+        self.garbage.push((self.ticks + GARBAGE_TICKS, meta));
+        Ok(())
+    }
+
+    /// Deletes a removed peer's user data where no region hosted or being installed here
+    /// now holds it.
+    fn collect(&mut self, g: &Region) -> Result<(), CoreError> {
+        let keep: Vec<(Vec<u8>, Vec<u8>)> = self
+            .regions
+            .values()
+            .filter_map(|r| r.core.replica().app().region())
+            .chain(self.pending_snapshots.values().map(|(m, _)| m))
+            .map(|m| (m.start_key.clone(), m.end_key.clone()))
+            .collect();
+        self.engine
+            .collect_garbage(g, &keep)
+            .map_err(CoreError::storage)?;
+        info!(self.logger, "removed peer's data deleted"; "region" => g.id);
+        Ok(())
+    }
+
     /// Refuses the read barriers of this turn whose region no longer holds their keys at their
     /// epoch (see [`StoreCore::read`]).
     fn recheck_reads(&mut self, out: &mut StoreOutput) {

@@ -106,8 +106,6 @@ impl Application for StateMachine {
         cc: &ConfChangeV2,
         cs: &ConfState,
     ) -> Result<(), CoreError> {
-        self.engine()
-            .apply_conf_change(index, term, cc, cs)
-            .map_err(CoreError::storage)
+        StateMachine::apply_conf_change(self, index, term, cc, cs).map_err(CoreError::storage)
     }
 }

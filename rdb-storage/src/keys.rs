@@ -43,6 +43,12 @@ pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";
 /// (it may have voted, and must not forget it).
 pub const UNINIT_PEER_KEY: &[u8] = b"uninit_peer";
 
+/// A region peer removed from this store by a membership change: the peer id it had, 8 bytes.
+/// A message for that peer (or an older one) never creates the region here again.
+pub const TOMBSTONE_KEY: &[u8] = b"tombstone";
+/// A removed region peer whose user data is still to be deleted: its last meta (its range).
+pub const GARBAGE_KEY: &[u8] = b"garbage";
+
 /// Set once this node learnt it was removed from its cluster: the index of the removal, 8 bytes.
 pub const REMOVED_KEY: &[u8] = b"removed";
 /// The conf state the group was bootstrapped with (its voters have the log from index 1).

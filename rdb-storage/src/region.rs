@@ -45,13 +45,65 @@ pub fn epoch(region: &Region) -> RegionEpoch {
     region.epoch.unwrap_or_default()
 }
 
-/// The voters of a region's peers, as its first conf state.
+/// A region's peers as its first conf state: voters, and learners for peers marked so.
 fn conf_state_of(region: &Region) -> ConfState {
-    let mut voters: Vec<u64> = region.peers.iter().map(|p| p.id).collect();
-    voters.sort_unstable();
+    let ids = |learner: bool| {
+        let mut v: Vec<u64> = region
+            .peers
+            .iter()
+            .filter(|p| p.learner == learner)
+            .map(|p| p.id)
+            .collect();
+        v.sort_unstable();
+        v
+    };
     ConfState {
-        voters,
+        voters: ids(false),
+        learners: ids(true),
         ..Default::default()
+    }
+}
+
+/// The region after a membership change: its peers are those of `cs` (the configuration
+/// raft-rs switched to, both halves while joint), each on the store it had or the one `added`
+/// names, learners marked, and the epoch's `conf_ver` raised by one. Deterministic in the
+/// entry and the meta, so every replica records the same region.
+pub fn with_conf_change(region: &Region, cs: &ConfState, added: &[(u64, u64)]) -> Region {
+    let mut ids: Vec<u64> = cs
+        .voters
+        .iter()
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners)
+        .chain(&cs.learners_next)
+        .copied()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let store_of = |id: u64| {
+        region
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.store_id)
+            .or_else(|| added.iter().find(|a| a.0 == id).map(|a| a.1))
+            .unwrap_or(0)
+    };
+    let learner = |id: u64| {
+        !cs.voters.contains(&id) && !cs.voters_outgoing.contains(&id) && cs.learners.contains(&id)
+    };
+    let mut epoch = epoch(region);
+    epoch.conf_ver += 1;
+    Region {
+        peers: ids
+            .into_iter()
+            .map(|id| Peer {
+                id,
+                store_id: store_of(id),
+                learner: learner(id),
+            })
+            .collect(),
+        epoch: Some(epoch),
+        ..region.clone()
     }
 }
 
@@ -253,6 +305,127 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Removes region `id`'s peer `peer_id` from this store after a membership change removed
+    /// it: its log, Raft state and own records go in one synced write that leaves a tombstone
+    /// (the peer id: no message for it or an older peer recreates the region) and a garbage
+    /// record (its last meta, for its range). Its user data stays until
+    /// [`Engine::collect_garbage`], which the store calls once no read that began before the
+    /// removal can still be running. Returns the last meta.
+    pub fn destroy_region(&self, id: u64, peer_id: u64) -> Result<Region> {
+        let meta = self
+            .region(id)?
+            .region_meta()?
+            .ok_or_else(|| Error::Corrupt(format!("region {id} has no meta record")))?;
+        let space = Space::Region(id);
+        let state = self.cf(CF_RAFT_STATE);
+        let mut wb = WriteBatch::default();
+        let (lo, hi) = space.log_bounds();
+        wb.delete_range_cf(self.cf(keys::CF_RAFT_LOG), lo, hi);
+        wb.delete_range_cf(state, keys::region_prefix(id), keys::region_prefix_end(id));
+        wb.delete_range_cf(
+            self.cf(CF_DATA),
+            keys::region_prefix(id),
+            keys::region_prefix_end(id),
+        );
+        // After the range deletes in the same batch: these survive them.
+        wb.put_cf(
+            state,
+            space.state_key(keys::TOMBSTONE_KEY),
+            peer_id.to_be_bytes(),
+        );
+        wb.put_cf(
+            state,
+            space.state_key(keys::GARBAGE_KEY),
+            meta.encode_to_vec(),
+        );
+        self.write(wb, true)?;
+        Ok(meta)
+    }
+
+    /// The peer id region `id` had on this store when a membership change removed it, if one
+    /// did (see [`Engine::destroy_region`]).
+    pub fn tombstone(&self, id: u64) -> Result<Option<u64>> {
+        let k = Space::Region(id).state_key(keys::TOMBSTONE_KEY);
+        match self.db().get_cf(self.cf(CF_RAFT_STATE), k)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt(format!("tombstone of region {id}")))?;
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+        }
+    }
+
+    /// The last metas of removed peers whose user data is still to be deleted.
+    pub fn garbage(&self) -> Result<Vec<Region>> {
+        let mut out = Vec::new();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(vec![keys::REGION_PREFIX + 1]);
+        let it = self.db().iterator_cf_opt(
+            self.cf(CF_RAFT_STATE),
+            ro,
+            IteratorMode::From(&[keys::REGION_PREFIX], Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if k.len() == 9 + keys::GARBAGE_KEY.len() && k.ends_with(keys::GARBAGE_KEY) {
+                out.push(decode_meta(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the user data of removed peer `garbage` (from [`Engine::garbage`]) in the parts
+    /// of its range that `keep` (the ranges of regions hosted or being installed here) does not
+    /// cover, and its garbage record, in one write.
+    pub fn collect_garbage(&self, garbage: &Region, keep: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let data = self.cf(CF_DATA);
+        let mut wb = WriteBatch::default();
+        for (lo, hi) in uncovered(&garbage.start_key, &garbage.end_key, keep) {
+            let (lo, hi) = keys::data_range(&lo, &hi);
+            wb.delete_range_cf(data, lo, hi);
+        }
+        wb.delete_cf(
+            self.cf(CF_RAFT_STATE),
+            Space::Region(garbage.id).state_key(keys::GARBAGE_KEY),
+        );
+        self.write(wb, false)
+    }
+}
+
+/// The parts of `[start, end)` (an empty end: unbounded) that no range of `keep` covers.
+fn uncovered(start: &[u8], end: &[u8], keep: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut keep: Vec<&(Vec<u8>, Vec<u8>)> = keep.iter().collect();
+    keep.sort();
+    let mut out = Vec::new();
+    let mut from = start.to_vec();
+    let mut done = false;
+    for (lo, hi) in keep {
+        let before_end = |k: &[u8]| end.is_empty() || k < end;
+        if !before_end(lo) {
+            break;
+        }
+        if !hi.is_empty() && hi.as_slice() <= from.as_slice() {
+            continue;
+        }
+        if lo.as_slice() > from.as_slice() {
+            out.push((from.clone(), lo.clone()));
+        }
+        if hi.is_empty() {
+            done = true;
+            break;
+        }
+        from = hi.clone();
+    }
+    if !done && (end.is_empty() || from.as_slice() < end) {
+        out.push((from, end.to_vec()));
+    }
+    out
+}
+
 /// Whose a PD-mode store's directory is: recorded when the store claims its id, checked at
 /// every start, and stamped (the cluster id) on every message to other stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,6 +615,7 @@ pub fn plan_split(
             .map(|(p, &id)| Peer {
                 id,
                 store_id: p.store_id,
+                learner: p.learner,
             })
             .collect(),
     };

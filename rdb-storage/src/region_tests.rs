@@ -23,7 +23,11 @@ fn region(id: u64, start: &str, end: &str, version: u64, peers: &[(u64, u64)]) -
         }),
         peers: peers
             .iter()
-            .map(|&(id, store_id)| Peer { id, store_id })
+            .map(|&(id, store_id)| Peer {
+                id,
+                store_id,
+                learner: false,
+            })
             .collect(),
     }
 }

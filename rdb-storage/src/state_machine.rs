@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use prost::Message as _;
-use raft::prelude::{Entry, EntryType};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, EntryType};
 use rdb_proto::command::{command::Op, Command};
 use rocksdb::{IteratorMode, WriteBatch};
 
@@ -151,6 +151,22 @@ impl StateMachine {
     /// The region's meta as applied (range, epoch, peers); `None` for a static node.
     pub fn region(&self) -> Option<&Region> {
         self.region.as_ref()
+    }
+
+    /// Applies the membership change at (`index`, `term`) ([`Engine::apply_conf_change`]); a
+    /// region's meta then names its new peers.
+    pub fn apply_conf_change(
+        &mut self,
+        index: Index,
+        term: Term,
+        cc: &ConfChangeV2,
+        cs: &ConfState,
+    ) -> Result<()> {
+        self.engine.apply_conf_change(index, term, cc, cs)?;
+        if self.region.is_some() {
+            self.region = self.engine.region_meta()?;
+        }
+        Ok(())
     }
 
     /// The regions this region's splits created (their state is written, on every replica

@@ -319,7 +319,11 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
             version: 1,
             conf_ver: 1,
         }),
-        peers: vec![Peer { id: 3, store_id: 1 }],
+        peers: vec![Peer {
+            id: 3,
+            store_id: 1,
+            learner: false,
+        }],
     };
     let store = |id: u64, address: &str| Store {
         id,
@@ -434,7 +438,11 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
             version: 2,
             conf_ver: 1,
         }),
-        peers: vec![Peer { id: 7, store_id: 1 }],
+        peers: vec![Peer {
+            id: 7,
+            store_id: 1,
+            learner: false,
+        }],
     };
     assert_eq!(heartbeat(left.clone()).await.error, None);
     assert_eq!(heartbeat(right.clone()).await.error, None);
@@ -448,13 +456,25 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
     };
     let r = heartbeat(forged).await;
     assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::StaleEpoch as i32));
-    let r = heartbeat_led(right.clone(), Peer { id: 3, store_id: 1 }).await;
+    let r = heartbeat_led(
+        right.clone(),
+        Peer {
+            id: 3,
+            store_id: 1,
+            learner: false,
+        },
+    )
+    .await;
     assert_eq!(
         err_of(&r.error).map(|(code, m, _)| (code, m.contains("not one of its peers"))),
         Some((ErrorCode::InvalidArgument as i32, true))
     );
     let elsewhere = Region {
-        peers: vec![Peer { id: 7, store_id: 4 }],
+        peers: vec![Peer {
+            id: 7,
+            store_id: 4,
+            learner: false,
+        }],
         epoch: Some(RegionEpoch {
             version: 3,
             conf_ver: 1,
@@ -484,7 +504,11 @@ async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_request
     assert_eq!(get_region(b"x").await.region, Some(right.clone()));
     assert_eq!(
         get_region(b"x").await.leader,
-        Some(Peer { id: 7, store_id: 1 })
+        Some(Peer {
+            id: 7,
+            store_id: 1,
+            learner: false
+        })
     );
 
     // A store that stops heartbeating is reported Down; one that heartbeats stays Up.
@@ -699,7 +723,11 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
                 version: 1,
                 conf_ver: 1,
             },
-            peers: vec![CPeer { id: 3, store_id: 1 }],
+            peers: vec![CPeer {
+                id: 3,
+                store_id: 1,
+                learner: false,
+            }],
         },
         11,
     )
@@ -943,6 +971,7 @@ async fn a_scan_over_regions_larger_than_a_grpc_message_comes_back_whole() {
             peers: vec![CPeer {
                 id: 20_000 + i,
                 store_id: store,
+                learner: false,
             }],
         }
     }

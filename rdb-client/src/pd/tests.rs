@@ -648,7 +648,11 @@ async fn refusals_are_typed_and_lookups_of_missing_things_are_none() {
             version: 5,
             conf_ver: 1,
         },
-        peers: vec![Peer { id: 3, store_id: 1 }],
+        peers: vec![Peer {
+            id: 3,
+            store_id: 1,
+            learner: false,
+        }],
         ..Default::default()
     };
     pd.bootstrap(store.clone(), region.clone(), 7)
@@ -680,7 +684,11 @@ async fn refusals_are_typed_and_lookups_of_missing_things_are_none() {
         },
         ..region.clone()
     };
-    let leader = Peer { id: 3, store_id: 1 };
+    let leader = Peer {
+        id: 3,
+        store_id: 1,
+        learner: false,
+    };
     assert!(matches!(
         pd.region_heartbeat(older, leader, 0, 0).await,
         Err(Error::StaleEpoch(_))
@@ -942,6 +950,7 @@ async fn a_region_scan_answered_in_pages_returns_every_region_once_in_order() {
     let leader = Peer {
         id: 100,
         store_id: 1,
+        learner: false,
     };
     let bounds: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i]).collect();
     for i in 0..=bounds.len() {

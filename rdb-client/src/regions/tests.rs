@@ -18,7 +18,11 @@ fn region(id: u64, start: &[u8], end: &[u8], version: u64) -> Region {
 }
 
 fn peer(id: u64, store_id: u64) -> Peer {
-    Peer { id, store_id }
+    Peer {
+        id,
+        store_id,
+        learner: false,
+    }
 }
 
 fn info(region: Region) -> RegionInfo {

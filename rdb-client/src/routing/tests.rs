@@ -355,7 +355,11 @@ fn region(id: u64, start: &str, end: &str, version: u64, peers: &[Peer]) -> Regi
 }
 
 fn peer(id: u64, store_id: u64) -> Peer {
-    Peer { id, store_id }
+    Peer {
+        id,
+        store_id,
+        learner: false,
+    }
 }
 
 /// A fake PD holding `stores` (id, address) and `regions` (each with its leader); returns a

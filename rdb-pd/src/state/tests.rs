@@ -267,10 +267,12 @@ fn ids_a_store_reports_are_never_handed_out_again() {
         Peer {
             id: 60,
             store_id: 1,
+            learner: false,
         },
         Peer {
             id: 61,
             store_id: 1,
+            learner: false,
         },
     ];
     assert!(s.reserves(&r));
@@ -293,6 +295,7 @@ fn ids_a_store_reports_are_never_handed_out_again() {
     right.peers = vec![Peer {
         id: 95,
         store_id: 1,
+        learner: false,
     }];
     run(&mut s, Op::PutRegion(left)).unwrap();
     assert_eq!(run(&mut s, Op::PutRegion(right)), Ok(PdOutput::Done));
@@ -347,14 +350,17 @@ fn a_heartbeat_leader_must_be_a_peer_on_a_known_live_store() {
         Peer {
             id: 11,
             store_id: 1,
+            learner: false,
         },
         Peer {
             id: 12,
             store_id: 2,
+            learner: false,
         },
         Peer {
             id: 13,
             store_id: 3,
+            learner: false,
         },
     ];
     assert_eq!(
@@ -362,7 +368,8 @@ fn a_heartbeat_leader_must_be_a_peer_on_a_known_live_store() {
             &r,
             Some(&Peer {
                 id: 11,
-                store_id: 1
+                store_id: 1,
+                learner: false,
             })
         ),
         Ok(())
@@ -373,6 +380,7 @@ fn a_heartbeat_leader_must_be_a_peer_on_a_known_live_store() {
             Some(Peer {
                 id: 14,
                 store_id: 1,
+                learner: false,
             }),
             "not one of its peers",
         ),
@@ -380,6 +388,7 @@ fn a_heartbeat_leader_must_be_a_peer_on_a_known_live_store() {
             Some(Peer {
                 id: 11,
                 store_id: 2,
+                learner: false,
             }),
             "not one of its peers",
         ),
@@ -387,6 +396,7 @@ fn a_heartbeat_leader_must_be_a_peer_on_a_known_live_store() {
             Some(Peer {
                 id: 13,
                 store_id: 3,
+                learner: false,
             }),
             "does not know",
         ),
@@ -408,6 +418,7 @@ fn a_heartbeat_leader_must_be_a_peer_on_a_known_live_store() {
             Some(&Peer {
                 id: 12,
                 store_id: 2,
+                learner: false,
             }),
         )
         .unwrap_err();
@@ -431,6 +442,7 @@ fn a_scan_over_many_large_regions_pages_within_the_size_cap_and_misses_nothing()
         r.peers = vec![Peer {
             id: 5000 + u64::from(i),
             store_id: 1,
+            learner: false,
         }];
         s.put_region(r);
     }

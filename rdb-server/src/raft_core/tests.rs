@@ -362,6 +362,7 @@ fn added(ids: &[u64]) -> Vec<u8> {
                 peer_addr: format!("127.0.0.1:{}", 2000 + id),
                 client_addr: format!("127.0.0.1:{}", 3000 + id),
                 removed: false,
+                store_id: 0,
             })
             .collect(),
     }

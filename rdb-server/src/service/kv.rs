@@ -63,6 +63,11 @@ impl KvService {
         }
     }
 
+    /// Whether this is a PD-mode store's service (requests go to regions).
+    pub(crate) fn is_store(&self) -> bool {
+        self.store_mode
+    }
+
     /// The service of a PD-mode store: every request goes to a region, and `Hash` reads the
     /// hosted regions' results from `hashes`.
     pub fn for_store(mut self, hashes: StoreHashes) -> KvService {
@@ -667,10 +672,12 @@ impl Kv for KvService {
         &self,
         request: Request<rdb_proto::kv::TransferLeaderRequest>,
     ) -> Result<Response<rdb_proto::kv::TransferLeaderResponse>, Status> {
-        let to = request.into_inner().to;
+        let req = request.into_inner();
+        let (region_id, to) = (req.region_id, req.to);
         let r = tokio::time::timeout(
             self.timeout(),
-            self.mailbox.call(|tx| Msg::TransferLeader { to, tx }),
+            self.mailbox
+                .call(|tx| Msg::TransferLeader { region_id, to, tx }),
         )
         .await
         .unwrap_or_else(|_| {

@@ -28,11 +28,11 @@ use rdb_storage::{CommandResult, DirKind, Engine, EngineOptions};
 use slog::{crit, debug, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{RegionError, RegionMessage, StoreCore};
+use super::{RegionError, RegionMessage, RequestRefused, StoreCore};
 use crate::config::{ClusterConfig, StoreFile};
 use crate::raft_core::{Answer, Refusal, RequestId};
 use crate::router::{
-    Control, Inbox, LeaderHint, Mailbox, Msg, NodeStatus, RegionRoute, RequestError,
+    Control, Inbox, LeaderHint, Mailbox, MembersView, Msg, NodeStatus, RegionRoute, RequestError,
 };
 use crate::service::kv::KvService;
 use crate::service::peer::{PeerIdent, PeerService};
@@ -518,6 +518,7 @@ async fn bootstrap(
                 .map(|(i, &s)| pdc::Peer {
                     id: first_peer + i as u64,
                     store_id: s,
+                    learner: false,
                 })
                 .collect();
             let region = first_region(&peers)
@@ -563,6 +564,7 @@ fn first_region(peers: &[pdc::Peer]) -> Option<Region> {
             .map(|p| Peer {
                 id: p.id,
                 store_id: p.store_id,
+                learner: p.learner,
             })
             .collect(),
     })
@@ -695,6 +697,7 @@ async fn pd_worker(
                     let leader = pdc::Peer {
                         id: leader.id,
                         store_id: leader.store_id,
+                        learner: leader.learner,
                     };
                     if let Err(e) = pd
                         .region_heartbeat(pd_region(&region), leader, bytes, keys)
@@ -760,6 +763,11 @@ enum Waiter {
     Read(oneshot::Sender<Result<Region, RequestError>>, u64),
     /// A split this store proposed (region, when).
     Split(u64),
+    /// A membership change of a region: its log index and the membership it led to.
+    Change(
+        oneshot::Sender<Result<(u64, crate::raft_core::Membership), RequestError>>,
+        u64,
+    ),
 }
 
 /// The task that owns a store's regions; see the module docs.
@@ -1035,14 +1043,29 @@ impl StoreTask {
             Msg::Read { tx } => {
                 let _ = tx.send(Err(not_static()));
             }
-            Msg::TransferLeader { tx, .. } => {
-                let _ = tx.send(Err(not_static()));
+            Msg::TransferLeader { region_id, to, tx } => {
+                let r = match self.core.transfer_leader(region_id, to) {
+                    Ok(()) => Ok(()),
+                    Err(RequestRefused::Region(e)) => Err(region_error(e)),
+                    Err(RequestRefused::Core(r)) => Err(self.refusal(region_id, r)),
+                };
+                let _ = tx.send(r);
             }
-            Msg::ChangeMembers { tx, .. } => {
-                let _ = tx.send(Err(not_static()));
+            Msg::ChangeMembers {
+                region_id,
+                steps,
+                added,
+                tx,
+            } => {
+                let req = self.request_id(Waiter::Change(tx, region_id));
+                if let Err(e) = self.core.change_members(region_id, req, &steps, &added) {
+                    if let Some(Waiter::Change(tx, _)) = self.waiters.remove(&req) {
+                        let _ = tx.send(Err(region_error(e)));
+                    }
+                }
             }
-            Msg::Members { tx } => {
-                let _ = tx.send(Default::default());
+            Msg::Members { region_id, tx } => {
+                let _ = tx.send(self.members(region_id));
             }
         }
     }
@@ -1124,6 +1147,17 @@ impl StoreTask {
                         Err(e) => warn!(self.logger, "split refused"; "region" => r, "why" => ?e),
                     }
                 }
+                (Waiter::Change(tx, _), Ok(Answer::MembershipChanged { index, membership })) => {
+                    let _ = tx.send(Ok((index, membership)));
+                }
+                (Waiter::Change(tx, _), Err(r)) => {
+                    let _ = tx.send(Err(self.refusal(region, r)));
+                }
+                (Waiter::Change(tx, _), Ok(other)) => {
+                    let _ = tx.send(Err(RequestError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))));
+                }
                 (Waiter::Write(tx), Ok(other)) => {
                     let _ = tx.send(Err(RequestError::Unavailable(format!(
                         "unexpected answer {other:?}"
@@ -1163,6 +1197,65 @@ impl StoreTask {
         if !out.created.is_empty() {
             self.report_leadership(true);
         }
+        // PD learns a region's new peers at once: a store PD placed a new peer on asks PD
+        // before the leader's first message may create it.
+        for &id in &out.membership_changed {
+            if self.core.core(id).is_some_and(|c| c.replica().is_leader()) {
+                self.heartbeat(id);
+            }
+        }
+        for &id in &out.destroyed {
+            self.led.remove(&id);
+            self.sizes.remove(&id);
+            self.counted.remove(&id);
+            // Requests waiting on the removed peer: the client retries at the region's leader.
+            let gone: Vec<RequestId> = self
+                .waiters
+                .iter()
+                .filter(|(_, w)| matches!(w, Waiter::Read(_, r) | Waiter::Change(_, r) if *r == id))
+                .map(|(&k, _)| k)
+                .collect();
+            for k in gone {
+                let e = RequestError::RegionNotFound(format!(
+                    "region {id}'s peer on store {} was removed",
+                    self.core.store_id()
+                ));
+                match self.waiters.remove(&k) {
+                    Some(Waiter::Read(tx, _)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    Some(Waiter::Change(tx, _)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Region `id`'s membership as its peer here applied it, with each peer's store and that
+    /// store's client address (the leader adds every peer's progress).
+    fn members(&self, id: u64) -> Result<MembersView, RequestError> {
+        let (Some(core), Some(meta)) = (self.core.core(id), self.core.region(id)) else {
+            return Err(region_error(RegionError::NotFound(id)));
+        };
+        let r = core.replica();
+        let addrs = lock(&self.addrs);
+        Ok(MembersView {
+            node_id: r.id(),
+            leader_id: r.leader_id(),
+            commit_index: r.commit_index(),
+            membership: crate::raft_core::Membership::from(&r.conf_state()),
+            progress: r.progress(),
+            stores: meta
+                .peers
+                .iter()
+                .map(|p| {
+                    let addr = addrs.get(&p.store_id).cloned().unwrap_or_default();
+                    (p.id, p.store_id, addr)
+                })
+                .collect(),
+        })
     }
 
     fn on_tick(&mut self) {
@@ -1325,6 +1418,7 @@ fn region_error(e: RegionError) -> RequestError {
         RegionError::NotFound(id) => {
             RequestError::RegionNotFound(format!("this store hosts no peer of region {id}"))
         }
+        RegionError::Invalid(m) => RequestError::InvalidArgument(m),
         RegionError::EpochNotMatch { current } => RequestError::EpochNotMatch(
             format!(
                 "region epoch changed; the region is now version {}",
@@ -1345,8 +1439,8 @@ fn region_error(e: RegionError) -> RequestError {
 
 fn not_static() -> RequestError {
     RequestError::InvalidArgument(
-        "this is a PD-mode store: membership, leader transfer and hash checks are per region \
-         and not offered here yet"
+        "this is a PD-mode store: a request must name its region or key (a client of a \
+         config-file cluster was pointed at a store)"
             .into(),
     )
 }

@@ -57,6 +57,7 @@ impl World {
                 peer_addr: format!("sim:{spare}"),
                 client_addr: format!("sim:{spare}"),
                 removed: false,
+                store_id: 0,
             }],
         };
         let id = self.next_request;

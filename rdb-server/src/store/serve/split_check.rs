@@ -234,7 +234,11 @@ mod tests {
                 version: 2,
                 conf_ver: 1,
             }),
-            peers: vec![Peer { id: 1, store_id: 1 }],
+            peers: vec![Peer {
+                id: 1,
+                store_id: 1,
+                learner: false,
+            }],
         }
     }
 

@@ -1,0 +1,230 @@
+//! A region's peers changed by an operator (specs/009-regions, "Membership of a region")
+//! against real processes: one rdb-pd node and four `rdb-server --pd` stores; `rdb-cli --pd
+//! ADDR member ... --region 1` and `leader transfer --region 1` move region 1 from one store
+//! to the fourth through the region's own log.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdb_client::MemberRole;
+use rdb_tests::cluster::bin_dir;
+use rdb_tests::regions::{RegionCluster, Split};
+
+/// Runs `rdb-cli --pd <the cluster's PD> ARGS...`.
+fn pd_cli(c: &RegionCluster, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("rdb-cli"))
+        .args(["--pd", &c.pd_addr(), "--timeout-ms", "10000"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rdb-cli (cargo build --workspace --bins)")
+}
+
+fn explain(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `args` until it exits 0 (a promotion waits for the learner to catch up, a removal of
+/// the leader for the hand-over), or fails the test at the deadline.
+fn until_ok(c: &RegionCluster, args: &[&str], within: Duration) -> Output {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = pd_cli(c, args);
+        if o.status.success() {
+            return o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never succeeded: {}",
+            explain(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_moves_a_region_to_a_new_store_and_every_key_stays() {
+    let c = RegionCluster::start(
+        4,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+    );
+    let client = c.client();
+    let regions = rdb_client::Client::with_pd([c.pd_addr()], c.options()).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..60 {
+        let k = format!("key{i:03}");
+        while client.put(k.as_str(), format!("v{i}")).await.is_err() {
+            assert!(Instant::now() < deadline, "the cluster never took writes");
+        }
+    }
+    let region = c.wait_regions(1, Duration::from_secs(30)).await.remove(0);
+    assert_eq!(region.region.id, 1);
+    let stores = c.pd_client().get_all_stores(true).await.expect("stores");
+    let spare = stores
+        .iter()
+        .map(|s| s.id)
+        .find(|id| !region.region.peers.iter().any(|p| p.store_id == *id))
+        .expect("a store without a peer of region 1");
+    let old = region.region.peers[0];
+
+    // The region's peers, as its leader sees them: three voters, one of them leading.
+    let o = pd_cli(&c, &["member", "list", "--region", "1"]);
+    assert!(o.status.success(), "{}", explain(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert_eq!(out.matches("(leader)").count(), 1, "{out}");
+
+    // Mistakes get a reason and a non-zero exit: a store that hosts a peer already, a region
+    // PD does not know, a region named without --pd.
+    let taken = old.store_id.to_string();
+    let o = pd_cli(
+        &c,
+        &[
+            "member",
+            "add",
+            "--region",
+            "1",
+            "--store",
+            &taken,
+            "--learner",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already hosts a peer"),
+        "{}",
+        explain(&o)
+    );
+    let o = pd_cli(&c, &["member", "list", "--region", "99"]);
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    let o = Command::new(bin_dir().join("rdb-cli"))
+        .args([
+            "--endpoints",
+            &c.addrs[0],
+            "member",
+            "list",
+            "--region",
+            "1",
+        ])
+        .output()
+        .expect("rdb-cli");
+    assert_eq!(o.status.code(), Some(2), "{}", explain(&o));
+
+    // A learner on the spare store, promoted once it caught up.
+    let spare_arg = spare.to_string();
+    let o = pd_cli(
+        &c,
+        &[
+            "member",
+            "add",
+            "--region",
+            "1",
+            "--store",
+            &spare_arg,
+            "--learner",
+        ],
+    );
+    assert!(o.status.success(), "{}", explain(&o));
+    let new = {
+        let mut found = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while found.is_none() {
+            let list = regions.region_members(1).await;
+            found = list.as_ref().ok().and_then(|l| {
+                l.members
+                    .iter()
+                    .find(|m| m.store_id == spare && m.role == MemberRole::Learner)
+                    .map(|m| m.id)
+            });
+            assert!(
+                found.is_some() || Instant::now() < deadline,
+                "no learner on store {spare}: {list:?}"
+            );
+        }
+        found.unwrap_or_default()
+    };
+    let new_arg = new.to_string();
+    until_ok(
+        &c,
+        &["member", "promote", "--region", "1", &new_arg],
+        Duration::from_secs(30),
+    );
+
+    // Leadership to the new peer, then the old peer out.
+    until_ok(
+        &c,
+        &["leader", "transfer", "--region", "1", &new_arg],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        regions.region_members(1).await.expect("members").leader_id,
+        new
+    );
+    let old_arg = old.id.to_string();
+    until_ok(
+        &c,
+        &["member", "remove", "--region", "1", &old_arg],
+        Duration::from_secs(30),
+    );
+
+    // PD hears of the new peers from the leader; the old store drops its peer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.regions().await.remove(0);
+        let on: Vec<u64> = r.region.peers.iter().map(|p| p.store_id).collect();
+        if on.contains(&spare) && !on.contains(&old.store_id) && on.len() == 3 {
+            assert!(r.region.peers.iter().all(|p| !p.learner), "{r:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "PD still has region 1 as {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let i = c
+        .addrs
+        .iter()
+        .position(|a| {
+            stores
+                .iter()
+                .any(|s| s.id == old.store_id && &s.address == a)
+        })
+        .expect("the old store's address")
+        + 1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(c.log_path(i))
+        .unwrap_or_default()
+        .contains("region peer removed from this store")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "store {} never dropped its peer",
+            old.store_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every key reads back, writes go on, and the three replicas agree.
+    for i in 0..60 {
+        let k = format!("key{i:03}");
+        assert_eq!(
+            client.get(k.as_str()).await.expect("get"),
+            Some(format!("v{i}").into_bytes()),
+            "{k}"
+        );
+    }
+    client
+        .put("after", "move")
+        .await
+        .expect("a write after the move");
+    let checks = c.assert_replicas_agree().await;
+    let nodes = &checks[0].report.as_ref().expect("report").nodes;
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().any(|n| n.node_id == Some(spare)));
+}
