@@ -194,7 +194,8 @@ enum Command {
         #[arg(long, required_unless_present_any = ["expected", "expected_file"])]
         absent: bool,
     },
-    /// Show every endpoint's view of the cluster in one table (exit 4 if any is down).
+    /// Show every endpoint's view of the cluster in one table (exit 4 if any is down); with
+    /// --pd: every store PD knows, and each store's regions with role, term, applied and lag.
     Status,
     /// Leadership: `leader transfer ID` hands it to node ID and waits until ID leads (with
     /// --pd and --region: to peer ID of that region).
@@ -425,6 +426,35 @@ async fn run(cli: Cli) -> u8 {
                     }
                 }
                 Err(e) => fail(&e),
+            }
+        }
+        Command::Status if cli.pd.is_some() => {
+            // Every store PD knows (not tombstoned), each with the regions it hosts.
+            let pd_client = match with_pd(&cli.pd, &pd_endpoints, &opts) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let stores = match pd_client.pd() {
+                Some(pd) => pd.get_all_stores(true).await,
+                None => return invalid("status with --pd needs PD's addresses"),
+            };
+            let addrs: Vec<String> = match stores {
+                Ok(s) => s.into_iter().map(|s| s.address).collect(),
+                Err(e) => return fail(&e),
+            };
+            if addrs.is_empty() {
+                eprintln!("rdb-cli: PD knows no store yet");
+                return exit::UNAVAILABLE;
+            }
+            let all = match Client::with_options(&addrs, opts.clone()) {
+                Ok(c) => c.status_all().await,
+                Err(e) => return fail(&e),
+            };
+            p.status(&all);
+            if all.iter().all(|(_, r)| r.is_ok()) {
+                0
+            } else {
+                exit::UNAVAILABLE
             }
         }
         Command::Status => {

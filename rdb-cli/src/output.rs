@@ -150,6 +150,14 @@ impl Printer {
                             "first_index": s.first_index, "last_index": s.last_index,
                             "followers": s.followers.iter().map(|(id, m, lag)| json!({
                                 "id": id, "match_index": m, "lag": lag})).collect::<Vec<_>>(),
+                            "store": s.store,
+                            "regions": s.regions.iter().map(|g| json!({
+                                "region_id": g.region_id, "peer_id": g.peer_id,
+                                "role": g.role, "term": g.term, "leader_peer_id": g.leader.0,
+                                "leader_store_id": g.leader.1,
+                                "commit_index": g.commit_index,
+                                "applied_index": g.applied_index, "lag": g.lag,
+                            })).collect::<Vec<_>>(),
                         }),
                         Err(e) => json!({"endpoint": ep, "error": e.to_string()}),
                     })
@@ -165,6 +173,12 @@ impl Printer {
                     vec![header.iter().map(|s| s.to_string()).collect()];
                 for (ep, r) in all {
                     rows.push(match r {
+                        // A store has no role of its own: its regions follow.
+                        Ok(s) if s.store => vec![
+                            ep.clone(),
+                            s.node_id.to_string(),
+                            format!("store ({} regions)", s.regions.len()),
+                        ],
                         Ok(s) => vec![
                             ep.clone(),
                             s.node_id.to_string(),
@@ -194,6 +208,34 @@ impl Printer {
                         rows.push(vec![id.to_string(), m.to_string(), lag.to_string()]);
                     }
                     outln!("as seen by leader {}:", s.node_id);
+                    print_table(&rows);
+                }
+                for s in all.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+                    if !s.store || s.regions.is_empty() {
+                        continue;
+                    }
+                    outln!();
+                    outln!("regions of store {}:", s.node_id);
+                    let mut rows = vec![self::header(&[
+                        "REGION", "PEER", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG",
+                    ])];
+                    for g in &s.regions {
+                        let leader = match g.leader {
+                            (0, _) => "-".to_string(),
+                            (peer, 0) => format!("peer {peer}"),
+                            (peer, store) => format!("peer {peer} (store {store})"),
+                        };
+                        rows.push(vec![
+                            g.region_id.to_string(),
+                            g.peer_id.to_string(),
+                            g.role.clone(),
+                            g.term.to_string(),
+                            leader,
+                            g.commit_index.to_string(),
+                            g.applied_index.to_string(),
+                            g.lag.to_string(),
+                        ]);
+                    }
                     print_table(&rows);
                 }
             }

@@ -226,6 +226,32 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// On the leader: (follower id, match index, lag in entries) of every other voter.
     pub followers: Vec<(u64, u64, u64)>,
+    /// Whether it is a PD-mode store (`node_id` is the store id; the role, term and indexes
+    /// above are unset: each region has its own, in `regions`).
+    pub store: bool,
+    /// A store's regions, as its peers see them.
+    pub regions: Vec<RegionStatus>,
+}
+
+/// One region a store hosts, as its peer there sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionStatus {
+    /// The region.
+    pub region_id: u64,
+    /// The store's peer of it.
+    pub peer_id: u64,
+    /// `leader`, `follower`, `candidate`, `pre-candidate`; `learner` for a learner.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader's peer id and store, 0 when none is known.
+    pub leader: (u64, u64),
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// On the leader: the largest lag of a follower, in entries; elsewhere: commit - applied.
+    pub lag: u64,
 }
 
 struct Inner {
@@ -532,6 +558,25 @@ impl Client {
                 .followers
                 .iter()
                 .map(|f| (f.id, f.match_index, f.lag))
+                .collect(),
+            store: r.store,
+            regions: r
+                .regions
+                .iter()
+                .map(|g| RegionStatus {
+                    region_id: g.region_id,
+                    peer_id: g.peer_id,
+                    role: if g.learner {
+                        "learner".to_string()
+                    } else {
+                        role_name(g.role).to_string()
+                    },
+                    term: g.term,
+                    leader: (g.leader_peer_id, g.leader_store_id),
+                    commit_index: g.commit_index,
+                    applied_index: g.applied_index,
+                    lag: g.lag,
+                })
                 .collect(),
         })
     }

@@ -531,6 +531,7 @@ where
             first_index,
             last_index,
             followers: r.follower_progress(),
+            regions: None,
         }
     }
 }

@@ -77,6 +77,32 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// On the leader: (follower id, matched index) of every other voter.
     pub followers: Vec<(NodeId, u64)>,
+    /// A PD-mode store: every region it hosts (`node_id` is the store id; the fields above
+    /// describe no one group). `None` for a node of a config-file cluster.
+    pub regions: Option<Vec<RegionState>>,
+}
+
+/// One region a store hosts, as its peer there sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionState {
+    /// The region.
+    pub region_id: u64,
+    /// This store's peer of it.
+    pub peer_id: u64,
+    /// `raft::StateRole` rendered as the proto enum value.
+    pub role: i32,
+    /// Current term.
+    pub term: u64,
+    /// The leader's peer id and store, 0 when none is known.
+    pub leader: (u64, u64),
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// On the leader: the largest lag of a follower, in entries; elsewhere: commit - applied.
+    pub lag: u64,
+    /// Whether this peer is a learner.
+    pub learner: bool,
 }
 
 /// A client request for the Raft task; `O` is what the application's commands produce.

@@ -367,8 +367,9 @@ async fn hand_over_leadership<O: Send + 'static>(mailbox: &Mailbox<O>, logger: &
 const HEALTH_MAX_APPLY_LAG: u64 = 1000;
 
 /// Keeps the gRPC health service's overall status ("") true: SERVING while the node knows a
-/// leader and its applied index is within `HEALTH_MAX_APPLY_LAG` of its commit index.
-async fn report_health<O: Send + 'static>(
+/// leader and its applied index is within `HEALTH_MAX_APPLY_LAG` of its commit index (a
+/// store: while every region it hosts does, so a store with no region yet serves).
+pub(crate) async fn report_health<O: Send + 'static>(
     mailbox: Mailbox<O>,
     health: tonic_health::server::HealthReporter,
 ) {
@@ -382,10 +383,16 @@ async fn report_health<O: Send + 'static>(
         )
         .await;
         let serving = match status {
-            Ok(Ok(s)) => {
-                s.leader_id != 0
-                    && s.commit_index.saturating_sub(s.applied_index) <= HEALTH_MAX_APPLY_LAG
-            }
+            Ok(Ok(s)) => match &s.regions {
+                Some(regions) => regions.iter().all(|r| {
+                    r.leader.0 != 0
+                        && r.commit_index.saturating_sub(r.applied_index) <= HEALTH_MAX_APPLY_LAG
+                }),
+                None => {
+                    s.leader_id != 0
+                        && s.commit_index.saturating_sub(s.applied_index) <= HEALTH_MAX_APPLY_LAG
+                }
+            },
             Ok(Err(_)) => return,
             Err(_) => false,
         };

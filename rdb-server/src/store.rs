@@ -425,6 +425,38 @@ impl StoreCore {
         }
     }
 
+    /// Every hosted region as its peer here sees it, for `Status` and health.
+    pub fn region_states(&self) -> Vec<crate::router::RegionState> {
+        self.regions
+            .iter()
+            .map(|(&id, r)| {
+                let rep = r.core.replica();
+                let leader = rep.leader_id();
+                let lag = if rep.is_leader() {
+                    let last = rep.log_bounds().1;
+                    rep.progress()
+                        .iter()
+                        .map(|&(_, m)| last.saturating_sub(m))
+                        .max()
+                        .unwrap_or(0)
+                } else {
+                    rep.commit_index().saturating_sub(rep.applied_index())
+                };
+                crate::router::RegionState {
+                    region_id: id,
+                    peer_id: r.peer_id,
+                    role: crate::node::role_code(rep.role()),
+                    term: rep.term(),
+                    leader: (leader, self.store_of(id, leader).unwrap_or(0)),
+                    commit_index: rep.commit_index(),
+                    applied_index: rep.applied_index(),
+                    lag,
+                    learner: rep.is_learner(r.peer_id),
+                }
+            })
+            .collect()
+    }
+
     /// What PD says of a region a leader named (see [`StoreOutput::confirm`]): if it has a
     /// peer on this store, that leader's next message may create the peer here.
     pub fn confirm_region(&mut self, region: &Region) {

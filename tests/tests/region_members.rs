@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use rdb_client::MemberRole;
 use rdb_tests::cluster::bin_dir;
 use rdb_tests::regions::{RegionCluster, Split};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// Runs `rdb-cli --pd <the cluster's PD> ARGS...`.
 fn pd_cli(c: &RegionCluster, args: &[&str]) -> Output {
@@ -44,6 +47,40 @@ fn until_ok(c: &RegionCluster, args: &[&str], within: Duration) -> Output {
             explain(&o)
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A store's gRPC health ("" service), `None` if it does not answer.
+async fn health(addr: &str) -> Option<i32> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let r = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
+}
+
+/// Waits until store `addr` reports `want` as its health.
+async fn wait_health(addr: &str, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = health(addr).await;
+        if got == Some(want as i32) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store {addr}: health {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -227,4 +264,41 @@ async fn an_operator_moves_a_region_to_a_new_store_and_every_key_stays() {
     let nodes = &checks[0].report.as_ref().expect("report").nodes;
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().any(|n| n.node_id == Some(spare)));
+
+    // `status` with --pd: every store, and each store's regions with role, term and lag.
+    let o = pd_cli(&c, &["status"]);
+    assert!(o.status.success(), "{}", explain(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out.matches("store (1 regions)").count(), 3, "{out}");
+    assert_eq!(out.matches("store (0 regions)").count(), 1, "{out}");
+    let spare_table = out
+        .split(&format!("regions of store {spare}:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no table for store {spare}: {out}"));
+    let row = spare_table
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("leader") && row.contains(&format!("peer {new} (store {spare})")),
+        "{out}"
+    );
+
+    // Health: every store serves; one whose region lost its quorum does not.
+    for a in &c.addrs {
+        wait_health(a, ServingStatus::Serving).await;
+    }
+    let mut c = c;
+    let spare_i = c
+        .addrs
+        .iter()
+        .position(|a| stores.iter().any(|s| s.id == spare && &s.address == a))
+        .expect("the spare store's address")
+        + 1;
+    let others: Vec<usize> = (1..=4).filter(|&j| j != spare_i && j != i).collect();
+    for &j in &others {
+        c.kill(j);
+    }
+    wait_health(&c.addrs[spare_i - 1], ServingStatus::NotServing).await;
+    wait_health(&c.addrs[i - 1], ServingStatus::Serving).await;
 }

@@ -579,6 +579,24 @@ impl KvService {
                     lag: s.last_index.saturating_sub(m),
                 })
                 .collect(),
+            store: s.regions.is_some(),
+            regions: s
+                .regions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| rdb_proto::kv::RegionStatus {
+                    region_id: r.region_id,
+                    peer_id: r.peer_id,
+                    role: r.role,
+                    term: r.term,
+                    leader_peer_id: r.leader.0,
+                    leader_store_id: r.leader.1,
+                    commit_index: r.commit_index,
+                    applied_index: r.applied_index,
+                    lag: r.lag,
+                    learner: r.learner,
+                })
+                .collect(),
         }))
     }
 

@@ -1,0 +1,191 @@
+//! The store's errands to PD, run off the Raft thread: registration, store and region
+//! heartbeats, ids for splits, and the addresses of other stores (with backoff for one that
+//! cannot be found).
+
+use super::*;
+
+/// A region as the PD client types it.
+pub(super) fn pd_region(r: &Region) -> pdc::Region {
+    pdc::Region::from(r.clone())
+}
+
+/// Work for PD, done off the Raft thread.
+#[derive(Debug)]
+pub(super) enum Job {
+    /// This store's addresses (and its token), until PD has them.
+    Register(pdc::Store, u64),
+    /// Every store's addresses (at start).
+    AllStores,
+    /// The addresses of a store this one needs to send to.
+    ResolveStore(u64),
+    /// What PD knows of a region a leader named (see `StoreOutput::confirm`).
+    ConfirmRegion(u64),
+    /// Ids for a split of `region` (at `version`) at `key`: one region id, one per peer.
+    SplitIds {
+        region: u64,
+        version: u64,
+        key: Vec<u8>,
+        count: u32,
+    },
+    RegionHeartbeat {
+        region: Region,
+        leader: Peer,
+        /// Approximate keys and bytes.
+        size: (u64, u64),
+    },
+    StoreHeartbeat(StoreStats),
+}
+
+/// What comes back to the store task.
+#[derive(Debug)]
+pub(super) enum Event {
+    Registered,
+    /// A store's client and peer addresses.
+    StoreAddr(pdc::Store),
+    /// PD could not say where a store is (unreachable, or it does not know the store).
+    NotResolved(u64),
+    /// PD's region, for a region a leader named.
+    RegionFound(Region),
+    SplitIds {
+        region: u64,
+        version: u64,
+        key: Vec<u8>,
+        first_id: u64,
+    },
+    /// A split check of a region.
+    Measured(u64, Measure),
+}
+
+pub(super) async fn pd_worker(
+    pd: PdClient,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    events: mpsc::UnboundedSender<Event>,
+    logger: Logger,
+) {
+    while let Some(job) = jobs.recv().await {
+        let (pd, events, logger) = (pd.clone(), events.clone(), logger.clone());
+        tokio::spawn(async move {
+            match job {
+                Job::Register(me, token) => match pd.put_store(me.clone(), token).await {
+                    Ok(()) => {
+                        info!(logger, "registered with PD"; "addr" => &me.address,
+                            "peer_addr" => &me.peer_address);
+                        let _ = events.send(Event::Registered);
+                    }
+                    Err(e) => debug!(logger, "cannot register with PD yet"; "error" => %e),
+                },
+                Job::AllStores => match pd.get_all_stores(true).await {
+                    Ok(stores) => {
+                        for s in stores {
+                            let _ = events.send(Event::StoreAddr(s));
+                        }
+                    }
+                    Err(e) => debug!(logger, "cannot list the stores yet"; "error" => %e),
+                },
+                Job::ResolveStore(id) => match pd.get_store(id).await {
+                    Ok(Some(s)) => {
+                        let _ = events.send(Event::StoreAddr(s));
+                    }
+                    Ok(None) => {
+                        warn!(logger, "PD does not know a store"; "store" => id);
+                        let _ = events.send(Event::NotResolved(id));
+                    }
+                    Err(e) => {
+                        debug!(logger, "cannot resolve a store"; "store" => id, "error" => %e);
+                        let _ = events.send(Event::NotResolved(id));
+                    }
+                },
+                Job::ConfirmRegion(id) => match pd.get_region_by_id(id).await {
+                    Ok(Some(info)) => {
+                        let _ = events.send(Event::RegionFound(info.region.into()));
+                    }
+                    Ok(None) => debug!(logger, "PD does not know a region a leader named";
+                        "region" => id),
+                    Err(e) => debug!(logger, "cannot ask PD about a region"; "region" => id,
+                        "error" => %e),
+                },
+                Job::SplitIds {
+                    region,
+                    version,
+                    key,
+                    count,
+                } => match pd.alloc_ids(count).await {
+                    Ok(first_id) => {
+                        let _ = events.send(Event::SplitIds {
+                            region,
+                            version,
+                            key,
+                            first_id,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(logger, "no ids for a split"; "region" => region, "error" => %e)
+                    }
+                },
+                Job::RegionHeartbeat {
+                    region,
+                    leader,
+                    size: (keys, bytes),
+                } => {
+                    let id = region.id;
+                    let leader = pdc::Peer {
+                        id: leader.id,
+                        store_id: leader.store_id,
+                        learner: leader.learner,
+                    };
+                    if let Err(e) = pd
+                        .region_heartbeat(pd_region(&region), leader, bytes, keys)
+                        .await
+                    {
+                        warn!(logger, "region heartbeat failed"; "region" => id, "error" => %e);
+                    }
+                }
+                Job::StoreHeartbeat(stats) => {
+                    if let Err(e) = pd.store_heartbeat(stats).await {
+                        warn!(logger, "store heartbeat failed"; "error" => %e);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// When to ask PD where a store is: when a message needs a store with no address here, and
+/// again when the transport cannot reach one (it may have restarted elsewhere), at most once
+/// per backoff (doubling from `RESOLVE_MIN` to `RESOLVE_MAX` while nothing changes).
+#[derive(Default)]
+pub(super) struct Resolver {
+    /// Per store: when it was last asked about, and the wait before asking again.
+    asked: HashMap<u64, (Instant, Duration)>,
+    /// Stores asked about with no answer yet.
+    in_flight: BTreeSet<u64>,
+}
+
+pub(super) const RESOLVE_MIN: Duration = Duration::from_millis(500);
+pub(super) const RESOLVE_MAX: Duration = Duration::from_secs(10);
+
+impl Resolver {
+    /// Whether to ask about `store` now; if so, it counts as asked.
+    pub(super) fn should_ask(&mut self, store: u64, now: Instant) -> bool {
+        if self.in_flight.contains(&store) {
+            return false;
+        }
+        let (at, wait) = self.asked.entry(store).or_insert((now, Duration::ZERO));
+        if *wait > Duration::ZERO && now.duration_since(*at) < *wait {
+            return false;
+        }
+        *at = now;
+        *wait = (*wait * 2).clamp(RESOLVE_MIN, RESOLVE_MAX);
+        self.in_flight.insert(store);
+        true
+    }
+
+    /// PD answered about `store`; `moved`: with an address not known before, so the next
+    /// failure may be asked about soon again.
+    pub(super) fn answered(&mut self, store: u64, moved: bool) {
+        self.in_flight.remove(&store);
+        if moved {
+            self.asked.remove(&store);
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! The task that owns a store's regions: it steps peers' messages, answers clients, ticks,
+//! reports to PD through the worker, and checks regions for splits.
+
+use super::*;
+
+/// A client waiting for an answer.
+pub(super) enum Waiter {
+    Write(oneshot::Sender<Result<CommandResult, RequestError>>),
+    /// A read of region `1`, answered with the region's meta.
+    Read(oneshot::Sender<Result<Region, RequestError>>, u64),
+    /// A split this store proposed (region, when).
+    Split(u64),
+    /// A membership change of a region: its log index and the membership it led to.
+    Change(
+        oneshot::Sender<Result<(u64, crate::raft_core::Membership), RequestError>>,
+        u64,
+    ),
+}
+
+/// The task that owns a store's regions; see the module docs.
+pub(super) struct StoreTask {
+    pub(super) core: StoreCore,
+    pub(super) inbox: Inbox,
+    pub(super) events: mpsc::UnboundedReceiver<Event>,
+    /// For results of work done off this thread (region measures).
+    pub(super) events_tx: mpsc::UnboundedSender<Event>,
+    pub(super) jobs: mpsc::UnboundedSender<Job>,
+    pub(super) transport: GrpcTransport,
+    pub(super) addrs: Arc<Mutex<HashMap<u64, String>>>,
+    pub(super) waiters: HashMap<RequestId, Waiter>,
+    pub(super) next_request: RequestId,
+    pub(super) tick: Duration,
+    pub(super) split: SplitConfig,
+    /// The latest size (keys, bytes) of each region led here, for PD.
+    pub(super) sizes: HashMap<u64, (u64, u64)>,
+    /// The last exact count of each region led here.
+    pub(super) counted: HashMap<u64, Counted>,
+    /// Split checks made so far.
+    pub(super) checks: u64,
+    /// Regions with a split in flight, since when.
+    pub(super) splitting: HashMap<u64, Instant>,
+    /// Regions this store led at the last check.
+    pub(super) led: BTreeSet<u64>,
+    pub(super) last_split_check: Instant,
+    pub(super) last_region_heartbeat: Instant,
+    pub(super) last_store_heartbeat: Option<Instant>,
+    /// This store as PD should know it.
+    pub(super) me: pdc::Store,
+    /// The store's token, which PD needs to accept a change of its addresses.
+    pub(super) token: u64,
+    /// Whether PD acknowledged this store's addresses since it started.
+    pub(super) registered: bool,
+    pub(super) last_register: Option<Instant>,
+    /// When to ask PD for other stores' addresses.
+    pub(super) resolver: Resolver,
+    /// A log-file compaction running off this thread.
+    pub(super) compacting: Option<std::thread::JoinHandle<()>>,
+    /// A clean stop was asked for: the loop ends after this turn's messages.
+    pub(super) stopping: bool,
+    pub(super) logger: Logger,
+}
+
+impl StoreTask {
+    pub(super) async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopping {
+            tokio::select! {
+                biased;
+                _ = ticker.tick() => self.on_tick(),
+                Some(c) = self.inbox.control.recv() => self.control(c),
+                Some(m) = self.inbox.raft.recv() => self.step(*m),
+                Some(e) = self.events.recv() => self.event(e),
+                m = self.inbox.client.recv() => {
+                    let Some(m) = m else { break };
+                    self.handle(m);
+                }
+            }
+            while let Ok(c) = self.inbox.control.try_recv() {
+                self.control(c);
+            }
+            for _ in 0..4096 {
+                match self.inbox.raft.try_recv() {
+                    Ok(m) => self.step(*m),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..4096 {
+                match self.inbox.client.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            if self.stopping {
+                // What this turn stepped is dropped unpersisted, as in a crash: none of it was
+                // acknowledged.
+                break;
+            }
+            match self.core.advance() {
+                Ok(out) => self.dispatch(out),
+                Err(e) => {
+                    crit!(self.logger, "storage failure, stopping the store"; "error" => %e);
+                    crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
+                }
+            }
+        }
+        crate::node::join_chore(self.compacting.take());
+    }
+
+    fn step(&mut self, m: crate::router::PeerMsg) {
+        let to_store = self.core.store_id();
+        let refused = self.core.refused_messages();
+        let stepped = self.core.step(RegionMessage {
+            region_id: m.region_id,
+            from_store: m.from,
+            to_store,
+            epoch: RegionEpoch::default(),
+            msg: m.msg,
+        });
+        if let Err(e) = stepped {
+            crit!(self.logger, "storage failure, stopping the store"; "error" => %e);
+            crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
+        }
+        if self.core.refused_messages() > refused {
+            crate::metrics::metrics()
+                .peer_messages_refused
+                .with_label_values(&["raft"])
+                .inc();
+        }
+    }
+
+    /// Asks PD where `store` is, unless it was asked lately (see [`Resolver`]).
+    fn resolve(&mut self, store: u64) {
+        if store != self.core.store_id() && self.resolver.should_ask(store, Instant::now()) {
+            let _ = self.jobs.send(Job::ResolveStore(store));
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::SnapshotSent { region_id, to, ok } => {
+                self.core.report_snapshot(region_id, to, ok);
+            }
+            Control::Unreachable { to } => {
+                self.core.report_unreachable_store(to);
+                // It may have restarted on another address.
+                self.resolve(to);
+            }
+            // Stores are never removed from a region yet.
+            Control::Removed { .. } => {}
+            Control::Stop => self.stopping = true,
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Registered => self.registered = true,
+            Event::StoreAddr(s) => {
+                let moved = !self.transport.knows_at(s.id, s.peer_addr())
+                    || lock(&self.addrs).get(&s.id) != Some(&s.address);
+                self.resolver.answered(s.id, moved);
+                if s.id != self.core.store_id() && moved {
+                    self.transport.set_store(s.id, s.peer_addr());
+                    let recorded =
+                        self.core
+                            .engine()
+                            .record_store_addr(s.id, s.peer_addr(), &s.address);
+                    if let Err(e) = recorded {
+                        warn!(self.logger, "cannot record a store's address"; "store" => s.id,
+                            "error" => %e);
+                    }
+                }
+                lock(&self.addrs).insert(s.id, s.address);
+            }
+            Event::NotResolved(id) => self.resolver.answered(id, false),
+            Event::RegionFound(region) => self.core.confirm_region(&region),
+            Event::Measured(region, measure) => self.measured(region, measure),
+            Event::SplitIds {
+                region,
+                version,
+                key,
+                first_id,
+            } => self.propose_split(region, version, key, first_id),
+        }
+    }
+
+    fn request_id(&mut self, w: Waiter) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.waiters.insert(id, w);
+        id
+    }
+
+    /// The region a request goes to: the one it names, or the one holding its first key.
+    fn locate(&self, route: &RegionRoute) -> Result<(u64, RegionEpoch), RequestError> {
+        let id = if route.region_id != 0 {
+            route.region_id
+        } else {
+            let key = route.keys.first().map(Vec::as_slice).unwrap_or_default();
+            self.core.region_for_key(key).map(|r| r.id).ok_or_else(|| {
+                RequestError::RegionNotFound(format!(
+                    "store {} hosts no region holding the key",
+                    self.core.store_id()
+                ))
+            })?
+        };
+        let current = self.core.region(id).map(region::epoch).ok_or_else(|| {
+            RequestError::RegionNotFound(format!(
+                "store {} hosts no peer of region {id}",
+                self.core.store_id()
+            ))
+        })?;
+        Ok((id, route.epoch.unwrap_or(current)))
+    }
+
+    /// The region and epoch a request goes to ([`StoreTask::locate`]), once its keys pass
+    /// the region's checks.
+    fn route(&self, route: &RegionRoute) -> Result<(u64, RegionEpoch), RequestError> {
+        let (id, epoch) = self.locate(route)?;
+        let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
+        self.core.check(id, &epoch, &keys).map_err(region_error)?;
+        Ok((id, epoch))
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::RegionPropose { route, data, tx } => {
+                let (id, epoch) = match self.route(&route) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
+                let req = self.request_id(Waiter::Write(tx));
+                if let Err(e) = self.core.propose(id, &epoch, &keys, req, data) {
+                    if let Some(Waiter::Write(tx)) = self.waiters.remove(&req) {
+                        let _ = tx.send(Err(region_error(e)));
+                    }
+                }
+            }
+            Msg::RegionRead {
+                route,
+                linearizable,
+                tx,
+            } => {
+                let (id, epoch) = match self.route(&route) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
+                if !linearizable {
+                    if self.core.is_installing(id) {
+                        // Its data is being replaced: the leader's store serves the read.
+                        let leader = self.core.core(id).map_or(0, |c| c.replica().leader_id());
+                        let e = match self.refusal(id, Refusal::NotLeader { leader }) {
+                            e @ RequestError::NotLeader(Some(_)) => e,
+                            _ => RequestError::Unavailable(format!(
+                                "region {id} is installing a snapshot on this store"
+                            )),
+                        };
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                    let meta = self.core.region(id).cloned();
+                    let _ =
+                        tx.send(meta.ok_or_else(|| RequestError::RegionNotFound(id.to_string())));
+                    return;
+                }
+                let req = self.request_id(Waiter::Read(tx, id));
+                if let Err(e) = self.core.read(id, &epoch, &keys, req) {
+                    if let Some(Waiter::Read(tx, _)) = self.waiters.remove(&req) {
+                        let _ = tx.send(Err(region_error(e)));
+                    }
+                }
+            }
+            Msg::Status { tx } => {
+                let _ = tx.send(NodeStatus {
+                    node_id: self.core.store_id(),
+                    regions: Some(self.core.region_states()),
+                    ..Default::default()
+                });
+            }
+            Msg::Propose { tx, .. } => {
+                let _ = tx.send(Err(not_static()));
+            }
+            Msg::Read { tx } => {
+                let _ = tx.send(Err(not_static()));
+            }
+            Msg::TransferLeader { region_id, to, tx } => {
+                let r = match self.core.transfer_leader(region_id, to) {
+                    Ok(()) => Ok(()),
+                    Err(RequestRefused::Region(e)) => Err(region_error(e)),
+                    Err(RequestRefused::Core(r)) => Err(self.refusal(region_id, r)),
+                };
+                let _ = tx.send(r);
+            }
+            Msg::ChangeMembers {
+                region_id,
+                steps,
+                added,
+                tx,
+            } => {
+                let req = self.request_id(Waiter::Change(tx, region_id));
+                if let Err(e) = self.core.change_members(region_id, req, &steps, &added) {
+                    if let Some(Waiter::Change(tx, _)) = self.waiters.remove(&req) {
+                        let _ = tx.send(Err(region_error(e)));
+                    }
+                }
+            }
+            Msg::Members { region_id, tx } => {
+                let _ = tx.send(self.members(region_id));
+            }
+        }
+    }
+
+    /// A refusal from a region's core, as the client sees it: a leader hint names the
+    /// leader's store and address.
+    fn refusal(&self, region: u64, r: Refusal) -> RequestError {
+        match r {
+            Refusal::NotLeader { leader } => {
+                let hint = self.core.store_of(region, leader).and_then(|store| {
+                    let addr = lock(&self.addrs).get(&store).cloned()?;
+                    Some(LeaderHint {
+                        id: store,
+                        addr,
+                        peer_id: leader,
+                    })
+                });
+                match hint {
+                    Some(h) => RequestError::NotLeader(Some(h)),
+                    None => {
+                        RequestError::Unavailable(format!("region {region} has no known leader"))
+                    }
+                }
+            }
+            Refusal::Unavailable(m) => RequestError::Unavailable(m),
+            Refusal::Indeterminate(m) => RequestError::Indeterminate(m.into()),
+            Refusal::Rejected(m) if m.starts_with("key not in region") => {
+                let regions = self.core.region(region).cloned().into_iter().collect();
+                RequestError::KeyNotInRegion(m, regions)
+            }
+            Refusal::Rejected(m) => RequestError::InvalidArgument(m),
+        }
+    }
+
+    fn dispatch(&mut self, out: crate::store::StoreOutput) {
+        for m in out.messages {
+            if self.transport.knows(m.to_store) {
+                self.transport.send_region(m.to_store, m.region_id, m.msg);
+                continue;
+            }
+            if m.msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                // Raft sends that peer nothing else until it hears how the snapshot went.
+                self.core.report_snapshot(m.region_id, m.msg.to, false);
+            }
+            self.resolve(m.to_store);
+        }
+        for region in out.confirm {
+            let _ = self.jobs.send(Job::ConfirmRegion(region));
+        }
+        // Reads whose region changed while they waited (StoreCore::read).
+        for (id, e) in out.refused_reads {
+            if let Some(Waiter::Read(tx, _)) = self.waiters.remove(&id) {
+                let _ = tx.send(Err(region_error(e)));
+            }
+        }
+        for (region, id, answer) in out.replies {
+            let Some(w) = self.waiters.remove(&id) else {
+                continue;
+            };
+            match (w, answer) {
+                (Waiter::Write(tx), Ok(Answer::Written(r))) => {
+                    let _ = tx.send(Ok(r));
+                }
+                (Waiter::Write(tx), Err(r)) => {
+                    let _ = tx.send(Err(self.refusal(region, r)));
+                }
+                (Waiter::Read(tx, id), Ok(Answer::ReadReady { .. })) => {
+                    let meta = self.core.region(id).cloned();
+                    let _ =
+                        tx.send(meta.ok_or_else(|| RequestError::RegionNotFound(id.to_string())));
+                }
+                (Waiter::Read(tx, _), Err(r)) => {
+                    let _ = tx.send(Err(self.refusal(region, r)));
+                }
+                (Waiter::Split(r), answer) => {
+                    self.splitting.remove(&r);
+                    match answer {
+                        Ok(a) => info!(self.logger, "split applied"; "region" => r, "answer" => ?a),
+                        Err(e) => warn!(self.logger, "split refused"; "region" => r, "why" => ?e),
+                    }
+                }
+                (Waiter::Change(tx, _), Ok(Answer::MembershipChanged { index, membership })) => {
+                    let _ = tx.send(Ok((index, membership)));
+                }
+                (Waiter::Change(tx, _), Err(r)) => {
+                    let _ = tx.send(Err(self.refusal(region, r)));
+                }
+                (Waiter::Change(tx, _), Ok(other)) => {
+                    let _ = tx.send(Err(RequestError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))));
+                }
+                (Waiter::Write(tx), Ok(other)) => {
+                    let _ = tx.send(Err(RequestError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))));
+                }
+                (Waiter::Read(tx, _), Ok(other)) => {
+                    let _ = tx.send(Err(RequestError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))));
+                }
+            }
+        }
+        if self.compacting.as_ref().is_some_and(|h| h.is_finished()) {
+            self.compacting = None;
+        }
+        if let Some(&(region, below)) = out.compacted.first() {
+            if self.compacting.is_none() {
+                if let Some(engine) = self.core.region_engine(region) {
+                    self.compacting = std::thread::Builder::new()
+                        .name("log-compact".into())
+                        .spawn(move || engine.compact_log_files(below))
+                        .ok();
+                }
+            }
+        }
+        for &id in &out.created {
+            // A new region's stores may be new to this one; its leader reports it at once.
+            if let Some(meta) = self.core.region(id).cloned() {
+                for p in &meta.peers {
+                    if !self.transport.knows(p.store_id) {
+                        self.resolve(p.store_id);
+                    }
+                }
+            }
+            self.led.remove(&id);
+        }
+        if !out.created.is_empty() {
+            self.report_leadership(true);
+        }
+        // PD learns a region's new peers at once: a store PD placed a new peer on asks PD
+        // before the leader's first message may create it.
+        for &id in &out.membership_changed {
+            if self.core.core(id).is_some_and(|c| c.replica().is_leader()) {
+                self.heartbeat(id);
+            }
+        }
+        for &id in &out.destroyed {
+            self.led.remove(&id);
+            self.sizes.remove(&id);
+            self.counted.remove(&id);
+            // Requests waiting on the removed peer: the client retries at the region's leader.
+            let gone: Vec<RequestId> = self
+                .waiters
+                .iter()
+                .filter(|(_, w)| matches!(w, Waiter::Read(_, r) | Waiter::Change(_, r) if *r == id))
+                .map(|(&k, _)| k)
+                .collect();
+            for k in gone {
+                let e = RequestError::RegionNotFound(format!(
+                    "region {id}'s peer on store {} was removed",
+                    self.core.store_id()
+                ));
+                match self.waiters.remove(&k) {
+                    Some(Waiter::Read(tx, _)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    Some(Waiter::Change(tx, _)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Region `id`'s membership as its peer here applied it, with each peer's store and that
+    /// store's client address (the leader adds every peer's progress).
+    fn members(&self, id: u64) -> Result<MembersView, RequestError> {
+        let (Some(core), Some(meta)) = (self.core.core(id), self.core.region(id)) else {
+            return Err(region_error(RegionError::NotFound(id)));
+        };
+        let r = core.replica();
+        let addrs = lock(&self.addrs);
+        Ok(MembersView {
+            node_id: r.id(),
+            leader_id: r.leader_id(),
+            commit_index: r.commit_index(),
+            membership: crate::raft_core::Membership::from(&r.conf_state()),
+            progress: r.progress(),
+            stores: meta
+                .peers
+                .iter()
+                .map(|p| {
+                    let addr = addrs.get(&p.store_id).cloned().unwrap_or_default();
+                    (p.id, p.store_id, addr)
+                })
+                .collect(),
+        })
+    }
+
+    fn on_tick(&mut self) {
+        self.core.tick();
+        let now = Instant::now();
+        if !self.registered
+            && self
+                .last_register
+                .is_none_or(|t| now.duration_since(t) >= REGISTER_EVERY)
+        {
+            self.last_register = Some(now);
+            let _ = self.jobs.send(Job::Register(self.me.clone(), self.token));
+        }
+        self.report_leadership(
+            now.duration_since(self.last_region_heartbeat) >= REGION_HEARTBEAT_EVERY,
+        );
+        if self
+            .last_store_heartbeat
+            .is_none_or(|t| now.duration_since(t) >= STORE_HEARTBEAT_EVERY)
+        {
+            self.last_store_heartbeat = Some(now);
+            let _ = self.jobs.send(Job::StoreHeartbeat(StoreStats {
+                store_id: self.core.store_id(),
+                region_count: self.core.region_ids().len() as u64,
+                ..Default::default()
+            }));
+        }
+        if now.duration_since(self.last_split_check) >= self.split.check_interval {
+            self.last_split_check = now;
+            self.check_splits();
+        }
+        self.splitting
+            .retain(|_, since| since.elapsed() < SPLIT_RETRY_AFTER);
+    }
+
+    /// Sends a heartbeat for every region that this store started leading (all of them
+    /// with `all`), so PD learns new leaders and ranges at once.
+    fn report_leadership(&mut self, all: bool) {
+        let led: BTreeSet<u64> = self
+            .core
+            .region_ids()
+            .into_iter()
+            .filter(|&id| self.core.core(id).is_some_and(|c| c.replica().is_leader()))
+            .collect();
+        for &id in &led {
+            if all || !self.led.contains(&id) {
+                self.heartbeat(id);
+            }
+        }
+        if all {
+            self.last_region_heartbeat = Instant::now();
+        }
+        self.led = led;
+    }
+
+    fn heartbeat(&mut self, id: u64) {
+        let (Some(region), Some(leader)) = (self.core.region(id).cloned(), self.core.leader_of(id))
+        else {
+            return;
+        };
+        let size = self.sizes.get(&id).copied().unwrap_or_default();
+        let _ = self.jobs.send(Job::RegionHeartbeat {
+            region,
+            leader,
+            size,
+        });
+    }
+
+    /// Checks every region led here on a blocking thread (see [`split_check`]); each result
+    /// comes back as an event.
+    fn check_splits(&mut self) {
+        let regions: Vec<(Region, Option<Counted>)> = self
+            .led
+            .iter()
+            .filter(|id| !self.splitting.contains_key(id))
+            .filter_map(|&id| self.core.region(id).cloned())
+            .map(|r| {
+                let last = self.counted.get(&r.id).copied();
+                (r, last)
+            })
+            .collect();
+        if regions.is_empty() {
+            return;
+        }
+        self.checks += 1;
+        let check = self.checks;
+        let engine = self.core.engine().clone();
+        let split = self.split;
+        let (events, logger) = (self.events_tx.clone(), self.logger.clone());
+        tokio::task::spawn_blocking(move || {
+            for (region, measure) in split_check::check_regions(&split, &engine, &regions, check) {
+                match measure {
+                    Ok(m) => {
+                        let _ = events.send(Event::Measured(region, m));
+                    }
+                    Err(e) => {
+                        warn!(logger, "cannot check a region's size"; "region" => region,
+                            "error" => %e)
+                    }
+                }
+            }
+        });
+    }
+
+    fn measured(&mut self, region: u64, measure: Measure) {
+        let size = measure.size(self.counted.get(&region));
+        self.sizes.insert(region, size);
+        if let Some(c) = measure.counted() {
+            self.counted.insert(region, c);
+        }
+        let Some(key) = measure.counted.and_then(|c| c.middle) else {
+            return;
+        };
+        let version = measure.version;
+        let current = self.core.region(region).map(|r| region::epoch(r).version);
+        let leads = self.led.contains(&region);
+        if current != Some(version) || !leads || self.splitting.contains_key(&region) {
+            return;
+        }
+        let peers = self.core.region(region).map_or(0, |r| r.peers.len());
+        self.splitting.insert(region, Instant::now());
+        let (keys, bytes) = self.sizes.get(&region).copied().unwrap_or_default();
+        info!(self.logger, "region over its split threshold"; "region" => region,
+            "keys" => keys, "bytes" => bytes);
+        let _ = self.jobs.send(Job::SplitIds {
+            region,
+            version,
+            key,
+            count: 1 + peers as u32,
+        });
+    }
+
+    fn propose_split(&mut self, region: u64, version: u64, key: Vec<u8>, first_id: u64) {
+        let Some(meta) = self.core.region(region).cloned() else {
+            return;
+        };
+        if region::epoch(&meta).version != version {
+            self.splitting.remove(&region);
+            return;
+        }
+        let peer_ids: Vec<u64> = (1..=meta.peers.len() as u64)
+            .map(|i| first_id + i)
+            .collect();
+        let req = self.request_id(Waiter::Split(region));
+        info!(self.logger, "proposing a split"; "region" => region, "new_region" => first_id,
+            "key" => ?String::from_utf8_lossy(&key));
+        if let Err(e) = self
+            .core
+            .propose_split(region, &key, first_id, &peer_ids, req)
+        {
+            self.waiters.remove(&req);
+            self.splitting.remove(&region);
+            warn!(self.logger, "split not proposed"; "region" => region, "why" => ?e);
+        }
+    }
+}
+
+pub(super) fn region_error(e: RegionError) -> RequestError {
+    match e {
+        RegionError::NotFound(id) => {
+            RequestError::RegionNotFound(format!("this store hosts no peer of region {id}"))
+        }
+        RegionError::Invalid(m) => RequestError::InvalidArgument(m),
+        RegionError::EpochNotMatch { current } => RequestError::EpochNotMatch(
+            format!(
+                "region epoch changed; the region is now version {}",
+                current.first().map_or(0, |r| region::epoch(r).version)
+            ),
+            current,
+        ),
+        RegionError::KeyNotInRegion { key, region } => RequestError::KeyNotInRegion(
+            format!(
+                "key {:?} is not in region {}",
+                String::from_utf8_lossy(&key),
+                region.id
+            ),
+            vec![*region],
+        ),
+    }
+}
+
+pub(super) fn not_static() -> RequestError {
+    RequestError::InvalidArgument(
+        "this is a PD-mode store: a request must name its region or key (a client of a \
+         config-file cluster was pointed at a store)"
+            .into(),
+    )
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
