@@ -104,9 +104,10 @@ pub struct StoreOutput {
     /// Reads whose barrier completed after their region changed under them (a split took
     /// their keys, or the epoch moved on): refused instead of answered, see [`StoreCore::read`].
     pub refused_reads: Vec<(RequestId, RegionError)>,
-    /// Regions a leader's message named that this store does not host: the caller asks PD
-    /// about each and passes what it says to [`StoreCore::confirm_region`], which lets the
-    /// next such message create the peer (see [`StoreCore::step`]).
+    /// Regions to ask PD about: ones a leader's message named that this store does not host,
+    /// and hosted ones without a leader for a while. The caller asks PD about each and passes
+    /// what it says to [`StoreCore::confirm_region`], which lets the next such message create
+    /// the peer (see [`StoreCore::step`]), or drops a peer PD no longer has.
     pub confirm: Vec<u64>,
     /// Regions whose membership changed this turn (a conf change applied, or a snapshot
     /// installed): their leader tells PD at once.
@@ -123,6 +124,8 @@ struct RegionPeer {
     /// The store of every peer heard from: an uninitialized region has no meta to say where
     /// its leader is, yet must answer it.
     heard: HashMap<u64, u64>,
+    /// Ticks in a row without a known leader.
+    leaderless: u64,
 }
 
 /// The regions of one store over one RocksDB database, driven together; see the module docs.
@@ -160,6 +163,8 @@ pub struct StoreCore {
     hashes: StoreHashes,
     /// Removed peers' user data to delete, each once its tick comes (see `destroy`).
     garbage: Vec<(u64, Region)>,
+    /// Regions whose peer here PD says was removed, to drop in the next turn.
+    stale: Vec<u64>,
     logger: Logger,
 }
 
@@ -173,6 +178,8 @@ pub const GARBAGE_TICKS: u64 = 600;
 const MAX_UNINIT: usize = 256;
 /// Regions asked about at once (see [`StoreOutput::confirm`]).
 const MAX_ASKED: usize = 64;
+/// Ticks without a leader after which a hosted region is asked about (and again as often).
+const LEADERLESS_ASK_TICKS: u64 = 40;
 /// Ticks before a region is asked about again.
 const ASK_AGAIN_TICKS: u64 = 10;
 /// Ticks a confirmation waits for its leader's next message before it is forgotten.
@@ -244,6 +251,7 @@ impl StoreCore {
             ticks: 0,
             hashes: StoreHashes::default(),
             garbage: Vec::new(),
+            stale: Vec::new(),
             // The caller's logger names the store already.
             logger: logger.clone(),
         };
@@ -330,6 +338,7 @@ impl StoreCore {
                 core,
                 peer_id,
                 heard: HashMap::new(),
+                leaderless: 0,
             },
         );
         self.hashes.insert(
@@ -420,9 +429,24 @@ impl StoreCore {
         let ticks = self.ticks;
         self.confirmed
             .retain(|_, &mut (_, at)| ticks.saturating_sub(at) < CONFIRMED_TICKS);
-        for r in self.regions.values_mut() {
+        let mut leaderless = Vec::new();
+        for (&id, r) in self.regions.iter_mut() {
             r.core.tick();
+            if r.core.replica().leader_id() == 0 {
+                r.leaderless += 1;
+                if r.leaderless % LEADERLESS_ASK_TICKS == 0 {
+                    leaderless.push(id);
+                }
+            } else {
+                r.leaderless = 0;
+            }
         }
+        // A peer with no leader for long may have been removed without hearing so: PD knows.
+        let mut asks = std::mem::take(&mut self.pending_asks);
+        for id in leaderless {
+            self.ask(id, &mut asks);
+        }
+        self.pending_asks = asks;
     }
 
     /// Every hosted region as its peer here sees it, for `Status` and health.
@@ -457,15 +481,32 @@ impl StoreCore {
             .collect()
     }
 
-    /// What PD says of a region a leader named (see [`StoreOutput::confirm`]): if it has a
-    /// peer on this store, that leader's next message may create the peer here.
+    /// What PD says of a region a leader named, or of a region hosted here that has had no
+    /// leader for a while (see [`StoreOutput::confirm`]). Not hosted: if PD has a peer of it on
+    /// this store, that leader's next message may create the peer here. Hosted: if PD's region
+    /// is of a later membership (`conf_ver`) that has no peer of this store, the peer here was
+    /// removed without hearing so (its leader stopped sending once the removal applied, before
+    /// it learnt the removal committed): it is dropped in the next turn, as if it had applied
+    /// the removal. A removed peer id never comes back, so PD's later view is enough.
     pub fn confirm_region(&mut self, region: &Region) {
+        if let Some(r) = self.regions.get(&region.id) {
+            let Some(meta) = r.core.replica().app().region() else {
+                return;
+            };
+            let newer = region::epoch(region).conf_ver > region::epoch(meta).conf_ver;
+            if newer && !region.peers.iter().any(|p| p.id == r.peer_id) {
+                info!(self.logger, "PD says this store's peer was removed"; "region" => region.id,
+                    "peer" => r.peer_id, "conf_ver" => region::epoch(region).conf_ver);
+                if !self.stale.contains(&region.id) {
+                    self.stale.push(region.id);
+                }
+            }
+            return;
+        }
         let Some(peer) = region.peers.iter().find(|p| p.store_id == self.store_id) else {
             return;
         };
-        if !self.regions.contains_key(&region.id) {
-            self.confirmed.insert(region.id, (peer.id, self.ticks));
-        }
+        self.confirmed.insert(region.id, (peer.id, self.ticks));
     }
 
     /// Asks (through [`StoreOutput::confirm`]) about region `id`, unless it was asked about
@@ -987,9 +1028,13 @@ impl StoreCore {
                 removed.push(id);
             }
         }
+        removed.extend(std::mem::take(&mut self.stale));
+        removed.dedup();
         for id in removed {
-            self.destroy(id)?;
-            out.destroyed.push(id);
+            if self.regions.contains_key(&id) {
+                self.destroy(id)?;
+                out.destroyed.push(id);
+            }
         }
         // A snapshot stepped so far is being installed (it stays pending, its range refused to
         // others, until the install removes its file), was installed, or raft-rs ignored it as
