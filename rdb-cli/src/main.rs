@@ -533,6 +533,7 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
         | Error::StaleEpoch(_)
         | Error::AlreadyBootstrapped(_)
         | Error::ClusterMismatch(_)
+        | Error::FailedPrecondition(_)
         | Error::Io(_) => exit::FAILURE,
     }
 }

@@ -40,6 +40,11 @@ pub enum Error {
     /// data and minted a new id. The message names both ids. Not retried.
     #[error("cluster mismatch: {0}")]
     ClusterMismatch(String),
+    /// PD refused a change the cluster's state does not allow now (a tombstone of a store that
+    /// still holds replicas; timestamps while PD's persisted limit is implausibly far ahead of
+    /// its clock). The message says why and what to do. Not retried.
+    #[error("refused: {0}")]
+    FailedPrecondition(String),
     /// A local file could not be written (a backup being saved). Not retried.
     #[error("i/o: {0}")]
     Io(String),
@@ -143,6 +148,7 @@ mod tests {
             Error::StaleEpoch("region 2".into()),
             Error::AlreadyBootstrapped("cluster 1".into()),
             Error::NotFound("store 9".into()),
+            Error::FailedPrecondition("store 2 holds replicas".into()),
             Error::Io("disk full".into()),
         ];
         for e in all {

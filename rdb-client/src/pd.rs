@@ -695,7 +695,8 @@ impl PdClient {
         Ok(stores.into_iter().map(Store::from).collect())
     }
 
-    /// Marks a store Tombstone: removed for good. [`Error::NotFound`] if PD has no such store.
+    /// Marks a store Tombstone: removed for good. [`Error::NotFound`] if PD has no such store,
+    /// [`Error::FailedPrecondition`] while PD's region map names a replica on it.
     pub async fn set_store_tombstone(&self, id: u64) -> Result<()> {
         let req = pb::SetStoreStateRequest {
             store_id: id,
@@ -922,6 +923,9 @@ impl PdClient {
                         return Err(Error::AlreadyBootstrapped(e.message))
                     }
                     Ok(pb::ErrorCode::NotFound) => return Err(Error::NotFound(e.message)),
+                    Ok(pb::ErrorCode::FailedPrecondition) => {
+                        return Err(Error::FailedPrecondition(e.message))
+                    }
                     Ok(pb::ErrorCode::ClusterMismatch) => {
                         return Err(Error::ClusterMismatch(format!(
                             "PD at {target}: {}",

@@ -120,6 +120,42 @@ impl PdState {
         page
     }
 
+    /// Why store `id` cannot be tombstoned, if PD's region map names a replica on it: the
+    /// regions (the first few), and what to do instead.
+    pub fn replicas_on(&self, id: u64) -> Option<String> {
+        let held: Vec<u64> = self
+            .regions
+            .values()
+            .filter(|r| r.peers.iter().any(|p| p.store_id == id))
+            .map(|r| r.id)
+            .collect();
+        let first = held.first()?;
+        let named = match held.len() {
+            1 => format!("region {first}"),
+            n if n <= 5 => format!(
+                "{n} regions ({})",
+                held.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            n => format!(
+                "{n} regions ({}, ...)",
+                held[..5]
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Some(format!(
+            "store {id} holds a replica of {named}; a tombstone would lose them. A store can be \
+             tombstoned once PD's region map names no replica on it: its regions must first be \
+             moved to other stores (there is no command for that yet); stopping the store \
+             alone does not remove its replicas"
+        ))
+    }
+
     /// Whether `id` is one `AllocId` handed out.
     pub fn allocated(&self, id: u64) -> bool {
         id != 0 && id < self.next_id
@@ -392,11 +428,21 @@ pub fn apply_command(
             if r.state != StoreState::Tombstone as i32 {
                 return Err("only TOMBSTONE can be set".into());
             }
-            let Some(st) = s.stores.get_mut(&r.store_id) else {
+            let Some(st) = s.stores.get(&r.store_id) else {
                 return Ok(PdOutput::Refused(
                     ErrorCode::NotFound,
                     format!("no store {}", r.store_id),
                 ));
+            };
+            if st.state == StoreState::Tombstone as i32 {
+                // Already one (a retried call): nothing to change.
+                return Ok(PdOutput::Done);
+            }
+            if let Some(why) = s.replicas_on(r.store_id) {
+                return Ok(PdOutput::Refused(ErrorCode::FailedPrecondition, why));
+            }
+            let Some(st) = s.stores.get_mut(&r.store_id) else {
+                return Ok(PdOutput::Done);
             };
             st.state = StoreState::Tombstone as i32;
             writes.push((store_key(st.id), Some(st.encode_to_vec())));

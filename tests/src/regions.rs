@@ -118,6 +118,26 @@ impl RegionCluster {
         PdClient::with_options([self.pd_addr()], self.options()).expect("pd client")
     }
 
+    /// Runs `rdb-cli --pd <this cluster's PD> ARGS...` (15 s deadline) and returns its output.
+    pub fn pd_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("rdb-cli"))
+            .args(["--pd", &self.pd_addr(), "--timeout-ms", "15000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rdb-cli (cargo build --workspace --bins)")
+    }
+
+    /// The id PD gave store `i` (1-based).
+    pub async fn store_id(&self, i: usize) -> u64 {
+        let stores = self.pd_client().get_all_stores(true).await.expect("stores");
+        stores
+            .iter()
+            .find(|s| s.address == self.addrs[i - 1])
+            .map(|s| s.id)
+            .expect("store registered")
+    }
+
     /// A client for every store (it follows the stores' leader hints).
     pub fn client(&self) -> Client {
         Client::with_options(self.addrs.clone(), self.options()).expect("client")

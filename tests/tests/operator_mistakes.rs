@@ -1,0 +1,56 @@
+//! What an operator's usual mistakes on a PD-mode cluster get, against real processes: a
+//! refusal with its cause and what to do instead, never a silent success.
+
+use std::time::Duration;
+
+use rdb_client::pd::StoreState;
+use rdb_tests::cluster::explain;
+use rdb_tests::regions::{RegionCluster, Split};
+
+/// Splits that never happen in these tests.
+const NO_SPLITS: Split = Split {
+    keys: 1_000_000,
+    check_ms: 1000,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_holding_replicas_is_not_tombstoned_and_an_empty_one_is() {
+    // Four stores, region 1 on three of them: one store holds no replica.
+    let c = RegionCluster::start_with_replicas(4, NO_SPLITS, 3);
+    let regions = c.wait_regions(1, Duration::from_secs(60)).await;
+    let holders: Vec<u64> = regions[0].region.peers.iter().map(|p| p.store_id).collect();
+    let mut ids = Vec::new();
+    for i in 1..=4 {
+        ids.push(c.store_id(i).await);
+    }
+    let empty = *ids
+        .iter()
+        .find(|id| !holders.contains(id))
+        .expect("a store without a replica");
+    let holder = holders[0];
+
+    let o = c.pd_cli(&["store", "tombstone", &holder.to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{}", explain(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{}", explain(&o));
+    assert!(
+        stderr.contains(&format!(
+            "store {holder} holds a replica of region {}",
+            regions[0].region.id
+        )) && stderr.contains("moved to other stores"),
+        "{}",
+        explain(&o)
+    );
+    let stores = c.pd_client().get_all_stores(false).await.expect("stores");
+    let state = |id: u64| stores.iter().find(|s| s.id == id).map(|s| s.state);
+    assert_ne!(state(holder), Some(StoreState::Tombstone), "{stores:?}");
+
+    let o = c.pd_cli(&["store", "tombstone", &empty.to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let stores = c.pd_client().get_all_stores(false).await.expect("stores");
+    assert_eq!(
+        stores.iter().find(|s| s.id == empty).map(|s| s.state),
+        Some(StoreState::Tombstone),
+        "{stores:?}"
+    );
+}
