@@ -635,6 +635,20 @@ impl PdClient {
         .await
     }
 
+    /// The cluster's replication factor as PD recorded it at bootstrap (the first region's
+    /// peer count): `None` before bootstrap, `Some(0)` for a cluster bootstrapped before PD
+    /// recorded it.
+    pub async fn bootstrapped_replicas(&self) -> Result<Option<u32>> {
+        self.call(false, |mut c| async move {
+            let r = c
+                .is_bootstrapped(pb::IsBootstrappedRequest {})
+                .await?
+                .into_inner();
+            Ok((r.bootstrapped.then_some(r.replicas), r.error))
+        })
+        .await
+    }
+
     /// Records the first store (with its token, as in [`PdClient::put_store`]) and the first
     /// region (which must cover every key). Once only: [`Error::AlreadyBootstrapped`] after
     /// that.

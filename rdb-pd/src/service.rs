@@ -396,14 +396,12 @@ impl Pd for PdService {
     ) -> Result<Response<IsBootstrappedResponse>, Status> {
         admit!(self, req);
         let resp = match self.barrier().await {
-            Ok(()) => IsBootstrappedResponse {
+            Ok(()) => self.read(|s| IsBootstrappedResponse {
                 error: None,
-                bootstrapped: self.read(|s| s.bootstrapped),
-            },
-            Err(e) => IsBootstrappedResponse {
-                error: self.err(e),
-                bootstrapped: false,
-            },
+                bootstrapped: s.bootstrapped,
+                replicas: s.replicas,
+            }),
+            Err(e) => IsBootstrappedResponse::refusal(pb_error(e, &self.config)),
         };
         Ok(Response::new(resp))
     }

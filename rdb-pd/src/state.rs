@@ -25,6 +25,7 @@ const KEY_TSO: &[u8] = b"pt";
 const KEY_NEXT_ID: &[u8] = b"pi";
 const KEY_BOOTSTRAPPED: &[u8] = b"pb";
 const KEY_CLUSTER_ID: &[u8] = b"pc";
+const KEY_REPLICAS: &[u8] = b"pn";
 const PREFIX_STORE: &[u8] = b"ps";
 const PREFIX_TOKEN: &[u8] = b"pk";
 const PREFIX_REGION: &[u8] = b"pr";
@@ -64,6 +65,9 @@ pub struct PdState {
     pub next_id: u64,
     /// Whether `Bootstrap` ran.
     pub bootstrapped: bool,
+    /// The cluster's replication factor: the first region's peer count, recorded at bootstrap
+    /// (0: not bootstrapped, or bootstrapped before PD recorded it).
+    pub replicas: u32,
     /// Registered stores (state UP or TOMBSTONE; DOWN is computed by the leader).
     pub stores: BTreeMap<u64, Store>,
     /// The token each store registered with (stores registered before tokens have none).
@@ -269,6 +273,10 @@ impl PdState {
                 s.next_id = u64_of(&v)?;
             } else if k == KEY_BOOTSTRAPPED {
                 s.bootstrapped = true;
+            } else if k == KEY_REPLICAS {
+                s.replicas = u32::try_from(u64_of(&v)?).map_err(|_| {
+                    CoreError::storage(corrupt("the replication factor is too large"))
+                })?;
             } else if k.starts_with(PREFIX_STORE) {
                 let st = Store::decode(v.as_slice())
                     .map_err(|e| CoreError::storage(corrupt(&format!("store record: {e}"))))?;
@@ -403,6 +411,12 @@ pub fn apply_command(
             }
             s.bootstrapped = true;
             writes.push((KEY_BOOTSTRAPPED.to_vec(), Some(vec![1])));
+            // The first region is made on exactly as many stores as the cluster replicates to.
+            s.replicas = u32::try_from(region.peers.len()).unwrap_or(u32::MAX);
+            writes.push((
+                KEY_REPLICAS.to_vec(),
+                Some(u64::from(s.replicas).to_be_bytes().to_vec()),
+            ));
             record_store(s, store, b.store_token, writes);
             record_region(s, region, writes);
             PdOutput::Done

@@ -168,6 +168,12 @@ impl RegionCluster {
 
     /// Starts (or restarts) store `i` (1-based); it must not be running.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with_replicas(i, self.setup.replicas);
+    }
+
+    /// Starts (or restarts) store `i` (1-based) with `--replicas replicas` instead of the
+    /// cluster's setup; it must not be running.
+    pub fn restart_with_replicas(&mut self, i: usize, replicas: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,7 +187,7 @@ impl RegionCluster {
             .arg(self.data_dir(i))
             .args(["--region-split-keys", &self.split.keys.to_string()])
             .args(["--split-check-ms", &self.split.check_ms.to_string()])
-            .args(["--replicas", &self.setup.replicas.to_string()])
+            .args(["--replicas", &replicas.to_string()])
             .args(
                 self.setup
                     .store_file

@@ -54,3 +54,44 @@ async fn a_store_holding_replicas_is_not_tombstoned_and_an_empty_one_is() {
         "{stores:?}"
     );
 }
+
+/// The lines of store `i`'s log that say its `--replicas` is not the cluster's.
+fn replicas_warnings(c: &RegionCluster, i: usize) -> Vec<String> {
+    std::fs::read_to_string(c.log_path(i))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("--replicas differs from the cluster's replication factor"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_started_with_another_replicas_value_than_the_clusters_warns_naming_both() {
+    let mut c = RegionCluster::start_with_replicas(4, NO_SPLITS, 3);
+    c.wait_regions(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        c.pd_client().bootstrapped_replicas().await.expect("PD"),
+        Some(3),
+        "PD records the replication factor at bootstrap"
+    );
+    c.kill(4);
+    c.restart_with_replicas(4, 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let warned = loop {
+        let lines = replicas_warnings(&c, 4);
+        if !lines.is_empty() || std::time::Instant::now() >= deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(warned.len(), 1, "store 4 log: {warned:?}");
+    assert!(
+        warned[0].contains("replicas: 5") && warned[0].contains("cluster_replicas: 3"),
+        "{}",
+        warned[0]
+    );
+    assert!(c.is_running(4), "a warning, not a refusal");
+    for i in 1..=3 {
+        assert_eq!(replicas_warnings(&c, i), Vec::<String>::new(), "store {i}");
+    }
+}

@@ -133,7 +133,10 @@ fn the_state_written_through_reloads_identically() {
                 address: "a:1".into(),
                 ..Default::default()
             }),
-            region: Some(region(2, b"", b"", 1)),
+            region: Some(Region {
+                peers: vec![Peer { id: 3, store_id: 1 }],
+                ..region(2, b"", b"", 1)
+            }),
             store_token: 99,
         }),
         Op::TsoAdvance(TsoAdvance {
@@ -160,6 +163,7 @@ fn the_state_written_through_reloads_identically() {
     assert_eq!(live.tso_limit, 107);
     assert_eq!(live.cluster_id, 77);
     assert_eq!(live.store_tokens.get(&1), Some(&99));
+    assert_eq!(live.replicas, 1, "the first region's peer count");
 }
 
 fn alloc(s: &mut PdState, count: u32) -> u64 {
