@@ -56,14 +56,10 @@ pub mod exit {
 #[derive(Debug, Parser)]
 #[command(name = "rdb-cli", version, about)]
 struct Cli {
-    /// Comma-separated client addresses of the cluster's nodes.
-    #[arg(
-        long,
-        env = "RDB_ENDPOINTS",
-        default_value = "127.0.0.1:2379",
-        global = true
-    )]
-    endpoints: String,
+    /// Comma-separated client addresses of the cluster's nodes [default: 127.0.0.1:2379, unless
+    /// --pd is given].
+    #[arg(long, env = "RDB_ENDPOINTS", global = true)]
+    endpoints: Option<String>,
     /// Comma-separated client addresses of the PD nodes (for tso, store, region, member,
     /// check of every region, and with --regions for every KV command).
     #[arg(long, env = "RDB_PD", global = true)]
@@ -247,8 +243,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
+    if let Some(cause) = misdirected(&cli) {
+        return invalid(&cause);
+    }
     let endpoints: Vec<String> = cli
         .endpoints
+        .as_deref()
+        .unwrap_or(DEFAULT_ENDPOINT)
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -413,6 +414,14 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Status => {
             let all = client.status_all().await;
+            if let Some((ep, _)) = all.iter().find(|(_, r)| r.as_ref().is_ok_and(is_store)) {
+                eprintln!(
+                    "rdb-cli: {ep} is a store of a PD-mode cluster: it has no Raft role or term of \
+                     its own (each of its regions has its own group); ask PD: `rdb-cli --pd \
+                     <PD> store list` for the stores, `region list` for the regions and leaders"
+                );
+                return exit::FAILURE;
+            }
             p.status(&all);
             if all.iter().all(|(_, r)| r.is_ok()) {
                 0
@@ -477,6 +486,56 @@ async fn run(cli: Cli) -> u8 {
             }
         }
     }
+}
+
+/// Where the KV and group commands go without --endpoints (and without --pd).
+const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
+
+/// Whether a status answer comes from a PD-mode store, which has no group of its own.
+fn is_store(s: &rdb_client::NodeStatus) -> bool {
+    s.role == "unknown" && s.term == 0
+}
+
+/// Why the command cannot go where the options send it, if it cannot: a command for one Raft
+/// group with --regions (a PD-mode cluster has none), or a command for --endpoints given only
+/// --pd (it would silently go to the default endpoint).
+fn misdirected(cli: &Cli) -> Option<String> {
+    let (name, kv) = match &cli.command {
+        Command::Put { .. } => ("put", true),
+        Command::Get { .. } => ("get", true),
+        Command::Delete { .. } => ("delete", true),
+        Command::Batch { .. } => ("batch", true),
+        Command::Scan { .. } => ("scan", true),
+        Command::Cas { .. } => ("cas", true),
+        Command::Status => ("status", false),
+        Command::Leader { .. } => ("leader", false),
+        Command::Snapshot { .. } => ("snapshot", false),
+        _ => return None,
+    };
+    let for_pd_mode = if name == "status" {
+        "; a PD-mode cluster's stores and regions: `store list`, `region list` with --pd"
+    } else {
+        ""
+    };
+    if cli.regions && !kv {
+        return Some(format!(
+            "`{name}` addresses the nodes of one Raft group (at --endpoints); --regions routes \
+             KV commands of a PD-mode cluster, which has no single group: leave out \
+             --regions{for_pd_mode}"
+        ));
+    }
+    if cli.pd.is_some() && !cli.regions && cli.endpoints.is_none() {
+        let route = if kv {
+            ", or --regions to route it through PD's region map"
+        } else {
+            for_pd_mode
+        };
+        return Some(format!(
+            "`{name}` goes to the nodes at --endpoints, not to PD, and none were given (it \
+             would go to {DEFAULT_ENDPOINT}): give --endpoints{route}"
+        ));
+    }
+    None
 }
 
 /// TLS settings from --cacert/--cert/--key: None (plaintext) without --cacert.

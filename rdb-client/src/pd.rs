@@ -974,10 +974,11 @@ impl PdClient {
                     return Err(Error::InvalidArgument(status.message().to_string()));
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    return Err(Error::Unsupported(format!(
-                        "{target}: {}",
-                        status.message()
-                    )));
+                    return Err(crate::error::unimplemented(
+                        &target,
+                        crate::error::PD_API,
+                        &status,
+                    ));
                 }
                 Ok(Err(status)) => {
                     if !is_connect_failure(&status) {

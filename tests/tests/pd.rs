@@ -706,7 +706,7 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
     use rdb_client::pd::{
         Peer as CPeer, Region as CRegion, RegionEpoch as CEpoch, Store as CStore,
     };
-    let c = TestCluster::start_pd(3, "");
+    let mut c = TestCluster::start_pd(3, "");
     let pd = rdb_client::PdClient::new(c.endpoints()).expect("client");
     // Batched timestamps from concurrent callers: all distinct, each caller's increasing.
     let tasks: Vec<_> = (0..32)
@@ -781,6 +781,33 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
         "{members}"
     );
     assert!(members["leader_id"].as_u64().unwrap_or(0) >= 1, "{members}");
+
+    // A majority down: `member list` still lists the nodes, and says PD has no leader (exit 4).
+    c.kill(1);
+    c.kill(2);
+    let deadline = Instant::now() + SECS(30);
+    let out = loop {
+        let out = std::process::Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+            .args(["--pd", &c.endpoints().join(","), "member", "list"])
+            .output()
+            .expect("run rdb-cli");
+        // Node 3 forgets the old leader once its election timeout passes.
+        if !out.status.success() || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let explained = rdb_tests::cluster::explain(&out);
+    assert_eq!(out.status.code(), Some(4), "{explained}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PD has no leader"),
+        "{explained}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        4,
+        "the header and every node: {explained}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
