@@ -2,7 +2,10 @@
 //!
 //! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key (or PD store
 //! or region) not found, 4 unavailable, 5 indeterminate (a write may or may not have applied),
-//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash.
+//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash,
+//! 8 TLS configuration: the client's TLS settings do not fit the node (plaintext against TLS or
+//! the reverse, a client certificate missing or refused, a CA that did not sign the node's
+//! certificate); retrying will not help.
 //!
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
@@ -50,6 +53,9 @@ pub mod exit {
     pub const CAS_FAILED: u8 = 6;
     /// `check`: the replicas' hashes differ, or a node gave no hash before the deadline.
     pub const CHECK_FAILED: u8 = 7;
+    /// The client's TLS settings do not fit the node: plaintext against TLS or the reverse, a
+    /// client certificate missing or refused, an unknown CA. Retrying will not help.
+    pub const TLS_CONFIG: u8 = 8;
 }
 
 /// Command-line client for rdb.
@@ -285,7 +291,7 @@ async fn run(cli: Cli) -> u8 {
     } else {
         &endpoints
     };
-    diagnose::set_targets(first_contact.clone(), opts.tls.is_some());
+    diagnose::set_targets(first_contact.clone(), opts.tls.clone());
     let made = if cli.regions {
         Client::with_pd(&pd_endpoints, opts.clone())
     } else {
@@ -567,18 +573,24 @@ fn consistency(serializable: bool) -> ReadConsistency {
     }
 }
 
-/// Prints the one-line cause and returns the exit code for it. When no node answered, it
-/// names a transport mismatch if there is one (TLS against plaintext or the reverse).
+/// Prints the one-line cause and returns the exit code for it. When no node answered because
+/// the client's TLS settings do not fit the node (see [`diagnose`]), that is the cause, with
+/// its own exit code.
 pub(crate) fn fail(e: &Error) -> u8 {
-    let hint = match e {
-        Error::Unavailable(_) | Error::Indeterminate(_) => diagnose::transport_hint(),
+    let mistake = match e {
+        Error::Unavailable(_) | Error::Indeterminate(_) => diagnose::tls_mistake(),
         _ => None,
     };
-    match hint {
-        Some(hint) => eprintln!("rdb-cli: {e} ({hint})"),
-        None => eprintln!("rdb-cli: {e}"),
+    match mistake {
+        Some(mistake) => {
+            eprintln!("rdb-cli: TLS configuration: {mistake} ({e})");
+            exit::TLS_CONFIG
+        }
+        None => {
+            eprintln!("rdb-cli: {e}");
+            exit_code(e)
+        }
     }
-    exit_code(e)
 }
 
 /// The exit code for an error.
