@@ -1,7 +1,11 @@
-//! Why a command reached no node, when the reason is the transport: a plaintext client against
-//! a TLS server (or the reverse) fails with errors that name neither (`h2 protocol error`,
-//! `operation was canceled`, `received corrupt message`). After a command failed that way, the
-//! CLI asks an endpoint itself which one it speaks and says so in its one-line error.
+//! Why a command reached no node, when the reason is the client's TLS settings: a plaintext
+//! client against a TLS server (or the reverse) fails with errors that name neither (`h2
+//! protocol error`, `operation was canceled`, `received corrupt message`), and a TLS client
+//! whose certificate is missing or refused, or whose CA did not sign the server's, gets
+//! `transport error`. Those look like an unavailable cluster, which scripts retry. After a
+//! command failed that way, the CLI asks an endpoint itself: which transport it speaks, and
+//! over TLS how a handshake with the CLI's own settings ends. A mismatch is a configuration
+//! error with its own exit code, named in the one-line error.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -11,11 +15,14 @@ use std::time::Duration;
 /// How long the probe of one endpoint may take for each step (connect, write, read).
 const PROBE: Duration = Duration::from_millis(300);
 
-/// The endpoints of this run and whether it speaks TLS; set once by `run`.
-static TARGETS: OnceLock<(Vec<String>, bool)> = OnceLock::new();
+/// How long a TLS handshake probe may take for each read or write.
+const HANDSHAKE: Duration = Duration::from_secs(1);
 
-/// Records the endpoints the command talks to and whether it uses TLS.
-pub fn set_targets(endpoints: Vec<String>, tls: bool) {
+/// The endpoints of this run and its TLS settings (None: plaintext); set once by `run`.
+static TARGETS: OnceLock<(Vec<String>, Option<rdb_client::TlsOptions>)> = OnceLock::new();
+
+/// Records the endpoints the command talks to and its TLS settings.
+pub fn set_targets(endpoints: Vec<String>, tls: Option<rdb_client::TlsOptions>) {
     let _ = TARGETS.set((endpoints, tls));
 }
 
@@ -26,22 +33,128 @@ enum Transport {
     Plaintext,
 }
 
-/// The hint for a command that reached no node, when an endpoint speaks the other transport
-/// than the CLI: which one it is and what to give. Probes at most three endpoints.
-pub fn transport_hint() -> Option<String> {
+/// The cause of a command that reached no node, when it is the client's TLS settings: an
+/// endpoint speaks the other transport than the CLI, or a TLS handshake with the CLI's
+/// settings fails for a certificate. Says which and what to give. Probes at most three
+/// endpoints.
+pub fn tls_mistake() -> Option<String> {
     let (endpoints, tls) = TARGETS.get()?;
     endpoints
         .iter()
         .take(3)
-        .find_map(|addr| match (speaks(addr)?, *tls) {
-            (Transport::Tls, false) => Some(format!(
+        .find_map(|addr| match (speaks(addr)?, tls) {
+            (Transport::Tls, None) => Some(format!(
                 "{addr} speaks TLS: give the CA that signs its certificate with --cacert"
             )),
-            (Transport::Plaintext, true) => {
+            (Transport::Plaintext, Some(_)) => {
                 Some(format!("{addr} speaks plaintext: leave out --cacert"))
             }
-            _ => None,
+            (Transport::Tls, Some(tls)) => handshake(addr, tls).err(),
+            (Transport::Plaintext, None) => None,
         })
+}
+
+/// A TLS handshake with `addr` with the CLI's settings, then the first bytes of HTTP/2 (a
+/// server that refuses the client's certificate says so after the handshake, in TLS 1.3).
+/// Err: why the node and these settings do not fit; Ok when they do, or when it cannot tell.
+fn handshake(addr: &str, tls: &rdb_client::TlsOptions) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&tls.ca_pem).flatten() {
+        let _ = roots.add(cert);
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| ())
+        .ok();
+    let Some(builder) = builder.map(|b| b.with_root_certificates(roots)) else {
+        return Ok(());
+    };
+    let config = match &tls.identity {
+        Some((cert, key)) => {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(cert).flatten().collect();
+            match PrivateKeyDer::from_pem_slice(key) {
+                Ok(key) => builder.with_client_auth_cert(certs, key).ok(),
+                Err(_) => None,
+            }
+        }
+        None => Some(builder.with_no_client_auth()),
+    };
+    let Some(mut config) = config else {
+        return Ok(());
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(name) = ServerName::try_from(host.to_string()) else {
+        return Ok(());
+    };
+    let Ok(mut conn) = rustls::ClientConnection::new(std::sync::Arc::new(config), name) else {
+        return Ok(());
+    };
+    let Some(sock) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return Ok(());
+    };
+    let Ok(mut tcp) = TcpStream::connect_timeout(&sock, PROBE) else {
+        return Ok(());
+    };
+    let _ = tcp.set_read_timeout(Some(HANDSHAKE));
+    let _ = tcp.set_write_timeout(Some(HANDSHAKE));
+    let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+    let mut first = [0u8; 9];
+    let outcome = stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .and_then(|()| stream.flush())
+        .and_then(|()| stream.read(&mut first).map(drop));
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(e) => match certificate_mistake(e, addr, host, tls.identity.is_some()) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        },
+    }
+}
+
+/// What a failed handshake says about the client's settings, if it is about certificates.
+fn certificate_mistake(
+    e: &rustls::Error,
+    addr: &str,
+    host: &str,
+    has_cert: bool,
+) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    Some(match e {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+            format!("{addr}'s certificate is not signed by the CA given with --cacert (unknown CA)")
+        }
+        rustls::Error::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        ) => format!(
+            "{addr}'s certificate does not name {host}: use an address its certificate names"
+        ),
+        rustls::Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            format!("{addr}'s certificate has expired")
+        }
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => format!(
+            "{addr} requires a client certificate: give --cert and --key (signed by a CA the \
+             node trusts)"
+        ),
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate | Alert::UnknownCA | Alert::CertificateUnknown,
+        ) if has_cert => format!(
+            "{addr} refused this client's certificate: it is not signed by a CA the node \
+             trusts (unknown CA)"
+        ),
+        rustls::Error::AlertReceived(Alert::BadCertificate) => {
+            format!("{addr} requires a client certificate: give --cert and --key")
+        }
+        _ => return None,
+    })
 }
 
 /// Which transport the server at `addr` answers with: the first five bytes of the HTTP/2
@@ -94,5 +207,25 @@ mod tests {
         );
         assert_eq!(classify(&[]), None);
         assert_eq!(classify(b"HTTP/"), None);
+    }
+
+    #[test]
+    fn certificate_failures_name_the_setting_to_change() {
+        use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
+        let says = |e: E, has_cert: bool| certificate_mistake(&e, "h:1", "h", has_cert);
+        let unknown_ca = says(E::InvalidCertificate(Cert::UnknownIssuer), true).unwrap();
+        assert!(unknown_ca.contains("not signed by the CA given with --cacert"));
+        let name = says(E::InvalidCertificate(Cert::NotValidForName), true).unwrap();
+        assert!(name.contains("does not name h"), "{name}");
+        let missing = says(E::AlertReceived(Alert::CertificateRequired), false).unwrap();
+        assert!(missing.contains("requires a client certificate: give --cert and --key"));
+        let refused = says(E::AlertReceived(Alert::UnknownCA), true).unwrap();
+        assert!(
+            refused.contains("refused this client's certificate"),
+            "{refused}"
+        );
+        // Not about the client's settings: no verdict.
+        assert_eq!(says(E::AlertReceived(Alert::InternalError), true), None);
+        assert_eq!(says(E::AlertReceived(Alert::UnknownCA), false), None);
     }
 }

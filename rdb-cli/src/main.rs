@@ -2,7 +2,10 @@
 //!
 //! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key (or PD store
 //! or region) not found, 4 unavailable, 5 indeterminate (a write may or may not have applied),
-//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash.
+//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash,
+//! 8 TLS configuration: the client's TLS settings do not fit the node (plaintext against TLS or
+//! the reverse, a client certificate missing or refused, a CA that did not sign the node's
+//! certificate); retrying will not help.
 //!
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
@@ -50,20 +53,19 @@ pub mod exit {
     pub const CAS_FAILED: u8 = 6;
     /// `check`: the replicas' hashes differ, or a node gave no hash before the deadline.
     pub const CHECK_FAILED: u8 = 7;
+    /// The client's TLS settings do not fit the node: plaintext against TLS or the reverse, a
+    /// client certificate missing or refused, an unknown CA. Retrying will not help.
+    pub const TLS_CONFIG: u8 = 8;
 }
 
 /// Command-line client for rdb.
 #[derive(Debug, Parser)]
 #[command(name = "rdb-cli", version, about)]
 struct Cli {
-    /// Comma-separated client addresses of the cluster's nodes.
-    #[arg(
-        long,
-        env = "RDB_ENDPOINTS",
-        default_value = "127.0.0.1:2379",
-        global = true
-    )]
-    endpoints: String,
+    /// Comma-separated client addresses of the cluster's nodes [default: 127.0.0.1:2379, unless
+    /// --pd is given].
+    #[arg(long, env = "RDB_ENDPOINTS", global = true)]
+    endpoints: Option<String>,
     /// Comma-separated client addresses of the PD nodes (for tso, store, region, member,
     /// check of every region, and with --regions for every KV command).
     #[arg(long, env = "RDB_PD", global = true)]
@@ -256,8 +258,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
+    if let Some(cause) = misdirected(&cli) {
+        return invalid(&cause);
+    }
     let endpoints: Vec<String> = cli
         .endpoints
+        .as_deref()
+        .unwrap_or(DEFAULT_ENDPOINT)
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -301,7 +308,7 @@ async fn run(cli: Cli) -> u8 {
     } else {
         &endpoints
     };
-    diagnose::set_targets(first_contact.clone(), opts.tls.is_some());
+    diagnose::set_targets(first_contact.clone(), opts.tls.clone());
     let made = if cli.regions {
         Client::with_pd(&pd_endpoints, opts.clone())
     } else {
@@ -459,6 +466,14 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Status => {
             let all = client.status_all().await;
+            if let Some((ep, _)) = all.iter().find(|(_, r)| r.as_ref().is_ok_and(is_store)) {
+                eprintln!(
+                    "rdb-cli: {ep} is a store of a PD-mode cluster: it has no Raft role or term of \
+                     its own (each of its regions has its own group); ask PD: `rdb-cli --pd \
+                     <PD> store list` for the stores, `region list` for the regions and leaders"
+                );
+                return exit::FAILURE;
+            }
             p.status(&all);
             if all.iter().all(|(_, r)| r.is_ok()) {
                 0
@@ -546,6 +561,56 @@ async fn run(cli: Cli) -> u8 {
     }
 }
 
+/// Where the KV and group commands go without --endpoints (and without --pd).
+const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
+
+/// Whether a status answer comes from a PD-mode store, which has no group of its own.
+fn is_store(s: &rdb_client::NodeStatus) -> bool {
+    s.role == "unknown" && s.term == 0
+}
+
+/// Why the command cannot go where the options send it, if it cannot: a command for one Raft
+/// group with --regions (a PD-mode cluster has none), or a command for --endpoints given only
+/// --pd (it would silently go to the default endpoint).
+fn misdirected(cli: &Cli) -> Option<String> {
+    let (name, kv) = match &cli.command {
+        Command::Put { .. } => ("put", true),
+        Command::Get { .. } => ("get", true),
+        Command::Delete { .. } => ("delete", true),
+        Command::Batch { .. } => ("batch", true),
+        Command::Scan { .. } => ("scan", true),
+        Command::Cas { .. } => ("cas", true),
+        Command::Status => ("status", false),
+        Command::Leader { .. } => ("leader", false),
+        Command::Snapshot { .. } => ("snapshot", false),
+        _ => return None,
+    };
+    let for_pd_mode = if name == "status" {
+        "; a PD-mode cluster's stores and regions: `store list`, `region list` with --pd"
+    } else {
+        ""
+    };
+    if cli.regions && !kv {
+        return Some(format!(
+            "`{name}` addresses the nodes of one Raft group (at --endpoints); --regions routes \
+             KV commands of a PD-mode cluster, which has no single group: leave out \
+             --regions{for_pd_mode}"
+        ));
+    }
+    if cli.pd.is_some() && !cli.regions && cli.endpoints.is_none() {
+        let route = if kv {
+            ", or --regions to route it through PD's region map"
+        } else {
+            for_pd_mode
+        };
+        return Some(format!(
+            "`{name}` goes to the nodes at --endpoints, not to PD, and none were given (it \
+             would go to {DEFAULT_ENDPOINT}): give --endpoints{route}"
+        ));
+    }
+    None
+}
+
 /// TLS settings from --cacert/--cert/--key: None (plaintext) without --cacert.
 fn tls_options(cli: &Cli) -> Result<Option<rdb_client::TlsOptions>, String> {
     let read = |p: &std::path::Path, what: &str| {
@@ -575,18 +640,24 @@ fn consistency(serializable: bool) -> ReadConsistency {
     }
 }
 
-/// Prints the one-line cause and returns the exit code for it. When no node answered, it
-/// names a transport mismatch if there is one (TLS against plaintext or the reverse).
+/// Prints the one-line cause and returns the exit code for it. When no node answered because
+/// the client's TLS settings do not fit the node (see [`diagnose`]), that is the cause, with
+/// its own exit code.
 pub(crate) fn fail(e: &Error) -> u8 {
-    let hint = match e {
-        Error::Unavailable(_) | Error::Indeterminate(_) => diagnose::transport_hint(),
+    let mistake = match e {
+        Error::Unavailable(_) | Error::Indeterminate(_) => diagnose::tls_mistake(),
         _ => None,
     };
-    match hint {
-        Some(hint) => eprintln!("rdb-cli: {e} ({hint})"),
-        None => eprintln!("rdb-cli: {e}"),
+    match mistake {
+        Some(mistake) => {
+            eprintln!("rdb-cli: TLS configuration: {mistake} ({e})");
+            exit::TLS_CONFIG
+        }
+        None => {
+            eprintln!("rdb-cli: {e}");
+            exit_code(e)
+        }
     }
-    exit_code(e)
 }
 
 /// The exit code for an error.
@@ -600,6 +671,7 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
         | Error::StaleEpoch(_)
         | Error::AlreadyBootstrapped(_)
         | Error::ClusterMismatch(_)
+        | Error::FailedPrecondition(_)
         | Error::Io(_) => exit::FAILURE,
     }
 }

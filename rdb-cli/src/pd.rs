@@ -129,6 +129,11 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
                 (Ok(s), Ok(e)) => (s, e),
                 (Err(code), _) | (_, Err(code)) => return code,
             };
+            if !end.is_empty() && start >= end {
+                return invalid(
+                    "region list --start must come before --end (an empty --end: no bound)",
+                );
+            }
             match client.scan_regions(start, end, limit).await {
                 Ok(regions) => p.regions(&regions),
                 Err(e) => fail(&e),
@@ -149,6 +154,14 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
             }
         }
         PdCmd::Member(MemberCmd::List) => match client.get_members().await {
+            Ok(m) if m.leader.is_none() => {
+                p.members(&m);
+                eprintln!(
+                    "rdb-cli: unavailable: PD has no leader (the nodes listed are its configured \
+                     members; fewer than a majority of them may be up)"
+                );
+                exit::UNAVAILABLE
+            }
             Ok(m) => p.members(&m),
             Err(e) => fail(&e),
         },

@@ -40,6 +40,11 @@ pub enum Error {
     /// data and minted a new id. The message names both ids. Not retried.
     #[error("cluster mismatch: {0}")]
     ClusterMismatch(String),
+    /// PD refused a change the cluster's state does not allow now (a tombstone of a store that
+    /// still holds replicas; timestamps while PD's persisted limit is implausibly far ahead of
+    /// its clock). The message says why and what to do. Not retried.
+    #[error("refused: {0}")]
+    FailedPrecondition(String),
     /// A local file could not be written (a backup being saved). Not retried.
     #[error("i/o: {0}")]
     Io(String),
@@ -55,6 +60,26 @@ fn leader_text(id: Option<u64>, addr: Option<&str>) -> String {
         (None, None) => "leader unknown".into(),
     }
 }
+
+/// The error for an `UNIMPLEMENTED` answer from `target` to a call of `api` (`the KV API`,
+/// `the PD API`): the server's reason when it gave one, else what an empty one means (the
+/// address is of another kind of process, or of a server older than this client).
+pub(crate) fn unimplemented(target: &str, api: &str, status: &tonic::Status) -> Error {
+    if !status.message().is_empty() {
+        return Error::Unsupported(format!("{target}: {}", status.message()));
+    }
+    let other = if api == PD_API {
+        "it is not a PD node (a store, or a node of a config-file cluster?)"
+    } else {
+        "it is not a node or a store (a PD node?), or is older than this client"
+    };
+    Error::Unsupported(format!("{target} does not serve {api}: {other}"))
+}
+
+/// The API of PD nodes, for [`unimplemented`].
+pub(crate) const PD_API: &str = "the PD API";
+/// The API of nodes and stores, for [`unimplemented`].
+pub(crate) const KV_API: &str = "the KV API";
 
 /// A duration for people: `300 ms`, `1.5 s`, `10 s`.
 pub(crate) fn human_duration(d: std::time::Duration) -> String {
@@ -143,6 +168,7 @@ mod tests {
             Error::StaleEpoch("region 2".into()),
             Error::AlreadyBootstrapped("cluster 1".into()),
             Error::NotFound("store 9".into()),
+            Error::FailedPrecondition("store 2 holds replicas".into()),
             Error::Io("disk full".into()),
         ];
         for e in all {
@@ -151,6 +177,25 @@ mod tests {
                 assert!(!text.contains(debug), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn an_unimplemented_answer_without_a_reason_says_what_the_address_is_not() {
+        let empty = tonic::Status::unimplemented("");
+        let e = unimplemented("h:1", PD_API, &empty).to_string();
+        assert_eq!(
+            e,
+            "unsupported by the server: h:1 does not serve the PD API: it is not a PD node (a \
+             store, or a node of a config-file cluster?)"
+        );
+        let e = unimplemented("h:1", KV_API, &empty).to_string();
+        assert!(
+            e.contains("does not serve the KV API") && e.contains("PD node"),
+            "{e}"
+        );
+        let said = tonic::Status::unimplemented("no hash points here");
+        let e = unimplemented("h:1", KV_API, &said).to_string();
+        assert_eq!(e, "unsupported by the server: h:1: no hash points here");
     }
 
     #[test]

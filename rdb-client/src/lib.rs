@@ -541,7 +541,12 @@ impl Client {
         )
         .await
         .map_err(|_| Error::Unavailable(format!("{endpoint}: no answer in time")))?
-        .map_err(|s| Error::Unavailable(format!("{endpoint}: {}", s.message())))?
+        .map_err(|s| match s.code() {
+            tonic::Code::Unimplemented => {
+                crate::error::unimplemented(endpoint, crate::error::KV_API, &s)
+            }
+            _ => Error::Unavailable(format!("{endpoint}: {}", s.message())),
+        })?
         .into_inner();
         Ok(NodeStatus {
             endpoint: endpoint.to_string(),

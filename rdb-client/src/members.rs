@@ -7,7 +7,7 @@ use rdb_proto::kv::{
     Member, MemberChangeRequest, MemberChangeStep, MemberChangeType, MemberListRequest, MemberRole,
 };
 
-use crate::{Client, Result};
+use crate::{Client, Error, Result};
 
 /// Whether a member votes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +181,17 @@ impl Client {
             Ok((list, r.error))
         })
         .await
+        .and_then(|list| {
+            // A group always has a member: none means a PD-mode store answered.
+            if list.members.is_empty() {
+                return Err(Error::Unsupported(
+                    "the node answered with no members: it is a store of a PD-mode cluster, \
+                     where each region has its own members; PD lists the stores and regions"
+                        .into(),
+                ));
+            }
+            Ok(list)
+        })
     }
 
     /// Changes the membership through the leader's log and returns the new members once the

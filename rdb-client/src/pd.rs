@@ -639,6 +639,20 @@ impl PdClient {
         .await
     }
 
+    /// The cluster's replication factor as PD recorded it at bootstrap (the first region's
+    /// peer count): `None` before bootstrap, `Some(0)` for a cluster bootstrapped before PD
+    /// recorded it.
+    pub async fn bootstrapped_replicas(&self) -> Result<Option<u32>> {
+        self.call(false, |mut c| async move {
+            let r = c
+                .is_bootstrapped(pb::IsBootstrappedRequest {})
+                .await?
+                .into_inner();
+            Ok((r.bootstrapped.then_some(r.replicas), r.error))
+        })
+        .await
+    }
+
     /// Records the first store (with its token, as in [`PdClient::put_store`]) and the first
     /// region (which must cover every key). Once only: [`Error::AlreadyBootstrapped`] after
     /// that.
@@ -699,7 +713,8 @@ impl PdClient {
         Ok(stores.into_iter().map(Store::from).collect())
     }
 
-    /// Marks a store Tombstone: removed for good. [`Error::NotFound`] if PD has no such store.
+    /// Marks a store Tombstone: removed for good. [`Error::NotFound`] if PD has no such store,
+    /// [`Error::FailedPrecondition`] while PD's region map names a replica on it.
     pub async fn set_store_tombstone(&self, id: u64) -> Result<()> {
         let req = pb::SetStoreStateRequest {
             store_id: id,
@@ -926,6 +941,9 @@ impl PdClient {
                         return Err(Error::AlreadyBootstrapped(e.message))
                     }
                     Ok(pb::ErrorCode::NotFound) => return Err(Error::NotFound(e.message)),
+                    Ok(pb::ErrorCode::FailedPrecondition) => {
+                        return Err(Error::FailedPrecondition(e.message))
+                    }
                     Ok(pb::ErrorCode::ClusterMismatch) => {
                         return Err(Error::ClusterMismatch(format!(
                             "PD at {target}: {}",
@@ -960,10 +978,11 @@ impl PdClient {
                     return Err(Error::InvalidArgument(status.message().to_string()));
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    return Err(Error::Unsupported(format!(
-                        "{target}: {}",
-                        status.message()
-                    )));
+                    return Err(crate::error::unimplemented(
+                        &target,
+                        crate::error::PD_API,
+                        &status,
+                    ));
                 }
                 Ok(Err(status)) => {
                     if !is_connect_failure(&status) {

@@ -525,7 +525,11 @@ impl Client {
                 return Attempt::Fail(Error::InvalidArgument(status.message().to_string()));
             }
             Err(status) if status.code() == tonic::Code::Unimplemented => {
-                return Attempt::Fail(Error::Unsupported(format!("{addr}: {}", status.message())));
+                return Attempt::Fail(crate::error::unimplemented(
+                    addr,
+                    crate::error::KV_API,
+                    &status,
+                ));
             }
             Err(status) => {
                 store_failed();
@@ -568,7 +572,11 @@ impl Client {
                     }
                     Some(Ok((_, Some(e)))) => Error::Unavailable(e.message),
                     Some(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                        return Err(Error::Unsupported(format!("{target}: {}", s.message())))
+                        return Err(crate::error::unimplemented(
+                            &target,
+                            crate::error::KV_API,
+                            &s,
+                        ))
                     }
                     Some(Err(s)) => Error::Unavailable(format!("{target}: {}", s.message())),
                     None => Error::Unavailable(format!("{target}: attempt timed out")),

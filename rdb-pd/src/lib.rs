@@ -50,6 +50,11 @@ pub async fn run(
     )
     .await?;
     let state = state.unwrap_or_default();
+    let limit = state.read().unwrap_or_else(|p| p.into_inner()).tso_limit;
+    if let Some(cause) = tso::implausible_limit(limit, tso::now_ms()) {
+        slog::warn!(logger, "timestamps refused: the persisted limit is implausibly far ahead";
+            "limit_ms" => limit, "cause" => cause);
+    }
     let svc = PdService::new(
         started.mailbox.clone(),
         state,

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::raft_calls::{propose, read_barrier};
 use crate::state::{PdOutput, PdState, SCAN_PAGE_BYTES};
-use crate::tso::Tso;
+use crate::tso::{Tso, TsoError, TsoResult};
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
 #[derive(Default)]
@@ -151,7 +151,11 @@ impl PdService {
         tso_window: Duration,
         store_down_after: Duration,
     ) -> PdService {
-        let tso = Tso::start(mailbox.clone(), tso_window.as_millis() as u64);
+        let tso = Tso::start(
+            mailbox.clone(),
+            state.clone(),
+            tso_window.as_millis() as u64,
+        );
         PdService {
             mailbox,
             state,
@@ -288,21 +292,17 @@ fn out_done() -> PdOutput {
     PdOutput::Done
 }
 
-fn tso_response(
-    r: Result<(u64, u64), RequestError>,
-    count: u32,
-    config: &ClusterConfig,
-) -> TsoResponse {
+fn tso_response(r: TsoResult, count: u32, config: &ClusterConfig) -> TsoResponse {
     match r {
         Ok((physical, logical)) => TsoResponse {
             error: None,
             first: Some(Timestamp { physical, logical }),
             count,
         },
-        Err(e) => TsoResponse {
-            error: Some(pb_error(e, config)),
-            ..Default::default()
-        },
+        Err(TsoError::Request(e)) => TsoResponse::refusal(pb_error(e, config)),
+        Err(TsoError::LimitAhead(why)) => {
+            TsoResponse::refusal(coded(ErrorCode::FailedPrecondition, why))
+        }
     }
 }
 
@@ -396,14 +396,12 @@ impl Pd for PdService {
     ) -> Result<Response<IsBootstrappedResponse>, Status> {
         admit!(self, req);
         let resp = match self.barrier().await {
-            Ok(()) => IsBootstrappedResponse {
+            Ok(()) => self.read(|s| IsBootstrappedResponse {
                 error: None,
-                bootstrapped: self.read(|s| s.bootstrapped),
-            },
-            Err(e) => IsBootstrappedResponse {
-                error: self.err(e),
-                bootstrapped: false,
-            },
+                bootstrapped: s.bootstrapped,
+                replicas: s.replicas,
+            }),
+            Err(e) => IsBootstrappedResponse::refusal(pb_error(e, &self.config)),
         };
         Ok(Response::new(resp))
     }

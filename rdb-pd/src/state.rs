@@ -25,6 +25,7 @@ const KEY_TSO: &[u8] = b"pt";
 const KEY_NEXT_ID: &[u8] = b"pi";
 const KEY_BOOTSTRAPPED: &[u8] = b"pb";
 const KEY_CLUSTER_ID: &[u8] = b"pc";
+const KEY_REPLICAS: &[u8] = b"pn";
 const PREFIX_STORE: &[u8] = b"ps";
 const PREFIX_TOKEN: &[u8] = b"pk";
 const PREFIX_REGION: &[u8] = b"pr";
@@ -64,6 +65,9 @@ pub struct PdState {
     pub next_id: u64,
     /// Whether `Bootstrap` ran.
     pub bootstrapped: bool,
+    /// The cluster's replication factor: the first region's peer count, recorded at bootstrap
+    /// (0: not bootstrapped, or bootstrapped before PD recorded it).
+    pub replicas: u32,
     /// Registered stores (state UP or TOMBSTONE; DOWN is computed by the leader).
     pub stores: BTreeMap<u64, Store>,
     /// The token each store registered with (stores registered before tokens have none).
@@ -118,6 +122,42 @@ impl PdState {
             page.regions.push(r.clone());
         }
         page
+    }
+
+    /// Why store `id` cannot be tombstoned, if PD's region map names a replica on it: the
+    /// regions (the first few), and what to do instead.
+    pub fn replicas_on(&self, id: u64) -> Option<String> {
+        let held: Vec<u64> = self
+            .regions
+            .values()
+            .filter(|r| r.peers.iter().any(|p| p.store_id == id))
+            .map(|r| r.id)
+            .collect();
+        let first = held.first()?;
+        let named = match held.len() {
+            1 => format!("region {first}"),
+            n if n <= 5 => format!(
+                "{n} regions ({})",
+                held.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            n => format!(
+                "{n} regions ({}, ...)",
+                held[..5]
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Some(format!(
+            "store {id} holds a replica of {named}; a tombstone would lose them. A store can be \
+             tombstoned once PD's region map names no replica on it: its regions must first be \
+             moved to other stores (there is no command for that yet); stopping the store \
+             alone does not remove its replicas"
+        ))
     }
 
     /// Whether `id` is one `AllocId` handed out.
@@ -233,6 +273,10 @@ impl PdState {
                 s.next_id = u64_of(&v)?;
             } else if k == KEY_BOOTSTRAPPED {
                 s.bootstrapped = true;
+            } else if k == KEY_REPLICAS {
+                s.replicas = u32::try_from(u64_of(&v)?).map_err(|_| {
+                    CoreError::storage(corrupt("the replication factor is too large"))
+                })?;
             } else if k.starts_with(PREFIX_STORE) {
                 let st = Store::decode(v.as_slice())
                     .map_err(|e| CoreError::storage(corrupt(&format!("store record: {e}"))))?;
@@ -367,6 +411,12 @@ pub fn apply_command(
             }
             s.bootstrapped = true;
             writes.push((KEY_BOOTSTRAPPED.to_vec(), Some(vec![1])));
+            // The first region is made on exactly as many stores as the cluster replicates to.
+            s.replicas = u32::try_from(region.peers.len()).unwrap_or(u32::MAX);
+            writes.push((
+                KEY_REPLICAS.to_vec(),
+                Some(u64::from(s.replicas).to_be_bytes().to_vec()),
+            ));
             record_store(s, store, b.store_token, writes);
             record_region(s, region, writes);
             PdOutput::Done
@@ -392,11 +442,21 @@ pub fn apply_command(
             if r.state != StoreState::Tombstone as i32 {
                 return Err("only TOMBSTONE can be set".into());
             }
-            let Some(st) = s.stores.get_mut(&r.store_id) else {
+            let Some(st) = s.stores.get(&r.store_id) else {
                 return Ok(PdOutput::Refused(
                     ErrorCode::NotFound,
                     format!("no store {}", r.store_id),
                 ));
+            };
+            if st.state == StoreState::Tombstone as i32 {
+                // Already one (a retried call): nothing to change.
+                return Ok(PdOutput::Done);
+            }
+            if let Some(why) = s.replicas_on(r.store_id) {
+                return Ok(PdOutput::Refused(ErrorCode::FailedPrecondition, why));
+            }
+            let Some(st) = s.stores.get_mut(&r.store_id) else {
+                return Ok(PdOutput::Done);
             };
             st.state = StoreState::Tombstone as i32;
             writes.push((store_key(st.id), Some(st.encode_to_vec())));

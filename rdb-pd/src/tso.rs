@@ -14,7 +14,15 @@
 //! the next millisecond at once (as TiKV's PD does), even if the clock is far behind (a window
 //! opened above an earlier leader's, or a clock stepped back). The persisted limit bounds how far
 //! that goes; the window is advanced through Raft when the physical part nears it.
+//!
+//! A persisted limit implausibly far ahead of the leader's clock (more than
+//! [`MAX_LIMIT_AHEAD_MS`]: left by a window without bound from before `tso_window_ms` had one,
+//! or by a clock once set far ahead) is refused, not served from: timestamps up to it may have
+//! been handed out, so none below it may be, and serving from it would hand out timestamps
+//! from the far future. The oracle answers FAILED_PRECONDITION with the cause and what to do
+//! until the clock is within [`MAX_LIMIT_AHEAD_MS`] of the limit.
 
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
@@ -23,15 +31,55 @@ use rdb_server::router::{Mailbox, RequestError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft_calls::{propose, read_barrier};
-use crate::state::PdOutput;
+use crate::state::{PdOutput, PdState};
 
 /// Largest logical part plus one: 16 bits.
 pub const LOGICAL_SPAN: u64 = 1 << 16;
 /// Most requests served by one leadership check.
 const MAX_BATCH: usize = 4096;
+/// How far the persisted limit may be ahead of a new leader's clock before the oracle refuses
+/// to serve from it (1 hour): far beyond a window (at most a minute) or a clock stepped back by
+/// NTP, short of a clock wrong by a time zone or a limit of another year.
+pub const MAX_LIMIT_AHEAD_MS: u64 = 3_600_000;
+
+/// Why the oracle gave no timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TsoError {
+    /// Not the leader, no quorum, a bad count: as for any PD request.
+    Request(RequestError),
+    /// The persisted limit is implausibly far ahead of this node's clock (the message says
+    /// why nothing is served and what to do).
+    LimitAhead(String),
+}
+
+impl From<RequestError> for TsoError {
+    fn from(e: RequestError) -> Self {
+        TsoError::Request(e)
+    }
+}
 
 /// The answer to one request: the first (physical, logical) of `count` consecutive timestamps.
-pub type TsoResult = Result<(u64, u64), RequestError>;
+pub type TsoResult = Result<(u64, u64), TsoError>;
+
+/// Why a persisted `limit` (physical ms) cannot be served from at wall-clock time `now`, if it
+/// is more than [`MAX_LIMIT_AHEAD_MS`] ahead: the cause and the way out, in one line.
+pub fn implausible_limit(limit: u64, now: u64) -> Option<String> {
+    let ahead = limit.checked_sub(now).filter(|&a| a > MAX_LIMIT_AHEAD_MS)?;
+    let hours = ahead / 3_600_000;
+    let far = if hours >= 48 {
+        format!("{} days", hours / 24)
+    } else {
+        format!("{hours} hours")
+    };
+    Some(format!(
+        "PD's persisted timestamp limit (physical {limit} ms) is {far} ahead of this PD \
+         node's clock ({now} ms): timestamps up to it may have been handed out, so none below \
+         it can be, and serving from it would hand out timestamps from the far future. If this \
+         node's clock is behind, correct it (or let a PD node with a correct clock lead); a \
+         limit left by a tso_window_ms without bound or a clock once set ahead is served from \
+         again once the clock is within 1 hour of it"
+    ))
+}
 
 struct Call {
     count: u32,
@@ -45,10 +93,11 @@ pub struct Tso {
 }
 
 impl Tso {
-    /// Starts the oracle over the PD node's mailbox, persisting windows of `window_ms`.
-    pub fn start(mailbox: Mailbox<PdOutput>, window_ms: u64) -> Tso {
+    /// Starts the oracle over the PD node's mailbox and applied state, persisting windows of
+    /// `window_ms`.
+    pub fn start(mailbox: Mailbox<PdOutput>, state: Arc<RwLock<PdState>>, window_ms: u64) -> Tso {
         let (tx, rx) = mpsc::channel(64 * 1024);
-        tokio::spawn(run(mailbox, window_ms.max(10), rx));
+        tokio::spawn(run(mailbox, state, window_ms.max(10), rx));
         Tso { calls: tx }
     }
 
@@ -56,17 +105,17 @@ impl Tso {
     /// call began.
     pub async fn get(&self, count: u32) -> TsoResult {
         if count == 0 || u64::from(count) > LOGICAL_SPAN {
-            return Err(RequestError::InvalidArgument(format!(
+            return Err(TsoError::Request(RequestError::InvalidArgument(format!(
                 "count must be 1 to {LOGICAL_SPAN}, got {count}"
-            )));
+            ))));
         }
+        let stopped = || TsoError::Request(RequestError::Unavailable("the oracle stopped".into()));
         let (tx, rx) = oneshot::channel();
         self.calls
             .send(Call { count, tx })
             .await
-            .map_err(|_| RequestError::Unavailable("the oracle stopped".into()))?;
-        rx.await
-            .map_err(|_| RequestError::Unavailable("the oracle stopped".into()))?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 
@@ -114,7 +163,7 @@ impl Window {
 
 /// The wall clock in ms, shifted by `RDB_PD_CLOCK_SKEW_MS` (signed) when that is set: tests use
 /// it to restart a node with a clock stepped back.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let skew = *SKEW.get_or_init(|| {
         std::env::var("RDB_PD_CLOCK_SKEW_MS")
@@ -128,7 +177,12 @@ fn now_ms() -> u64 {
     now.saturating_add(skew).max(0) as u64
 }
 
-async fn run(mailbox: Mailbox<PdOutput>, window_ms: u64, mut rx: mpsc::Receiver<Call>) {
+async fn run(
+    mailbox: Mailbox<PdOutput>,
+    state: Arc<RwLock<PdState>>,
+    window_ms: u64,
+    mut rx: mpsc::Receiver<Call>,
+) {
     let mut w = Window::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -138,7 +192,7 @@ async fn run(mailbox: Mailbox<PdOutput>, window_ms: u64, mut rx: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        if let Err(e) = serve(&mailbox, window_ms, &mut w, &mut batch).await {
+        if let Err(e) = serve(&mailbox, &state, window_ms, &mut w, &mut batch).await {
             for c in batch {
                 let _ = c.tx.send(Err(e.clone()));
             }
@@ -148,14 +202,21 @@ async fn run(mailbox: Mailbox<PdOutput>, window_ms: u64, mut rx: mpsc::Receiver<
 
 async fn serve(
     mailbox: &Mailbox<PdOutput>,
+    state: &RwLock<PdState>,
     window_ms: u64,
     w: &mut Window,
     batch: &mut Vec<Call>,
-) -> Result<(), RequestError> {
+) -> Result<(), TsoError> {
     let term = read_barrier(mailbox).await?;
     if w.term != term {
-        // A new term (or a first call): open a window above everything served before.
+        // A new term (or a first call): open a window above everything served before, unless
+        // that is implausibly far ahead (checked before proposing, so refusals never move the
+        // limit on).
         *w = Window::default();
+        let limit = state.read().unwrap_or_else(|p| p.into_inner()).tso_limit;
+        if let Some(why) = implausible_limit(limit, now_ms()) {
+            return Err(TsoError::LimitAhead(why));
+        }
         advance(mailbox, window_ms, term, w).await?;
     }
     for c in batch.drain(..) {
@@ -266,6 +327,19 @@ mod tests {
         let later = w.physical + 10;
         assert_eq!(w.place(later, 5, 3000), Place::Served(later, 0));
         assert_eq!(w.place(later, 5, 3000), Place::Served(later, 5));
+    }
+
+    #[test]
+    fn a_limit_more_than_an_hour_ahead_of_the_clock_is_refused_with_the_way_out() {
+        let now = 1_796_000_000_000;
+        assert_eq!(implausible_limit(now - 5, now), None);
+        assert_eq!(implausible_limit(now + MAX_LIMIT_AHEAD_MS, now), None);
+        let m = implausible_limit(now + MAX_LIMIT_AHEAD_MS + 1, now).expect("refused");
+        assert!(m.contains("is 1 hours ahead"), "{m}");
+        // An old window without bound: centuries ahead, past 48 bits of milliseconds.
+        let m = implausible_limit(1 << 50, now).expect("refused");
+        assert!(m.contains("days ahead") && m.contains("correct it"), "{m}");
+        assert!(!m.contains('\n'), "one line: {m}");
     }
 
     #[test]

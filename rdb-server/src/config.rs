@@ -332,6 +332,27 @@ pub struct ClientTlsSettings {
 }
 
 impl StoreFile {
+    /// How the store reaches PD: the client's default timing, and TLS from `[pd_tls]`.
+    pub fn pd_client_options(&self) -> Result<rdb_client::Options, ConfigError> {
+        let mut opts = rdb_client::Options::default();
+        if let Some(t) = &self.pd_tls {
+            let read = |p: &Path, what: &str| {
+                std::fs::read(p).map_err(|e| {
+                    ConfigError::Invalid(format!("[pd_tls] {what} {}: {e}", p.display()))
+                })
+            };
+            let identity = match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => Some((read(c, "cert_file")?, read(k, "key_file")?)),
+                _ => None,
+            };
+            opts.tls = Some(rdb_client::TlsOptions {
+                ca_pem: read(&t.ca_file, "ca_file")?,
+                identity,
+            });
+        }
+        Ok(opts)
+    }
+
     /// Reads and validates a store file.
     pub fn load(path: &Path) -> Result<StoreFile, ConfigError> {
         load_with(path, |text| {

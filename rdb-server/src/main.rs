@@ -58,7 +58,9 @@ struct Args {
     /// With --pd: where clients reach this store (HOST:PORT); it listens there.
     #[arg(long, requires = "pd")]
     addr: Option<String>,
-    /// With --pd: how many stores the first region is bootstrapped on (its replicas).
+    /// With --pd: how many stores the first region is bootstrapped on (its replicas). The
+    /// store that bootstraps the cluster decides; PD records it as the cluster's replication
+    /// factor, and a store started later with another value logs a warning naming both.
     #[arg(long, requires = "pd", default_value_t = 3)]
     replicas: usize,
     /// With --pd: split a region once it holds more keys than this.
@@ -156,11 +158,40 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
         },
         metrics_addr: args.metrics_addr.clone(),
     };
+    let pd_options = store.file.pd_client_options()?;
+    let replicas = args.replicas;
     let mut config = ClusterConfig::single_node_default();
     config.settings = store.file.settings.clone();
-    binary::run_node(&config, "rdb-worker", |logger| {
-        serve::run(store, logger, server::shutdown_signal())
+    binary::run_node(&config, "rdb-worker", |logger| async move {
+        // Connects lazily: inside the runtime.
+        if let Ok(pd) = rdb_client::PdClient::with_options(store.pd.clone(), pd_options) {
+            tokio::spawn(warn_on_other_replicas(pd, replicas, logger.clone()));
+        }
+        serve::run(store, logger, server::shutdown_signal()).await
     })
+}
+
+/// Logs a warning when the cluster's replication factor, recorded by PD at bootstrap, is not
+/// this store's `--replicas`: the flag decides only for the store that bootstraps, so a store
+/// started with another value says so instead of seeming to apply it. Waits for the bootstrap.
+async fn warn_on_other_replicas(pd: rdb_client::PdClient, mine: usize, logger: slog::Logger) {
+    use std::time::Duration;
+    loop {
+        let pause = match pd.bootstrapped_replicas().await {
+            Ok(Some(0)) => return,
+            Ok(Some(cluster)) => {
+                if cluster as usize != mine {
+                    slog::warn!(logger, "--replicas differs from the cluster's replication factor; the cluster's applies";
+                        "replicas" => mine, "cluster_replicas" => cluster,
+                        "recorded" => "by PD when the cluster was bootstrapped");
+                }
+                return;
+            }
+            Ok(None) => Duration::from_secs(1),
+            Err(_) => Duration::from_secs(5),
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// The configuration of a node started with `--join`, from its data directory or the cluster.

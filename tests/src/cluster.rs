@@ -29,6 +29,16 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// A finished command's exit code, stdout and stderr, for an assertion's message.
+pub fn explain(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A free port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 on Linux), and
 /// never one this test process handed out before: a port is only checked, not held, so two
 /// calls could otherwise return the same one before any node binds it (a config naming an

@@ -482,6 +482,7 @@ async fn execute(c: &Client, op: &Op) -> Outcome {
             | Error::AlreadyBootstrapped(_)
             | Error::NotFound(_)
             | Error::ClusterMismatch(_)
+            | Error::FailedPrecondition(_)
             | Error::Io(_)),
         ) => {
             panic!("a KV call got a PD error: {e}")

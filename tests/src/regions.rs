@@ -118,6 +118,26 @@ impl RegionCluster {
         PdClient::with_options([self.pd_addr()], self.options()).expect("pd client")
     }
 
+    /// Runs `rdb-cli --pd <this cluster's PD> ARGS...` (15 s deadline) and returns its output.
+    pub fn pd_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("rdb-cli"))
+            .args(["--pd", &self.pd_addr(), "--timeout-ms", "15000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rdb-cli (cargo build --workspace --bins)")
+    }
+
+    /// The id PD gave store `i` (1-based).
+    pub async fn store_id(&self, i: usize) -> u64 {
+        let stores = self.pd_client().get_all_stores(true).await.expect("stores");
+        stores
+            .iter()
+            .find(|s| s.address == self.addrs[i - 1])
+            .map(|s| s.id)
+            .expect("store registered")
+    }
+
     /// A client for every store (it follows the stores' leader hints).
     pub fn client(&self) -> Client {
         Client::with_options(self.addrs.clone(), self.options()).expect("client")
@@ -148,6 +168,12 @@ impl RegionCluster {
 
     /// Starts (or restarts) store `i` (1-based); it must not be running.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with_replicas(i, self.setup.replicas);
+    }
+
+    /// Starts (or restarts) store `i` (1-based) with `--replicas replicas` instead of the
+    /// cluster's setup; it must not be running.
+    pub fn restart_with_replicas(&mut self, i: usize, replicas: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -161,7 +187,7 @@ impl RegionCluster {
             .arg(self.data_dir(i))
             .args(["--region-split-keys", &self.split.keys.to_string()])
             .args(["--split-check-ms", &self.split.check_ms.to_string()])
-            .args(["--replicas", &self.setup.replicas.to_string()])
+            .args(["--replicas", &replicas.to_string()])
             .args(
                 self.setup
                     .store_file

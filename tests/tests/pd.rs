@@ -304,6 +304,58 @@ async fn a_clock_stepped_back_a_minute_does_not_take_timestamps_back() {
     );
 }
 
+#[tokio::test]
+async fn a_persisted_limit_years_ahead_of_the_clock_is_refused_with_the_cause_and_never_served() {
+    let mut c = TestCluster::start_pd(1, "tso_window_ms = 3000");
+    let pd = Pd::new(&c);
+    // A clock set ten years ahead leaves a limit ten years ahead, as a window without a bound
+    // (before tso_window_ms had one) did.
+    const TEN_YEARS_MS: u64 = 10 * 365 * 86_400_000;
+    c.kill(1);
+    c.restart_with_env(
+        1,
+        &[("RDB_PD_CLOCK_SKEW_MS", TEN_YEARS_MS.to_string().as_str())],
+    );
+    let ahead = pd.tso(1, SECS(20)).await;
+    assert_eq!(ahead.error, None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    assert!(ahead.first.as_ref().expect("a timestamp").physical > now + TEN_YEARS_MS / 2);
+    // Back on the right clock: no timestamp from ten years ahead, and a refusal that says why.
+    c.kill(1);
+    c.restart(1);
+    let r = pd.tso(1, SECS(20)).await;
+    assert_eq!(r.first, None, "served from the far future: {r:?}");
+    let (code, message, _) = err_of(&r.error).expect("refused");
+    assert_eq!(code, ErrorCode::FailedPrecondition as i32, "{message}");
+    assert!(
+        message.contains("days ahead of this PD node's clock") && message.contains("correct it"),
+        "{message}"
+    );
+    // The CLI says so in one line at once, with an exit code scripts do not retry.
+    let started = Instant::now();
+    let out = std::process::Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+        .args(["--pd", &c.endpoints().join(","), "tso"])
+        .output()
+        .expect("run rdb-cli");
+    let explained = rdb_tests::cluster::explain(&out);
+    assert_eq!(out.status.code(), Some(1), "{explained}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{explained}");
+    assert!(stderr.contains("days ahead"), "{explained}");
+    assert!(
+        started.elapsed() < SECS(8),
+        "the CLI retried a refusal: {explained}"
+    );
+    let log = std::fs::read_to_string(c.log_path(1)).expect("PD log");
+    assert!(
+        log.contains("timestamps refused: the persisted limit is implausibly far ahead"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_requests_are_typed() {
     let mut c = TestCluster::start_pd(3, "store_down_after_secs = 2");
@@ -678,7 +730,7 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
     use rdb_client::pd::{
         Peer as CPeer, Region as CRegion, RegionEpoch as CEpoch, Store as CStore,
     };
-    let c = TestCluster::start_pd(3, "");
+    let mut c = TestCluster::start_pd(3, "");
     let pd = rdb_client::PdClient::new(c.endpoints()).expect("client");
     // Batched timestamps from concurrent callers: all distinct, each caller's increasing.
     let tasks: Vec<_> = (0..32)
@@ -757,6 +809,33 @@ async fn the_pd_client_and_cli_work_against_a_real_group() {
         "{members}"
     );
     assert!(members["leader_id"].as_u64().unwrap_or(0) >= 1, "{members}");
+
+    // A majority down: `member list` still lists the nodes, and says PD has no leader (exit 4).
+    c.kill(1);
+    c.kill(2);
+    let deadline = Instant::now() + SECS(30);
+    let out = loop {
+        let out = std::process::Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+            .args(["--pd", &c.endpoints().join(","), "member", "list"])
+            .output()
+            .expect("run rdb-cli");
+        // Node 3 forgets the old leader once its election timeout passes.
+        if !out.status.success() || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let explained = rdb_tests::cluster::explain(&out);
+    assert_eq!(out.status.code(), Some(4), "{explained}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PD has no leader"),
+        "{explained}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        4,
+        "the header and every node: {explained}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

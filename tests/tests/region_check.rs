@@ -1,33 +1,14 @@
 //! The replica check per region (specs/009-regions, "Replica checks") against real processes:
 //! `rdb-cli --pd ADDR check` over one rdb-pd node and three `rdb-server --pd` stores.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use rdb_client::{Client, RegionScope, ReplicaState};
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{ErrorCode, HashRequest, RegionContext};
-use rdb_tests::cluster::bin_dir;
+use rdb_tests::cluster::explain;
 use rdb_tests::regions::{key, write_rounds, RegionCluster, Split};
-
-/// Runs `rdb-cli --pd <the cluster's PD> ARGS...`.
-fn pd_cli(c: &RegionCluster, args: &[&str]) -> Output {
-    Command::new(bin_dir().join("rdb-cli"))
-        .args(["--pd", &c.pd_addr(), "--timeout-ms", "15000"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run rdb-cli (cargo build --workspace --bins)")
-}
-
-fn explain(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The rows of a check table after its header.
 fn rows(o: &Output) -> Vec<String> {
@@ -36,16 +17,6 @@ fn rows(o: &Output) -> Vec<String> {
         .skip(1)
         .map(str::to_string)
         .collect()
-}
-
-/// The id PD gave store `i` (1-based).
-async fn store_id(c: &RegionCluster, i: usize) -> u64 {
-    let stores = c.pd_client().get_all_stores(true).await.expect("stores");
-    stores
-        .iter()
-        .find(|s| s.address == c.addrs[i - 1])
-        .map(|s| s.id)
-        .expect("store registered")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -77,7 +48,7 @@ async fn every_regions_replicas_agree_after_writes_and_splits() {
     assert!(records >= 400, "{records} records over every region");
 
     // Through rdb-cli: one row per region, every one agreeing, exit 0.
-    let o = pd_cli(&c, &["check"]);
+    let o = c.pd_cli(&["check"]);
     assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
     let table = rows(&o);
     assert!(table.len() >= checks.len(), "{}", explain(&o));
@@ -88,7 +59,7 @@ async fn every_regions_replicas_agree_after_writes_and_splits() {
         "{}",
         explain(&o)
     );
-    let o = pd_cli(&c, &["-o", "json", "check"]);
+    let o = c.pd_cli(&["-o", "json", "check"]);
     assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(doc["consistent"], true, "{doc}");
@@ -101,14 +72,14 @@ async fn every_regions_replicas_agree_after_writes_and_splits() {
     }
 
     // One region, by id or by a key it holds.
-    let o = pd_cli(&c, &["check", "--region", "1"]);
+    let o = c.pd_cli(&["check", "--region", "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
     assert_eq!(rows(&o).len(), 1, "{}", explain(&o));
     assert!(rows(&o)[0].starts_with("1 "), "{}", explain(&o));
-    let o = pd_cli(&c, &["check", &key(399)]);
+    let o = c.pd_cli(&["check", &key(399)]);
     assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
     assert_eq!(rows(&o).len(), 1, "{}", explain(&o));
-    let o = pd_cli(&c, &["check", "--region", "999999"]);
+    let o = c.pd_cli(&["check", "--region", "999999"]);
     assert_eq!(o.status.code(), Some(3), "no such region: {}", explain(&o));
 
     // A store asked for the hash of a region it hosts no peer of says so, typed.
@@ -144,7 +115,7 @@ async fn a_store_whose_data_was_changed_behind_raft_is_named_for_its_region() {
 
     // Change one user value on store 3 behind RocksDB's back, as a bug would.
     let tampered = key(123);
-    let odd = store_id(&c, 3).await;
+    let odd = c.store_id(3).await;
     let status = c.terminate(3, Duration::from_secs(8));
     assert!(status.is_some_and(|s| s.success()), "stop: {status:?}");
     {
@@ -198,7 +169,7 @@ async fn a_store_whose_data_was_changed_behind_raft_is_named_for_its_region() {
     assert!(!checked[0].consistent(), "{checked:#?}");
 
     // rdb-cli exits 7 and says which store differs in which region.
-    let o = pd_cli(&c, &["-o", "json", "check"]);
+    let o = c.pd_cli(&["-o", "json", "check"]);
     assert_eq!(o.status.code(), Some(7), "{}", explain(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(doc["consistent"], false, "{doc}");
@@ -214,7 +185,7 @@ async fn a_store_whose_data_was_changed_behind_raft_is_named_for_its_region() {
         }
     }
     assert_eq!(found, 1, "{doc}");
-    let o = pd_cli(&c, &["check"]);
+    let o = c.pd_cli(&["check"]);
     assert_eq!(o.status.code(), Some(7), "{}", explain(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
     let named = format!(

@@ -58,6 +58,7 @@ async fn clients_need_tls_and_a_certificate_the_ca_signed() {
     }
     ca.issue_to("client", dir, "client");
     other.issue_to("intruder", dir, "intruder");
+    other.write(&dir.join("other-ca.pem"));
     let c = TestCluster::start_with_tables(3, &tables(dir, true));
 
     // A good client: TLS and a certificate the CA signed.
@@ -112,8 +113,9 @@ async fn clients_need_tls_and_a_certificate_the_ca_signed() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-value");
 
     // rdb-cli in plaintext: the node drops the connection, and the CLI's next write to it fails
-    // with a broken pipe. That is "unavailable" (exit 4) with a cause every time, never death by
-    // SIGPIPE without a word (the signal that ends the CLI quietly when its stdout is closed).
+    // with a broken pipe. That is a TLS configuration error (exit 8, which scripts do not retry)
+    // with its cause every time, never death by SIGPIPE without a word (the signal that ends
+    // the CLI quietly when its stdout is closed).
     for round in 0..10 {
         use std::os::unix::process::ExitStatusExt;
         let out = std::process::Command::new(bin_dir().join("rdb-cli"))
@@ -128,8 +130,50 @@ async fn clients_need_tls_and_a_certificate_the_ca_signed() {
             None,
             "round {round}: plaintext rdb-cli was killed by a signal: {stderr}"
         );
-        assert_eq!(out.status.code(), Some(4), "round {round}: {stderr}");
-        assert!(stderr.contains("unavailable"), "round {round}: {stderr}");
+        assert_eq!(out.status.code(), Some(8), "round {round}: {stderr}");
+        assert!(
+            stderr.contains("TLS configuration: ") && stderr.contains("speaks TLS"),
+            "round {round}: {stderr}"
+        );
+    }
+    // The other TLS mistakes: each a configuration error naming what is wrong.
+    let ca_pem = dir.join("ca.pem");
+    let other_ca = dir.join("other-ca.pem");
+    let (intruder, intruder_key) = (dir.join("intruder.pem"), dir.join("intruder.key"));
+    let (client_pem, client_key) = (dir.join("client.pem"), dir.join("client.key"));
+    for (what, tls_args, says) in [
+        (
+            "no client certificate",
+            vec![&ca_pem],
+            "requires a client certificate: give --cert and --key",
+        ),
+        (
+            "another CA's client certificate",
+            vec![&ca_pem, &intruder, &intruder_key],
+            "refused this client's certificate",
+        ),
+        (
+            "another CA as --cacert",
+            vec![&other_ca, &client_pem, &client_key],
+            "not signed by the CA given with --cacert",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(bin_dir().join("rdb-cli"));
+        cmd.arg("--endpoints").arg(c.endpoints().join(","));
+        for (flag, path) in ["--cacert", "--cert", "--key"].iter().zip(&tls_args) {
+            cmd.arg(flag).arg(path);
+        }
+        let out = cmd
+            .args(["--timeout-ms", "1000", "get", "cli-key"])
+            .output()
+            .expect("rdb-cli");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(
+            stderr.contains("TLS configuration: ") && stderr.contains(says),
+            "{what}: {stderr}"
+        );
     }
     let out = cli(&["get", "cli-key"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-value");
@@ -242,10 +286,10 @@ async fn a_pd_group_with_tls_answers_the_cli_over_tls_only() {
     let members = pd.get_members().await.expect("members over TLS");
     assert_eq!(members.members.len(), 3);
 
-    // Plaintext is refused, with one line that says why, and exit 4 (unavailable).
+    // Plaintext is refused, with one line that says why, and exit 8 (TLS configuration).
     let out = pd_cli(&c, &["--timeout-ms", "2000", "tso"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "plaintext: {stderr}");
+    assert_eq!(out.status.code(), Some(8), "plaintext: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(
         stderr.contains("speaks TLS") && stderr.contains("--cacert"),

@@ -29,6 +29,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::AlreadyBootstrapped(_) => "already_bootstrapped",
         Error::NotFound(_) => "not_found",
         Error::ClusterMismatch(_) => "cluster_mismatch",
+        Error::FailedPrecondition(_) => "failed_precondition",
         Error::Io(_) => "io",
     }
 }

@@ -220,6 +220,7 @@ impl Pd for FakePd {
         Ok(Response::new(pb::IsBootstrappedResponse {
             bootstrapped: error.is_none() && self.bootstrapped.load(Ordering::SeqCst),
             error,
+            replicas: 0,
         }))
     }
 

@@ -133,7 +133,10 @@ fn the_state_written_through_reloads_identically() {
                 address: "a:1".into(),
                 ..Default::default()
             }),
-            region: Some(region(2, b"", b"", 1)),
+            region: Some(Region {
+                peers: vec![Peer { id: 3, store_id: 1 }],
+                ..region(2, b"", b"", 1)
+            }),
             store_token: 99,
         }),
         Op::TsoAdvance(TsoAdvance {
@@ -160,6 +163,7 @@ fn the_state_written_through_reloads_identically() {
     assert_eq!(live.tso_limit, 107);
     assert_eq!(live.cluster_id, 77);
     assert_eq!(live.store_tokens.get(&1), Some(&99));
+    assert_eq!(live.replicas, 1, "the first region's peer count");
 }
 
 fn alloc(s: &mut PdState, count: u32) -> u64 {
@@ -493,4 +497,60 @@ fn a_scan_over_many_large_regions_pages_within_the_size_cap_and_misses_nothing()
     let page = s.scan(b"", b"", 0, 10);
     assert_eq!(page.regions.len(), 1);
     assert_eq!(page.next_start_key, Some(bound(1)));
+}
+
+fn tombstone(s: &mut PdState, store_id: u64) -> PdOutput {
+    run(
+        s,
+        Op::SetStoreState(rdb_proto::pd::SetStoreStateRequest {
+            store_id,
+            state: StoreState::Tombstone as i32,
+        }),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_store_holding_a_replica_is_not_tombstoned_and_a_store_holding_none_is() {
+    let mut s = PdState::default();
+    alloc(&mut s, 3);
+    for id in 1..=3 {
+        register(&mut s, id, &format!("a:{id}"), id + 10);
+    }
+    let peers = |stores: &[u64]| -> Vec<Peer> {
+        stores
+            .iter()
+            .map(|&store_id| Peer {
+                id: 100 + store_id,
+                store_id,
+            })
+            .collect()
+    };
+    let first = Region {
+        peers: peers(&[1, 2]),
+        ..region(20, b"", b"m", 1)
+    };
+    let second = Region {
+        peers: peers(&[1]),
+        ..region(21, b"m", b"", 1)
+    };
+    for r in [first, second] {
+        assert_eq!(run(&mut s, Op::PutRegion(r)), Ok(PdOutput::Done));
+    }
+    let (code, m) = refusal(tombstone(&mut s, 1));
+    assert_eq!(code, ErrorCode::FailedPrecondition);
+    assert!(
+        m.contains("store 1 holds a replica of 2 regions (20, 21)"),
+        "{m}"
+    );
+    assert!(m.contains("moved to other stores"), "{m}");
+    let (_, m) = refusal(tombstone(&mut s, 2));
+    assert!(m.contains("of region 20;"), "{m}");
+    assert_eq!(s.stores[&1].state, StoreState::Up as i32, "nothing changed");
+    // Store 3 holds nothing: it goes, and asking again is no error.
+    assert_eq!(tombstone(&mut s, 3), PdOutput::Done);
+    assert_eq!(s.stores[&3].state, StoreState::Tombstone as i32);
+    assert_eq!(tombstone(&mut s, 3), PdOutput::Done);
+    let (code, _) = refusal(tombstone(&mut s, 9));
+    assert_eq!(code, ErrorCode::NotFound);
 }
