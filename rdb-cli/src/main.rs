@@ -466,14 +466,6 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Status => {
             let all = client.status_all().await;
-            if let Some((ep, _)) = all.iter().find(|(_, r)| r.as_ref().is_ok_and(is_store)) {
-                eprintln!(
-                    "rdb-cli: {ep} is a store of a PD-mode cluster: it has no Raft role or term of \
-                     its own (each of its regions has its own group); ask PD: `rdb-cli --pd \
-                     <PD> store list` for the stores, `region list` for the regions and leaders"
-                );
-                return exit::FAILURE;
-            }
             p.status(&all);
             if all.iter().all(|(_, r)| r.is_ok()) {
                 0
@@ -564,11 +556,6 @@ async fn run(cli: Cli) -> u8 {
 /// Where the KV and group commands go without --endpoints (and without --pd).
 const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
 
-/// Whether a status answer comes from a PD-mode store, which has no group of its own.
-fn is_store(s: &rdb_client::NodeStatus) -> bool {
-    s.role == "unknown" && s.term == 0
-}
-
 /// Why the command cannot go where the options send it, if it cannot: a command for one Raft
 /// group with --regions (a PD-mode cluster has none), or a command for --endpoints given only
 /// --pd (it would silently go to the default endpoint).
@@ -580,16 +567,17 @@ fn misdirected(cli: &Cli) -> Option<String> {
         Command::Batch { .. } => ("batch", true),
         Command::Scan { .. } => ("scan", true),
         Command::Cas { .. } => ("cas", true),
+        // With --pd: every store PD knows, with its regions.
+        Command::Status if cli.pd.is_some() => return None,
         Command::Status => ("status", false),
+        Command::Leader {
+            region: Some(_), ..
+        } => return None,
         Command::Leader { .. } => ("leader", false),
         Command::Snapshot { .. } => ("snapshot", false),
         _ => return None,
     };
-    let for_pd_mode = if name == "status" {
-        "; a PD-mode cluster's stores and regions: `store list`, `region list` with --pd"
-    } else {
-        ""
-    };
+    let for_pd_mode = "";
     if cli.regions && !kv {
         return Some(format!(
             "`{name}` addresses the nodes of one Raft group (at --endpoints); --regions routes \

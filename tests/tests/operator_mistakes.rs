@@ -134,15 +134,29 @@ async fn commands_aimed_at_the_wrong_kind_of_address_say_so_and_fail() {
     let pd = c.pd_addr();
     let store = c.addrs[0].clone();
 
-    // A whole-group command with --regions: a PD-mode cluster has no single group.
-    refused(
-        &cli(&["--pd", &pd, "--regions", "status"]),
-        2,
-        &[
-            "`status` addresses the nodes of one Raft group",
-            "store list",
-        ],
+    // `status` with --pd (and --regions or not) shows every store PD knows, with its regions;
+    // a store asked directly shows its own.
+    for o in [
+        cli(&["--pd", &pd, "--regions", "status"]),
+        cli(&["--pd", &pd, "status"]),
+    ] {
+        assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            out.matches("store (1 regions)").count(),
+            3,
+            "{}",
+            explain(&o)
+        );
+    }
+    let o = cli(&["--endpoints", &store, "status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("store (1 regions)"),
+        "{}",
+        explain(&o)
     );
+    // A whole-group command with --regions: a PD-mode cluster has no single group.
     for args in [
         &["leader", "transfer", "2"][..],
         &["snapshot", "save", "/nonexistent/backup"][..],
@@ -153,32 +167,15 @@ async fn commands_aimed_at_the_wrong_kind_of_address_say_so_and_fail() {
     }
     // --pd alone does not send a KV or group command to the default endpoint.
     refused(
-        &cli(&["--pd", &pd, "status"]),
-        2,
-        &[
-            "goes to the nodes at --endpoints",
-            "127.0.0.1:2379",
-            "store list",
-        ],
-    );
-    refused(
         &cli(&["--pd", &pd, "get", "k"]),
         2,
         &["give --endpoints, or --regions"],
     );
-    // A store's address where a group's node is expected.
-    refused(
-        &cli(&["--endpoints", &store, "status"]),
-        1,
-        &[
-            &format!("{store} is a store of a PD-mode cluster"),
-            "store list",
-        ],
-    );
+    // A store's address where a group's node is expected: it names no region.
     refused(
         &cli(&["--endpoints", &store, "member", "list"]),
-        1,
-        &["a store of a PD-mode cluster"],
+        2,
+        &["a store of a PD-mode cluster", "--region"],
     );
     // A store's address given as PD's, and PD's as a node's.
     refused(

@@ -134,7 +134,11 @@ fn the_state_written_through_reloads_identically() {
                 ..Default::default()
             }),
             region: Some(Region {
-                peers: vec![Peer { id: 3, store_id: 1 }],
+                peers: vec![Peer {
+                    id: 3,
+                    store_id: 1,
+                    learner: false,
+                }],
                 ..region(2, b"", b"", 1)
             }),
             store_token: 99,
@@ -523,6 +527,7 @@ fn a_store_holding_a_replica_is_not_tombstoned_and_a_store_holding_none_is() {
             .map(|&store_id| Peer {
                 id: 100 + store_id,
                 store_id,
+                learner: false,
             })
             .collect()
     };

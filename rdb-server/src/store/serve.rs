@@ -121,7 +121,7 @@ pub async fn run(
             dedup_window: settings.dedup_window,
         })
         .map_err(data_error)?;
-    let pd = PdClient::with_options(args.pd.iter().cloned(), pd_options(&args.file)?)
+    let pd = PdClient::with_options(args.pd.iter().cloned(), args.file.pd_client_options()?)
         .map_err(|e| ServerError::Pd(format!("client: {e}")))?;
     let Some(ident) = identify(&engine, &pd, &stop_rx, &logger).await? else {
         return Ok(());
@@ -336,26 +336,6 @@ pub async fn run(
             .map_err(|e| ServerError::Serve(e.to_string()))
     };
     crate::server::serve_until_stopped(serving, stop_rx, raft_thread, &logger).await
-}
-
-/// How the store reaches PD: the default timing, and TLS from `[pd_tls]`.
-fn pd_options(file: &StoreFile) -> Result<rdb_client::Options, ServerError> {
-    let mut opts = rdb_client::Options::default();
-    if let Some(t) = &file.pd_tls {
-        let read = |p: &std::path::Path, what: &str| {
-            std::fs::read(p)
-                .map_err(|e| ServerError::Tls(format!("[pd_tls] {what} {}: {e}", p.display())))
-        };
-        let identity = match (&t.cert_file, &t.key_file) {
-            (Some(c), Some(k)) => Some((read(c, "cert_file")?, read(k, "key_file")?)),
-            _ => None,
-        };
-        opts.tls = Some(rdb_client::TlsOptions {
-            ca_pem: read(&t.ca_file, "ca_file")?,
-            identity,
-        });
-    }
-    Ok(opts)
 }
 
 /// How long a store that knows its cluster waits at start for PD to say whether it is that

@@ -291,6 +291,19 @@ impl StoreTask {
             Msg::Read { tx } => {
                 let _ = tx.send(Err(not_static()));
             }
+            Msg::TransferLeader {
+                region_id: 0, tx, ..
+            } => {
+                let _ = tx.send(Err(no_region_named()));
+            }
+            Msg::ChangeMembers {
+                region_id: 0, tx, ..
+            } => {
+                let _ = tx.send(Err(no_region_named()));
+            }
+            Msg::Members { region_id: 0, tx } => {
+                let _ = tx.send(Err(no_region_named()));
+            }
             Msg::TransferLeader { region_id, to, tx } => {
                 let r = match self.core.transfer_leader(region_id, to) {
                     Ok(()) => Ok(()),
@@ -683,6 +696,15 @@ pub(super) fn region_error(e: RegionError) -> RequestError {
             vec![*region],
         ),
     }
+}
+
+/// A membership or leadership request to a store that names no region.
+fn no_region_named() -> RequestError {
+    RequestError::InvalidArgument(
+        "this is a store of a PD-mode cluster, where each region has its own members and \
+         leader: name one (rdb-cli --pd PD member list --region ID)"
+            .into(),
+    )
 }
 
 pub(super) fn not_static() -> RequestError {
