@@ -11,6 +11,10 @@
 #   5. a store is killed with -9: every region still serves a write and a read
 #   6. the store restarts and holds every key again (its own, serializable view)
 #   7. every region's replicas hash equal at one index of its log (rdb-cli --pd ... check)
+#   8. a fourth store starts; the first region moves a replica to it through its own log: a
+#      learner there, promoted, made leader, and store 1's peer removed (rdb-cli --pd ...
+#      member ... --region, leader transfer --region); every key reads back, `status` shows
+#      the region on store 4 as leader, and the replicas agree again
 # Exits non-zero on the first failure and always stops every process it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,11 +26,11 @@ work=$(mktemp -d -t rdb-regions.XXXXXX)
 declare -A pid
 trap rdb_verify_cleanup EXIT
 keys=1200
-read -r pd_port pd_peer s1 s2 s3 p1 p2 p3 <<<"$(rdb_free_ports 8)"
+read -r pd_port pd_peer s1 s2 s3 s4 p1 p2 p3 p4 <<<"$(rdb_free_ports 10)"
 pd=127.0.0.1:$pd_port
-store_addr=(127.0.0.1:$s1 127.0.0.1:$s2 127.0.0.1:$s3)
-store_peer=(127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p3)
-endpoints=$(IFS=,; echo "${store_addr[*]}")
+store_addr=(127.0.0.1:$s1 127.0.0.1:$s2 127.0.0.1:$s3 127.0.0.1:$s4)
+store_peer=(127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p3 127.0.0.1:$p4)
+endpoints=$(IFS=,; echo "${store_addr[*]:0:3}")
 cli() { "$RDB_BIN/rdb-cli" --endpoints "$endpoints" --timeout-ms 10000 "$@"; }
 pdcli() { "$RDB_BIN/rdb-cli" --pd "$pd" --timeout-ms 5000 "$@"; }
 start_store() { # start_store N
@@ -118,4 +122,50 @@ begin
   || fail "the replicas differ (exit $?): $(cat "$work/check.txt")"
 cat "$work/check.txt"
 pass "every region's replicas agree"
+
+# 8. A replica of the first region moves from store 1 to a new fourth store.
+begin
+start_store 4
+store_id_at() { # store_id_at ADDR: the id PD gave the store at ADDR
+  pdcli -o json store list | python3 -c '
+import json, sys
+print(next(s["id"] for s in json.load(sys.stdin) if s["address"] == sys.argv[1]))' "$1"
+}
+registered() { store_id_at "${store_addr[3]}" >/dev/null 2>&1; }
+wait_for 20000 registered || fail "store 4 did not register with PD"
+s1_id=$(store_id_at "${store_addr[0]}")
+s4_id=$(store_id_at "${store_addr[3]}")
+read -r region old_peer <<<"$(pdcli -o json region list | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["regions"][0]
+print(r["id"], next(p["id"] for p in r["peers"] if p["store_id"] == int(sys.argv[1])))' "$s1_id")"
+pdcli member add --region "$region" --store "$s4_id" --learner > "$work/add.txt" \
+  || fail "adding a learner of region $region on store $s4_id failed: $(cat "$work/add.txt")"
+new_peer=$(pdcli -o json member list --region "$region" | python3 -c '
+import json, sys
+print(next(p["id"] for p in json.load(sys.stdin)["peers"] if p["store_id"] == int(sys.argv[1])))' "$s4_id")
+promoted() { pdcli member promote --region "$region" "$new_peer" >/dev/null 2>&1; }
+wait_for 30000 promoted || fail "learner $new_peer of region $region was never promoted"
+pdcli leader transfer --region "$region" "$new_peer" >/dev/null \
+  || fail "leadership of region $region did not move to peer $new_peer"
+pdcli member remove --region "$region" "$old_peer" >/dev/null \
+  || fail "peer $old_peer of region $region (store 1) was not removed"
+moved() {
+  pdcli -o json region list | python3 -c '
+import json, sys
+r = next(r for r in json.load(sys.stdin)["regions"] if r["id"] == int(sys.argv[1]))
+stores = sorted(p["store_id"] for p in r["peers"])
+sys.exit(0 if int(sys.argv[2]) in stores and int(sys.argv[3]) not in stores and len(stores) == 3
+         and not any(p["learner"] for p in r["peers"]) else 1)' "$region" "$s4_id" "$s1_id"
+}
+wait_for 20000 moved || fail "PD does not show region $region moved: $(pdcli region list)"
+seq -f 'key%05g' 1 "$keys" | xargs -n 100 "$RDB_BIN/rdb-cli" --pd "$pd" --regions \
+  --timeout-ms 10000 batch get > "$work/got2.txt" || fail "a batch get failed after the move"
+cmp -s "$work/got2.txt" "$work/want.txt" || fail "keys did not read back after the move"
+pdcli status > "$work/status.txt" || fail "status failed: $(cat "$work/status.txt")"
+grep -A 100 "regions of store $s4_id:" "$work/status.txt" | grep -qE "^$region +$new_peer +leader " \
+  || fail "status does not show region $region led on store $s4_id: $(cat "$work/status.txt")"
+"$RDB_BIN/rdb-cli" --pd "$pd" --timeout-ms 20000 check > "$work/check2.txt" 2>&1 \
+  || fail "the replicas differ after the move (exit $?): $(cat "$work/check2.txt")"
+pass "region $region moved from store $s1_id to store $s4_id (peer $new_peer leads)"
 echo "verify-regions: all steps passed"

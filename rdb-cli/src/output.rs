@@ -319,7 +319,8 @@ impl Printer {
         json!({
             "id": g.id, "start_key": self.text(&g.start_key), "end_key": self.text(&g.end_key),
             "epoch": {"version": g.epoch.version, "conf_ver": g.epoch.conf_ver},
-            "peers": g.peers.iter().map(|p| json!({"id": p.id, "store_id": p.store_id}))
+            "peers": g.peers.iter()
+                .map(|p| json!({"id": p.id, "store_id": p.store_id, "learner": p.learner}))
                 .collect::<Vec<_>>(),
             "leader": r.leader.map(|p| json!({"id": p.id, "store_id": p.store_id})),
             "approximate_size": r.approximate_size, "approximate_keys": r.approximate_keys,
