@@ -19,7 +19,7 @@ use rdb_proto::kv::{CheckRequest, ErrorCode, HashRequest, RegionContext};
 use tokio::time::Instant;
 
 use crate::pd::{Region, RegionInfo};
-use crate::retry::{region_context, Outcome, Progress, Route};
+use crate::route::{region_context, Outcome, Progress, Route};
 use crate::routing::pd_call;
 use crate::{escape_bytes, Client, Error, Result};
 

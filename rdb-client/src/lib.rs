@@ -68,6 +68,7 @@ pub mod pd;
 mod region_members;
 pub mod regions;
 mod retry;
+mod route;
 mod routing;
 
 pub use backup::SavedSnapshot;

@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 
 use crate::attempts::{Attempts, Waited};
 use crate::error::human_duration;
-use crate::retry::{is_connect_failure, is_refused_input};
+use crate::error::{is_connect_failure, is_refused_input};
 use crate::{channel_lazy, lock, Error, Options, Result};
 
 /// The most timestamps one TSO request may ask for (pd.proto: 1 to 65536).

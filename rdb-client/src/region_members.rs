@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::members::member_of;
 use crate::pd::RegionInfo;
-use crate::retry::{Outcome, Progress, Route};
+use crate::route::{Outcome, Progress, Route};
 use crate::routing::pd_call;
 use crate::{Client, Error, MemberInfo, Result};
 

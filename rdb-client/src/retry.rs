@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::attempts::{Attempts, Waited};
-use crate::pd::{Peer, Region};
-use crate::regions::CachedRegion;
+use crate::error::{is_connect_failure, is_refused_input};
+use crate::pd::Region;
+use crate::route::{Outcome, Progress, Route, Target};
 use crate::{Client, Error, ReadConsistency, Result};
 
 /// Retries made at once (hints, cache corrections) before the loop pauses anyway.
@@ -29,99 +30,6 @@ enum Next {
     Now(Option<Target>),
     /// Try another node after a pause.
     Backoff,
-}
-
-/// Where one attempt goes.
-pub(crate) struct Target {
-    /// The node's (PD mode: the store's) client address.
-    pub(crate) addr: String,
-    /// PD mode: the region the request is for (its context goes with it) and the peer addressed.
-    pub(crate) region: Option<(CachedRegion, Peer)>,
-}
-
-impl Target {
-    /// The request's region context: `None` outside PD mode.
-    fn context(&self) -> Option<RegionContext> {
-        self.region.as_ref().map(|(r, _)| region_context(&r.region))
-    }
-}
-
-/// The context naming `region` and its epoch in a request.
-pub(crate) fn region_context(region: &Region) -> RegionContext {
-    RegionContext {
-        region_id: region.id,
-        epoch: Some(rdb_proto::pd::RegionEpoch {
-            version: region.epoch.version,
-            conf_ver: region.epoch.conf_ver,
-        }),
-    }
-}
-
-/// Where the attempts of one call go.
-#[derive(Clone, Copy)]
-pub(crate) enum Route<'a> {
-    /// The configured endpoints: the leader, or with `any_node` the next one in rotation (an
-    /// answer then does not make that node the known leader).
-    Group { any_node: bool },
-    /// PD mode: the leader of the region holding every one of `keys` (the first key's region);
-    /// with `any_peer`, an answer does not make the peer the known leader (serializable reads).
-    Region {
-        keys: &'a [&'a [u8]],
-        any_peer: bool,
-    },
-}
-
-/// How a call ended.
-pub(crate) enum Outcome<T> {
-    /// The answer.
-    Done(T),
-    /// The keys no longer lie in one region (a split): the caller cuts them again.
-    Regroup,
-}
-
-/// What the attempts of one call have learned so far; carried over when a batch's part is cut
-/// again after a split, so its outcome at the deadline is still reported right.
-#[derive(Debug, Clone)]
-pub(crate) struct Progress {
-    /// A write attempt may have been applied (no answer, or an `Indeterminate` one).
-    pub(crate) maybe_applied: bool,
-    /// The latest failure, reported at the deadline.
-    pub(crate) last_err: Error,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress {
-            maybe_applied: false,
-            last_err: Error::Unavailable("no node answered".into()),
-        }
-    }
-}
-
-impl Progress {
-    /// The call's error once it gives up: [`Error::Indeterminate`] for a write that may have
-    /// been applied, else the latest failure.
-    pub(crate) fn at_deadline(&self, write: bool) -> Error {
-        if write && self.maybe_applied {
-            Error::Indeterminate(format!(
-                "outcome unknown at the deadline; last error: {}",
-                self.last_err
-            ))
-        } else {
-            self.last_err.clone()
-        }
-    }
-
-    /// `err` as the call's final error: [`Error::Indeterminate`] if a write may have been applied.
-    pub(crate) fn fail(&self, write: bool, err: Error) -> Error {
-        match err {
-            Error::Indeterminate(_) => err,
-            err if write && self.maybe_applied => {
-                Error::Indeterminate(format!("outcome unknown; last error: {err}"))
-            }
-            err => err,
-        }
-    }
 }
 
 impl Client {
@@ -603,39 +511,6 @@ impl Client {
 /// Whether an answer ends a call: no error in it.
 fn answered<T>(answer: &std::result::Result<(T, Option<PbError>), tonic::Status>) -> bool {
     matches!(answer, Ok((_, None)))
-}
-
-/// True for statuses that mean the server refused the request itself (too large, malformed):
-/// retrying cannot help, and nothing was applied.
-pub(crate) fn is_refused_input(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::OutOfRange | tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
-    )
-}
-
-/// True when the request certainly never reached the server: no connection could be made.
-///
-/// Decided by the error's type, never its text. tonic 0.14 wraps every failure of its
-/// connector (TCP connect refused or timed out, TLS handshake) in [`tonic::ConnectError`] and
-/// turns it into an `Unavailable` status whose `source()` is the original transport error; the
-/// chain below it ends in the `std::io::Error` of the failed `connect(2)`. A failure on a
-/// connection that was already up (reset, h2 error) may have carried the request, so it is not
-/// a connect failure.
-pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = next {
-        if err.is::<tonic::ConnectError>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        next = err.source();
-    }
-    false
 }
 
 /// How one attempt ended.

@@ -37,7 +37,7 @@ use tonic::transport::Channel;
 
 use crate::pd::Peer;
 use crate::regions::{CachedRegion, RegionCache};
-use crate::retry::{Outcome, Progress, Route, Target};
+use crate::route::{Outcome, Progress, Route, Target};
 use crate::{escape_bytes, lock, Client, Error, Options, PdClient, ReadConsistency, Result};
 
 /// The PD side of a PD-mode client: the placement driver and the regions learned from it.

@@ -14,7 +14,7 @@ use rdb_proto::kv::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::retry::is_connect_failure;
+use crate::error::is_connect_failure;
 use crate::{prefix_end, Client, Error, Options, ReadConsistency, ScanRange};
 
 /// What a fake node does.

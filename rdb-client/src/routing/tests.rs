@@ -17,7 +17,7 @@ use rdb_proto::kv::{
 use tonic::{Request, Response, Status};
 
 use crate::pd::{Peer, Region, RegionEpoch, Store};
-use crate::retry::region_context;
+use crate::route::region_context;
 use crate::routing::Routing;
 use crate::{prefix_end, Client, Error, Options, PdClient, ReadConsistency, ScanRange};
 
