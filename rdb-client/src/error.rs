@@ -131,6 +131,39 @@ impl Error {
     }
 }
 
+/// True for statuses that mean the server refused the request itself (too large, malformed):
+/// retrying cannot help, and nothing was applied.
+pub(crate) fn is_refused_input(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+    )
+}
+
+/// True when the request certainly never reached the server: no connection could be made.
+///
+/// Decided by the error's type, never its text. tonic 0.14 wraps every failure of its
+/// connector (TCP connect refused or timed out, TLS handshake) in [`tonic::ConnectError`] and
+/// turns it into an `Unavailable` status whose `source()` is the original transport error; the
+/// chain below it ends in the `std::io::Error` of the failed `connect(2)`. A failure on a
+/// connection that was already up (reset, h2 error) may have carried the request, so it is not
+/// a connect failure.
+pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = next {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,37 +241,4 @@ mod tests {
         assert_eq!(escape_bytes(b"a\nb\\\x00\xff"), "a\\nb\\\\\\x00\\xff");
         assert_eq!(escape_bytes("é".as_bytes()), "é");
     }
-}
-
-/// True for statuses that mean the server refused the request itself (too large, malformed):
-/// retrying cannot help, and nothing was applied.
-pub(crate) fn is_refused_input(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::OutOfRange | tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
-    )
-}
-
-/// True when the request certainly never reached the server: no connection could be made.
-///
-/// Decided by the error's type, never its text. tonic 0.14 wraps every failure of its
-/// connector (TCP connect refused or timed out, TLS handshake) in [`tonic::ConnectError`] and
-/// turns it into an `Unavailable` status whose `source()` is the original transport error; the
-/// chain below it ends in the `std::io::Error` of the failed `connect(2)`. A failure on a
-/// connection that was already up (reset, h2 error) may have carried the request, so it is not
-/// a connect failure.
-pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = next {
-        if err.is::<tonic::ConnectError>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        next = err.source();
-    }
-    false
 }
