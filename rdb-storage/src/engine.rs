@@ -13,9 +13,9 @@ use rocksdb::{
 };
 
 use crate::dedup::{self, DedupHorizon, Horizons};
+use crate::descriptor::SnapshotDescriptor;
 use crate::installs::{InstallId, Installs, KeyRange};
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
-use crate::snapshot::{self, SnapshotDescriptor};
 use crate::{Error, Index, Result, Term};
 
 /// Which cluster and node a data directory belongs to.
@@ -182,6 +182,25 @@ pub struct EngineOptions {
     pub max_wal_bytes: u64,
 }
 
+/// Name of the snapshot folder inside a data directory.
+pub const SNAP_DIR: &str = "snap";
+
+/// The snapshot folder of the data directory `data_dir`.
+pub fn snap_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(SNAP_DIR)
+}
+
+/// A PD-mode store's batch of every region's appends of one turn (see
+/// [`RaftStorage::defer_appends`] and `Engine::write_appends`). Cheap to clone; clones share it.
+#[derive(Clone, Default)]
+pub struct AppendBatch(Arc<Mutex<WriteBatch>>);
+
+impl AppendBatch {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, WriteBatch> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
@@ -191,14 +210,9 @@ impl Default for EngineOptions {
 }
 
 impl Engine {
-    /// Opens (creating if missing) the database with rdb's column families and default options.
-    pub fn open(path: &Path) -> Result<Engine> {
-        Self::open_with(path, EngineOptions::default())
-    }
-
-    /// Opens (creating if missing) the database with rdb's column families, finishes a snapshot
-    /// install that a crash interrupted (see `snapshot`), and removes stale snapshot files.
-    pub fn open_with(path: &Path, engine_opts: EngineOptions) -> Result<Engine> {
+    /// Opens (creating if missing) the database with rdb's column families, nothing more: see
+    /// `Engine::open_with` (crate::open) for what opening a data directory also does.
+    pub(crate) fn open_raw(path: &Path, engine_opts: EngineOptions) -> Result<Engine> {
         let mut opts = Options::default();
         opts.set_max_total_wal_size(engine_opts.max_wal_bytes);
         opts.create_if_missing(true);
@@ -261,7 +275,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((path.to_path_buf(), closed.clone()));
-        let mut engine = Engine {
+        Ok(Engine {
             db: Arc::new(Database {
                 db,
                 _closed: ClosedFlag(closed),
@@ -271,29 +285,18 @@ impl Engine {
             installs: Arc::default(),
             recovered_install: None,
             dedup,
-        };
-        // A crash in the middle of a snapshot install left the data half replaced: finish it
-        // before anything reads the data. Then no transfer is running, so every snapshot file
-        // left over is stale.
-        if let Some(desc) = snapshot::pending_install(&engine)? {
-            snapshot::finish_install(&engine, &desc, &AtomicBool::new(false))?;
-            engine.recovered_install = Some(desc);
-        }
-        snapshot::remove_all_files(&engine.snap_dir())?;
-        Ok(engine)
+        })
     }
 
-    /// The view of region `id` of a PD-mode store over the same database: its own Raft keys,
-    /// apply record, dedup records (with a dedup horizon of their own) and snapshot folder.
-    /// Finishes a snapshot install of the region that a crash interrupted. Keep one view per
-    /// region at a time (clones share it): a new view takes over the region's dedup horizon.
-    pub fn region(&self, id: u64) -> Result<Engine> {
+    /// The view of region `id` over the same database, nothing more: see `Engine::region`
+    /// (crate::open) for what taking a region's view also does.
+    pub(crate) fn region_view(&self, id: u64) -> Result<Engine> {
         if id == 0 {
             return Err(Error::Corrupt("region id 0".into()));
         }
         let dedup = Arc::new(DedupHorizon::default());
         self.horizons.register(id, &dedup);
-        let mut view = Engine {
+        Ok(Engine {
             db: self.db.clone(),
             space: Space::Region(id),
             horizons: self.horizons.clone(),
@@ -302,13 +305,12 @@ impl Engine {
             installs: self.installs.clone(),
             recovered_install: None,
             dedup,
-        };
-        if let Some(desc) = snapshot::pending_install(&view)? {
-            snapshot::finish_install(&view, &desc, &AtomicBool::new(false))?;
-            view.recovered_install = Some(desc);
-        }
-        snapshot::remove_all_files(&view.snap_dir())?;
-        Ok(view)
+        })
+    }
+
+    /// Records the interrupted snapshot install that opening this view finished.
+    pub(crate) fn set_recovered_install(&mut self, desc: SnapshotDescriptor) {
+        self.recovered_install = Some(desc);
     }
 
     /// Whose Raft records this view reads and writes.
@@ -329,7 +331,7 @@ impl Engine {
     /// Where snapshot files of this group are kept: `<data_dir>/snap`, or `<data_dir>/snap/r<id>`
     /// for a region.
     pub fn snap_dir(&self) -> PathBuf {
-        let dir = snapshot::snap_dir(self.db.path());
+        let dir = snap_dir(self.db.path());
         match self.space {
             Space::Node => dir,
             Space::Region(id) => dir.join(format!("r{id}")),
@@ -388,11 +390,7 @@ impl Engine {
     /// `RaftStorage::defer_appends`) as one write, synced when `sync`, which then also makes
     /// every earlier write durable: every region's apply batches too, so their dedup horizons
     /// move on. Returns whether there was anything to write.
-    pub fn write_appends(
-        &self,
-        appends: &crate::raft_storage::AppendBatch,
-        sync: bool,
-    ) -> Result<bool> {
+    pub fn write_appends(&self, appends: &AppendBatch, sync: bool) -> Result<bool> {
         let batch = std::mem::take(&mut *appends.lock());
         if batch.is_empty() {
             return Ok(false);
@@ -527,7 +525,7 @@ impl Engine {
                 for m in members {
                     batch.put_cf(
                         self.cf(CF_DATA),
-                        crate::membership::member_key(m.id),
+                        keys::member_key(m.id),
                         prost::Message::encode_to_vec(m),
                     );
                 }

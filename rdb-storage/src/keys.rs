@@ -307,6 +307,14 @@ pub fn decode_pair(v: &[u8]) -> Option<(u64, u64)> {
     Some((a, b))
 }
 
+/// The key of member `id`'s record.
+pub fn member_key(id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = MEMBER_PREFIX;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,13 @@
 
 pub mod backup;
 pub mod dedup;
+mod descriptor;
 pub mod engine;
 pub mod error;
 mod installs;
 pub mod keys;
 pub mod membership;
+mod open;
 pub mod raft_storage;
 pub mod range_stats;
 pub mod region;
@@ -30,10 +32,11 @@ mod region_tests;
 #[cfg(test)]
 mod tests;
 
+pub use engine::AppendBatch;
 pub use engine::{ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, ScanPage};
 pub use error::{Error, Result};
 pub use membership::{member_key, records_of_change};
-pub use raft_storage::{AppendBatch, RaftStorage};
+pub use raft_storage::RaftStorage;
 pub use rdb_proto::command::MemberRecord;
 pub use state_machine::{
     apply_command, Applied, CommandResult, HashResults, HashState, Records, StateMachine,

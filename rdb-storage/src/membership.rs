@@ -17,13 +17,7 @@ use crate::engine::Engine;
 use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
 use crate::{Error, Index, Result, Term};
 
-/// The key of member `id`'s record.
-pub fn member_key(id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = keys::MEMBER_PREFIX;
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
+pub use crate::keys::member_key;
 
 /// The records a conf change leaves: each added node's addresses (from the entry's context),
 /// and a `removed` record for each removed node. Deterministic in the entry alone.

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use slog::{debug, info, warn, Logger};
 
-use crate::engine::{ApplyState, Engine};
+use crate::engine::{AppendBatch, Engine};
 use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::snapshot::{self, SnapshotSlot};
 use crate::{Error, Index, Result, Term};
@@ -94,17 +94,6 @@ impl EntryCache {
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
-    }
-}
-
-/// A PD-mode store's batch of every region's appends of one turn (see
-/// [`RaftStorage::defer_appends`] and `Engine::write_appends`). Cheap to clone; clones share it.
-#[derive(Clone, Default)]
-pub struct AppendBatch(Arc<Mutex<WriteBatch>>);
-
-impl AppendBatch {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, WriteBatch> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -734,15 +723,4 @@ impl Drop for BackgroundInstall {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
     }
-}
-
-/// Metadata of the state a snapshot captured.
-pub(crate) fn snapshot_metadata(apply: ApplyState, conf_state: ConfState) -> SnapshotMetadata {
-    let mut meta = SnapshotMetadata {
-        index: apply.index,
-        term: apply.term,
-        ..Default::default()
-    };
-    meta.set_conf_state(conf_state);
-    meta
 }

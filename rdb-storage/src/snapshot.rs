@@ -26,21 +26,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use raft::prelude::{ConfState, Snapshot};
+use raft::prelude::{ConfState, Snapshot, SnapshotMetadata};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use slog::{error, info, warn, Logger};
 
+pub use crate::descriptor::SnapshotDescriptor;
+pub use crate::engine::{snap_dir, SNAP_DIR};
 use crate::engine::{ApplyState, Engine};
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
-use crate::raft_storage::snapshot_metadata;
-use crate::{Error, Index, Result, Term};
+use crate::{Error, Index, Result};
 
 /// First bytes of a snapshot file.
 const FILE_MAGIC: &[u8; 8] = b"RDBSNAP2";
-/// First bytes of an encoded descriptor.
-const DESC_MAGIC: &[u8; 8] = b"RDBSDESC";
-/// Version of the descriptor and file format.
-const DESC_VERSION: u32 = 1;
 /// Key length that marks the end of the pairs.
 const END_MARK: u32 = u32::MAX;
 /// Buffer size of snapshot file readers and writers.
@@ -50,90 +47,6 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// Built snapshot files kept on the leader (the newest and the one before, which a transfer
 /// may still be reading).
 const BUILT_FILES_KEPT: usize = 2;
-/// Name of the snapshot folder inside a data directory.
-pub const SNAP_DIR: &str = "snap";
-
-/// What a raft `Snapshot.data` carries: which file holds the snapshot and how to check it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnapshotDescriptor {
-    /// Applied index the snapshot captured.
-    pub index: Index,
-    /// Term of that entry.
-    pub term: Term,
-    /// Length of the snapshot file in bytes.
-    pub file_len: u64,
-    /// CRC-32 (crc32fast) of the whole file.
-    pub checksum: u32,
-}
-
-impl SnapshotDescriptor {
-    /// Length of the encoded form.
-    pub const ENCODED_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
-
-    /// The encoded form: magic, version, index, term, file length, checksum (big endian).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::ENCODED_LEN);
-        v.extend_from_slice(DESC_MAGIC);
-        v.extend_from_slice(&DESC_VERSION.to_be_bytes());
-        v.extend_from_slice(&self.index.to_be_bytes());
-        v.extend_from_slice(&self.term.to_be_bytes());
-        v.extend_from_slice(&self.file_len.to_be_bytes());
-        v.extend_from_slice(&self.checksum.to_be_bytes());
-        v
-    }
-
-    /// Decodes a descriptor, refusing anything else (`Error::BadSnapshot`).
-    pub fn decode(b: &[u8]) -> Result<SnapshotDescriptor> {
-        let bad = |m: &str| Error::BadSnapshot(m.to_string());
-        if b.len() != Self::ENCODED_LEN {
-            return Err(bad("descriptor has the wrong length"));
-        }
-        if &b[..8] != DESC_MAGIC {
-            return Err(bad("descriptor magic missing"));
-        }
-        let u64_at = |i: usize| {
-            b[i..i + 8]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| bad("short descriptor"))
-        };
-        let version = b[8..12]
-            .try_into()
-            .map(u32::from_be_bytes)
-            .map_err(|_| bad("short descriptor"))?;
-        if version != DESC_VERSION {
-            return Err(bad(&format!("descriptor version {version} is unknown")));
-        }
-        let checksum = b[36..40]
-            .try_into()
-            .map(u32::from_be_bytes)
-            .map_err(|_| bad("short descriptor"))?;
-        Ok(SnapshotDescriptor {
-            index: u64_at(12)?,
-            term: u64_at(20)?,
-            file_len: u64_at(28)?,
-            checksum,
-        })
-    }
-
-    /// Name of the file holding this snapshot inside the snapshot folder.
-    pub fn file_name(&self) -> String {
-        format!(
-            "snap-{:020}-{}-{:08x}.snap",
-            self.index, self.term, self.checksum
-        )
-    }
-
-    /// Path of the file holding this snapshot inside `snap_dir`.
-    pub fn path_in(&self, snap_dir: &Path) -> PathBuf {
-        snap_dir.join(self.file_name())
-    }
-}
-
-/// The snapshot folder of the data directory `data_dir`.
-pub fn snap_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join(SNAP_DIR)
-}
 
 /// The snapshot most recently built, shared between raft's `Storage::snapshot` and the builder.
 #[derive(Default)]
@@ -836,4 +749,15 @@ pub(crate) fn finish_install(
     std::fs::remove_file(&path)?;
     remove_files_up_to(&dir, desc.index);
     Ok(count)
+}
+
+/// Metadata of the state a snapshot captured.
+pub(crate) fn snapshot_metadata(apply: ApplyState, conf_state: ConfState) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata {
+        index: apply.index,
+        term: apply.term,
+        ..Default::default()
+    };
+    meta.set_conf_state(conf_state);
+    meta
 }
