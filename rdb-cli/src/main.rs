@@ -113,6 +113,24 @@ struct Cli {
     command: Command,
 }
 
+/// `rdb-cli endpoint ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum EndpointCmd {
+    /// Whether each endpoint answers and serves (a node: knows a leader and keeps up; a store:
+    /// every region it hosts does).
+    Health {
+        /// Every member of the cluster at --endpoints (with --pd: every store PD knows).
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Each endpoint's view, as `status`.
+    Status {
+        /// Every member of the cluster at --endpoints (with --pd: every store PD knows).
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
 /// `rdb-cli leader ...`.
 #[derive(Debug, Subcommand)]
 enum LeaderCmd {
@@ -231,6 +249,17 @@ enum Command {
         #[command(subcommand)]
         cmd: pd::RegionCmd,
     },
+    /// Endpoints as etcdctl shows them: `endpoint health` (gRPC health, exit 4 if any is not
+    /// serving) and `endpoint status`; --cluster: every member (with --pd: every store).
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// Prints a completion script for SHELL: `source <(rdb-cli completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's nodes;
     /// with --pd and --region: that region's peers).
     Member {
@@ -244,6 +273,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd, "rdb-cli", &mut out);
+        stdout::write_bytes(&out);
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -435,6 +471,40 @@ async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(&e),
             }
         }
+        Command::Endpoint { cmd } => {
+            let cluster = match cmd {
+                EndpointCmd::Health { cluster } | EndpointCmd::Status { cluster } => cluster,
+            };
+            let targets = match endpoint_targets(&cli, cluster, &client, &pd_endpoints, &opts).await
+            {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            match cmd {
+                EndpointCmd::Health { .. } => {
+                    let all = client.health_all(&targets).await;
+                    p.health(&all);
+                    if all.iter().all(|h| h.healthy) {
+                        0
+                    } else {
+                        exit::UNAVAILABLE
+                    }
+                }
+                EndpointCmd::Status { .. } => {
+                    let all = match Client::with_options(&targets, opts.clone()) {
+                        Ok(c) => c.status_all().await,
+                        Err(e) => return fail(&e),
+                    };
+                    p.status(&all);
+                    if all.iter().all(|(_, r)| r.is_ok()) {
+                        0
+                    } else {
+                        exit::UNAVAILABLE
+                    }
+                }
+            }
+        }
+        Command::Completion { .. } => 0,
         Command::Status if cli.pd.is_some() => {
             // Every store PD knows (not tombstoned), each with the regions it hosts.
             let pd_client = match with_pd(&cli.pd, &pd_endpoints, &opts) {
@@ -665,6 +735,44 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
 }
 
 /// Prints a refused input and returns its exit code.
+/// The endpoints an `endpoint` command asks: those given (--endpoints; with only --pd, PD's);
+/// with `cluster`, every member of the group at --endpoints, or with --pd every store PD knows.
+async fn endpoint_targets(
+    cli: &Cli,
+    cluster: bool,
+    client: &Client,
+    pd_endpoints: &[String],
+    opts: &Options,
+) -> Result<Vec<String>, u8> {
+    let given: Vec<String> = match (&cli.endpoints, &cli.pd) {
+        (Some(e), _) => e.split(',').map(|s| s.trim().to_string()).collect(),
+        (None, Some(_)) => pd_endpoints.to_vec(),
+        (None, None) => vec![DEFAULT_ENDPOINT.to_string()],
+    };
+    if !cluster {
+        return Ok(given.into_iter().filter(|s| !s.is_empty()).collect());
+    }
+    if cli.pd.is_some() {
+        let pd = with_pd(&cli.pd, pd_endpoints, opts)?;
+        let stores = match pd.pd() {
+            Some(pd) => pd.get_all_stores(true).await.map_err(|e| fail(&e))?,
+            None => return Err(invalid("--cluster with --pd needs PD's addresses")),
+        };
+        if stores.is_empty() {
+            eprintln!("rdb-cli: PD knows no store yet");
+            return Err(exit::UNAVAILABLE);
+        }
+        return Ok(stores.into_iter().map(|s| s.address).collect());
+    }
+    let list = client.member_list().await.map_err(|e| fail(&e))?;
+    Ok(list
+        .members
+        .into_iter()
+        .map(|m| m.client_addr)
+        .filter(|a| !a.is_empty())
+        .collect())
+}
+
 /// A PD-mode client for a command about one region (`--region` needs `--pd`); the exit code
 /// when there is none.
 fn with_pd(pd: &Option<String>, pd_endpoints: &[String], opts: &Options) -> Result<Client, u8> {

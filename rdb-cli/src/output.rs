@@ -243,6 +243,37 @@ impl Printer {
     }
 }
 
+/// Endpoints' health (`endpoint health`).
+impl Printer {
+    /// One row per endpoint: healthy or not, how long the check took, and why not.
+    pub fn health(&self, all: &[rdb_client::EndpointHealth]) {
+        match self.format {
+            Output::Json => {
+                let rows: Vec<_> = all
+                    .iter()
+                    .map(|h| {
+                        json!({"endpoint": h.endpoint, "health": h.healthy,
+                               "took_ms": h.took.as_secs_f64() * 1000.0, "error": h.error})
+                    })
+                    .collect();
+                outln!("{}", Value::Array(rows));
+            }
+            Output::Table => {
+                let mut rows = vec![header(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"])];
+                for h in all {
+                    rows.push(vec![
+                        h.endpoint.clone(),
+                        h.healthy.to_string(),
+                        format!("{:.1}ms", h.took.as_secs_f64() * 1000.0),
+                        h.error.clone().unwrap_or_default(),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+    }
+}
+
 /// PD's answers.
 impl Printer {
     /// A timestamp: its u64 form, and physical (as RFC 3339 UTC) / logical.

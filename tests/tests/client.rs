@@ -385,3 +385,99 @@ async fn cli_output_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// `endpoint health` and `endpoint status`, as etcdctl has them: every member with --cluster,
+/// each endpoint's gRPC health with how long it took; a node without a quorum is not healthy
+/// and the command exits 4. `completion` prints a script for the shell named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_endpoint_health_and_status_and_shell_completion() {
+    let mut c = TestCluster::start(3);
+    c.wait_leader(SECS(20)).await;
+    let first = c.endpoints()[0].clone();
+    let only_first = |args: &[&str]| {
+        Command::new(bin_dir().join("rdb-cli"))
+            .args(["--endpoints", &first])
+            .args(args)
+            .output()
+            .expect("run rdb-cli")
+    };
+    let deadline = std::time::Instant::now() + SECS(20);
+    loop {
+        let o = only_first(&["endpoint", "health", "--cluster"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        if o.status.success() {
+            assert_eq!(out.lines().count(), 4, "{}", explain(&o));
+            for e in c.endpoints() {
+                assert!(
+                    out.lines()
+                        .any(|l| l.starts_with(&e) && l.contains(" true ")),
+                    "{}",
+                    explain(&o)
+                );
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy: {}",
+            explain(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let o = only_first(&["endpoint", "status", "--cluster"]);
+    assert!(o.status.success(), "{}", explain(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let rows: Vec<&str> = out.lines().skip(1).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 3, "{}", explain(&o));
+    assert_eq!(
+        rows.iter().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{}",
+        explain(&o)
+    );
+
+    // Two of three down: the one left has no quorum, the others do not answer.
+    c.kill(2);
+    c.kill(3);
+    let deadline = std::time::Instant::now() + SECS(20);
+    loop {
+        let o = cli(&c, &["endpoint", "health"], b"");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        if o.status.code() == Some(4)
+            && out.lines().skip(1).all(|l| l.contains(" false "))
+            && out.contains("not serving")
+        {
+            assert_eq!(out.lines().count(), 4, "{}", explain(&o));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster without quorum still looks healthy: {}",
+            explain(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Bash takes the script: it registers a completion for rdb-cli.
+    let script = format!(
+        "source <('{}' completion bash) && complete -p rdb-cli",
+        bin_dir().join("rdb-cli").display()
+    );
+    let o = Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    assert!(o.status.success(), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("-F _rdb__cli rdb-cli"),
+        "{}",
+        explain(&o)
+    );
+    let o = only_first(&["completion", "fish"]);
+    assert!(o.status.success(), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("complete -c rdb-cli"),
+        "{}",
+        explain(&o)
+    );
+}
