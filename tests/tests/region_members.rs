@@ -288,6 +288,16 @@ async fn an_operator_moves_a_region_to_a_new_store_and_every_key_stays() {
     for a in &c.addrs {
         wait_health(a, ServingStatus::Serving).await;
     }
+    let o = pd_cli(&c, &["endpoint", "health", "--cluster"]);
+    assert!(o.status.success(), "{}", explain(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    for a in &c.addrs {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(a.as_str()) && l.contains(" true ")),
+            "{out}"
+        );
+    }
     let mut c = c;
     let spare_i = c
         .addrs
