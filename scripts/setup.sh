@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building rdb needs from the system on a fresh Debian machine (run as root).
-# rocksdb's bindgen needs libclang; everything else comes from crates.io through cargo.
+# rocksdb's bindgen needs libclang; the tests use iproute2 (network namespaces) and Prometheus
+# (dashboard queries, alert rules); everything else comes from crates.io through cargo.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then
 fi
 
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The dashboard and alert-rule tests run Debian's Prometheus (prometheus, promtool).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
