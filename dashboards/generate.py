@@ -66,6 +66,16 @@ PANELS = [
     ("RocksDB: SST bytes and pending compaction bytes", "bytes",
      [(f"rdb_rocksdb_sst_bytes{SEL}", "sst {{instance}}"),
       (f"rdb_rocksdb_pending_compaction_bytes{SEL}", "pending {{instance}}")]),
+    # PD: its gauges are the leader's view (a follower reports zeros), so they are summed.
+    ("PD: stores by state", "short",
+     [(f"sum(rdb_pd_stores{SEL}) by (state)", "{{state}}")]),
+    ("PD: regions, under-replicated and without a leader", "short",
+     [(f"sum(rdb_pd_regions{SEL})", "regions"),
+      (f"sum(rdb_pd_regions_under_replicated{SEL})", "under-replicated"),
+      (f"sum(rdb_pd_regions_without_leader{SEL})", "without a leader")]),
+    ("PD: timestamp requests per second and p99", "short",
+     [(f"sum(rate(rdb_pd_tso_requests_total{SEL}[1m]))", "requests/s"),
+      (quantile(0.99, "rdb_pd_tso_seconds", "le"), "p99 seconds")]),
 ]
 
 

@@ -11,6 +11,7 @@
 //! - [`service`]: the gRPC service.
 
 pub mod config;
+pub mod metrics;
 mod raft_calls;
 pub mod service;
 pub mod state;
@@ -55,14 +56,39 @@ pub async fn run(
         slog::warn!(logger, "timestamps refused: the persisted limit is implausibly far ahead";
             "limit_ms" => limit, "cause" => cause);
     }
-    let svc = PdService::new(
+    let svc = std::sync::Arc::new(PdService::new(
         started.mailbox.clone(),
         state,
         cluster,
         config.pd.tso_window(),
         config.pd.store_down_after(),
-    );
+    ));
+    tokio::spawn(observe_every_second(started.mailbox.clone(), svc.clone()));
     let client = rdb_server::server::client_server_builder(&config.cluster, node_id)?
-        .add_service(PdServer::new(svc));
+        .add_service(PdServer::from_arc(svc));
     started.serve(client, shutdown).await
+}
+
+/// Keeps PD's store and region gauges current (see [`PdService::observe`]) until the node
+/// stops.
+async fn observe_every_second(
+    mailbox: rdb_server::router::Mailbox<state::PdOutput>,
+    svc: std::sync::Arc<PdService>,
+) {
+    let leader = rdb_server::node::role_code(raft::StateRole::Leader);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let status = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            mailbox.call(|tx| rdb_server::router::Msg::Status { tx }),
+        )
+        .await;
+        match status {
+            Ok(Ok(s)) => svc.observe(s.role == leader),
+            // The node stopped.
+            Ok(Err(_)) => return,
+            Err(_) => svc.observe(false),
+        }
+    }
 }

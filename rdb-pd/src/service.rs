@@ -170,6 +170,68 @@ impl PdService {
         Some(pb_error(e, &self.config))
     }
 
+    /// Sets PD's store and region gauges from what this node knows, if it `leads`; a follower
+    /// knows no heartbeats, so it reports zeros (sums over PD's nodes are the leader's view).
+    pub fn observe(&self, leads: bool) {
+        let m = crate::metrics::metrics();
+        if !leads {
+            for state in ["up", "down", "tombstone"] {
+                m.stores.with_label_values(&[state]).set(0);
+            }
+            m.regions.set(0);
+            m.regions_under_replicated.set(0);
+            m.regions_without_leader.set(0);
+            return;
+        }
+        let (stores, regions, replicas) = self.read(|s| {
+            (
+                s.stores.values().cloned().collect::<Vec<_>>(),
+                s.regions.values().cloned().collect::<Vec<_>>(),
+                s.replicas as usize,
+            )
+        });
+        let stores: Vec<Store> = stores
+            .into_iter()
+            .map(|st| self.with_liveness(st))
+            .collect();
+        let count = |state: StoreState| stores.iter().filter(|s| s.state == state as i32).count();
+        m.stores
+            .with_label_values(&["up"])
+            .set(count(StoreState::Up) as i64);
+        m.stores
+            .with_label_values(&["down"])
+            .set(count(StoreState::Down) as i64);
+        m.stores
+            .with_label_values(&["tombstone"])
+            .set(count(StoreState::Tombstone) as i64);
+        let up = |id: u64| {
+            stores
+                .iter()
+                .any(|s| s.id == id && s.state == StoreState::Up as i32)
+        };
+        let under = regions
+            .iter()
+            .filter(|r| {
+                let voters = r.peers.iter().filter(|p| !p.learner).count();
+                let live = r
+                    .peers
+                    .iter()
+                    .filter(|p| !p.learner && up(p.store_id))
+                    .count();
+                live < replicas.max(voters)
+            })
+            .count();
+        let b = lock(&self.beats);
+        let without_leader = regions
+            .iter()
+            .filter(|r| b.regions.get(&r.id).is_none_or(|(l, _, _)| l.is_none()))
+            .count();
+        drop(b);
+        m.regions.set(regions.len() as i64);
+        m.regions_under_replicated.set(under as i64);
+        m.regions_without_leader.set(without_leader as i64);
+    }
+
     /// A read barrier; on a new term, the heartbeat records of the old one are dropped.
     async fn barrier(&self) -> PdResult<()> {
         let term = read_barrier(&self.mailbox).await?;
@@ -322,7 +384,9 @@ impl Pd for PdService {
     async fn tso(&self, req: Request<TsoRequest>) -> Result<Response<TsoResponse>, Status> {
         admit!(self, req);
         let count = req.into_inner().count;
+        let started = Instant::now();
         let r = self.tso.get(count).await;
+        crate::metrics::observe_tso(started.elapsed());
         Ok(Response::new(tso_response(r, count, &self.config)))
     }
 
@@ -344,7 +408,10 @@ impl Pd for PdService {
             let (tso, config) = (tso.clone(), config.clone());
             async move {
                 let r = r?;
-                Ok(tso_response(tso.get(r.count).await, r.count, &config))
+                let started = Instant::now();
+                let answer = tso.get(r.count).await;
+                crate::metrics::observe_tso(started.elapsed());
+                Ok(tso_response(answer, r.count, &config))
             }
         });
         Ok(Response::new(Box::pin(out)))

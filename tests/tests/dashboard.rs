@@ -1,7 +1,8 @@
 //! The shipped Grafana dashboard and alert rules against a real Prometheus (Debian's
 //! `prometheus` and `promtool`, which `scripts/setup.sh` installs): the committed dashboard is
 //! what `dashboards/generate.py` writes, the alert rules load, and every dashboard query parses
-//! and returns series from a live three-node cluster that Prometheus scrapes.
+//! and returns series from a live three-node cluster and a PD-mode cluster that Prometheus
+//! scrapes; PD's gauges follow a store that stops.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdb_tests::cluster::{free_port, TestCluster};
+use rdb_tests::regions::{RegionCluster, Setup, Split};
 use serde_json::Value;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -103,14 +105,28 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // A cluster with traffic, scraped every second.
+    // A cluster with traffic, and a PD-mode cluster, scraped every second.
     let c = TestCluster::start(3);
     c.wait_leader(SECS(20)).await;
     let client = c.client();
+    let mut regions = RegionCluster::start_setup(
+        3,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+        Setup {
+            replicas: 3,
+            pd_tables: "[pd]\nstore_down_after_secs = 2\n".into(),
+            ..Setup::default()
+        },
+    );
+    regions.wait_regions(1, SECS(30)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let targets: Vec<String> = c
         .nodes
         .iter()
+        .chain(&regions.pd.nodes)
         .map(|n| format!("\"{}\"", n.metrics_addr))
         .collect();
     let config = dir.path().join("prometheus.yml");
@@ -211,6 +227,34 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
     }
     assert!(checked >= 20, "only {checked} queries");
 
+    // PD's gauges: three stores up and one region; a store that stops is down, and the region
+    // with a peer on it under-replicated.
+    let value = |q: &str| {
+        query(&prom, q)["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+    };
+    let wait_value = |q: &'static str, want: f64| {
+        let deadline = Instant::now() + SECS(30);
+        let value = &value;
+        async move {
+            loop {
+                let got = value(q);
+                if got == Some(want) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{q} is {got:?}, wanted {want}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_value("sum(rdb_pd_stores{state=\"up\"})", 3.0).await;
+    wait_value("sum(rdb_pd_regions)", 1.0).await;
+    wait_value("sum(rdb_pd_regions_under_replicated)", 0.0).await;
+    regions.kill(1);
+    wait_value("sum(rdb_pd_stores{state=\"down\"})", 1.0).await;
+    wait_value("sum(rdb_pd_regions_under_replicated)", 1.0).await;
+
     // The alert rules are loaded and evaluate without errors.
     let rules = http_get(&prom, "/api/v1/rules").expect("rules");
     let rules: Value = serde_json::from_str(&rules).expect("rules JSON");
@@ -220,7 +264,7 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
         .flatten()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(loaded.len(), 4, "{rules}");
+    assert_eq!(loaded.len(), 6, "{rules}");
     for r in loaded {
         assert_ne!(r["health"], "err", "{r}");
     }
