@@ -301,18 +301,37 @@ impl Printer {
                     .iter()
                     .map(|s| {
                         json!({"id": s.id, "address": s.address, "state": s.state.name(),
-                               "last_heartbeat_ms_ago": s.last_heartbeat_ms_ago})
+                               "last_heartbeat_ms_ago": s.last_heartbeat_ms_ago,
+                               "region_count": s.region_count, "leader_count": s.leader_count,
+                               "capacity_bytes": s.capacity_bytes,
+                               "available_bytes": s.available_bytes,
+                               "used_bytes": s.used_bytes})
                     })
                     .collect();
                 outln!("{}", Value::Array(rows));
             }
             Output::Table => {
-                let mut rows = vec![header(&["ID", "ADDRESS", "STATE", "LAST_HEARTBEAT_MS_AGO"])];
+                let mut rows = vec![header(&[
+                    "ID",
+                    "ADDRESS",
+                    "STATE",
+                    "REGIONS",
+                    "LEADERS",
+                    "USED",
+                    "AVAILABLE",
+                    "CAPACITY",
+                    "LAST_HEARTBEAT_MS_AGO",
+                ])];
                 for s in stores {
                     rows.push(vec![
                         s.id.to_string(),
                         s.address.clone(),
                         s.state.name(),
+                        s.region_count.to_string(),
+                        s.leader_count.to_string(),
+                        human_bytes(s.used_bytes),
+                        human_bytes(s.available_bytes),
+                        human_bytes(s.capacity_bytes),
                         s.last_heartbeat_ms_ago.to_string(),
                     ]);
                 }
@@ -474,6 +493,21 @@ impl Printer {
         }
         0
     }
+}
+
+/// Bytes for people: `0`, `512 B`, `1.5 MiB`, `3.2 GiB`, ...
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return if n == 0 { "0".into() } else { format!("{n} B") };
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 pub(crate) fn header(names: &[&str]) -> Vec<String> {

@@ -140,6 +140,16 @@ pub struct Store {
     /// Where other stores send it Raft traffic (empty: `address`, for a store registered
     /// before stores had a peer port of their own).
     pub peer_address: String,
+    /// Regions with a peer on it, in PD's region map (set by PD).
+    pub region_count: u64,
+    /// Regions it leads, by the latest heartbeats (set by PD).
+    pub leader_count: u64,
+    /// Its disk by its last heartbeat: capacity, available and used (its data files) bytes.
+    pub capacity_bytes: u64,
+    /// Bytes still free on its disk.
+    pub available_bytes: u64,
+    /// Bytes its data takes (data files and memtables).
+    pub used_bytes: u64,
 }
 
 impl Store {
@@ -161,6 +171,11 @@ impl From<pb::Store> for Store {
             state: s.state.into(),
             last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
             peer_address: s.peer_address,
+            region_count: s.region_count,
+            leader_count: s.leader_count,
+            capacity_bytes: s.capacity_bytes,
+            available_bytes: s.available_bytes,
+            used_bytes: s.used_bytes,
         }
     }
 }
@@ -173,6 +188,11 @@ impl From<Store> for pb::Store {
             state: s.state.into(),
             last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
             peer_address: s.peer_address,
+            region_count: s.region_count,
+            leader_count: s.leader_count,
+            capacity_bytes: s.capacity_bytes,
+            available_bytes: s.available_bytes,
+            used_bytes: s.used_bytes,
         }
     }
 }
@@ -299,6 +319,8 @@ pub struct StoreStats {
     pub capacity_bytes: u64,
     /// Bytes still free.
     pub available_bytes: u64,
+    /// Bytes its data takes (data files and memtables).
+    pub used_bytes: u64,
 }
 
 /// One PD node.
@@ -733,6 +755,7 @@ impl PdClient {
             region_count: stats.region_count,
             capacity_bytes: stats.capacity_bytes,
             available_bytes: stats.available_bytes,
+            used_bytes: stats.used_bytes,
         };
         self.call(false, move |mut c| async move {
             Ok(((), c.store_heartbeat(req).await?.into_inner().error))

@@ -36,6 +36,8 @@ struct Heartbeats {
     since: Option<Instant>,
     stores: HashMap<u64, Instant>,
     regions: HashMap<u64, (Option<Peer>, u64, u64)>,
+    /// Each store's last reported disk: capacity, available and used bytes.
+    disks: HashMap<u64, (u64, u64, u64)>,
 }
 
 /// Serves the PD API for one PD node.
@@ -313,10 +315,24 @@ impl PdService {
 
     /// The store as reported: DOWN if the leader has not heard it for `store_down_after`.
     fn with_liveness(&self, mut st: Store) -> Store {
+        st.region_count = self.read(|s| {
+            s.regions
+                .values()
+                .filter(|r| r.peers.iter().any(|p| p.store_id == st.id))
+                .count() as u64
+        });
+        let b = lock(&self.beats);
+        st.leader_count = b
+            .regions
+            .values()
+            .filter(|(leader, _, _)| leader.as_ref().is_some_and(|l| l.store_id == st.id))
+            .count() as u64;
+        if let Some(&(capacity, available, used)) = b.disks.get(&st.id) {
+            (st.capacity_bytes, st.available_bytes, st.used_bytes) = (capacity, available, used);
+        }
         if st.state == StoreState::Tombstone as i32 {
             return st;
         }
-        let b = lock(&self.beats);
         let last = b.stores.get(&st.id).copied().or(b.since);
         let ago = last.map_or(Duration::ZERO, |t| t.elapsed());
         st.last_heartbeat_ms_ago = b
@@ -562,7 +578,9 @@ impl Pd for PdService {
         req: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
         admit!(self, req);
-        let id = req.into_inner().store_id;
+        let req = req.into_inner();
+        let id = req.store_id;
+        let disk = (req.capacity_bytes, req.available_bytes, req.used_bytes);
         let error = match self.barrier().await {
             Ok(()) => match self.read(|s| s.stores.get(&id).map(|st| st.state)) {
                 None => Some(coded(
@@ -574,7 +592,9 @@ impl Pd for PdService {
                     format!("store {id} is a tombstone"),
                 )),
                 Some(_) => {
-                    lock(&self.beats).stores.insert(id, Instant::now());
+                    let mut b = lock(&self.beats);
+                    b.stores.insert(id, Instant::now());
+                    b.disks.insert(id, disk);
                     None
                 }
             },

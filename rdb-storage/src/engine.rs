@@ -786,6 +786,37 @@ impl Engine {
         (sst, pending)
     }
 
+    /// Bytes the data takes: live SST files and memtables (data not flushed yet), over every
+    /// column family (for PD's store list).
+    pub fn used_bytes(&self) -> u64 {
+        [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA]
+            .into_iter()
+            .flat_map(|cf| {
+                [
+                    "rocksdb.live-sst-files-size",
+                    "rocksdb.cur-size-all-mem-tables",
+                ]
+                .map(|name| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), name)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+            })
+            .sum()
+    }
+
+    /// The size of the file system holding the database and the bytes still free on it (for
+    /// PD's store list); `None` if the system does not say.
+    pub fn file_system_space(&self) -> Option<(u64, u64)> {
+        let s = rustix::fs::statvfs(self.db.path()).ok()?;
+        Some((
+            s.f_blocks.saturating_mul(s.f_frsize),
+            s.f_bavail.saturating_mul(s.f_frsize),
+        ))
+    }
+
     /// Reads a user key from the applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let (lower, upper) = keys::data_key_range(key);

@@ -265,6 +265,33 @@ async fn an_operator_moves_a_region_to_a_new_store_and_every_key_stays() {
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().any(|n| n.node_id == Some(spare)));
 
+    // `store list`: each store's regions and leaders from PD's map, and its disk.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = pd_cli(&c, &["-o", "json", "store", "list"]);
+        assert!(o.status.success(), "{}", explain(&o));
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        let of = |id: u64| {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["id"] == id)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (moved_to, moved_from) = (of(spare), of(old.store_id));
+        let done = moved_to["region_count"] == 1
+            && moved_to["leader_count"] == 1
+            && moved_from["region_count"] == 0
+            && moved_to["capacity_bytes"].as_u64().unwrap_or(0) > 0
+            && moved_to["used_bytes"].as_u64().unwrap_or(0) > 0;
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store list: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // `status` with --pd: every store, and each store's regions with role, term and lag.
     let o = pd_cli(&c, &["status"]);
     assert!(o.status.success(), "{}", explain(&o));

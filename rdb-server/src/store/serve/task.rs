@@ -538,10 +538,14 @@ impl StoreTask {
             .is_none_or(|t| now.duration_since(t) >= STORE_HEARTBEAT_EVERY)
         {
             self.last_store_heartbeat = Some(now);
+            let engine = self.core.engine();
+            let (capacity_bytes, available_bytes) = engine.file_system_space().unwrap_or_default();
             let _ = self.jobs.send(Job::StoreHeartbeat(StoreStats {
                 store_id: self.core.store_id(),
                 region_count: self.core.region_ids().len() as u64,
-                ..Default::default()
+                capacity_bytes,
+                available_bytes,
+                used_bytes: engine.used_bytes(),
             }));
         }
         if now.duration_since(self.last_split_check) >= self.split.check_interval {
