@@ -25,6 +25,7 @@ use crate::router::{
     Control, Inbox, LeaderHint, MembersView, Msg, NodeStatus, ProposeResult, ReadResult,
     RequestError,
 };
+use crate::upkeep::{join_chore, DurableRecorder};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
@@ -78,9 +79,7 @@ pub struct Node<A: Application = StateMachine> {
     next_request: RequestId,
     compactor: Option<std::thread::JoinHandle<()>>,
     /// Writes the durable-index file (see `Engine::record_durable_index`) off this thread.
-    recorder: Option<std::thread::JoinHandle<()>>,
-    recorded_at: Instant,
-    recorded_index: u64,
+    recorder: DurableRecorder<u64>,
     /// Reads that arrived this turn (they share one ReadIndex round).
     reads_this_turn: u64,
     /// The leader last seen, to count leader changes.
@@ -100,9 +99,6 @@ const SLOW_FSYNC: Duration = Duration::from_millis(100);
 const SLOW_TURN: Duration = Duration::from_millis(200);
 /// Apply further than this many entries behind commit is logged.
 const APPLY_LAG_WARN: u64 = 10_000;
-
-/// How often the durable index is recorded outside RocksDB.
-const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
 
 impl<A: Application> Node<A>
 where
@@ -128,9 +124,7 @@ where
             waiters: HashMap::new(),
             next_request: 1,
             compactor: None,
-            recorder: None,
-            recorded_at: Instant::now(),
-            recorded_index: 0,
+            recorder: DurableRecorder::new(0),
             reads_this_turn: 0,
             last_leader: 0,
             lag_warned: None,
@@ -182,7 +176,7 @@ where
             }
         }
         join_chore(self.compactor.take());
-        join_chore(self.recorder.take());
+        self.recorder.join();
     }
 
     /// Handles what else is queued, in priority order, up to a bound per queue so one Ready
@@ -476,30 +470,20 @@ where
     /// Every few seconds, records the applied index (its entries are in the synced log) in a
     /// file beside the database, so that a start from a rolled-back database is refused.
     fn record_durable_index(&mut self, now: Instant) {
-        if self.recorder.as_ref().is_some_and(|h| h.is_finished()) {
-            self.recorder = None;
-        }
         let applied = self.core.replica().applied_index();
-        if self.recorder.is_some()
-            || applied <= self.recorded_index
-            || now.duration_since(self.recorded_at) < RECORD_DURABLE_EVERY
-        {
-            return;
-        }
-        self.recorded_at = now;
-        self.recorded_index = applied;
         let (engine, logger) = (
             self.core.replica().store().engine().clone(),
             self.logger.clone(),
         );
-        self.recorder = std::thread::Builder::new()
-            .name("durable-index".into())
-            .spawn(move || {
+        self.recorder.offer(
+            now,
+            || applied,
+            move |applied| {
                 if let Err(e) = engine.record_durable_index(applied) {
                     warn!(logger, "cannot record the durable index"; "index" => applied, "error" => %e);
                 }
-            })
-            .ok();
+            },
+        );
     }
 
     /// Reclaims the disk space of compacted log entries off the Raft task.
@@ -533,15 +517,6 @@ where
             followers: r.follower_progress(),
             regions: None,
         }
-    }
-}
-
-/// Waits for a chore's thread (log-file compaction, durable-index record) on the way out: it
-/// holds the database.
-pub(crate) fn join_chore(handle: Option<std::thread::JoinHandle<()>>) {
-    if let Some(h) = handle {
-        // A panic there has ended the process already (see `logging::install_panic_hook`).
-        let _ = h.join();
     }
 }
 

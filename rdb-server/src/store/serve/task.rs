@@ -55,6 +55,8 @@ pub(super) struct StoreTask {
     pub(super) resolver: Resolver,
     /// A log-file compaction running off this thread.
     pub(super) compacting: Option<std::thread::JoinHandle<()>>,
+    /// Durable-index records (see [`Observer`]).
+    pub(super) observer: Observer,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     pub(super) stopping: bool,
     pub(super) logger: Logger,
@@ -104,7 +106,8 @@ impl StoreTask {
                 }
             }
         }
-        crate::node::join_chore(self.compacting.take());
+        crate::upkeep::join_chore(self.compacting.take());
+        self.observer.join();
     }
 
     fn step(&mut self, m: crate::router::PeerMsg) {
@@ -521,6 +524,7 @@ impl StoreTask {
 
     fn on_tick(&mut self) {
         self.core.tick();
+        self.observer.tick(&self.core, &self.logger);
         let now = Instant::now();
         if !self.registered
             && self
