@@ -12,7 +12,8 @@
 //! - [`transport`]: Raft messages to peers over tonic.
 //! - [`service`]: gRPC adapters for clients and peers.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
-//! - [`upkeep`]: what a node or store does beside its turns: durable-index records.
+//! - [`upkeep`]: what a node or store does beside its turns: durable-index records,
+//!   slow-disk and lag warnings.
 //! - [`tls`]: TLS on the client and peer ports.
 //! - [`server`]: wiring it all together (shared by `rdb-pd`).
 //! - [`restore`]: `rdb-server --restore`, seeding a new cluster's data directories from a backup.

@@ -25,7 +25,7 @@ use crate::router::{
     Control, Inbox, LeaderHint, MembersView, Msg, NodeStatus, ProposeResult, ReadResult,
     RequestError,
 };
-use crate::upkeep::{join_chore, DurableRecorder};
+use crate::upkeep::{join_chore, DurableRecorder, Warnings};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
@@ -84,21 +84,14 @@ pub struct Node<A: Application = StateMachine> {
     reads_this_turn: u64,
     /// The leader last seen, to count leader changes.
     last_leader: u64,
-    /// When an applied-index lag was last warned about, to warn at most every 10 s.
-    lag_warned: Option<Instant>,
+    /// Slow-disk and lag warnings.
+    warnings: Warnings,
     /// When the RocksDB size was last sampled.
     disk_sampled: Option<Instant>,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     stopping: bool,
     logger: Logger,
 }
-
-/// A synced write slower than this is logged, as etcd does.
-const SLOW_FSYNC: Duration = Duration::from_millis(100);
-/// A node task turn slower than this is logged.
-const SLOW_TURN: Duration = Duration::from_millis(200);
-/// Apply further than this many entries behind commit is logged.
-const APPLY_LAG_WARN: u64 = 10_000;
 
 impl<A: Application> Node<A>
 where
@@ -127,7 +120,7 @@ where
             recorder: DurableRecorder::new(0),
             reads_this_turn: 0,
             last_leader: 0,
-            lag_warned: None,
+            warnings: Warnings::default(),
             disk_sampled: None,
             stopping: false,
             logger,
@@ -406,8 +399,8 @@ where
     /// Updates the Raft gauges after a turn, and warns about a slow turn, a slow synced write
     /// or apply falling behind, with the duration or lag.
     fn observe(&mut self, turn: Duration) {
+        self.warnings.turn(turn, &self.logger);
         let m = crate::metrics::metrics();
-        m.turn_seconds.observe(turn.as_secs_f64());
         let r = self.core.replica();
         let leader = r.leader_id();
         if leader != self.last_leader {
@@ -425,28 +418,7 @@ where
         m.applied_index.set(applied as i64);
         m.log_first_index.set(first as i64);
         m.log_entries.set((last + 1).saturating_sub(first) as i64);
-        let slowest = Duration::from_micros(
-            m.slowest_fsync_us
-                .swap(0, std::sync::atomic::Ordering::Relaxed),
-        );
-        if slowest > SLOW_FSYNC {
-            warn!(self.logger, "slow synced write of the raft log"; "ms" => slowest.as_millis() as u64,
-                "expected_ms" => SLOW_FSYNC.as_millis() as u64);
-        }
-        if turn > SLOW_TURN {
-            warn!(self.logger, "slow raft turn"; "ms" => turn.as_millis() as u64,
-                "expected_ms" => SLOW_TURN.as_millis() as u64);
-        }
-        let lag = commit.saturating_sub(applied);
-        if lag > APPLY_LAG_WARN
-            && self
-                .lag_warned
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-        {
-            self.lag_warned = Some(Instant::now());
-            warn!(self.logger, "apply is falling behind commit"; "lag" => lag, "commit" => commit,
-                "applied" => applied);
-        }
+        self.warnings.lag(None, commit, applied, &self.logger);
     }
 
     fn on_tick(&mut self) {

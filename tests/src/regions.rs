@@ -174,6 +174,16 @@ impl RegionCluster {
     /// Starts (or restarts) store `i` (1-based) with `--replicas replicas` instead of the
     /// cluster's setup; it must not be running.
     pub fn restart_with_replicas(&mut self, i: usize, replicas: usize) {
+        self.spawn(i, replicas, &[]);
+    }
+
+    /// Starts (or restarts) store `i` (1-based) with extra environment variables (e.g.
+    /// `FAILPOINTS`); it must not be running.
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.spawn(i, self.setup.replicas, env);
+    }
+
+    fn spawn(&mut self, i: usize, replicas: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -194,6 +204,7 @@ impl RegionCluster {
                     .iter()
                     .flat_map(|_| ["--config".into(), self.dir.path().join("store.toml")]),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

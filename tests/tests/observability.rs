@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use rdb_tests::cluster::TestCluster;
+use rdb_tests::regions::{RegionCluster, Split};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -161,4 +162,38 @@ async fn metrics_move_with_traffic_and_health_follows_the_quorum() {
         async move { health(&addr).await == Some(ServingStatus::Serving as i32) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_slow_disk_warns_of_slow_synced_writes_and_slow_turns() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 1_000_000_000,
+            check_ms: 1_000,
+        },
+    );
+    let client = c.client();
+    client.put("warm", "up").await.expect("put");
+    c.kill(1);
+    // One write in five of store 1 takes 300 ms: its synced writes and its turns are slow.
+    c.restart_with_env(1, &[("FAILPOINTS", "storage-write=20%sleep(300)")]);
+    let deadline = std::time::Instant::now() + SECS(30);
+    let mut i = 0;
+    loop {
+        let log = std::fs::read_to_string(c.log_path(1)).unwrap_or_default();
+        let warned = |what: &str| {
+            log.lines()
+                .any(|l| l.contains(what) && l.contains("expected_ms") && l.contains("store"))
+        };
+        if warned("slow synced write of the raft log") && warned("slow raft turn") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 1 did not warn of its slow disk:\n{log}"
+        );
+        let _ = client.put(format!("k{i}"), "v").await;
+        i += 1;
+    }
 }

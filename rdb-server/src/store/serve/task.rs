@@ -55,7 +55,7 @@ pub(super) struct StoreTask {
     pub(super) resolver: Resolver,
     /// A log-file compaction running off this thread.
     pub(super) compacting: Option<std::thread::JoinHandle<()>>,
-    /// Durable-index records (see [`Observer`]).
+    /// Durable-index records and warnings (see [`Observer`]).
     pub(super) observer: Observer,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     pub(super) stopping: bool,
@@ -78,6 +78,7 @@ impl StoreTask {
                     self.handle(m);
                 }
             }
+            let turn = Instant::now();
             while let Ok(c) = self.inbox.control.try_recv() {
                 self.control(c);
             }
@@ -99,7 +100,10 @@ impl StoreTask {
                 break;
             }
             match self.core.advance() {
-                Ok(out) => self.dispatch(out),
+                Ok(out) => {
+                    self.dispatch(out);
+                    self.observer.turn(turn.elapsed(), &self.logger);
+                }
                 Err(e) => {
                     crit!(self.logger, "storage failure, stopping the store"; "error" => %e);
                     crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
