@@ -25,7 +25,7 @@ use crate::router::{
     Control, Inbox, LeaderHint, MembersView, Msg, NodeStatus, ProposeResult, ReadResult,
     RequestError,
 };
-use crate::upkeep::{join_chore, DurableRecorder, Warnings};
+use crate::upkeep::{join_chore, DiskSampler, DurableRecorder, Warnings};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
@@ -86,8 +86,8 @@ pub struct Node<A: Application = StateMachine> {
     last_leader: u64,
     /// Slow-disk and lag warnings.
     warnings: Warnings,
-    /// When the RocksDB size was last sampled.
-    disk_sampled: Option<Instant>,
+    /// The RocksDB size gauges.
+    disk: DiskSampler,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     stopping: bool,
     logger: Logger,
@@ -121,7 +121,7 @@ where
             reads_this_turn: 0,
             last_leader: 0,
             warnings: Warnings::default(),
-            disk_sampled: None,
+            disk: DiskSampler::default(),
             stopping: false,
             logger,
         }
@@ -427,16 +427,7 @@ where
             self.compactor = None;
         }
         self.record_durable_index(Instant::now());
-        if self
-            .disk_sampled
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-        {
-            self.disk_sampled = Some(Instant::now());
-            let (sst, pending) = self.core.replica().store().engine().disk_stats();
-            let m = crate::metrics::metrics();
-            m.rocksdb_sst_bytes.set(sst as i64);
-            m.rocksdb_pending_compaction_bytes.set(pending as i64);
-        }
+        self.disk.sample(self.core.replica().store().engine());
     }
 
     /// Every few seconds, records the applied index (its entries are in the synced log) in a

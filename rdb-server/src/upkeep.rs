@@ -1,9 +1,11 @@
 //! What a Raft task does beside its turns, the same for a config-file node ([`crate::node`])
 //! and a PD-mode store ([`crate::store::serve`]): it records its durable index (or each
-//! region's) off the Raft thread, and warns about slow synced writes, slow turns and apply lag.
+//! region's) off the Raft thread, warns about slow synced writes, slow turns and apply lag,
+//! and samples the disk gauges.
 
 use std::time::{Duration, Instant};
 
+use rdb_storage::Engine;
 use slog::{o, warn, Logger};
 
 /// A synced write slower than this is logged, as etcd does.
@@ -16,6 +18,8 @@ pub const APPLY_LAG_WARN: u64 = 10_000;
 const LAG_WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often the durable index is recorded outside RocksDB.
 pub const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
+/// How often the RocksDB size gauges are sampled.
+const DISK_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Writes a record of durable indexes (see `Engine::record_durable_index`) on a thread of its
 /// own, at most every [`RECORD_DURABLE_EVERY`] and only when it changed, so the Raft thread
@@ -122,6 +126,27 @@ impl Warnings {
         };
         warn!(logger, "apply is falling behind commit"; "lag" => lag, "commit" => commit,
             "applied" => applied);
+    }
+}
+
+/// Samples the database's size into `rdb_rocksdb_sst_bytes` and
+/// `rdb_rocksdb_pending_compaction_bytes` every 5 s.
+#[derive(Default)]
+pub struct DiskSampler {
+    at: Option<Instant>,
+}
+
+impl DiskSampler {
+    /// Samples `engine` if 5 s passed since the last sample.
+    pub fn sample(&mut self, engine: &Engine) {
+        if self.at.is_some_and(|t| t.elapsed() <= DISK_SAMPLE_EVERY) {
+            return;
+        }
+        self.at = Some(Instant::now());
+        let (sst, pending) = engine.disk_stats();
+        let m = crate::metrics::metrics();
+        m.rocksdb_sst_bytes.set(sst as i64);
+        m.rocksdb_pending_compaction_bytes.set(pending as i64);
     }
 }
 

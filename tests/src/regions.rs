@@ -56,6 +56,8 @@ pub struct RegionCluster {
     pub addrs: Vec<String>,
     /// Store peer addresses, likewise.
     pub peer_addrs: Vec<String>,
+    /// Where each store serves its metrics (`--metrics-addr`), likewise.
+    pub metrics_addrs: Vec<String>,
     dir: tempfile::TempDir,
     stores: Vec<Option<Child>>,
     split: Split,
@@ -93,10 +95,12 @@ impl RegionCluster {
         let port = |_| format!("127.0.0.1:{}", free_port());
         let addrs = (0..n).map(port).collect();
         let peer_addrs = (0..n).map(port).collect();
+        let metrics_addrs = (0..n).map(port).collect();
         let mut c = RegionCluster {
             pd,
             addrs,
             peer_addrs,
+            metrics_addrs,
             dir,
             stores: (0..n).map(|_| None).collect(),
             split,
@@ -193,6 +197,7 @@ impl RegionCluster {
             .args(["--pd", &self.pd_addr()])
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
+            .args(["--metrics-addr", &self.metrics_addrs[i - 1]])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(["--region-split-keys", &self.split.keys.to_string()])

@@ -55,7 +55,7 @@ pub(super) struct StoreTask {
     pub(super) resolver: Resolver,
     /// A log-file compaction running off this thread.
     pub(super) compacting: Option<std::thread::JoinHandle<()>>,
-    /// Durable-index records and warnings (see [`Observer`]).
+    /// Durable-index records, warnings and gauges (see [`Observer`]).
     pub(super) observer: Observer,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     pub(super) stopping: bool,
