@@ -12,6 +12,8 @@
 //! - [`transport`]: Raft messages to peers over tonic.
 //! - [`service`]: gRPC adapters for clients and peers.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`upkeep`]: what a node or store does beside its turns: durable-index records,
+//!   slow-disk and lag warnings, disk gauges.
 //! - [`tls`]: TLS on the client and peer ports.
 //! - [`server`]: wiring it all together (shared by `rdb-pd`).
 //! - [`restore`]: `rdb-server --restore`, seeding a new cluster's data directories from a backup.
@@ -33,6 +35,7 @@ pub mod store;
 pub mod stores;
 pub mod tls;
 pub mod transport;
+pub mod upkeep;
 
 use std::path::PathBuf;
 

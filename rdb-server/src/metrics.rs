@@ -1,6 +1,10 @@
 //! Prometheus metrics of a node, and the HTTP endpoint that serves them.
 //!
 //! One process runs one node, so the metrics are process-wide statics in their own registry.
+//! A PD-mode store shares them: the histograms and counters add up its regions' turns,
+//! synced writes and leader changes, and its own gauges (`rdb_store_*`) count its regions by
+//! role and keep the largest apply lag, never a series per region. The gauges of a node's one
+//! group (`rdb_raft_term`, `rdb_raft_commit_index`, ...) stay 0 on a store.
 //! The Raft core stays free of them: the node task, the stores' wrappers, the services and the
 //! transport record what they see.
 
@@ -73,6 +77,11 @@ pub struct Metrics {
     pub rocksdb_sst_bytes: IntGauge,
     /// Bytes RocksDB estimates compaction still has to rewrite.
     pub rocksdb_pending_compaction_bytes: IntGauge,
+    /// Regions a PD-mode store hosts, by the role of its peer: `leader`, `follower`,
+    /// `learner`, `candidate` (one series per role, not per region).
+    pub store_regions: IntGaugeVec,
+    /// The largest apply lag (commit minus applied index) over a store's regions.
+    pub store_max_apply_lag: IntGauge,
     /// The slowest synced write since the node task last looked, in microseconds.
     pub slowest_fsync_us: AtomicU64,
 }
@@ -115,6 +124,13 @@ impl Metrics {
                 "Peer messages refused on arrival",
             ),
             &["why"],
+        );
+        let store_regions = IntGaugeVec::new(
+            Opts::new(
+                "rdb_store_regions",
+                "Regions a store hosts, by the role of its peer",
+            ),
+            &["role"],
         );
         let gauge =
             |n: &str, h: &str| IntGauge::new(n, h).unwrap_or_else(|e| panic!("metric {n}: {e}"));
@@ -198,6 +214,11 @@ impl Metrics {
                 "rdb_rocksdb_pending_compaction_bytes",
                 "Bytes RocksDB estimates compaction still has to rewrite",
             ),
+            store_regions: store_regions.unwrap_or_else(|e| panic!("rdb_store_regions: {e}")),
+            store_max_apply_lag: gauge(
+                "rdb_store_max_apply_lag",
+                "The largest apply lag (commit minus applied index) over a store's regions",
+            ),
             slowest_fsync_us: AtomicU64::new(0),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -229,6 +250,8 @@ impl Metrics {
             Box::new(m.peer_messages_refused.clone()),
             Box::new(m.rocksdb_sst_bytes.clone()),
             Box::new(m.rocksdb_pending_compaction_bytes.clone()),
+            Box::new(m.store_regions.clone()),
+            Box::new(m.store_max_apply_lag.clone()),
         ];
         for c in collectors {
             // Names are distinct constants: a clash is a programming error caught by any test.
@@ -299,6 +322,7 @@ mod tests {
             "rdb_raft_term",
             "rdb_peer_queue_depth{peer=\"2\"} 4",
             "rdb_rocksdb_pending_compaction_bytes",
+            "rdb_store_max_apply_lag",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

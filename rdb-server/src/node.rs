@@ -25,6 +25,7 @@ use crate::router::{
     Control, Inbox, LeaderHint, MembersView, Msg, NodeStatus, ProposeResult, ReadResult,
     RequestError,
 };
+use crate::upkeep::{join_chore, DiskSampler, DurableRecorder, Warnings};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
@@ -78,31 +79,19 @@ pub struct Node<A: Application = StateMachine> {
     next_request: RequestId,
     compactor: Option<std::thread::JoinHandle<()>>,
     /// Writes the durable-index file (see `Engine::record_durable_index`) off this thread.
-    recorder: Option<std::thread::JoinHandle<()>>,
-    recorded_at: Instant,
-    recorded_index: u64,
+    recorder: DurableRecorder<u64>,
     /// Reads that arrived this turn (they share one ReadIndex round).
     reads_this_turn: u64,
     /// The leader last seen, to count leader changes.
     last_leader: u64,
-    /// When an applied-index lag was last warned about, to warn at most every 10 s.
-    lag_warned: Option<Instant>,
-    /// When the RocksDB size was last sampled.
-    disk_sampled: Option<Instant>,
+    /// Slow-disk and lag warnings.
+    warnings: Warnings,
+    /// The RocksDB size gauges.
+    disk: DiskSampler,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     stopping: bool,
     logger: Logger,
 }
-
-/// A synced write slower than this is logged, as etcd does.
-const SLOW_FSYNC: Duration = Duration::from_millis(100);
-/// A node task turn slower than this is logged.
-const SLOW_TURN: Duration = Duration::from_millis(200);
-/// Apply further than this many entries behind commit is logged.
-const APPLY_LAG_WARN: u64 = 10_000;
-
-/// How often the durable index is recorded outside RocksDB.
-const RECORD_DURABLE_EVERY: Duration = Duration::from_secs(5);
 
 impl<A: Application> Node<A>
 where
@@ -128,13 +117,11 @@ where
             waiters: HashMap::new(),
             next_request: 1,
             compactor: None,
-            recorder: None,
-            recorded_at: Instant::now(),
-            recorded_index: 0,
+            recorder: DurableRecorder::new(0),
             reads_this_turn: 0,
             last_leader: 0,
-            lag_warned: None,
-            disk_sampled: None,
+            warnings: Warnings::default(),
+            disk: DiskSampler::default(),
             stopping: false,
             logger,
         }
@@ -182,7 +169,7 @@ where
             }
         }
         join_chore(self.compactor.take());
-        join_chore(self.recorder.take());
+        self.recorder.join();
     }
 
     /// Handles what else is queued, in priority order, up to a bound per queue so one Ready
@@ -412,8 +399,8 @@ where
     /// Updates the Raft gauges after a turn, and warns about a slow turn, a slow synced write
     /// or apply falling behind, with the duration or lag.
     fn observe(&mut self, turn: Duration) {
+        self.warnings.turn(turn, &self.logger);
         let m = crate::metrics::metrics();
-        m.turn_seconds.observe(turn.as_secs_f64());
         let r = self.core.replica();
         let leader = r.leader_id();
         if leader != self.last_leader {
@@ -431,28 +418,7 @@ where
         m.applied_index.set(applied as i64);
         m.log_first_index.set(first as i64);
         m.log_entries.set((last + 1).saturating_sub(first) as i64);
-        let slowest = Duration::from_micros(
-            m.slowest_fsync_us
-                .swap(0, std::sync::atomic::Ordering::Relaxed),
-        );
-        if slowest > SLOW_FSYNC {
-            warn!(self.logger, "slow synced write of the raft log"; "ms" => slowest.as_millis() as u64,
-                "expected_ms" => SLOW_FSYNC.as_millis() as u64);
-        }
-        if turn > SLOW_TURN {
-            warn!(self.logger, "slow raft turn"; "ms" => turn.as_millis() as u64,
-                "expected_ms" => SLOW_TURN.as_millis() as u64);
-        }
-        let lag = commit.saturating_sub(applied);
-        if lag > APPLY_LAG_WARN
-            && self
-                .lag_warned
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-        {
-            self.lag_warned = Some(Instant::now());
-            warn!(self.logger, "apply is falling behind commit"; "lag" => lag, "commit" => commit,
-                "applied" => applied);
-        }
+        self.warnings.lag(None, commit, applied, &self.logger);
     }
 
     fn on_tick(&mut self) {
@@ -461,45 +427,26 @@ where
             self.compactor = None;
         }
         self.record_durable_index(Instant::now());
-        if self
-            .disk_sampled
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-        {
-            self.disk_sampled = Some(Instant::now());
-            let (sst, pending) = self.core.replica().store().engine().disk_stats();
-            let m = crate::metrics::metrics();
-            m.rocksdb_sst_bytes.set(sst as i64);
-            m.rocksdb_pending_compaction_bytes.set(pending as i64);
-        }
+        self.disk.sample(self.core.replica().store().engine());
     }
 
     /// Every few seconds, records the applied index (its entries are in the synced log) in a
     /// file beside the database, so that a start from a rolled-back database is refused.
     fn record_durable_index(&mut self, now: Instant) {
-        if self.recorder.as_ref().is_some_and(|h| h.is_finished()) {
-            self.recorder = None;
-        }
         let applied = self.core.replica().applied_index();
-        if self.recorder.is_some()
-            || applied <= self.recorded_index
-            || now.duration_since(self.recorded_at) < RECORD_DURABLE_EVERY
-        {
-            return;
-        }
-        self.recorded_at = now;
-        self.recorded_index = applied;
         let (engine, logger) = (
             self.core.replica().store().engine().clone(),
             self.logger.clone(),
         );
-        self.recorder = std::thread::Builder::new()
-            .name("durable-index".into())
-            .spawn(move || {
+        self.recorder.offer(
+            now,
+            || applied,
+            move |applied| {
                 if let Err(e) = engine.record_durable_index(applied) {
                     warn!(logger, "cannot record the durable index"; "index" => applied, "error" => %e);
                 }
-            })
-            .ok();
+            },
+        );
     }
 
     /// Reclaims the disk space of compacted log entries off the Raft task.
@@ -533,15 +480,6 @@ where
             followers: r.follower_progress(),
             regions: None,
         }
-    }
-}
-
-/// Waits for a chore's thread (log-file compaction, durable-index record) on the way out: it
-/// holds the database.
-pub(crate) fn join_chore(handle: Option<std::thread::JoinHandle<()>>) {
-    if let Some(h) = handle {
-        // A panic there has ended the process already (see `logging::install_panic_hook`).
-        let _ = h.join();
     }
 }
 

@@ -387,6 +387,15 @@ impl StoreCore {
         self.regions.keys().copied().collect()
     }
 
+    /// Where each hosted region's log ends (0 for an uninitialized one), for the durable-index
+    /// check at start (see `Engine::check_region_durable_indexes`).
+    pub fn log_ends(&self) -> BTreeMap<u64, u64> {
+        self.regions
+            .iter()
+            .map(|(&id, r)| (id, r.core.replica().log_bounds().1))
+            .collect()
+    }
+
     /// A region's meta as applied here.
     pub fn region(&self, id: u64) -> Option<&Region> {
         self.regions.get(&id)?.core.replica().app().region()

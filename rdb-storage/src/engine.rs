@@ -628,32 +628,47 @@ impl Engine {
     /// family back together, which RocksDB's own checks cannot see), `check_durable_index`
     /// refuses to start.
     pub fn record_durable_index(&self, index: Index) -> Result<()> {
-        let dir = self.db.path();
-        let tmp = dir.join(format!("{DURABLE_INDEX_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, format!("{index}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(DURABLE_INDEX_FILE))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        self.write_beside(DURABLE_INDEX_FILE, &format!("{index}\n"))
     }
 
     /// Refuses a log that ends below the index recorded by `record_durable_index`.
     pub fn check_durable_index(&self, log_end: Index) -> Result<()> {
-        let path = self.db.path().join(DURABLE_INDEX_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let Some(text) = self.read_beside(DURABLE_INDEX_FILE)? else {
+            return Ok(());
         };
-        let recorded: Index = text
-            .trim()
-            .parse()
-            .map_err(|_| Error::Corrupt(format!("{} does not hold an index", path.display())))?;
+        let recorded: Index = text.trim().parse().map_err(|_| {
+            Error::Corrupt(format!(
+                "{} does not hold an index",
+                self.db.path().join(DURABLE_INDEX_FILE).display()
+            ))
+        })?;
         if log_end < recorded {
             return Err(Error::RolledBack { log_end, recorded });
         }
         Ok(())
+    }
+
+    /// Replaces the file `name` beside the database with `text`, durably: written to a
+    /// temporary file, synced, renamed over the old one, and the directory synced.
+    pub(crate) fn write_beside(&self, name: &str, text: &str) -> Result<()> {
+        let dir = self.db.path();
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// The text of the file `name` beside the database (see [`Engine::write_beside`]), if
+    /// there is one.
+    pub(crate) fn read_beside(&self, name: &str) -> Result<Option<String>> {
+        match std::fs::read_to_string(self.db.path().join(name)) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn has_any_state(&self) -> Result<bool> {

@@ -62,6 +62,16 @@ pub enum Error {
         /// The durable index recorded earlier.
         recorded: u64,
     },
+    /// A region of a PD-mode store opened older than the store had already made durable.
+    #[error("region {region}'s raft log ends at index {log_end} but this store had already made index {recorded} of it durable: the data directory was rolled back (an old copy put back, or lost files); replace this store's data (a new store takes its regions from the others)")]
+    RegionRolledBack {
+        /// The region.
+        region: u64,
+        /// Where the region's log ends now.
+        log_end: u64,
+        /// The durable index recorded earlier.
+        recorded: u64,
+    },
     /// A snapshot descriptor or file does not decode or does not match its checksum.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),

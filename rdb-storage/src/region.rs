@@ -29,6 +29,9 @@ pub const REGION_INIT_INDEX: Index = 5;
 /// Term of the state a new region starts with.
 pub const REGION_INIT_TERM: Term = 5;
 
+/// File beside a store's database holding each region's last index known to be durable.
+const REGION_DURABLE_FILE: &str = "RDB_REGION_DURABLE_INDEX";
+
 /// Decodes a stored region meta record.
 pub fn decode_meta(v: &[u8]) -> Result<Region> {
     Region::decode(v).map_err(|e| Error::Corrupt(format!("undecodable region meta: {e}")))
@@ -357,6 +360,69 @@ impl Engine {
                 Ok(Some(u64::from_be_bytes(b)))
             }
         }
+    }
+
+    /// Records, outside RocksDB, the index each hosted region's log reached durably (its
+    /// applied index: applied entries are in the synced log), as [`Engine::record_durable_index`]
+    /// does for a node's one group: one file for the store, replaced whole every few seconds
+    /// off the Raft thread. [`Engine::check_region_durable_indexes`] refuses a start from a
+    /// database that is behind it.
+    pub fn record_region_durable_indexes(
+        &self,
+        indexes: &std::collections::BTreeMap<u64, Index>,
+    ) -> Result<()> {
+        let text: String = indexes
+            .iter()
+            .map(|(region, index)| format!("{region} {index}\n"))
+            .collect();
+        self.write_beside(REGION_DURABLE_FILE, &text)
+    }
+
+    /// The indexes [`Engine::record_region_durable_indexes`] recorded last, by region.
+    pub fn recorded_region_indexes(&self) -> Result<std::collections::BTreeMap<u64, Index>> {
+        let Some(text) = self.read_beside(REGION_DURABLE_FILE)? else {
+            return Ok(Default::default());
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut it = l.split_whitespace().map(str::parse::<u64>);
+                match (it.next(), it.next(), it.next()) {
+                    (Some(Ok(region)), Some(Ok(index)), None) => Ok((region, index)),
+                    _ => Err(Error::Corrupt(format!(
+                        "{REGION_DURABLE_FILE} has a line that is not a region and an index: {l}"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// Refuses to start a store whose regions' logs end below the indexes recorded by
+    /// [`Engine::record_region_durable_indexes`] (`log_ends`: every region hosted here, by id;
+    /// an uninitialized one ends at 0): its database was rolled back (an old copy put back, a
+    /// MANIFEST cut). A recorded region that is not hosted any more is no rollback: either a
+    /// membership change removed it (it has a tombstone) or a split created it and its
+    /// parent's log replays the split (a rollback past that split shows in the parent). Nor
+    /// is an uninitialized region with a tombstone: a later peer of a region whose earlier
+    /// peer here was removed, waiting for its snapshot.
+    pub fn check_region_durable_indexes(
+        &self,
+        log_ends: &std::collections::BTreeMap<u64, Index>,
+    ) -> Result<()> {
+        for (region, recorded) in self.recorded_region_indexes()? {
+            let Some(&log_end) = log_ends.get(&region) else {
+                continue;
+            };
+            let re_added = log_end == 0 && self.tombstone(region)?.is_some();
+            if log_end < recorded && !re_added {
+                return Err(Error::RegionRolledBack {
+                    region,
+                    log_end,
+                    recorded,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The last metas of removed peers whose user data is still to be deleted.

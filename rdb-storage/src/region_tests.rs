@@ -341,3 +341,57 @@ fn a_region_snapshot_carries_its_range_only_and_installs_beside_other_regions() 
     );
     assert_eq!(dst.get(b"p").expect("get"), Some(b"new".to_vec()));
 }
+
+#[test]
+fn a_region_whose_log_ends_below_its_recorded_durable_index_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Engine::open(dir.path()).expect("open");
+    store
+        .create_region(&region(1, "", "m", 1, &[(11, 1)]))
+        .expect("region 1");
+    store
+        .create_region(&region(2, "m", "", 1, &[(21, 1)]))
+        .expect("region 2");
+    let ends = |pairs: &[(u64, u64)]| pairs.iter().copied().collect();
+    // Nothing recorded yet: any start is fine.
+    store
+        .check_region_durable_indexes(&ends(&[(1, 6)]))
+        .unwrap();
+    store
+        .record_region_durable_indexes(&ends(&[(1, 40), (2, 30), (3, 20)]))
+        .unwrap();
+    assert_eq!(
+        store.recorded_region_indexes().unwrap(),
+        ends(&[(1, 40), (2, 30), (3, 20)])
+    );
+    // At or past the records; region 3 is not hosted (a split's child the parent's log
+    // replays, or a removed peer).
+    store
+        .check_region_durable_indexes(&ends(&[(1, 40), (2, 35)]))
+        .unwrap();
+    match store.check_region_durable_indexes(&ends(&[(1, 40), (2, 29)])) {
+        Err(
+            e @ crate::Error::RegionRolledBack {
+                region: 2,
+                log_end: 29,
+                recorded: 30,
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("region 2") && text.contains("29") && text.contains("30"),
+                "{text}"
+            );
+        }
+        other => panic!("a rolled-back region was accepted: {other:?}"),
+    }
+    // Region 2's peer here is removed, and a later peer of it waits uninitialized: no rollback.
+    store.destroy_region(2, 21).expect("destroy");
+    store
+        .check_region_durable_indexes(&ends(&[(1, 40), (2, 0)]))
+        .unwrap();
+    // Region 1 uninitialized without a tombstone: its state was lost.
+    assert!(store
+        .check_region_durable_indexes(&ends(&[(1, 0)]))
+        .is_err());
+}

@@ -12,6 +12,20 @@ use rdb_client::{Client, NodeStatus, Options};
 
 use crate::netns::NetnsNet;
 
+/// Copies the files of directory `from` into `to` (which must exist), subdirectories too.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read the directory") {
+        let p = e.expect("a directory entry").path();
+        let dest = to.join(p.file_name().expect("a file name"));
+        if p.is_dir() {
+            std::fs::create_dir_all(&dest).expect("create a directory");
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy a file");
+        }
+    }
+}
+
 /// Where the rdb binaries are: `$RDB_BIN`, else the cargo target folder of this test binary.
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("RDB_BIN") {

@@ -56,6 +56,8 @@ pub struct RegionCluster {
     pub addrs: Vec<String>,
     /// Store peer addresses, likewise.
     pub peer_addrs: Vec<String>,
+    /// Where each store serves its metrics (`--metrics-addr`), likewise.
+    pub metrics_addrs: Vec<String>,
     dir: tempfile::TempDir,
     stores: Vec<Option<Child>>,
     split: Split,
@@ -93,10 +95,12 @@ impl RegionCluster {
         let port = |_| format!("127.0.0.1:{}", free_port());
         let addrs = (0..n).map(port).collect();
         let peer_addrs = (0..n).map(port).collect();
+        let metrics_addrs = (0..n).map(port).collect();
         let mut c = RegionCluster {
             pd,
             addrs,
             peer_addrs,
+            metrics_addrs,
             dir,
             stores: (0..n).map(|_| None).collect(),
             split,
@@ -174,6 +178,16 @@ impl RegionCluster {
     /// Starts (or restarts) store `i` (1-based) with `--replicas replicas` instead of the
     /// cluster's setup; it must not be running.
     pub fn restart_with_replicas(&mut self, i: usize, replicas: usize) {
+        self.spawn(i, replicas, &[]);
+    }
+
+    /// Starts (or restarts) store `i` (1-based) with extra environment variables (e.g.
+    /// `FAILPOINTS`); it must not be running.
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.spawn(i, self.setup.replicas, env);
+    }
+
+    fn spawn(&mut self, i: usize, replicas: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,6 +197,7 @@ impl RegionCluster {
             .args(["--pd", &self.pd_addr()])
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
+            .args(["--metrics-addr", &self.metrics_addrs[i - 1]])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(["--region-split-keys", &self.split.keys.to_string()])
@@ -194,6 +209,7 @@ impl RegionCluster {
                     .iter()
                     .flat_map(|_| ["--config".into(), self.dir.path().join("store.toml")]),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdb_proto::kv::kv_client::KvClient;
 use rdb_proto::kv::{CheckRequest, HashRequest, ScanRequest};
-use rdb_tests::cluster::{Settings, TestCluster};
+use rdb_tests::cluster::{copy_dir, Settings, TestCluster};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -109,13 +109,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
     }
 }
 

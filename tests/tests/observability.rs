@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use rdb_tests::cluster::TestCluster;
+use rdb_tests::regions::{write_rounds, RegionCluster, Split};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -161,4 +162,146 @@ async fn metrics_move_with_traffic_and_health_follows_the_quorum() {
         async move { health(&addr).await == Some(ServingStatus::Serving as i32) }
     })
     .await;
+}
+
+/// Waits until `settled` holds for the regions PD knows, with store `down` down.
+async fn wait_settled(
+    c: &RegionCluster,
+    down: Option<usize>,
+    settled: &dyn Fn(&RegionCluster, Option<usize>, usize) -> bool,
+) {
+    let deadline = std::time::Instant::now() + SECS(20);
+    loop {
+        let regions = c.regions().await.len();
+        if settled(c, down, regions) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PD knows {regions} regions; the stores' gauges say otherwise: {:?}",
+            (1..=c.addrs.len())
+                .filter(|&i| Some(i) != down)
+                .map(|i| store_roles(&scrape(&c.metrics_addrs[i - 1])))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A store's regions by role, from its metrics: (leader, follower, learner, candidate).
+fn store_roles(m: &HashMap<String, f64>) -> [f64; 4] {
+    ["leader", "follower", "learner", "candidate"]
+        .map(|role| get(m, &format!("rdb_store_regions{{role=\"{role}\"}}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_s_metrics_count_its_regions_by_role_and_move_with_writes_and_a_store_down() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 200,
+        },
+    );
+    let client = c.client();
+    write_rounds(&client, 200, 1, 4).await;
+    c.wait_regions(2, SECS(30)).await;
+    // Three replicas on three stores: each hosts every region, and each region has one leader.
+    let up = |c: &RegionCluster, down: Option<usize>| {
+        (1..=c.addrs.len())
+            .filter(|&i| Some(i) != down)
+            .map(|i| scrape(&c.metrics_addrs[i - 1]))
+            .collect::<Vec<_>>()
+    };
+    let settled = |c: &RegionCluster, down: Option<usize>, regions: usize| {
+        let all = up(c, down);
+        let hosted = all
+            .iter()
+            .all(|m| store_roles(m).iter().sum::<f64>() == regions as f64);
+        let leaders: f64 = all.iter().map(|m| store_roles(m)[0]).sum();
+        hosted && leaders == regions as f64
+    };
+    wait_settled(&c, None, &settled).await;
+    for m in up(&c, None) {
+        assert!(get(&m, "rdb_raft_turn_seconds_count") > 0.0);
+        assert!(get(&m, "rdb_raft_leader_changes_total") >= 1.0);
+        assert!(get(&m, "rdb_store_max_apply_lag") >= 0.0);
+        assert!(m.contains_key("rdb_rocksdb_sst_bytes"));
+        assert!(m.contains_key("rdb_rocksdb_pending_compaction_bytes"));
+    }
+
+    // A write: every store syncs it.
+    let before: Vec<f64> = up(&c, None)
+        .iter()
+        .map(|m| get(m, "rdb_raft_log_fsync_seconds_count"))
+        .collect();
+    client.put("k-after", "v").await.expect("put");
+    for (i, b) in before.into_iter().enumerate() {
+        TestCluster::wait_until(
+            "a store's synced writes to count the write",
+            SECS(10),
+            || {
+                let m = scrape(&c.metrics_addrs[i]);
+                async move { get(&m, "rdb_raft_log_fsync_seconds_count") > b }
+            },
+        )
+        .await;
+    }
+
+    // The store leading most regions goes down: the others take its regions' leadership.
+    let all = up(&c, None);
+    let down = (1..=3)
+        .max_by(|&a, &b| store_roles(&all[a - 1])[0].total_cmp(&store_roles(&all[b - 1])[0]))
+        .expect("a store");
+    assert!(store_roles(&all[down - 1])[0] >= 1.0);
+    let changes: Vec<(usize, f64)> = (1..=3)
+        .filter(|&i| i != down)
+        .map(|i| (i, get(&all[i - 1], "rdb_raft_leader_changes_total")))
+        .collect();
+    c.kill(down);
+    wait_settled(&c, Some(down), &settled).await;
+    let moved: f64 = changes
+        .iter()
+        .map(|&(i, b)| {
+            get(
+                &scrape(&c.metrics_addrs[i - 1]),
+                "rdb_raft_leader_changes_total",
+            ) - b
+        })
+        .sum();
+    assert!(moved >= 1.0, "no leader change counted on the stores left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_slow_disk_warns_of_slow_synced_writes_and_slow_turns() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 1_000_000_000,
+            check_ms: 1_000,
+        },
+    );
+    let client = c.client();
+    client.put("warm", "up").await.expect("put");
+    c.kill(1);
+    // One write in five of store 1 takes 300 ms: its synced writes and its turns are slow.
+    c.restart_with_env(1, &[("FAILPOINTS", "storage-write=20%sleep(300)")]);
+    let deadline = std::time::Instant::now() + SECS(30);
+    let mut i = 0;
+    loop {
+        let log = std::fs::read_to_string(c.log_path(1)).unwrap_or_default();
+        let warned = |what: &str| {
+            log.lines()
+                .any(|l| l.contains(what) && l.contains("expected_ms") && l.contains("store"))
+        };
+        if warned("slow synced write of the raft log") && warned("slow raft turn") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 1 did not warn of its slow disk:\n{log}"
+        );
+        let _ = client.put(format!("k{i}"), "v").await;
+        i += 1;
+    }
 }

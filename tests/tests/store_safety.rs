@@ -304,3 +304,89 @@ async fn a_store_restarted_on_other_ports_is_reached_by_its_peers() {
     )
     .await;
 }
+
+/// The regions' durable indexes store `i` recorded beside its database (see
+/// `Engine::record_region_durable_indexes`), by region.
+fn recorded(c: &RegionCluster, i: usize) -> std::collections::BTreeMap<u64, u64> {
+    std::fs::read_to_string(c.data_dir(i).join("RDB_REGION_DURABLE_INDEX"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (r, i) = l.split_once(' ')?;
+            Some((r.parse().ok()?, i.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Region 1's applied index on store `i`, as its status says.
+async fn applied_on(c: &RegionCluster, i: usize) -> u64 {
+    let only = Client::with_options([c.addrs[i - 1].clone()], c.options()).expect("client");
+    let s = only.status_of(&c.addrs[i - 1]).await.expect("status");
+    s.regions
+        .iter()
+        .find(|r| r.region_id == 1)
+        .map(|r| r.applied_index)
+        .expect("store hosts region 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_database_was_rolled_back_refuses_to_start_naming_the_region() {
+    let mut c = RegionCluster::start(3, NO_SPLIT);
+    let client = c.client();
+    write(&client, 0, 20).await;
+    let at_copy = applied_on(&c, 1).await;
+    let status = c.terminate(1, Duration::from_secs(8));
+    assert!(status.is_some_and(|s| s.success()), "stop: {status:?}");
+    let old = c.dir().join("store1-old");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    rdb_tests::cluster::copy_dir(&c.data_dir(1), &old);
+
+    c.restart(1);
+    write(&client, 20, 120).await;
+    // The store records every few seconds; wait until its record is past the old copy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while recorded(&c, 1).get(&1).is_none_or(|&i| i < at_copy + 50) {
+        assert!(
+            Instant::now() < deadline,
+            "store 1 recorded {:?}; the old copy had applied {at_copy}",
+            recorded(&c, 1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = c.terminate(1, Duration::from_secs(8));
+    assert!(status.is_some_and(|s| s.success()), "stop: {status:?}");
+    let record = recorded(&c, 1)[&1];
+
+    // The old database comes back (a restored disk image, lost files) under the record the
+    // store kept.
+    let data = c.data_dir(1);
+    let record_file = std::fs::read(data.join("RDB_REGION_DURABLE_INDEX")).expect("record");
+    std::fs::remove_dir_all(&data).expect("remove");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    rdb_tests::cluster::copy_dir(&old, &data);
+    std::fs::write(data.join("RDB_REGION_DURABLE_INDEX"), record_file).expect("record");
+    let log_len = std::fs::metadata(c.log_path(1)).map_or(0, |m| m.len()) as usize;
+    c.restart(1);
+    let status = c.wait_exit(1, Duration::from_secs(15));
+    let log = std::fs::read_to_string(c.log_path(1)).unwrap_or_default();
+    let log = &log[log_len.min(log.len())..];
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a store started from its old database: {status:?}\n{log}"
+    );
+    let cause = log.lines().last().unwrap_or_default();
+    assert!(
+        cause.starts_with("rdb-server: data directory")
+            && cause.contains("region 1's raft log ends at index")
+            && cause.contains(&format!("already made index {record} of it durable")),
+        "no one-line cause naming the region and both indexes: {cause}"
+    );
+    // The region's log in the old copy ends where it was copied, below the record.
+    let end: u64 = cause
+        .split("ends at index ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the log end in the cause");
+    assert!(end >= at_copy && end < record, "{cause}");
+}

@@ -50,10 +50,12 @@ const STORE_HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A split that got no answer in this long may be tried again.
 const SPLIT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
+mod observe;
 mod pd_worker;
 mod split_check;
 mod task;
 
+use observe::Observer;
 use pd_worker::{pd_region, pd_worker, Event, Job, Resolver};
 use task::{lock, StoreTask};
 
@@ -177,6 +179,10 @@ pub async fn run(
         &logger,
     )
     .map_err(|e| ServerError::Raft(e.to_string()))?;
+    // A region behind what this store recorded as durable: the directory was rolled back.
+    engine
+        .check_region_durable_indexes(&core.log_ends())
+        .map_err(data_error)?;
     let hosted = core.region_ids().len();
     let registered = if hosted == 0 {
         // Nothing to serve without PD: register, then take part in the bootstrap.
@@ -263,6 +269,7 @@ pub async fn run(
         last_register: None,
         resolver: Resolver::default(),
         compacting: None,
+        observer: Observer::new(),
         stopping: false,
         logger: logger.clone(),
     };

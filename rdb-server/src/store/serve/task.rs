@@ -55,6 +55,8 @@ pub(super) struct StoreTask {
     pub(super) resolver: Resolver,
     /// A log-file compaction running off this thread.
     pub(super) compacting: Option<std::thread::JoinHandle<()>>,
+    /// Durable-index records, warnings and gauges (see [`Observer`]).
+    pub(super) observer: Observer,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     pub(super) stopping: bool,
     pub(super) logger: Logger,
@@ -76,6 +78,7 @@ impl StoreTask {
                     self.handle(m);
                 }
             }
+            let turn = Instant::now();
             while let Ok(c) = self.inbox.control.try_recv() {
                 self.control(c);
             }
@@ -97,14 +100,18 @@ impl StoreTask {
                 break;
             }
             match self.core.advance() {
-                Ok(out) => self.dispatch(out),
+                Ok(out) => {
+                    self.dispatch(out);
+                    self.observer.turn(turn.elapsed(), &self.logger);
+                }
                 Err(e) => {
                     crit!(self.logger, "storage failure, stopping the store"; "error" => %e);
                     crate::logging::fatal_exit(&format!("fatal storage error: {e}"));
                 }
             }
         }
-        crate::node::join_chore(self.compacting.take());
+        crate::upkeep::join_chore(self.compacting.take());
+        self.observer.join();
     }
 
     fn step(&mut self, m: crate::router::PeerMsg) {
@@ -521,6 +528,7 @@ impl StoreTask {
 
     fn on_tick(&mut self) {
         self.core.tick();
+        self.observer.tick(&self.core, &self.logger);
         let now = Instant::now();
         if !self.registered
             && self
