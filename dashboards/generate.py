@@ -66,6 +66,11 @@ PANELS = [
     ("RocksDB: SST bytes and pending compaction bytes", "bytes",
      [(f"rdb_rocksdb_sst_bytes{SEL}", "sst {{instance}}"),
       (f"rdb_rocksdb_pending_compaction_bytes{SEL}", "pending {{instance}}")]),
+    # PD-mode stores: their regions by role, and the furthest behind.
+    ("Stores: regions by role", "short",
+     [(f"rdb_store_regions{SEL}", "{{instance}} {{role}}")]),
+    ("Stores: largest apply lag over their regions", "short",
+     [(f"rdb_store_max_apply_lag{SEL}", "{{instance}}")]),
     # PD: its gauges are the leader's view (a follower reports zeros), so they are summed.
     ("PD: stores by state", "short",
      [(f"sum(rdb_pd_stores{SEL}) by (state)", "{{state}}")]),

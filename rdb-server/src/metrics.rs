@@ -338,6 +338,7 @@ mod tests {
         m.request_seconds.with_label_values(&["test"]);
         m.peer_send_failures.with_label_values(&["test"]);
         m.peer_queue_depth.with_label_values(&["test"]);
+        m.store_regions.with_label_values(&["leader"]);
         let text = m.render();
         // PD's own metrics (`rdb_pd_`) are rdb-pd's, checked there.
         let mut names: Vec<&str> = dashboard

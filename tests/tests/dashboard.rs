@@ -127,7 +127,9 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
         .nodes
         .iter()
         .chain(&regions.pd.nodes)
-        .map(|n| format!("\"{}\"", n.metrics_addr))
+        .map(|n| n.metrics_addr.clone())
+        .chain(regions.metrics_addrs.iter().cloned())
+        .map(|a| format!("\"{a}\""))
         .collect();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -191,7 +193,10 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
     let exported: String = c
         .nodes
         .iter()
-        .filter_map(|n| http_get(&n.metrics_addr, "/metrics"))
+        .chain(&regions.pd.nodes)
+        .map(|n| n.metrics_addr.clone())
+        .chain(regions.metrics_addrs.iter().cloned())
+        .filter_map(|a| http_get(&a, "/metrics"))
         .collect();
     let dashboard: Value = serde_json::from_str(&committed).expect("dashboard JSON");
     let mut checked = 0;
