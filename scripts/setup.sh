@@ -13,6 +13,8 @@ fi
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # The dashboard and alert-rule tests run Debian's Prometheus (prometheus, promtool).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The packaging test checks the systemd units with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
