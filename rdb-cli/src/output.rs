@@ -364,13 +364,14 @@ impl Printer {
         0
     }
 
-    fn region_json(&self, r: &RegionInfo) -> Value {
+    fn region_json(&self, r: &RegionInfo, stores: &StoreStates) -> Value {
         let g = &r.region;
         json!({
             "id": g.id, "start_key": self.text(&g.start_key), "end_key": self.text(&g.end_key),
             "epoch": {"version": g.epoch.version, "conf_ver": g.epoch.conf_ver},
             "peers": g.peers.iter()
-                .map(|p| json!({"id": p.id, "store_id": p.store_id, "learner": p.learner}))
+                .map(|p| json!({"id": p.id, "store_id": p.store_id, "learner": p.learner,
+                                "store_state": stores.get(&p.store_id).map_or("up", |s| s)}))
                 .collect::<Vec<_>>(),
             "leader": r.leader.map(|p| json!({"id": p.id, "store_id": p.store_id})),
             "approximate_size": r.approximate_size, "approximate_keys": r.approximate_keys,
@@ -379,10 +380,15 @@ impl Printer {
 
     /// Regions, one row each. In tables an empty start key shows as `-inf` and an empty end
     /// key as `+inf`; JSON gives the keys as they are.
-    pub fn regions(&self, regions: &[RegionInfo]) -> u8 {
+    /// Peers are `id@store`, marked `(learner)` and, on a store that is down or tombstoned
+    /// (`stores`), `(down)` or `(tombstone)`.
+    pub fn regions(&self, regions: &[RegionInfo], stores: &StoreStates) -> u8 {
         match self.format {
             Output::Json => {
-                let rows: Vec<_> = regions.iter().map(|r| self.region_json(r)).collect();
+                let rows: Vec<_> = regions
+                    .iter()
+                    .map(|r| self.region_json(r, stores))
+                    .collect();
                 outln!(
                     "{}",
                     json!({"regions": rows, "encoding": self.codec.name()})
@@ -393,7 +399,7 @@ impl Printer {
                     "ID", "START", "END", "VERSION", "CONF_VER", "PEERS", "LEADER", "SIZE", "KEYS",
                 ])];
                 for r in regions {
-                    rows.push(self.region_row(r));
+                    rows.push(self.region_row(r, stores));
                 }
                 print_table(&rows);
             }
@@ -401,7 +407,7 @@ impl Printer {
         0
     }
 
-    fn region_row(&self, r: &RegionInfo) -> Vec<String> {
+    fn region_row(&self, r: &RegionInfo, stores: &StoreStates) -> Vec<String> {
         let g = &r.region;
         let bound = |k: &[u8], none: &str| {
             if k.is_empty() {
@@ -413,7 +419,13 @@ impl Printer {
         let peers: Vec<String> = g
             .peers
             .iter()
-            .map(|p| format!("{}@{}", p.id, p.store_id))
+            .map(|p| {
+                let learner = if p.learner { "(learner)" } else { "" };
+                let state = stores
+                    .get(&p.store_id)
+                    .map_or(String::new(), |s| format!("({s})"));
+                format!("{}@{}{learner}{state}", p.id, p.store_id)
+            })
             .collect();
         vec![
             g.id.to_string(),
@@ -430,18 +442,19 @@ impl Printer {
     }
 
     /// The region holding `key`.
-    pub fn region(&self, key: &[u8], r: &RegionInfo) -> u8 {
+    pub fn region(&self, key: &[u8], r: &RegionInfo, stores: &StoreStates) -> u8 {
         match self.format {
             Output::Json => outln!(
                 "{}",
-                json!({"key": self.text(key), "found": true, "region": self.region_json(r),
+                json!({"key": self.text(key), "found": true,
+                       "region": self.region_json(r, stores),
                        "encoding": self.codec.name()})
             ),
             Output::Table => {
                 let mut rows = vec![header(&[
                     "ID", "START", "END", "VERSION", "CONF_VER", "PEERS", "LEADER", "SIZE", "KEYS",
                 ])];
-                rows.push(self.region_row(r));
+                rows.push(self.region_row(r, stores));
                 print_table(&rows);
             }
         }
@@ -494,6 +507,9 @@ impl Printer {
         0
     }
 }
+
+/// The stores that are not up, by id (`down`, `tombstone`), to mark their peers.
+pub type StoreStates = std::collections::HashMap<u64, String>;
 
 /// Bytes for people: `0`, `512 B`, `1.5 MiB`, `3.2 GiB`, ...
 fn human_bytes(n: u64) -> String {

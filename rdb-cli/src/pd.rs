@@ -135,7 +135,7 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
                 );
             }
             match client.scan_regions(start, end, limit).await {
-                Ok(regions) => p.regions(&regions),
+                Ok(regions) => p.regions(&regions, &store_states(&client).await),
                 Err(e) => fail(&e),
             }
         }
@@ -145,7 +145,7 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
                 Err(code) => return code,
             };
             match client.get_region(key.clone()).await {
-                Ok(Some(r)) => p.region(&key, &r),
+                Ok(Some(r)) => p.region(&key, &r, &store_states(&client).await),
                 Ok(None) => {
                     p.no_region(&key);
                     exit::NOT_FOUND
@@ -165,6 +165,19 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
             Ok(m) => p.members(&m),
             Err(e) => fail(&e),
         },
+    }
+}
+
+/// The stores PD reports down or tombstoned, to mark their peers in region listings; none if
+/// PD does not answer (the listing is still worth printing).
+async fn store_states(client: &PdClient) -> crate::output::StoreStates {
+    match client.get_all_stores(false).await {
+        Ok(stores) => stores
+            .into_iter()
+            .filter(|s| s.state != rdb_client::pd::StoreState::Up)
+            .map(|s| (s.id, s.state.name()))
+            .collect(),
+        Err(_) => Default::default(),
     }
 }
 

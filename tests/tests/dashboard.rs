@@ -259,6 +259,16 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
     regions.kill(1);
     wait_value("sum(rdb_pd_stores{state=\"down\"})", 1.0).await;
     wait_value("sum(rdb_pd_regions_under_replicated)", 1.0).await;
+    // `region list` marks the peer on the stopped store.
+    let o = Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+        .args(["--pd", &regions.pd_addr(), "region", "list"])
+        .output()
+        .expect("rdb-cli");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.matches("(down)").count() == 1,
+        "{out}"
+    );
 
     // The alert rules are loaded and evaluate without errors.
     let rules = http_get(&prom, "/api/v1/rules").expect("rules");
