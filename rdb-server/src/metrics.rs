@@ -259,6 +259,18 @@ impl Metrics {
                 .register(c)
                 .unwrap_or_else(|e| panic!("registering a metric: {e}"));
         }
+        // Which build answers, as etcd's and TiKV's build-info gauges: 1 with the version.
+        let build = IntGaugeVec::new(
+            Opts::new("rdb_build_info", "The running build: 1, with its version"),
+            &["version"],
+        )
+        .and_then(|g| {
+            g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            m.registry.register(Box::new(g.clone())).map(|()| g)
+        });
+        if let Err(e) = build {
+            panic!("rdb_build_info: {e}");
+        }
         m
     }
 
@@ -323,6 +335,7 @@ mod tests {
             "rdb_peer_queue_depth{peer=\"2\"} 4",
             "rdb_rocksdb_pending_compaction_bytes",
             "rdb_store_max_apply_lag",
+            "rdb_build_info{version=\"",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
