@@ -51,6 +51,38 @@ impl Directory {
         Ok(d)
     }
 
+    /// Why the addresses of a node being added cannot be its own, if they cannot: one of them
+    /// is a current member's (peer or client address), or the two are the same. A node at
+    /// another's address would take its traffic, and every later join would be refused.
+    pub fn clash(&self, r: &MemberRecord) -> Option<String> {
+        if r.peer_addr == r.client_addr {
+            return Some(format!(
+                "node {}: its peer and client addresses are both {}; each needs a port of its own",
+                r.id, r.peer_addr
+            ));
+        }
+        for (what, addr) in [("peer", &r.peer_addr), ("client", &r.client_addr)] {
+            for (&id, a) in &self.members {
+                if id == r.id {
+                    continue;
+                }
+                let owner = if a.peer_addr == *addr {
+                    "peer"
+                } else if a.client_addr == *addr {
+                    "client"
+                } else {
+                    continue;
+                };
+                return Some(format!(
+                    "node {}: its {what} address {addr} is node {id}'s {owner} address; give it \
+                     addresses of its own",
+                    r.id
+                ));
+            }
+        }
+        None
+    }
+
     fn apply_record(&mut self, r: &MemberRecord) {
         if r.removed {
             self.members.remove(&r.id);

@@ -298,6 +298,14 @@ where
                     ))));
                     return;
                 }
+                let clash = {
+                    let dir = self.members.read();
+                    added.iter().find_map(|r| dir.clash(r))
+                };
+                if let Some(why) = clash {
+                    let _ = tx.send(Err(RequestError::InvalidArgument(why)));
+                    return;
+                }
                 let context =
                     prost::Message::encode_to_vec(&rdb_proto::command::MemberContext { added });
                 info!(self.logger, "proposing a membership change"; "steps" => ?steps,

@@ -349,3 +349,47 @@ async fn a_change_that_cannot_commit_fails_within_one_deadline() {
     // One deadline (3 s) plus slack for the last attempt; two deadlines would be 6 s.
     assert!(took < Duration::from_millis(4500), "took {took:?}");
 }
+
+/// `member add` with another member's address (or the same address twice) is refused with the
+/// cause: the new node would take that member's traffic, and every later join would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_at_another_member_s_address_is_refused() {
+    let c = TestCluster::start(3);
+    c.wait_leader(SECS(20)).await;
+    let fresh = format!("127.0.0.1:{}", rdb_tests::cluster::free_port());
+    let taken_peer = c.nodes[0].peer_addr.clone();
+    let taken_client = c.nodes[1].client_addr.clone();
+    let add = |peer: &str, client: &str| {
+        std::process::Command::new(rdb_tests::cluster::bin_dir().join("rdb-cli"))
+            .arg("--endpoints")
+            .arg(c.endpoints().join(","))
+            .args(["member", "add", "4", "--learner", "--peer-addr", peer])
+            .args(["--client-addr", client])
+            .output()
+            .expect("rdb-cli")
+    };
+    for (peer, client, says) in [
+        (
+            taken_peer.as_str(),
+            fresh.as_str(),
+            "is node 1's peer address",
+        ),
+        (
+            fresh.as_str(),
+            taken_client.as_str(),
+            "is node 2's client address",
+        ),
+        (
+            fresh.as_str(),
+            fresh.as_str(),
+            "each needs a port of its own",
+        ),
+    ] {
+        let o = add(peer, client);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let list = c.client().member_list().await.expect("member list");
+    assert_eq!(list.members.len(), 3, "{list:?}");
+}
