@@ -15,6 +15,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # The packaging test checks the systemd units with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# ... and that flake.nix parses, with nix-instantiate.
+command -v nix-instantiate >/dev/null 2>&1 || need+=(nix-bin)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

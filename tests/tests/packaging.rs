@@ -62,3 +62,20 @@ fn the_systemd_units_verify() {
         );
     }
 }
+
+/// `flake.nix` parses (Debian's `nix-instantiate`; nothing can be fetched here, so the package
+/// and the NixOS module are not built) and offers the package, the module and the dev shell.
+#[test]
+fn the_flake_parses_and_offers_a_package_a_module_and_a_shell() {
+    let flake = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flake.nix");
+    let o = Command::new("nix-instantiate")
+        .arg("--parse")
+        .arg(&flake)
+        .output()
+        .expect("nix-instantiate is missing: run scripts/setup.sh (as root)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let parsed = String::from_utf8_lossy(&o.stdout);
+    for output in ["packages", "nixosModules", "devShells"] {
+        assert!(parsed.contains(output), "flake.nix has no {output}");
+    }
+}
