@@ -17,7 +17,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 if [ "${1:-}" = "--single" ]; then
-  echo "rdb: single node on 127.0.0.1:2379, data in ./rdb-data (Ctrl-C to stop)"
+  echo "rdb: single node on 127.0.0.1:2379, data in ./rdb-data/single (Ctrl-C to stop)"
   "$RDB_BIN/rdb-server" &
   pids+=($!)
   endpoints=127.0.0.1:2379

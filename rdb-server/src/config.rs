@@ -430,15 +430,19 @@ impl ClusterConfig {
         Ok(cfg)
     }
 
-    /// The embedded default: one node on 127.0.0.1 with its data in `./rdb-data`.
+    /// The embedded default: one node on 127.0.0.1 with its data in `./rdb-data/single` (or in
+    /// `./rdb-data` itself when a database from before is there: `./rdb-data` also holds the
+    /// local 3-node cluster's `node1/`.. and the PD-mode stores' directories, so a database
+    /// straight in it would mix with theirs).
     pub fn single_node_default() -> ClusterConfig {
+        let data_dir = single_node_data_dir(Path::new("./rdb-data"));
         ClusterConfig {
             cluster_id: 1,
             nodes: vec![NodeConfig {
                 id: 1,
                 peer_addr: "127.0.0.1:2380".into(),
                 client_addr: "127.0.0.1:2379".into(),
-                data_dir: PathBuf::from("./rdb-data"),
+                data_dir,
                 metrics_addr: Some("127.0.0.1:9379".into()),
             }],
             settings: Settings::default(),
@@ -526,6 +530,16 @@ pub fn parse_level(s: &str) -> Option<slog::Level> {
     slog::Level::from_str_ok(s)
 }
 
+/// Where the no-argument single node keeps its data under `base`: `base/single`, or `base`
+/// itself when it already holds a database (one written before the default moved).
+fn single_node_data_dir(base: &Path) -> PathBuf {
+    if base.join("CURRENT").exists() {
+        base.to_path_buf()
+    } else {
+        base.join("single")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +617,20 @@ tick_interval_ms = 20
         ClusterConfig::single_node_default().validate().unwrap();
         assert_eq!(c.settings.retained_log_cap(), 100_000);
         assert_eq!(c.settings.snapshot_max_bytes_per_sec, 0);
+    }
+
+    /// The no-argument node keeps its data in `rdb-data/single`, apart from the local
+    /// cluster's `rdb-data/node1`.. and the stores' directories; a database already straight in
+    /// `rdb-data` (written before) stays where it is.
+    #[test]
+    fn the_single_node_default_has_a_directory_of_its_own() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("rdb-data");
+        assert_eq!(single_node_data_dir(&dir), dir.join("single"));
+        std::fs::create_dir_all(dir.join("node1")).unwrap();
+        assert_eq!(single_node_data_dir(&dir), dir.join("single"));
+        std::fs::write(dir.join("CURRENT"), "MANIFEST-000001\n").unwrap();
+        assert_eq!(single_node_data_dir(&dir), dir);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `rdb-server`: runs one node of an rdb cluster.
 //!
 //! With no arguments it runs a single-node cluster on 127.0.0.1 (client port 2379, peer port
-//! 2380) with its data in `./rdb-data`. With `--config FILE --node-id N` it runs node N of the
+//! 2380) with its data in `./rdb-data/single`. With `--config FILE --node-id N` it runs node N of the
 //! cluster described in FILE. With `--join A,B,C --node-id N --peer-addr .. --client-addr ..
 //! --data-dir ..` it joins a running cluster that added node N (`rdb-cli member add`). With
 //! `--restore BACKUP --config FILE` it seeds data directories from a backup file and exits.
@@ -27,7 +27,7 @@ use rdb_server::{binary, server};
 #[derive(Debug, Parser)]
 #[command(name = "rdb-server", version, about)]
 struct Args {
-    /// Cluster configuration file (TOML). Without it: a single node on 127.0.0.1 with data in ./rdb-data.
+    /// Cluster configuration file (TOML). Without it: a single node on 127.0.0.1 with data in ./rdb-data/single.
     /// With --pd: the store's file ([settings], [tls], [peer_tls], [pd_tls]), optional.
     #[arg(long, short = 'c', conflicts_with = "join")]
     config: Option<PathBuf>,
