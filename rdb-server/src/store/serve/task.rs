@@ -421,20 +421,27 @@ impl StoreTask {
                 (Waiter::Change(tx, _), Err(r)) => {
                     let _ = tx.send(Err(self.refusal(region, r)));
                 }
-                (Waiter::Change(tx, _), Ok(other)) => {
-                    let _ = tx.send(Err(RequestError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))));
-                }
-                (Waiter::Write(tx), Ok(other)) => {
-                    let _ = tx.send(Err(RequestError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))));
-                }
-                (Waiter::Read(tx, _), Ok(other)) => {
-                    let _ = tx.send(Err(RequestError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))));
+                (w, Ok(other)) => {
+                    // Never expected: each request kind gets its own kind of answer.
+                    warn!(self.logger, "answer does not fit the request"; "region" => region,
+                        "answer" => ?other);
+                    let e = || {
+                        RequestError::Unavailable(
+                            "the store gave this request another kind of answer; retry".into(),
+                        )
+                    };
+                    match w {
+                        Waiter::Write(tx) => {
+                            let _ = tx.send(Err(e()));
+                        }
+                        Waiter::Read(tx, _) => {
+                            let _ = tx.send(Err(e()));
+                        }
+                        Waiter::Change(tx, _) => {
+                            let _ = tx.send(Err(e()));
+                        }
+                        Waiter::Split(_) => {}
+                    }
                 }
             }
         }
