@@ -79,3 +79,21 @@ fn the_flake_parses_and_offers_a_package_a_module_and_a_shell() {
         assert!(parsed.contains(output), "flake.nix has no {output}");
     }
 }
+
+/// Every binary says which build it is (`--version`), as the `rdb_build_info` metric does.
+#[test]
+fn every_binary_prints_its_version() {
+    for name in ["rdb-server", "rdb-pd", "rdb-cli"] {
+        let o = Command::new(bin_dir().join(name))
+            .arg("--version")
+            .output()
+            .expect("run the binary (cargo build --workspace --bins)");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{name}: {out}");
+        assert_eq!(
+            out.trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION")),
+            "{name}"
+        );
+    }
+}
