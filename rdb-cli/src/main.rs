@@ -490,58 +490,20 @@ async fn run(cli: Cli) -> u8 {
                         exit::UNAVAILABLE
                     }
                 }
-                EndpointCmd::Status { .. } => {
-                    let all = match Client::with_options(&targets, opts.clone()) {
-                        Ok(c) => c.status_all().await,
-                        Err(e) => return fail(&e),
-                    };
-                    p.status(&all);
-                    if all.iter().all(|(_, r)| r.is_ok()) {
-                        0
-                    } else {
-                        exit::UNAVAILABLE
-                    }
-                }
+                EndpointCmd::Status { .. } => status_of(&targets, &opts, &p).await,
             }
         }
         Command::Completion { .. } => 0,
         Command::Status if cli.pd.is_some() => {
             // Every store PD knows (not tombstoned), each with the regions it hosts.
-            let pd_client = match with_pd(&cli.pd, &pd_endpoints, &opts) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let stores = match pd_client.pd() {
-                Some(pd) => pd.get_all_stores(true).await,
-                None => return invalid("status with --pd needs PD's addresses"),
-            };
-            let addrs: Vec<String> = match stores {
-                Ok(s) => s.into_iter().map(|s| s.address).collect(),
-                Err(e) => return fail(&e),
-            };
-            if addrs.is_empty() {
-                eprintln!("rdb-cli: PD knows no store yet");
-                return exit::UNAVAILABLE;
-            }
-            let all = match Client::with_options(&addrs, opts.clone()) {
-                Ok(c) => c.status_all().await,
-                Err(e) => return fail(&e),
-            };
-            p.status(&all);
-            if all.iter().all(|(_, r)| r.is_ok()) {
-                0
-            } else {
-                exit::UNAVAILABLE
+            match endpoint_targets(&cli, true, &client, &pd_endpoints, &opts).await {
+                Ok(stores) => status_of(&stores, &opts, &p).await,
+                Err(code) => code,
             }
         }
         Command::Status => {
             let all = client.status_all().await;
-            p.status(&all);
-            if all.iter().all(|(_, r)| r.is_ok()) {
-                0
-            } else {
-                exit::UNAVAILABLE
-            }
+            status_printed(&all, &p)
         }
         Command::Leader {
             region: Some(region),
@@ -735,6 +697,24 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
 }
 
 /// Prints a refused input and returns its exit code.
+/// Prints every one of `endpoints`' status; exit 4 if any did not answer.
+async fn status_of(endpoints: &[String], opts: &Options, p: &Printer) -> u8 {
+    match Client::with_options(endpoints, opts.clone()) {
+        Ok(c) => status_printed(&c.status_all().await, p),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints statuses; exit 4 if any endpoint did not answer.
+fn status_printed(all: &[(String, Result<rdb_client::NodeStatus, Error>)], p: &Printer) -> u8 {
+    p.status(all);
+    if all.iter().all(|(_, r)| r.is_ok()) {
+        0
+    } else {
+        exit::UNAVAILABLE
+    }
+}
+
 /// The endpoints an `endpoint` command asks: those given (--endpoints; with only --pd, PD's);
 /// with `cluster`, every member of the group at --endpoints, or with --pd every store PD knows.
 async fn endpoint_targets(

@@ -193,22 +193,11 @@ fn print_peers(
         "LAG",
     ])];
     for m in members {
-        let role = if Some(m.id) == leader {
-            "voter (leader)"
-        } else {
-            role_name(m.role)
-        };
-        let (matched, lag) = match list {
-            Some(l) => (
-                m.match_index.to_string(),
-                l.commit_index.saturating_sub(m.match_index).to_string(),
-            ),
-            None => ("-".into(), "-".into()),
-        };
+        let (role, matched, lag) = role_and_progress(m, leader, list.map(|l| l.commit_index));
         rows.push(vec![
             m.id.to_string(),
             m.store_id.to_string(),
-            role.into(),
+            role,
             m.client_addr.clone(),
             matched,
             lag,
@@ -216,6 +205,28 @@ fn print_peers(
     }
     print_table(&rows);
     0
+}
+
+/// A member's role as a table shows it (the leader marked), and its match index and lag behind
+/// `commit` (the answering leader's commit index; `-` without one).
+fn role_and_progress(
+    m: &MemberInfo,
+    leader: Option<u64>,
+    commit: Option<u64>,
+) -> (String, String, String) {
+    let role = if Some(m.id) == leader {
+        "voter (leader)"
+    } else {
+        role_name(m.role)
+    };
+    let (matched, lag) = match commit {
+        Some(c) => (
+            m.match_index.to_string(),
+            c.saturating_sub(m.match_index).to_string(),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    (role.into(), matched, lag)
 }
 
 fn role_name(r: MemberRole) -> &'static str {
@@ -257,21 +268,10 @@ fn print_members(p: &Printer, members: &[MemberInfo], list: Option<&MemberList>)
         "LAG",
     ])];
     for m in members {
-        let role = if Some(m.id) == leader {
-            "voter (leader)"
-        } else {
-            role_name(m.role)
-        };
-        let (matched, lag) = match list {
-            Some(l) => (
-                m.match_index.to_string(),
-                l.commit_index.saturating_sub(m.match_index).to_string(),
-            ),
-            None => ("-".into(), "-".into()),
-        };
+        let (role, matched, lag) = role_and_progress(m, leader, list.map(|l| l.commit_index));
         rows.push(vec![
             m.id.to_string(),
-            role.into(),
+            role,
             m.client_addr.clone(),
             m.peer_addr.clone(),
             matched,

@@ -69,9 +69,11 @@ impl Engine {
         })
     }
 
-    /// Records an applied conf change: the new conf state, the member records it changes and
-    /// the applied index, in one unsynced batch (the log can replay it, as any apply batch).
-    /// Records of members the change adds keep an earlier address if the context had none.
+    /// Records an applied conf change: the new conf state, who the members are and the
+    /// applied index, in one unsynced batch (the log can replay it, as any apply batch). A
+    /// node's group keeps a record per member it changes (records of members the change adds
+    /// keep an earlier address if the context had none); a region's members are named by its
+    /// meta, rewritten with its new peers and `conf_ver` ([`crate::region::with_conf_change`]).
     pub fn write_conf_change(
         &self,
         cs: &ConfState,
@@ -81,8 +83,24 @@ impl Engine {
         let mut wb = WriteBatch::default();
         let data = self.cf(CF_DATA);
         let state = self.cf(CF_RAFT_STATE);
-        for r in records {
-            wb.put_cf(data, member_key(r.id), r.encode_to_vec());
+        match self.space() {
+            keys::Space::Region(id) => {
+                let meta = self
+                    .region_meta()?
+                    .ok_or_else(|| Error::Corrupt(format!("region {id} has no meta record")))?;
+                let added: Vec<(u64, u64)> = records
+                    .iter()
+                    .filter(|r| !r.removed)
+                    .map(|r| (r.id, r.store_id))
+                    .collect();
+                let meta = crate::region::with_conf_change(&meta, cs, &added);
+                wb.put_cf(data, keys::region_meta_key(id), meta.encode_to_vec());
+            }
+            keys::Space::Node => {
+                for r in records {
+                    wb.put_cf(data, member_key(r.id), r.encode_to_vec());
+                }
+            }
         }
         wb.put_cf(
             state,
@@ -100,7 +118,7 @@ impl Engine {
     }
 
     /// Applies the membership change entry at (`index`, `term`): the conf state raft-rs switched
-    /// to, and the records of the members `cc` adds (addresses from its context) or removes.
+    /// to, and the members `cc` adds (addresses or stores from its context) or removes.
     pub fn apply_conf_change(
         &self,
         index: Index,
@@ -109,48 +127,7 @@ impl Engine {
         cs: &ConfState,
     ) -> Result<()> {
         let records = records_of_change(cc)?;
-        if let keys::Space::Region(id) = self.space() {
-            return self.write_region_conf_change(id, cs, &records, (index, term));
-        }
         self.write_conf_change(cs, &records, (index, term))
-    }
-
-    /// A region's applied conf change: the conf state, the region's meta with its new peers
-    /// and `conf_ver` ([`crate::region::with_conf_change`]) and the applied index, in one
-    /// unsynced batch. A region's members have no records of their own: its meta names them.
-    fn write_region_conf_change(
-        &self,
-        id: u64,
-        cs: &ConfState,
-        records: &[MemberRecord],
-        applied: (Index, Term),
-    ) -> Result<()> {
-        let meta = self
-            .region_meta()?
-            .ok_or_else(|| Error::Corrupt(format!("region {id} has no meta record")))?;
-        let added: Vec<(u64, u64)> = records
-            .iter()
-            .filter(|r| !r.removed)
-            .map(|r| (r.id, r.store_id))
-            .collect();
-        let meta = crate::region::with_conf_change(&meta, cs, &added);
-        let mut wb = WriteBatch::default();
-        let data = self.cf(CF_DATA);
-        let state = self.cf(CF_RAFT_STATE);
-        wb.put_cf(data, keys::region_meta_key(id), meta.encode_to_vec());
-        wb.put_cf(
-            state,
-            self.state_key(keys::CONF_STATE_KEY),
-            cs.write_to_bytes()?,
-        );
-        let pair = keys::encode_pair(applied.0, applied.1);
-        wb.put_cf(state, self.state_key(keys::APPLY_STATE_KEY), pair);
-        wb.put_cf(data, self.space().data_apply_key(), pair);
-        fail::fail_point!("storage-conf-change", |arg| Err(Error::injected(
-            "storage-conf-change",
-            arg
-        )));
-        self.write(wb, false)
     }
 
     /// Marks this directory's node as removed from its cluster (synced): it must never serve

@@ -181,6 +181,15 @@ impl Engine {
 
     /// The ids of every region with Raft state on this store, in order.
     pub fn region_ids(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .region_records(keys::CONF_STATE_KEY)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Every region's record `name` in `raft_state` (`b'r'` + id + `name`), by region id.
+    fn region_records(&self, name: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(vec![keys::REGION_PREFIX + 1]);
@@ -190,12 +199,12 @@ impl Engine {
             IteratorMode::From(&[keys::REGION_PREFIX], Direction::Forward),
         );
         for item in it {
-            let (k, _) = item?;
-            if k.len() == 9 + keys::CONF_STATE_KEY.len() && k.ends_with(keys::CONF_STATE_KEY) {
+            let (k, v) = item?;
+            if k.len() == 9 + name.len() && k.ends_with(name) {
                 let id: [u8; 8] = k[1..9]
                     .try_into()
                     .map_err(|_| Error::Corrupt("region key too short".into()))?;
-                out.push(u64::from_be_bytes(id));
+                out.push((u64::from_be_bytes(id), v.to_vec()));
             }
         }
         Ok(out)
@@ -427,21 +436,10 @@ impl Engine {
 
     /// The last metas of removed peers whose user data is still to be deleted.
     pub fn garbage(&self) -> Result<Vec<Region>> {
-        let mut out = Vec::new();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(vec![keys::REGION_PREFIX + 1]);
-        let it = self.db().iterator_cf_opt(
-            self.cf(CF_RAFT_STATE),
-            ro,
-            IteratorMode::From(&[keys::REGION_PREFIX], Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item?;
-            if k.len() == 9 + keys::GARBAGE_KEY.len() && k.ends_with(keys::GARBAGE_KEY) {
-                out.push(decode_meta(&v)?);
-            }
-        }
-        Ok(out)
+        self.region_records(keys::GARBAGE_KEY)?
+            .iter()
+            .map(|(_, v)| decode_meta(v))
+            .collect()
     }
 
     /// Deletes the user data of removed peer `garbage` (from [`Engine::garbage`]) in the parts
