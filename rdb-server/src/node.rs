@@ -502,7 +502,7 @@ fn not_a_store(region_id: u64) -> RequestError {
 }
 
 /// The `rdb_raft_role` value of a raft role.
-fn role_metric(role: StateRole) -> i64 {
+pub(crate) fn role_metric(role: StateRole) -> i64 {
     match role {
         StateRole::Follower => 0,
         StateRole::Candidate => 1,

@@ -4,12 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::{
-    ApplySettings, DirKind, Engine, EngineOptions, Ident, MemberRecord, RaftStorage, StateMachine,
-};
-use slog::{info, o, warn, Logger};
+use rdb_storage::{DirKind, Engine, EngineOptions, Ident, MemberRecord, RaftStorage};
+use slog::{info, warn, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -18,8 +15,6 @@ use crate::members::{Directory, SharedDirectory};
 use crate::node::{core_config, Node};
 use crate::raft_core::{Application, Core};
 use crate::router::Mailbox;
-use crate::service::backup::BackupService;
-use crate::service::kv::KvService;
 use crate::service::peer::{PeerIdent, PeerService};
 use crate::transport::GrpcTransport;
 use crate::ServerError;
@@ -327,7 +322,7 @@ const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// On a clean stop (SIGTERM, Ctrl-C), a leader hands leadership to its most caught-up follower
 /// and waits for it to take over, so clients see a handover instead of an election timeout.
-async fn hand_over_leadership<O: Send + 'static>(mailbox: &Mailbox<O>, logger: &Logger) {
+pub(crate) async fn hand_over_leadership<O: Send + 'static>(mailbox: &Mailbox<O>, logger: &Logger) {
     use crate::router::Msg;
     let status = || mailbox.call(|tx| Msg::Status { tx });
     let Ok(s) = status().await else { return };
@@ -405,67 +400,15 @@ pub(crate) async fn report_health<O: Send + 'static>(
     }
 }
 
-/// Runs rdb node `node_id` of `config` until `shutdown` resolves or a listener fails.
+/// Runs rdb node `node_id` of `config` until `shutdown` resolves or a listener fails: a store
+/// that hosts region 1 with no PD (see [`crate::store::serve::run_config_node`]).
 pub async fn run(
     config: ClusterConfig,
     node_id: NodeId,
     logger: Logger,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let logger = logger.new(o!("node" => node_id));
-    let config = Arc::new(config);
-    let me = config.node(node_id)?.clone();
-    let s = config.settings.clone();
-    let mut hashes = None;
-    let started = start(&config, node_id, DirKind::Node, &logger, |engine| {
-        let settings = ApplySettings {
-            dedup_window: s.dedup_window,
-        };
-        let data_dir_error = |e: rdb_storage::Error| ServerError::DataDir {
-            dir: me.data_dir.clone(),
-            message: e.to_string(),
-        };
-        if engine
-            .check_apply_settings(settings)
-            .map_err(data_dir_error)?
-        {
-            info!(logger, "recorded apply settings"; "dedup_window" => settings.dedup_window);
-        }
-        let sm = StateMachine::new(engine.clone(), s.dedup_window).map_err(data_dir_error)?;
-        hashes = Some(sm.hashes());
-        Ok(sm)
-    })
-    .await?;
-    let hashes = hashes.unwrap_or_default();
-    let kv = KvService::new(
-        started.mailbox.clone(),
-        started.engine.clone(),
-        hashes,
-        Arc::new(s.clone()),
-        config.cluster_id,
-        me.client_addr.clone(),
-        started.members.clone(),
-    );
-    let max_client_message = 2 * (s.max_value_bytes + s.max_key_bytes) + (1 << 20);
-    let client = client_server_builder(&config, node_id)?.add_service(
-        KvServer::new(kv)
-            .max_decoding_message_size(max_client_message)
-            .max_encoding_message_size(usize::MAX),
-    );
-    // Backups (`rdb-cli snapshot save`) on the client port: service/backup.rs.
-    let ident = Ident {
-        cluster_id: config.cluster_id,
-        node_id,
-    };
-    let backup = BackupService::new(
-        started.mailbox.clone(),
-        started.engine.clone(),
-        ident,
-        &s,
-        &logger,
-    );
-    let client = client.add_service(backup.into_server());
-    started.serve(client, shutdown).await
+    crate::store::serve::run_config_node(config, node_id, logger, shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM: what a node's binary stops on. From then on the stop has

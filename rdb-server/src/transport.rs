@@ -144,7 +144,7 @@ impl GrpcTransport {
             handle,
             snap_dir,
             throttle: Arc::new(Throttle::new(config.settings.snapshot_max_bytes_per_sec)),
-            regions: kind == PeerKind::Store,
+            regions: kind != PeerKind::Pd,
             kind,
             logger,
         };

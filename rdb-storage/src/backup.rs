@@ -46,6 +46,8 @@ const MAGIC: &[u8; 8] = b"RDBBACK1";
 const VERSION: u32 = 1;
 /// Length of the header before the snapshot.
 pub const HEADER_LEN: u64 = 60;
+/// The region a restored config-file cluster keeps its data in (every key).
+pub const RESTORED_REGION: u64 = 1;
 /// Bytes of pairs written per restore batch.
 const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
@@ -271,7 +273,7 @@ fn scan(
         if k.first() == Some(&keys::DATA_PREFIX) {
             keys += 1;
         }
-        if k == keys::DATA_APPLY_STATE_KEY {
+        if is_apply_record(&k) {
             if keys::decode_pair(&v) != Some((header.index, header.term)) {
                 return Err(bad(Error::BadBackup(format!(
                     "the data says applied {:?}, the header {}/{}",
@@ -291,6 +293,29 @@ fn scan(
         )));
     }
     Ok(keys)
+}
+
+/// Whether `k` is the applied-index record of the backed-up group: a node's of older versions
+/// (`a`), or a region's (`r` + id + `a`).
+fn is_apply_record(k: &[u8]) -> bool {
+    k == keys::DATA_APPLY_STATE_KEY
+        || (k.len() == 10 && k[0] == keys::REGION_PREFIX && k[9] == keys::REGION_APPLY_SUFFIX)
+}
+
+/// Where a record of a backup goes in region `region` of the restored directory: user data
+/// as it is, a dedup record under the region's prefix (from a node of older versions, `s` +
+/// client + seq; from a region, its own prefix + the same), and nothing for the records the
+/// restore writes anew or that belong to the old cluster (applied index, meta, members).
+fn restored_key(region: u64, k: &[u8]) -> Option<Vec<u8>> {
+    let dedup = match k.first() {
+        Some(&keys::DATA_PREFIX) => return Some(k.to_vec()),
+        Some(&keys::DEDUP_PREFIX) => k,
+        Some(&keys::REGION_PREFIX) if k.get(9) == Some(&keys::DEDUP_PREFIX) => &k[9..],
+        _ => return None,
+    };
+    let mut out = keys::region_prefix(region);
+    out.extend_from_slice(dedup);
+    Some(out)
 }
 
 /// True when `dir` does not exist or is an empty directory.
@@ -372,18 +397,18 @@ pub fn restore(backup: &Path, data_dir: &Path, target: &RestoreTarget) -> Result
 /// Builds the restored database in `dir`; returns (records loaded, records skipped).
 fn load(backup: &Path, header: &Header, dir: &Path, target: &RestoreTarget) -> Result<(u64, u64)> {
     let engine = Engine::open_with(dir, target.engine_opts)?;
-    engine.claim_kind(crate::DirKind::Node)?;
-    engine.bootstrap_or_check(target.ident, &target.voters, &target.members)?;
+    engine.claim_for_node(target.ident)?;
     engine.check_apply_settings(target.settings)?;
+    let region = crate::region::whole_range_region(RESTORED_REGION, &target.voters);
+    let view = engine.create_region_with_members(&region, &target.members)?;
     let data = engine.cf(CF_DATA);
     let mut batch = WriteBatch::default();
     let (mut records, mut skipped) = (0u64, 0u64);
     scan(backup, header, |k, v| {
-        // Member records describe the old cluster: the new one's come from its config.
-        if k.first() == Some(&keys::MEMBER_PREFIX) {
+        let Some(k) = restored_key(RESTORED_REGION, &k) else {
             skipped += 1;
             return Ok(());
-        }
+        };
         batch.put_cf(data, k, v);
         records += 1;
         if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
@@ -395,22 +420,28 @@ fn load(backup: &Path, header: &Header, dir: &Path, target: &RestoreTarget) -> R
         Error::BadBackup(m) => Error::BadBackup(format!("changed while restoring: {m}")),
         e => e,
     })?;
-    let (index, term) = (header.index, header.term);
+    // The new cluster's log starts after the backup's index (and never before a region's first).
+    let index = header.index.max(crate::region::REGION_INIT_INDEX);
+    let term = header.term.max(crate::region::REGION_INIT_TERM);
     let state = engine.cf(CF_RAFT_STATE);
     let pair = keys::encode_pair(index, term);
-    batch.put_cf(state, keys::APPLY_STATE_KEY, pair);
-    batch.put_cf(data, keys::DATA_APPLY_STATE_KEY, pair);
-    batch.put_cf(state, keys::TRUNCATED_STATE_KEY, pair);
+    batch.put_cf(state, view.state_key(keys::APPLY_STATE_KEY), pair);
+    batch.put_cf(data, view.space().data_apply_key(), pair);
+    batch.put_cf(state, view.state_key(keys::TRUNCATED_STATE_KEY), pair);
     let hs = HardState {
         term,
         vote: 0,
         commit: index,
         ..Default::default()
     };
-    batch.put_cf(state, keys::HARD_STATE_KEY, hs.write_to_bytes()?);
+    batch.put_cf(
+        state,
+        view.state_key(keys::HARD_STATE_KEY),
+        hs.write_to_bytes()?,
+    );
     // Synced: it also makes every earlier unsynced batch durable.
     engine.write(batch, true)?;
-    engine.check_consistency()?;
+    view.check_consistency()?;
     Ok((records, skipped))
 }
 

@@ -32,6 +32,10 @@ pub enum Error {
         /// What was started on it.
         wanted: &'static str,
     },
+    /// A config-file node's directory in the layout of versions before its data became
+    /// region 1 of a store: it is neither read nor rewritten.
+    #[error("this data directory was written by an older rdb version, which kept a config-file node's data outside region 1; it is left untouched: take a backup with the older version (rdb-cli snapshot save FILE) and restore it with this one (rdb-server --restore FILE --config CLUSTER.toml) into new directories")]
+    OldLayout,
     /// A store's directory belongs to another store or another PD cluster.
     #[error("{0}")]
     WrongStore(String),

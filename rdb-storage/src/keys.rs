@@ -90,6 +90,10 @@ pub const REGION_APPLY_SUFFIX: u8 = b'a';
 /// After a region's prefix in `data`: the region's `rdb.pd.Region` (range, epoch, peers),
 /// written by the apply batch that changed it, so snapshots carry it.
 pub const REGION_META_SUFFIX: u8 = b'm';
+/// After a region's prefix in `data`: a member record (peer id, 8 bytes big endian, then its
+/// `MemberRecord`): the peer and client addresses of a config-file cluster's nodes, which its
+/// one region's log changes and its snapshots carry (PD-mode stores learn addresses from PD).
+pub const REGION_MEMBER_SUFFIX: u8 = b'n';
 
 /// Whose Raft group a key belongs to in a store's one RocksDB.
 ///
@@ -215,6 +219,14 @@ pub fn region_prefix_end(id: u64) -> Vec<u8> {
 pub fn region_meta_key(id: u64) -> Vec<u8> {
     let mut k = region_prefix(id);
     k.push(REGION_META_SUFFIX);
+    k
+}
+
+/// Key of region `region`'s record of member `id` in `data` (see [`REGION_MEMBER_SUFFIX`]).
+pub fn region_member_key(region: u64, id: u64) -> Vec<u8> {
+    let mut k = region_prefix(region);
+    k.push(REGION_MEMBER_SUFFIX);
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 

@@ -47,20 +47,22 @@ pub fn records_of_change(cc: &ConfChangeV2) -> Result<Vec<MemberRecord>> {
 }
 
 impl Engine {
-    /// Every member record (current and removed), by id.
+    /// Every member record (current and removed), by id: a node's group keeps them under
+    /// [`keys::MEMBER_PREFIX`], a region under its own prefix ([`keys::region_member_key`]).
     pub fn members(&self) -> Result<Vec<MemberRecord>> {
-        let prefix = [keys::MEMBER_PREFIX];
-        self.guarded(&prefix, &keys::prefix_end(&prefix), || {
+        let prefix = self.member_prefix();
+        let end = keys::prefix_end(&prefix);
+        self.guarded(&prefix, &end, || {
             let mut out = Vec::new();
-            let it = self.db().iterator_cf(
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_iterate_upper_bound(end.clone());
+            let it = self.db().iterator_cf_opt(
                 self.cf(CF_DATA),
-                IteratorMode::From(&[keys::MEMBER_PREFIX], Direction::Forward),
+                ro,
+                IteratorMode::From(&prefix, Direction::Forward),
             );
             for item in it {
-                let (k, v) = item?;
-                if k.first() != Some(&keys::MEMBER_PREFIX) {
-                    break;
-                }
+                let (_, v) = item?;
                 let r = MemberRecord::decode(v.as_ref())
                     .map_err(|e| Error::Corrupt(format!("undecodable member record: {e}")))?;
                 out.push(r);
@@ -69,11 +71,32 @@ impl Engine {
         })
     }
 
+    /// Where this group's member records start in `data`.
+    fn member_prefix(&self) -> Vec<u8> {
+        match self.space() {
+            keys::Space::Node => vec![keys::MEMBER_PREFIX],
+            keys::Space::Region(id) => {
+                let mut p = keys::region_prefix(id);
+                p.push(keys::REGION_MEMBER_SUFFIX);
+                p
+            }
+        }
+    }
+
+    /// The key of member `id`'s record in this group.
+    pub(crate) fn member_record_key(&self, id: u64) -> Vec<u8> {
+        match self.space() {
+            keys::Space::Node => member_key(id).to_vec(),
+            keys::Space::Region(region) => keys::region_member_key(region, id),
+        }
+    }
+
     /// Records an applied conf change: the new conf state, who the members are and the
     /// applied index, in one unsynced batch (the log can replay it, as any apply batch). A
-    /// node's group keeps a record per member it changes (records of members the change adds
-    /// keep an earlier address if the context had none); a region's members are named by its
-    /// meta, rewritten with its new peers and `conf_ver` ([`crate::region::with_conf_change`]).
+    /// node's group keeps a record per member it changes; a region's members are named by its
+    /// meta, rewritten with its new peers and `conf_ver` ([`crate::region::with_conf_change`]),
+    /// and a region that knows its members' addresses (a config-file cluster's) also keeps
+    /// the records that carry addresses or a removal.
     pub fn write_conf_change(
         &self,
         cs: &ConfState,
@@ -95,6 +118,12 @@ impl Engine {
                     .collect();
                 let meta = crate::region::with_conf_change(&meta, cs, &added);
                 wb.put_cf(data, keys::region_meta_key(id), meta.encode_to_vec());
+                for r in records
+                    .iter()
+                    .filter(|r| r.removed || !r.peer_addr.is_empty())
+                {
+                    wb.put_cf(data, self.member_record_key(r.id), r.encode_to_vec());
+                }
             }
             keys::Space::Node => {
                 for r in records {

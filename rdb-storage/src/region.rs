@@ -19,7 +19,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 pub use rdb_proto::pd::{Peer, Region, RegionEpoch};
 
 use crate::dedup;
-use crate::engine::Engine;
+use crate::engine::{Engine, Ident};
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
 use crate::{Error, Index, Result, Term};
 
@@ -35,6 +35,28 @@ const REGION_DURABLE_FILE: &str = "RDB_REGION_DURABLE_INDEX";
 /// Decodes a stored region meta record.
 pub fn decode_meta(v: &[u8]) -> Result<Region> {
     Region::decode(v).map_err(|e| Error::Corrupt(format!("undecodable region meta: {e}")))
+}
+
+/// The region a config-file cluster is: region `id` over every key, at epoch (1, 1), with one
+/// voter per node, each on the store of its own id (a node is a store hosting that region).
+pub fn whole_range_region(id: u64, nodes: &[u64]) -> Region {
+    Region {
+        id,
+        start_key: Vec::new(),
+        end_key: Vec::new(),
+        epoch: Some(RegionEpoch {
+            version: 1,
+            conf_ver: 1,
+        }),
+        peers: nodes
+            .iter()
+            .map(|&n| Peer {
+                id: n,
+                store_id: n,
+                learner: false,
+            })
+            .collect(),
+    }
 }
 
 /// Whether `key` lies in the region's range `[start_key, end_key)` (empty end: no bound).
@@ -159,6 +181,16 @@ impl Engine {
     /// of region 1, or a peer PD placed here) and returns the region's view. Refuses a region
     /// that already has state here, or one with id 0, no peers, or duplicate peer ids.
     pub fn create_region(&self, region: &Region) -> Result<Engine> {
+        self.create_region_with_members(region, &[])
+    }
+
+    /// [`Engine::create_region`], with the addresses of the region's members (a config-file
+    /// cluster's region 1, whose nodes are its peers) recorded in the same write.
+    pub fn create_region_with_members(
+        &self,
+        region: &Region,
+        members: &[crate::MemberRecord],
+    ) -> Result<Engine> {
         check_region(region)?;
         if self
             .db()
@@ -175,6 +207,13 @@ impl Engine {
         }
         let mut wb = WriteBatch::default();
         put_initial_state(self, &mut wb, region)?;
+        for m in members {
+            wb.put_cf(
+                self.cf(CF_DATA),
+                keys::region_member_key(region.id, m.id),
+                prost::Message::encode_to_vec(m),
+            );
+        }
         self.write(wb, true)?;
         self.region(region.id)
     }
@@ -536,6 +575,41 @@ impl Engine {
                 );
                 wb.put_cf(state, keys::STORE_TOKEN_KEY, want.token.to_be_bytes());
                 self.write(wb, true)
+            }
+        }
+    }
+
+    /// Claims a fresh directory for node `want` of a config-file cluster (a store that hosts
+    /// region 1 with no PD), or checks that an existing one is that node's. Returns whether
+    /// the directory was fresh. Refuses another kind of process's directory, another node's or
+    /// cluster's, and the layout of older versions ([`Error::OldLayout`]), which kept the
+    /// node's group outside region 1: never rewritten, so nothing is lost.
+    pub fn claim_for_node(&self, want: Ident) -> Result<bool> {
+        self.claim_kind(crate::DirKind::Node)?;
+        let root_group = self
+            .db()
+            .get_cf(self.cf(CF_RAFT_STATE), keys::CONF_STATE_KEY)?
+            .is_some();
+        if root_group {
+            return Err(Error::OldLayout);
+        }
+        match self.ident()? {
+            Some(found) if found == want => Ok(false),
+            Some(found) => Err(Error::WrongIdentity {
+                found_cluster: found.cluster_id,
+                found_node: found.node_id,
+                cluster: want.cluster_id,
+                node: want.node_id,
+            }),
+            None => {
+                let mut wb = WriteBatch::default();
+                wb.put_cf(
+                    self.cf(CF_RAFT_STATE),
+                    keys::IDENT_KEY,
+                    keys::encode_pair(want.cluster_id, want.node_id),
+                );
+                self.write(wb, true)?;
+                Ok(true)
             }
         }
     }

@@ -439,14 +439,18 @@ async fn a_node_whose_manifest_was_cut_refuses_to_start_or_serves_everything() {
     }
     c.wait_leader(SECS(10)).await;
     let applied = leader_applied(&c).await;
-    // The node records its durable index every few seconds; wait for it to cover everything.
-    let durable = c.data_dir(1).join("RDB_DURABLE_INDEX");
+    // The node records region 1's durable index every few seconds ("1 INDEX" in the store's
+    // record); wait for it to cover everything.
+    let durable = c.data_dir(1).join("RDB_REGION_DURABLE_INDEX");
     TestCluster::wait_until("the durable index", SECS(15), || {
         let durable = durable.clone();
         async move {
             std::fs::read_to_string(&durable)
                 .ok()
-                .and_then(|t| t.trim().parse::<u64>().ok())
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("1 ")?.trim().parse::<u64>().ok())
+                })
                 .is_some_and(|i| i >= applied)
         }
     })

@@ -1,6 +1,6 @@
 //! Who a data directory belongs to, and which cluster a process serves: a store refuses a PD
-//! of another cluster (one that lost its data included), and a config-file node, a store and
-//! a PD node each refuse the others' directories.
+//! of another cluster (one that lost its data included), a config-file node, a store and a PD
+//! node each refuse the others' directories, and a node refuses the layout of older versions.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -176,6 +176,55 @@ async fn a_node_a_store_and_a_pd_node_each_refuse_the_others_directories() {
         err.contains("holds a PD node, not a node of a config-file cluster"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_directory_of_the_layout_before_region_one_and_leaves_it_untouched() {
+    let mut node = TestCluster::start(1);
+    node.wait_leader(Duration::from_secs(20)).await;
+    node.terminate(1);
+    assert!(node
+        .wait_exit(1, Duration::from_secs(8))
+        .is_some_and(|s| s.success()));
+    // What older versions wrote for node 1 of cluster 7: its group's Raft state outside any
+    // region.
+    let dir = node.data_dir(1);
+    std::fs::remove_dir_all(&dir).expect("remove");
+    {
+        let e = rdb_storage::Engine::open(&dir).expect("open");
+        e.claim_kind(rdb_storage::DirKind::Node).expect("kind");
+        let ident = rdb_storage::Ident {
+            cluster_id: 7,
+            node_id: 1,
+        };
+        e.bootstrap_or_check(ident, &[1], &[]).expect("old layout");
+    }
+    // Every record of every column family (RocksDB rewrites its own files on any open).
+    let records = |d: &std::path::Path| -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, d).expect("column families");
+        let db = rocksdb::DB::open_cf_for_read_only(&opts, d, &cfs, false).expect("open");
+        let mut out = Vec::new();
+        for cf in &cfs {
+            let handle = db.cf_handle(cf).expect("cf");
+            for item in db.iterator_cf(handle, rocksdb::IteratorMode::Start) {
+                let (k, v) = item.expect("record");
+                out.push((cf.clone(), k.to_vec(), v.to_vec()));
+            }
+        }
+        out
+    };
+    let before = records(&dir);
+    assert!(!before.is_empty());
+    let config = node.config.to_str().expect("utf-8 path").to_string();
+    let (status, err) = run("rdb-server", &["--config", &config, "--node-id", "1"]);
+    assert!(!status.success(), "a node started on the old layout");
+    let cause = err.lines().last().unwrap_or_default();
+    assert!(
+        cause.contains("written by an older rdb version") && cause.contains("--restore"),
+        "{err}"
+    );
+    assert!(records(&dir) == before, "the directory was rewritten");
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! The backup service: streams a consistent backup of this node's data to a client.
+//! The backup service: streams a consistent backup of a config-file node's data (its region
+//! 1) to a client.
 //!
-//! `Save` first passes a linearizable read barrier through the mailbox (`Msg::Read`, a
-//! ReadIndex round, forwarded to the leader on a follower): it succeeds once this node has
+//! `Save` first passes a linearizable read barrier of the region through the mailbox
+//! (`Msg::RegionRead`, a ReadIndex round, forwarded to the leader on a follower): it succeeds once this node has
 //! applied every entry committed before the call, so the backup holds every write acknowledged
 //! before the call started, whichever member serves it. Then the node writes the backup file with
 //! [`rdb_storage::backup::write`] (data and applied index through one RocksDB view) into its
@@ -47,7 +48,7 @@ pub struct BackupService {
 
 impl BackupService {
     /// A service for node `ident` that passes read barriers through `mailbox` and backs up
-    /// `engine`'s data.
+    /// the data of `engine`, a region's view.
     pub fn new(
         mailbox: Mailbox,
         engine: Engine,
@@ -70,10 +71,19 @@ impl BackupService {
         BackupServer::new(self)
     }
 
-    /// Waits until this node leads and has applied everything committed before now.
+    /// Waits until this node has applied everything region 1 committed before now.
     async fn read_barrier(&self) -> Result<(), RequestError> {
-        match tokio::time::timeout(self.timeout, self.mailbox.call(|tx| Msg::Read { tx })).await {
-            Ok(r) => r?.map(|_term| ()),
+        let region_id = self.engine.space().region_id().unwrap_or_default();
+        let call = self.mailbox.call(|tx| Msg::RegionRead {
+            route: crate::router::RegionRoute {
+                region_id,
+                ..Default::default()
+            },
+            linearizable: true,
+            tx,
+        });
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r?.map(drop),
             Err(_) => Err(RequestError::Unavailable(
                 "no quorum confirmed leadership before the deadline".into(),
             )),

@@ -14,7 +14,7 @@ use rdb_proto::kv::{
     RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
 use rdb_storage::region::Region;
-use rdb_storage::{CommandResult, Engine, HashResults, HashState};
+use rdb_storage::{CommandResult, Engine, HashState};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -23,28 +23,30 @@ use crate::members::SharedDirectory;
 use crate::router::{Mailbox, Msg, RegionRoute, RequestError};
 use crate::store::hashes::StoreHashes;
 
-/// Serves the client API of one node.
+/// Serves the client API of one store (a config-file node is a store hosting region 1).
+/// Every request goes to a region: the one its context names, or the one holding its first
+/// key (`Msg::RegionPropose`, `Msg::RegionRead`).
 #[derive(Clone)]
 pub struct KvService {
     pub(crate) mailbox: Mailbox,
     pub(crate) engine: Engine,
-    hashes: HashResults,
+    /// The hosted regions' hash results, which answer `Hash`.
+    hashes: StoreHashes,
     pub(crate) settings: Arc<Settings>,
     pub(crate) cluster_id: u64,
     client_addr: String,
+    /// A config-file cluster's members' addresses (empty for a PD-mode store, whose peers are
+    /// named by their stores).
     pub(crate) members: SharedDirectory,
-    /// PD mode: requests go to regions (`Msg::RegionPropose`, `Msg::RegionRead`).
-    store_mode: bool,
-    /// PD mode: the hosted regions' hash results, which answer `Hash`.
-    store_hashes: StoreHashes,
 }
 
 impl KvService {
-    /// A service that proposes through `mailbox` and reads from `engine`.
+    /// A service that proposes through `mailbox`, reads from `engine` and answers `Hash`
+    /// from `hashes`.
     pub fn new(
         mailbox: Mailbox,
         engine: Engine,
-        hashes: HashResults,
+        hashes: StoreHashes,
         settings: Arc<Settings>,
         cluster_id: u64,
         client_addr: String,
@@ -58,22 +60,7 @@ impl KvService {
             cluster_id,
             client_addr,
             members,
-            store_mode: false,
-            store_hashes: StoreHashes::default(),
         }
-    }
-
-    /// Whether this is a PD-mode store's service (requests go to regions).
-    pub(crate) fn is_store(&self) -> bool {
-        self.store_mode
-    }
-
-    /// The service of a PD-mode store: every request goes to a region, and `Hash` reads the
-    /// hosted regions' results from `hashes`.
-    pub fn for_store(mut self, hashes: StoreHashes) -> KvService {
-        self.store_mode = true;
-        self.store_hashes = hashes;
-        self
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -142,15 +129,10 @@ impl KvService {
         };
         let data = cmd.encode_to_vec();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // A static node refuses a region context itself, with a clear error.
-        let msg = if self.store_mode || context.is_some() {
-            Msg::RegionPropose {
-                route: route(context, keys),
-                data,
-                tx,
-            }
-        } else {
-            Msg::Propose { data, tx }
+        let msg = Msg::RegionPropose {
+            route: route(context, keys),
+            data,
+            tx,
         };
         tokio::time::timeout_at(deadline, self.mailbox.send(msg))
             .await
@@ -164,16 +146,15 @@ impl KvService {
         }
     }
 
-    /// Waits until reading local state is linearizable (ReadIndex), unless serializable. In
-    /// PD mode (or with a region context) the keys must belong to one region here, which is
-    /// returned as applied.
+    /// Waits until reading local state is linearizable (ReadIndex), unless serializable. The
+    /// keys must belong to one region here, which is returned as applied.
     pub(crate) async fn read_barrier(
         &self,
         deadline: Instant,
         consistency: i32,
         context: Option<RegionContext>,
         keys: &[Vec<u8>],
-    ) -> Result<Option<Region>, RequestError> {
+    ) -> Result<Region, RequestError> {
         let serializable =
             consistency == Consistency::Serializable as i32 || cfg!(feature = "inject-stale-reads");
         if !serializable && consistency != Consistency::Linearizable as i32 {
@@ -184,23 +165,14 @@ impl KvService {
         let timed_out = || {
             RequestError::Unavailable("no quorum confirmed leadership before the deadline".into())
         };
-        if self.store_mode || context.is_some() {
-            let route = route(context, keys.to_vec());
-            let call = self.mailbox.call(|tx| Msg::RegionRead {
-                route,
-                linearizable: !serializable,
-                tx,
-            });
-            return match tokio::time::timeout_at(deadline, call).await {
-                Ok(r) => r?.map(Some),
-                Err(_) => Err(timed_out()),
-            };
-        }
-        if serializable {
-            return Ok(None);
-        }
-        match tokio::time::timeout_at(deadline, self.mailbox.call(|tx| Msg::Read { tx })).await {
-            Ok(r) => r?.map(|_term| None),
+        let route = route(context, keys.to_vec());
+        let call = self.mailbox.call(|tx| Msg::RegionRead {
+            route,
+            linearizable: !serializable,
+            tx,
+        });
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(r) => r?,
             Err(_) => Err(timed_out()),
         }
     }
@@ -241,15 +213,12 @@ fn clip_to_region(
     }
 }
 
-/// The region a PD-mode store's `Check` or `Hash` is for: its context must name one.
-fn region_of(context: Option<&RegionContext>) -> Result<u64, RequestError> {
+/// The region a `Check` or `Hash` is for: the one its context names, or region 1 (a
+/// config-file cluster's only region).
+fn region_of(context: Option<&RegionContext>) -> u64 {
     match context.map(|c| c.region_id) {
-        Some(id) if id != 0 => Ok(id),
-        _ => Err(RequestError::InvalidArgument(
-            "this is a PD-mode store: a replica check is per region; name the region in the \
-             request's context"
-                .into(),
-        )),
+        Some(id) if id != 0 => id,
+        _ => crate::store::serve::FIRST_REGION_ID,
     }
 }
 
@@ -269,7 +238,7 @@ fn op_keys(op: &Op) -> Vec<Vec<u8>> {
     }
 }
 
-/// Where a request goes in PD mode, from its region context and keys.
+/// Where a request goes, from its region context and keys.
 fn route(context: Option<RegionContext>, keys: Vec<Vec<u8>>) -> RegionRoute {
     let context = context.unwrap_or_default();
     RegionRoute {
@@ -472,11 +441,8 @@ impl KvService {
         } else {
             (r.prefix.clone(), prefix_end(&r.prefix))
         };
-        // PD mode: one region's part of the range; the client goes on at the region's end.
-        let (start, end, region_end) = match region {
-            Some(region) => clip_to_region(start, end, &region),
-            None => (start, end, None),
-        };
+        // One region's part of the range; the client goes on at the region's end.
+        let (start, end, region_end) = clip_to_region(start, end, &region);
         let limit = if r.limit == 0 { max } else { r.limit } as usize;
         let engine = self.engine.clone();
         let max_bytes = self.settings.max_response_bytes;
@@ -605,13 +571,9 @@ impl KvService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let deadline = self.deadline(&request);
+        // Into that region's log, like any write to it (leader and epoch checked). Without a
+        // region, the store's own default: a config-file node's region 1.
         let context = request.into_inner().context;
-        if self.store_mode {
-            // Into that region's log, like any write to it (leader and epoch checked).
-            if let Err(e) = region_of(context.as_ref()) {
-                return err(e, |r: &mut CheckResponse, e| r.error = Some(e));
-            }
-        }
         match self
             .write(
                 deadline,
@@ -638,19 +600,16 @@ impl KvService {
             let e = RequestError::InvalidArgument("index must be a hash point's index".into());
             return err(e, |r: &mut HashResponse, e| r.error = Some(e));
         }
-        // A static node's own results, or (PD mode) those of the region asked about.
-        let (hashes, engine) = if self.store_mode {
-            let found = region_of(context.as_ref()).and_then(|id| {
-                self.store_hashes.get(id).ok_or_else(|| {
-                    RequestError::RegionNotFound(format!("this store hosts no peer of region {id}"))
-                })
-            });
-            match found {
-                Ok(r) => (r.results, r.engine),
-                Err(e) => return err(e, |r: &mut HashResponse, e| r.error = Some(e)),
+        // The results of the region asked about.
+        let id = region_of(context.as_ref());
+        let (hashes, engine) = match self.hashes.get(id) {
+            Some(r) => (r.results, r.engine),
+            None => {
+                let e = RequestError::RegionNotFound(format!(
+                    "this store hosts no peer of region {id}"
+                ));
+                return err(e, |r: &mut HashResponse, e| r.error = Some(e));
             }
-        } else {
-            (self.hashes.clone(), self.engine.clone())
         };
         let applied = engine.apply_state().map_err(Self::storage_error)?.index;
         let state = hashes

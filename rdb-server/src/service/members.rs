@@ -81,7 +81,7 @@ impl KvService {
         let deadline = self.deadline(&request);
         let req = request.into_inner();
         let region_id = req.region_id;
-        let (steps, added) = match parse_changes(req, self.is_store()) {
+        let (steps, added) = match parse_changes(req) {
             Ok(v) => v,
             Err(e) => return err(e, |r: &mut MemberChangeResponse, e| r.error = Some(e)),
         };
@@ -102,7 +102,7 @@ impl KvService {
             Ok((index, membership)) => {
                 // A region's peers are named by their stores, which its meta holds.
                 let stores = match self.mailbox.call(|tx| Msg::Members { region_id, tx }).await {
-                    Ok(Ok(view)) if self.is_store() => view.stores,
+                    Ok(Ok(view)) => view.stores,
                     _ => Vec::new(),
                 };
                 Ok(Response::new(MemberChangeResponse {
@@ -154,10 +154,11 @@ impl KvService {
     }
 }
 
-/// Validates a change request into core steps and the added nodes' records.
+/// Validates a change request into core steps and the added peers' records. A peer is added
+/// with the store that will host it (a PD-mode region), or with its addresses (a node of a
+/// config-file cluster, which is the store of its own id).
 fn parse_changes(
     req: MemberChangeRequest,
-    region: bool,
 ) -> Result<(Vec<MemberStep>, Vec<MemberRecord>), RequestError> {
     let bad = |m: String| Err(RequestError::InvalidArgument(m));
     if req.changes.is_empty() {
@@ -171,7 +172,9 @@ fn parse_changes(
         }
         let ty = MemberChangeType::try_from(c.r#type).unwrap_or(MemberChangeType::Unspecified);
         let step = match ty {
-            MemberChangeType::AddVoter | MemberChangeType::AddLearner if region => {
+            MemberChangeType::AddVoter | MemberChangeType::AddLearner
+                if c.store_id != 0 || req.region_id > 1 =>
+            {
                 if c.store_id == 0 {
                     return bad(format!("peer {}: no store given to host it", c.id));
                 }
@@ -232,7 +235,7 @@ mod tests {
     fn parse_changes_static(
         req: MemberChangeRequest,
     ) -> Result<(Vec<MemberStep>, Vec<MemberRecord>), RequestError> {
-        parse_changes(req, false)
+        parse_changes(req)
     }
 
     #[test]
@@ -280,8 +283,8 @@ mod tests {
             }],
             region_id: 7,
         };
-        assert!(parse_changes(in_region(0), true).is_err());
-        let (steps, added) = parse_changes(in_region(4), true).unwrap();
+        assert!(parse_changes(in_region(0)).is_err());
+        let (steps, added) = parse_changes(in_region(4)).unwrap();
         assert_eq!(steps, vec![MemberStep::AddLearner(14)]);
         assert_eq!((added[0].id, added[0].store_id), (14, 4));
     }

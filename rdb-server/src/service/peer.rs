@@ -74,7 +74,7 @@ impl PeerService {
             snap_dir,
             members,
             kind,
-            regions: kind == PeerKind::Store,
+            regions: kind != PeerKind::Pd,
             warned: Default::default(),
             logger,
         }
@@ -142,14 +142,21 @@ impl PeerService {
         Ok(m)
     }
 
-    async fn deliver(&self, region_id: u64, from: NodeId, msg: RaftMessage) -> Result<(), Status> {
+    /// Refuses a message without a region id for a store (a config-file node is one), or with
+    /// one for a PD node.
+    fn check_region(&self, region_id: u64) -> Result<(), Status> {
         if self.regions == (region_id == 0) {
             return Err(Status::invalid_argument(if self.regions {
                 "a store takes only messages with a region id"
             } else {
-                "a region id in a message for a config-file cluster"
+                "a region id in a message for a PD node"
             }));
         }
+        Ok(())
+    }
+
+    async fn deliver(&self, region_id: u64, from: NodeId, msg: RaftMessage) -> Result<(), Status> {
+        self.check_region(region_id)?;
         self.raft
             .send_raft(Box::new(PeerMsg {
                 region_id,
@@ -200,6 +207,7 @@ impl Peer for PeerService {
             .header
             .ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
         self.check_stamp(header.cluster_id, header.kind, header.from, header.to)?;
+        self.check_region(header.region_id)?;
         let m = self.decode(&header.message)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
@@ -354,6 +362,15 @@ mod tests {
     }
 
     fn chunks(message: &[u8], total_len: u64, data: &[u8]) -> Vec<SnapshotChunk> {
+        chunks_of(1, message, total_len, data)
+    }
+
+    fn chunks_of(
+        region_id: u64,
+        message: &[u8],
+        total_len: u64,
+        data: &[u8],
+    ) -> Vec<SnapshotChunk> {
         let mut out = vec![SnapshotChunk {
             header: Some(SnapshotHeader {
                 cluster_id: 7,
@@ -361,7 +378,7 @@ mod tests {
                 to: 2,
                 total_len,
                 message: message.to_vec(),
-                region_id: 0,
+                region_id,
                 kind: PeerKind::Node as i32,
             }),
             data: Vec::new(),
@@ -381,7 +398,16 @@ mod tests {
         let (message, file, desc) = leader_snapshot(src.path());
         let (mut client, mut rx, dir) = serve(1 << 20).await;
         let len = file.len() as u64;
-        let files = |dir: &tempfile::TempDir| std::fs::read_dir(dir.path()).unwrap().count();
+        // Region 1's snapshots (a config-file node's) go to its own folder.
+        let files = |dir: &tempfile::TempDir| {
+            std::fs::read_dir(dir.path().join("r1")).map_or(0, |d| d.count())
+        };
+        // A message without a region is refused before anything is written.
+        let r = client
+            .snapshot(tokio_stream::iter(chunks_of(0, &message, len, &file)))
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
         // Longer or shorter than announced, or a flipped byte: refused, nothing stepped or kept.
         let mut longer = file.clone();
@@ -418,7 +444,7 @@ mod tests {
             .snapshot(tokio_stream::iter(chunks(&message, len, &file)))
             .await
             .unwrap();
-        let received = std::fs::read(desc.path_in(dir.path())).unwrap();
+        let received = std::fs::read(desc.path_in(&dir.path().join("r1"))).unwrap();
         assert_eq!(received, file);
         match rx.try_recv() {
             Ok(m) => assert_eq!(m.msg.get_msg_type(), MessageType::MsgSnapshot),

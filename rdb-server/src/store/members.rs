@@ -64,10 +64,8 @@ impl StoreCore {
             let (MemberStep::AddVoter(peer) | MemberStep::AddLearner(peer)) = *step else {
                 continue;
             };
-            let store = added
-                .iter()
-                .find(|a| a.id == peer)
-                .map_or(0, |a| a.store_id);
+            let record = added.iter().find(|a| a.id == peer);
+            let store = record.map_or(0, |a| a.store_id);
             if store == 0 {
                 return Err(RegionError::Invalid(format!(
                     "peer {peer} is added without the store that hosts it"
@@ -79,10 +77,11 @@ impl StoreCore {
                 )));
             }
             stores.push(store);
+            // With its addresses, when it has them (a config-file cluster's node).
             context.push(MemberRecord {
                 id: peer,
                 store_id: store,
-                ..Default::default()
+                ..record.cloned().unwrap_or_default()
             });
         }
         let context = prost::Message::encode_to_vec(&MemberContext { added: context });

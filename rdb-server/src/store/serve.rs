@@ -30,10 +30,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{RegionError, RegionMessage, RequestRefused, StoreCore};
 use crate::config::{ClusterConfig, StoreFile};
+use crate::members::SharedDirectory;
 use crate::raft_core::{Answer, Refusal, RequestId};
 use crate::router::{
     Control, Inbox, LeaderHint, Mailbox, MembersView, Msg, NodeStatus, RegionRoute, RequestError,
 };
+use crate::service::backup::BackupService;
 use crate::service::kv::KvService;
 use crate::service::peer::{PeerIdent, PeerService};
 use crate::transport::GrpcTransport;
@@ -50,6 +52,7 @@ const STORE_HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A split that got no answer in this long may be tried again.
 const SPLIT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
+mod config_node;
 mod observe;
 mod pd_worker;
 mod split_check;
@@ -58,6 +61,9 @@ mod task;
 use observe::Observer;
 use pd_worker::{pd_region, pd_worker, Event, Job, Resolver};
 use task::{lock, StoreTask};
+
+pub use config_node::run_config_node;
+use config_node::StaticCluster;
 
 pub use split_check::SplitConfig;
 use split_check::{Counted, Measure};
@@ -209,8 +215,89 @@ pub async fn run(
         false
     };
 
-    let config = ClusterConfig {
+    let started = Launch {
+        store_id,
         cluster_id: ident.cluster_id,
+        settings: settings.clone(),
+        engine,
+        core,
+        addr: args.addr.clone(),
+        client_listener,
+        peer_listener,
+        client_tls,
+        peer_tls,
+        link: Link::Pd {
+            pd,
+            me,
+            token: ident.token,
+            registered,
+            split: args.split,
+        },
+        logger,
+    };
+    launch(started, stop_rx).await
+}
+
+/// How a store learns where its peers are and who hosts what.
+pub(super) enum Link {
+    /// PD mode: from PD, through the worker (see [`pd_worker`]), which also takes the store's
+    /// heartbeats and allocates ids for splits.
+    Pd {
+        /// The PD client.
+        pd: PdClient,
+        /// This store as PD should know it.
+        me: pdc::Store,
+        /// The store's token, which PD needs to accept a change of its addresses.
+        token: u64,
+        /// Whether PD acknowledged this store's addresses already.
+        registered: bool,
+        /// When regions split.
+        split: SplitConfig,
+    },
+    /// A config-file cluster: from its file and member records (see [`config_node`]).
+    Static(StaticCluster),
+}
+
+/// A store whose regions are open and whose listeners are bound, ready to serve.
+pub(super) struct Launch {
+    pub(super) store_id: u64,
+    pub(super) cluster_id: u64,
+    pub(super) settings: crate::config::Settings,
+    pub(super) engine: Engine,
+    pub(super) core: StoreCore,
+    /// Where clients reach this store.
+    pub(super) addr: String,
+    pub(super) client_listener: tokio::net::TcpListener,
+    pub(super) peer_listener: tokio::net::TcpListener,
+    pub(super) client_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub(super) peer_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub(super) link: Link,
+    pub(super) logger: Logger,
+}
+
+/// Serves a started store: its task on a thread of its own, clients (`Kv`, health, and
+/// backups for a config-file node) and other stores (`Peer`), until `stop` says so; then a
+/// leader hands its leadership over and the task stops.
+pub(super) async fn launch(
+    l: Launch,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let Launch {
+        store_id,
+        cluster_id,
+        settings,
+        engine,
+        core,
+        addr,
+        client_listener,
+        peer_listener,
+        client_tls,
+        peer_tls,
+        link,
+        logger,
+    } = l;
+    let config = ClusterConfig {
+        cluster_id,
         nodes: Vec::new(),
         settings: settings.clone(),
         tls: None,
@@ -219,30 +306,56 @@ pub async fn run(
     };
     let (mailbox, inbox) = Mailbox::new(crate::server::MAILBOX);
     let snap_dir = engine.snap_dir();
-    let mut transport = GrpcTransport::start_store(
+    let kind = match link {
+        Link::Pd { .. } => PeerKind::Store,
+        Link::Static(_) => PeerKind::Node,
+    };
+    let mut transport = GrpcTransport::start(
         &config,
+        &Default::default(),
         store_id,
+        kind,
         mailbox.raft_sender(),
         tokio::runtime::Handle::current(),
         snap_dir.clone(),
         logger.clone(),
     );
-    // Where the other stores were last heard of: enough to serve while PD is away.
+    // Where the other stores are: enough to serve while PD is away.
     let addrs: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
-    for (id, peer, client) in engine.store_addrs().map_err(data_error)? {
-        transport.set_store(id, &peer);
-        lock(&addrs).insert(id, client);
-    }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pd_worker(
-        pd.clone(),
-        jobs_rx,
-        events_tx.clone(),
-        logger.clone(),
-    ));
-    // Every store's address, so the first messages find their way.
-    let _ = jobs_tx.send(Job::AllStores);
+    let mut directory = SharedDirectory::default();
+    let (me, token, registered, split, statics) = match link {
+        Link::Pd {
+            pd,
+            me,
+            token,
+            registered,
+            split,
+        } => {
+            let data_error =
+                |e: rdb_storage::Error| ServerError::Pd(format!("data directory: {e}"));
+            for (id, peer, client) in engine.store_addrs().map_err(data_error)? {
+                transport.set_store(id, &peer);
+                lock(&addrs).insert(id, client);
+            }
+            tokio::spawn(pd_worker(pd, jobs_rx, events_tx.clone(), logger.clone()));
+            // Every store's address, so the first messages find their way.
+            let _ = jobs_tx.send(Job::AllStores);
+            (me, token, registered, split, None)
+        }
+        Link::Static(cluster) => {
+            cluster.connect(store_id, &mut transport, &addrs);
+            directory = cluster.members.clone();
+            let me = pdc::Store {
+                id: store_id,
+                address: addr.clone(),
+                ..Default::default()
+            };
+            (me, 0, true, SplitConfig::default(), Some(cluster))
+        }
+    };
+    let serves_backups = statics.is_some();
     let task = StoreTask {
         core,
         inbox,
@@ -254,7 +367,7 @@ pub async fn run(
         waiters: HashMap::new(),
         next_request: 1,
         tick: Duration::from_millis(settings.tick_interval_ms),
-        split: args.split,
+        split,
         sizes: HashMap::new(),
         counted: HashMap::new(),
         checks: 0,
@@ -263,13 +376,15 @@ pub async fn run(
         last_split_check: Instant::now(),
         last_region_heartbeat: Instant::now(),
         last_store_heartbeat: None,
-        me: me.clone(),
-        token: ident.token,
+        me,
+        token,
         registered,
         last_register: None,
         resolver: Resolver::default(),
         compacting: None,
         observer: Observer::new(),
+        statics,
+        reads_this_turn: 0,
         stopping: false,
         logger: logger.clone(),
     };
@@ -279,28 +394,27 @@ pub async fn run(
     let kv = KvService::new(
         mailbox.clone(),
         engine.clone(),
-        Default::default(),
+        hashes,
         Arc::new(settings.clone()),
-        ident.cluster_id,
-        args.addr.clone(),
-        Default::default(),
-    )
-    .for_store(hashes);
+        cluster_id,
+        addr.clone(),
+        directory.clone(),
+    );
     let peer = PeerService::new(
         mailbox.raft_sender(),
         PeerIdent {
-            cluster_id: ident.cluster_id,
+            cluster_id,
             node: store_id,
-            kind: PeerKind::Store,
+            kind,
         },
         MAX_SNAPSHOT_BYTES,
         snap_dir,
-        Default::default(),
+        directory,
         logger.clone(),
     );
     let max_client_message = 2 * (settings.max_value_bytes + settings.max_key_bytes) + (1 << 20);
-    info!(logger, "serving"; "addr" => &args.addr, "peer_addr" => &args.peer_addr,
-        "cluster_id" => ident.cluster_id, "tls" => client_tls.is_some(),
+    info!(logger, "serving"; "addr" => &addr, "peer_addr" => peer_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "cluster_id" => cluster_id, "tls" => client_tls.is_some(),
         "peer_tls" => peer_tls.is_some());
     let mut client_builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = client_tls {
@@ -310,17 +424,43 @@ pub async fn run(
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(crate::server::report_health(mailbox.clone(), health));
-    let client_server = client_builder
-        .add_service(health_service)
-        .add_service(
-            KvServer::new(kv)
-                .max_decoding_message_size(max_client_message)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .serve_with_incoming_shutdown(
-            crate::server::incoming(client_listener),
-            crate::server::stopped(stop_rx.clone()),
+    let mut client_router = client_builder.add_service(health_service).add_service(
+        KvServer::new(kv)
+            .max_decoding_message_size(max_client_message)
+            .max_encoding_message_size(usize::MAX),
+    );
+    if serves_backups {
+        // `rdb-cli snapshot save`: service/backup.rs.
+        let region = engine
+            .region(config_node::CONFIG_REGION)
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let backup = BackupService::new(
+            mailbox.clone(),
+            region,
+            rdb_storage::Ident {
+                cluster_id,
+                node_id: store_id,
+            },
+            &settings,
+            &logger,
         );
+        client_router = client_router.add_service(backup.into_server());
+    }
+    // A stop asked for: a leader hands over first, then the servers stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let (mailbox, logger, mut stop) = (mailbox.clone(), logger.clone(), stop);
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|v| *v).await;
+            crate::binary::stop_stage("handing leadership over");
+            crate::server::hand_over_leadership(&mailbox, &logger).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let client_server = client_router.serve_with_incoming_shutdown(
+        crate::server::incoming(client_listener),
+        crate::server::stopped(stop_rx.clone()),
+    );
     let mut peer_builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = peer_tls {
         peer_builder = peer_builder

@@ -87,7 +87,10 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
     for (i, dir) in restored_dirs.iter().enumerate() {
         let r = restore(&path, dir, &target(i as u64 + 1)).unwrap();
         assert_eq!((r.backup, r.records + r.skipped), (info, info.records));
-        assert_eq!(r.skipped, 1, "the membership record is left out");
+        assert_eq!(
+            r.skipped, 2,
+            "the membership record and the old applied index are left out"
+        );
     }
     assert!(!out.path().join("node1.restoring").exists());
 
@@ -95,58 +98,120 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
         .iter()
         .map(|d| Engine::open(d).unwrap())
         .collect();
-    let mut expected = data_cf(&src);
-    expected.retain(|(k, _)| k[0] != b'm');
+    let user = |e: &Engine| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v = data_cf(e);
+        v.retain(|(k, _)| k[0] == b'd');
+        v
+    };
+    // The old layout's dedup records (`s` + client + seq) are region 1's in the new one.
+    let dedup_of = |e: &Engine, prefix: &[u8]| -> Vec<(Vec<u8>, Vec<u8>)> {
+        data_cf(e)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_vec(), v)))
+            .filter(|(k, _)| k.first() == Some(&b's'))
+            .collect()
+    };
+    let region_one = crate::keys::region_prefix(1);
     for (i, e) in engines.iter().enumerate() {
+        check_restored(e, i as u64 + 1, 20);
         assert_eq!(
-            data_cf(e),
-            expected,
+            user(e),
+            user(&src),
             "node {} holds the backup's data",
             i + 1
         );
-        // What a normal start checks and loads.
-        let ident = Ident {
-            cluster_id: 9,
-            node_id: i as u64 + 1,
-        };
-        e.bootstrap_or_check(ident, &[3, 2, 1], &[]).unwrap();
-        assert!(!e
-            .check_apply_settings(ApplySettings { dedup_window: 1000 })
-            .unwrap());
-        e.check_consistency().unwrap();
-        e.check_durable_index(20).unwrap();
-        let log = RaftStorage::open(e.clone(), logger()).unwrap();
-        let state = log.initial_state().unwrap();
-        assert_eq!(
-            (
-                state.hard_state.term,
-                state.hard_state.vote,
-                state.hard_state.commit
-            ),
-            (2, 0, 20)
-        );
-        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
-        assert_eq!(
-            (log.first_index().unwrap(), log.last_index().unwrap()),
-            (21, 20)
-        );
-        assert_eq!(log.term(20).unwrap(), 2);
-        assert_eq!(e.apply_state().unwrap().index, 20);
-        assert_eq!(e.get(b"k07").unwrap().as_deref(), Some(&b"v7"[..]));
+        assert_eq!(dedup_of(e, &region_one), dedup_of(&src, b""));
+        assert!(!dedup_of(e, &region_one).is_empty());
     }
     // The new cluster goes on from there; dedup records came along, so a retry of a write
     // the old cluster applied is still answered from its record.
-    let e = &engines[0];
-    let mut sm = StateMachine::new(e.clone(), 1000).unwrap();
+    let view = engines[0].region(1).unwrap();
+    let mut sm = StateMachine::new(view.clone(), 1000).unwrap();
     let out = sm
         .apply(&[
-            entry(21, 3, &cmd(4, 5, put("k05", "again"))),
-            entry(22, 3, &cmd(8, 1, put("new", "x"))),
+            entry(21, 6, &cmd(4, 5, put("k05", "again"))),
+            entry(22, 6, &cmd(8, 1, put("new", "x"))),
         ])
         .unwrap();
     assert_eq!(out[0].result, Some(Ok(CommandResult::Put)));
-    assert_eq!(e.get(b"k05").unwrap().as_deref(), Some(&b"v5"[..]));
-    assert_eq!(e.get(b"new").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(view.get(b"k05").unwrap().as_deref(), Some(&b"v5"[..]));
+    assert_eq!(view.get(b"new").unwrap().as_deref(), Some(&b"x"[..]));
+}
+
+/// What a config-file node's start checks and loads, on a directory restored for node `id` of
+/// cluster 9 (nodes 1, 2, 3) from a backup at `index`: region 1, every key, at that index.
+fn check_restored(e: &Engine, id: u64, index: u64) {
+    let ident = Ident {
+        cluster_id: 9,
+        node_id: id,
+    };
+    assert!(!e.claim_for_node(ident).unwrap(), "claimed already");
+    assert!(!e
+        .check_apply_settings(ApplySettings { dedup_window: 1000 })
+        .unwrap());
+    assert_eq!(e.region_ids().unwrap(), vec![1]);
+    let view = e.region(1).unwrap();
+    assert_eq!(
+        view.region_meta().unwrap(),
+        Some(crate::region::whole_range_region(1, &[1, 2, 3]))
+    );
+    view.check_consistency().unwrap();
+    let log = RaftStorage::open(view.clone(), logger()).unwrap();
+    let state = log.initial_state().unwrap();
+    // Its log starts after the backup's index, in a term no lower than a region's first.
+    let term = crate::region::REGION_INIT_TERM;
+    assert_eq!(
+        (
+            state.hard_state.term,
+            state.hard_state.vote,
+            state.hard_state.commit
+        ),
+        (term, 0, index)
+    );
+    assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(
+        (log.first_index().unwrap(), log.last_index().unwrap()),
+        (index + 1, index)
+    );
+    assert_eq!(log.term(index).unwrap(), term);
+    assert_eq!(view.apply_state().unwrap().index, index);
+    assert_eq!(e.get(b"k07").unwrap().as_deref(), Some(&b"v7"[..]));
+}
+
+#[test]
+fn a_backup_of_region_one_restores_into_a_new_cluster() {
+    // A config-file node of this version keeps its data as region 1 of a store.
+    let src_dir = tempfile::tempdir().unwrap();
+    let store = Engine::open(src_dir.path()).unwrap();
+    let view = store
+        .create_region(&crate::region::whole_range_region(1, &[1, 2, 3]))
+        .unwrap();
+    let ents: Vec<Entry> = (6..=30)
+        .map(|i| entry(i, 5, &cmd(4, i, put(&format!("k{i:02}"), &format!("v{i}")))))
+        .collect();
+    StateMachine::new(view.clone(), 1000)
+        .unwrap()
+        .apply(&ents)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("backup.rdb");
+    let info = write(&view, IDENT, &path).unwrap();
+    assert_eq!((info.index, info.term, info.keys), (30, 5, 25));
+    let dir = out.path().join("node2");
+    let r = restore(&path, &dir, &target(2)).unwrap();
+    // The meta and the applied index are the new cluster's.
+    assert_eq!((r.records + r.skipped, r.skipped), (info.records, 2));
+    let e = Engine::open(&dir).unwrap();
+    check_restored(&e, 2, 30);
+    let region_one = crate::keys::region_prefix(1);
+    let dedup = |e: &Engine| -> Vec<(Vec<u8>, Vec<u8>)> {
+        data_cf(e)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&region_one) && k.get(9) == Some(&b's'))
+            .collect()
+    };
+    assert_eq!(dedup(&e), dedup(&store));
+    assert_eq!(dedup(&e).len(), 25);
 }
 
 #[test]
@@ -245,8 +310,7 @@ fn a_restore_interrupted_before_its_rename_leaves_no_directory_and_is_redone() {
     restore(&path, &dir, &target(1)).unwrap();
     assert!(!staging.exists());
     let e = Engine::open(&dir).unwrap();
-    e.check_consistency().unwrap();
-    assert_eq!(e.apply_state().unwrap().index, 20);
+    check_restored(&e, 1, 20);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! [`crate::upkeep`]): each region's durable index, recorded off the Raft thread so a start
 //! from a rolled-back directory is refused; slow-disk and apply-lag warnings; and the store's
 //! gauges, which count its regions by role and keep the largest lag rather than a time series
-//! per region.
+//! per region (a store of one region, as a config-file node is, also has its group's gauges).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -76,6 +76,21 @@ impl Observer {
             }
         }
         self.leaders.retain(|id, _| ids.binary_search(id).is_ok());
+        if let [only] = ids[..] {
+            // One region (a config-file node's): the gauges of its Raft group, as a node of
+            // one group has them.
+            if let Some(c) = core.core(only) {
+                let r = c.replica();
+                let (first, last) = r.log_bounds();
+                m.term.set(r.term() as i64);
+                m.is_leader.set(i64::from(r.is_leader()));
+                m.role.set(crate::node::role_metric(r.role()));
+                m.commit_index.set(r.commit_index() as i64);
+                m.applied_index.set(r.applied_index() as i64);
+                m.log_first_index.set(first as i64);
+                m.log_entries.set((last + 1).saturating_sub(first) as i64);
+            }
+        }
         for (role, n) in ROLES.iter().zip(counts) {
             m.store_regions.with_label_values(&[role]).set(n);
         }

@@ -5,7 +5,11 @@ use super::*;
 
 /// A client waiting for an answer.
 pub(super) enum Waiter {
-    Write(oneshot::Sender<Result<CommandResult, RequestError>>),
+    /// A write, and when it was proposed.
+    Write(
+        oneshot::Sender<Result<CommandResult, RequestError>>,
+        Instant,
+    ),
     /// A read of region `1`, answered with the region's meta.
     Read(oneshot::Sender<Result<Region, RequestError>>, u64),
     /// A split this store proposed (region, when).
@@ -57,6 +61,10 @@ pub(super) struct StoreTask {
     pub(super) compacting: Option<std::thread::JoinHandle<()>>,
     /// Durable-index records, warnings and gauges (see [`Observer`]).
     pub(super) observer: Observer,
+    /// A config-file node: its cluster, which stands in for PD (see [`config_node`]).
+    pub(super) statics: Option<StaticCluster>,
+    /// Linearizable reads that arrived this turn (they share one ReadIndex round per region).
+    pub(super) reads_this_turn: u64,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     pub(super) stopping: bool,
     pub(super) logger: Logger,
@@ -99,6 +107,12 @@ impl StoreTask {
                 // acknowledged.
                 break;
             }
+            if self.reads_this_turn > 0 {
+                let m = crate::metrics::metrics();
+                m.read_rounds.inc();
+                m.reads_per_round.observe(self.reads_this_turn as f64);
+                self.reads_this_turn = 0;
+            }
             match self.core.advance() {
                 Ok(out) => {
                     self.dispatch(out);
@@ -136,8 +150,12 @@ impl StoreTask {
         }
     }
 
-    /// Asks PD where `store` is, unless it was asked lately (see [`Resolver`]).
+    /// Asks PD where `store` is, unless it was asked lately (see [`Resolver`]). A config-file
+    /// node knows every member's address from its records already.
     fn resolve(&mut self, store: u64) {
+        if self.statics.is_some() {
+            return;
+        }
         if store != self.core.store_id() && self.resolver.should_ask(store, Instant::now()) {
             let _ = self.jobs.send(Job::ResolveStore(store));
         }
@@ -153,7 +171,11 @@ impl StoreTask {
                 // It may have restarted on another address.
                 self.resolve(to);
             }
-            // Stores are never removed from a region yet.
+            // A config-file node removed from its cluster stops for good; a store's peers are
+            // removed per region (see `StoreCore::confirm_region`).
+            Control::Removed { by } if self.statics.is_some() => {
+                self.stop_removed(&format!("node {by} says so"));
+            }
             Control::Removed { .. } => {}
             Control::Stop => self.stopping = true,
         }
@@ -202,6 +224,19 @@ impl StoreTask {
     fn locate(&self, route: &RegionRoute) -> Result<(u64, RegionEpoch), RequestError> {
         let id = if route.region_id != 0 {
             route.region_id
+        } else if route.keys.is_empty() {
+            // A request of no key (a replica check) names its region: a config-file node's
+            // is region 1, and a store has no default.
+            match self.default_region(0) {
+                0 => {
+                    return Err(RequestError::InvalidArgument(
+                        "this is a PD-mode store: a replica check is per region; name the \
+                         region in the request's context"
+                            .into(),
+                    ))
+                }
+                id => id,
+            }
         } else {
             let key = route.keys.first().map(Vec::as_slice).unwrap_or_default();
             self.core.region_for_key(key).map(|r| r.id).ok_or_else(|| {
@@ -229,7 +264,39 @@ impl StoreTask {
         Ok((id, epoch))
     }
 
+    /// The region a membership or leadership request without one is for: a config-file
+    /// node's one region; a store has no default.
+    fn default_region(&self, region_id: u64) -> u64 {
+        match (region_id, &self.statics) {
+            (0, Some(_)) => config_node::CONFIG_REGION,
+            (id, _) => id,
+        }
+    }
+
     fn handle(&mut self, msg: Msg) {
+        let msg = match msg {
+            Msg::TransferLeader { region_id, to, tx } => Msg::TransferLeader {
+                region_id: self.default_region(region_id),
+                to,
+                tx,
+            },
+            Msg::ChangeMembers {
+                region_id,
+                steps,
+                added,
+                tx,
+            } => Msg::ChangeMembers {
+                region_id: self.default_region(region_id),
+                steps,
+                added,
+                tx,
+            },
+            Msg::Members { region_id, tx } => Msg::Members {
+                region_id: self.default_region(region_id),
+                tx,
+            },
+            m => m,
+        };
         match msg {
             Msg::RegionPropose { route, data, tx } => {
                 let (id, epoch) = match self.route(&route) {
@@ -240,9 +307,9 @@ impl StoreTask {
                     }
                 };
                 let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
-                let req = self.request_id(Waiter::Write(tx));
+                let req = self.request_id(Waiter::Write(tx, Instant::now()));
                 if let Err(e) = self.core.propose(id, &epoch, &keys, req, data) {
-                    if let Some(Waiter::Write(tx)) = self.waiters.remove(&req) {
+                    if let Some(Waiter::Write(tx, _)) = self.waiters.remove(&req) {
                         let _ = tx.send(Err(region_error(e)));
                     }
                 }
@@ -278,6 +345,7 @@ impl StoreTask {
                         tx.send(meta.ok_or_else(|| RequestError::RegionNotFound(id.to_string())));
                     return;
                 }
+                self.reads_this_turn += 1;
                 let req = self.request_id(Waiter::Read(tx, id));
                 if let Err(e) = self.core.read(id, &epoch, &keys, req) {
                     if let Some(Waiter::Read(tx, _)) = self.waiters.remove(&req) {
@@ -286,11 +354,7 @@ impl StoreTask {
                 }
             }
             Msg::Status { tx } => {
-                let _ = tx.send(NodeStatus {
-                    node_id: self.core.store_id(),
-                    regions: Some(self.core.region_states()),
-                    ..Default::default()
-                });
+                let _ = tx.send(self.status());
             }
             Msg::Propose { tx, .. } => {
                 let _ = tx.send(Err(not_static()));
@@ -322,9 +386,18 @@ impl StoreTask {
             Msg::ChangeMembers {
                 region_id,
                 steps,
-                added,
+                mut added,
                 tx,
             } => {
+                if self.statics.is_some() {
+                    match self.check_node_change(&steps, &mut added) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
                 let req = self.request_id(Waiter::Change(tx, region_id));
                 if let Err(e) = self.core.change_members(region_id, req, &steps, &added) {
                     if let Some(Waiter::Change(tx, _)) = self.waiters.remove(&req) {
@@ -381,7 +454,12 @@ impl StoreTask {
             self.resolve(m.to_store);
         }
         for region in out.confirm {
-            let _ = self.jobs.send(Job::ConfirmRegion(region));
+            if self.statics.is_none() {
+                let _ = self.jobs.send(Job::ConfirmRegion(region));
+            } else if region == config_node::CONFIG_REGION {
+                let me = self.core.store_id();
+                self.core.confirm_region(&StaticCluster::vouch(me));
+            }
         }
         // Reads whose region changed while they waited (StoreCore::read).
         for (id, e) in out.refused_reads {
@@ -394,10 +472,13 @@ impl StoreTask {
                 continue;
             };
             match (w, answer) {
-                (Waiter::Write(tx), Ok(Answer::Written(r))) => {
+                (Waiter::Write(tx, proposed), Ok(Answer::Written(r))) => {
+                    crate::metrics::metrics()
+                        .propose_apply_seconds
+                        .observe(proposed.elapsed().as_secs_f64());
                     let _ = tx.send(Ok(r));
                 }
-                (Waiter::Write(tx), Err(r)) => {
+                (Waiter::Write(tx, _), Err(r)) => {
                     let _ = tx.send(Err(self.refusal(region, r)));
                 }
                 (Waiter::Read(tx, id), Ok(Answer::ReadReady { .. })) => {
@@ -431,7 +512,7 @@ impl StoreTask {
                         )
                     };
                     match w {
-                        Waiter::Write(tx) => {
+                        Waiter::Write(tx, _) => {
                             let _ = tx.send(Err(e()));
                         }
                         Waiter::Read(tx, _) => {
@@ -475,9 +556,14 @@ impl StoreTask {
         // PD learns a region's new peers at once: a store PD placed a new peer on asks PD
         // before the leader's first message may create it.
         for &id in &out.membership_changed {
-            if self.core.core(id).is_some_and(|c| c.replica().is_leader()) {
+            if self.statics.is_some() {
+                self.reload_members(id);
+            } else if self.core.core(id).is_some_and(|c| c.replica().is_leader()) {
                 self.heartbeat(id);
             }
+        }
+        if self.statics.is_some() && !out.destroyed.is_empty() {
+            self.stop_removed("it applied its own removal");
         }
         for &id in &out.destroyed {
             self.led.remove(&id);
@@ -508,6 +594,116 @@ impl StoreTask {
         }
     }
 
+    /// The store's status. A config-file node's is region 1's, as a node of one group
+    /// reports it (a joining node that hosts nothing yet reports no leader); a store's lists
+    /// every region it hosts.
+    fn status(&self) -> NodeStatus {
+        let node_id = self.core.store_id();
+        if self.statics.is_none() {
+            return NodeStatus {
+                node_id,
+                regions: Some(self.core.region_states()),
+                ..Default::default()
+            };
+        }
+        let Some(core) = self.core.core(config_node::CONFIG_REGION) else {
+            return NodeStatus {
+                node_id,
+                ..Default::default()
+            };
+        };
+        let r = core.replica();
+        let (first_index, last_index) = r.log_bounds();
+        let leader_id = r.leader_id();
+        NodeStatus {
+            node_id,
+            role: crate::node::role_code(r.role()),
+            term: r.term(),
+            leader_id,
+            leader_addr: lock(&self.addrs)
+                .get(&leader_id)
+                .cloned()
+                .unwrap_or_default(),
+            commit_index: r.commit_index(),
+            applied_index: r.applied_index(),
+            first_index,
+            last_index,
+            followers: r.follower_progress(),
+            regions: None,
+        }
+    }
+
+    /// A config-file node's checks of a membership change before it is proposed: a removed
+    /// id never comes back, and a new node's addresses are its own. Each node added is the
+    /// store of its own id.
+    fn check_node_change(
+        &self,
+        steps: &[crate::raft_core::MemberStep],
+        added: &mut [rdb_storage::MemberRecord],
+    ) -> Result<(), RequestError> {
+        let Some(cluster) = &self.statics else {
+            return Ok(());
+        };
+        let reused = steps
+            .iter()
+            .map(|s| s.id())
+            .find(|&id| cluster.members.is_removed(id));
+        if let Some(id) = reused {
+            return Err(RequestError::InvalidArgument(format!(
+                "node id {id} was removed from this cluster and cannot be used again"
+            )));
+        }
+        let dir = cluster.members.read();
+        if let Some(why) = added.iter().find_map(|r| dir.clash(r)) {
+            return Err(RequestError::InvalidArgument(why));
+        }
+        for r in added.iter_mut() {
+            if r.peer_addr.is_empty() {
+                return Err(RequestError::InvalidArgument(format!(
+                    "node {}: a node of a config-file cluster is added with its peer and client \
+                     addresses",
+                    r.id
+                )));
+            }
+            r.store_id = r.id;
+        }
+        Ok(())
+    }
+
+    /// A config-file node's region changed members: read their addresses again and open or
+    /// close the streams to them. A failure to read its own records ends the node.
+    fn reload_members(&mut self, region: u64) {
+        let Some(cluster) = &self.statics else {
+            return;
+        };
+        let Some(view) = self.core.region_engine(region) else {
+            return;
+        };
+        if let Err(e) = cluster.reload(&view) {
+            crit!(self.logger, "cannot read the member records"; "error" => %e);
+            crate::logging::fatal_exit(&format!("cannot read the member records: {e}"));
+        }
+        cluster.connect(self.core.store_id(), &mut self.transport, &self.addrs);
+    }
+
+    /// This config-file node is no longer a member: record it (so a restart refuses to serve)
+    /// and stop.
+    fn stop_removed(&self, how: &str) -> ! {
+        let index = self
+            .core
+            .core(config_node::CONFIG_REGION)
+            .map_or(0, |c| c.replica().applied_index());
+        if let Err(e) = self.core.engine().mark_removed(index) {
+            warn!(self.logger, "cannot record the removal"; "error" => %e);
+        }
+        crit!(self.logger, "this node was removed from the cluster; stopping"; "how" => how,
+            "index" => index);
+        crate::logging::fatal_exit(&format!(
+            "node {} was removed from the cluster ({how}); it will not serve again",
+            self.core.store_id()
+        ))
+    }
+
     /// Region `id`'s membership as its peer here applied it, with each peer's store and that
     /// store's client address (the leader adds every peer's progress).
     fn members(&self, id: u64) -> Result<MembersView, RequestError> {
@@ -516,26 +712,35 @@ impl StoreTask {
         };
         let r = core.replica();
         let addrs = lock(&self.addrs);
+        // A config-file node's members are named by their addresses, from its records.
+        let stores = if self.statics.is_some() {
+            Vec::new()
+        } else {
+            meta.peers
+                .iter()
+                .map(|p| {
+                    let addr = addrs.get(&p.store_id).cloned().unwrap_or_default();
+                    (p.id, p.store_id, addr)
+                })
+                .collect()
+        };
         Ok(MembersView {
             node_id: r.id(),
             leader_id: r.leader_id(),
             commit_index: r.commit_index(),
             membership: crate::raft_core::Membership::from(&r.conf_state()),
             progress: r.progress(),
-            stores: meta
-                .peers
-                .iter()
-                .map(|p| {
-                    let addr = addrs.get(&p.store_id).cloned().unwrap_or_default();
-                    (p.id, p.store_id, addr)
-                })
-                .collect(),
+            stores,
         })
     }
 
     fn on_tick(&mut self) {
         self.core.tick();
         self.observer.tick(&self.core, &self.logger);
+        if self.statics.is_some() {
+            // No PD to report to, and one region that never splits.
+            return;
+        }
         let now = Instant::now();
         if !self.registered
             && self

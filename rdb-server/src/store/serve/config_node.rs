@@ -1,0 +1,188 @@
+//! A node of a config-file cluster (`rdb-server --config FILE --node-id N`, `--join`, or no
+//! arguments): a store that hosts region 1, every key, with no PD. Its store id is its node
+//! id, and so is its peer id in region 1, whose peers start as the file's nodes and then follow
+//! the log (membership changes through `rdb-cli member`). Where the other nodes are comes from
+//! the file and the member records region 1 keeps with its data (see [`Directory`]) instead of
+//! PD; nothing splits. A node joining a running cluster hosts nothing at first: its leader's
+//! first message creates region 1 here, and a snapshot brings its data.
+
+use super::*;
+use crate::members::Directory;
+use crate::node::Transport as _;
+
+/// The region a config-file cluster is.
+pub const CONFIG_REGION: u64 = FIRST_REGION_ID;
+
+/// The cluster a config-file node belongs to, as its task needs it.
+pub(in crate::store) struct StaticCluster {
+    /// The cluster file (or the joined cluster's view of it).
+    pub(in crate::store) config: Arc<ClusterConfig>,
+    /// Members' addresses as region 1 applied them, shared with the services.
+    pub(in crate::store) members: SharedDirectory,
+}
+
+impl StaticCluster {
+    /// Opens the transport's streams to every other member and records their client
+    /// addresses (leader hints): at start, and after each membership change.
+    pub(in crate::store) fn connect(
+        &self,
+        me: u64,
+        transport: &mut GrpcTransport,
+        addrs: &Mutex<HashMap<u64, String>>,
+    ) {
+        let d = self.members.read();
+        transport.set_peers(&d.peers_of(me));
+        let mut a = lock(addrs);
+        a.clear();
+        a.extend(d.members.iter().map(|(&id, m)| (id, m.client_addr.clone())));
+    }
+
+    /// Reads the member records again from region 1's view `view` (after its membership
+    /// changed).
+    pub(in crate::store) fn reload(&self, view: &Engine) -> Result<(), rdb_storage::Error> {
+        self.members.replace(Directory::load(view, &self.config)?);
+        Ok(())
+    }
+
+    /// What stands in for PD's answer about region 1 when a leader's message names it here
+    /// before this node hosts it (a joining node): region 1 has this node's peer.
+    pub(in crate::store) fn vouch(me: u64) -> Region {
+        rdb_storage::region::whole_range_region(CONFIG_REGION, &[me])
+    }
+}
+
+/// Runs node `node_id` of `config` until `shutdown` resolves or a listener fails.
+pub async fn run_config_node(
+    config: ClusterConfig,
+    node_id: u64,
+    logger: Logger,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let logger = logger.new(o!("node" => node_id));
+    config.validate()?;
+    let config = Arc::new(config);
+    let me = config.node(node_id)?.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let settings = &config.settings;
+    let data_error = |e: rdb_storage::Error| ServerError::DataDir {
+        dir: me.data_dir.clone(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(&me.data_dir).map_err(|e| ServerError::DataDir {
+        dir: me.data_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let engine = Engine::open_with(
+        &me.data_dir,
+        EngineOptions {
+            max_wal_bytes: settings.max_wal_bytes,
+        },
+    )
+    .map_err(data_error)?;
+    let ident = rdb_storage::Ident {
+        cluster_id: config.cluster_id,
+        node_id,
+    };
+    engine.claim_for_node(ident).map_err(data_error)?;
+    if let Some(index) = engine.removed().map_err(data_error)? {
+        return Err(ServerError::DataDir {
+            dir: me.data_dir.clone(),
+            message: format!(
+                "node {node_id} was removed from cluster {} (at log index {index}) and will not \
+                 serve again; to bring this machine back, delete the directory and add it as a \
+                 new member with a new id",
+                config.cluster_id
+            ),
+        });
+    }
+    let dedup_window = settings.dedup_window;
+    if engine
+        .check_apply_settings(rdb_storage::ApplySettings { dedup_window })
+        .map_err(data_error)?
+    {
+        info!(logger, "recorded apply settings"; "dedup_window" => dedup_window);
+    }
+    // A node of the file's cluster starts region 1 as the file says, once; a joining node gets
+    // it from its leader.
+    let hosted = engine
+        .region_ids()
+        .map_err(data_error)?
+        .contains(&CONFIG_REGION);
+    if !config.joining && !hosted {
+        let nodes: Vec<u64> = config.nodes.iter().map(|n| n.id).collect();
+        let region = rdb_storage::region::whole_range_region(CONFIG_REGION, &nodes);
+        engine
+            .create_region_with_members(&region, &crate::server::member_records(&config))
+            .map_err(data_error)?;
+        info!(logger, "created region 1 from the cluster file"; "nodes" => ?nodes);
+    }
+    let core = StoreCore::open(
+        engine.clone(),
+        node_id,
+        crate::node::core_config(node_id, settings),
+        dedup_window,
+        &logger,
+    )
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    // Behind what this node recorded as durable: the directory was rolled back.
+    engine
+        .check_region_durable_indexes(&core.log_ends())
+        .map_err(data_error)?;
+    let view = engine.region(CONFIG_REGION).map_err(data_error)?;
+    let members = SharedDirectory::new(Directory::load(&view, &config).map_err(data_error)?);
+
+    // Bind before anything runs, so a taken port is a clear start-up error.
+    let bind = |addr: String, what: &'static str| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| ServerError::Bind {
+                what,
+                addr,
+                source: e,
+            })
+    };
+    let client_listener = bind(me.client_addr.clone(), "client").await?;
+    let peer_listener = bind(me.peer_addr.clone(), "peer").await?;
+    if let Some(addr) = &me.metrics_addr {
+        let l = bind(addr.clone(), "metrics").await?;
+        let log = logger.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(l).await {
+                warn!(log, "metrics endpoint stopped"; "error" => %e);
+            }
+        });
+    }
+    let client_tls = match &config.tls {
+        Some(t) => Some(crate::tls::server_config(t, node_id, t.client_cert_auth)?),
+        None => None,
+    };
+    let peer_tls = match &config.peer_tls {
+        Some(t) => {
+            crate::tls::set_peer_client(crate::tls::peer_client_config(t, node_id)?);
+            Some(crate::tls::server_config(t, node_id, true)?)
+        }
+        None => None,
+    };
+    let started = Launch {
+        store_id: node_id,
+        cluster_id: config.cluster_id,
+        settings: settings.clone(),
+        engine,
+        core,
+        addr: me.client_addr.clone(),
+        client_listener,
+        peer_listener,
+        client_tls,
+        peer_tls,
+        link: Link::Static(StaticCluster {
+            config: config.clone(),
+            members,
+        }),
+        logger,
+    };
+    launch(started, stop_rx).await
+}
