@@ -5,17 +5,19 @@
 //! - [`raft_core`]: the deterministic Raft core (`RawNode` + log store + application + client
 //!   request bookkeeping), free of clocks, threads and RPC; generic over its stores.
 //! - [`stores`]: the RocksDB log store and KV state machine as the core's stores.
-//! - [`store`]: a PD-mode store: many regions (Raft groups) over one RocksDB, driven as one.
+//! - [`store`]: a store: regions (Raft groups) over one RocksDB, driven as one; a config-file
+//!   node is a store hosting region 1 with no PD, a PD-mode store hosts regions that split.
 //! - [`sim`]: the in-memory cluster that tests the core under faults, seed by seed.
 //! - [`router`]: the typed messages the node task reads.
-//! - [`node`]: the node task that wraps the core with tokio, a clock and RocksDB chores.
+//! - [`node`]: the task of a process of one group (a PD node): the core with tokio and a clock.
 //! - [`transport`]: Raft messages to peers over tonic.
 //! - [`service`]: gRPC adapters for clients and peers.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`upkeep`]: what a node or store does beside its turns: durable-index records,
 //!   slow-disk and lag warnings, disk gauges.
 //! - [`tls`]: TLS on the client and peer ports.
-//! - [`server`]: wiring it all together (shared by `rdb-pd`).
+//! - [`server`]: what every server process shares (stop, Raft thread, health), and a PD node's
+//!   start.
 //! - [`restore`]: `rdb-server --restore`, seeding a new cluster's data directories from a backup.
 
 pub mod binary;

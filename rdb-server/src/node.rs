@@ -1,4 +1,6 @@
-//! The node task: the one place where the Raft core meets the outside world.
+//! The task of a process with one Raft group and no regions: a PD node's (`rdb-pd`, whose
+//! application is PD's metadata). rdb's own nodes and stores run the store task instead
+//! (`store::serve`), whose regions are groups of their own; both drive the same [`Core`].
 //!
 //! It owns the [`Core`] (over RocksDB) and reads one mailbox ([`Inbox`]: transport reports
 //! first, then Raft messages, then client requests). Each turn it drains what is queued (so many
@@ -29,9 +31,6 @@ use crate::upkeep::{join_chore, DiskSampler, DurableRecorder, Warnings};
 
 /// Mailbox messages handled per turn before running a Ready, bounding latency under load.
 const MAX_MSGS_PER_TURN: usize = 4096;
-
-/// The core as the server runs it: over the RocksDB log store and KV state machine.
-pub type ServerCore = Core<RaftStorage, StateMachine>;
 
 /// A client waiting for the core's answer.
 enum Waiter<O> {
@@ -491,13 +490,10 @@ where
     }
 }
 
-/// What a node of a config-file cluster answers a request that names a region.
-/// A request naming a region of a PD-mode store, sent to a node of a config-file cluster,
-/// whose one group is region 1 (or 0: unnamed).
+/// What a node of one group (a PD node) answers a request that names a region.
 fn not_a_store(region_id: u64) -> RequestError {
     RequestError::InvalidArgument(format!(
-        "region {region_id} was named, but this is a node of a config-file cluster: its one \
-         group is region 1"
+        "region {region_id} was named, but this process has one Raft group and no regions"
     ))
 }
 

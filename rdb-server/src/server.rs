@@ -1,5 +1,8 @@
-//! Starting a node: check the configuration and the data directory, open storage, bind the
-//! listeners, start the node task on its own thread, and serve gRPC until asked to stop.
+//! What every server process shares (the stop, the Raft thread, health, handover, listeners),
+//! and starting a process of one Raft group (a PD node, see [`crate::node`]): check the
+//! configuration and the data directory, open storage, bind the listeners, start the node task
+//! on its own thread, and serve gRPC until asked to stop. rdb's nodes and stores start in
+//! `store::serve`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,7 +47,7 @@ pub struct Started<O> {
 
 /// Opens node `node_id`'s data directory with the start-up checks, builds its application
 /// with `make_app`, binds its listeners and starts its Raft task on a thread of its own, with
-/// the transport to its peers. The same for an rdb node and a PD node.
+/// the transport to its peers (a PD node's).
 pub async fn start<A, F>(
     config: &Arc<ClusterConfig>,
     node_id: NodeId,
@@ -98,37 +101,15 @@ where
     .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     // Bind before anything runs so a taken port is a clear startup error.
-    let bind = |addr: &str, what: &'static str| {
-        let addr = addr.to_string();
-        async move {
-            TcpListener::bind(&addr)
-                .await
-                .map_err(|e| ServerError::Bind {
-                    what,
-                    addr,
-                    source: e,
-                })
-        }
-    };
-    let client_listener = bind(&me.client_addr, "client").await?;
-    let peer_listener = bind(&me.peer_addr, "peer").await?;
-    if let Some(addr) = &me.metrics_addr {
-        let listener = bind(addr, "metrics").await?;
-        let log = logger.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener).await {
-                warn!(log, "metrics endpoint stopped"; "error" => %e);
-            }
-        });
-    }
+    let (client_listener, peer_listener) = bind_listeners(
+        &me.client_addr,
+        &me.peer_addr,
+        me.metrics_addr.as_deref(),
+        logger,
+    )
+    .await?;
 
-    let peer_tls = match &config.peer_tls {
-        Some(t) => {
-            crate::tls::set_peer_client(crate::tls::peer_client_config(t, node_id)?);
-            Some(crate::tls::server_config(t, node_id, true)?)
-        }
-        None => None,
-    };
+    let (_, peer_tls) = crate::tls::port_configs(None, config.peer_tls.as_ref(), node_id)?;
     let (mailbox, inbox) = Mailbox::new(MAILBOX);
     let transport = GrpcTransport::start(
         config,
@@ -218,6 +199,40 @@ impl<O: Send + 'static> Started<O> {
         };
         serve_until_stopped(serving, stop_rx, self.raft_thread, &self.logger).await
     }
+}
+
+/// Binds a server's client and peer listeners, and serves Prometheus metrics on
+/// `metrics_addr` when given: a taken port is a clear start-up error, before anything runs.
+pub(crate) async fn bind_listeners(
+    client_addr: &str,
+    peer_addr: &str,
+    metrics_addr: Option<&str>,
+    logger: &Logger,
+) -> Result<(TcpListener, TcpListener), ServerError> {
+    let bind = |addr: &str, what: &'static str| {
+        let addr = addr.to_string();
+        async move {
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|e| ServerError::Bind {
+                    what,
+                    addr,
+                    source: e,
+                })
+        }
+    };
+    let client = bind(client_addr, "client").await?;
+    let peer = bind(peer_addr, "peer").await?;
+    if let Some(addr) = metrics_addr {
+        let listener = bind(addr, "metrics").await?;
+        let log = logger.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener).await {
+                warn!(log, "metrics endpoint stopped"; "error" => %e);
+            }
+        });
+    }
+    Ok((client, peer))
 }
 
 /// Resolves once `rx` says the node is stopping: the graceful-shutdown signal of its servers.

@@ -41,6 +41,27 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// The TLS of server `id`'s client port (`client`) and peer port (`peer`, which also sets how
+/// this process connects to its peers, see [`set_peer_client`]); `None` for plaintext.
+pub fn port_configs(
+    client: Option<&TlsSettings>,
+    peer: Option<&TlsSettings>,
+    id: NodeId,
+) -> Result<(Option<ServerTlsConfig>, Option<ServerTlsConfig>), ServerError> {
+    let client = match client {
+        Some(t) => Some(server_config(t, id, t.client_cert_auth)?),
+        None => None,
+    };
+    let peer = match peer {
+        Some(t) => {
+            set_peer_client(peer_client_config(t, id)?);
+            Some(server_config(t, id, true)?)
+        }
+        None => None,
+    };
+    Ok((client, peer))
+}
+
 /// The client side of the peer port: this node's certificate, and the CA its peers must have.
 pub fn peer_client_config(t: &TlsSettings, id: NodeId) -> Result<ClientTlsConfig, ServerError> {
     let t = t.for_node(id);

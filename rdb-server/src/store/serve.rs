@@ -53,6 +53,7 @@ const STORE_HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const SPLIT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 mod config_node;
+mod heartbeats;
 mod observe;
 mod pd_worker;
 mod split_check;
@@ -138,37 +139,18 @@ pub async fn run(
     let logger = logger.new(o!("store" => store_id));
 
     // Listen before registering: PD hears only of addresses this store really serves.
-    let bind = |addr: String, what: &'static str| async move {
-        tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| ServerError::Bind {
-                what,
-                addr,
-                source: e,
-            })
-    };
-    let client_listener = bind(args.addr.clone(), "client").await?;
-    let peer_listener = bind(args.peer_addr.clone(), "peer").await?;
-    if let Some(addr) = &args.metrics_addr {
-        let l = bind(addr.clone(), "metrics").await?;
-        let log = logger.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(l).await {
-                warn!(log, "metrics endpoint stopped"; "error" => %e);
-            }
-        });
-    }
-    let client_tls = match &args.file.tls {
-        Some(t) => Some(crate::tls::server_config(t, store_id, t.client_cert_auth)?),
-        None => None,
-    };
-    let peer_tls = match &args.file.peer_tls {
-        Some(t) => {
-            crate::tls::set_peer_client(crate::tls::peer_client_config(t, store_id)?);
-            Some(crate::tls::server_config(t, store_id, true)?)
-        }
-        None => None,
-    };
+    let (client_listener, peer_listener) = crate::server::bind_listeners(
+        &args.addr,
+        &args.peer_addr,
+        args.metrics_addr.as_deref(),
+        &logger,
+    )
+    .await?;
+    let (client_tls, peer_tls) = crate::tls::port_configs(
+        args.file.tls.as_ref(),
+        args.file.peer_tls.as_ref(),
+        store_id,
+    )?;
     let me = pdc::Store {
         id: store_id,
         address: args.addr.clone(),

@@ -136,37 +136,15 @@ pub async fn run_config_node(
     let members = SharedDirectory::new(Directory::load(&view, &config).map_err(data_error)?);
 
     // Bind before anything runs, so a taken port is a clear start-up error.
-    let bind = |addr: String, what: &'static str| async move {
-        tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| ServerError::Bind {
-                what,
-                addr,
-                source: e,
-            })
-    };
-    let client_listener = bind(me.client_addr.clone(), "client").await?;
-    let peer_listener = bind(me.peer_addr.clone(), "peer").await?;
-    if let Some(addr) = &me.metrics_addr {
-        let l = bind(addr.clone(), "metrics").await?;
-        let log = logger.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(l).await {
-                warn!(log, "metrics endpoint stopped"; "error" => %e);
-            }
-        });
-    }
-    let client_tls = match &config.tls {
-        Some(t) => Some(crate::tls::server_config(t, node_id, t.client_cert_auth)?),
-        None => None,
-    };
-    let peer_tls = match &config.peer_tls {
-        Some(t) => {
-            crate::tls::set_peer_client(crate::tls::peer_client_config(t, node_id)?);
-            Some(crate::tls::server_config(t, node_id, true)?)
-        }
-        None => None,
-    };
+    let (client_listener, peer_listener) = crate::server::bind_listeners(
+        &me.client_addr,
+        &me.peer_addr,
+        me.metrics_addr.as_deref(),
+        &logger,
+    )
+    .await?;
+    let (client_tls, peer_tls) =
+        crate::tls::port_configs(config.tls.as_ref(), config.peer_tls.as_ref(), node_id)?;
     let started = Launch {
         store_id: node_id,
         cluster_id: config.cluster_id,
@@ -185,4 +163,117 @@ pub async fn run_config_node(
         logger,
     };
     launch(started, stop_rx).await
+}
+
+/// What a store task does differently as a config-file node.
+impl StoreTask {
+    /// The store's status. A config-file node's is region 1's, as a node of one group
+    /// reports it (a joining node that hosts nothing yet reports no leader); a store's lists
+    /// every region it hosts.
+    pub(super) fn status(&self) -> NodeStatus {
+        let node_id = self.core.store_id();
+        if self.statics.is_none() {
+            return NodeStatus {
+                node_id,
+                regions: Some(self.core.region_states()),
+                ..Default::default()
+            };
+        }
+        let Some(core) = self.core.core(config_node::CONFIG_REGION) else {
+            return NodeStatus {
+                node_id,
+                ..Default::default()
+            };
+        };
+        let r = core.replica();
+        let (first_index, last_index) = r.log_bounds();
+        let leader_id = r.leader_id();
+        NodeStatus {
+            node_id,
+            role: crate::node::role_code(r.role()),
+            term: r.term(),
+            leader_id,
+            leader_addr: lock(&self.addrs)
+                .get(&leader_id)
+                .cloned()
+                .unwrap_or_default(),
+            commit_index: r.commit_index(),
+            applied_index: r.applied_index(),
+            first_index,
+            last_index,
+            followers: r.follower_progress(),
+            regions: None,
+        }
+    }
+
+    /// A config-file node's checks of a membership change before it is proposed: a removed
+    /// id never comes back, and a new node's addresses are its own. Each node added is the
+    /// store of its own id.
+    pub(super) fn check_node_change(
+        &self,
+        steps: &[crate::raft_core::MemberStep],
+        added: &mut [rdb_storage::MemberRecord],
+    ) -> Result<(), RequestError> {
+        let Some(cluster) = &self.statics else {
+            return Ok(());
+        };
+        let reused = steps
+            .iter()
+            .map(|s| s.id())
+            .find(|&id| cluster.members.is_removed(id));
+        if let Some(id) = reused {
+            return Err(RequestError::InvalidArgument(format!(
+                "node id {id} was removed from this cluster and cannot be used again"
+            )));
+        }
+        let dir = cluster.members.read();
+        if let Some(why) = added.iter().find_map(|r| dir.clash(r)) {
+            return Err(RequestError::InvalidArgument(why));
+        }
+        for r in added.iter_mut() {
+            if r.peer_addr.is_empty() {
+                return Err(RequestError::InvalidArgument(format!(
+                    "node {}: a node of a config-file cluster is added with its peer and client \
+                     addresses",
+                    r.id
+                )));
+            }
+            r.store_id = r.id;
+        }
+        Ok(())
+    }
+
+    /// A config-file node's region changed members: read their addresses again and open or
+    /// close the streams to them. A failure to read its own records ends the node.
+    pub(super) fn reload_members(&mut self, region: u64) {
+        let Some(cluster) = &self.statics else {
+            return;
+        };
+        let Some(view) = self.core.region_engine(region) else {
+            return;
+        };
+        if let Err(e) = cluster.reload(&view) {
+            crit!(self.logger, "cannot read the member records"; "error" => %e);
+            crate::logging::fatal_exit(&format!("cannot read the member records: {e}"));
+        }
+        cluster.connect(self.core.store_id(), &mut self.transport, &self.addrs);
+    }
+
+    /// This config-file node is no longer a member: record it (so a restart refuses to serve)
+    /// and stop.
+    pub(super) fn stop_removed(&self, how: &str) -> ! {
+        let index = self
+            .core
+            .core(config_node::CONFIG_REGION)
+            .map_or(0, |c| c.replica().applied_index());
+        if let Err(e) = self.core.engine().mark_removed(index) {
+            warn!(self.logger, "cannot record the removal"; "error" => %e);
+        }
+        crit!(self.logger, "this node was removed from the cluster; stopping"; "how" => how,
+            "index" => index);
+        crate::logging::fatal_exit(&format!(
+            "node {} was removed from the cluster ({how}); it will not serve again",
+            self.core.store_id()
+        ))
+    }
 }

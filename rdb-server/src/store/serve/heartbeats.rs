@@ -1,0 +1,172 @@
+//! A PD-mode store's reports on its clock: registration until PD has its addresses, store
+//! heartbeats, a heartbeat for every region it leads (at once when it starts leading), and the
+//! split checks of the regions it leads, whose results come back as events (see
+//! [`split_check`]). A config-file node has no PD: its ticks stop before these.
+
+use super::*;
+use task::Waiter;
+
+impl StoreTask {
+    pub(super) fn on_tick(&mut self) {
+        self.core.tick();
+        self.observer.tick(&self.core, &self.logger);
+        if self.statics.is_some() {
+            // No PD to report to, and one region that never splits.
+            return;
+        }
+        let now = Instant::now();
+        if !self.registered
+            && self
+                .last_register
+                .is_none_or(|t| now.duration_since(t) >= REGISTER_EVERY)
+        {
+            self.last_register = Some(now);
+            let _ = self.jobs.send(Job::Register(self.me.clone(), self.token));
+        }
+        self.report_leadership(
+            now.duration_since(self.last_region_heartbeat) >= REGION_HEARTBEAT_EVERY,
+        );
+        if self
+            .last_store_heartbeat
+            .is_none_or(|t| now.duration_since(t) >= STORE_HEARTBEAT_EVERY)
+        {
+            self.last_store_heartbeat = Some(now);
+            let engine = self.core.engine();
+            let (capacity_bytes, available_bytes) = engine.file_system_space().unwrap_or_default();
+            let _ = self.jobs.send(Job::StoreHeartbeat(StoreStats {
+                store_id: self.core.store_id(),
+                region_count: self.core.region_ids().len() as u64,
+                capacity_bytes,
+                available_bytes,
+                used_bytes: engine.used_bytes(),
+            }));
+        }
+        if now.duration_since(self.last_split_check) >= self.split.check_interval {
+            self.last_split_check = now;
+            self.check_splits();
+        }
+        self.splitting
+            .retain(|_, since| since.elapsed() < SPLIT_RETRY_AFTER);
+    }
+
+    /// Sends a heartbeat for every region that this store started leading (all of them
+    /// with `all`), so PD learns new leaders and ranges at once.
+    pub(super) fn report_leadership(&mut self, all: bool) {
+        let led: BTreeSet<u64> = self
+            .core
+            .region_ids()
+            .into_iter()
+            .filter(|&id| self.core.core(id).is_some_and(|c| c.replica().is_leader()))
+            .collect();
+        for &id in &led {
+            if all || !self.led.contains(&id) {
+                self.heartbeat(id);
+            }
+        }
+        if all {
+            self.last_region_heartbeat = Instant::now();
+        }
+        self.led = led;
+    }
+
+    pub(super) fn heartbeat(&mut self, id: u64) {
+        let (Some(region), Some(leader)) = (self.core.region(id).cloned(), self.core.leader_of(id))
+        else {
+            return;
+        };
+        let size = self.sizes.get(&id).copied().unwrap_or_default();
+        let _ = self.jobs.send(Job::RegionHeartbeat {
+            region,
+            leader,
+            size,
+        });
+    }
+
+    /// Checks every region led here on a blocking thread (see [`split_check`]); each result
+    /// comes back as an event.
+    pub(super) fn check_splits(&mut self) {
+        let regions: Vec<(Region, Option<Counted>)> = self
+            .led
+            .iter()
+            .filter(|id| !self.splitting.contains_key(id))
+            .filter_map(|&id| self.core.region(id).cloned())
+            .map(|r| {
+                let last = self.counted.get(&r.id).copied();
+                (r, last)
+            })
+            .collect();
+        if regions.is_empty() {
+            return;
+        }
+        self.checks += 1;
+        let check = self.checks;
+        let engine = self.core.engine().clone();
+        let split = self.split;
+        let (events, logger) = (self.events_tx.clone(), self.logger.clone());
+        tokio::task::spawn_blocking(move || {
+            for (region, measure) in split_check::check_regions(&split, &engine, &regions, check) {
+                match measure {
+                    Ok(m) => {
+                        let _ = events.send(Event::Measured(region, m));
+                    }
+                    Err(e) => {
+                        warn!(logger, "cannot check a region's size"; "region" => region,
+                            "error" => %e)
+                    }
+                }
+            }
+        });
+    }
+
+    pub(super) fn measured(&mut self, region: u64, measure: Measure) {
+        let size = measure.size(self.counted.get(&region));
+        self.sizes.insert(region, size);
+        if let Some(c) = measure.counted() {
+            self.counted.insert(region, c);
+        }
+        let Some(key) = measure.counted.and_then(|c| c.middle) else {
+            return;
+        };
+        let version = measure.version;
+        let current = self.core.region(region).map(|r| region::epoch(r).version);
+        let leads = self.led.contains(&region);
+        if current != Some(version) || !leads || self.splitting.contains_key(&region) {
+            return;
+        }
+        let peers = self.core.region(region).map_or(0, |r| r.peers.len());
+        self.splitting.insert(region, Instant::now());
+        let (keys, bytes) = self.sizes.get(&region).copied().unwrap_or_default();
+        info!(self.logger, "region over its split threshold"; "region" => region,
+            "keys" => keys, "bytes" => bytes);
+        let _ = self.jobs.send(Job::SplitIds {
+            region,
+            version,
+            key,
+            count: 1 + peers as u32,
+        });
+    }
+
+    pub(super) fn propose_split(&mut self, region: u64, version: u64, key: Vec<u8>, first_id: u64) {
+        let Some(meta) = self.core.region(region).cloned() else {
+            return;
+        };
+        if region::epoch(&meta).version != version {
+            self.splitting.remove(&region);
+            return;
+        }
+        let peer_ids: Vec<u64> = (1..=meta.peers.len() as u64)
+            .map(|i| first_id + i)
+            .collect();
+        let req = self.request_id(Waiter::Split(region));
+        info!(self.logger, "proposing a split"; "region" => region, "new_region" => first_id,
+            "key" => ?String::from_utf8_lossy(&key));
+        if let Err(e) = self
+            .core
+            .propose_split(region, &key, first_id, &peer_ids, req)
+        {
+            self.waiters.remove(&req);
+            self.splitting.remove(&region);
+            warn!(self.logger, "split not proposed"; "region" => region, "why" => ?e);
+        }
+    }
+}
