@@ -4,7 +4,8 @@
 # steal hits both alike), SECONDS of `rdb-cli bench` each. Prints every run and the medians.
 # Usage:
 #   bash scripts/bench-ab.sh DIR_A DIR_B [RUNS=3] [SECONDS=10] [ROWS="64/8 256/16"]
-# ROWS are CLIENTS/CONNECTIONS pairs, e.g. "1/1 16/4 64/8 256/16".
+# ROWS are [WORKLOAD:]CLIENTS/CONNECTIONS, e.g. "1/1 16/4 64/8 256/16 get:64/8"; the workload
+# is put unless named (get: linearizable gets of preloaded keys).
 # DIR_A and DIR_B hold release `rdb-server` and `rdb-cli` binaries (e.g. a copy of
 # target/release from before a change, and target/release after it).
 set -euo pipefail
@@ -18,9 +19,9 @@ rows=${5:-"64/8 256/16"}
 . "$root/scripts/lib.sh"
 
 results=$(mktemp -t rdb-ab.XXXXXX)
-one() { # BIN_DIR LABEL ROW_ARGS...
-  local dir=$1 label=$2 work
-  shift 2
+one() { # BIN_DIR LABEL WORKLOAD ROW_ARGS...
+  local dir=$1 label=$2 workload=$3 work
+  shift 3
   bin=$dir
   work=$(mktemp -d -t rdb-ab-run.XXXXXX)
   pids=()
@@ -30,14 +31,21 @@ one() { # BIN_DIR LABEL ROW_ARGS...
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
-  echo "$label $line" | tee -a "$results"
+  echo "$label $workload $line" | tee -a "$results"
 }
 
 for r in $(seq 1 "$runs"); do
   for row in $rows; do
+    workload=put
+    if [[ $row == *:* ]]; then
+      workload=${row%%:*}
+      row=${row#*:}
+    fi
+    extra=()
+    [[ $workload == put ]] || extra=(--preload)
     set -- ${row/\// }
-    one "$dir_a" "A" --workload put --clients "$1" --connections "$2" --keys 100000
-    one "$dir_b" "B" --workload put --clients "$1" --connections "$2" --keys 100000
+    one "$dir_a" "A" "$workload" --workload "$workload" --clients "$1" --connections "$2" --keys 100000 "${extra[@]}"
+    one "$dir_b" "B" "$workload" --workload "$workload" --clients "$1" --connections "$2" --keys 100000 "${extra[@]}"
   done
 done
 
@@ -45,15 +53,15 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    label, _, js = line.partition(" ")
+    label, workload, js = (line.split(" ", 2) + ["", ""])[:3]
     if not js.startswith("{"):
         continue
     r = json.loads(js)
-    rows.setdefault((r["clients"], r["connections"], label), []).append(r)
-for (c, n, label), rs in sorted(rows.items()):
+    rows.setdefault((workload, r["clients"], r["connections"], label), []).append(r)
+for (w, c, n, label), rs in sorted(rows.items()):
     ops = [r["ops_per_sec"] for r in rs]
-    print("MEDIAN %s put %d/%d ops/s %8.0f  p50 %6.2f ms  p99 %6.2f ms  errors %d  (runs: %s)" % (
-        label, c, n, statistics.median(ops), statistics.median(r["p50_ms"] for r in rs),
+    print("MEDIAN %s %s %d/%d ops/s %8.0f  p50 %6.2f ms  p99 %6.2f ms  errors %d  (runs: %s)" % (
+        label, w, c, n, statistics.median(ops), statistics.median(r["p50_ms"] for r in rs),
         statistics.median(r["p99_ms"] for r in rs),
         sum(r["errors"] for r in rs), ", ".join("%.0f" % o for o in ops)))
 PY

@@ -336,41 +336,81 @@ pub fn client_server_builder(
 const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// On a clean stop (SIGTERM, Ctrl-C), a leader hands leadership to its most caught-up follower
-/// and waits for it to take over, so clients see a handover instead of an election timeout.
+/// and waits for it to take over, so clients see a handover instead of an election timeout. A
+/// store does so for every region it leads.
 pub(crate) async fn hand_over_leadership<O: Send + 'static>(mailbox: &Mailbox<O>, logger: &Logger) {
     use crate::router::Msg;
     let status = || mailbox.call(|tx| Msg::Status { tx });
     let Ok(s) = status().await else { return };
-    if s.leader_id != s.node_id {
-        return;
-    }
-    let Some(&(to, matched)) = s.followers.iter().max_by_key(|&&(_, m)| m) else {
-        return;
+    // (region, peer here) of every group led here: a node's one group is region 0.
+    let led: Vec<(u64, u64)> = match &s.regions {
+        None if s.leader_id != 0 && s.leader_id == s.node_id => vec![(0, s.node_id)],
+        None => Vec::new(),
+        Some(regions) => regions
+            .iter()
+            .filter(|r| r.peer_id != 0 && r.leader.0 == r.peer_id)
+            .map(|r| (r.region_id, r.peer_id))
+            .collect(),
     };
-    if !matches!(
-        mailbox
-            .call(|tx| Msg::TransferLeader {
-                region_id: 0,
-                to,
-                tx
-            })
-            .await,
-        Ok(Ok(()))
-    ) {
+    let mut handed = Vec::new();
+    for &(region_id, me) in &led {
+        let Ok(Ok(view)) = mailbox.call(|tx| Msg::Members { region_id, tx }).await else {
+            continue;
+        };
+        let target = view
+            .progress
+            .iter()
+            .filter(|&&(p, _)| p != me && view.membership.voters.contains(&p))
+            .max_by_key(|&&(_, m)| m)
+            .copied();
+        let Some((to, matched)) = target.or_else(|| {
+            // A node's follower progress, when the members call lists none.
+            s.followers.iter().max_by_key(|&&(_, m)| m).copied()
+        }) else {
+            continue;
+        };
+        let started = mailbox
+            .call(|tx| Msg::TransferLeader { region_id, to, tx })
+            .await;
+        if matches!(started, Ok(Ok(()))) {
+            info!(logger, "stopping: handing leadership over"; "region" => region_id, "to" => to,
+                "matched" => matched);
+            handed.push((region_id, me));
+        }
+    }
+    if handed.is_empty() {
         return;
     }
-    info!(logger, "stopping: handing leadership over"; "to" => to, "matched" => matched);
     let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
     while tokio::time::Instant::now() < deadline {
         if let Ok(s) = status().await {
-            if s.leader_id != 0 && s.leader_id != s.node_id {
-                info!(logger, "leadership handed over"; "leader" => s.leader_id, "term" => s.term);
+            let still: Vec<u64> = match &s.regions {
+                None if s.leader_id == s.node_id || s.leader_id == 0 => vec![0],
+                None => {
+                    info!(logger, "leadership handed over"; "leader" => s.leader_id, "term" => s.term);
+                    Vec::new()
+                }
+                Some(regions) => regions
+                    .iter()
+                    .filter(|r| {
+                        handed
+                            .iter()
+                            .any(|&(id, me)| id == r.region_id && r.leader.0 == me)
+                    })
+                    .map(|r| r.region_id)
+                    .collect(),
+            };
+            if still.is_empty() {
+                if s.regions.is_some() {
+                    info!(logger, "leadership handed over"; "regions" => handed.len());
+                }
                 return;
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    warn!(logger, "leadership was not handed over in time; stopping anyway"; "to" => to);
+    warn!(logger, "leadership was not handed over in time; stopping anyway";
+        "regions" => handed.len());
 }
 
 /// Applied this far behind commit, a node reports itself not serving.

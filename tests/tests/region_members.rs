@@ -339,3 +339,42 @@ async fn an_operator_moves_a_region_to_a_new_store_and_every_key_stays() {
     wait_health(&c.addrs[spare_i - 1], ServingStatus::NotServing).await;
     wait_health(&c.addrs[i - 1], ServingStatus::Serving).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_store_hands_the_leadership_of_its_regions_over() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+    );
+    let client = c.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.put("k", "v").await.is_err() {
+        assert!(Instant::now() < deadline, "the cluster never took a write");
+    }
+    let region = c.wait_regions(1, Duration::from_secs(30)).await.remove(0);
+    let leader = region
+        .leader
+        .expect("wait_regions waits for a leader")
+        .store_id;
+    let mut leading = 0;
+    for i in 1..=3 {
+        if c.store_id(i).await == leader {
+            leading = i;
+        }
+    }
+    assert_ne!(leading, 0, "store {leader} is none of the three");
+    let status = c.terminate(leading, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    // It handed region 1 over before it stopped (no election timeout for its clients).
+    let log = std::fs::read_to_string(c.log_path(leading)).expect("log");
+    assert!(log.contains("stopping: handing leadership over"), "{log}");
+    assert!(log.contains("leadership handed over"), "{log}");
+    // And the region goes on: its new leader takes writes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.put("k", "after").await.is_err() {
+        assert!(Instant::now() < deadline, "no write after the stop");
+    }
+}

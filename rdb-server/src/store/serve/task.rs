@@ -357,10 +357,10 @@ impl StoreTask {
                 let _ = tx.send(self.status());
             }
             Msg::Propose { tx, .. } => {
-                let _ = tx.send(Err(not_static()));
+                let _ = tx.send(Err(not_routed()));
             }
             Msg::Read { tx } => {
-                let _ = tx.send(Err(not_static()));
+                let _ = tx.send(Err(not_routed()));
             }
             Msg::TransferLeader {
                 region_id: 0, tx, ..
@@ -658,10 +658,12 @@ fn no_region_named() -> RequestError {
     )
 }
 
-pub(super) fn not_static() -> RequestError {
+/// What a store answers the requests of a one-group process (`Msg::Propose`, `Msg::Read`),
+/// which its client service never sends.
+pub(super) fn not_routed() -> RequestError {
     RequestError::InvalidArgument(
-        "this is a PD-mode store: a request must name its region or key (a client of a \
-         config-file cluster was pointed at a store)"
+        "a request of a process of one Raft group (a PD node) reached a store: it names no \
+         region or key"
             .into(),
     )
 }
