@@ -237,6 +237,50 @@ impl From<Peer> for pb::Peer {
     }
 }
 
+/// One scheduling step PD asks a region's leader to take (see `pd.proto` `Operator`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operator {
+    /// Add this peer (a new id, on its store) as a learner.
+    AddLearner(Peer),
+    /// Promote this learner to voter.
+    Promote(Peer),
+    /// Remove this peer.
+    Remove(Peer),
+    /// Hand leadership to this peer.
+    TransferLeader(Peer),
+}
+
+/// An [`Operator`] with the region membership (`conf_ver`) it was computed for and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorStep {
+    /// The step.
+    pub op: Operator,
+    /// The region's `conf_ver` it applies to.
+    pub conf_ver: u64,
+    /// Why PD asks for it.
+    pub reason: String,
+}
+
+impl OperatorStep {
+    /// The typed step of a heartbeat's answer, if it names one this client knows.
+    pub fn from_pb(o: pb::Operator) -> Option<OperatorStep> {
+        use pb::operator::Kind;
+        let peer = Peer::from(o.peer?);
+        let op = match Kind::try_from(o.kind).ok()? {
+            Kind::AddLearner => Operator::AddLearner(peer),
+            Kind::Promote => Operator::Promote(peer),
+            Kind::Remove => Operator::Remove(peer),
+            Kind::TransferLeader => Operator::TransferLeader(peer),
+            Kind::Unspecified => return None,
+        };
+        Some(OperatorStep {
+            op,
+            conf_ver: o.conf_ver,
+            reason: o.reason,
+        })
+    }
+}
+
 /// A range of keys `[start_key, end_key)` and its replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Region {
@@ -763,14 +807,15 @@ impl PdClient {
         .await
     }
 
-    /// A region's leader reports the region. [`Error::StaleEpoch`] when PD holds a newer epoch.
+    /// A region's leader reports the region; PD answers with the next scheduling step for it,
+    /// if any. [`Error::StaleEpoch`] when PD holds a newer epoch.
     pub async fn region_heartbeat(
         &self,
         region: Region,
         leader: Peer,
         approximate_size: u64,
         approximate_keys: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<OperatorStep>> {
         let req = pb::RegionHeartbeatRequest {
             region: Some(region.into()),
             leader: Some(leader.into()),
@@ -779,7 +824,10 @@ impl PdClient {
         };
         self.call(false, move |mut c| {
             let req = req.clone();
-            async move { Ok(((), c.region_heartbeat(req).await?.into_inner().error)) }
+            async move {
+                let r = c.region_heartbeat(req).await?.into_inner();
+                Ok((r.operator.and_then(OperatorStep::from_pb), r.error))
+            }
         })
         .await
     }

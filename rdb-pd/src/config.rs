@@ -21,6 +21,10 @@ pub struct PdSettings {
     pub tso_window_ms: u64,
     /// A store silent for longer than this is reported Down, in seconds (default 30).
     pub store_down_after_secs: u64,
+    /// A store silent for longer than this is gone: its regions' peers there are replaced on
+    /// other stores, in seconds (default 1800, TiKV's `max-store-down-time`; at least
+    /// `store_down_after_secs`).
+    pub max_store_down_secs: u64,
 }
 
 impl Default for PdSettings {
@@ -28,6 +32,7 @@ impl Default for PdSettings {
         PdSettings {
             tso_window_ms: 3000,
             store_down_after_secs: 30,
+            max_store_down_secs: 1800,
         }
     }
 }
@@ -41,6 +46,11 @@ impl PdSettings {
     /// The Down threshold as a duration.
     pub fn store_down_after(&self) -> Duration {
         Duration::from_secs(self.store_down_after_secs)
+    }
+
+    /// How long a store may be silent before its peers are replaced.
+    pub fn max_store_down(&self) -> Duration {
+        Duration::from_secs(self.max_store_down_secs)
     }
 }
 
@@ -115,6 +125,13 @@ impl PdConfig {
             return Err(ConfigError::Invalid(
                 "[pd] store_down_after_secs must be at least 1".into(),
             ));
+        }
+        if self.pd.max_store_down_secs < self.pd.store_down_after_secs {
+            return Err(ConfigError::Invalid(format!(
+                "[pd] max_store_down_secs ({}) must be at least store_down_after_secs ({}): a \
+                 store's peers are replaced only once it is down",
+                self.pd.max_store_down_secs, self.pd.store_down_after_secs
+            )));
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod metrics;
 mod raft_calls;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod tso;
@@ -62,6 +63,8 @@ pub async fn run(
         cluster,
         config.pd.tso_window(),
         config.pd.store_down_after(),
+        config.pd.max_store_down(),
+        logger.clone(),
     ));
     tokio::spawn(observe_every_second(started.mailbox.clone(), svc.clone()));
     let client = rdb_server::server::client_server_builder(&config.cluster, node_id)?

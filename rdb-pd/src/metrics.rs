@@ -18,6 +18,8 @@ pub struct PdMetrics {
     pub regions_under_replicated: IntGauge,
     /// Regions no leader has reported since this node leads.
     pub regions_without_leader: IntGauge,
+    /// Scheduling steps asked of region leaders, by kind (see `crate::schedule`).
+    pub operators: prometheus::IntCounterVec,
     /// Timestamp requests answered (each may carry many timestamps).
     pub tso_requests: IntCounter,
     /// Time to answer a timestamp request, seconds.
@@ -42,6 +44,13 @@ fn build() -> Result<PdMetrics, prometheus::Error> {
             "rdb_pd_regions_without_leader",
             "Regions no leader has reported since this PD node leads (on the leader)",
         )?,
+        operators: prometheus::IntCounterVec::new(
+            Opts::new(
+                "rdb_pd_operators_total",
+                "Scheduling steps asked of region leaders in heartbeat answers, by kind",
+            ),
+            &["kind"],
+        )?,
         tso_requests: IntCounter::new("rdb_pd_tso_requests_total", "Timestamp requests answered")?,
         tso_seconds: Histogram::with_opts(
             HistogramOpts::new("rdb_pd_tso_seconds", "Time to answer a timestamp request").buckets(
@@ -56,6 +65,7 @@ fn build() -> Result<PdMetrics, prometheus::Error> {
     registry.register(Box::new(m.regions.clone()))?;
     registry.register(Box::new(m.regions_under_replicated.clone()))?;
     registry.register(Box::new(m.regions_without_leader.clone()))?;
+    registry.register(Box::new(m.operators.clone()))?;
     registry.register(Box::new(m.tso_requests.clone()))?;
     registry.register(Box::new(m.tso_seconds.clone()))?;
     Ok(m)

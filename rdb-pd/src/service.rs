@@ -47,7 +47,10 @@ pub struct PdService {
     tso: Tso,
     config: Arc<ClusterConfig>,
     store_down_after: Duration,
+    /// Silent this long, a store is gone: its peers are replaced (see [`crate::schedule`]).
+    max_store_down: Duration,
     beats: Mutex<Heartbeats>,
+    logger: slog::Logger,
 }
 
 type PdResult<T> = Result<T, RequestError>;
@@ -152,6 +155,8 @@ impl PdService {
         config: Arc<ClusterConfig>,
         tso_window: Duration,
         store_down_after: Duration,
+        max_store_down: Duration,
+        logger: slog::Logger,
     ) -> PdService {
         let tso = Tso::start(
             mailbox.clone(),
@@ -164,8 +169,88 @@ impl PdService {
             tso,
             config,
             store_down_after,
+            max_store_down,
             beats: Mutex::new(Heartbeats::default()),
+            logger,
         }
+    }
+
+    /// The replica checker's view of every store (see [`crate::schedule`]): gone when
+    /// tombstoned or silent for longer than `max_store_down`, up when heard lately.
+    fn store_views(&self) -> Vec<crate::schedule::StoreView> {
+        let stores = self.read(|s| {
+            s.stores
+                .values()
+                .map(|st| {
+                    let regions = s
+                        .regions
+                        .values()
+                        .filter(|r| r.peers.iter().any(|p| p.store_id == st.id))
+                        .count();
+                    (st.id, st.state, regions)
+                })
+                .collect::<Vec<_>>()
+        });
+        let b = lock(&self.beats);
+        stores
+            .into_iter()
+            .map(|(id, state, regions)| {
+                let tombstone = state == StoreState::Tombstone as i32;
+                let silent = b
+                    .stores
+                    .get(&id)
+                    .copied()
+                    .or(b.since)
+                    .map_or(Duration::ZERO, |t| t.elapsed());
+                crate::schedule::StoreView {
+                    id,
+                    gone: tombstone || silent > self.max_store_down,
+                    up: !tombstone && silent <= self.store_down_after,
+                    regions,
+                }
+            })
+            .collect()
+    }
+
+    /// The next scheduling step for `region`, led by `leader`, as an operator for the answer
+    /// to its heartbeat. A new peer's id comes from the allocator; a failure to allocate asks
+    /// nothing this time (the next heartbeat asks again).
+    async fn operator_for(&self, region: &Region, leader: &Peer) -> Option<Operator> {
+        use crate::schedule::Step;
+        use rdb_proto::pd::operator::Kind;
+        let replicas = self.read(|s| s.replicas) as usize;
+        let step = crate::schedule::replica_step(region, leader.id, &self.store_views(), replicas)?;
+        let peer_of = |id: u64| region.peers.iter().find(|p| p.id == id).copied();
+        let (kind, peer, reason) = match step {
+            Step::AddLearner { store, reason } => {
+                let id = match self.change(Op::AllocId(AllocIdRequest { count: 1 })).await {
+                    Ok((None, PdOutput::Ids { first })) => first,
+                    _ => return None,
+                };
+                let peer = Peer {
+                    id,
+                    store_id: store,
+                    learner: true,
+                };
+                (Kind::AddLearner, peer, reason)
+            }
+            Step::Promote { peer, reason } => (Kind::Promote, peer_of(peer)?, reason),
+            Step::Remove { peer, reason } => (Kind::Remove, peer_of(peer)?, reason),
+        };
+        let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
+        slog::info!(self.logger, "operator"; "region" => region.id, "kind" => kind.as_str_name(),
+            "peer" => peer.id, "store" => peer.store_id, "conf_ver" => conf_ver,
+            "reason" => &reason);
+        crate::metrics::metrics()
+            .operators
+            .with_label_values(&[kind.as_str_name()])
+            .inc();
+        Some(Operator {
+            kind: kind as i32,
+            peer: Some(peer),
+            conf_ver,
+            reason,
+        })
     }
 
     fn err(&self, e: RequestError) -> Option<Error> {
@@ -610,21 +695,22 @@ impl Pd for PdService {
         admit!(self, req);
         let r = req.into_inner();
         let Some(region) = r.region else {
-            return Ok(Response::new(RegionHeartbeatResponse {
-                error: self.err(RequestError::InvalidArgument("a region is required".into())),
-            }));
+            return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
+                RequestError::InvalidArgument("a region is required".into()),
+                &self.config,
+            ))));
         };
         if region.id == 0 {
-            return Ok(Response::new(RegionHeartbeatResponse {
-                error: self.err(RequestError::InvalidArgument(
-                    "region id 0 is reserved".into(),
-                )),
-            }));
+            return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
+                RequestError::InvalidArgument("region id 0 is reserved".into()),
+                &self.config,
+            ))));
         }
         if let Err(e) = self.barrier().await {
-            return Ok(Response::new(RegionHeartbeatResponse {
-                error: self.err(e),
-            }));
+            return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
+                e,
+                &self.config,
+            ))));
         }
         let (checked, unchanged) = self.read(|s| {
             let checked = s
@@ -644,13 +730,24 @@ impl Pd for PdService {
                 Err(e) => self.err(e),
             },
         };
-        if error.is_none() {
-            lock(&self.beats).regions.insert(
-                region.id,
-                (r.leader, r.approximate_size, r.approximate_keys),
-            );
+        if error.is_some() {
+            return Ok(Response::new(RegionHeartbeatResponse {
+                error,
+                operator: None,
+            }));
         }
-        Ok(Response::new(RegionHeartbeatResponse { error }))
+        lock(&self.beats).regions.insert(
+            region.id,
+            (r.leader, r.approximate_size, r.approximate_keys),
+        );
+        let operator = match &r.leader {
+            Some(leader) => self.operator_for(&region, leader).await,
+            None => None,
+        };
+        Ok(Response::new(RegionHeartbeatResponse {
+            error: None,
+            operator,
+        }))
     }
 
     async fn get_region(

@@ -335,7 +335,10 @@ impl Pd for FakePd {
                 }
             }
         });
-        Ok(Response::new(pb::RegionHeartbeatResponse { error }))
+        Ok(Response::new(pb::RegionHeartbeatResponse {
+            error,
+            operator: None,
+        }))
     }
 
     async fn get_region(

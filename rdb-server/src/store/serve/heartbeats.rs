@@ -169,4 +169,61 @@ impl StoreTask {
             warn!(self.logger, "split not proposed"; "region" => region, "why" => ?e);
         }
     }
+
+    /// Carries out PD's next step for `region` (see `rdb_pd::schedule`) if this store still
+    /// leads the region at the membership the step was computed for: through the region's own
+    /// log, with the checks of an operator's `member` command (a promotion waits for the
+    /// learner to catch up: refused until then, PD asks again at the next heartbeat).
+    pub(super) fn run_operator(&mut self, region: u64, step: pdc::OperatorStep) {
+        use crate::raft_core::MemberStep;
+        use rdb_client::pd::Operator;
+        let Some(meta) = self.core.region(region) else {
+            return;
+        };
+        let leads = self
+            .core
+            .core(region)
+            .is_some_and(|c| c.replica().is_leader());
+        if !leads || region::epoch(meta).conf_ver != step.conf_ver {
+            debug!(self.logger, "PD's operator is for another leader or membership; ignored";
+                "region" => region, "conf_ver" => step.conf_ver);
+            return;
+        }
+        let (what, steps, added) = match step.op {
+            Operator::AddLearner(p) => (
+                format!("add learner {} on store {}", p.id, p.store_id),
+                vec![MemberStep::AddLearner(p.id)],
+                vec![rdb_storage::MemberRecord {
+                    id: p.id,
+                    store_id: p.store_id,
+                    ..Default::default()
+                }],
+            ),
+            Operator::Promote(p) => (
+                format!("promote {}", p.id),
+                vec![MemberStep::Promote(p.id)],
+                Vec::new(),
+            ),
+            Operator::Remove(p) => (
+                format!("remove {} from store {}", p.id, p.store_id),
+                vec![MemberStep::Remove(p.id)],
+                Vec::new(),
+            ),
+            Operator::TransferLeader(p) => {
+                if let Err(e) = self.core.transfer_leader(region, p.id) {
+                    debug!(self.logger, "PD's leader transfer not started"; "region" => region,
+                        "to" => p.id, "why" => ?e);
+                }
+                return;
+            }
+        };
+        info!(self.logger, "running PD's operator"; "region" => region, "step" => &what,
+            "reason" => &step.reason);
+        let req = self.request_id(Waiter::Operator(region, what));
+        if let Err(e) = self.core.change_members(region, req, &steps, &added) {
+            self.waiters.remove(&req);
+            warn!(self.logger, "PD's operator refused"; "region" => region,
+                "why" => %task::region_error(e));
+        }
+    }
 }

@@ -54,6 +54,8 @@ pub(super) enum Event {
     },
     /// A split check of a region.
     Measured(u64, Measure),
+    /// PD's next scheduling step for a region this store leads (see `rdb_pd::schedule`).
+    Operator(u64, pdc::OperatorStep),
 }
 
 pub(super) async fn pd_worker(
@@ -133,11 +135,17 @@ pub(super) async fn pd_worker(
                         store_id: leader.store_id,
                         learner: leader.learner,
                     };
-                    if let Err(e) = pd
+                    match pd
                         .region_heartbeat(pd_region(&region), leader, bytes, keys)
                         .await
                     {
-                        warn!(logger, "region heartbeat failed"; "region" => id, "error" => %e);
+                        Ok(Some(step)) => {
+                            let _ = events.send(Event::Operator(id, step));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(logger, "region heartbeat failed"; "region" => id, "error" => %e)
+                        }
                     }
                 }
                 Job::StoreHeartbeat(stats) => {

@@ -14,6 +14,8 @@ pub(super) enum Waiter {
     Read(oneshot::Sender<Result<Region, RequestError>>, u64),
     /// A split this store proposed (region, when).
     Split(u64),
+    /// A membership change PD asked for (region, what).
+    Operator(u64, String),
     /// A membership change of a region: its log index and the membership it led to.
     Change(
         oneshot::Sender<Result<(u64, crate::raft_core::Membership), RequestError>>,
@@ -210,6 +212,7 @@ impl StoreTask {
                 key,
                 first_id,
             } => self.propose_split(region, version, key, first_id),
+            Event::Operator(region, step) => self.run_operator(region, step),
         }
     }
 
@@ -489,6 +492,17 @@ impl StoreTask {
                 (Waiter::Read(tx, _), Err(r)) => {
                     let _ = tx.send(Err(self.refusal(region, r)));
                 }
+                (Waiter::Operator(r, what), answer) => match answer {
+                    Ok(Answer::MembershipChanged { index, .. }) => {
+                        info!(self.logger, "operator applied"; "region" => r, "step" => &what,
+                            "index" => index)
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        info!(self.logger, "operator not applied"; "region" => r, "step" => &what,
+                            "why" => %self.refusal(r, e))
+                    }
+                },
                 (Waiter::Split(r), answer) => {
                     self.splitting.remove(&r);
                     match answer {
@@ -521,7 +535,7 @@ impl StoreTask {
                         Waiter::Change(tx, _) => {
                             let _ = tx.send(Err(e()));
                         }
-                        Waiter::Split(_) => {}
+                        Waiter::Split(_) | Waiter::Operator(..) => {}
                     }
                 }
             }

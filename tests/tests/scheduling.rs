@@ -1,0 +1,95 @@
+//! PD's scheduling against real processes (specs/015-scheduling): one rdb-pd node and four
+//! `rdb-server --pd` stores. A store lost for good has its regions' peers replaced on a healthy
+//! store (a learner, promoted once caught up, then the dead peer removed), every acknowledged
+//! write stays, and the store, back after its peers were replaced, drops them.
+
+use std::time::{Duration, Instant};
+
+use rdb_tests::regions::{RegionCluster, Setup, Split};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_lost_for_good_has_its_peers_replaced_and_drops_them_when_it_comes_back() {
+    let mut c = RegionCluster::start_setup(
+        4,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+        Setup {
+            // Gone after 3 s of silence (30 min by default).
+            pd_tables: "[pd]\nstore_down_after_secs = 1\nmax_store_down_secs = 3\n".into(),
+            ..Setup::default()
+        },
+    );
+    let client = c.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..50 {
+        let k = format!("key{i:03}");
+        while client.put(k.as_str(), format!("v{i}")).await.is_err() {
+            assert!(Instant::now() < deadline, "the cluster never took writes");
+        }
+    }
+    let region = c.wait_regions(1, Duration::from_secs(30)).await.remove(0);
+    let leader = region.leader.expect("a leader").store_id;
+    let mut ids = Vec::new();
+    for i in 1..=4 {
+        ids.push(c.store_id(i).await);
+    }
+    // A store with a follower of region 1: lost for good.
+    let lost = (1..=4)
+        .find(|&i| {
+            let id = ids[i - 1];
+            id != leader && region.region.peers.iter().any(|p| p.store_id == id)
+        })
+        .expect("a follower's store");
+    let lost_id = ids[lost - 1];
+    c.kill(lost);
+
+    // Region 1 is back to three voters on live stores, with no learner left (in seconds; the
+    // bound is loose for a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let repaired = loop {
+        let r = c.regions().await;
+        let ok = r.first().is_some_and(|r| {
+            let voters = r.region.peers.iter().filter(|p| !p.learner).count();
+            voters == 3
+                && r.region.peers.len() == 3
+                && !r.region.peers.iter().any(|p| p.store_id == lost_id)
+        });
+        if ok {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region 1 was not repaired in 120 s: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every acknowledged write reads back, writes go on, and the replicas agree.
+    for i in 0..50 {
+        let v = client.get(format!("key{i:03}")).await.expect("get");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+    client.put("after", "repair").await.expect("put");
+    c.assert_replicas_agree().await;
+    assert!(
+        repaired[0].region.epoch.conf_ver >= region.region.epoch.conf_ver + 3,
+        "{repaired:?}"
+    );
+
+    // The lost store comes back: its peer of region 1 was replaced, so it drops it.
+    c.restart(lost);
+    let log = c.log_path(lost);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("region peer removed from this store") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the returning store kept its replaced peer:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
