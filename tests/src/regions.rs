@@ -87,6 +87,16 @@ impl RegionCluster {
     /// Starts a PD node and `n` stores that split regions past `split.keys` keys, as `setup`
     /// says.
     pub fn start_setup(n: usize, split: Split, setup: Setup) -> RegionCluster {
+        let mut c = RegionCluster::with_pd_only(n, split, setup);
+        for i in 1..=n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// Starts the PD node of a cluster of `n` stores, none of them running yet (start each
+    /// with [`RegionCluster::restart`]).
+    pub fn with_pd_only(n: usize, split: Split, setup: Setup) -> RegionCluster {
         let pd = TestCluster::start_pd_with_tables(1, &setup.pd_tables);
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some(text) = &setup.store_file {
@@ -96,7 +106,7 @@ impl RegionCluster {
         let addrs = (0..n).map(port).collect();
         let peer_addrs = (0..n).map(port).collect();
         let metrics_addrs = (0..n).map(port).collect();
-        let mut c = RegionCluster {
+        RegionCluster {
             pd,
             addrs,
             peer_addrs,
@@ -105,11 +115,7 @@ impl RegionCluster {
             stores: (0..n).map(|_| None).collect(),
             split,
             setup,
-        };
-        for i in 1..=n {
-            c.restart(i);
         }
-        c
     }
 
     /// The PD client address.

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use rdb_client::pd::StoreState;
 use rdb_tests::cluster::{bin_dir, explain};
-use rdb_tests::regions::{RegionCluster, Split};
+use rdb_tests::regions::{RegionCluster, Setup, Split};
 
 /// Splits that never happen in these tests.
 const NO_SPLITS: Split = Split {
@@ -209,4 +209,59 @@ async fn commands_aimed_at_the_wrong_kind_of_address_say_so_and_fail() {
     assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
     let o = cli(&["--pd", &pd, "--regions", "check"]);
     assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_registered_and_died_is_not_picked_for_the_first_region() {
+    // Down after 1 s of silence; region 1 on two stores.
+    let mut c = RegionCluster::with_pd_only(
+        3,
+        NO_SPLITS,
+        Setup {
+            replicas: 2,
+            pd_tables: "[pd]\nstore_down_after_secs = 1\n".into(),
+            ..Setup::default()
+        },
+    );
+    // Store 1 registers (the smallest id), waits for a second store, and dies.
+    c.restart(1);
+    let pd = c.pd_client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pd.get_all_stores(true).await.map_or(0, |s| s.len()) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 1 never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.kill(1);
+    let dead = pd.get_all_stores(true).await.expect("stores")[0].id;
+    // Until PD counts it Down, it is a registered store like any other.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stores = pd.get_all_stores(true).await.expect("stores");
+        if stores
+            .iter()
+            .any(|s| s.id == dead && s.state == StoreState::Down)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 1 never went Down: {stores:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two live stores bootstrap the cluster between them.
+    c.restart(2);
+    c.restart(3);
+    let regions = c.wait_regions(1, Duration::from_secs(30)).await;
+    assert!(
+        !regions[0].region.peers.iter().any(|p| p.store_id == dead),
+        "region 1 was bootstrapped on the dead store: {regions:?}"
+    );
+    c.client()
+        .put("k", "v")
+        .await
+        .expect("the cluster takes writes");
 }

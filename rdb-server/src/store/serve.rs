@@ -579,9 +579,10 @@ enum Bootstrap {
     Stopped,
 }
 
-/// Region 1, if this store hosts a peer of it: recorded with PD by the registered store with
-/// the smallest id once `replicas` stores are registered, and created in its initial state on
-/// each of them. Waits (retrying) until PD is bootstrapped.
+/// Region 1, if this store hosts a peer of it: recorded with PD by the store with the smallest
+/// id once `replicas` registered stores are up, and created in its initial state on each of
+/// them. Waits (retrying) until PD is bootstrapped. Meanwhile the store heartbeats, so that PD
+/// counts it up, and a store that registered and then died (Down to PD) is never picked.
 async fn bootstrap(
     pd: &PdClient,
     me: &pdc::Store,
@@ -591,7 +592,18 @@ async fn bootstrap(
     logger: &Logger,
 ) -> Result<Bootstrap, ServerError> {
     let mut waited = Instant::now();
+    let mut beat: Option<Instant> = None;
     loop {
+        if beat.is_none_or(|t| t.elapsed() >= STORE_HEARTBEAT_EVERY) {
+            beat = Some(Instant::now());
+            let stats = StoreStats {
+                store_id: me.id,
+                ..Default::default()
+            };
+            if let Err(e) = pd.store_heartbeat(stats).await {
+                debug!(logger, "store heartbeat before the bootstrap failed"; "error" => %e);
+            }
+        }
         let Some(bootstrapped) =
             until_pd(stop, logger, "IsBootstrapped", || pd.is_bootstrapped()).await?
         else {
@@ -616,7 +628,12 @@ async fn bootstrap(
         else {
             return Ok(Bootstrap::Stopped);
         };
-        let mut ids: Vec<u64> = stores.iter().map(|s| s.id).collect();
+        // Only stores PD hears from: one that registered and died is Down.
+        let mut ids: Vec<u64> = stores
+            .iter()
+            .filter(|s| s.state == pdc::StoreState::Up)
+            .map(|s| s.id)
+            .collect();
         ids.sort_unstable();
         ids.truncate(replicas);
         if ids.len() == replicas && ids[0] == me.id {
@@ -648,7 +665,7 @@ async fn bootstrap(
         } else if waited.elapsed() > Duration::from_secs(5) {
             waited = Instant::now();
             info!(logger, "waiting for stores to bootstrap the cluster";
-                "registered" => stores.len(), "needed" => replicas);
+                "registered" => stores.len(), "up" => ids.len(), "needed" => replicas);
         }
         let mut stop = stop.clone();
         tokio::select! {
