@@ -626,6 +626,18 @@ impl StoreCore {
     ///
     /// A storage error is returned and must end the store: it cannot persist.
     pub fn advance(&mut self) -> Result<StoreOutput, CoreError> {
+        self.advance_sending(&mut |_| {})
+    }
+
+    /// [`StoreCore::advance`], handing `send` the messages that need not wait for this turn's
+    /// write (a leader's appends and heartbeats) before the write, so that followers write
+    /// their copy while the leader writes its own (raft-rs allows it: a leader counts its own
+    /// entries only once they are persisted). `send` takes them out of the batch it is given;
+    /// what it leaves there is returned in [`StoreOutput::messages`] with the rest.
+    pub fn advance_sending(
+        &mut self,
+        send: &mut dyn FnMut(&mut Vec<RegionMessage>),
+    ) -> Result<StoreOutput, CoreError> {
         let mut out = StoreOutput::default();
         if self.garbage.first().is_some_and(|g| g.0 <= self.ticks) {
             let ticks = self.ticks;
@@ -649,6 +661,7 @@ impl StoreCore {
             }
             pending.push((id, p));
         }
+        send(&mut out.messages);
         // Every region's entries and hard states of this turn, in one write: synced if any
         // region needs it (new entries, term or vote), before anything depending on them.
         let started = std::time::Instant::now();

@@ -115,7 +115,21 @@ impl StoreTask {
                 m.reads_per_round.observe(self.reads_this_turn as f64);
                 self.reads_this_turn = 0;
             }
-            match self.core.advance() {
+            // Messages that need not wait for the turn's write go before it (see
+            // `StoreCore::advance_sending`); the rest, and any for a store with no address
+            // here yet, after it.
+            let transport = &mut self.transport;
+            let advanced = self.core.advance_sending(&mut |msgs| {
+                msgs.retain_mut(|m| {
+                    if !transport.knows(m.to_store) {
+                        return true;
+                    }
+                    let msg = std::mem::take(&mut m.msg);
+                    transport.send_region(m.to_store, m.region_id, msg);
+                    false
+                })
+            });
+            match advanced {
                 Ok(out) => {
                     self.dispatch(out);
                     self.observer.turn(turn.elapsed(), &self.logger);
