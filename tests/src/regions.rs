@@ -3,8 +3,8 @@
 //! can be killed with SIGKILL and restarted; every process is killed when the cluster drops.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +87,40 @@ impl RegionCluster {
     /// Starts a PD node and `n` stores that split regions past `split.keys` keys, as `setup`
     /// says.
     pub fn start_setup(n: usize, split: Split, setup: Setup) -> RegionCluster {
+        let mut c = Self::unstarted(n, split, setup);
+        for i in 1..=n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// A new PD node, and `n` stores seeded from the cluster backup `file` by
+    /// `rdb-server --restore FILE --pd <PD> --data-dir <store 1> ... --data-dir <store n>`, whose
+    /// output is returned. The stores are not started (`restart` each).
+    pub fn restore_from(file: &Path, n: usize, split: Split) -> (RegionCluster, Output) {
+        let c = Self::unstarted(n, split, Setup::default());
+        let out = c.restore_into(file, (1..=n).map(|i| c.data_dir(i)).collect());
+        (c, out)
+    }
+
+    /// Runs `rdb-server --restore FILE --pd <this cluster's PD>` with one `--data-dir` per
+    /// directory of `dirs`, and returns its output.
+    pub fn restore_into(&self, file: &Path, dirs: Vec<PathBuf>) -> Output {
+        Command::new(bin_dir().join("rdb-server"))
+            .arg("--restore")
+            .arg(file)
+            .args(["--pd", &self.pd_addr()])
+            .args(
+                dirs.iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rdb-server (cargo build --workspace --bins)")
+    }
+
+    /// A PD node and the ports and folders of `n` stores, none started.
+    fn unstarted(n: usize, split: Split, setup: Setup) -> RegionCluster {
         let pd = TestCluster::start_pd_with_tables(1, &setup.pd_tables);
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some(text) = &setup.store_file {
@@ -96,7 +130,7 @@ impl RegionCluster {
         let addrs = (0..n).map(port).collect();
         let peer_addrs = (0..n).map(port).collect();
         let metrics_addrs = (0..n).map(port).collect();
-        let mut c = RegionCluster {
+        RegionCluster {
             pd,
             addrs,
             peer_addrs,
@@ -105,11 +139,7 @@ impl RegionCluster {
             stores: (0..n).map(|_| None).collect(),
             split,
             setup,
-        };
-        for i in 1..=n {
-            c.restart(i);
         }
-        c
     }
 
     /// The PD client address.
