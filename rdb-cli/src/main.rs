@@ -615,7 +615,7 @@ fn misdirected(cli: &Cli) -> Option<String> {
         } => return None,
         Command::Leader { .. } => ("leader", false),
         // With --pd: every region, each from its leader.
-        Command::Snapshot { .. } if cli.pd.is_some() => return None,
+        Command::Snapshot { .. } if cli.pd.is_some() && !cli.regions => return None,
         Command::Snapshot { .. } => ("snapshot", false),
         _ => return None,
     };

@@ -385,7 +385,7 @@ fn check_tiling(regions: &[BackupInfo]) -> std::result::Result<(), String> {
         let (start, end) = r.range();
         if start != next {
             return Err(format!(
-                "region {} of the file starts at {:?}, not where the one before ends ({:?})",
+                "region {} of the file starts at '{}', not where the one before ends ('{}')",
                 i + 1,
                 String::from_utf8_lossy(start),
                 String::from_utf8_lossy(next)
