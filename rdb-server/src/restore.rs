@@ -31,7 +31,7 @@ use rdb_storage::backup::{self, BackupContents, RestoreTarget, Restored, StoreRe
 use rdb_storage::region::{Peer, Region, RegionEpoch, StoreIdent};
 use rdb_storage::{ApplySettings, EngineOptions, Ident};
 
-use crate::config::{ClusterConfig, NodeConfig, NodeId, Settings};
+use crate::config::{ClusterConfig, ConfigError, NodeConfig, NodeId, Settings};
 use crate::ServerError;
 
 /// Restores `file` into node `node_id`'s data directory, or into every node's when `None`,
@@ -102,16 +102,16 @@ pub fn run_pd(
     settings: &Settings,
 ) -> Result<Vec<Restored>, ServerError> {
     if dirs.is_empty() {
-        return Err(ServerError::Pd(
+        return Err(ConfigError::Invalid(
             "--restore with --pd needs a --data-dir for every new store (one per replica)".into(),
-        ));
+        )
+        .into());
     }
     for (i, d) in dirs.iter().enumerate() {
         if dirs[..i].contains(d) {
-            return Err(ServerError::Pd(format!(
-                "--data-dir {} is given twice",
-                d.display()
-            )));
+            return Err(
+                ConfigError::Invalid(format!("--data-dir {} is given twice", d.display())).into(),
+            );
         }
     }
     let contents = backup::verify(file)?;
