@@ -1,5 +1,8 @@
 //! `rdb-cli snapshot save FILE`: saves a consistent backup of the cluster's data, which
 //! `rdb-server --restore FILE --config ...` turns into the data directories of a new cluster.
+//! With `--pd`: every region of a PD-mode cluster, each from its leader at its own read barrier,
+//! into one file, which `rdb-server --restore FILE --pd ... --data-dir ...` turns into the
+//! stores of a new PD-mode cluster.
 
 use std::path::PathBuf;
 
@@ -7,6 +10,7 @@ use clap::Subcommand;
 use rdb_client::{Client, SavedSnapshot};
 use serde_json::json;
 
+use crate::codec::Codec;
 use crate::fail;
 use crate::output::Printer;
 
@@ -15,7 +19,8 @@ use crate::output::Printer;
 pub enum SnapshotCmd {
     /// Save a consistent backup of the data to FILE: every write acknowledged before the
     /// command started is in it. The leader builds it before sending, so for a large data set
-    /// raise --timeout-ms (the time allowed until the first byte arrives).
+    /// raise --timeout-ms (the time allowed until the first byte arrives). With --pd: every
+    /// region, each from its leader (--timeout-ms applies to each region).
     Save {
         /// Where to write the backup (written beside it as FILE.partial, then renamed).
         file: PathBuf,
@@ -23,11 +28,11 @@ pub enum SnapshotCmd {
 }
 
 /// Runs a `snapshot` command; returns the exit code.
-pub async fn run(cmd: SnapshotCmd, client: &Client, p: &Printer) -> u8 {
+pub async fn run(cmd: SnapshotCmd, client: &Client, p: &Printer, codec: Codec) -> u8 {
     match cmd {
         SnapshotCmd::Save { file } => match client.save_snapshot(&file).await {
             Ok(saved) => {
-                print_saved(p, &saved);
+                print_saved(p, &saved, codec);
                 0
             }
             Err(e) => fail(&e),
@@ -35,7 +40,10 @@ pub async fn run(cmd: SnapshotCmd, client: &Client, p: &Printer) -> u8 {
     }
 }
 
-fn print_saved(p: &Printer, s: &SavedSnapshot) {
+fn print_saved(p: &Printer, s: &SavedSnapshot, codec: Codec) {
+    if !s.regions.is_empty() {
+        return print_saved_regions(p, s, codec);
+    }
     if p.is_json() {
         outln!(
             "{}",
@@ -62,6 +70,62 @@ fn print_saved(p: &Printer, s: &SavedSnapshot) {
             s.keys,
             s.node_id,
             s.cluster_id
+        );
+    }
+}
+
+/// A PD-mode cluster's backup: the file, then one line (a JSON array) per region.
+fn print_saved_regions(p: &Printer, s: &SavedSnapshot, codec: Codec) {
+    if p.is_json() {
+        let regions: Vec<_> = s
+            .regions
+            .iter()
+            .map(|r| {
+                json!({
+                    "region": r.region.id,
+                    "start_key": codec.encode(&r.region.start_key),
+                    "end_key": codec.encode(&r.region.end_key),
+                    "store": r.store_id,
+                    "index": r.index,
+                    "term": r.term,
+                    "keys": r.keys,
+                })
+            })
+            .collect();
+        outln!(
+            "{}",
+            json!({
+                "op": "snapshot save",
+                "file": s.path.display().to_string(),
+                "bytes": s.bytes,
+                "crc32": format!("{:08x}", s.checksum),
+                "keys": s.keys,
+                "cluster_id": s.cluster_id,
+                "regions": regions,
+                "encoding": codec.name(),
+            })
+        );
+        return;
+    }
+    outln!(
+        "saved {}: {} regions, {} bytes, crc32 {:08x}, {} keys (cluster {})",
+        s.path.display(),
+        s.regions.len(),
+        s.bytes,
+        s.checksum,
+        s.keys,
+        s.cluster_id
+    );
+    for r in &s.regions {
+        outln!(
+            "  region {} ['{}', '{}'): index {}, term {}, {} keys (from store {})",
+            r.region.id,
+            codec.encode(&r.region.start_key),
+            codec.encode(&r.region.end_key),
+            r.index,
+            r.term,
+            r.keys,
+            r.store_id
         );
     }
 }

@@ -233,6 +233,7 @@ enum Command {
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
     /// Backups: `snapshot save FILE` saves a consistent copy of the data (for `rdb-server --restore`).
+    /// With --pd: every region, each at its own read barrier, into one file.
     Snapshot {
         #[command(subcommand)]
         cmd: backup::SnapshotCmd,
@@ -334,6 +335,7 @@ async fn run(cli: Cli) -> u8 {
             cli.command,
             Command::Member { .. }
                 | Command::Check(_)
+                | Command::Snapshot { .. }
                 | Command::Leader {
                     region: Some(_),
                     ..
@@ -542,7 +544,13 @@ async fn run(cli: Cli) -> u8 {
             }
             check::run_group(&client, &p).await
         }
-        Command::Snapshot { cmd } => backup::run(cmd, &client, &p).await,
+        Command::Snapshot { cmd } if cli.pd.is_some() => {
+            match with_pd(&cli.pd, &pd_endpoints, &opts) {
+                Ok(pd_client) => backup::run(cmd, &pd_client, &p, codec).await,
+                Err(code) => code,
+            }
+        }
+        Command::Snapshot { cmd } => backup::run(cmd, &client, &p, codec).await,
         Command::Tso => pd::run(pd::PdCmd::Tso, cli.pd.as_deref(), opts, &p, codec).await,
         Command::Store { cmd } => {
             pd::run(pd::PdCmd::Store(cmd), cli.pd.as_deref(), opts, &p, codec).await
@@ -606,6 +614,8 @@ fn misdirected(cli: &Cli) -> Option<String> {
             region: Some(_), ..
         } => return None,
         Command::Leader { .. } => ("leader", false),
+        // With --pd: every region, each from its leader.
+        Command::Snapshot { .. } if cli.pd.is_some() && !cli.regions => return None,
         Command::Snapshot { .. } => ("snapshot", false),
         _ => return None,
     };

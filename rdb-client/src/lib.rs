@@ -72,7 +72,7 @@ mod retry;
 mod route;
 mod routing;
 
-pub use backup::SavedSnapshot;
+pub use backup::{SavedRegion, SavedSnapshot};
 pub use batch::MAX_BATCH_KEYS;
 pub use check::{CheckReport, NodeHash, RegionCheck, RegionScope, ReplicaState};
 pub use error::{escape_bytes, Error};

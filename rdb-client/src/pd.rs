@@ -735,6 +735,21 @@ impl PdClient {
         .await
     }
 
+    /// Bootstraps a cluster restored from a backup: records every region at once (in key
+    /// order, tiling the key space; their peers on stores whose ids [`PdClient::alloc_ids`]
+    /// handed out, which register themselves when they start). Once only, like
+    /// [`PdClient::bootstrap`]: [`Error::AlreadyBootstrapped`] after any bootstrap.
+    pub async fn bootstrap_regions(&self, regions: Vec<Region>) -> Result<()> {
+        let req = pb::BootstrapRegionsRequest {
+            regions: regions.into_iter().map(Into::into).collect(),
+        };
+        self.call(true, move |mut c| {
+            let req = req.clone();
+            async move { Ok(((), c.bootstrap_regions(req).await?.into_inner().error)) }
+        })
+        .await
+    }
+
     /// Registers a store or updates its address. `store_token` is the random number the store
     /// minted when it claimed its id: PD keeps the first one it is given, and refuses
     /// ([`Error::InvalidArgument`]) a later call for that id with another, so only the store

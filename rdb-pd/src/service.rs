@@ -558,6 +558,18 @@ impl Pd for PdService {
         Ok(Response::new(BootstrapResponse { error }))
     }
 
+    async fn bootstrap_regions(
+        &self,
+        req: Request<BootstrapRegionsRequest>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        admit!(self, req);
+        let error = match self.change(Op::BootstrapRegions(req.into_inner())).await {
+            Ok((e, _)) => e,
+            Err(e) => self.err(e),
+        };
+        Ok(Response::new(BootstrapResponse { error }))
+    }
+
     async fn is_bootstrapped(
         &self,
         req: Request<IsBootstrappedRequest>,

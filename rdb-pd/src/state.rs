@@ -421,6 +421,31 @@ pub fn apply_command(
             record_region(s, region, writes);
             PdOutput::Done
         }
+        Op::BootstrapRegions(b) => {
+            if s.bootstrapped {
+                return Ok(PdOutput::Refused(
+                    ErrorCode::AlreadyBootstrapped,
+                    "the cluster is already bootstrapped".into(),
+                ));
+            }
+            if let Some(why) = check_restored_regions(s, &b.regions) {
+                return Ok(PdOutput::Refused(ErrorCode::InvalidArgument, why));
+            }
+            s.bootstrapped = true;
+            writes.push((KEY_BOOTSTRAPPED.to_vec(), Some(vec![1])));
+            s.replicas = b
+                .regions
+                .first()
+                .map_or(0, |r| u32::try_from(r.peers.len()).unwrap_or(u32::MAX));
+            writes.push((
+                KEY_REPLICAS.to_vec(),
+                Some(u64::from(s.replicas).to_be_bytes().to_vec()),
+            ));
+            for r in b.regions {
+                record_region(s, r, writes);
+            }
+            PdOutput::Done
+        }
         Op::RegisterStore(PutStoreRequest { store, store_token }) => {
             let store = store.ok_or("a store is required")?;
             match check_store(s, &store, store_token) {
@@ -542,6 +567,58 @@ fn check_region_ids(r: &Region) -> Option<PdOutput> {
 fn bad_region_id(r: &Region) -> Option<String> {
     let id = region_ids(r).find(|&id| id == 0 || id >= MAX_REPORTED_ID)?;
     Some(format!("region {} names id {id}, out of range", r.id))
+}
+
+/// Why the regions of a restored cluster cannot be recorded, if they cannot: they must tile
+/// the key space in order, name no id out of range nor twice, and place their peers on stores
+/// whose ids this PD handed out, one peer per store.
+fn check_restored_regions(s: &PdState, regions: &[Region]) -> Option<String> {
+    if regions.is_empty() {
+        return Some("a restored cluster needs at least one region".into());
+    }
+    let mut next: &[u8] = &[];
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, r) in regions.iter().enumerate() {
+        if r.start_key != next || (r.end_key.is_empty() != (i + 1 == regions.len())) {
+            return Some(format!(
+                "region {} does not continue the ones before it: the regions must tile the key \
+                 space in order",
+                r.id
+            ));
+        }
+        if !r.end_key.is_empty() && r.end_key <= r.start_key {
+            return Some(format!("region {} has an empty range", r.id));
+        }
+        if let Some(m) = bad_region_id(r) {
+            return Some(m);
+        }
+        if r.peers.is_empty() {
+            return Some(format!("region {} has no peers", r.id));
+        }
+        let mut stores = std::collections::BTreeSet::new();
+        for p in &r.peers {
+            if !s.allocated(p.store_id) {
+                return Some(format!(
+                    "region {}: store id {} was never handed out by this PD",
+                    r.id, p.store_id
+                ));
+            }
+            if !stores.insert(p.store_id) {
+                return Some(format!(
+                    "region {} has two peers on store {}",
+                    r.id, p.store_id
+                ));
+            }
+            if !ids.insert(("peer", p.id)) {
+                return Some(format!("peer id {} is named twice", p.id));
+            }
+        }
+        if !ids.insert(("region", r.id)) {
+            return Some(format!("region id {} is named twice", r.id));
+        }
+        next = &r.end_key;
+    }
+    None
 }
 
 /// Records `r` and reserves every id it names.

@@ -4,7 +4,9 @@
 //! 2380) with its data in `./rdb-data/single`. With `--config FILE --node-id N` it runs node N of the
 //! cluster described in FILE. With `--join A,B,C --node-id N --peer-addr .. --client-addr ..
 //! --data-dir ..` it joins a running cluster that added node N (`rdb-cli member add`). With
-//! `--restore BACKUP --config FILE` it seeds data directories from a backup file and exits.
+//! `--restore BACKUP --config FILE` it seeds data directories from a backup file and exits;
+//! with `--restore BACKUP --pd A,B,C --data-dir D1 --data-dir D2 ...` it seeds the stores of a
+//! new PD-mode cluster (one per directory) and records the regions with that new PD cluster.
 //! With `--pd A,B,C --addr HOST:PORT --peer-addr HOST:PORT --data-dir DIR` it runs a store of
 //! a PD-mode cluster: many regions, split as they grow and placed through rdb-pd
 //! (specs/009-regions); `--config FILE` then names an optional store file (settings, TLS).
@@ -36,7 +38,7 @@ struct Args {
     node_id: Option<u64>,
     /// Join a running cluster through these client addresses (comma-separated), as the node
     /// `rdb-cli member add` added. Needs --node-id, --peer-addr, --client-addr, --data-dir.
-    #[arg(long, value_delimiter = ',', requires_all = ["node_id", "peer_addr", "client_addr", "data_dir"])]
+    #[arg(long, value_delimiter = ',', requires_all = ["node_id", "peer_addr", "client_addr"])]
     join: Option<Vec<String>>,
     /// With --join: where other nodes reach this one (HOST:PORT), as it was added. With --pd:
     /// where other stores send this one Raft traffic (it listens there).
@@ -45,15 +47,16 @@ struct Args {
     /// With --join: where clients reach this node (HOST:PORT), as it was added.
     #[arg(long, requires = "join")]
     client_addr: Option<String>,
-    /// With --join or --pd: this node's (store's) data directory.
+    /// With --join or --pd: this node's (store's) data directory. With --restore and --pd:
+    /// one per new store (repeat the flag).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    data_dir: Vec<PathBuf>,
     /// With --join or --pd: where to serve Prometheus metrics (HOST:PORT); none when left out.
     #[arg(long)]
     metrics_addr: Option<String>,
     /// Run a store of a PD-mode cluster led by these rdb-pd client addresses (comma-separated).
-    /// Needs --addr, --peer-addr and --data-dir.
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["join", "restore", "node_id"], requires_all = ["addr", "peer_addr", "data_dir"])]
+    /// Needs --addr, --peer-addr and --data-dir. With --restore: the new PD cluster to seed.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["join", "node_id"])]
     pd: Option<Vec<String>>,
     /// With --pd: where clients reach this store (HOST:PORT); it listens there.
     #[arg(long, requires = "pd")]
@@ -73,18 +76,30 @@ struct Args {
     #[arg(long, requires = "pd", default_value_t = 10_000)]
     split_check_ms: u64,
     /// Seed the data directory of --node-id, or of every node of --config, from a backup file
-    /// (`rdb-cli snapshot save`), then exit without serving. Directories must be new or empty.
-    #[arg(long, value_name = "FILE", requires = "config")]
+    /// (`rdb-cli snapshot save`), then exit without serving. With --pd: seed one new store per
+    /// --data-dir, each with a peer of every region, and record the regions with that PD
+    /// cluster, which must be new. Directories must be new or empty.
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
     restore: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(pd) = &args.pd {
+        if let Some(file) = &args.restore {
+            return binary::main_of("rdb-server", || restore_stores(&args, pd, file));
+        }
         return binary::main_of("rdb-server", || run_store(&args, pd));
     }
     binary::main_of("rdb-server", || {
-        if args.join.is_none() && (args.data_dir.is_some() || args.metrics_addr.is_some()) {
+        if args.restore.is_some() && args.config.is_none() {
+            return Err(ConfigError::Invalid(
+                "--restore needs --config (a config-file cluster) or --pd (a PD-mode cluster)"
+                    .into(),
+            )
+            .into());
+        }
+        if args.join.is_none() && (!args.data_dir.is_empty() || args.metrics_addr.is_some()) {
             return Err(ConfigError::Invalid(
                 "--data-dir and --metrics-addr go with --join or --pd".into(),
             )
@@ -148,7 +163,7 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
             .peer_addr
             .clone()
             .ok_or_else(|| missing("--peer-addr"))?,
-        data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
+        data_dir: one_data_dir(args, "--pd")?,
         file,
         replicas: args.replicas,
         split: SplitConfig {
@@ -169,6 +184,41 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
         }
         serve::run(store, logger, server::shutdown_signal()).await
     })
+}
+
+/// The one --data-dir of a store or a joining node (`mode`).
+fn one_data_dir(args: &Args, mode: &str) -> Result<PathBuf, ConfigError> {
+    match args.data_dir.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ConfigError::Invalid(format!("{mode} needs --data-dir"))),
+        _ => Err(ConfigError::Invalid(format!(
+            "{mode} takes one --data-dir (several go with --restore and --pd)"
+        ))),
+    }
+}
+
+/// Seeds the stores of a new PD-mode cluster from a backup (`--restore FILE --pd ...`), one
+/// per --data-dir, with the settings of the store file (--config) they will run with.
+fn restore_stores(
+    args: &Args,
+    pd: &[String],
+    file: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if args.addr.is_some() || args.peer_addr.is_some() || args.metrics_addr.is_some() {
+        return Err(ConfigError::Invalid(
+            "--restore seeds directories and serves nothing: start each store afterwards with \
+             its --addr and --peer-addr"
+                .into(),
+        )
+        .into());
+    }
+    let store_file = match &args.config {
+        Some(path) => rdb_server::config::StoreFile::load(path)?,
+        None => Default::default(),
+    };
+    let pd_options = store_file.pd_client_options()?;
+    rdb_server::restore::run_pd(pd, pd_options, file, &args.data_dir, &store_file.settings)?;
+    Ok(())
 }
 
 /// Logs a warning when the cluster's replication factor, recorded by PD at bootstrap, is not
@@ -208,7 +258,7 @@ fn joined(args: &Args, endpoints: &[String]) -> Result<ClusterConfig, Box<dyn st
             .client_addr
             .clone()
             .ok_or_else(|| missing("--client-addr"))?,
-        data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
+        data_dir: one_data_dir(args, "--join")?,
         metrics_addr: args.metrics_addr.clone(),
     };
     let logger = rdb_server::logging::logger(Default::default(), "info");

@@ -1,31 +1,49 @@
-//! Backups: a consistent copy of a node's data in one file, and restoring it into the data
-//! directory of a node of a new cluster.
+//! Backups: a consistent copy of a cluster's data in one file, and restoring it into the data
+//! directories of a new cluster.
 //!
-//! A backup file is a fixed header followed by a snapshot file (the format of
-//! [`crate::snapshot`]: every record of the `data` column family, read through one RocksDB view
-//! together with the applied index, so data and index match). Header, big endian:
+//! A backup of one region (version 1) is a fixed header followed by a snapshot file (the
+//! format of [`crate::snapshot`]: every record the region owns in the `data` column family, its
+//! meta record with its range among them, read through one RocksDB view together with the
+//! applied index, so data and index match). Header, big endian:
 //!
 //! | offset | bytes | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `RDBBACK1` |
 //! | 8 | 4 | version (1) |
 //! | 12 | 8 | cluster id of the source |
-//! | 20 | 8 | node id of the source |
+//! | 20 | 8 | node (store) id of the source |
 //! | 28 | 8 | applied index of the data |
 //! | 36 | 8 | term of that entry |
 //! | 44 | 8 | length of the snapshot that follows |
 //! | 52 | 4 | CRC-32 of the snapshot |
 //! | 56 | 4 | CRC-32 of bytes 0..56 |
 //!
-//! The snapshot runs from byte 60 to the end of the file.
+//! The snapshot runs from byte 60 to the end of the file. A config-file cluster's backup is
+//! such a file (its region 1 covers every key; older versions wrote the node's one group, with
+//! no meta record, which counts as every key too).
 //!
-//! [`restore`] checks the whole file before it touches anything, builds the new directory
-//! beside the target under a temporary name and renames it into place once everything is
-//! synced, so a crash or an error never leaves a half-restored directory a node would start
-//! from. The restored directory is what a node of the new cluster would hold had it applied the
-//! log up to the backup's index: its own identity and the configured voters, the backup's data
-//! (without membership records, which belong to the old cluster), and Raft state saying that
-//! everything up to that index is applied, committed and compacted away.
+//! A backup of a PD-mode cluster (version 2) holds every region, each at its own read barrier:
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `RDBBACK1` |
+//! | 8 | 4 | version (2) |
+//! | 12 | 8 | cluster id of the source |
+//! | 20 | 4 | number of regions |
+//! | 24 | 4 | CRC-32 of bytes 0..24 |
+//!
+//! and then, from byte 28, one version-1 backup per region, back to back in key order, whose
+//! ranges tile the key space (the first starts at the empty key, each starts where the one
+//! before ends, the last has no end); the file ends with the last one.
+//!
+//! [`restore`] (a config-file node) and [`stage_store`] (a PD-mode store) check the whole file
+//! before they touch anything, build the new directory beside the target under a temporary name
+//! and rename it into place once everything is synced, so a crash or an error never leaves a
+//! half-restored directory a node would start from. A restored directory is what a node of the
+//! new cluster would hold had it applied each region's log up to the backup's index: its own
+//! identity, the new cluster's regions and peers, the backup's data (without membership
+//! records, which belong to the old cluster), and Raft state saying that everything up to that
+//! index is applied, committed and compacted away.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -37,22 +55,27 @@ use rocksdb::WriteBatch;
 
 use crate::engine::{ApplySettings, Engine, EngineOptions, Ident};
 use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
+use crate::region::{Region, StoreIdent};
 use crate::snapshot::{self, CrcWriter, SnapshotDescriptor};
 use crate::{Error, Index, Result, Term};
 
 /// First bytes of a backup file.
 const MAGIC: &[u8; 8] = b"RDBBACK1";
-/// Version of the backup header.
+/// Version of the backup of one region (and of each region of a cluster's backup).
 const VERSION: u32 = 1;
+/// Version of the backup of a PD-mode cluster: its header, then one version-1 backup per region.
+pub const CLUSTER_VERSION: u32 = 2;
 /// Length of the header before the snapshot.
 pub const HEADER_LEN: u64 = 60;
+/// Length of a PD-mode cluster's backup header, before its regions.
+pub const CLUSTER_HEADER_LEN: u64 = 28;
 /// The region a restored config-file cluster keeps its data in (every key).
 pub const RESTORED_REGION: u64 = 1;
 /// Bytes of pairs written per restore batch.
 const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
-/// What a backup file holds and how to check it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the backup of one region holds and how to check it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackupInfo {
     /// The cluster and node the backup was taken from.
     pub source: Ident,
@@ -68,23 +91,61 @@ pub struct BackupInfo {
     pub records: u64,
     /// Records of user data (keys) in the backup.
     pub keys: u64,
+    /// The region backed up, as its meta record says (range, epoch, peers); `None` for the
+    /// one group of a node of older versions, which held every key.
+    pub region: Option<Region>,
 }
 
-/// What [`restore`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl BackupInfo {
+    /// The range `[start, end)` of the keys backed up (empty end: no bound).
+    pub fn range(&self) -> (&[u8], &[u8]) {
+        match &self.region {
+            Some(r) => (&r.start_key, &r.end_key),
+            None => (&[], &[]),
+        }
+    }
+}
+
+/// What a backup file holds: one region (a config-file cluster's, version 1) or every region
+/// of a PD-mode cluster (version 2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupContents {
+    /// The format version of the file.
+    pub version: u32,
+    /// The cluster the backup was taken from.
+    pub cluster_id: u64,
+    /// Length of the whole file in bytes.
+    pub file_len: u64,
+    /// CRC-32 (crc32fast) of the whole file.
+    pub checksum: u32,
+    /// Each region's backup, in key order; their ranges tile the key space.
+    pub regions: Vec<BackupInfo>,
+}
+
+impl BackupContents {
+    /// User keys in every region.
+    pub fn keys(&self) -> u64 {
+        self.regions.iter().map(|r| r.keys).sum()
+    }
+}
+
+/// What a restore wrote into one data directory.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Restored {
-    /// The backup restored.
-    pub backup: BackupInfo,
-    /// The data directory it was restored into.
+    /// The data directory restored into.
     pub data_dir: PathBuf,
+    /// The regions created there, each with the index its log starts after.
+    pub regions: Vec<(Region, Index)>,
     /// Records loaded into the `data` family.
     pub records: u64,
+    /// User keys among them.
+    pub keys: u64,
     /// Membership records of the old cluster left out.
     pub skipped: u64,
 }
 
-/// Who the restored directory belongs to and how its cluster applies entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a restored config-file node's directory belongs to and how its cluster applies entries.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RestoreTarget {
     /// The new cluster id and this node's id.
     pub ident: Ident,
@@ -98,7 +159,21 @@ pub struct RestoreTarget {
     pub engine_opts: EngineOptions,
 }
 
-/// The fields of a backup header.
+/// Who a restored PD-mode store's directory belongs to and which regions it hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreRestoreTarget {
+    /// The new cluster id, this store's id and token.
+    pub ident: StoreIdent,
+    /// The regions of the new cluster, one per region of the backup and in the same (key)
+    /// order, each with the range of its backup and its new peers (one on this store).
+    pub regions: Vec<Region>,
+    /// The new cluster's apply settings.
+    pub settings: ApplySettings,
+    /// RocksDB options for the new directory.
+    pub engine_opts: EngineOptions,
+}
+
+/// The fields of a region's backup header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
     source: Ident,
@@ -173,7 +248,7 @@ impl Header {
         h.finalize()
     }
 
-    fn info(&self, records: u64, keys: u64) -> BackupInfo {
+    fn info(&self, records: u64, keys: u64, region: Option<Region>) -> BackupInfo {
         BackupInfo {
             source: self.source,
             index: self.index,
@@ -182,6 +257,59 @@ impl Header {
             checksum: self.file_checksum(),
             records,
             keys,
+            region,
+        }
+    }
+}
+
+/// Encodes the header of a PD-mode cluster's backup of `regions` regions.
+pub fn encode_cluster_header(cluster_id: u64, regions: u32) -> [u8; CLUSTER_HEADER_LEN as usize] {
+    let mut b = [0u8; CLUSTER_HEADER_LEN as usize];
+    b[..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&CLUSTER_VERSION.to_be_bytes());
+    b[12..20].copy_from_slice(&cluster_id.to_be_bytes());
+    b[20..24].copy_from_slice(&regions.to_be_bytes());
+    let crc = crc32fast::hash(&b[..24]);
+    b[24..28].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// One region's backup inside a backup file: where it starts and its header.
+#[derive(Debug, Clone, Copy)]
+struct Section {
+    offset: u64,
+    header: Header,
+}
+
+/// The layout of a backup file, from its headers alone.
+struct Layout {
+    version: u32,
+    cluster_id: u64,
+    /// The cluster header of a version-2 file.
+    top: Option<[u8; CLUSTER_HEADER_LEN as usize]>,
+    sections: Vec<Section>,
+    file_len: u64,
+}
+
+impl Layout {
+    /// The CRC-32 of the whole file, from the headers' checksums.
+    fn checksum(&self) -> u32 {
+        match self.top {
+            None => self
+                .sections
+                .first()
+                .map_or(0, |s| s.header.file_checksum()),
+            Some(top) => {
+                let mut h = crc32fast::Hasher::new();
+                h.update(&top);
+                for s in &self.sections {
+                    h.combine(&crc32fast::Hasher::new_with_initial_len(
+                        s.header.file_checksum(),
+                        HEADER_LEN + s.header.snapshot.file_len,
+                    ));
+                }
+                h.finalize()
+            }
         }
     }
 }
@@ -219,52 +347,182 @@ fn write_file(engine: &Engine, source: Ident, path: &Path) -> Result<BackupInfo>
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&header.encode())?;
     file.sync_all()?;
-    Ok(header.info(written.pairs, written.user_keys))
+    Ok(header.info(written.pairs, written.user_keys, written.region))
 }
 
-/// Reads and checks a backup file (header, framing, checksums, and that the applied index
-/// stored with the data matches the header) without holding more than a read buffer.
-/// Every problem is `Error::BadBackup` naming the file.
-pub fn verify(path: &Path) -> Result<BackupInfo> {
-    let header = read_header(path)?;
-    verify_with(path, &header)
+/// Reads and checks a backup file (headers, framing, checksums, that the applied index stored
+/// with each region's data matches its header, and that the regions tile the key space)
+/// without holding more than a read buffer. Every problem is `Error::BadBackup` naming the file.
+pub fn verify(path: &Path) -> Result<BackupContents> {
+    let layout = read_layout(path)?;
+    verify_with(path, &layout)
 }
 
-fn verify_with(path: &Path, header: &Header) -> Result<BackupInfo> {
-    let mut records = 0u64;
-    let keys = scan(path, header, |_, _| {
-        records += 1;
-        Ok(())
-    })?;
-    Ok(header.info(records, keys))
+fn verify_with(path: &Path, layout: &Layout) -> Result<BackupContents> {
+    let mut regions = Vec::with_capacity(layout.sections.len());
+    for section in &layout.sections {
+        let mut records = 0u64;
+        let (keys, region) = scan(path, section, |_, _| {
+            records += 1;
+            Ok(())
+        })?;
+        regions.push(section.header.info(records, keys, region));
+    }
+    check_tiling(&regions).map_err(|m| Error::BadBackup(format!("{}: {m}", path.display())))?;
+    Ok(BackupContents {
+        version: layout.version,
+        cluster_id: layout.cluster_id,
+        file_len: layout.file_len,
+        checksum: layout.checksum(),
+        regions,
+    })
 }
 
-fn read_header(path: &Path) -> Result<Header> {
+/// Why the regions' ranges do not tile the key space in order, if they do not.
+fn check_tiling(regions: &[BackupInfo]) -> std::result::Result<(), String> {
+    let mut next: &[u8] = &[];
+    for (i, r) in regions.iter().enumerate() {
+        let (start, end) = r.range();
+        if start != next {
+            return Err(format!(
+                "region {} of the file starts at '{}', not where the one before ends ('{}')",
+                i + 1,
+                String::from_utf8_lossy(start),
+                String::from_utf8_lossy(next)
+            ));
+        }
+        if end.is_empty() {
+            if i + 1 != regions.len() {
+                return Err(format!(
+                    "region {} of the file reaches the end of the key space, but {} more follow",
+                    i + 1,
+                    regions.len() - i - 1
+                ));
+            }
+            return Ok(());
+        }
+        next = end;
+    }
+    Err("the regions do not reach the end of the key space".into())
+}
+
+/// Reads every header of the file at `path`: a version-1 file is one region's backup, a
+/// version-2 file a cluster header and then one per region, which must end with the file.
+fn read_layout(path: &Path) -> Result<Layout> {
     let bad = |m: String| Error::BadBackup(format!("{}: {m}", path.display()));
     let mut f = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-    let mut b = [0u8; HEADER_LEN as usize];
-    f.read_exact(&mut b)
+    let file_len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut start = [0u8; 12];
+    f.read_exact(&mut start)
         .map_err(|e| bad(format!("shorter than a backup header: {e}")))?;
-    Header::decode(&b).map_err(bad)
+    if &start[..8] != MAGIC {
+        return Err(bad("not an rdb backup file (magic missing)".into()));
+    }
+    let version = u32::from_be_bytes([start[8], start[9], start[10], start[11]]);
+    let read_section = |f: &mut File, offset: u64| -> Result<Section> {
+        let mut b = [0u8; HEADER_LEN as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut b).map_err(|e| {
+            bad(format!(
+                "ends inside a region's header at byte {offset}: {e}"
+            ))
+        })?;
+        let header = Header::decode(&b).map_err(|m| bad(format!("at byte {offset}: {m}")))?;
+        Ok(Section { offset, header })
+    };
+    let end_of = |s: &Section| {
+        s.offset
+            .checked_add(HEADER_LEN)
+            .and_then(|o| o.checked_add(s.header.snapshot.file_len))
+            .ok_or_else(|| bad("a region's length overflows".into()))
+    };
+    if version != CLUSTER_VERSION {
+        let section = read_section(&mut f, 0)?;
+        let end = end_of(&section)?;
+        if end != file_len {
+            return Err(bad(format!("{file_len} bytes, the header says {end}")));
+        }
+        return Ok(Layout {
+            version,
+            cluster_id: section.header.source.cluster_id,
+            top: None,
+            sections: vec![section],
+            file_len,
+        });
+    }
+    let mut top = [0u8; CLUSTER_HEADER_LEN as usize];
+    f.seek(SeekFrom::Start(0))?;
+    f.read_exact(&mut top)
+        .map_err(|e| bad(format!("shorter than a cluster backup header: {e}")))?;
+    let crc = crc32fast::hash(&top[..24]);
+    let stored = u32::from_be_bytes([top[24], top[25], top[26], top[27]]);
+    if crc != stored {
+        return Err(bad(format!(
+            "header checksum {crc:08x} does not match the stored {stored:08x}"
+        )));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&top[12..20]);
+    let cluster_id = u64::from_be_bytes(id);
+    let count = u32::from_be_bytes([top[20], top[21], top[22], top[23]]);
+    if count == 0 {
+        return Err(bad("the backup holds no region".into()));
+    }
+    let mut sections = Vec::new();
+    let mut offset = CLUSTER_HEADER_LEN;
+    for i in 0..count {
+        if offset >= file_len {
+            return Err(bad(format!("ends after {i} of its {count} regions")));
+        }
+        let section = read_section(&mut f, offset)?;
+        if section.header.source.cluster_id != cluster_id {
+            return Err(bad(format!(
+                "region {} of the file is from cluster {}, the file from cluster {cluster_id}",
+                i + 1,
+                section.header.source.cluster_id
+            )));
+        }
+        offset = end_of(&section)?;
+        sections.push(section);
+    }
+    if offset != file_len {
+        return Err(bad(format!(
+            "{file_len} bytes, its {count} regions end at byte {offset}"
+        )));
+    }
+    Ok(Layout {
+        version,
+        cluster_id,
+        top: Some(top),
+        sections,
+        file_len,
+    })
 }
 
-/// Reads every pair of the backup's snapshot in order, checking framing, count and checksum,
+/// Reads every pair of a region's snapshot in order, checking framing, count and checksum,
 /// and that the applied-index record equals the header's; calls `each` with every pair.
-/// Returns the number of user keys.
+/// Returns the number of user keys and the region's meta record, if it has one.
 fn scan(
     path: &Path,
-    header: &Header,
+    section: &Section,
     mut each: impl FnMut(Vec<u8>, Vec<u8>) -> Result<()>,
-) -> Result<u64> {
+) -> Result<(u64, Option<Region>)> {
+    let header = &section.header;
     let bad = |e: Error| match e {
-        Error::BadSnapshot(m) | Error::BadBackup(m) => {
-            Error::BadBackup(format!("{}: {m}", path.display()))
+        Error::BadSnapshot(m) | Error::BadBackup(m) | Error::Corrupt(m) => {
+            Error::BadBackup(format!(
+                "{} (region at byte {}): {m}",
+                path.display(),
+                section.offset
+            ))
         }
         Error::Io(e) => Error::BadBackup(format!("{}: {e}", path.display())),
         e => e,
     };
-    let mut r = snapshot::open_reader(path, HEADER_LEN, &header.snapshot).map_err(bad)?;
-    let (mut count, mut keys, mut apply_seen) = (0u64, 0u64, false);
+    let mut r = snapshot::open_section_reader(path, section.offset + HEADER_LEN, &header.snapshot)
+        .map_err(bad)?;
+    let (mut count, mut keys, mut apply_seen) = (0u64, 0u64, None);
+    let mut region: Option<Region> = None;
     while let Some(klen) = r.next_len().map_err(bad)? {
         let k = r.field(klen).map_err(bad)?;
         let vlen = r.value_len().map_err(bad)?;
@@ -276,23 +534,49 @@ fn scan(
         if is_apply_record(&k) {
             if keys::decode_pair(&v) != Some((header.index, header.term)) {
                 return Err(bad(Error::BadBackup(format!(
-                    "the data says applied {:?}, the header {}/{}",
-                    keys::decode_pair(&v),
+                    "the data says applied {}, the header {}/{}",
+                    keys::decode_pair(&v)
+                        .map_or("nothing readable".into(), |(i, t)| format!("{i}/{t}")),
                     header.index,
                     header.term
                 ))));
             }
-            apply_seen = true;
+            apply_seen = Some(k.get(1..9).map(<[u8]>::to_vec));
+        }
+        if is_meta_record(&k) {
+            let meta = crate::region::decode_meta(&v).map_err(bad)?;
+            if k[1..9] != meta.id.to_be_bytes() {
+                return Err(bad(Error::BadBackup(format!(
+                    "the meta record of region {} is stored as another region's",
+                    meta.id
+                ))));
+            }
+            region = Some(meta);
         }
         each(k, v)?;
     }
     r.finish(count).map_err(bad)?;
-    if !apply_seen {
+    let Some(apply_of) = apply_seen else {
         return Err(bad(Error::BadBackup(
             "the data has no applied-index record".into(),
         )));
+    };
+    match (&apply_of, &region) {
+        // A region's applied index goes with its meta record; a node's of older versions has none.
+        (Some(id), Some(r)) if id.as_slice() == r.id.to_be_bytes() => {}
+        (None, None) => {}
+        _ => {
+            return Err(bad(Error::BadBackup(
+                "the applied index and the meta record are not of the same region".into(),
+            )))
+        }
     }
-    Ok(keys)
+    Ok((keys, region))
+}
+
+/// Whether `k` is a region's meta record (`r` + id + `m`).
+fn is_meta_record(k: &[u8]) -> bool {
+    k.len() == 10 && k[0] == keys::REGION_PREFIX && k[9] == keys::REGION_META_SUFFIX
 }
 
 /// Whether `k` is the applied-index record of the backed-up group: a node's of older versions
@@ -352,18 +636,133 @@ fn staging_dir(data_dir: &Path) -> Result<PathBuf> {
     Ok(data_dir.with_file_name(staged))
 }
 
-/// Restores the backup at `backup` into `data_dir`, which must not exist or be empty.
+/// Restores the backup at `backup` into `data_dir` (a config-file node), which must not exist
+/// or be empty.
 ///
 /// Checks the whole file first: a bad file changes nothing (`Error::BadBackup`), and neither
 /// does a target directory that holds anything (`Error::DataDirNotEmpty`). The directory is
 /// built under a temporary name beside `data_dir` (`<name>.restoring`, removed first if an
 /// interrupted restore left it), synced, and renamed into place: bootstrapped for `target`,
-/// with the backup's records except membership records, the apply state (both copies) and the
-/// truncated state at the backup's index and term, and a hard state of that term, no vote, and
+/// with region 1 over every key holding the records of every region of the backup except
+/// membership records, the apply state (both copies) and the truncated state at the backup's
+/// index and term (the largest of its regions'), and a hard state of that term, no vote, and
 /// that index committed.
 pub fn restore(backup: &Path, data_dir: &Path, target: &RestoreTarget) -> Result<Restored> {
-    let header = read_header(backup)?;
-    let info = verify_with(backup, &header)?;
+    let layout = read_layout(backup)?;
+    verify_with(backup, &layout)?;
+    let region = crate::region::whole_range_region(RESTORED_REGION, &target.voters);
+    let all: Vec<&Section> = layout.sections.iter().collect();
+    stage(backup, data_dir, target.engine_opts, |engine| {
+        engine.claim_for_node(target.ident)?;
+        engine.check_apply_settings(target.settings)?;
+        let view = engine.create_region_with_members(&region, &target.members)?;
+        let mut out = Loaded::default();
+        load_region(engine, &view, backup, &all, &mut out)?;
+        Ok(out)
+    })?
+    .commit()
+}
+
+/// Builds the directory of store `target` of a restored PD-mode cluster from the backup at
+/// `backup` (already checked by [`verify`], which gave `contents`) beside `data_dir`, which
+/// must not exist or be empty; [`Staged::commit`] renames it into place, and dropping it
+/// uncommitted removes it. Each region of `target` gets the records of the region of the backup
+/// at the same place (its dedup records under its new id; its meta, applied index and member
+/// records are written anew), and Raft state at that region's index and term as [`restore`]
+/// writes it. Refuses regions whose ranges are not the backup's (`Error::BadBackup`).
+pub fn stage_store(
+    backup: &Path,
+    contents: &BackupContents,
+    data_dir: &Path,
+    target: &StoreRestoreTarget,
+) -> Result<Staged> {
+    let layout = read_layout(backup)?;
+    if layout.file_len != contents.file_len || layout.checksum() != contents.checksum {
+        return Err(Error::BadBackup(format!(
+            "{}: the file changed since it was checked",
+            backup.display()
+        )));
+    }
+    let fits = target.regions.len() == contents.regions.len()
+        && target
+            .regions
+            .iter()
+            .zip(&contents.regions)
+            .all(|(r, b)| b.range() == (r.start_key.as_slice(), r.end_key.as_slice()));
+    if !fits {
+        return Err(Error::BadBackup(format!(
+            "{}: the regions to restore are not the backup's ({} regions)",
+            backup.display(),
+            contents.regions.len()
+        )));
+    }
+    stage(backup, data_dir, target.engine_opts, |engine| {
+        engine.claim_for_store(target.ident)?;
+        engine.check_apply_settings(target.settings)?;
+        let mut out = Loaded::default();
+        for (region, section) in target.regions.iter().zip(&layout.sections) {
+            let view = engine.create_region(region)?;
+            load_region(engine, &view, backup, &[section], &mut out)?;
+        }
+        Ok(out)
+    })
+}
+
+/// A restored directory built beside its target, not yet in place.
+#[must_use = "a staged directory is removed unless committed"]
+pub struct Staged {
+    staging: PathBuf,
+    restored: Restored,
+    committed: bool,
+}
+
+impl Staged {
+    /// What the directory holds.
+    pub fn restored(&self) -> &Restored {
+        &self.restored
+    }
+
+    /// Renames the directory into place and syncs its parent, so it survives a crash.
+    pub fn commit(mut self) -> Result<Restored> {
+        let data_dir = self.restored.data_dir.clone();
+        check_target(&data_dir)?;
+        // The rename replaces an empty directory.
+        std::fs::rename(&self.staging, &data_dir)?;
+        self.committed = true;
+        let parent = match data_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+        Ok(self.restored.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// What loading a directory wrote.
+#[derive(Default)]
+struct Loaded {
+    regions: Vec<(Region, Index)>,
+    records: u64,
+    keys: u64,
+    skipped: u64,
+}
+
+/// Builds a directory for `data_dir` in its staging folder with `build` (on a fresh engine);
+/// on error the staging folder is removed.
+fn stage(
+    backup: &Path,
+    data_dir: &Path,
+    engine_opts: EngineOptions,
+    build: impl FnOnce(&Engine) -> Result<Loaded>,
+) -> Result<Staged> {
     check_target(data_dir)?;
     let staging = staging_dir(data_dir)?;
     if staging.exists() {
@@ -372,57 +771,72 @@ pub fn restore(backup: &Path, data_dir: &Path, target: &RestoreTarget) -> Result
     if let Some(parent) = staging.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let (records, skipped) = match load(backup, &header, &staging, target) {
-        Ok(counts) => counts,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
+    let mut staged = Staged {
+        staging: staging.clone(),
+        restored: Restored {
+            data_dir: data_dir.to_path_buf(),
+            regions: Vec::new(),
+            records: 0,
+            keys: 0,
+            skipped: 0,
+        },
+        committed: false,
     };
-    // The rename replaces an empty directory; then the parent is synced so it survives a crash.
-    std::fs::rename(&staging, data_dir)?;
-    let parent = match data_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    let loaded = {
+        let engine = Engine::open_with(&staging, engine_opts)?;
+        build(&engine).map_err(|e| match e {
+            Error::BadBackup(m) => {
+                Error::BadBackup(format!("{} changed while restoring: {m}", backup.display()))
+            }
+            e => e,
+        })?
     };
-    File::open(parent)?.sync_all()?;
-    Ok(Restored {
-        backup: info,
-        data_dir: data_dir.to_path_buf(),
-        records,
-        skipped,
-    })
+    staged.restored.regions = loaded.regions;
+    staged.restored.records = loaded.records;
+    staged.restored.keys = loaded.keys;
+    staged.restored.skipped = loaded.skipped;
+    Ok(staged)
 }
 
-/// Builds the restored database in `dir`; returns (records loaded, records skipped).
-fn load(backup: &Path, header: &Header, dir: &Path, target: &RestoreTarget) -> Result<(u64, u64)> {
-    let engine = Engine::open_with(dir, target.engine_opts)?;
-    engine.claim_for_node(target.ident)?;
-    engine.check_apply_settings(target.settings)?;
-    let region = crate::region::whole_range_region(RESTORED_REGION, &target.voters);
-    let view = engine.create_region_with_members(&region, &target.members)?;
+/// Loads the records of the backup's `sections` into region `view` of `engine` and writes its
+/// Raft state at their largest index and term (never before a region's first).
+fn load_region(
+    engine: &Engine,
+    view: &Engine,
+    backup: &Path,
+    sections: &[&Section],
+    out: &mut Loaded,
+) -> Result<()> {
+    let region_id = view
+        .space()
+        .region_id()
+        .ok_or_else(|| Error::Corrupt("a restore loads into a region's view".into()))?;
     let data = engine.cf(CF_DATA);
     let mut batch = WriteBatch::default();
-    let (mut records, mut skipped) = (0u64, 0u64);
-    scan(backup, header, |k, v| {
-        let Some(k) = restored_key(RESTORED_REGION, &k) else {
-            skipped += 1;
-            return Ok(());
-        };
-        batch.put_cf(data, k, v);
-        records += 1;
-        if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
-            engine.write(std::mem::take(&mut batch), false)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| match e {
-        Error::BadBackup(m) => Error::BadBackup(format!("changed while restoring: {m}")),
-        e => e,
-    })?;
-    // The new cluster's log starts after the backup's index (and never before a region's first).
-    let index = header.index.max(crate::region::REGION_INIT_INDEX);
-    let term = header.term.max(crate::region::REGION_INIT_TERM);
+    let (mut index, mut term) = (
+        crate::region::REGION_INIT_INDEX,
+        crate::region::REGION_INIT_TERM,
+    );
+    for section in sections {
+        index = index.max(section.header.index);
+        term = term.max(section.header.term);
+        scan(backup, section, |k, v| {
+            let Some(k) = restored_key(region_id, &k) else {
+                out.skipped += 1;
+                return Ok(());
+            };
+            if k.first() == Some(&keys::DATA_PREFIX) {
+                out.keys += 1;
+            }
+            batch.put_cf(data, k, v);
+            out.records += 1;
+            if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+                engine.write(std::mem::take(&mut batch), false)?;
+            }
+            Ok(())
+        })?;
+    }
+    // The new cluster's log starts after the backup's index.
     let state = engine.cf(CF_RAFT_STATE);
     let pair = keys::encode_pair(index, term);
     batch.put_cf(state, view.state_key(keys::APPLY_STATE_KEY), pair);
@@ -442,7 +856,10 @@ fn load(backup: &Path, header: &Header, dir: &Path, target: &RestoreTarget) -> R
     // Synced: it also makes every earlier unsynced batch durable.
     engine.write(batch, true)?;
     view.check_consistency()?;
-    Ok((records, skipped))
+    if let Some(region) = view.region_meta()? {
+        out.regions.push((region, index));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -100,6 +100,15 @@ impl Horizons {
             .insert(id, h.clone());
     }
 
+    /// The horizon compaction follows for region `id`, if a view of the region registered one.
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<DedupHorizon>> {
+        self.regions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
     /// Every region's horizon with the applied index it has written: read before a synced
     /// write of the whole store, which makes them all durable.
     pub(crate) fn written(&self) -> Vec<(Arc<DedupHorizon>, Index)> {

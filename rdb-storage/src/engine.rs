@@ -308,6 +308,22 @@ impl Engine {
         })
     }
 
+    /// A reader's view of region `id`, which the store already has open: it shares that
+    /// view's dedup horizon instead of taking it over (see [`Engine::region`]), so a backup
+    /// that pins the horizon holds back compaction for the records the store applies, and the
+    /// store's own pins keep working. Refuses a region no view was opened for here.
+    pub fn open_region_reader(&self, id: u64) -> Result<Engine> {
+        let dedup = self.horizons.get(id).ok_or(Error::RegionNotOpen(id))?;
+        Ok(Engine {
+            db: self.db.clone(),
+            space: Space::Region(id),
+            horizons: self.horizons.clone(),
+            installs: self.installs.clone(),
+            recovered_install: None,
+            dedup,
+        })
+    }
+
     /// Records the interrupted snapshot install that opening this view finished.
     pub(crate) fn set_recovered_install(&mut self, desc: SnapshotDescriptor) {
         self.recovered_install = Some(desc);

@@ -85,6 +85,9 @@ pub enum Error {
     /// A restore was asked to write into a data directory that already holds something.
     #[error("data directory {} is not empty: a restore never overwrites data (give a new directory, or remove this one first)", .0.display())]
     DataDirNotEmpty(std::path::PathBuf),
+    /// A reader asked for a region this store has not opened (it hosts no peer of it).
+    #[error("region {0} is not open on this store")]
+    RegionNotOpen(u64),
     /// A snapshot is being installed: user data is being replaced and must not be read now.
     #[error("a snapshot is being installed; retry shortly")]
     SnapshotInstalling,

@@ -191,6 +191,9 @@ pub(crate) struct Written {
     pub(crate) pairs: u64,
     /// Pairs of user data among them.
     pub(crate) user_keys: u64,
+    /// A region's meta record read with the data (its range, epoch and peers); `None` for a
+    /// static node's group.
+    pub(crate) region: Option<rdb_proto::pd::Region>,
 }
 
 /// Writes the snapshot file format to `out`: every record of the data column family and the
@@ -259,6 +262,7 @@ pub(crate) fn write_pairs(engine: &Engine, out: &mut impl Write) -> Result<Writt
         conf_state,
         pairs: count,
         user_keys,
+        region: meta,
     })
 }
 
@@ -306,9 +310,9 @@ pub(crate) fn open_reader(
     offset: u64,
     desc: &SnapshotDescriptor,
 ) -> Result<FrameReader> {
-    let mut file = File::open(path)
-        .map_err(|e| Error::BadSnapshot(format!("cannot open {}: {e}", path.display())))?;
-    let len = file.metadata()?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::BadSnapshot(format!("cannot open {}: {e}", path.display())))?
+        .len();
     if len.checked_sub(offset) != Some(desc.file_len) {
         return Err(Error::BadSnapshot(format!(
             "{} has {} bytes of snapshot, the descriptor says {}",
@@ -317,10 +321,34 @@ pub(crate) fn open_reader(
             desc.file_len
         )));
     }
+    open_section_reader(path, offset, desc)
+}
+
+/// Opens the snapshot that fills `desc.file_len` bytes of `path` from `offset` (one of the
+/// sections of a backup file, which others may follow) and checks its magic. Reading stops at
+/// the section's end.
+pub(crate) fn open_section_reader(
+    path: &Path,
+    offset: u64,
+    desc: &SnapshotDescriptor,
+) -> Result<FrameReader> {
+    let mut file = File::open(path)
+        .map_err(|e| Error::BadSnapshot(format!("cannot open {}: {e}", path.display())))?;
+    let len = file.metadata()?.len();
+    if offset
+        .checked_add(desc.file_len)
+        .is_none_or(|end| end > len)
+    {
+        return Err(Error::BadSnapshot(format!(
+            "{} ends before the {} bytes of snapshot at byte {offset}",
+            path.display(),
+            desc.file_len
+        )));
+    }
     file.seek(SeekFrom::Start(offset))?;
     let mut r = FrameReader {
         inner: CrcReader {
-            inner: BufReader::with_capacity(IO_BUF, file),
+            inner: BufReader::with_capacity(IO_BUF, file.take(desc.file_len)),
             hasher: crc32fast::Hasher::new(),
             read: 0,
         },
@@ -336,7 +364,7 @@ pub(crate) fn open_reader(
 
 /// Reads the frames of a snapshot file, hashing everything it reads.
 pub(crate) struct FrameReader {
-    inner: CrcReader<BufReader<File>>,
+    inner: CrcReader<BufReader<std::io::Take<File>>>,
     desc: SnapshotDescriptor,
 }
 

@@ -3,8 +3,8 @@
 //! can be killed with SIGKILL and restarted; every process is killed when the cluster drops.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +92,31 @@ impl RegionCluster {
             c.restart(i);
         }
         c
+    }
+
+    /// A new PD node, and `n` stores seeded from the cluster backup `file` by
+    /// `rdb-server --restore FILE --pd <PD> --data-dir <store 1> ... --data-dir <store n>`, whose
+    /// output is returned. The stores are not started (`restart` each).
+    pub fn restore_from(file: &Path, n: usize, split: Split) -> (RegionCluster, Output) {
+        let c = Self::with_pd_only(n, split, Setup::default());
+        let out = c.restore_into(file, (1..=n).map(|i| c.data_dir(i)).collect());
+        (c, out)
+    }
+
+    /// Runs `rdb-server --restore FILE --pd <this cluster's PD>` with one `--data-dir` per
+    /// directory of `dirs`, and returns its output.
+    pub fn restore_into(&self, file: &Path, dirs: Vec<PathBuf>) -> Output {
+        Command::new(bin_dir().join("rdb-server"))
+            .arg("--restore")
+            .arg(file)
+            .args(["--pd", &self.pd_addr()])
+            .args(
+                dirs.iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rdb-server (cargo build --workspace --bins)")
     }
 
     /// Starts the PD node of a cluster of `n` stores, none of them running yet (start each

@@ -188,6 +188,13 @@ impl Pd for FakePd {
         }))
     }
 
+    async fn bootstrap_regions(
+        &self,
+        _: Request<pb::BootstrapRegionsRequest>,
+    ) -> Result<Response<pb::BootstrapResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn bootstrap(
         &self,
         r: Request<pb::BootstrapRequest>,

@@ -2,8 +2,8 @@
 //! checks, scans in pages, and a reload of what apply wrote.
 
 use rdb_proto::pd::{
-    AllocIdRequest, BootstrapRequest, GetRegionResponse, InitCluster, RegionEpoch,
-    ScanRegionsResponse, TsoAdvance,
+    AllocIdRequest, BootstrapRegionsRequest, BootstrapRequest, GetRegionResponse, InitCluster,
+    RegionEpoch, ScanRegionsResponse, TsoAdvance,
 };
 
 use super::*;
@@ -558,4 +558,70 @@ fn a_store_holding_a_replica_is_not_tombstoned_and_a_store_holding_none_is() {
     assert_eq!(tombstone(&mut s, 3), PdOutput::Done);
     let (code, _) = refusal(tombstone(&mut s, 9));
     assert_eq!(code, ErrorCode::NotFound);
+}
+
+#[test]
+fn a_restored_cluster_records_every_region_at_once_and_reserves_their_ids() {
+    let mut s = PdState::default();
+    // Stores 1 and 2, then peer ids 3..=8.
+    run(&mut s, Op::AllocId(AllocIdRequest { count: 8 })).unwrap();
+    let placed = |id: u64, start: &[u8], end: &[u8], first_peer: u64| Region {
+        peers: (0..2)
+            .map(|i| Peer {
+                id: first_peer + i,
+                store_id: 1 + i,
+                learner: false,
+            })
+            .collect(),
+        ..region(id, start, end, 3)
+    };
+    let good = vec![
+        placed(1, b"", b"g", 3),
+        placed(40, b"g", b"p", 5),
+        placed(23, b"p", b"", 7),
+    ];
+    let boot = |regions: Vec<Region>| Op::BootstrapRegions(BootstrapRegionsRequest { regions });
+    let refused = |s: &mut PdState, regions: Vec<Region>, why: &str| {
+        let out = run(s, boot(regions));
+        assert!(
+            matches!(&out, Ok(PdOutput::Refused(ErrorCode::InvalidArgument, _))),
+            "{why}: {out:?}"
+        );
+        assert!(
+            !s.bootstrapped && s.regions.is_empty(),
+            "{why}: nothing changed"
+        );
+    };
+    refused(&mut s, Vec::new(), "no region");
+    refused(&mut s, good[..2].to_vec(), "the last region missing");
+    refused(&mut s, vec![good[0].clone(), good[2].clone()], "a gap");
+    refused(
+        &mut s,
+        vec![good[1].clone(), good[0].clone(), good[2].clone()],
+        "out of order",
+    );
+    let mut twice = good.clone();
+    twice[1].id = 1;
+    refused(&mut s, twice, "a region id twice");
+    let mut same_store = good.clone();
+    same_store[2].peers[1].store_id = 1;
+    refused(&mut s, same_store, "two peers on one store");
+    let mut unknown_store = good.clone();
+    unknown_store[0].peers[0].store_id = 9;
+    refused(&mut s, unknown_store, "a store PD never handed out");
+
+    assert_eq!(run(&mut s, boot(good.clone())), Ok(PdOutput::Done));
+    assert!(s.bootstrapped);
+    assert_eq!(s.replicas, 2);
+    assert_eq!(s.region_for(b"h").map(|r| r.id), Some(40));
+    assert_eq!(s.region_for(b"zz").map(|r| r.id), Some(23));
+    // Every id the regions name is below what AllocId hands out next.
+    assert_eq!(
+        run(&mut s, Op::AllocId(AllocIdRequest { count: 1 })),
+        Ok(PdOutput::Ids { first: 41 })
+    );
+    assert!(matches!(
+        run(&mut s, boot(good)),
+        Ok(PdOutput::Refused(ErrorCode::AlreadyBootstrapped, _))
+    ));
 }

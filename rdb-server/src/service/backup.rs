@@ -1,15 +1,17 @@
-//! The backup service: streams a consistent backup of a config-file node's data (its region
-//! 1) to a client.
+//! The backup service: streams a consistent backup of one region a store hosts to a client
+//! (a config-file node's region 1, or, in PD mode, the region the request names;
+//! `rdb-cli --pd ... snapshot save` asks every region's leader in turn).
 //!
 //! `Save` first passes a linearizable read barrier of the region through the mailbox
-//! (`Msg::RegionRead`, a ReadIndex round, forwarded to the leader on a follower): it succeeds once this node has
-//! applied every entry committed before the call, so the backup holds every write acknowledged
-//! before the call started, whichever member serves it. Then the node writes the backup file with
-//! [`rdb_storage::backup::write`] (data and applied index through one RocksDB view) into its
+//! (`Msg::RegionRead`, a ReadIndex round; a follower answers NOT_LEADER with the leader's
+//! address): it succeeds once this store has applied every entry committed before the call, so
+//! the backup holds every write acknowledged before the call started. Then the store writes the
+//! backup file with [`rdb_storage::backup::write`] (data, meta record and applied index through
+//! one RocksDB view of the region, sharing the dedup horizon of the store's own view) into its
 //! snapshot folder, opens it, unlinks it, and streams it: a header, then chunks of 1 MiB. The
 //! open handle keeps the bytes readable; nothing is left on disk once the stream ends, however
 //! it ends (a file left by a crash during the write is removed at the next start, with the
-//! other files of the snapshot folder). One backup at a time per node.
+//! other files of the snapshot folder). One backup at a time per store.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,24 +37,30 @@ const CHUNK: usize = 1 << 20;
 /// The stream `Save` answers with.
 pub type SaveStream = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send + 'static>>;
 
-/// Serves backups of one node's data.
+/// Serves backups of the regions one store hosts.
 #[derive(Clone)]
 pub struct BackupService {
     mailbox: Mailbox,
+    /// The store's database (its snapshot folder takes the file being written).
     engine: Engine,
     ident: Ident,
+    /// A config-file node's one region, backed up whatever the request names; `None` in PD
+    /// mode, where the request names the region.
+    only_region: Option<u64>,
     timeout: Duration,
     running: Arc<Semaphore>,
     logger: Logger,
 }
 
 impl BackupService {
-    /// A service for node `ident` that passes read barriers through `mailbox` and backs up
-    /// the data of `engine`, a region's view.
+    /// A service for store `ident` that passes read barriers through `mailbox` and backs up
+    /// regions of `engine`, the store's database: always `only_region` if given (a
+    /// config-file node), else the region each request names.
     pub fn new(
         mailbox: Mailbox,
         engine: Engine,
         ident: Ident,
+        only_region: Option<u64>,
         settings: &Settings,
         logger: &Logger,
     ) -> BackupService {
@@ -60,6 +68,7 @@ impl BackupService {
             mailbox,
             engine,
             ident,
+            only_region,
             timeout: Duration::from_millis(settings.request_timeout_ms),
             running: Arc::new(Semaphore::new(1)),
             logger: logger.clone(),
@@ -71,9 +80,20 @@ impl BackupService {
         BackupServer::new(self)
     }
 
-    /// Waits until this node has applied everything region 1 committed before now.
-    async fn read_barrier(&self) -> Result<(), RequestError> {
-        let region_id = self.engine.space().region_id().unwrap_or_default();
+    /// The region a request for `asked` backs up.
+    fn region_of(&self, asked: u64) -> Result<u64, RequestError> {
+        match (self.only_region, asked) {
+            (Some(id), _) => Ok(id),
+            (None, 0) => Err(RequestError::InvalidArgument(
+                "a store of a PD-mode cluster backs up the region a request names; none was named"
+                    .into(),
+            )),
+            (None, id) => Ok(id),
+        }
+    }
+
+    /// Waits until this store has applied everything region `region_id` committed before now.
+    async fn read_barrier(&self, region_id: u64) -> Result<(), RequestError> {
         let call = self.mailbox.call(|tx| Msg::RegionRead {
             route: crate::router::RegionRoute {
                 region_id,
@@ -90,8 +110,9 @@ impl BackupService {
         }
     }
 
-    /// Writes the backup file and opens it, unlinked; returns its header and the open file.
-    async fn take(&self) -> Result<(BackupHeader, tokio::fs::File), TakeError> {
+    /// Writes the backup file of region `region_id` and opens it, unlinked; returns its header
+    /// and the open file.
+    async fn take(&self, region_id: u64) -> Result<(BackupHeader, tokio::fs::File), TakeError> {
         let dir = self.engine.snap_dir();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -103,7 +124,8 @@ impl BackupService {
         // the client leaves (and this future is dropped) while it is being written.
         let written = tokio::task::spawn_blocking(move || -> rdb_storage::Result<_> {
             std::fs::create_dir_all(p.parent().unwrap_or(&p))?;
-            let info = rdb_storage::backup::write(&engine, ident, &p)?;
+            let region = engine.open_region_reader(region_id)?;
+            let info = rdb_storage::backup::write(&region, ident, &p)?;
             let file = std::fs::File::open(&p);
             std::fs::remove_file(&p)?;
             Ok((info, file?))
@@ -115,6 +137,12 @@ impl BackupService {
             // The data is being replaced by a snapshot for a moment: try again.
             Err(e @ rdb_storage::Error::SnapshotInstalling) => {
                 return Err(TakeError::Refused(RequestError::Unavailable(e.to_string())))
+            }
+            // The region left this store after its barrier: the client asks PD again.
+            Err(e @ rdb_storage::Error::RegionNotOpen(_)) => {
+                return Err(TakeError::Refused(RequestError::RegionNotFound(
+                    e.to_string(),
+                )))
             }
             Err(e) => {
                 return Err(TakeError::Failed(Status::internal(format!(
@@ -132,6 +160,7 @@ impl BackupService {
             file_len: info.file_len,
             crc32: info.checksum,
             keys: info.keys,
+            region: info.region,
         };
         Ok((header, file))
     }
@@ -158,22 +187,26 @@ fn refusal(e: RequestError) -> Response<SaveStream> {
 impl Backup for BackupService {
     type SaveStream = SaveStream;
 
-    async fn save(&self, _request: Request<SaveRequest>) -> Result<Response<SaveStream>, Status> {
+    async fn save(&self, request: Request<SaveRequest>) -> Result<Response<SaveStream>, Status> {
+        let region_id = match self.region_of(request.into_inner().region_id) {
+            Ok(id) => id,
+            Err(e) => return Ok(refusal(e)),
+        };
         let Ok(permit) = self.running.clone().try_acquire_owned() else {
             return Ok(refusal(RequestError::Unavailable(
-                "a backup is already being taken on this node; retry later".into(),
+                "a backup is already being taken on this store; retry later".into(),
             )));
         };
-        if let Err(e) = self.read_barrier().await {
+        if let Err(e) = self.read_barrier(region_id).await {
             return Ok(refusal(e));
         }
         let started = Instant::now();
-        let (header, mut file) = match self.take().await {
+        let (header, mut file) = match self.take(region_id).await {
             Ok(taken) => taken,
             Err(TakeError::Refused(e)) => return Ok(refusal(e)),
             Err(TakeError::Failed(status)) => return Err(status),
         };
-        info!(self.logger, "backup taken"; "index" => header.index, "term" => header.term,
+        info!(self.logger, "backup taken"; "region" => region_id, "index" => header.index, "term" => header.term,
             "bytes" => header.file_len, "keys" => header.keys,
             "ms" => started.elapsed().as_millis() as u64);
         let (tx, rx) = mpsc::channel(2);

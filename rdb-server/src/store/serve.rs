@@ -258,7 +258,7 @@ pub(super) struct Launch {
 }
 
 /// Serves a started store: its task on a thread of its own, clients (`Kv`, health, and
-/// backups for a config-file node) and other stores (`Peer`), until `stop` says so; then a
+/// backups) and other stores (`Peer`), until `stop` says so; then a
 /// leader hands its leadership over and the task stops.
 pub(super) async fn launch(
     l: Launch,
@@ -337,7 +337,7 @@ pub(super) async fn launch(
             (me, 0, true, SplitConfig::default(), Some(cluster))
         }
     };
-    let serves_backups = statics.is_some();
+    let config_region = statics.is_some().then_some(config_node::CONFIG_REGION);
     let task = StoreTask {
         core,
         inbox,
@@ -411,23 +411,20 @@ pub(super) async fn launch(
             .max_decoding_message_size(max_client_message)
             .max_encoding_message_size(usize::MAX),
     );
-    if serves_backups {
-        // `rdb-cli snapshot save`: service/backup.rs.
-        let region = engine
-            .region(config_node::CONFIG_REGION)
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let backup = BackupService::new(
-            mailbox.clone(),
-            region,
-            rdb_storage::Ident {
-                cluster_id,
-                node_id: store_id,
-            },
-            &settings,
-            &logger,
-        );
-        client_router = client_router.add_service(backup.into_server());
-    }
+    // `rdb-cli snapshot save`: service/backup.rs. A config-file node backs up its one region;
+    // a PD-mode store, any region it leads that a request names.
+    let backup = BackupService::new(
+        mailbox.clone(),
+        engine.clone(),
+        rdb_storage::Ident {
+            cluster_id,
+            node_id: store_id,
+        },
+        config_region,
+        &settings,
+        &logger,
+    );
+    client_router = client_router.add_service(backup.into_server());
     // A stop asked for: a leader hands over first, then the servers stop.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     {

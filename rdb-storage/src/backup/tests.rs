@@ -6,8 +6,12 @@ use raft::prelude::Entry;
 use raft::Storage;
 use rocksdb::WriteBatch;
 
-use super::{restore, verify, write, RestoreTarget, HEADER_LEN};
+use super::{
+    encode_cluster_header, restore, stage_store, verify, write, RestoreTarget, StoreRestoreTarget,
+    CLUSTER_HEADER_LEN, HEADER_LEN,
+};
 use crate::keys::CF_DATA;
+use crate::region::{Peer, Region, RegionEpoch, StoreIdent};
 use crate::tests::{cmd, entry, logger, open, put, IDENT};
 use crate::{
     ApplySettings, CommandResult, Engine, EngineOptions, Error, Ident, RaftStorage, StateMachine,
@@ -77,7 +81,19 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
     assert_eq!(info.file_len, bytes.len() as u64);
     assert_eq!(info.checksum, crc32fast::hash(&bytes), "whole-file CRC");
     assert_eq!(info.keys, 20);
-    assert_eq!(verify(&path).unwrap(), info);
+    let contents = verify(&path).unwrap();
+    assert_eq!(
+        (contents.version, contents.cluster_id, contents.file_len),
+        (1, IDENT.cluster_id, info.file_len)
+    );
+    assert_eq!(
+        (contents.checksum, contents.regions),
+        (info.checksum, vec![info.clone()])
+    );
+    assert_eq!(
+        info.region, None,
+        "a node of older versions has no region meta"
+    );
 
     let restored_dirs: Vec<PathBuf> = (1..=3)
         .map(|id| out.path().join(format!("node{id}")))
@@ -86,7 +102,8 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
     std::fs::create_dir(&restored_dirs[1]).unwrap();
     for (i, dir) in restored_dirs.iter().enumerate() {
         let r = restore(&path, dir, &target(i as u64 + 1)).unwrap();
-        assert_eq!((r.backup, r.records + r.skipped), (info, info.records));
+        assert_eq!(r.records + r.skipped, info.records);
+        assert_eq!((r.keys, r.regions.len(), r.regions[0].1), (20, 1, 20));
         assert_eq!(
             r.skipped, 2,
             "the membership record and the old applied index are left out"
@@ -330,4 +347,307 @@ fn no_backup_is_written_from_the_middle_of_a_snapshot_install() {
     let r = write(&src, IDENT, &path);
     assert!(matches!(r, Err(Error::SnapshotInstalling)), "{r:?}");
     assert!(!path.exists(), "a failed backup leaves no file");
+}
+
+/// A PD-mode store with three regions, `["", "k10")`, `["k10", "k20")`, `["k20", "")`, each
+/// with ten puts of its own keys applied (client 4), region `i` at index `5 + 10 * i`.
+fn three_regions(dir: &Path) -> (Engine, Vec<Engine>) {
+    let store = Engine::open(dir).unwrap();
+    let bounds = [("", "k10"), ("k10", "k20"), ("k20", "")];
+    let mut views = Vec::new();
+    for (i, (start, end)) in bounds.iter().enumerate() {
+        let id = [1, 7, 12][i];
+        let region = Region {
+            id,
+            start_key: start.as_bytes().to_vec(),
+            end_key: end.as_bytes().to_vec(),
+            epoch: Some(RegionEpoch {
+                version: 1 + i as u64,
+                conf_ver: 1,
+            }),
+            peers: vec![Peer {
+                id: 100 + id,
+                store_id: 3,
+                learner: false,
+            }],
+        };
+        let view = store.create_region(&region).unwrap();
+        let n = 10 * (i as u64 + 1);
+        let ents: Vec<Entry> = (0..n)
+            .map(|j| {
+                let k = format!("k{}{}", i, j % 10);
+                entry(6 + j, 5, &cmd(4, 100 * id + j, put(&k, &format!("v{j}"))))
+            })
+            .collect();
+        StateMachine::new(view.clone(), 1000)
+            .unwrap()
+            .apply(&ents)
+            .unwrap();
+        views.push(view);
+    }
+    (store, views)
+}
+
+/// A cluster backup of `views` at `path` as a PD-mode client assembles it: the cluster
+/// header, then each region's backup in order. Returns each region's backup bytes.
+fn cluster_backup(views: &[Engine], path: &Path) -> Vec<Vec<u8>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let sections: Vec<Vec<u8>> = views
+        .iter()
+        .map(|v| {
+            let p = tmp.path().join("region.rdb");
+            write(v, IDENT, &p).unwrap();
+            std::fs::read(&p).unwrap()
+        })
+        .collect();
+    let mut bytes = encode_cluster_header(IDENT.cluster_id, sections.len() as u32).to_vec();
+    for s in &sections {
+        bytes.extend_from_slice(s);
+    }
+    std::fs::write(path, &bytes).unwrap();
+    sections
+}
+
+/// The regions of the backup with new peers on stores 21, 22, 23 (peer ids from 50).
+fn new_regions(contents: &super::BackupContents) -> Vec<Region> {
+    contents
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut r = b.region.clone().unwrap();
+            r.peers = (0..3)
+                .map(|s| Peer {
+                    id: 50 + 3 * i as u64 + s,
+                    store_id: 21 + s,
+                    learner: false,
+                })
+                .collect();
+            r
+        })
+        .collect()
+}
+
+fn store_target(store_id: u64, regions: Vec<Region>) -> StoreRestoreTarget {
+    StoreRestoreTarget {
+        ident: StoreIdent {
+            cluster_id: 77,
+            store_id,
+            token: 1000 + store_id,
+        },
+        regions,
+        settings: ApplySettings { dedup_window: 1000 },
+        engine_opts: EngineOptions::default(),
+    }
+}
+
+#[test]
+fn a_cluster_backup_holds_every_region_and_restores_them_onto_new_stores() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (store, views) = three_regions(src_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("cluster.rdb");
+    let sections = cluster_backup(&views, &path);
+    let bytes = std::fs::read(&path).unwrap();
+
+    let contents = verify(&path).unwrap();
+    assert_eq!(
+        (contents.version, contents.cluster_id),
+        (2, IDENT.cluster_id)
+    );
+    assert_eq!(contents.file_len, bytes.len() as u64);
+    assert_eq!(contents.checksum, crc32fast::hash(&bytes), "whole-file CRC");
+    let summary: Vec<(u64, u64, u64)> = contents
+        .regions
+        .iter()
+        .map(|r| (r.region.as_ref().unwrap().id, r.index, r.keys))
+        .collect();
+    assert_eq!(summary, vec![(1, 15, 10), (7, 25, 10), (12, 35, 10)]);
+    assert_eq!(contents.keys(), 30);
+    for (r, s) in contents.regions.iter().zip(&sections) {
+        assert_eq!(r.file_len, s.len() as u64);
+    }
+
+    let regions = new_regions(&contents);
+    let dirs: Vec<PathBuf> = (21..=23)
+        .map(|s| out.path().join(format!("store{s}")))
+        .collect();
+    for (dir, store_id) in dirs.iter().zip(21..) {
+        let staged = stage_store(
+            &path,
+            &contents,
+            dir,
+            &store_target(store_id, regions.clone()),
+        )
+        .unwrap();
+        assert!(!dir.exists(), "nothing in place before the commit");
+        let r = staged.commit().unwrap();
+        assert_eq!((r.keys, r.regions.len()), (30, 3));
+    }
+    let user = |e: &Engine| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v = data_cf(e);
+        v.retain(|(k, _)| k[0] == b'd');
+        v
+    };
+    for (dir, store_id) in dirs.iter().zip(21..) {
+        let e = Engine::open(dir).unwrap();
+        e.claim_for_store(store_target(store_id, Vec::new()).ident)
+            .unwrap();
+        assert_eq!(e.region_ids().unwrap(), vec![1, 7, 12]);
+        assert_eq!(user(&e), user(&store), "store {store_id} holds every key");
+        for (i, want) in regions.iter().enumerate() {
+            let view = e.region(want.id).unwrap();
+            assert_eq!(view.region_meta().unwrap().as_ref(), Some(want));
+            view.check_consistency().unwrap();
+            let index = contents.regions[i].index;
+            let log = RaftStorage::open(view.clone(), logger()).unwrap();
+            let state = log.initial_state().unwrap();
+            assert_eq!(state.hard_state.commit, index);
+            assert_eq!(
+                state.conf_state.voters,
+                vec![50 + 3 * i as u64, 51 + 3 * i as u64, 52 + 3 * i as u64]
+            );
+            assert_eq!(log.first_index().unwrap(), index + 1);
+            // Each region's dedup records came along, under its id.
+            let prefix = crate::keys::region_prefix(want.id);
+            let dedup = |e: &Engine| {
+                data_cf(e)
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with(&prefix) && k.get(9) == Some(&b's'))
+                    .count()
+            };
+            assert_eq!(dedup(&e), dedup(&store));
+            assert_eq!(dedup(&e), 10 * (i + 1));
+        }
+    }
+}
+
+#[test]
+fn a_cluster_backup_restores_into_a_config_file_node_as_region_one() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (store, views) = three_regions(src_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("cluster.rdb");
+    cluster_backup(&views, &path);
+    let dir = out.path().join("node1");
+    let r = restore(&path, &dir, &target(1)).unwrap();
+    assert_eq!((r.keys, r.regions.len(), r.regions[0].1), (30, 1, 35));
+    let e = Engine::open(&dir).unwrap();
+    assert_eq!(e.region_ids().unwrap(), vec![1]);
+    let user = |e: &Engine| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v = data_cf(e);
+        v.retain(|(k, _)| k[0] == b'd');
+        v
+    };
+    assert_eq!(user(&e), user(&store));
+    e.region(1).unwrap().check_consistency().unwrap();
+}
+
+#[test]
+fn a_damaged_or_incomplete_cluster_backup_is_refused() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_store, views) = three_regions(src_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("cluster.rdb");
+    let sections = cluster_backup(&views, &path);
+    let good = std::fs::read(&path).unwrap();
+    let header = |n: u32| encode_cluster_header(IDENT.cluster_id, n).to_vec();
+    let mut damaged: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "the last region missing",
+            [header(3), sections[0].clone(), sections[1].clone()].concat(),
+        ),
+        (
+            "a region left out",
+            [header(2), sections[0].clone(), sections[2].clone()].concat(),
+        ),
+        (
+            "regions out of order",
+            [
+                header(3),
+                sections[1].clone(),
+                sections[0].clone(),
+                sections[2].clone(),
+            ]
+            .concat(),
+        ),
+        (
+            "a region twice",
+            [
+                header(4),
+                sections[0].clone(),
+                sections[1].clone(),
+                sections[1].clone(),
+                sections[2].clone(),
+            ]
+            .concat(),
+        ),
+        ("no region", header(0)),
+        (
+            "a region of another cluster",
+            [encode_cluster_header(5, 3).to_vec(), sections.concat()].concat(),
+        ),
+        ("bytes after the end", [good.as_slice(), b"x"].concat()),
+        ("a cut file", good[..good.len() - 5].to_vec()),
+    ];
+    for at in [
+        10,
+        21,
+        CLUSTER_HEADER_LEN as usize + 5,
+        CLUSTER_HEADER_LEN as usize + sections[0].len() + 70,
+    ] {
+        let mut b = good.clone();
+        b[at] ^= 0x01;
+        damaged.push(("a flipped bit", b));
+    }
+    let contents = verify(&path).unwrap();
+    let regions = new_regions(&contents);
+    for (what, bytes) in damaged {
+        let bad = out.path().join("bad.rdb");
+        std::fs::write(&bad, &bytes).unwrap();
+        let r = verify(&bad);
+        assert!(matches!(r, Err(Error::BadBackup(_))), "{what}: {r:?}");
+        // A file changed after its check is refused too, and leaves nothing behind.
+        let dir = out.path().join("store");
+        let r = stage_store(&bad, &contents, &dir, &store_target(21, regions.clone()));
+        assert!(matches!(r, Err(Error::BadBackup(_))), "{what}");
+        assert!(
+            !dir.exists() && !out.path().join("store.restoring").exists(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_store_restore_refuses_other_regions_and_leaves_nothing_uncommitted() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_store, views) = three_regions(src_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("cluster.rdb");
+    cluster_backup(&views, &path);
+    let contents = verify(&path).unwrap();
+    let dir = out.path().join("store");
+    let mut regions = new_regions(&contents);
+    regions[1].start_key = b"k15".to_vec();
+    let r = stage_store(&path, &contents, &dir, &store_target(21, regions));
+    assert!(matches!(r, Err(Error::BadBackup(_))), "another range");
+    let r = stage_store(
+        &path,
+        &contents,
+        &dir,
+        &store_target(21, new_regions(&contents)[..2].to_vec()),
+    );
+    assert!(matches!(r, Err(Error::BadBackup(_))), "fewer regions");
+    assert!(!dir.exists());
+    // Staged but not committed (the cluster could not be recorded): nothing is left.
+    let staged = stage_store(
+        &path,
+        &contents,
+        &dir,
+        &store_target(21, new_regions(&contents)),
+    )
+    .unwrap();
+    assert!(out.path().join("store.restoring").exists());
+    drop(staged);
+    assert!(!out.path().join("store.restoring").exists() && !dir.exists());
 }
