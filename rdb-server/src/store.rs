@@ -197,6 +197,8 @@ struct Outbox<'a> {
     peers: Vec<(u64, u64)>,
     /// The stores of peers heard from (all an uninitialized region knows).
     heard: &'a HashMap<u64, u64>,
+    /// Sends a message now, or gives it back to be returned in [`StoreOutput::messages`].
+    send: &'a mut dyn FnMut(RegionMessage) -> Option<RegionMessage>,
     out: &'a mut Vec<RegionMessage>,
 }
 
@@ -212,13 +214,16 @@ impl MessageSink for Outbox<'_> {
             let Some(to_store) = known.or_else(|| self.heard.get(&msg.to).copied()) else {
                 continue;
             };
-            self.out.push(RegionMessage {
+            let m = RegionMessage {
                 region_id: self.region_id,
                 from_store: self.from_store,
                 to_store,
                 epoch: self.epoch,
                 msg,
-            });
+            };
+            if let Some(m) = (self.send)(m) {
+                self.out.push(m);
+            }
         }
     }
 }
@@ -626,17 +631,18 @@ impl StoreCore {
     ///
     /// A storage error is returned and must end the store: it cannot persist.
     pub fn advance(&mut self) -> Result<StoreOutput, CoreError> {
-        self.advance_sending(&mut |_| {})
+        self.advance_sending(&mut Some)
     }
 
-    /// [`StoreCore::advance`], handing `send` the messages that need not wait for this turn's
-    /// write (a leader's appends and heartbeats) before the write, so that followers write
-    /// their copy while the leader writes its own (raft-rs allows it: a leader counts its own
-    /// entries only once they are persisted). `send` takes them out of the batch it is given;
-    /// what it leaves there is returned in [`StoreOutput::messages`] with the rest.
+    /// [`StoreCore::advance`], handing each message to `send` as soon as raft-rs lets it go,
+    /// as a node of one group sends them: a leader's appends before the turn's write (so that
+    /// followers write their copy while the leader writes its own: a leader counts its own
+    /// entries only once persisted), and a follower's answers right after the write, before
+    /// the entries are applied. A message `send` gives back is returned in
+    /// [`StoreOutput::messages`].
     pub fn advance_sending(
         &mut self,
-        send: &mut dyn FnMut(&mut Vec<RegionMessage>),
+        send: &mut dyn FnMut(RegionMessage) -> Option<RegionMessage>,
     ) -> Result<StoreOutput, CoreError> {
         let mut out = StoreOutput::default();
         if self.garbage.first().is_some_and(|g| g.0 <= self.ticks) {
@@ -653,7 +659,7 @@ impl StoreCore {
         let mut owed = false;
         for (&id, r) in self.regions.iter_mut() {
             let RegionPeer { core, heard, .. } = r;
-            let mut outbox = outbox(id, self.store_id, core, heard, &mut out.messages);
+            let mut outbox = outbox(id, self.store_id, core, heard, send, &mut out.messages);
             let p = core.begin_advance(&mut outbox, false)?;
             if p.as_ref().is_some_and(|p| p.needs_sync()) {
                 owed = true;
@@ -661,7 +667,6 @@ impl StoreCore {
             }
             pending.push((id, p));
         }
-        send(&mut out.messages);
         // Every region's entries and hard states of this turn, in one write: synced if any
         // region needs it (new entries, term or vote), before anything depending on them.
         let started = std::time::Instant::now();
@@ -680,7 +685,7 @@ impl StoreCore {
                 continue;
             };
             let RegionPeer { core, heard, .. } = &mut *r;
-            let mut outbox = outbox(id, self.store_id, core, heard, &mut out.messages);
+            let mut outbox = outbox(id, self.store_id, core, heard, send, &mut out.messages);
             let o = core.finish_advance(p, &mut outbox)?;
             if o.snapshot_applied {
                 info!(self.logger, "region installed a snapshot"; "region" => id,
@@ -801,6 +806,7 @@ fn outbox<'a>(
     from_store: u64,
     core: &RegionCore,
     heard: &'a HashMap<u64, u64>,
+    send: &'a mut dyn FnMut(RegionMessage) -> Option<RegionMessage>,
     out: &'a mut Vec<RegionMessage>,
 ) -> Outbox<'a> {
     let meta = core.replica().app().region();
@@ -812,6 +818,7 @@ fn outbox<'a>(
             .map(|m| m.peers.iter().map(|p| (p.id, p.store_id)).collect())
             .unwrap_or_default(),
         heard,
+        send,
         out,
     }
 }

@@ -115,19 +115,15 @@ impl StoreTask {
                 m.reads_per_round.observe(self.reads_this_turn as f64);
                 self.reads_this_turn = 0;
             }
-            // Messages that need not wait for the turn's write go before it (see
-            // `StoreCore::advance_sending`); the rest, and any for a store with no address
-            // here yet, after it.
+            // Each message goes as soon as raft-rs lets it (see `StoreCore::advance_sending`);
+            // one for a store with no address here yet comes back, for `dispatch`.
             let transport = &mut self.transport;
-            let advanced = self.core.advance_sending(&mut |msgs| {
-                msgs.retain_mut(|m| {
-                    if !transport.knows(m.to_store) {
-                        return true;
-                    }
-                    let msg = std::mem::take(&mut m.msg);
-                    transport.send_region(m.to_store, m.region_id, msg);
-                    false
-                })
+            let advanced = self.core.advance_sending(&mut |m| {
+                if !transport.knows(m.to_store) {
+                    return Some(m);
+                }
+                transport.send_region(m.to_store, m.region_id, m.msg);
+                None
             });
             match advanced {
                 Ok(out) => {
