@@ -454,6 +454,15 @@ impl RaftStorage {
         Ok(())
     }
 
+    /// Whether the thread of an install started by [`RaftStorage::start_snapshot_install`] is
+    /// still writing (a simulation waits for it, so that a seed replays alike).
+    pub fn install_running(&self) -> bool {
+        self.installing
+            .as_ref()
+            .and_then(|i| i.handle.as_ref())
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Whether no install started by [`RaftStorage::start_snapshot_install`] is under way any
     /// more. When one just ended, this storage takes the snapshot's Raft state (as
     /// [`RaftStorage::apply_snapshot`] leaves it) before answering true; an install that failed
