@@ -6,7 +6,8 @@
 //!   request bookkeeping), free of clocks, threads and RPC; generic over its stores.
 //! - [`stores`]: the RocksDB log store and KV state machine as the core's stores.
 //! - [`store`]: a PD-mode store: many regions (Raft groups) over one RocksDB, driven as one.
-//! - [`sim`]: the in-memory cluster that tests the core under faults, seed by seed.
+//! - [`sim`]: the linearizability checker, and (in test builds) the seeded simulation of
+//!   stores under faults that uses it.
 //! - [`router`]: the typed messages the node task reads.
 //! - [`node`]: the node task that wraps the core with tokio, a clock and RocksDB chores.
 //! - [`transport`]: Raft messages to peers over tonic.
