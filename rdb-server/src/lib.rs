@@ -7,7 +7,8 @@
 //! - [`stores`]: the RocksDB log store and KV state machine as the core's stores.
 //! - [`store`]: a store: regions (Raft groups) over one RocksDB, driven as one; a config-file
 //!   node is a store hosting region 1 with no PD, a PD-mode store hosts regions that split.
-//! - [`sim`]: the in-memory cluster that tests the core under faults, seed by seed.
+//! - [`sim`]: the linearizability checker, and (in test builds) the seeded simulation of
+//!   stores under faults that uses it.
 //! - [`router`]: the typed messages the node task reads.
 //! - [`node`]: the task of a process of one group (a PD node): the core with tokio and a clock.
 //! - [`transport`]: Raft messages to peers over tonic.

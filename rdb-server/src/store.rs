@@ -124,7 +124,8 @@ struct RegionPeer {
     /// The store of every peer heard from: an uninitialized region has no meta to say where
     /// its leader is, yet must answer it.
     heard: HashMap<u64, u64>,
-    /// Ticks in a row without a known leader.
+    /// Ticks in a row in which no message came from the leader (while not leading): no
+    /// leader is known, or the known one stopped sending (as it does to a peer it removed).
     leaderless: u64,
 }
 
@@ -178,7 +179,9 @@ pub const GARBAGE_TICKS: u64 = 600;
 const MAX_UNINIT: usize = 256;
 /// Regions asked about at once (see [`StoreOutput::confirm`]).
 const MAX_ASKED: usize = 64;
-/// Ticks without a leader after which a hosted region is asked about (and again as often).
+/// Ticks without a message from a leader after which a hosted region is asked about (and
+/// again as often): a learner never campaigns, so one removed without hearing so still names
+/// its old leader.
 const LEADERLESS_ASK_TICKS: u64 = 40;
 /// Ticks before a region is asked about again.
 const ASK_AGAIN_TICKS: u64 = 10;
@@ -446,13 +449,13 @@ impl StoreCore {
         let mut leaderless = Vec::new();
         for (&id, r) in self.regions.iter_mut() {
             r.core.tick();
-            if r.core.replica().leader_id() == 0 {
+            if r.core.replica().is_leader() {
+                r.leaderless = 0;
+            } else {
                 r.leaderless += 1;
                 if r.leaderless % LEADERLESS_ASK_TICKS == 0 {
                     leaderless.push(id);
                 }
-            } else {
-                r.leaderless = 0;
             }
         }
         // A peer with no leader for long may have been removed without hearing so: PD knows.

@@ -108,8 +108,13 @@ impl Drop for ClosedFlag {
 /// `db` drops first, waiting for RocksDB's background work, then `closed`).
 struct Database {
     db: DB,
+    /// Called after every synced write (see [`Engine::on_synced_write`]).
+    on_synced: std::sync::OnceLock<SyncObserver>,
     _closed: ClosedFlag,
 }
+
+/// What [`Engine::on_synced_write`] calls.
+type SyncObserver = Box<dyn Fn() + Send + Sync>;
 
 impl std::ops::Deref for Database {
     type Target = DB;
@@ -122,17 +127,32 @@ impl std::ops::Deref for Database {
 /// RocksDB's background work finished), for at most `timeout`. Returns the paths of those still
 /// open (none after a clean stop).
 pub fn wait_all_closed(timeout: Duration) -> Vec<PathBuf> {
+    wait_closed_where(timeout, |_| true)
+}
+
+/// Waits until the database at `path` is closed, for at most `timeout`; whether it is. A
+/// simulated power loss cuts the files only then.
+pub fn wait_closed(path: &Path, timeout: Duration) -> bool {
+    wait_closed_where(timeout, |p| p == path).is_empty()
+}
+
+/// Waits until every database opened at a path `which` selects is closed; those still open.
+fn wait_closed_where(timeout: Duration, which: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let deadline = Instant::now() + timeout;
     loop {
         let open: Vec<PathBuf> = {
             let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
             opened.retain(|(_, closed)| !closed.load(Ordering::Acquire));
-            opened.iter().map(|(p, _)| p.clone()).collect()
+            opened
+                .iter()
+                .filter(|(p, _)| which(p))
+                .map(|(p, _)| p.clone())
+                .collect()
         };
         if open.is_empty() || Instant::now() >= deadline {
             return open;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -278,6 +298,7 @@ impl Engine {
         Ok(Engine {
             db: Arc::new(Database {
                 db,
+                on_synced: std::sync::OnceLock::new(),
                 _closed: ClosedFlag(closed),
             }),
             space: Space::Node,
@@ -438,8 +459,18 @@ impl Engine {
         self.db.write_opt(batch, &wo)?;
         if let Some(w) = written {
             self.dedup.synced(w);
+            if let Some(observe) = self.db.on_synced.get() {
+                observe();
+            }
         }
         Ok(())
+    }
+
+    /// Calls `observe` after every synced write to the database, from the writing thread: what
+    /// is on disk then is what a power loss keeps (a simulation records it, see
+    /// `rdb-server`'s `sim`). Set once per open database; false if one was set already.
+    pub fn on_synced_write(&self, observe: impl Fn() + Send + Sync + 'static) -> bool {
+        self.db.on_synced.set(Box::new(observe)).is_ok()
     }
 
     /// Records that this directory belongs to a process of `kind`, or checks that it does:

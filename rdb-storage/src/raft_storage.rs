@@ -454,6 +454,15 @@ impl RaftStorage {
         Ok(())
     }
 
+    /// Whether the thread of an install started by [`RaftStorage::start_snapshot_install`] is
+    /// still writing (a simulation waits for it, so that a seed replays alike).
+    pub fn install_running(&self) -> bool {
+        self.installing
+            .as_ref()
+            .and_then(|i| i.handle.as_ref())
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Whether no install started by [`RaftStorage::start_snapshot_install`] is under way any
     /// more. When one just ended, this storage takes the snapshot's Raft state (as
     /// [`RaftStorage::apply_snapshot`] leaves it) before answering true; an install that failed
@@ -650,7 +659,12 @@ impl raft::Storage for RaftStorage {
                 return Err(unavailable());
             }
         };
-        if let Some(snap) = slot.ready_for(request_index.max(self.truncated.0), version) {
+        // A snapshot built before `to` joined does not name it: raft-rs there ignores it, and
+        // would be sent it again and again. A new build has the membership that added it.
+        let ready = slot
+            .ready_for(request_index.max(self.truncated.0), version)
+            .filter(|s| names(s.get_metadata().get_conf_state(), to));
+        if let Some(snap) = ready {
             return Ok(snap);
         }
         if slot.start_building() {
@@ -666,6 +680,18 @@ impl raft::Storage for RaftStorage {
         }
         Err(unavailable())
     }
+}
+
+/// Whether `id` is a member (voter or learner, either half of a joint configuration) of `cs`.
+fn names(cs: &ConfState, id: u64) -> bool {
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
 }
 
 /// The first phase of an install: verifies the snapshot's file (a bad one, or a `stop`, changes

@@ -70,6 +70,11 @@ impl SnapshotSlot {
             .map(|(s, _)| s.clone())
     }
 
+    /// Whether a build is running (a simulation waits for it, so that a seed replays alike).
+    pub fn is_building(&self) -> bool {
+        self.building
+    }
+
     /// Marks a build as started; false if one is already running.
     pub fn start_building(&mut self) -> bool {
         if self.building {

@@ -1,11 +1,11 @@
-//! An in-memory log store and KV application over one simulated disk, for the simulation.
+//! An in-memory log store and KV application over one simulated disk, for the core's tests.
 //!
 //! [`MemDisk`] models what RocksDB's write-ahead log promises: writes become visible at once
 //! and in order; a synced write makes itself and everything before it durable; a crash keeps
 //! the durable state plus some prefix of the unsynced writes (torn at a write boundary, never
 //! inside one). [`MemLog`] and [`MemKv`] are the two halves the core sees, like `RaftStorage`
 //! and `StateMachine` over one RocksDB. The KV half runs `rdb_storage`'s own command logic
-//! ([`rdb_storage::apply_command`]), so the simulation applies exactly what the server does.
+//! ([`rdb_storage::apply_command`]), so the tests apply exactly what the server does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -396,10 +396,8 @@ impl LogStore for MemLog {
 pub struct MemKv {
     disk: MemDisk,
     dedup_window: u64,
-    /// Test-only bug: treat every command as carrying no request id, so a retry applies again.
-    pub forget_request_ids: bool,
     /// Apply calls between two runs of the modelled compaction (see
-    /// [`DiskState::drop_dead_records`]); the simulation picks it per node.
+    /// [`DiskState::drop_dead_records`]).
     pub compact_every: u32,
     applies: u32,
 }
@@ -410,7 +408,6 @@ impl MemKv {
         MemKv {
             disk,
             dedup_window: dedup_window.max(1),
-            forget_request_ids: false,
             compact_every: 1,
             applies: 0,
         }
@@ -466,10 +463,7 @@ impl Application for MemKv {
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if !e.data.is_empty() => {
                     Some(match Command::decode(e.data.as_ref()) {
-                        Ok(mut cmd) => {
-                            if self.forget_request_ids {
-                                cmd.client_id = 0;
-                            }
+                        Ok(cmd) => {
                             rdb_storage::apply_command(&mut b, cmd, e.index, self.dedup_window)
                                 .map_err(CoreError::storage)?
                         }

@@ -5,14 +5,16 @@
 //! - [`Core`]: a replica plus the bookkeeping of client requests: proposals tracked by
 //!   (index, term), ReadIndex rounds batched per turn, answers on apply, and failing what is in
 //!   flight when leadership is lost.
-//! - [`mem`]: an in-memory log store and KV application with a crash model, for simulation.
+//! - [`mem`]: an in-memory log store and KV application with a crash model, for the core's
+//!   tests.
 //!
 //! The core is driven by inputs (a tick, a peer message, a client request, a transport report)
 //! and [`Core::advance`], which persists through the log store, applies through the
 //! application and returns an [`Output`]: replies to clients and what the caller may do in the
 //! background. Messages to peers leave through a [`MessageSink`]. Time is counted in ticks, so
 //! a test decides when time passes. The server (`node.rs`) wraps it with tokio, RocksDB and
-//! gRPC; the simulation (`sim`) wraps it with an in-memory network and disks.
+//! gRPC; the store (`store.rs`) runs one per region, and the simulation (`sim`) drives stores
+//! over a simulated network.
 
 mod replica;
 mod requests;

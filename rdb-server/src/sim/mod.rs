@@ -1,36 +1,48 @@
-//! An in-memory cluster that runs the Raft core under faults, reproducibly from one seed.
+//! Stores in one process under faults, reproducibly from one seed.
 //!
-//! Nodes are [`Core`]s over [`MemLog`] and [`MemKv`] (the KV logic of `rdb_storage`). One
-//! seeded generator decides everything: message delays, drops, duplicates and reordering;
-//! partitions; crashes that lose a random tail of each disk's unsynced writes (one node, or
-//! every node at once, as in a power loss); paused processes; clocks that run slow; and the
-//! clients' operations and retries. Time is counted in steps (ten per tick); nothing reads the
-//! wall clock, so a seed replays exactly.
+//! Every node is a [`StoreCore`](crate::store::StoreCore) over a RocksDB directory of its own
+//! (on `/dev/shm` when there is one), as the server runs it, in one of the two shapes of a
+//! cluster ([`Mode`]):
 //!
-//! Each run records the clients' history, heals every fault at the end, waits for the replicas
-//! to converge, reads every key once more, then checks: the history is linearizable
-//! ([`linearizability`]), and every replica holds the same bytes at the same applied index.
-//! A panic anywhere in the core is a failure too.
+//! - a config-file cluster: every store hosts region 1 (every key), store id = peer id, no PD;
+//!   a spare store joins through membership changes and gets region 1 from its leader;
+//! - PD-mode stores: regions split at random keys and move between stores (a learner added
+//!   on another store, promoted, a peer removed), ids drawn as PD draws them.
+//!
+//! One seeded generator decides everything: message delays, drops, duplicates and
+//! reordering; partitions; process crashes (the store is dropped and opened again from its
+//! directory: what it wrote is kept, as a process that dies keeps what reached the OS) and
+//! power losses (one store or every store: the newest write-ahead log loses a random part of
+//! what was written to it after its last sync, see `world::disk`); paused processes; clocks
+//! that run slow; leadership handovers; compactions; and the clients' operations and retries.
+//! Time is counted in steps (ten per tick); nothing reads the wall clock. Snapshot builds and
+//! installs run on threads of their own: the world waits for each before it goes on, so a seed
+//! replays alike.
+//!
+//! Each run records the clients' history, heals every fault at the end, waits for every
+//! region to converge, reads every key once more, then checks: the history is linearizable
+//! ([`linearizability`]; an acknowledged write that is lost shows there), and within each
+//! region every replica holds the same data, the same live dedup records and the same
+//! applied index. A panic anywhere in the stores is a failure too.
 
 pub mod linearizability;
+#[cfg(test)]
 mod world;
 
 #[cfg(test)]
 mod tests;
 
-pub use world::{run, Failure, Scenario, Stats};
+#[cfg(test)]
+pub use world::{run, Failure, Mode, Scenario, Stats};
 
-use crate::raft_core::mem::{MemKv, MemLog};
-use crate::raft_core::{Core, PlantedBugs};
-
-/// The core as the simulation runs it.
-pub type SimCore = Core<MemLog, MemKv>;
+use crate::raft_core::PlantedBugs;
 
 /// Deliberate bugs a scenario can plant (see `tests.rs`: each must be caught).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Planted {
-    /// The core's own planted bugs.
+    /// The cores' own planted bugs, in every region (through the store's core template).
     pub core: PlantedBugs,
-    /// The KV application applies a retried write again (drops request ids).
-    pub apply_retries_twice: bool,
+    /// Clients send each retry of a write with a new request id, so a retried write that
+    /// had applied applies again.
+    pub retries_with_new_ids: bool,
 }

@@ -1,6 +1,7 @@
 //! The simulation as tests: `cargo test -p rdb-server simulation`.
 //!
-//! - `simulation_seeds_*`: the default run, 200 seeds in four parallel tests.
+//! - `simulation_seeds_*`: the default run, 200 seeds (config-file clusters and PD-mode
+//!   stores, about half each) in four parallel tests.
 //! - `simulation_catches_*`: each planted bug must make some seed of the default run fail.
 //! - `simulation_replay`: `RDB_SIM_SEED=S [RDB_SIM_TICKS=T]` replays one seed with its trace.
 //! - `simulation_long` (ignored): `RDB_SIM_MINUTES=N` runs fresh seeds for N minutes.
@@ -58,6 +59,9 @@ fn run_seeds(from: u64, to: u64, planted: Planted) -> Result<Stats, Box<Failure>
         total.late_retries += stats.late_retries;
         total.member_changes += stats.member_changes;
         total.removed += stats.removed;
+        total.regions += stats.regions;
+        total.moved_retries += stats.moved_retries;
+        total.lost_bytes += stats.lost_bytes;
     }
     Ok(total)
 }
@@ -68,8 +72,9 @@ fn default_part(part: u64) {
     match run_seeds(part * per, (part + 1) * per, Planted::default()) {
         Ok(t) => eprintln!(
             "seeds {}..{}: {} operations checked ({} succeeded), {} entries applied, {} faults, \
-             {} snapshots installed, {} retries past half the dedup window, {} membership \
-             changes applied, {} nodes removed, {:?}",
+             {} snapshots delivered, {} retries past half the dedup window, {} retries to \
+             another region than the earlier attempts, {} membership changes applied, {} peers \
+             removed, {} regions at the end, {} unsynced log bytes lost to power cuts, {:?}",
             part * per,
             (part + 1) * per,
             t.ops,
@@ -78,8 +83,11 @@ fn default_part(part: u64) {
             t.faults,
             t.snapshots,
             t.late_retries,
+            t.moved_retries,
             t.member_changes,
             t.removed,
+            t.regions,
+            t.lost_bytes,
             started.elapsed()
         ),
         Err(f) => panic!("{}", report(&f)),
@@ -164,7 +172,7 @@ fn simulation_catches_follower_reads_before_apply() {
 fn simulation_catches_retries_applied_twice() {
     must_catch(
         Planted {
-            apply_retries_twice: true,
+            retries_with_new_ids: true,
             ..Default::default()
         },
         "retried write applied twice",

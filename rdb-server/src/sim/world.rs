@@ -1,43 +1,60 @@
-//! The simulated world: nodes, disks, network, and the checks at the end. Clients are in
-//! [`clients`], faults in [`faults`].
+//! The simulated world: stores, their disks and the network. Clients are in [`clients`],
+//! faults in [`faults`], the crash model of a store's directory in [`disk`], convergence and
+//! the checks at the end in [`checks`].
 
+mod checks;
 mod clients;
+mod disk;
 mod faults;
 
 use clients::Client;
+use disk::StoreDisk;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
 
-use prost::Message as _;
-use raft::prelude::{Message, MessageType};
+use raft::prelude::MessageType;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rdb_proto::command::Command;
+use rdb_storage::region::{self, Peer, Region, RegionEpoch};
 use rdb_storage::CommandResult;
 
-use super::linearizability::{self, CheckResult, Op, Operation};
-use super::{Planted, SimCore};
-use crate::raft_core::mem::{MemDisk, MemKv, MemLog};
-use crate::raft_core::{Answer, Core, CoreConfig, Refusal, ReplicaConfig};
+use super::linearizability::{Op, Operation};
+use super::Planted;
+use crate::raft_core::{Answer, CoreConfig, Refusal, ReplicaConfig, RequestId};
+use crate::store::{RegionMessage, StoreCore};
 
 /// Steps per tick: messages are delayed by a number of steps, so they can arrive between ticks.
 const STEPS_PER_TICK: u64 = 10;
-/// Election timeout in ticks (each node's is fixed per life within [10, 20)).
+/// Election timeout in ticks (each store's is fixed per life within [10, 20)).
 const ELECTION_TICKS: usize = 10;
 /// How many steps the end of a run may take to heal and converge.
 const HEAL_STEPS: u64 = 40_000;
+/// How long a snapshot build or install on its own thread may take before the run fails.
+const BACKGROUND_BOUND: Duration = Duration::from_secs(20);
+
+/// The shape of the cluster a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A config-file cluster: every store hosts region 1 (every key), store id = peer id, no
+    /// PD; membership changes add the spare store and remove voters.
+    Cluster,
+    /// PD-mode stores: regions split and move between stores (new peer ids for each move).
+    Pd,
+}
 
 /// One scenario: a seed and the knobs it decided.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     /// Seeds every random choice of the run.
     pub seed: u64,
-    /// Voters in the group.
-    pub nodes: usize,
+    /// The shape of the cluster.
+    pub mode: Mode,
+    /// Stores hosting region 1 at the start.
+    pub stores: usize,
     /// Concurrent clients.
     pub clients: usize,
     /// Keys they use.
@@ -58,9 +75,9 @@ pub struct Scenario {
     pub snapshot_threshold: u64,
     /// Deliberate bugs.
     pub planted: Planted,
-    /// A spare node (id `nodes + 1`, starting with no membership) exists, and faults include
-    /// membership changes: adding it as a learner, promoting it, removing voters (the leader
-    /// too), one step or a joint change at a time.
+    /// A spare store (id `stores + 1`, hosting nothing at first) exists, and faults include
+    /// membership changes: adding a learner on a store without a peer of the region,
+    /// promoting it, removing voters (the leader too), one step or a joint change at a time.
     pub membership: bool,
 }
 
@@ -68,18 +85,27 @@ impl Scenario {
     /// The scenario seed `seed` stands for.
     pub fn from_seed(seed: u64) -> Scenario {
         let mut r = StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
-        let clients = r.gen_range(2..=5);
+        let mode = if r.gen_bool(0.5) {
+            Mode::Cluster
+        } else {
+            Mode::Pd
+        };
         Scenario {
             seed,
-            nodes: if r.gen_bool(0.75) { 3 } else { 5 },
-            clients,
+            mode,
+            stores: if mode == Mode::Cluster && r.gen_bool(0.25) {
+                5
+            } else {
+                3
+            },
+            clients: r.gen_range(2..=5),
             keys: r.gen_range(1..=4),
-            ticks: r.gen_range(300..=900),
+            ticks: r.gen_range(200..=500),
             max_delay: r.gen_range(1..=30),
             drop_per_mille: *[0, 0, 10, 50, 150].choose(&mut r).unwrap_or(&0),
             dup_per_mille: *[0, 10, 50].choose(&mut r).unwrap_or(&0),
             fault_every: r.gen_range(15..=60),
-            // Tight windows make retries land near the edge (see `Client::may_retry`).
+            // Tight windows make retries land near the edge (see `World::within_window`).
             dedup_window: if r.gen_bool(0.5) {
                 r.gen_range(60..=160)
             } else {
@@ -101,19 +127,26 @@ pub struct Stats {
     pub ok: usize,
     /// Faults injected.
     pub faults: usize,
-    /// Snapshots installed.
+    /// Snapshots delivered to a store.
     pub snapshots: usize,
-    /// Final applied index.
+    /// Final applied indexes, summed over regions.
     pub applied: u64,
-    /// Retries of writes that may have applied, sent when the log had already moved more
-    /// than half the dedup window past where the first attempt could have landed.
+    /// Retries of writes that may have applied, sent when a region's log had already moved
+    /// more than half the dedup window past where the first attempt could have landed.
     pub late_retries: usize,
+    /// Retries of writes that may have applied, sent to another region than every earlier
+    /// attempt (a split or a move took the key meanwhile).
+    pub moved_retries: usize,
+    /// Regions at the end.
+    pub regions: usize,
+    /// Membership changes that applied (answered to the store that proposed them).
+    pub member_changes: usize,
+    /// Peers removed from their store.
+    pub removed: usize,
+    /// Bytes of write-ahead log that power cuts lost.
+    pub lost_bytes: u64,
     /// A hash of the history and final data: the same seed must give the same fingerprint.
     pub fingerprint: u64,
-    /// Membership changes that applied (answered to the node that proposed them).
-    pub member_changes: usize,
-    /// Nodes removed that stopped for good.
-    pub removed: usize,
 }
 
 /// Why a run failed, with what is needed to replay it.
@@ -139,45 +172,44 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Runs one scenario to its checks. A panic inside the core is caught and reported as a failure.
+/// Runs one scenario to its checks. A panic inside a store is caught and reported as a failure.
 pub fn run(sc: &Scenario) -> Result<Stats, Box<Failure>> {
-    let sc2 = sc.clone();
-    let mut trace = Vec::new();
+    let trace = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (sc2, t2) = (sc.clone(), trace.clone());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut w = World::new(sc2);
+        let mut w = World::new(sc2)?;
         let r = w.run();
-        (r, std::mem::take(&mut w.trace))
+        *t2.lock().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut w.trace);
+        r
     }));
-    match result {
-        Ok((Ok(stats), _)) => Ok(stats),
-        Ok((Err(reason), t)) => {
-            trace = t;
-            Err(Box::new(Failure {
-                scenario: sc.clone(),
-                reason,
-                trace,
-            }))
-        }
+    let reason = match result {
+        Ok(Ok(stats)) => return Ok(stats),
+        Ok(Err(reason)) => reason,
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".into());
-            Err(Box::new(Failure {
-                scenario: sc.clone(),
-                reason: format!("panic: {msg}"),
-                trace,
-            }))
+            format!("panic: {msg}")
         }
-    }
+    };
+    let trace = std::mem::take(&mut *trace.lock().unwrap_or_else(|p| p.into_inner()));
+    Err(Box::new(Failure {
+        scenario: sc.clone(),
+        reason,
+        trace,
+    }))
 }
 
-/// A client request as it travels.
+/// A client request as it travels: the region and epoch it was routed to, the key, and for a
+/// write the command.
 #[derive(Debug, Clone)]
-enum Req {
-    Write(Command),
-    Read(String),
+struct Req {
+    region: u64,
+    epoch: RegionEpoch,
+    key: String,
+    write: Option<Command>,
 }
 
 /// A reply as it travels back.
@@ -185,14 +217,18 @@ enum Req {
 enum Rep {
     Written(CommandResult),
     Value(Option<String>),
+    /// Not the leader: the store of the leader the refusing store knows of.
+    NotLeader(Option<u64>),
     Refused(Refusal),
+    /// The store does not route the request to that region (moved, split, not here).
+    Region,
 }
 
 #[derive(Debug)]
 enum Envelope {
-    Raft(Message),
+    Raft(RegionMessage),
     Request {
-        node: usize,
+        store: usize,
         client: usize,
         attempt: (u64, u64),
         req: Req,
@@ -205,33 +241,34 @@ enum Envelope {
 }
 
 enum Input {
-    Raft(Message),
+    Raft(RegionMessage),
     Request {
         client: usize,
         attempt: (u64, u64),
         req: Req,
     },
     SnapshotReport {
+        region: u64,
         to: u64,
         ok: bool,
     },
     Unreachable {
-        to: u64,
+        store: u64,
     },
 }
 
-/// A client request inside a node's core: the client, its attempt, what a read reads.
-type InCore = (usize, (u64, u64), Option<String>);
+/// A client request inside a store: the client, its attempt, what a read reads.
+type InStore = (usize, (u64, u64), Option<String>);
 
 struct Node {
-    disk: MemDisk,
-    core: Option<SimCore>,
+    /// Declared before its disk: the database closes before the directory goes.
+    store: Option<StoreCore>,
+    disk: StoreDisk,
     inbox: Vec<Input>,
     paused_until: u64,
     slow_until: u64,
     restart_at: Option<u64>,
-    /// Requests in the core: id -> (client, attempt, what a read reads).
-    requests: BTreeMap<u64, InCore>,
+    requests: BTreeMap<RequestId, InStore>,
 }
 
 struct World {
@@ -247,45 +284,47 @@ struct World {
     clients: Vec<Client>,
     history: Vec<Operation>,
     next_request: u64,
+    /// Region and peer ids, drawn as PD draws them (PD mode).
+    next_id: u64,
     stats: Stats,
     trace: Vec<String>,
     healing: bool,
-    /// Nodes that stopped for good: they applied their own removal, or a peer that knows they
-    /// were removed refused them (as the peer service does).
-    removed: BTreeSet<usize>,
+    /// Stores that hosted a peer of region 1 (a config-file cluster's nodes, which join once).
+    joined: BTreeSet<u64>,
 }
 
-fn node_index(id: u64) -> usize {
+fn store_index(id: u64) -> usize {
     id as usize - 1
 }
 
 impl World {
-    fn new(sc: Scenario) -> World {
+    fn new(sc: Scenario) -> Result<World, String> {
         let rng = StdRng::seed_from_u64(sc.seed);
-        let voters: Vec<u64> = (1..=sc.nodes as u64).collect();
         let spare = usize::from(sc.membership);
-        let nodes = (0..sc.nodes + spare)
-            .map(|i| Node {
-                // The spare joins later: no membership of its own until a snapshot brings it.
-                disk: MemDisk::bootstrap(if i < sc.nodes { &voters } else { &[] }),
-                core: None,
-                inbox: Vec::new(),
-                paused_until: 0,
-                slow_until: 0,
-                restart_at: Some(0),
-                requests: BTreeMap::new(),
+        let nodes = (0..sc.stores + spare)
+            .map(|_| {
+                Ok(Node {
+                    store: None,
+                    disk: StoreDisk::new()?,
+                    inbox: Vec::new(),
+                    paused_until: 0,
+                    slow_until: 0,
+                    restart_at: None,
+                    requests: BTreeMap::new(),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         let clients = (0..sc.clients)
             .map(|i| Client {
-                target: i % sc.nodes,
+                target: i % sc.stores,
                 pending: None,
                 next_seq: 1,
                 idle_until: 0,
                 script: None,
             })
             .collect();
-        World {
+        let sc_stores = sc.stores as u64;
+        let mut w = World {
             sc,
             rng,
             now: 0,
@@ -298,11 +337,49 @@ impl World {
             clients,
             history: Vec::new(),
             next_request: 1,
+            next_id: 1000,
             stats: Stats::default(),
             trace: Vec::new(),
             healing: false,
-            removed: BTreeSet::new(),
+            joined: (1..=sc_stores).collect(),
+        };
+        // Region 1 on the first stores: a config-file cluster's peers are its node ids; PD
+        // draws ids for a PD-mode cluster's.
+        let peers: Vec<Peer> = (1..=w.sc.stores as u64)
+            .map(|s| Peer {
+                id: match w.sc.mode {
+                    Mode::Cluster => s,
+                    Mode::Pd => w.draw_id(),
+                },
+                store_id: s,
+                learner: false,
+            })
+            .collect();
+        let one = Region {
+            id: 1,
+            start_key: Vec::new(),
+            end_key: Vec::new(),
+            epoch: Some(RegionEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            peers,
+        };
+        for i in 0..w.nodes.len() {
+            w.start(i)?;
+            if i < w.sc.stores {
+                if let Some(s) = &mut w.nodes[i].store {
+                    s.create_region(&one)
+                        .map_err(|e| format!("s{} cannot create region 1: {e}", i + 1))?;
+                }
+            }
         }
+        Ok(w)
+    }
+
+    fn draw_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
     }
 
     fn core_config(&mut self, id: u64) -> CoreConfig {
@@ -325,17 +402,14 @@ impl World {
     }
 
     fn start(&mut self, i: usize) -> Result<(), String> {
-        let cfg = self.core_config(i as u64 + 1);
-        let disk = self.nodes[i].disk.clone();
-        let mut app = MemKv::open(disk.clone(), self.sc.dedup_window);
-        app.forget_request_ids = self.sc.planted.apply_retries_twice;
-        // Compaction drops dead dedup records at its own pace on each replica.
-        app.compact_every = self.rng.gen_range(1..=6);
+        let id = i as u64 + 1;
+        let cfg = self.core_config(0);
+        let engine = self.nodes[i].disk.open()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let core = Core::new(&cfg, MemLog::open(disk), app, &logger)
-            .map_err(|e| format!("node {} cannot restart: {e}", i + 1))?;
+        let store = StoreCore::open(engine, id, cfg, self.sc.dedup_window, &logger)
+            .map_err(|e| format!("s{id} cannot start: {e}"))?;
         let n = &mut self.nodes[i];
-        n.core = Some(core);
+        n.store = Some(store);
         n.restart_at = None;
         n.inbox.clear();
         n.requests.clear();
@@ -361,7 +435,7 @@ impl World {
         while !self.converged() {
             if self.now >= limit {
                 return Err(format!(
-                    "no convergence within {HEAL_STEPS} steps after healing: {}",
+                    "no convergence within {HEAL_STEPS} steps after healing:\n{}",
                     self.positions()
                 ));
             }
@@ -383,93 +457,25 @@ impl World {
                 .is_some_and(|s| s.is_empty()))
         {
             if self.now >= limit {
-                return Err(format!("final reads did not finish: {}", self.positions()));
+                return Err(format!("final reads did not finish:\n{}", self.positions()));
             }
             self.step(false)?;
         }
         self.check()
     }
 
-    fn positions(&self) -> String {
-        let mut s = String::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            match &n.core {
-                Some(c) => {
-                    let r = c.replica();
-                    let _ = write!(
-                        s,
-                        "[n{} {:?} term {} commit {} applied {} last {}] ",
-                        i + 1,
-                        r.role(),
-                        r.term(),
-                        r.commit_index(),
-                        r.applied_index(),
-                        r.log_bounds().1
-                    );
-                }
-                None => {
-                    let _ = write!(s, "[n{} down] ", i + 1);
-                }
-            }
-        }
-        s
-    }
-
-    /// The members (voters and learners) as the leader applied them, by index.
-    fn members(&self) -> Option<Vec<usize>> {
-        let l = self.leader()?;
-        let cs = self.nodes[l].core.as_ref()?.replica().conf_state();
-        let mut ids: Vec<u64> = cs
-            .voters
-            .iter()
-            .chain(&cs.voters_outgoing)
-            .chain(&cs.learners)
-            .chain(&cs.learners_next)
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Some(ids.into_iter().map(node_index).collect())
-    }
-
-    /// Every member up, one leader, every member applied to the same index, the membership
-    /// out of any joint configuration, no client busy. Nodes never added or removed for good
-    /// are left out.
-    fn converged(&self) -> bool {
-        let Some(members) = self.members() else {
-            return false;
-        };
-        let mut applied = BTreeSet::new();
-        for &i in &members {
-            let Some(c) = &self.nodes[i].core else {
-                return false;
-            };
-            let r = c.replica();
-            if r.applied_index() != r.commit_index() || r.log_bounds().1 != r.commit_index() {
-                return false;
-            }
-            if !r.conf_state().voters_outgoing.is_empty() {
-                return false;
-            }
-            applied.insert(r.applied_index());
-        }
-        let leaders = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.core.as_ref())
-            .filter(|c| c.replica().is_leader())
-            .count();
-        leaders == 1 && applied.len() == 1 && self.clients.iter().all(|c| c.pending.is_none())
-    }
-
     fn step(&mut self, faults: bool) -> Result<(), String> {
         self.now += 1;
         if faults && self.now.is_multiple_of(STEPS_PER_TICK) {
-            self.maybe_fault();
+            self.maybe_fault()?;
+            for (i, n) in self.nodes.iter().enumerate() {
+                if let Some(s) = &n.store {
+                    self.wait_background(i + 1, s)?;
+                }
+            }
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].restart_at.is_some_and(|t| t <= self.now) && !self.removed.contains(&i)
-            {
+            if self.nodes[i].restart_at.is_some_and(|t| t <= self.now) {
                 self.start(i)?;
             }
         }
@@ -479,17 +485,18 @@ impl World {
             self.note("links healed".into());
         }
         self.deliver();
-        self.drive_clients(!self.healing || self.clients.iter().any(|c| c.script.is_some()));
+        // Once healing, only the final reads: random work would keep some client busy.
+        self.drive_clients(!self.healing);
         if self.now.is_multiple_of(STEPS_PER_TICK) {
-            self.tick_nodes();
+            self.tick_stores()?;
         }
         for i in 0..self.nodes.len() {
-            self.run_node(i)?;
+            self.run_store(i)?;
         }
         Ok(())
     }
 
-    fn tick_nodes(&mut self) {
+    fn tick_stores(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             let (paused, slow) = {
                 let n = &self.nodes[i];
@@ -507,26 +514,16 @@ impl World {
             } else {
                 1
             };
-            if let Some(c) = &mut self.nodes[i].core {
+            if let Some(s) = &mut self.nodes[i].store {
                 for _ in 0..ticks {
-                    c.tick();
+                    s.tick();
                 }
             }
+            if let Some(s) = &self.nodes[i].store {
+                self.wait_background(i + 1, s)?;
+            }
         }
-    }
-
-    fn leader(&self) -> Option<usize> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                n.core
-                    .as_ref()
-                    .filter(|c| c.replica().is_leader())
-                    .map(|c| (c.replica().term(), i))
-            })
-            .max()
-            .map(|(_, i)| i)
+        Ok(())
     }
 
     fn post(&mut self, delay: u64, e: Envelope) {
@@ -536,18 +533,21 @@ impl World {
         self.net.push(Reverse((self.now + delay, id as u64, id)));
     }
 
-    fn send_raft(&mut self, from: usize, m: Message) {
-        let to = node_index(m.to);
+    fn send_raft(&mut self, m: RegionMessage) {
+        let (from, to) = (store_index(m.from_store), store_index(m.to_store));
         let lost = self.cut.contains(&(from, to))
             || (!self.healing && self.rng.gen_ratio(self.sc.drop_per_mille, 1000));
         if lost {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
+            if m.msg.get_msg_type() == MessageType::MsgSnapshot {
                 self.nodes[from].inbox.push(Input::SnapshotReport {
-                    to: m.to,
+                    region: m.region_id,
+                    to: m.msg.to,
                     ok: false,
                 });
             }
-            self.nodes[from].inbox.push(Input::Unreachable { to: m.to });
+            self.nodes[from]
+                .inbox
+                .push(Input::Unreachable { store: m.to_store });
             return;
         }
         let copies = if !self.healing && self.rng.gen_ratio(self.sc.dup_per_mille, 1000) {
@@ -559,6 +559,23 @@ impl World {
             let delay = self.rng.gen_range(1..=self.sc.max_delay);
             self.post(delay, Envelope::Raft(m.clone()));
         }
+    }
+
+    /// Copies the file of a snapshot message from the sender's folder to the receiver's, as
+    /// the transport and the peer service do; false if the file is gone.
+    fn copy_snapshot(&self, m: &RegionMessage) -> bool {
+        let Ok(desc) =
+            rdb_storage::snapshot::SnapshotDescriptor::decode(&m.msg.get_snapshot().data)
+        else {
+            return false;
+        };
+        let snap_dir = |i: usize| rdb_storage::engine::snap_dir(self.nodes[i].disk.path());
+        let src =
+            crate::transport::region_snap_dir(&snap_dir(store_index(m.from_store)), m.region_id);
+        let dst =
+            crate::transport::region_snap_dir(&snap_dir(store_index(m.to_store)), m.region_id);
+        std::fs::create_dir_all(&dst).is_ok()
+            && std::fs::copy(desc.path_in(&src), desc.path_in(&dst)).is_ok()
     }
 
     fn deliver(&mut self) {
@@ -575,32 +592,31 @@ impl World {
         for e in due {
             match e {
                 Envelope::Raft(m) => {
-                    let (from, to) = (node_index(m.from), node_index(m.to));
-                    let ok = self.nodes[to].core.is_some() && !self.cut.contains(&(from, to));
-                    if ok && self.knows_removed(to, m.from) {
-                        // The peer service refuses a removed node, which then stops for good.
-                        if self.nodes[from].core.is_some() {
-                            self.stop_removed(from, &format!("n{} refused it", to + 1));
+                    let (from, to) = (store_index(m.from_store), store_index(m.to_store));
+                    let mut ok = self.nodes[to].store.is_some() && !self.cut.contains(&(from, to));
+                    if m.msg.get_msg_type() == MessageType::MsgSnapshot {
+                        ok = ok && self.copy_snapshot(&m);
+                        self.stats.snapshots += usize::from(ok);
+                        if self.nodes[from].store.is_some() {
+                            self.nodes[from].inbox.push(Input::SnapshotReport {
+                                region: m.region_id,
+                                to: m.msg.to,
+                                ok,
+                            });
                         }
-                        continue;
-                    }
-                    if m.get_msg_type() == MessageType::MsgSnapshot {
-                        self.nodes[from]
-                            .inbox
-                            .push(Input::SnapshotReport { to: m.to, ok });
                     }
                     if ok {
                         self.nodes[to].inbox.push(Input::Raft(m));
                     }
                 }
                 Envelope::Request {
-                    node,
+                    store,
                     client,
                     attempt,
                     req,
                 } => {
-                    if self.nodes[node].core.is_some() {
-                        self.nodes[node].inbox.push(Input::Request {
+                    if self.nodes[store].store.is_some() {
+                        self.nodes[store].inbox.push(Input::Request {
                             client,
                             attempt,
                             req,
@@ -616,22 +632,46 @@ impl World {
         }
     }
 
-    fn run_node(&mut self, i: usize) -> Result<(), String> {
+    fn reply(&mut self, client: usize, attempt: (u64, u64), rep: Rep) {
+        let delay = self.rng.gen_range(1..=self.sc.max_delay);
+        self.post(
+            delay,
+            Envelope::Reply {
+                client,
+                attempt,
+                rep,
+            },
+        );
+    }
+
+    /// One turn of store `i`: its inputs in a random order, then `advance`, then what it
+    /// sends and answers.
+    fn run_store(&mut self, i: usize) -> Result<(), String> {
         if self.nodes[i].paused_until > self.now {
             return Ok(());
         }
-        let Some(mut core) = self.nodes[i].core.take() else {
+        let Some(mut st) = self.nodes[i].store.take() else {
             return Ok(());
         };
+        let r = self.turn(i, &mut st);
+        self.nodes[i].store = Some(st);
+        r
+    }
+
+    fn turn(&mut self, i: usize, st: &mut StoreCore) -> Result<(), String> {
+        let sid = i + 1;
         let mut inbox = std::mem::take(&mut self.nodes[i].inbox);
         inbox.shuffle(&mut self.rng);
         for input in inbox {
+            // A snapshot build reads the region on its own thread: done before anything else
+            // changes the region, it reads the same state whatever the machine's load.
+            self.wait_background(sid, st)?;
             match input {
-                Input::Raft(m) => {
-                    core.step(m);
-                }
-                Input::SnapshotReport { to, ok } => core.report_snapshot(to, ok),
-                Input::Unreachable { to } => core.report_unreachable(to),
+                Input::Raft(m) => st
+                    .step(m)
+                    .map_err(|e| format!("s{sid} cannot step a message: {e}"))?,
+                Input::SnapshotReport { region, to, ok } => st.report_snapshot(region, to, ok),
+                Input::Unreachable { store } => st.report_unreachable_store(store),
                 Input::Request {
                     client,
                     attempt,
@@ -639,173 +679,126 @@ impl World {
                 } => {
                     let id = self.next_request;
                     self.next_request += 1;
-                    match req {
-                        Req::Write(cmd) => {
-                            self.nodes[i].requests.insert(id, (client, attempt, None));
-                            core.propose(id, cmd.encode_to_vec());
+                    let key = req.key.as_bytes();
+                    let routed = match &req.write {
+                        Some(cmd) => st.propose(
+                            req.region,
+                            &req.epoch,
+                            &[key],
+                            id,
+                            prost::Message::encode_to_vec(cmd),
+                        ),
+                        None => st.read(req.region, &req.epoch, &[key], id),
+                    };
+                    match routed {
+                        Ok(()) => {
+                            let read = req.write.is_none().then_some(req.key);
+                            self.nodes[i].requests.insert(id, (client, attempt, read));
                         }
-                        Req::Read(key) => {
-                            self.nodes[i]
-                                .requests
-                                .insert(id, (client, attempt, Some(key)));
-                            core.read(id);
-                        }
+                        Err(_) => self.reply(client, attempt, Rep::Region),
                     }
                 }
             }
         }
-        let mut msgs: Vec<Message> = Vec::new();
-        let out = core.advance(&mut msgs);
-        let out = match out {
-            Ok(out) => out,
-            Err(e) => return Err(format!("node {} storage error: {e}", i + 1)),
-        };
-        if out.snapshot_applied {
-            self.stats.snapshots += 1;
+        self.wait_background(sid, st)?;
+        let out = st
+            .advance()
+            .map_err(|e| format!("s{sid} storage error: {e}"))?;
+        self.stats.removed += out.destroyed.len();
+        for m in out.messages {
+            self.send_raft(m);
         }
-        if out.removed {
-            self.stop_removed(i, "it applied its own removal");
-            return Ok(());
+        for id in out.confirm {
+            // What PD (or, in a config-file cluster, the join) tells: the region as the store
+            // with its latest epoch has it.
+            if let Some(r) = self.freshest(id) {
+                st.confirm_region(&r);
+            }
         }
-        for m in msgs {
-            self.send_raft(i, m);
+        for (req, _) in out.refused_reads {
+            if let Some((client, attempt, _)) = self.nodes[i].requests.remove(&req) {
+                self.reply(client, attempt, Rep::Region);
+            }
         }
-        for (id, answer) in out.replies {
+        for (region_id, id, answer) in out.replies {
             if let Ok(Answer::MembershipChanged { .. }) = &answer {
                 self.stats.member_changes += 1;
             }
-            let Some((client, attempt, read_key)) = self.nodes[i].requests.remove(&id) else {
+            let Some((client, attempt, read)) = self.nodes[i].requests.remove(&id) else {
                 continue;
             };
             let rep = match answer {
                 Ok(Answer::Written(r)) => Rep::Written(r),
                 Ok(Answer::ReadReady { .. }) => {
-                    let key = read_key.unwrap_or_default();
-                    let v = self.nodes[i].disk.lock().get(key.as_bytes());
+                    let key = read.unwrap_or_default();
+                    let v = st
+                        .engine()
+                        .get(key.as_bytes())
+                        .map_err(|e| format!("s{sid} cannot read: {e}"))?;
                     Rep::Value(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
                 }
                 Ok(Answer::MembershipChanged { .. }) => continue,
+                Err(Refusal::NotLeader { leader }) => {
+                    Rep::NotLeader(st.store_of(region_id, leader))
+                }
                 Err(r) => Rep::Refused(r),
             };
-            let delay = self.rng.gen_range(1..=self.sc.max_delay);
-            self.post(
-                delay,
-                Envelope::Reply {
-                    client,
-                    attempt,
-                    rep,
-                },
-            );
+            self.reply(client, attempt, rep);
         }
-        self.nodes[i].core = Some(core);
-        Ok(())
+        self.wait_background(sid, st)
     }
 
-    /// Whether node `at` applied the removal of node `id` (its member records say so).
-    fn knows_removed(&self, at: usize, id: u64) -> bool {
-        if !self.sc.membership {
-            return false;
-        }
-        let key = rdb_storage::member_key(id).to_vec();
-        let d = self.nodes[at].disk.lock();
-        d.data().get(&key).is_some_and(|v| {
-            rdb_proto::command::MemberRecord::decode(v.as_slice()).is_ok_and(|r| r.removed)
-        })
-    }
-
-    /// Node `i` was removed from the group: it stops and never starts again.
-    fn stop_removed(&mut self, i: usize, how: &str) {
-        self.removed.insert(i);
-        self.stats.removed += 1;
-        let n = &mut self.nodes[i];
-        n.core = None;
-        n.restart_at = None;
-        n.inbox.clear();
-        n.requests.clear();
-        self.note(format!("n{} stops: removed from the group ({how})", i + 1));
-    }
-
-    fn max_commit(&self) -> u64 {
-        self.nodes
-            .iter()
-            .filter_map(|n| n.core.as_ref())
-            .map(|c| c.replica().commit_index())
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn max_last_index(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| match &n.core {
-                Some(c) => c.replica().log_bounds().1,
-                None => n.disk.lock().applied().0,
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn check(&mut self) -> Result<Stats, String> {
-        // Replicas (every member): the same bytes at the same applied index, but for dedup
-        // records past their window, which compaction drops at different times.
-        let members = self.members().ok_or("no leader at the end")?;
-        let window = self.sc.dedup_window;
-        let states: Vec<_> = members
-            .iter()
-            .map(|&i| {
-                let d = self.nodes[i].disk.lock();
-                let applied = d.applied().0;
-                let live: BTreeMap<Vec<u8>, Vec<u8>> = d
-                    .data()
-                    .iter()
-                    .filter(|(k, v)| !rdb_storage::dedup::is_dead(k, v, applied, window))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                (applied, live)
-            })
-            .collect();
-        let first = members[0] + 1;
-        for (s, &i) in states.iter().zip(&members).skip(1) {
-            if s.0 != states[0].0 {
+    /// Waits until no snapshot of store `sid` is being built or installed on its own thread,
+    /// so that what comes next finds it done whatever the machine's load: a seed replays
+    /// alike.
+    fn wait_background(&self, sid: usize, st: &StoreCore) -> Result<(), String> {
+        let deadline = Instant::now() + BACKGROUND_BOUND;
+        loop {
+            let busy = st.region_ids().into_iter().any(|id| {
+                st.core(id).is_some_and(|c| {
+                    let s = c.replica().store();
+                    s.install_running()
+                        || s.snapshot_slot()
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_building()
+                })
+            });
+            if !busy {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
                 return Err(format!(
-                    "n{} applied {} but n{first} applied {}",
-                    i + 1,
-                    s.0,
-                    states[0].0
+                    "s{sid}: a snapshot build or install took over {BACKGROUND_BOUND:?}"
                 ));
             }
-            if s.1 != states[0].1 {
-                let diff: Vec<String> =
-                    s.1.iter()
-                        .filter(|(k, v)| states[0].1.get(*k) != Some(v))
-                        .chain(states[0].1.iter().filter(|(k, _)| !s.1.contains_key(*k)))
-                        .take(5)
-                        .map(|(k, v)| {
-                            format!(
-                                "{}={}",
-                                String::from_utf8_lossy(k),
-                                String::from_utf8_lossy(v)
-                            )
-                        })
-                        .collect();
-                return Err(format!(
-                    "replicas differ: n{} vs n{first} at applied index {}: {diff:?}",
-                    i + 1,
-                    s.0
-                ));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Region `id` as the live store with its latest epoch has it.
+    fn freshest(&self, id: u64) -> Option<Region> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.store.as_ref()?.region(id))
+            .max_by_key(|r| {
+                let e = region::epoch(r);
+                (e.conf_ver, e.version)
+            })
+            .cloned()
+    }
+
+    /// Each region's highest commit index and highest last log index over the live stores.
+    fn region_indexes(&self) -> BTreeMap<u64, (u64, u64)> {
+        let mut out: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for st in self.nodes.iter().filter_map(|n| n.store.as_ref()) {
+            for id in st.region_ids() {
+                let Some(c) = st.core(id) else { continue };
+                let e = out.entry(id).or_default();
+                e.0 = e.0.max(c.replica().commit_index());
+                e.1 = e.1.max(c.replica().log_bounds().1);
             }
         }
-        self.stats.applied = states[0].0;
-        self.stats.ops = self.history.len();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        format!("{:?}{:?}", self.history, states[0]).hash(&mut h);
-        self.stats.fingerprint = h.finish();
-        match linearizability::check(&self.history, 2_000_000) {
-            CheckResult::Linearizable => Ok(self.stats.clone()),
-            CheckResult::Illegal(v) => Err(format!("history is not linearizable:\n{v}")),
-            CheckResult::Unknown { key } => {
-                Err(format!("the checker ran out of budget on key {key}"))
-            }
-        }
+        out
     }
 }

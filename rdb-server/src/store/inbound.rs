@@ -112,9 +112,13 @@ impl StoreCore {
         match self.regions.get_mut(&m.region_id) {
             Some(r) if r.peer_id == m.msg.to => {
                 r.heard.insert(m.msg.from, m.from_store);
+                let from = m.msg.from;
                 if !r.core.step(m.msg) {
                     self.refused += 1;
                     return Ok(());
+                }
+                if from == r.core.replica().leader_id() {
+                    r.leaderless = 0;
                 }
                 if let Some(pending) = meta {
                     self.keep_pending(m.region_id, pending);

@@ -1,10 +1,20 @@
-//! The simulated clients: one operation at a time each, retried the way `rdb-client` does.
+//! The simulated clients: one operation at a time each, routed by region and retried the way
+//! `rdb-client` does.
+//!
+//! An attempt goes to the client's current store, for the region that store says holds the
+//! key, at that region's epoch there (a client's region cache, refreshed from the store it
+//! asks). A write carries a request id (client id, seq) and every attempt of it the same one,
+//! so a retry whose first attempt applied is answered from its dedup record, wherever a split
+//! or a move took the key meanwhile, as long as the retry stays within the dedup window.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use rdb_proto::command::{command::Op as CmdOp, Cas, Command, Delete, Put};
+use rdb_storage::region;
 use rdb_storage::CommandResult;
 
-use super::{node_index, Envelope, Rep, Req, World, STEPS_PER_TICK};
+use super::{store_index, Envelope, Rep, Req, World, STEPS_PER_TICK};
 use crate::raft_core::Refusal;
 use crate::sim::linearizability::{Op, Operation, Outcome};
 
@@ -18,12 +28,15 @@ pub(super) struct Pending {
     pub(super) retry_at: Option<u64>,
     /// A write some attempt of which may have been proposed.
     pub(super) maybe_applied: bool,
-    /// The highest commit index when the op began: no attempt can land at or below it.
-    pub(super) commit_floor: u64,
+    /// Each region's highest commit index when the op began: no attempt lands at or below it.
+    pub(super) floors: BTreeMap<u64, u64>,
+    /// Regions attempts went to.
+    pub(super) regions: BTreeSet<u64>,
     pub(super) deadline: u64,
 }
 
 pub(super) struct Client {
+    /// Index of the store the next attempt goes to.
     pub(super) target: usize,
     pub(super) pending: Option<Pending>,
     pub(super) next_seq: u64,
@@ -57,23 +70,20 @@ impl World {
                 self.begin(c, op);
                 continue;
             }
-            let (sent_at, retry_at) = {
-                let p = self.clients[c]
-                    .pending
-                    .as_ref()
-                    .map(|p| (p.sent_at, p.retry_at));
-                p.unwrap_or((0, None))
-            };
+            let (sent_at, retry_at) = self.clients[c]
+                .pending
+                .as_ref()
+                .map_or((0, None), |p| (p.sent_at, p.retry_at));
             if let Some(at) = retry_at {
                 if at <= self.now {
-                    self.retry(c);
+                    self.send_attempt(c);
                 }
             } else if self.now > sent_at + self.attempt_timeout() {
                 if let Some(p) = &mut self.clients[c].pending {
                     p.maybe_applied |= p.cmd.is_some();
                 }
                 self.clients[c].target = self.rng.gen_range(0..self.nodes.len());
-                self.retry(c);
+                self.send_attempt(c);
             }
         }
     }
@@ -86,7 +96,8 @@ impl World {
             4..=5 => Op::Put { key, value },
             6 => Op::Delete { key },
             _ => {
-                // Expect a value someone wrote lately, or absence.
+                // Expect a value someone wrote lately, or absence: most swaps succeed, and
+                // one applied twice answers "not swapped" while its value is there to read.
                 let expected = self
                     .history
                     .iter()
@@ -132,7 +143,11 @@ impl World {
             op: Some(o),
         });
         let deadline = self.now + 60 * STEPS_PER_TICK;
-        let commit_floor = self.max_commit();
+        let floors = self
+            .region_indexes()
+            .into_iter()
+            .map(|(id, (commit, _))| (id, commit))
+            .collect();
         self.clients[c].pending = Some(Pending {
             op,
             seq,
@@ -142,31 +157,100 @@ impl World {
             sent_at: self.now,
             retry_at: None,
             maybe_applied: false,
-            commit_floor,
+            floors,
+            regions: BTreeSet::new(),
             deadline,
         });
         self.send_attempt(c);
     }
 
+    /// Whether a write that may have applied can be sent again to region `target`, so that
+    /// if it did apply, the retry still finds its request id's record: wherever the first
+    /// apply was (a region attempts went to), wherever a split copied the record (a region
+    /// made since the operation began) and wherever the retry lands, the retry's entry must
+    /// come within the window of where the record could be. A real client bounds its retries
+    /// by time to the same end; past the window a retry applies again, as documented.
+    fn within_window(&self, p: &Pending, target: u64) -> bool {
+        let margin = 8 * self.clients.len() as u64 + 16;
+        self.region_indexes().iter().all(|(id, &(_, last))| {
+            let floor = p.floors.get(id).copied();
+            let concerned = *id == target || p.regions.contains(id) || floor.is_none();
+            !concerned || last + margin <= floor.unwrap_or(0) + self.sc.dedup_window
+        })
+    }
+
+    /// Sends the next attempt of client `c`'s operation to its target store, or gives the
+    /// operation up (past its deadline, or a write past its window).
     pub(super) fn send_attempt(&mut self, c: usize) {
         let target = self.clients[c].target;
         let now = self.now;
-        let Some(p) = &mut self.clients[c].pending else {
+        let Some(p) = self.clients[c].pending.as_ref() else {
+            return;
+        };
+        if now >= p.deadline {
+            return self.give_up(c);
+        }
+        let key = p.op.key().to_string();
+        let routed = self.nodes[target]
+            .store
+            .as_ref()
+            .and_then(|s| s.region_for_key(key.as_bytes()).cloned());
+        let Some(region) = routed else {
+            // The store is down or has no region for the key: ask another soon.
+            self.clients[c].target = self.rng.gen_range(0..self.nodes.len());
+            if let Some(p) = self.clients[c].pending.as_mut() {
+                p.retry_at = Some(now + STEPS_PER_TICK);
+            }
+            return;
+        };
+        if p.maybe_applied && !self.within_window(p, region.id) {
+            return self.give_up(c);
+        }
+        if p.maybe_applied {
+            let span = self
+                .region_indexes()
+                .get(&region.id)
+                .map_or(0, |&(_, last)| {
+                    last.saturating_sub(p.floors.get(&region.id).copied().unwrap_or(0))
+                });
+            if span * 2 > self.sc.dedup_window {
+                self.stats.late_retries += 1;
+            }
+            if !p.regions.contains(&region.id) {
+                self.stats.moved_retries += 1;
+            }
+        }
+        let fresh_id = self.sc.planted.retries_with_new_ids && p.attempt > 0;
+        let seq = if fresh_id {
+            let s = self.clients[c].next_seq;
+            self.clients[c].next_seq += 1;
+            Some(s)
+        } else {
+            None
+        };
+        let Some(p) = self.clients[c].pending.as_mut() else {
             return;
         };
         p.attempt += 1;
         p.sent_at = now;
         p.retry_at = None;
-        let req = match (&p.cmd, &p.op) {
-            (Some(cmd), _) => Req::Write(cmd.clone()),
-            (None, op) => Req::Read(op.key().to_string()),
+        p.regions.insert(region.id);
+        let mut write = p.cmd.clone();
+        if let (Some(cmd), Some(seq)) = (&mut write, seq) {
+            cmd.seq = seq;
+        }
+        let req = Req {
+            region: region.id,
+            epoch: region::epoch(&region),
+            key,
+            write,
         };
         let attempt = (p.seq, p.attempt);
         let delay = self.rng.gen_range(1..=self.sc.max_delay);
         self.post(
             delay,
             Envelope::Request {
-                node: target,
+                store: target,
                 client: c,
                 attempt,
                 req,
@@ -174,36 +258,8 @@ impl World {
         );
     }
 
-    /// Whether another attempt is allowed: before the deadline, and for a write that may have
-    /// applied, only while any entry a retry could land at is still within the dedup window
-    /// of wherever the first could have landed (a real client bounds its retries by time to
-    /// the same end; past the window a retry applies again, as documented).
-    pub(super) fn may_retry(&self, p: &Pending) -> bool {
-        if self.now >= p.deadline {
-            return false;
-        }
-        if !p.maybe_applied {
-            return true;
-        }
-        let margin = 8 * self.clients.len() as u64 + 16;
-        self.max_last_index() + margin <= p.commit_floor + self.sc.dedup_window
-    }
-
-    pub(super) fn retry(&mut self, c: usize) {
-        let allowed = self.clients[c]
-            .pending
-            .as_ref()
-            .is_some_and(|p| self.may_retry(p));
-        if allowed {
-            if let Some(p) = &self.clients[c].pending {
-                let span = self.max_last_index().saturating_sub(p.commit_floor);
-                if p.maybe_applied && span * 2 > self.sc.dedup_window {
-                    self.stats.late_retries += 1;
-                }
-            }
-            self.send_attempt(c);
-            return;
-        }
+    /// Client `c` stops trying: its operation failed, or may have applied.
+    fn give_up(&mut self, c: usize) {
         let Some(p) = self.clients[c].pending.take() else {
             return;
         };
@@ -251,32 +307,41 @@ impl World {
             _ => None,
         };
         if let Some(outcome) = outcome {
-            // A success answers the op whichever attempt it came from.
             if let Some(p) = self.clients[c].pending.take() {
                 self.finish(c, p, outcome);
             }
             return;
         }
         if !current {
+            // A late refusal may still say a write was proposed.
+            if matches!(rep, Rep::Refused(Refusal::Indeterminate(_))) {
+                if let Some(p) = self.clients[c].pending.as_mut() {
+                    p.maybe_applied |= p.cmd.is_some();
+                }
+            }
             return;
         }
         let backoff = self.now + self.rng.gen_range(1..=2) * STEPS_PER_TICK;
-        let n = self.nodes.len();
-        let hop = self.rng.gen_range(0..n);
+        let hop = self.rng.gen_range(0..self.nodes.len());
         let Some(p) = self.clients[c].pending.as_mut() else {
             return;
         };
         match rep {
-            Rep::Refused(Refusal::NotLeader { leader }) => {
-                self.clients[c].target = node_index(leader);
-                self.retry(c);
+            Rep::NotLeader(Some(store)) => {
+                self.clients[c].target = store_index(store);
+                self.send_attempt(c);
             }
-            Rep::Refused(Refusal::Unavailable(_)) => {
+            Rep::NotLeader(None) | Rep::Refused(Refusal::Unavailable(_)) | Rep::Region => {
                 p.retry_at = Some(backoff);
                 self.clients[c].target = hop;
             }
             Rep::Refused(Refusal::Indeterminate(_)) => {
                 p.maybe_applied = true;
+                p.retry_at = Some(backoff);
+                self.clients[c].target = hop;
+            }
+            // A split took the key between the proposal and its apply: nothing applied.
+            Rep::Refused(Refusal::Rejected(e)) if e.starts_with("key not in region") => {
                 p.retry_at = Some(backoff);
                 self.clients[c].target = hop;
             }
