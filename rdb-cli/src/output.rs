@@ -364,6 +364,22 @@ impl Printer {
         0
     }
 
+    /// A store's removal started (or was cancelled).
+    pub fn store_removing(&self, id: u64, cancel: bool) -> u8 {
+        match self.format {
+            Output::Table if cancel => outln!("store {id} stays: its removal was cancelled"),
+            Output::Table => outln!(
+                "store {id} is being removed: PD moves its regions to other stores, then \
+                 tombstones it (rdb-cli --pd ... store list shows the progress)"
+            ),
+            Output::Json => outln!(
+                "{}",
+                json!({"op": "store remove", "store_id": id, "cancel": cancel, "ok": true})
+            ),
+        }
+        0
+    }
+
     fn region_json(&self, r: &RegionInfo, stores: &StoreStates) -> Value {
         let g = &r.region;
         json!({

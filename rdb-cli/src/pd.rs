@@ -22,6 +22,16 @@ pub enum StoreCmd {
         /// The store's id.
         id: u64,
     },
+    /// Remove a store: PD moves its regions' peers to other stores, then tombstones it
+    /// (`store list` shows it offline, then tombstone). Refused when fewer stores than the
+    /// replication factor would be left.
+    Remove {
+        /// The store's id.
+        id: u64,
+        /// Cancel a removal still under way (the store stays, with what it holds).
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 /// `rdb-cli region ...`
@@ -124,6 +134,12 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
             Ok(()) => p.store_tombstoned(id),
             Err(e) => fail(&e),
         },
+        PdCmd::Store(StoreCmd::Remove { id, cancel }) => {
+            match client.remove_store(id, cancel).await {
+                Ok(()) => p.store_removing(id, cancel),
+                Err(e) => fail(&e),
+            }
+        }
         PdCmd::Region(RegionCmd::List { start, end, limit }) => {
             let (start, end) = match (arg(&start), arg(&end)) {
                 (Ok(s), Ok(e)) => (s, e),

@@ -88,6 +88,8 @@ pub enum StoreState {
     Down,
     /// Removed by an operator; never comes back.
     Tombstone,
+    /// Being removed by an operator: its regions move away, then PD tombstones it.
+    Offline,
     /// A state this client does not know (a newer PD).
     Unknown(i32),
 }
@@ -99,6 +101,7 @@ impl StoreState {
             StoreState::Up => "up".into(),
             StoreState::Down => "down".into(),
             StoreState::Tombstone => "tombstone".into(),
+            StoreState::Offline => "offline".into(),
             StoreState::Unknown(n) => format!("unknown({n})"),
         }
     }
@@ -110,6 +113,7 @@ impl From<i32> for StoreState {
             Ok(pb::StoreState::Up) => StoreState::Up,
             Ok(pb::StoreState::Down) => StoreState::Down,
             Ok(pb::StoreState::Tombstone) => StoreState::Tombstone,
+            Ok(pb::StoreState::Offline) => StoreState::Offline,
             Err(_) => StoreState::Unknown(v),
         }
     }
@@ -121,6 +125,7 @@ impl From<StoreState> for i32 {
             StoreState::Up => pb::StoreState::Up as i32,
             StoreState::Down => pb::StoreState::Down as i32,
             StoreState::Tombstone => pb::StoreState::Tombstone as i32,
+            StoreState::Offline => pb::StoreState::Offline as i32,
             StoreState::Unknown(v) => v,
         }
     }
@@ -797,9 +802,25 @@ impl PdClient {
     /// Marks a store Tombstone: removed for good. [`Error::NotFound`] if PD has no such store,
     /// [`Error::FailedPrecondition`] while PD's region map names a replica on it.
     pub async fn set_store_tombstone(&self, id: u64) -> Result<()> {
+        self.set_store_state(id, StoreState::Tombstone).await
+    }
+
+    /// Starts removing store `id` (`Offline`): PD moves its regions' peers to other stores and
+    /// then tombstones it; `Up` cancels. Refused ([`Error::InvalidArgument`] or a failed
+    /// precondition) when fewer stores than the replication factor would be left.
+    pub async fn remove_store(&self, id: u64, cancel: bool) -> Result<()> {
+        let state = if cancel {
+            StoreState::Up
+        } else {
+            StoreState::Offline
+        };
+        self.set_store_state(id, state).await
+    }
+
+    async fn set_store_state(&self, id: u64, state: StoreState) -> Result<()> {
         let req = pb::SetStoreStateRequest {
             store_id: id,
-            state: pb::StoreState::Tombstone as i32,
+            state: state.into(),
         };
         self.call(true, move |mut c| async move {
             Ok(((), c.set_store_state(req).await?.into_inner().error))

@@ -9,7 +9,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Op
 
 /// PD's metrics.
 pub struct PdMetrics {
-    /// Stores by state (up, down, tombstone), as the leader reports them.
+    /// Stores by state (up, down, tombstone, offline), as the leader reports them.
     pub stores: IntGaugeVec,
     /// Regions PD knows.
     pub regions: IntGauge,

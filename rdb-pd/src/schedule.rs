@@ -1,6 +1,6 @@
 //! PD's scheduling (specs/015-scheduling). For now the replica checker, which is always on (as
-//! TiKV's): a region with a peer on a store that is gone (tombstoned, or silent for longer than
-//! `max_store_down_secs`) or with fewer voters than the cluster's replication factor gets, one
+//! TiKV's): a region with a peer on a store that is gone (tombstoned, being removed, or silent
+//! for longer than `max_store_down_secs`) or with fewer voters than the cluster's replication factor gets, one
 //! heartbeat at a time, a learner on a healthy store that has none of its peers, that learner
 //! promoted (the leader's catch-up rule decides when), and then the peer on the gone store
 //! removed. Every step is computed again from the region as its leader reports it, so a step
@@ -46,6 +46,14 @@ pub enum Step {
         /// Why.
         reason: String,
     },
+    /// Hand the region's leadership to this voter (peer id): its leader is on a store being
+    /// removed, and a leader cannot remove itself.
+    TransferLeader {
+        /// The voter to lead next.
+        peer: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The step that brings `region` (led by peer `leader`) toward `replicas` voters on stores that
@@ -87,6 +95,14 @@ pub fn replica_step(
         return Some(Step::AddLearner {
             store: target.id,
             reason: format!("{healthy} healthy voters of {replicas}"),
+        });
+    }
+    // A leader on a store being removed hands over first (a dead store leads nothing).
+    if let Some(l) = voters.clone().find(|p| p.id == leader && gone(p.store_id)) {
+        let to = voters.clone().find(|p| !gone(p.store_id))?;
+        return Some(Step::TransferLeader {
+            peer: to.id,
+            reason: format!("leader on store {}, which is being removed", l.store_id),
         });
     }
     let dead = voters
@@ -166,6 +182,27 @@ mod tests {
         // 4. Done.
         let r = region(&[(11, 1, false), (13, 3, false), (14, 4, false)]);
         assert_eq!(replica_step(&r, 11, &s, 3), None);
+    }
+
+    #[test]
+    fn a_leader_on_a_store_being_removed_hands_over_before_it_is_removed() {
+        // Store 1 is being removed (gone for placement) and leads.
+        let s = stores(&[1], &[1, 2, 3, 4]);
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, false),
+        ]);
+        assert!(matches!(
+            replica_step(&r, 11, &s, 3),
+            Some(Step::TransferLeader { peer: 12, .. })
+        ));
+        // Once another leads, the peer goes.
+        assert!(matches!(
+            replica_step(&r, 12, &s, 3),
+            Some(Step::Remove { peer: 11, .. })
+        ));
     }
 
     #[test]

@@ -195,7 +195,9 @@ impl PdService {
         stores
             .into_iter()
             .map(|(id, state, regions)| {
-                let tombstone = state == StoreState::Tombstone as i32;
+                // A store being removed is gone for placement: its peers move away.
+                let tombstone =
+                    state == StoreState::Tombstone as i32 || state == StoreState::Offline as i32;
                 let silent = b
                     .stores
                     .get(&id)
@@ -210,6 +212,28 @@ impl PdService {
                 }
             })
             .collect()
+    }
+
+    /// Tombstones every store being removed (Offline) that PD's region map names no replica
+    /// on any more: its drain is over. A failure is retried at the next heartbeat.
+    async fn tombstone_drained(&self) {
+        let drained: Vec<u64> = self.read(|s| {
+            s.stores
+                .values()
+                .filter(|st| st.state == StoreState::Offline as i32)
+                .filter(|st| s.replicas_on(st.id).is_none())
+                .map(|st| st.id)
+                .collect()
+        });
+        for id in drained {
+            let op = Op::SetStoreState(SetStoreStateRequest {
+                store_id: id,
+                state: StoreState::Tombstone as i32,
+            });
+            if let Ok((None, _)) = self.change(op).await {
+                slog::info!(self.logger, "store drained and tombstoned"; "store" => id);
+            }
+        }
     }
 
     /// The next scheduling step for `region`, led by `leader`, as an operator for the answer
@@ -235,6 +259,7 @@ impl PdService {
                 (Kind::AddLearner, peer, reason)
             }
             Step::Promote { peer, reason } => (Kind::Promote, peer_of(peer)?, reason),
+            Step::TransferLeader { peer, reason } => (Kind::TransferLeader, peer_of(peer)?, reason),
             Step::Remove { peer, reason } => (Kind::Remove, peer_of(peer)?, reason),
         };
         let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
@@ -262,7 +287,7 @@ impl PdService {
     pub fn observe(&self, leads: bool) {
         let m = crate::metrics::metrics();
         if !leads {
-            for state in ["up", "down", "tombstone"] {
+            for state in ["up", "down", "tombstone", "offline"] {
                 m.stores.with_label_values(&[state]).set(0);
             }
             m.regions.set(0);
@@ -291,6 +316,9 @@ impl PdService {
         m.stores
             .with_label_values(&["tombstone"])
             .set(count(StoreState::Tombstone) as i64);
+        m.stores
+            .with_label_values(&["offline"])
+            .set(count(StoreState::Offline) as i64);
         let up = |id: u64| {
             stores
                 .iter()
@@ -415,7 +443,7 @@ impl PdService {
         if let Some(&(capacity, available, used)) = b.disks.get(&st.id) {
             (st.capacity_bytes, st.available_bytes, st.used_bytes) = (capacity, available, used);
         }
-        if st.state == StoreState::Tombstone as i32 {
+        if st.state == StoreState::Tombstone as i32 || st.state == StoreState::Offline as i32 {
             return st;
         }
         let last = b.stores.get(&st.id).copied().or(b.since);
@@ -756,6 +784,7 @@ impl Pd for PdService {
             Some(leader) => self.operator_for(&region, leader).await,
             None => None,
         };
+        self.tombstone_drained().await;
         Ok(Response::new(RegionHeartbeatResponse {
             error: None,
             operator,

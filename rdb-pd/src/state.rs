@@ -153,11 +153,30 @@ impl PdState {
             ),
         };
         Some(format!(
-            "store {id} holds a replica of {named}; a tombstone would lose them. A store can be \
-             tombstoned once PD's region map names no replica on it: its regions must first be \
-             moved to other stores (there is no command for that yet); stopping the store \
-             alone does not remove its replicas"
+            "store {id} holds a replica of {named}; a tombstone would lose them. Remove the \
+             store instead (rdb-cli --pd ... store remove {id}): PD moves its regions to other \
+             stores and then tombstones it; stopping the store alone does not remove its \
+             replicas"
         ))
+    }
+
+    /// Why store `id` cannot be removed (drained), if it cannot: fewer stores than the
+    /// replication factor would be left to hold the regions' replicas.
+    pub fn too_few_without(&self, id: u64) -> Option<String> {
+        let left = self
+            .stores
+            .values()
+            .filter(|st| st.id != id)
+            .filter(|st| st.state != StoreState::Tombstone as i32)
+            .filter(|st| st.state != StoreState::Offline as i32)
+            .count();
+        let needed = self.replicas as usize;
+        (left < needed).then(|| {
+            format!(
+                "removing store {id} would leave {left} stores for a replication factor of \
+                 {needed}: add a store first"
+            )
+        })
     }
 
     /// Whether `id` is one `AllocId` handed out.
@@ -464,9 +483,6 @@ pub fn apply_command(
             }
         },
         Op::SetStoreState(r) => {
-            if r.state != StoreState::Tombstone as i32 {
-                return Err("only TOMBSTONE can be set".into());
-            }
             let Some(st) = s.stores.get(&r.store_id) else {
                 return Ok(PdOutput::Refused(
                     ErrorCode::NotFound,
@@ -474,16 +490,32 @@ pub fn apply_command(
                 ));
             };
             if st.state == StoreState::Tombstone as i32 {
-                // Already one (a retried call): nothing to change.
-                return Ok(PdOutput::Done);
+                // Already one (a retried call) or gone for good: nothing to change.
+                return Ok(if r.state == StoreState::Tombstone as i32 {
+                    PdOutput::Done
+                } else {
+                    PdOutput::Refused(
+                        ErrorCode::FailedPrecondition,
+                        format!("store {} is a tombstone: it never comes back", r.store_id),
+                    )
+                });
             }
-            if let Some(why) = s.replicas_on(r.store_id) {
+            let refused = if r.state == StoreState::Tombstone as i32 {
+                s.replicas_on(r.store_id)
+            } else if r.state == StoreState::Offline as i32 {
+                s.too_few_without(r.store_id)
+            } else if r.state == StoreState::Up as i32 {
+                None
+            } else {
+                return Err("only TOMBSTONE, OFFLINE or UP can be set".into());
+            };
+            if let Some(why) = refused {
                 return Ok(PdOutput::Refused(ErrorCode::FailedPrecondition, why));
             }
             let Some(st) = s.stores.get_mut(&r.store_id) else {
                 return Ok(PdOutput::Done);
             };
-            st.state = StoreState::Tombstone as i32;
+            st.state = r.state;
             writes.push((store_key(st.id), Some(st.encode_to_vec())));
             PdOutput::Done
         }

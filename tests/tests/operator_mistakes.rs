@@ -39,7 +39,7 @@ async fn a_store_holding_replicas_is_not_tombstoned_and_an_empty_one_is() {
         stderr.contains(&format!(
             "store {holder} holds a replica of region {}",
             regions[0].region.id
-        )) && stderr.contains("moved to other stores"),
+        )) && stderr.contains("store remove"),
         "{}",
         explain(&o)
     );

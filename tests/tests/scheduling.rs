@@ -1,10 +1,12 @@
 //! PD's scheduling against real processes (specs/015-scheduling): one rdb-pd node and four
 //! `rdb-server --pd` stores. A store lost for good has its regions' peers replaced on a healthy
 //! store (a learner, promoted once caught up, then the dead peer removed), every acknowledged
-//! write stays, and the store, back after its peers were replaced, drops them.
+//! write stays, and the store, back after its peers were replaced, drops them. A store an
+//! operator removes is drained (its leadership first) and then tombstoned.
 
 use std::time::{Duration, Instant};
 
+use rdb_client::pd::StoreState;
 use rdb_tests::regions::{RegionCluster, Setup, Split};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,4 +94,69 @@ async fn a_store_lost_for_good_has_its_peers_replaced_and_drops_them_when_it_com
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_store_is_drained_then_tombstoned_and_the_last_stores_cannot_be_removed() {
+    let c = RegionCluster::start(
+        4,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+    );
+    let client = c.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..50 {
+        let k = format!("key{i:03}");
+        while client.put(k.as_str(), format!("v{i}")).await.is_err() {
+            assert!(Instant::now() < deadline, "the cluster never took writes");
+        }
+    }
+    let region = c.wait_regions(1, Duration::from_secs(30)).await.remove(0);
+    // The store leading region 1: its leadership moves first, then its peer.
+    let removed = region.leader.expect("a leader").store_id;
+    let id = removed.to_string();
+    let o = c.pd_cli(&["store", "remove", &id]);
+    assert!(o.status.success(), "{}", rdb_tests::cluster::explain(&o));
+
+    let pd = c.pd_client();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stores = pd.get_all_stores(false).await.expect("stores");
+        let state = stores.iter().find(|s| s.id == removed).map(|s| s.state);
+        let regions = c.regions().await;
+        let off = regions
+            .iter()
+            .all(|r| !r.region.peers.iter().any(|p| p.store_id == removed));
+        if state == Some(StoreState::Tombstone) && off {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store {removed} not drained in 120 s: {state:?}, {regions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..50 {
+        let v = client.get(format!("key{i:03}")).await.expect("get");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+    c.assert_replicas_agree().await;
+    // Three stores are left for three replicas: none of them can go.
+    let other = pd
+        .get_all_stores(true)
+        .await
+        .expect("stores")
+        .into_iter()
+        .map(|s| s.id)
+        .find(|&s| s != removed)
+        .expect("a store");
+    let o = c.pd_cli(&["store", "remove", &other.to_string()]);
+    assert!(!o.status.success(), "{}", rdb_tests::cluster::explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("add a store first"),
+        "{}",
+        rdb_tests::cluster::explain(&o)
+    );
 }

@@ -504,14 +504,42 @@ fn a_scan_over_many_large_regions_pages_within_the_size_cap_and_misses_nothing()
 }
 
 fn tombstone(s: &mut PdState, store_id: u64) -> PdOutput {
+    set_state(s, store_id, StoreState::Tombstone)
+}
+
+fn set_state(s: &mut PdState, store_id: u64, state: StoreState) -> PdOutput {
     run(
         s,
         Op::SetStoreState(rdb_proto::pd::SetStoreStateRequest {
             store_id,
-            state: StoreState::Tombstone as i32,
+            state: state as i32,
         }),
     )
     .unwrap()
+}
+
+#[test]
+fn a_store_is_removed_only_while_enough_stores_stay_and_a_removal_can_be_cancelled() {
+    let mut s = PdState::default();
+    alloc(&mut s, 4);
+    for id in 1..=4 {
+        register(&mut s, id, &format!("a:{id}"), id + 10);
+    }
+    s.replicas = 3;
+    assert_eq!(set_state(&mut s, 4, StoreState::Offline), PdOutput::Done);
+    assert_eq!(s.stores[&4].state, StoreState::Offline as i32);
+    // Three stores left for three replicas: none of them can go.
+    let (code, m) = refusal(set_state(&mut s, 1, StoreState::Offline));
+    assert_eq!(code, ErrorCode::FailedPrecondition);
+    assert!(
+        m.contains("would leave 2 stores for a replication factor of 3"),
+        "{m}"
+    );
+    assert_eq!(s.stores[&1].state, StoreState::Up as i32, "nothing changed");
+    // Cancelled: store 4 stays, and then store 1 may go.
+    assert_eq!(set_state(&mut s, 4, StoreState::Up), PdOutput::Done);
+    assert_eq!(s.stores[&4].state, StoreState::Up as i32);
+    assert_eq!(set_state(&mut s, 1, StoreState::Offline), PdOutput::Done);
 }
 
 #[test]
@@ -548,7 +576,7 @@ fn a_store_holding_a_replica_is_not_tombstoned_and_a_store_holding_none_is() {
         m.contains("store 1 holds a replica of 2 regions (20, 21)"),
         "{m}"
     );
-    assert!(m.contains("moved to other stores"), "{m}");
+    assert!(m.contains("store remove 1"), "{m}");
     let (_, m) = refusal(tombstone(&mut s, 2));
     assert!(m.contains("of region 20;"), "{m}");
     assert_eq!(s.stores[&1].state, StoreState::Up as i32, "nothing changed");
@@ -558,6 +586,10 @@ fn a_store_holding_a_replica_is_not_tombstoned_and_a_store_holding_none_is() {
     assert_eq!(tombstone(&mut s, 3), PdOutput::Done);
     let (code, _) = refusal(tombstone(&mut s, 9));
     assert_eq!(code, ErrorCode::NotFound);
+    // A tombstone never comes back, not even as a store being removed.
+    let (code, _) = refusal(set_state(&mut s, 3, StoreState::Offline));
+    assert_eq!(code, ErrorCode::FailedPrecondition);
+    assert_eq!(s.stores[&3].state, StoreState::Tombstone as i32);
 }
 
 #[test]
