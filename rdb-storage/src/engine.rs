@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
 use raft::prelude::{ConfState, HardState};
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
@@ -41,7 +40,7 @@ pub enum DirKind {
 }
 
 impl DirKind {
-    fn code(self) -> &'static [u8] {
+    pub(crate) fn code(self) -> &'static [u8] {
         match self {
             DirKind::Node => b"node",
             DirKind::Store => b"store",
@@ -49,7 +48,7 @@ impl DirKind {
         }
     }
 
-    fn from_code(b: &[u8]) -> Option<DirKind> {
+    pub(crate) fn from_code(b: &[u8]) -> Option<DirKind> {
         [DirKind::Node, DirKind::Store, DirKind::Pd]
             .into_iter()
             .find(|k| k.code() == b)
@@ -85,10 +84,10 @@ pub struct ApplySettings {
 }
 
 /// File beside the database holding the last index known to be durable in the log.
-const DURABLE_INDEX_FILE: &str = "RDB_DURABLE_INDEX";
+pub(crate) const DURABLE_INDEX_FILE: &str = "RDB_DURABLE_INDEX";
 
 /// Version tag of the stored [`ApplySettings`] record.
-const APPLY_SETTINGS_V1: u64 = 1;
+pub(crate) const APPLY_SETTINGS_V1: u64 = 1;
 
 /// Every database this process opened, with the flag its closing sets: a clean stop waits for
 /// all of them ([`wait_all_closed`]) before the process exits, because exiting while a thread
@@ -473,264 +472,6 @@ impl Engine {
         self.db.on_synced.set(Box::new(observe)).is_ok()
     }
 
-    /// Records that this directory belongs to a process of `kind`, or checks that it does:
-    /// refuses a directory of another kind. A directory written before kinds were recorded
-    /// takes the kind of the first process that opens it now (a store's is told by its
-    /// identity record).
-    pub fn claim_kind(&self, kind: DirKind) -> Result<()> {
-        let state = self.cf(CF_RAFT_STATE);
-        let found = match self.db.get_cf(state, keys::KIND_KEY)? {
-            Some(v) => Some(
-                DirKind::from_code(&v)
-                    .ok_or_else(|| Error::Corrupt("unknown data directory kind".into()))?,
-            ),
-            // Before kinds were recorded, a store's identity had cluster id 0.
-            None => match self.ident()? {
-                Some(i) if i.cluster_id == 0 => Some(DirKind::Store),
-                _ => None,
-            },
-        };
-        match found {
-            Some(found) if found != kind => Err(Error::WrongKind {
-                found: found.describe(),
-                wanted: kind.describe(),
-            }),
-            _ => {
-                if self.db.get_cf(state, keys::KIND_KEY)?.is_none() {
-                    let mut wb = WriteBatch::default();
-                    wb.put_cf(state, keys::KIND_KEY, kind.code());
-                    self.write(wb, true)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// The identity stored in this directory, or `None` for a fresh one.
-    pub fn ident(&self) -> Result<Option<Ident>> {
-        match self.db.get_cf(self.cf(CF_RAFT_STATE), keys::IDENT_KEY)? {
-            None => Ok(None),
-            Some(v) => {
-                let (cluster_id, node_id) = keys::decode_pair(&v)
-                    .ok_or_else(|| Error::Corrupt("identity record is not 16 bytes".into()))?;
-                Ok(Some(Ident {
-                    cluster_id,
-                    node_id,
-                }))
-            }
-        }
-    }
-
-    /// Claims a fresh directory for `ident` with the initial membership (`voters`, and the
-    /// addresses in `members`), or checks that an existing one belongs to `ident`. Never
-    /// rewrites existing data: once a directory exists, its stored membership (changed through
-    /// the log) wins over whatever the caller configured. A node joining a running cluster
-    /// passes no voters: its membership arrives with the leader's snapshot.
-    pub fn bootstrap_or_check(
-        &self,
-        ident: Ident,
-        voters: &[u64],
-        members: &[crate::MemberRecord],
-    ) -> Result<()> {
-        let mut configured = voters.to_vec();
-        configured.sort_unstable();
-        match self.ident()? {
-            Some(found) if found != ident => Err(Error::WrongIdentity {
-                found_cluster: found.cluster_id,
-                found_node: found.node_id,
-                cluster: ident.cluster_id,
-                node: ident.node_id,
-            }),
-            Some(_) => {
-                self.conf_state()?.ok_or_else(|| {
-                    Error::Corrupt("identity present but conf state missing".into())
-                })?;
-                Ok(())
-            }
-            None => {
-                if self.has_any_state()? {
-                    return Err(Error::Corrupt(
-                        "raft state present but identity record missing".into(),
-                    ));
-                }
-                let cs = ConfState {
-                    voters: configured,
-                    ..Default::default()
-                };
-                let mut batch = WriteBatch::default();
-                let state = self.cf(CF_RAFT_STATE);
-                batch.put_cf(
-                    state,
-                    self.state_key(keys::CONF_STATE_KEY),
-                    cs.write_to_bytes()?,
-                );
-                batch.put_cf(
-                    state,
-                    self.state_key(keys::INITIAL_CONF_STATE_KEY),
-                    cs.write_to_bytes()?,
-                );
-                for m in members {
-                    batch.put_cf(
-                        self.cf(CF_DATA),
-                        keys::member_key(m.id),
-                        prost::Message::encode_to_vec(m),
-                    );
-                }
-                batch.put_cf(
-                    state,
-                    self.state_key(keys::HARD_STATE_KEY),
-                    HardState::default().write_to_bytes()?,
-                );
-                batch.put_cf(
-                    state,
-                    self.state_key(keys::APPLY_STATE_KEY),
-                    keys::encode_pair(0, 0),
-                );
-                batch.put_cf(
-                    self.cf(CF_DATA),
-                    self.space.data_apply_key(),
-                    keys::encode_pair(0, 0),
-                );
-                batch.put_cf(
-                    state,
-                    self.state_key(keys::TRUNCATED_STATE_KEY),
-                    keys::encode_pair(0, 0),
-                );
-                // Identity last in the batch, but the batch is atomic anyway.
-                batch.put_cf(
-                    state,
-                    keys::IDENT_KEY,
-                    keys::encode_pair(ident.cluster_id, ident.node_id),
-                );
-                self.write(batch, true)
-            }
-        }
-    }
-
-    /// Fixes the apply-affecting settings of a directory the first time it is used with them,
-    /// and refuses a configuration that differs from what is stored.
-    ///
-    /// Returns true when the settings were recorded now (a new directory, or one created before
-    /// settings were recorded).
-    pub fn check_apply_settings(&self, configured: ApplySettings) -> Result<bool> {
-        match self.get_store_pair(keys::APPLY_SETTINGS_KEY)? {
-            Some((APPLY_SETTINGS_V1, dedup_window)) => {
-                if dedup_window != configured.dedup_window {
-                    return Err(Error::SettingChanged {
-                        name: "dedup_window",
-                        stored: dedup_window,
-                        configured: configured.dedup_window,
-                    });
-                }
-                Ok(false)
-            }
-            Some((version, _)) => Err(Error::Corrupt(format!(
-                "apply settings record has unknown version {version}"
-            ))),
-            None => {
-                let mut batch = WriteBatch::default();
-                batch.put_cf(
-                    self.cf(CF_RAFT_STATE),
-                    keys::APPLY_SETTINGS_KEY,
-                    keys::encode_pair(APPLY_SETTINGS_V1, configured.dedup_window),
-                );
-                self.write(batch, true)?;
-                Ok(true)
-            }
-        }
-    }
-
-    /// Checks that the user data and the Raft state describe the same applied index. They are
-    /// written in one batch, so they can only differ after damage below RocksDB (a lost or cut
-    /// MANIFEST, media errors): serving such data would make this replica differ from the others
-    /// for good, so the node must refuse to start.
-    pub fn check_consistency(&self) -> Result<()> {
-        let state = self.apply_state()?;
-        let data = match self
-            .db
-            .get_cf(self.cf(CF_DATA), self.space.data_apply_key())?
-        {
-            Some(v) => {
-                let (index, term) = keys::decode_pair(&v).ok_or_else(|| {
-                    Error::Corrupt("apply record in the data column family is not 16 bytes".into())
-                })?;
-                ApplyState { index, term }
-            }
-            None if state.index == 0 => return Ok(()),
-            None => ApplyState::default(),
-        };
-        if data != state {
-            return Err(Error::Diverged {
-                data_index: data.index,
-                state_index: state.index,
-            });
-        }
-        Ok(())
-    }
-
-    /// Records, outside RocksDB, that the log of this node reached `index` durably (an index
-    /// whose entry was synced: an applied or committed one). Written to a file of its own with
-    /// rename and fsync, off the Raft thread, every few seconds. If RocksDB ever opens an older
-    /// state whose log ends below it (a MANIFEST cut past several flushes rolls every column
-    /// family back together, which RocksDB's own checks cannot see), `check_durable_index`
-    /// refuses to start.
-    pub fn record_durable_index(&self, index: Index) -> Result<()> {
-        self.write_beside(DURABLE_INDEX_FILE, &format!("{index}\n"))
-    }
-
-    /// Refuses a log that ends below the index recorded by `record_durable_index`.
-    pub fn check_durable_index(&self, log_end: Index) -> Result<()> {
-        let Some(text) = self.read_beside(DURABLE_INDEX_FILE)? else {
-            return Ok(());
-        };
-        let recorded: Index = text.trim().parse().map_err(|_| {
-            Error::Corrupt(format!(
-                "{} does not hold an index",
-                self.db.path().join(DURABLE_INDEX_FILE).display()
-            ))
-        })?;
-        if log_end < recorded {
-            return Err(Error::RolledBack { log_end, recorded });
-        }
-        Ok(())
-    }
-
-    /// Replaces the file `name` beside the database with `text`, durably: written to a
-    /// temporary file, synced, renamed over the old one, and the directory synced.
-    pub(crate) fn write_beside(&self, name: &str, text: &str) -> Result<()> {
-        let dir = self.db.path();
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    }
-
-    /// The text of the file `name` beside the database (see [`Engine::write_beside`]), if
-    /// there is one.
-    pub(crate) fn read_beside(&self, name: &str) -> Result<Option<String>> {
-        match std::fs::read_to_string(self.db.path().join(name)) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn has_any_state(&self) -> Result<bool> {
-        for cf in [CF_RAFT_STATE, CF_RAFT_LOG, CF_DATA] {
-            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-                let (k, _) = item?;
-                // Which kind of process owns the directory is recorded before anything else.
-                if !(cf == CF_RAFT_STATE && &*k == keys::KIND_KEY) {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
-    }
-
     /// The stored conf state, if any.
     pub fn conf_state(&self) -> Result<Option<ConfState>> {
         self.get_proto(keys::CONF_STATE_KEY)
@@ -757,7 +498,7 @@ impl Engine {
     }
 
     /// A 16-byte record of the whole store (identity, apply settings), by name.
-    fn get_store_pair(&self, name: &[u8]) -> Result<Option<(u64, u64)>> {
+    pub(crate) fn get_store_pair(&self, name: &[u8]) -> Result<Option<(u64, u64)>> {
         self.get_raw_pair(name, name)
     }
 

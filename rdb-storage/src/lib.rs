@@ -11,6 +11,7 @@
 //! - [`backup`]: backup files of the data, and restoring one into a new cluster's directory.
 
 pub mod backup;
+mod checks;
 pub mod dedup;
 mod descriptor;
 pub mod engine;

@@ -19,7 +19,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 pub use rdb_proto::pd::{Peer, Region, RegionEpoch};
 
 use crate::dedup;
-use crate::engine::{Engine, Ident};
+use crate::engine::Engine;
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
 use crate::{Error, Index, Result, Term};
 
@@ -544,76 +544,6 @@ pub struct StoreIdent {
 }
 
 impl Engine {
-    /// Claims a fresh directory for the store `want`, or checks that an existing one is that
-    /// store's: refuses the directory of another kind of process, of another store, or of a
-    /// store of another PD cluster. A directory written before stores recorded their cluster
-    /// and token takes `want`'s.
-    pub fn claim_for_store(&self, want: StoreIdent) -> Result<()> {
-        self.claim_kind(crate::DirKind::Store)?;
-        match self.store_ident()? {
-            Some(found) if found == want => Ok(()),
-            Some(found) if found.store_id != want.store_id => Err(Error::WrongStore(format!(
-                "this data directory belongs to store {}, not store {}",
-                found.store_id, want.store_id
-            ))),
-            Some(found) if found.cluster_id != 0 && found.cluster_id != want.cluster_id => {
-                Err(Error::WrongStore(format!(
-                    "this data directory belongs to a store of cluster {}, not of cluster {}",
-                    found.cluster_id, want.cluster_id
-                )))
-            }
-            Some(found) if found.token != 0 && found.token != want.token => Err(Error::WrongStore(
-                "this data directory holds another store token".into(),
-            )),
-            _ => {
-                let mut wb = WriteBatch::default();
-                let state = self.cf(CF_RAFT_STATE);
-                wb.put_cf(
-                    state,
-                    keys::IDENT_KEY,
-                    keys::encode_pair(want.cluster_id, want.store_id),
-                );
-                wb.put_cf(state, keys::STORE_TOKEN_KEY, want.token.to_be_bytes());
-                self.write(wb, true)
-            }
-        }
-    }
-
-    /// Claims a fresh directory for node `want` of a config-file cluster (a store that hosts
-    /// region 1 with no PD), or checks that an existing one is that node's. Returns whether
-    /// the directory was fresh. Refuses another kind of process's directory, another node's or
-    /// cluster's, and the layout of older versions ([`Error::OldLayout`]), which kept the
-    /// node's group outside region 1: never rewritten, so nothing is lost.
-    pub fn claim_for_node(&self, want: Ident) -> Result<bool> {
-        self.claim_kind(crate::DirKind::Node)?;
-        let root_group = self
-            .db()
-            .get_cf(self.cf(CF_RAFT_STATE), keys::CONF_STATE_KEY)?
-            .is_some();
-        if root_group {
-            return Err(Error::OldLayout);
-        }
-        match self.ident()? {
-            Some(found) if found == want => Ok(false),
-            Some(found) => Err(Error::WrongIdentity {
-                found_cluster: found.cluster_id,
-                found_node: found.node_id,
-                cluster: want.cluster_id,
-                node: want.node_id,
-            }),
-            None => {
-                let mut wb = WriteBatch::default();
-                wb.put_cf(
-                    self.cf(CF_RAFT_STATE),
-                    keys::IDENT_KEY,
-                    keys::encode_pair(want.cluster_id, want.node_id),
-                );
-                self.write(wb, true)?;
-                Ok(true)
-            }
-        }
-    }
-
     /// Other stores' addresses as this store last learnt them from PD, as (id, peer address,
     /// client address): a store that restarts while PD is away still reaches its peers and
     /// names their leaders to clients.
@@ -650,30 +580,6 @@ impl Engine {
         let mut wb = WriteBatch::default();
         wb.put_cf(self.cf(CF_RAFT_STATE), key, format!("{peer}\n{client}"));
         self.write(wb, false)
-    }
-
-    /// The identity of the store this directory was claimed for, if it was (see
-    /// [`Engine::claim_for_store`]); `None` for a fresh directory.
-    pub fn store_ident(&self) -> Result<Option<StoreIdent>> {
-        let Some(ident) = self.ident()? else {
-            return Ok(None);
-        };
-        let token = match self
-            .db()
-            .get_cf(self.cf(CF_RAFT_STATE), keys::STORE_TOKEN_KEY)?
-        {
-            None => 0,
-            Some(v) => u64::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("store token record is not 8 bytes".into()))?,
-            ),
-        };
-        Ok(Some(StoreIdent {
-            cluster_id: ident.cluster_id,
-            store_id: ident.node_id,
-            token,
-        }))
     }
 }
 

@@ -1,0 +1,362 @@
+//! The types of PD's API as the client hands them out: timestamps, stores, regions, peers,
+//! scheduling steps and PD's members, each with its conversion from and to the wire.
+
+use rdb_proto::pd as pb;
+
+/// A timestamp from PD's oracle. Ordered as its [`Timestamp::as_u64`] form: by physical time,
+/// then by the logical counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Milliseconds since the Unix epoch (48 bits).
+    pub physical: u64,
+    /// Order within the millisecond.
+    pub logical: u16,
+}
+
+impl Timestamp {
+    /// Bits of the logical counter in the `u64` form.
+    pub const LOGICAL_BITS: u32 = 16;
+
+    /// The `u64` form: `physical << 16 | logical`.
+    pub fn as_u64(self) -> u64 {
+        (self.physical << Self::LOGICAL_BITS) | u64::from(self.logical)
+    }
+
+    /// The timestamp of a `u64` form.
+    pub fn from_u64(v: u64) -> Timestamp {
+        Timestamp {
+            physical: v >> Self::LOGICAL_BITS,
+            logical: (v & 0xffff) as u16,
+        }
+    }
+}
+
+impl From<Timestamp> for u64 {
+    fn from(ts: Timestamp) -> u64 {
+        ts.as_u64()
+    }
+}
+
+/// A store's state as PD sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StoreState {
+    /// Heard from recently (or never since this PD leader took over).
+    #[default]
+    Up,
+    /// Silent for longer than PD's `store_down_after`.
+    Down,
+    /// Removed by an operator; never comes back.
+    Tombstone,
+    /// Being removed by an operator: its regions move away, then PD tombstones it.
+    Offline,
+    /// A state this client does not know (a newer PD).
+    Unknown(i32),
+}
+
+impl StoreState {
+    /// `up`, `down`, `tombstone` or `unknown(N)`.
+    pub fn name(self) -> String {
+        match self {
+            StoreState::Up => "up".into(),
+            StoreState::Down => "down".into(),
+            StoreState::Tombstone => "tombstone".into(),
+            StoreState::Offline => "offline".into(),
+            StoreState::Unknown(n) => format!("unknown({n})"),
+        }
+    }
+}
+
+impl From<i32> for StoreState {
+    fn from(v: i32) -> StoreState {
+        match pb::StoreState::try_from(v) {
+            Ok(pb::StoreState::Up) => StoreState::Up,
+            Ok(pb::StoreState::Down) => StoreState::Down,
+            Ok(pb::StoreState::Tombstone) => StoreState::Tombstone,
+            Ok(pb::StoreState::Offline) => StoreState::Offline,
+            Err(_) => StoreState::Unknown(v),
+        }
+    }
+}
+
+impl From<StoreState> for i32 {
+    fn from(s: StoreState) -> i32 {
+        match s {
+            StoreState::Up => pb::StoreState::Up as i32,
+            StoreState::Down => pb::StoreState::Down as i32,
+            StoreState::Tombstone => pb::StoreState::Tombstone as i32,
+            StoreState::Offline => pb::StoreState::Offline as i32,
+            StoreState::Unknown(v) => v,
+        }
+    }
+}
+
+/// A storage node registered with PD.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Store {
+    /// Store id.
+    pub id: u64,
+    /// Its client address.
+    pub address: String,
+    /// Up, down or tombstone (set by PD; ignored in [`PdClient::put_store`]).
+    pub state: StoreState,
+    /// Milliseconds since the PD leader last heard the store (0 if never since it leads).
+    pub last_heartbeat_ms_ago: u64,
+    /// Where other stores send it Raft traffic (empty: `address`, for a store registered
+    /// before stores had a peer port of their own).
+    pub peer_address: String,
+    /// Regions with a peer on it, in PD's region map (set by PD).
+    pub region_count: u64,
+    /// Regions it leads, by the latest heartbeats (set by PD).
+    pub leader_count: u64,
+    /// Its disk by its last heartbeat: capacity, available and used (its data files) bytes.
+    pub capacity_bytes: u64,
+    /// Bytes still free on its disk.
+    pub available_bytes: u64,
+    /// Bytes its data takes (data files and memtables).
+    pub used_bytes: u64,
+}
+
+impl Store {
+    /// Where other stores reach this one for Raft traffic.
+    pub fn peer_addr(&self) -> &str {
+        if self.peer_address.is_empty() {
+            &self.address
+        } else {
+            &self.peer_address
+        }
+    }
+}
+
+impl From<pb::Store> for Store {
+    fn from(s: pb::Store) -> Store {
+        Store {
+            id: s.id,
+            address: s.address,
+            state: s.state.into(),
+            last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
+            peer_address: s.peer_address,
+            region_count: s.region_count,
+            leader_count: s.leader_count,
+            capacity_bytes: s.capacity_bytes,
+            available_bytes: s.available_bytes,
+            used_bytes: s.used_bytes,
+        }
+    }
+}
+
+impl From<Store> for pb::Store {
+    fn from(s: Store) -> pb::Store {
+        pb::Store {
+            id: s.id,
+            address: s.address,
+            state: s.state.into(),
+            last_heartbeat_ms_ago: s.last_heartbeat_ms_ago,
+            peer_address: s.peer_address,
+            region_count: s.region_count,
+            leader_count: s.leader_count,
+            capacity_bytes: s.capacity_bytes,
+            available_bytes: s.available_bytes,
+            used_bytes: s.used_bytes,
+        }
+    }
+}
+
+/// A region's epoch: `version` rises with splits and merges, `conf_ver` with membership changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RegionEpoch {
+    /// Raised by splits and merges.
+    pub version: u64,
+    /// Raised by membership changes.
+    pub conf_ver: u64,
+}
+
+/// One replica of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Peer {
+    /// Peer id.
+    pub id: u64,
+    /// The store holding it.
+    pub store_id: u64,
+    /// Whether it only learns the log (added by a membership change, not yet promoted).
+    pub learner: bool,
+}
+
+impl From<pb::Peer> for Peer {
+    fn from(p: pb::Peer) -> Peer {
+        Peer {
+            id: p.id,
+            store_id: p.store_id,
+            learner: p.learner,
+        }
+    }
+}
+
+impl From<Peer> for pb::Peer {
+    fn from(p: Peer) -> pb::Peer {
+        pb::Peer {
+            id: p.id,
+            store_id: p.store_id,
+            learner: p.learner,
+        }
+    }
+}
+
+/// One scheduling step PD asks a region's leader to take (see `pd.proto` `Operator`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operator {
+    /// Add this peer (a new id, on its store) as a learner.
+    AddLearner(Peer),
+    /// Promote this learner to voter.
+    Promote(Peer),
+    /// Remove this peer.
+    Remove(Peer),
+    /// Hand leadership to this peer.
+    TransferLeader(Peer),
+}
+
+/// An [`Operator`] with the region membership (`conf_ver`) it was computed for and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorStep {
+    /// The step.
+    pub op: Operator,
+    /// The region's `conf_ver` it applies to.
+    pub conf_ver: u64,
+    /// Why PD asks for it.
+    pub reason: String,
+}
+
+impl OperatorStep {
+    /// The typed step of a heartbeat's answer, if it names one this client knows.
+    pub fn from_pb(o: pb::Operator) -> Option<OperatorStep> {
+        use pb::operator::Kind;
+        let peer = Peer::from(o.peer?);
+        let op = match Kind::try_from(o.kind).ok()? {
+            Kind::AddLearner => Operator::AddLearner(peer),
+            Kind::Promote => Operator::Promote(peer),
+            Kind::Remove => Operator::Remove(peer),
+            Kind::TransferLeader => Operator::TransferLeader(peer),
+            Kind::Unspecified => return None,
+        };
+        Some(OperatorStep {
+            op,
+            conf_ver: o.conf_ver,
+            reason: o.reason,
+        })
+    }
+}
+
+/// A range of keys `[start_key, end_key)` and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Region {
+    /// Region id.
+    pub id: u64,
+    /// Inclusive start; empty for the first key.
+    pub start_key: Vec<u8>,
+    /// Exclusive end; empty for no upper bound.
+    pub end_key: Vec<u8>,
+    /// Its epoch.
+    pub epoch: RegionEpoch,
+    /// Its replicas.
+    pub peers: Vec<Peer>,
+}
+
+impl From<pb::Region> for Region {
+    fn from(r: pb::Region) -> Region {
+        let epoch = r.epoch.unwrap_or_default();
+        Region {
+            id: r.id,
+            start_key: r.start_key,
+            end_key: r.end_key,
+            epoch: RegionEpoch {
+                version: epoch.version,
+                conf_ver: epoch.conf_ver,
+            },
+            peers: r.peers.into_iter().map(Peer::from).collect(),
+        }
+    }
+}
+
+impl From<Region> for pb::Region {
+    fn from(r: Region) -> pb::Region {
+        pb::Region {
+            id: r.id,
+            start_key: r.start_key,
+            end_key: r.end_key,
+            epoch: Some(pb::RegionEpoch {
+                version: r.epoch.version,
+                conf_ver: r.epoch.conf_ver,
+            }),
+            peers: r.peers.into_iter().map(pb::Peer::from).collect(),
+        }
+    }
+}
+
+/// A region as PD knows it, with what its latest heartbeat said.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegionInfo {
+    /// The region.
+    pub region: Region,
+    /// Its leader from the latest heartbeat, if any since this PD node leads.
+    pub leader: Option<Peer>,
+    /// Approximate size in bytes.
+    pub approximate_size: u64,
+    /// Approximate number of keys.
+    pub approximate_keys: u64,
+}
+
+impl RegionInfo {
+    /// `None` when the answer names no region.
+    pub(crate) fn from_pb(r: pb::GetRegionResponse) -> Option<RegionInfo> {
+        Some(RegionInfo {
+            region: r.region?.into(),
+            leader: r.leader.map(Peer::from),
+            approximate_size: r.approximate_size,
+            approximate_keys: r.approximate_keys,
+        })
+    }
+}
+
+/// What a store reports in its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// The reporting store.
+    pub store_id: u64,
+    /// Regions it holds.
+    pub region_count: u64,
+    /// Its capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Bytes still free.
+    pub available_bytes: u64,
+    /// Bytes its data takes (data files and memtables).
+    pub used_bytes: u64,
+}
+
+/// One PD node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// The address clients use (the one [`PdClient`] takes).
+    pub client_addr: String,
+    /// The address PD nodes use among themselves.
+    pub peer_addr: String,
+}
+
+impl From<pb::Member> for Member {
+    fn from(m: pb::Member) -> Member {
+        Member {
+            id: m.id,
+            client_addr: m.client_addr,
+            peer_addr: m.peer_addr,
+        }
+    }
+}
+
+/// The PD group: every node, and which one leads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Members {
+    /// Every PD node.
+    pub members: Vec<Member>,
+    /// The leader, when the answering node knows it.
+    pub leader: Option<Member>,
+}
