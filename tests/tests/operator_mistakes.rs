@@ -213,13 +213,14 @@ async fn commands_aimed_at_the_wrong_kind_of_address_say_so_and_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_registered_and_died_is_not_picked_for_the_first_region() {
-    // Down after 1 s of silence; region 1 on two stores.
+    // Down after 3 s of silence (more than the 2 s between a live store's heartbeats); region
+    // 1 on two stores.
     let mut c = RegionCluster::with_pd_only(
         3,
         NO_SPLITS,
         Setup {
             replicas: 2,
-            pd_tables: "[pd]\nstore_down_after_secs = 1\n".into(),
+            pd_tables: "[pd]\nstore_down_after_secs = 3\n".into(),
             ..Setup::default()
         },
     );
