@@ -12,6 +12,9 @@ pub const MIN_TSO_WINDOW_MS: u64 = 50;
 /// Longest: a window is how far timestamps may run ahead of the clock after a restart.
 pub const MAX_TSO_WINDOW_MS: u64 = 60_000;
 
+/// Shortest `store_down_after_secs`: more than the 2 s between a live store's heartbeats.
+pub const MIN_STORE_DOWN_AFTER_SECS: u64 = 3;
+
 /// PD-only settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -121,10 +124,12 @@ impl PdConfig {
                 self.pd.tso_window_ms
             )));
         }
-        if self.pd.store_down_after_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "[pd] store_down_after_secs must be at least 1".into(),
-            ));
+        if self.pd.store_down_after_secs < MIN_STORE_DOWN_AFTER_SECS {
+            return Err(ConfigError::Invalid(format!(
+                "[pd] store_down_after_secs must be at least {MIN_STORE_DOWN_AFTER_SECS}, got {}: \
+                 stores heartbeat every 2 s, and a live store would count down between two",
+                self.pd.store_down_after_secs
+            )));
         }
         if self.pd.max_store_down_secs < self.pd.store_down_after_secs {
             return Err(ConfigError::Invalid(format!(
@@ -218,5 +223,22 @@ data_dir = "/tmp/c"
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+        // Down sooner than a live store's next heartbeat, or gone sooner than down.
+        let e = PdConfig::parse(&format!("{THREE}\n[pd]\nstore_down_after_secs = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store_down_after_secs must be at least 3"),
+            "{e}"
+        );
+        let e = PdConfig::parse(&format!(
+            "{THREE}\n[pd]\nstore_down_after_secs = 60\nmax_store_down_secs = 30\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_store_down_secs (30) must be at least"),
+            "{e}"
+        );
     }
 }

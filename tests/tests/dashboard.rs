@@ -117,7 +117,7 @@ async fn the_dashboard_queries_and_alert_rules_work_in_a_real_prometheus() {
         },
         Setup {
             replicas: 3,
-            pd_tables: "[pd]\nstore_down_after_secs = 2\n".into(),
+            pd_tables: "[pd]\nstore_down_after_secs = 3\n".into(),
             ..Setup::default()
         },
     );

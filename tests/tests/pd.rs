@@ -358,7 +358,7 @@ async fn a_persisted_limit_years_ahead_of_the_clock_is_refused_with_the_cause_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_survives_a_minority_failure_and_a_full_restart_and_bad_requests_are_typed() {
-    let mut c = TestCluster::start_pd(3, "store_down_after_secs = 2");
+    let mut c = TestCluster::start_pd(3, "store_down_after_secs = 3");
     let pd = Pd::new(&c);
     let l = pd.leader_id().await;
 
