@@ -81,6 +81,9 @@ PANELS = [
     ("PD: timestamp requests per second and p99", "short",
      [(f"sum(rate(rdb_pd_tso_requests_total{SEL}[1m]))", "requests/s"),
       (quantile(0.99, "rdb_pd_tso_seconds", "le"), "p99 seconds")]),
+    # PD's scheduling: the steps it asks of region leaders (replica repair, store removal).
+    ("PD: operators per second by kind", "short",
+     [(f"sum(rate(rdb_pd_operators_total{SEL}[1m])) by (kind)", "{{kind}}")]),
 ]
 
 

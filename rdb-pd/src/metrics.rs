@@ -65,6 +65,10 @@ fn build() -> Result<PdMetrics, prometheus::Error> {
     registry.register(Box::new(m.regions.clone()))?;
     registry.register(Box::new(m.regions_under_replicated.clone()))?;
     registry.register(Box::new(m.regions_without_leader.clone()))?;
+    // Every kind from the start, at zero: a rate over "no operator yet" is 0, not no series.
+    for kind in ["ADD_LEARNER", "PROMOTE", "REMOVE", "TRANSFER_LEADER"] {
+        m.operators.with_label_values(&[kind]);
+    }
     registry.register(Box::new(m.operators.clone()))?;
     registry.register(Box::new(m.tso_requests.clone()))?;
     registry.register(Box::new(m.tso_seconds.clone()))?;
