@@ -470,23 +470,11 @@ where
 
     fn status(&self) -> NodeStatus {
         let r = self.core.replica();
-        let (first_index, last_index) = r.log_bounds();
-        NodeStatus {
-            node_id: r.id(),
-            role: role_code(r.role()),
-            term: r.term(),
-            leader_id: r.leader_id(),
-            leader_addr: self
-                .leader_hint(r.leader_id())
-                .map(|h| h.addr)
-                .unwrap_or_default(),
-            commit_index: r.commit_index(),
-            applied_index: r.applied_index(),
-            first_index,
-            last_index,
-            followers: r.follower_progress(),
-            regions: None,
-        }
+        let leader_addr = self
+            .leader_hint(r.leader_id())
+            .map(|h| h.addr)
+            .unwrap_or_default();
+        group_status(r.id(), r, leader_addr)
     }
 }
 
@@ -495,6 +483,29 @@ fn not_a_store(region_id: u64) -> RequestError {
     RequestError::InvalidArgument(format!(
         "region {region_id} was named, but this process has one Raft group and no regions"
     ))
+}
+
+/// The status of a process of one group (a PD node, or a config-file node's region 1) as node
+/// `node_id` reports it, with its leader's client address.
+pub(crate) fn group_status<S: crate::raft_core::LogStore, A: Application>(
+    node_id: NodeId,
+    r: &crate::raft_core::Replica<S, A>,
+    leader_addr: String,
+) -> NodeStatus {
+    let (first_index, last_index) = r.log_bounds();
+    NodeStatus {
+        node_id,
+        role: role_code(r.role()),
+        term: r.term(),
+        leader_id: r.leader_id(),
+        leader_addr,
+        commit_index: r.commit_index(),
+        applied_index: r.applied_index(),
+        first_index,
+        last_index,
+        followers: r.follower_progress(),
+        regions: None,
+    }
 }
 
 /// The `rdb_raft_role` value of a raft role.

@@ -71,17 +71,7 @@ where
         dir: me.data_dir.clone(),
         message: e.to_string(),
     };
-    if let Some(index) = engine.removed().map_err(data_dir_error)? {
-        return Err(ServerError::DataDir {
-            dir: me.data_dir.clone(),
-            message: format!(
-                "node {node_id} was removed from cluster {} (at log index {index}) and will not \
-                 serve again; to bring this machine back, delete the directory and add it as a \
-                 new member with a new id",
-                config.cluster_id
-            ),
-        });
-    }
+    refuse_removed(&engine, &me.data_dir, node_id, config.cluster_id)?;
     let directory = Directory::load(&engine, config).map_err(data_dir_error)?;
     let members = SharedDirectory::new(directory.clone());
     let app = make_app(&engine)?;
@@ -233,6 +223,31 @@ pub(crate) async fn bind_listeners(
         });
     }
     Ok((client, peer))
+}
+
+/// Refuses to start node `node_id` of cluster `cluster_id` on `dir` once it learnt it was
+/// removed from the cluster (see `Engine::mark_removed`): it must never serve again.
+pub(crate) fn refuse_removed(
+    engine: &Engine,
+    dir: &Path,
+    node_id: NodeId,
+    cluster_id: u64,
+) -> Result<(), ServerError> {
+    let removed = engine.removed().map_err(|e| ServerError::DataDir {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    match removed {
+        None => Ok(()),
+        Some(index) => Err(ServerError::DataDir {
+            dir: dir.to_path_buf(),
+            message: format!(
+                "node {node_id} was removed from cluster {cluster_id} (at log index {index}) and \
+                 will not serve again; to bring this machine back, delete the directory and add \
+                 it as a new member with a new id"
+            ),
+        }),
+    }
 }
 
 /// Resolves once `rx` says the node is stopping: the graceful-shutdown signal of its servers.

@@ -88,17 +88,7 @@ pub async fn run_config_node(
         node_id,
     };
     engine.claim_for_node(ident).map_err(data_error)?;
-    if let Some(index) = engine.removed().map_err(data_error)? {
-        return Err(ServerError::DataDir {
-            dir: me.data_dir.clone(),
-            message: format!(
-                "node {node_id} was removed from cluster {} (at log index {index}) and will not \
-                 serve again; to bring this machine back, delete the directory and add it as a \
-                 new member with a new id",
-                config.cluster_id
-            ),
-        });
-    }
+    crate::server::refuse_removed(&engine, &me.data_dir, node_id, config.cluster_id)?;
     let dedup_window = settings.dedup_window;
     if engine
         .check_apply_settings(rdb_storage::ApplySettings { dedup_window })
@@ -186,24 +176,11 @@ impl StoreTask {
             };
         };
         let r = core.replica();
-        let (first_index, last_index) = r.log_bounds();
-        let leader_id = r.leader_id();
-        NodeStatus {
-            node_id,
-            role: crate::node::role_code(r.role()),
-            term: r.term(),
-            leader_id,
-            leader_addr: lock(&self.addrs)
-                .get(&leader_id)
-                .cloned()
-                .unwrap_or_default(),
-            commit_index: r.commit_index(),
-            applied_index: r.applied_index(),
-            first_index,
-            last_index,
-            followers: r.follower_progress(),
-            regions: None,
-        }
+        let leader_addr = lock(&self.addrs)
+            .get(&r.leader_id())
+            .cloned()
+            .unwrap_or_default();
+        crate::node::group_status(node_id, r, leader_addr)
     }
 
     /// A config-file node's checks of a membership change before it is proposed: a removed

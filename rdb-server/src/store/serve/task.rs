@@ -268,15 +268,6 @@ impl StoreTask {
         Ok((id, route.epoch.unwrap_or(current)))
     }
 
-    /// The region and epoch a request goes to ([`StoreTask::locate`]), once its keys pass
-    /// the region's checks.
-    fn route(&self, route: &RegionRoute) -> Result<(u64, RegionEpoch), RequestError> {
-        let (id, epoch) = self.locate(route)?;
-        let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
-        self.core.check(id, &epoch, &keys).map_err(region_error)?;
-        Ok((id, epoch))
-    }
-
     /// The region a membership or leadership request without one is for: a config-file
     /// node's one region; a store has no default.
     fn default_region(&self, region_id: u64) -> u64 {
@@ -311,8 +302,9 @@ impl StoreTask {
             m => m,
         };
         match msg {
+            // `StoreCore::propose` and `read` check the keys and epoch themselves.
             Msg::RegionPropose { route, data, tx } => {
-                let (id, epoch) = match self.route(&route) {
+                let (id, epoch) = match self.locate(&route) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -332,7 +324,7 @@ impl StoreTask {
                 linearizable,
                 tx,
             } => {
-                let (id, epoch) = match self.route(&route) {
+                let (id, epoch) = match self.locate(&route) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -341,6 +333,10 @@ impl StoreTask {
                 };
                 let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
                 if !linearizable {
+                    if let Err(e) = self.core.check(id, &epoch, &keys) {
+                        let _ = tx.send(Err(region_error(e)));
+                        return;
+                    }
                     if self.core.is_installing(id) {
                         // Its data is being replaced: the leader's store serves the read.
                         let leader = self.core.core(id).map_or(0, |c| c.replica().leader_id());
