@@ -250,6 +250,11 @@ enum Command {
         #[command(subcommand)]
         cmd: pd::RegionCmd,
     },
+    /// PD's scheduling operators (needs --pd).
+    Operator {
+        #[command(subcommand)]
+        cmd: pd::OperatorCmd,
+    },
     /// Endpoints as etcdctl shows them: `endpoint health` (gRPC health, exit 4 if any is not
     /// serving) and `endpoint status`; --cluster: every member (with --pd: every store).
     Endpoint {
@@ -329,7 +334,10 @@ async fn run(cli: Cli) -> u8 {
     let talks_to_pd = cli.regions
         || matches!(
             cli.command,
-            Command::Tso | Command::Store { .. } | Command::Region { .. }
+            Command::Tso
+                | Command::Store { .. }
+                | Command::Region { .. }
+                | Command::Operator { .. }
         )
         || (matches!(
             cli.command,
@@ -557,6 +565,9 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Region { cmd } => {
             pd::run(pd::PdCmd::Region(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
+        Command::Operator { cmd } => {
+            pd::run(pd::PdCmd::Operator(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
         Command::Member {
             region: Some(region),

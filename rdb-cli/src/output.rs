@@ -1,6 +1,6 @@
 //! Rendering results as a table (for people) or JSON (for scripts).
 
-use rdb_client::pd::{Members, RegionInfo, Store};
+use rdb_client::pd::{Members, OperatorRecord, RegionInfo, Store};
 use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp};
 use serde_json::{json, Value};
 
@@ -305,7 +305,10 @@ impl Printer {
                                "region_count": s.region_count, "leader_count": s.leader_count,
                                "capacity_bytes": s.capacity_bytes,
                                "available_bytes": s.available_bytes,
-                               "used_bytes": s.used_bytes})
+                               "used_bytes": s.used_bytes,
+                               "labels": s.labels.iter()
+                                   .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                                   .collect::<serde_json::Map<_, _>>()})
                     })
                     .collect();
                 outln!("{}", Value::Array(rows));
@@ -321,6 +324,7 @@ impl Printer {
                     "AVAILABLE",
                     "CAPACITY",
                     "LAST_HEARTBEAT_MS_AGO",
+                    "LABELS",
                 ])];
                 for s in stores {
                     rows.push(vec![
@@ -333,6 +337,55 @@ impl Printer {
                         human_bytes(s.available_bytes),
                         human_bytes(s.capacity_bytes),
                         s.last_heartbeat_ms_ago.to_string(),
+                        labels(&s.labels),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        0
+    }
+
+    /// PD's operators (`operator list`).
+    pub fn operators(&self, ops: &[OperatorRecord]) -> u8 {
+        match self.format {
+            Output::Json => {
+                let rows: Vec<_> = ops
+                    .iter()
+                    .map(|o| {
+                        json!({"id": o.id, "region_id": o.region_id, "kind": o.kind,
+                               "steps": o.steps, "done": o.done, "status": o.status,
+                               "age_ms": o.age.as_millis() as u64, "reason": o.reason})
+                    })
+                    .collect();
+                outln!("{}", Value::Array(rows));
+            }
+            Output::Table => {
+                let mut rows = vec![header(&[
+                    "ID", "REGION", "KIND", "STATUS", "AGE", "STEPS", "REASON",
+                ])];
+                for o in ops {
+                    // The steps done are marked, so the row shows where it is.
+                    let steps: Vec<String> = o
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            if (i as u32) < o.done {
+                                format!("[done] {s}")
+                            } else {
+                                s.clone()
+                            }
+                        })
+                        .collect();
+                    rows.push(vec![
+                        o.id.to_string(),
+                        o.region_id.to_string(),
+                        o.kind.clone(),
+                        o.status.clone(),
+                        format!("{:.1}s", o.age.as_secs_f64()),
+                        steps.join("; "),
+                        o.reason.clone(),
                     ]);
                 }
                 print_table(&rows);
@@ -528,6 +581,18 @@ impl Printer {
 pub type StoreStates = std::collections::HashMap<u64, String>;
 
 /// Bytes for people: `0`, `512 B`, `1.5 MiB`, `3.2 GiB`, ...
+/// A store's labels as typed (`zone=a,host=h1`), `-` for none.
+fn labels(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {

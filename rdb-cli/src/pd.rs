@@ -1,4 +1,5 @@
-//! The commands that talk to PD, the placement driver (`tso`, `store`, `region`, `member`).
+//! The commands that talk to PD, the placement driver (`tso`, `store`, `region`, `member`,
+//! `operator`).
 //! They need PD's endpoints (`--pd A,B,C`), not the KV nodes'.
 
 use clap::Subcommand;
@@ -56,6 +57,14 @@ pub enum RegionCmd {
     },
 }
 
+/// `rdb-cli operator ...`
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum OperatorCmd {
+    /// PD's scheduling operators: those that ended lately (finished, timed out, cancelled),
+    /// then those that run, each with its steps.
+    List,
+}
+
 /// `rdb-cli member ...`
 #[derive(Debug, Subcommand, PartialEq, Eq)]
 pub enum MemberCmd {
@@ -74,6 +83,8 @@ pub enum PdCmd {
     Region(RegionCmd),
     /// `member ...`
     Member(MemberCmd),
+    /// `operator ...`
+    Operator(OperatorCmd),
 }
 
 impl PdCmd {
@@ -84,6 +95,7 @@ impl PdCmd {
             PdCmd::Store(_) => "store",
             PdCmd::Region(_) => "region",
             PdCmd::Member(_) => "member",
+            PdCmd::Operator(_) => "operator",
         }
     }
 }
@@ -169,6 +181,10 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
                 Err(e) => fail(&e),
             }
         }
+        PdCmd::Operator(OperatorCmd::List) => match client.operators().await {
+            Ok(ops) => p.operators(&ops),
+            Err(e) => fail(&e),
+        },
         PdCmd::Member(MemberCmd::List) => match client.get_members().await {
             Ok(m) if m.leader.is_none() => {
                 p.members(&m);

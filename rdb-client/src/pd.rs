@@ -614,6 +614,19 @@ impl PdClient {
         .await
     }
 
+    /// PD's running operators and the latest that ended (`operator list`), from its leader.
+    pub async fn operators(&self) -> Result<Vec<OperatorRecord>> {
+        self.call(false, |mut c| async move {
+            let r = c
+                .get_operators(pb::GetOperatorsRequest {})
+                .await?
+                .into_inner();
+            let ops = r.operators.into_iter().map(OperatorRecord::from).collect();
+            Ok((ops, r.error))
+        })
+        .await
+    }
+
     /// The deadline of a call starting now.
     fn deadline(&self) -> Instant {
         Instant::now() + self.inner.opts.deadline

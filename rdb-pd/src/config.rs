@@ -28,6 +28,19 @@ pub struct PdSettings {
     /// other stores, in seconds (default 1800, TiKV's `max-store-down-time`; at least
     /// `store_down_after_secs`).
     pub max_store_down_secs: u64,
+    /// How many new peers' snapshots may be on their way to one store, and from one store, at
+    /// once (default 4): moves never crowd out client traffic.
+    pub store_limit: u64,
+    /// An operator whose step has not progressed for this long is dropped, in seconds
+    /// (default 600: a large region's snapshot; a leader transfer gets 10 s).
+    pub operator_timeout_secs: u64,
+    /// Leadership moves toward stores that lead fewer regions (default true).
+    pub balance_leaders: bool,
+    /// Peers move toward stores that hold fewer regions or bytes (default true).
+    pub balance_regions: bool,
+    /// Store labels that say where a store is, most general first (e.g. `["zone", "host"]`):
+    /// a region's replicas go to stores that share as few of them as possible (default none).
+    pub location_labels: Vec<String>,
 }
 
 impl Default for PdSettings {
@@ -36,6 +49,11 @@ impl Default for PdSettings {
             tso_window_ms: 3000,
             store_down_after_secs: 30,
             max_store_down_secs: 1800,
+            store_limit: 4,
+            operator_timeout_secs: 600,
+            balance_leaders: true,
+            balance_regions: true,
+            location_labels: Vec::new(),
         }
     }
 }
@@ -54,6 +72,11 @@ impl PdSettings {
     /// How long a store may be silent before its peers are replaced.
     pub fn max_store_down(&self) -> Duration {
         Duration::from_secs(self.max_store_down_secs)
+    }
+
+    /// How long an operator's step may show no progress.
+    pub fn operator_timeout(&self) -> Duration {
+        Duration::from_secs(self.operator_timeout_secs)
     }
 }
 
@@ -129,6 +152,23 @@ impl PdConfig {
                 "[pd] store_down_after_secs must be at least {MIN_STORE_DOWN_AFTER_SECS}, got {}: \
                  stores heartbeat every 2 s, and a live store would count down between two",
                 self.pd.store_down_after_secs
+            )));
+        }
+        if self.pd.store_limit == 0 || self.pd.operator_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[pd] store_limit and operator_timeout_secs must be at least 1: with 0 no \
+                 region could ever be repaired"
+                    .into(),
+            ));
+        }
+        if let Some(l) = self
+            .pd
+            .location_labels
+            .iter()
+            .find(|l| !rdb_client::pd::valid_label(l))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[pd] location_labels: \"{l}\" is not a label name (1 to 64 letters, digits, '-', '_' or '.')"
             )));
         }
         if self.pd.max_store_down_secs < self.pd.store_down_after_secs {

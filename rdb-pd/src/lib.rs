@@ -61,9 +61,7 @@ pub async fn run(
         started.mailbox.clone(),
         state,
         cluster,
-        config.pd.tso_window(),
-        config.pd.store_down_after(),
-        config.pd.max_store_down(),
+        config.pd.clone(),
         logger.clone(),
     ));
     tokio::spawn(observe_every_second(started.mailbox.clone(), svc.clone()));

@@ -40,6 +40,13 @@ struct Heartbeats {
     regions: HashMap<u64, (Option<Peer>, u64, u64)>,
     /// Each store's last reported disk: capacity, available and used bytes.
     disks: HashMap<u64, (u64, u64, u64)>,
+    /// The operators that run (see [`crate::schedule`]); a new term starts with none.
+    ops: crate::schedule::Controller,
+    /// Each region's membership version as last reported, and since when.
+    confs: HashMap<u64, (u64, Instant)>,
+    /// The store views the checkers read, as computed at that instant (recomputed at most
+    /// every second, and when an operator ends).
+    views: Option<(Instant, Vec<crate::schedule::StoreView>)>,
 }
 
 /// Serves the PD API for one PD node.
@@ -51,6 +58,8 @@ pub struct PdService {
     store_down_after: Duration,
     /// Silent this long, a store is gone: its peers are replaced (see [`crate::schedule`]).
     max_store_down: Duration,
+    /// Scheduling settings (`[pd]`).
+    settings: crate::config::PdSettings,
     beats: Mutex<Heartbeats>,
     logger: slog::Logger,
 }
@@ -128,6 +137,7 @@ refusal!(
     GetRegionResponse,
     ScanRegionsResponse,
     GetMembersResponse,
+    GetOperatorsResponse,
     GetClusterIdResponse
 );
 
@@ -155,23 +165,18 @@ impl PdService {
         mailbox: Mailbox<PdOutput>,
         state: Arc<RwLock<PdState>>,
         config: Arc<ClusterConfig>,
-        tso_window: Duration,
-        store_down_after: Duration,
-        max_store_down: Duration,
+        settings: crate::config::PdSettings,
         logger: slog::Logger,
     ) -> PdService {
-        let tso = Tso::start(
-            mailbox.clone(),
-            state.clone(),
-            tso_window.as_millis() as u64,
-        );
+        let tso = Tso::start(mailbox.clone(), state.clone(), settings.tso_window_ms);
         PdService {
             mailbox,
             state,
             tso,
             config,
-            store_down_after,
-            max_store_down,
+            store_down_after: settings.store_down_after(),
+            max_store_down: settings.max_store_down(),
+            settings,
             beats: Mutex::new(Heartbeats::default()),
             logger,
         }
@@ -783,6 +788,25 @@ impl Pd for PdService {
             Err(_) => GetMembersResponse {
                 error: self.err(RequestError::Unavailable("the PD node is busy".into())),
                 ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_operators(
+        &self,
+        req: Request<GetOperatorsRequest>,
+    ) -> Result<Response<GetOperatorsResponse>, Status> {
+        admit!(self, req);
+        // Operators live in the leader's memory: the barrier proves this node leads.
+        let resp = match self.barrier().await {
+            Ok(()) => GetOperatorsResponse {
+                error: None,
+                operators: self.operator_infos(),
+            },
+            Err(e) => GetOperatorsResponse {
+                error: self.err(e),
+                operators: Vec::new(),
             },
         };
         Ok(Response::new(resp))

@@ -35,6 +35,8 @@ pub struct Setup {
     pub pd_tables: String,
     /// TLS for this test's own clients of PD and of the stores.
     pub client_tls: Option<rdb_client::TlsOptions>,
+    /// Each store's `--labels` (index = store number - 1; none past the end).
+    pub store_labels: Vec<String>,
 }
 
 impl Default for Setup {
@@ -44,6 +46,7 @@ impl Default for Setup {
             store_file: None,
             pd_tables: String::new(),
             client_tls: None,
+            store_labels: Vec::new(),
         }
     }
 }
@@ -163,14 +166,26 @@ impl RegionCluster {
             .expect("run rdb-cli (cargo build --workspace --bins)")
     }
 
-    /// The id PD gave store `i` (1-based).
+    /// The id PD gave store `i` (1-based), once it registered (a store just started may
+    /// take a moment; panics after 30 s).
     pub async fn store_id(&self, i: usize) -> u64 {
-        let stores = self.pd_client().get_all_stores(true).await.expect("stores");
-        stores
-            .iter()
-            .find(|s| s.address == self.addrs[i - 1])
-            .map(|s| s.id)
-            .expect("store registered")
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stores = self.pd_client().get_all_stores(true).await;
+            let id = stores
+                .iter()
+                .flatten()
+                .find(|s| s.address == self.addrs[i - 1])
+                .map(|s| s.id);
+            if let Some(id) = id {
+                return id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "store {i} did not register with PD within 30 s: {stores:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A client for every store (it follows the stores' leader hints).
@@ -239,6 +254,13 @@ impl RegionCluster {
                     .store_file
                     .iter()
                     .flat_map(|_| ["--config".into(), self.dir.path().join("store.toml")]),
+            )
+            .args(
+                self.setup
+                    .store_labels
+                    .get(i - 1)
+                    .iter()
+                    .flat_map(|l| ["--labels", l.as_str()]),
             )
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -432,6 +432,17 @@ impl Pd for FakePd {
         }))
     }
 
+    async fn get_operators(
+        &self,
+        r: Request<pb::GetOperatorsRequest>,
+    ) -> Result<Response<pb::GetOperatorsResponse>, Status> {
+        let error = self.gate(r.metadata());
+        Ok(Response::new(pb::GetOperatorsResponse {
+            error,
+            operators: Vec::new(),
+        }))
+    }
+
     async fn get_cluster_id(
         &self,
         r: Request<pb::GetClusterIdRequest>,
@@ -490,6 +501,19 @@ fn leader_fake() -> Arc<Fake> {
         clock: Mutex::new((1_700_000_000_000, 0)),
         ..Fake::default()
     })
+}
+
+#[test]
+fn store_labels_parse_or_say_which_part_is_wrong() {
+    assert_eq!(
+        parse_labels("zone=a, host=h1").unwrap(),
+        vec![("zone".into(), "a".into()), ("host".into(), "h1".into())]
+    );
+    assert_eq!(parse_labels("").unwrap(), Vec::new());
+    assert!(parse_labels("zone").unwrap_err().contains("KEY=VALUE"));
+    assert!(parse_labels("zone=a,zone=b").unwrap_err().contains("twice"));
+    assert!(parse_labels("zone=a b").unwrap_err().contains("letters"));
+    assert!(parse_labels("=a").is_err());
 }
 
 #[test]

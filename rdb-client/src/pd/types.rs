@@ -114,6 +114,8 @@ pub struct Store {
     pub available_bytes: u64,
     /// Bytes its data takes (data files and memtables).
     pub used_bytes: u64,
+    /// Where it is (`zone=a`, `host=h1`), as its `--labels` said: see [`parse_labels`].
+    pub labels: Vec<(String, String)>,
 }
 
 impl Store {
@@ -140,6 +142,7 @@ impl From<pb::Store> for Store {
             capacity_bytes: s.capacity_bytes,
             available_bytes: s.available_bytes,
             used_bytes: s.used_bytes,
+            labels: s.labels.into_iter().map(|l| (l.key, l.value)).collect(),
         }
     }
 }
@@ -157,8 +160,44 @@ impl From<Store> for pb::Store {
             capacity_bytes: s.capacity_bytes,
             available_bytes: s.available_bytes,
             used_bytes: s.used_bytes,
+            labels: s
+                .labels
+                .into_iter()
+                .map(|(key, value)| pb::StoreLabel { key, value })
+                .collect(),
         }
     }
+}
+
+/// Whether `name` may be a label's key or value: 1 to 64 ASCII letters, digits, `-`, `_`
+/// and `.` (they appear in logs, `store list` and PD's file).
+pub fn valid_label(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Parses a store's `--labels` (`zone=a,host=h1`): each key once, keys and values by
+/// [`valid_label`]; the error says which part is wrong.
+pub fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(format!("\"{part}\" is not KEY=VALUE"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !valid_label(key) || !valid_label(value) {
+            return Err(format!(
+                "\"{part}\": keys and values are 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if labels.iter().any(|(k, _)| k == key) {
+            return Err(format!("label \"{key}\" is given twice"));
+        }
+        labels.push((key.to_string(), value.to_string()));
+    }
+    Ok(labels)
 }
 
 /// A region's epoch: `version` rises with splits and merges, `conf_ver` with membership changes.
@@ -359,4 +398,40 @@ pub struct Members {
     pub members: Vec<Member>,
     /// The leader, when the answering node knows it.
     pub leader: Option<Member>,
+}
+
+/// One of PD's operators (a plan of steps for one region), as `operator list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OperatorRecord {
+    /// Unique within the PD leader's term.
+    pub id: u64,
+    /// The region.
+    pub region_id: u64,
+    /// The checker that made it: `replica`, `balance-leader`, `balance-region`.
+    pub kind: String,
+    /// Its steps, for people.
+    pub steps: Vec<String>,
+    /// How many are done.
+    pub done: u32,
+    /// `running`, `finished`, `timed out` or `cancelled: why`.
+    pub status: String,
+    /// From its creation to now (running) or to its end.
+    pub age: std::time::Duration,
+    /// Why it was made.
+    pub reason: String,
+}
+
+impl From<pb::OperatorInfo> for OperatorRecord {
+    fn from(o: pb::OperatorInfo) -> OperatorRecord {
+        OperatorRecord {
+            id: o.id,
+            region_id: o.region_id,
+            kind: o.kind,
+            steps: o.steps,
+            done: o.done,
+            status: o.status,
+            age: std::time::Duration::from_millis(o.age_ms),
+            reason: o.reason,
+        }
+    }
 }

@@ -1,0 +1,178 @@
+//! PD's balance and placement against real processes (specs/015-scheduling): a store added to
+//! a running cluster takes regions and leaderships while writers run, and every acknowledged
+//! write stays; replicas go to stores apart by their labels.
+
+use std::time::{Duration, Instant};
+
+use rdb_client::pd::Store;
+use rdb_tests::regions::{key, write_rounds, RegionCluster, Setup, Split};
+
+/// PD's view of the stores that are not tombstones.
+async fn stores(c: &RegionCluster) -> Vec<Store> {
+    c.pd_client().get_all_stores(true).await.unwrap_or_default()
+}
+
+/// What PD's operator list says, for a failure message.
+fn operators(c: &RegionCluster) -> String {
+    let o = c.pd_cli(&["operator", "list"]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
+    let mut c = RegionCluster::with_pd_only(
+        4,
+        Split {
+            keys: 40,
+            check_ms: 300,
+        },
+        Setup {
+            pd_tables: "[pd]\nstore_down_after_secs = 3\n".into(),
+            ..Setup::default()
+        },
+    );
+    for i in 1..=3 {
+        c.restart(i);
+    }
+    let client = c.client();
+    let mut written = write_rounds(&client, 400, 1, 4).await;
+    let regions = c.wait_regions(6, Duration::from_secs(60)).await.len();
+
+    // Store 4 joins while writers go on.
+    c.restart(4);
+    let new_id = c.store_id(4).await;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { write_rounds(&client, 400, 2, 2).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last;
+    loop {
+        let s = stores(&c).await;
+        let counts: Vec<u64> = s.iter().map(|s| s.region_count).collect();
+        let new = s.iter().find(|s| s.id == new_id);
+        let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+        last = format!("{s:?}");
+        // Region balance: within 2 of each other with store 4 holding some; leader balance:
+        // store 4 leads some.
+        if s.len() == 4
+            && spread <= 2
+            && new.is_some_and(|n| n.region_count >= 2 && n.leader_count >= 1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store {new_id} was not given its share within 60 s ({regions} regions): {last}\n{}",
+            operators(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Later rounds overwrite the first: the last acknowledged value is what a key must hold.
+    for (k, w) in writer.await.expect("writer") {
+        written.insert(k, w);
+    }
+    for i in 0..400 {
+        let k = key(i);
+        let got = client
+            .get(k.as_str())
+            .await
+            .expect("get")
+            .map(|v| String::from_utf8_lossy(&v).to_string());
+        let kw = &written[&k];
+        assert!(
+            kw.allows(got.as_deref()),
+            "{k} holds {got:?}, written {kw:?}"
+        );
+    }
+    c.assert_replicas_agree().await;
+    let ops = operators(&c);
+    assert!(
+        ops.contains("balance-region") && ops.contains("finished"),
+        "operator list shows no finished region move: {ops}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_is_replaced_on_a_store_apart_by_labels() {
+    // Zones: store 1 a, 2 b, 3 c, 4 c, 5 b. Region 1 starts on stores 1-3.
+    let mut c = RegionCluster::with_pd_only(
+        5,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+        Setup {
+            pd_tables: "[pd]\nstore_down_after_secs = 3\nmax_store_down_secs = 4\n\
+                        location_labels = [\"zone\", \"host\"]\n"
+                .into(),
+            store_labels: ["a", "b", "c", "c", "b"]
+                .iter()
+                .enumerate()
+                .map(|(i, z)| format!("zone={z},host=h{}", i + 1))
+                .collect(),
+            ..Setup::default()
+        },
+    );
+    for i in 1..=3 {
+        c.restart(i);
+    }
+    let client = c.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..20 {
+        while client.put(key(i), "v").await.is_err() {
+            assert!(Instant::now() < deadline, "the cluster never took writes");
+        }
+    }
+    c.wait_regions(1, Duration::from_secs(30)).await;
+    for i in 4..=5 {
+        c.restart(i);
+    }
+    let ids = [
+        c.store_id(1).await,
+        c.store_id(2).await,
+        c.store_id(3).await,
+        c.store_id(4).await,
+        c.store_id(5).await,
+    ];
+    let o = c.pd_cli(&["store", "list"]);
+    let list = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        list.contains("zone=b,host=h5") && list.contains("zone=a,host=h1"),
+        "store list shows no labels: {list}"
+    );
+
+    // Zone b's store is lost: its replica goes to the other store in zone b (store 5), not
+    // to store 4, which would put two replicas in zone c.
+    c.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.regions().await;
+        let on: Vec<u64> = r
+            .first()
+            .map(|r| r.region.peers.iter().map(|p| p.store_id).collect())
+            .unwrap_or_default();
+        if !on.contains(&ids[1]) && on.len() == 3 {
+            assert!(
+                on.contains(&ids[4]) && !on.contains(&ids[3]),
+                "region 1 is on stores {on:?}; stores by number: {ids:?}\n{}",
+                operators(&c)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region 1 not repaired: {r:?}\n{}",
+            operators(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..20 {
+        let got = client.get(key(i)).await.expect("get");
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    }
+}
