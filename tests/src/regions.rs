@@ -37,6 +37,8 @@ pub struct Setup {
     pub client_tls: Option<rdb_client::TlsOptions>,
     /// Each store's `--labels` (index = store number - 1; none past the end).
     pub store_labels: Vec<String>,
+    /// PD nodes (1, 3 or 5).
+    pub pd_nodes: usize,
 }
 
 impl Default for Setup {
@@ -47,6 +49,7 @@ impl Default for Setup {
             pd_tables: String::new(),
             client_tls: None,
             store_labels: Vec::new(),
+            pd_nodes: 1,
         }
     }
 }
@@ -112,7 +115,7 @@ impl RegionCluster {
         Command::new(bin_dir().join("rdb-server"))
             .arg("--restore")
             .arg(file)
-            .args(["--pd", &self.pd_addr()])
+            .args(["--pd", &self.pd_arg()])
             .args(
                 dirs.iter()
                     .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
@@ -125,7 +128,7 @@ impl RegionCluster {
     /// Starts the PD node of a cluster of `n` stores, none of them running yet (start each
     /// with [`RegionCluster::restart`]).
     pub fn with_pd_only(n: usize, split: Split, setup: Setup) -> RegionCluster {
-        let pd = TestCluster::start_pd_with_tables(1, &setup.pd_tables);
+        let pd = TestCluster::start_pd_with_tables(setup.pd_nodes, &setup.pd_tables);
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some(text) = &setup.store_file {
             std::fs::write(dir.path().join("store.toml"), text).expect("write store file");
@@ -151,15 +154,29 @@ impl RegionCluster {
         self.pd.nodes[0].client_addr.clone()
     }
 
-    /// A PD client.
+    /// Every PD node's client address.
+    pub fn pd_addrs(&self) -> Vec<String> {
+        self.pd
+            .nodes
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
+
+    /// `--pd`'s value: every PD node.
+    fn pd_arg(&self) -> String {
+        self.pd_addrs().join(",")
+    }
+
+    /// A PD client of every PD node.
     pub fn pd_client(&self) -> PdClient {
-        PdClient::with_options([self.pd_addr()], self.options()).expect("pd client")
+        PdClient::with_options(self.pd_addrs(), self.options()).expect("pd client")
     }
 
     /// Runs `rdb-cli --pd <this cluster's PD> ARGS...` (15 s deadline) and returns its output.
     pub fn pd_cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin_dir().join("rdb-cli"))
-            .args(["--pd", &self.pd_addr(), "--timeout-ms", "15000"])
+            .args(["--pd", &self.pd_arg(), "--timeout-ms", "15000"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -240,7 +257,7 @@ impl RegionCluster {
             .open(self.log_path(i))
             .expect("open log");
         let child = Command::new(bin_dir().join("rdb-server"))
-            .args(["--pd", &self.pd_addr()])
+            .args(["--pd", &self.pd_arg()])
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
             .args(["--metrics-addr", &self.metrics_addrs[i - 1]])
@@ -363,8 +380,7 @@ impl RegionCluster {
     /// (every peer of every region hashed) is returned as is, equal hashes or not; `Err` says
     /// why none was complete within `timeout`.
     pub async fn check_replicas(&self, timeout: Duration) -> Result<Vec<RegionCheck>, String> {
-        let client =
-            Client::with_pd([self.pd_addr()], self.options()).map_err(|e| e.to_string())?;
+        let client = Client::with_pd(self.pd_addrs(), self.options()).map_err(|e| e.to_string())?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let last = match client.check_regions(RegionScope::All).await {

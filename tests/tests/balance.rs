@@ -1,6 +1,7 @@
 //! PD's balance and placement against real processes (specs/015-scheduling): a store added to
-//! a running cluster takes regions and leaderships while writers run, and every acknowledged
-//! write stays; replicas go to stores apart by their labels.
+//! a running cluster takes regions and leaderships while writers run and regions split, and
+//! every acknowledged write stays, also when PD's leader changes in the middle of the moves;
+//! replicas go to stores apart by their labels.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,18 @@ fn operators(c: &RegionCluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
+    a_new_store_takes_its_share(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moves_survive_a_pd_leader_change_in_their_middle() {
+    a_new_store_takes_its_share(3).await;
+}
+
+/// Three stores with regions, then a fourth: it takes its share of regions and leaderships
+/// while writers run. With three PD nodes, PD's leader is killed once the first move runs; the
+/// new leader finishes the job, and no region keeps a peer a lost operator added.
+async fn a_new_store_takes_its_share(pd_nodes: usize) {
     let mut c = RegionCluster::with_pd_only(
         4,
         Split {
@@ -32,6 +45,7 @@ async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
         },
         Setup {
             pd_tables: "[pd]\nstore_down_after_secs = 3\n".into(),
+            pd_nodes,
             ..Setup::default()
         },
     );
@@ -42,14 +56,32 @@ async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
     let mut written = write_rounds(&client, 400, 1, 4).await;
     let regions = c.wait_regions(6, Duration::from_secs(60)).await.len();
 
-    // Store 4 joins while writers go on.
+    // Store 4 joins while writers go on, writing twice as many keys: regions split while
+    // operators move them.
     c.restart(4);
     let new_id = c.store_id(4).await;
     let writer = {
         let client = client.clone();
-        tokio::spawn(async move { write_rounds(&client, 400, 2, 2).await })
+        tokio::spawn(async move { write_rounds(&client, 800, 1, 2).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    if pd_nodes > 1 {
+        // PD's leader dies with the first move on its way.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.pd_client().operators().await.is_ok_and(|ops| {
+            ops.iter()
+                .any(|o| o.kind == "balance-region" && o.status == "running")
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "no move started: {}",
+                operators(&c)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let leader = c.pd_client().get_members().await.expect("members").leader;
+        c.pd.kill(leader.expect("a PD leader").id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut last;
     loop {
         let s = stores(&c).await;
@@ -58,17 +90,24 @@ async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
         let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
         last = format!("{s:?}");
         // Region balance: within 2 of each other with store 4 holding some; leader balance:
-        // store 4 leads some.
+        // store 4 leads some; every region whole again (three voters, no learner left).
+        let whole = c
+            .regions()
+            .await
+            .iter()
+            .all(|r| r.region.peers.len() == 3 && r.region.peers.iter().all(|p| !p.learner));
         if s.len() == 4
             && spread <= 2
+            && whole
             && new.is_some_and(|n| n.region_count >= 2 && n.leader_count >= 1)
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "store {new_id} was not given its share within 60 s ({regions} regions): {last}\n{}",
-            operators(&c)
+            "store {new_id} was not given its share within 90 s ({regions} regions): {last}\n{}\n{:?}",
+            operators(&c),
+            c.regions().await
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -76,7 +115,7 @@ async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
     for (k, w) in writer.await.expect("writer") {
         written.insert(k, w);
     }
-    for i in 0..400 {
+    for i in 0..800 {
         let k = key(i);
         let got = client
             .get(k.as_str())
