@@ -180,16 +180,38 @@ impl Controller {
     }
 
     /// Starts `plan` (with its new peer's id set) for `region`, its snapshot sent from
-    /// `sender`; returns the operator's number.
+    /// `sender`; returns the operator's number. Refused (None) while the region has an
+    /// operator, or when its new peer would pass `limit` snapshots on their way to its store
+    /// or from `sender` (checked here, where operators start one at a time: heartbeats that
+    /// planned at once cannot all take the last room).
     pub fn start(
         &mut self,
         region: u64,
         plan: Plan,
         sender: Option<u64>,
+        limit: usize,
         now: Instant,
     ) -> Option<u64> {
         if self.running.contains_key(&region) || plan.steps.is_empty() {
             return None;
+        }
+        if let Some(to) = plan.receiver() {
+            let pending = |o: &&Operator| o.steps[o.done..].iter().any(|s| s.receiver().is_some());
+            let receiving = self
+                .running
+                .values()
+                .filter(pending)
+                .filter(|o| o.steps[o.done..].iter().any(|s| s.receiver() == Some(to)))
+                .count();
+            let sending = self
+                .running
+                .values()
+                .filter(pending)
+                .filter(|o| sender.is_some() && o.sender == sender)
+                .count();
+            if receiving >= limit || sending >= limit {
+                return None;
+            }
         }
         self.next_id += 1;
         let id = self.next_id;
@@ -210,9 +232,14 @@ impl Controller {
         Some(id)
     }
 
-    /// Drops a region's operator (the region is gone from PD's map).
-    pub fn forget(&mut self, region: u64, now: Instant) {
-        self.end(region, Outcome::Cancelled("the region is gone".into()), now);
+    /// Cancels a region's operator (it cannot finish, or a more urgent one replaces it).
+    pub fn cancel(&mut self, region: u64, why: String, now: Instant) {
+        self.end(region, Outcome::Cancelled(why), now);
+    }
+
+    /// The operator that runs for `region`, if any.
+    pub fn of(&self, region: u64) -> Option<&Operator> {
+        self.running.get(&region)
     }
 
     /// Whether an operator runs for `region`.
@@ -340,8 +367,8 @@ mod tests {
     fn steps_are_checked_off_as_the_region_shows_them_done() {
         let mut c = Controller::default();
         let t0 = Instant::now();
-        assert_eq!(c.start(7, moving(), Some(1), t0), Some(1));
-        assert_eq!(c.start(7, moving(), Some(1), t0), None, "one per region");
+        assert_eq!(c.start(7, moving(), Some(1), 4, t0), Some(1));
+        assert_eq!(c.start(7, moving(), Some(1), 4, t0), None, "one per region");
         let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
         let add = Step::AddLearner { store: 4, peer: 14 };
         assert_eq!(c.check(&r, 11, T, t0), Progress::Ask(1, add.clone(), true));
@@ -367,7 +394,7 @@ mod tests {
     fn an_operator_without_progress_times_out_and_an_impossible_one_is_cancelled() {
         let mut c = Controller::default();
         let t0 = Instant::now();
-        c.start(7, moving(), Some(1), t0);
+        c.start(7, moving(), Some(1), 4, t0);
         let r = region(&[
             (11, 1, false),
             (12, 2, false),
@@ -382,7 +409,7 @@ mod tests {
             Progress::Ended(Outcome::TimedOut)
         );
         // The learner was removed by someone else: the promotion cannot happen.
-        c.start(7, moving(), Some(1), t0);
+        c.start(7, moving(), Some(1), 4, t0);
         let r = region(&[
             (11, 1, false),
             (12, 2, false),
@@ -396,7 +423,7 @@ mod tests {
             Progress::Ended(Outcome::Cancelled(_))
         ));
         // A peer to remove that leads now: cancelled (the checkers plan again).
-        c.start(7, moving(), Some(1), t0);
+        c.start(7, moving(), Some(1), 4, t0);
         let r = region(&[
             (11, 1, false),
             (12, 2, false),
@@ -410,10 +437,41 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_that_would_pass_a_store_limit_does_not_start() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        // Two moves to store 4 from store 1's leaders: the third waits.
+        assert!(c.start(7, moving(), Some(1), 2, t0).is_some());
+        assert!(c.start(8, moving(), Some(1), 2, t0).is_some());
+        assert_eq!(
+            c.start(9, moving(), Some(2), 2, t0),
+            None,
+            "store 4 receives 2"
+        );
+        let elsewhere = Plan {
+            steps: vec![Step::AddLearner { store: 5, peer: 15 }],
+            ..moving()
+        };
+        assert_eq!(
+            c.start(9, elsewhere.clone(), Some(1), 2, t0),
+            None,
+            "store 1 sends 2"
+        );
+        assert!(c.start(9, elsewhere, Some(2), 2, t0).is_some());
+        // Steps without a new peer are never limited.
+        let transfer = Plan {
+            kind: Kind::BalanceLeader,
+            steps: vec![Step::TransferLeader { peer: 11 }],
+            reason: "test".into(),
+        };
+        assert!(c.start(10, transfer, Some(1), 2, t0).is_some());
+    }
+
+    #[test]
     fn running_operators_count_toward_store_load_and_limits() {
         let mut c = Controller::default();
         let t0 = Instant::now();
-        c.start(7, moving(), Some(1), t0);
+        c.start(7, moving(), Some(1), 4, t0);
         let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
         let mut stores: Vec<StoreView> = (1..=4)
             .map(|id| StoreView {

@@ -147,13 +147,23 @@ impl PdService {
                 balance_ok,
             )
         };
+        let replicas = self.read(|s| s.replicas) as usize;
+        let mut views = self.store_views();
         match progress {
-            Progress::Ask(id, step, first) => return self.ask(region, id, step, first),
+            Progress::Ask(id, step, first) => {
+                match self.doomed(region, leader.id, &step, &views, replicas, settled) {
+                    None => return self.ask(region, id, step, first),
+                    Some(why) => {
+                        lock(&self.beats).ops.cancel(region.id, why.clone(), now);
+                        self.ended(region.id, &schedule::Outcome::Cancelled(why));
+                        // Its moves no longer count.
+                        views = self.store_views();
+                    }
+                }
+            }
             Progress::Ended(outcome) => self.ended(region.id, &outcome),
             Progress::Idle => {}
         }
-        let replicas = self.read(|s| s.replicas) as usize;
-        let views = self.store_views();
         let size = lock(&self.beats)
             .regions
             .get(&region.id)
@@ -185,7 +195,9 @@ impl PdService {
         );
         let progress = {
             let mut b = lock(&self.beats);
-            b.ops.start(region.id, plan, Some(leader.store_id), now)?;
+            let limit = usize::try_from(self.settings.store_limit).unwrap_or(usize::MAX);
+            b.ops
+                .start(region.id, plan, Some(leader.store_id), limit, now)?;
             b.ops.check(region, leader.id, timeout, now)
         };
         slog::info!(self.logger, "operator created"; "region" => region.id,
@@ -202,6 +214,42 @@ impl PdService {
             }
             Progress::Idle => None,
         }
+    }
+
+    /// Why the running operator of `region` must stop before `step`, if it must: the step's
+    /// peer is on a store that is not up (a learner there never catches up, a leader there
+    /// never leads), or, for a balance operator, the replica checker has work for the region
+    /// (a repair comes first).
+    fn doomed(
+        &self,
+        region: &Region,
+        leader: u64,
+        step: &schedule::Step,
+        views: &[StoreView],
+        replicas: usize,
+        settled: bool,
+    ) -> Option<String> {
+        use schedule::Step;
+        let store = match *step {
+            Step::AddLearner { store, .. } => Some(store),
+            Step::Promote { peer } | Step::TransferLeader { peer } => region
+                .peers
+                .iter()
+                .find(|p| p.id == peer)
+                .map(|p| p.store_id),
+            Step::Remove { .. } => None,
+        };
+        if let Some(store) = store {
+            if !views.iter().any(|v| v.id == store && v.up) {
+                return Some(format!("store {store} is not up"));
+            }
+        }
+        let kind = lock(&self.beats).ops.of(region.id).map(|o| o.kind);
+        if kind != Some(schedule::Kind::Replica) {
+            let repair = schedule::replica_plan(region, leader, views, replicas, settled)?;
+            return Some(format!("replaced by a repair: {}", repair.reason));
+        }
+        None
     }
 
     /// Logs and counts an operator that ended.
