@@ -19,14 +19,17 @@ use rdb_proto::pd::pd_command::Op;
 use rdb_proto::pd::pd_server::Pd;
 use rdb_proto::pd::*;
 use rdb_server::config::ClusterConfig;
-use rdb_server::router::{Mailbox, Msg, RequestError};
+use rdb_server::members::SharedDirectory;
+use rdb_server::router::{Mailbox, RequestError};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::PdSettings;
 use crate::raft_calls::{propose, read_barrier};
 use crate::state::{PdOutput, PdState, SCAN_PAGE_BYTES};
 use crate::tso::{Tso, TsoError, TsoResult};
 
+mod members;
 mod placement;
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
@@ -47,7 +50,12 @@ pub struct PdService {
     mailbox: Mailbox<PdOutput>,
     state: Arc<RwLock<PdState>>,
     tso: Tso,
+    /// The group's file (or joined) configuration: its Raft cluster id and shared settings.
     config: Arc<ClusterConfig>,
+    /// PD's `[pd]` settings, which a joining PD node adopts.
+    pd_settings: PdSettings,
+    /// The group's members as this node applied them.
+    members: SharedDirectory,
     store_down_after: Duration,
     /// Silent this long, a store is gone: its peers are replaced (see [`crate::schedule`]).
     max_store_down: Duration,
@@ -57,7 +65,9 @@ pub struct PdService {
 
 type PdResult<T> = Result<T, RequestError>;
 
-fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
+/// The wire form of `e`; a leader hint takes its peer address from the member directory (the
+/// group's live membership, not the file's).
+fn pb_error(e: RequestError, members: &SharedDirectory) -> Error {
     let (code, leader) = match &e {
         RequestError::InvalidArgument(_) => (ErrorCode::InvalidArgument, None),
         RequestError::NotLeader(hint) => (
@@ -65,10 +75,13 @@ fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
             hint.as_ref().map(|h| Member {
                 id: h.id,
                 client_addr: h.addr.clone(),
-                peer_addr: config
-                    .node(h.id)
-                    .map(|n| n.peer_addr.clone())
+                peer_addr: members
+                    .read()
+                    .members
+                    .get(&h.id)
+                    .map(|a| a.peer_addr.clone())
                     .unwrap_or_default(),
+                ..Default::default()
             }),
         ),
         RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
@@ -128,6 +141,7 @@ refusal!(
     GetRegionResponse,
     ScanRegionsResponse,
     GetMembersResponse,
+    ChangeMembersResponse,
     GetClusterIdResponse
 );
 
@@ -155,30 +169,31 @@ impl PdService {
         mailbox: Mailbox<PdOutput>,
         state: Arc<RwLock<PdState>>,
         config: Arc<ClusterConfig>,
-        tso_window: Duration,
-        store_down_after: Duration,
-        max_store_down: Duration,
+        members: SharedDirectory,
+        pd: &PdSettings,
         logger: slog::Logger,
     ) -> PdService {
         let tso = Tso::start(
             mailbox.clone(),
             state.clone(),
-            tso_window.as_millis() as u64,
+            pd.tso_window().as_millis() as u64,
         );
         PdService {
             mailbox,
             state,
             tso,
             config,
-            store_down_after,
-            max_store_down,
+            pd_settings: pd.clone(),
+            members,
+            store_down_after: pd.store_down_after(),
+            max_store_down: pd.max_store_down(),
             beats: Mutex::new(Heartbeats::default()),
             logger,
         }
     }
 
     fn err(&self, e: RequestError) -> Option<Error> {
-        Some(pb_error(e, &self.config))
+        Some(pb_error(e, &self.members))
     }
 
     /// Sets PD's store and region gauges from what this node knows, if it `leads`; a follower
@@ -298,7 +313,7 @@ impl PdService {
         let own = self
             .cluster_id()
             .await
-            .map_err(|e| pb_error(e, &self.config))?;
+            .map_err(|e| pb_error(e, &self.members))?;
         if own == expected {
             return Ok(());
         }
@@ -382,14 +397,14 @@ fn out_done() -> PdOutput {
     PdOutput::Done
 }
 
-fn tso_response(r: TsoResult, count: u32, config: &ClusterConfig) -> TsoResponse {
+fn tso_response(r: TsoResult, count: u32, members: &SharedDirectory) -> TsoResponse {
     match r {
         Ok((physical, logical)) => TsoResponse {
             error: None,
             first: Some(Timestamp { physical, logical }),
             count,
         },
-        Err(TsoError::Request(e)) => TsoResponse::refusal(pb_error(e, config)),
+        Err(TsoError::Request(e)) => TsoResponse::refusal(pb_error(e, members)),
         Err(TsoError::LimitAhead(why)) => {
             TsoResponse::refusal(coded(ErrorCode::FailedPrecondition, why))
         }
@@ -415,7 +430,7 @@ impl Pd for PdService {
         let started = Instant::now();
         let r = self.tso.get(count).await;
         crate::metrics::observe_tso(started.elapsed());
-        Ok(Response::new(tso_response(r, count, &self.config)))
+        Ok(Response::new(tso_response(r, count, &self.members)))
     }
 
     type TsoStreamStream = TsoStream;
@@ -431,15 +446,15 @@ impl Pd for PdService {
                 .map(move |r| r.map(|_| TsoResponse::refusal(e.clone())));
             return Ok(Response::new(Box::pin(out)));
         }
-        let (tso, config) = (self.tso.clone(), self.config.clone());
+        let (tso, members) = (self.tso.clone(), self.members.clone());
         let out = req.into_inner().then(move |r| {
-            let (tso, config) = (tso.clone(), config.clone());
+            let (tso, members) = (tso.clone(), members.clone());
             async move {
                 let r = r?;
                 let started = Instant::now();
                 let answer = tso.get(r.count).await;
                 crate::metrics::observe_tso(started.elapsed());
-                Ok(tso_response(answer, r.count, &config))
+                Ok(tso_response(answer, r.count, &members))
             }
         });
         Ok(Response::new(Box::pin(out)))
@@ -508,7 +523,7 @@ impl Pd for PdService {
                 bootstrapped: s.bootstrapped,
                 replicas: s.replicas,
             }),
-            Err(e) => IsBootstrappedResponse::refusal(pb_error(e, &self.config)),
+            Err(e) => IsBootstrappedResponse::refusal(pb_error(e, &self.members)),
         };
         Ok(Response::new(resp))
     }
@@ -636,19 +651,19 @@ impl Pd for PdService {
         let Some(region) = r.region else {
             return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
                 RequestError::InvalidArgument("a region is required".into()),
-                &self.config,
+                &self.members,
             ))));
         };
         if region.id == 0 {
             return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
                 RequestError::InvalidArgument("region id 0 is reserved".into()),
-                &self.config,
+                &self.members,
             ))));
         }
         if let Err(e) = self.barrier().await {
             return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
                 e,
-                &self.config,
+                &self.members,
             ))));
         }
         let (checked, unchanged) = self.read(|s| {
@@ -755,37 +770,17 @@ impl Pd for PdService {
         req: Request<GetMembersRequest>,
     ) -> Result<Response<GetMembersResponse>, Status> {
         admit!(self, req);
-        let members: Vec<Member> = self
-            .config
-            .nodes
-            .iter()
-            .map(|n| Member {
-                id: n.id,
-                client_addr: n.client_addr.clone(),
-                peer_addr: n.peer_addr.clone(),
-            })
-            .collect();
-        let status = tokio::time::timeout(
-            crate::raft_calls::RAFT_TIMEOUT,
-            self.mailbox.call(|tx| Msg::Status { tx }),
-        )
-        .await;
-        let resp = match status {
-            Ok(Ok(st)) => GetMembersResponse {
-                error: None,
-                leader: members.iter().find(|m| m.id == st.leader_id).cloned(),
-                members,
-            },
-            Ok(Err(e)) => GetMembersResponse {
-                error: self.err(e),
-                ..Default::default()
-            },
-            Err(_) => GetMembersResponse {
-                error: self.err(RequestError::Unavailable("the PD node is busy".into())),
-                ..Default::default()
-            },
-        };
-        Ok(Response::new(resp))
+        Ok(Response::new(self.get_members_inner().await))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<ChangeMembersRequest>,
+    ) -> Result<Response<ChangeMembersResponse>, Status> {
+        admit!(self, req);
+        Ok(Response::new(
+            self.change_members_inner(req.into_inner()).await,
+        ))
     }
 
     async fn get_cluster_id(

@@ -35,6 +35,8 @@ pub struct Setup {
     pub pd_tables: String,
     /// TLS for this test's own clients of PD and of the stores.
     pub client_tls: Option<rdb_client::TlsOptions>,
+    /// PD nodes in the group (1, 3 or 5); stores are given every one's address.
+    pub pd_nodes: usize,
 }
 
 impl Default for Setup {
@@ -44,13 +46,14 @@ impl Default for Setup {
             store_file: None,
             pd_tables: String::new(),
             client_tls: None,
+            pd_nodes: 1,
         }
     }
 }
 
-/// A PD node and its stores.
+/// A PD group and its stores.
 pub struct RegionCluster {
-    /// The PD group (one node).
+    /// The PD group (one node unless [`Setup::pd_nodes`] says otherwise).
     pub pd: TestCluster,
     /// Store client addresses, index = store number - 1 (not the store id PD assigned).
     pub addrs: Vec<String>,
@@ -122,7 +125,7 @@ impl RegionCluster {
     /// Starts the PD node of a cluster of `n` stores, none of them running yet (start each
     /// with [`RegionCluster::restart`]).
     pub fn with_pd_only(n: usize, split: Split, setup: Setup) -> RegionCluster {
-        let pd = TestCluster::start_pd_with_tables(1, &setup.pd_tables);
+        let pd = TestCluster::start_pd_with_tables(setup.pd_nodes, &setup.pd_tables);
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some(text) = &setup.store_file {
             std::fs::write(dir.path().join("store.toml"), text).expect("write store file");
@@ -143,20 +146,30 @@ impl RegionCluster {
         }
     }
 
-    /// The PD client address.
+    /// The PD client address (of the group's first node).
     pub fn pd_addr(&self) -> String {
         self.pd.nodes[0].client_addr.clone()
     }
 
-    /// A PD client.
+    /// The client addresses of the PD nodes the cluster started with, comma-separated: what
+    /// stores are given (`--pd`).
+    pub fn pd_addrs(&self) -> String {
+        let first: Vec<String> = self.pd.nodes[..self.setup.pd_nodes]
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect();
+        first.join(",")
+    }
+
+    /// A PD client for the PD nodes the cluster started with.
     pub fn pd_client(&self) -> PdClient {
-        PdClient::with_options([self.pd_addr()], self.options()).expect("pd client")
+        PdClient::with_options(self.pd_addrs().split(','), self.options()).expect("pd client")
     }
 
     /// Runs `rdb-cli --pd <this cluster's PD> ARGS...` (15 s deadline) and returns its output.
     pub fn pd_cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin_dir().join("rdb-cli"))
-            .args(["--pd", &self.pd_addr(), "--timeout-ms", "15000"])
+            .args(["--pd", &self.pd_addrs(), "--timeout-ms", "15000"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -225,7 +238,7 @@ impl RegionCluster {
             .open(self.log_path(i))
             .expect("open log");
         let child = Command::new(bin_dir().join("rdb-server"))
-            .args(["--pd", &self.pd_addr()])
+            .args(["--pd", &self.pd_addrs()])
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
             .args(["--metrics-addr", &self.metrics_addrs[i - 1]])
@@ -341,8 +354,8 @@ impl RegionCluster {
     /// (every peer of every region hashed) is returned as is, equal hashes or not; `Err` says
     /// why none was complete within `timeout`.
     pub async fn check_replicas(&self, timeout: Duration) -> Result<Vec<RegionCheck>, String> {
-        let client =
-            Client::with_pd([self.pd_addr()], self.options()).map_err(|e| e.to_string())?;
+        let client = Client::with_pd(self.pd_addrs().split(','), self.options())
+            .map_err(|e| e.to_string())?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let last = match client.check_regions(RegionScope::All).await {

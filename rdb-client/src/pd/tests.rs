@@ -80,7 +80,7 @@ impl Fake {
                 leader: (!hint.is_empty()).then(|| pb::Member {
                     id: 1,
                     client_addr: hint.clone(),
-                    peer_addr: String::new(),
+                    ..Default::default()
                 }),
             });
         }
@@ -429,6 +429,20 @@ impl Pd for FakePd {
             error,
             members: self.members.clone(),
             leader: self.members.iter().find(|m| m.id == self.id).cloned(),
+            node_id: self.id,
+            ..Default::default()
+        }))
+    }
+
+    async fn change_members(
+        &self,
+        r: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersResponse>, Status> {
+        let error = self.gate(r.metadata());
+        Ok(Response::new(pb::ChangeMembersResponse {
+            error,
+            members: self.members.clone(),
+            index: 0,
         }))
     }
 
@@ -860,6 +874,7 @@ async fn members_and_their_leader() {
         id,
         client_addr: format!("10.0.0.{id}:2379"),
         peer_addr: format!("10.0.0.{id}:2380"),
+        ..Default::default()
     };
     let fake = Arc::new(Fake {
         id: 2,
@@ -870,6 +885,12 @@ async fn members_and_their_leader() {
     let m = pd.get_members().await.unwrap();
     assert_eq!(m.members.len(), 3);
     assert_eq!(m.leader.unwrap().client_addr, "10.0.0.2:2379");
+    // The members' addresses are endpoints from now on (a PD node added since the client
+    // was made is tried too).
+    let known = pd.endpoints();
+    for id in 1..=3 {
+        assert!(known.contains(&format!("10.0.0.{id}:2379")), "{known:?}");
+    }
 }
 
 #[tokio::test]
