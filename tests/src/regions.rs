@@ -35,8 +35,10 @@ pub struct Setup {
     pub pd_tables: String,
     /// TLS for this test's own clients of PD and of the stores.
     pub client_tls: Option<rdb_client::TlsOptions>,
-    /// PD nodes in the group (1, 3 or 5); stores are given every one's address.
+    /// PD nodes in the group (1, 3 or 5).
     pub pd_nodes: usize,
+    /// How many of them (the first ones) stores and this test's clients are given; 0: all.
+    pub pd_given: usize,
 }
 
 impl Default for Setup {
@@ -47,6 +49,7 @@ impl Default for Setup {
             pd_tables: String::new(),
             client_tls: None,
             pd_nodes: 1,
+            pd_given: 0,
         }
     }
 }
@@ -151,17 +154,21 @@ impl RegionCluster {
         self.pd.nodes[0].client_addr.clone()
     }
 
-    /// The client addresses of the PD nodes the cluster started with, comma-separated: what
-    /// stores are given (`--pd`).
+    /// The client addresses of the PD nodes stores are given (`--pd`, see
+    /// [`Setup::pd_given`]), comma-separated.
     pub fn pd_addrs(&self) -> String {
-        let first: Vec<String> = self.pd.nodes[..self.setup.pd_nodes]
+        let given = match self.setup.pd_given {
+            0 => self.setup.pd_nodes,
+            n => n,
+        };
+        let first: Vec<String> = self.pd.nodes[..given]
             .iter()
             .map(|n| n.client_addr.clone())
             .collect();
         first.join(",")
     }
 
-    /// A PD client for the PD nodes the cluster started with.
+    /// A PD client for the PD nodes stores are given.
     pub fn pd_client(&self) -> PdClient {
         PdClient::with_options(self.pd_addrs().split(','), self.options()).expect("pd client")
     }
