@@ -610,18 +610,38 @@ impl PdClient {
         Ok(members)
     }
 
+    /// PD's members from any node, or from the leader it names when that one answers too
+    /// (only the leader knows how far each member holds the log).
     async fn get_members_until(&self, deadline: Instant) -> Result<Members> {
-        self.call_until(false, deadline, |mut c| async move {
-            let r = c.get_members(pb::GetMembersRequest {}).await?.into_inner();
-            let members = Members {
-                members: r.members.into_iter().map(Member::from).collect(),
-                leader: r.leader.map(Member::from),
-                node_id: r.node_id,
-                commit_index: r.commit_index,
-            };
-            Ok((members, r.error))
-        })
-        .await
+        let m: Members = self
+            .call_until(false, deadline, |mut c| async move {
+                let r = c.get_members(pb::GetMembersRequest {}).await?.into_inner();
+                let error = r.error.clone();
+                Ok((Members::from(r), error))
+            })
+            .await?;
+        let Some(leader) = m.leader.clone().filter(|l| l.id != m.node_id) else {
+            return Ok(m);
+        };
+        let Ok(mut c) = self.client_for(&leader.client_addr) else {
+            return Ok(m);
+        };
+        let budget = self
+            .inner
+            .opts
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(budget, c.get_members(pb::GetMembersRequest {})).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if r.error.is_none() && r.node_id == leader.id {
+                    self.inner.endpoints.set_leader(Some(leader.client_addr));
+                    return Ok(Members::from(r));
+                }
+                Ok(m)
+            }
+            _ => Ok(m),
+        }
     }
 
     /// Changes PD's own membership (add, promote, remove PD nodes) through the PD leader's log

@@ -91,8 +91,12 @@ fn pb_error(e: RequestError, members: &SharedDirectory) -> Error {
         | RequestError::EpochNotMatch(..)
         | RequestError::RegionNotFound(_) => (ErrorCode::InvalidArgument, None),
     };
-    let message = match &e {
+    // The code names the kind; the message is the cause alone (callers prefix the kind).
+    let message = match e {
         RequestError::NotLeader(Some(h)) => format!("PD node {} leads, at {}", h.id, h.addr),
+        RequestError::InvalidArgument(m)
+        | RequestError::Unavailable(m)
+        | RequestError::Indeterminate(m) => m,
         other => other.to_string(),
     };
     Error {

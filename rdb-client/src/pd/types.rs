@@ -369,6 +369,20 @@ pub struct Members {
     pub node_id: u64,
     /// The answering node's commit index (the leader's, when it answered).
     pub commit_index: u64,
+    /// Ids removed from the group (never accepted again).
+    pub removed: Vec<u64>,
+}
+
+impl From<pb::GetMembersResponse> for Members {
+    fn from(r: pb::GetMembersResponse) -> Members {
+        Members {
+            members: r.members.into_iter().map(Member::from).collect(),
+            leader: r.leader.map(Member::from),
+            node_id: r.node_id,
+            commit_index: r.commit_index,
+            removed: r.removed_ids,
+        }
+    }
 }
 
 impl Members {
@@ -391,7 +405,7 @@ impl Members {
                 client_addr,
             } => get(*id).is_some_and(|m| at(m, peer_addr, client_addr)),
             C::Promote(id) => get(*id).is_some_and(|m| !m.learner),
-            C::Remove(id) => get(*id).is_none(),
+            C::Remove(id) => get(*id).is_none() && self.removed.contains(id),
         }
     }
 }

@@ -44,8 +44,10 @@ impl PdService {
                 return GetMembersResponse::refusal(self.error(e));
             }
         };
+        let removed_ids = self.members.read().removed.iter().copied().collect();
         GetMembersResponse {
             error: None,
+            removed_ids,
             leader: members.iter().find(|m| m.id == view.leader_id).cloned(),
             members,
             node_id: view.node_id,
