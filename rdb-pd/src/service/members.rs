@@ -22,14 +22,17 @@ impl PdService {
         .await
         {
             Ok(Ok(Ok(v))) => v,
-            Ok(Ok(Err(e)) | Err(e)) => return GetMembersResponse::refusal(self.error(e)),
+            Ok(Ok(Err(e)) | Err(e)) => {
+                return GetMembersResponse::refusal(pb_error(e, &self.members))
+            }
             Err(_) => {
                 let e = RequestError::Unavailable("the PD node is busy".into());
-                return GetMembersResponse::refusal(self.error(e));
+                return GetMembersResponse::refusal(pb_error(e, &self.members));
             }
         };
         let leads = view.leader_id != 0 && view.leader_id == view.node_id;
-        let mut members = self.wire_members(&view.membership, leads.then_some(&view.progress));
+        let mut members =
+            self.wire_members(&view.membership, leads.then_some(view.progress.as_slice()));
         if leads {
             if let Some(me) = members.iter_mut().find(|m| m.id == view.node_id) {
                 me.match_index = view.commit_index;
@@ -41,7 +44,7 @@ impl PdService {
             Ok(s) => s,
             Err(e) => {
                 let e = RequestError::Unavailable(format!("cannot encode the settings: {e}"));
-                return GetMembersResponse::refusal(self.error(e));
+                return GetMembersResponse::refusal(pb_error(e, &self.members));
             }
         };
         let removed_ids = self.members.read().removed.iter().copied().collect();
@@ -81,7 +84,7 @@ impl PdService {
         });
         let (steps, added) = match parsed {
             Ok(v) => v,
-            Err(e) => return ChangeMembersResponse::refusal(self.error(e)),
+            Err(e) => return ChangeMembersResponse::refusal(pb_error(e, &self.members)),
         };
         let call = self.mailbox.call(|tx| Msg::ChangeMembers {
             region_id: 0,
@@ -102,13 +105,13 @@ impl PdService {
                 members: self.wire_members(&membership, None),
                 index,
             },
-            Err(e) => ChangeMembersResponse::refusal(self.error(e)),
+            Err(e) => ChangeMembersResponse::refusal(pb_error(e, &self.members)),
         }
     }
 
     /// The wire form of `m`: voters, then learners, by id, with addresses from the member
     /// directory and, on the leader, each one's match index from `progress`.
-    fn wire_members(&self, m: &Membership, progress: Option<&Vec<(u64, u64)>>) -> Vec<Member> {
+    fn wire_members(&self, m: &Membership, progress: Option<&[(u64, u64)]>) -> Vec<Member> {
         let dir = self.members.read();
         let mut voters: Vec<u64> = m.voters.iter().chain(&m.voters_outgoing).copied().collect();
         voters.sort_unstable();
@@ -131,10 +134,6 @@ impl PdService {
                 }
             })
             .collect()
-    }
-
-    fn error(&self, e: RequestError) -> Error {
-        pb_error(e, &self.members)
     }
 }
 
