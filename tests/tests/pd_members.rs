@@ -267,6 +267,14 @@ async fn a_removed_pd_node_cannot_get_back_in_and_changes_that_break_pd_are_refu
     let pd = PdClient::with_options(&eps, quick_options()).expect("pd client");
     members_when(&pd, "a leader", SECS(30), |_| true).await;
 
+    // A node that was not added cannot join: it exits 1 naming the command that adds it.
+    let stranger = c.new_joiner(&[1, 2]);
+    c.restart(stranger);
+    let status = c.wait_exit(stranger, SECS(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?}");
+    let log = std::fs::read_to_string(c.log_path(stranger)).unwrap_or_default();
+    assert!(log.contains(&format!("member add {stranger} ")), "{log}");
+
     // Node 3 is down when it is removed.
     c.kill(3);
     cli_ok(&eps, &["member", "remove", "3"]);
