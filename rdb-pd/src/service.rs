@@ -65,9 +65,7 @@ pub struct PdService {
 
 type PdResult<T> = Result<T, RequestError>;
 
-/// The wire form of `e`; a leader hint takes its peer address from the member directory (the
-/// group's live membership, not the file's).
-fn pb_error(e: RequestError, members: &SharedDirectory) -> Error {
+fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
     let (code, leader) = match &e {
         RequestError::InvalidArgument(_) => (ErrorCode::InvalidArgument, None),
         RequestError::NotLeader(hint) => (
@@ -75,11 +73,9 @@ fn pb_error(e: RequestError, members: &SharedDirectory) -> Error {
             hint.as_ref().map(|h| Member {
                 id: h.id,
                 client_addr: h.addr.clone(),
-                peer_addr: members
-                    .read()
-                    .members
-                    .get(&h.id)
-                    .map(|a| a.peer_addr.clone())
+                peer_addr: config
+                    .node(h.id)
+                    .map(|n| n.peer_addr.clone())
                     .unwrap_or_default(),
                 ..Default::default()
             }),
@@ -197,7 +193,7 @@ impl PdService {
     }
 
     fn err(&self, e: RequestError) -> Option<Error> {
-        Some(pb_error(e, &self.members))
+        Some(pb_error(e, &self.config))
     }
 
     /// Sets PD's store and region gauges from what this node knows, if it `leads`; a follower
@@ -317,7 +313,7 @@ impl PdService {
         let own = self
             .cluster_id()
             .await
-            .map_err(|e| pb_error(e, &self.members))?;
+            .map_err(|e| pb_error(e, &self.config))?;
         if own == expected {
             return Ok(());
         }
@@ -401,14 +397,14 @@ fn out_done() -> PdOutput {
     PdOutput::Done
 }
 
-fn tso_response(r: TsoResult, count: u32, members: &SharedDirectory) -> TsoResponse {
+fn tso_response(r: TsoResult, count: u32, config: &ClusterConfig) -> TsoResponse {
     match r {
         Ok((physical, logical)) => TsoResponse {
             error: None,
             first: Some(Timestamp { physical, logical }),
             count,
         },
-        Err(TsoError::Request(e)) => TsoResponse::refusal(pb_error(e, members)),
+        Err(TsoError::Request(e)) => TsoResponse::refusal(pb_error(e, config)),
         Err(TsoError::LimitAhead(why)) => {
             TsoResponse::refusal(coded(ErrorCode::FailedPrecondition, why))
         }
@@ -434,7 +430,7 @@ impl Pd for PdService {
         let started = Instant::now();
         let r = self.tso.get(count).await;
         crate::metrics::observe_tso(started.elapsed());
-        Ok(Response::new(tso_response(r, count, &self.members)))
+        Ok(Response::new(tso_response(r, count, &self.config)))
     }
 
     type TsoStreamStream = TsoStream;
@@ -450,15 +446,15 @@ impl Pd for PdService {
                 .map(move |r| r.map(|_| TsoResponse::refusal(e.clone())));
             return Ok(Response::new(Box::pin(out)));
         }
-        let (tso, members) = (self.tso.clone(), self.members.clone());
+        let (tso, config) = (self.tso.clone(), self.config.clone());
         let out = req.into_inner().then(move |r| {
-            let (tso, members) = (tso.clone(), members.clone());
+            let (tso, config) = (tso.clone(), config.clone());
             async move {
                 let r = r?;
                 let started = Instant::now();
                 let answer = tso.get(r.count).await;
                 crate::metrics::observe_tso(started.elapsed());
-                Ok(tso_response(answer, r.count, &members))
+                Ok(tso_response(answer, r.count, &config))
             }
         });
         Ok(Response::new(Box::pin(out)))
@@ -527,7 +523,7 @@ impl Pd for PdService {
                 bootstrapped: s.bootstrapped,
                 replicas: s.replicas,
             }),
-            Err(e) => IsBootstrappedResponse::refusal(pb_error(e, &self.members)),
+            Err(e) => IsBootstrappedResponse::refusal(pb_error(e, &self.config)),
         };
         Ok(Response::new(resp))
     }
@@ -655,19 +651,19 @@ impl Pd for PdService {
         let Some(region) = r.region else {
             return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
                 RequestError::InvalidArgument("a region is required".into()),
-                &self.members,
+                &self.config,
             ))));
         };
         if region.id == 0 {
             return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
                 RequestError::InvalidArgument("region id 0 is reserved".into()),
-                &self.members,
+                &self.config,
             ))));
         }
         if let Err(e) = self.barrier().await {
             return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
                 e,
-                &self.members,
+                &self.config,
             ))));
         }
         let (checked, unchanged) = self.read(|s| {

@@ -23,11 +23,11 @@ impl PdService {
         {
             Ok(Ok(Ok(v))) => v,
             Ok(Ok(Err(e)) | Err(e)) => {
-                return GetMembersResponse::refusal(pb_error(e, &self.members))
+                return GetMembersResponse::refusal(pb_error(e, &self.config))
             }
             Err(_) => {
                 let e = RequestError::Unavailable("the PD node is busy".into());
-                return GetMembersResponse::refusal(pb_error(e, &self.members));
+                return GetMembersResponse::refusal(pb_error(e, &self.config));
             }
         };
         let leads = view.leader_id != 0 && view.leader_id == view.node_id;
@@ -44,7 +44,7 @@ impl PdService {
             Ok(s) => s,
             Err(e) => {
                 let e = RequestError::Unavailable(format!("cannot encode the settings: {e}"));
-                return GetMembersResponse::refusal(pb_error(e, &self.members));
+                return GetMembersResponse::refusal(pb_error(e, &self.config));
             }
         };
         let removed_ids = self.members.read().removed.iter().copied().collect();
@@ -84,7 +84,7 @@ impl PdService {
         });
         let (steps, added) = match parsed {
             Ok(v) => v,
-            Err(e) => return ChangeMembersResponse::refusal(pb_error(e, &self.members)),
+            Err(e) => return ChangeMembersResponse::refusal(pb_error(e, &self.config)),
         };
         let call = self.mailbox.call(|tx| Msg::ChangeMembers {
             region_id: 0,
@@ -105,7 +105,7 @@ impl PdService {
                 members: self.wire_members(&membership, None),
                 index,
             },
-            Err(e) => ChangeMembersResponse::refusal(pb_error(e, &self.members)),
+            Err(e) => ChangeMembersResponse::refusal(pb_error(e, &self.config)),
         }
     }
 
