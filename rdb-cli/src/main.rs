@@ -266,8 +266,8 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's nodes;
-    /// with --pd and --region: that region's peers).
+    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's own nodes,
+    /// to replace a PD node; with --pd and --region: that region's peers).
     Member {
         /// With --pd: the region whose peers to list or change.
         #[arg(long, global = true)]
@@ -576,16 +576,9 @@ async fn run(cli: Cli) -> u8 {
             Ok(pd_client) => members::run_region(&pd_client, region, cmd, &p).await,
             Err(code) => code,
         },
-        Command::Member { cmd, .. } if cli.pd.is_some() => match cmd {
-            members::MemberCmd::List => {
-                let cmd = pd::PdCmd::Member(pd::MemberCmd::List);
-                pd::run(cmd, cli.pd.as_deref(), opts, &p, codec).await
-            }
-            _ => {
-                eprintln!("rdb-cli: PD's membership is fixed by its config file; only `member list` works with --pd");
-                exit::INVALID
-            }
-        },
+        Command::Member { cmd, .. } if cli.pd.is_some() => {
+            pd::run(pd::PdCmd::Member(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
         Command::Member { cmd, .. } => members::run(&client, cmd, &p).await,
         Command::Bench(args) => {
             let targets = bench::Targets {

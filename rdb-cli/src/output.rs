@@ -541,33 +541,64 @@ impl Printer {
         }
     }
 
-    /// The PD nodes; the leader is marked.
+    /// The PD nodes; the leader is marked, learners named, and when the leader answered, how
+    /// far each node holds its log (`MATCH`) and is behind its commit index (`LAG`).
     pub fn members(&self, m: &Members) -> u8 {
         let leader_id = m.leader.as_ref().map(|l| l.id);
+        let from_leader = m.node_id != 0 && leader_id == Some(m.node_id);
+        let role = |x: &rdb_client::pd::Member| match leader_id {
+            _ if x.learner => "learner",
+            Some(l) if l == x.id => "leader",
+            Some(_) => "follower",
+            None if m.node_id == 0 => "voter",
+            None => "-",
+        };
         match self.format {
             Output::Json => {
                 let rows: Vec<_> = m
                     .members
                     .iter()
                     .map(|x| {
-                        json!({"id": x.id, "client_addr": x.client_addr,
-                               "peer_addr": x.peer_addr, "leader": Some(x.id) == leader_id})
+                        let mut row = json!({"id": x.id, "client_addr": x.client_addr,
+                               "peer_addr": x.peer_addr, "leader": Some(x.id) == leader_id,
+                               "role": if x.learner { "learner" } else { "voter" }});
+                        if from_leader {
+                            row["match_index"] = json!(x.match_index);
+                        }
+                        row
                     })
                     .collect();
-                outln!("{}", json!({"members": rows, "leader_id": leader_id}));
+                let mut doc = json!({"members": rows, "leader_id": leader_id});
+                if from_leader {
+                    doc["commit_index"] = json!(m.commit_index);
+                }
+                outln!("{doc}");
             }
             Output::Table => {
-                let mut rows = vec![header(&["ID", "CLIENT_ADDR", "PEER_ADDR", "ROLE"])];
+                let mut rows = vec![header(&[
+                    "ID",
+                    "CLIENT_ADDR",
+                    "PEER_ADDR",
+                    "ROLE",
+                    "MATCH",
+                    "LAG",
+                ])];
                 for x in &m.members {
+                    let (matched, lag) = if from_leader {
+                        (
+                            x.match_index.to_string(),
+                            m.commit_index.saturating_sub(x.match_index).to_string(),
+                        )
+                    } else {
+                        ("-".into(), "-".into())
+                    };
                     rows.push(vec![
                         x.id.to_string(),
                         x.client_addr.clone(),
                         x.peer_addr.clone(),
-                        match leader_id {
-                            Some(l) if l == x.id => "leader".into(),
-                            Some(_) => "follower".into(),
-                            None => "-".into(),
-                        },
+                        role(x).into(),
+                        matched,
+                        lag,
                     ]);
                 }
                 print_table(&rows);

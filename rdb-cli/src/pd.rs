@@ -65,13 +65,6 @@ pub enum OperatorCmd {
     List,
 }
 
-/// `rdb-cli member ...`
-#[derive(Debug, Subcommand, PartialEq, Eq)]
-pub enum MemberCmd {
-    /// The PD nodes and which one leads.
-    List,
-}
-
 /// One PD command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PdCmd {
@@ -81,8 +74,8 @@ pub enum PdCmd {
     Store(StoreCmd),
     /// `region ...`
     Region(RegionCmd),
-    /// `member ...`
-    Member(MemberCmd),
+    /// `member ...` without --region: PD's own members.
+    Member(crate::members::MemberCmd),
     /// `operator ...`
     Operator(OperatorCmd),
 }
@@ -185,18 +178,7 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
             Ok(ops) => p.operators(&ops),
             Err(e) => fail(&e),
         },
-        PdCmd::Member(MemberCmd::List) => match client.get_members().await {
-            Ok(m) if m.leader.is_none() => {
-                p.members(&m);
-                eprintln!(
-                    "rdb-cli: unavailable: PD has no leader (the nodes listed are its configured \
-                     members; fewer than a majority of them may be up)"
-                );
-                exit::UNAVAILABLE
-            }
-            Ok(m) => p.members(&m),
-            Err(e) => fail(&e),
-        },
+        PdCmd::Member(cmd) => crate::members::run_pd(&client, cmd, p).await,
     }
 }
 
@@ -261,7 +243,11 @@ mod tests {
             assert!(!e.contains('\n'), "one line: {e}");
         }
         assert_eq!(
-            endpoints(Some("a:1, b:2,"), &PdCmd::Member(MemberCmd::List)).unwrap(),
+            endpoints(
+                Some("a:1, b:2,"),
+                &PdCmd::Member(crate::members::MemberCmd::List)
+            )
+            .unwrap(),
             ["a:1", "b:2"]
         );
     }

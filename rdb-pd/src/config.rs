@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdb_server::config::{ClusterConfig, ConfigError, NodeConfig, Settings};
-use serde::Deserialize;
+use rdb_server::join::JoinArgs;
+use serde::{Deserialize, Serialize};
 
 /// Shortest timestamp window a PD leader persists ahead of the clock, in ms.
 pub const MIN_TSO_WINDOW_MS: u64 = 50;
@@ -16,7 +17,7 @@ pub const MAX_TSO_WINDOW_MS: u64 = 60_000;
 pub const MIN_STORE_DOWN_AFTER_SECS: u64 = 3;
 
 /// PD-only settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PdSettings {
     /// How far ahead of the clock the leader persists the timestamp window, in ms (default 3000,
@@ -80,7 +81,7 @@ impl PdSettings {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PdFile {
     cluster_id: u64,
@@ -112,6 +113,50 @@ impl PdConfig {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<PdConfig, ConfigError> {
+        Self::parse_as(text, false)
+    }
+
+    /// Reads the configuration a node that joined the group kept in its data directory
+    /// (`rdb-pd --join`, see [`PdConfig::joined`]).
+    pub fn load_joined(path: &Path) -> Result<PdConfig, ConfigError> {
+        rdb_server::config::load_with(path, |text| Self::parse_as(text, true))
+    }
+
+    /// The configuration of node `a.node_id` joining the running group whose member list is
+    /// `list`, with the group's `[pd]` table `pd_toml`. `add_command` is how an operator adds a
+    /// PD node (named in the error when this one was not added).
+    pub fn joined(
+        a: &JoinArgs,
+        list: &rdb_server::join::GroupList,
+        pd_toml: &str,
+        add_command: &str,
+    ) -> Result<PdConfig, ConfigError> {
+        let cluster = rdb_server::join::config_from(a, list, add_command)?;
+        let pd: PdSettings = toml::from_str(pd_toml).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("(the PD group's [pd] settings)"),
+            message: e.message().to_string(),
+        })?;
+        let cfg = PdConfig { cluster, pd };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as a PD file's text (what a joined node keeps).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let f = PdFile {
+            cluster_id: self.cluster.cluster_id,
+            nodes: self.cluster.nodes.clone(),
+            settings: self.cluster.settings.clone(),
+            pd: self.pd.clone(),
+            tls: self.cluster.tls.clone(),
+            peer_tls: self.cluster.peer_tls.clone(),
+        };
+        toml::to_string(&f)
+            .map_err(|e| ConfigError::Invalid(format!("cannot encode the PD configuration: {e}")))
+    }
+
+    /// Parses configuration text: a group's file, or (`joining`) a joined node's kept one.
+    fn parse_as(text: &str, joining: bool) -> Result<PdConfig, ConfigError> {
         let f: PdFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.message().to_string(),
@@ -123,7 +168,7 @@ impl PdConfig {
                 settings: f.settings,
                 tls: f.tls,
                 peer_tls: f.peer_tls,
-                joining: false,
+                joining,
             },
             pd: f.pd,
         };
@@ -131,10 +176,11 @@ impl PdConfig {
         Ok(cfg)
     }
 
-    /// Checks rdb-server's rules and PD's own.
+    /// Checks rdb-server's rules and PD's own. A group starts with 1, 3 or 5 nodes; a joining
+    /// node's list is the running group's, whatever its size.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cluster.validate()?;
-        if ![1, 3, 5].contains(&self.cluster.nodes.len()) {
+        if !self.cluster.joining && ![1, 3, 5].contains(&self.cluster.nodes.len()) {
             return Err(ConfigError::Invalid(format!(
                 "a PD group has 1, 3 or 5 nodes, this one has {}",
                 self.cluster.nodes.len()

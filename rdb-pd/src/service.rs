@@ -19,14 +19,17 @@ use rdb_proto::pd::pd_command::Op;
 use rdb_proto::pd::pd_server::Pd;
 use rdb_proto::pd::*;
 use rdb_server::config::ClusterConfig;
-use rdb_server::router::{Mailbox, Msg, RequestError};
+use rdb_server::members::SharedDirectory;
+use rdb_server::router::{Mailbox, RequestError};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::PdSettings;
 use crate::raft_calls::{propose, read_barrier};
 use crate::state::{PdOutput, PdState, SCAN_PAGE_BYTES};
 use crate::tso::{Tso, TsoError, TsoResult};
 
+mod members;
 mod placement;
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
@@ -54,12 +57,15 @@ pub struct PdService {
     mailbox: Mailbox<PdOutput>,
     state: Arc<RwLock<PdState>>,
     tso: Tso,
+    /// The group's file (or joined) configuration: its Raft cluster id and shared settings.
     config: Arc<ClusterConfig>,
+    /// The group's members as this node applied them.
+    members: SharedDirectory,
     store_down_after: Duration,
     /// Silent this long, a store is gone: its peers are replaced (see [`crate::schedule`]).
     max_store_down: Duration,
-    /// Scheduling settings (`[pd]`).
-    settings: crate::config::PdSettings,
+    /// PD's `[pd]` settings (scheduling; a joining PD node adopts them).
+    settings: PdSettings,
     beats: Mutex<Heartbeats>,
     logger: slog::Logger,
 }
@@ -78,6 +84,7 @@ fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
                     .node(h.id)
                     .map(|n| n.peer_addr.clone())
                     .unwrap_or_default(),
+                ..Default::default()
             }),
         ),
         RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
@@ -87,8 +94,12 @@ fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
         | RequestError::EpochNotMatch(..)
         | RequestError::RegionNotFound(_) => (ErrorCode::InvalidArgument, None),
     };
-    let message = match &e {
+    // The code names the kind; the message is the cause alone (callers prefix the kind).
+    let message = match e {
         RequestError::NotLeader(Some(h)) => format!("PD node {} leads, at {}", h.id, h.addr),
+        RequestError::InvalidArgument(m)
+        | RequestError::Unavailable(m)
+        | RequestError::Indeterminate(m) => m,
         other => other.to_string(),
     };
     Error {
@@ -138,6 +149,7 @@ refusal!(
     ScanRegionsResponse,
     GetMembersResponse,
     GetOperatorsResponse,
+    ChangeMembersResponse,
     GetClusterIdResponse
 );
 
@@ -165,18 +177,20 @@ impl PdService {
         mailbox: Mailbox<PdOutput>,
         state: Arc<RwLock<PdState>>,
         config: Arc<ClusterConfig>,
-        settings: crate::config::PdSettings,
+        members: SharedDirectory,
+        pd: &PdSettings,
         logger: slog::Logger,
     ) -> PdService {
-        let tso = Tso::start(mailbox.clone(), state.clone(), settings.tso_window_ms);
+        let tso = Tso::start(mailbox.clone(), state.clone(), pd.tso_window_ms);
         PdService {
             mailbox,
             state,
             tso,
             config,
-            store_down_after: settings.store_down_after(),
-            max_store_down: settings.max_store_down(),
-            settings,
+            settings: pd.clone(),
+            members,
+            store_down_after: pd.store_down_after(),
+            max_store_down: pd.max_store_down(),
             beats: Mutex::new(Heartbeats::default()),
             logger,
         }
@@ -760,37 +774,17 @@ impl Pd for PdService {
         req: Request<GetMembersRequest>,
     ) -> Result<Response<GetMembersResponse>, Status> {
         admit!(self, req);
-        let members: Vec<Member> = self
-            .config
-            .nodes
-            .iter()
-            .map(|n| Member {
-                id: n.id,
-                client_addr: n.client_addr.clone(),
-                peer_addr: n.peer_addr.clone(),
-            })
-            .collect();
-        let status = tokio::time::timeout(
-            crate::raft_calls::RAFT_TIMEOUT,
-            self.mailbox.call(|tx| Msg::Status { tx }),
-        )
-        .await;
-        let resp = match status {
-            Ok(Ok(st)) => GetMembersResponse {
-                error: None,
-                leader: members.iter().find(|m| m.id == st.leader_id).cloned(),
-                members,
-            },
-            Ok(Err(e)) => GetMembersResponse {
-                error: self.err(e),
-                ..Default::default()
-            },
-            Err(_) => GetMembersResponse {
-                error: self.err(RequestError::Unavailable("the PD node is busy".into())),
-                ..Default::default()
-            },
-        };
-        Ok(Response::new(resp))
+        Ok(Response::new(self.get_members_inner().await))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<ChangeMembersRequest>,
+    ) -> Result<Response<ChangeMembersResponse>, Status> {
+        admit!(self, req);
+        Ok(Response::new(
+            self.change_members_inner(req.into_inner()).await,
+        ))
     }
 
     async fn get_operators(

@@ -37,8 +37,10 @@ pub struct Setup {
     pub client_tls: Option<rdb_client::TlsOptions>,
     /// Each store's `--labels` (index = store number - 1; none past the end).
     pub store_labels: Vec<String>,
-    /// PD nodes (1, 3 or 5).
+    /// PD nodes in the group (1, 3 or 5).
     pub pd_nodes: usize,
+    /// How many of them (the first ones) stores and this test's clients are given; 0: all.
+    pub pd_given: usize,
 }
 
 impl Default for Setup {
@@ -50,13 +52,14 @@ impl Default for Setup {
             client_tls: None,
             store_labels: Vec::new(),
             pd_nodes: 1,
+            pd_given: 0,
         }
     }
 }
 
-/// A PD node and its stores.
+/// A PD group and its stores.
 pub struct RegionCluster {
-    /// The PD group (one node).
+    /// The PD group (one node unless [`Setup::pd_nodes`] says otherwise).
     pub pd: TestCluster,
     /// Store client addresses, index = store number - 1 (not the store id PD assigned).
     pub addrs: Vec<String>,
@@ -115,7 +118,7 @@ impl RegionCluster {
         Command::new(bin_dir().join("rdb-server"))
             .arg("--restore")
             .arg(file)
-            .args(["--pd", &self.pd_arg()])
+            .args(["--pd", &self.pd_addrs()])
             .args(
                 dirs.iter()
                     .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
@@ -149,34 +152,34 @@ impl RegionCluster {
         }
     }
 
-    /// The PD client address.
+    /// The PD client address (of the group's first node).
     pub fn pd_addr(&self) -> String {
         self.pd.nodes[0].client_addr.clone()
     }
 
-    /// Every PD node's client address.
-    pub fn pd_addrs(&self) -> Vec<String> {
-        self.pd
-            .nodes
+    /// The client addresses of the PD nodes stores are given (`--pd`, see
+    /// [`Setup::pd_given`]), comma-separated.
+    pub fn pd_addrs(&self) -> String {
+        let given = match self.setup.pd_given {
+            0 => self.setup.pd_nodes,
+            n => n,
+        };
+        let first: Vec<String> = self.pd.nodes[..given]
             .iter()
             .map(|n| n.client_addr.clone())
-            .collect()
+            .collect();
+        first.join(",")
     }
 
-    /// `--pd`'s value: every PD node.
-    fn pd_arg(&self) -> String {
-        self.pd_addrs().join(",")
-    }
-
-    /// A PD client of every PD node.
+    /// A PD client for the PD nodes stores are given.
     pub fn pd_client(&self) -> PdClient {
-        PdClient::with_options(self.pd_addrs(), self.options()).expect("pd client")
+        PdClient::with_options(self.pd_addrs().split(','), self.options()).expect("pd client")
     }
 
     /// Runs `rdb-cli --pd <this cluster's PD> ARGS...` (15 s deadline) and returns its output.
     pub fn pd_cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin_dir().join("rdb-cli"))
-            .args(["--pd", &self.pd_arg(), "--timeout-ms", "15000"])
+            .args(["--pd", &self.pd_addrs(), "--timeout-ms", "15000"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -257,7 +260,7 @@ impl RegionCluster {
             .open(self.log_path(i))
             .expect("open log");
         let child = Command::new(bin_dir().join("rdb-server"))
-            .args(["--pd", &self.pd_arg()])
+            .args(["--pd", &self.pd_addrs()])
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
             .args(["--metrics-addr", &self.metrics_addrs[i - 1]])
@@ -380,7 +383,8 @@ impl RegionCluster {
     /// (every peer of every region hashed) is returned as is, equal hashes or not; `Err` says
     /// why none was complete within `timeout`.
     pub async fn check_replicas(&self, timeout: Duration) -> Result<Vec<RegionCheck>, String> {
-        let client = Client::with_pd(self.pd_addrs(), self.options()).map_err(|e| e.to_string())?;
+        let client = Client::with_pd(self.pd_addrs().split(','), self.options())
+            .map_err(|e| e.to_string())?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let last = match client.check_regions(RegionScope::All).await {

@@ -379,6 +379,10 @@ pub struct Member {
     pub client_addr: String,
     /// The address PD nodes use among themselves.
     pub peer_addr: String,
+    /// A learner receives PD's log but does not vote (yet: it is promoted once caught up).
+    pub learner: bool,
+    /// As the leader answers: the highest log index known to be on this node (0 otherwise).
+    pub match_index: u64,
 }
 
 impl From<pb::Member> for Member {
@@ -387,6 +391,8 @@ impl From<pb::Member> for Member {
             id: m.id,
             client_addr: m.client_addr,
             peer_addr: m.peer_addr,
+            learner: m.learner,
+            match_index: m.match_index,
         }
     }
 }
@@ -394,10 +400,53 @@ impl From<pb::Member> for Member {
 /// The PD group: every node, and which one leads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Members {
-    /// Every PD node.
+    /// Every PD node: voters, then learners, by id.
     pub members: Vec<Member>,
     /// The leader, when the answering node knows it.
     pub leader: Option<Member>,
+    /// The node that answered (0 in the answer to a change).
+    pub node_id: u64,
+    /// The answering node's commit index (the leader's, when it answered).
+    pub commit_index: u64,
+    /// Ids removed from the group (never accepted again).
+    pub removed: Vec<u64>,
+}
+
+impl From<pb::GetMembersResponse> for Members {
+    fn from(r: pb::GetMembersResponse) -> Members {
+        Members {
+            members: r.members.into_iter().map(Member::from).collect(),
+            leader: r.leader.map(Member::from),
+            node_id: r.node_id,
+            commit_index: r.commit_index,
+            removed: r.removed_ids,
+        }
+    }
+}
+
+impl Members {
+    /// Whether `change` is in effect in these members: an added node with the addresses it
+    /// was added with (a member of that id at other addresses is another node).
+    pub(crate) fn hold(&self, change: &crate::MemberChange) -> bool {
+        use crate::MemberChange as C;
+        let get = |id: u64| self.members.iter().find(|m| m.id == id);
+        let at =
+            |m: &Member, peer: &str, client: &str| m.peer_addr == peer && m.client_addr == client;
+        match change {
+            C::AddVoter {
+                id,
+                peer_addr,
+                client_addr,
+            } => get(*id).is_some_and(|m| !m.learner && at(m, peer_addr, client_addr)),
+            C::AddLearner {
+                id,
+                peer_addr,
+                client_addr,
+            } => get(*id).is_some_and(|m| at(m, peer_addr, client_addr)),
+            C::Promote(id) => get(*id).is_some_and(|m| !m.learner),
+            C::Remove(id) => get(*id).is_none() && self.removed.contains(id),
+        }
+    }
 }
 
 /// One of PD's operators (a plan of steps for one region), as `operator list` shows it.
