@@ -59,12 +59,14 @@ rdb_now_ms() {
 }
 
 # The step helpers of the verify scripts. `begin` starts a step's clock; `pass NAME [CEILING_MS]`
-# prints the step with its time and fails it when a ceiling is given and passed; `fail MESSAGE`
-# stops the script (its EXIT trap cleans up); `wait_for MS CMD...` retries CMD until it succeeds,
-# or returns 1 after MS milliseconds.
+# prints the step with its time and fails it when a ceiling is given and passed; `skip NAME
+# REASON` prints a step that cannot run yet; `fail MESSAGE` stops the script (its EXIT trap
+# cleans up); `wait_for MS CMD...` retries CMD until it succeeds, or returns 1 after MS
+# milliseconds.
 step_start=0
 fail() { echo "FAIL  $*" >&2; exit 1; }
 begin() { step_start=$(rdb_now_ms); }
+skip() { printf 'SKIP  %-56s %s\n' "$1" "$2"; }
 pass() {
   local ms=$(( $(rdb_now_ms) - step_start ))
   local ceiling=${2:-}
@@ -163,4 +165,30 @@ rdb_start_bench_cluster() {
     done
     sleep 0.2
   done
+}
+
+# Writes the file of a one-node PD cluster: rdb_pd_config FILE CLUSTER_ID CLIENT_ADDR PEER_ADDR
+# DATA_DIR. Append tables (`[pd]`, `[settings]`) after it.
+rdb_pd_config() {
+  printf 'cluster_id = %s\n[[nodes]]\nid = 1\nclient_addr = "%s"\npeer_addr = "%s"\ndata_dir = "%s"\n' \
+    "$2" "$3" "$4" "$5" > "$1"
+}
+
+# Succeeds once the PD at PD_ADDR knows at least N regions, each with a leader, whose ranges
+# tile the key space: rdb_regions_tiled PD_ADDR N (rdb-cli from $RDB_BIN).
+rdb_regions_tiled() {
+  "$RDB_BIN/rdb-cli" --pd "$1" --timeout-ms 5000 -o json region list 2>/dev/null | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["regions"]
+ok = rs and rs[0]["start_key"] == "" and rs[-1]["end_key"] == "" and all(
+    a["end_key"] == b["start_key"] for a, b in zip(rs, rs[1:])) and all(r.get("leader") for r in rs)
+sys.exit(0 if ok and len(rs) >= int(sys.argv[1]) else 1)' "$2"
+}
+
+# Prints the id the PD at PD_ADDR gave the store serving clients at ADDR (fails if none):
+# rdb_store_id PD_ADDR ADDR.
+rdb_store_id() {
+  "$RDB_BIN/rdb-cli" --pd "$1" --timeout-ms 5000 -o json store list | python3 -c '
+import json, sys
+print(next(s["id"] for s in json.load(sys.stdin) if s["address"] == sys.argv[1]))' "$2"
 }
