@@ -3,6 +3,8 @@
 //! allocator), the operators for `operator list`, and the tombstone of a store whose removal
 //! drained it.
 
+use std::collections::HashSet;
+
 use super::*;
 use crate::schedule::{self, Progress, StoreView};
 
@@ -126,6 +128,20 @@ impl PdService {
         let now = Instant::now();
         let timeout = self.settings.operator_timeout();
         let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
+        // A running operator's step that needs a gone store is cancelled, or a move toward a
+        // store lost meanwhile would hold the region (and its sender's snapshot room) until
+        // its timeout, before the replica checker may remove the stranded learner.
+        let runs = lock(&self.beats).ops.runs(region.id);
+        let gone: HashSet<u64> = if runs {
+            self.store_views()
+                .iter()
+                .filter(|v| v.gone)
+                .map(|v| v.id)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let is_gone = |s: u64| gone.contains(&s);
         let (progress, settled, balance_ok) = {
             let mut b = lock(&self.beats);
             let since = match b.confs.get(&region.id) {
@@ -135,7 +151,7 @@ impl PdService {
                     now
                 }
             };
-            let progress = b.ops.check(region, leader.id, timeout, now);
+            let progress = b.ops.check(region, leader.id, timeout, now, is_gone);
             if matches!(progress, Progress::Ended(_)) {
                 // Its moves are in the region map now, no longer in the projection.
                 b.views = None;
@@ -186,7 +202,7 @@ impl PdService {
         let progress = {
             let mut b = lock(&self.beats);
             b.ops.start(region.id, plan, Some(leader.store_id), now)?;
-            b.ops.check(region, leader.id, timeout, now)
+            b.ops.check(region, leader.id, timeout, now, is_gone)
         };
         slog::info!(self.logger, "operator created"; "region" => region.id,
             "kind" => kind.as_str(), "steps" => steps, "reason" => reason);
