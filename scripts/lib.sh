@@ -61,8 +61,8 @@ rdb_now_ms() {
 # The step helpers of the verify scripts. `begin` starts a step's clock; `pass NAME [CEILING_MS]`
 # prints the step with its time and fails it when a ceiling is given and passed; `skip NAME
 # REASON` prints a step that cannot run yet; `fail MESSAGE` stops the script (its EXIT trap
-# cleans up); `wait_for MS CMD...` retries CMD until it succeeds, or returns 1 after MS
-# milliseconds.
+# cleans up); `wait_for MS CMD...` retries CMD until it succeeds (every RDB_WAIT_EVERY seconds,
+# default 0.02), or returns 1 after MS milliseconds.
 step_start=0
 fail() { echo "FAIL  $*" >&2; exit 1; }
 begin() { step_start=$(rdb_now_ms); }
@@ -92,7 +92,7 @@ wait_for() {
   local until=$(( $(rdb_now_ms) + $1 )); shift
   until "$@" >/dev/null 2>&1; do
     [ "$(rdb_now_ms)" -lt "$until" ] || return 1
-    sleep 0.02
+    sleep "${RDB_WAIT_EVERY:-0.02}"
   done
 }
 
