@@ -12,16 +12,6 @@ async fn stores(c: &RegionCluster) -> Vec<Store> {
     c.pd_client().get_all_stores(true).await.unwrap_or_default()
 }
 
-/// What PD's operator list says, for a failure message.
-fn operators(c: &RegionCluster) -> String {
-    let o = c.pd_cli(&["operator", "list"]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
     let mut c = RegionCluster::with_pd_only(
@@ -68,7 +58,7 @@ async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
         assert!(
             Instant::now() < deadline,
             "store {new_id} was not given its share within 60 s ({regions} regions): {last}\n{}",
-            operators(&c)
+            c.operators()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -90,7 +80,7 @@ async fn a_new_store_takes_regions_and_leaderships_while_writes_go_on() {
         );
     }
     c.assert_replicas_agree().await;
-    let ops = operators(&c);
+    let ops = c.operators();
     assert!(
         ops.contains("balance-region") && ops.contains("finished"),
         "operator list shows no finished region move: {ops}"
@@ -160,14 +150,14 @@ async fn a_replica_is_replaced_on_a_store_apart_by_labels() {
             assert!(
                 on.contains(&ids[4]) && !on.contains(&ids[3]),
                 "region 1 is on stores {on:?}; stores by number: {ids:?}\n{}",
-                operators(&c)
+                c.operators()
             );
             break;
         }
         assert!(
             Instant::now() < deadline,
             "region 1 not repaired: {r:?}\n{}",
-            operators(&c)
+            c.operators()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
