@@ -160,7 +160,7 @@ read -r lost_regions lost_bytes <<<"$(held_by "$lost")"
 kill -9 "${pid[store4]}"; wait "${pid[store4]}" 2>/dev/null || true; unset "pid[store4]"
 phase_until 3600 replicated_without "$lost"
 record repair "$phase_s" "$phase_json"
-echo "           store $lost held $lost_regions regions, $(( lost_bytes / 1048576 )) MB: all back to 3 voters $phase_s s after the kill"
+echo "           the lost store (PD id $lost) held $lost_regions regions, $(( lost_bytes / 1048576 )) MB: all back to 3 voters $phase_s s after the kill"
 
 # After.
 json=$(bench --duration-secs "$secs") || fail "the bench failed: $(tail -n 5 "$work/bench.log")"
@@ -176,7 +176,7 @@ took_some() { [ "$(held_by "$new" | cut -d' ' -f1)" -gt 0 ] && settled 2; }
 phase_until 3600 took_some
 record rebalance "$phase_s" "$phase_json"
 read -r new_regions new_bytes <<<"$(held_by "$new")"
-echo "           store $new took $new_regions regions, $(( new_bytes / 1048576 )) MB in $phase_s s"
+echo "           the new store (PD id $new) took $new_regions regions, $(( new_bytes / 1048576 )) MB in $phase_s s"
 
 echo
 python3 - "$results" "$size_mb" <<'PY'
