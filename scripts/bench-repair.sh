@@ -83,16 +83,6 @@ sys.exit(0 if c and max(c) - min(c) <= int(sys.argv[1]) else 1)' "$1" || return 
 import json, sys
 sys.exit(0 if not any(o["status"] == "running" for o in json.load(sys.stdin)) else 1)'
 }
-# Succeeds when every region has 3 voters, no learner, all on stores PD shows up, none on ID.
-replicated_without() { # replicated_without ID
-  pdcli -o json region list | python3 -c '
-import json, sys
-rs = json.load(sys.stdin)["regions"]
-sys.exit(0 if rs and all(r.get("leader") and len(r["peers"]) == 3
-                         and all(not p["learner"] and p["store_state"] == "up"
-                                 and p["store_id"] != int(sys.argv[1]) for p in r["peers"])
-                         for r in rs) else 1)' "$1"
-}
 # Regions with a peer on store ID and their approximate bytes: "N BYTES".
 held_by() { # held_by ID
   pdcli -o json region list | python3 -c '
@@ -158,7 +148,7 @@ record before "$secs" "$json"
 lost=$(rdb_store_id "$pd" "${store_addr[3]}")
 read -r lost_regions lost_bytes <<<"$(held_by "$lost")"
 kill -9 "${pid[store4]}"; wait "${pid[store4]}" 2>/dev/null || true; unset "pid[store4]"
-phase_until 3600 replicated_without "$lost"
+phase_until 3600 rdb_replicated_without "$pd" "$lost"
 record repair "$phase_s" "$phase_json"
 echo "           the lost store (PD id $lost) held $lost_regions regions, $(( lost_bytes / 1048576 )) MB: all back to 3 voters $phase_s s after the kill"
 

@@ -192,3 +192,15 @@ rdb_store_id() {
 import json, sys
 print(next(s["id"] for s in json.load(sys.stdin) if s["address"] == sys.argv[1]))' "$2"
 }
+
+# Succeeds when every region PD_ADDR knows has a leader and 3 voters, no learner, all on stores
+# PD shows up and none on store ID (a store lost or removed): rdb_replicated_without PD_ADDR ID.
+rdb_replicated_without() {
+  "$RDB_BIN/rdb-cli" --pd "$1" --timeout-ms 5000 -o json region list | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["regions"]
+sys.exit(0 if rs and all(r.get("leader") and len(r["peers"]) == 3
+                         and all(not p["learner"] and p["store_state"] == "up"
+                                 and p["store_id"] != int(sys.argv[1]) for p in r["peers"])
+                         for r in rs) else 1)' "$2"
+}

@@ -57,18 +57,6 @@ leads = {s["id"]: s["leader_count"] for s in up}
 sys.exit(0 if counts and max(counts) - min(counts) <= 2
          and all(leads.get(int(i), 0) >= 1 for i in sys.argv[1:]) else 1)' "$@"
 }
-# Succeeds when every region has 3 voters, no learner, each on a store PD shows up, none of them
-# on store ID, with a leader.
-replicated_without() { # replicated_without ID
-  pdcli -o json region list | python3 -c '
-import json, sys
-rs = json.load(sys.stdin)["regions"]
-gone = int(sys.argv[1])
-sys.exit(0 if rs and all(r.get("leader") and len(r["peers"]) == 3
-                         and all(not p["learner"] and p["store_state"] == "up"
-                                 and p["store_id"] != gone for p in r["peers"])
-                         for r in rs) else 1)' "$1"
-}
 store_state() { # store_state ID: up, down, offline or tombstone
   pdcli -o json store list | python3 -c '
 import json, sys
@@ -126,7 +114,7 @@ begin
 before=$(acked)
 id2=$(rdb_store_id "$pd" "${store_addr[1]}")
 kill -9 "${pid[store2]}"; wait "${pid[store2]}" 2>/dev/null || true; unset "pid[store2]"
-wait_for 90000 replicated_without "$id2" \
+wait_for 90000 rdb_replicated_without "$pd" "$id2" \
   || fail "regions not back to 3 voters without store $id2 within 90 s: $(pdcli region list)"
 writers_went_on "$before" "repair"
 pass "store 2 (id $id2) lost: $(region_count) regions back to 3 voters" 100000
@@ -138,7 +126,7 @@ pdcli store remove "$id4" > "$work/remove.txt" 2>&1 \
   || fail "store remove $id4 was refused: $(cat "$work/remove.txt")"
 wait_for 90000 tombstoned "$id4" \
   || fail "store $id4 was not drained and tombstoned within 90 s: $(pdcli store list)"
-wait_for 30000 replicated_without "$id4" \
+wait_for 30000 rdb_replicated_without "$pd" "$id4" \
   || fail "a region still names store $id4 or is short of voters: $(pdcli region list)"
 writers_went_on "$before" "decommission"
 pass "store 4 (id $id4) removed: drained and tombstoned" 100000
