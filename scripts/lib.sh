@@ -59,12 +59,14 @@ rdb_now_ms() {
 }
 
 # The step helpers of the verify scripts. `begin` starts a step's clock; `pass NAME [CEILING_MS]`
-# prints the step with its time and fails it when a ceiling is given and passed; `fail MESSAGE`
-# stops the script (its EXIT trap cleans up); `wait_for MS CMD...` retries CMD until it succeeds,
-# or returns 1 after MS milliseconds.
+# prints the step with its time and fails it when a ceiling is given and passed; `skip NAME
+# REASON` prints a step that cannot run yet; `fail MESSAGE` stops the script (its EXIT trap
+# cleans up); `wait_for MS CMD...` retries CMD until it succeeds (every RDB_WAIT_EVERY seconds,
+# default 0.02), or returns 1 after MS milliseconds.
 step_start=0
 fail() { echo "FAIL  $*" >&2; exit 1; }
 begin() { step_start=$(rdb_now_ms); }
+skip() { printf 'SKIP  %-56s %s\n' "$1" "$2"; }
 pass() {
   local ms=$(( $(rdb_now_ms) - step_start ))
   local ceiling=${2:-}
@@ -90,7 +92,7 @@ wait_for() {
   local until=$(( $(rdb_now_ms) + $1 )); shift
   until "$@" >/dev/null 2>&1; do
     [ "$(rdb_now_ms)" -lt "$until" ] || return 1
-    sleep 0.02
+    sleep "${RDB_WAIT_EVERY:-0.02}"
   done
 }
 
@@ -163,4 +165,42 @@ rdb_start_bench_cluster() {
     done
     sleep 0.2
   done
+}
+
+# Writes the file of a one-node PD cluster: rdb_pd_config FILE CLUSTER_ID CLIENT_ADDR PEER_ADDR
+# DATA_DIR. Append tables (`[pd]`, `[settings]`) after it.
+rdb_pd_config() {
+  printf 'cluster_id = %s\n[[nodes]]\nid = 1\nclient_addr = "%s"\npeer_addr = "%s"\ndata_dir = "%s"\n' \
+    "$2" "$3" "$4" "$5" > "$1"
+}
+
+# Succeeds once the PD at PD_ADDR knows at least N regions, each with a leader, whose ranges
+# tile the key space: rdb_regions_tiled PD_ADDR N (rdb-cli from $RDB_BIN).
+rdb_regions_tiled() {
+  "$RDB_BIN/rdb-cli" --pd "$1" --timeout-ms 5000 -o json region list 2>/dev/null | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["regions"]
+ok = rs and rs[0]["start_key"] == "" and rs[-1]["end_key"] == "" and all(
+    a["end_key"] == b["start_key"] for a, b in zip(rs, rs[1:])) and all(r.get("leader") for r in rs)
+sys.exit(0 if ok and len(rs) >= int(sys.argv[1]) else 1)' "$2"
+}
+
+# Prints the id the PD at PD_ADDR gave the store serving clients at ADDR (fails if none):
+# rdb_store_id PD_ADDR ADDR.
+rdb_store_id() {
+  "$RDB_BIN/rdb-cli" --pd "$1" --timeout-ms 5000 -o json store list | python3 -c '
+import json, sys
+print(next(s["id"] for s in json.load(sys.stdin) if s["address"] == sys.argv[1]))' "$2"
+}
+
+# Succeeds when every region PD_ADDR knows has a leader and 3 voters, no learner, all on stores
+# PD shows up and none on store ID (a store lost or removed): rdb_replicated_without PD_ADDR ID.
+rdb_replicated_without() {
+  "$RDB_BIN/rdb-cli" --pd "$1" --timeout-ms 5000 -o json region list | python3 -c '
+import json, sys
+rs = json.load(sys.stdin)["regions"]
+sys.exit(0 if rs and all(r.get("leader") and len(r["peers"]) == 3
+                         and all(not p["learner"] and p["store_state"] == "up"
+                                 and p["store_id"] != int(sys.argv[1]) for p in r["peers"])
+                         for r in rs) else 1)' "$2"
 }

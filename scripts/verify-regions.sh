@@ -44,32 +44,18 @@ start_store() { # start_store N
     --region-split-keys 100 --split-check-ms 200 >>"$work/store$1.log" 2>&1 &
   pid[store$1]=$!
 }
-# Succeeds once PD (at PD_ADDR, default the first PD) knows at least N regions, with leaders,
-# whose ranges tile the key space.
-regions_tiled() { # regions_tiled N [PD_ADDR]
-  "$RDB_BIN/rdb-cli" --pd "${2:-$pd}" --timeout-ms 5000 -o json region list 2>/dev/null | python3 -c '
-import json, sys
-rs = json.load(sys.stdin)["regions"]
-ok = rs and rs[0]["start_key"] == "" and rs[-1]["end_key"] == "" and all(
-    a["end_key"] == b["start_key"] for a, b in zip(rs, rs[1:])) and all(r.get("leader") for r in rs)
-sys.exit(0 if ok and len(rs) >= int(sys.argv[1]) else 1)' "$1"
-}
 echo "rdb verify-regions ($work)"
 
 # 1. PD and three stores.
 begin
-cat > "$work/pd.toml" <<TOML
-cluster_id = 9
-[[nodes]]
-id = 1
-client_addr = "$pd"
-peer_addr = "127.0.0.1:$pd_peer"
-data_dir = "$work/pd"
-TOML
+rdb_pd_config "$work/pd.toml" 9 "$pd" "127.0.0.1:$pd_peer" "$work/pd"
+# Step 8 moves a replica and a leadership by hand: PD's balancers would move them on
+# (scripts/verify-scheduling.sh checks those).
+printf '[pd]\nbalance_leaders = false\nbalance_regions = false\n' >> "$work/pd.toml"
 "$RDB_BIN/rdb-pd" --config "$work/pd.toml" >>"$work/pd.log" 2>&1 &
 pid[pd]=$!
 for i in 1 2 3; do start_store "$i"; done
-wait_for 20000 regions_tiled 1 || fail "region 1 was not bootstrapped with a leader"
+wait_for 20000 rdb_regions_tiled "$pd" 1 || fail "region 1 was not bootstrapped with a leader"
 pass "PD and 3 stores up, region 1 leads"
 
 # 2. Writes that split: batches of 40 keys, four at a time, through the PD-mode client (each
@@ -78,7 +64,7 @@ begin
 seq -f 'key%05g' 1 "$keys" | awk '{printf "%s v-%s%s", $1, $1, (NR % 40 ? " " : "\n")}' > "$work/batches"
 xargs -P 4 -L 1 "$RDB_BIN/rdb-cli" --pd "$pd" --regions --timeout-ms 20000 batch put \
   < "$work/batches" >/dev/null || fail "a batch put failed"
-wait_for 30000 regions_tiled 8 || fail "fewer than 8 regions after $keys keys: $(pdcli region list)"
+wait_for 30000 rdb_regions_tiled "$pd" 8 || fail "fewer than 8 regions after $keys keys: $(pdcli region list)"
 n=$(pdcli -o json region list | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["regions"]))')
 pass "$keys keys written, $n regions"
 pdcli region list
@@ -132,11 +118,7 @@ pass "every region's replicas agree"
 # 8. A replica of the first region moves from store 1 to a new fourth store.
 begin
 start_store 4
-store_id_at() { # store_id_at ADDR: the id PD gave the store at ADDR
-  pdcli -o json store list | python3 -c '
-import json, sys
-print(next(s["id"] for s in json.load(sys.stdin) if s["address"] == sys.argv[1]))' "$1"
-}
+store_id_at() { rdb_store_id "$pd" "$1"; } # store_id_at ADDR
 registered() { store_id_at "${store_addr[3]}" >/dev/null 2>&1; }
 wait_for 20000 registered || fail "store 4 did not register with PD"
 s1_id=$(store_id_at "${store_addr[0]}")
@@ -183,14 +165,7 @@ pdcli -o json region list > "$work/regions-saved.json"
 head -1 "$work/save.txt"
 cli scan --limit 0 > "$work/source-scan.txt" || fail "the source scan failed"
 pd2=127.0.0.1:$pd2_port
-cat > "$work/pd2.toml" <<TOML
-cluster_id = 10
-[[nodes]]
-id = 1
-client_addr = "$pd2"
-peer_addr = "127.0.0.1:$pd2_peer"
-data_dir = "$work/pd2"
-TOML
+rdb_pd_config "$work/pd2.toml" 10 "$pd2" "127.0.0.1:$pd2_peer" "$work/pd2"
 "$RDB_BIN/rdb-pd" --config "$work/pd2.toml" >>"$work/pd2.log" 2>&1 &
 pid[pd2]=$!
 pd2_up() { "$RDB_BIN/rdb-cli" --pd "$pd2" --timeout-ms 2000 tso >/dev/null 2>&1; }
@@ -209,7 +184,7 @@ for i in 1 2 3; do
 done
 saved=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["regions"]))' \
   "$work/regions-saved.json")
-wait_for 30000 regions_tiled "$saved" "$pd2" || fail "the new PD shows no leader for every region"
+wait_for 30000 rdb_regions_tiled "$pd2" "$saved" || fail "the new PD shows no leader for every region"
 same_regions() {
   "$RDB_BIN/rdb-cli" --pd "$pd2" -o json region list | python3 -c '
 import json, sys

@@ -186,6 +186,17 @@ impl RegionCluster {
             .expect("run rdb-cli (cargo build --workspace --bins)")
     }
 
+    /// What `rdb-cli --pd ... operator list` prints (stdout, then stderr), for failure
+    /// messages.
+    pub fn operators(&self) -> String {
+        let o = self.pd_cli(&["operator", "list"]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
     /// The id PD gave store `i` (1-based), once it registered (a store just started may
     /// take a moment; panics after 30 s).
     pub async fn store_id(&self, i: usize) -> u64 {

@@ -2,12 +2,13 @@
 //! `rdb-server --pd` stores. A store lost for good has its regions' peers replaced on a healthy
 //! store (a learner, promoted once caught up, then the dead peer removed), every acknowledged
 //! write stays, and the store, back after its peers were replaced, drops them. A store an
-//! operator removes is drained (its leadership first) and then tombstoned.
+//! operator removes is drained (its leadership first) and then tombstoned. A move toward a
+//! store that dies meanwhile is cancelled once the store is down, and its learner removed.
 
 use std::time::{Duration, Instant};
 
 use rdb_client::pd::StoreState;
-use rdb_tests::regions::{RegionCluster, Setup, Split};
+use rdb_tests::regions::{write_rounds, RegionCluster, Setup, Split};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_lost_for_good_has_its_peers_replaced_and_drops_them_when_it_comes_back() {
@@ -176,5 +177,99 @@ async fn a_removed_store_is_drained_then_tombstoned_and_the_last_stores_cannot_b
         String::from_utf8_lossy(&o.stderr).contains("add a store first"),
         "{}",
         rdb_tests::cluster::explain(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_toward_a_store_lost_meanwhile_is_cancelled_and_its_learner_removed() {
+    // Up for 6 s after its last heartbeat, gone after 8 s; an operator waits 300 s for a step
+    // before it times out.
+    let mut c = RegionCluster::with_pd_only(
+        4,
+        Split {
+            keys: 40,
+            check_ms: 300,
+        },
+        Setup {
+            pd_tables: "[pd]\nstore_down_after_secs = 6\nmax_store_down_secs = 8\n\
+                        operator_timeout_secs = 300\n"
+                .into(),
+            ..Setup::default()
+        },
+    );
+    for i in 1..=3 {
+        c.restart(i);
+    }
+    let client = c.client();
+    write_rounds(&client, 400, 1, 4).await;
+    c.wait_regions(6, Duration::from_secs(60)).await;
+
+    // Store 4 joins and dies at once: PD counts it up for a few seconds more, so region
+    // balance adds learners there, which can never catch up to be promoted.
+    c.restart(4);
+    let lost = c.store_id(4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = c
+            .pd_client()
+            .get_all_stores(true)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.id == lost && s.state == StoreState::Up);
+        if up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store 4 never heartbeat");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill(4);
+    let learner_there = |r: &[rdb_client::pd::RegionInfo]| {
+        r.iter().any(|r| {
+            r.region
+                .peers
+                .iter()
+                .any(|p| p.store_id == lost && p.learner)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if learner_there(&c.regions().await) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no move toward store {lost} began while PD counted it up: {}",
+            c.operators()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Once the store is down the moves are cancelled and the learners removed, long before
+    // the operators' timeout.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.regions().await;
+        let whole = r.iter().all(|r| {
+            r.region.peers.len() == 3
+                && r.region
+                    .peers
+                    .iter()
+                    .all(|p| !p.learner && p.store_id != lost)
+        });
+        if whole {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions still wait on store {lost} 60 s after it died: {r:?}\n{}",
+            c.operators()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ops = c.operators();
+    assert!(
+        ops.contains(&format!("store {lost} is not up")),
+        "no operator was cancelled for the lost store: {ops}"
     );
 }

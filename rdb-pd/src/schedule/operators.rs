@@ -1,8 +1,8 @@
 //! The operators that run: at most one per region, each a plan whose steps are checked off as
 //! the region's heartbeats show them done. An operator whose current step shows no progress
-//! for its timeout is dropped (timed out), one whose step became impossible (its peer gone, a
-//! peer to remove leading) is cancelled; what they left behind is the replica checker's to
-//! tidy. Kept in the PD leader's memory: a new leader starts with none, and its checkers pick
+//! for its timeout is dropped (timed out), one whose step became impossible (its peer gone,
+//! its store not up, a peer to remove leading) is cancelled; what they left behind is the
+//! replica checker's to tidy. Kept in the PD leader's memory: a new leader starts with none, and its checkers pick
 //! up from the regions as they are.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -97,10 +97,24 @@ pub struct Controller {
 }
 
 /// Whether `step` is done in `region` led by `leader`: Ok(true) done, Ok(false) not yet,
-/// Err(why) never (the operator is cancelled).
-fn status(step: &Step, region: &Region, leader: u64) -> Result<bool, String> {
+/// Err(why) never (the operator is cancelled). A step not done that needs a store `gone`
+/// says is not up (a new peer there, promoted, or leading) never will be: a learner on a
+/// dead store never catches up.
+fn status(
+    step: &Step,
+    region: &Region,
+    leader: u64,
+    gone: impl Fn(u64) -> bool,
+) -> Result<bool, String> {
     let peer = |id: u64| region.peers.iter().find(|p| p.id == id);
-    match *step {
+    let needs = match *step {
+        Step::AddLearner { store, .. } => Some(store),
+        Step::Promote { peer: id } | Step::TransferLeader { peer: id } => {
+            peer(id).map(|p| p.store_id)
+        }
+        Step::Remove { .. } => None,
+    };
+    let done = match *step {
         Step::AddLearner { store, peer: id } => match peer(id) {
             Some(_) => Ok(true),
             None if region.peers.iter().any(|p| p.store_id == store) => {
@@ -122,18 +136,24 @@ fn status(step: &Step, region: &Region, leader: u64) -> Result<bool, String> {
             Some(_) if id == leader => Err(format!("peer {id} leads")),
             Some(_) => Ok(false),
         },
+    }?;
+    match needs {
+        Some(store) if !done && gone(store) => Err(format!("store {store} is not up")),
+        _ => Ok(done),
     }
 }
 
 impl Controller {
     /// Checks the operator of `region` (led by peer `leader`) against what the region shows:
-    /// steps done are checked off, and the next is asked for, unless the operator ended.
+    /// steps done are checked off, and the next is asked for, unless the operator ended
+    /// (cancelled when its next step needs a store that `gone` says is not up).
     pub fn check(
         &mut self,
         region: &Region,
         leader: u64,
         timeout: Duration,
         now: Instant,
+        gone: impl Fn(u64) -> bool,
     ) -> Progress {
         let Some(op) = self.running.get_mut(&region.id) else {
             return Progress::Idle;
@@ -142,7 +162,7 @@ impl Controller {
             let Some(step) = op.steps.get(op.done) else {
                 break Outcome::Finished;
             };
-            match status(step, region, leader) {
+            match status(step, region, leader, &gone) {
                 Ok(true) => {
                     op.done += 1;
                     op.progressed = now;
@@ -371,8 +391,14 @@ mod tests {
         assert_eq!(c.start(7, moving(), Some(1), 4, t0), None, "one per region");
         let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
         let add = Step::AddLearner { store: 4, peer: 14 };
-        assert_eq!(c.check(&r, 11, T, t0), Progress::Ask(1, add.clone(), true));
-        assert_eq!(c.check(&r, 11, T, t0), Progress::Ask(1, add, false));
+        assert_eq!(
+            c.check(&r, 11, T, t0, |_| false),
+            Progress::Ask(1, add.clone(), true)
+        );
+        assert_eq!(
+            c.check(&r, 11, T, t0, |_| false),
+            Progress::Ask(1, add, false)
+        );
         let r = region(&[
             (11, 1, false),
             (12, 2, false),
@@ -380,13 +406,16 @@ mod tests {
             (14, 4, true),
         ]);
         assert_eq!(
-            c.check(&r, 11, T, t0),
+            c.check(&r, 11, T, t0, |_| false),
             Progress::Ask(1, Step::Promote { peer: 14 }, true)
         );
         // Two steps done between heartbeats.
         let r = region(&[(11, 1, false), (13, 3, false), (14, 4, false)]);
-        assert_eq!(c.check(&r, 11, T, t0), Progress::Ended(Outcome::Finished));
-        assert_eq!(c.check(&r, 11, T, t0), Progress::Idle);
+        assert_eq!(
+            c.check(&r, 11, T, t0, |_| false),
+            Progress::Ended(Outcome::Finished)
+        );
+        assert_eq!(c.check(&r, 11, T, t0, |_| false), Progress::Idle);
         assert_eq!(c.recent().count(), 1);
     }
 
@@ -401,11 +430,14 @@ mod tests {
             (13, 3, false),
             (14, 4, true),
         ]);
-        assert!(matches!(c.check(&r, 11, T, t0), Progress::Ask(..)));
+        assert!(matches!(
+            c.check(&r, 11, T, t0, |_| false),
+            Progress::Ask(..)
+        ));
         // The learner never catches up.
         let later = t0 + T + Duration::from_secs(1);
         assert_eq!(
-            c.check(&r, 11, T, later),
+            c.check(&r, 11, T, later, |_| false),
             Progress::Ended(Outcome::TimedOut)
         );
         // The learner was removed by someone else: the promotion cannot happen.
@@ -416,10 +448,10 @@ mod tests {
             (13, 3, false),
             (14, 4, true),
         ]);
-        c.check(&r, 11, T, t0);
+        c.check(&r, 11, T, t0, |_| false);
         let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
         assert!(matches!(
-            c.check(&r, 11, T, t0),
+            c.check(&r, 11, T, t0, |_| false),
             Progress::Ended(Outcome::Cancelled(_))
         ));
         // A peer to remove that leads now: cancelled (the checkers plan again).
@@ -431,7 +463,7 @@ mod tests {
             (14, 4, false),
         ]);
         assert!(matches!(
-            c.check(&r, 12, T, t0),
+            c.check(&r, 12, T, t0, |_| false),
             Progress::Ended(Outcome::Cancelled(_))
         ));
     }
@@ -465,6 +497,48 @@ mod tests {
             reason: "test".into(),
         };
         assert!(c.start(10, transfer, Some(1), 2, t0).is_some());
+    }
+
+    #[test]
+    fn an_operator_whose_new_peer_is_on_a_gone_store_is_cancelled() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        let four_gone = |s: u64| s == 4;
+        // Its learner is there: it will never catch up to be promoted.
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, true),
+        ]);
+        assert_eq!(
+            c.check(&r, 11, T, t0, four_gone),
+            Progress::Ended(Outcome::Cancelled("store 4 is not up".into()))
+        );
+        // Its learner is not added yet: it is not asked for.
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
+        assert!(matches!(
+            c.check(&r, 11, T, t0, four_gone),
+            Progress::Ended(Outcome::Cancelled(_))
+        ));
+        // A peer to remove on a gone store is still removed.
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, false),
+        ]);
+        assert_eq!(
+            c.check(&r, 11, T, t0, |s| s == 2),
+            Progress::Ask(
+                c.running().next().map_or(0, |o| o.id),
+                Step::Remove { peer: 12 },
+                true
+            )
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! allocator), the operators for `operator list`, and the tombstone of a store whose removal
 //! drained it.
 
+use std::collections::HashSet;
+
 use super::*;
 use crate::schedule::{self, Progress, StoreView};
 
@@ -126,6 +128,20 @@ impl PdService {
         let now = Instant::now();
         let timeout = self.settings.operator_timeout();
         let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
+        // A running operator's step that needs a store that is not up is cancelled, or a move
+        // toward a store lost meanwhile would hold the region (and its sender's snapshot
+        // room) until its timeout, before the replica checker may remove the stranded learner.
+        let runs = lock(&self.beats).ops.runs(region.id);
+        let down: HashSet<u64> = if runs {
+            self.store_views()
+                .iter()
+                .filter(|v| !v.up)
+                .map(|v| v.id)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let is_gone = |s: u64| down.contains(&s);
         let (progress, settled, balance_ok) = {
             let mut b = lock(&self.beats);
             let since = match b.confs.get(&region.id) {
@@ -135,7 +151,7 @@ impl PdService {
                     now
                 }
             };
-            let progress = b.ops.check(region, leader.id, timeout, now);
+            let progress = b.ops.check(region, leader.id, timeout, now, is_gone);
             if matches!(progress, Progress::Ended(_)) {
                 // Its moves are in the region map now, no longer in the projection.
                 b.views = None;
@@ -151,7 +167,7 @@ impl PdService {
         let mut views = self.store_views();
         match progress {
             Progress::Ask(id, step, first) => {
-                match self.doomed(region, leader.id, &step, &views, replicas, settled) {
+                match self.doomed(region, leader.id, &views, replicas, settled) {
                     None => return self.ask(region, id, step, first),
                     Some(why) => {
                         lock(&self.beats).ops.cancel(region.id, why.clone(), now);
@@ -198,7 +214,7 @@ impl PdService {
             let limit = usize::try_from(self.settings.store_limit).unwrap_or(usize::MAX);
             b.ops
                 .start(region.id, plan, Some(leader.store_id), limit, now)?;
-            b.ops.check(region, leader.id, timeout, now)
+            b.ops.check(region, leader.id, timeout, now, is_gone)
         };
         slog::info!(self.logger, "operator created"; "region" => region.id,
             "kind" => kind.as_str(), "steps" => steps, "reason" => reason);
@@ -216,40 +232,22 @@ impl PdService {
         }
     }
 
-    /// Why the running operator of `region` must stop before `step`, if it must: the step's
-    /// peer is on a store that is not up (a learner there never catches up, a leader there
-    /// never leads), or, for a balance operator, the replica checker has work for the region
-    /// (a repair comes first).
+    /// Why the running balance operator of `region` must stop, if it must: the replica
+    /// checker has work for the region (a repair comes first).
     fn doomed(
         &self,
         region: &Region,
         leader: u64,
-        step: &schedule::Step,
         views: &[StoreView],
         replicas: usize,
         settled: bool,
     ) -> Option<String> {
-        use schedule::Step;
-        let store = match *step {
-            Step::AddLearner { store, .. } => Some(store),
-            Step::Promote { peer } | Step::TransferLeader { peer } => region
-                .peers
-                .iter()
-                .find(|p| p.id == peer)
-                .map(|p| p.store_id),
-            Step::Remove { .. } => None,
-        };
-        if let Some(store) = store {
-            if !views.iter().any(|v| v.id == store && v.up) {
-                return Some(format!("store {store} is not up"));
-            }
-        }
         let kind = lock(&self.beats).ops.of(region.id).map(|o| o.kind);
-        if kind != Some(schedule::Kind::Replica) {
-            let repair = schedule::replica_plan(region, leader, views, replicas, settled)?;
-            return Some(format!("replaced by a repair: {}", repair.reason));
+        if kind == Some(schedule::Kind::Replica) {
+            return None;
         }
-        None
+        let repair = schedule::replica_plan(region, leader, views, replicas, settled)?;
+        Some(format!("replaced by a repair: {}", repair.reason))
     }
 
     /// Logs and counts an operator that ended.
