@@ -117,7 +117,13 @@ where
         .enable_all()
         .thread_name(thread_name)
         .build()?;
-    let result = rt.block_on(serve(logger.clone()));
+    // `serve` is called inside the runtime: what it sets up at once (the stop signals) can
+    // use it.
+    let serving = {
+        let _inside = rt.enter();
+        serve(logger.clone())
+    };
+    let result = rt.block_on(serving);
     // A node that failed (rather than being stopped) gets the same bound for its way out.
     arm_stop_deadline();
     stop_stage("ending the remaining tasks");

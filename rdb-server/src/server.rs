@@ -482,18 +482,29 @@ pub async fn run(
 }
 
 /// Resolves on Ctrl-C or SIGTERM: what a node's binary stops on. From then on the stop has
-/// [`crate::binary::STOP_BOUND`] to finish.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// [`crate::binary::STOP_BOUND`] to finish. The signals are caught from this call on (inside a
+/// runtime, as [`crate::binary::run_node`] makes its `serve` call), not from the future's first
+/// poll: a stop that comes while the node still starts is a clean stop too, never the default
+/// action's kill.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async fn recv(s: Option<Signal>) {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
     }
-    crate::binary::arm_stop_deadline();
+    async move {
+        tokio::select! {
+            _ = recv(term) => {}
+            _ = recv(int) => {}
+        }
+        crate::binary::arm_stop_deadline();
+    }
 }
 
 /// A listener stream with Nagle off: tonic ignores `Server::tcp_nodelay` for custom incoming
