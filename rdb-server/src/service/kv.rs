@@ -234,7 +234,11 @@ fn op_keys(op: &Op) -> Vec<Vec<u8>> {
             .map(|p| p.key.clone())
             .chain(b.deletes.iter().map(|d| d.key.clone()))
             .collect(),
-        Op::HashPoint(_) | Op::Split(_) => Vec::new(),
+        Op::HashPoint(_)
+        | Op::Split(_)
+        | Op::PrepareMerge(_)
+        | Op::CommitMerge(_)
+        | Op::RollbackMerge(_) => Vec::new(),
     }
 }
 
