@@ -54,6 +54,14 @@ pub enum RegionCmd {
         /// The key.
         key: String,
     },
+    /// Merges region SOURCE into the adjacent region TARGET (both with their peers on the
+    /// same stores); returns once SOURCE prepared, and the stores finish the merge.
+    Merge {
+        /// The region that goes.
+        source: u64,
+        /// The region that takes over its range.
+        target: u64,
+    },
 }
 
 /// `rdb-cli member ...`
@@ -169,6 +177,9 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
                 Err(e) => fail(&e),
             }
         }
+        // Run by main through the stores (a Client with PD); reached only without --pd, which
+        // `endpoints` refused above.
+        PdCmd::Region(RegionCmd::Merge { .. }) => invalid("region merge needs --pd"),
         PdCmd::Member(MemberCmd::List) => match client.get_members().await {
             Ok(m) if m.leader.is_none() => {
                 p.members(&m);

@@ -633,7 +633,9 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         if !ready.persisted_messages().is_empty() {
             sink.send(ready.take_persisted_messages());
         }
-        let mut light = self.raw.advance(ready);
+        // Applying is advanced below to what the application applied, which may stop short
+        // of what the Ready committed (see `Replica::apply`).
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
