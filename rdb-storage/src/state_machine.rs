@@ -465,6 +465,12 @@ impl StateMachine {
                 merged.id, c.source_id, c.prepare_index, c.source_id
             )));
         }
+        // A crash here leaves both regions as they were on this store: nothing of the merge is
+        // written until its one batch.
+        fail::fail_point!("storage-merge", |arg| Err(Error::injected(
+            "storage-merge",
+            arg
+        )));
         region::merge_batch(
             &self.engine,
             &mut batch.wb,
