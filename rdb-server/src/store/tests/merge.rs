@@ -176,3 +176,40 @@ fn a_merge_is_refused_when_the_regions_do_not_fit() {
     refused(st.store(l2).prepare_merge(2, 1, req + 1), "merging already");
     st.until("merged", |st| merged_everywhere(st));
 }
+
+#[test]
+fn a_merge_whose_target_changed_is_rolled_back_and_the_source_serves_again() {
+    let mut st = split_at_k10();
+    let (l1, l2) = (st.leader(1), st.leader(2));
+    let lag = (1..=3)
+        .find(|s| *s != l1 && *s != l2)
+        .expect("a third store");
+    // One source peer hears nothing: it never has the prepare, so no commit is proposed.
+    st.cut.push((2, lag));
+    let req = propose_merge(&mut st, 2, 1);
+    assert_eq!(st.answer(req), CommandResult::MergePrepared { target: 1 });
+    // The target splits meanwhile: no commit can apply any more.
+    let l1 = st.leader(1);
+    let split = st.next_request;
+    st.next_request += 1;
+    st.store(l1)
+        .propose_split(1, b"k05", 3, &[31, 32, 33], split)
+        .expect("split proposed");
+    assert_eq!(st.answer(split), CommandResult::Split { new_region: 3 });
+    st.until("the source rolled back its merge", |st| {
+        st.stores.iter().flatten().any(|s| {
+            s.core(2)
+                .is_some_and(|c| c.replica().is_leader() && c.replica().app().merging().is_none())
+        })
+    });
+    st.cut.clear();
+    assert_eq!(st.put(2, 9, 500, "k12", "v9"), CommandResult::Put);
+    let data = st.converged();
+    assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    for s in st.stores.iter().flatten() {
+        assert_eq!(s.region_ids(), vec![1, 2, 3], "store {}", s.store_id());
+        assert!(s
+            .core(2)
+            .is_some_and(|c| c.replica().app().merging().is_none()));
+    }
+}
