@@ -118,10 +118,18 @@ async fn neighbours(c: &RegionCluster) -> (u64, u64, Vec<u8>, Vec<u8>) {
     )
 }
 
+/// A client that routes through PD's region map and its own region cache (`--regions`).
+fn routed_client(c: &RegionCluster) -> Client {
+    Client::with_pd([c.pd_addr()], c.options()).expect("client")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_neighbours_merged_by_hand_under_writes_keep_every_key_and_stay_merged() {
     let mut c = split_cluster().await;
-    let client = c.client();
+    // Its cache holds both regions when the merge starts: the source's refusals, then its
+    // absence, send it to PD for the merged region.
+    let client = routed_client(&c);
+    reads_back(&client, &Default::default()).await;
     let (source, target, start, end) = neighbours(&c).await;
     let writers = {
         let client = client.clone();
@@ -134,6 +142,12 @@ async fn two_neighbours_merged_by_hand_under_writes_keep_every_key_and_stay_merg
     );
     wait_merged(&c, source, &start, &end).await;
     let written = writers.await.expect("writers");
+    for (k, w) in &written {
+        assert!(
+            w.unknown.is_empty(),
+            "a write of {k} failed across the merge: {w:?}"
+        );
+    }
     reads_back(&client, &written).await;
     c.assert_replicas_agree().await;
 
@@ -150,7 +164,7 @@ async fn two_neighbours_merged_by_hand_under_writes_keep_every_key_and_stay_merg
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_crashes_applying_the_merge_finishes_it_after_its_restart() {
     let mut c = split_cluster().await;
-    let client = c.client();
+    let client = routed_client(&c);
     let (source, target, start, end) = neighbours(&c).await;
     // Store 3 stops (exit 70, as at a crash: nothing of the merge's batch written) when its
     // replica of the target applies the commit.
