@@ -853,6 +853,19 @@ mod tests {
             }
         ));
         assert!(matches!(
+            parse(&["region", "merge", "5", "2"]).unwrap().command,
+            Command::Region {
+                cmd: pd::RegionCmd::Merge {
+                    source: 5,
+                    target: 2
+                }
+            }
+        ));
+        assert!(
+            parse(&["region", "merge", "5"]).is_err(),
+            "a merge names both"
+        );
+        assert!(matches!(
             parse(&["store", "list", "--exclude-tombstones"])
                 .unwrap()
                 .command,
