@@ -131,6 +131,16 @@ async fn two_neighbours_merged_by_hand_under_writes_keep_every_key_and_stay_merg
     let client = routed_client(&c);
     reads_back(&client, &Default::default()).await;
     let (source, target, start, end) = neighbours(&c).await;
+    // Regions that do not touch: refused, with the cause, and nothing changes.
+    let regions = c.wait_regions(3, Duration::from_secs(30)).await;
+    let (first, third) = (regions[0].region.id, regions[2].region.id);
+    let far = c.pd_cli(&["region", "merge", &third.to_string(), &first.to_string()]);
+    let stderr = String::from_utf8_lossy(&far.stderr);
+    assert_eq!(far.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("region {third} is not adjacent to region {first}")),
+        "{stderr}"
+    );
     let writers = {
         let client = client.clone();
         tokio::spawn(async move { write_rounds(&client, KEYS, 2, 4).await })

@@ -295,4 +295,42 @@ impl StoreCore {
             false
         });
     }
+
+    /// A snapshot of region `id` whose range covers a region hosted here whole, at a newer
+    /// version, comes from after that region was merged into it (a region's range grows only
+    /// by a merge, and its version then passes the merged region's): the hosted one is stale
+    /// (its store's replica of `id` lagged past the merge's commit, and gets the snapshot
+    /// instead). It is dropped in the next turn, as a removed peer is, and the snapshot, sent
+    /// again, then fits.
+    pub(super) fn drop_merged_under(&mut self, id: u64, msg: &raft::prelude::Message) {
+        let Some(view) = self.region_engine(id) else {
+            return;
+        };
+        let Ok(meta) = rdb_storage::snapshot::region_meta_of(&view, msg.get_snapshot()) else {
+            return;
+        };
+        if meta.id != id {
+            return;
+        }
+        let version = region::epoch(&meta).version;
+        let covered = |o: &Region| {
+            meta.start_key <= o.start_key
+                && (meta.end_key.is_empty() || (!o.end_key.is_empty() && o.end_key <= meta.end_key))
+        };
+        let stale: Vec<u64> = self
+            .regions
+            .iter()
+            .filter(|(&other, r)| other != id && !r.core.replica().is_installing())
+            .filter_map(|(&other, r)| Some((other, r.core.replica().app().region()?)))
+            .filter(|(_, o)| covered(o) && region::epoch(o).version < version)
+            .map(|(other, _)| other)
+            .collect();
+        for other in stale {
+            if !self.stale.contains(&other) {
+                info!(self.logger, "region merged away: a snapshot of the region it merged into \
+                    covers it"; "region" => other, "into" => id, "version" => version);
+                self.stale.push(other);
+            }
+        }
+    }
 }

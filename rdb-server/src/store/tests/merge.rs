@@ -6,7 +6,11 @@ use super::*;
 /// Region 1 `["", "k10")` and region 2 `["k10", "")` after a split, with k00..k19 written
 /// (client 9, seq i + 1 for k{i}).
 fn split_at_k10() -> Stores {
-    let mut st = Stores::new();
+    split_at_k10_with(&Settings::default())
+}
+
+fn split_at_k10_with(settings: &Settings) -> Stores {
+    let mut st = Stores::with_settings(settings);
     for i in 0..20u64 {
         let k = format!("k{i:02}");
         assert_eq!(st.put(1, 9, i + 1, &k, "v1"), CommandResult::Put);
@@ -212,4 +216,39 @@ fn a_merge_whose_target_changed_is_rolled_back_and_the_source_serves_again() {
             .core(2)
             .is_some_and(|c| c.replica().app().merging().is_none()));
     }
+}
+
+#[test]
+fn a_target_replica_that_missed_the_merge_takes_a_snapshot_over_its_stale_source() {
+    let settings = short_log();
+    let mut st = split_at_k10_with(&settings);
+    let (l1, l2) = (st.leader(1), st.leader(2));
+    let lag = (1..=3)
+        .find(|s| *s != l1 && *s != l2)
+        .expect("a third store");
+    // The lagging store hears all of the source (its replica prepares) and none of the target.
+    st.cut.push((1, lag));
+    let req = propose_merge(&mut st, 2, 1);
+    assert_eq!(st.answer(req), CommandResult::MergePrepared { target: 1 });
+    st.until("the other stores merged", |st| {
+        st.stores
+            .iter()
+            .flatten()
+            .filter(|s| s.store_id() != lag)
+            .all(|s| s.region_ids() == vec![1])
+    });
+    // The merged region's log moves on past what the lagging store could replay.
+    for i in 0..20u64 {
+        let k = format!("k{:02}", i);
+        assert_eq!(st.put(1, 9, 1000 + i, &k, "v5"), CommandResult::Put);
+    }
+    assert!(
+        st.store(lag).region(2).is_some(),
+        "the stale source is still there"
+    );
+    st.cut.clear();
+    st.until("merged everywhere", |st| merged_everywhere(st));
+    let data = st.converged();
+    assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    assert_eq!(data[0].len(), 20);
 }
