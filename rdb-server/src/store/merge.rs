@@ -253,6 +253,8 @@ impl StoreCore {
             }
             self.hashes.remove(source);
             self.merge_proposed.remove(&source);
+            // Its reads in flight end with it (the store's caller answers them as gone).
+            self.reads.retain(|_, (region, _, _)| *region != source);
             merged.push((source, id));
         }
     }
