@@ -250,6 +250,11 @@ enum Command {
         #[command(subcommand)]
         cmd: pd::RegionCmd,
     },
+    /// PD's scheduling operators (needs --pd).
+    Operator {
+        #[command(subcommand)]
+        cmd: pd::OperatorCmd,
+    },
     /// Endpoints as etcdctl shows them: `endpoint health` (gRPC health, exit 4 if any is not
     /// serving) and `endpoint status`; --cluster: every member (with --pd: every store).
     Endpoint {
@@ -261,8 +266,8 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's nodes;
-    /// with --pd and --region: that region's peers).
+    /// The cluster's members: list, add, promote, remove, replace (with --pd: PD's own nodes,
+    /// to replace a PD node; with --pd and --region: that region's peers).
     Member {
         /// With --pd: the region whose peers to list or change.
         #[arg(long, global = true)]
@@ -329,7 +334,10 @@ async fn run(cli: Cli) -> u8 {
     let talks_to_pd = cli.regions
         || matches!(
             cli.command,
-            Command::Tso | Command::Store { .. } | Command::Region { .. }
+            Command::Tso
+                | Command::Store { .. }
+                | Command::Region { .. }
+                | Command::Operator { .. }
         )
         || (matches!(
             cli.command,
@@ -570,6 +578,9 @@ async fn run(cli: Cli) -> u8 {
         Command::Region { cmd } => {
             pd::run(pd::PdCmd::Region(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
+        Command::Operator { cmd } => {
+            pd::run(pd::PdCmd::Operator(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
         Command::Member {
             region: Some(region),
             cmd,
@@ -577,16 +588,9 @@ async fn run(cli: Cli) -> u8 {
             Ok(pd_client) => members::run_region(&pd_client, region, cmd, &p).await,
             Err(code) => code,
         },
-        Command::Member { cmd, .. } if cli.pd.is_some() => match cmd {
-            members::MemberCmd::List => {
-                let cmd = pd::PdCmd::Member(pd::MemberCmd::List);
-                pd::run(cmd, cli.pd.as_deref(), opts, &p, codec).await
-            }
-            _ => {
-                eprintln!("rdb-cli: PD's membership is fixed by its config file; only `member list` works with --pd");
-                exit::INVALID
-            }
-        },
+        Command::Member { cmd, .. } if cli.pd.is_some() => {
+            pd::run(pd::PdCmd::Member(cmd), cli.pd.as_deref(), opts, &p, codec).await
+        }
         Command::Member { cmd, .. } => members::run(&client, cmd, &p).await,
         Command::Bench(args) => {
             let targets = bench::Targets {

@@ -1,8 +1,10 @@
-//! `rdb-cli member ...`: the cluster's membership (or, with `--pd`, PD's members).
+//! `rdb-cli member ...`: the cluster's membership (with `--pd`, PD's own members; with `--pd`
+//! and `--region`, a region's peers).
 
 use clap::Subcommand;
 use rdb_client::{
-    Client, MemberChange, MemberInfo, MemberList, MemberRole, RegionMemberChange, RegionMembers,
+    Client, MemberChange, MemberInfo, MemberList, MemberRole, PdClient, RegionMemberChange,
+    RegionMembers,
 };
 use serde_json::json;
 
@@ -14,8 +16,9 @@ pub enum MemberCmd {
     /// The members with their role and how far each has the log (PD's nodes with --pd).
     List,
     /// Add node ID (an id never used in this cluster) as a voter, or with --learner as a
-    /// learner; then start it with `rdb-server --join`. With --region: add a peer of the
-    /// region on store --store (its id from PD unless ID is given).
+    /// learner; then start it with `rdb-server --join` (with --pd: a PD node, started with
+    /// `rdb-pd --join`). With --region: add a peer of the region on store --store (its id
+    /// from PD unless ID is given).
     Add {
         /// The new node's (or peer's) id.
         id: Option<u64>,
@@ -55,13 +58,55 @@ pub enum MemberCmd {
 
 /// Runs a membership command against the cluster; returns the exit code.
 pub async fn run(client: &Client, cmd: MemberCmd, p: &Printer) -> u8 {
-    let changes = match cmd {
-        MemberCmd::List => {
-            return match client.member_list().await {
-                Ok(list) => print_list(p, &list),
-                Err(e) => crate::fail(&e),
+    if cmd == MemberCmd::List {
+        return match client.member_list().await {
+            Ok(list) => print_list(p, &list),
+            Err(e) => crate::fail(&e),
+        };
+    }
+    let changes = match changes_of(cmd) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.change_members(&changes).await {
+        Ok(members) => print_members(p, &members, None),
+        Err(e) => crate::fail(&e),
+    }
+}
+
+/// Runs a membership command on PD's own group (`--pd` without `--region`); returns the exit
+/// code. `list` exits 4 when PD has no leader (the nodes listed are then those the answering
+/// node applied).
+pub async fn run_pd(client: &PdClient, cmd: MemberCmd, p: &Printer) -> u8 {
+    if cmd == MemberCmd::List {
+        return match client.get_members().await {
+            Ok(m) if m.leader.is_none() => {
+                p.members(&m);
+                eprintln!(
+                    "rdb-cli: unavailable: PD has no leader (the nodes listed are the members \
+                     the answering node knows; fewer than a majority of them may be up)"
+                );
+                crate::exit::UNAVAILABLE
             }
-        }
+            Ok(m) => p.members(&m),
+            Err(e) => crate::fail(&e),
+        };
+    }
+    let changes = match changes_of(cmd) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.change_members(&changes).await {
+        Ok(members) => p.members(&members),
+        Err(e) => crate::fail(&e),
+    }
+}
+
+/// The steps of a change of a group's own members (a config-file cluster's or PD's), or the
+/// exit code of an invalid command.
+fn changes_of(cmd: MemberCmd) -> Result<Vec<MemberChange>, u8> {
+    Ok(match cmd {
+        MemberCmd::List => Vec::new(),
         MemberCmd::Add {
             id: Some(id),
             peer_addr: Some(peer_addr),
@@ -82,24 +127,22 @@ pub async fn run(client: &Client, cmd: MemberCmd, p: &Printer) -> u8 {
             }
         }],
         MemberCmd::Add { store: Some(_), .. } => {
-            return crate::invalid(
+            return Err(crate::invalid(
                 "--store places a peer of a region: give --pd and --region (a node of a \
-                 config-file cluster takes ID, --peer-addr and --client-addr)",
-            )
+                 config-file cluster or of PD takes ID, --peer-addr and --client-addr)",
+            ))
         }
         MemberCmd::Add { .. } => {
-            return crate::invalid("member add takes ID, --peer-addr and --client-addr")
+            return Err(crate::invalid(
+                "member add takes ID, --peer-addr and --client-addr",
+            ))
         }
         MemberCmd::Promote { id } => vec![MemberChange::Promote(id)],
         MemberCmd::Remove { id } => vec![MemberChange::Remove(id)],
         MemberCmd::Replace { old, new } => {
             vec![MemberChange::Promote(new), MemberChange::Remove(old)]
         }
-    };
-    match client.change_members(&changes).await {
-        Ok(members) => print_members(p, &members, None),
-        Err(e) => crate::fail(&e),
-    }
+    })
 }
 
 /// Runs a membership command on region `region`'s peers through a PD-mode client; returns the

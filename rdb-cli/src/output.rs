@@ -1,6 +1,6 @@
 //! Rendering results as a table (for people) or JSON (for scripts).
 
-use rdb_client::pd::{Members, RegionInfo, Store};
+use rdb_client::pd::{Members, OperatorRecord, RegionInfo, Store};
 use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp};
 use serde_json::{json, Value};
 
@@ -305,7 +305,10 @@ impl Printer {
                                "region_count": s.region_count, "leader_count": s.leader_count,
                                "capacity_bytes": s.capacity_bytes,
                                "available_bytes": s.available_bytes,
-                               "used_bytes": s.used_bytes})
+                               "used_bytes": s.used_bytes,
+                               "labels": s.labels.iter()
+                                   .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                                   .collect::<serde_json::Map<_, _>>()})
                     })
                     .collect();
                 outln!("{}", Value::Array(rows));
@@ -321,6 +324,7 @@ impl Printer {
                     "AVAILABLE",
                     "CAPACITY",
                     "LAST_HEARTBEAT_MS_AGO",
+                    "LABELS",
                 ])];
                 for s in stores {
                     rows.push(vec![
@@ -333,6 +337,55 @@ impl Printer {
                         human_bytes(s.available_bytes),
                         human_bytes(s.capacity_bytes),
                         s.last_heartbeat_ms_ago.to_string(),
+                        labels(&s.labels),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        0
+    }
+
+    /// PD's operators (`operator list`).
+    pub fn operators(&self, ops: &[OperatorRecord]) -> u8 {
+        match self.format {
+            Output::Json => {
+                let rows: Vec<_> = ops
+                    .iter()
+                    .map(|o| {
+                        json!({"id": o.id, "region_id": o.region_id, "kind": o.kind,
+                               "steps": o.steps, "done": o.done, "status": o.status,
+                               "age_ms": o.age.as_millis() as u64, "reason": o.reason})
+                    })
+                    .collect();
+                outln!("{}", Value::Array(rows));
+            }
+            Output::Table => {
+                let mut rows = vec![header(&[
+                    "ID", "REGION", "KIND", "STATUS", "AGE", "STEPS", "REASON",
+                ])];
+                for o in ops {
+                    // The steps done are marked, so the row shows where it is.
+                    let steps: Vec<String> = o
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            if (i as u32) < o.done {
+                                format!("[done] {s}")
+                            } else {
+                                s.clone()
+                            }
+                        })
+                        .collect();
+                    rows.push(vec![
+                        o.id.to_string(),
+                        o.region_id.to_string(),
+                        o.kind.clone(),
+                        o.status.clone(),
+                        format!("{:.1}s", o.age.as_secs_f64()),
+                        steps.join("; "),
+                        o.reason.clone(),
                     ]);
                 }
                 print_table(&rows);
@@ -499,33 +552,64 @@ impl Printer {
         }
     }
 
-    /// The PD nodes; the leader is marked.
+    /// The PD nodes; the leader is marked, learners named, and when the leader answered, how
+    /// far each node holds its log (`MATCH`) and is behind its commit index (`LAG`).
     pub fn members(&self, m: &Members) -> u8 {
         let leader_id = m.leader.as_ref().map(|l| l.id);
+        let from_leader = m.node_id != 0 && leader_id == Some(m.node_id);
+        let role = |x: &rdb_client::pd::Member| match leader_id {
+            _ if x.learner => "learner",
+            Some(l) if l == x.id => "leader",
+            Some(_) => "follower",
+            None if m.node_id == 0 => "voter",
+            None => "-",
+        };
         match self.format {
             Output::Json => {
                 let rows: Vec<_> = m
                     .members
                     .iter()
                     .map(|x| {
-                        json!({"id": x.id, "client_addr": x.client_addr,
-                               "peer_addr": x.peer_addr, "leader": Some(x.id) == leader_id})
+                        let mut row = json!({"id": x.id, "client_addr": x.client_addr,
+                               "peer_addr": x.peer_addr, "leader": Some(x.id) == leader_id,
+                               "role": if x.learner { "learner" } else { "voter" }});
+                        if from_leader {
+                            row["match_index"] = json!(x.match_index);
+                        }
+                        row
                     })
                     .collect();
-                outln!("{}", json!({"members": rows, "leader_id": leader_id}));
+                let mut doc = json!({"members": rows, "leader_id": leader_id});
+                if from_leader {
+                    doc["commit_index"] = json!(m.commit_index);
+                }
+                outln!("{doc}");
             }
             Output::Table => {
-                let mut rows = vec![header(&["ID", "CLIENT_ADDR", "PEER_ADDR", "ROLE"])];
+                let mut rows = vec![header(&[
+                    "ID",
+                    "CLIENT_ADDR",
+                    "PEER_ADDR",
+                    "ROLE",
+                    "MATCH",
+                    "LAG",
+                ])];
                 for x in &m.members {
+                    let (matched, lag) = if from_leader {
+                        (
+                            x.match_index.to_string(),
+                            m.commit_index.saturating_sub(x.match_index).to_string(),
+                        )
+                    } else {
+                        ("-".into(), "-".into())
+                    };
                     rows.push(vec![
                         x.id.to_string(),
                         x.client_addr.clone(),
                         x.peer_addr.clone(),
-                        match leader_id {
-                            Some(l) if l == x.id => "leader".into(),
-                            Some(_) => "follower".into(),
-                            None => "-".into(),
-                        },
+                        role(x).into(),
+                        matched,
+                        lag,
                     ]);
                 }
                 print_table(&rows);
@@ -539,6 +623,18 @@ impl Printer {
 pub type StoreStates = std::collections::HashMap<u64, String>;
 
 /// Bytes for people: `0`, `512 B`, `1.5 MiB`, `3.2 GiB`, ...
+/// A store's labels as typed (`zone=a,host=h1`), `-` for none.
+fn labels(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {

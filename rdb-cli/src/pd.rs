@@ -1,4 +1,5 @@
-//! The commands that talk to PD, the placement driver (`tso`, `store`, `region`, `member`).
+//! The commands that talk to PD, the placement driver (`tso`, `store`, `region`, `member`,
+//! `operator`).
 //! They need PD's endpoints (`--pd A,B,C`), not the KV nodes'.
 
 use clap::Subcommand;
@@ -64,10 +65,11 @@ pub enum RegionCmd {
     },
 }
 
-/// `rdb-cli member ...`
+/// `rdb-cli operator ...`
 #[derive(Debug, Subcommand, PartialEq, Eq)]
-pub enum MemberCmd {
-    /// The PD nodes and which one leads.
+pub enum OperatorCmd {
+    /// PD's scheduling operators: those that ended lately (finished, timed out, cancelled),
+    /// then those that run, each with its steps.
     List,
 }
 
@@ -80,8 +82,10 @@ pub enum PdCmd {
     Store(StoreCmd),
     /// `region ...`
     Region(RegionCmd),
-    /// `member ...`
-    Member(MemberCmd),
+    /// `member ...` without --region: PD's own members.
+    Member(crate::members::MemberCmd),
+    /// `operator ...`
+    Operator(OperatorCmd),
 }
 
 impl PdCmd {
@@ -92,6 +96,7 @@ impl PdCmd {
             PdCmd::Store(_) => "store",
             PdCmd::Region(_) => "region",
             PdCmd::Member(_) => "member",
+            PdCmd::Operator(_) => "operator",
         }
     }
 }
@@ -180,18 +185,11 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
         // Run by main through the stores (a Client with PD); reached only without --pd, which
         // `endpoints` refused above.
         PdCmd::Region(RegionCmd::Merge { .. }) => invalid("region merge needs --pd"),
-        PdCmd::Member(MemberCmd::List) => match client.get_members().await {
-            Ok(m) if m.leader.is_none() => {
-                p.members(&m);
-                eprintln!(
-                    "rdb-cli: unavailable: PD has no leader (the nodes listed are its configured \
-                     members; fewer than a majority of them may be up)"
-                );
-                exit::UNAVAILABLE
-            }
-            Ok(m) => p.members(&m),
+        PdCmd::Operator(OperatorCmd::List) => match client.operators().await {
+            Ok(ops) => p.operators(&ops),
             Err(e) => fail(&e),
         },
+        PdCmd::Member(cmd) => crate::members::run_pd(&client, cmd, p).await,
     }
 }
 
@@ -256,7 +254,11 @@ mod tests {
             assert!(!e.contains('\n'), "one line: {e}");
         }
         assert_eq!(
-            endpoints(Some("a:1, b:2,"), &PdCmd::Member(MemberCmd::List)).unwrap(),
+            endpoints(
+                Some("a:1, b:2,"),
+                &PdCmd::Member(crate::members::MemberCmd::List)
+            )
+            .unwrap(),
             ["a:1", "b:2"]
         );
     }

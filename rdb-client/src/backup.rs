@@ -83,6 +83,9 @@ pub struct SavedRegion {
     pub keys: u64,
 }
 
+/// PD mode: how many times a save starts over when regions change during it.
+const SAVE_ATTEMPTS: u32 = 5;
+
 /// Why one attempt to start a save did not get a header.
 enum Refused {
     /// Go to the hinted leader next (its address is another than the one asked).
@@ -123,11 +126,35 @@ impl Client {
         };
         // Created first, so that a path that cannot be written fails before a node builds a
         // backup for nothing.
-        let file = tokio::fs::File::create(&partial.path)
-            .await
-            .map_err(|e| Error::Io(format!("{}: {e}", partial.path.display())))?;
+        let create = || async {
+            tokio::fs::File::create(&partial.path)
+                .await
+                .map_err(|e| Error::Io(format!("{}: {e}", partial.path.display())))
+        };
+        let file = create().await?;
         let mut saved = match &self.inner.routing {
-            Some(routing) => self.save_regions(routing, file, &partial.path).await?,
+            Some(routing) => {
+                // Regions that split (or move) while they are saved make the set inconsistent:
+                // the save starts over, in a file made anew, a few times.
+                let mut file = Some(file);
+                let mut attempt = 1;
+                loop {
+                    let f = match file.take() {
+                        Some(f) => f,
+                        None => create().await?,
+                    };
+                    match self.save_regions(routing, f, &partial.path).await? {
+                        Ok(saved) => break saved,
+                        Err(changed) if attempt == SAVE_ATTEMPTS => {
+                            return Err(Error::Unavailable(format!(
+                                "{changed}; the regions changed during each of {SAVE_ATTEMPTS} \
+                                 saves: save again once splits and moves settle"
+                            )))
+                        }
+                        Err(_) => attempt += 1,
+                    }
+                }
+            }
             None => {
                 let (endpoint, header, stream) = self.open_save().await?;
                 let io = |e: std::io::Error| Error::Io(format!("{}: {e}", partial.path.display()));
@@ -169,12 +196,14 @@ impl Client {
     /// and the next key is where it ends, until a region has no end. Each region is saved
     /// within the options' deadline. A region that no longer holds the next key when its
     /// leader backs it up (a split moved the key away) is asked for again. The file is fsynced.
+    /// `Ok(Err(why))`: a region saved does not start where the one before ended (the regions
+    /// changed meanwhile): the file is no consistent backup, and the save must start over.
     async fn save_regions(
         &self,
         routing: &Routing,
         file: tokio::fs::File,
         partial: &Path,
-    ) -> Result<SavedSnapshot> {
+    ) -> Result<std::result::Result<SavedSnapshot, String>> {
         let io = |e: std::io::Error| Error::Io(format!("{}: {e}", partial.display()));
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         // The header goes in last, once the regions are counted.
@@ -199,10 +228,8 @@ impl Client {
                 })?
                 .into();
             if region.start_key != next {
-                // Regions only split, so the region holding `next` starts there.
-                return Err(Error::Unavailable(format!(
-                    "region {} starts at '{}', not at '{}' where the region saved before ends; \
-                     the regions changed while they were saved: save again",
+                return Ok(Err(format!(
+                    "region {} starts at '{}', not at '{}' where the region saved before ends",
                     region.id,
                     escape_bytes(&region.start_key),
                     escape_bytes(&next)
@@ -243,7 +270,7 @@ impl Client {
         crc.update(&top);
         crc.combine(&body);
         let first = regions.first();
-        Ok(SavedSnapshot {
+        Ok(Ok(SavedSnapshot {
             path: PathBuf::new(),
             endpoint,
             cluster_id: cluster_id.unwrap_or_default(),
@@ -254,7 +281,7 @@ impl Client {
             checksum: crc.finalize(),
             keys: regions.iter().map(|r| r.keys).sum(),
             regions,
-        })
+        }))
     }
 
     /// PD mode: starts the save of the region holding `key` at its leader (found through the

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdb_server::config::{ClusterConfig, ConfigError, NodeConfig, Settings};
-use serde::Deserialize;
+use rdb_server::join::JoinArgs;
+use serde::{Deserialize, Serialize};
 
 /// Shortest timestamp window a PD leader persists ahead of the clock, in ms.
 pub const MIN_TSO_WINDOW_MS: u64 = 50;
@@ -16,7 +17,7 @@ pub const MAX_TSO_WINDOW_MS: u64 = 60_000;
 pub const MIN_STORE_DOWN_AFTER_SECS: u64 = 3;
 
 /// PD-only settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PdSettings {
     /// How far ahead of the clock the leader persists the timestamp window, in ms (default 3000,
@@ -28,6 +29,19 @@ pub struct PdSettings {
     /// other stores, in seconds (default 1800, TiKV's `max-store-down-time`; at least
     /// `store_down_after_secs`).
     pub max_store_down_secs: u64,
+    /// How many new peers' snapshots may be on their way to one store, and from one store, at
+    /// once (default 4): moves never crowd out client traffic.
+    pub store_limit: u64,
+    /// An operator whose step has not progressed for this long is dropped, in seconds
+    /// (default 600: a large region's snapshot; a leader transfer gets 10 s).
+    pub operator_timeout_secs: u64,
+    /// Leadership moves toward stores that lead fewer regions (default true).
+    pub balance_leaders: bool,
+    /// Peers move toward stores that hold fewer regions or bytes (default true).
+    pub balance_regions: bool,
+    /// Store labels that say where a store is, most general first (e.g. `["zone", "host"]`):
+    /// a region's replicas go to stores that share as few of them as possible (default none).
+    pub location_labels: Vec<String>,
 }
 
 impl Default for PdSettings {
@@ -36,6 +50,11 @@ impl Default for PdSettings {
             tso_window_ms: 3000,
             store_down_after_secs: 30,
             max_store_down_secs: 1800,
+            store_limit: 4,
+            operator_timeout_secs: 600,
+            balance_leaders: true,
+            balance_regions: true,
+            location_labels: Vec::new(),
         }
     }
 }
@@ -55,9 +74,14 @@ impl PdSettings {
     pub fn max_store_down(&self) -> Duration {
         Duration::from_secs(self.max_store_down_secs)
     }
+
+    /// How long an operator's step may show no progress.
+    pub fn operator_timeout(&self) -> Duration {
+        Duration::from_secs(self.operator_timeout_secs)
+    }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PdFile {
     cluster_id: u64,
@@ -89,6 +113,50 @@ impl PdConfig {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<PdConfig, ConfigError> {
+        Self::parse_as(text, false)
+    }
+
+    /// Reads the configuration a node that joined the group kept in its data directory
+    /// (`rdb-pd --join`, see [`PdConfig::joined`]).
+    pub fn load_joined(path: &Path) -> Result<PdConfig, ConfigError> {
+        rdb_server::config::load_with(path, |text| Self::parse_as(text, true))
+    }
+
+    /// The configuration of node `a.node_id` joining the running group whose member list is
+    /// `list`, with the group's `[pd]` table `pd_toml`. `add_command` is how an operator adds a
+    /// PD node (named in the error when this one was not added).
+    pub fn joined(
+        a: &JoinArgs,
+        list: &rdb_server::join::GroupList,
+        pd_toml: &str,
+        add_command: &str,
+    ) -> Result<PdConfig, ConfigError> {
+        let cluster = rdb_server::join::config_from(a, list, add_command)?;
+        let pd: PdSettings = toml::from_str(pd_toml).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("(the PD group's [pd] settings)"),
+            message: e.message().to_string(),
+        })?;
+        let cfg = PdConfig { cluster, pd };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as a PD file's text (what a joined node keeps).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let f = PdFile {
+            cluster_id: self.cluster.cluster_id,
+            nodes: self.cluster.nodes.clone(),
+            settings: self.cluster.settings.clone(),
+            pd: self.pd.clone(),
+            tls: self.cluster.tls.clone(),
+            peer_tls: self.cluster.peer_tls.clone(),
+        };
+        toml::to_string(&f)
+            .map_err(|e| ConfigError::Invalid(format!("cannot encode the PD configuration: {e}")))
+    }
+
+    /// Parses configuration text: a group's file, or (`joining`) a joined node's kept one.
+    fn parse_as(text: &str, joining: bool) -> Result<PdConfig, ConfigError> {
         let f: PdFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.message().to_string(),
@@ -100,7 +168,7 @@ impl PdConfig {
                 settings: f.settings,
                 tls: f.tls,
                 peer_tls: f.peer_tls,
-                joining: false,
+                joining,
             },
             pd: f.pd,
         };
@@ -108,10 +176,11 @@ impl PdConfig {
         Ok(cfg)
     }
 
-    /// Checks rdb-server's rules and PD's own.
+    /// Checks rdb-server's rules and PD's own. A group starts with 1, 3 or 5 nodes; a joining
+    /// node's list is the running group's, whatever its size.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cluster.validate()?;
-        if ![1, 3, 5].contains(&self.cluster.nodes.len()) {
+        if !self.cluster.joining && ![1, 3, 5].contains(&self.cluster.nodes.len()) {
             return Err(ConfigError::Invalid(format!(
                 "a PD group has 1, 3 or 5 nodes, this one has {}",
                 self.cluster.nodes.len()
@@ -129,6 +198,23 @@ impl PdConfig {
                 "[pd] store_down_after_secs must be at least {MIN_STORE_DOWN_AFTER_SECS}, got {}: \
                  stores heartbeat every 2 s, and a live store would count down between two",
                 self.pd.store_down_after_secs
+            )));
+        }
+        if self.pd.store_limit == 0 || self.pd.operator_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[pd] store_limit and operator_timeout_secs must be at least 1: with 0 no \
+                 region could ever be repaired"
+                    .into(),
+            ));
+        }
+        if let Some(l) = self
+            .pd
+            .location_labels
+            .iter()
+            .find(|l| !rdb_client::pd::valid_label(l))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[pd] location_labels: \"{l}\" is not a label name (1 to 64 letters, digits, '-', '_' or '.')"
             )));
         }
         if self.pd.max_store_down_secs < self.pd.store_down_after_secs {

@@ -9,8 +9,10 @@
 //! - [`state`]: the replicated metadata and how `PdCommand`s apply to it.
 //! - [`tso`]: the timestamp oracle.
 //! - [`service`]: the gRPC service.
+//! - [`join`]: `rdb-pd --join`, a new PD node's configuration from the running group.
 
 pub mod config;
+pub mod join;
 pub mod metrics;
 mod raft_calls;
 pub mod schedule;
@@ -61,9 +63,8 @@ pub async fn run(
         started.mailbox.clone(),
         state,
         cluster,
-        config.pd.tso_window(),
-        config.pd.store_down_after(),
-        config.pd.max_store_down(),
+        started.members.clone(),
+        &config.pd,
         logger.clone(),
     ));
     tokio::spawn(observe_every_second(started.mailbox.clone(), svc.clone()));

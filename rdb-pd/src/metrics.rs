@@ -20,6 +20,10 @@ pub struct PdMetrics {
     pub regions_without_leader: IntGauge,
     /// Scheduling steps asked of region leaders, by kind (see `crate::schedule`).
     pub operators: prometheus::IntCounterVec,
+    /// Operators made, by checker (replica, balance-leader, balance-region).
+    pub operators_created: prometheus::IntCounterVec,
+    /// Operators that ended, by checker and outcome (finished, timed_out, cancelled).
+    pub operators_ended: prometheus::IntCounterVec,
     /// Timestamp requests answered (each may carry many timestamps).
     pub tso_requests: IntCounter,
     /// Time to answer a timestamp request, seconds.
@@ -51,6 +55,20 @@ fn build() -> Result<PdMetrics, prometheus::Error> {
             ),
             &["kind"],
         )?,
+        operators_created: prometheus::IntCounterVec::new(
+            Opts::new(
+                "rdb_pd_operators_created_total",
+                "Operators made by PD's checkers, by checker",
+            ),
+            &["type"],
+        )?,
+        operators_ended: prometheus::IntCounterVec::new(
+            Opts::new(
+                "rdb_pd_operators_ended_total",
+                "Operators that ended, by checker and outcome",
+            ),
+            &["type", "outcome"],
+        )?,
         tso_requests: IntCounter::new("rdb_pd_tso_requests_total", "Timestamp requests answered")?,
         tso_seconds: Histogram::with_opts(
             HistogramOpts::new("rdb_pd_tso_seconds", "Time to answer a timestamp request").buckets(
@@ -70,6 +88,14 @@ fn build() -> Result<PdMetrics, prometheus::Error> {
         m.operators.with_label_values(&[kind]);
     }
     registry.register(Box::new(m.operators.clone()))?;
+    for kind in ["replica", "balance-leader", "balance-region"] {
+        m.operators_created.with_label_values(&[kind]);
+        for outcome in ["finished", "timed_out", "cancelled"] {
+            m.operators_ended.with_label_values(&[kind, outcome]);
+        }
+    }
+    registry.register(Box::new(m.operators_created.clone()))?;
+    registry.register(Box::new(m.operators_ended.clone()))?;
     registry.register(Box::new(m.tso_requests.clone()))?;
     registry.register(Box::new(m.tso_seconds.clone()))?;
     Ok(m)

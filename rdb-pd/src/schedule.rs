@@ -1,237 +1,187 @@
-//! PD's scheduling (specs/015-scheduling). For now the replica checker, which is always on (as
-//! TiKV's): a region with a peer on a store that is gone (tombstoned, being removed, or silent
-//! for longer than `max_store_down_secs`) or with fewer voters than the cluster's replication factor gets, one
-//! heartbeat at a time, a learner on a healthy store that has none of its peers, that learner
-//! promoted (the leader's catch-up rule decides when), and then the peer on the gone store
-//! removed. Every step is computed again from the region as its leader reports it, so a step
-//! already taken is never asked for twice, a lost answer is asked again at the next heartbeat,
-//! and a PD leader change loses nothing.
+//! PD's scheduling (specs/015-scheduling), free of I/O: checkers read a region as its leader
+//! just reported it, and the stores as PD sees them, and propose an operator (a short plan of
+//! membership and leadership steps); the [`Controller`] keeps the operators that run, checks
+//! each step against the next heartbeat, and times out or cancels those that stop making
+//! progress. The service (`service/placement.rs`) feeds them and carries steps to leaders.
+//!
+//! Checkers, in order of priority: the replica checker ([`replica_plan`], always on: repair,
+//! drain, extra replicas), then leader balance and region balance ([`balance_plan`]).
+
+mod balance;
+mod operators;
+mod replica;
+
+pub use balance::{balance_plan, Balance};
+pub use operators::{Controller, Finished, Operator, Outcome, Progress};
+pub use replica::replica_plan;
 
 use rdb_proto::pd::Region;
 
-/// What the checker needs to know of a store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A new peer's id in a plan, before the service allocates one (see [`Plan::new_peer`]).
+pub const NEW_PEER: u64 = 0;
+
+/// What the scheduler needs to know of a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreView {
     /// The store.
     pub id: u64,
-    /// Tombstoned, or silent for longer than `max_store_down_secs`: its peers are replaced.
+    /// Tombstoned, being removed, or silent for longer than `max_store_down_secs`: its peers
+    /// are replaced.
     pub gone: bool,
-    /// Heard from lately and not tombstoned: it may take a new peer.
+    /// Heard from lately and neither removed nor being removed: it may take a new peer.
     pub up: bool,
-    /// Regions with a peer on it, to spread new peers.
+    /// Regions with a peer on it, counting the peers running operators add or remove.
     pub regions: usize,
+    /// Regions it leads (by the latest heartbeats), counting running leader transfers.
+    pub leaders: usize,
+    /// Approximate bytes of the regions with a peer on it.
+    pub size: u64,
+    /// It may take one more new peer now: fewer than the store limit of snapshots are on their
+    /// way to it.
+    pub room: bool,
+    /// It may send one more snapshot now (as the leader of a region that gets a new peer).
+    pub can_send: bool,
+    /// Its placement labels, most general first, as PD's `location_labels` order them
+    /// (a store without one of them has an empty value there).
+    pub labels: Vec<String>,
 }
 
-/// The next step of the replica checker for a region.
+/// Why an operator was made (its checker), for logs, metrics and `operator list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The replica checker: repair, drain, extra or stray replicas.
+    Replica,
+    /// Leader balance: leadership toward stores that lead fewer regions.
+    BalanceLeader,
+    /// Region balance: a peer toward stores that hold fewer regions.
+    BalanceRegion,
+}
+
+impl Kind {
+    /// The name used in logs, metrics and `operator list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Replica => "replica",
+            Kind::BalanceLeader => "balance-leader",
+            Kind::BalanceRegion => "balance-region",
+        }
+    }
+}
+
+/// One step of an operator, carried out by the region's leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// Add a learner on this store (PD gives it a new peer id).
+    /// Add a learner with this peer id on this store.
     AddLearner {
         /// The store to host it.
         store: u64,
-        /// Why.
-        reason: String,
+        /// Its peer id ([`NEW_PEER`] in a plan, until the service allocates one).
+        peer: u64,
     },
-    /// Promote this learner (peer id).
+    /// Promote this learner (peer id) to voter; the leader waits for it to catch up.
     Promote {
         /// The learner.
         peer: u64,
-        /// Why.
-        reason: String,
     },
-    /// Remove this peer (peer id).
-    Remove {
-        /// The peer.
-        peer: u64,
-        /// Why.
-        reason: String,
-    },
-    /// Hand the region's leadership to this voter (peer id): its leader is on a store being
-    /// removed, and a leader cannot remove itself.
+    /// Hand the region's leadership to this voter (a leader cannot remove itself).
     TransferLeader {
         /// The voter to lead next.
         peer: u64,
-        /// Why.
-        reason: String,
+    },
+    /// Remove this peer.
+    Remove {
+        /// The peer.
+        peer: u64,
     },
 }
 
-/// The step that brings `region` (led by peer `leader`) toward `replicas` voters on stores that
-/// are not gone, if one is needed and possible now.
-pub fn replica_step(
-    region: &Region,
-    leader: u64,
-    stores: &[StoreView],
-    replicas: usize,
-) -> Option<Step> {
-    if replicas == 0 {
-        return None;
-    }
-    let view = |id: u64| stores.iter().find(|s| s.id == id);
-    // A store PD does not know is not taken for gone: nothing is removed on a guess.
-    let gone = |store: u64| view(store).is_some_and(|s| s.gone);
-    let voters = region.peers.iter().filter(|p| !p.learner);
-    let learners = region.peers.iter().filter(|p| p.learner);
-    // A learner on a gone store never catches up: it goes first.
-    if let Some(l) = learners.clone().find(|p| gone(p.store_id)) {
-        return Some(Step::Remove {
-            peer: l.id,
-            reason: format!("learner on store {}, which is gone", l.store_id),
-        });
-    }
-    let healthy = voters.clone().filter(|p| !gone(p.store_id)).count();
-    if healthy < replicas {
-        if let Some(l) = learners.clone().next() {
-            return Some(Step::Promote {
-                peer: l.id,
-                reason: format!("{healthy} healthy voters of {replicas}"),
-            });
+impl Step {
+    /// The store a step adds a peer to (it receives a snapshot), if it adds one.
+    pub fn receiver(&self) -> Option<u64> {
+        match self {
+            Step::AddLearner { store, .. } => Some(*store),
+            _ => None,
         }
-        let target = stores
-            .iter()
-            .filter(|s| s.up && !s.gone)
-            .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
-            .min_by_key(|s| (s.regions, s.id))?;
-        return Some(Step::AddLearner {
-            store: target.id,
-            reason: format!("{healthy} healthy voters of {replicas}"),
-        });
     }
-    // A leader on a store being removed hands over first (a dead store leads nothing).
-    if let Some(l) = voters.clone().find(|p| p.id == leader && gone(p.store_id)) {
-        let to = voters.clone().find(|p| !gone(p.store_id))?;
-        return Some(Step::TransferLeader {
-            peer: to.id,
-            reason: format!("leader on store {}, which is being removed", l.store_id),
-        });
-    }
-    let dead = voters
-        .clone()
-        .find(|p| gone(p.store_id) && p.id != leader)?;
-    Some(Step::Remove {
-        peer: dead.id,
-        reason: format!(
-            "voter on store {}, which is gone ({healthy} healthy voters)",
-            dead.store_id
-        ),
-    })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rdb_proto::pd::Peer;
-
-    fn region(peers: &[(u64, u64, bool)]) -> Region {
-        Region {
-            id: 1,
-            peers: peers
-                .iter()
-                .map(|&(id, store_id, learner)| Peer {
-                    id,
-                    store_id,
-                    learner,
-                })
-                .collect(),
-            ..Default::default()
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::AddLearner { store, peer } => write!(f, "add learner {peer} on store {store}"),
+            Step::Promote { peer } => write!(f, "promote {peer}"),
+            Step::TransferLeader { peer } => write!(f, "transfer leader to {peer}"),
+            Step::Remove { peer } => write!(f, "remove {peer}"),
         }
     }
+}
 
-    fn stores(gone: &[u64], ids: &[u64]) -> Vec<StoreView> {
-        ids.iter()
-            .map(|&id| StoreView {
-                id,
-                gone: gone.contains(&id),
-                up: !gone.contains(&id),
-                regions: id as usize,
-            })
-            .collect()
+/// A checker's proposal: the steps that bring a region where it should be, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The checker.
+    pub kind: Kind,
+    /// In order; a [`NEW_PEER`] stands for the peer the plan adds.
+    pub steps: Vec<Step>,
+    /// Why, for people.
+    pub reason: String,
+}
+
+impl Plan {
+    /// Whether the plan adds a peer (the service allocates its id first).
+    pub fn new_peer(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::AddLearner { peer: NEW_PEER, .. }))
     }
 
-    #[test]
-    fn a_region_on_a_gone_store_is_repaired_learner_promote_remove() {
-        let s = stores(&[2], &[1, 2, 3, 4, 5]);
-        // 1. A learner on the healthy store with the fewest regions and none of the peers.
-        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
-        assert!(matches!(
-            replica_step(&r, 11, &s, 3),
-            Some(Step::AddLearner { store: 4, .. })
-        ));
-        // 2. Promoted.
-        let r = region(&[
-            (11, 1, false),
-            (12, 2, false),
-            (13, 3, false),
-            (14, 4, true),
-        ]);
-        assert!(matches!(
-            replica_step(&r, 11, &s, 3),
-            Some(Step::Promote { peer: 14, .. })
-        ));
-        // 3. The dead voter removed.
-        let r = region(&[
-            (11, 1, false),
-            (12, 2, false),
-            (13, 3, false),
-            (14, 4, false),
-        ]);
-        assert!(matches!(
-            replica_step(&r, 11, &s, 3),
-            Some(Step::Remove { peer: 12, .. })
-        ));
-        // 4. Done.
-        let r = region(&[(11, 1, false), (13, 3, false), (14, 4, false)]);
-        assert_eq!(replica_step(&r, 11, &s, 3), None);
+    /// The plan with [`NEW_PEER`] replaced by `id`.
+    pub fn with_new_peer(mut self, id: u64) -> Plan {
+        for s in &mut self.steps {
+            match s {
+                Step::AddLearner { peer, .. }
+                | Step::Promote { peer }
+                | Step::TransferLeader { peer }
+                | Step::Remove { peer }
+                    if *peer == NEW_PEER =>
+                {
+                    *peer = id
+                }
+                _ => {}
+            }
+        }
+        self
     }
 
-    #[test]
-    fn a_leader_on_a_store_being_removed_hands_over_before_it_is_removed() {
-        // Store 1 is being removed (gone for placement) and leads.
-        let s = stores(&[1], &[1, 2, 3, 4]);
-        let r = region(&[
-            (11, 1, false),
-            (12, 2, false),
-            (13, 3, false),
-            (14, 4, false),
-        ]);
-        assert!(matches!(
-            replica_step(&r, 11, &s, 3),
-            Some(Step::TransferLeader { peer: 12, .. })
-        ));
-        // Once another leads, the peer goes.
-        assert!(matches!(
-            replica_step(&r, 12, &s, 3),
-            Some(Step::Remove { peer: 11, .. })
-        ));
+    /// The store the plan adds a peer to, if any.
+    pub fn receiver(&self) -> Option<u64> {
+        self.steps.iter().find_map(Step::receiver)
     }
+}
 
-    #[test]
-    fn nothing_is_asked_that_cannot_be_done_or_is_not_needed() {
-        // No healthy store without a peer: wait.
-        let s = stores(&[2], &[1, 2, 3]);
-        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
-        assert_eq!(replica_step(&r, 11, &s, 3), None);
-        // Healthy: nothing; a store PD does not know is not taken for gone.
-        let s = stores(&[], &[1, 3]);
-        assert_eq!(replica_step(&r, 11, &s, 3), None);
-        // A learner on a gone store goes before anything else.
-        let s = stores(&[4], &[1, 2, 3, 4, 5]);
-        let r = region(&[
-            (11, 1, false),
-            (12, 2, false),
-            (13, 3, false),
-            (14, 4, true),
-        ]);
-        assert!(matches!(
-            replica_step(&r, 11, &s, 3),
-            Some(Step::Remove { peer: 14, .. })
-        ));
-        // Too few voters with no gone store (a peer removed by hand): one is added.
-        let s = stores(&[], &[1, 2, 3]);
-        let r = region(&[(11, 1, false), (12, 2, false)]);
-        assert!(matches!(
-            replica_step(&r, 11, &s, 3),
-            Some(Step::AddLearner { store: 3, .. })
-        ));
-    }
+/// How many of a store's labels, from the most general, `a` shares with `b` (0 when the
+/// most general differs; all of them for two stores on the same host).
+fn shared_labels(a: &StoreView, b: &StoreView) -> usize {
+    a.labels
+        .iter()
+        .zip(&b.labels)
+        .take_while(|(x, y)| !x.is_empty() && x == y)
+        .count()
+}
+
+/// How close a store (as a home for one of `region`'s replicas) is to the region's other
+/// peers: the most labels it shares with any of them, other than `except`'s. Lower is
+/// better isolated; 0 for every store when no labels are set.
+fn closeness(region: &Region, stores: &[StoreView], candidate: u64, except: u64) -> usize {
+    let Some(c) = stores.iter().find(|s| s.id == candidate) else {
+        return 0;
+    };
+    region
+        .peers
+        .iter()
+        .filter(|p| p.store_id != candidate && p.store_id != except)
+        .filter_map(|p| stores.iter().find(|s| s.id == p.store_id))
+        .map(|s| shared_labels(c, s))
+        .max()
+        .unwrap_or(0)
 }

@@ -19,14 +19,17 @@ use rdb_proto::pd::pd_command::Op;
 use rdb_proto::pd::pd_server::Pd;
 use rdb_proto::pd::*;
 use rdb_server::config::ClusterConfig;
-use rdb_server::router::{Mailbox, Msg, RequestError};
+use rdb_server::members::SharedDirectory;
+use rdb_server::router::{Mailbox, RequestError};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::PdSettings;
 use crate::raft_calls::{propose, read_barrier};
 use crate::state::{PdOutput, PdState, SCAN_PAGE_BYTES};
 use crate::tso::{Tso, TsoError, TsoResult};
 
+mod members;
 mod placement;
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
@@ -40,6 +43,13 @@ struct Heartbeats {
     regions: HashMap<u64, (Option<Peer>, u64, u64)>,
     /// Each store's last reported disk: capacity, available and used bytes.
     disks: HashMap<u64, (u64, u64, u64)>,
+    /// The operators that run (see [`crate::schedule`]); a new term starts with none.
+    ops: crate::schedule::Controller,
+    /// Each region's membership version as last reported, and since when.
+    confs: HashMap<u64, (u64, Instant)>,
+    /// The store views the checkers read, as computed at that instant (recomputed at most
+    /// every second, and when an operator ends).
+    views: Option<(Instant, Vec<crate::schedule::StoreView>)>,
 }
 
 /// Serves the PD API for one PD node.
@@ -47,10 +57,15 @@ pub struct PdService {
     mailbox: Mailbox<PdOutput>,
     state: Arc<RwLock<PdState>>,
     tso: Tso,
+    /// The group's file (or joined) configuration: its Raft cluster id and shared settings.
     config: Arc<ClusterConfig>,
+    /// The group's members as this node applied them.
+    members: SharedDirectory,
     store_down_after: Duration,
     /// Silent this long, a store is gone: its peers are replaced (see [`crate::schedule`]).
     max_store_down: Duration,
+    /// PD's `[pd]` settings (scheduling; a joining PD node adopts them).
+    settings: PdSettings,
     beats: Mutex<Heartbeats>,
     logger: slog::Logger,
 }
@@ -69,6 +84,7 @@ fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
                     .node(h.id)
                     .map(|n| n.peer_addr.clone())
                     .unwrap_or_default(),
+                ..Default::default()
             }),
         ),
         RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
@@ -78,8 +94,12 @@ fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
         | RequestError::EpochNotMatch(..)
         | RequestError::RegionNotFound(_) => (ErrorCode::InvalidArgument, None),
     };
-    let message = match &e {
+    // The code names the kind; the message is the cause alone (callers prefix the kind).
+    let message = match e {
         RequestError::NotLeader(Some(h)) => format!("PD node {} leads, at {}", h.id, h.addr),
+        RequestError::InvalidArgument(m)
+        | RequestError::Unavailable(m)
+        | RequestError::Indeterminate(m) => m,
         other => other.to_string(),
     };
     Error {
@@ -128,6 +148,8 @@ refusal!(
     GetRegionResponse,
     ScanRegionsResponse,
     GetMembersResponse,
+    GetOperatorsResponse,
+    ChangeMembersResponse,
     GetClusterIdResponse
 );
 
@@ -155,23 +177,20 @@ impl PdService {
         mailbox: Mailbox<PdOutput>,
         state: Arc<RwLock<PdState>>,
         config: Arc<ClusterConfig>,
-        tso_window: Duration,
-        store_down_after: Duration,
-        max_store_down: Duration,
+        members: SharedDirectory,
+        pd: &PdSettings,
         logger: slog::Logger,
     ) -> PdService {
-        let tso = Tso::start(
-            mailbox.clone(),
-            state.clone(),
-            tso_window.as_millis() as u64,
-        );
+        let tso = Tso::start(mailbox.clone(), state.clone(), pd.tso_window_ms);
         PdService {
             mailbox,
             state,
             tso,
             config,
-            store_down_after,
-            max_store_down,
+            settings: pd.clone(),
+            members,
+            store_down_after: pd.store_down_after(),
+            max_store_down: pd.max_store_down(),
             beats: Mutex::new(Heartbeats::default()),
             logger,
         }
@@ -755,34 +774,33 @@ impl Pd for PdService {
         req: Request<GetMembersRequest>,
     ) -> Result<Response<GetMembersResponse>, Status> {
         admit!(self, req);
-        let members: Vec<Member> = self
-            .config
-            .nodes
-            .iter()
-            .map(|n| Member {
-                id: n.id,
-                client_addr: n.client_addr.clone(),
-                peer_addr: n.peer_addr.clone(),
-            })
-            .collect();
-        let status = tokio::time::timeout(
-            crate::raft_calls::RAFT_TIMEOUT,
-            self.mailbox.call(|tx| Msg::Status { tx }),
-        )
-        .await;
-        let resp = match status {
-            Ok(Ok(st)) => GetMembersResponse {
+        Ok(Response::new(self.get_members_inner().await))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<ChangeMembersRequest>,
+    ) -> Result<Response<ChangeMembersResponse>, Status> {
+        admit!(self, req);
+        Ok(Response::new(
+            self.change_members_inner(req.into_inner()).await,
+        ))
+    }
+
+    async fn get_operators(
+        &self,
+        req: Request<GetOperatorsRequest>,
+    ) -> Result<Response<GetOperatorsResponse>, Status> {
+        admit!(self, req);
+        // Operators live in the leader's memory: the barrier proves this node leads.
+        let resp = match self.barrier().await {
+            Ok(()) => GetOperatorsResponse {
                 error: None,
-                leader: members.iter().find(|m| m.id == st.leader_id).cloned(),
-                members,
+                operators: self.operator_infos(),
             },
-            Ok(Err(e)) => GetMembersResponse {
+            Err(e) => GetOperatorsResponse {
                 error: self.err(e),
-                ..Default::default()
-            },
-            Err(_) => GetMembersResponse {
-                error: self.err(RequestError::Unavailable("the PD node is busy".into())),
-                ..Default::default()
+                operators: Vec::new(),
             },
         };
         Ok(Response::new(resp))

@@ -6,6 +6,9 @@
 //! checks it was added with the addresses it was started with, and keeps that configuration in
 //! its data directory (`join.toml`), so it restarts without asking again. Its data directory
 //! starts with no membership: the leader's first snapshot brings the conf state and the data.
+//!
+//! `rdb-pd --join` does the same for a PD node (`rdb-pd/src/join.rs`), asking PD's
+//! `GetMembers` instead; the pieces here ([`ask_group`], [`config_from`], [`keep`]) serve both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +43,33 @@ pub struct JoinArgs {
     pub metrics_addr: Option<String>,
 }
 
+/// What a joining node takes from the running group: its id, its members and its settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupList {
+    /// The group's cluster id (peer messages and data directories carry it).
+    pub cluster_id: u64,
+    /// The node whose view this is (the leader, when one answered).
+    pub leader_id: NodeId,
+    /// Every member: id, peer address, client address.
+    pub members: Vec<(NodeId, String, String)>,
+    /// The group's shared `[settings]` as TOML.
+    pub settings_toml: String,
+}
+
+/// One node's answer to a joining node asking for the member list (`T`).
+#[derive(Debug, Clone)]
+pub enum Asked<T> {
+    /// The leader's list.
+    List(T),
+    /// Not from this node: why, and the leader's client address when it named one.
+    Elsewhere {
+        /// The node's refusal or the transport error.
+        why: String,
+        /// Where to ask instead.
+        leader: Option<String>,
+    },
+}
+
 /// The configuration of a joining node: the one kept in its data directory, or else the one
 /// built from the cluster's member list (and then kept).
 pub async fn join_config(a: &JoinArgs, logger: &Logger) -> Result<ClusterConfig, ServerError> {
@@ -51,31 +81,45 @@ pub async fn join_config(a: &JoinArgs, logger: &Logger) -> Result<ClusterConfig,
         info!(logger, "joined before: using the kept configuration"; "file" => %kept.display());
         return Ok(c);
     }
-    let list = ask_members(&a.endpoints).await?;
-    let config = config_from(a, &list)?;
-    keep(&a.data_dir, &config)?;
+    let list = ask_group(&a.endpoints, |ep| async move { ask_one(&ep).await }).await?;
+    let config = config_from(a, &list, "rdb-cli member add")?;
+    let text = toml::to_string(&config).map_err(|e| ServerError::DataDir {
+        dir: a.data_dir.clone(),
+        message: format!("cannot encode the joined configuration: {e}"),
+    })?;
+    keep(&a.data_dir, &text)?;
     info!(logger, "joining"; "cluster_id" => config.cluster_id, "leader" => list.leader_id,
         "members" => config.nodes.len());
     Ok(config)
 }
 
 /// Builds the configuration from the leader's member list, checking this node is in it with
-/// the addresses it was started with.
-pub fn config_from(a: &JoinArgs, list: &MemberListResponse) -> Result<ClusterConfig, ConfigError> {
+/// the addresses it was started with. `add_command` is how an operator adds a member (named
+/// in the error when this node was not added).
+pub fn config_from(
+    a: &JoinArgs,
+    list: &GroupList,
+    add_command: &str,
+) -> Result<ClusterConfig, ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
-    let ids: Vec<NodeId> = list.members.iter().map(|m| m.id).collect();
-    let Some(me) = list.members.iter().find(|m| m.id == a.node_id) else {
+    let ids: Vec<String> = list.members.iter().map(|m| m.0.to_string()).collect();
+    let Some((_, peer_addr, client_addr)) = list.members.iter().find(|m| m.0 == a.node_id) else {
         return invalid(format!(
-            "node {} is not a member of cluster {} (members: {ids:?}); add it first with \
-             `rdb-cli member add {} --peer-addr {} --client-addr {} --learner`",
-            a.node_id, list.cluster_id, a.node_id, a.peer_addr, a.client_addr
+            "node {} is not a member of cluster {} (members: {}); add it first with \
+             `{add_command} {} --peer-addr {} --client-addr {} --learner`",
+            a.node_id,
+            list.cluster_id,
+            ids.join(", "),
+            a.node_id,
+            a.peer_addr,
+            a.client_addr
         ));
     };
-    if me.peer_addr != a.peer_addr || me.client_addr != a.client_addr {
+    if *peer_addr != a.peer_addr || *client_addr != a.client_addr {
         return invalid(format!(
-            "node {} was added with peer address {} and client address {}, but started with {} \
-             and {}",
-            a.node_id, me.peer_addr, me.client_addr, a.peer_addr, a.client_addr
+            "node {} was added with peer address {peer_addr} and client address {client_addr}, \
+             but started with {} and {}",
+            a.node_id, a.peer_addr, a.client_addr
         ));
     }
     let settings: Settings =
@@ -86,17 +130,17 @@ pub fn config_from(a: &JoinArgs, list: &MemberListResponse) -> Result<ClusterCon
     let nodes = list
         .members
         .iter()
-        .map(|m| {
-            let mine = m.id == a.node_id;
+        .map(|(id, peer_addr, client_addr)| {
+            let mine = *id == a.node_id;
             NodeConfig {
-                id: m.id,
-                peer_addr: m.peer_addr.clone(),
-                client_addr: m.client_addr.clone(),
+                id: *id,
+                peer_addr: peer_addr.clone(),
+                client_addr: client_addr.clone(),
                 // Only this node's directory is ever opened; the others only need distinct names.
                 data_dir: if mine {
                     a.data_dir.clone()
                 } else {
-                    PathBuf::from(format!("(node {} is not on this machine)", m.id))
+                    PathBuf::from(format!("(node {id} is not on this machine)"))
                 },
                 metrics_addr: if mine { a.metrics_addr.clone() } else { None },
             }
@@ -114,18 +158,15 @@ pub fn config_from(a: &JoinArgs, list: &MemberListResponse) -> Result<ClusterCon
     Ok(config)
 }
 
-/// Writes the configuration into the data directory (fsynced, then renamed into place).
-fn keep(dir: &Path, config: &ClusterConfig) -> Result<(), ServerError> {
+/// Writes a joined node's configuration `text` into its data directory as [`JOIN_FILE`]
+/// (fsynced, then renamed into place).
+pub fn keep(dir: &Path, text: &str) -> Result<(), ServerError> {
     use std::io::Write;
     let data_dir_error = |e: std::io::Error| ServerError::DataDir {
         dir: dir.to_path_buf(),
         message: e.to_string(),
     };
     std::fs::create_dir_all(dir).map_err(data_dir_error)?;
-    let text = toml::to_string(config).map_err(|e| ServerError::DataDir {
-        dir: dir.to_path_buf(),
-        message: format!("cannot encode the joined configuration: {e}"),
-    })?;
     let tmp = dir.join(format!("{JOIN_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(data_dir_error)?;
     f.write_all(text.as_bytes()).map_err(data_dir_error)?;
@@ -134,26 +175,25 @@ fn keep(dir: &Path, config: &ClusterConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Asks the cluster's nodes, in turn and following leader hints, for the leader's member list.
-async fn ask_members(endpoints: &[String]) -> Result<MemberListResponse, ServerError> {
+/// Asks the group's nodes at `endpoints` (client addresses), in turn and following leader
+/// hints, for the leader's member list, with `ask` (one node's answer), for up to 30 s.
+pub async fn ask_group<T, F, Fut>(endpoints: &[String], ask: F) -> Result<T, ServerError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Asked<T>>,
+{
     let deadline = tokio::time::Instant::now() + ASK_FOR;
     let mut last = String::from("no endpoint given");
     let mut queue: Vec<String> = endpoints.to_vec();
     while tokio::time::Instant::now() < deadline {
         let mut hints = Vec::new();
         for ep in &queue {
-            match ask_one(ep).await {
-                Ok(r) => match r.error {
-                    None => return Ok(r),
-                    Some(e) if e.code == ErrorCode::NotLeader as i32 => {
-                        if let Some(h) = e.leader.filter(|h| !h.addr.is_empty()) {
-                            hints.push(h.addr);
-                        }
-                        last = format!("{ep}: {}", e.message);
-                    }
-                    Some(e) => last = format!("{ep}: {}", e.message),
-                },
-                Err(e) => last = format!("{ep}: {e}"),
+            match ask(ep.clone()).await {
+                Asked::List(list) => return Ok(list),
+                Asked::Elsewhere { why, leader } => {
+                    hints.extend(leader.filter(|h| !h.is_empty()));
+                    last = format!("{ep}: {why}");
+                }
             }
         }
         queue = hints.into_iter().chain(endpoints.iter().cloned()).collect();
@@ -161,12 +201,14 @@ async fn ask_members(endpoints: &[String]) -> Result<MemberListResponse, ServerE
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(ServerError::Config(ConfigError::Invalid(format!(
-        "cannot get the member list from the cluster at {endpoints:?} within {}s: {last}",
+        "cannot get the member list from the cluster at {} within {}s: {last}",
+        endpoints.join(","),
         ASK_FOR.as_secs()
     ))))
 }
 
-async fn ask_one(ep: &str) -> Result<MemberListResponse, String> {
+/// Asks one node of a config-file cluster for the leader's member list.
+async fn ask_one(ep: &str) -> Asked<GroupList> {
     let call = async {
         let mut c = KvClient::connect(format!("http://{ep}"))
             .await
@@ -179,15 +221,48 @@ async fn ask_one(ep: &str) -> Result<MemberListResponse, String> {
         .map(|r| r.into_inner())
         .map_err(|s| s.message().to_string())
     };
-    tokio::time::timeout(Duration::from_secs(3), call)
-        .await
-        .map_err(|_| "no answer in time".to_string())?
+    let answer = match tokio::time::timeout(Duration::from_secs(3), call).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) => return Asked::Elsewhere { why, leader: None },
+        Err(_) => {
+            return Asked::Elsewhere {
+                why: "no answer in time".into(),
+                leader: None,
+            }
+        }
+    };
+    match answer.error {
+        None => Asked::List(group_list(answer)),
+        Some(e) => Asked::Elsewhere {
+            leader: e
+                .leader
+                .filter(|_| e.code == ErrorCode::NotLeader as i32)
+                .map(|h| h.addr),
+            why: e.message,
+        },
+    }
+}
+
+/// A config-file cluster's member list as a joining node reads it.
+fn group_list(r: MemberListResponse) -> GroupList {
+    GroupList {
+        cluster_id: r.cluster_id,
+        leader_id: r.leader_id,
+        members: r
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.peer_addr, m.client_addr))
+            .collect(),
+        settings_toml: r.settings_toml,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rdb_proto::kv::{Member, MemberRole};
+
+    const ADD: &str = "rdb-cli member add";
 
     fn args() -> JoinArgs {
         JoinArgs {
@@ -200,8 +275,8 @@ mod tests {
         }
     }
 
-    fn list(members: &[(u64, &str, &str)]) -> MemberListResponse {
-        MemberListResponse {
+    fn list(members: &[(u64, &str, &str)]) -> GroupList {
+        group_list(MemberListResponse {
             cluster_id: 9,
             leader_id: 1,
             members: members
@@ -217,7 +292,7 @@ mod tests {
                 .collect(),
             settings_toml: "tick_interval_ms = 20\n".into(),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
@@ -229,6 +304,7 @@ mod tests {
                 (1, "127.0.0.1:11", "127.0.0.1:21"),
                 (4, "127.0.0.1:14", "127.0.0.1:24"),
             ]),
+            ADD,
         )
         .unwrap();
         assert_eq!(c.cluster_id, 9);
@@ -240,9 +316,9 @@ mod tests {
         assert_eq!(back.nodes, c.nodes);
         assert_eq!(back.settings, c.settings);
 
-        let not_added = config_from(&a, &list(&[(1, "127.0.0.1:11", "127.0.0.1:21")]));
+        let not_added = config_from(&a, &list(&[(1, "127.0.0.1:11", "127.0.0.1:21")]), ADD);
         assert!(not_added.unwrap_err().to_string().contains("member add 4"));
-        let moved = config_from(&a, &list(&[(4, "127.0.0.1:99", "127.0.0.1:24")]));
+        let moved = config_from(&a, &list(&[(4, "127.0.0.1:99", "127.0.0.1:24")]), ADD);
         assert!(moved.unwrap_err().to_string().contains("was added with"));
     }
 }

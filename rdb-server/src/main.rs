@@ -72,6 +72,10 @@ struct Args {
     /// With --pd: split a region once its keys and values pass this many bytes.
     #[arg(long, requires = "pd", default_value_t = 96 << 20)]
     region_split_size: u64,
+    /// With --pd: where this store is, as labels (`zone=a,host=h1`); PD keeps a region's
+    /// replicas on stores that share as few of its `location_labels` as possible.
+    #[arg(long, requires = "pd", value_parser = labels_arg, default_value = "")]
+    labels: Labels,
     /// With --pd: how often (ms) a store measures the regions it leads.
     #[arg(long, requires = "pd", default_value_t = 10_000)]
     split_check_ms: u64,
@@ -81,6 +85,14 @@ struct Args {
     /// cluster, which must be new. Directories must be new or empty.
     #[arg(long, value_name = "FILE", conflicts_with = "join")]
     restore: Option<PathBuf>,
+}
+
+/// A store's `--labels`, parsed.
+#[derive(Debug, Clone)]
+struct Labels(Vec<(String, String)>);
+
+fn labels_arg(text: &str) -> Result<Labels, String> {
+    rdb_client::pd::parse_labels(text).map(Labels)
 }
 
 fn main() -> ExitCode {
@@ -172,6 +184,7 @@ fn run_store(args: &Args, pd: &[String]) -> Result<(), Box<dyn std::error::Error
             check_interval: std::time::Duration::from_millis(args.split_check_ms.max(10)),
         },
         metrics_addr: args.metrics_addr.clone(),
+        labels: args.labels.0.clone(),
     };
     let pd_options = store.file.pd_client_options()?;
     let replicas = args.replicas;

@@ -220,18 +220,23 @@ where
         }
     }
 
-    /// This node is no longer a member: record it (so a restart refuses to serve) and stop.
+    /// This node is no longer a member: record it (so a restart refuses to serve) and stop
+    /// with exit 0: leaving the group is the end an operator asked for, and a supervisor that
+    /// restarts failed processes must not start it again.
     fn stop_removed(&self, how: &str, index: u64) -> ! {
         let engine = self.core.replica().store().engine();
         if let Err(e) = engine.mark_removed(index) {
             warn!(self.logger, "cannot record the removal"; "error" => %e);
         }
-        crit!(self.logger, "this node was removed from the cluster; stopping"; "how" => how,
+        info!(self.logger, "this node was removed from the group; stopping"; "how" => how,
             "index" => index);
-        crate::logging::fatal_exit(&format!(
-            "node {} was removed from the cluster ({how}); it will not serve again",
-            self.core.replica().id()
-        ))
+        crate::logging::exit_now(
+            0,
+            &format!(
+                "node {} was removed from the group ({how}); it will not serve again",
+                self.core.replica().id()
+            ),
+        )
     }
 
     /// Re-reads the member directory after a membership change, and tells the transport.

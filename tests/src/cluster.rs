@@ -392,10 +392,9 @@ impl TestCluster {
     /// Node `id`'s process as the kernel sees it: its state letter from /proc (R running,
     /// S sleeping, T stopped, Z exited but not reaped), or `none`/`gone`. For failure reports.
     pub fn proc_state(&self, id: u64) -> String {
-        let Some(child) = &self.nodes[(id - 1) as usize].child else {
+        let Some(pid) = self.pid(id) else {
             return "none".into();
         };
-        let pid = child.id();
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // "pid (comm) S ...": the state follows the closing parenthesis.
             Ok(stat) => stat
@@ -404,6 +403,11 @@ impl TestCluster {
                 .map_or_else(|| "?".into(), |st| format!("pid {pid} {st}")),
             Err(_) => format!("pid {pid} gone"),
         }
+    }
+
+    /// Node `id`'s process id, if it was started (for /proc figures).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[(id - 1) as usize].child.as_ref().map(Child::id)
     }
 
     /// Whether node `id` has a live process.

@@ -35,6 +35,12 @@ pub struct Setup {
     pub pd_tables: String,
     /// TLS for this test's own clients of PD and of the stores.
     pub client_tls: Option<rdb_client::TlsOptions>,
+    /// Each store's `--labels` (index = store number - 1; none past the end).
+    pub store_labels: Vec<String>,
+    /// PD nodes in the group (1, 3 or 5).
+    pub pd_nodes: usize,
+    /// How many of them (the first ones) stores and this test's clients are given; 0: all.
+    pub pd_given: usize,
 }
 
 impl Default for Setup {
@@ -44,13 +50,16 @@ impl Default for Setup {
             store_file: None,
             pd_tables: String::new(),
             client_tls: None,
+            store_labels: Vec::new(),
+            pd_nodes: 1,
+            pd_given: 0,
         }
     }
 }
 
-/// A PD node and its stores.
+/// A PD group and its stores.
 pub struct RegionCluster {
-    /// The PD group (one node).
+    /// The PD group (one node unless [`Setup::pd_nodes`] says otherwise).
     pub pd: TestCluster,
     /// Store client addresses, index = store number - 1 (not the store id PD assigned).
     pub addrs: Vec<String>,
@@ -109,7 +118,7 @@ impl RegionCluster {
         Command::new(bin_dir().join("rdb-server"))
             .arg("--restore")
             .arg(file)
-            .args(["--pd", &self.pd_addr()])
+            .args(["--pd", &self.pd_addrs()])
             .args(
                 dirs.iter()
                     .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
@@ -122,7 +131,7 @@ impl RegionCluster {
     /// Starts the PD node of a cluster of `n` stores, none of them running yet (start each
     /// with [`RegionCluster::restart`]).
     pub fn with_pd_only(n: usize, split: Split, setup: Setup) -> RegionCluster {
-        let pd = TestCluster::start_pd_with_tables(1, &setup.pd_tables);
+        let pd = TestCluster::start_pd_with_tables(setup.pd_nodes, &setup.pd_tables);
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some(text) = &setup.store_file {
             std::fs::write(dir.path().join("store.toml"), text).expect("write store file");
@@ -143,34 +152,60 @@ impl RegionCluster {
         }
     }
 
-    /// The PD client address.
+    /// The PD client address (of the group's first node).
     pub fn pd_addr(&self) -> String {
         self.pd.nodes[0].client_addr.clone()
     }
 
-    /// A PD client.
+    /// The client addresses of the PD nodes stores are given (`--pd`, see
+    /// [`Setup::pd_given`]), comma-separated.
+    pub fn pd_addrs(&self) -> String {
+        let given = match self.setup.pd_given {
+            0 => self.setup.pd_nodes,
+            n => n,
+        };
+        let first: Vec<String> = self.pd.nodes[..given]
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect();
+        first.join(",")
+    }
+
+    /// A PD client for the PD nodes stores are given.
     pub fn pd_client(&self) -> PdClient {
-        PdClient::with_options([self.pd_addr()], self.options()).expect("pd client")
+        PdClient::with_options(self.pd_addrs().split(','), self.options()).expect("pd client")
     }
 
     /// Runs `rdb-cli --pd <this cluster's PD> ARGS...` (15 s deadline) and returns its output.
     pub fn pd_cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin_dir().join("rdb-cli"))
-            .args(["--pd", &self.pd_addr(), "--timeout-ms", "15000"])
+            .args(["--pd", &self.pd_addrs(), "--timeout-ms", "15000"])
             .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("run rdb-cli (cargo build --workspace --bins)")
     }
 
-    /// The id PD gave store `i` (1-based).
+    /// The id PD gave store `i` (1-based), once it registered (a store just started may
+    /// take a moment; panics after 30 s).
     pub async fn store_id(&self, i: usize) -> u64 {
-        let stores = self.pd_client().get_all_stores(true).await.expect("stores");
-        stores
-            .iter()
-            .find(|s| s.address == self.addrs[i - 1])
-            .map(|s| s.id)
-            .expect("store registered")
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stores = self.pd_client().get_all_stores(true).await;
+            let id = stores
+                .iter()
+                .flatten()
+                .find(|s| s.address == self.addrs[i - 1])
+                .map(|s| s.id);
+            if let Some(id) = id {
+                return id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "store {i} did not register with PD within 30 s: {stores:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A client for every store (it follows the stores' leader hints).
@@ -225,7 +260,7 @@ impl RegionCluster {
             .open(self.log_path(i))
             .expect("open log");
         let child = Command::new(bin_dir().join("rdb-server"))
-            .args(["--pd", &self.pd_addr()])
+            .args(["--pd", &self.pd_addrs()])
             .args(["--addr", &self.addrs[i - 1]])
             .args(["--peer-addr", &self.peer_addrs[i - 1]])
             .args(["--metrics-addr", &self.metrics_addrs[i - 1]])
@@ -239,6 +274,13 @@ impl RegionCluster {
                     .store_file
                     .iter()
                     .flat_map(|_| ["--config".into(), self.dir.path().join("store.toml")]),
+            )
+            .args(
+                self.setup
+                    .store_labels
+                    .get(i - 1)
+                    .iter()
+                    .flat_map(|l| ["--labels", l.as_str()]),
             )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -346,8 +388,8 @@ impl RegionCluster {
     /// (every peer of every region hashed) is returned as is, equal hashes or not; `Err` says
     /// why none was complete within `timeout`.
     pub async fn check_replicas(&self, timeout: Duration) -> Result<Vec<RegionCheck>, String> {
-        let client =
-            Client::with_pd([self.pd_addr()], self.options()).map_err(|e| e.to_string())?;
+        let client = Client::with_pd(self.pd_addrs().split(','), self.options())
+            .map_err(|e| e.to_string())?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let last = match client.check_regions(RegionScope::All).await {

@@ -80,7 +80,7 @@ impl Fake {
                 leader: (!hint.is_empty()).then(|| pb::Member {
                     id: 1,
                     client_addr: hint.clone(),
-                    peer_addr: String::new(),
+                    ..Default::default()
                 }),
             });
         }
@@ -429,6 +429,31 @@ impl Pd for FakePd {
             error,
             members: self.members.clone(),
             leader: self.members.iter().find(|m| m.id == self.id).cloned(),
+            node_id: self.id,
+            ..Default::default()
+        }))
+    }
+
+    async fn change_members(
+        &self,
+        r: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersResponse>, Status> {
+        let error = self.gate(r.metadata());
+        Ok(Response::new(pb::ChangeMembersResponse {
+            error,
+            members: self.members.clone(),
+            index: 0,
+        }))
+    }
+
+    async fn get_operators(
+        &self,
+        r: Request<pb::GetOperatorsRequest>,
+    ) -> Result<Response<pb::GetOperatorsResponse>, Status> {
+        let error = self.gate(r.metadata());
+        Ok(Response::new(pb::GetOperatorsResponse {
+            error,
+            operators: Vec::new(),
         }))
     }
 
@@ -490,6 +515,19 @@ fn leader_fake() -> Arc<Fake> {
         clock: Mutex::new((1_700_000_000_000, 0)),
         ..Fake::default()
     })
+}
+
+#[test]
+fn store_labels_parse_or_say_which_part_is_wrong() {
+    assert_eq!(
+        parse_labels("zone=a, host=h1").unwrap(),
+        vec![("zone".into(), "a".into()), ("host".into(), "h1".into())]
+    );
+    assert_eq!(parse_labels("").unwrap(), Vec::new());
+    assert!(parse_labels("zone").unwrap_err().contains("KEY=VALUE"));
+    assert!(parse_labels("zone=a,zone=b").unwrap_err().contains("twice"));
+    assert!(parse_labels("zone=a b").unwrap_err().contains("letters"));
+    assert!(parse_labels("=a").is_err());
 }
 
 #[test]
@@ -860,6 +898,7 @@ async fn members_and_their_leader() {
         id,
         client_addr: format!("10.0.0.{id}:2379"),
         peer_addr: format!("10.0.0.{id}:2380"),
+        ..Default::default()
     };
     let fake = Arc::new(Fake {
         id: 2,
@@ -870,6 +909,12 @@ async fn members_and_their_leader() {
     let m = pd.get_members().await.unwrap();
     assert_eq!(m.members.len(), 3);
     assert_eq!(m.leader.unwrap().client_addr, "10.0.0.2:2379");
+    // The members' addresses are endpoints from now on (a PD node added since the client
+    // was made is tried too).
+    let known = pd.endpoints();
+    for id in 1..=3 {
+        assert!(known.contains(&format!("10.0.0.{id}:2379")), "{known:?}");
+    }
 }
 
 #[tokio::test]
@@ -996,4 +1041,49 @@ async fn a_region_scan_answered_in_pages_returns_every_region_once_in_order() {
         ids(pd.scan_regions("b", "h", 0).await.unwrap()),
         vec![3, 4, 5, 6, 7, 8]
     );
+}
+
+#[test]
+fn a_change_of_pd_members_is_in_effect_only_as_asked() {
+    use crate::MemberChange as C;
+    let member = |id: u64, learner: bool| Member {
+        id,
+        client_addr: format!("10.0.0.{id}:2399"),
+        peer_addr: format!("10.0.0.{id}:2400"),
+        learner,
+        match_index: 0,
+    };
+    let m = Members {
+        members: vec![member(1, false), member(4, true)],
+        removed: vec![3],
+        ..Members::default()
+    };
+    let add = |id: u64, host: &str, learner: bool| {
+        let (peer_addr, client_addr) = (format!("{host}:2400"), format!("{host}:2399"));
+        if learner {
+            C::AddLearner {
+                id,
+                peer_addr,
+                client_addr,
+            }
+        } else {
+            C::AddVoter {
+                id,
+                peer_addr,
+                client_addr,
+            }
+        }
+    };
+    // The same node at the same addresses: in effect (a retried add succeeds).
+    assert!(m.hold(&add(1, "10.0.0.1", false)));
+    assert!(m.hold(&add(4, "10.0.0.4", true)));
+    // Another node under a member's id, or a learner asked to vote: not in effect.
+    assert!(!m.hold(&add(1, "10.0.0.9", false)));
+    assert!(!m.hold(&add(4, "10.0.0.4", false)));
+    assert!(!m.hold(&C::Promote(4)));
+    assert!(m.hold(&C::Promote(1)));
+    // Removed: only an id the group removed, not one it never had.
+    assert!(m.hold(&C::Remove(3)));
+    assert!(!m.hold(&C::Remove(7)));
+    assert!(!m.hold(&C::Remove(1)));
 }

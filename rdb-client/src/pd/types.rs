@@ -114,6 +114,8 @@ pub struct Store {
     pub available_bytes: u64,
     /// Bytes its data takes (data files and memtables).
     pub used_bytes: u64,
+    /// Where it is (`zone=a`, `host=h1`), as its `--labels` said: see [`parse_labels`].
+    pub labels: Vec<(String, String)>,
 }
 
 impl Store {
@@ -140,6 +142,7 @@ impl From<pb::Store> for Store {
             capacity_bytes: s.capacity_bytes,
             available_bytes: s.available_bytes,
             used_bytes: s.used_bytes,
+            labels: s.labels.into_iter().map(|l| (l.key, l.value)).collect(),
         }
     }
 }
@@ -157,8 +160,44 @@ impl From<Store> for pb::Store {
             capacity_bytes: s.capacity_bytes,
             available_bytes: s.available_bytes,
             used_bytes: s.used_bytes,
+            labels: s
+                .labels
+                .into_iter()
+                .map(|(key, value)| pb::StoreLabel { key, value })
+                .collect(),
         }
     }
+}
+
+/// Whether `name` may be a label's key or value: 1 to 64 ASCII letters, digits, `-`, `_`
+/// and `.` (they appear in logs, `store list` and PD's file).
+pub fn valid_label(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Parses a store's `--labels` (`zone=a,host=h1`): each key once, keys and values by
+/// [`valid_label`]; the error says which part is wrong.
+pub fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(format!("\"{part}\" is not KEY=VALUE"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !valid_label(key) || !valid_label(value) {
+            return Err(format!(
+                "\"{part}\": keys and values are 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if labels.iter().any(|(k, _)| k == key) {
+            return Err(format!("label \"{key}\" is given twice"));
+        }
+        labels.push((key.to_string(), value.to_string()));
+    }
+    Ok(labels)
 }
 
 /// A region's epoch: `version` rises with splits and merges, `conf_ver` with membership changes.
@@ -340,6 +379,10 @@ pub struct Member {
     pub client_addr: String,
     /// The address PD nodes use among themselves.
     pub peer_addr: String,
+    /// A learner receives PD's log but does not vote (yet: it is promoted once caught up).
+    pub learner: bool,
+    /// As the leader answers: the highest log index known to be on this node (0 otherwise).
+    pub match_index: u64,
 }
 
 impl From<pb::Member> for Member {
@@ -348,6 +391,8 @@ impl From<pb::Member> for Member {
             id: m.id,
             client_addr: m.client_addr,
             peer_addr: m.peer_addr,
+            learner: m.learner,
+            match_index: m.match_index,
         }
     }
 }
@@ -355,8 +400,87 @@ impl From<pb::Member> for Member {
 /// The PD group: every node, and which one leads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Members {
-    /// Every PD node.
+    /// Every PD node: voters, then learners, by id.
     pub members: Vec<Member>,
     /// The leader, when the answering node knows it.
     pub leader: Option<Member>,
+    /// The node that answered (0 in the answer to a change).
+    pub node_id: u64,
+    /// The answering node's commit index (the leader's, when it answered).
+    pub commit_index: u64,
+    /// Ids removed from the group (never accepted again).
+    pub removed: Vec<u64>,
+}
+
+impl From<pb::GetMembersResponse> for Members {
+    fn from(r: pb::GetMembersResponse) -> Members {
+        Members {
+            members: r.members.into_iter().map(Member::from).collect(),
+            leader: r.leader.map(Member::from),
+            node_id: r.node_id,
+            commit_index: r.commit_index,
+            removed: r.removed_ids,
+        }
+    }
+}
+
+impl Members {
+    /// Whether `change` is in effect in these members: an added node with the addresses it
+    /// was added with (a member of that id at other addresses is another node).
+    pub(crate) fn hold(&self, change: &crate::MemberChange) -> bool {
+        use crate::MemberChange as C;
+        let get = |id: u64| self.members.iter().find(|m| m.id == id);
+        let at =
+            |m: &Member, peer: &str, client: &str| m.peer_addr == peer && m.client_addr == client;
+        match change {
+            C::AddVoter {
+                id,
+                peer_addr,
+                client_addr,
+            } => get(*id).is_some_and(|m| !m.learner && at(m, peer_addr, client_addr)),
+            C::AddLearner {
+                id,
+                peer_addr,
+                client_addr,
+            } => get(*id).is_some_and(|m| at(m, peer_addr, client_addr)),
+            C::Promote(id) => get(*id).is_some_and(|m| !m.learner),
+            C::Remove(id) => get(*id).is_none() && self.removed.contains(id),
+        }
+    }
+}
+
+/// One of PD's operators (a plan of steps for one region), as `operator list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OperatorRecord {
+    /// Unique within the PD leader's term.
+    pub id: u64,
+    /// The region.
+    pub region_id: u64,
+    /// The checker that made it: `replica`, `balance-leader`, `balance-region`.
+    pub kind: String,
+    /// Its steps, for people.
+    pub steps: Vec<String>,
+    /// How many are done.
+    pub done: u32,
+    /// `running`, `finished`, `timed out` or `cancelled: why`.
+    pub status: String,
+    /// From its creation to now (running) or to its end.
+    pub age: std::time::Duration,
+    /// Why it was made.
+    pub reason: String,
+}
+
+impl From<pb::OperatorInfo> for OperatorRecord {
+    fn from(o: pb::OperatorInfo) -> OperatorRecord {
+        OperatorRecord {
+            id: o.id,
+            region_id: o.region_id,
+            kind: o.kind,
+            steps: o.steps,
+            done: o.done,
+            status: o.status,
+            age: std::time::Duration::from_millis(o.age_ms),
+            reason: o.reason,
+        }
+    }
 }

@@ -606,3 +606,23 @@ fn a_write_costs_each_replica_one_fsync() {
         );
     }
 }
+
+#[test]
+fn a_second_membership_change_waits_until_the_first_applied() {
+    let mut g = Group::new(1000);
+    let l = g.leader();
+    g.write(l, 3, &|_| false);
+    g.add_replica(&[], 1000);
+    g.add_replica(&[], 1000);
+    g.cores[l].change_membership(300, &[MemberStep::AddLearner(4)], added(&[4]));
+    // Proposed, not applied yet: another change is refused, to be retried.
+    g.cores[l].change_membership(301, &[MemberStep::AddLearner(5)], added(&[5]));
+    match g.answer(301, &|_| false) {
+        Err(Refusal::Unavailable(m)) => assert!(m.contains("still being applied"), "{m}"),
+        other => panic!("a second change was taken while one was pending: {other:?}"),
+    }
+    membership_of(g.answer(300, &|_| false));
+    g.cores[l].change_membership(302, &[MemberStep::AddLearner(5)], added(&[5]));
+    let m = membership_of(g.answer(302, &|_| false));
+    assert_eq!(m.learners, vec![4, 5]);
+}

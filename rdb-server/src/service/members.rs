@@ -157,7 +157,7 @@ impl KvService {
 /// Validates a change request into core steps and the added peers' records. A peer is added
 /// with the store that will host it (a PD-mode region), or with its addresses (a node of a
 /// config-file cluster, which is the store of its own id).
-fn parse_changes(
+pub fn parse_changes(
     req: MemberChangeRequest,
 ) -> Result<(Vec<MemberStep>, Vec<MemberRecord>), RequestError> {
     let bad = |m: String| Err(RequestError::InvalidArgument(m));

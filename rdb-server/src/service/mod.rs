@@ -3,5 +3,5 @@
 pub mod backup;
 mod batch;
 pub mod kv;
-mod members;
+pub mod members;
 pub mod peer;

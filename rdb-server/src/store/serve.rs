@@ -88,6 +88,8 @@ pub struct StoreArgs {
     pub split: SplitConfig,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<String>,
+    /// Where the store is (`zone`, `host`...), for PD's placement.
+    pub labels: Vec<(String, String)>,
 }
 
 /// How often a store that PD has not heard register tries again.
@@ -155,6 +157,7 @@ pub async fn run(
         id: store_id,
         address: args.addr.clone(),
         peer_address: args.peer_addr.clone(),
+        labels: args.labels.clone(),
         ..Default::default()
     };
 

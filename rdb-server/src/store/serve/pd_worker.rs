@@ -58,13 +58,34 @@ pub(super) enum Event {
     Operator(u64, pdc::OperatorStep),
 }
 
+/// How often a store asks PD for PD's own members: PD nodes are added and removed
+/// (specs/016-pd-membership), and a store must still reach PD once every node it was started
+/// with is gone.
+const PD_MEMBERS_EVERY: Duration = Duration::from_secs(30);
+
 pub(super) async fn pd_worker(
     pd: PdClient,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     events: mpsc::UnboundedSender<Event>,
     logger: Logger,
 ) {
-    while let Some(job) = jobs.recv().await {
+    let mut learn = tokio::time::interval(PD_MEMBERS_EVERY);
+    learn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            _ = learn.tick() => {
+                // `get_members` adds every PD node's client address to the client's endpoints.
+                let (pd, logger) = (pd.clone(), logger.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = pd.get_members().await {
+                        debug!(logger, "cannot list PD's members yet"; "error" => %e);
+                    }
+                });
+                continue;
+            }
+        };
+        let Some(job) = job else { break };
         let (pd, events, logger) = (pd.clone(), events.clone(), logger.clone());
         tokio::spawn(async move {
             match job {

@@ -515,7 +515,11 @@ impl StoreTask {
                 (Waiter::Operator(r, what), answer) => match answer {
                     Ok(Answer::MembershipChanged { index, .. }) => {
                         info!(self.logger, "operator applied"; "region" => r, "step" => &what,
-                            "index" => index)
+                            "index" => index);
+                        // PD learns at once, and answers with the operator's next step.
+                        if self.core.core(r).is_some_and(|c| c.replica().is_leader()) {
+                            self.heartbeat(r);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {

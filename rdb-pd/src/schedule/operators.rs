@@ -1,0 +1,499 @@
+//! The operators that run: at most one per region, each a plan whose steps are checked off as
+//! the region's heartbeats show them done. An operator whose current step shows no progress
+//! for its timeout is dropped (timed out), one whose step became impossible (its peer gone, a
+//! peer to remove leading) is cancelled; what they left behind is the replica checker's to
+//! tidy. Kept in the PD leader's memory: a new leader starts with none, and its checkers pick
+//! up from the regions as they are.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rdb_proto::pd::Region;
+
+use super::{Kind, Plan, Step, StoreView};
+
+/// How many ended operators `operator list` shows.
+const RECENT: usize = 64;
+
+/// A leader transfer that has not happened in this long will not (raft-rs gives up after an
+/// election timeout): the operator is dropped.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An operator that runs: a plan for one region, and how far it got.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// Its number, unique in this PD leader's term.
+    pub id: u64,
+    /// The region.
+    pub region: u64,
+    /// Why it was made.
+    pub kind: Kind,
+    /// The steps, all with peer ids.
+    pub steps: Vec<Step>,
+    /// How many steps the region shows done.
+    pub done: usize,
+    /// Why, for people.
+    pub reason: String,
+    /// When it was made.
+    pub created: Instant,
+    /// When its last step was done (or it was made).
+    pub progressed: Instant,
+    /// The store that led the region when it was made: a new peer's snapshot comes from it.
+    pub sender: Option<u64>,
+}
+
+/// How an operator ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step done.
+    Finished,
+    /// No progress within its timeout.
+    TimedOut,
+    /// A step became impossible (why).
+    Cancelled(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Finished => write!(f, "finished"),
+            Outcome::TimedOut => write!(f, "timed out"),
+            Outcome::Cancelled(why) => write!(f, "cancelled: {why}"),
+        }
+    }
+}
+
+/// An operator that ended, kept for `operator list`.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The operator as it was when it ended.
+    pub op: Operator,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When.
+    pub at: Instant,
+}
+
+/// What a region's heartbeat means for its operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// No operator runs for the region.
+    Idle,
+    /// Ask the leader for this step (the operator's number, and whether the step is asked for
+    /// the first time).
+    Ask(u64, Step, bool),
+    /// The operator ended with this heartbeat.
+    Ended(Outcome),
+}
+
+/// The running operators and the latest that ended.
+#[derive(Debug, Default)]
+pub struct Controller {
+    running: BTreeMap<u64, Operator>,
+    /// For each running operator, the step index last asked (a step is logged once).
+    asked: HashMap<u64, usize>,
+    recent: VecDeque<Finished>,
+    next_id: u64,
+}
+
+/// Whether `step` is done in `region` led by `leader`: Ok(true) done, Ok(false) not yet,
+/// Err(why) never (the operator is cancelled).
+fn status(step: &Step, region: &Region, leader: u64) -> Result<bool, String> {
+    let peer = |id: u64| region.peers.iter().find(|p| p.id == id);
+    match *step {
+        Step::AddLearner { store, peer: id } => match peer(id) {
+            Some(_) => Ok(true),
+            None if region.peers.iter().any(|p| p.store_id == store) => {
+                Err(format!("store {store} got another peer of the region"))
+            }
+            None => Ok(false),
+        },
+        Step::Promote { peer: id } => match peer(id) {
+            Some(p) => Ok(!p.learner),
+            None => Err(format!("peer {id} is gone")),
+        },
+        Step::TransferLeader { peer: id } => match peer(id) {
+            _ if leader == id => Ok(true),
+            Some(p) if !p.learner => Ok(false),
+            _ => Err(format!("peer {id} cannot lead")),
+        },
+        Step::Remove { peer: id } => match peer(id) {
+            None => Ok(true),
+            Some(_) if id == leader => Err(format!("peer {id} leads")),
+            Some(_) => Ok(false),
+        },
+    }
+}
+
+impl Controller {
+    /// Checks the operator of `region` (led by peer `leader`) against what the region shows:
+    /// steps done are checked off, and the next is asked for, unless the operator ended.
+    pub fn check(
+        &mut self,
+        region: &Region,
+        leader: u64,
+        timeout: Duration,
+        now: Instant,
+    ) -> Progress {
+        let Some(op) = self.running.get_mut(&region.id) else {
+            return Progress::Idle;
+        };
+        let outcome = loop {
+            let Some(step) = op.steps.get(op.done) else {
+                break Outcome::Finished;
+            };
+            match status(step, region, leader) {
+                Ok(true) => {
+                    op.done += 1;
+                    op.progressed = now;
+                }
+                Ok(false) => {
+                    let limit = match step {
+                        Step::TransferLeader { .. } => TRANSFER_TIMEOUT.min(timeout),
+                        _ => timeout,
+                    };
+                    if now.saturating_duration_since(op.progressed) > limit {
+                        break Outcome::TimedOut;
+                    }
+                    let first = self.asked.insert(op.id, op.done) != Some(op.done);
+                    return Progress::Ask(op.id, step.clone(), first);
+                }
+                Err(why) => break Outcome::Cancelled(why),
+            }
+        };
+        self.end(region.id, outcome.clone(), now);
+        Progress::Ended(outcome)
+    }
+
+    fn end(&mut self, region: u64, outcome: Outcome, now: Instant) {
+        if let Some(op) = self.running.remove(&region) {
+            self.asked.remove(&op.id);
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Finished {
+                op,
+                outcome,
+                at: now,
+            });
+        }
+    }
+
+    /// Starts `plan` (with its new peer's id set) for `region`, its snapshot sent from
+    /// `sender`; returns the operator's number. Refused (None) while the region has an
+    /// operator, or when its new peer would pass `limit` snapshots on their way to its store
+    /// or from `sender` (checked here, where operators start one at a time: heartbeats that
+    /// planned at once cannot all take the last room).
+    pub fn start(
+        &mut self,
+        region: u64,
+        plan: Plan,
+        sender: Option<u64>,
+        limit: usize,
+        now: Instant,
+    ) -> Option<u64> {
+        if self.running.contains_key(&region) || plan.steps.is_empty() {
+            return None;
+        }
+        if let Some(to) = plan.receiver() {
+            let pending = |o: &&Operator| o.steps[o.done..].iter().any(|s| s.receiver().is_some());
+            let receiving = self
+                .running
+                .values()
+                .filter(pending)
+                .filter(|o| o.steps[o.done..].iter().any(|s| s.receiver() == Some(to)))
+                .count();
+            let sending = self
+                .running
+                .values()
+                .filter(pending)
+                .filter(|o| sender.is_some() && o.sender == sender)
+                .count();
+            if receiving >= limit || sending >= limit {
+                return None;
+            }
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.running.insert(
+            region,
+            Operator {
+                id,
+                region,
+                kind: plan.kind,
+                steps: plan.steps,
+                done: 0,
+                reason: plan.reason,
+                created: now,
+                progressed: now,
+                sender,
+            },
+        );
+        Some(id)
+    }
+
+    /// Cancels a region's operator (it cannot finish, or a more urgent one replaces it).
+    pub fn cancel(&mut self, region: u64, why: String, now: Instant) {
+        self.end(region, Outcome::Cancelled(why), now);
+    }
+
+    /// The operator that runs for `region`, if any.
+    pub fn of(&self, region: u64) -> Option<&Operator> {
+        self.running.get(&region)
+    }
+
+    /// Whether an operator runs for `region`.
+    pub fn runs(&self, region: u64) -> bool {
+        self.running.contains_key(&region)
+    }
+
+    /// The running operators, by region.
+    pub fn running(&self) -> impl Iterator<Item = &Operator> {
+        self.running.values()
+    }
+
+    /// The operators that ended lately, oldest first.
+    pub fn recent(&self) -> impl Iterator<Item = &Finished> {
+        self.recent.iter()
+    }
+
+    /// Store views as they will be once the running operators are done (their new peers
+    /// counted, their removed peers and moved leaderships not), with each store's snapshot
+    /// room against `limit`; `regions` finds a running operator's region in PD's map.
+    pub fn project<'a>(
+        &self,
+        stores: &mut [StoreView],
+        limit: usize,
+        regions: impl Fn(u64) -> Option<&'a Region>,
+    ) {
+        // Per store: (regions, leaders, receiving, sending) changes.
+        let mut delta: HashMap<u64, (isize, isize, usize, usize)> = HashMap::new();
+        for op in self.running.values() {
+            let rest = &op.steps[op.done..];
+            let mut receives = false;
+            for step in rest {
+                if let Some(store) = step.receiver() {
+                    receives = true;
+                    let d = delta.entry(store).or_default();
+                    d.0 += 1;
+                    d.2 += 1;
+                }
+            }
+            if receives {
+                if let Some(store) = op.sender {
+                    delta.entry(store).or_default().3 += 1;
+                }
+            }
+            let Some(region) = regions(op.region) else {
+                continue;
+            };
+            let store_of = |peer: u64| {
+                region
+                    .peers
+                    .iter()
+                    .find(|p| p.id == peer)
+                    .map(|p| p.store_id)
+            };
+            for step in rest {
+                match *step {
+                    Step::Remove { peer } => {
+                        if let Some(store) = store_of(peer) {
+                            delta.entry(store).or_default().0 -= 1;
+                        }
+                    }
+                    Step::TransferLeader { peer } => {
+                        if let Some(store) = store_of(peer) {
+                            delta.entry(store).or_default().1 += 1;
+                        }
+                        if let Some(store) = op.sender {
+                            delta.entry(store).or_default().1 -= 1;
+                        }
+                    }
+                    Step::AddLearner { .. } | Step::Promote { .. } => {}
+                }
+            }
+        }
+        for s in stores.iter_mut() {
+            let (regions, leaders, receiving, sending) =
+                delta.get(&s.id).copied().unwrap_or_default();
+            s.regions = s.regions.saturating_add_signed(regions);
+            s.leaders = s.leaders.saturating_add_signed(leaders);
+            s.room = receiving < limit;
+            s.can_send = sending < limit;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::NEW_PEER;
+    use super::*;
+    use rdb_proto::pd::Peer;
+
+    fn region(peers: &[(u64, u64, bool)]) -> Region {
+        Region {
+            id: 7,
+            peers: peers
+                .iter()
+                .map(|&(id, store_id, learner)| Peer {
+                    id,
+                    store_id,
+                    learner,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn moving() -> Plan {
+        Plan {
+            kind: Kind::BalanceRegion,
+            steps: vec![
+                Step::AddLearner {
+                    store: 4,
+                    peer: NEW_PEER,
+                },
+                Step::Promote { peer: NEW_PEER },
+                Step::Remove { peer: 12 },
+            ],
+            reason: "test".into(),
+        }
+        .with_new_peer(14)
+    }
+
+    const T: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn steps_are_checked_off_as_the_region_shows_them_done() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        assert_eq!(c.start(7, moving(), Some(1), 4, t0), Some(1));
+        assert_eq!(c.start(7, moving(), Some(1), 4, t0), None, "one per region");
+        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
+        let add = Step::AddLearner { store: 4, peer: 14 };
+        assert_eq!(c.check(&r, 11, T, t0), Progress::Ask(1, add.clone(), true));
+        assert_eq!(c.check(&r, 11, T, t0), Progress::Ask(1, add, false));
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, true),
+        ]);
+        assert_eq!(
+            c.check(&r, 11, T, t0),
+            Progress::Ask(1, Step::Promote { peer: 14 }, true)
+        );
+        // Two steps done between heartbeats.
+        let r = region(&[(11, 1, false), (13, 3, false), (14, 4, false)]);
+        assert_eq!(c.check(&r, 11, T, t0), Progress::Ended(Outcome::Finished));
+        assert_eq!(c.check(&r, 11, T, t0), Progress::Idle);
+        assert_eq!(c.recent().count(), 1);
+    }
+
+    #[test]
+    fn an_operator_without_progress_times_out_and_an_impossible_one_is_cancelled() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, true),
+        ]);
+        assert!(matches!(c.check(&r, 11, T, t0), Progress::Ask(..)));
+        // The learner never catches up.
+        let later = t0 + T + Duration::from_secs(1);
+        assert_eq!(
+            c.check(&r, 11, T, later),
+            Progress::Ended(Outcome::TimedOut)
+        );
+        // The learner was removed by someone else: the promotion cannot happen.
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, true),
+        ]);
+        c.check(&r, 11, T, t0);
+        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
+        assert!(matches!(
+            c.check(&r, 11, T, t0),
+            Progress::Ended(Outcome::Cancelled(_))
+        ));
+        // A peer to remove that leads now: cancelled (the checkers plan again).
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, false),
+        ]);
+        assert!(matches!(
+            c.check(&r, 12, T, t0),
+            Progress::Ended(Outcome::Cancelled(_))
+        ));
+    }
+
+    #[test]
+    fn an_operator_that_would_pass_a_store_limit_does_not_start() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        // Two moves to store 4 from store 1's leaders: the third waits.
+        assert!(c.start(7, moving(), Some(1), 2, t0).is_some());
+        assert!(c.start(8, moving(), Some(1), 2, t0).is_some());
+        assert_eq!(
+            c.start(9, moving(), Some(2), 2, t0),
+            None,
+            "store 4 receives 2"
+        );
+        let elsewhere = Plan {
+            steps: vec![Step::AddLearner { store: 5, peer: 15 }],
+            ..moving()
+        };
+        assert_eq!(
+            c.start(9, elsewhere.clone(), Some(1), 2, t0),
+            None,
+            "store 1 sends 2"
+        );
+        assert!(c.start(9, elsewhere, Some(2), 2, t0).is_some());
+        // Steps without a new peer are never limited.
+        let transfer = Plan {
+            kind: Kind::BalanceLeader,
+            steps: vec![Step::TransferLeader { peer: 11 }],
+            reason: "test".into(),
+        };
+        assert!(c.start(10, transfer, Some(1), 2, t0).is_some());
+    }
+
+    #[test]
+    fn running_operators_count_toward_store_load_and_limits() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        c.start(7, moving(), Some(1), 4, t0);
+        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
+        let mut stores: Vec<StoreView> = (1..=4)
+            .map(|id| StoreView {
+                id,
+                up: true,
+                regions: 5,
+                ..Default::default()
+            })
+            .collect();
+        c.project(&mut stores, 1, |id| (id == 7).then_some(&r));
+        let load: Vec<(usize, bool, bool)> = stores
+            .iter()
+            .map(|s| (s.regions, s.room, s.can_send))
+            .collect();
+        assert_eq!(
+            load,
+            vec![
+                (5, true, false),
+                (4, true, true),
+                (5, true, true),
+                (6, false, true)
+            ]
+        );
+    }
+}
