@@ -563,6 +563,18 @@ async fn run(cli: Cli) -> u8 {
         Command::Store { cmd } => {
             pd::run(pd::PdCmd::Store(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
+        Command::Region {
+            cmd: pd::RegionCmd::Merge { source, target },
+        } if cli.pd.is_some() => match Client::with_pd(&pd_endpoints, opts.clone()) {
+            Ok(pd_client) => match pd_client.merge_regions(source, target).await {
+                Ok(()) => {
+                    p.merge_started(source, target);
+                    0
+                }
+                Err(e) => fail(&e),
+            },
+            Err(e) => fail(&e),
+        },
         Command::Region { cmd } => {
             pd::run(pd::PdCmd::Region(cmd), cli.pd.as_deref(), opts, &p, codec).await
         }
@@ -844,6 +856,19 @@ mod tests {
                 cmd: pd::RegionCmd::Get { .. }
             }
         ));
+        assert!(matches!(
+            parse(&["region", "merge", "5", "2"]).unwrap().command,
+            Command::Region {
+                cmd: pd::RegionCmd::Merge {
+                    source: 5,
+                    target: 2
+                }
+            }
+        ));
+        assert!(
+            parse(&["region", "merge", "5"]).is_err(),
+            "a merge names both"
+        );
         assert!(matches!(
             parse(&["store", "list", "--exclude-tombstones"])
                 .unwrap()

@@ -405,6 +405,17 @@ impl Printer {
         }
     }
 
+    /// Region `source` prepared its merge into `target`.
+    pub fn merge_started(&self, source: u64, target: u64) {
+        match self.format {
+            Output::Table => outln!("OK: region {source} is merging into region {target}"),
+            Output::Json => outln!(
+                "{}",
+                json!({"op": "region merge", "source": source, "target": target, "ok": true})
+            ),
+        }
+    }
+
     /// A store was marked Tombstone.
     pub fn store_tombstoned(&self, id: u64) -> u8 {
         match self.format {

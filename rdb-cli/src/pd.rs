@@ -55,6 +55,14 @@ pub enum RegionCmd {
         /// The key.
         key: String,
     },
+    /// Merges region SOURCE into the adjacent region TARGET (both with their peers on the
+    /// same stores); returns once SOURCE prepared, and the stores finish the merge.
+    Merge {
+        /// The region that goes.
+        source: u64,
+        /// The region that takes over its range.
+        target: u64,
+    },
 }
 
 /// `rdb-cli operator ...`
@@ -174,6 +182,9 @@ pub async fn run(cmd: PdCmd, pd: Option<&str>, opts: Options, p: &Printer, codec
                 Err(e) => fail(&e),
             }
         }
+        // Run by main through the stores (a Client with PD); reached only without --pd, which
+        // `endpoints` refused above.
+        PdCmd::Region(RegionCmd::Merge { .. }) => invalid("region merge needs --pd"),
         PdCmd::Operator(OperatorCmd::List) => match client.operators().await {
             Ok(ops) => p.operators(&ops),
             Err(e) => fail(&e),

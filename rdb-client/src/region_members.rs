@@ -7,8 +7,8 @@
 //! leader refuses a promotion before it holds 90% of the log).
 
 use rdb_proto::kv::{
-    MemberChangeRequest, MemberChangeStep, MemberChangeType, MemberListRequest, RegionContext,
-    TransferLeaderRequest,
+    MemberChangeRequest, MemberChangeStep, MemberChangeType, MemberListRequest, MergeRegionRequest,
+    RegionContext, TransferLeaderRequest,
 };
 use tokio::time::Instant;
 
@@ -165,6 +165,26 @@ impl Client {
             .await?;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// PD mode: merges region `source` into the adjacent region `target` (specs/017-merge),
+    /// asking the source's leader; returns once the source prepared the merge (the stores
+    /// finish it by themselves). Refused with `InvalidArgument` when the two regions do not
+    /// fit (not adjacent, peers on different stores, the source merging already).
+    pub async fn merge_regions(&self, source: u64, target: u64) -> Result<()> {
+        let deadline = self.deadline();
+        let info = self.region_info(source, deadline).await?;
+        self.region_call(info, true, deadline, move |mut c, _| async move {
+            let r = c
+                .merge_region(MergeRegionRequest {
+                    source_id: source,
+                    target_id: target,
+                })
+                .await?
+                .into_inner();
+            Ok(((), r.error))
+        })
+        .await
     }
 
     /// What PD knows of region `region_id`.

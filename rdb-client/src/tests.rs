@@ -113,6 +113,13 @@ impl Kv for FakeNode {
         Err(Status::unimplemented("not in the fake"))
     }
 
+    async fn merge_region(
+        &self,
+        _: Request<rdb_proto::kv::MergeRegionRequest>,
+    ) -> Result<Response<rdb_proto::kv::MergeRegionResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
     async fn batch_put(
         &self,
         _: Request<rdb_proto::kv::BatchPutRequest>,

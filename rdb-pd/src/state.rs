@@ -263,6 +263,14 @@ impl PdState {
         }
     }
 
+    fn remove_region(&mut self, id: u64) {
+        if let Some(old) = self.regions.remove(&id) {
+            if self.by_start.get(&old.start_key) == Some(&id) {
+                self.by_start.remove(&old.start_key);
+            }
+        }
+    }
+
     fn put_region(&mut self, r: Region) {
         if let Some(old) = self.regions.get(&r.id) {
             if self.by_start.get(&old.start_key) == Some(&r.id) {
@@ -653,15 +661,36 @@ fn check_restored_regions(s: &PdState, regions: &[Region]) -> Option<String> {
     None
 }
 
-/// Records `r` and reserves every id it names.
+/// Records `r` and reserves every id it names. Regions of an older version whose whole range
+/// `r` covers are dropped: a merge folded them into `r` (specs/017-merge). A split's halves
+/// each cover only part of their parent, which stays until its own report narrows it.
 fn record_region(s: &mut PdState, r: Region, writes: &mut Writes) {
     if let Some(max) = region_ids(&r).max() {
         if max >= s.next_id {
             set_next_id(s, max + 1, writes);
         }
     }
+    let version = r.epoch.unwrap_or_default().version;
+    let merged: Vec<u64> = s
+        .regions
+        .values()
+        .filter(|o| o.id != r.id && o.epoch.unwrap_or_default().version < version)
+        .filter(|o| covers(&r, o))
+        .map(|o| o.id)
+        .collect();
+    for id in merged {
+        writes.push((region_key(id), None));
+        s.remove_region(id);
+    }
     writes.push((region_key(r.id), Some(r.encode_to_vec())));
     s.put_region(r);
+}
+
+/// Whether `outer`'s range holds all of `inner`'s (an empty end is unbounded).
+fn covers(outer: &Region, inner: &Region) -> bool {
+    outer.start_key <= inner.start_key
+        && (outer.end_key.is_empty()
+            || (!inner.end_key.is_empty() && inner.end_key <= outer.end_key))
 }
 
 fn set_next_id(s: &mut PdState, next: u64, writes: &mut Writes) {

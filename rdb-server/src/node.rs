@@ -320,6 +320,9 @@ where
             Msg::RegionPropose { route, tx, .. } => {
                 let _ = tx.send(Err(not_a_store(route.region_id)));
             }
+            Msg::MergeRegion { source, tx, .. } => {
+                let _ = tx.send(Err(not_a_store(source)));
+            }
             Msg::RegionRead { route, tx, .. } => {
                 let _ = tx.send(Err(not_a_store(route.region_id)));
             }

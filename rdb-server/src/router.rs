@@ -129,6 +129,16 @@ pub enum Msg<O = CommandResult> {
         /// Ok once the transfer started.
         tx: oneshot::Sender<Result<(), RequestError>>,
     },
+    /// PD mode: merges region `source` into the adjacent region `target` (the source's
+    /// leader only); answered once the source applied its prepare (specs/017-merge).
+    MergeRegion {
+        /// The region that goes.
+        source: u64,
+        /// The region that takes it over.
+        target: u64,
+        /// The prepare's result.
+        tx: oneshot::Sender<ProposeResult<O>>,
+    },
     /// Asks for the node's status.
     Status {
         /// Where to send it.

@@ -72,6 +72,14 @@ pub enum RegionError {
         /// The region as it is here.
         region: Box<Region>,
     },
+    /// The region is merging into `target` (specs/017-merge): it takes no request until the
+    /// merge is over (then the target holds its keys) or rolled back.
+    Merging {
+        /// The region asked.
+        region: u64,
+        /// The region it merges into.
+        target: u64,
+    },
 }
 
 /// Why a request to a region was refused at once.
@@ -112,8 +120,12 @@ pub struct StoreOutput {
     /// Regions whose membership changed this turn (a conf change applied, or a snapshot
     /// installed): their leader tells PD at once.
     pub membership_changed: Vec<u64>,
-    /// Regions whose peer here a membership change removed this turn: gone from this store.
+    /// Regions whose peer here a membership change removed this turn, or that a merge folded
+    /// into another region here: gone from this store.
     pub destroyed: Vec<u64>,
+    /// Regions that took over another region here this turn (the targets of merges): their
+    /// leader tells PD at once.
+    pub merged: Vec<u64>,
 }
 
 /// A region hosted here.
@@ -166,6 +178,10 @@ pub struct StoreCore {
     garbage: Vec<(u64, Region)>,
     /// Regions whose peer here PD says was removed, to drop in the next turn.
     stale: Vec<u64>,
+    /// Request ids the merge driver used so far (see `merge::DRIVER_REQUESTS`).
+    driver_requests: u64,
+    /// Merge sources the driver proposed a commit or rollback for, with the tick it did.
+    merge_proposed: HashMap<u64, u64>,
     logger: Logger,
 }
 
@@ -220,6 +236,8 @@ impl StoreCore {
             hashes: StoreHashes::default(),
             garbage: Vec::new(),
             stale: Vec::new(),
+            driver_requests: 0,
+            merge_proposed: HashMap::new(),
             // The caller's logger names the store already.
             logger: logger.clone(),
         };
@@ -424,6 +442,7 @@ impl StoreCore {
             self.ask(id, &mut asks);
         }
         self.pending_asks = asks;
+        self.drive_merges();
     }
 
     /// Checks that a request for `keys` may go to region `id` at `epoch`.
@@ -444,6 +463,9 @@ impl StoreCore {
                 key: k.to_vec(),
                 region: Box::new(meta.clone()),
             });
+        }
+        if let Some(target) = self.merging_into(id) {
+            return Err(RegionError::Merging { region: id, target });
         }
         Ok(())
     }
@@ -620,7 +642,13 @@ impl StoreCore {
         }
         let mut pending = Vec::with_capacity(self.regions.len());
         let mut owed = false;
-        for (&id, r) in self.regions.iter_mut() {
+        let mut merged = Vec::new();
+        let ids: Vec<u64> = self.regions.keys().copied().collect();
+        for id in ids {
+            let Some(r) = self.regions.get_mut(&id) else {
+                // A merge earlier in this turn took this region over.
+                continue;
+            };
             let RegionPeer { core, heard, .. } = r;
             let mut outbox = outbox(id, self.store_id, core, heard, send, &mut out.messages);
             let p = core.begin_advance(&mut outbox, false)?;
@@ -629,6 +657,7 @@ impl StoreCore {
                 out.regions_synced += 1;
             }
             pending.push((id, p));
+            self.take_merged(id, &mut merged);
         }
         // Every region's entries and hard states of this turn, in one write: synced if any
         // region needs it (new entries, term or vote), before anything depending on them.
@@ -669,7 +698,9 @@ impl StoreCore {
             if o.removed {
                 removed.push(id);
             }
+            self.take_merged(id, &mut merged);
         }
+        self.finish_merges(merged, &mut out)?;
         removed.extend(std::mem::take(&mut self.stale));
         removed.dedup();
         for id in removed {
@@ -696,6 +727,7 @@ impl StoreCore {
         }
         out.confirm = std::mem::take(&mut self.pending_asks);
         self.recheck_reads(&mut out);
+        self.log_driver_replies(&mut out);
         for (id, led) in created {
             match self.regions.get(&id) {
                 // Initialized already, or being initialized, by its leader's snapshot: the split
@@ -767,6 +799,7 @@ mod inbound;
 mod outbox;
 use outbox::outbox;
 mod members;
+pub mod merge;
 pub mod serve;
 
 #[cfg(test)]

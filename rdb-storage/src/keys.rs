@@ -90,6 +90,9 @@ pub const REGION_APPLY_SUFFIX: u8 = b'a';
 /// After a region's prefix in `data`: the region's `rdb.pd.Region` (range, epoch, peers),
 /// written by the apply batch that changed it, so snapshots carry it.
 pub const REGION_META_SUFFIX: u8 = b'm';
+/// After a region's prefix in `data`: its merge state (`rdb.command.MergeState`), present from
+/// the apply of its PrepareMerge until its rollback (or the merge removes the region).
+pub const REGION_MERGE_SUFFIX: u8 = b'g';
 /// After a region's prefix in `data`: a member record (peer id, 8 bytes big endian, then its
 /// `MemberRecord`): the peer and client addresses of a config-file cluster's nodes, which its
 /// one region's log changes and its snapshots carry (PD-mode stores learn addresses from PD).
@@ -219,6 +222,13 @@ pub fn region_prefix_end(id: u64) -> Vec<u8> {
 pub fn region_meta_key(id: u64) -> Vec<u8> {
     let mut k = region_prefix(id);
     k.push(REGION_META_SUFFIX);
+    k
+}
+
+/// Key of a region's merge state in `data` (see [`REGION_MERGE_SUFFIX`]).
+pub fn region_merge_key(id: u64) -> Vec<u8> {
+    let mut k = region_prefix(id);
+    k.push(REGION_MERGE_SUFFIX);
     k
 }
 

@@ -29,6 +29,8 @@ pub mod state_machine;
 #[cfg(test)]
 mod hardening_tests;
 #[cfg(test)]
+mod merge_tests;
+#[cfg(test)]
 mod region_tests;
 #[cfg(test)]
 mod tests;

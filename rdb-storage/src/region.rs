@@ -23,6 +23,9 @@ use crate::engine::Engine;
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
 use crate::{Error, Index, Result, Term};
 
+pub mod merge;
+pub(crate) use merge::merge_batch;
+
 /// Index and term a new region's state starts at (TiKV's `RAFT_INIT_LOG_INDEX`/`TERM`): its
 /// first entry is `REGION_INIT_INDEX + 1`.
 pub const REGION_INIT_INDEX: Index = 5;

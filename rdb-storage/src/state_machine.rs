@@ -60,6 +60,19 @@ pub enum CommandResult {
         /// Id of the region made by the split.
         new_region: u64,
     },
+    /// This region (the source of a merge) prepared to merge into `target`: it applies no
+    /// write from here on (specs/017-merge).
+    MergePrepared {
+        /// The region it merges into.
+        target: u64,
+    },
+    /// Region `source` became part of this region (the target of a merge).
+    Merged {
+        /// The region merged in; gone from this store.
+        source: u64,
+    },
+    /// This region's prepared merge was undone: it serves writes again.
+    MergeRolledBack,
 }
 
 /// One applied entry and, for a client command, its result.
@@ -106,6 +119,13 @@ pub struct StateMachine {
     region: Option<Region>,
     /// Regions this region's splits created since the store last asked ([`StateMachine::take_splits`]).
     splits: Vec<u64>,
+    /// This region's merge state while it is the source of a merge (see [`region::merge`]).
+    merging: Option<rdb_proto::command::MergeState>,
+    /// Regions merged into this one since the store last asked ([`StateMachine::take_merges`]).
+    merges: Vec<u64>,
+    /// The merge this region's apply waits for: (source, prepare index) until the store's
+    /// source replica applied that far ([`StateMachine::waiting_for`]).
+    waiting: Option<(u64, Index)>,
 }
 
 const CODE_PUT: u8 = 1;
@@ -118,6 +138,8 @@ const CODE_HASH_POINT: u8 = 6;
 const CODE_BATCH: u8 = 7;
 /// A split (never written: splits carry no request id; kept so every result has a code).
 const CODE_SPLIT: u8 = 8;
+/// A step of a merge (never written, as splits).
+const CODE_MERGE: u8 = 9;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries.
@@ -128,6 +150,9 @@ impl StateMachine {
             hashes: HashResults::default(),
             region: None,
             splits: Vec::new(),
+            merging: None,
+            merges: Vec::new(),
+            waiting: None,
         };
         sm.reload()?;
         Ok(sm)
@@ -145,7 +170,26 @@ impl StateMachine {
             .dedup_horizon()
             .configure(self.dedup_window, applied);
         self.region = self.engine.region_meta()?;
+        self.merging = self.engine.merge_state()?;
         Ok(())
+    }
+
+    /// This region's merge state while it is the source of a merge (between its PrepareMerge
+    /// and the commit or rollback).
+    pub fn merging(&self) -> Option<&rdb_proto::command::MergeState> {
+        self.merging.as_ref()
+    }
+
+    /// The regions merged into this one (gone from this store, in the same batch) since the
+    /// last call: the store drops their peers.
+    pub fn take_merges(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.merges)
+    }
+
+    /// The merge whose commit this region's apply stopped at: (source region, prepare
+    /// index). Applying goes on once this store's source replica applied up to that index.
+    pub fn waiting_for(&self) -> Option<(u64, Index)> {
+        self.waiting
     }
 
     /// The region's meta as applied (range, epoch, peers); `None` for a static node.
@@ -192,13 +236,45 @@ impl StateMachine {
     /// entries were split into calls: replicas that applied the same log hold the same live
     /// records (dead dedup records go whenever compaction runs). A hash point ends its batch, so
     /// that the data hashed is exactly the state as of that entry.
+    ///
+    /// A merge's commit whose source replica on this store has not applied up to the merge's
+    /// prepare yet stops the apply before it: the result then holds fewer entries than were
+    /// given, and the caller gives the rest again later ([`StateMachine::waiting_for`]).
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(entries.len());
         let mut batch = Batch::new(&self.engine, self.dedup_window);
+        self.waiting = None;
         for e in entries {
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
                 EntryType::EntryNormal => Some(match Command::decode(e.data.as_ref()) {
+                    Ok(Command {
+                        op: Some(Op::CommitMerge(c)),
+                        ..
+                    }) => {
+                        // The merge reads the target's and the source's records from the
+                        // database: what the batch holds so far goes first.
+                        let done = std::mem::replace(
+                            &mut batch,
+                            Batch::new(&self.engine, self.dedup_window),
+                        );
+                        self.commit(done)?;
+                        match self.commit_merge(&mut batch, &c, e.index)? {
+                            Some(result) => result,
+                            None => {
+                                self.waiting = Some((c.source_id, c.prepare_index));
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    Ok(Command {
+                        op: Some(Op::PrepareMerge(p)),
+                        ..
+                    }) => self.prepare_merge(&mut batch, &p, e.index)?,
+                    Ok(Command {
+                        op: Some(Op::RollbackMerge(r)),
+                        ..
+                    }) => self.rollback_merge(&mut batch, &r)?,
                     Ok(Command {
                         op: Some(Op::Split(split)),
                         ..
@@ -212,7 +288,7 @@ impl StateMachine {
                         self.commit(done)?;
                         self.split(&mut batch, &split, e.index)?
                     }
-                    Ok(cmd) => match self.outside_region(&cmd) {
+                    Ok(cmd) => match self.outside_region(&cmd).or_else(|| self.frozen(&cmd)) {
                         Some(refused) => Err(refused),
                         None => batch.apply_command(cmd, e.index)?,
                     },
@@ -224,11 +300,19 @@ impl StateMachine {
             };
             batch.last = Some((e.index, e.term));
             let hash_point = matches!(result, Some(Ok(CommandResult::HashPoint { .. })));
+            // A merge writes past the batch's overlay (the source's records it moves): it ends
+            // its batch, so later entries read what it wrote.
+            let merged = matches!(result, Some(Ok(CommandResult::Merged { .. })));
             out.push(Applied {
                 index: e.index,
                 term: e.term,
                 result,
             });
+            if merged {
+                let done =
+                    std::mem::replace(&mut batch, Batch::new(&self.engine, self.dedup_window));
+                self.commit(done)?;
+            }
             if hash_point {
                 let done =
                     std::mem::replace(&mut batch, Batch::new(&self.engine, self.dedup_window));
@@ -266,6 +350,141 @@ impl StateMachine {
             region.id,
             region::epoch(region).version
         ))
+    }
+
+    /// While this region is the source of a merge, a write (or a split) is refused: its data
+    /// is what the target takes over, as of the prepare.
+    fn frozen(&self, cmd: &Command) -> Option<String> {
+        let state = self.merging.as_ref()?;
+        match &cmd.op {
+            Some(Op::HashPoint(_)) | None => None,
+            _ => Some(format!(
+                "region merging: region {} is merging into region {}",
+                self.region.as_ref().map_or(0, |r| r.id),
+                state.prepare.as_ref().map_or(0, |p| p.target_id)
+            )),
+        }
+    }
+
+    /// Applies a PrepareMerge at `index` into `batch`: the source's new epoch and its merge
+    /// state, in the batch that records the applied index.
+    fn prepare_merge(
+        &mut self,
+        batch: &mut Batch,
+        p: &rdb_proto::command::PrepareMerge,
+        index: Index,
+    ) -> Result<std::result::Result<CommandResult, String>> {
+        let Some(source) = self.region.as_ref() else {
+            return Ok(Err(format!(
+                "merge at index {index} in a group that is not a region"
+            )));
+        };
+        let prepared = match region::merge::plan_prepare(source, self.merging.as_ref(), p) {
+            Ok(r) => r,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let state = rdb_proto::command::MergeState {
+            prepare: Some(*p),
+            index,
+        };
+        batch.put(keys::region_meta_key(prepared.id), prepared.encode_to_vec());
+        batch.put(keys::region_merge_key(prepared.id), state.encode_to_vec());
+        self.region = Some(prepared);
+        self.merging = Some(state);
+        Ok(Ok(CommandResult::MergePrepared {
+            target: p.target_id,
+        }))
+    }
+
+    /// Applies a RollbackMerge into `batch`: the merge state goes and the version moves on.
+    fn rollback_merge(
+        &mut self,
+        batch: &mut Batch,
+        r: &rdb_proto::command::RollbackMerge,
+    ) -> Result<std::result::Result<CommandResult, String>> {
+        let (Some(source), Some(state)) = (self.region.as_ref(), self.merging.as_ref()) else {
+            return Ok(Err(
+                "rollback of a merge in a region that is not merging".into()
+            ));
+        };
+        if state.index != r.prepare_index {
+            return Ok(Err(format!(
+                "rollback names the merge prepared at index {}, region {} prepared at {}",
+                r.prepare_index, source.id, state.index
+            )));
+        }
+        let mut back = source.clone();
+        let mut ep = region::epoch(source);
+        ep.version += 1;
+        back.epoch = Some(ep);
+        batch.put(keys::region_meta_key(back.id), back.encode_to_vec());
+        batch.delete(keys::region_merge_key(back.id));
+        self.region = Some(back);
+        self.merging = None;
+        Ok(Ok(CommandResult::MergeRolledBack))
+    }
+
+    /// Applies a CommitMerge at `index` into `batch` (which the caller just emptied): refused
+    /// the same on every replica if the target's epoch or the ranges do not fit; `None` if the
+    /// store's source replica has not applied up to the prepare yet (the caller stops there);
+    /// otherwise the whole merge, in the one batch that records the applied index.
+    fn commit_merge(
+        &mut self,
+        batch: &mut Batch,
+        c: &rdb_proto::command::CommitMerge,
+        index: Index,
+    ) -> Result<Option<std::result::Result<CommandResult, String>>> {
+        let Some(target) = self.region.as_ref() else {
+            return Ok(Some(Err(format!(
+                "merge at index {index} in a group that is not a region"
+            ))));
+        };
+        let merged = match region::merge::plan_commit(target, c) {
+            Ok(r) => r,
+            Err(refused) => return Ok(Some(Err(refused))),
+        };
+        // Every replica of the target waits for its store's source replica (every store of
+        // one hosts one of the other: the prepare checked that, and neither's peers can change
+        // before the commit without failing the epoch check).
+        match self.engine.region_applied(c.source_id)? {
+            Some(applied) if applied >= c.prepare_index => {}
+            _ => return Ok(None),
+        }
+        let source = self.engine.region(c.source_id)?;
+        let state = source.merge_state()?;
+        let prepared_here = state.as_ref().is_some_and(|s| {
+            s.index == c.prepare_index
+                && s.prepare.as_ref().is_some_and(|p| p.target_id == merged.id)
+        });
+        if !prepared_here {
+            // The source's leader proposed this commit only after the prepare applied, and
+            // only a target that can no longer take the commit lets the source roll back.
+            return Err(Error::Corrupt(format!(
+                "region {} applied the merge of region {} prepared at index {}, but this \
+                 store's replica of region {} is not prepared for it",
+                merged.id, c.source_id, c.prepare_index, c.source_id
+            )));
+        }
+        // A crash here leaves both regions as they were on this store: nothing of the merge is
+        // written until its one batch.
+        fail::fail_point!("storage-merge", |arg| Err(Error::injected(
+            "storage-merge",
+            arg
+        )));
+        region::merge_batch(
+            &self.engine,
+            &mut batch.wb,
+            &merged,
+            c.source_id,
+            c.prepare_index,
+            index,
+            self.dedup_window,
+        )?;
+        self.region = Some(merged);
+        self.merges.push(c.source_id);
+        Ok(Some(Ok(CommandResult::Merged {
+            source: c.source_id,
+        })))
     }
 
     /// Applies a split at `index` into `batch` (which the caller just emptied): the parent's
@@ -554,10 +773,11 @@ pub fn apply_command<R: Records + ?Sized>(
         }
         // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
         Op::HashPoint(_) => CommandResult::HashPoint { index },
-        // `StateMachine::apply` runs a region's splits itself; anywhere else one is refused.
-        Op::Split(_) => {
+        // `StateMachine::apply` runs a region's splits and merges itself; anywhere else they
+        // are refused.
+        Op::Split(_) | Op::PrepareMerge(_) | Op::CommitMerge(_) | Op::RollbackMerge(_) => {
             return Ok(Err(format!(
-                "split at index {index} in a group that is not a region"
+                "split or merge at index {index} in a group that is not a region"
             )))
         }
         Op::Batch(b) => {
@@ -601,6 +821,9 @@ fn encode_result(r: &CommandResult) -> u8 {
         CommandResult::Batch { .. } => CODE_BATCH,
         // Never recorded: a split carries no request id (the store proposes it).
         CommandResult::Split { .. } => CODE_SPLIT,
+        CommandResult::MergePrepared { .. }
+        | CommandResult::Merged { .. }
+        | CommandResult::MergeRolledBack => CODE_MERGE,
     }
 }
 

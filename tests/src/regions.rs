@@ -354,6 +354,11 @@ impl RegionCluster {
         None
     }
 
+    /// Sets how stores started from now on split (`restart` a store to apply it).
+    pub fn set_split(&mut self, split: Split) {
+        self.split = split;
+    }
+
     /// Every region PD knows, in key order.
     pub async fn regions(&self) -> Vec<RegionInfo> {
         self.pd_client()

@@ -226,6 +226,13 @@ impl Kv for FakeKv {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn merge_region(
+        &self,
+        _: Request<rdb_proto::kv::MergeRegionRequest>,
+    ) -> Result<Response<rdb_proto::kv::MergeRegionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }

@@ -110,6 +110,40 @@ fn regions_are_found_by_key_and_a_stale_epoch_is_refused() {
 }
 
 #[test]
+fn a_merged_region_drops_the_region_it_covers_and_a_split_half_drops_nothing() {
+    let mut s = PdState::default();
+    for r in [
+        region(2, b"", b"m", 2),
+        region(3, b"m", b"t", 2),
+        region(4, b"t", b"", 2),
+    ] {
+        run(&mut s, Op::PutRegion(r)).unwrap();
+    }
+    // A split half of region 3 at a newer version covers none of the others whole.
+    run(&mut s, Op::PutRegion(region(5, b"p", b"t", 3))).unwrap();
+    assert_eq!(s.region_for(b"n").map(|r| r.id), Some(3));
+    assert_eq!(s.region_for(b"q").map(|r| r.id), Some(5));
+    // Region 3 (now [m, p)) merged into region 2: 2 covers it, at a newer version.
+    run(&mut s, Op::PutRegion(region(3, b"m", b"p", 3))).unwrap();
+    let mut writes = Vec::new();
+    let merged = Op::PutRegion(region(2, b"", b"p", 5));
+    apply_command(&mut s, PdCommand { op: Some(merged) }, 1, &mut writes).unwrap();
+    assert!(!s.regions.contains_key(&3), "the source is dropped");
+    assert!(
+        writes.contains(&(region_key(3), None)),
+        "and its record deleted"
+    );
+    assert_eq!(s.region_for(b"n").map(|r| r.id), Some(2));
+    assert_eq!(s.region_for(b"q").map(|r| r.id), Some(5));
+    assert_eq!(s.region_for(b"u").map(|r| r.id), Some(4));
+    // The source's stale report cannot bring it back.
+    assert!(matches!(
+        run(&mut s, Op::PutRegion(region(3, b"m", b"p", 4))),
+        Ok(PdOutput::Refused(ErrorCode::StaleEpoch, _))
+    ));
+}
+
+#[test]
 fn the_state_written_through_reloads_identically() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path()).unwrap();

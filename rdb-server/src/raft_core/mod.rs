@@ -127,7 +127,9 @@ pub trait Application {
     /// The applied index recorded in durable state, where applying resumes after a restart.
     fn applied_index(&self) -> Result<u64, CoreError>;
     /// Applies committed entries (contiguous after the applied index), durably with the new
-    /// applied index (synced or not: the log can replay them).
+    /// applied index (synced or not: the log can replay them). It may stop before an entry
+    /// it cannot apply yet (a merge waiting for its source region, specs/017-merge): the
+    /// results then cover a prefix of `entries`, and the rest comes again in a later cycle.
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied<Self::Output>>, CoreError>;
     /// The log store installed a snapshot: reload whatever is cached from the data.
     fn restored(&mut self) -> Result<(), CoreError>;

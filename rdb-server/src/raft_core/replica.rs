@@ -109,6 +109,9 @@ pub struct Replica<S: LogStore, A: Application> {
     /// [`Replica::begin_ready`]). Until the install is over, nothing of it is written or sent,
     /// and raft-rs is neither stepped nor ticked nor asked for another Ready.
     held: Option<raft::Ready>,
+    /// Committed entries the application did not apply yet (it stopped before one: a merge
+    /// waiting for its source, specs/017-merge), applied first in every later cycle.
+    unapplied: Vec<Entry>,
     logger: Logger,
 }
 
@@ -183,6 +186,7 @@ impl<S: LogStore, A: Application> Replica<S, A> {
             sync_log: true,
             persisted_term_vote: (term, vote),
             held: None,
+            unapplied: Vec::new(),
             logger,
         };
         replica.keep_new_members_off_the_initial_log()?;
@@ -629,7 +633,9 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         if !ready.persisted_messages().is_empty() {
             sink.send(ready.take_persisted_messages());
         }
-        let mut light = self.raw.advance(ready);
+        // Applying is advanced below to what the application applied, which may stop short
+        // of what the Ready committed (see `Replica::apply`).
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
@@ -654,7 +660,42 @@ impl<S: LogStore, A: Application> Replica<S, A> {
         Ok(())
     }
 
+    /// Whether the application stopped before a committed entry and is waiting to go on (see
+    /// [`Application::apply`]).
+    pub fn apply_waiting(&self) -> bool {
+        !self.unapplied.is_empty()
+    }
+
+    /// Tells a follower that its group committed up to `index` (learnt outside raft-rs: a
+    /// merge's commit names the source's prepare index, committed in the source's group). Only
+    /// as far as its own log goes; the caller vouches that its log matches the group's there.
+    pub fn learn_commit(&mut self, index: u64) {
+        let log = &mut self.raw.raft.raft_log;
+        let to = index.min(log.last_index()).min(log.persisted);
+        log.commit_to(to);
+    }
+
+    /// Applies `entries` after any the application left unapplied in an earlier cycle; once
+    /// it stops again, the rest waits in `unapplied`.
     fn apply(
+        &mut self,
+        entries: &[Entry],
+        out: &mut ReadyOutput<A::Output>,
+    ) -> Result<(), CoreError> {
+        if !self.unapplied.is_empty() {
+            let held = std::mem::take(&mut self.unapplied);
+            self.apply_in_order(&held, out)?;
+            if !self.unapplied.is_empty() {
+                let applied = self.applied;
+                self.unapplied
+                    .extend(entries.iter().filter(|e| e.index > applied).cloned());
+                return Ok(());
+            }
+        }
+        self.apply_in_order(entries, out)
+    }
+
+    fn apply_in_order(
         &mut self,
         entries: &[Entry],
         out: &mut ReadyOutput<A::Output>,
@@ -672,28 +713,45 @@ impl<S: LogStore, A: Application> Replica<S, A> {
                 e.get_entry_type(),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2
             ) {
-                self.apply_commands(&fresh[run_start..i], out)?;
+                if !self.apply_commands(&fresh[run_start..i], out)? {
+                    self.keep_unapplied(fresh);
+                    return Ok(());
+                }
                 self.apply_conf_change(e, out)?;
                 run_start = i + 1;
             }
         }
-        self.apply_commands(&fresh[run_start..], out)
+        if !self.apply_commands(&fresh[run_start..], out)? {
+            self.keep_unapplied(fresh);
+        }
+        Ok(())
+    }
+
+    /// Keeps the entries of `fresh` past the applied index for a later cycle.
+    fn keep_unapplied(&mut self, fresh: &[Entry]) {
+        let applied = self.applied;
+        self.unapplied = fresh
+            .iter()
+            .filter(|e| e.index > applied)
+            .cloned()
+            .collect();
     }
 
     fn apply_commands(
         &mut self,
         entries: &[Entry],
         out: &mut ReadyOutput<A::Output>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<bool, CoreError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let results = self.app.apply(entries)?;
+        let all = results.len() == entries.len();
         if let Some(last) = results.last() {
             self.applied = last.index;
         }
         out.applied.extend(results);
-        Ok(())
+        Ok(all)
     }
 
     /// Applies one membership change: raft-rs switches configuration, and the application

@@ -301,6 +301,11 @@ impl<S: LogStore, A: Application> Core<S, A> {
         self.track(id, proposed);
     }
 
+    /// Tells this replica its group committed up to `index` (see [`Replica::learn_commit`]).
+    pub fn learn_commit(&mut self, index: u64) {
+        self.replica.learn_commit(index);
+    }
+
     /// Waits for request `id`'s entry at (index, term), or refuses it if raft dropped it.
     fn track(&mut self, id: RequestId, proposed: raft::Result<(u64, u64)>) {
         match proposed {

@@ -234,7 +234,11 @@ fn op_keys(op: &Op) -> Vec<Vec<u8>> {
             .map(|p| p.key.clone())
             .chain(b.deletes.iter().map(|d| d.key.clone()))
             .collect(),
-        Op::HashPoint(_) | Op::Split(_) => Vec::new(),
+        Op::HashPoint(_)
+        | Op::Split(_)
+        | Op::PrepareMerge(_)
+        | Op::CommitMerge(_)
+        | Op::RollbackMerge(_) => Vec::new(),
     }
 }
 
@@ -645,6 +649,34 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    async fn merge_region(
+        &self,
+        request: Request<rdb_proto::kv::MergeRegionRequest>,
+    ) -> Result<Response<rdb_proto::kv::MergeRegionResponse>, Status> {
+        let req = request.into_inner();
+        let (source, target) = (req.source_id, req.target_id);
+        let r = tokio::time::timeout(
+            self.timeout(),
+            self.mailbox
+                .call(|tx| Msg::MergeRegion { source, target, tx }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RequestError::Unavailable(
+                "the merge was not prepared in time".into(),
+            ))
+        })
+        .and_then(|r| r);
+        match r {
+            Ok(_) => Ok(Response::new(rdb_proto::kv::MergeRegionResponse {
+                error: None,
+            })),
+            Err(e) => err(e, |r: &mut rdb_proto::kv::MergeRegionResponse, e| {
+                r.error = Some(e)
+            }),
+        }
+    }
+
     async fn transfer_leader(
         &self,
         request: Request<rdb_proto::kv::TransferLeaderRequest>,

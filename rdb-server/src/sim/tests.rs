@@ -59,6 +59,7 @@ fn run_seeds(from: u64, to: u64, planted: Planted) -> Result<Stats, Box<Failure>
         total.late_retries += stats.late_retries;
         total.member_changes += stats.member_changes;
         total.removed += stats.removed;
+        total.merged += stats.merged;
         total.regions += stats.regions;
         total.moved_retries += stats.moved_retries;
         total.lost_bytes += stats.lost_bytes;
@@ -74,7 +75,8 @@ fn default_part(part: u64) {
             "seeds {}..{}: {} operations checked ({} succeeded), {} entries applied, {} faults, \
              {} snapshots delivered, {} retries past half the dedup window, {} retries to \
              another region than the earlier attempts, {} membership changes applied, {} peers \
-             removed, {} regions at the end, {} unsynced log bytes lost to power cuts, {:?}",
+             removed, {} merges applied by replicas, {} regions at the end, {} unsynced log \
+             bytes lost to power cuts, {:?}",
             part * per,
             (part + 1) * per,
             t.ops,
@@ -86,6 +88,7 @@ fn default_part(part: u64) {
             t.moved_retries,
             t.member_changes,
             t.removed,
+            t.merged,
             t.regions,
             t.lost_bytes,
             started.elapsed()

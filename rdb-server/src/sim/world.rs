@@ -79,6 +79,9 @@ pub struct Scenario {
     /// membership changes: adding a learner on a store without a peer of the region,
     /// promoting it, removing voters (the leader too), one step or a joint change at a time.
     pub membership: bool,
+    /// PD mode: faults include merges of a region into a neighbour, asked of its leader as an
+    /// operator would (specs/017-merge).
+    pub merges: bool,
 }
 
 impl Scenario {
@@ -114,6 +117,9 @@ impl Scenario {
             snapshot_threshold: r.gen_range(10..=80),
             planted: Planted::default(),
             membership: r.gen_bool(0.5),
+            // Drawn last, so the scenarios of seeds without merges are the ones they were
+            // before merges existed.
+            merges: r.gen_bool(0.5),
         }
     }
 }
@@ -141,8 +147,11 @@ pub struct Stats {
     pub regions: usize,
     /// Membership changes that applied (answered to the store that proposed them).
     pub member_changes: usize,
-    /// Peers removed from their store.
+    /// Peers removed from their store (by a membership change, or folded into another
+    /// region by a merge).
     pub removed: usize,
+    /// Merges a replica applied (each merge counts once per replica of its target).
+    pub merged: usize,
     /// Bytes of write-ahead log that power cuts lost.
     pub lost_bytes: u64,
     /// A hash of the history and final data: the same seed must give the same fingerprint.
@@ -705,6 +714,7 @@ impl World {
             .advance()
             .map_err(|e| format!("s{sid} storage error: {e}"))?;
         self.stats.removed += out.destroyed.len();
+        self.stats.merged += out.merged.len();
         for m in out.messages {
             self.send_raft(m);
         }

@@ -100,6 +100,9 @@ impl StoreCore {
             self.discard_snapshot_file(m.region_id, &m.msg);
             return Ok(());
         }
+        if snapshot {
+            self.drop_merged_under(m.region_id, &m.msg);
+        }
         let Some(meta) = (if snapshot {
             self.snapshot_fits(m.region_id, &m.msg)
         } else {

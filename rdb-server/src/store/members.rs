@@ -48,6 +48,13 @@ impl StoreCore {
         steps: &[MemberStep],
         added: &[MemberRecord],
     ) -> Result<(), RegionError> {
+        // A merging source keeps its peers: the target takes over exactly those stores.
+        if let Some(target) = self.merging_into(region_id) {
+            return Err(RegionError::Merging {
+                region: region_id,
+                target,
+            });
+        }
         let r = self
             .regions
             .get_mut(&region_id)

@@ -1296,3 +1296,5 @@ fn a_region_moves_to_a_new_store_by_learner_promotion_and_removal() {
     assert_eq!(data(&mut st, 1), 0, "store 1 kept the removed peer's data");
     assert_eq!(data(&mut st, 4), 31);
 }
+
+mod merge;

@@ -340,8 +340,11 @@ impl World {
                 p.retry_at = Some(backoff);
                 self.clients[c].target = hop;
             }
-            // A split took the key between the proposal and its apply: nothing applied.
-            Rep::Refused(Refusal::Rejected(e)) if e.starts_with("key not in region") => {
+            // A split took the key between the proposal and its apply, or the region prepared
+            // a merge: nothing applied.
+            Rep::Refused(Refusal::Rejected(e))
+                if e.starts_with("key not in region") || e.starts_with("region merging") =>
+            {
                 p.retry_at = Some(backoff);
                 self.clients[c].target = hop;
             }

@@ -1,6 +1,6 @@
 //! The faults a run injects: process crashes, power losses, partitions, pauses, slow clocks,
-//! leadership handovers, compactions, and (as a cluster changes under load) splits and
-//! membership changes.
+//! leadership handovers, compactions, and (as a cluster changes under load) splits, merges
+//! and membership changes.
 
 use rand::Rng;
 use rdb_proto::command::MemberRecord;
@@ -32,6 +32,10 @@ impl World {
         }
         if self.sc.mode == Mode::Pd && self.rng.gen_ratio(1, 4) {
             self.split();
+            return Ok(());
+        }
+        if self.sc.mode == Mode::Pd && self.sc.merges && self.rng.gen_ratio(1, 6) {
+            self.merge();
             return Ok(());
         }
         let n = self.nodes.len();
@@ -198,6 +202,54 @@ impl World {
             l + 1,
             r.id,
             if proposed { "proposed" } else { "refused" }
+        ));
+    }
+
+    /// A region's leader asks to merge it into a neighbour (either side), as an operator
+    /// would (specs/017-merge). Refusals (peers on different stores, a change pending, a
+    /// neighbour this store does not host) are part of the test.
+    fn merge(&mut self) {
+        let Some(source) = self.random_region() else {
+            return;
+        };
+        let Some(l) = self.leader(source) else { return };
+        let Some(st) = &self.nodes[l].store else {
+            return;
+        };
+        let Some(meta) = st.region(source).cloned() else {
+            return;
+        };
+        let right = (!meta.end_key.is_empty())
+            .then(|| st.region_for_key(&meta.end_key).map(|r| r.id))
+            .flatten();
+        let left = st.region_ids().into_iter().find(|&id| {
+            st.region(id)
+                .is_some_and(|r| r.end_key == meta.start_key && !r.end_key.is_empty())
+        });
+        let target = match (left, right) {
+            (Some(a), Some(b)) => {
+                if self.rng.gen_bool(0.5) {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => return,
+        };
+        let req = self.next_request;
+        self.next_request += 1;
+        let Some(st) = &mut self.nodes[l].store else {
+            return;
+        };
+        let proposed = st.prepare_merge(source, target, req);
+        self.note(format!(
+            "s{} proposes merging region {source} into region {target} ({})",
+            l + 1,
+            match proposed {
+                Ok(()) => "proposed".to_string(),
+                Err(e) => format!("refused: {e:?}"),
+            }
         ));
     }
 

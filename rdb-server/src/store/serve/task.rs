@@ -417,6 +417,18 @@ impl StoreTask {
             Msg::Members { region_id, tx } => {
                 let _ = tx.send(self.members(region_id));
             }
+            Msg::MergeRegion { source, target, tx } => {
+                let req = self.request_id(Waiter::Write(tx, Instant::now()));
+                if let Err(e) = self.core.prepare_merge(source, target, req) {
+                    let e = match e {
+                        RequestRefused::Region(e) => region_error(e),
+                        RequestRefused::Core(r) => self.refusal(source, r),
+                    };
+                    if let Some(Waiter::Write(tx, _)) = self.waiters.remove(&req) {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
         }
     }
 
@@ -446,6 +458,8 @@ impl StoreTask {
                 let regions = self.core.region(region).cloned().into_iter().collect();
                 RequestError::KeyNotInRegion(m, regions)
             }
+            // Proposed before its region prepared a merge, applied after: nothing applied.
+            Refusal::Rejected(m) if m.starts_with("region merging") => RequestError::Unavailable(m),
             Refusal::Rejected(m) => RequestError::InvalidArgument(m),
         }
     }
@@ -579,6 +593,12 @@ impl StoreTask {
         }
         // PD learns a region's new peers at once: a store PD placed a new peer on asks PD
         // before the leader's first message may create it.
+        // A merge's target reports its new range at once: PD drops the source it covers.
+        for &id in &out.merged {
+            if self.core.core(id).is_some_and(|c| c.replica().is_leader()) {
+                self.heartbeat(id);
+            }
+        }
         for &id in &out.membership_changed {
             if self.statics.is_some() {
                 self.reload_members(id);
@@ -662,6 +682,9 @@ pub(super) fn region_error(e: RegionError) -> RequestError {
             ),
             current,
         ),
+        RegionError::Merging { region, target } => RequestError::Unavailable(format!(
+            "region {region} is merging into region {target}; retry"
+        )),
         RegionError::KeyNotInRegion { key, region } => RequestError::KeyNotInRegion(
             format!(
                 "key {:?} is not in region {}",
