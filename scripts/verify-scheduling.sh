@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # End-to-end check of PD's scheduling (specs/015-scheduling), using rdb-pd, rdb-server --pd,
-# rdb-cli and rdb-load only. Writers run from step 2 to step 7: rdb-load --pd, four writers
+# rdb-cli and rdb-load only. Writers run from step 2 to step 6: rdb-load --pd, four writers
 # overwriting 300 keys each in turn, logging every acknowledged write and every write whose
 # outcome is unknown.
 #
 # Steps (each printed with its time; a step over its ceiling fails):
-#   1. one PD node (a store is down after 3 s of silence, gone after 8 s) and three stores
-#      (regions split past 100 keys) start; region 1 is bootstrapped and elects
+#   1. one PD node (a store is down after 3 s of silence, gone after 8 s; regions of at most
+#      20 keys merge 1 s after their last split) and three stores (regions split past 100
+#      keys) start; region 1 is bootstrapped and elects
 #   2. the writers start: at least 8 regions form
 #   3. stores 4 and 5 join: every live store holds regions within 2 of the others, and stores
 #      4 and 5 lead some (leader and region balance)
 #   4. store 2 is killed with -9 for good: every region is back to 3 voters on live stores,
 #      none on store 2 (replica repair)
 #   5. store 4 is removed (`store remove`): it is drained, then tombstoned (decommission)
-#   6. most keys deleted, small regions merge: skipped, merge is not built yet
-#   7. the writers stop: they made progress in every step above, and every logged key holds
+#   6. the writers stop: they made progress in every step above, and every logged key holds
 #      its last acknowledged value (or a later one whose outcome is unknown)
+#   7. all keys but 20 are deleted: PD merges the small regions (at most 3 left), and the 20
+#      keys still read back
 #   8. every region's replicas hash equal (rdb-cli --pd ... check); `operator list` is printed
 # Exits non-zero on the first failure (printing the tail of every log) and always stops every
 # process it started.
@@ -78,7 +80,7 @@ echo "rdb verify-scheduling ($work)"
 # 1. PD and three stores.
 begin
 rdb_pd_config "$work/pd.toml" 11 "$pd" "127.0.0.1:$pd_peer" "$work/pd"
-printf '[pd]\nstore_down_after_secs = 3\nmax_store_down_secs = 8\n' >> "$work/pd.toml"
+printf '[pd]\nstore_down_after_secs = 3\nmax_store_down_secs = 8\nsplit_merge_interval_secs = 1\nmax_merge_region_keys = 20\n' >> "$work/pd.toml"
 "$RDB_BIN/rdb-pd" --config "$work/pd.toml" >>"$work/pd.log" 2>&1 &
 pid[pd]=$!
 for i in 1 2 3; do start_store "$i"; done
@@ -131,10 +133,7 @@ wait_for 30000 rdb_replicated_without "$pd" "$id4" \
 writers_went_on "$before" "decommission"
 pass "store 4 (id $id4) removed: drained and tombstoned" 100000
 
-# 6. Merge of small regions is not built yet (specs/015-scheduling, "Not built yet").
-skip "most keys deleted: small regions merge" "merge is not built yet"
-
-# 7. The writers stop; every write they logged reads back.
+# 6. The writers stop; every write they logged reads back.
 begin
 touch "$work/stop"
 wait "${pid[load]}" || true
@@ -143,6 +142,28 @@ read -r _ n_acked _ n_unknown < <(head -1 "$work/load.log")
 "$RDB_BIN/rdb-load" verify --pd "$pd" --log "$work/acked.txt" > "$work/verify.txt" 2>&1 \
   || fail "acknowledged writes did not read back: $(head -5 "$work/verify.txt")"
 pass "$n_acked writes acknowledged ($n_unknown unknown): all read back" 30000
+
+# 7. All keys but 20 deleted: PD merges the small regions; the 20 keys still read back.
+begin
+before_merge=$(region_count)
+for w in 0 1 2 3; do
+  for chunk in 0 100 200; do
+    keys=()
+    for n in $(seq "$chunk" $((chunk + 99))); do
+      [ "$w" = 0 ] && [ "$n" -lt 20 ] && continue
+      keys+=("$(printf 'key-%d-%08d' "$w" "$n")")
+    done
+    "$RDB_BIN/rdb-cli" --pd "$pd" --regions --timeout-ms 20000 batch delete "${keys[@]}" \
+      > "$work/delete.txt" 2>&1 || fail "batch delete refused: $(cat "$work/delete.txt")"
+  done
+done
+few_regions() { [ "$(region_count)" -le 3 ]; }
+wait_for 90000 few_regions \
+  || fail "$(region_count) regions of $before_merge left 90 s after the deletes: $(pdcli operator list)"
+grep -E '^key-0-000000(0[0-9]|1[0-9]) ' "$work/acked.txt" > "$work/kept.txt" || true
+"$RDB_BIN/rdb-load" verify --pd "$pd" --log "$work/kept.txt" > "$work/verify-kept.txt" 2>&1 \
+  || fail "the 20 kept keys did not read back: $(head -5 "$work/verify-kept.txt")"
+pass "all keys but 20 deleted: $before_merge regions merged into $(region_count)" 100000
 
 # 8. The replicas agree; what PD scheduled.
 begin

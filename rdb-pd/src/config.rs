@@ -39,6 +39,14 @@ pub struct PdSettings {
     pub balance_leaders: bool,
     /// Peers move toward stores that hold fewer regions or bytes (default true).
     pub balance_regions: bool,
+    /// A region merges into its right neighbour when both hold at most this many MiB (default
+    /// 20, TiKV's `max-merge-region-size`; 0: no merges)...
+    pub max_merge_region_size_mb: u64,
+    /// ...and at most this many keys (default 200,000).
+    pub max_merge_region_keys: u64,
+    /// A region does not merge within this many seconds of its last split or merge (default
+    /// 3600, TiKV's `split-merge-interval`): keys just written may be about to grow it.
+    pub split_merge_interval_secs: u64,
     /// Store labels that say where a store is, most general first (e.g. `["zone", "host"]`):
     /// a region's replicas go to stores that share as few of them as possible (default none).
     pub location_labels: Vec<String>,
@@ -54,6 +62,9 @@ impl Default for PdSettings {
             operator_timeout_secs: 600,
             balance_leaders: true,
             balance_regions: true,
+            max_merge_region_size_mb: 20,
+            max_merge_region_keys: 200_000,
+            split_merge_interval_secs: 3600,
             location_labels: Vec::new(),
         }
     }
@@ -73,6 +84,14 @@ impl PdSettings {
     /// How long a store may be silent before its peers are replaced.
     pub fn max_store_down(&self) -> Duration {
         Duration::from_secs(self.max_store_down_secs)
+    }
+
+    /// When regions are small enough to merge.
+    pub fn merge_rules(&self) -> crate::schedule::MergeRules {
+        crate::schedule::MergeRules {
+            max_size: self.max_merge_region_size_mb.saturating_mul(1 << 20),
+            max_keys: self.max_merge_region_keys,
+        }
     }
 
     /// How long an operator's step may show no progress.

@@ -84,11 +84,17 @@ fn build() -> Result<PdMetrics, prometheus::Error> {
     registry.register(Box::new(m.regions_under_replicated.clone()))?;
     registry.register(Box::new(m.regions_without_leader.clone()))?;
     // Every kind from the start, at zero: a rate over "no operator yet" is 0, not no series.
-    for kind in ["ADD_LEARNER", "PROMOTE", "REMOVE", "TRANSFER_LEADER"] {
+    for kind in [
+        "ADD_LEARNER",
+        "PROMOTE",
+        "REMOVE",
+        "TRANSFER_LEADER",
+        "MERGE",
+    ] {
         m.operators.with_label_values(&[kind]);
     }
     registry.register(Box::new(m.operators.clone()))?;
-    for kind in ["replica", "balance-leader", "balance-region"] {
+    for kind in ["replica", "balance-leader", "balance-region", "merge"] {
         m.operators_created.with_label_values(&[kind]);
         for outcome in ["finished", "timed_out", "cancelled"] {
             m.operators_ended.with_label_values(&[kind, outcome]);

@@ -5,13 +5,16 @@
 //! progress. The service (`service/placement.rs`) feeds them and carries steps to leaders.
 //!
 //! Checkers, in order of priority: the replica checker ([`replica_plan`], always on: repair,
-//! drain, extra replicas), then leader balance and region balance ([`balance_plan`]).
+//! drain, extra replicas), then leader balance and region balance ([`balance_plan`]), then
+//! the merge checker ([`merge_plan`]).
 
 mod balance;
+mod merge;
 mod operators;
 mod replica;
 
 pub use balance::{balance_plan, Balance};
+pub use merge::{merge_plan, MergeRules};
 pub use operators::{Controller, Finished, Operator, Outcome, Progress};
 pub use replica::replica_plan;
 
@@ -55,6 +58,8 @@ pub enum Kind {
     BalanceLeader,
     /// Region balance: a peer toward stores that hold fewer regions.
     BalanceRegion,
+    /// The merge checker: a small region into its small right neighbour.
+    Merge,
 }
 
 impl Kind {
@@ -64,6 +69,7 @@ impl Kind {
             Kind::Replica => "replica",
             Kind::BalanceLeader => "balance-leader",
             Kind::BalanceRegion => "balance-region",
+            Kind::Merge => "merge",
         }
     }
 }
@@ -93,6 +99,12 @@ pub enum Step {
         /// The peer.
         peer: u64,
     },
+    /// Merge the region into its right neighbour (specs/017-merge); done when the region is
+    /// gone from PD's map.
+    Merge {
+        /// The region that takes this one's range.
+        target: u64,
+    },
 }
 
 impl Step {
@@ -112,6 +124,7 @@ impl std::fmt::Display for Step {
             Step::Promote { peer } => write!(f, "promote {peer}"),
             Step::TransferLeader { peer } => write!(f, "transfer leader to {peer}"),
             Step::Remove { peer } => write!(f, "remove {peer}"),
+            Step::Merge { target } => write!(f, "merge into region {target}"),
         }
     }
 }

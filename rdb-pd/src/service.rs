@@ -47,6 +47,8 @@ struct Heartbeats {
     ops: crate::schedule::Controller,
     /// Each region's membership version as last reported, and since when.
     confs: HashMap<u64, (u64, Instant)>,
+    /// Each region's range version (splits, merges) as last reported, and since when.
+    versions: HashMap<u64, (u64, Instant)>,
     /// The store views the checkers read, as computed at that instant (recomputed at most
     /// every second, and when an operator ends).
     views: Option<(Instant, Vec<crate::schedule::StoreView>)>,
@@ -684,6 +686,14 @@ impl Pd for PdService {
             // New, changed or naming unreserved ids: apply checks again and decides, so every
             // PD node agrees on the verdict.
             Ok(()) => match self.change(Op::PutRegion(region.clone())).await {
+                Ok((None, _)) => {
+                    // A merged region's report drops the region it took over: its operator
+                    // is over.
+                    let now = Instant::now();
+                    let mut b = lock(&self.beats);
+                    self.read(|s| b.ops.retire(|id| s.regions.contains_key(&id), now));
+                    None
+                }
                 Ok((e, _)) => e,
                 Err(e) => self.err(e),
             },

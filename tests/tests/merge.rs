@@ -1,7 +1,8 @@
 //! Region merge (specs/017-merge) against real processes: one rdb-pd node and three
 //! `rdb-server --pd` stores. Regions split under writes, then two neighbours are merged by
 //! hand (`rdb-cli --pd PD region merge SOURCE TARGET`) while writers run; nothing acknowledged
-//! is lost, the replicas agree, and the merge outlives restarts and a crash in its middle.
+//! is lost, the replicas agree, and the merge outlives restarts and a crash in its middle. PD
+//! merges small neighbours by itself once most keys are deleted.
 
 use std::time::{Duration, Instant};
 
@@ -192,4 +193,53 @@ async fn a_store_that_crashes_applying_the_merge_finishes_it_after_its_restart()
     c.restart(3);
     reads_back(&client, &written).await;
     c.assert_replicas_agree().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_merges_small_neighbours_once_most_keys_are_deleted() {
+    let c = RegionCluster::start_setup(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 200,
+        },
+        rdb_tests::regions::Setup {
+            pd_tables: "[pd]\nsplit_merge_interval_secs = 1\nmax_merge_region_keys = 10\n".into(),
+            ..Default::default()
+        },
+    );
+    let client = c.client();
+    write_rounds(&client, KEYS, 1, 4).await;
+    let before = c.wait_regions(4, Duration::from_secs(60)).await.len();
+    // Most keys deleted: every region is small, and PD merges neighbours by itself.
+    for i in 10..KEYS {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.delete(key(i)).await.is_err() {
+            assert!(Instant::now() < deadline, "delete {i} never succeeded");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = c.regions().await;
+        if r.len() <= 2 && !r.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} regions of {before} left 90 s after the deletes\n{}",
+            r.len(),
+            c.operators()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..KEYS {
+        let got = client.get(key(i)).await.expect("get");
+        assert_eq!(got.is_some(), i < 10, "{}: {got:?}", key(i));
+    }
+    c.assert_replicas_agree().await;
+    let ops = c.operators();
+    assert!(
+        ops.contains("merge") && ops.contains("finished"),
+        "operator list shows no finished merge: {ops}"
+    );
 }

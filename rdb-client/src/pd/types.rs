@@ -251,6 +251,8 @@ pub enum Operator {
     Remove(Peer),
     /// Hand leadership to this peer.
     TransferLeader(Peer),
+    /// Merge the region into this adjacent region (its id).
+    Merge(u64),
 }
 
 /// An [`Operator`] with the region membership (`conf_ver`) it was computed for and why.
@@ -268,13 +270,14 @@ impl OperatorStep {
     /// The typed step of a heartbeat's answer, if it names one this client knows.
     pub fn from_pb(o: pb::Operator) -> Option<OperatorStep> {
         use pb::operator::Kind;
-        let peer = Peer::from(o.peer?);
+        let peer = o.peer.map(Peer::from);
         let op = match Kind::try_from(o.kind).ok()? {
-            Kind::AddLearner => Operator::AddLearner(peer),
-            Kind::Promote => Operator::Promote(peer),
-            Kind::Remove => Operator::Remove(peer),
-            Kind::TransferLeader => Operator::TransferLeader(peer),
-            Kind::Unspecified => return None,
+            Kind::AddLearner => Operator::AddLearner(peer?),
+            Kind::Promote => Operator::Promote(peer?),
+            Kind::Remove => Operator::Remove(peer?),
+            Kind::TransferLeader => Operator::TransferLeader(peer?),
+            Kind::Merge if o.target_region != 0 => Operator::Merge(o.target_region),
+            Kind::Merge | Kind::Unspecified => return None,
         };
         Some(OperatorStep {
             op,

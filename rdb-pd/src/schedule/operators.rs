@@ -112,7 +112,7 @@ fn status(
         Step::Promote { peer: id } | Step::TransferLeader { peer: id } => {
             peer(id).map(|p| p.store_id)
         }
-        Step::Remove { .. } => None,
+        Step::Remove { .. } | Step::Merge { .. } => None,
     };
     let done = match *step {
         Step::AddLearner { store, peer: id } => match peer(id) {
@@ -136,6 +136,8 @@ fn status(
             Some(_) if id == leader => Err(format!("peer {id} leads")),
             Some(_) => Ok(false),
         },
+        // Done once the region is gone from PD's map (see `Controller::retire`).
+        Step::Merge { .. } => Ok(false),
     }?;
     match needs {
         Some(store) if !done && gone(store) => Err(format!("store {store} is not up")),
@@ -257,6 +259,39 @@ impl Controller {
         self.end(region, Outcome::Cancelled(why), now);
     }
 
+    /// Ends the operators of regions PD's map no longer has: finished when merging was their
+    /// step (the target's report dropped the region), cancelled otherwise.
+    pub fn retire(&mut self, exists: impl Fn(u64) -> bool, now: Instant) {
+        let gone: Vec<(u64, bool)> = self
+            .running
+            .values()
+            .filter(|o| !exists(o.region))
+            .map(|o| {
+                let merging = matches!(o.steps.get(o.done), Some(Step::Merge { .. }));
+                (o.region, merging)
+            })
+            .collect();
+        for (region, merging) in gone {
+            let outcome = if merging {
+                if let Some(op) = self.running.get_mut(&region) {
+                    op.done = op.steps.len();
+                }
+                Outcome::Finished
+            } else {
+                Outcome::Cancelled("the region is gone".into())
+            };
+            self.end(region, outcome, now);
+        }
+    }
+
+    /// Whether a running operator merges some region into `target`: `target` must not change
+    /// meanwhile.
+    pub fn merging_into(&self, target: u64) -> bool {
+        self.running
+            .values()
+            .any(|o| o.steps[o.done..].contains(&Step::Merge { target }))
+    }
+
     /// The operator that runs for `region`, if any.
     pub fn of(&self, region: u64) -> Option<&Operator> {
         self.running.get(&region)
@@ -329,7 +364,7 @@ impl Controller {
                             delta.entry(store).or_default().1 -= 1;
                         }
                     }
-                    Step::AddLearner { .. } | Step::Promote { .. } => {}
+                    Step::AddLearner { .. } | Step::Promote { .. } | Step::Merge { .. } => {}
                 }
             }
         }
@@ -539,6 +574,39 @@ mod tests {
                 true
             )
         );
+    }
+
+    #[test]
+    fn a_merge_finishes_when_its_region_leaves_the_map() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        let merge = Plan {
+            kind: Kind::Merge,
+            steps: vec![Step::Merge { target: 8 }],
+            reason: "test".into(),
+        };
+        c.start(7, merge, Some(1), 4, t0);
+        c.start(9, moving(), Some(1), 4, t0);
+        assert!(c.merging_into(8) && !c.merging_into(7));
+        let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
+        assert!(matches!(
+            c.check(&r, 11, T, t0, |_| false),
+            Progress::Ask(_, Step::Merge { target: 8 }, true)
+        ));
+        // Region 7 merged away, region 9 vanished some other way.
+        c.retire(|id| id == 8, t0);
+        let ended: Vec<(u64, Outcome)> = c
+            .recent()
+            .map(|f| (f.op.region, f.outcome.clone()))
+            .collect();
+        assert_eq!(
+            ended,
+            vec![
+                (7, Outcome::Finished),
+                (9, Outcome::Cancelled("the region is gone".into()))
+            ]
+        );
+        assert!(!c.merging_into(8));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::schedule::{self, Progress, StoreView};
+use crate::schedule::{self, Plan, Progress, StoreView};
 
 /// Store views older than this are computed again (they are O(regions) to compute).
 const VIEWS_FRESH_FOR: Duration = Duration::from_secs(1);
@@ -151,6 +151,13 @@ impl PdService {
                     now
                 }
             };
+            let version = region.epoch.map_or(0, |e| e.version);
+            if b.versions
+                .get(&region.id)
+                .is_none_or(|&(v, _)| v != version)
+            {
+                b.versions.insert(region.id, (version, now));
+            }
             let progress = b.ops.check(region, leader.id, timeout, now, is_gone);
             if matches!(progress, Progress::Ended(_)) {
                 // Its moves are in the region map now, no longer in the projection.
@@ -188,10 +195,13 @@ impl PdService {
             leaders: self.settings.balance_leaders && balance_ok,
             regions: self.settings.balance_regions && balance_ok,
         };
-        let plan =
-            schedule::replica_plan(region, leader.id, &views, replicas, settled).or_else(|| {
-                schedule::balance_plan(region, leader.id, size, &views, replicas, balance)
-            })?;
+        if lock(&self.beats).ops.merging_into(region.id) {
+            // A region about to take a neighbour's range keeps its peers until then.
+            return None;
+        }
+        let plan = schedule::replica_plan(region, leader.id, &views, replicas, settled)
+            .or_else(|| schedule::balance_plan(region, leader.id, size, &views, replicas, balance))
+            .or_else(|| self.merge_plan(region, &views, replicas))?;
         let plan = if plan.new_peer() {
             match self.change(Op::AllocId(AllocIdRequest { count: 1 })).await {
                 Ok((None, PdOutput::Ids { first })) => plan.with_new_peer(first),
@@ -230,6 +240,35 @@ impl PdService {
             }
             Progress::Idle => None,
         }
+    }
+
+    /// The merge checker's plan for `region` and its right neighbour in PD's map, if both are
+    /// small by the last reports of their leaders, neither changed its range within
+    /// `split_merge_interval_secs` (as this PD leader saw them), and the neighbour has no
+    /// operator.
+    fn merge_plan(&self, region: &Region, views: &[StoreView], replicas: usize) -> Option<Plan> {
+        let rules = self.settings.merge_rules();
+        if rules.max_size == 0 || region.end_key.is_empty() {
+            return None;
+        }
+        let next = self.read(|s| {
+            s.region_for(&region.end_key)
+                .filter(|n| n.start_key == region.end_key)
+                .cloned()
+        })?;
+        let b = lock(&self.beats);
+        let interval = Duration::from_secs(self.settings.split_merge_interval_secs);
+        let settled = |id: u64| {
+            b.versions
+                .get(&id)
+                .is_some_and(|(_, since)| since.elapsed() >= interval)
+        };
+        if !settled(region.id) || !settled(next.id) || b.ops.runs(next.id) {
+            return None;
+        }
+        let stats = |id: u64| b.regions.get(&id).map(|&(_, size, keys)| (size, keys));
+        let (mine, theirs) = (stats(region.id)?, stats(next.id)?);
+        schedule::merge_plan(region, mine, &next, theirs, views, replicas, rules)
     }
 
     /// Why the running balance operator of `region` must stop, if it must: the replica
@@ -289,6 +328,9 @@ impl PdService {
             Step::Promote { peer } => (Kind::Promote, peer_of(peer)?),
             Step::TransferLeader { peer } => (Kind::TransferLeader, peer_of(peer)?),
             Step::Remove { peer } => (Kind::Remove, peer_of(peer)?),
+            Step::Merge { target } => {
+                return self.ask_merge(region, id, target, first);
+            }
         };
         let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
         let reason = lock(&self.beats)
@@ -311,6 +353,29 @@ impl PdService {
             peer: Some(peer),
             conf_ver,
             reason,
+            target_region: 0,
+        })
+    }
+
+    /// The merge step as the answer to `region`'s heartbeat.
+    fn ask_merge(&self, region: &Region, id: u64, target: u64, first: bool) -> Option<Operator> {
+        use rdb_proto::pd::operator::Kind;
+        let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
+        if first {
+            slog::info!(self.logger, "operator step"; "region" => region.id, "operator" => id,
+                "kind" => Kind::Merge.as_str_name(), "target" => target,
+                "conf_ver" => conf_ver);
+            crate::metrics::metrics()
+                .operators
+                .with_label_values(&[Kind::Merge.as_str_name()])
+                .inc();
+        }
+        Some(Operator {
+            kind: Kind::Merge as i32,
+            peer: None,
+            conf_ver,
+            reason: format!("merge: into region {target}"),
+            target_region: target,
         })
     }
 

@@ -209,6 +209,18 @@ impl StoreTask {
                 vec![MemberStep::Remove(p.id)],
                 Vec::new(),
             ),
+            Operator::Merge(target) => {
+                info!(self.logger, "running PD's operator"; "region" => region,
+                    "step" => format!("merge into region {target}"), "reason" => &step.reason);
+                let what = format!("merge into region {target}");
+                let req = self.request_id(Waiter::Operator(region, what));
+                if let Err(e) = self.core.prepare_merge(region, target, req) {
+                    self.waiters.remove(&req);
+                    debug!(self.logger, "PD's merge not started"; "region" => region,
+                        "target" => target, "why" => ?e);
+                }
+                return;
+            }
             Operator::TransferLeader(p) => {
                 if let Err(e) = self.core.transfer_leader(region, p.id) {
                     debug!(self.logger, "PD's leader transfer not started"; "region" => region,
