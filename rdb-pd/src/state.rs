@@ -671,9 +671,13 @@ fn record_region(s: &mut PdState, r: Region, writes: &mut Writes) {
         }
     }
     let version = r.epoch.unwrap_or_default().version;
+    // A region `r` covers starts within its range: the start-key index finds them in
+    // O(log n + k), not a scan of every region (which made recording many regions quadratic).
     let merged: Vec<u64> = s
-        .regions
-        .values()
+        .by_start
+        .range(r.start_key.clone()..)
+        .take_while(|(start, _)| r.end_key.is_empty() || start.as_slice() < r.end_key.as_slice())
+        .filter_map(|(_, id)| s.regions.get(id))
         .filter(|o| o.id != r.id && o.epoch.unwrap_or_default().version < version)
         .filter(|o| covers(&r, o))
         .map(|o| o.id)
