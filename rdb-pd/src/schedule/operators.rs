@@ -42,6 +42,22 @@ pub struct Operator {
     pub sender: Option<u64>,
 }
 
+impl Operator {
+    /// The store its new peer's snapshot goes to while it is on its way: from the operator's
+    /// start until that peer is promoted (the learner catches up in between, so the snapshot
+    /// is in flight long after the learner was added).
+    fn receiving(&self) -> Option<u64> {
+        let rest = &self.steps[self.done..];
+        self.steps.iter().find_map(|s| match *s {
+            Step::AddLearner { store, peer } => rest
+                .iter()
+                .any(|r| *r == Step::AddLearner { store, peer } || *r == Step::Promote { peer })
+                .then_some(store),
+            _ => None,
+        })
+    }
+}
+
 /// How an operator ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -218,18 +234,15 @@ impl Controller {
             return None;
         }
         if let Some(to) = plan.receiver() {
-            let pending = |o: &&Operator| o.steps[o.done..].iter().any(|s| s.receiver().is_some());
             let receiving = self
                 .running
                 .values()
-                .filter(pending)
-                .filter(|o| o.steps[o.done..].iter().any(|s| s.receiver() == Some(to)))
+                .filter(|o| o.receiving() == Some(to))
                 .count();
             let sending = self
                 .running
                 .values()
-                .filter(pending)
-                .filter(|o| sender.is_some() && o.sender == sender)
+                .filter(|o| sender.is_some() && o.sender == sender && o.receiving().is_some())
                 .count();
             if receiving >= limit || sending >= limit {
                 return None;
@@ -325,18 +338,15 @@ impl Controller {
         let mut delta: HashMap<u64, (isize, isize, usize, usize)> = HashMap::new();
         for op in self.running.values() {
             let rest = &op.steps[op.done..];
-            let mut receives = false;
             for step in rest {
                 if let Some(store) = step.receiver() {
-                    receives = true;
-                    let d = delta.entry(store).or_default();
-                    d.0 += 1;
-                    d.2 += 1;
+                    delta.entry(store).or_default().0 += 1;
                 }
             }
-            if receives {
-                if let Some(store) = op.sender {
-                    delta.entry(store).or_default().3 += 1;
+            if let Some(store) = op.receiving() {
+                delta.entry(store).or_default().2 += 1;
+                if let Some(from) = op.sender {
+                    delta.entry(from).or_default().3 += 1;
                 }
             }
             let Some(region) = regions(op.region) else {
@@ -532,6 +542,40 @@ mod tests {
             reason: "test".into(),
         };
         assert!(c.start(10, transfer, Some(1), 2, t0).is_some());
+    }
+
+    #[test]
+    fn a_new_peer_holds_its_store_s_room_until_it_is_promoted() {
+        let mut c = Controller::default();
+        let t0 = Instant::now();
+        assert!(c.start(7, moving(), Some(1), 1, t0).is_some());
+        // The learner is added at once; its snapshot is on its way until it is promoted.
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, true),
+        ]);
+        assert!(matches!(
+            c.check(&r, 11, T, t0, |_| false),
+            Progress::Ask(_, Step::Promote { peer: 14 }, true)
+        ));
+        assert_eq!(
+            c.start(8, moving(), Some(2), 1, t0),
+            None,
+            "store 4 receives"
+        );
+        let r = region(&[
+            (11, 1, false),
+            (12, 2, false),
+            (13, 3, false),
+            (14, 4, false),
+        ]);
+        c.check(&r, 11, T, t0, |_| false);
+        assert!(
+            c.start(8, moving(), Some(2), 1, t0).is_some(),
+            "promoted: room again"
+        );
     }
 
     #[test]
