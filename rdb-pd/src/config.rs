@@ -16,6 +16,14 @@ pub const MAX_TSO_WINDOW_MS: u64 = 60_000;
 /// Shortest `store_down_after_secs`: more than the 2 s between a live store's heartbeats.
 pub const MIN_STORE_DOWN_AFTER_SECS: u64 = 3;
 
+/// A region whose membership has not changed for this long has settled: extra peers are not
+/// an operator's (or a person's) work halfway, and the replica checker removes them.
+const SETTLED_AFTER: Duration = Duration::from_secs(20);
+
+/// Balance waits this long into a PD leader's term: until then it has not heard every
+/// region's leader (they report every 2 s) and would move leaderships on a partial count.
+const BALANCE_AFTER: Duration = Duration::from_secs(5);
+
 /// PD-only settings.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -86,17 +94,25 @@ impl PdSettings {
         Duration::from_secs(self.max_store_down_secs)
     }
 
-    /// When regions are small enough to merge.
-    pub fn merge_rules(&self) -> crate::schedule::MergeRules {
-        crate::schedule::MergeRules {
-            max_size: self.max_merge_region_size_mb.saturating_mul(1 << 20),
-            max_keys: self.max_merge_region_keys,
+    /// The rules PD's scheduler decides by, for regions of `replicas` voters.
+    pub fn rules(&self, replicas: usize) -> crate::schedule::Rules {
+        use crate::schedule::{Balance, MergeRules, Rules};
+        Rules {
+            replicas,
+            store_limit: usize::try_from(self.store_limit).unwrap_or(usize::MAX),
+            operator_timeout: Duration::from_secs(self.operator_timeout_secs),
+            balance: Balance {
+                leaders: self.balance_leaders,
+                regions: self.balance_regions,
+            },
+            merge: MergeRules {
+                max_size: self.max_merge_region_size_mb.saturating_mul(1 << 20),
+                max_keys: self.max_merge_region_keys,
+            },
+            split_merge_interval: Duration::from_secs(self.split_merge_interval_secs),
+            settled_after: SETTLED_AFTER,
+            balance_after: BALANCE_AFTER,
         }
-    }
-
-    /// How long an operator's step may show no progress.
-    pub fn operator_timeout(&self) -> Duration {
-        Duration::from_secs(self.operator_timeout_secs)
     }
 }
 

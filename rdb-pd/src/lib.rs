@@ -15,7 +15,9 @@ pub mod config;
 pub mod join;
 pub mod metrics;
 mod raft_calls;
-pub mod schedule;
+/// PD's scheduling decisions; they live in rdb-server, beside the stores and the simulation
+/// that runs them.
+pub use rdb_server::schedule;
 pub mod service;
 pub mod state;
 pub mod tso;

@@ -33,7 +33,6 @@ mod members;
 mod placement;
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
-#[derive(Default)]
 struct Heartbeats {
     /// The term these records belong to; a new term starts afresh.
     term: u64,
@@ -43,15 +42,27 @@ struct Heartbeats {
     regions: HashMap<u64, (Option<Peer>, u64, u64)>,
     /// Each store's last reported disk: capacity, available and used bytes.
     disks: HashMap<u64, (u64, u64, u64)>,
-    /// The operators that run (see [`crate::schedule`]); a new term starts with none.
-    ops: crate::schedule::Controller,
-    /// Each region's membership version as last reported, and since when.
-    confs: HashMap<u64, (u64, Instant)>,
-    /// Each region's range version (splits, merges) as last reported, and since when.
-    versions: HashMap<u64, (u64, Instant)>,
+    /// The scheduler with the operators that run (see [`crate::schedule`]); a new term
+    /// starts with none.
+    sched: crate::schedule::Scheduler,
     /// The store views the checkers read, as computed at that instant (recomputed at most
     /// every second, and when an operator ends).
     views: Option<(Instant, Vec<crate::schedule::StoreView>)>,
+}
+
+impl Heartbeats {
+    /// The records of `term`, led by this node since `since` (None: not leading yet).
+    fn new(term: u64, since: Option<Instant>) -> Heartbeats {
+        Heartbeats {
+            term,
+            since,
+            stores: HashMap::new(),
+            regions: HashMap::new(),
+            disks: HashMap::new(),
+            sched: crate::schedule::Scheduler::new(since.unwrap_or_else(Instant::now)),
+            views: None,
+        }
+    }
 }
 
 /// Serves the PD API for one PD node.
@@ -193,7 +204,7 @@ impl PdService {
             members,
             store_down_after: pd.store_down_after(),
             max_store_down: pd.max_store_down(),
-            beats: Mutex::new(Heartbeats::default()),
+            beats: Mutex::new(Heartbeats::new(0, None)),
             logger,
         }
     }
@@ -272,11 +283,7 @@ impl PdService {
         let term = read_barrier(&self.mailbox).await?;
         let mut b = lock(&self.beats);
         if b.term != term {
-            *b = Heartbeats {
-                term,
-                since: Some(Instant::now()),
-                ..Default::default()
-            };
+            *b = Heartbeats::new(term, Some(Instant::now()));
         }
         Ok(())
     }
@@ -698,9 +705,7 @@ impl Pd for PdService {
                 Ok((None, _)) => {
                     // A merged region's report drops the region it took over: its operator
                     // is over.
-                    let now = Instant::now();
-                    let mut b = lock(&self.beats);
-                    self.read(|s| b.ops.retire(|id| s.regions.contains_key(&id), now));
+                    self.retire_regions();
                     None
                 }
                 Ok((e, _)) => e,

@@ -9,6 +9,8 @@
 //!   node is a store hosting region 1 with no PD, a PD-mode store hosts regions that split.
 //! - [`sim`]: the linearizability checker, and (in test builds) the seeded simulation of
 //!   stores under faults that uses it.
+//! - [`schedule`]: PD's scheduling decisions (repair, balance, merge operators), free of I/O,
+//!   run by rdb-pd's leader and by the simulation.
 //! - [`router`]: the typed messages the node task reads.
 //! - [`node`]: the task of a process of one group (a PD node): the core with tokio and a clock.
 //! - [`transport`]: Raft messages to peers over tonic.
@@ -31,6 +33,7 @@ pub mod node;
 pub mod raft_core;
 pub mod restore;
 pub mod router;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod sim;

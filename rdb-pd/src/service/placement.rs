@@ -3,99 +3,71 @@
 //! allocator), the operators for `operator list`, and the tombstone of a store whose removal
 //! drained it.
 
-use std::collections::HashSet;
-
 use super::*;
-use crate::schedule::{self, Plan, Progress, StoreView};
+use crate::schedule::{self, Decision, Heard, Report, StoreFacts, StoreView};
 
 /// Store views older than this are computed again (they are O(regions) to compute).
 const VIEWS_FRESH_FOR: Duration = Duration::from_secs(1);
 
-/// A region whose membership has not changed for this long has settled: extra peers are not
-/// an operator's (or a person's) work halfway, and the replica checker removes them.
-const SETTLED_AFTER: Duration = Duration::from_secs(20);
-
-/// Balance waits this long into a PD leader's term: until then it has not heard every
-/// region's leader (they report every 2 s) and would move leaderships on a partial count.
-const BALANCE_AFTER: Duration = Duration::from_secs(5);
-
 impl PdService {
     /// Every store as the checkers see it, from PD's region map and the leader's heartbeat
-    /// records: gone when tombstoned, being removed or silent for longer than
-    /// `max_store_down`, up when heard lately; regions, leaders and bytes on it.
+    /// records (see [`schedule::store_views`]), before the running operators' moves.
     fn compute_views(&self, b: &Heartbeats) -> Vec<StoreView> {
         let labels = &self.settings.location_labels;
-        let mut views: HashMap<u64, StoreView> = self.read(|s| {
-            let mut views: HashMap<u64, StoreView> = s
-                .stores
-                .values()
-                .map(|st| {
-                    let label = |key: &String| {
-                        st.labels
-                            .iter()
-                            .find(|l| &l.key == key)
-                            .map(|l| l.value.clone())
-                            .unwrap_or_default()
-                    };
-                    let view = StoreView {
-                        id: st.id,
-                        labels: labels.iter().map(label).collect(),
-                        ..Default::default()
-                    };
-                    (st.id, (view, st.state))
-                })
-                .map(|(id, (mut view, state))| {
+        let now = Instant::now();
+        self.read(|s| {
+            let facts = s.stores.values().map(|st| {
+                let label = |key: &String| {
+                    st.labels
+                        .iter()
+                        .find(|l| &l.key == key)
+                        .map(|l| l.value.clone())
+                        .unwrap_or_default()
+                };
+                StoreFacts {
+                    id: st.id,
+                    labels: labels.iter().map(label).collect(),
                     // A store being removed is gone for placement: its peers move away.
-                    let removed = state == StoreState::Tombstone as i32
-                        || state == StoreState::Offline as i32;
-                    let silent = b
+                    removed: st.state == StoreState::Tombstone as i32
+                        || st.state == StoreState::Offline as i32,
+                    silent: b
                         .stores
-                        .get(&id)
+                        .get(&st.id)
                         .copied()
                         .or(b.since)
-                        .map_or(Duration::ZERO, |t| t.elapsed());
-                    view.gone = removed || silent > self.max_store_down;
-                    view.up = !removed && silent <= self.store_down_after;
-                    (id, view)
-                })
-                .collect();
-            for r in s.regions.values() {
-                let size = b.regions.get(&r.id).map_or(0, |(_, size, _)| *size);
-                for p in &r.peers {
-                    if let Some(v) = views.get_mut(&p.store_id) {
-                        v.regions += 1;
-                        v.size = v.size.saturating_add(size);
-                    }
+                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
                 }
-            }
-            views
-        });
-        for (leader, _, _) in b.regions.values() {
-            if let Some(v) = leader.as_ref().and_then(|l| views.get_mut(&l.store_id)) {
-                v.leaders += 1;
-            }
-        }
-        let mut views: Vec<StoreView> = views.into_values().collect();
-        views.sort_by_key(|v| v.id);
-        views
+            });
+            let regions = s.regions.values().map(|r| {
+                let size = b.regions.get(&r.id).map_or(0, |(_, size, _)| *size);
+                (r, size)
+            });
+            let leaders = b
+                .regions
+                .values()
+                .filter_map(|(leader, _, _)| leader.as_ref().map(|l| l.store_id));
+            schedule::store_views(
+                facts,
+                regions,
+                leaders,
+                self.store_down_after,
+                self.max_store_down,
+            )
+        })
     }
 
-    /// The store views, with the running operators' moves counted as done and each store's
-    /// snapshot room against `store_limit`.
-    fn store_views(&self) -> Vec<StoreView> {
-        let mut b = lock(&self.beats);
-        let fresh = b
+    /// The store views before the running operators' moves, cached for a second (`fresh`:
+    /// computed again now).
+    fn base_views(&self, b: &mut Heartbeats, fresh: bool) -> Vec<StoreView> {
+        let cached = b
             .views
             .as_ref()
             .is_some_and(|(at, _)| at.elapsed() < VIEWS_FRESH_FOR);
-        if !fresh {
-            let views = self.compute_views(&b);
+        if fresh || !cached {
+            let views = self.compute_views(b);
             b.views = Some((Instant::now(), views));
         }
-        let mut views = b.views.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
-        let limit = usize::try_from(self.settings.store_limit).unwrap_or(usize::MAX);
-        self.read(|s| b.ops.project(&mut views, limit, |id| s.regions.get(&id)));
-        views
+        b.views.as_ref().map(|(_, v)| v.clone()).unwrap_or_default()
     }
 
     /// Tombstones every store being removed (Offline) that PD's region map names no replica
@@ -120,194 +92,136 @@ impl PdService {
         }
     }
 
+    /// Ends the operators of regions PD's map no longer has (merged away) and forgets what
+    /// the scheduler and the heartbeat records kept of them.
+    pub(super) fn retire_regions(&self) {
+        let now = Instant::now();
+        let mut b = lock(&self.beats);
+        let ended = self.read(|s| {
+            b.regions.retain(|id, _| s.regions.contains_key(id));
+            b.sched.retire(|id| s.regions.contains_key(&id), now)
+        });
+        drop(b);
+        self.log_heard(&Heard {
+            decision: Decision::Nothing,
+            ended,
+            started: Vec::new(),
+        });
+    }
+
     /// The step to ask of `region`'s leader in the answer to its heartbeat: the next step of
     /// its running operator, or the first of a new one if a checker has a plan. A new peer's
     /// id comes from the allocator; a failure to allocate asks nothing this time (the next
     /// heartbeat asks again).
     pub(super) async fn operator_for(&self, region: &Region, leader: &Peer) -> Option<Operator> {
-        let now = Instant::now();
-        let timeout = self.settings.operator_timeout();
-        let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
-        // A running operator's step that needs a store that is not up is cancelled, or a move
-        // toward a store lost meanwhile would hold the region (and its sender's snapshot
-        // room) until its timeout, before the replica checker may remove the stranded learner.
-        let runs = lock(&self.beats).ops.runs(region.id);
-        let down: HashSet<u64> = if runs {
-            self.store_views()
-                .iter()
-                .filter(|v| !v.up)
-                .map(|v| v.id)
-                .collect()
-        } else {
-            HashSet::new()
+        let rules = self.settings.rules(self.read(|s| s.replicas) as usize);
+        let (next, stats) = self.neighbour(region);
+        let report = Report {
+            region,
+            leader: leader.id,
+            leader_store: leader.store_id,
+            stats,
+            next: next.as_ref().map(|(r, st)| (r, *st)),
         };
-        let is_gone = |s: u64| down.contains(&s);
-        let (progress, settled, balance_ok) = {
-            let mut b = lock(&self.beats);
-            let since = match b.confs.get(&region.id) {
-                Some(&(v, since)) if v == conf_ver => since,
-                _ => {
-                    b.confs.insert(region.id, (conf_ver, now));
-                    now
-                }
-            };
-            let version = region.epoch.map_or(0, |e| e.version);
-            if b.versions
-                .get(&region.id)
-                .is_none_or(|&(v, _)| v != version)
-            {
-                b.versions.insert(region.id, (version, now));
+        let heard = self.decide(|sched, views, regions, now| {
+            sched.heartbeat(&report, views, regions, &rules, now)
+        });
+        self.log_heard(&heard);
+        let heard = match heard.decision {
+            Decision::NeedsPeerId(plan) => {
+                let first = match self.change(Op::AllocId(AllocIdRequest { count: 1 })).await {
+                    Ok((None, PdOutput::Ids { first })) => first,
+                    _ => return None,
+                };
+                let plan = plan.with_new_peer(first);
+                let heard =
+                    self.decide(|sched, _, _, now| sched.start(&report, plan, &rules, now));
+                self.log_heard(&heard);
+                heard
             }
-            let progress = b.ops.check(region, leader.id, timeout, now, is_gone);
-            if matches!(progress, Progress::Ended(_)) {
-                // Its moves are in the region map now, no longer in the projection.
-                b.views = None;
-            }
-            let balance_ok = b.since.is_some_and(|t| t.elapsed() >= BALANCE_AFTER);
-            (
-                progress,
-                now.duration_since(since) >= SETTLED_AFTER,
-                balance_ok,
-            )
+            _ => heard,
         };
-        let replicas = self.read(|s| s.replicas) as usize;
-        let mut views = self.store_views();
-        match progress {
-            Progress::Ask(id, step, first) => {
-                match self.doomed(region, leader.id, &views, replicas, settled) {
-                    None => return self.ask(region, id, step, first),
-                    Some(why) => {
-                        lock(&self.beats).ops.cancel(region.id, why.clone(), now);
-                        self.ended(region.id, &schedule::Outcome::Cancelled(why));
-                        // Its moves no longer count.
-                        views = self.store_views();
-                    }
-                }
-            }
-            Progress::Ended(outcome) => self.ended(region.id, &outcome),
-            Progress::Idle => {}
-        }
-        let size = lock(&self.beats)
-            .regions
-            .get(&region.id)
-            .map_or(0, |(_, size, _)| *size);
-        let balance = schedule::Balance {
-            leaders: self.settings.balance_leaders && balance_ok,
-            regions: self.settings.balance_regions && balance_ok,
-        };
-        if lock(&self.beats).ops.merging_into(region.id) {
-            // A region about to take a neighbour's range keeps its peers until then.
-            return None;
-        }
-        let plan = schedule::replica_plan(region, leader.id, &views, replicas, settled)
-            .or_else(|| schedule::balance_plan(region, leader.id, size, &views, replicas, balance))
-            .or_else(|| self.merge_plan(region, &views, replicas))?;
-        let plan = if plan.new_peer() {
-            match self.change(Op::AllocId(AllocIdRequest { count: 1 })).await {
-                Ok((None, PdOutput::Ids { first })) => plan.with_new_peer(first),
-                _ => return None,
-            }
-        } else {
-            plan
-        };
-        let (kind, reason, steps) = (
-            plan.kind,
-            plan.reason.clone(),
-            plan.steps
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        let progress = {
-            let mut b = lock(&self.beats);
-            let limit = usize::try_from(self.settings.store_limit).unwrap_or(usize::MAX);
-            b.ops
-                .start(region.id, plan, Some(leader.store_id), limit, now)?;
-            b.ops.check(region, leader.id, timeout, now, is_gone)
-        };
-        slog::info!(self.logger, "operator created"; "region" => region.id,
-            "kind" => kind.as_str(), "steps" => steps, "reason" => reason);
-        crate::metrics::metrics()
-            .operators_created
-            .with_label_values(&[kind.as_str()])
-            .inc();
-        match progress {
-            Progress::Ask(id, step, first) => self.ask(region, id, step, first),
-            Progress::Ended(outcome) => {
-                self.ended(region.id, &outcome);
-                None
-            }
-            Progress::Idle => None,
+        match heard.decision {
+            Decision::Ask { op, step, first } => self.ask(region, op, step, first),
+            Decision::Nothing | Decision::NeedsPeerId(_) => None,
         }
     }
 
-    /// The merge checker's plan for `region` and its right neighbour in PD's map, if both are
-    /// small by the last reports of their leaders, neither changed its range within
-    /// `split_merge_interval_secs` (as this PD leader saw them), and the neighbour has no
-    /// operator.
-    fn merge_plan(&self, region: &Region, views: &[StoreView], replicas: usize) -> Option<Plan> {
-        let rules = self.settings.merge_rules();
-        if rules.max_size == 0 || region.end_key.is_empty() {
-            return None;
-        }
-        let next = self.read(|s| {
-            s.region_for(&region.end_key)
-                .filter(|n| n.start_key == region.end_key)
-                .cloned()
-        })?;
-        let b = lock(&self.beats);
-        let interval = Duration::from_secs(self.settings.split_merge_interval_secs);
-        let settled = |id: u64| {
-            b.versions
-                .get(&id)
-                .is_some_and(|(_, since)| since.elapsed() >= interval)
-        };
-        if !settled(region.id) || !settled(next.id) || b.ops.runs(next.id) {
-            return None;
-        }
-        let stats = |id: u64| b.regions.get(&id).map(|&(_, size, keys)| (size, keys));
-        let (mine, theirs) = (stats(region.id)?, stats(next.id)?);
-        schedule::merge_plan(region, mine, &next, theirs, views, replicas, rules)
-    }
-
-    /// Why the running balance operator of `region` must stop, if it must: the replica
-    /// checker has work for the region (a repair comes first).
-    fn doomed(
+    /// Runs one scheduler call under the heartbeat records' lock, with the store views and
+    /// PD's region map at hand.
+    fn decide(
         &self,
-        region: &Region,
-        leader: u64,
-        views: &[StoreView],
-        replicas: usize,
-        settled: bool,
-    ) -> Option<String> {
-        let kind = lock(&self.beats).ops.of(region.id).map(|o| o.kind);
-        if kind == Some(schedule::Kind::Replica) {
-            return None;
+        call: impl for<'r> FnOnce(
+            &mut schedule::Scheduler,
+            &mut schedule::Views<'_>,
+            &dyn Fn(u64) -> Option<&'r Region>,
+            Instant,
+        ) -> Heard,
+    ) -> Heard {
+        let now = Instant::now();
+        let mut b = lock(&self.beats);
+        let b = &mut *b;
+        // The scheduler is taken out while the views closure borrows the other records.
+        let mut sched = std::mem::replace(&mut b.sched, schedule::Scheduler::new(now));
+        let heard = self.read(|s| {
+            let regions = |id: u64| s.regions.get(&id);
+            let mut views = |fresh: bool| self.base_views(b, fresh);
+            call(&mut sched, &mut views, &regions, now)
+        });
+        b.sched = sched;
+        if !heard.ended.is_empty() {
+            // Their moves are in the region map now, no longer in the projection.
+            b.views = None;
         }
-        let repair = schedule::replica_plan(region, leader, views, replicas, settled)?;
-        Some(format!("replaced by a repair: {}", repair.reason))
+        heard
     }
 
-    /// Logs and counts an operator that ended.
-    fn ended(&self, region: u64, outcome: &schedule::Outcome) {
+    /// The region right of `region` in PD's map with its last reported bytes and keys, and
+    /// `region`'s own.
+    fn neighbour(&self, region: &Region) -> (Option<(Region, (u64, u64))>, (u64, u64)) {
+        let next = if region.end_key.is_empty() {
+            None
+        } else {
+            self.read(|s| {
+                s.region_for(&region.end_key)
+                    .filter(|n| n.start_key == region.end_key)
+                    .cloned()
+            })
+        };
         let b = lock(&self.beats);
-        let Some(f) = b.ops.recent().last() else {
-            return;
-        };
-        let kind = f.op.kind.as_str();
-        slog::info!(self.logger, "operator ended"; "region" => region, "kind" => kind,
-            "operator" => f.op.id, "outcome" => %outcome,
-            "secs" => f.at.duration_since(f.op.created).as_secs_f64());
-        let label = match outcome {
-            schedule::Outcome::Finished => "finished",
-            schedule::Outcome::TimedOut => "timed_out",
-            schedule::Outcome::Cancelled(_) => "cancelled",
-        };
-        crate::metrics::metrics()
-            .operators_ended
-            .with_label_values(&[kind, label])
-            .inc();
+        let stats = |id: u64| b.regions.get(&id).map(|&(_, size, keys)| (size, keys));
+        let next = next.and_then(|n| stats(n.id).map(|st| (n, st)));
+        (next, stats(region.id).unwrap_or_default())
+    }
+
+    /// Logs and counts the operators a scheduler call started and ended.
+    fn log_heard(&self, heard: &Heard) {
+        for op in &heard.started {
+            let kind = op.kind;
+            let steps = op.steps.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            slog::info!(self.logger, "operator created"; "region" => op.region,
+                "operator" => op.id, "kind" => kind.as_str(), "steps" => steps.join(", "),
+                "reason" => &op.reason);
+            crate::metrics::metrics()
+                .operators_created
+                .with_label_values(&[kind.as_str()])
+                .inc();
+        }
+        for f in &heard.ended {
+            let kind = f.op.kind.as_str();
+            slog::info!(self.logger, "operator ended"; "region" => f.op.region, "kind" => kind,
+                "operator" => f.op.id, "outcome" => %f.outcome,
+                "secs" => f.at.duration_since(f.op.created).as_secs_f64());
+            let label = match f.outcome {
+                schedule::Outcome::Finished => "finished",
+                schedule::Outcome::TimedOut => "timed_out",
+                schedule::Outcome::Cancelled(_) => "cancelled",
+            };
+            crate::metrics::metrics()
+                .operators_ended
+                .with_label_values(&[kind, label])
+                .inc();
+        }
     }
 
     /// The operator step `step` as the answer to `region`'s heartbeat (logged and counted the
@@ -334,7 +248,8 @@ impl PdService {
         };
         let conf_ver = region.epoch.map_or(0, |e| e.conf_ver);
         let reason = lock(&self.beats)
-            .ops
+            .sched
+            .operators()
             .running()
             .find(|o| o.id == id)
             .map(|o| format!("{}: {}", o.kind.as_str(), o.reason))
@@ -393,10 +308,10 @@ impl PdService {
             reason: op.reason.clone(),
         };
         let now = Instant::now();
-        b.ops
-            .recent()
+        let ops = b.sched.operators();
+        ops.recent()
             .map(|f| info(&f.op, f.outcome.to_string(), f.at))
-            .chain(b.ops.running().map(|o| info(o, "running".into(), now)))
+            .chain(ops.running().map(|o| info(o, "running".into(), now)))
             .collect()
     }
 }

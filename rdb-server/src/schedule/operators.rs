@@ -109,6 +109,8 @@ pub struct Controller {
     /// For each running operator, the step index last asked (a step is logged once).
     asked: HashMap<u64, usize>,
     recent: VecDeque<Finished>,
+    /// Operators ended so far (see [`Controller::ended_after`]).
+    ended: u64,
     next_id: u64,
 }
 
@@ -214,7 +216,20 @@ impl Controller {
                 outcome,
                 at: now,
             });
+            self.ended += 1;
         }
+    }
+
+    /// How many operators have ended so far: a mark for [`Controller::ended_after`].
+    pub fn ended(&self) -> u64 {
+        self.ended
+    }
+
+    /// The operators that ended after `mark` (an earlier [`Controller::ended`]), oldest
+    /// first, as far as the recent list keeps them.
+    pub fn ended_after(&self, mark: u64) -> impl Iterator<Item = &Finished> {
+        let n = usize::try_from(self.ended.saturating_sub(mark)).unwrap_or(usize::MAX);
+        self.recent.iter().skip(self.recent.len().saturating_sub(n))
     }
 
     /// Starts `plan` (with its new peer's id set) for `region`, its snapshot sent from

@@ -1,8 +1,10 @@
-//! PD's scheduling (specs/015-scheduling), free of I/O: checkers read a region as its leader
-//! just reported it, and the stores as PD sees them, and propose an operator (a short plan of
-//! membership and leadership steps); the [`Controller`] keeps the operators that run, checks
-//! each step against the next heartbeat, and times out or cancels those that stop making
-//! progress. The service (`service/placement.rs`) feeds them and carries steps to leaders.
+//! PD's scheduling (specs/015-scheduling), free of I/O and of the wall clock: checkers read a
+//! region as its leader just reported it, and the stores as PD sees them, and propose an
+//! operator (a short plan of membership and leadership steps); the [`Controller`] keeps the
+//! operators that run, checks each step against the next heartbeat, and times out or cancels
+//! those that stop making progress; the [`Scheduler`] puts them together for one heartbeat.
+//! rdb-pd's service (`service/placement.rs`) feeds it and carries steps to leaders; it lives
+//! beside the stores so that the seeded simulation (`crate::sim`) runs the same decisions.
 //!
 //! Checkers, in order of priority: the replica checker ([`replica_plan`], always on: repair,
 //! drain, extra replicas), then leader balance and region balance ([`balance_plan`]), then
@@ -12,11 +14,15 @@ mod balance;
 mod merge;
 mod operators;
 mod replica;
+mod scheduler;
 
 pub use balance::{balance_plan, Balance};
 pub use merge::{merge_plan, MergeRules};
 pub use operators::{Controller, Finished, Operator, Outcome, Progress};
 pub use replica::replica_plan;
+pub use scheduler::{Decision, Heard, Report, Rules, Scheduler, Views};
+
+use std::time::Duration;
 
 use rdb_proto::pd::Region;
 
@@ -47,6 +53,58 @@ pub struct StoreView {
     /// Its placement labels, most general first, as PD's `location_labels` order them
     /// (a store without one of them has an empty value there).
     pub labels: Vec<String>,
+}
+
+/// A store as PD's map and heartbeats know it, for [`store_views`].
+#[derive(Debug, Clone, Default)]
+pub struct StoreFacts {
+    /// The store.
+    pub id: u64,
+    /// Its placement labels in `location_labels` order (empty where it has none).
+    pub labels: Vec<String>,
+    /// Tombstoned or being removed: its peers move away.
+    pub removed: bool,
+    /// How long since PD last heard from it (or since the PD leader's term began).
+    pub silent: Duration,
+}
+
+/// Every store as the checkers see it: gone when removed or silent for longer than
+/// `gone_after`, up when heard within `down_after`; the regions with a peer on it (each
+/// with its approximate bytes) and the regions it leads (`leaders`: one store per region).
+pub fn store_views<'a>(
+    stores: impl IntoIterator<Item = StoreFacts>,
+    regions: impl IntoIterator<Item = (&'a Region, u64)>,
+    leaders: impl IntoIterator<Item = u64>,
+    down_after: Duration,
+    gone_after: Duration,
+) -> Vec<StoreView> {
+    let mut views: std::collections::BTreeMap<u64, StoreView> = stores
+        .into_iter()
+        .map(|f| {
+            let view = StoreView {
+                id: f.id,
+                gone: f.removed || f.silent > gone_after,
+                up: !f.removed && f.silent <= down_after,
+                labels: f.labels,
+                ..Default::default()
+            };
+            (f.id, view)
+        })
+        .collect();
+    for (r, size) in regions {
+        for p in &r.peers {
+            if let Some(v) = views.get_mut(&p.store_id) {
+                v.regions += 1;
+                v.size = v.size.saturating_add(size);
+            }
+        }
+    }
+    for store in leaders {
+        if let Some(v) = views.get_mut(&store) {
+            v.leaders += 1;
+        }
+    }
+    views.into_values().collect()
 }
 
 /// Why an operator was made (its checker), for logs, metrics and `operator list`.
