@@ -362,15 +362,13 @@ impl Engine {
 impl Engine {
     /// Removes region `id`'s peer `peer_id` from this store after a membership change removed
     /// it: its log, Raft state and own records go in one synced write that leaves a tombstone
-    /// (the peer id: no message for it or an older peer recreates the region) and a garbage
-    /// record (its last meta, for its range). Its user data stays until
-    /// [`Engine::collect_garbage`], which the store calls once no read that began before the
-    /// removal can still be running. Returns the last meta.
-    pub fn destroy_region(&self, id: u64, peer_id: u64) -> Result<Region> {
-        let meta = self
-            .region(id)?
-            .region_meta()?
-            .ok_or_else(|| Error::Corrupt(format!("region {id} has no meta record")))?;
+    /// (the peer id: no message for it or an older peer recreates the region, so a peer that
+    /// voted never votes again) and, if it was initialized, a garbage record (its last meta,
+    /// for its range). Its user data stays until [`Engine::collect_garbage`], which the store
+    /// calls once no read that began before the removal can still be running. Returns the
+    /// last meta; None for a peer removed before its first snapshot (it holds no user data).
+    pub fn destroy_region(&self, id: u64, peer_id: u64) -> Result<Option<Region>> {
+        let meta = self.region(id)?.region_meta()?;
         let space = Space::Region(id);
         let state = self.cf(CF_RAFT_STATE);
         let mut wb = WriteBatch::default();
@@ -388,11 +386,13 @@ impl Engine {
             space.state_key(keys::TOMBSTONE_KEY),
             peer_id.to_be_bytes(),
         );
-        wb.put_cf(
-            state,
-            space.state_key(keys::GARBAGE_KEY),
-            meta.encode_to_vec(),
-        );
+        if let Some(meta) = &meta {
+            wb.put_cf(
+                state,
+                space.state_key(keys::GARBAGE_KEY),
+                meta.encode_to_vec(),
+            );
+        }
         self.write(wb, true)?;
         Ok(meta)
     }

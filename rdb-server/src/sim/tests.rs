@@ -60,6 +60,7 @@ fn run_seeds(from: u64, to: u64, planted: Planted) -> Result<Stats, Box<Failure>
         total.member_changes += stats.member_changes;
         total.removed += stats.removed;
         total.merged += stats.merged;
+        total.operators += stats.operators;
         total.regions += stats.regions;
         total.moved_retries += stats.moved_retries;
         total.lost_bytes += stats.lost_bytes;
@@ -75,7 +76,8 @@ fn default_part(part: u64) {
             "seeds {}..{}: {} operations checked ({} succeeded), {} entries applied, {} faults, \
              {} snapshots delivered, {} retries past half the dedup window, {} retries to \
              another region than the earlier attempts, {} membership changes applied, {} peers \
-             removed, {} merges applied by replicas, {} regions at the end, {} unsynced log \
+             removed, {} merges applied by replicas, {} operators started by PD, {} regions at \
+             the end, {} unsynced log \
              bytes lost to power cuts, {:?}",
             part * per,
             (part + 1) * per,
@@ -89,6 +91,7 @@ fn default_part(part: u64) {
             t.member_changes,
             t.removed,
             t.merged,
+            t.operators,
             t.regions,
             t.lost_bytes,
             started.elapsed()

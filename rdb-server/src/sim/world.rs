@@ -6,9 +6,11 @@ mod checks;
 mod clients;
 mod disk;
 mod faults;
+mod pd;
 
 use clients::Client;
 use disk::StoreDisk;
+use pd::SimPd;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -82,6 +84,10 @@ pub struct Scenario {
     /// PD mode: faults include merges of a region into a neighbour, asked of its leader as an
     /// operator would (specs/017-merge).
     pub merges: bool,
+    /// PD mode: PD's scheduler runs in the world (see `world::pd`): two spare stores start
+    /// empty, faults include a store lost for good and a store decommissioned, and a run ends
+    /// only once every region has three voters on the stores that remain.
+    pub scheduling: bool,
 }
 
 impl Scenario {
@@ -120,6 +126,8 @@ impl Scenario {
             // Drawn last, so the scenarios of seeds without merges are the ones they were
             // before merges existed.
             merges: r.gen_bool(0.5),
+            // Drawn after the others for the same reason.
+            scheduling: mode == Mode::Pd && r.gen_bool(0.5),
         }
     }
 }
@@ -152,6 +160,8 @@ pub struct Stats {
     pub removed: usize,
     /// Merges a replica applied (each merge counts once per replica of its target).
     pub merged: usize,
+    /// Operators PD's scheduler started.
+    pub operators: usize,
     /// Bytes of write-ahead log that power cuts lost.
     pub lost_bytes: u64,
     /// A hash of the history and final data: the same seed must give the same fingerprint.
@@ -300,6 +310,10 @@ struct World {
     healing: bool,
     /// Stores that hosted a peer of region 1 (a config-file cluster's nodes, which join once).
     joined: BTreeSet<u64>,
+    /// PD and its scheduler, in scenarios with `scheduling`.
+    pd: Option<SimPd>,
+    /// Stores lost for good (by index): never started again.
+    lost: BTreeSet<usize>,
 }
 
 fn store_index(id: u64) -> usize {
@@ -309,7 +323,11 @@ fn store_index(id: u64) -> usize {
 impl World {
     fn new(sc: Scenario) -> Result<World, String> {
         let rng = StdRng::seed_from_u64(sc.seed);
-        let spare = usize::from(sc.membership);
+        let spare = if sc.scheduling {
+            2
+        } else {
+            usize::from(sc.membership)
+        };
         let nodes = (0..sc.stores + spare)
             .map(|_| {
                 Ok(Node {
@@ -351,7 +369,12 @@ impl World {
             trace: Vec::new(),
             healing: false,
             joined: (1..=sc_stores).collect(),
+            pd: None,
+            lost: BTreeSet::new(),
         };
+        if w.sc.scheduling {
+            w.pd = Some(SimPd::new());
+        }
         // Region 1 on the first stores: a config-file cluster's peers are its node ids; PD
         // draws ids for a PD-mode cluster's.
         let peers: Vec<Peer> = (1..=w.sc.stores as u64)
@@ -427,6 +450,11 @@ impl World {
 
     fn note(&mut self, what: String) {
         self.stats.faults += 1;
+        self.trace(what);
+    }
+
+    /// Records an event in the trace (a fault is [`World::note`]d).
+    fn trace(&mut self, what: String) {
         self.trace.push(format!(
             "step {:>6} (tick {:>4}): {what}",
             self.now,
@@ -499,6 +527,7 @@ impl World {
         if self.now.is_multiple_of(STEPS_PER_TICK) {
             self.tick_stores()?;
         }
+        self.pd_turn();
         for i in 0..self.nodes.len() {
             self.run_store(i)?;
         }

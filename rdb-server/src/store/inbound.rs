@@ -12,13 +12,21 @@ impl StoreCore {
     /// removed without hearing so (its leader stopped sending once the removal applied, before
     /// it learnt the removal committed): it is dropped in the next turn, as if it had applied
     /// the removal. A removed peer id never comes back, so PD's later view is enough.
+    ///
+    /// An uninitialized peer here was made only once PD listed it (see
+    /// [`StoreCore::create_for`]), and PD's map only moves forward: if PD's region no longer
+    /// lists it, it was removed before its first snapshot, and its leader never sends to it
+    /// again. It is dropped too (with a tombstone, so it never votes again).
     pub fn confirm_region(&mut self, region: &Region) {
         if let Some(r) = self.regions.get(&region.id) {
-            let Some(meta) = r.core.replica().app().region() else {
-                return;
+            let listed = region.peers.iter().any(|p| p.id == r.peer_id);
+            let removed = match r.core.replica().app().region() {
+                Some(meta) => {
+                    region::epoch(region).conf_ver > region::epoch(meta).conf_ver && !listed
+                }
+                None => !listed,
             };
-            let newer = region::epoch(region).conf_ver > region::epoch(meta).conf_ver;
-            if newer && !region.peers.iter().any(|p| p.id == r.peer_id) {
+            if removed {
                 info!(self.logger, "PD says this store's peer was removed"; "region" => region.id,
                     "peer" => r.peer_id, "conf_ver" => region::epoch(region).conf_ver);
                 if !self.stale.contains(&region.id) {

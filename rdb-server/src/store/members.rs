@@ -110,9 +110,9 @@ impl StoreCore {
         Ok(())
     }
 
-    /// Drops region `id`'s peer, which a membership change just removed: its Raft state goes
-    /// at once (with a tombstone, see [`Engine::destroy_region`]), its user data
-    /// [`GARBAGE_TICKS`] later.
+    /// Drops region `id`'s peer, which a membership change just removed (or, uninitialized,
+    /// was removed before its first snapshot): its Raft state goes at once (with a tombstone,
+    /// see [`Engine::destroy_region`]), its user data [`GARBAGE_TICKS`] later.
     pub(super) fn destroy(&mut self, id: u64) -> Result<(), CoreError> {
         let Some(r) = self.regions.remove(&id) else {
             return Ok(());
@@ -128,9 +128,15 @@ impl StoreCore {
             .engine
             .destroy_region(id, r.peer_id)
             .map_err(CoreError::storage)?;
-        info!(self.logger, "region peer removed from this store"; "region" => id,
-            "peer" => r.peer_id, "conf_ver" => region::epoch(&meta).conf_ver);
-        self.garbage.push((self.ticks + GARBAGE_TICKS, meta));
+        match meta {
+            Some(meta) => {
+                info!(self.logger, "region peer removed from this store"; "region" => id,
+                    "peer" => r.peer_id, "conf_ver" => region::epoch(&meta).conf_ver);
+                self.garbage.push((self.ticks + GARBAGE_TICKS, meta));
+            }
+            None => info!(self.logger, "uninitialized region peer removed from this store";
+                "region" => id, "peer" => r.peer_id),
+        }
         Ok(())
     }
 

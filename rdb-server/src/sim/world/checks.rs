@@ -54,6 +54,9 @@ impl World {
                 st.refused_messages()
             );
         }
+        if let Some(pd) = &self.pd {
+            let _ = write!(s, "PD: removed stores {:?}\n{}", pd.removed, pd.describe());
+        }
         s
     }
 
@@ -89,18 +92,26 @@ impl World {
         out
     }
 
-    /// Every store up; every region led by one peer, its members (voters and learners) all
+    /// Every store up (but those lost for good); with PD, every region fully replicated on
+    /// the stores that remain; every region led by one peer, its members (voters and learners) all
     /// on their stores, applied to the same index, out of any joint configuration; no store
     /// hosting a peer its region does not have; no client busy.
     pub(super) fn converged(&self) -> bool {
-        if self.nodes.iter().any(|n| n.store.is_none()) {
+        let running = |i: usize| !self.lost.contains(&i);
+        if (0..self.nodes.len()).any(|i| running(i) && self.nodes[i].store.is_none()) {
+            return false;
+        }
+        if !self.fully_replicated() {
             return false;
         }
         for (id, meta) in self.regions() {
             let Some(meta) = meta else { return false };
             let mut applied = BTreeSet::new();
             let mut leaders = 0;
-            for n in &self.nodes {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !running(i) {
+                    continue;
+                }
                 let Some(st) = &n.store else { return false };
                 let member = meta.peers.iter().find(|p| p.store_id == st.store_id());
                 let Some(c) = st.core(id) else {

@@ -5,7 +5,7 @@
 use rand::Rng;
 use rdb_proto::command::MemberRecord;
 
-use super::{Mode, World, STEPS_PER_TICK};
+use super::{pd, Mode, World, STEPS_PER_TICK};
 use crate::raft_core::MemberStep;
 
 impl World {
@@ -13,10 +13,10 @@ impl World {
         self.healing = true;
         self.cut.clear();
         self.note("heal everything: links, pauses, clocks; restart stopped stores".into());
-        for n in self.nodes.iter_mut() {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
             n.paused_until = 0;
             n.slow_until = 0;
-            if n.store.is_none() {
+            if n.store.is_none() && !self.lost.contains(&i) {
                 n.restart_at = Some(0);
             }
         }
@@ -28,6 +28,14 @@ impl World {
         }
         if self.sc.membership && self.rng.gen_ratio(1, 5) {
             self.change_membership();
+            return Ok(());
+        }
+        if self.sc.scheduling && self.rng.gen_ratio(1, 10) {
+            if self.rng.gen_bool(0.5) {
+                self.lose_store();
+            } else {
+                self.decommission();
+            }
             return Ok(());
         }
         if self.sc.mode == Mode::Pd && self.rng.gen_ratio(1, 4) {
@@ -100,6 +108,58 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Stores neither lost nor removed: those PD may place replicas on.
+    fn placeable(&self) -> Vec<usize> {
+        let removed = |i: usize| {
+            self.pd
+                .as_ref()
+                .is_some_and(|pd| pd.removed.contains(&(i as u64 + 1)))
+        };
+        (0..self.nodes.len())
+            .filter(|&i| !self.lost.contains(&i) && !removed(i))
+            .collect()
+    }
+
+    /// A store is lost for good (its machine burnt): it never runs again, and PD replaces its
+    /// peers. Once per run (a second loss before the repair of the first may take a quorum,
+    /// which no replication of three survives), and only while more stores than a region's
+    /// replicas would remain.
+    fn lose_store(&mut self) {
+        if !self.lost.is_empty() {
+            return;
+        }
+        let live: Vec<usize> = self
+            .placeable()
+            .into_iter()
+            .filter(|&i| self.nodes[i].store.is_some())
+            .collect();
+        if self.placeable().len() <= pd::REPLICAS || live.is_empty() {
+            return;
+        }
+        let i = live[self.rng.gen_range(0..live.len())];
+        let n = &mut self.nodes[i];
+        n.store = None;
+        n.inbox.clear();
+        n.requests.clear();
+        n.restart_at = None;
+        self.lost.insert(i);
+        self.note(format!("s{} is lost for good", i + 1));
+    }
+
+    /// A store is decommissioned (`rdb-cli --pd ... store remove`): PD moves its peers away.
+    /// Only while more stores than a region's replicas would remain.
+    fn decommission(&mut self) {
+        let candidates = self.placeable();
+        if candidates.len() <= pd::REPLICAS {
+            return;
+        }
+        let i = candidates[self.rng.gen_range(0..candidates.len())];
+        if let Some(pd) = &mut self.pd {
+            pd.removed.insert(i as u64 + 1);
+        }
+        self.note(format!("s{} is decommissioned", i + 1));
     }
 
     /// A region some store hosts, at random.
