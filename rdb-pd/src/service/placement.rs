@@ -6,6 +6,9 @@
 use super::*;
 use crate::schedule::{self, Decision, Heard, Report, StoreFacts, StoreView};
 
+/// A region with its last reported bytes and keys.
+type WithStats = (Region, (u64, u64));
+
 /// Store views older than this are computed again (they are O(regions) to compute).
 const VIEWS_FRESH_FOR: Duration = Duration::from_secs(1);
 
@@ -134,8 +137,7 @@ impl PdService {
                     _ => return None,
                 };
                 let plan = plan.with_new_peer(first);
-                let heard =
-                    self.decide(|sched, _, _, now| sched.start(&report, plan, &rules, now));
+                let heard = self.decide(|sched, _, _, now| sched.start(&report, plan, &rules, now));
                 self.log_heard(&heard);
                 heard
             }
@@ -178,7 +180,7 @@ impl PdService {
 
     /// The region right of `region` in PD's map with its last reported bytes and keys, and
     /// `region`'s own.
-    fn neighbour(&self, region: &Region) -> (Option<(Region, (u64, u64))>, (u64, u64)) {
+    fn neighbour(&self, region: &Region) -> (Option<WithStats>, (u64, u64)) {
         let next = if region.end_key.is_empty() {
             None
         } else {

@@ -188,13 +188,11 @@ impl Scheduler {
             .filter(|v| !v.up)
             .map(|v| v.id)
             .collect();
-        let progress = self.ops.check(
-            region,
-            report.leader,
-            rules.operator_timeout,
-            now,
-            |s| down.contains(&s),
-        );
+        let progress = self
+            .ops
+            .check(region, report.leader, rules.operator_timeout, now, |s| {
+                down.contains(&s)
+            });
         match progress {
             Progress::Ask(op, step, first) => {
                 let views = match current.take() {
@@ -283,7 +281,9 @@ impl Scheduler {
         // the checker did not just choose as up.
         if let Progress::Ask(op, step, first) =
             self.ops
-                .check(region, report.leader, rules.operator_timeout, now, |_| false)
+                .check(region, report.leader, rules.operator_timeout, now, |_| {
+                    false
+                })
         {
             heard.decision = Decision::Ask { op, step, first };
         }

@@ -45,4 +45,7 @@ pub struct Planted {
     /// Clients send each retry of a write with a new request id, so a retried write that
     /// had applied applies again.
     pub retries_with_new_ids: bool,
+    /// PD hears every store always (a store lost for good never counts as gone), so its
+    /// peers are never replaced.
+    pub pd_never_repairs: bool,
 }

@@ -2,7 +2,8 @@
 //!
 //! - `simulation_seeds_*`: the default run, 200 seeds (config-file clusters and PD-mode
 //!   stores, about half each) in four parallel tests.
-//! - `simulation_catches_*`: each planted bug must make some seed of the default run fail.
+//! - `simulation_catches_*`: each planted bug must make some seed of the default run fail
+//!   (the cores', the clients', and PD's scheduler's in runs with `scheduling`).
 //! - `simulation_replay`: `RDB_SIM_SEED=S [RDB_SIM_TICKS=T]` replays one seed with its trace.
 //! - `simulation_long` (ignored): `RDB_SIM_MINUTES=N` runs fresh seeds for N minutes.
 
@@ -182,6 +183,17 @@ fn simulation_catches_retries_applied_twice() {
             ..Default::default()
         },
         "retried write applied twice",
+    );
+}
+
+#[test]
+fn simulation_catches_pd_that_never_repairs() {
+    must_catch(
+        Planted {
+            pd_never_repairs: true,
+            ..Default::default()
+        },
+        "PD never replaces a lost store's peers",
     );
 }
 

@@ -373,7 +373,7 @@ impl World {
             lost: BTreeSet::new(),
         };
         if w.sc.scheduling {
-            w.pd = Some(SimPd::new());
+            w.pd = Some(SimPd::new(w.sc.planted.pd_never_repairs));
         }
         // Region 1 on the first stores: a config-file cluster's peers are its node ids; PD
         // draws ids for a PD-mode cluster's.

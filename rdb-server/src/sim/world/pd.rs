@@ -14,7 +14,7 @@ use rdb_storage::region::{self, Region};
 use super::{World, STEPS_PER_TICK};
 use crate::raft_core::MemberStep;
 use crate::schedule::{
-    self, Balance, Decision, MergeRules, Report, Rules, Scheduler, StoreFacts, Step,
+    self, Balance, Decision, MergeRules, Report, Rules, Scheduler, Step, StoreFacts,
 };
 
 /// Simulated time per step (a tick is 100 ms, as a store's default tick).
@@ -64,11 +64,13 @@ pub(super) struct SimPd {
     heard: BTreeMap<u64, u64>,
     /// Stores being removed or removed (`store remove`): their peers move away.
     pub(super) removed: BTreeSet<u64>,
+    /// The planted bug: every store counts as heard.
+    deaf: bool,
 }
 
 impl SimPd {
-    /// PD, leading from step 0.
-    pub(super) fn new() -> SimPd {
+    /// PD, leading from step 0 (`deaf`: the planted bug that hears every store always).
+    pub(super) fn new(deaf: bool) -> SimPd {
         let origin = Instant::now();
         SimPd {
             sched: Scheduler::new(origin),
@@ -77,6 +79,7 @@ impl SimPd {
             leaders: BTreeMap::new(),
             heard: BTreeMap::new(),
             removed: BTreeSet::new(),
+            deaf,
         }
     }
 
@@ -99,9 +102,8 @@ impl SimPd {
             (r.end_key.is_empty() || o.start_key < r.end_key)
                 && (o.end_key.is_empty() || r.start_key < o.end_key)
         };
-        self.regions.retain(|id, o| {
-            *id == r.id || !overlaps(o) || region::epoch(o).version >= e.version
-        });
+        self.regions
+            .retain(|id, o| *id == r.id || !overlaps(o) || region::epoch(o).version >= e.version);
         self.regions.insert(r.id, r.clone());
         self.leaders.insert(r.id, leader_store);
         self.leaders.retain(|id, _| self.regions.contains_key(id));
@@ -113,9 +115,13 @@ impl SimPd {
             id,
             labels: Vec::new(),
             removed: self.removed.contains(&id),
-            silent: Duration::from_millis(
-                now_step.saturating_sub(self.heard.get(&id).copied().unwrap_or(0)) * MS_PER_STEP,
-            ),
+            silent: match self.deaf {
+                true => Duration::ZERO,
+                false => Duration::from_millis(
+                    now_step.saturating_sub(self.heard.get(&id).copied().unwrap_or(0))
+                        * MS_PER_STEP,
+                ),
+            },
         });
         schedule::store_views(
             facts,
@@ -203,9 +209,7 @@ impl World {
             let views = pd.views(self.now, stores);
             let mut base = |_: bool| views.clone();
             let lookup = |id: u64| regions.get(&id);
-            let heard = pd
-                .sched
-                .heartbeat(&report, &mut base, &lookup, &rules, now);
+            let heard = pd.sched.heartbeat(&report, &mut base, &lookup, &rules, now);
             let heard = match heard.decision {
                 Decision::NeedsPeerId(plan) => {
                     let plan = plan.with_new_peer(self.draw_id());
