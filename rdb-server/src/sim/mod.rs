@@ -7,7 +7,10 @@
 //! - a config-file cluster: every store hosts region 1 (every key), store id = peer id, no PD;
 //!   a spare store joins through membership changes and gets region 1 from its leader;
 //! - PD-mode stores: regions split at random keys and move between stores (a learner added
-//!   on another store, promoted, a peer removed), ids drawn as PD draws them.
+//!   on another store, promoted, a peer removed), ids drawn as PD draws them; in runs with
+//!   `scheduling`, PD's own scheduler (`crate::schedule`) runs on simulated time and moves,
+//!   repairs, balances and merges regions, while a store may be lost for good or
+//!   decommissioned (`world::pd`).
 //!
 //! One seeded generator decides everything: message delays, drops, duplicates and
 //! reordering; partitions; process crashes (the store is dropped and opened again from its
@@ -23,7 +26,8 @@
 //! region to converge, reads every key once more, then checks: the history is linearizable
 //! ([`linearizability`]; an acknowledged write that is lost shows there), and within each
 //! region every replica holds the same data, the same live dedup records and the same
-//! applied index. A panic anywhere in the stores is a failure too.
+//! applied index; with PD's scheduler, a run ends only once every region has three voters on
+//! the stores that remain. A panic anywhere in the stores is a failure too.
 
 pub mod linearizability;
 #[cfg(test)]
