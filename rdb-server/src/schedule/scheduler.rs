@@ -345,3 +345,191 @@ impl Scheduler {
         self.ops.ended_after(mark).cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::{store_views, StoreFacts, NEW_PEER};
+    use rdb_proto::pd::{Peer, RegionEpoch};
+
+    fn rules() -> Rules {
+        Rules {
+            replicas: 3,
+            store_limit: 2,
+            operator_timeout: Duration::from_secs(60),
+            balance: Balance {
+                leaders: true,
+                regions: true,
+            },
+            merge: MergeRules {
+                max_size: 0,
+                max_keys: 0,
+            },
+            split_merge_interval: Duration::from_secs(10),
+            settled_after: Duration::from_secs(20),
+            balance_after: Duration::from_secs(5),
+        }
+    }
+
+    fn region(conf_ver: u64, peers: &[(u64, u64, bool)]) -> Region {
+        Region {
+            id: 7,
+            epoch: Some(RegionEpoch {
+                version: 1,
+                conf_ver,
+            }),
+            peers: peers
+                .iter()
+                .map(|&(id, store_id, learner)| Peer {
+                    id,
+                    store_id,
+                    learner,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Stores 1..=4 as PD's map has them, with `r` and two more regions on the stores of
+    /// `r`'s first three peers, `silent` seconds for each.
+    fn views(r: &Region, silent: [u64; 4]) -> Vec<StoreView> {
+        let facts = (1..=4).map(|id| StoreFacts {
+            id,
+            silent: Duration::from_secs(silent[id as usize - 1]),
+            ..Default::default()
+        });
+        let mut others = vec![r.clone(), r.clone()];
+        for (i, o) in others.iter_mut().enumerate() {
+            o.id = 100 + i as u64;
+            o.peers.truncate(3);
+        }
+        store_views(
+            facts,
+            std::iter::once((r, 0)).chain(others.iter().map(|o| (o, 0))),
+            [1, 2, 3],
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// One heartbeat of `r`, led by peer 1 on store 1.
+    fn beat(s: &mut Scheduler, r: &Region, silent: [u64; 4], now: Instant) -> Heard {
+        let report = Report {
+            region: r,
+            leader: 1,
+            leader_store: 1,
+            stats: (0, 0),
+            next: None,
+        };
+        let base = views(r, silent);
+        let mut v = |_: bool| base.clone();
+        let lookup = |id: u64| (id == r.id).then_some(r);
+        s.heartbeat(&report, &mut v, &lookup, &rules(), now)
+    }
+
+    fn start(s: &mut Scheduler, r: &Region, plan: Plan, now: Instant) -> Heard {
+        let report = Report {
+            region: r,
+            leader: 1,
+            leader_store: 1,
+            stats: (0, 0),
+            next: None,
+        };
+        s.start(&report, plan, &rules(), now)
+    }
+
+    #[test]
+    fn a_lost_store_is_repaired_step_by_step_with_a_peer_id_asked_of_the_caller() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(t0);
+        let lost = [0, 0, 30, 0];
+        let r = region(1, &[(1, 1, false), (2, 2, false), (3, 3, false)]);
+        let heard = beat(&mut s, &r, lost, t0);
+        let Decision::NeedsPeerId(plan) = heard.decision else {
+            panic!("no repair: {heard:?}");
+        };
+        assert!(plan.new_peer() && plan.kind == Kind::Replica);
+        let heard = start(&mut s, &r, plan.with_new_peer(10), t0);
+        assert_eq!(heard.started.len(), 1);
+        let add = Step::AddLearner { store: 4, peer: 10 };
+        assert_eq!(
+            heard.decision,
+            Decision::Ask {
+                op: 1,
+                step: add,
+                first: true
+            }
+        );
+        // Asked again until it shows done, then the next step.
+        let heard = beat(&mut s, &r, lost, t0);
+        assert!(matches!(heard.decision, Decision::Ask { first: false, .. }));
+        let r = region(
+            2,
+            &[(1, 1, false), (2, 2, false), (3, 3, false), (10, 4, true)],
+        );
+        let promote = Step::Promote { peer: 10 };
+        let heard = beat(&mut s, &r, lost, t0);
+        assert!(matches!(heard.decision, Decision::Ask { step, .. } if step == promote));
+        let r = region(
+            3,
+            &[(1, 1, false), (2, 2, false), (3, 3, false), (10, 4, false)],
+        );
+        let remove = Step::Remove { peer: 3 };
+        let heard = beat(&mut s, &r, lost, t0);
+        assert!(matches!(heard.decision, Decision::Ask { step, .. } if step == remove));
+        let r = region(4, &[(1, 1, false), (2, 2, false), (10, 4, false)]);
+        let heard = beat(&mut s, &r, lost, t0);
+        assert_eq!(heard.ended.len(), 1, "{heard:?}");
+        assert_eq!(heard.ended[0].outcome, super::super::Outcome::Finished);
+        assert_eq!(heard.decision, Decision::Nothing);
+        assert!(!s.operators().runs(7));
+    }
+
+    #[test]
+    fn balance_waits_into_the_term_and_a_repair_replaces_a_running_move() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(t0);
+        let r = region(1, &[(1, 1, false), (2, 2, false), (3, 3, false)]);
+        // Store 4 is empty, but the term is young: no move yet.
+        let heard = beat(&mut s, &r, [0; 4], t0 + Duration::from_secs(1));
+        assert_eq!(heard.decision, Decision::Nothing);
+        let later = t0 + Duration::from_secs(6);
+        let Decision::NeedsPeerId(plan) = beat(&mut s, &r, [0; 4], later).decision else {
+            panic!("no balance once the term is 6 s old");
+        };
+        assert_eq!(plan.kind, Kind::BalanceRegion);
+        assert!(plan.steps.contains(&Step::AddLearner {
+            store: 4,
+            peer: NEW_PEER
+        }));
+        start(&mut s, &r, plan.with_new_peer(10), later);
+        assert!(s.operators().runs(7));
+        // Store 2 is lost meanwhile: the move is cancelled for the repair.
+        let heard = beat(&mut s, &r, [0, 30, 0, 0], later);
+        assert_eq!(heard.ended.len(), 1, "{heard:?}");
+        assert!(heard.ended[0]
+            .outcome
+            .to_string()
+            .contains("replaced by a repair"));
+        let Decision::NeedsPeerId(plan) = heard.decision else {
+            panic!("no repair after the cancel: {heard:?}");
+        };
+        assert_eq!(plan.kind, Kind::Replica);
+    }
+
+    #[test]
+    fn retired_regions_end_their_operators_and_are_forgotten() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(t0);
+        let r = region(1, &[(1, 1, false), (2, 2, false), (3, 3, false)]);
+        let Decision::NeedsPeerId(plan) = beat(&mut s, &r, [0, 0, 30, 0], t0).decision else {
+            panic!("no repair");
+        };
+        start(&mut s, &r, plan.with_new_peer(10), t0);
+        assert!(s.confs.contains_key(&7) && s.versions.contains_key(&7));
+        let ended = s.retire(|_| false, t0);
+        assert_eq!(ended.len(), 1);
+        assert!(!s.operators().runs(7));
+        assert!(s.confs.is_empty() && s.versions.is_empty());
+    }
+}
