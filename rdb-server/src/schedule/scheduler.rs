@@ -398,7 +398,7 @@ mod tests {
             silent: Duration::from_secs(silent[id as usize - 1]),
             ..Default::default()
         });
-        let mut others = vec![r.clone(), r.clone()];
+        let mut others = [r.clone(), r.clone()];
         for (i, o) in others.iter_mut().enumerate() {
             o.id = 100 + i as u64;
             o.peers.truncate(3);
