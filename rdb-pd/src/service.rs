@@ -29,8 +29,12 @@ use crate::raft_calls::{propose, read_barrier};
 use crate::state::{PdOutput, PdState, SCAN_PAGE_BYTES};
 use crate::tso::{Tso, TsoError, TsoResult};
 
+mod errors;
+mod heartbeats;
 mod members;
 mod placement;
+
+use errors::{coded, pb_error, stamp, Refusal};
 
 /// What the leader learnt from heartbeats (kept in memory, not replicated).
 struct Heartbeats {
@@ -84,101 +88,6 @@ pub struct PdService {
 }
 
 type PdResult<T> = Result<T, RequestError>;
-
-fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
-    let (code, leader) = match &e {
-        RequestError::InvalidArgument(_) => (ErrorCode::InvalidArgument, None),
-        RequestError::NotLeader(hint) => (
-            ErrorCode::NotLeader,
-            hint.as_ref().map(|h| Member {
-                id: h.id,
-                client_addr: h.addr.clone(),
-                peer_addr: config
-                    .node(h.id)
-                    .map(|n| n.peer_addr.clone())
-                    .unwrap_or_default(),
-                ..Default::default()
-            }),
-        ),
-        RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
-        RequestError::Indeterminate(_) => (ErrorCode::Indeterminate, None),
-        // PD has no regions of its own to route by.
-        RequestError::KeyNotInRegion(..)
-        | RequestError::EpochNotMatch(..)
-        | RequestError::RegionNotFound(_) => (ErrorCode::InvalidArgument, None),
-    };
-    // The code names the kind; the message is the cause alone (callers prefix the kind).
-    let message = match e {
-        RequestError::NotLeader(Some(h)) => format!("PD node {} leads, at {}", h.id, h.addr),
-        RequestError::InvalidArgument(m)
-        | RequestError::Unavailable(m)
-        | RequestError::Indeterminate(m) => m,
-        other => other.to_string(),
-    };
-    Error {
-        code: code as i32,
-        message,
-        leader,
-    }
-}
-
-fn coded(code: ErrorCode, message: String) -> Error {
-    Error {
-        code: code as i32,
-        message,
-        leader: None,
-    }
-}
-
-/// A response that carries only an error (every PD response can).
-trait Refusal: Default {
-    fn refusal(e: Error) -> Self;
-}
-
-macro_rules! refusal {
-    ($($t:ty),*) => {$(
-        impl Refusal for $t {
-            // Some responses have no field but `error`.
-            #[allow(clippy::needless_update)]
-            fn refusal(e: Error) -> Self {
-                Self { error: Some(e), ..Default::default() }
-            }
-        }
-    )*};
-}
-
-refusal!(
-    TsoResponse,
-    AllocIdResponse,
-    BootstrapResponse,
-    IsBootstrappedResponse,
-    PutStoreResponse,
-    GetStoreResponse,
-    GetAllStoresResponse,
-    SetStoreStateResponse,
-    StoreHeartbeatResponse,
-    RegionHeartbeatResponse,
-    GetRegionResponse,
-    ScanRegionsResponse,
-    GetMembersResponse,
-    GetOperatorsResponse,
-    ChangeMembersResponse,
-    GetClusterIdResponse
-);
-
-/// The cluster id a request is stamped with, if any.
-fn stamp(meta: &MetadataMap) -> Result<Option<u64>, Error> {
-    let Some(v) = meta.get(CLUSTER_ID_METADATA) else {
-        return Ok(None);
-    };
-    match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
-        Some(id) if id != 0 => Ok(Some(id)),
-        _ => Err(coded(
-            ErrorCode::InvalidArgument,
-            format!("metadata {CLUSTER_ID_METADATA} must be a non-zero decimal cluster id"),
-        )),
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -630,29 +539,9 @@ impl Pd for PdService {
         req: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
         admit!(self, req);
-        let req = req.into_inner();
-        let id = req.store_id;
-        let disk = (req.capacity_bytes, req.available_bytes, req.used_bytes);
-        let error = match self.barrier().await {
-            Ok(()) => match self.read(|s| s.stores.get(&id).map(|st| st.state)) {
-                None => Some(coded(
-                    ErrorCode::NotFound,
-                    format!("store {id} is not registered"),
-                )),
-                Some(st) if st == StoreState::Tombstone as i32 => Some(coded(
-                    ErrorCode::InvalidArgument,
-                    format!("store {id} is a tombstone"),
-                )),
-                Some(_) => {
-                    let mut b = lock(&self.beats);
-                    b.stores.insert(id, Instant::now());
-                    b.disks.insert(id, disk);
-                    None
-                }
-            },
-            Err(e) => self.err(e),
-        };
-        Ok(Response::new(StoreHeartbeatResponse { error }))
+        Ok(Response::new(
+            self.on_store_heartbeat(req.into_inner()).await,
+        ))
     }
 
     async fn region_heartbeat(
@@ -660,77 +549,9 @@ impl Pd for PdService {
         req: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
         admit!(self, req);
-        let r = req.into_inner();
-        let Some(region) = r.region else {
-            return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
-                RequestError::InvalidArgument("a region is required".into()),
-                &self.config,
-            ))));
-        };
-        if region.id == 0 {
-            return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
-                RequestError::InvalidArgument("region id 0 is reserved".into()),
-                &self.config,
-            ))));
-        }
-        if let Err(e) = self.barrier().await {
-            return Ok(Response::new(RegionHeartbeatResponse::refusal(pb_error(
-                e,
-                &self.config,
-            ))));
-        }
-        let (checked, unchanged) = self.read(|s| {
-            let unchanged = s.regions.get(&region.id) == Some(&region) && !s.reserves(&region);
-            // A report equal to PD's record passed these checks when it was recorded, and
-            // changes nothing: the range checks (a scan of every region) run only for new or
-            // changed reports, so steady heartbeats cost O(log n) at any scale.
-            let checked = s
-                .check_leader(&region, r.leader.as_ref())
-                .map_err(|m| (ErrorCode::InvalidArgument, m))
-                .and_then(|()| {
-                    if unchanged {
-                        Ok(())
-                    } else {
-                        s.check_region(&region)
-                    }
-                });
-            (checked, unchanged)
-        });
-        let error = match checked {
-            Err((code, message)) => Some(coded(code, message)),
-            Ok(()) if unchanged => None,
-            // New, changed or naming unreserved ids: apply checks again and decides, so every
-            // PD node agrees on the verdict.
-            Ok(()) => match self.change(Op::PutRegion(region.clone())).await {
-                Ok((None, _)) => {
-                    // A merged region's report drops the region it took over: its operator
-                    // is over.
-                    self.retire_regions();
-                    None
-                }
-                Ok((e, _)) => e,
-                Err(e) => self.err(e),
-            },
-        };
-        if error.is_some() {
-            return Ok(Response::new(RegionHeartbeatResponse {
-                error,
-                operator: None,
-            }));
-        }
-        lock(&self.beats).regions.insert(
-            region.id,
-            (r.leader, r.approximate_size, r.approximate_keys),
-        );
-        let operator = match &r.leader {
-            Some(leader) => self.operator_for(&region, leader).await,
-            None => None,
-        };
-        self.tombstone_drained().await;
-        Ok(Response::new(RegionHeartbeatResponse {
-            error: None,
-            operator,
-        }))
+        Ok(Response::new(
+            self.on_region_heartbeat(req.into_inner()).await,
+        ))
     }
 
     async fn get_region(
