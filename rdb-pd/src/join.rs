@@ -8,11 +8,11 @@
 //! again. It starts with no membership: the leader's snapshot brings the conf state, the
 //! member records and PD's metadata (rdb-server's `join.rs` has the shared steps).
 
-use std::time::Duration;
-
 use rdb_proto::pd::pd_client::PdClient;
 use rdb_proto::pd::{ErrorCode, GetMembersRequest, GetMembersResponse};
-use rdb_server::join::{ask_group, keep, Asked, GroupList, JoinArgs, JOIN_FILE};
+use rdb_server::join::{
+    ask_group, ask_within, keep, Asked, GroupList, JoinArgs, ANSWER_WITHIN, JOIN_FILE,
+};
 use rdb_server::ServerError;
 use slog::{info, Logger};
 
@@ -51,15 +51,9 @@ async fn ask_one(ep: &str) -> Asked<GetMembersResponse> {
             .map(|r| r.into_inner())
             .map_err(|s| s.message().to_string())
     };
-    let r = match tokio::time::timeout(Duration::from_secs(3), call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(why)) => return Asked::Elsewhere { why, leader: None },
-        Err(_) => {
-            return Asked::Elsewhere {
-                why: "no answer in time".into(),
-                leader: None,
-            }
-        }
+    let r = match ask_within(ANSWER_WITHIN, call).await {
+        Ok(r) => r,
+        Err(no) => return no,
     };
     if let Some(e) = r.error {
         let leader = e

@@ -26,6 +26,9 @@ pub const JOIN_FILE: &str = "join.toml";
 /// How long a joining node keeps asking the cluster for its member list.
 const ASK_FOR: Duration = Duration::from_secs(30);
 
+/// How long a joining node waits for one node's answer before it asks the next.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
 /// What `rdb-server --join` was given.
 #[derive(Debug, Clone)]
 pub struct JoinArgs {
@@ -207,6 +210,23 @@ where
     ))))
 }
 
+/// Waits up to `deadline` for `call`, one node's answer (or why there is none): the answer,
+/// or else the transport error or the lack of an answer in time as an [`Asked::Elsewhere`]
+/// that names no leader, so the caller asks the next node.
+pub async fn ask_within<R, T, Fut>(deadline: Duration, call: Fut) -> Result<R, Asked<T>>
+where
+    Fut: std::future::Future<Output = Result<R, String>>,
+{
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(why)) => Err(Asked::Elsewhere { why, leader: None }),
+        Err(_) => Err(Asked::Elsewhere {
+            why: "no answer in time".into(),
+            leader: None,
+        }),
+    }
+}
+
 /// Asks one node of a config-file cluster for the leader's member list.
 async fn ask_one(ep: &str) -> Asked<GroupList> {
     let call = async {
@@ -221,15 +241,9 @@ async fn ask_one(ep: &str) -> Asked<GroupList> {
         .map(|r| r.into_inner())
         .map_err(|s| s.message().to_string())
     };
-    let answer = match tokio::time::timeout(Duration::from_secs(3), call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(why)) => return Asked::Elsewhere { why, leader: None },
-        Err(_) => {
-            return Asked::Elsewhere {
-                why: "no answer in time".into(),
-                leader: None,
-            }
-        }
+    let answer = match ask_within(ANSWER_WITHIN, call).await {
+        Ok(r) => r,
+        Err(no) => return no,
     };
     match answer.error {
         None => Asked::List(group_list(answer)),

@@ -24,9 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rocksdb::compaction_filter::Decision;
+use rocksdb::{Direction, IteratorMode, ReadOptions};
 
-use crate::keys::{DEDUP_EXPIRY_PREFIX, DEDUP_PREFIX, REGION_PREFIX};
-use crate::Index;
+use crate::engine::Engine;
+use crate::keys::{self, CF_DATA, DEDUP_EXPIRY_PREFIX, DEDUP_PREFIX, REGION_PREFIX};
+use crate::{Index, Result};
 
 /// Length of a dedup record's key: prefix, client id, seq.
 const DEDUP_KEY_LEN: usize = 17;
@@ -49,6 +51,48 @@ pub fn is_dead(key: &[u8], value: &[u8], applied: Index, window: u64) -> bool {
         }
         Kind::Other => false,
     }
+}
+
+/// The dedup records of region `from` that are live at its applied index `applied`, each moved
+/// under region `to`'s prefix (same client id and seq) and re-dated to index `at` (same
+/// result): the records a split or a merge copies, so a write retried against the region that
+/// now holds its key is still applied at most once. Both are apply paths, so the pairs depend
+/// only on the database's records and the arguments, in key order, alike on every replica.
+pub(crate) fn moved_records(
+    engine: &Engine,
+    from: u64,
+    applied: Index,
+    window: u64,
+    to: u64,
+    at: Index,
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+    let mut lower = keys::region_prefix(from);
+    lower.push(DEDUP_PREFIX);
+    let mut upper = keys::region_prefix(from);
+    upper.push(DEDUP_PREFIX + 1);
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(upper);
+    engine
+        .db()
+        .iterator_cf_opt(
+            engine.cf(CF_DATA),
+            ro,
+            IteratorMode::From(&lower, Direction::Forward),
+        )
+        .filter_map(move |item| {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if is_dead(&k, &v, applied, window) {
+                return None;
+            }
+            let mut key = keys::region_prefix(to);
+            key.extend_from_slice(k.get(9..).unwrap_or_default());
+            let mut rec = at.to_be_bytes().to_vec();
+            rec.extend_from_slice(v.get(8..).unwrap_or_default());
+            Some(Ok((key, rec)))
+        })
 }
 
 /// What a `data` record is, for expiry.

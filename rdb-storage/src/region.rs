@@ -728,25 +728,8 @@ pub(crate) fn split_batch(
             );
         }
     }
-    let mut lower = keys::region_prefix(left.id);
-    lower.push(keys::DEDUP_PREFIX);
-    let mut upper = keys::region_prefix(left.id);
-    upper.push(keys::DEDUP_PREFIX + 1);
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(upper);
-    let it = engine
-        .db()
-        .iterator_cf_opt(data, ro, IteratorMode::From(&lower, Direction::Forward));
-    for item in it {
-        let (k, v) = item?;
-        if dedup::is_dead(&k, &v, index, window) {
-            continue;
-        }
-        // The same request id under the new region's prefix.
-        let mut key = keys::region_prefix(right.id);
-        key.extend_from_slice(k.get(9..).unwrap_or_default());
-        let mut rec = REGION_INIT_INDEX.to_be_bytes().to_vec();
-        rec.extend_from_slice(v.get(8..).unwrap_or_default());
+    for item in dedup::moved_records(engine, left.id, index, window, right.id, REGION_INIT_INDEX) {
+        let (key, rec) = item?;
         wb.put_cf(data, key, rec);
     }
     Ok(())

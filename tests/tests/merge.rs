@@ -38,7 +38,7 @@ async fn split_cluster() -> RegionCluster {
 
 /// Runs `rdb-cli --pd PD region merge SOURCE TARGET` until it succeeds (a store just restarted
 /// may have no leader yet); returns its stdout.
-fn merge_by_hand(c: &RegionCluster, source: u64, target: u64) -> String {
+async fn merge_by_hand(c: &RegionCluster, source: u64, target: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o = c.pd_cli(&["region", "merge", &source.to_string(), &target.to_string()]);
@@ -51,7 +51,7 @@ fn merge_by_hand(c: &RegionCluster, source: u64, target: u64) -> String {
             o.status.code(),
             String::from_utf8_lossy(&o.stderr)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -146,7 +146,7 @@ async fn two_neighbours_merged_by_hand_under_writes_keep_every_key_and_stay_merg
         let client = client.clone();
         tokio::spawn(async move { write_rounds(&client, KEYS, 2, 4).await })
     };
-    let out = merge_by_hand(&c, source, target);
+    let out = merge_by_hand(&c, source, target).await;
     assert!(
         out.contains(&format!("region {source} is merging into region {target}")),
         "{out}"
@@ -181,7 +181,7 @@ async fn a_store_that_crashes_applying_the_merge_finishes_it_after_its_restart()
     // replica of the target applies the commit.
     c.kill(3);
     c.restart_with_env(3, &[("FAILPOINTS", "storage-merge=return")]);
-    merge_by_hand(&c, source, target);
+    merge_by_hand(&c, source, target).await;
     let status = c.wait_exit(3, Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| !s.success()),

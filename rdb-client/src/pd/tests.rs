@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rdb_proto::pd as pb;
 use rdb_proto::pd::pd_server::{Pd, PdServer};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::*;

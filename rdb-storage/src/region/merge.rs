@@ -7,7 +7,7 @@
 
 use prost::Message as _;
 use rdb_proto::command::{CommitMerge, MergeState, PrepareMerge};
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 
 use super::{epoch, Region, RegionEpoch};
 use crate::dedup;
@@ -184,27 +184,11 @@ pub(crate) fn merge_batch(
         keys::region_meta_key(merged.id),
         merged.encode_to_vec(),
     );
-    let mut lower = keys::region_prefix(source_id);
-    lower.push(keys::DEDUP_PREFIX);
-    let mut upper = keys::region_prefix(source_id);
-    upper.push(keys::DEDUP_PREFIX + 1);
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(upper);
-    let it = engine
-        .db()
-        .iterator_cf_opt(data, ro, IteratorMode::From(&lower, Direction::Forward));
-    for item in it {
-        let (k, v) = item?;
-        if dedup::is_dead(&k, &v, prepare_index, window) {
-            continue;
-        }
-        let mut key = keys::region_prefix(merged.id);
-        key.extend_from_slice(k.get(9..).unwrap_or_default());
+    for item in dedup::moved_records(engine, source_id, prepare_index, window, merged.id, index) {
+        let (key, rec) = item?;
         if engine.db().get_cf(data, &key)?.is_some() {
             continue;
         }
-        let mut rec = index.to_be_bytes().to_vec();
-        rec.extend_from_slice(v.get(8..).unwrap_or_default());
         wb.put_cf(data, key, rec);
     }
     remove_source(engine, wb, source_id);

@@ -1,0 +1,253 @@
+//! The single-key calls of the client service (`Put`, `Get`, `Delete`, `Cas`) and `Scan`, one
+//! region's part of its range per page.
+
+use rdb_proto::command::{self, command::Op};
+use rdb_proto::kv::{
+    CasRequest, CasResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue,
+    PutRequest, PutResponse, ScanRequest, ScanResponse,
+};
+use rdb_storage::region::Region;
+use rdb_storage::CommandResult;
+use tonic::{Request, Response, Status};
+
+use super::{err, prefix_end, KvService};
+use crate::router::RequestError;
+
+/// The part of the scan range `[start, end)` (empty end: unbounded) inside `region`, and the
+/// region's end when the range goes on past it (where the next page starts).
+fn clip_to_region(
+    start: Vec<u8>,
+    end: Vec<u8>,
+    region: &Region,
+) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+    let start = start.max(region.start_key.clone());
+    let range_goes_on = !region.end_key.is_empty() && (end.is_empty() || end > region.end_key);
+    if range_goes_on {
+        (start, region.end_key.clone(), Some(region.end_key.clone()))
+    } else {
+        (start, end, None)
+    }
+}
+
+impl KvService {
+    /// `Put`: one key written through its region's log.
+    pub(super) async fn put_inner(
+        &self,
+        request: Request<PutRequest>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let res = async {
+            self.check_key(&r.key)?;
+            self.check_value(&r.value)?;
+            self.write(
+                deadline,
+                r.request_id,
+                Op::Put(command::Put {
+                    key: r.key,
+                    value: r.value,
+                }),
+                r.context,
+            )
+            .await
+        }
+        .await;
+        match res {
+            Ok(_) => Ok(Response::new(PutResponse { error: None })),
+            Err(e) => err(e, |r: &mut PutResponse, e| r.error = Some(e)),
+        }
+    }
+
+    /// `Get`: one key read after the read barrier the request asks for.
+    pub(super) async fn get_inner(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<GetResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let res = async {
+            self.check_key(&r.key)?;
+            self.read_barrier(
+                deadline,
+                r.consistency,
+                r.context,
+                std::slice::from_ref(&r.key),
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = res {
+            return err(e, |r: &mut GetResponse, e| r.error = Some(e));
+        }
+        // A point read is short, but may wait on the disk: let the runtime move other tasks
+        // off this worker meanwhile.
+        let value = match tokio::task::block_in_place(|| self.engine.get(&r.key)) {
+            Ok(v) => v,
+            Err(e) => {
+                return err(Self::read_failed(e)?, |r: &mut GetResponse, e| {
+                    r.error = Some(e)
+                })
+            }
+        };
+        Ok(Response::new(GetResponse {
+            error: None,
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    /// `Delete`: one key removed through its region's log; says whether it existed.
+    pub(super) async fn delete_inner(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let res = async {
+            self.check_key(&r.key)?;
+            self.write(
+                deadline,
+                r.request_id,
+                Op::Delete(command::Delete { key: r.key }),
+                r.context,
+            )
+            .await
+        }
+        .await;
+        match res {
+            Ok(CommandResult::Delete { existed }) => Ok(Response::new(DeleteResponse {
+                error: None,
+                existed,
+            })),
+            Ok(other) => Err(Status::internal(format!("delete produced {other:?}"))),
+            Err(e) => err(e, |r: &mut DeleteResponse, e| r.error = Some(e)),
+        }
+    }
+
+    /// `Scan`: one page of the range, within one region.
+    pub(super) async fn scan_inner(
+        &self,
+        request: Request<ScanRequest>,
+    ) -> Result<Response<ScanResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let max = self.settings.max_scan_limit;
+        let res = async {
+            if !r.prefix.is_empty() && (!r.start.is_empty() || !r.end.is_empty()) {
+                return Err(RequestError::InvalidArgument(
+                    "give either a prefix or a start/end range, not both".into(),
+                ));
+            }
+            if r.limit > max {
+                return Err(RequestError::InvalidArgument(format!(
+                    "limit {} is over the maximum of {max}",
+                    r.limit
+                )));
+            }
+            for k in [&r.start, &r.end, &r.prefix] {
+                if k.len() > self.settings.max_key_bytes {
+                    return Err(RequestError::InvalidArgument(format!(
+                        "scan bound is over the key limit of {} bytes",
+                        self.settings.max_key_bytes
+                    )));
+                }
+            }
+            let first = if r.prefix.is_empty() {
+                &r.start
+            } else {
+                &r.prefix
+            };
+            self.read_barrier(
+                deadline,
+                r.consistency,
+                r.context,
+                std::slice::from_ref(first),
+            )
+            .await
+        }
+        .await;
+        let region = match res {
+            Ok(region) => region,
+            Err(e) => return err(e, |r: &mut ScanResponse, e| r.error = Some(e)),
+        };
+        let (start, end) = if r.prefix.is_empty() {
+            (r.start, r.end)
+        } else {
+            (r.prefix.clone(), prefix_end(&r.prefix))
+        };
+        // One region's part of the range; the client goes on at the region's end.
+        let (start, end, region_end) = clip_to_region(start, end, &region);
+        let limit = if r.limit == 0 { max } else { r.limit } as usize;
+        let engine = self.engine.clone();
+        let max_bytes = self.settings.max_response_bytes;
+        // A scan can read a lot: off the async workers.
+        let scanned =
+            tokio::task::spawn_blocking(move || engine.scan(&start, &end, limit, max_bytes))
+                .await
+                .map_err(|e| Status::internal(format!("scan task failed: {e}")))?;
+        let page = match scanned {
+            Ok(page) => page,
+            Err(e) => {
+                return err(Self::read_failed(e)?, |r: &mut ScanResponse, e| {
+                    r.error = Some(e)
+                })
+            }
+        };
+        let next_start = match page.kvs.last() {
+            Some((k, _)) if page.more => {
+                let mut next = k.clone();
+                next.push(0);
+                next
+            }
+            // The region ended before the range did: the next page is the next region's.
+            _ => region_end.clone().unwrap_or_default(),
+        };
+        Ok(Response::new(ScanResponse {
+            error: None,
+            kvs: page
+                .kvs
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
+                .collect(),
+            more: page.more || region_end.is_some(),
+            next_start,
+        }))
+    }
+
+    /// `Cas`: compare-and-swap of one key through its region's log.
+    pub(super) async fn cas_inner(
+        &self,
+        request: Request<CasRequest>,
+    ) -> Result<Response<CasResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let res = async {
+            self.check_key(&r.key)?;
+            self.check_value(&r.new_value)?;
+            if let Some(e) = &r.expected {
+                self.check_value(e)?;
+            }
+            self.write(
+                deadline,
+                r.request_id,
+                Op::Cas(command::Cas {
+                    key: r.key,
+                    expected: r.expected,
+                    new_value: r.new_value,
+                }),
+                r.context,
+            )
+            .await
+        }
+        .await;
+        match res {
+            Ok(CommandResult::Cas { succeeded, current }) => Ok(Response::new(CasResponse {
+                error: None,
+                succeeded,
+                current,
+            })),
+            Ok(other) => Err(Status::internal(format!("cas produced {other:?}"))),
+            Err(e) => err(e, |r: &mut CasResponse, e| r.error = Some(e)),
+        }
+    }
+}
