@@ -69,6 +69,10 @@ pub const DATA_CF_END: &[u8] = &[0xff; 32];
 
 /// Prefix of user keys inside the `data` column family.
 pub const DATA_PREFIX: u8 = b'd';
+/// Prefix of the older versions of user keys (specs/018-versions): this prefix, the user key
+/// in memcomparable encoding, the version's revision inverted (8 bytes big endian), so that a
+/// key's history sorts newest first and no key's history interleaves another's.
+pub const HISTORY_PREFIX: u8 = b'h';
 /// Prefix of the records of an application other than the KV store (PD's metadata), in the
 /// `data` family.
 pub const APP_PREFIX: u8 = b'p';

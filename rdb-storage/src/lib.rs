@@ -19,6 +19,7 @@ pub mod error;
 mod installs;
 pub mod keys;
 pub mod membership;
+pub mod mvcc;
 mod open;
 pub mod raft_storage;
 pub mod range_stats;

@@ -1,0 +1,592 @@
+//! Versioned keys (specs/018-versions, its data model): the newest version of a key in its
+//! `d` record, with its revisions in front of the value, and older versions in `h` records
+//! keyed by user key and revision, newest first. A write moves the version it supersedes into
+//! history in the same batch; a read at a revision takes the newest record at or below it;
+//! compaction deletes the history no read at or above its horizon can need.
+//!
+//! The write path works on [`Records`] (an apply batch, or memory in the simulation), so it is
+//! the very logic the state machine applies with; reads and compaction work on the engine.
+//! Not yet used by the state machine: the layout is built and tested first (the plan's step
+//! 1), then the apply path, the API and PD mode's stamps move onto it.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use crate::keys::{self, CF_DATA, HISTORY_PREFIX};
+use crate::state_machine::Records;
+use crate::{Engine, Error, Result};
+
+/// First byte of a version record: a value with its revisions.
+const VERSION: u8 = 1;
+/// First byte of a history record that marks a delete.
+const DELETED: u8 = 2;
+
+/// What a key carries beside its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// The revision that created the key (since its last delete).
+    pub create_revision: u64,
+    /// The revision of its last change.
+    pub mod_revision: u64,
+    /// 1 at creation, +1 per change; a delete ends it.
+    pub version: u64,
+}
+
+/// One version of a key: its revisions and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The revisions.
+    pub meta: Meta,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// A change to one key at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Set the value.
+    Put(Vec<u8>),
+    /// Remove the key.
+    Delete,
+}
+
+/// A history record: the user key, the revision, the record.
+type HistoryRecord = (Vec<u8>, u64, Vec<u8>);
+
+/// What a write did to a key: its meta before and after (None: absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Before the write.
+    pub before: Option<Meta>,
+    /// After it.
+    pub after: Option<Meta>,
+}
+
+/// A version record: its first byte, the three revisions as varints, the value.
+pub fn encode(meta: &Meta, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 3 * 10 + value.len());
+    out.push(VERSION);
+    for v in [meta.create_revision, meta.mod_revision, meta.version] {
+        prost::encoding::encode_varint(v, &mut out);
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+/// The meta and value of a version record.
+pub fn decode(record: &[u8]) -> Result<(Meta, &[u8])> {
+    let corrupt = || Error::Corrupt("undecodable version record".into());
+    let (&first, mut rest) = record.split_first().ok_or_else(corrupt)?;
+    if first != VERSION {
+        return Err(corrupt());
+    }
+    let mut next = || prost::encoding::decode_varint(&mut rest).map_err(|_| corrupt());
+    let meta = Meta {
+        create_revision: next()?,
+        mod_revision: next()?,
+        version: next()?,
+    };
+    Ok((meta, rest))
+}
+
+/// The memcomparable encoding of a user key: order-preserving, and no key's encoding is a
+/// prefix of another's.
+fn encode_key(key: &[u8]) -> Result<Vec<u8>> {
+    memcomparable::to_vec(&serde_bytes::Bytes::new(key))
+        .map_err(|e| Error::Corrupt(format!("key encoding: {e}")))
+}
+
+/// The prefix of every history record of `key`.
+fn history_prefix(key: &[u8]) -> Result<Vec<u8>> {
+    let mut k = vec![HISTORY_PREFIX];
+    k.extend(encode_key(key)?);
+    Ok(k)
+}
+
+/// The history record of `key` at `revision`.
+pub fn history_key(key: &[u8], revision: u64) -> Result<Vec<u8>> {
+    let mut k = history_prefix(key)?;
+    k.extend_from_slice(&(!revision).to_be_bytes());
+    Ok(k)
+}
+
+/// The user key and revision of a history record's key.
+fn parse_history_key(k: &[u8]) -> Result<(Vec<u8>, u64)> {
+    let corrupt = || Error::Corrupt("undecodable history key".into());
+    let body = k.strip_prefix(&[HISTORY_PREFIX]).ok_or_else(corrupt)?;
+    let split = body.len().checked_sub(8).ok_or_else(corrupt)?;
+    let (enc, rev) = body.split_at(split);
+    let key: serde_bytes::ByteBuf = memcomparable::from_slice(enc).map_err(|_| corrupt())?;
+    let rev = u64::from_be_bytes(rev.try_into().map_err(|_| corrupt())?);
+    Ok((key.into_vec(), !rev))
+}
+
+/// Applies `change` to `key` at `revision` (greater than the key's last change): the version
+/// it supersedes moves to history, a delete leaves a marker there. A delete of an absent key
+/// writes nothing.
+pub fn write<R: Records + ?Sized>(
+    r: &mut R,
+    key: &[u8],
+    change: Change,
+    revision: u64,
+) -> Result<Written> {
+    let dk = keys::data_key(key);
+    let old = r.read(&dk)?;
+    let before = match &old {
+        Some(rec) => Some(decode(rec)?.0),
+        None => None,
+    };
+    if let Some(b) = before {
+        if revision <= b.mod_revision {
+            return Err(Error::Corrupt(format!(
+                "a write at revision {revision} to a key last changed at {}",
+                b.mod_revision
+            )));
+        }
+    }
+    let after = match change {
+        Change::Put(value) => {
+            let meta = match before {
+                Some(b) => Meta {
+                    create_revision: b.create_revision,
+                    mod_revision: revision,
+                    version: b.version + 1,
+                },
+                None => Meta {
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                },
+            };
+            r.put(dk, encode(&meta, &value));
+            Some(meta)
+        }
+        Change::Delete => {
+            if before.is_some() {
+                r.delete(dk);
+                r.put(history_key(key, revision)?, vec![DELETED]);
+            }
+            None
+        }
+    };
+    if let (Some(b), Some(rec)) = (before, old) {
+        r.put(history_key(key, b.mod_revision)?, rec);
+    }
+    Ok(Written { before, after })
+}
+
+/// A version or delete record as read from history.
+fn from_history(record: &[u8]) -> Result<Option<Versioned>> {
+    match record.first() {
+        Some(&DELETED) => Ok(None),
+        _ => {
+            let (meta, value) = decode(record)?;
+            Ok(Some(Versioned {
+                meta,
+                value: value.to_vec(),
+            }))
+        }
+    }
+}
+
+impl Engine {
+    /// The newest version of `key`, if it exists.
+    pub fn get_versioned(&self, key: &[u8]) -> Result<Option<Versioned>> {
+        match self.db().get_cf(self.cf(CF_DATA), keys::data_key(key))? {
+            None => Ok(None),
+            Some(rec) => {
+                let (meta, value) = decode(&rec)?;
+                Ok(Some(Versioned {
+                    meta,
+                    value: value.to_vec(),
+                }))
+            }
+        }
+    }
+
+    /// `key` as of `revision`: its newest version changed at or before it, or None if it did
+    /// not exist then (or its history there was compacted away).
+    pub fn get_at(&self, key: &[u8], revision: u64) -> Result<Option<Versioned>> {
+        if let Some(v) = self.get_versioned(key)? {
+            if v.meta.mod_revision <= revision {
+                return Ok(Some(v));
+            }
+        }
+        let prefix = history_prefix(key)?;
+        let from = history_key(key, revision)?;
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&[0xff; 9]);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self.db().iterator_cf_opt(
+            self.cf(CF_DATA),
+            ro,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        match it.next() {
+            Some(item) => {
+                let (k, rec) = item?;
+                if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                    return Ok(None);
+                }
+                from_history(&rec)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The keys in `[start, end)` (empty `end`: no bound) as of `revision`, in key order, at
+    /// most `limit` of them.
+    pub fn scan_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        revision: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        let (lower, upper) = keys::data_range(start, end);
+        let mut newest = self.versions_in(&lower, &upper)?.into_iter().peekable();
+        let mut history = self.history_in(start, end)?.into_iter().peekable();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let next = match (newest.peek(), history.peek()) {
+                (None, None) => break,
+                (Some((a, _)), Some((b, _, _))) => a.clone().min(b.clone()),
+                (Some((a, _)), None) => a.clone(),
+                (None, Some((b, _, _))) => b.clone(),
+            };
+            let mut found = None;
+            if newest.peek().is_some_and(|(k, _)| *k == next) {
+                if let Some((_, v)) = newest.next() {
+                    if v.meta.mod_revision <= revision {
+                        found = Some(Some(v));
+                    }
+                }
+            }
+            // The key's history, newest first: the first at or below `revision` is its state.
+            while let Some((_, rev, rec)) = history.next_if(|(k, _, _)| *k == next) {
+                if found.is_none() && rev <= revision {
+                    found = Some(from_history(&rec)?);
+                }
+            }
+            if let Some(Some(v)) = found {
+                out.push((next, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest versions of the stored keys `[lower, upper)`.
+    fn versions_in(&self, lower: &[u8], upper: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let it = self.db().iterator_cf_opt(
+            self.cf(CF_DATA),
+            ro,
+            IteratorMode::From(lower, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, rec) = item?;
+            let key = keys::user_key(&k)
+                .ok_or_else(|| Error::Corrupt("non-data key inside the data range".into()))?;
+            let (meta, value) = decode(&rec)?;
+            out.push((
+                key.to_vec(),
+                Versioned {
+                    meta,
+                    value: value.to_vec(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The history records of the user keys in `[start, end)`: key, revision, record.
+    fn history_in(&self, start: &[u8], end: &[u8]) -> Result<Vec<HistoryRecord>> {
+        let lower = history_prefix(start)?;
+        let upper = if end.is_empty() {
+            vec![HISTORY_PREFIX + 1]
+        } else {
+            history_prefix(end)?
+        };
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let it = self.db().iterator_cf_opt(
+            self.cf(CF_DATA),
+            ro,
+            IteratorMode::From(&lower, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, rec) = item?;
+            let (key, rev) = parse_history_key(&k)?;
+            out.push((key, rev, rec.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the history that no read at or above `horizon` can need: for each key, every
+    /// version older than its state at `horizon`, and that state too if it is a delete.
+    /// Returns how many records went. (The state machine will record the horizon through the
+    /// log and run this in bounded steps; the result of a read at or above the horizon is the
+    /// same before and after.)
+    pub fn compact_history(&self, horizon: u64) -> Result<u64> {
+        let mut wb = WriteBatch::default();
+        let mut deleted = 0u64;
+        let mut current: Option<(Vec<u8>, bool)> = None;
+        for (key, rev, rec) in self.history_in(&[], &[])? {
+            // Whether the key's state at the horizon was found already (newer records first).
+            let settled = match &current {
+                Some((k, settled)) if *k == key => *settled,
+                _ => {
+                    let newest = self.get_versioned(&key)?;
+                    newest.is_some_and(|v| v.meta.mod_revision <= horizon)
+                }
+            };
+            let drop = if settled {
+                true
+            } else if rev <= horizon {
+                // The state at the horizon: kept, unless it is a delete.
+                rec.first() == Some(&DELETED)
+            } else {
+                false
+            };
+            if drop {
+                wb.delete_cf(self.cf(CF_DATA), history_key(&key, rev)?);
+                deleted += 1;
+            }
+            current = Some((key, settled || rev <= horizon));
+        }
+        self.db().write(wb)?;
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+
+    /// Every key's value at one revision, in the model.
+    type State = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Writes straight to the engine, one batch per call.
+    struct Direct<'a> {
+        engine: &'a Engine,
+        wb: WriteBatch,
+        overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    }
+
+    impl Records for Direct<'_> {
+        fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            if let Some(v) = self.overlay.get(key) {
+                return Ok(v.clone());
+            }
+            Ok(self.engine.db().get_cf(self.engine.cf(CF_DATA), key)?)
+        }
+        fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+            self.wb.put_cf(self.engine.cf(CF_DATA), &key, &value);
+            self.overlay.insert(key, Some(value));
+        }
+        fn delete(&mut self, key: Vec<u8>) {
+            self.wb.delete_cf(self.engine.cf(CF_DATA), &key);
+            self.overlay.insert(key, None);
+        }
+    }
+
+    fn apply(engine: &Engine, key: &[u8], change: Change, rev: u64) -> Written {
+        let mut d = Direct {
+            engine,
+            wb: WriteBatch::default(),
+            overlay: BTreeMap::new(),
+        };
+        let w = write(&mut d, key, change, rev).expect("write");
+        engine.db().write(d.wb).expect("batch");
+        w
+    }
+
+    #[test]
+    fn records_round_trip_and_history_keys_sort_by_key_then_newest_first() {
+        let meta = Meta {
+            create_revision: 3,
+            mod_revision: 300,
+            version: 7,
+        };
+        let rec = encode(&meta, b"value");
+        assert_eq!(decode(&rec).expect("decode"), (meta, &b"value"[..]));
+        assert!(decode(b"").is_err() && decode(&[DELETED]).is_err());
+        let keys = [&b"a"[..], b"a\x00", b"a\x00\x00", b"ab", b"b"];
+        let mut all = Vec::new();
+        for k in keys {
+            for rev in [1u64, 2, 1 << 40] {
+                all.push((history_key(k, rev).expect("key"), k.to_vec(), rev));
+            }
+        }
+        let mut sorted = all.clone();
+        sorted.sort();
+        let order: Vec<(Vec<u8>, u64)> = sorted.iter().map(|(_, k, r)| (k.clone(), *r)).collect();
+        let mut want: Vec<(Vec<u8>, u64)> = all.iter().map(|(_, k, r)| (k.clone(), *r)).collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        assert_eq!(order, want);
+        for (hk, k, r) in &all {
+            assert_eq!(parse_history_key(hk).expect("parse"), (k.clone(), *r));
+        }
+    }
+
+    #[test]
+    fn versions_and_revisions_follow_puts_and_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let w = apply(&engine, b"k", Change::Put(b"v1".to_vec()), 5);
+        let m1 = Meta {
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+        };
+        assert_eq!((w.before, w.after), (None, Some(m1)));
+        let w = apply(&engine, b"k", Change::Put(b"v2".to_vec()), 9);
+        let m2 = Meta {
+            create_revision: 5,
+            mod_revision: 9,
+            version: 2,
+        };
+        assert_eq!((w.before, w.after), (Some(m1), Some(m2)));
+        assert_eq!(
+            apply(&engine, b"k", Change::Delete, 12).after,
+            None,
+            "a delete ends the key"
+        );
+        assert_eq!(
+            apply(&engine, b"gone", Change::Delete, 13),
+            Written {
+                before: None,
+                after: None
+            }
+        );
+        let w = apply(&engine, b"k", Change::Put(b"v3".to_vec()), 20);
+        assert_eq!(
+            w.after,
+            Some(Meta {
+                create_revision: 20,
+                mod_revision: 20,
+                version: 1
+            }),
+            "a put after a delete starts again"
+        );
+        let value = |rev| engine.get_at(b"k", rev).expect("get").map(|v| v.value);
+        assert_eq!(value(4), None);
+        assert_eq!(value(5), Some(b"v1".to_vec()));
+        assert_eq!(value(11), Some(b"v2".to_vec()));
+        assert_eq!(value(12), None);
+        assert_eq!(value(19), None);
+        assert_eq!(value(u64::MAX), Some(b"v3".to_vec()));
+        // A write at or below the key's last revision is refused: revisions only go up.
+        let mut d = Direct {
+            engine: &engine,
+            wb: WriteBatch::default(),
+            overlay: BTreeMap::new(),
+        };
+        assert!(write(&mut d, b"k", Change::Put(b"x".to_vec()), 20).is_err());
+    }
+
+    /// Random writes to a few keys (some of them prefixes of others) against a model of every
+    /// revision; reads at every revision, scans at every revision, and compactions at random
+    /// horizons that must not change any answer at or above them.
+    #[test]
+    fn reads_at_every_revision_match_a_model_through_random_writes_and_compactions() {
+        for seed in 0..8u64 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let engine = Engine::open(dir.path()).expect("open");
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let names: [&[u8]; 5] = [b"a", b"a\x00", b"ab", b"b", b"c\xff"];
+            // The model: for each revision, every key's value then.
+            let mut states: Vec<(u64, State)> = vec![(0, BTreeMap::new())];
+            let mut rev = 0;
+            let mut horizon = 0;
+            for step in 0..300 {
+                rev += rng.gen_range(1..4);
+                let key = names[rng.gen_range(0..names.len())];
+                let mut now = states.last().map(|(_, s)| s.clone()).unwrap_or_default();
+                if rng.gen_bool(0.7) {
+                    let value = format!("{key:?}@{rev}").into_bytes();
+                    apply(&engine, key, Change::Put(value.clone()), rev);
+                    now.insert(key.to_vec(), value);
+                } else {
+                    apply(&engine, key, Change::Delete, rev);
+                    now.remove(key);
+                }
+                states.push((rev, now));
+                if step % 50 == 49 {
+                    horizon = rng.gen_range(horizon..=rev);
+                    engine.compact_history(horizon).expect("compact");
+                }
+            }
+            let state_at = |r: u64| {
+                states
+                    .iter()
+                    .rev()
+                    .find(|(at, _)| *at <= r)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default()
+            };
+            for r in horizon..=rev + 1 {
+                let want = state_at(r);
+                for key in names {
+                    let got = engine.get_at(key, r).expect("get").map(|v| v.value);
+                    assert_eq!(got.as_ref(), want.get(key), "seed {seed}, rev {r}, {key:?}");
+                }
+                let scan: BTreeMap<Vec<u8>, Vec<u8>> = engine
+                    .scan_at(b"", b"", r, usize::MAX)
+                    .expect("scan")
+                    .into_iter()
+                    .map(|(k, v)| (k, v.value))
+                    .collect();
+                assert_eq!(scan, want, "seed {seed}, scan at {r}");
+                let part: Vec<Vec<u8>> = engine
+                    .scan_at(b"a\x00", b"b", r, usize::MAX)
+                    .expect("scan")
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                let want_part: Vec<Vec<u8>> = want
+                    .keys()
+                    .filter(|k| k.as_slice() >= &b"a\x00"[..] && k.as_slice() < &b"b"[..])
+                    .cloned()
+                    .collect();
+                assert_eq!(part, want_part, "seed {seed}, range scan at {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_history_bounded_under_overwrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let mut rev = 0;
+        for round in 0..50u64 {
+            for k in 0..20u64 {
+                rev += 1;
+                apply(
+                    &engine,
+                    format!("k{k}").as_bytes(),
+                    Change::Put(round.to_be_bytes().to_vec()),
+                    rev,
+                );
+            }
+            // Keep the last 40 revisions.
+            engine
+                .compact_history(rev.saturating_sub(40))
+                .expect("compact");
+        }
+        let history = engine.history_in(b"", b"").expect("history").len();
+        assert!(history <= 40, "{history} history records kept");
+        assert_eq!(
+            engine
+                .get_at(b"k0", rev - 30)
+                .expect("get")
+                .map(|v| v.value),
+            Some(48u64.to_be_bytes().to_vec())
+        );
+    }
+}
