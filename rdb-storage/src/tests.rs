@@ -191,6 +191,35 @@ fn reopen_recovers_hard_state_log_and_data_from_the_wal() {
 }
 
 #[test]
+fn a_gap_in_the_retained_log_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (engine, mut s) = open(dir.path());
+        let hs = HardState {
+            term: 2,
+            commit: 1,
+            ..Default::default()
+        };
+        // Big entries, as batch puts make them: the check walks their keys only.
+        let big = vec![7u8; 256 * 1024];
+        let ents: Vec<Entry> = (1..=8).map(|i| entry(i, 2, &big)).collect();
+        s.append(&ents, Some(&hs)).unwrap();
+        let space = engine.space();
+        engine
+            .db()
+            .delete_cf(engine.cf(crate::keys::CF_RAFT_LOG), space.log_key(5))
+            .unwrap();
+    }
+    let engine = Engine::open(dir.path()).unwrap();
+    engine.bootstrap_or_check(IDENT, &[1, 2, 3], &[]).unwrap();
+    match RaftStorage::open(engine, logger()) {
+        Err(Error::Corrupt(m)) => assert!(m.contains("7 entries between 1 and 8"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a log with a gap opened"),
+    }
+}
+
+#[test]
 fn applied_index_never_runs_ahead_of_the_data_it_describes() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, mut s) = open(dir.path());
