@@ -97,6 +97,12 @@ pub const REGION_META_SUFFIX: u8 = b'm';
 /// After a region's prefix in `data`: its merge state (`rdb.command.MergeState`), present from
 /// the apply of its PrepareMerge until its rollback (or the merge removes the region).
 pub const REGION_MERGE_SUFFIX: u8 = b'g';
+/// After a region's prefix in `data`: the region's revisions (specs/018-versions: the last
+/// revision it applied and its compacted revision). A static node's is [`NODE_REVISIONS_KEY`].
+pub const REGION_REVISIONS_SUFFIX: u8 = b'v';
+/// In `data`: a static node's revisions (see [`REGION_REVISIONS_SUFFIX`]).
+pub const NODE_REVISIONS_KEY: &[u8] = b"v";
+
 /// After a region's prefix in `data`: a member record (peer id, 8 bytes big endian, then its
 /// `MemberRecord`): the peer and client addresses of a config-file cluster's nodes, which its
 /// one region's log changes and its snapshots carry (PD-mode stores learn addresses from PD).
@@ -171,6 +177,18 @@ impl Space {
             Space::Region(id) => {
                 let mut k = region_prefix(id);
                 k.push(REGION_APPLY_SUFFIX);
+                k
+            }
+        }
+    }
+
+    /// Key of this group's revisions in `data` (specs/018-versions).
+    pub fn revisions_key(self) -> Vec<u8> {
+        match self {
+            Space::Node => NODE_REVISIONS_KEY.to_vec(),
+            Space::Region(id) => {
+                let mut k = region_prefix(id);
+                k.push(REGION_REVISIONS_SUFFIX);
                 k
             }
         }

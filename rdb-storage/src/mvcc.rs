@@ -61,6 +61,42 @@ pub struct Written {
     pub after: Option<Meta>,
 }
 
+/// A group's revisions, kept in its records beside its applied index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Revisions {
+    /// The last revision a write got (0: none yet).
+    pub last: u64,
+    /// Reads below this revision are refused: their history may be gone.
+    pub compacted: u64,
+}
+
+/// The revisions of the group whose records `r` holds (zeros before its first write).
+pub fn revisions<R: Records + ?Sized>(r: &R) -> Result<Revisions> {
+    match r.read(&r.space().revisions_key())? {
+        None => Ok(Revisions::default()),
+        Some(v) => {
+            let field = |at: usize| {
+                v.get(at..at + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| Error::Corrupt("revisions record too short".into()))
+            };
+            Ok(Revisions {
+                last: field(0)?,
+                compacted: field(8)?,
+            })
+        }
+    }
+}
+
+/// Records the group's revisions (in the same batch as the writes they count).
+pub fn set_revisions<R: Records + ?Sized>(r: &mut R, revs: Revisions) {
+    let mut v = revs.last.to_be_bytes().to_vec();
+    v.extend_from_slice(&revs.compacted.to_be_bytes());
+    let key = r.space().revisions_key();
+    r.put(key, v);
+}
+
 /// A version record: its first byte, the three revisions as varints, the value.
 pub fn encode(meta: &Meta, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 3 * 10 + value.len());
@@ -120,8 +156,9 @@ fn parse_history_key(k: &[u8]) -> Result<(Vec<u8>, u64)> {
     Ok((key.into_vec(), !rev))
 }
 
-/// Applies `change` to `key` at `revision` (greater than the key's last change): the version
-/// it supersedes moves to history, a delete leaves a marker there. A delete of an absent key
+/// Applies `change` to `key` at `revision` (greater than the key's last change, or equal for
+/// a second change of the key in one batch, which replaces the first): the version it
+/// supersedes moves to history, a delete leaves a marker there. A delete of an absent key
 /// writes nothing.
 pub fn write<R: Records + ?Sized>(
     r: &mut R,
@@ -135,8 +172,11 @@ pub fn write<R: Records + ?Sized>(
         Some(rec) => Some(decode(rec)?.0),
         None => None,
     };
+    // A second change of one key in one write (a batch) replaces the first in place: the
+    // version the batch superseded is in history already.
+    let again = before.is_some_and(|b| b.mod_revision == revision);
     if let Some(b) = before {
-        if revision <= b.mod_revision {
+        if revision < b.mod_revision {
             return Err(Error::Corrupt(format!(
                 "a write at revision {revision} to a key last changed at {}",
                 b.mod_revision
@@ -149,7 +189,7 @@ pub fn write<R: Records + ?Sized>(
                 Some(b) => Meta {
                     create_revision: b.create_revision,
                     mod_revision: revision,
-                    version: b.version + 1,
+                    version: if again { b.version } else { b.version + 1 },
                 },
                 None => Meta {
                     create_revision: revision,
@@ -169,7 +209,9 @@ pub fn write<R: Records + ?Sized>(
         }
     };
     if let (Some(b), Some(rec)) = (before, old) {
-        r.put(history_key(key, b.mod_revision)?, rec);
+        if !again {
+            r.put(history_key(key, b.mod_revision)?, rec);
+        }
     }
     Ok(Written { before, after })
 }
@@ -327,38 +369,70 @@ impl Engine {
 
     /// Deletes the history that no read at or above `horizon` can need: for each key, every
     /// version older than its state at `horizon`, and that state too if it is a delete.
-    /// Returns how many records went. (The state machine will record the horizon through the
-    /// log and run this in bounded steps; the result of a read at or above the horizon is the
-    /// same before and after.)
+    /// Returns how many records went. The result of a read at or above the horizon is the same
+    /// before and after.
     pub fn compact_history(&self, horizon: u64) -> Result<u64> {
+        let (mut deleted, mut from) = (0, Vec::new());
+        loop {
+            let (n, next) = self.compact_history_step(horizon, &from, 1024)?;
+            deleted += n;
+            match next {
+                Some(k) => from = k,
+                None => return Ok(deleted),
+            }
+        }
+    }
+
+    /// One bounded step of [`Engine::compact_history`]: the keys from `from` on, until about
+    /// `max` history records were looked at; returns how many went and the key to go on
+    /// from (None: done). Steps can run between writes (never during one, and with `horizon`
+    /// at most the last revision): a write comes at a revision above the horizon, so it never
+    /// changes a key's state at the horizon, and what a step kept or dropped stays right.
+    pub fn compact_history_step(
+        &self,
+        horizon: u64,
+        from: &[u8],
+        max: usize,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(vec![HISTORY_PREFIX + 1]);
+        let lower = history_prefix(from)?;
+        let it = self.db().iterator_cf_opt(
+            self.cf(CF_DATA),
+            ro,
+            IteratorMode::From(&lower, Direction::Forward),
+        );
         let mut wb = WriteBatch::default();
-        let mut deleted = 0u64;
+        let (mut deleted, mut seen) = (0u64, 0usize);
+        // The key being looked at, and whether its state at the horizon was found already
+        // (its records come newest first).
         let mut current: Option<(Vec<u8>, bool)> = None;
-        for (key, rev, rec) in self.history_in(&[], &[])? {
-            // Whether the key's state at the horizon was found already (newer records first).
+        let mut next = None;
+        for item in it {
+            let (k, rec) = item?;
+            let (key, rev) = parse_history_key(&k)?;
             let settled = match &current {
-                Some((k, settled)) if *k == key => *settled,
+                Some((c, settled)) if *c == key => *settled,
                 _ => {
+                    // A new key: stop here once the step has done its share.
+                    if seen >= max {
+                        next = Some(key);
+                        break;
+                    }
                     let newest = self.get_versioned(&key)?;
                     newest.is_some_and(|v| v.meta.mod_revision <= horizon)
                 }
             };
-            let drop = if settled {
-                true
-            } else if rev <= horizon {
-                // The state at the horizon: kept, unless it is a delete.
-                rec.first() == Some(&DELETED)
-            } else {
-                false
-            };
+            seen += 1;
+            let drop = settled || (rev <= horizon && rec.first() == Some(&DELETED));
             if drop {
-                wb.delete_cf(self.cf(CF_DATA), history_key(&key, rev)?);
+                wb.delete_cf(self.cf(CF_DATA), &k);
                 deleted += 1;
             }
             current = Some((key, settled || rev <= horizon));
         }
         self.db().write(wb)?;
-        Ok(deleted)
+        Ok((deleted, next))
     }
 }
 
@@ -481,13 +555,13 @@ mod tests {
         assert_eq!(value(12), None);
         assert_eq!(value(19), None);
         assert_eq!(value(u64::MAX), Some(b"v3".to_vec()));
-        // A write at or below the key's last revision is refused: revisions only go up.
+        // A write below the key's last revision is refused: revisions only go up.
         let mut d = Direct {
             engine: &engine,
             wb: WriteBatch::default(),
             overlay: BTreeMap::new(),
         };
-        assert!(write(&mut d, b"k", Change::Put(b"x".to_vec()), 20).is_err());
+        assert!(write(&mut d, b"k", Change::Put(b"x".to_vec()), 19).is_err());
     }
 
     /// Random writes to a few keys (some of them prefixes of others) against a model of every
@@ -504,6 +578,7 @@ mod tests {
             let mut states: Vec<(u64, State)> = vec![(0, BTreeMap::new())];
             let mut rev = 0;
             let mut horizon = 0;
+            let mut cursor: Option<Vec<u8>> = None;
             for step in 0..300 {
                 rev += rng.gen_range(1..4);
                 let key = names[rng.gen_range(0..names.len())];
@@ -517,11 +592,21 @@ mod tests {
                     now.remove(key);
                 }
                 states.push((rev, now));
+                // Compaction in small steps between the writes, to a horizon that moves up
+                // now and then.
                 if step % 50 == 49 {
                     horizon = rng.gen_range(horizon..=rev);
-                    engine.compact_history(horizon).expect("compact");
+                    cursor = Some(Vec::new());
+                }
+                if let Some(from) = cursor.take() {
+                    let max = rng.gen_range(1..4);
+                    cursor = engine
+                        .compact_history_step(horizon, &from, max)
+                        .expect("compact")
+                        .1;
                 }
             }
+            engine.compact_history(horizon).expect("compact");
             let state_at = |r: u64| {
                 states
                     .iter()
@@ -588,5 +673,52 @@ mod tests {
                 .map(|v| v.value),
             Some(48u64.to_be_bytes().to_vec())
         );
+    }
+
+    #[test]
+    fn a_key_changed_twice_in_one_batch_keeps_one_version_at_that_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        apply(&engine, b"k", Change::Put(b"old".to_vec()), 5);
+        let mut d = Direct {
+            engine: &engine,
+            wb: WriteBatch::default(),
+            overlay: BTreeMap::new(),
+        };
+        write(&mut d, b"k", Change::Put(b"first".to_vec()), 9).expect("write");
+        let w = write(&mut d, b"k", Change::Put(b"second".to_vec()), 9).expect("write");
+        assert_eq!(w.after.map(|m| m.version), Some(2));
+        write(&mut d, b"j", Change::Put(b"j".to_vec()), 9).expect("write");
+        write(&mut d, b"j", Change::Delete, 9).expect("write");
+        engine.db().write(d.wb).expect("batch");
+        let at = |k: &[u8], rev| engine.get_at(k, rev).expect("get").map(|v| v.value);
+        assert_eq!(at(b"k", 9), Some(b"second".to_vec()));
+        assert_eq!(at(b"k", 8), Some(b"old".to_vec()));
+        assert_eq!(at(b"j", 9), None);
+        let history: Vec<(Vec<u8>, u64)> = engine
+            .history_in(b"", b"")
+            .expect("history")
+            .into_iter()
+            .map(|(k, r, _)| (k, r))
+            .collect();
+        assert_eq!(history, vec![(b"j".to_vec(), 9), (b"k".to_vec(), 5)]);
+    }
+
+    #[test]
+    fn revisions_are_kept_in_the_groups_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let mut d = Direct {
+            engine: &engine,
+            wb: WriteBatch::default(),
+            overlay: BTreeMap::new(),
+        };
+        assert_eq!(revisions(&d).expect("read"), Revisions::default());
+        let revs = Revisions {
+            last: 1 << 40,
+            compacted: 77,
+        };
+        set_revisions(&mut d, revs);
+        assert_eq!(revisions(&d).expect("read"), revs);
     }
 }
