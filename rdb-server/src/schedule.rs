@@ -11,6 +11,8 @@
 //! the merge checker ([`merge_plan`]).
 
 mod balance;
+#[cfg(test)]
+mod fixtures;
 mod merge;
 mod operators;
 mod replica;

@@ -120,41 +120,27 @@ pub fn balance_plan(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{store, voters};
     use super::*;
-    use rdb_proto::pd::Peer;
 
     const BOTH: Balance = Balance {
         leaders: true,
         regions: true,
     };
 
+    /// Region 1 with voters `10 + store` on `stores`.
     fn region(stores: &[u64]) -> Region {
-        Region {
-            id: 1,
-            peers: stores
-                .iter()
-                .map(|&s| Peer {
-                    id: 10 + s,
-                    store_id: s,
-                    learner: false,
-                })
-                .collect(),
-            ..Default::default()
-        }
+        voters(1, stores)
     }
 
     /// Stores 1..=n, with (regions, leaders) each.
     fn stores(load: &[(usize, usize)]) -> Vec<StoreView> {
         load.iter()
-            .enumerate()
-            .map(|(i, &(regions, leaders))| StoreView {
-                id: i as u64 + 1,
-                up: true,
-                room: true,
-                can_send: true,
+            .zip(1..)
+            .map(|(&(regions, leaders), id)| StoreView {
                 regions,
                 leaders,
-                ..Default::default()
+                ..store(id)
             })
             .collect()
     }

@@ -63,39 +63,21 @@ pub fn merge_plan(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{stores, voters};
     use super::*;
-    use rdb_proto::pd::Peer;
 
     const RULES: MergeRules = MergeRules {
         max_size: 20 << 20,
         max_keys: 200_000,
     };
 
+    /// Region `id` over `[start, end)` with voters `id * 10 + store` on `stores`.
     fn region(id: u64, start: &str, end: &str, stores: &[u64]) -> Region {
         Region {
-            id,
             start_key: start.into(),
             end_key: end.into(),
-            peers: stores
-                .iter()
-                .map(|&s| Peer {
-                    id: id * 10 + s,
-                    store_id: s,
-                    learner: false,
-                })
-                .collect(),
-            ..Default::default()
+            ..voters(id, stores)
         }
-    }
-
-    fn stores(n: u64) -> Vec<StoreView> {
-        (1..=n)
-            .map(|id| StoreView {
-                id,
-                up: true,
-                ..Default::default()
-            })
-            .collect()
     }
 
     #[test]

@@ -406,23 +406,13 @@ impl Controller {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{self, store};
     use super::super::NEW_PEER;
     use super::*;
-    use rdb_proto::pd::Peer;
 
+    /// Region 7 with `peers` as (peer id, store, learner).
     fn region(peers: &[(u64, u64, bool)]) -> Region {
-        Region {
-            id: 7,
-            peers: peers
-                .iter()
-                .map(|&(id, store_id, learner)| Peer {
-                    id,
-                    store_id,
-                    learner,
-                })
-                .collect(),
-            ..Default::default()
-        }
+        fixtures::region(7, peers)
     }
 
     fn moving() -> Plan {
@@ -676,10 +666,8 @@ mod tests {
         let r = region(&[(11, 1, false), (12, 2, false), (13, 3, false)]);
         let mut stores: Vec<StoreView> = (1..=4)
             .map(|id| StoreView {
-                id,
-                up: true,
                 regions: 5,
-                ..Default::default()
+                ..store(id)
             })
             .collect();
         c.project(&mut stores, 1, |id| (id == 7).then_some(&r));

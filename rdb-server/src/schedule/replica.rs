@@ -150,33 +150,22 @@ pub fn replica_plan(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{self, store};
     use super::*;
 
-    pub(crate) fn region(peers: &[(u64, u64, bool)]) -> Region {
-        Region {
-            id: 1,
-            peers: peers
-                .iter()
-                .map(|&(id, store_id, learner)| Peer {
-                    id,
-                    store_id,
-                    learner,
-                })
-                .collect(),
-            ..Default::default()
-        }
+    /// Region 1 with `peers` as (peer id, store, learner).
+    fn region(peers: &[(u64, u64, bool)]) -> Region {
+        fixtures::region(1, peers)
     }
 
+    /// Stores `ids`, those in `gone` gone (and not up), each holding as many regions as its id.
     fn stores(gone: &[u64], ids: &[u64]) -> Vec<StoreView> {
         ids.iter()
             .map(|&id| StoreView {
-                id,
                 gone: gone.contains(&id),
                 up: !gone.contains(&id),
-                room: true,
-                can_send: true,
                 regions: id as usize,
-                ..Default::default()
+                ..store(id)
             })
             .collect()
     }

@@ -349,8 +349,8 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{store_views, StoreFacts, NEW_PEER};
-    use rdb_proto::pd::{Peer, RegionEpoch};
+    use crate::schedule::{fixtures, store_views, StoreFacts, NEW_PEER};
+    use rdb_proto::pd::RegionEpoch;
 
     fn rules() -> Rules {
         Rules {
@@ -371,22 +371,14 @@ mod tests {
         }
     }
 
+    /// Region 7 at membership `conf_ver` with `peers` as (peer id, store, learner).
     fn region(conf_ver: u64, peers: &[(u64, u64, bool)]) -> Region {
         Region {
-            id: 7,
             epoch: Some(RegionEpoch {
                 version: 1,
                 conf_ver,
             }),
-            peers: peers
-                .iter()
-                .map(|&(id, store_id, learner)| Peer {
-                    id,
-                    store_id,
-                    learner,
-                })
-                .collect(),
-            ..Default::default()
+            ..fixtures::region(7, peers)
         }
     }
 

@@ -1118,6 +1118,76 @@ fn uninitialized_peers_need_pd_to_vouch_for_them_and_are_bounded_in_number() {
     s.advance().expect("advance");
 }
 
+/// A learner added on store 3 and removed before its first snapshot: store 3 made it
+/// uninitialized (a leader's message, once PD listed it), and its leader never sends to it
+/// again. PD's answer that no longer lists it drops it in the next turn, with a tombstone, so
+/// neither the leader's message nor PD's older view that still lists it makes it again. While
+/// PD lists it (at any `conf_ver`) it stays.
+#[test]
+fn an_uninitialized_peer_pd_no_longer_lists_is_dropped_and_never_made_again() {
+    use raft::prelude::MessageType;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = open(dir.path(), 3);
+    // Region 2 with voters 21, 22 on stores 1, 2 and learner 23 on store 3.
+    let mut added = region_of(2, b"m", b"");
+    added.peers[2].learner = true;
+    added.epoch = Some(RegionEpoch {
+        version: 2,
+        conf_ver: 2,
+    });
+    s.step(leader_message(2, MessageType::MsgAppend, 23))
+        .expect("step");
+    assert_eq!(s.advance().expect("advance").confirm, vec![2]);
+    s.confirm_region(&added);
+    s.step(leader_message(2, MessageType::MsgAppend, 23))
+        .expect("step");
+    assert!(
+        s.core(2).is_some() && s.region(2).is_none(),
+        "store 3 made the learner uninitialized"
+    );
+    s.advance().expect("advance");
+
+    // PD still lists the peer: at the same membership, and once promoted (a later conf_ver).
+    let mut promoted = added.clone();
+    promoted.peers[2].learner = false;
+    promoted.epoch = Some(RegionEpoch {
+        version: 2,
+        conf_ver: 3,
+    });
+    for listed in [&added, &promoted] {
+        s.confirm_region(listed);
+        let out = s.advance().expect("advance");
+        assert!(out.destroyed.is_empty(), "{:?}", out.destroyed);
+        assert_eq!(s.region_ids(), vec![2], "a peer PD lists was dropped");
+    }
+
+    // The learner is removed before its first snapshot.
+    let mut removed = added.clone();
+    removed.peers.truncate(2);
+    removed.epoch = Some(RegionEpoch {
+        version: 2,
+        conf_ver: 3,
+    });
+    s.confirm_region(&removed);
+    let out = s.advance().expect("advance");
+    assert_eq!(out.destroyed, vec![2]);
+    assert!(s.region_ids().is_empty(), "the removed peer stayed");
+    assert_eq!(s.engine().tombstone(2).expect("read"), Some(23));
+
+    // Neither the leader's message nor PD's older view makes it again.
+    s.step(leader_message(2, MessageType::MsgAppend, 23))
+        .expect("step");
+    s.advance().expect("advance");
+    s.confirm_region(&added);
+    s.step(leader_message(2, MessageType::MsgHeartbeat, 23))
+        .expect("step");
+    s.advance().expect("advance");
+    assert!(
+        s.region_ids().is_empty() && s.core(2).is_none(),
+        "a removed peer was made again"
+    );
+}
+
 #[test]
 fn a_snapshot_that_is_not_stepped_leaves_no_file_behind() {
     use raft::prelude::MessageType;
