@@ -150,7 +150,9 @@ impl PdService {
     }
 
     /// Runs one scheduler call under the heartbeat records' lock, with the store views and
-    /// PD's region map at hand.
+    /// the running operators' regions from PD's map at hand. PD's state is not held during the
+    /// call: computing the views reads it, and a second read lock taken by a thread that holds
+    /// one can deadlock behind a waiting writer (the apply thread).
     fn decide(
         &self,
         call: impl for<'r> FnOnce(
@@ -163,13 +165,18 @@ impl PdService {
         let now = Instant::now();
         let mut b = lock(&self.beats);
         let b = &mut *b;
+        let running: HashMap<u64, Region> = self.read(|s| {
+            b.sched
+                .operators()
+                .running()
+                .filter_map(|o| s.regions.get(&o.region).map(|r| (o.region, r.clone())))
+                .collect()
+        });
         // The scheduler is taken out while the views closure borrows the other records.
         let mut sched = std::mem::replace(&mut b.sched, schedule::Scheduler::new(now));
-        let heard = self.read(|s| {
-            let regions = |id: u64| s.regions.get(&id);
-            let mut views = |fresh: bool| self.base_views(b, fresh);
-            call(&mut sched, &mut views, &regions, now)
-        });
+        let regions = |id: u64| running.get(&id);
+        let mut views = |fresh: bool| self.base_views(b, fresh);
+        let heard = call(&mut sched, &mut views, &regions, now);
         b.sched = sched;
         if !heard.ended.is_empty() {
             // Their moves are in the region map now, no longer in the projection.
