@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compares two builds' put throughput side by side: for each run and each row, a fresh
 # three-node cluster of build A, then one of build B (interleaved, so drift in disk and CPU
-# steal hits both alike), SECONDS of `rdb-cli bench` each. Prints every run and the medians.
+# steal hits both alike), SECONDS of `rdb-cli bench` each. Prints every run and the medians,
+# with the largest peak resident set (VmHWM) of a run's three nodes.
 # Usage:
 #   bash scripts/bench-ab.sh DIR_A DIR_B [RUNS=3] [SECONDS=10] [ROWS="64/8 256/16"]
 # ROWS are [WORKLOAD:]CLIENTS/CONNECTIONS, e.g. "1/1 16/4 64/8 256/16 get:64/8"; the workload
@@ -28,10 +29,16 @@ one() { # BIN_DIR LABEL WORKLOAD ROW_ARGS...
   rdb_start_bench_cluster "$work" warning
   local line
   line=$("$bin/rdb-cli" --endpoints "$endpoints" -o json bench --duration-secs "$secs" "$@" 2>/dev/null | tail -n 1)
+  # The largest peak resident set of the three nodes (VmHWM), in KiB.
+  local rss=0 p hwm
+  for p in "${pids[@]}"; do
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    (( ${hwm:-0} > rss )) && rss=${hwm:-0}
+  done
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
-  echo "$label $workload $line" | tee -a "$results"
+  echo "$label $workload $rss $line" | tee -a "$results"
 }
 
 for r in $(seq 1 "$runs"); do
@@ -53,16 +60,19 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    label, workload, js = (line.split(" ", 2) + ["", ""])[:3]
+    label, workload, rss, js = (line.split(" ", 3) + ["", "", ""])[:4]
     if not js.startswith("{"):
         continue
     r = json.loads(js)
+    r["rss_mib"] = int(rss) / 1024
     rows.setdefault((workload, r["clients"], r["connections"], label), []).append(r)
 for (w, c, n, label), rs in sorted(rows.items()):
     ops = [r["ops_per_sec"] for r in rs]
-    print("MEDIAN %s %s %d/%d ops/s %8.0f  p50 %6.2f ms  p99 %6.2f ms  errors %d  (runs: %s)" % (
+    print("MEDIAN %s %s %d/%d ops/s %8.0f  p50 %6.2f ms  p99 %6.2f ms  errors %d  peak RSS %.0f MiB"
+          "  (runs: %s)" % (
         label, w, c, n, statistics.median(ops), statistics.median(r["p50_ms"] for r in rs),
         statistics.median(r["p99_ms"] for r in rs),
-        sum(r["errors"] for r in rs), ", ".join("%.0f" % o for o in ops)))
+        sum(r["errors"] for r in rs), statistics.median(r["rss_mib"] for r in rs),
+        ", ".join("%.0f" % o for o in ops)))
 PY
 rm -f "$results"
