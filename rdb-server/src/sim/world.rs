@@ -1,11 +1,12 @@
 //! The simulated world: stores, their disks and the network. Clients are in [`clients`],
-//! faults in [`faults`], the crash model of a store's directory in [`disk`], convergence and
-//! the checks at the end in [`checks`].
+//! faults in [`faults`], the crash model of a store's directory in [`disk`], the network's
+//! delivery in [`net`], convergence and the checks at the end in [`checks`].
 
 mod checks;
 mod clients;
 mod disk;
 mod faults;
+mod net;
 mod pd;
 
 use clients::Client;
@@ -16,7 +17,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
-use raft::prelude::MessageType;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -562,124 +562,6 @@ impl World {
             }
         }
         Ok(())
-    }
-
-    fn post(&mut self, delay: u64, e: Envelope) {
-        let id = self.next_envelope;
-        self.next_envelope += 1;
-        self.in_flight.insert(id, e);
-        self.net.push(Reverse((self.now + delay, id as u64, id)));
-    }
-
-    fn send_raft(&mut self, m: RegionMessage) {
-        let (from, to) = (store_index(m.from_store), store_index(m.to_store));
-        let lost = self.cut.contains(&(from, to))
-            || (!self.healing && self.rng.gen_ratio(self.sc.drop_per_mille, 1000));
-        if lost {
-            if m.msg.get_msg_type() == MessageType::MsgSnapshot {
-                self.nodes[from].inbox.push(Input::SnapshotReport {
-                    region: m.region_id,
-                    to: m.msg.to,
-                    ok: false,
-                });
-            }
-            self.nodes[from]
-                .inbox
-                .push(Input::Unreachable { store: m.to_store });
-            return;
-        }
-        let copies = if !self.healing && self.rng.gen_ratio(self.sc.dup_per_mille, 1000) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let delay = self.rng.gen_range(1..=self.sc.max_delay);
-            self.post(delay, Envelope::Raft(m.clone()));
-        }
-    }
-
-    /// Copies the file of a snapshot message from the sender's folder to the receiver's, as
-    /// the transport and the peer service do; false if the file is gone.
-    fn copy_snapshot(&self, m: &RegionMessage) -> bool {
-        let Ok(desc) =
-            rdb_storage::snapshot::SnapshotDescriptor::decode(&m.msg.get_snapshot().data)
-        else {
-            return false;
-        };
-        let snap_dir = |i: usize| rdb_storage::engine::snap_dir(self.nodes[i].disk.path());
-        let src =
-            crate::transport::region_snap_dir(&snap_dir(store_index(m.from_store)), m.region_id);
-        let dst =
-            crate::transport::region_snap_dir(&snap_dir(store_index(m.to_store)), m.region_id);
-        std::fs::create_dir_all(&dst).is_ok()
-            && std::fs::copy(desc.path_in(&src), desc.path_in(&dst)).is_ok()
-    }
-
-    fn deliver(&mut self) {
-        let mut due = Vec::new();
-        while let Some(Reverse((at, _, id))) = self.net.peek().copied() {
-            if at > self.now {
-                break;
-            }
-            self.net.pop();
-            if let Some(e) = self.in_flight.remove(&id) {
-                due.push(e);
-            }
-        }
-        for e in due {
-            match e {
-                Envelope::Raft(m) => {
-                    let (from, to) = (store_index(m.from_store), store_index(m.to_store));
-                    let mut ok = self.nodes[to].store.is_some() && !self.cut.contains(&(from, to));
-                    if m.msg.get_msg_type() == MessageType::MsgSnapshot {
-                        ok = ok && self.copy_snapshot(&m);
-                        self.stats.snapshots += usize::from(ok);
-                        if self.nodes[from].store.is_some() {
-                            self.nodes[from].inbox.push(Input::SnapshotReport {
-                                region: m.region_id,
-                                to: m.msg.to,
-                                ok,
-                            });
-                        }
-                    }
-                    if ok {
-                        self.nodes[to].inbox.push(Input::Raft(m));
-                    }
-                }
-                Envelope::Request {
-                    store,
-                    client,
-                    attempt,
-                    req,
-                } => {
-                    if self.nodes[store].store.is_some() {
-                        self.nodes[store].inbox.push(Input::Request {
-                            client,
-                            attempt,
-                            req,
-                        });
-                    }
-                }
-                Envelope::Reply {
-                    client,
-                    attempt,
-                    rep,
-                } => self.on_reply(client, attempt, rep),
-            }
-        }
-    }
-
-    fn reply(&mut self, client: usize, attempt: (u64, u64), rep: Rep) {
-        let delay = self.rng.gen_range(1..=self.sc.max_delay);
-        self.post(
-            delay,
-            Envelope::Reply {
-                client,
-                attempt,
-                rep,
-            },
-        );
     }
 
     /// One turn of store `i`: its inputs in a random order, then `advance`, then what it
