@@ -49,7 +49,8 @@ pub(super) struct StoreTask {
     pub(super) led: BTreeSet<u64>,
     pub(super) last_split_check: Instant,
     pub(super) last_region_heartbeat: Instant,
-    pub(super) last_store_heartbeat: Option<Instant>,
+    /// What the PD worker's store heartbeats report, written at each tick.
+    pub(super) beat: pd_worker::SharedBeat,
     /// This store as PD should know it.
     pub(super) me: pdc::Store,
     /// The store's token, which PD needs to accept a change of its addresses.
@@ -89,6 +90,8 @@ impl StoreTask {
                 }
             }
             let turn = Instant::now();
+            // Fault point `store-turn`: a turn held up (tests stall a store's task with it).
+            fail::fail_point!("store-turn");
             while let Ok(c) = self.inbox.control.try_recv() {
                 self.control(c);
             }
