@@ -9,6 +9,7 @@ use task::Waiter;
 
 impl StoreTask {
     pub(super) fn on_tick(&mut self) {
+        crate::metrics::metrics().ticks.inc();
         self.core.tick();
         self.observer.tick(&self.core, &self.logger);
         if self.statics.is_some() {
