@@ -4,7 +4,8 @@
 # get its share, and the put throughput clients see before, during and after each.
 #
 # One rdb-pd node (a store is down after 3 s of silence, gone after 10 s: [pd]
-# max_store_down_secs = 10) and four stores (regions split at about 1/14 of the data, as 96 MiB
+# store_down_after_secs = 3, max_store_down_secs = 10, short to keep runs short; the defaults
+# are 30 s and 30 min) and four stores (regions split at about 1/14 of the data, as 96 MiB
 # regions split 1.3 GB). `rdb-cli --regions bench --preload` writes SIZE_MB * 4/3 of values, so
 # that each store holds about SIZE_MB (three replicas on four stores); PD balances them. Then:
 #   before     put for SECONDS
@@ -17,7 +18,11 @@
 # Every put phase is `rdb-cli --regions bench --workload put` with CLIENTS clients over 8
 # connections, VALUE_SIZE-byte values on the preloaded keys (uniform), so the data's size stays
 # the same. A phase that ends on an event is stopped with SIGINT (the bench prints what it did).
-# Prints each phase and then a table.
+# Prints each phase, then a table, then the longest silence PD saw of a running store (store
+# heartbeats go every 2 s from each store's PD worker, however busy its task: 3 s / 10 s are
+# enough only because of that; a run whose longest silence nears 3 s needs them longer).
+# Disk: the stores keep snapshot files of their regions (`snap/r<ID>`, two of about 100 MB each
+# for a 512 MB run) beside their data; 512 MB took up to 11 GB (1 GB: over 15 GB free).
 #
 # Usage:
 #   bash scripts/bench-repair.sh [--bin-dir DIR] [--size-mb N] [--seconds S] [--clients C]
