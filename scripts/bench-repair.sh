@@ -4,7 +4,8 @@
 # get its share, and the put throughput clients see before, during and after each.
 #
 # One rdb-pd node (a store is down after 3 s of silence, gone after 10 s: [pd]
-# max_store_down_secs = 10) and four stores (regions split at about 1/14 of the data, as 96 MiB
+# store_down_after_secs = 3, max_store_down_secs = 10, short to keep runs short; the defaults
+# are 30 s and 30 min) and four stores (regions split at about 1/14 of the data, as 96 MiB
 # regions split 1.3 GB). `rdb-cli --regions bench --preload` writes SIZE_MB * 4/3 of values, so
 # that each store holds about SIZE_MB (three replicas on four stores); PD balances them. Then:
 #   before     put for SECONDS
@@ -17,7 +18,11 @@
 # Every put phase is `rdb-cli --regions bench --workload put` with CLIENTS clients over 8
 # connections, VALUE_SIZE-byte values on the preloaded keys (uniform), so the data's size stays
 # the same. A phase that ends on an event is stopped with SIGINT (the bench prints what it did).
-# Prints each phase and then a table.
+# Prints each phase, then a table, then the longest silence PD saw of a running store (store
+# heartbeats go every 2 s from each store's PD worker, however busy its task: 3 s / 10 s are
+# enough only because of that; a run whose longest silence nears 3 s needs them longer).
+# Disk: the stores keep snapshot files of their regions (`snap/r<ID>`, two of about 100 MB each
+# for a 512 MB run) beside their data; 512 MB took up to 11 GB (1 GB: over 15 GB free).
 #
 # Usage:
 #   bash scripts/bench-repair.sh [--bin-dir DIR] [--size-mb N] [--seconds S] [--clients C]
@@ -72,13 +77,15 @@ start_store() { # start_store N
     --region-split-size "$split_size" --split-check-ms 2000 >>"$work/store$1.log" 2>&1 &
   pid[store$1]=$!
 }
-# Succeeds when the live stores hold regions within SPREAD of each other and no operator runs
-# (PD's balancers leave stores one apart alone).
-settled() { # settled SPREAD
+# Succeeds when UP stores are up, hold regions within SPREAD of each other, and no operator
+# runs (PD's balancers leave stores one apart alone). A store that PD counts down for a moment
+# is not left out of the count.
+settled() { # settled SPREAD UP
   pdcli -o json store list | python3 -c '
 import json, sys
 c = [s["region_count"] for s in json.load(sys.stdin) if s["state"] == "up"]
-sys.exit(0 if c and max(c) - min(c) <= int(sys.argv[1]) else 1)' "$1" || return 1
+ok = len(c) == int(sys.argv[2]) and max(c) - min(c) <= int(sys.argv[1])
+sys.exit(0 if ok else 1)' "$1" "$2" || return 1
   pdcli -o json operator list | python3 -c '
 import json, sys
 sys.exit(0 if not any(o["status"] == "running" for o in json.load(sys.stdin)) else 1)'
@@ -113,6 +120,18 @@ phase_until() { # phase_until LIMIT_S CMD...
   unset "pid[bench]"
   phase_json=$(tail -n 1 "$out")
 }
+# PD's view of the store heartbeats, polled every second in the background ("MS ID STATE
+# SILENT_MS" lines): the longest silence of a running store, and how often one counted down.
+watch_beats() {
+  while :; do
+    pdcli -o json store list 2>/dev/null | python3 -c '
+import json, sys, time
+for s in json.load(sys.stdin):
+    print(int(time.time() * 1000), s["id"], s["state"], s["last_heartbeat_ms_ago"])' \
+      >>"$work/beats.txt" || true
+    sleep 1
+  done
+}
 results="$work/results"
 record() { # record PHASE SECONDS JSON: one row of the table
   echo "$1 $2 $3" >> "$results"
@@ -131,11 +150,13 @@ printf '[pd]\nstore_down_after_secs = 3\nmax_store_down_secs = 10\n[settings]\nl
 pid[pd]=$!
 for i in 1 2 3 4; do start_store "$i"; done
 wait_for 30000 rdb_regions_tiled "$pd" 1 || fail "region 1 was not bootstrapped with a leader"
+watch_beats &
+pid[beats]=$!
 
 # Load, then let PD spread the regions over the four stores.
 begin
 bench --preload --ops 1 >/dev/null || fail "the preload failed: $(tail -n 5 "$work/bench.log")"
-wait_for 1800000 settled 2 || fail "the regions did not settle on four stores: $(pdcli store list)"
+wait_for 1800000 settled 2 4 || fail "the regions did not settle on four stores: $(pdcli store list)"
 pass "loaded $keys keys ($(( total / 1048576 )) MB), $(pdcli -o json region list |
   python3 -c 'import json,sys; print(len(json.load(sys.stdin)["regions"]))') regions, balanced"
 pdcli store list
@@ -147,6 +168,7 @@ record before "$secs" "$json"
 # Repair: the fourth store is lost for good.
 lost=$(rdb_store_id "$pd" "${store_addr[3]}")
 read -r lost_regions lost_bytes <<<"$(held_by "$lost")"
+killed_at=$(rdb_now_ms)
 kill -9 "${pid[store4]}"; wait "${pid[store4]}" 2>/dev/null || true; unset "pid[store4]"
 phase_until 3600 rdb_replicated_without "$pd" "$lost"
 record repair "$phase_s" "$phase_json"
@@ -162,7 +184,7 @@ registered() { rdb_store_id "$pd" "${store_addr[4]}" >/dev/null; }
 wait_for 30000 registered || fail "store 5 did not register with PD"
 new=$(rdb_store_id "$pd" "${store_addr[4]}")
 # A store that just registered counts 0 regions: wait for its first move before "settled".
-took_some() { [ "$(held_by "$new" | cut -d' ' -f1)" -gt 0 ] && settled 2; }
+took_some() { [ "$(held_by "$new" | cut -d' ' -f1)" -gt 0 ] && settled 2 4; }
 phase_until 3600 took_some
 record rebalance "$phase_s" "$phase_json"
 read -r new_regions new_bytes <<<"$(held_by "$new")"
@@ -178,6 +200,22 @@ for line in open(sys.argv[1]):
     r = json.loads(js)
     print("| %s | %.1f | %.0f | %.2f | %.2f | %d |" % (
         phase, float(secs), r["ops_per_sec"], r["p50_ms"], r["p99_ms"], r["errors"]))
+PY
+python3 - "$work/beats.txt" "$lost" "$killed_at" <<'PY'
+import sys
+lost, killed = int(sys.argv[2]), int(sys.argv[3])
+worst, who, down, polls = 0, 0, 0, 0
+for line in open(sys.argv[1]):
+    at, sid, state, silent = line.split()
+    at, sid, silent = int(at), int(sid), int(silent)
+    if sid == lost and at >= killed:
+        continue
+    polls += 1
+    if silent > worst:
+        worst, who = silent, sid
+    down += state != "up"
+print("store heartbeats: longest silence of a running store %d ms (PD id %d); "
+      "%d of %d looks (one a second per store) saw a running store down" % (worst, who, down, polls))
 PY
 pdcli operator list > "$work/operators.txt" 2>&1 || true
 echo "operators: $(grep -c finished "$work/operators.txt" || true) finished lately (rdb-cli --pd ... operator list)"

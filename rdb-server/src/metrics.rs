@@ -46,6 +46,9 @@ pub struct Metrics {
     pub role: IntGauge,
     /// Times the known leader changed.
     pub leader_changes: IntCounter,
+    /// Ticks of the task that drives the Raft groups: one per `tick_interval_ms` while the
+    /// task keeps up, fewer when its turns are slower than that.
+    pub ticks: IntCounter,
     /// Commit index.
     pub commit_index: IntGauge,
     /// Applied index.
@@ -182,6 +185,10 @@ impl Metrics {
                 "rdb_raft_leader_changes_total",
                 "Times the known leader changed",
             ),
+            ticks: counter(
+                "rdb_raft_ticks_total",
+                "Ticks of the task that drives the Raft groups",
+            ),
             commit_index: gauge("rdb_raft_commit_index", "Commit index"),
             applied_index: gauge("rdb_raft_applied_index", "Applied index"),
             log_first_index: gauge("rdb_raft_log_first_index", "First index in the Raft log"),
@@ -235,6 +242,7 @@ impl Metrics {
             Box::new(m.is_leader.clone()),
             Box::new(m.role.clone()),
             Box::new(m.leader_changes.clone()),
+            Box::new(m.ticks.clone()),
             Box::new(m.commit_index.clone()),
             Box::new(m.applied_index.clone()),
             Box::new(m.log_first_index.clone()),

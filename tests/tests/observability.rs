@@ -305,3 +305,57 @@ async fn a_store_on_a_slow_disk_warns_of_slow_synced_writes_and_slow_turns() {
         i += 1;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_turns_are_slow_still_ticks_after_each_turn() {
+    let mut c = RegionCluster::start(
+        3,
+        Split {
+            keys: 1_000_000_000,
+            check_ms: 1_000,
+        },
+    );
+    let client = c.client();
+    client.put("warm", "up").await.expect("put");
+    c.kill(1);
+    // Every turn of store 1's task takes 300 ms.
+    c.restart_with_env(1, &[("FAILPOINTS", "store-turn=sleep(300)")]);
+    // Writers keep a message always waiting for it (appends, or proposals if it leads).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, stop) = (c.client(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client.put(format!("w{w}-{i}"), "v").await;
+                i += 1;
+            }
+        }));
+    }
+    let addr = c.metrics_addrs[0].clone();
+    let deadline = std::time::Instant::now() + SECS(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 1 does not serve metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let before = get(&scrape(&addr), "rdb_raft_ticks_total");
+    // A window to count its ticks in.
+    tokio::time::sleep(SECS(10)).await;
+    let ticks = get(&scrape(&addr), "rdb_raft_ticks_total") - before;
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    // A tick after each turn of 0.3 s that found one due: about 3 a second. Ticks left to the
+    // runtime's timer came once the task had spent its budget of 128 receives: one in 38 s.
+    assert!(
+        ticks >= secs,
+        "store 1 ticked {ticks} times in {secs:.1} s of turns of 300 ms"
+    );
+}

@@ -3,7 +3,9 @@
 //! store (a learner, promoted once caught up, then the dead peer removed), every acknowledged
 //! write stays, and the store, back after its peers were replaced, drops them. A store an
 //! operator removes is drained (its leadership first) and then tombstoned. A move toward a
-//! store that dies meanwhile is cancelled once the store is down, and its learner removed.
+//! store that dies meanwhile is cancelled once the store is down, and its learner removed. A
+//! store whose task is busy for longer than PD waits before it counts a silent store gone
+//! still heartbeats, and keeps its peers.
 
 use std::time::{Duration, Instant};
 
@@ -113,6 +115,87 @@ async fn a_store_lost_for_good_has_its_peers_replaced_and_drops_them_when_it_com
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_whose_task_is_busy_past_max_store_down_keeps_heartbeating_and_its_peers() {
+    let mut c = RegionCluster::start_setup(
+        4,
+        Split {
+            keys: 1_000_000,
+            check_ms: 1_000,
+        },
+        Setup {
+            // Gone after 5 s of silence, as in the first test.
+            pd_tables: "[pd]\nstore_down_after_secs = 3\nmax_store_down_secs = 5\n".into(),
+            ..Setup::default()
+        },
+    );
+    let client = c.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.put("warm", "up").await.is_err() {
+        assert!(Instant::now() < deadline, "the cluster never took writes");
+    }
+    let region = c.wait_regions(1, Duration::from_secs(30)).await.remove(0);
+    let leader = region.leader.expect("a leader").store_id;
+    let mut ids = Vec::new();
+    for i in 1..=4 {
+        ids.push(c.store_id(i).await);
+    }
+    let busy = (1..=4)
+        .find(|&i| {
+            let id = ids[i - 1];
+            id != leader && region.region.peers.iter().any(|p| p.store_id == id)
+        })
+        .expect("a follower's store");
+    let busy_id = ids[busy - 1];
+    // Back at once; some 100 turns later (seconds: a turn at least every 50 ms tick), one
+    // turn of its task is held up for 12 s, more than twice `max_store_down_secs`.
+    c.kill(busy);
+    c.restart_with_env(
+        busy,
+        &[("FAILPOINTS", "store-turn=100*off->1*sleep(12000)")],
+    );
+    let log = c.log_path(busy);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let stalled = text.lines().any(|l| {
+            l.contains("slow raft turn")
+                && l.split(" ms: ")
+                    .nth(1)
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .is_some_and(|ms| ms >= 12_000)
+        });
+        if stalled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store {busy}'s task was not held up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // PD heard the store throughout: it never counted it gone (no replica operator replaced
+    // its peer), and the region keeps its peer there.
+    let pd_log = std::fs::read_to_string(c.pd.log_path(1)).unwrap_or_default();
+    let repairs: Vec<&str> = pd_log
+        .lines()
+        .filter(|l| l.contains("operator created") && l.contains("kind: replica"))
+        .collect();
+    assert!(
+        repairs.is_empty(),
+        "PD repaired around the busy store {busy_id}:\n{}\n{}",
+        repairs.join("\n"),
+        c.operators()
+    );
+    let r = c.wait_regions(1, Duration::from_secs(30)).await.remove(0);
+    assert!(
+        r.region.peers.iter().any(|p| p.store_id == busy_id),
+        "region 1 lost its peer on the busy store: {r:?}"
+    );
+    client.put("after", "stall").await.expect("put");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,8 +7,9 @@
 //! state. Then one task ([`StoreTask`]) drives every region through [`StoreCore`] on a thread
 //! of its own, and one port serves clients (`Kv`) and other stores (`Peer`).
 //!
-//! The task reports to PD off its thread (a worker task with a `PdClient`): store heartbeats,
-//! a heartbeat for every region it leads (at once when it starts leading or a split made it,
+//! The task reports to PD off its thread (a worker task with a `PdClient`): store heartbeats
+//! (on the worker's own clock, so a busy task is not taken for a dead store), a heartbeat for
+//! every region it leads (at once when it starts leading or a split made it,
 //! then every few seconds), and splits: every `split_check` it estimates the keys and bytes of
 //! each region it leads on a blocking thread, reading keys only of a region near a threshold
 //! (see [`split_check`]); one over `region_split_keys` or `region_split_size` by exact count
@@ -60,7 +61,7 @@ mod split_check;
 mod task;
 
 use observe::Observer;
-use pd_worker::{pd_region, pd_worker, Event, Job, Resolver};
+use pd_worker::{pd_region, pd_worker, Event, Job, Resolver, StoreBeats};
 use task::{lock, StoreTask};
 
 pub use config_node::run_config_node;
@@ -310,6 +311,7 @@ pub(super) async fn launch(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let mut directory = SharedDirectory::default();
+    let beat = pd_worker::SharedBeat::default();
     let (me, token, registered, split, statics) = match link {
         Link::Pd {
             pd,
@@ -324,7 +326,18 @@ pub(super) async fn launch(
                 transport.set_store(id, &peer);
                 lock(&addrs).insert(id, client);
             }
-            tokio::spawn(pd_worker(pd, jobs_rx, events_tx.clone(), logger.clone()));
+            let store = StoreBeats {
+                store_id,
+                engine: engine.clone(),
+                beat: beat.clone(),
+            };
+            tokio::spawn(pd_worker(
+                pd,
+                store,
+                jobs_rx,
+                events_tx.clone(),
+                logger.clone(),
+            ));
             // Every store's address, so the first messages find their way.
             let _ = jobs_tx.send(Job::AllStores);
             (me, token, registered, split, None)
@@ -360,7 +373,7 @@ pub(super) async fn launch(
         led: BTreeSet::new(),
         last_split_check: Instant::now(),
         last_region_heartbeat: Instant::now(),
-        last_store_heartbeat: None,
+        beat,
         me,
         token,
         registered,

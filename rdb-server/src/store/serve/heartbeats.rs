@@ -1,13 +1,15 @@
-//! A PD-mode store's reports on its clock: registration until PD has its addresses, store
-//! heartbeats, a heartbeat for every region it leads (at once when it starts leading), and the
-//! split checks of the regions it leads, whose results come back as events (see
-//! [`split_check`]). A config-file node has no PD: its ticks stop before these.
+//! A PD-mode store's reports on its clock: registration until PD has its addresses, its beat
+//! for the store heartbeats the PD worker sends on the worker's clock (see [`pd_worker`]), a
+//! heartbeat for every region it leads (at once when it starts leading), and the split checks
+//! of the regions it leads, whose results come back as events (see [`split_check`]). A
+//! config-file node has no PD: its ticks stop before these.
 
 use super::*;
 use task::Waiter;
 
 impl StoreTask {
     pub(super) fn on_tick(&mut self) {
+        crate::metrics::metrics().ticks.inc();
         self.core.tick();
         self.observer.tick(&self.core, &self.logger);
         if self.statics.is_some() {
@@ -26,21 +28,12 @@ impl StoreTask {
         self.report_leadership(
             now.duration_since(self.last_region_heartbeat) >= REGION_HEARTBEAT_EVERY,
         );
-        if self
-            .last_store_heartbeat
-            .is_none_or(|t| now.duration_since(t) >= STORE_HEARTBEAT_EVERY)
-        {
-            self.last_store_heartbeat = Some(now);
-            let engine = self.core.engine();
-            let (capacity_bytes, available_bytes) = engine.file_system_space().unwrap_or_default();
-            let _ = self.jobs.send(Job::StoreHeartbeat(StoreStats {
-                store_id: self.core.store_id(),
-                region_count: self.core.region_ids().len() as u64,
-                capacity_bytes,
-                available_bytes,
-                used_bytes: engine.used_bytes(),
-            }));
-        }
+        // The PD worker sends the store's heartbeats on its own clock from this (see
+        // `pd_worker::TaskBeat`): a tick that comes late is a busy task, none is a hung one.
+        *lock(&self.beat) = pd_worker::TaskBeat {
+            ticked: Some(now),
+            regions: self.core.region_ids().len() as u64,
+        };
         if now.duration_since(self.last_split_check) >= self.split.check_interval {
             self.last_split_check = now;
             self.check_splits();

@@ -1,6 +1,12 @@
 //! The store's errands to PD, run off the Raft thread: registration, store and region
 //! heartbeats, ids for splits, and the addresses of other stores (with backoff for one that
 //! cannot be found).
+//!
+//! Store heartbeats go on the worker's own clock, from what the store task last told it
+//! ([`TaskBeat`]), as TiKV's PD worker sends them: a task busy for seconds (a large batch of
+//! applies, a slow disk) is still a live store, and PD must not count it gone and replace its
+//! peers. A task that has not ticked for [`STALLED_AFTER`] is hung: the heartbeats stop, and PD
+//! counts the store down and then gone, as a dead one (specs/015-scheduling).
 
 use super::*;
 
@@ -33,7 +39,42 @@ pub(super) enum Job {
         /// Approximate keys and bytes.
         size: (u64, u64),
     },
-    StoreHeartbeat(StoreStats),
+}
+
+/// What the store task last told the worker about itself, at each tick; the worker's store
+/// heartbeats read it.
+#[derive(Debug, Default)]
+pub(super) struct TaskBeat {
+    /// When the task last ticked (none before its first tick).
+    pub(super) ticked: Option<Instant>,
+    /// Regions hosted here at that tick.
+    pub(super) regions: u64,
+}
+
+/// The store task's beat, shared with the worker: the task writes it, the worker reads it.
+pub(super) type SharedBeat = Arc<Mutex<TaskBeat>>;
+
+/// A store task that has not ticked for this long is hung: the store sends no heartbeat, so
+/// PD counts it down and then gone (its peers replaced). Well over the longest turns of a
+/// loaded store (23 s under the repair bench's preload on an overloaded machine), well under
+/// a person's wait.
+pub(super) const STALLED_AFTER: Duration = Duration::from_secs(60);
+
+/// How soon the worker looks again for the task's first tick.
+const FIRST_BEAT_POLL: Duration = Duration::from_millis(100);
+
+/// Whether a store whose task last ticked at `ticked` is alive at `now`: it ticked, less than
+/// [`STALLED_AFTER`] ago.
+pub(super) fn task_alive(ticked: Option<Instant>, now: Instant) -> bool {
+    ticked.is_some_and(|t| now.saturating_duration_since(t) < STALLED_AFTER)
+}
+
+/// What the worker needs for the store's heartbeats.
+pub(super) struct StoreBeats {
+    pub(super) store_id: u64,
+    /// For the disk figures (thread-safe reads: a file-system call and RocksDB properties).
+    pub(super) engine: Engine,
+    pub(super) beat: SharedBeat,
 }
 
 /// What comes back to the store task.
@@ -65,15 +106,59 @@ const PD_MEMBERS_EVERY: Duration = Duration::from_secs(30);
 
 pub(super) async fn pd_worker(
     pd: PdClient,
+    store: StoreBeats,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     events: mpsc::UnboundedSender<Event>,
     logger: Logger,
 ) {
     let mut learn = tokio::time::interval(PD_MEMBERS_EVERY);
     learn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats = tokio::time::interval(STORE_HEARTBEAT_EVERY);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether the last heartbeat was held back for a hung task (to warn once per stall).
+    let mut stalled = false;
     loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
+            _ = beats.tick() => {
+                let beat = lock(&store.beat);
+                let (ticked, regions) = (beat.ticked, beat.regions);
+                drop(beat);
+                if !task_alive(ticked, Instant::now()) {
+                    if !stalled && ticked.is_some() {
+                        warn!(logger, "the store's task has not ticked lately: no store \
+                            heartbeat, so PD counts this store down";
+                            "silent_ms" => ticked.map_or(0, |t| t.elapsed().as_millis() as u64));
+                    }
+                    stalled = ticked.is_some();
+                    if ticked.is_none() {
+                        // The task is starting: its first heartbeat goes soon after its first
+                        // tick, not a whole interval later.
+                        beats.reset_after(FIRST_BEAT_POLL);
+                    }
+                    continue;
+                }
+                if stalled {
+                    info!(logger, "the store's task ticks again: store heartbeats resume");
+                    stalled = false;
+                }
+                let (capacity_bytes, available_bytes) =
+                    store.engine.file_system_space().unwrap_or_default();
+                let stats = StoreStats {
+                    store_id: store.store_id,
+                    region_count: regions,
+                    capacity_bytes,
+                    available_bytes,
+                    used_bytes: store.engine.used_bytes(),
+                };
+                let (pd, logger) = (pd.clone(), logger.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = pd.store_heartbeat(stats).await {
+                        warn!(logger, "store heartbeat failed"; "error" => %e);
+                    }
+                });
+                continue;
+            }
             _ = learn.tick() => {
                 // `get_members` adds every PD node's client address to the client's endpoints.
                 let (pd, logger) = (pd.clone(), logger.clone());
@@ -169,11 +254,6 @@ pub(super) async fn pd_worker(
                         }
                     }
                 }
-                Job::StoreHeartbeat(stats) => {
-                    if let Err(e) = pd.store_heartbeat(stats).await {
-                        warn!(logger, "store heartbeat failed"; "error" => %e);
-                    }
-                }
             }
         });
     }
@@ -216,5 +296,25 @@ impl Resolver {
         if moved {
             self.asked.remove(&store);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_alive_from_its_first_tick_until_it_stalls() {
+        let now = Instant::now();
+        assert!(!task_alive(None, now), "before its first tick");
+        assert!(task_alive(Some(now), now));
+        // A turn of seconds (a large apply, a slow disk) is not a hung task.
+        let busy = now + Duration::from_secs(12);
+        assert!(task_alive(Some(now), busy));
+        let hung = now + STALLED_AFTER;
+        assert!(
+            !task_alive(Some(now), hung),
+            "a task silent for STALLED_AFTER is hung"
+        );
     }
 }
