@@ -130,18 +130,23 @@ where
     /// for its chores' threads. A storage failure ends the process: a node that cannot persist
     /// must not keep voting or acknowledging.
     pub async fn run(mut self) {
-        let mut ticker = tokio::time::interval(self.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clock = crate::router::RaftClock::new(self.tick);
         while !self.stopping {
             tokio::select! {
                 biased;
-                _ = ticker.tick() => self.on_tick(),
+                // Only a wake-up: the tick itself goes by the clock, below.
+                _ = clock.wake() => {}
                 Some(c) = self.inbox.control.recv() => self.control(c),
                 Some(m) = self.inbox.raft.recv() => self.step(m.msg),
                 m = self.inbox.client.recv() => {
                     let Some(m) = m else { break };
                     self.handle(m);
                 }
+            }
+            // A tick is due by the clock, whatever woke the task (see `RaftClock`): a PD
+            // leader under a storm of heartbeats keeps its followers' election timers reset.
+            if clock.due() {
+                self.on_tick();
             }
             let turn = Instant::now();
             self.drain();

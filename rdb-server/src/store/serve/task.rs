@@ -75,12 +75,12 @@ pub(super) struct StoreTask {
 
 impl StoreTask {
     pub(super) async fn run(mut self) {
-        let mut next_tick = Instant::now();
+        let mut clock = crate::router::RaftClock::new(self.tick);
         while !self.stopping {
             tokio::select! {
                 biased;
                 // Only a wake-up: the tick itself goes by the clock, below.
-                _ = tokio::time::sleep_until(next_tick.into()) => {}
+                _ = clock.wake() => {}
                 Some(c) = self.inbox.control.recv() => self.control(c),
                 Some(m) = self.inbox.raft.recv() => self.step(*m),
                 Some(e) = self.events.recv() => self.event(e),
@@ -89,14 +89,9 @@ impl StoreTask {
                     self.handle(m);
                 }
             }
-            // A tick is due by the clock, whatever woke the task. A runtime timer fires only
-            // when the task lets the runtime run: a task never idle (a message always ready)
-            // does so once its budget of 128 receives is spent, and at turns of 0.25 s under
-            // load that was a tick every 30 s or so: no Raft heartbeats from its leaders (their
-            // followers held elections), no store heartbeats, no region heartbeats.
-            if Instant::now() >= next_tick {
+            // A tick is due by the clock, whatever woke the task (see `RaftClock`).
+            if clock.due() {
                 self.on_tick();
-                next_tick = Instant::now() + self.tick;
             }
             let turn = Instant::now();
             // Fault point `store-turn`: a turn held up (tests stall a store's task with it).
