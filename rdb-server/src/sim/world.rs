@@ -286,6 +286,8 @@ struct Node {
     inbox: Vec<Input>,
     paused_until: u64,
     slow_until: u64,
+    /// Until this step, appends to this store take longer than its other messages.
+    appends_lag_until: u64,
     restart_at: Option<u64>,
     requests: BTreeMap<RequestId, InStore>,
 }
@@ -336,6 +338,7 @@ impl World {
                     inbox: Vec::new(),
                     paused_until: 0,
                     slow_until: 0,
+                    appends_lag_until: 0,
                     restart_at: None,
                     requests: BTreeMap::new(),
                 })
@@ -631,9 +634,17 @@ impl World {
         }
         for id in out.confirm {
             // What PD (or, in a config-file cluster, the join) tells: the region as the store
-            // with its latest epoch has it.
-            if let Some(r) = self.freshest(id) {
-                st.confirm_region(&r);
+            // with its latest epoch has it; unless a region of a later range version covers
+            // its range (PD dropped it from its map then), when PD answers with that region.
+            // (The asking store is out of `nodes` during its turn: its own copy stands in when
+            // no other store has the region.)
+            let Some(r) = self.freshest(id).or_else(|| st.region(id).cloned()) else {
+                continue;
+            };
+            match self.covering(&r) {
+                Some(c) => st.confirm_covered(id, &c),
+                None if self.freshest(id).is_some() => st.confirm_region(&r),
+                None => {}
             }
         }
         for (req, _) in out.refused_reads {
@@ -706,6 +717,24 @@ impl World {
                 let e = region::epoch(r);
                 (e.conf_ver, e.version)
             })
+            .cloned()
+    }
+
+    /// The region of the latest range version that covers `r`'s whole range at a later
+    /// version than `r`'s, on a live store: what PD's map has instead of `r` once `r` merged.
+    fn covering(&self, r: &Region) -> Option<Region> {
+        let v = region::epoch(r).version;
+        self.nodes
+            .iter()
+            .filter_map(|n| n.store.as_ref())
+            .flat_map(|st| st.region_ids().into_iter().filter_map(|id| st.region(id)))
+            .filter(|c| {
+                c.id != r.id
+                    && region::epoch(c).version > v
+                    && c.start_key <= r.start_key
+                    && (c.end_key.is_empty() || (!r.end_key.is_empty() && r.end_key <= c.end_key))
+            })
+            .max_by_key(|c| region::epoch(c).version)
             .cloned()
     }
 

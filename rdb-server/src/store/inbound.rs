@@ -41,6 +41,35 @@ impl StoreCore {
         self.confirmed.insert(region.id, (peer.id, self.ticks));
     }
 
+    /// What PD says when it does not know region `id`, which is hosted here and initialized:
+    /// `covering` is PD's region over its start key. If that region covers this one's whole
+    /// range at a later range version and has no peer on this store, this peer was merged
+    /// away without taking part (it had been removed from its region without hearing so,
+    /// and the region then merged into one this store does not host): it is dropped in the
+    /// next turn, with a tombstone. A region too new for PD (a split not reported yet) is
+    /// covered only by its parent's older version; a merge this store takes part in leaves
+    /// the merged region a peer here, whose commit folds this one in.
+    pub fn confirm_covered(&mut self, id: u64, covering: &Region) {
+        let Some(r) = self.regions.get(&id) else {
+            return;
+        };
+        let Some(meta) = r.core.replica().app().region() else {
+            return;
+        };
+        let covers = covering.start_key <= meta.start_key
+            && (covering.end_key.is_empty()
+                || (!meta.end_key.is_empty() && meta.end_key <= covering.end_key));
+        let later = region::epoch(covering).version > region::epoch(meta).version;
+        let here = covering.peers.iter().any(|p| p.store_id == self.store_id);
+        if covering.id != id && covers && later && !here {
+            info!(self.logger, "PD's region covers this one at a later version, without a peer                 here: this peer was merged away"; "region" => id, "peer" => r.peer_id,
+                "covering" => covering.id);
+            if !self.stale.contains(&id) {
+                self.stale.push(id);
+            }
+        }
+    }
+
     /// Asks (through [`StoreOutput::confirm`]) about region `id`, unless it was asked about
     /// lately or too many are waiting.
     pub(super) fn ask(&mut self, id: u64, out: &mut Vec<u64>) {

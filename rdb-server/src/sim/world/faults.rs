@@ -16,6 +16,7 @@ impl World {
         for (i, n) in self.nodes.iter_mut().enumerate() {
             n.paused_until = 0;
             n.slow_until = 0;
+            n.appends_lag_until = 0;
             if n.store.is_none() && !self.lost.contains(&i) {
                 n.restart_at = Some(0);
             }
@@ -101,10 +102,18 @@ impl World {
                 self.nodes[target].paused_until = until;
                 self.note(format!("pause s{} until step {until}", target + 1));
             }
-            _ => {
+            _ if self.rng.gen_bool(0.5) => {
                 let until = self.now + self.rng.gen_range(20..120) * STEPS_PER_TICK;
                 self.nodes[target].slow_until = until;
                 self.note(format!("slow clock on s{} until step {until}", target + 1));
+            }
+            _ => {
+                // Appends queue behind something big on the way to one store, while its small
+                // messages (heartbeats, read index answers) pass: it learns a read index
+                // before it has the entries below it, which a follower read must wait for.
+                let until = self.now + self.rng.gen_range(20..120) * STEPS_PER_TICK;
+                self.nodes[target].appends_lag_until = until;
+                self.note(format!("appends to s{} lag until step {until}", target + 1));
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use raft::prelude::MessageType;
 use rand::Rng;
 
-use super::{store_index, Envelope, Input, Rep, World};
+use super::{store_index, Envelope, Input, Rep, World, STEPS_PER_TICK};
 use crate::store::RegionMessage;
 
 impl World {
@@ -44,8 +44,13 @@ impl World {
         } else {
             1
         };
+        let lagging = self.nodes[to].appends_lag_until > self.now
+            && m.msg.get_msg_type() == MessageType::MsgAppend;
         for _ in 0..copies {
-            let delay = self.rng.gen_range(1..=self.sc.max_delay);
+            let mut delay = self.rng.gen_range(1..=self.sc.max_delay);
+            if lagging {
+                delay += self.rng.gen_range(5..=20) * STEPS_PER_TICK;
+            }
             self.post(delay, Envelope::Raft(m.clone()));
         }
     }

@@ -25,7 +25,13 @@ pub(super) enum Job {
     /// The addresses of a store this one needs to send to.
     ResolveStore(u64),
     /// What PD knows of a region a leader named (see `StoreOutput::confirm`).
-    ConfirmRegion(u64),
+    ConfirmRegion {
+        /// The region.
+        id: u64,
+        /// Its start key, if it is initialized here: when PD does not know the region, PD's
+        /// region there tells whether it was merged away (see `StoreCore::confirm_covered`).
+        start: Option<Vec<u8>>,
+    },
     /// Ids for a split of `region` (at `version`) at `key`: one region id, one per peer.
     SplitIds {
         region: u64,
@@ -87,6 +93,8 @@ pub(super) enum Event {
     NotResolved(u64),
     /// PD's region, for a region a leader named.
     RegionFound(Region),
+    /// PD does not know region `.0`, hosted here; `.1` is PD's region over its start key.
+    RegionCovered(u64, Region),
     SplitIds {
         region: u64,
         version: u64,
@@ -203,12 +211,24 @@ pub(super) async fn pd_worker(
                         let _ = events.send(Event::NotResolved(id));
                     }
                 },
-                Job::ConfirmRegion(id) => match pd.get_region_by_id(id).await {
+                Job::ConfirmRegion { id, start } => match pd.get_region_by_id(id).await {
                     Ok(Some(info)) => {
                         let _ = events.send(Event::RegionFound(info.region.into()));
                     }
-                    Ok(None) => debug!(logger, "PD does not know a region a leader named";
-                        "region" => id),
+                    Ok(None) => match start {
+                        // Hosted here, unknown to PD: merged away, or too new to be reported
+                        // yet. PD's region over its start key tells which.
+                        Some(key) => match pd.get_region(key).await {
+                            Ok(Some(info)) => {
+                                let _ = events.send(Event::RegionCovered(id, info.region.into()));
+                            }
+                            Ok(None) => {}
+                            Err(e) => debug!(logger, "cannot ask PD about a region";
+                                "region" => id, "error" => %e),
+                        },
+                        None => debug!(logger, "PD does not know a region a leader named";
+                            "region" => id),
+                    },
                     Err(e) => debug!(logger, "cannot ask PD about a region"; "region" => id,
                         "error" => %e),
                 },

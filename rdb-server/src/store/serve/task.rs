@@ -222,6 +222,7 @@ impl StoreTask {
             }
             Event::NotResolved(id) => self.resolver.answered(id, false),
             Event::RegionFound(region) => self.core.confirm_region(&region),
+            Event::RegionCovered(id, covering) => self.core.confirm_covered(id, &covering),
             Event::Measured(region, measure) => self.measured(region, measure),
             Event::SplitIds {
                 region,
@@ -485,7 +486,8 @@ impl StoreTask {
         }
         for region in out.confirm {
             if self.statics.is_none() {
-                let _ = self.jobs.send(Job::ConfirmRegion(region));
+                let start = self.core.region(region).map(|m| m.start_key.clone());
+                let _ = self.jobs.send(Job::ConfirmRegion { id: region, start });
             } else if region == config_node::CONFIG_REGION {
                 let me = self.core.store_id();
                 self.core.confirm_region(&StaticCluster::vouch(me));
