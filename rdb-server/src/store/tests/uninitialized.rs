@@ -210,3 +210,59 @@ fn an_uninitialized_peer_pd_no_longer_lists_is_dropped_and_never_made_again() {
         "a removed peer was made again"
     );
 }
+
+/// A peer removed without hearing so, whose region then merged into one this store does not
+/// host: PD no longer knows its region, and PD's region over its start key covers it at a
+/// later version with no peer here. It is dropped (with a tombstone); in every other case it
+/// stays.
+#[test]
+fn a_peer_merged_away_without_taking_part_is_dropped_once_pd_covers_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = open(dir.path(), 3);
+    let mut mine = region_one();
+    mine.id = 5;
+    mine.start_key = b"f".to_vec();
+    mine.end_key = b"m".to_vec();
+    mine.epoch = Some(RegionEpoch {
+        version: 4,
+        conf_ver: 3,
+    });
+    s.create_region(&mine).expect("create");
+    s.advance().expect("advance");
+    let covering = |version: u64, start: &[u8], end: &[u8], stores: &[u64]| Region {
+        id: 9,
+        start_key: start.to_vec(),
+        end_key: end.to_vec(),
+        epoch: Some(RegionEpoch {
+            version,
+            conf_ver: 7,
+        }),
+        peers: stores
+            .iter()
+            .map(|&st| Peer {
+                id: 90 + st,
+                store_id: st,
+                learner: false,
+            })
+            .collect(),
+    };
+    // Kept: PD's region is older (a split of this region not reported yet), covers only a
+    // part, or has a peer here (this store takes part in the merge).
+    for c in [
+        covering(4, b"", b"", &[1, 2, 4]),
+        covering(9, b"g", b"", &[1, 2, 4]),
+        covering(9, b"", b"k", &[1, 2, 4]),
+        covering(9, b"", b"", &[1, 3, 4]),
+    ] {
+        s.confirm_covered(5, &c);
+        let out = s.advance().expect("advance");
+        assert!(out.destroyed.is_empty(), "dropped for {c:?}");
+        assert_eq!(s.region_ids(), vec![5]);
+    }
+    // Dropped: merged into a region on other stores.
+    s.confirm_covered(5, &covering(5, b"a", b"", &[1, 2, 4]));
+    let out = s.advance().expect("advance");
+    assert_eq!(out.destroyed, vec![5]);
+    assert!(s.region_ids().is_empty());
+    assert_eq!(s.engine().tombstone(5).expect("tombstone"), Some(13));
+}
