@@ -17,7 +17,14 @@ impl StoreCore {
     /// [`StoreCore::create_for`]), and PD's map only moves forward: if PD's region no longer
     /// lists it, it was removed before its first snapshot, and its leader never sends to it
     /// again. It is dropped too (with a tombstone, so it never votes again).
+    ///
+    /// A region installing a snapshot (or with one stepped, not yet installed) is left alone:
+    /// dropping it would take the file from under the install, which then fails the store. It
+    /// is asked about again once the install is over.
     pub fn confirm_region(&mut self, region: &Region) {
+        if self.regions.contains_key(&region.id) && self.snapshot_in_hand(region.id) {
+            return;
+        }
         if let Some(r) = self.regions.get(&region.id) {
             let listed = region.peers.iter().any(|p| p.id == r.peer_id);
             let removed = match r.core.replica().app().region() {
@@ -50,6 +57,10 @@ impl StoreCore {
     /// covered only by its parent's older version; a merge this store takes part in leaves
     /// the merged region a peer here, whose commit folds this one in.
     pub fn confirm_covered(&mut self, id: u64, covering: &Region) {
+        // As in `confirm_region`: never from under a snapshot install.
+        if self.snapshot_in_hand(id) {
+            return;
+        }
         let Some(r) = self.regions.get(&id) else {
             return;
         };
@@ -68,6 +79,11 @@ impl StoreCore {
                 self.stale.push(id);
             }
         }
+    }
+
+    /// Whether region `id` is installing a snapshot here, or has one stepped and waiting.
+    fn snapshot_in_hand(&self, id: u64) -> bool {
+        self.is_installing(id) || self.pending_snapshots.contains_key(&id)
     }
 
     /// Asks (through [`StoreOutput::confirm`]) about region `id`, unless it was asked about

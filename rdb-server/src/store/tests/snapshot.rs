@@ -336,3 +336,34 @@ fn a_snapshot_that_is_not_stepped_leaves_no_file_behind() {
         "the folder of a region not hosted is still there"
     );
 }
+
+/// PD saying a store's peer was removed (or merged away) while that peer installs a snapshot
+/// leaves it alone until the install is over: dropping it took the file from under the
+/// install, which failed the store (seen in the repair benchmark, where PD removed a learner
+/// whose first snapshot was being installed).
+#[test]
+fn a_peer_installing_a_snapshot_is_not_dropped_from_under_the_install() {
+    let settings = short_log();
+    let (mut st, away, held) = installing_region_one(&settings);
+    let s = st.store(away);
+    let mut gone = s.region(1).cloned().expect("region 1's meta");
+    let epoch = gone.epoch.get_or_insert_with(Default::default);
+    epoch.conf_ver += 1;
+    let covering_version = epoch.version + 1;
+    gone.peers.retain(|p| p.store_id != away);
+    s.confirm_region(&gone);
+    let mut covering = gone.clone();
+    covering.id = 99;
+    if let Some(e) = covering.epoch.as_mut() {
+        e.version = covering_version;
+    }
+    s.confirm_covered(1, &covering);
+    drop(held);
+    st.until("the store installed region 1", |st| {
+        !st.store(away).is_installing(1)
+    });
+    assert!(
+        st.store(away).core(1).is_some(),
+        "the peer was dropped during its install"
+    );
+}
