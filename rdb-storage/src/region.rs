@@ -68,6 +68,13 @@ pub fn contains(region: &Region, key: &[u8]) -> bool {
         && (region.end_key.is_empty() || key < region.end_key.as_slice())
 }
 
+/// Whether `outer`'s range holds all of `inner`'s (an empty end is no bound).
+pub fn covers(outer: &Region, inner: &Region) -> bool {
+    outer.start_key <= inner.start_key
+        && (outer.end_key.is_empty()
+            || (!inner.end_key.is_empty() && inner.end_key <= outer.end_key))
+}
+
 /// The region's epoch, or the zero epoch if the record lacks one.
 pub fn epoch(region: &Region) -> RegionEpoch {
     region.epoch.unwrap_or_default()

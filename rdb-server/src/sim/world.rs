@@ -728,12 +728,7 @@ impl World {
             .iter()
             .filter_map(|n| n.store.as_ref())
             .flat_map(|st| st.region_ids().into_iter().filter_map(|id| st.region(id)))
-            .filter(|c| {
-                c.id != r.id
-                    && region::epoch(c).version > v
-                    && c.start_key <= r.start_key
-                    && (c.end_key.is_empty() || (!r.end_key.is_empty() && r.end_key <= c.end_key))
-            })
+            .filter(|c| c.id != r.id && region::epoch(c).version > v && region::covers(c, r))
             .max_by_key(|c| region::epoch(c).version)
             .cloned()
     }

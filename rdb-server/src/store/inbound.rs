@@ -67,9 +67,7 @@ impl StoreCore {
         let Some(meta) = r.core.replica().app().region() else {
             return;
         };
-        let covers = covering.start_key <= meta.start_key
-            && (covering.end_key.is_empty()
-                || (!meta.end_key.is_empty() && meta.end_key <= covering.end_key));
+        let covers = region::covers(covering, meta);
         let later = region::epoch(covering).version > region::epoch(meta).version;
         let here = covering.peers.iter().any(|p| p.store_id == self.store_id);
         if covering.id != id && covers && later && !here {
