@@ -107,6 +107,10 @@ pub struct Settings {
     /// 200,000). It decides what applying an entry does, so it is fixed when a node's data
     /// directory is created: a node whose file says otherwise refuses to start.
     pub dedup_window: u64,
+    /// Revisions of history each region keeps readable before automatic compaction drops
+    /// older versions (default 10,000; 0: keep all history). Fixed when a data directory is
+    /// created, as `dedup_window` is (specs/018-versions).
+    pub history_revisions: u64,
     /// Most pairs one scan returns (default 10,000).
     pub max_scan_limit: u32,
     /// Most bytes of keys and values in one response (default 4 MiB); a scan page that would
@@ -125,6 +129,14 @@ pub struct Settings {
 pub const MIN_SNAPSHOT_RATE: u64 = 64 << 10;
 
 impl Settings {
+    /// The settings that decide what applying an entry does, as a data directory records them.
+    pub fn apply_settings(&self) -> rdb_storage::ApplySettings {
+        rdb_storage::ApplySettings {
+            dedup_window: self.dedup_window,
+            history_revisions: self.history_revisions,
+        }
+    }
+
     /// Checks that the settings make sense together (every value in range).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -218,6 +230,7 @@ impl Default for Settings {
             max_peer_message_bytes: 16 << 20,
             request_timeout_ms: 5000,
             dedup_window: 200_000,
+            history_revisions: rdb_storage::engine::DEFAULT_HISTORY_REVISIONS,
             max_scan_limit: 10_000,
             max_response_bytes: 4 << 20,
             max_wal_bytes: 64 << 20,

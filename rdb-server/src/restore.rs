@@ -29,7 +29,7 @@ use rdb_client::pd::Region as PdRegion;
 use rdb_client::PdClient;
 use rdb_storage::backup::{self, BackupContents, RestoreTarget, Restored, StoreRestoreTarget};
 use rdb_storage::region::{Peer, Region, RegionEpoch, StoreIdent};
-use rdb_storage::{ApplySettings, EngineOptions, Ident};
+use rdb_storage::{EngineOptions, Ident};
 
 use crate::config::{ClusterConfig, ConfigError, NodeConfig, NodeId, Settings};
 use crate::ServerError;
@@ -62,9 +62,7 @@ pub fn run(
             },
             voters: voters.clone(),
             members: members.clone(),
-            settings: ApplySettings {
-                dedup_window: config.settings.dedup_window,
-            },
+            settings: config.settings.apply_settings(),
             engine_opts: EngineOptions {
                 max_wal_bytes: config.settings.max_wal_bytes,
             },
@@ -167,9 +165,7 @@ pub fn run_pd(
                 token: new_token(),
             },
             regions: regions.clone(),
-            settings: ApplySettings {
-                dedup_window: settings.dedup_window,
-            },
+            settings: settings.apply_settings(),
             engine_opts: EngineOptions {
                 max_wal_bytes: settings.max_wal_bytes,
             },

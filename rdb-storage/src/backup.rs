@@ -61,9 +61,13 @@ use crate::{Error, Index, Result, Term};
 
 /// First bytes of a backup file.
 const MAGIC: &[u8; 8] = b"RDBBACK1";
-/// Version of the backup of one region (and of each region of a cluster's backup).
-const VERSION: u32 = 1;
-/// Version of the backup of a PD-mode cluster: its header, then one version-1 backup per region.
+/// Version of the backup of one region (and of each region of a cluster's backup): its `d`
+/// records hold versions, and its history and revisions come with them (specs/018-versions).
+const VERSION: u32 = 3;
+/// Version of the backup of one region taken before versioned keys: its `d` records hold bare
+/// values, which a restore makes versions from before history (as the upgrade of a directory).
+const VERSION_BARE: u32 = 1;
+/// Version of the backup of a PD-mode cluster: its header, then one region backup per region.
 pub const CLUSTER_VERSION: u32 = 2;
 /// Length of the header before the snapshot.
 pub const HEADER_LEN: u64 = 60;
@@ -176,6 +180,8 @@ pub struct StoreRestoreTarget {
 /// The fields of a region's backup header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
+    /// [`VERSION`] or [`VERSION_BARE`].
+    version: u32,
     source: Ident,
     index: Index,
     term: Term,
@@ -186,7 +192,7 @@ impl Header {
     fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut b = [0u8; HEADER_LEN as usize];
         b[..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_be_bytes());
+        b[8..12].copy_from_slice(&self.version.to_be_bytes());
         b[12..20].copy_from_slice(&self.source.cluster_id.to_be_bytes());
         b[20..28].copy_from_slice(&self.source.node_id.to_be_bytes());
         b[28..36].copy_from_slice(&self.index.to_be_bytes());
@@ -210,7 +216,7 @@ impl Header {
             u64::from_be_bytes(v)
         };
         let version = u32_at(8);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_BARE {
             return Err(format!("backup format version {version} is unknown"));
         }
         let crc = crc32fast::hash(&b[..56]);
@@ -222,6 +228,7 @@ impl Header {
         }
         let (index, term) = (u64_at(28), u64_at(36));
         Ok(Header {
+            version,
             source: Ident {
                 cluster_id: u64_at(12),
                 node_id: u64_at(20),
@@ -318,14 +325,15 @@ impl Layout {
 /// (buffered, fsynced; an existing file is replaced). The data and its index are read through
 /// one RocksDB view. On error the file is removed.
 pub fn write(engine: &Engine, source: Ident, path: &Path) -> Result<BackupInfo> {
-    let written = write_file(engine, source, path);
+    let written = write_file(engine, source, path, VERSION);
     if written.is_err() {
         let _ = std::fs::remove_file(path);
     }
     written
 }
 
-fn write_file(engine: &Engine, source: Ident, path: &Path) -> Result<BackupInfo> {
+/// [`write`], with the format version the header names (tests write the older one).
+fn write_file(engine: &Engine, source: Ident, path: &Path, version: u32) -> Result<BackupInfo> {
     let mut file = File::create(path)?;
     file.write_all(&[0u8; HEADER_LEN as usize])?;
     let mut out = CrcWriter::new(BufWriter::with_capacity(snapshot::IO_BUF, file));
@@ -334,6 +342,7 @@ fn write_file(engine: &Engine, source: Ident, path: &Path) -> Result<BackupInfo>
     let mut file = writer.into_inner().map_err(|e| e.into_error())?;
     let apply = written.apply;
     let header = Header {
+        version,
         source,
         index: apply.index,
         term: apply.term,
@@ -577,6 +586,13 @@ fn scan(
 /// Whether `k` is a region's meta record (`r` + id + `m`).
 fn is_meta_record(k: &[u8]) -> bool {
     k.len() == 10 && k[0] == keys::REGION_PREFIX && k[9] == keys::REGION_META_SUFFIX
+}
+
+/// Whether `k` is the revisions record of the backed-up group: a node's (`v`) or a region's
+/// (`r` + id + `v`).
+fn is_revisions_record(k: &[u8]) -> bool {
+    k == keys::NODE_REVISIONS_KEY
+        || (k.len() == 10 && k[0] == keys::REGION_PREFIX && k[9] == keys::REGION_REVISIONS_SUFFIX)
 }
 
 /// Whether `k` is the applied-index record of the backed-up group: a node's of older versions

@@ -1,14 +1,16 @@
 //! Who a data directory belongs to and whether it may be used: its kind of process and
 //! identity, the apply settings it was created with, the agreement of its two applied indexes,
 //! and the durable index recorded beside it (a database behind it was rolled back). Each check
-//! refuses with a cause and never rewrites or "repairs" what it finds.
+//! refuses with a cause and never rewrites or "repairs" what it finds (a directory of an older
+//! format is upgraded, see [`crate::upgrade`], which is not a repair).
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, HardState};
 use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::engine::{
-    ApplySettings, ApplyState, DirKind, Engine, Ident, APPLY_SETTINGS_V1, DURABLE_INDEX_FILE,
+    ApplySettings, ApplyState, DirKind, Engine, Ident, APPLY_SETTINGS_V1, APPLY_SETTINGS_V2,
+    DURABLE_INDEX_FILE,
 };
 use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::region::StoreIdent;
@@ -150,36 +152,88 @@ impl Engine {
     }
 
     /// Fixes the apply-affecting settings of a directory the first time it is used with them,
-    /// and refuses a configuration that differs from what is stored.
+    /// and refuses a configuration that differs from what is stored. A directory of the format
+    /// before versioned keys is upgraded first ([`crate::upgrade`]).
     ///
-    /// Returns true when the settings were recorded now (a new directory, or one created before
-    /// settings were recorded).
+    /// Returns true when the settings were recorded now (a new or upgraded directory).
     pub fn check_apply_settings(&self, configured: ApplySettings) -> Result<bool> {
-        match self.get_store_pair(keys::APPLY_SETTINGS_KEY)? {
-            Some((APPLY_SETTINGS_V1, dedup_window)) => {
-                if dedup_window != configured.dedup_window {
+        match self.apply_settings_record()? {
+            Some((APPLY_SETTINGS_V2, stored)) => {
+                let compare = [
+                    ("dedup_window", stored.dedup_window, configured.dedup_window),
+                    (
+                        "history_revisions",
+                        stored.history_revisions,
+                        configured.history_revisions,
+                    ),
+                ];
+                for (name, stored, configured) in compare {
+                    if stored != configured {
+                        return Err(Error::SettingChanged {
+                            name,
+                            stored,
+                            configured,
+                        });
+                    }
+                }
+                Ok(false)
+            }
+            Some((APPLY_SETTINGS_V1, stored)) => {
+                if stored.dedup_window != configured.dedup_window {
                     return Err(Error::SettingChanged {
                         name: "dedup_window",
-                        stored: dedup_window,
+                        stored: stored.dedup_window,
                         configured: configured.dedup_window,
                     });
                 }
-                Ok(false)
+                self.upgrade_to_versions(configured)?;
+                Ok(true)
             }
             Some((version, _)) => Err(Error::Corrupt(format!(
                 "apply settings record has unknown version {version}"
             ))),
+            // A new directory, or one written before settings were recorded (with bare values
+            // if it holds data: the upgrade finds none in a new one).
             None => {
-                let mut batch = WriteBatch::default();
-                batch.put_cf(
-                    self.cf(CF_RAFT_STATE),
-                    keys::APPLY_SETTINGS_KEY,
-                    keys::encode_pair(APPLY_SETTINGS_V1, configured.dedup_window),
-                );
-                self.write(batch, true)?;
+                self.upgrade_to_versions(configured)?;
                 Ok(true)
             }
         }
+    }
+
+    /// The apply settings this directory records, with the record's version (None: none yet).
+    pub fn apply_settings(&self) -> Result<Option<ApplySettings>> {
+        Ok(self.apply_settings_record()?.map(|(_, s)| s))
+    }
+
+    /// The stored apply settings record: its version and the settings (a version 1 record
+    /// has no history setting: the default then).
+    fn apply_settings_record(&self) -> Result<Option<(u64, ApplySettings)>> {
+        let Some(v) = self
+            .db()
+            .get_cf(self.cf(CF_RAFT_STATE), keys::APPLY_SETTINGS_KEY)?
+        else {
+            return Ok(None);
+        };
+        let field = |i: usize| {
+            v.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::Corrupt("apply settings record too short".into()))
+        };
+        let version = field(0)?;
+        let history_revisions = if version >= APPLY_SETTINGS_V2 {
+            field(2)?
+        } else {
+            crate::engine::DEFAULT_HISTORY_REVISIONS
+        };
+        Ok(Some((
+            version,
+            ApplySettings {
+                dedup_window: field(1)?,
+                history_revisions,
+            },
+        )))
     }
 
     /// Checks that the user data and the Raft state describe the same applied index. They are

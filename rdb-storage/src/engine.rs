@@ -81,13 +81,23 @@ pub struct ApplyState {
 pub struct ApplySettings {
     /// Log entries a client request id is remembered for (see [`crate::StateMachine`]).
     pub dedup_window: u64,
+    /// Revisions of history a group keeps readable: its compacted revision follows its last
+    /// one this far behind (0: history is kept until compacted by hand; specs/018-versions).
+    pub history_revisions: u64,
 }
+
+/// Revisions of history kept when the configuration does not say.
+pub const DEFAULT_HISTORY_REVISIONS: u64 = 10_000;
 
 /// File beside the database holding the last index known to be durable in the log.
 pub(crate) const DURABLE_INDEX_FILE: &str = "RDB_DURABLE_INDEX";
 
-/// Version tag of the stored [`ApplySettings`] record.
+/// Version tag of the stored [`ApplySettings`] record of directories whose `d` records hold
+/// bare values (before versioned keys): opening one upgrades it.
 pub(crate) const APPLY_SETTINGS_V1: u64 = 1;
+/// Version tag of the stored [`ApplySettings`] record: the dedup window, the history kept, and
+/// `d` records that hold versions (specs/018-versions).
+pub(crate) const APPLY_SETTINGS_V2: u64 = 2;
 
 /// Every database this process opened, with the flag its closing sets: a clean stop waits for
 /// all of them ([`wait_all_closed`]) before the process exits, because exiting while a thread
@@ -497,9 +507,9 @@ impl Engine {
         self.get_raw_pair(&self.state_key(name), name)
     }
 
-    /// A 16-byte record of the whole store (identity, apply settings), by name.
-    pub(crate) fn get_store_pair(&self, name: &[u8]) -> Result<Option<(u64, u64)>> {
-        self.get_raw_pair(name, name)
+    /// A record of the `data` column family, by its stored key.
+    pub(crate) fn get_data(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_DATA), key)?)
     }
 
     fn get_raw_pair(&self, key: &[u8], name: &[u8]) -> Result<Option<(u64, u64)>> {
@@ -620,11 +630,11 @@ impl Engine {
         ))
     }
 
-    /// Reads a user key from the applied state.
+    /// Reads a user key's newest value from the applied state.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let (lower, upper) = keys::data_key_range(key);
         self.guarded(&lower, &upper, || {
-            Ok(self.db.get_cf(self.cf(CF_DATA), &lower)?)
+            value_of(self.db.get_cf(self.cf(CF_DATA), &lower)?)
         })
     }
 
@@ -641,7 +651,7 @@ impl Engine {
             let cf = self.cf(CF_DATA);
             user_keys
                 .iter()
-                .map(|k| Ok(view.get_cf(cf, keys::data_key(k))?))
+                .map(|k| value_of(view.get_cf(cf, keys::data_key(k))?))
                 .collect()
         })
     }
@@ -683,7 +693,8 @@ impl Engine {
         );
         let mut bytes = 0usize;
         for item in it {
-            let (k, v) = item?;
+            let (k, rec) = item?;
+            let (_, v) = crate::mvcc::decode(&rec)?;
             let size = k.len() + v.len();
             if page.kvs.len() >= limit || (!page.kvs.is_empty() && bytes + size > max_bytes) {
                 page.more = true;
@@ -706,5 +717,13 @@ impl Engine {
             Some(&lower[..]),
             Some(&self.space.log_key(index)[..]),
         );
+    }
+}
+
+/// The value in a `d` record (its newest version, specs/018-versions), if there is one.
+fn value_of(record: Option<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+    match record {
+        None => Ok(None),
+        Some(rec) => Ok(Some(crate::mvcc::decode(&rec)?.1.to_vec())),
     }
 }

@@ -224,18 +224,81 @@ fn data_and_raft_state_that_disagree_are_refused() {
 fn apply_settings_are_fixed_when_the_directory_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _) = open(dir.path());
-    let w = |dedup_window| ApplySettings { dedup_window };
-    assert!(engine.check_apply_settings(w(5000)).unwrap());
-    assert!(!engine.check_apply_settings(w(5000)).unwrap());
-    match engine.check_apply_settings(w(6000)) {
-        Err(e @ Error::SettingChanged { .. }) => {
-            let m = e.to_string();
-            assert!(
-                m.contains("dedup_window") && m.contains("5000") && m.contains("6000"),
-                "{m}"
+    let w = |dedup_window, history_revisions| ApplySettings {
+        dedup_window,
+        history_revisions,
+    };
+    assert!(engine.check_apply_settings(w(5000, 100)).unwrap());
+    assert!(!engine.check_apply_settings(w(5000, 100)).unwrap());
+    for (changed, name, stored, configured) in [
+        (w(6000, 100), "dedup_window", "5000", "6000"),
+        (w(5000, 0), "history_revisions", "100", "0"),
+    ] {
+        match engine.check_apply_settings(changed) {
+            Err(e @ Error::SettingChanged { .. }) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains(name) && m.contains(stored) && m.contains(configured),
+                    "{m}"
+                );
+            }
+            other => panic!("a changed {name} was accepted: {other:?}"),
+        }
+    }
+    assert_eq!(engine.apply_settings().unwrap(), Some(w(5000, 100)));
+}
+
+/// A directory written before versioned keys (bare values in its `d` records, a version-1
+/// settings record) is upgraded when opened: every value reads the same, as a version from
+/// before history, and an upgrade cut short by a crash goes on where it stopped.
+#[test]
+fn a_directory_of_bare_values_is_upgraded_once_and_resumes_after_a_crash() {
+    use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
+    for crashed_after in [None, Some(3usize)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _) = open(dir.path());
+        let data = engine.cf(CF_DATA);
+        let mut wb = rocksdb::WriteBatch::default();
+        let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+        // Bare values, one of them empty and one that looks like a version record.
+        let bare = |i: usize| match i {
+            0 => Vec::new(),
+            1 => vec![1, 0, 0, 0],
+            _ => format!("value {i}").into_bytes(),
+        };
+        for (i, k) in keys.iter().enumerate() {
+            let v = match crashed_after {
+                // Before the cut, already rewritten.
+                Some(n) if i <= n => crate::mvcc::encode(&crate::mvcc::BEFORE_HISTORY, &bare(i)),
+                _ => bare(i),
+            };
+            wb.put_cf(data, keys::data_key(k.as_bytes()), v);
+        }
+        let mut v1 = 1u64.to_be_bytes().to_vec();
+        v1.extend_from_slice(&5000u64.to_be_bytes());
+        wb.put_cf(engine.cf(CF_RAFT_STATE), keys::APPLY_SETTINGS_KEY, v1);
+        if let Some(n) = crashed_after {
+            wb.put_cf(
+                engine.cf(CF_RAFT_STATE),
+                keys::UPGRADE_CURSOR_KEY,
+                keys::data_key(keys[n].as_bytes()),
             );
         }
-        other => panic!("a changed dedup_window was accepted: {other:?}"),
+        engine.db().write(wb).unwrap();
+        let settings = ApplySettings {
+            dedup_window: 5000,
+            history_revisions: 50,
+        };
+        assert!(engine.check_apply_settings(settings).unwrap());
+        for (i, k) in keys.iter().enumerate() {
+            let got = engine.get_versioned(k.as_bytes()).unwrap().expect("kept");
+            assert_eq!(got.value, bare(i), "{k} after {crashed_after:?}");
+            assert_eq!(got.meta, crate::mvcc::BEFORE_HISTORY);
+        }
+        assert_eq!(engine.apply_settings().unwrap(), Some(settings));
+        // Upgraded once: opening again rewrites nothing.
+        assert!(!engine.check_apply_settings(settings).unwrap());
+        assert_eq!(engine.get(b"k1").unwrap(), Some(vec![1, 0, 0, 0]));
     }
 }
 

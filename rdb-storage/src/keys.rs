@@ -39,6 +39,10 @@ pub const STORE_ADDR_PREFIX: &[u8] = b"store_addr/";
 /// (see [`crate::ApplySettings`]).
 pub const APPLY_SETTINGS_KEY: &[u8] = b"apply_settings";
 
+/// Set while a directory of the format before versioned keys is upgraded: the last `d` key
+/// rewritten (see `crate::upgrade`).
+pub const UPGRADE_CURSOR_KEY: &[u8] = b"upgrade_cursor";
+
 /// An uninitialized region's peer id on this store, 8 bytes: what a restart starts it as again
 /// (it may have voted, and must not forget it).
 pub const UNINIT_PEER_KEY: &[u8] = b"uninit_peer";

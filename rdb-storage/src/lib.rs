@@ -26,6 +26,7 @@ pub mod range_stats;
 pub mod region;
 pub mod snapshot;
 pub mod state_machine;
+mod upgrade;
 
 #[cfg(test)]
 mod hardening_tests;
@@ -35,6 +36,8 @@ mod merge_tests;
 mod region_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod version_tests;
 
 pub use engine::AppendBatch;
 pub use engine::{ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, ScanPage};

@@ -100,7 +100,13 @@ fn a_prepared_source_refuses_writes_and_the_target_takes_it_over_in_one_batch() 
             ))
             .expect("apply source"),
     );
-    assert_eq!(r[1], Ok(CommandResult::Delete { existed: true }));
+    assert_eq!(
+        r[1],
+        Ok(CommandResult::Delete {
+            existed: true,
+            revision: 2
+        })
+    );
     assert!(
         matches!(&r[2], Err(e) if e.contains("epoch not match")),
         "{:?}",
@@ -136,7 +142,7 @@ fn a_prepared_source_refuses_writes_and_the_target_takes_it_over_in_one_batch() 
             ))
             .expect("apply target"),
     );
-    assert_eq!(r[0], Ok(CommandResult::Put));
+    assert!(matches!(r[0], Ok(CommandResult::Put { .. })));
     assert!(
         matches!(&r[1], Err(e) if e.contains("epoch not match")),
         "{:?}",
@@ -150,13 +156,17 @@ fn a_prepared_source_refuses_writes_and_the_target_takes_it_over_in_one_batch() 
     assert_eq!(r[3], Ok(CommandResult::Merged { source: 2 }));
     assert_eq!(
         r[4],
-        Ok(CommandResult::Delete { existed: true }),
+        Ok(CommandResult::Delete {
+            existed: true,
+            revision: 2
+        }),
         "a retry of a request the source applied is answered from its moved record"
     );
     assert_eq!(
         r[5],
-        Ok(CommandResult::Put),
-        "the target owns the source's keys"
+        Ok(CommandResult::Put { revision: 3 }),
+        "the target owns the source's keys, and goes on above both regions' revisions (its \
+         own last was 1, the source's 2)"
     );
     let merged = target.region().expect("meta").clone();
     assert_eq!(
@@ -232,7 +242,7 @@ fn a_rollback_lets_the_source_serve_again_at_a_new_version() {
     assert!(r[0].is_err(), "nothing to roll back: {:?}", r[0]);
     assert!(r[2].is_err(), "another merge's rollback: {:?}", r[2]);
     assert_eq!(r[3], Ok(CommandResult::MergeRolledBack));
-    assert_eq!(r[4], Ok(CommandResult::Put));
+    assert!(matches!(r[4], Ok(CommandResult::Put { .. })));
     assert!(source.merging().is_none());
     let meta = store.region(2).expect("view").region_meta().expect("meta");
     assert_eq!(meta.and_then(|m| m.epoch).map(|e| e.version), Some(3));

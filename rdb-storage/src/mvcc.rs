@@ -72,29 +72,37 @@ pub struct Revisions {
 
 /// The revisions of the group whose records `r` holds (zeros before its first write).
 pub fn revisions<R: Records + ?Sized>(r: &R) -> Result<Revisions> {
-    match r.read(&r.space().revisions_key())? {
-        None => Ok(Revisions::default()),
-        Some(v) => {
-            let field = |at: usize| {
-                v.get(at..at + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| Error::Corrupt("revisions record too short".into()))
-            };
-            Ok(Revisions {
-                last: field(0)?,
-                compacted: field(8)?,
-            })
-        }
-    }
+    decode_revisions(r.read(&r.space().revisions_key())?.as_deref())
+}
+
+/// A revisions record's contents (None: the group has none yet, zeros).
+pub fn decode_revisions(record: Option<&[u8]>) -> Result<Revisions> {
+    let Some(v) = record else {
+        return Ok(Revisions::default());
+    };
+    let field = |at: usize| {
+        v.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| Error::Corrupt("revisions record too short".into()))
+    };
+    Ok(Revisions {
+        last: field(0)?,
+        compacted: field(8)?,
+    })
+}
+
+/// The revisions record's contents.
+pub fn encode_revisions(revs: Revisions) -> Vec<u8> {
+    let mut v = revs.last.to_be_bytes().to_vec();
+    v.extend_from_slice(&revs.compacted.to_be_bytes());
+    v
 }
 
 /// Records the group's revisions (in the same batch as the writes they count).
 pub fn set_revisions<R: Records + ?Sized>(r: &mut R, revs: Revisions) {
-    let mut v = revs.last.to_be_bytes().to_vec();
-    v.extend_from_slice(&revs.compacted.to_be_bytes());
     let key = r.space().revisions_key();
-    r.put(key, v);
+    r.put(key, encode_revisions(revs));
 }
 
 /// A version record: its first byte, the three revisions as varints, the value.
@@ -216,6 +224,14 @@ pub fn write<R: Records + ?Sized>(
     Ok(Written { before, after })
 }
 
+/// What a bare value of a directory or backup from before versioned keys becomes: a version
+/// from before history (revision 0).
+pub(crate) const BEFORE_HISTORY: Meta = Meta {
+    create_revision: 0,
+    mod_revision: 0,
+    version: 1,
+};
+
 /// A version or delete record as read from history.
 fn from_history(record: &[u8]) -> Result<Option<Versioned>> {
     match record.first() {
@@ -277,7 +293,8 @@ impl Engine {
     }
 
     /// The keys in `[start, end)` (empty `end`: no bound) as of `revision`, in key order, at
-    /// most `limit` of them.
+    /// most `limit` of them. Walks the newest versions and the history of the range side by
+    /// side, through one view of the database, holding only the page it returns.
     pub fn scan_at(
         &self,
         start: &[u8],
@@ -285,72 +302,78 @@ impl Engine {
         revision: u64,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        let view = self.db().snapshot();
+        let cf = self.cf(CF_DATA);
+        let bounded = |lower: &[u8], upper: Vec<u8>| {
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(upper);
+            view.iterator_cf_opt(cf, ro, IteratorMode::From(lower, Direction::Forward))
+        };
         let (lower, upper) = keys::data_range(start, end);
-        let mut newest = self.versions_in(&lower, &upper)?.into_iter().peekable();
-        let mut history = self.history_in(start, end)?.into_iter().peekable();
+        let mut newest_it = bounded(&lower, upper);
+        let (lower, upper) = history_range(start, end)?;
+        let mut history_it = bounded(&lower, upper);
+        let mut next_newest = || -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+            match newest_it.next() {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, rec) = item?;
+                    let key = keys::user_key(&k).ok_or_else(|| {
+                        Error::Corrupt("non-data key inside the data range".into())
+                    })?;
+                    Ok(Some((key.to_vec(), rec.to_vec())))
+                }
+            }
+        };
+        let mut next_history = || -> Result<Option<HistoryRecord>> {
+            match history_it.next() {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, rec) = item?;
+                    let (key, rev) = parse_history_key(&k)?;
+                    Ok(Some((key, rev, rec.to_vec())))
+                }
+            }
+        };
+        let (mut newest, mut history) = (next_newest()?, next_history()?);
         let mut out = Vec::new();
         while out.len() < limit {
-            let next = match (newest.peek(), history.peek()) {
+            let key = match (&newest, &history) {
                 (None, None) => break,
-                (Some((a, _)), Some((b, _, _))) => a.clone().min(b.clone()),
+                (Some((a, _)), Some((b, _, _))) => a.min(b).clone(),
                 (Some((a, _)), None) => a.clone(),
                 (None, Some((b, _, _))) => b.clone(),
             };
+            // The key's state at `revision`: its newest version if changed by then, else the
+            // first of its history (newest first) at or below it.
             let mut found = None;
-            if newest.peek().is_some_and(|(k, _)| *k == next) {
-                if let Some((_, v)) = newest.next() {
-                    if v.meta.mod_revision <= revision {
-                        found = Some(Some(v));
-                    }
+            if let Some((_, rec)) = newest.take_if(|(k, _)| *k == key) {
+                let (meta, value) = decode(&rec)?;
+                if meta.mod_revision <= revision {
+                    found = Some(Some(Versioned {
+                        meta,
+                        value: value.to_vec(),
+                    }));
                 }
+                newest = next_newest()?;
             }
-            // The key's history, newest first: the first at or below `revision` is its state.
-            while let Some((_, rev, rec)) = history.next_if(|(k, _, _)| *k == next) {
+            while let Some((_, rev, rec)) = history.take_if(|(k, _, _)| *k == key) {
                 if found.is_none() && rev <= revision {
                     found = Some(from_history(&rec)?);
                 }
+                history = next_history()?;
             }
             if let Some(Some(v)) = found {
-                out.push((next, v));
+                out.push((key, v));
             }
-        }
-        Ok(out)
-    }
-
-    /// The newest versions of the stored keys `[lower, upper)`.
-    fn versions_in(&self, lower: &[u8], upper: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(upper);
-        let it = self.db().iterator_cf_opt(
-            self.cf(CF_DATA),
-            ro,
-            IteratorMode::From(lower, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in it {
-            let (k, rec) = item?;
-            let key = keys::user_key(&k)
-                .ok_or_else(|| Error::Corrupt("non-data key inside the data range".into()))?;
-            let (meta, value) = decode(&rec)?;
-            out.push((
-                key.to_vec(),
-                Versioned {
-                    meta,
-                    value: value.to_vec(),
-                },
-            ));
         }
         Ok(out)
     }
 
     /// The history records of the user keys in `[start, end)`: key, revision, record.
+    #[cfg(test)]
     fn history_in(&self, start: &[u8], end: &[u8]) -> Result<Vec<HistoryRecord>> {
-        let lower = history_prefix(start)?;
-        let upper = if end.is_empty() {
-            vec![HISTORY_PREFIX + 1]
-        } else {
-            history_prefix(end)?
-        };
+        let (lower, upper) = history_range(start, end)?;
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(upper);
         let it = self.db().iterator_cf_opt(
@@ -374,7 +397,7 @@ impl Engine {
     pub fn compact_history(&self, horizon: u64) -> Result<u64> {
         let (mut deleted, mut from) = (0, Vec::new());
         loop {
-            let (n, next) = self.compact_history_step(horizon, &from, 1024)?;
+            let (n, next) = self.compact_history_step(horizon, &from, b"", 1024)?;
             deleted += n;
             match next {
                 Some(k) => from = k,
@@ -383,20 +406,22 @@ impl Engine {
         }
     }
 
-    /// One bounded step of [`Engine::compact_history`]: the keys from `from` on, until about
-    /// `max` history records were looked at; returns how many went and the key to go on
-    /// from (None: done). Steps can run between writes (never during one, and with `horizon`
-    /// at most the last revision): a write comes at a revision above the horizon, so it never
-    /// changes a key's state at the horizon, and what a step kept or dropped stays right.
+    /// One bounded step of [`Engine::compact_history`] over the user keys `[from, end)`
+    /// (empty `end`: no bound), until about `max` history records were looked at; returns how
+    /// many went and the key to go on from (None: done). Steps can run between writes (never
+    /// during one, and with `horizon` at most the last revision): a write comes at a revision
+    /// above the horizon, so it never changes a key's state at the horizon, and what a step
+    /// kept or dropped stays right.
     pub fn compact_history_step(
         &self,
         horizon: u64,
         from: &[u8],
+        end: &[u8],
         max: usize,
     ) -> Result<(u64, Option<Vec<u8>>)> {
+        let (lower, upper) = history_range(from, end)?;
         let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(vec![HISTORY_PREFIX + 1]);
-        let lower = history_prefix(from)?;
+        ro.set_iterate_upper_bound(upper);
         let it = self.db().iterator_cf_opt(
             self.cf(CF_DATA),
             ro,
@@ -404,36 +429,86 @@ impl Engine {
         );
         let mut wb = WriteBatch::default();
         let (mut deleted, mut seen) = (0u64, 0usize);
-        // The key being looked at, and whether its state at the horizon was found already
-        // (its records come newest first).
-        let mut current: Option<(Vec<u8>, bool)> = None;
+        let mut sweep = Sweep::new(horizon);
         let mut next = None;
         for item in it {
             let (k, rec) = item?;
             let (key, rev) = parse_history_key(&k)?;
-            let settled = match &current {
-                Some((c, settled)) if *c == key => *settled,
-                _ => {
-                    // A new key: stop here once the step has done its share.
-                    if seen >= max {
-                        next = Some(key);
-                        break;
-                    }
-                    let newest = self.get_versioned(&key)?;
-                    newest.is_some_and(|v| v.meta.mod_revision <= horizon)
-                }
-            };
+            // Stop at a new key once the step has done its share.
+            if seen >= max && sweep.is_new(&key) {
+                next = Some(key);
+                break;
+            }
             seen += 1;
-            let drop = settled || (rev <= horizon && rec.first() == Some(&DELETED));
-            if drop {
+            let newest = |key: &[u8]| Ok(self.get_versioned(key)?.map(|v| v.meta));
+            if sweep.drops(key, rev, &rec, newest)? {
                 wb.delete_cf(self.cf(CF_DATA), &k);
                 deleted += 1;
             }
-            current = Some((key, settled || rev <= horizon));
         }
         self.db().write(wb)?;
         Ok((deleted, next))
     }
+}
+
+/// The stored bounds `[lower, upper)` of the history of the user keys in `[start, end)`
+/// (empty `end`: no bound): the memcomparable encoding keeps the order of user keys.
+pub fn history_range(start: &[u8], end: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let upper = if end.is_empty() {
+        vec![HISTORY_PREFIX + 1]
+    } else {
+        history_prefix(end)?
+    };
+    Ok((history_prefix(start)?, upper))
+}
+
+/// Decides, record by record in stored order, which history records compaction at a horizon
+/// drops: for each key, every record older than its state at the horizon, and that state too
+/// if it is a delete. The background deletion and the replica hash (which skips what the
+/// deletion may or may not have reached yet) both decide through it, so they agree.
+pub(crate) struct Sweep {
+    horizon: u64,
+    /// The key being looked at, and whether its state at the horizon was found already (its
+    /// records come newest first).
+    current: Option<(Vec<u8>, bool)>,
+}
+
+impl Sweep {
+    /// A sweep at `horizon`, before its first record.
+    pub(crate) fn new(horizon: u64) -> Sweep {
+        Sweep {
+            horizon,
+            current: None,
+        }
+    }
+
+    /// Whether `key` is not the key of the last record decided.
+    pub(crate) fn is_new(&self, key: &[u8]) -> bool {
+        self.current.as_ref().is_none_or(|(c, _)| c != key)
+    }
+
+    /// Whether the history record `rec` of `key` at `rev` goes; `newest` reads the key's
+    /// newest version's meta (asked once per key).
+    pub(crate) fn drops(
+        &mut self,
+        key: Vec<u8>,
+        rev: u64,
+        rec: &[u8],
+        newest: impl FnOnce(&[u8]) -> Result<Option<Meta>>,
+    ) -> Result<bool> {
+        let settled = match &self.current {
+            Some((c, settled)) if *c == key => *settled,
+            _ => newest(&key)?.is_some_and(|m| m.mod_revision <= self.horizon),
+        };
+        let drop = settled || (rev <= self.horizon && rec.first() == Some(&DELETED));
+        self.current = Some((key, settled || rev <= self.horizon));
+        Ok(drop)
+    }
+}
+
+/// The user key and revision of a stored history key, or None if `k` is not one.
+pub(crate) fn history_record_key(k: &[u8]) -> Option<(Vec<u8>, u64)> {
+    parse_history_key(k).ok()
 }
 
 #[cfg(test)]
@@ -601,7 +676,7 @@ mod tests {
                 if let Some(from) = cursor.take() {
                     let max = rng.gen_range(1..4);
                     cursor = engine
-                        .compact_history_step(horizon, &from, max)
+                        .compact_history_step(horizon, &from, b"", max)
                         .expect("compact")
                         .1;
                 }

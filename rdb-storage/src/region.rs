@@ -498,8 +498,10 @@ impl Engine {
         let data = self.cf(CF_DATA);
         let mut wb = WriteBatch::default();
         for (lo, hi) in uncovered(&garbage.start_key, &garbage.end_key, keep) {
-            let (lo, hi) = keys::data_range(&lo, &hi);
-            wb.delete_range_cf(data, lo, hi);
+            let (dlo, dhi) = keys::data_range(&lo, &hi);
+            wb.delete_range_cf(data, dlo, dhi);
+            let (hlo, hhi) = crate::mvcc::history_range(&lo, &hi)?;
+            wb.delete_range_cf(data, hlo, hhi);
         }
         wb.delete_cf(
             self.cf(CF_RAFT_STATE),
@@ -719,6 +721,14 @@ pub(crate) fn split_batch(
         return Ok(());
     }
     put_initial_state(engine, wb, right)?;
+    // The new region goes on from the parent's revisions, so neither half ever records a
+    // revision below one a key of its range already has (specs/018-versions).
+    if let Some(revs) = engine
+        .db()
+        .get_cf(data, Space::Region(left.id).revisions_key())?
+    {
+        wb.put_cf(data, child.revisions_key(), revs);
+    }
     if let Some(v) = existing {
         let old = HardState::parse_from_bytes(&v)?;
         if old.term > REGION_INIT_TERM {
@@ -743,7 +753,7 @@ pub(crate) fn split_batch(
 }
 
 /// Bounds of everything a group's snapshot or hash covers in `data`: the whole family for a
-/// static node; a region's own records and the user keys of its range.
+/// static node; a region's own records, and the user keys of its range with their history.
 pub(crate) fn owned_ranges(space: Space, meta: Option<&Region>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     match (space, meta) {
         (Space::Node, _) => Ok(vec![(
@@ -753,6 +763,7 @@ pub(crate) fn owned_ranges(space: Space, meta: Option<&Region>) -> Result<Vec<(V
         (Space::Region(id), Some(meta)) => Ok(vec![
             (keys::region_prefix(id), keys::region_prefix_end(id)),
             keys::data_range(&meta.start_key, &meta.end_key),
+            crate::mvcc::history_range(&meta.start_key, &meta.end_key)?,
         ]),
         (Space::Region(id), None) => Err(Error::Corrupt(format!("region {id} has no meta record"))),
     }

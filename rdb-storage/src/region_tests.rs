@@ -151,10 +151,10 @@ fn a_write_outside_the_region_is_refused_at_apply() {
             cmd(0, 0, put("c\u{ff}", "2")),
         ],
     );
-    assert_eq!(results[0], Ok(CommandResult::Put));
+    assert!(matches!(results[0], Ok(CommandResult::Put { .. })));
     assert!(matches!(&results[1], Err(e) if e.contains("key not in region")));
     assert!(matches!(&results[2], Err(e) if e.contains("key not in region")));
-    assert_eq!(results[3], Ok(CommandResult::Put));
+    assert!(matches!(results[3], Ok(CommandResult::Put { .. })));
     assert_eq!(user_keys(&store), vec!["b", "c\u{ff}"]);
     assert_eq!(sm.engine().apply_state().expect("apply").index, 9);
 }
@@ -183,7 +183,9 @@ fn a_split_divides_the_range_bumps_both_epochs_and_keeps_retries_at_most_once() 
             cmd(9, 1, put("a", "1")),
         ],
     );
-    assert!(results[..3].iter().all(|r| r == &Ok(CommandResult::Put)));
+    assert!(results[..3]
+        .iter()
+        .all(|r| matches!(r, Ok(CommandResult::Put { .. }))));
     for r in &results[3..6] {
         assert!(r.is_err(), "bad split applied: {r:?}");
     }
@@ -193,9 +195,8 @@ fn a_split_divides_the_range_bumps_both_epochs_and_keeps_retries_at_most_once() 
         "a write to the other half after the split: {:?}",
         results[7]
     );
-    assert_eq!(
-        results[8],
-        Ok(CommandResult::Put),
+    assert!(
+        matches!(results[8], Ok(CommandResult::Put { .. })),
         "a retry on the left half"
     );
 
@@ -240,9 +241,16 @@ fn a_split_divides_the_range_bumps_both_epochs_and_keeps_retries_at_most_once() 
             cmd(0, 0, Op::Delete(Delete { key: "y".into() })),
         ],
     );
-    assert_eq!(results[0], Ok(CommandResult::Put));
+    assert!(matches!(results[0], Ok(CommandResult::Put { .. })));
     assert!(results[1].is_err(), "the left half's key in the right half");
-    assert_eq!(results[2], Ok(CommandResult::Delete { existed: false }));
+    assert_eq!(
+        results[2],
+        Ok(CommandResult::Delete {
+            existed: false,
+            revision: 3
+        }),
+        "the new region goes on from the parent's revisions (three puts before the split)"
+    );
     assert_eq!(store.get(b"x").expect("get"), Some(b"second".to_vec()));
     assert_eq!(store.get(b"a").expect("get"), Some(b"1".to_vec()));
 }

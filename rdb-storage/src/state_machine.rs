@@ -4,6 +4,10 @@
 //! index in one atomic batch, so after a crash the node resumes exactly after the last applied
 //! entry: nothing is lost and nothing is applied twice.
 //!
+//! Every write that changes data gets the group's next revision and keeps the versions it
+//! supersedes as history (specs/018-versions, [`crate::mvcc`]); history behind the group's
+//! compacted revision is deleted a bounded step after each batch.
+//!
 //! Writes carry a client request id. The first time an id is applied, its result is recorded;
 //! a retry of the same id (a client that did not hear the answer) is not applied again and gets
 //! the recorded result back. A record counts for `dedup_window` log entries after the one that
@@ -21,8 +25,9 @@ use rdb_proto::command::{command::Op, Command};
 use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::dedup::{self, DedupPin};
-use crate::engine::Engine;
+use crate::engine::{ApplySettings, Engine};
 use crate::keys::{self, Space, CF_DATA, CF_RAFT_STATE};
+use crate::mvcc::{self, Change};
 use crate::region::{self, Region};
 use crate::{Error, Index, Result, Term};
 
@@ -30,11 +35,16 @@ use crate::{Error, Index, Result, Term};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandResult {
     /// The value was written.
-    Put,
+    Put {
+        /// The write's revision (specs/018-versions).
+        revision: u64,
+    },
     /// The key was removed; `existed` says whether it was there.
     Delete {
         /// Whether the key existed (for a deduplicated retry: as first recorded).
         existed: bool,
+        /// The delete's revision; when nothing was deleted, the group's last revision.
+        revision: u64,
     },
     /// A compare-and-swap ran.
     Cas {
@@ -42,6 +52,8 @@ pub enum CommandResult {
         succeeded: bool,
         /// On failure, the value found (None if absent, or unknown for a deduplicated retry).
         current: Option<Vec<u8>>,
+        /// The swap's revision; on failure, the group's last revision.
+        revision: u64,
     },
     /// A hash point: every replica hashes its data as of this entry (see `rdb-cli check`).
     HashPoint {
@@ -53,6 +65,8 @@ pub enum CommandResult {
         /// How many of its deletes found their key (for a deduplicated retry: as first
         /// recorded).
         deleted: u64,
+        /// The batch's one revision (the group's last one if it changed nothing).
+        revision: u64,
     },
     /// A region split (PD mode): this region now ends at the split key and `new_region` has
     /// state on this store; the store starts its peer.
@@ -110,10 +124,21 @@ pub type HashResults = Arc<Mutex<BTreeMap<Index, HashState>>>;
 /// How many hash results are kept.
 const HASH_RESULTS_KEPT: usize = 16;
 
+/// History records the background deletion looks at after every apply batch, at least...
+const SWEEP_MIN: usize = 64;
+/// ...and per entry the batch applied (a pass every half retention then keeps up with writes).
+const SWEEP_PER_ENTRY: usize = 8;
+
 /// Applies committed entries. Owned by whichever task applies (one at a time).
 pub struct StateMachine {
     engine: Engine,
-    dedup_window: u64,
+    /// The settings applying follows: the dedup window, and how many revisions of history
+    /// automatic compaction keeps.
+    settings: ApplySettings,
+    /// The background deletion of compacted history: the horizon its last full pass ran at,
+    /// and the pass under way (its horizon and the user key it goes on from).
+    swept: u64,
+    sweep: Option<(u64, Vec<u8>)>,
     hashes: HashResults,
     /// The region's meta as applied (PD mode); `None` for a static node.
     region: Option<Region>,
@@ -142,11 +167,22 @@ const CODE_SPLIT: u8 = 8;
 const CODE_MERGE: u8 = 9;
 
 impl StateMachine {
-    /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries.
+    /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries,
+    /// and as many revisions of history as the directory's apply settings say.
     pub fn new(engine: Engine, dedup_window: u64) -> Result<StateMachine> {
+        let history_revisions = engine
+            .apply_settings()?
+            .map_or(crate::engine::DEFAULT_HISTORY_REVISIONS, |s| {
+                s.history_revisions
+            });
         let mut sm = StateMachine {
             engine,
-            dedup_window: dedup_window.max(1),
+            settings: ApplySettings {
+                dedup_window: dedup_window.max(1),
+                history_revisions,
+            },
+            swept: 0,
+            sweep: None,
             hashes: HashResults::default(),
             region: None,
             splits: Vec::new(),
@@ -168,9 +204,12 @@ impl StateMachine {
             .map_or(0, |(index, _)| index);
         self.engine
             .dedup_horizon()
-            .configure(self.dedup_window, applied);
+            .configure(self.settings.dedup_window, applied);
         self.region = self.engine.region_meta()?;
         self.merging = self.engine.merge_state()?;
+        // New data may bring history the sweep has not looked at: it starts over.
+        self.swept = 0;
+        self.sweep = None;
         Ok(())
     }
 
@@ -242,7 +281,7 @@ impl StateMachine {
     /// given, and the caller gives the rest again later ([`StateMachine::waiting_for`]).
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(entries.len());
-        let mut batch = Batch::new(&self.engine, self.dedup_window);
+        let mut batch = Batch::new(&self.engine, self.settings);
         self.waiting = None;
         for e in entries {
             let result = match e.get_entry_type() {
@@ -254,10 +293,8 @@ impl StateMachine {
                     }) => {
                         // The merge reads the target's and the source's records from the
                         // database: what the batch holds so far goes first.
-                        let done = std::mem::replace(
-                            &mut batch,
-                            Batch::new(&self.engine, self.dedup_window),
-                        );
+                        let done =
+                            std::mem::replace(&mut batch, Batch::new(&self.engine, self.settings));
                         self.commit(done)?;
                         match self.commit_merge(&mut batch, &c, e.index)? {
                             Some(result) => result,
@@ -281,10 +318,8 @@ impl StateMachine {
                     }) => {
                         // A split reads the region's dedup records from the database: what
                         // the batch holds so far goes first.
-                        let done = std::mem::replace(
-                            &mut batch,
-                            Batch::new(&self.engine, self.dedup_window),
-                        );
+                        let done =
+                            std::mem::replace(&mut batch, Batch::new(&self.engine, self.settings));
                         self.commit(done)?;
                         self.split(&mut batch, &split, e.index)?
                     }
@@ -309,13 +344,11 @@ impl StateMachine {
                 result,
             });
             if merged {
-                let done =
-                    std::mem::replace(&mut batch, Batch::new(&self.engine, self.dedup_window));
+                let done = std::mem::replace(&mut batch, Batch::new(&self.engine, self.settings));
                 self.commit(done)?;
             }
             if hash_point {
-                let done =
-                    std::mem::replace(&mut batch, Batch::new(&self.engine, self.dedup_window));
+                let done = std::mem::replace(&mut batch, Batch::new(&self.engine, self.settings));
                 self.commit(done)?;
                 self.start_hash(e.index);
             }
@@ -323,7 +356,50 @@ impl StateMachine {
         if batch.last.is_some() {
             self.commit(batch)?;
         }
+        self.sweep_history(SWEEP_MIN + SWEEP_PER_ENTRY * entries.len())?;
         Ok(out)
+    }
+
+    /// One bounded step of the background deletion of this group's compacted history (see
+    /// [`mvcc::Sweep`]), run after an apply batch: about `budget` history records looked at.
+    /// A pass over the group's range starts once the compacted revision moved half the
+    /// retention past the last pass's, so each write pays a few records' worth of it. What it
+    /// deletes is no longer part of the replicated state (reads below the compacted revision
+    /// are refused, and the replica hash skips it), so replicas may sweep at their own pace.
+    fn sweep_history(&mut self, budget: usize) -> Result<()> {
+        if self.sweep.is_none() {
+            let record = self.engine.get_data(&self.engine.space().revisions_key())?;
+            let compacted = mvcc::decode_revisions(record.as_deref())?.compacted;
+            let stride = (self.settings.history_revisions / 2).max(1);
+            if compacted < self.swept.saturating_add(stride) {
+                return Ok(());
+            }
+            self.sweep = Some((compacted, Vec::new()));
+        }
+        let Some((horizon, from)) = self.sweep.take() else {
+            return Ok(());
+        };
+        let (start, end) = match &self.region {
+            Some(r) => (r.start_key.as_slice(), r.end_key.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        let from = if from.as_slice() < start {
+            start.to_vec()
+        } else {
+            from
+        };
+        let next = if !end.is_empty() && from.as_slice() >= end {
+            None
+        } else {
+            self.engine
+                .compact_history_step(horizon, &from, end, budget)?
+                .1
+        };
+        match next {
+            Some(k) => self.sweep = Some((horizon, k)),
+            None => self.swept = horizon,
+        }
+        Ok(())
     }
 
     /// In a region, a write whose keys are not all inside the region's range as applied is
@@ -478,7 +554,7 @@ impl StateMachine {
             c.source_id,
             c.prepare_index,
             index,
-            self.dedup_window,
+            self.settings.dedup_window,
         )?;
         self.region = Some(merged);
         self.merges.push(c.source_id);
@@ -511,7 +587,7 @@ impl StateMachine {
             &left,
             &right,
             index,
-            self.dedup_window,
+            self.settings.dedup_window,
         )?;
         self.region = Some(left);
         self.splits.push(right.id);
@@ -562,7 +638,7 @@ impl StateMachine {
         let (taken_tx, taken_rx) = std::sync::mpsc::channel::<()>();
         let engine = self.engine.clone();
         let hashes = self.hashes.clone();
-        let window = self.dedup_window;
+        let window = self.settings.dedup_window;
         let ranges = match region::owned_ranges(engine.space(), self.region.as_ref()) {
             Ok(r) => r,
             Err(e) => {
@@ -599,6 +675,21 @@ impl StateMachine {
     }
 }
 
+/// The hash a hash point at the group's applied index would give, computed now from the
+/// group's own view `engine` and its meta `region` (None for a static node): what the
+/// simulation compares replicas by, besides their data.
+pub fn replica_hash(
+    engine: &Engine,
+    region: Option<&Region>,
+    applied: Index,
+    window: u64,
+) -> Result<(u64, u64)> {
+    let ranges = region::owned_ranges(engine.space(), region)?;
+    let pin = engine.dedup_horizon().pin();
+    let view = engine.db().snapshot();
+    hash_view(engine, &view, &ranges, applied, window, pin)
+}
+
 /// xxh3 over every live record of the group's `ranges` of the data column family in `view`
 /// (taken at `applied`), with lengths, in key order. `_pin` keeps compaction from dropping
 /// records the view shows.
@@ -612,11 +703,18 @@ fn hash_view(
 ) -> Result<(u64, u64)> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut records = 0u64;
+    let cf = engine.cf(CF_DATA);
+    let horizon =
+        mvcc::decode_revisions(view.get_cf(cf, engine.space().revisions_key())?.as_deref())?
+            .compacted;
     for (lower, upper) in ranges {
+        // History below the compacted revision that the background deletion may or may not
+        // have reached yet on this replica is not hashed.
+        let mut sweep = mvcc::Sweep::new(horizon);
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(upper.clone());
         let it = view.iterator_cf_opt(
-            engine.cf(CF_DATA),
+            cf,
             ro,
             IteratorMode::From(lower, rocksdb::Direction::Forward),
         );
@@ -624,6 +722,15 @@ fn hash_view(
             let (k, v) = item?;
             if dedup::is_dead(&k, &v, applied, window) {
                 continue;
+            }
+            if let Some((key, rev)) = mvcc::history_record_key(&k) {
+                let newest = |key: &[u8]| match view.get_cf(cf, keys::data_key(key))? {
+                    Some(rec) => Ok(Some(mvcc::decode(&rec)?.0)),
+                    None => Ok(None),
+                };
+                if sweep.drops(key, rev, &v, newest)? {
+                    continue;
+                }
             }
             h.update(&(k.len() as u64).to_be_bytes());
             h.update(&k);
@@ -642,7 +749,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One apply batch, with the writes made so far readable before they reach RocksDB.
 struct Batch {
     engine: Engine,
-    dedup_window: u64,
+    settings: ApplySettings,
     wb: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Index and term of the last entry in the batch.
@@ -650,10 +757,10 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(engine: &Engine, dedup_window: u64) -> Batch {
+    fn new(engine: &Engine, settings: ApplySettings) -> Batch {
         Batch {
             engine: engine.clone(),
-            dedup_window,
+            settings,
             wb: WriteBatch::default(),
             overlay: HashMap::new(),
             last: None,
@@ -682,7 +789,8 @@ impl Batch {
         cmd: Command,
         index: Index,
     ) -> Result<std::result::Result<CommandResult, String>> {
-        apply_command(self, cmd, index, self.dedup_window)
+        let settings = self.settings;
+        apply_command(self, cmd, index, &settings)
     }
 }
 
@@ -720,15 +828,21 @@ pub trait Records {
     fn delete(&mut self, key: Vec<u8>);
 }
 
-/// Applies one command at `index`: a retry of a request id recorded within `dedup_window`
-/// entries gets the recorded result and changes nothing; anything else runs, and a command
-/// with a request id records its result (dead once the window has passed, see
+/// Applies one command at `index`: a retry of a request id recorded within the settings'
+/// dedup window gets the recorded result and changes nothing; anything else runs, and a
+/// command with a request id records its result (dead once the window has passed, see
 /// [`crate::dedup`]).
+///
+/// A command that changes data gets the group's next revision (specs/018-versions): every
+/// key it writes keeps its newest version in its `d` record and the one it superseded in
+/// history, and the group's revisions record moves on in the same batch, with its compacted
+/// revision kept `history_revisions` behind (0: no automatic compaction). All of it depends
+/// only on the log, so every replica records the same.
 pub fn apply_command<R: Records + ?Sized>(
     r: &mut R,
     cmd: Command,
     index: Index,
-    dedup_window: u64,
+    settings: &ApplySettings,
 ) -> Result<std::result::Result<CommandResult, String>> {
     let dedup = (cmd.client_id != 0).then(|| r.space().dedup_key(cmd.client_id, cmd.seq));
     if let Some(dk) = &dedup {
@@ -736,7 +850,7 @@ pub fn apply_command<R: Records + ?Sized>(
             // Whether a record still counts must depend only on the log, never on when a
             // replica got round to deleting it (apply batches differ between replicas).
             let recorded_at = record_index(&rec)?;
-            if recorded_at.saturating_add(dedup_window) >= index {
+            if recorded_at.saturating_add(settings.dedup_window) >= index {
                 return Ok(Ok(decode_result(&rec)?));
             }
         }
@@ -744,30 +858,39 @@ pub fn apply_command<R: Records + ?Sized>(
     let Some(op) = cmd.op else {
         return Ok(Err(format!("command at index {index} has no operation")));
     };
+    let revs = mvcc::revisions(r)?;
+    let next = revs.last + 1;
     let result = match op {
         Op::Put(p) => {
-            r.put(keys::data_key(&p.key), p.value);
-            CommandResult::Put
+            mvcc::write(r, &p.key, Change::Put(p.value), next)?;
+            CommandResult::Put { revision: next }
         }
         Op::Delete(d) => {
-            let k = keys::data_key(&d.key);
-            let existed = r.read(&k)?.is_some();
-            r.delete(k);
-            CommandResult::Delete { existed }
+            let existed = mvcc::write(r, &d.key, Change::Delete, next)?
+                .before
+                .is_some();
+            CommandResult::Delete {
+                existed,
+                revision: if existed { next } else { revs.last },
+            }
         }
         Op::Cas(c) => {
-            let k = keys::data_key(&c.key);
-            let current = r.read(&k)?;
+            let current = r
+                .read(&keys::data_key(&c.key))?
+                .map(|rec| mvcc::decode(&rec).map(|(_, v)| v.to_vec()))
+                .transpose()?;
             if current == c.expected {
-                r.put(k, c.new_value);
+                mvcc::write(r, &c.key, Change::Put(c.new_value), next)?;
                 CommandResult::Cas {
                     succeeded: true,
                     current: None,
+                    revision: next,
                 }
             } else {
                 CommandResult::Cas {
                     succeeded: false,
                     current,
+                    revision: revs.last,
                 }
             }
         }
@@ -781,36 +904,72 @@ pub fn apply_command<R: Records + ?Sized>(
             )))
         }
         Op::Batch(b) => {
+            let changes = !b.puts.is_empty();
             for p in b.puts {
-                r.put(keys::data_key(&p.key), p.value);
+                mvcc::write(r, &p.key, Change::Put(p.value), next)?;
             }
             let mut deleted = 0;
             for d in b.deletes {
-                let k = keys::data_key(&d.key);
-                if r.read(&k)?.is_some() {
+                if mvcc::write(r, &d.key, Change::Delete, next)?
+                    .before
+                    .is_some()
+                {
                     deleted += 1;
                 }
-                r.delete(k);
             }
-            CommandResult::Batch { deleted }
+            CommandResult::Batch {
+                deleted,
+                revision: if changes || deleted > 0 {
+                    next
+                } else {
+                    revs.last
+                },
+            }
         }
     };
+    if result_revision(&result) == Some(next) {
+        let compacted = match settings.history_revisions {
+            0 => revs.compacted,
+            keep => revs.compacted.max(next.saturating_sub(keep)),
+        };
+        mvcc::set_revisions(
+            r,
+            mvcc::Revisions {
+                last: next,
+                compacted,
+            },
+        );
+    }
     if let Some(dk) = dedup {
         let mut rec = index.to_be_bytes().to_vec();
         rec.push(encode_result(&result));
-        if let CommandResult::Batch { deleted } = result {
+        if let CommandResult::Batch { deleted, .. } = result {
             rec.extend_from_slice(&deleted.to_be_bytes());
+        }
+        if let Some(revision) = result_revision(&result) {
+            rec.extend_from_slice(&revision.to_be_bytes());
         }
         r.put(dk, rec);
     }
     Ok(Ok(result))
 }
 
+/// The revision a write's result carries (None for results that are not writes).
+fn result_revision(r: &CommandResult) -> Option<u64> {
+    match r {
+        CommandResult::Put { revision }
+        | CommandResult::Delete { revision, .. }
+        | CommandResult::Cas { revision, .. }
+        | CommandResult::Batch { revision, .. } => Some(*revision),
+        _ => None,
+    }
+}
+
 fn encode_result(r: &CommandResult) -> u8 {
     match r {
-        CommandResult::Put => CODE_PUT,
-        CommandResult::Delete { existed: true } => CODE_DELETE_EXISTED,
-        CommandResult::Delete { existed: false } => CODE_DELETE_ABSENT,
+        CommandResult::Put { .. } => CODE_PUT,
+        CommandResult::Delete { existed: true, .. } => CODE_DELETE_EXISTED,
+        CommandResult::Delete { existed: false, .. } => CODE_DELETE_ABSENT,
         CommandResult::Cas {
             succeeded: true, ..
         } => CODE_CAS_OK,
@@ -832,28 +991,44 @@ fn record_index(rec: &[u8]) -> Result<Index> {
         .ok_or_else(|| Error::Corrupt("dedup record shorter than 8 bytes".into()))
 }
 
+/// The result a dedup record holds. A record carries its revision after the result (records
+/// written before versioned keys have none: their revision reads as 0).
 fn decode_result(rec: &[u8]) -> Result<CommandResult> {
+    let u64_at = |at: usize| {
+        rec.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    let revision = |at: usize| u64_at(at).unwrap_or(0);
     match rec.get(8) {
-        Some(&CODE_PUT) => Ok(CommandResult::Put),
-        Some(&CODE_DELETE_EXISTED) => Ok(CommandResult::Delete { existed: true }),
-        Some(&CODE_DELETE_ABSENT) => Ok(CommandResult::Delete { existed: false }),
+        Some(&CODE_PUT) => Ok(CommandResult::Put {
+            revision: revision(9),
+        }),
+        Some(&CODE_DELETE_EXISTED) => Ok(CommandResult::Delete {
+            existed: true,
+            revision: revision(9),
+        }),
+        Some(&CODE_DELETE_ABSENT) => Ok(CommandResult::Delete {
+            existed: false,
+            revision: revision(9),
+        }),
         Some(&CODE_CAS_OK) => Ok(CommandResult::Cas {
             succeeded: true,
             current: None,
+            revision: revision(9),
         }),
         Some(&CODE_CAS_FAILED) => Ok(CommandResult::Cas {
             succeeded: false,
             current: None,
+            revision: revision(9),
         }),
         Some(&CODE_HASH_POINT) => Ok(CommandResult::HashPoint {
             index: record_index(rec)?,
         }),
         Some(&CODE_BATCH) => Ok(CommandResult::Batch {
-            deleted: rec
-                .get(9..17)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
+            deleted: u64_at(9)
                 .ok_or_else(|| Error::Corrupt("batch dedup record too short".into()))?,
+            revision: revision(17),
         }),
         _ => Err(Error::Corrupt("unknown dedup record".into())),
     }

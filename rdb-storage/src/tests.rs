@@ -284,38 +284,28 @@ fn commands_apply_with_cas_semantics_and_retries_apply_once() {
     let out = sm.apply(&ents).unwrap();
     let results: Vec<_> = out.iter().map(|a| a.result.clone()).collect();
     assert_eq!(results[0], None);
-    assert_eq!(
-        results[1],
+    // Each change gets the next revision; a failed swap reports the last one.
+    let cas_result = |succeeded, current: Option<&str>, revision| {
         Some(Ok(CommandResult::Cas {
-            succeeded: true,
-            current: None
+            succeeded,
+            current: current.map(|c| c.as_bytes().to_vec()),
+            revision,
         }))
-    );
-    assert_eq!(
-        results[2],
-        Some(Ok(CommandResult::Cas {
-            succeeded: false,
-            current: Some(b"a".to_vec())
-        }))
-    );
-    assert_eq!(
-        results[3],
-        Some(Ok(CommandResult::Cas {
-            succeeded: true,
-            current: None
-        }))
-    );
+    };
+    assert_eq!(results[1], cas_result(true, None, 1));
+    assert_eq!(results[2], cas_result(false, Some("a"), 1));
+    assert_eq!(results[3], cas_result(true, None, 2));
     assert_eq!(
         results[4],
-        Some(Ok(CommandResult::Cas {
-            succeeded: true,
-            current: None
-        })),
+        cas_result(true, None, 1),
         "a retried id returns the recorded result"
     );
     assert_eq!(
         results[5],
-        Some(Ok(CommandResult::Delete { existed: true }))
+        Some(Ok(CommandResult::Delete {
+            existed: true,
+            revision: 3
+        }))
     );
     assert!(matches!(results[6], Some(Err(_))));
     assert_eq!(engine.get(b"c").unwrap(), None);
@@ -537,7 +527,7 @@ fn snapshot_round_trip_through_a_file_replaces_state_with_the_readys_hard_state(
     let out = dsm
         .apply(&[entry(21, 2, &cmd(4, 5, put("k05", "again")))])
         .unwrap();
-    assert_eq!(out[0].result, Some(Ok(CommandResult::Put)));
+    assert!(matches!(out[0].result, Some(Ok(CommandResult::Put { .. }))));
     assert_eq!(dst.get(b"k05").unwrap().as_deref(), Some(&b"v"[..]));
     // Without a Ready hard state, the current one is kept and only its commit raised.
     drop((dsm, dst_log, dst));
@@ -929,9 +919,11 @@ fn a_batch_applies_as_one_write_and_a_retry_gets_its_recorded_count() {
     ];
     let out = sm.apply(&ents).unwrap();
     let results: Vec<_> = out.iter().map(|a| a.result.clone()).collect();
-    assert_eq!(results[0], Some(Ok(CommandResult::Batch { deleted: 0 })));
-    assert_eq!(results[1], Some(Ok(CommandResult::Batch { deleted: 2 })));
-    assert_eq!(results[3], Some(Ok(CommandResult::Batch { deleted: 2 })));
+    let batch_result = |deleted, revision| Some(Ok(CommandResult::Batch { deleted, revision }));
+    assert_eq!(results[0], batch_result(0, 1));
+    assert_eq!(results[1], batch_result(2, 2));
+    assert_eq!(results[2], batch_result(0, 3));
+    assert_eq!(results[3], batch_result(2, 2), "the recorded answer");
     assert_eq!(engine.get(b"a").unwrap().as_deref(), Some(&b"5"[..]));
     assert_eq!(engine.get(b"b").unwrap().as_deref(), Some(&b"6"[..]));
     assert_eq!(engine.get(b"c").unwrap().as_deref(), Some(&b"4"[..]));
@@ -941,6 +933,12 @@ fn a_batch_applies_as_one_write_and_a_retry_gets_its_recorded_count() {
     let out = sm
         .apply(&[entry(5, 1, &cmd(9, 2, batch(vec![], vec![del("c")])))])
         .unwrap();
-    assert_eq!(out[0].result, Some(Ok(CommandResult::Batch { deleted: 2 })));
+    assert_eq!(
+        out[0].result,
+        Some(Ok(CommandResult::Batch {
+            deleted: 2,
+            revision: 2
+        }))
+    );
     assert!(engine.get(b"c").unwrap().is_some());
 }

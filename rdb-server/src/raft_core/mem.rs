@@ -59,9 +59,11 @@ impl DiskState {
         self.applied
     }
 
-    /// The value of user key `key`, as a read after a read barrier sees it.
+    /// The value of user key `key`, as a read after a read barrier sees it (its newest
+    /// version; None for a record that does not decode, which the replica comparison shows).
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.data.get(&keys::data_key(key)).cloned()
+        let rec = self.data.get(&keys::data_key(key))?;
+        rdb_storage::mvcc::decode(rec).ok().map(|(_, v)| v.to_vec())
     }
 
     fn last_index(&self) -> u64 {
@@ -395,7 +397,9 @@ impl LogStore for MemLog {
 /// The KV state machine on a [`MemDisk`]: `rdb_storage`'s command logic over a map.
 pub struct MemKv {
     disk: MemDisk,
-    dedup_window: u64,
+    /// The dedup window, and the history kept (the simulation never deletes history: what
+    /// the background deletion drops is not part of what replicas compare).
+    settings: rdb_storage::ApplySettings,
     /// Apply calls between two runs of the modelled compaction (see
     /// [`DiskState::drop_dead_records`]).
     pub compact_every: u32,
@@ -407,7 +411,10 @@ impl MemKv {
     pub fn open(disk: MemDisk, dedup_window: u64) -> MemKv {
         MemKv {
             disk,
-            dedup_window: dedup_window.max(1),
+            settings: rdb_storage::ApplySettings {
+                dedup_window: dedup_window.max(1),
+                history_revisions: rdb_storage::engine::DEFAULT_HISTORY_REVISIONS,
+            },
             compact_every: 1,
             applies: 0,
         }
@@ -463,10 +470,8 @@ impl Application for MemKv {
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if !e.data.is_empty() => {
                     Some(match Command::decode(e.data.as_ref()) {
-                        Ok(cmd) => {
-                            rdb_storage::apply_command(&mut b, cmd, e.index, self.dedup_window)
-                                .map_err(CoreError::storage)?
-                        }
+                        Ok(cmd) => rdb_storage::apply_command(&mut b, cmd, e.index, &self.settings)
+                            .map_err(CoreError::storage)?,
                         Err(err) => Err(format!("undecodable command at index {}: {err}", e.index)),
                     })
                 }
@@ -485,7 +490,7 @@ impl Application for MemKv {
         d.finish(Some(undo), false);
         self.applies = self.applies.wrapping_add(1);
         if self.applies.is_multiple_of(self.compact_every.max(1)) {
-            d.drop_dead_records(self.dedup_window);
+            d.drop_dead_records(self.settings.dedup_window);
         }
         Ok(out)
     }

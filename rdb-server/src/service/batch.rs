@@ -92,7 +92,7 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(CommandResult::Batch { deleted }) => Ok(Response::new(BatchDeleteResponse {
+            Ok(CommandResult::Batch { deleted, .. }) => Ok(Response::new(BatchDeleteResponse {
                 error: None,
                 deleted,
             })),

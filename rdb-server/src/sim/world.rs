@@ -88,6 +88,9 @@ pub struct Scenario {
     /// empty, faults include a store lost for good and a store decommissioned, and a run ends
     /// only once every region has three voters on the stores that remain.
     pub scheduling: bool,
+    /// Revisions of history each region keeps (small: compaction and its background deletion
+    /// run all the time; specs/018-versions).
+    pub history_revisions: u64,
 }
 
 impl Scenario {
@@ -128,6 +131,8 @@ impl Scenario {
             merges: r.gen_bool(0.5),
             // Drawn after the others for the same reason.
             scheduling: mode == Mode::Pd && r.gen_bool(0.5),
+            // Drawn after the others for the same reason.
+            history_revisions: r.gen_range(1..=30),
         }
     }
 }
@@ -440,6 +445,12 @@ impl World {
         let id = i as u64 + 1;
         let cfg = self.core_config(0);
         let engine = self.nodes[i].disk.open()?;
+        engine
+            .check_apply_settings(rdb_storage::ApplySettings {
+                dedup_window: self.sc.dedup_window,
+                history_revisions: self.sc.history_revisions,
+            })
+            .map_err(|e| format!("s{id} cannot start: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let store = StoreCore::open(engine, id, cfg, self.sc.dedup_window, &logger)
             .map_err(|e| format!("s{id} cannot start: {e}"))?;

@@ -129,9 +129,7 @@ pub async fn run(
     .map_err(data_error)?;
     engine.claim_kind(DirKind::Store).map_err(data_error)?;
     engine
-        .check_apply_settings(rdb_storage::ApplySettings {
-            dedup_window: settings.dedup_window,
-        })
+        .check_apply_settings(settings.apply_settings())
         .map_err(data_error)?;
     let pd = PdClient::with_options(args.pd.iter().cloned(), args.file.pd_client_options()?)
         .map_err(|e| ServerError::Pd(format!("client: {e}")))?;

@@ -5,12 +5,12 @@
 use super::*;
 
 /// Where a record of a backup goes in region `region` of the restored directory: user data
-/// as it is, a dedup record under the region's prefix (from a node of older versions, `s` +
+/// and its history as they are, a dedup record under the region's prefix (from a node of older versions, `s` +
 /// client + seq; from a region, its own prefix + the same), and nothing for the records the
 /// restore writes anew or that belong to the old cluster (applied index, meta, members).
 fn restored_key(region: u64, k: &[u8]) -> Option<Vec<u8>> {
     let dedup = match k.first() {
-        Some(&keys::DATA_PREFIX) => return Some(k.to_vec()),
+        Some(&keys::DATA_PREFIX) | Some(&keys::HISTORY_PREFIX) => return Some(k.to_vec()),
         Some(&keys::DEDUP_PREFIX) => k,
         Some(&keys::REGION_PREFIX) if k.get(9) == Some(&keys::DEDUP_PREFIX) => &k[9..],
         _ => return None,
@@ -235,17 +235,33 @@ fn load_region(
         crate::region::REGION_INIT_INDEX,
         crate::region::REGION_INIT_TERM,
     );
+    let mut revs = crate::mvcc::Revisions::default();
     for section in sections {
         index = index.max(section.header.index);
         term = term.max(section.header.term);
+        let bare = section.header.version == VERSION_BARE;
         scan(backup, section, |k, v| {
+            if is_revisions_record(&k) {
+                let r = crate::mvcc::decode_revisions(Some(&v))?;
+                revs.last = revs.last.max(r.last);
+                revs.compacted = revs.compacted.max(r.compacted);
+                out.skipped += 1;
+                return Ok(());
+            }
             let Some(k) = restored_key(region_id, &k) else {
                 out.skipped += 1;
                 return Ok(());
             };
-            if k.first() == Some(&keys::DATA_PREFIX) {
+            let v = if k.first() == Some(&keys::DATA_PREFIX) {
                 out.keys += 1;
-            }
+                if bare {
+                    crate::mvcc::encode(&crate::mvcc::BEFORE_HISTORY, &v)
+                } else {
+                    v
+                }
+            } else {
+                v
+            };
             batch.put_cf(data, k, v);
             out.records += 1;
             if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
@@ -253,6 +269,14 @@ fn load_region(
             }
             Ok(())
         })?;
+    }
+    // The region goes on above every revision it loaded (the largest of its sections').
+    if revs != crate::mvcc::Revisions::default() {
+        batch.put_cf(
+            data,
+            view.space().revisions_key(),
+            crate::mvcc::encode_revisions(revs),
+        );
     }
     // The new cluster's log starts after the backup's index.
     let state = engine.cf(CF_RAFT_STATE);

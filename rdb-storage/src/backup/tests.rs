@@ -7,8 +7,8 @@ use raft::Storage;
 use rocksdb::WriteBatch;
 
 use super::{
-    encode_cluster_header, restore, stage_store, verify, write, RestoreTarget, StoreRestoreTarget,
-    CLUSTER_HEADER_LEN, HEADER_LEN,
+    encode_cluster_header, restore, stage_store, verify, write, write_file, RestoreTarget,
+    StoreRestoreTarget, CLUSTER_HEADER_LEN, HEADER_LEN, RESTORED_REGION, VERSION, VERSION_BARE,
 };
 use crate::keys::CF_DATA;
 use crate::region::{Peer, Region, RegionEpoch, StoreIdent};
@@ -16,6 +16,7 @@ use crate::tests::{cmd, entry, logger, open, put, IDENT};
 use crate::{
     ApplySettings, CommandResult, Engine, EngineOptions, Error, Ident, RaftStorage, StateMachine,
 };
+use rdb_proto::command::command::Op;
 
 /// A node with 20 puts applied at term 2 by client 4, and a membership record of its cluster.
 fn source(dir: &Path) -> Engine {
@@ -46,7 +47,10 @@ fn target(node_id: u64) -> RestoreTarget {
         },
         voters: vec![1, 2, 3],
         members: Vec::new(),
-        settings: ApplySettings { dedup_window: 1000 },
+        settings: ApplySettings {
+            dedup_window: 1000,
+            history_revisions: 100,
+        },
         engine_opts: EngineOptions::default(),
     }
 }
@@ -84,7 +88,7 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
     let contents = verify(&path).unwrap();
     assert_eq!(
         (contents.version, contents.cluster_id, contents.file_len),
-        (1, IDENT.cluster_id, info.file_len)
+        (VERSION, IDENT.cluster_id, info.file_len)
     );
     assert_eq!(
         (contents.checksum, contents.regions),
@@ -105,8 +109,8 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
         assert_eq!(r.records + r.skipped, info.records);
         assert_eq!((r.keys, r.regions.len(), r.regions[0].1), (20, 1, 20));
         assert_eq!(
-            r.skipped, 2,
-            "the membership record and the old applied index are left out"
+            r.skipped, 3,
+            "the membership record, the old applied index and revisions are left out"
         );
     }
     assert!(!out.path().join("node1.restoring").exists());
@@ -150,7 +154,7 @@ fn a_backup_restores_into_a_new_cluster_that_starts_where_the_source_was() {
             entry(22, 6, &cmd(8, 1, put("new", "x"))),
         ])
         .unwrap();
-    assert_eq!(out[0].result, Some(Ok(CommandResult::Put)));
+    assert!(matches!(out[0].result, Some(Ok(CommandResult::Put { .. }))));
     assert_eq!(view.get(b"k05").unwrap().as_deref(), Some(&b"v5"[..]));
     assert_eq!(view.get(b"new").unwrap().as_deref(), Some(&b"x"[..]));
 }
@@ -164,7 +168,10 @@ fn check_restored(e: &Engine, id: u64, index: u64) {
     };
     assert!(!e.claim_for_node(ident).unwrap(), "claimed already");
     assert!(!e
-        .check_apply_settings(ApplySettings { dedup_window: 1000 })
+        .check_apply_settings(ApplySettings {
+            dedup_window: 1000,
+            history_revisions: 100,
+        })
         .unwrap());
     assert_eq!(e.region_ids().unwrap(), vec![1]);
     let view = e.region(1).unwrap();
@@ -216,8 +223,8 @@ fn a_backup_of_region_one_restores_into_a_new_cluster() {
     assert_eq!((info.index, info.term, info.keys), (30, 5, 25));
     let dir = out.path().join("node2");
     let r = restore(&path, &dir, &target(2)).unwrap();
-    // The meta and the applied index are the new cluster's.
-    assert_eq!((r.records + r.skipped, r.skipped), (info.records, 2));
+    // The meta, the applied index and the revisions record are the new cluster's.
+    assert_eq!((r.records + r.skipped, r.skipped), (info.records, 3));
     let e = Engine::open(&dir).unwrap();
     check_restored(&e, 2, 30);
     let region_one = crate::keys::region_prefix(1);
@@ -436,7 +443,10 @@ fn store_target(store_id: u64, regions: Vec<Region>) -> StoreRestoreTarget {
             token: 1000 + store_id,
         },
         regions,
-        settings: ApplySettings { dedup_window: 1000 },
+        settings: ApplySettings {
+            dedup_window: 1000,
+            history_revisions: 100,
+        },
         engine_opts: EngineOptions::default(),
     }
 }
@@ -650,4 +660,83 @@ fn a_store_restore_refuses_other_regions_and_leaves_nothing_uncommitted() {
     assert!(out.path().join("store.restoring").exists());
     drop(staged);
     assert!(!out.path().join("store.restoring").exists() && !dir.exists());
+}
+
+/// A backup taken before versioned keys holds bare values: its restore makes them versions
+/// from before history, and a backup of versions carries their revisions, their history and
+/// the group's revisions record, so writes after the restore go on above them.
+#[test]
+fn a_restore_carries_versions_and_history_and_upgrades_a_bare_backup() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = source(src_dir.path());
+    // Overwrite k01 and delete k02: history.
+    let ents = vec![
+        entry(21, 2, &cmd(4, 21, put("k01", "v21"))),
+        entry(
+            22,
+            2,
+            &cmd(
+                4,
+                22,
+                Op::Delete(rdb_proto::command::Delete { key: "k02".into() }),
+            ),
+        ),
+    ];
+    StateMachine::new(src.clone(), 1000)
+        .unwrap()
+        .apply(&ents)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("backup.rdb");
+    write(&src, IDENT, &path).unwrap();
+    let dir = out.path().join("restored");
+    restore(&path, &dir, &target(1)).unwrap();
+    let e = Engine::open(&dir).unwrap();
+    let view = e.region(RESTORED_REGION).unwrap();
+    let v = view.get_versioned(b"k01").unwrap().expect("k01");
+    assert_eq!(
+        (v.value.as_slice(), v.meta.mod_revision, v.meta.version),
+        (&b"v21"[..], 21, 2)
+    );
+    assert_eq!(
+        view.get_at(b"k01", 20).unwrap().map(|v| v.value),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(
+        view.get_at(b"k02", 21).unwrap().map(|v| v.value),
+        Some(b"v2".to_vec())
+    );
+    assert_eq!(view.get_versioned(b"k02").unwrap(), None);
+    let mut sm = StateMachine::new(view.clone(), 1000).unwrap();
+    let index = view.apply_state().unwrap().index;
+    let r = sm
+        .apply(&[entry(index + 1, 3, &cmd(0, 0, put("k03", "after")))])
+        .unwrap();
+    assert_eq!(
+        r[0].result,
+        Some(Ok(CommandResult::Put { revision: 23 })),
+        "revisions go on after the restore"
+    );
+
+    // The same data as a directory of older versions held it: bare values.
+    let mut wb = WriteBatch::default();
+    for (k, rec) in data_cf(&src) {
+        if k[0] == b'd' {
+            let (_, value) = crate::mvcc::decode(&rec).unwrap();
+            wb.put_cf(src.cf(CF_DATA), &k, value);
+        }
+    }
+    src.write(wb, true).unwrap();
+    let bare = out.path().join("bare.rdb");
+    write_file(&src, IDENT, &bare, VERSION_BARE).unwrap();
+    let dir = out.path().join("from-bare");
+    restore(&bare, &dir, &target(1)).unwrap();
+    let e = Engine::open(&dir).unwrap();
+    let view = e.region(RESTORED_REGION).unwrap();
+    for i in 3..=20 {
+        let k = format!("k{i:02}");
+        let v = view.get_versioned(k.as_bytes()).unwrap().expect("kept");
+        assert_eq!(v.value, format!("v{i}").into_bytes());
+        assert_eq!(v.meta, crate::mvcc::BEFORE_HISTORY);
+    }
 }

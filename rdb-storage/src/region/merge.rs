@@ -191,6 +191,26 @@ pub(crate) fn merge_batch(
         }
         wb.put_cf(data, key, rec);
     }
+    // The merged region goes on above both regions' revisions (specs/018-versions), and keeps
+    // the larger compacted revision: reads below it may miss history from either half.
+    let revisions = |id: u64| {
+        let record = engine
+            .db()
+            .get_cf(data, Space::Region(id).revisions_key())?;
+        crate::mvcc::decode_revisions(record.as_deref())
+    };
+    let (target, source) = (revisions(merged.id)?, revisions(source_id)?);
+    let revs = crate::mvcc::Revisions {
+        last: target.last.max(source.last),
+        compacted: target.compacted.max(source.compacted),
+    };
+    if revs != target {
+        wb.put_cf(
+            data,
+            Space::Region(merged.id).revisions_key(),
+            crate::mvcc::encode_revisions(revs),
+        );
+    }
     remove_source(engine, wb, source_id);
     Ok(())
 }

@@ -115,7 +115,7 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(CommandResult::Delete { existed }) => Ok(Response::new(DeleteResponse {
+            Ok(CommandResult::Delete { existed, .. }) => Ok(Response::new(DeleteResponse {
                 error: None,
                 existed,
             })),
@@ -241,7 +241,9 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(CommandResult::Cas { succeeded, current }) => Ok(Response::new(CasResponse {
+            Ok(CommandResult::Cas {
+                succeeded, current, ..
+            }) => Ok(Response::new(CasResponse {
                 error: None,
                 succeeded,
                 current,

@@ -189,6 +189,9 @@ impl World {
 #[derive(Debug, PartialEq, Eq)]
 struct RegionState {
     applied: u64,
+    /// The replica hash (every record the group owns, with versions and the history reads
+    /// at or above its compacted revision may need), as of now.
+    hash: (u64, u64),
     data: Vec<(Vec<u8>, Vec<u8>)>,
     dedup: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -221,6 +224,12 @@ impl RegionState {
                 show(&other.data, &self.data)
             ));
         }
+        if self.hash != other.hash {
+            return Some(format!(
+                "replica hash at applied index {}: {:x} over {} records vs {:x} over {}",
+                self.applied, self.hash.0, self.hash.1, other.hash.0, other.hash.1
+            ));
+        }
         if self.dedup != other.dedup {
             return Some(format!(
                 "live dedup records at applied index {}: {} vs {}",
@@ -251,8 +260,18 @@ fn region_state(st: &StoreCore, meta: &Region, window: u64) -> Result<RegionStat
         .into_iter()
         .filter(|(k, v)| !rdb_storage::dedup::is_dead(k, v, applied, window))
         .collect();
+    let view = st
+        .engine()
+        .region(meta.id)
+        .map_err(|e| format!("s{sid} cannot open region {}: {e}", meta.id))?;
+    let own = view
+        .region_meta()
+        .map_err(|e| format!("s{sid} cannot read region {}: {e}", meta.id))?;
+    let hash = rdb_storage::state_machine::replica_hash(&view, own.as_ref(), applied, window)
+        .map_err(|e| format!("s{sid} cannot hash region {}: {e}", meta.id))?;
     Ok(RegionState {
         applied,
+        hash,
         data,
         dedup,
     })

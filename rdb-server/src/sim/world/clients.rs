@@ -296,7 +296,7 @@ impl World {
         }
         let current = attempt == p.attempt && p.retry_at.is_none();
         let outcome = match (&rep, &p.op) {
-            (Rep::Written(CommandResult::Put), Op::Put { .. }) => Some(Outcome::Put),
+            (Rep::Written(CommandResult::Put { .. }), Op::Put { .. }) => Some(Outcome::Put),
             (Rep::Written(CommandResult::Delete { .. }), Op::Delete { .. }) => {
                 Some(Outcome::Delete)
             }

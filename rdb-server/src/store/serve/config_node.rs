@@ -91,10 +91,11 @@ pub async fn run_config_node(
     crate::server::refuse_removed(&engine, &me.data_dir, node_id, config.cluster_id)?;
     let dedup_window = settings.dedup_window;
     if engine
-        .check_apply_settings(rdb_storage::ApplySettings { dedup_window })
+        .check_apply_settings(settings.apply_settings())
         .map_err(data_error)?
     {
-        info!(logger, "recorded apply settings"; "dedup_window" => dedup_window);
+        info!(logger, "recorded apply settings";
+            "dedup_window" => dedup_window, "history_revisions" => settings.history_revisions);
     }
     // A node of the file's cluster starts region 1 as the file says, once; a joining node gets
     // it from its leader.

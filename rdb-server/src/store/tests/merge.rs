@@ -13,7 +13,10 @@ fn split_at_k10_with(settings: &Settings) -> Stores {
     let mut st = Stores::with_settings(settings);
     for i in 0..20u64 {
         let k = format!("k{i:02}");
-        assert_eq!(st.put(1, 9, i + 1, &k, "v1"), CommandResult::Put);
+        assert!(matches!(
+            st.put(1, 9, i + 1, &k, "v1"),
+            CommandResult::Put { .. }
+        ));
     }
     let leader = st.leader(1);
     let req = st.next_request;
@@ -50,7 +53,10 @@ fn merged_everywhere(st: &Stores) -> bool {
 #[test]
 fn a_merge_folds_the_source_into_the_target_on_every_store_and_survives_a_restart() {
     let mut st = split_at_k10();
-    assert_eq!(st.put(2, 9, 100, "k15", "v2"), CommandResult::Put);
+    assert!(matches!(
+        st.put(2, 9, 100, "k15", "v2"),
+        CommandResult::Put { .. }
+    ));
     let (l1, l2) = (st.leader(1), st.leader(2));
     let v1 = st.epoch(l1, 1).version;
     let v2 = st.epoch(l2, 2).version;
@@ -74,8 +80,14 @@ fn a_merge_folds_the_source_into_the_target_on_every_store_and_survives_a_restar
     }
     // The target serves the source's keys; a retry of a write the source applied is
     // answered from the record the merge moved, and writes nothing.
-    assert_eq!(st.put(1, 9, 200, "k17", "v3"), CommandResult::Put);
-    assert_eq!(st.put(1, 9, 100, "k15", "v-retry"), CommandResult::Put);
+    assert!(matches!(
+        st.put(1, 9, 200, "k17", "v3"),
+        CommandResult::Put { .. }
+    ));
+    assert!(matches!(
+        st.put(1, 9, 100, "k15", "v-retry"),
+        CommandResult::Put { .. }
+    ));
     let data = st.converged();
     assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
     let get = |k: &str| {
@@ -96,7 +108,10 @@ fn a_merge_folds_the_source_into_the_target_on_every_store_and_survives_a_restar
         st.stores[id as usize - 1] = Some(reopen(&dir, id, &settings));
     }
     assert!(merged_everywhere(&st), "{}", st.dump());
-    assert_eq!(st.put(1, 9, 300, "k05", "v4"), CommandResult::Put);
+    assert!(matches!(
+        st.put(1, 9, 300, "k05", "v4"),
+        CommandResult::Put { .. }
+    ));
 }
 
 #[test]
@@ -207,7 +222,10 @@ fn a_merge_whose_target_changed_is_rolled_back_and_the_source_serves_again() {
         })
     });
     st.cut.clear();
-    assert_eq!(st.put(2, 9, 500, "k12", "v9"), CommandResult::Put);
+    assert!(matches!(
+        st.put(2, 9, 500, "k12", "v9"),
+        CommandResult::Put { .. }
+    ));
     let data = st.converged();
     assert!(data.windows(2).all(|w| w[0] == w[1]), "replicas differ");
     for s in st.stores.iter().flatten() {
@@ -240,7 +258,10 @@ fn a_target_replica_that_missed_the_merge_takes_a_snapshot_over_its_stale_source
     // The merged region's log moves on past what the lagging store could replay.
     for i in 0..20u64 {
         let k = format!("k{:02}", i);
-        assert_eq!(st.put(1, 9, 1000 + i, &k, "v5"), CommandResult::Put);
+        assert!(matches!(
+            st.put(1, 9, 1000 + i, &k, "v5"),
+            CommandResult::Put { .. }
+        ));
     }
     assert!(
         st.store(lag).region(2).is_some(),

@@ -17,7 +17,10 @@ fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
     let leader = st.leader(1);
     let away = (1..=3).find(|&s| s != leader).expect("a follower store");
     st.cut = (1..=3).map(|r| (r, away)).collect();
-    assert_eq!(st.put(1, 7, 1, "u", "v0"), CommandResult::Put);
+    assert!(matches!(
+        st.put(1, 7, 1, "u", "v0"),
+        CommandResult::Put { .. }
+    ));
     split(&mut st, 1, "m", 2);
     // Region 2's snapshot to the away store, [m, end) as of now, is captured.
     st.cut.retain(|c| c.0 != 2);
@@ -27,9 +30,15 @@ fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
     });
     st.cut.push((2, away));
     // Region 2 writes "u" and splits it off to region 3, which writes it again.
-    assert_eq!(st.put(2, 7, 2, "u", "v1"), CommandResult::Put);
+    assert!(matches!(
+        st.put(2, 7, 2, "u", "v1"),
+        CommandResult::Put { .. }
+    ));
     split(&mut st, 2, "t", 3);
-    assert_eq!(st.put(3, 7, 3, "u", "v2"), CommandResult::Put);
+    assert!(matches!(
+        st.put(3, 7, 3, "u", "v2"),
+        CommandResult::Put { .. }
+    ));
     st.cut.retain(|c| c.0 != 3);
     st.hold = vec![(3, away)];
     st.until("region 3's snapshot for the away store is captured", |st| {
@@ -51,7 +60,10 @@ fn two_overlapping_snapshots_stepped_in_one_turn_do_not_both_install() {
     while !compacted(&mut st) {
         assert!(written < 400, "region 1 never compacted:\n{}", st.dump());
         written += 1;
-        assert_eq!(st.put(1, 8, written, "a", "w"), CommandResult::Put);
+        assert!(matches!(
+            st.put(1, 8, written, "a", "w"),
+            CommandResult::Put { .. }
+        ));
     }
     st.cut.retain(|c| c.0 != 1);
     st.until("the away store installed region 1 after its split", |st| {
@@ -133,10 +145,16 @@ fn installing_region_one(settings: &Settings) -> (Stores, u64, HeldLoads) {
     let mut st = Stores::with_settings(settings);
     for i in 0..20 {
         let k = format!("a{i:02}");
-        assert_eq!(st.put(1, 1, i + 1, &k, "old"), CommandResult::Put);
+        assert!(matches!(
+            st.put(1, 1, i + 1, &k, "old"),
+            CommandResult::Put { .. }
+        ));
     }
     split(&mut st, 1, "m", 2);
-    assert_eq!(st.put(2, 1, 100, "x", "1"), CommandResult::Put);
+    assert!(matches!(
+        st.put(2, 1, 100, "x", "1"),
+        CommandResult::Put { .. }
+    ));
     let away = st.leader(2);
     let behind = st
         .store(away)
@@ -170,7 +188,10 @@ fn installing_region_one(settings: &Settings) -> (Stores, u64, HeldLoads) {
         assert!(written < 400, "region 1 never compacted:\n{}", st.dump());
         written += 1;
         let k = format!("a{:02}", written % 20);
-        assert_eq!(st.put(1, 2, written, &k, "new"), CommandResult::Put);
+        assert!(matches!(
+            st.put(1, 2, written, &k, "new"),
+            CommandResult::Put { .. }
+        ));
     }
     let held = HeldLoads::new(st.dirs[away as usize - 1].path());
     st.cut.clear();
@@ -200,7 +221,10 @@ fn a_store_installing_a_snapshot_keeps_leading_and_serving_its_other_regions() {
         .applied_index();
     for i in 0..10 {
         let k = format!("x{i}");
-        assert_eq!(st.put(2, 3, i + 1, &k, "during"), CommandResult::Put);
+        assert!(matches!(
+            st.put(2, 3, i + 1, &k, "during"),
+            CommandResult::Put { .. }
+        ));
     }
     assert_eq!(st.leader(2), away, "it kept region 2's leadership");
     let s = st.store(away);
