@@ -117,6 +117,10 @@ pub(crate) enum Command {
         /// Write the value's bytes to stdout unchanged (no escaping, no newline).
         #[arg(long)]
         raw: bool,
+        /// Read the key as of this revision (0: the newest); `-o json` prints its versions
+        /// (`create_revision`, `mod_revision`, `version`) and the revision read.
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
     },
     /// Remove a key.
     Delete {

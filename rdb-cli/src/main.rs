@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rdb_client::{Client, Error, Options, ScanRange};
+use rdb_client::{Client, Error, Options, ScanRange, VersionedRead};
 
 use crate::cli::{
     consistency, misdirected, read_file, tls_options, value_input, Cli, Command, EndpointCmd,
@@ -170,7 +170,7 @@ async fn run(cli: Cli) -> u8 {
                 (Err(code), _) | (_, Err(code)) => return code,
             };
             match client.put(key.clone(), value).await {
-                Ok(()) => p.ok("put", &key),
+                Ok(revision) => p.put(&key, revision),
                 Err(e) => fail(&e),
             }
         }
@@ -178,19 +178,28 @@ async fn run(cli: Cli) -> u8 {
             key,
             serializable,
             raw,
+            rev,
         } => {
             let key = match arg(&key) {
                 Ok(k) => k,
                 Err(code) => return code,
             };
             match client
-                .get_with(key.clone(), consistency(serializable))
+                .get_versioned(key.clone(), rev, consistency(serializable))
                 .await
             {
-                Ok(Some(v)) if raw => p.raw(&v),
-                Ok(Some(v)) => p.value(&key, &v),
-                Ok(None) => {
-                    p.not_found(&key);
+                Ok(VersionedRead {
+                    version: Some(v), ..
+                }) if raw => p.raw(&v.value),
+                Ok(VersionedRead {
+                    version: Some(v),
+                    revision,
+                }) => p.value(&key, &v, revision),
+                Ok(VersionedRead {
+                    version: None,
+                    revision,
+                }) => {
+                    p.not_found(&key, revision);
                     exit::NOT_FOUND
                 }
                 Err(e) => fail(&e),
@@ -418,7 +427,8 @@ pub(crate) fn fail(e: &Error) -> u8 {
 /// The exit code for an error.
 pub(crate) fn exit_code(e: &Error) -> u8 {
     match e {
-        Error::InvalidArgument(_) => exit::INVALID,
+        // A read at a revision outside the history kept: asking again will not help.
+        Error::InvalidArgument(_) | Error::Compacted(_) | Error::FutureRevision(_) => exit::INVALID,
         Error::NotLeader { .. } | Error::Unavailable(_) => exit::UNAVAILABLE,
         Error::Indeterminate(_) => exit::INDETERMINATE,
         Error::NotFound(_) => exit::NOT_FOUND,

@@ -1,7 +1,7 @@
 //! Rendering results as a table (for people) or JSON (for scripts).
 
 use rdb_client::pd::{Members, OperatorRecord, RegionInfo, Store};
-use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp};
+use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp, Versioned};
 use serde_json::{json, Value};
 
 use crate::codec::Codec;
@@ -37,25 +37,29 @@ impl Printer {
         self.format == Output::Json
     }
 
-    /// A write succeeded.
-    pub fn ok(&self, op: &str, key: &[u8]) -> u8 {
+    /// A put was acknowledged at `revision` (the table prints `OK` as it always did).
+    pub fn put(&self, key: &[u8], revision: u64) -> u8 {
         match self.format {
             Output::Table => outln!("OK"),
             Output::Json => outln!(
                 "{}",
-                json!({"op": op, "key": self.text(key), "ok": true, "encoding": self.codec.name()})
+                json!({"op": "put", "key": self.text(key), "ok": true, "revision": revision,
+                       "encoding": self.codec.name()})
             ),
         }
         0
     }
 
-    /// A value was found.
-    pub fn value(&self, key: &[u8], v: &[u8]) -> u8 {
+    /// A value was found: the table prints the value, JSON its versions too, and the revision
+    /// the read reflects (specs/018-versions).
+    pub fn value(&self, key: &[u8], v: &Versioned, revision: u64) -> u8 {
         match self.format {
-            Output::Table => outln!("{}", self.text(v)),
+            Output::Table => outln!("{}", self.text(&v.value)),
             Output::Json => outln!(
                 "{}",
-                json!({"key": self.text(key), "found": true, "value": self.text(v),
+                json!({"key": self.text(key), "found": true, "value": self.text(&v.value),
+                       "create_revision": v.create_revision, "mod_revision": v.mod_revision,
+                       "version": v.version, "revision": revision,
                        "encoding": self.codec.name()})
             ),
         }
@@ -69,12 +73,13 @@ impl Printer {
     }
 
     /// No value under `key`.
-    pub fn not_found(&self, key: &[u8]) {
+    pub fn not_found(&self, key: &[u8], revision: u64) {
         match self.format {
             Output::Table => eprintln!("rdb-cli: key \"{}\" not found", self.text(key)),
             Output::Json => outln!(
                 "{}",
-                json!({"key": self.text(key), "found": false, "encoding": self.codec.name()})
+                json!({"key": self.text(key), "found": false, "revision": revision,
+                       "encoding": self.codec.name()})
             ),
         }
     }
@@ -104,7 +109,8 @@ impl Printer {
             Output::Json => outln!(
                 "{}",
                 json!({"op": "cas", "key": self.text(key), "succeeded": o.succeeded,
-                       "current": current, "encoding": self.codec.name()})
+                       "current": current, "revision": o.revision,
+                       "encoding": self.codec.name()})
             ),
         }
     }

@@ -28,6 +28,7 @@ impl Client {
             .map(|(k, v)| KeyValue {
                 key: k.into(),
                 value: v.into(),
+                meta: None,
             })
             .collect();
         let keys: Vec<&[u8]> = pairs.iter().map(|kv| kv.key.as_slice()).collect();

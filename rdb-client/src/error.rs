@@ -48,6 +48,13 @@ pub enum Error {
     /// A local file could not be written (a backup being saved). Not retried.
     #[error("i/o: {0}")]
     Io(String),
+    /// A read at a revision whose history was compacted away; the message names where history
+    /// starts. Not retried.
+    #[error("{0}")]
+    Compacted(String),
+    /// A read at a revision the key's region has not reached. Not retried.
+    #[error("{0}")]
+    FutureRevision(String),
 }
 
 /// The leader a `NotLeader` error names, for people: `leader is node 1 at 127.0.0.1:2399`,

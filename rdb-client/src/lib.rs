@@ -179,6 +179,8 @@ pub struct CasOutcome {
     pub succeeded: bool,
     /// On failure, the value found: `None` if the key was absent (or unknown after a retry).
     pub current: Option<Vec<u8>>,
+    /// The swap's revision; on failure, the region's last revision.
+    pub revision: u64,
 }
 
 /// Which keys a scan reads.
@@ -192,6 +194,28 @@ pub struct ScanRange {
     pub prefix: Vec<u8>,
     /// At most this many pairs; 0 for no limit (every pair of the range, fetched page by page).
     pub limit: u32,
+}
+
+/// One version of a key (specs/018-versions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision that created the key (since its last delete).
+    pub create_revision: u64,
+    /// The revision of its last change.
+    pub mod_revision: u64,
+    /// 1 at creation, +1 per change.
+    pub version: u64,
+}
+
+/// What [`Client::get_versioned`] read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionedRead {
+    /// The key's version at the read (None: absent then).
+    pub version: Option<Versioned>,
+    /// The revision the read reflects.
+    pub revision: u64,
 }
 
 /// The result of a scan.
@@ -339,8 +363,8 @@ impl Client {
         }
     }
 
-    /// Writes `value` under `key`.
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
+    /// Writes `value` under `key`; returns the write's revision (specs/018-versions).
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
         let req = PutRequest {
             context: None,
             key: key.into(),
@@ -354,7 +378,7 @@ impl Client {
             };
             async move {
                 let r = c.put(req).await?.into_inner();
-                Ok(((), r.error))
+                Ok((r.revision, r.error))
             }
         })
         .await
@@ -371,10 +395,28 @@ impl Client {
         key: impl Into<Vec<u8>>,
         consistency: ReadConsistency,
     ) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get_versioned(key, 0, consistency)
+            .await?
+            .version
+            .map(|v| v.value))
+    }
+
+    /// Reads `key` as of `revision` (0: the newest) with the given consistency: its version
+    /// then (None if absent) and the revision the read reflects. A revision below the region's
+    /// compacted one fails with [`Error::Compacted`], one it has not reached with
+    /// [`Error::FutureRevision`]. In PD mode revisions are still each region's own.
+    pub async fn get_versioned(
+        &self,
+        key: impl Into<Vec<u8>>,
+        revision: u64,
+        consistency: ReadConsistency,
+    ) -> Result<VersionedRead> {
         let req = GetRequest {
             context: None,
             key: key.into(),
             consistency: pb_consistency(consistency),
+            revision,
         };
         self.call_read_key(consistency, &req.key, self.deadline(), |mut c, context| {
             let req = GetRequest {
@@ -383,7 +425,18 @@ impl Client {
             };
             async move {
                 let r = c.get(req).await?.into_inner();
-                Ok((r.found.then_some(r.value), r.error))
+                let meta = r.meta.unwrap_or_default();
+                let version = r.found.then_some(Versioned {
+                    value: r.value,
+                    create_revision: meta.create_revision,
+                    mod_revision: meta.mod_revision,
+                    version: meta.version,
+                });
+                let read = VersionedRead {
+                    version,
+                    revision: r.revision,
+                };
+                Ok((read, r.error))
             }
         })
         .await
@@ -435,6 +488,7 @@ impl Client {
                     CasOutcome {
                         succeeded: r.succeeded,
                         current: r.current,
+                        revision: r.revision,
                     },
                     r.error,
                 ))
@@ -461,6 +515,8 @@ impl Client {
             prefix: range.prefix,
             limit: range.limit,
             consistency: pb_consistency(consistency),
+            revision: 0,
+            with_meta: false,
         };
         let mut kvs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         loop {

@@ -370,9 +370,11 @@ impl Client {
                 return Attempt::Done(value);
             }
             Ok((_, Some(e))) => match ErrorCode::try_from(e.code) {
-                Ok(ErrorCode::InvalidArgument) => {
-                    return Attempt::Fail(Error::InvalidArgument(e.message))
-                }
+                Ok(
+                    code @ (ErrorCode::InvalidArgument
+                    | ErrorCode::Compacted
+                    | ErrorCode::FutureRevision),
+                ) => return Attempt::Fail(refused(code, e.message)),
                 Ok(ErrorCode::NotLeader) => {
                     let hint = e.leader.filter(|h| !h.addr.is_empty());
                     progress.last_err = Error::NotLeader {
@@ -475,10 +477,14 @@ impl Client {
                 };
                 last_err = match answer {
                     Some(Ok((v, None))) => return Ok(v),
-                    Some(Ok((_, Some(e)))) if e.code == ErrorCode::InvalidArgument as i32 => {
-                        return Err(Error::InvalidArgument(e.message))
-                    }
-                    Some(Ok((_, Some(e)))) => Error::Unavailable(e.message),
+                    Some(Ok((_, Some(e)))) => match ErrorCode::try_from(e.code) {
+                        Ok(
+                            code @ (ErrorCode::InvalidArgument
+                            | ErrorCode::Compacted
+                            | ErrorCode::FutureRevision),
+                        ) => return Err(refused(code, e.message)),
+                        _ => Error::Unavailable(e.message),
+                    },
                     Some(Err(s)) if s.code() == tonic::Code::Unimplemented => {
                         return Err(crate::error::unimplemented(
                             &target,
@@ -521,4 +527,14 @@ enum Attempt<T> {
     Fail(Error),
     /// Try again, as [`Next`] says; PD mode: the id and peer count of the region addressed.
     Next(Next, Option<(u64, usize)>),
+}
+
+/// The client error for a request the server refused as asked (retrying cannot help): input
+/// over a limit, or a read at a revision outside the history kept.
+fn refused(code: ErrorCode, message: String) -> Error {
+    match code {
+        ErrorCode::Compacted => Error::Compacted(message),
+        ErrorCode::FutureRevision => Error::FutureRevision(message),
+        _ => Error::InvalidArgument(message),
+    }
 }

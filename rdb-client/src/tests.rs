@@ -92,6 +92,7 @@ impl Kv for FakeNode {
             kvs.push(KeyValue {
                 key: k.clone(),
                 value: v.clone(),
+                meta: None,
             });
         }
         let next_start = match kvs.last() {
@@ -99,6 +100,7 @@ impl Kv for FakeNode {
             _ => Vec::new(),
         };
         Ok(Response::new(ScanResponse {
+            revision: 0,
             error: None,
             kvs,
             more,

@@ -46,6 +46,12 @@ pub enum RequestError {
     /// PD mode: this store hosts no such region (or none holding the key).
     #[error("region not found: {0}")]
     RegionNotFound(String),
+    /// A read at a revision whose history was compacted away (specs/018-versions).
+    #[error("{0}")]
+    Compacted(String),
+    /// A read at a revision the region has not reached yet.
+    #[error("{0}")]
+    FutureRevision(String),
 }
 
 /// Result of a write: what applying the command produced.

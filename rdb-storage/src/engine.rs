@@ -507,11 +507,6 @@ impl Engine {
         self.get_raw_pair(&self.state_key(name), name)
     }
 
-    /// A record of the `data` column family, by its stored key.
-    pub(crate) fn get_data(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(CF_DATA), key)?)
-    }
-
     fn get_raw_pair(&self, key: &[u8], name: &[u8]) -> Result<Option<(u64, u64)>> {
         match self.db.get_cf(self.cf(CF_RAFT_STATE), key)? {
             None => Ok(None),

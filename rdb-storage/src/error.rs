@@ -39,6 +39,22 @@ pub enum Error {
     /// A store's directory belongs to another store or another PD cluster.
     #[error("{0}")]
     WrongStore(String),
+    /// A read at a revision whose history compaction has dropped (specs/018-versions).
+    #[error("revision {revision} is compacted (history starts at {compacted})")]
+    Compacted {
+        /// The revision asked.
+        revision: u64,
+        /// The group's compacted revision: reads at or above it are answered.
+        compacted: u64,
+    },
+    /// A read at a revision the group has not reached.
+    #[error("revision {revision} is not reached yet (the last is {last})")]
+    FutureRevision {
+        /// The revision asked.
+        revision: u64,
+        /// The group's last revision.
+        last: u64,
+    },
     /// A setting that decides what applying an entry does differs from the one the data
     /// directory was created with.
     #[error("setting {name} is {configured} in the configuration but this data directory was created with {stored}; it must be the same on every node for the life of the cluster")]

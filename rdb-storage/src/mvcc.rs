@@ -11,7 +11,7 @@
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
-use crate::keys::{self, CF_DATA, HISTORY_PREFIX};
+use crate::keys::{self, Space, CF_DATA, HISTORY_PREFIX};
 use crate::state_machine::Records;
 use crate::{Engine, Error, Result};
 
@@ -264,37 +264,11 @@ impl Engine {
     /// `key` as of `revision`: its newest version changed at or before it, or None if it did
     /// not exist then (or its history there was compacted away).
     pub fn get_at(&self, key: &[u8], revision: u64) -> Result<Option<Versioned>> {
-        if let Some(v) = self.get_versioned(key)? {
-            if v.meta.mod_revision <= revision {
-                return Ok(Some(v));
-            }
-        }
-        let prefix = history_prefix(key)?;
-        let from = history_key(key, revision)?;
-        let mut upper = prefix.clone();
-        upper.extend_from_slice(&[0xff; 9]);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(upper);
-        let mut it = self.db().iterator_cf_opt(
-            self.cf(CF_DATA),
-            ro,
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        match it.next() {
-            Some(item) => {
-                let (k, rec) = item?;
-                if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
-                    return Ok(None);
-                }
-                from_history(&rec)
-            }
-            None => Ok(None),
-        }
+        state_at(&self.db().snapshot(), self.cf(CF_DATA), key, revision)
     }
 
     /// The keys in `[start, end)` (empty `end`: no bound) as of `revision`, in key order, at
-    /// most `limit` of them. Walks the newest versions and the history of the range side by
-    /// side, through one view of the database, holding only the page it returns.
+    /// most `limit` of them.
     pub fn scan_at(
         &self,
         start: &[u8],
@@ -303,71 +277,62 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Versioned)>> {
         let view = self.db().snapshot();
-        let cf = self.cf(CF_DATA);
-        let bounded = |lower: &[u8], upper: Vec<u8>| {
-            let mut ro = ReadOptions::default();
-            ro.set_iterate_upper_bound(upper);
-            view.iterator_cf_opt(cf, ro, IteratorMode::From(lower, Direction::Forward))
-        };
+        Ok(scan_view(
+            &view,
+            self.cf(CF_DATA),
+            start,
+            end,
+            revision,
+            limit,
+            usize::MAX,
+        )?
+        .kvs)
+    }
+
+    /// A client's read of `key` in group `space` (this engine's store) as of `revision` (0:
+    /// the newest), through one view: the group's revisions then, and the key's version.
+    /// Refuses a revision below the compacted one ([`Error::Compacted`]) or above the last
+    /// ([`Error::FutureRevision`]).
+    pub fn read_versioned(
+        &self,
+        space: Space,
+        key: &[u8],
+        revision: u64,
+    ) -> Result<(Revisions, Option<Versioned>)> {
+        let (lower, upper) = keys::data_key_range(key);
+        self.guarded(&lower, &upper, || {
+            let view = self.db().snapshot();
+            let cf = self.cf(CF_DATA);
+            let revs = decode_revisions(view.get_cf(cf, space.revisions_key())?.as_deref())?;
+            let at = check_revision(revs, revision)?;
+            Ok((revs, state_at(&view, cf, key, at)?))
+        })
+    }
+
+    /// A client's scan page of `[start, end)` in group `space` as of `revision` (0: the
+    /// newest), through one view: at most `limit` keys, and no more once their keys and values
+    /// reach `max_bytes` (at least one, so a scan makes progress). Refuses revisions as
+    /// [`Engine::read_versioned`] does.
+    pub fn scan_versioned(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        revision: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Revisions, VersionPage)> {
         let (lower, upper) = keys::data_range(start, end);
-        let mut newest_it = bounded(&lower, upper);
-        let (lower, upper) = history_range(start, end)?;
-        let mut history_it = bounded(&lower, upper);
-        let mut next_newest = || -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-            match newest_it.next() {
-                None => Ok(None),
-                Some(item) => {
-                    let (k, rec) = item?;
-                    let key = keys::user_key(&k).ok_or_else(|| {
-                        Error::Corrupt("non-data key inside the data range".into())
-                    })?;
-                    Ok(Some((key.to_vec(), rec.to_vec())))
-                }
-            }
-        };
-        let mut next_history = || -> Result<Option<HistoryRecord>> {
-            match history_it.next() {
-                None => Ok(None),
-                Some(item) => {
-                    let (k, rec) = item?;
-                    let (key, rev) = parse_history_key(&k)?;
-                    Ok(Some((key, rev, rec.to_vec())))
-                }
-            }
-        };
-        let (mut newest, mut history) = (next_newest()?, next_history()?);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let key = match (&newest, &history) {
-                (None, None) => break,
-                (Some((a, _)), Some((b, _, _))) => a.min(b).clone(),
-                (Some((a, _)), None) => a.clone(),
-                (None, Some((b, _, _))) => b.clone(),
-            };
-            // The key's state at `revision`: its newest version if changed by then, else the
-            // first of its history (newest first) at or below it.
-            let mut found = None;
-            if let Some((_, rec)) = newest.take_if(|(k, _)| *k == key) {
-                let (meta, value) = decode(&rec)?;
-                if meta.mod_revision <= revision {
-                    found = Some(Some(Versioned {
-                        meta,
-                        value: value.to_vec(),
-                    }));
-                }
-                newest = next_newest()?;
-            }
-            while let Some((_, rev, rec)) = history.take_if(|(k, _, _)| *k == key) {
-                if found.is_none() && rev <= revision {
-                    found = Some(from_history(&rec)?);
-                }
-                history = next_history()?;
-            }
-            if let Some(Some(v)) = found {
-                out.push((key, v));
-            }
-        }
-        Ok(out)
+        self.guarded(&lower, &upper, || {
+            let view = self.db().snapshot();
+            let cf = self.cf(CF_DATA);
+            let revs = decode_revisions(view.get_cf(cf, space.revisions_key())?.as_deref())?;
+            let at = check_revision(revs, revision)?;
+            Ok((
+                revs,
+                scan_view(&view, cf, start, end, at, limit, max_bytes)?,
+            ))
+        })
     }
 
     /// The history records of the user keys in `[start, end)`: key, revision, record.
@@ -449,6 +414,153 @@ impl Engine {
         self.db().write(wb)?;
         Ok((deleted, next))
     }
+}
+
+/// One page of a scan at a revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionPage {
+    /// The keys and their versions, in key order.
+    pub kvs: Vec<(Vec<u8>, Versioned)>,
+    /// True when the limit or the byte cap cut the page.
+    pub more: bool,
+}
+
+/// The revision a read at `revision` (0: the newest) of a group with `revs` answers at, or
+/// why it cannot.
+fn check_revision(revs: Revisions, revision: u64) -> Result<u64> {
+    match revision {
+        0 => Ok(revs.last),
+        r if r < revs.compacted => Err(Error::Compacted {
+            revision: r,
+            compacted: revs.compacted,
+        }),
+        r if r > revs.last => Err(Error::FutureRevision {
+            revision: r,
+            last: revs.last,
+        }),
+        r => Ok(r),
+    }
+}
+
+/// A database view the reads at a revision go through.
+type View<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
+
+/// `key` as of `revision` in `view`: its newest version if changed by then, else the first of
+/// its history (newest first) at or below it.
+fn state_at(
+    view: &View<'_>,
+    cf: &rocksdb::ColumnFamily,
+    key: &[u8],
+    revision: u64,
+) -> Result<Option<Versioned>> {
+    if let Some(rec) = view.get_cf(cf, keys::data_key(key))? {
+        let (meta, value) = decode(&rec)?;
+        if meta.mod_revision <= revision {
+            return Ok(Some(Versioned {
+                meta,
+                value: value.to_vec(),
+            }));
+        }
+    }
+    let prefix = history_prefix(key)?;
+    let from = history_key(key, revision)?;
+    let mut upper = prefix.clone();
+    upper.extend_from_slice(&[0xff; 9]);
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(upper);
+    let mut it = view.iterator_cf_opt(cf, ro, IteratorMode::From(&from, Direction::Forward));
+    match it.next() {
+        Some(item) => {
+            let (k, rec) = item?;
+            if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                return Ok(None);
+            }
+            from_history(&rec)
+        }
+        None => Ok(None),
+    }
+}
+
+/// The keys in `[start, end)` as of `revision` in `view`: walks the newest versions and the
+/// history of the range side by side, holding only the page it returns (at most `limit`
+/// keys, and no more once they reach `max_bytes`, at least one).
+fn scan_view(
+    view: &View<'_>,
+    cf: &rocksdb::ColumnFamily,
+    start: &[u8],
+    end: &[u8],
+    revision: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<VersionPage> {
+    let bounded = |lower: &[u8], upper: Vec<u8>| {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        view.iterator_cf_opt(cf, ro, IteratorMode::From(lower, Direction::Forward))
+    };
+    let (lower, upper) = keys::data_range(start, end);
+    let mut newest_it = bounded(&lower, upper);
+    let (lower, upper) = history_range(start, end)?;
+    let mut history_it = bounded(&lower, upper);
+    let mut next_newest = || -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match newest_it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, rec) = item?;
+                let key = keys::user_key(&k)
+                    .ok_or_else(|| Error::Corrupt("non-data key inside the data range".into()))?;
+                Ok(Some((key.to_vec(), rec.to_vec())))
+            }
+        }
+    };
+    let mut next_history = || -> Result<Option<HistoryRecord>> {
+        match history_it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, rec) = item?;
+                let (key, rev) = parse_history_key(&k)?;
+                Ok(Some((key, rev, rec.to_vec())))
+            }
+        }
+    };
+    let (mut newest, mut history) = (next_newest()?, next_history()?);
+    let mut page = VersionPage::default();
+    let mut bytes = 0usize;
+    loop {
+        let key = match (&newest, &history) {
+            (None, None) => break,
+            (Some((a, _)), Some((b, _, _))) => a.min(b).clone(),
+            (Some((a, _)), None) => a.clone(),
+            (None, Some((b, _, _))) => b.clone(),
+        };
+        let mut found = None;
+        if let Some((_, rec)) = newest.take_if(|(k, _)| *k == key) {
+            let (meta, value) = decode(&rec)?;
+            if meta.mod_revision <= revision {
+                found = Some(Some(Versioned {
+                    meta,
+                    value: value.to_vec(),
+                }));
+            }
+            newest = next_newest()?;
+        }
+        while let Some((_, rev, rec)) = history.take_if(|(k, _, _)| *k == key) {
+            if found.is_none() && rev <= revision {
+                found = Some(from_history(&rec)?);
+            }
+            history = next_history()?;
+        }
+        if let Some(Some(v)) = found {
+            let size = key.len() + v.value.len();
+            if page.kvs.len() >= limit || (!page.kvs.is_empty() && bytes + size > max_bytes) {
+                page.more = true;
+                break;
+            }
+            bytes += size;
+            page.kvs.push((key, v));
+        }
+    }
+    Ok(page)
 }
 
 /// The stored bounds `[lower, upper)` of the history of the user keys in `[start, end)`

@@ -281,12 +281,20 @@ impl StateMachine {
     /// given, and the caller gives the rest again later ([`StateMachine::waiting_for`]).
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(entries.len());
+        let mut decoded: Vec<Option<std::result::Result<Command, prost::DecodeError>>> = entries
+            .iter()
+            .map(|e| {
+                (e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
+                    .then(|| Command::decode(e.data.as_ref()))
+            })
+            .collect();
         let mut batch = Batch::new(&self.engine, self.settings);
+        batch.prefetch(decoded.iter().flatten().flatten())?;
         self.waiting = None;
-        for e in entries {
-            let result = match e.get_entry_type() {
-                EntryType::EntryNormal if e.data.is_empty() => None,
-                EntryType::EntryNormal => Some(match Command::decode(e.data.as_ref()) {
+        for (e, cmd) in entries.iter().zip(decoded.iter_mut()) {
+            let result = match (e.get_entry_type(), cmd.take()) {
+                (EntryType::EntryNormal, None) => None,
+                (EntryType::EntryNormal, Some(cmd)) => Some(match cmd {
                     Ok(Command {
                         op: Some(Op::CommitMerge(c)),
                         ..
@@ -356,22 +364,35 @@ impl StateMachine {
         if batch.last.is_some() {
             self.commit(batch)?;
         }
-        self.sweep_history(SWEEP_MIN + SWEEP_PER_ENTRY * entries.len())?;
+        let newest = out
+            .iter()
+            .filter_map(|a| match &a.result {
+                Some(Ok(r)) => result_revision(r),
+                _ => None,
+            })
+            .max();
+        self.sweep_history(newest, SWEEP_MIN + SWEEP_PER_ENTRY * entries.len())?;
         Ok(out)
     }
 
     /// One bounded step of the background deletion of this group's compacted history (see
-    /// [`mvcc::Sweep`]), run after an apply batch: about `budget` history records looked at.
-    /// A pass over the group's range starts once the compacted revision moved half the
-    /// retention past the last pass's, so each write pays a few records' worth of it. What it
+    /// [`mvcc::Sweep`]), run after an apply batch whose newest write got revision `newest`:
+    /// about `budget` history records looked at. A pass over the group's range starts once
+    /// the compacted revision moved a whole retention past the last pass's (history then
+    /// holds at most about two retentions), so each write pays a record or two of it. What it
     /// deletes is no longer part of the replicated state (reads below the compacted revision
     /// are refused, and the replica hash skips it), so replicas may sweep at their own pace.
-    fn sweep_history(&mut self, budget: usize) -> Result<()> {
+    fn sweep_history(&mut self, newest: Option<u64>, budget: usize) -> Result<()> {
         if self.sweep.is_none() {
-            let record = self.engine.get_data(&self.engine.space().revisions_key())?;
-            let compacted = mvcc::decode_revisions(record.as_deref())?.compacted;
-            let stride = (self.settings.history_revisions / 2).max(1);
-            if compacted < self.swept.saturating_add(stride) {
+            // Only a write moves the compacted revision, to at least its revision minus the
+            // retention (a merge may have moved it further: sweeping to a lower horizon only
+            // keeps more). Without automatic compaction there is nothing to sweep.
+            let keep = self.settings.history_revisions;
+            let (Some(newest), true) = (newest, keep > 0) else {
+                return Ok(());
+            };
+            let compacted = newest.saturating_sub(keep);
+            if compacted < self.swept.saturating_add(keep) {
                 return Ok(());
             }
             self.sweep = Some((compacted, Vec::new()));
@@ -602,6 +623,11 @@ impl StateMachine {
         let Some((index, term)) = batch.last else {
             return Ok(());
         };
+        if let Some(revisions) = batch.revisions.take() {
+            batch
+                .wb
+                .put_cf(self.engine.cf(CF_DATA), &batch.revisions_key, revisions);
+        }
         let applied = keys::encode_pair(index, term);
         batch.wb.put_cf(
             self.engine.cf(CF_RAFT_STATE),
@@ -754,6 +780,13 @@ struct Batch {
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Index and term of the last entry in the batch.
     last: Option<(Index, Term)>,
+    /// The group's revisions record, written once when the batch is committed (every write
+    /// of the batch moves it; writing each would put them all in the memtable).
+    revisions_key: Vec<u8>,
+    revisions: Option<Vec<u8>>,
+    /// Records read ahead for the batch's commands ([`Batch::prefetch`]), as the database held
+    /// them before the batch: reads look in `overlay` (the batch's own writes) first.
+    cache: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Batch {
@@ -764,18 +797,65 @@ impl Batch {
             wb: WriteBatch::default(),
             overlay: HashMap::new(),
             last: None,
+            revisions_key: engine.space().revisions_key(),
+            revisions: None,
+            cache: HashMap::new(),
         }
+    }
+
+    /// Reads, in one batched lookup, every record `cmds` will read: their dedup records, the
+    /// newest versions of their keys and the group's revisions. Each command reads them
+    /// anyway, one lookup at a time; RocksDB's batched MultiGet does the lot in one pass over
+    /// the memtables and files, which matters as each put reads its key's version (most of
+    /// them misses for new keys, or blocks of recent files).
+    fn prefetch<'a>(&mut self, cmds: impl Iterator<Item = &'a Command>) -> Result<()> {
+        let space = self.engine.space();
+        let mut wanted = vec![self.revisions_key.clone()];
+        for cmd in cmds {
+            if cmd.client_id != 0 {
+                wanted.push(space.dedup_key(cmd.client_id, cmd.seq));
+            }
+            match &cmd.op {
+                Some(Op::Put(p)) => wanted.push(keys::data_key(&p.key)),
+                Some(Op::Delete(d)) => wanted.push(keys::data_key(&d.key)),
+                Some(Op::Cas(c)) => wanted.push(keys::data_key(&c.key)),
+                Some(Op::Batch(b)) => wanted.extend(
+                    b.puts
+                        .iter()
+                        .map(|p| keys::data_key(&p.key))
+                        .chain(b.deletes.iter().map(|d| keys::data_key(&d.key))),
+                ),
+                _ => {}
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        let found = self
+            .engine
+            .db()
+            .batched_multi_get_cf(self.engine.cf(CF_DATA), &wanted, true);
+        for (key, value) in wanted.into_iter().zip(found) {
+            self.cache.insert(key, value?.map(|v| v.to_vec()));
+        }
+        Ok(())
     }
 
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
+        if let Some(v) = self.cache.get(key) {
+            return Ok(v.clone());
+        }
         Ok(self.engine.db().get_cf(self.engine.cf(CF_DATA), key)?)
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.wb.put_cf(self.engine.cf(CF_DATA), &key, &value);
+        if key == self.revisions_key {
+            self.revisions = Some(value.clone());
+        } else {
+            self.wb.put_cf(self.engine.cf(CF_DATA), &key, &value);
+        }
         self.overlay.insert(key, Some(value));
     }
 

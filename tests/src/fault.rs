@@ -460,7 +460,7 @@ async fn execute(c: &Client, op: &Op) -> Outcome {
         Op::Put { key, value } => c
             .put(key.clone(), value.clone())
             .await
-            .map(|()| Outcome::Put),
+            .map(|_| Outcome::Put),
         Op::Delete { key } => c.delete(key.clone()).await.map(|_| Outcome::Delete),
         Op::Cas { key, expected, new } => c
             .cas(
@@ -477,6 +477,9 @@ async fn execute(c: &Client, op: &Op) -> Outcome {
         Err(Error::Unavailable(_) | Error::NotLeader { .. }) => Outcome::Failed,
         Err(Error::InvalidArgument(m)) => panic!("the workload sent invalid input: {m}"),
         Err(Error::Unsupported(m)) => panic!("the server refused a basic call: {m}"),
+        Err(e @ (Error::Compacted(_) | Error::FutureRevision(_))) => {
+            panic!("a read of the newest version was refused for its revision: {e}")
+        }
         Err(
             e @ (Error::StaleEpoch(_)
             | Error::AlreadyBootstrapped(_)

@@ -561,7 +561,7 @@ pub async fn write_rounds(
                     let mut acked = false;
                     for _ in 0..5 {
                         match client.put(k.clone(), v.clone()).await {
-                            Ok(()) => {
+                            Ok(_) => {
                                 acked = true;
                                 break;
                             }

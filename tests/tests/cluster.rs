@@ -728,7 +728,7 @@ async fn a_follower_catches_up_through_a_slow_snapshot_while_64_clients_keep_wri
                 let mut i = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match client.put(format!("w{w:02}-{i:08}"), format!("v{i}")).await {
-                        Ok(()) => acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Ok(_) => acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                         Err(_) => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     };
                     i += 1;

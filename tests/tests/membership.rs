@@ -39,7 +39,7 @@ impl Writers {
                     while !stop.load(Ordering::Relaxed) {
                         let (k, v) = (format!("w{w}-{i:06}"), format!("v{i}"));
                         match client.put(k.clone(), v.clone()).await {
-                            Ok(()) => {
+                            Ok(_) => {
                                 acked.lock().unwrap().insert(k, v);
                             }
                             Err(e) => errors.lock().unwrap().push(format!("{k}: {e}")),

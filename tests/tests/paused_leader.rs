@@ -209,7 +209,7 @@ async fn writes_and_reads_keep_working_while_the_leader_is_paused() {
                     let r = client.put(key.clone(), n.to_string()).await;
                     let ok = r.is_ok();
                     match r {
-                        Ok(()) => (acked, tried) = (n, n),
+                        Ok(_) => (acked, tried) = (n, n),
                         Err(rdb_client::Error::Indeterminate(_)) => tried = n,
                         Err(_) => {}
                     }

@@ -130,7 +130,7 @@ fn put_write(client: Client) -> Write {
         let client = client.clone();
         Box::pin(async move {
             let k = format!("k{n:08}");
-            client.put(k.clone(), k).await.ok().map(|()| n)
+            client.put(k.clone(), k).await.ok().map(|_| n)
         })
     })
 }

@@ -156,11 +156,11 @@ pub(super) async fn send(
         Request::Put(key) => client
             .put(key, value.to_vec())
             .await
-            .map(|()| Done::found(true)),
+            .map(|_| Done::found(true)),
         Request::BatchPut(keys) => client
             .batch_put(keys.into_iter().map(|k| (k, value.to_vec())))
             .await
-            .map(|()| Done::found(true)),
+            .map(|_| Done::found(true)),
         Request::Scan { start, limit } => {
             let range = ScanRange {
                 start: start.into_bytes(),
@@ -232,7 +232,7 @@ pub(super) async fn preload_task(
         }
         let started = Instant::now();
         match client.put(key_name(i), shared.value.clone()).await {
-            Ok(()) => {
+            Ok(_) => {
                 stats.record_ok(OpKind::Insert, started, 0);
                 shared.live.ok.fetch_add(1, Ordering::Relaxed);
             }

@@ -31,6 +31,8 @@ fn error_kind(e: &Error) -> &'static str {
         Error::ClusterMismatch(_) => "cluster_mismatch",
         Error::FailedPrecondition(_) => "failed_precondition",
         Error::Io(_) => "io",
+        Error::Compacted(_) => "compacted",
+        Error::FutureRevision(_) => "future_revision",
     }
 }
 

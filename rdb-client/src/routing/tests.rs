@@ -143,6 +143,7 @@ impl Kv for FakeKv {
             self.0.data.lock().unwrap().insert(r.key, r.value);
         }
         Ok(Response::new(PutResponse {
+            revision: 0,
             error: error.flatten(),
         }))
     }
@@ -166,6 +167,7 @@ impl Kv for FakeKv {
         let error = self.0.check("delete", &[&r.key], r.context, r.request_id);
         let existed = error.is_ok() && self.0.data.lock().unwrap().remove(&r.key).is_some();
         Ok(Response::new(DeleteResponse {
+            revision: 0,
             error: error.err().flatten(),
             existed,
         }))
@@ -182,6 +184,7 @@ impl Kv for FakeKv {
             Ok(region) => region.unwrap_or_default(),
             Err(error) => {
                 return Ok(Response::new(ScanResponse {
+                    revision: 0,
                     error,
                     ..Default::default()
                 }))
@@ -197,9 +200,11 @@ impl Kv for FakeKv {
             .map(|(k, v)| KeyValue {
                 key: k.clone(),
                 value: v.clone(),
+                meta: None,
             })
             .collect();
         Ok(Response::new(ScanResponse {
+            revision: 0,
             error: None,
             kvs,
             more: cut,
@@ -266,6 +271,7 @@ impl Kv for FakeKv {
             data.extend(r.pairs.into_iter().map(|kv| (kv.key, kv.value)));
         }
         Ok(Response::new(BatchPutResponse {
+            revision: 0,
             error: error.flatten(),
         }))
     }
@@ -304,11 +310,16 @@ impl Kv for FakeKv {
         let r = r.into_inner();
         let keys: Vec<&[u8]> = r.keys.iter().map(Vec::as_slice).collect();
         if let Err(error) = self.0.check("batch_delete", &keys, r.context, r.request_id) {
-            return Ok(Response::new(BatchDeleteResponse { error, deleted: 0 }));
+            return Ok(Response::new(BatchDeleteResponse {
+                revision: 0,
+                error,
+                deleted: 0,
+            }));
         }
         let mut data = self.0.data.lock().unwrap();
         let deleted = r.keys.iter().filter(|k| data.remove(*k).is_some()).count();
         Ok(Response::new(BatchDeleteResponse {
+            revision: 0,
             error: None,
             deleted: deleted as u64,
         }))

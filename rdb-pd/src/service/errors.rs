@@ -25,10 +25,12 @@ pub(super) fn pb_error(e: RequestError, config: &ClusterConfig) -> Error {
         ),
         RequestError::Unavailable(_) => (ErrorCode::Unavailable, None),
         RequestError::Indeterminate(_) => (ErrorCode::Indeterminate, None),
-        // PD has no regions of its own to route by.
+        // PD has no regions of its own to route by, nor versioned keys.
         RequestError::KeyNotInRegion(..)
         | RequestError::EpochNotMatch(..)
-        | RequestError::RegionNotFound(_) => (ErrorCode::InvalidArgument, None),
+        | RequestError::RegionNotFound(_)
+        | RequestError::Compacted(_)
+        | RequestError::FutureRevision(_) => (ErrorCode::InvalidArgument, None),
     };
     // The code names the kind; the message is the cause alone (callers prefix the kind).
     let message = match e {

@@ -65,7 +65,10 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(CommandResult::Batch { .. }) => Ok(Response::new(BatchPutResponse { error: None })),
+            Ok(CommandResult::Batch { revision, .. }) => Ok(Response::new(BatchPutResponse {
+                error: None,
+                revision,
+            })),
             Ok(other) => Err(Status::internal(format!("batch put produced {other:?}"))),
             Err(e) => err(e, |r: &mut BatchPutResponse, e| r.error = Some(e)),
         }
@@ -92,10 +95,13 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(CommandResult::Batch { deleted, .. }) => Ok(Response::new(BatchDeleteResponse {
-                error: None,
-                deleted,
-            })),
+            Ok(CommandResult::Batch { deleted, revision }) => {
+                Ok(Response::new(BatchDeleteResponse {
+                    error: None,
+                    deleted,
+                    revision,
+                }))
+            }
             Ok(other) => Err(Status::internal(format!("batch delete produced {other:?}"))),
             Err(e) => err(e, |r: &mut BatchDeleteResponse, e| r.error = Some(e)),
         }

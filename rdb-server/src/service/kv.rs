@@ -195,6 +195,10 @@ impl KvService {
     pub(crate) fn read_failed(e: rdb_storage::Error) -> Result<RequestError, Status> {
         match e {
             rdb_storage::Error::SnapshotInstalling => Ok(RequestError::Unavailable(e.to_string())),
+            rdb_storage::Error::Compacted { .. } => Ok(RequestError::Compacted(e.to_string())),
+            rdb_storage::Error::FutureRevision { .. } => {
+                Ok(RequestError::FutureRevision(e.to_string()))
+            }
             e => Err(Self::storage_error(e)),
         }
     }
@@ -238,7 +242,9 @@ pub fn to_pb(e: RequestError) -> PbError {
         | RequestError::Indeterminate(m)
         | RequestError::KeyNotInRegion(m, _)
         | RequestError::EpochNotMatch(m, _)
-        | RequestError::RegionNotFound(m) => m.clone(),
+        | RequestError::RegionNotFound(m)
+        | RequestError::Compacted(m)
+        | RequestError::FutureRevision(m) => m.clone(),
         RequestError::NotLeader(Some(h)) => format!("node {} leads, at {}", h.id, h.addr),
         RequestError::NotLeader(None) => "not leader".into(),
     };
@@ -269,6 +275,8 @@ pub fn to_pb(e: RequestError) -> PbError {
             ..plain(ErrorCode::EpochNotMatch, message)
         },
         RequestError::RegionNotFound(_) => plain(ErrorCode::RegionNotFound, message),
+        RequestError::Compacted(_) => plain(ErrorCode::Compacted, message),
+        RequestError::FutureRevision(_) => plain(ErrorCode::FutureRevision, message),
     }
 }
 

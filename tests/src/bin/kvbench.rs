@@ -91,9 +91,11 @@ enum Conn {
 impl Conn {
     async fn call(&mut self, w: Workload, key: Vec<u8>, value: &[u8]) -> Result<(), String> {
         match (self, w) {
-            (Conn::Rdb(c), Workload::Put) => {
-                c.put(key, value.to_vec()).await.map_err(|e| e.to_string())
-            }
+            (Conn::Rdb(c), Workload::Put) => c
+                .put(key, value.to_vec())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             (Conn::Rdb(c), Workload::Get) => c
                 .get_with(key, ReadConsistency::Linearizable)
                 .await

@@ -167,7 +167,7 @@ async fn run(cmd: Cmd) -> Result<bool, Box<dyn std::error::Error>> {
                             let put = client.put(k.clone(), v.clone()).await;
                             let mut f = out.lock().unwrap_or_else(|p| p.into_inner());
                             match put {
-                                Ok(()) => {
+                                Ok(_) => {
                                     let _ = writeln!(f, "{k} {v}");
                                     acked.fetch_add(1, Ordering::Relaxed);
                                 }

@@ -3,9 +3,10 @@
 
 use rdb_proto::command::{self, command::Op};
 use rdb_proto::kv::{
-    CasRequest, CasResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue,
-    PutRequest, PutResponse, ScanRequest, ScanResponse,
+    CasRequest, CasResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyMeta,
+    KeyValue, PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
+use rdb_storage::keys::Space;
 use rdb_storage::region::Region;
 use rdb_storage::CommandResult;
 use tonic::{Request, Response, Status};
@@ -26,6 +27,15 @@ fn clip_to_region(
         (start, region.end_key.clone(), Some(region.end_key.clone()))
     } else {
         (start, end, None)
+    }
+}
+
+/// A key's versions as the API shows them.
+fn key_meta(m: &rdb_storage::mvcc::Meta) -> KeyMeta {
+    KeyMeta {
+        create_revision: m.create_revision,
+        mod_revision: m.mod_revision,
+        version: m.version,
     }
 }
 
@@ -53,12 +63,17 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(_) => Ok(Response::new(PutResponse { error: None })),
+            Ok(CommandResult::Put { revision }) => Ok(Response::new(PutResponse {
+                error: None,
+                revision,
+            })),
+            Ok(other) => Err(Status::internal(format!("put produced {other:?}"))),
             Err(e) => err(e, |r: &mut PutResponse, e| r.error = Some(e)),
         }
     }
 
-    /// `Get`: one key read after the read barrier the request asks for.
+    /// `Get`: one key read after the read barrier the request asks for, as of the revision it
+    /// asks (0: the newest), with its version and the revision the read reflects.
     pub(super) async fn get_inner(
         &self,
         request: Request<GetRequest>,
@@ -76,12 +91,17 @@ impl KvService {
             .await
         }
         .await;
-        if let Err(e) = res {
-            return err(e, |r: &mut GetResponse, e| r.error = Some(e));
-        }
+        let region = match res {
+            Ok(region) => region,
+            Err(e) => return err(e, |r: &mut GetResponse, e| r.error = Some(e)),
+        };
         // A point read is short, but may wait on the disk: let the runtime move other tasks
         // off this worker meanwhile.
-        let value = match tokio::task::block_in_place(|| self.engine.get(&r.key)) {
+        let read = tokio::task::block_in_place(|| {
+            self.engine
+                .read_versioned(Space::Region(region.id), &r.key, r.revision)
+        });
+        let (revs, version) = match read {
             Ok(v) => v,
             Err(e) => {
                 return err(Self::read_failed(e)?, |r: &mut GetResponse, e| {
@@ -89,10 +109,23 @@ impl KvService {
                 })
             }
         };
-        Ok(Response::new(GetResponse {
-            error: None,
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
+        let revision = if r.revision == 0 {
+            revs.last
+        } else {
+            r.revision
+        };
+        Ok(Response::new(match version {
+            Some(v) => GetResponse {
+                error: None,
+                found: true,
+                value: v.value,
+                meta: Some(key_meta(&v.meta)),
+                revision,
+            },
+            None => GetResponse {
+                revision,
+                ..Default::default()
+            },
         }))
     }
 
@@ -115,9 +148,10 @@ impl KvService {
         }
         .await;
         match res {
-            Ok(CommandResult::Delete { existed, .. }) => Ok(Response::new(DeleteResponse {
+            Ok(CommandResult::Delete { existed, revision }) => Ok(Response::new(DeleteResponse {
                 error: None,
                 existed,
+                revision,
             })),
             Ok(other) => Err(Status::internal(format!("delete produced {other:?}"))),
             Err(e) => err(e, |r: &mut DeleteResponse, e| r.error = Some(e)),
@@ -180,12 +214,16 @@ impl KvService {
         let limit = if r.limit == 0 { max } else { r.limit } as usize;
         let engine = self.engine.clone();
         let max_bytes = self.settings.max_response_bytes;
+        let (revision, with_meta, space) = (r.revision, r.with_meta, Space::Region(region.id));
         // A scan can read a lot: off the async workers.
-        let scanned =
-            tokio::task::spawn_blocking(move || engine.scan(&start, &end, limit, max_bytes))
-                .await
-                .map_err(|e| Status::internal(format!("scan task failed: {e}")))?;
-        let page = match scanned {
+        let scanned = tokio::task::spawn_blocking(move || {
+            engine
+                .scan_versioned(space, &start, &end, revision, limit, max_bytes)
+                .map(|(revs, page)| (revs.last, page))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("scan task failed: {e}")))?;
+        let (last, page) = match scanned {
             Ok(page) => page,
             Err(e) => {
                 return err(Self::read_failed(e)?, |r: &mut ScanResponse, e| {
@@ -193,6 +231,7 @@ impl KvService {
                 })
             }
         };
+        let revision = if r.revision == 0 { last } else { r.revision };
         let next_start = match page.kvs.last() {
             Some((k, _)) if page.more => {
                 let mut next = k.clone();
@@ -207,10 +246,15 @@ impl KvService {
             kvs: page
                 .kvs
                 .into_iter()
-                .map(|(key, value)| KeyValue { key, value })
+                .map(|(key, v)| KeyValue {
+                    key,
+                    meta: with_meta.then(|| key_meta(&v.meta)),
+                    value: v.value,
+                })
                 .collect(),
             more: page.more || region_end.is_some(),
             next_start,
+            revision,
         }))
     }
 
@@ -242,11 +286,14 @@ impl KvService {
         .await;
         match res {
             Ok(CommandResult::Cas {
-                succeeded, current, ..
+                succeeded,
+                current,
+                revision,
             }) => Ok(Response::new(CasResponse {
                 error: None,
                 succeeded,
                 current,
+                revision,
             })),
             Ok(other) => Err(Status::internal(format!("cas produced {other:?}"))),
             Err(e) => err(e, |r: &mut CasResponse, e| r.error = Some(e)),

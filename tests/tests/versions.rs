@@ -1,0 +1,142 @@
+//! Versioned keys against real processes (specs/018-versions): every write's revision, each
+//! key's versions, reads at a past revision, `Compacted` below the history kept, through the
+//! client library and `rdb-cli`, across a follower's restart.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rdb_client::{Error, ReadConsistency};
+use rdb_tests::cluster::{bin_dir, explain, Settings, TestCluster};
+
+/// `rdb-cli --endpoints ENDPOINTS ARGS...`.
+fn cli(endpoints: &[String], args: &[&str]) -> Output {
+    Command::new(bin_dir().join("rdb-cli"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .output()
+        .expect("run rdb-cli")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", explain(o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_get_revisions_and_old_versions_read_until_compacted() {
+    let keep = 5;
+    let mut c = TestCluster::start_with(3, Settings(format!("history_revisions = {keep}\n")));
+    c.wait_leader(Duration::from_secs(20)).await;
+    let client = c.client();
+
+    let r1 = client.put("k", "v1").await.expect("put");
+    let r2 = client.put("k", "v2").await.expect("put");
+    assert_eq!(r2, r1 + 1, "each write takes the next revision");
+    let read = client
+        .get_versioned("k", 0, ReadConsistency::Linearizable)
+        .await
+        .expect("get");
+    let v = read.version.clone().expect("k exists");
+    assert_eq!(
+        (
+            v.value.as_slice(),
+            v.create_revision,
+            v.mod_revision,
+            v.version
+        ),
+        (&b"v2"[..], r1, r2, 2)
+    );
+    assert!(read.revision >= r2);
+    let old = client
+        .get_versioned("k", r1, ReadConsistency::Linearizable)
+        .await
+        .expect("get at r1");
+    assert_eq!(old.version.map(|v| v.value), Some(b"v1".to_vec()));
+    assert_eq!(old.revision, r1);
+
+    // rdb-cli: -o json shows the versions; --rev reads the past.
+    let o = cli(&c.endpoints(), &["-o", "json", "get", "k"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let j = json(&o);
+    assert_eq!(
+        (
+            j["value"].as_str(),
+            j["create_revision"].as_u64(),
+            j["mod_revision"].as_u64(),
+            j["version"].as_u64()
+        ),
+        (Some("v2"), Some(r1), Some(r2), Some(2)),
+        "{j}"
+    );
+    let o = cli(&c.endpoints(), &["get", "k", "--rev", &r1.to_string()]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "v1",
+        "{}",
+        explain(&o)
+    );
+
+    // A follower restarted in the middle keeps the same versions.
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.kill(follower);
+    let mut last = r2;
+    for i in 0..3 * keep {
+        last = client.put(format!("other{i}"), "x").await.expect("put");
+    }
+    c.restart(follower);
+    let f = c.client_for(follower);
+    TestCluster::wait_until(
+        "the follower applied the last write",
+        Duration::from_secs(30),
+        || {
+            let f = f.clone();
+            async move {
+                f.get_versioned("other0", 0, ReadConsistency::Serializable)
+                    .await
+                    .is_ok_and(|r| r.revision >= last)
+            }
+        },
+    )
+    .await;
+    let at_follower = f
+        .get_versioned("k", 0, ReadConsistency::Serializable)
+        .await
+        .expect("follower read");
+    assert_eq!(at_follower.version, read.version, "the follower's versions");
+
+    // History behind the last `keep` revisions is gone: a typed error, on every replica.
+    for client in [&client, &f] {
+        match client
+            .get_versioned("k", r1, ReadConsistency::Serializable)
+            .await
+        {
+            Err(Error::Compacted(m)) => assert!(
+                m.contains(&format!("revision {r1} is compacted"))
+                    && m.contains(&format!("history starts at {}", last - keep)),
+                "{m}"
+            ),
+            other => panic!("a read below the history kept: {other:?}"),
+        }
+    }
+    match client
+        .get_versioned("k", last + 100, ReadConsistency::Linearizable)
+        .await
+    {
+        Err(Error::FutureRevision(m)) => assert!(m.contains("not reached"), "{m}"),
+        other => panic!("a read above the last revision: {other:?}"),
+    }
+    let o = cli(&c.endpoints(), &["get", "k", "--rev", &r1.to_string()]);
+    assert_eq!(o.status.code(), Some(2), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is compacted"),
+        "{}",
+        explain(&o)
+    );
+    // The newest version is still there, at any revision from the compacted one on.
+    let now = client
+        .get_versioned("k", last - keep, ReadConsistency::Linearizable)
+        .await
+        .expect("read at the compacted revision");
+    assert_eq!(now.version.map(|v| v.value), Some(b"v2".to_vec()));
+}
