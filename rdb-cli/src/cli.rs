@@ -150,6 +150,9 @@ pub(crate) enum Command {
         /// Read this node's state without a ReadIndex round (possibly stale).
         #[arg(long)]
         serializable: bool,
+        /// The keys as of this revision (0: the newest); every page reads at it.
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
     },
     /// Compare-and-swap: set KEY to NEW if it holds --expected (or is absent with --absent).
     Cas {

@@ -222,6 +222,7 @@ async fn run(cli: Cli) -> u8 {
             prefix,
             limit,
             serializable,
+            rev,
         } => {
             let range = match (arg(&start), arg(&end), arg(&prefix)) {
                 (Ok(start), Ok(end), Ok(prefix)) => ScanRange {
@@ -232,7 +233,7 @@ async fn run(cli: Cli) -> u8 {
                 },
                 (Err(code), _, _) | (_, Err(code), _) | (_, _, Err(code)) => return code,
             };
-            match client.scan(range, consistency(serializable)).await {
+            match client.scan_at(range, rev, consistency(serializable)).await {
                 Ok(page) => p.scan(&page),
                 Err(e) => fail(&e),
             }

@@ -506,6 +506,19 @@ impl Client {
     /// range from the next key to the end of the prefix. In PD mode each page goes to the
     /// region of its first key, and a region's store ends the page at the region's end.
     pub async fn scan(&self, range: ScanRange, consistency: ReadConsistency) -> Result<ScanPage> {
+        self.scan_at(range, 0, consistency).await
+    }
+
+    /// [`Client::scan`] as of `revision` (0: the newest): every page asks that revision, so
+    /// in a config-file cluster (one region) the pages are one view of the data. Fails as
+    /// [`Client::get_versioned`] does for a revision outside the history kept. In PD mode
+    /// revisions are still each region's own: a revision means something in one region only.
+    pub async fn scan_at(
+        &self,
+        range: ScanRange,
+        revision: u64,
+        consistency: ReadConsistency,
+    ) -> Result<ScanPage> {
         let deadline = self.deadline();
         let limit = range.limit as usize;
         let mut req = ScanRequest {
@@ -515,7 +528,7 @@ impl Client {
             prefix: range.prefix,
             limit: range.limit,
             consistency: pb_consistency(consistency),
-            revision: 0,
+            revision,
             with_meta: false,
         };
         let mut kvs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();

@@ -3,10 +3,11 @@
 //! - `raft_log`: `index` as 8 big-endian bytes -> encoded `eraftpb::Entry`, so keys sort by index.
 //! - `raft_state`: fixed names -> hard state, conf state, apply state, truncated state, identity,
 //!   and the pending-snapshot-install marker.
-//! - `data`: user keys behind the one-byte prefix `d`, so the state machine can keep its own
-//!   records (client-request dedup, `s` and `e`; its applied index, `a`) in the same column
-//!   family. Snapshots copy the whole family, which keeps user data, dedup records and the
-//!   applied index they correspond to consistent with each other.
+//! - `data`: user keys behind the one-byte prefix `d` (each key's newest version), their older
+//!   versions behind `h` (specs/018-versions), so the state machine can keep its own records
+//!   (client-request dedup, `s` and `e`; its applied index, `a`; its revisions, `v`) in the
+//!   same column family. Snapshots copy the group's part of the family, which keeps user
+//!   data, history, dedup records and the applied index they correspond to consistent.
 
 use crate::Index;
 

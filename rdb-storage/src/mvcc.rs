@@ -6,8 +6,8 @@
 //!
 //! The write path works on [`Records`] (an apply batch, or memory in the simulation), so it is
 //! the very logic the state machine applies with; reads and compaction work on the engine.
-//! Not yet used by the state machine: the layout is built and tested first (the plan's step
-//! 1), then the apply path, the API and PD mode's stamps move onto it.
+//! Reads for clients go through one RocksDB view: the group's revisions and the data, so the
+//! revision a read answers with fits what it read.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 

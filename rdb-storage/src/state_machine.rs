@@ -109,7 +109,8 @@ pub enum HashState {
     /// The hash of every live record of the `data` column family as of the hash point.
     Done {
         /// xxh3 over every live (key, value), in key order, with their lengths (dead dedup
-        /// records are skipped: compaction drops them at different times on each replica).
+        /// records and history behind the compacted revision are skipped: compaction and the
+        /// history sweep drop them at different times on each replica).
         hash: u64,
         /// Records hashed.
         records: u64,

@@ -75,6 +75,22 @@ async fn writes_get_revisions_and_old_versions_read_until_compacted() {
         "{}",
         explain(&o)
     );
+    // A scan at a revision sees the keys as they were then: "j" did not exist at r2.
+    client.put("j", "later").await.expect("put");
+    let o = cli(&c.endpoints(), &["scan", "--rev", &r2.to_string()]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "k\tv2",
+        "{}",
+        explain(&o)
+    );
+    let o = cli(&c.endpoints(), &["scan"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "j\tlater\nk\tv2",
+        "{}",
+        explain(&o)
+    );
 
     // A follower restarted in the middle keeps the same versions.
     let leader = c.wait_leader(Duration::from_secs(20)).await;

@@ -309,6 +309,9 @@ struct World {
     heal_at: u64,
     clients: Vec<Client>,
     history: Vec<Operation>,
+    /// Every acknowledged write that changed its key: the key, its real-time interval and the
+    /// revision it got (specs/018-versions), checked at the end (see `checks::revisions_fit`).
+    written: Vec<(String, u64, u64, u64)>,
     next_request: u64,
     /// Region and peer ids, drawn as PD draws them (PD mode).
     next_id: u64,
@@ -371,6 +374,7 @@ impl World {
             heal_at: 0,
             clients,
             history: Vec::new(),
+            written: Vec::new(),
             next_request: 1,
             next_id: 1000,
             stats: Stats::default(),

@@ -175,6 +175,7 @@ impl World {
         self.stats.ops = self.history.len();
         format!("{:?}", self.history).hash(&mut h);
         self.stats.fingerprint = h.finish();
+        revisions_fit(&self.written)?;
         match linearizability::check(&self.history, 2_000_000) {
             CheckResult::Linearizable => Ok(self.stats.clone()),
             CheckResult::Illegal(v) => Err(format!("history is not linearizable:\n{v}")),
@@ -183,6 +184,46 @@ impl World {
             }
         }
     }
+}
+
+/// The revisions acknowledged writes got fit real time (specs/018-versions): two writes that
+/// changed one key never share a revision, and a write that completed before another of the
+/// same key was invoked got the smaller one (whatever splits and merges moved the key).
+/// `written` holds (key, invoke, complete, revision).
+fn revisions_fit(written: &[(String, u64, u64, u64)]) -> Result<(), String> {
+    let mut by_key: std::collections::BTreeMap<&str, Vec<(u64, u64, u64)>> = Default::default();
+    for (key, invoke, complete, rev) in written {
+        by_key
+            .entry(key.as_str())
+            .or_default()
+            .push((*invoke, *complete, *rev));
+    }
+    for (key, writes) in by_key {
+        for (i, a) in writes.iter().enumerate() {
+            for b in &writes[i + 1..] {
+                let (first, then) = if a.1 < b.0 {
+                    (a, b)
+                } else if b.1 < a.0 {
+                    (b, a)
+                } else if a.2 == b.2 {
+                    return Err(format!(
+                        "two writes of key {key} got revision {} (concurrent ones)",
+                        a.2
+                    ));
+                } else {
+                    continue;
+                };
+                if first.2 >= then.2 {
+                    return Err(format!(
+                        "key {key}: a write acknowledged at revision {} completed before \
+                         another was invoked that got revision {}",
+                        first.2, then.2
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One replica of a region as the end of a run compares it.
@@ -275,4 +316,23 @@ fn region_state(st: &StoreCore, meta: &Region, window: u64) -> Result<RegionStat
         data,
         dedup,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revisions_fit;
+
+    #[test]
+    fn revisions_that_go_back_in_real_time_or_repeat_are_caught() {
+        let w = |invoke, complete, rev| ("k".to_string(), invoke, complete, rev);
+        // In order, and two concurrent writes in either order: fine.
+        assert!(revisions_fit(&[w(0, 10, 1), w(20, 30, 3), w(21, 29, 2)]).is_ok());
+        // A later write with a smaller revision.
+        let e = revisions_fit(&[w(0, 10, 5), w(20, 30, 4)]).expect_err("went back");
+        assert!(e.contains("revision 5") && e.contains("revision 4"), "{e}");
+        // Two concurrent writes of one key with one revision.
+        assert!(revisions_fit(&[w(0, 10, 5), w(5, 15, 5)]).is_err());
+        // Other keys do not constrain each other.
+        assert!(revisions_fit(&[w(0, 10, 5), ("j".into(), 20, 30, 4)]).is_ok());
+    }
 }

@@ -308,6 +308,29 @@ impl World {
         };
         if let Some(outcome) = outcome {
             if let Some(p) = self.clients[c].pending.take() {
+                let changed = match (&rep, &p.op) {
+                    (Rep::Written(CommandResult::Put { revision }), Op::Put { key, .. })
+                    | (
+                        Rep::Written(CommandResult::Delete {
+                            existed: true,
+                            revision,
+                        }),
+                        Op::Delete { key },
+                    )
+                    | (
+                        Rep::Written(CommandResult::Cas {
+                            succeeded: true,
+                            revision,
+                            ..
+                        }),
+                        Op::Cas { key, .. },
+                    ) => Some((key.clone(), *revision)),
+                    _ => None,
+                };
+                if let Some((key, revision)) = changed {
+                    self.written
+                        .push((key, p.invoke * 1_000_000, self.now * 1_000_000, revision));
+                }
                 self.finish(c, p, outcome);
             }
             return;
