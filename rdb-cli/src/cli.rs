@@ -122,10 +122,17 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 0)]
         rev: u64,
     },
-    /// Remove a key.
+    /// Remove a key (with --expected-version or --expected-mod-revision: only if its current
+    /// version matches; exit 6 if not).
     Delete {
         /// The key.
         key: String,
+        /// Delete only if the key's version is this.
+        #[arg(long, conflicts_with = "expected_mod_revision")]
+        expected_version: Option<u64>,
+        /// Delete only if the key's last change was at this revision.
+        #[arg(long)]
+        expected_mod_revision: Option<u64>,
     },
     /// Several keys in one request: `batch put K V [K V ...]`, `batch get K...`,
     /// `batch delete K...` (writes are one Raft entry: all or none).
@@ -154,7 +161,8 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 0)]
         rev: u64,
     },
-    /// Compare-and-swap: set KEY to NEW if it holds --expected (or is absent with --absent).
+    /// Compare-and-swap: set KEY to NEW if it holds --expected (or is absent with --absent),
+    /// or if its version is --expected-version or its last change --expected-mod-revision.
     Cas {
         /// The key.
         key: String,
@@ -165,14 +173,21 @@ pub(crate) enum Command {
         #[arg(long)]
         value_file: Option<PathBuf>,
         /// The value the key must hold.
-        #[arg(long, conflicts_with_all = ["absent", "expected_file"])]
+        #[arg(long, conflicts_with_all = ["absent", "expected_file", "expected_version", "expected_mod_revision"])]
         expected: Option<String>,
         /// Read the value the key must hold from this file (byte for byte).
-        #[arg(long, conflicts_with = "absent")]
+        #[arg(long, conflicts_with_all = ["absent", "expected_version", "expected_mod_revision"])]
         expected_file: Option<PathBuf>,
         /// The key must be absent.
-        #[arg(long, required_unless_present_any = ["expected", "expected_file"])]
+        #[arg(long, conflicts_with_all = ["expected_version", "expected_mod_revision"],
+              required_unless_present_any = ["expected", "expected_file", "expected_version", "expected_mod_revision"])]
         absent: bool,
+        /// The key's version must be this (0: the key must not exist).
+        #[arg(long, conflicts_with = "expected_mod_revision")]
+        expected_version: Option<u64>,
+        /// The key's last change must be at this revision (0: the key must not exist).
+        #[arg(long)]
+        expected_mod_revision: Option<u64>,
     },
     /// Show every endpoint's view of the cluster in one table (exit 4 if any is down); with
     /// --pd: every store PD knows, and each store's regions with role, term, applied and lag.

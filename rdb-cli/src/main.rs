@@ -2,10 +2,10 @@
 //!
 //! Exit codes (for scripts): 0 success, 1 other failure, 2 invalid input, 3 key (or PD store
 //! or region) not found, 4 unavailable, 5 indeterminate (a write may or may not have applied),
-//! 6 compare-and-swap did not match, 7 `check`: the replicas differ or a node gave no hash,
-//! 8 TLS configuration: the client's TLS settings do not fit the node (plaintext against TLS or
-//! the reverse, a client certificate missing or refused, a CA that did not sign the node's
-//! certificate); retrying will not help.
+//! 6 compare-and-swap (or conditional delete) did not match, 7 `check`: the replicas differ
+//! or a node gave no hash, 8 TLS configuration: the client's TLS settings do not fit the node
+//! (plaintext against TLS or the reverse, a client certificate missing or refused, a CA that
+//! did not sign the node's certificate); retrying will not help.
 //!
 //! `tso`, `store`, `region` and `member` talk to PD, the placement driver, at `--pd`.
 
@@ -206,14 +206,28 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Batch { cmd } => batch::run(&client, cmd, codec, &p).await,
-        Command::Delete { key } => {
+        Command::Delete {
+            key,
+            expected_version,
+            expected_mod_revision,
+        } => {
             let key = match arg(&key) {
                 Ok(k) => k,
                 Err(code) => return code,
             };
-            match client.delete(key.clone()).await {
-                Ok(existed) => p.deleted(&key, existed),
-                Err(e) => fail(&e),
+            match condition(expected_version, expected_mod_revision) {
+                None => match client.delete(key.clone()).await {
+                    Ok(existed) => p.deleted(&key, existed),
+                    Err(e) => fail(&e),
+                },
+                Some(c) => match client.delete_if(key.clone(), c).await {
+                    Ok(o) if o.refused => {
+                        p.delete_refused(&key, &o);
+                        exit::CAS_FAILED
+                    }
+                    Ok(o) => p.deleted(&key, o.existed),
+                    Err(e) => fail(&e),
+                },
             }
         }
         Command::Scan {
@@ -245,6 +259,8 @@ async fn run(cli: Cli) -> u8 {
             expected,
             expected_file,
             absent: _,
+            expected_version,
+            expected_mod_revision,
         } => {
             let key = match arg(&key) {
                 Ok(k) => k,
@@ -265,7 +281,11 @@ async fn run(cli: Cli) -> u8 {
                 },
                 (None, None) => None,
             };
-            match client.cas(key.clone(), expected, new).await {
+            let swapped = match condition(expected_version, expected_mod_revision) {
+                Some(c) => client.cas_if(key.clone(), c, new).await,
+                None => client.cas(key.clone(), expected, new).await,
+            };
+            match swapped {
                 Ok(outcome) => {
                     p.cas(&key, &outcome);
                     if outcome.succeeded {
@@ -422,6 +442,16 @@ pub(crate) fn fail(e: &Error) -> u8 {
             eprintln!("rdb-cli: {e}");
             exit_code(e)
         }
+    }
+}
+
+/// The version condition `--expected-version` or `--expected-mod-revision` gives (clap lets
+/// at most one through).
+fn condition(version: Option<u64>, mod_revision: Option<u64>) -> Option<rdb_client::Condition> {
+    match (version, mod_revision) {
+        (Some(v), _) => Some(rdb_client::Condition::Version(v)),
+        (None, Some(r)) => Some(rdb_client::Condition::ModRevision(r)),
+        (None, None) => None,
     }
 }
 

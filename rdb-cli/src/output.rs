@@ -1,7 +1,9 @@
 //! Rendering results as a table (for people) or JSON (for scripts).
 
 use rdb_client::pd::{Members, OperatorRecord, RegionInfo, Store};
-use rdb_client::{CasOutcome, NodeStatus, ScanPage, Timestamp, Versioned};
+use rdb_client::{
+    CasOutcome, DeleteOutcome, KeyVersion, NodeStatus, ScanPage, Timestamp, Versioned,
+};
 use serde_json::{json, Value};
 
 use crate::codec::Codec;
@@ -103,14 +105,35 @@ impl Printer {
         match self.format {
             Output::Table if o.succeeded => outln!("OK"),
             Output::Table => outln!(
-                "compare failed; current value: {}",
-                current.as_deref().unwrap_or("<absent or unknown>")
+                "compare failed; current value: {}{}",
+                current.as_deref().unwrap_or("<absent or unknown>"),
+                versions_text(o.current_version.as_ref())
             ),
             Output::Json => outln!(
                 "{}",
                 json!({"op": "cas", "key": self.text(key), "succeeded": o.succeeded,
-                       "current": current, "revision": o.revision,
-                       "encoding": self.codec.name()})
+                       "current": current, "current_version": versions_json(o.current_version.as_ref()),
+                       "revision": o.revision, "encoding": self.codec.name()})
+            ),
+        }
+    }
+
+    /// A conditional delete whose condition did not hold.
+    pub fn delete_refused(&self, key: &[u8], o: &DeleteOutcome) {
+        match self.format {
+            Output::Table => outln!(
+                "compare failed; nothing deleted; the key is {}",
+                match &o.current {
+                    Some(_) => format!("there{}", versions_text(o.current.as_ref())),
+                    None if o.existed => "there".into(),
+                    None => "absent or unknown".into(),
+                }
+            ),
+            Output::Json => outln!(
+                "{}",
+                json!({"op": "delete", "key": self.text(key), "succeeded": false,
+                       "current_version": versions_json(o.current.as_ref()),
+                       "revision": o.revision, "encoding": self.codec.name()})
             ),
         }
     }
@@ -678,5 +701,21 @@ pub(crate) fn print_table(rows: &[Vec<String>]) {
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
         outln!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `(version N, mod_revision R)` after a failed compare, when the versions are known.
+fn versions_text(v: Option<&KeyVersion>) -> String {
+    v.map_or(String::new(), |v| {
+        format!(" (version {}, mod_revision {})", v.version, v.mod_revision)
+    })
+}
+
+/// A key's versions in JSON output (null when unknown).
+fn versions_json(v: Option<&KeyVersion>) -> serde_json::Value {
+    match v {
+        Some(v) => json!({"create_revision": v.create_revision,
+                          "mod_revision": v.mod_revision, "version": v.version}),
+        None => serde_json::Value::Null,
     }
 }

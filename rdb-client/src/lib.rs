@@ -181,6 +181,64 @@ pub struct CasOutcome {
     pub current: Option<Vec<u8>>,
     /// The swap's revision; on failure, the region's last revision.
     pub revision: u64,
+    /// On failure, the key's versions (`None` if absent, or unknown after a retry).
+    pub current_version: Option<KeyVersion>,
+}
+
+/// What a conditional write compares with the key's current version (specs/018-versions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// The key's version must be this (0: the key must not exist).
+    Version(u64),
+    /// The key's mod_revision must be this (0: the key must not exist).
+    ModRevision(u64),
+}
+
+/// A key's revisions and version, without its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyVersion {
+    /// The revision that created the key (since its last delete).
+    pub create_revision: u64,
+    /// The revision of its last change.
+    pub mod_revision: u64,
+    /// 1 at creation, +1 per change.
+    pub version: u64,
+}
+
+impl From<rdb_proto::kv::KeyMeta> for KeyVersion {
+    fn from(m: rdb_proto::kv::KeyMeta) -> KeyVersion {
+        KeyVersion {
+            create_revision: m.create_revision,
+            mod_revision: m.mod_revision,
+            version: m.version,
+        }
+    }
+}
+
+/// What [`Client::delete_if`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// The key was there and is gone.
+    pub deleted: bool,
+    /// The key existed (when refused: exists).
+    pub existed: bool,
+    /// The condition did not hold: nothing was deleted.
+    pub refused: bool,
+    /// When refused: the key's versions (`None` if absent, or unknown after a retry).
+    pub current: Option<KeyVersion>,
+    /// The delete's revision (when nothing was deleted: the region's last revision).
+    pub revision: u64,
+}
+
+/// A condition as the API carries it.
+fn pb_condition(c: Condition) -> rdb_proto::command::Condition {
+    use rdb_proto::command::condition::Check;
+    rdb_proto::command::Condition {
+        check: Some(match c {
+            Condition::Version(v) => Check::Version(v),
+            Condition::ModRevision(r) => Check::ModRevision(r),
+        }),
+    }
 }
 
 /// Which keys a scan reads.
@@ -445,10 +503,29 @@ impl Client {
     /// Removes `key`; returns whether it existed (for a retry the cluster had already
     /// applied, the answer recorded the first time).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
+        Ok(self.delete_with(key, None).await?.existed)
+    }
+
+    /// Removes `key` only if `condition` holds for its current version (a compare-and-delete,
+    /// specs/018-versions); the outcome says whether it did, and if not, the key's versions.
+    pub async fn delete_if(
+        &self,
+        key: impl Into<Vec<u8>>,
+        condition: Condition,
+    ) -> Result<DeleteOutcome> {
+        self.delete_with(key, Some(condition)).await
+    }
+
+    async fn delete_with(
+        &self,
+        key: impl Into<Vec<u8>>,
+        condition: Option<Condition>,
+    ) -> Result<DeleteOutcome> {
         let req = DeleteRequest {
             context: None,
             key: key.into(),
             request_id: Some(self.next_request_id()),
+            condition: condition.map(pb_condition),
         };
         self.call_key(true, &req.key, self.deadline(), |mut c, context| {
             let req = DeleteRequest {
@@ -457,7 +534,14 @@ impl Client {
             };
             async move {
                 let r = c.delete(req).await?.into_inner();
-                Ok((r.existed, r.error))
+                let outcome = DeleteOutcome {
+                    deleted: !r.refused && r.existed,
+                    existed: r.existed,
+                    refused: r.refused,
+                    current: r.current_meta.map(KeyVersion::from),
+                    revision: r.revision,
+                };
+                Ok((outcome, r.error))
             }
         })
         .await
@@ -470,12 +554,35 @@ impl Client {
         expected: Option<Vec<u8>>,
         new: impl Into<Vec<u8>>,
     ) -> Result<CasOutcome> {
+        self.cas_with(key.into(), expected, None, new.into()).await
+    }
+
+    /// Sets `key` to `new` if `condition` holds for its current version: its version or
+    /// mod_revision (0: the key must not exist; specs/018-versions).
+    pub async fn cas_if(
+        &self,
+        key: impl Into<Vec<u8>>,
+        condition: Condition,
+        new: impl Into<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        self.cas_with(key.into(), None, Some(condition), new.into())
+            .await
+    }
+
+    async fn cas_with(
+        &self,
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        condition: Option<Condition>,
+        new: Vec<u8>,
+    ) -> Result<CasOutcome> {
         let req = CasRequest {
             context: None,
-            key: key.into(),
+            key,
             expected,
-            new_value: new.into(),
+            new_value: new,
             request_id: Some(self.next_request_id()),
+            condition: condition.map(pb_condition),
         };
         self.call_key(true, &req.key, self.deadline(), |mut c, context| {
             let req = CasRequest {
@@ -489,6 +596,7 @@ impl Client {
                         succeeded: r.succeeded,
                         current: r.current,
                         revision: r.revision,
+                        current_version: r.current_meta.map(KeyVersion::from),
                     },
                     r.error,
                 ))

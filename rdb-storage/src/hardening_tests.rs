@@ -350,8 +350,12 @@ fn random_log(rng: &mut StdRng, n: u64, window: u64) -> Vec<Entry> {
                     key: key.clone().into(),
                     expected: rng.gen_bool(0.3).then(|| value.clone().into()),
                     new_value: format!("v{}", rng.gen_range(0..4)).into(),
+                    condition: None,
                 }),
-                6 => Op::Delete(Delete { key: key.into() }),
+                6 => Op::Delete(Delete {
+                    key: key.into(),
+                    condition: None,
+                }),
                 7 => Op::HashPoint(HashPoint {}),
                 _ => put(&key, &value),
             };

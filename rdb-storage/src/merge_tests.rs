@@ -63,7 +63,10 @@ fn commit(prepare_index: u64, target_version: u64, start: &str, end: &str) -> Op
 }
 
 fn delete(k: &str) -> Op {
-    Op::Delete(Delete { key: k.into() })
+    Op::Delete(Delete {
+        key: k.into(),
+        condition: None,
+    })
 }
 
 fn entries(first: u64, cmds: &[Vec<u8>]) -> Vec<Entry> {

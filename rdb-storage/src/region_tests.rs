@@ -238,7 +238,14 @@ fn a_split_divides_the_range_bumps_both_epochs_and_keeps_retries_at_most_once() 
         &[
             cmd(9, 2, put("x", "first")),
             cmd(0, 0, put("a", "no")),
-            cmd(0, 0, Op::Delete(Delete { key: "y".into() })),
+            cmd(
+                0,
+                0,
+                Op::Delete(Delete {
+                    key: "y".into(),
+                    condition: None,
+                }),
+            ),
         ],
     );
     assert!(matches!(results[0], Ok(CommandResult::Put { .. })));

@@ -54,6 +54,16 @@ pub enum CommandResult {
         current: Option<Vec<u8>>,
         /// The swap's revision; on failure, the group's last revision.
         revision: u64,
+        /// On failure, the key's versions (None if absent, or unknown for a deduplicated
+        /// retry).
+        current_meta: Option<mvcc::Meta>,
+    },
+    /// A delete whose condition did not hold: nothing was deleted.
+    DeleteRefused {
+        /// The key's versions (None if absent, or unknown for a deduplicated retry).
+        current: Option<mvcc::Meta>,
+        /// The group's last revision.
+        revision: u64,
     },
     /// A hash point: every replica hashes its data as of this entry (see `rdb-cli check`).
     HashPoint {
@@ -166,6 +176,8 @@ const CODE_BATCH: u8 = 7;
 const CODE_SPLIT: u8 = 8;
 /// A step of a merge (never written, as splits).
 const CODE_MERGE: u8 = 9;
+/// A delete whose condition did not hold.
+const CODE_DELETE_REFUSED: u8 = 10;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries,
@@ -947,31 +959,50 @@ pub fn apply_command<R: Records + ?Sized>(
             CommandResult::Put { revision: next }
         }
         Op::Delete(d) => {
-            let existed = mvcc::write(r, &d.key, Change::Delete, next)?
-                .before
-                .is_some();
-            CommandResult::Delete {
-                existed,
-                revision: if existed { next } else { revs.last },
+            let refused = match d.condition.and_then(|c| c.check) {
+                None => None,
+                Some(check) => {
+                    let current = current_version(r, &d.key)?.map(|(meta, _)| meta);
+                    (!holds(&check, current.as_ref())).then_some(current)
+                }
+            };
+            match refused {
+                Some(current) => CommandResult::DeleteRefused {
+                    current,
+                    revision: revs.last,
+                },
+                None => {
+                    let existed = mvcc::write(r, &d.key, Change::Delete, next)?
+                        .before
+                        .is_some();
+                    CommandResult::Delete {
+                        existed,
+                        revision: if existed { next } else { revs.last },
+                    }
+                }
             }
         }
         Op::Cas(c) => {
-            let current = r
-                .read(&keys::data_key(&c.key))?
-                .map(|rec| mvcc::decode(&rec).map(|(_, v)| v.to_vec()))
-                .transpose()?;
-            if current == c.expected {
+            let current = current_version(r, &c.key)?;
+            let matched = match c.condition.and_then(|c| c.check) {
+                Some(check) => holds(&check, current.as_ref().map(|(meta, _)| meta)),
+                None => current.as_ref().map(|(_, v)| v) == c.expected.as_ref(),
+            };
+            if matched {
                 mvcc::write(r, &c.key, Change::Put(c.new_value), next)?;
                 CommandResult::Cas {
                     succeeded: true,
                     current: None,
                     revision: next,
+                    current_meta: None,
                 }
             } else {
+                let (current_meta, current) = current.unzip();
                 CommandResult::Cas {
                     succeeded: false,
                     current,
                     revision: revs.last,
+                    current_meta,
                 }
             }
         }
@@ -982,6 +1013,11 @@ pub fn apply_command<R: Records + ?Sized>(
         Op::Split(_) | Op::PrepareMerge(_) | Op::CommitMerge(_) | Op::RollbackMerge(_) => {
             return Ok(Err(format!(
                 "split or merge at index {index} in a group that is not a region"
+            )))
+        }
+        Op::Batch(b) if b.deletes.iter().any(|d| d.condition.is_some()) => {
+            return Ok(Err(format!(
+                "command at index {index}: a batch's deletes take no condition"
             )))
         }
         Op::Batch(b) => {
@@ -1035,12 +1071,37 @@ pub fn apply_command<R: Records + ?Sized>(
     Ok(Ok(result))
 }
 
+/// The newest version of `key` in `r`: its meta and value (None: absent).
+fn current_version<R: Records + ?Sized>(
+    r: &R,
+    key: &[u8],
+) -> Result<Option<(mvcc::Meta, Vec<u8>)>> {
+    match r.read(&keys::data_key(key))? {
+        None => Ok(None),
+        Some(rec) => {
+            let (meta, value) = mvcc::decode(&rec)?;
+            Ok(Some((meta, value.to_vec())))
+        }
+    }
+}
+
+/// Whether a condition holds for a key whose newest version has `current` (None: absent, which
+/// has version and mod_revision 0).
+fn holds(check: &rdb_proto::command::condition::Check, current: Option<&mvcc::Meta>) -> bool {
+    use rdb_proto::command::condition::Check;
+    match check {
+        Check::Version(v) => current.map_or(0, |m| m.version) == *v,
+        Check::ModRevision(r) => current.map_or(0, |m| m.mod_revision) == *r,
+    }
+}
+
 /// The revision a write's result carries (None for results that are not writes).
 fn result_revision(r: &CommandResult) -> Option<u64> {
     match r {
         CommandResult::Put { revision }
         | CommandResult::Delete { revision, .. }
         | CommandResult::Cas { revision, .. }
+        | CommandResult::DeleteRefused { revision, .. }
         | CommandResult::Batch { revision, .. } => Some(*revision),
         _ => None,
     }
@@ -1057,6 +1118,7 @@ fn encode_result(r: &CommandResult) -> u8 {
         CommandResult::Cas {
             succeeded: false, ..
         } => CODE_CAS_FAILED,
+        CommandResult::DeleteRefused { .. } => CODE_DELETE_REFUSED,
         CommandResult::HashPoint { .. } => CODE_HASH_POINT,
         CommandResult::Batch { .. } => CODE_BATCH,
         // Never recorded: a split carries no request id (the store proposes it).
@@ -1097,9 +1159,15 @@ fn decode_result(rec: &[u8]) -> Result<CommandResult> {
             succeeded: true,
             current: None,
             revision: revision(9),
+            current_meta: None,
         }),
         Some(&CODE_CAS_FAILED) => Ok(CommandResult::Cas {
             succeeded: false,
+            current: None,
+            revision: revision(9),
+            current_meta: None,
+        }),
+        Some(&CODE_DELETE_REFUSED) => Ok(CommandResult::DeleteRefused {
             current: None,
             revision: revision(9),
         }),

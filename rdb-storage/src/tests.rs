@@ -269,6 +269,7 @@ fn commands_apply_with_cas_semantics_and_retries_apply_once() {
             key: "c".into(),
             expected: expected.map(Into::into),
             new_value: new.into(),
+            condition: None,
         })
     };
     let ents = vec![
@@ -277,8 +278,30 @@ fn commands_apply_with_cas_semantics_and_retries_apply_once() {
         entry(3, 1, &cmd(5, 2, cas(None, "b"))),
         entry(4, 1, &cmd(5, 3, cas(Some("a"), "c"))),
         // A retry of seq 1: must not apply again even though its precondition holds now.
-        entry(5, 1, &cmd(5, 1, Op::Delete(Delete { key: "c".into() }))),
-        entry(6, 1, &cmd(0, 0, Op::Delete(Delete { key: "c".into() }))),
+        entry(
+            5,
+            1,
+            &cmd(
+                5,
+                1,
+                Op::Delete(Delete {
+                    key: "c".into(),
+                    condition: None,
+                }),
+            ),
+        ),
+        entry(
+            6,
+            1,
+            &cmd(
+                0,
+                0,
+                Op::Delete(Delete {
+                    key: "c".into(),
+                    condition: None,
+                }),
+            ),
+        ),
         entry(7, 1, b"\xff\xff not a command"),
     ];
     let out = sm.apply(&ents).unwrap();
@@ -290,6 +313,11 @@ fn commands_apply_with_cas_semantics_and_retries_apply_once() {
             succeeded,
             current: current.map(|c| c.as_bytes().to_vec()),
             revision,
+            current_meta: current.map(|_| crate::mvcc::Meta {
+                create_revision: 1,
+                mod_revision: 1,
+                version: 1,
+            }),
         }))
     };
     assert_eq!(results[1], cas_result(true, None, 1));
@@ -888,7 +916,10 @@ fn a_batch_applies_as_one_write_and_a_retry_gets_its_recorded_count() {
         key: k.into(),
         value: v.into(),
     };
-    let del = |k: &str| Delete { key: k.into() };
+    let del = |k: &str| Delete {
+        key: k.into(),
+        condition: None,
+    };
     let batch = |puts: Vec<Put>, deletes: Vec<Delete>| Op::Batch(Batch { puts, deletes });
     let ents = vec![
         entry(

@@ -45,7 +45,12 @@ fn node(dir: &std::path::Path, history_revisions: u64) -> (Engine, StateMachine)
 fn every_write_gets_a_revision_and_keys_their_versions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (engine, mut sm) = node(dir.path(), 0);
-    let del = |k: &str| Op::Delete(Delete { key: k.into() });
+    let del = |k: &str| {
+        Op::Delete(Delete {
+            key: k.into(),
+            condition: None,
+        })
+    };
     let out = sm
         .apply(&[
             entry(1, 1, &cmd(0, 0, put("a", "1"))),
@@ -150,6 +155,7 @@ fn replicas_hash_alike_whatever_their_sweep_reached() {
             let op = if i % 7 == 0 {
                 Op::Delete(Delete {
                     key: format!("k{}", i % 4).into_bytes(),
+                    condition: None,
                 })
             } else {
                 put(&format!("k{}", i % 4), &format!("v{i}"))
@@ -189,4 +195,112 @@ fn replicas_hash_alike_whatever_their_sweep_reached() {
             );
         }
     }
+}
+
+/// Conditional writes (specs/018-versions): a swap by version (0: the key must not exist) or by
+/// mod_revision, a delete by either; a mismatch writes nothing, takes no revision, and reports
+/// the key's versions; a retried request gets its first answer.
+#[test]
+fn swaps_and_deletes_by_version_and_mod_revision() {
+    use rdb_proto::command::condition::Check;
+    use rdb_proto::command::{Cas, Condition};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, mut sm) = node(dir.path(), 0);
+    let cond = |check| Some(Condition { check: Some(check) });
+    let cas = |key: &str, check, new: &str| {
+        Op::Cas(Cas {
+            key: key.into(),
+            expected: None,
+            new_value: new.into(),
+            condition: cond(check),
+        })
+    };
+    let delete_if = |key: &str, check| {
+        Op::Delete(Delete {
+            key: key.into(),
+            condition: cond(check),
+        })
+    };
+    let out = sm
+        .apply(&[
+            // Create only if absent: once.
+            entry(1, 1, &cmd(7, 1, cas("k", Check::Version(0), "a"))),
+            entry(2, 1, &cmd(7, 2, cas("k", Check::Version(0), "b"))),
+            // By version, then by mod_revision.
+            entry(3, 1, &cmd(7, 3, cas("k", Check::Version(1), "c"))),
+            entry(4, 1, &cmd(7, 4, cas("k", Check::ModRevision(1), "d"))),
+            entry(5, 1, &cmd(7, 5, cas("k", Check::ModRevision(2), "e"))),
+            // Delete if the version is 9 (refused), then if it is 3.
+            entry(6, 1, &cmd(7, 6, delete_if("k", Check::Version(9)))),
+            entry(7, 1, &cmd(7, 7, delete_if("k", Check::Version(3)))),
+            // A retry of the refused delete gets its first answer.
+            entry(8, 1, &cmd(7, 6, delete_if("k", Check::Version(0)))),
+        ])
+        .expect("apply");
+    let r: Vec<_> = out
+        .into_iter()
+        .map(|a| a.result.expect("command"))
+        .collect();
+    let meta = |create, modr, version| mvcc::Meta {
+        create_revision: create,
+        mod_revision: modr,
+        version,
+    };
+    let swapped = |revision| {
+        Ok(CommandResult::Cas {
+            succeeded: true,
+            current: None,
+            revision,
+            current_meta: None,
+        })
+    };
+    assert_eq!(r[0], swapped(1));
+    assert_eq!(
+        r[1],
+        Ok(CommandResult::Cas {
+            succeeded: false,
+            current: Some(b"a".to_vec()),
+            revision: 1,
+            current_meta: Some(meta(1, 1, 1)),
+        }),
+        "the key exists: not created again, its versions reported"
+    );
+    assert_eq!(r[2], swapped(2));
+    assert_eq!(
+        r[3],
+        Ok(CommandResult::Cas {
+            succeeded: false,
+            current: Some(b"c".to_vec()),
+            revision: 2,
+            current_meta: Some(meta(1, 2, 2)),
+        })
+    );
+    assert_eq!(r[4], swapped(3));
+    assert_eq!(
+        r[5],
+        Ok(CommandResult::DeleteRefused {
+            current: Some(meta(1, 3, 3)),
+            revision: 3,
+        })
+    );
+    assert_eq!(
+        r[6],
+        Ok(CommandResult::Delete {
+            existed: true,
+            revision: 4,
+        })
+    );
+    assert_eq!(
+        r[7],
+        Ok(CommandResult::DeleteRefused {
+            current: None,
+            revision: 3,
+        }),
+        "the recorded answer of the first attempt"
+    );
+    assert_eq!(engine.get(b"k").expect("get"), None);
+    assert_eq!(
+        engine.get_at(b"k", 3).expect("get").map(|v| v.value),
+        Some(b"e".to_vec())
+    );
 }

@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use rdb_client::{Error, ReadConsistency};
+use rdb_client::{Condition, Error, ReadConsistency};
 use rdb_tests::cluster::{bin_dir, explain, Settings, TestCluster};
 
 /// `rdb-cli --endpoints ENDPOINTS ARGS...`.
@@ -155,4 +155,43 @@ async fn writes_get_revisions_and_old_versions_read_until_compacted() {
         .await
         .expect("read at the compacted revision");
     assert_eq!(now.version.map(|v| v.value), Some(b"v2".to_vec()));
+
+    // Conditional writes by version and by mod_revision, through rdb-cli and the client.
+    let o = cli(
+        &c.endpoints(),
+        &["cas", "k", "v3", "--expected-version", "2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let o = cli(
+        &c.endpoints(),
+        &["cas", "k", "v4", "--expected-version", "2"],
+    );
+    assert_eq!(o.status.code(), Some(6), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("current value: v3 (version 3,"),
+        "{}",
+        explain(&o)
+    );
+    let o = cli(
+        &c.endpoints(),
+        &["delete", "k", "--expected-mod-revision", "1"],
+    );
+    assert_eq!(o.status.code(), Some(6), "{}", explain(&o));
+    let refused = client
+        .delete_if("k", Condition::ModRevision(r1))
+        .await
+        .expect("delete_if");
+    assert!(refused.refused && !refused.deleted, "{refused:?}");
+    assert_eq!(refused.current.map(|v| v.version), Some(3));
+    let gone = client
+        .delete_if("k", Condition::Version(3))
+        .await
+        .expect("delete_if");
+    assert!(gone.deleted && !gone.refused, "{gone:?}");
+    assert_eq!(client.get("k").await.expect("get"), None);
+    let created = client
+        .cas_if("k", Condition::Version(0), "again")
+        .await
+        .expect("cas_if");
+    assert!(created.succeeded, "{created:?}");
 }

@@ -167,9 +167,9 @@ impl Kv for FakeKv {
         let error = self.0.check("delete", &[&r.key], r.context, r.request_id);
         let existed = error.is_ok() && self.0.data.lock().unwrap().remove(&r.key).is_some();
         Ok(Response::new(DeleteResponse {
-            revision: 0,
             error: error.err().flatten(),
             existed,
+            ..Default::default()
         }))
     }
 

@@ -85,7 +85,10 @@ impl KvService {
             let deletes = r
                 .keys
                 .into_iter()
-                .map(|key| command::Delete { key })
+                .map(|key| command::Delete {
+                    key,
+                    condition: None,
+                })
                 .collect();
             let op = Op::Batch(command::Batch {
                 puts: Vec::new(),

@@ -678,7 +678,10 @@ fn a_restore_carries_versions_and_history_and_upgrades_a_bare_backup() {
             &cmd(
                 4,
                 22,
-                Op::Delete(rdb_proto::command::Delete { key: "k02".into() }),
+                Op::Delete(rdb_proto::command::Delete {
+                    key: "k02".into(),
+                    condition: None,
+                }),
             ),
         ),
     ];

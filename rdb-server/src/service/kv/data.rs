@@ -141,7 +141,10 @@ impl KvService {
             self.write(
                 deadline,
                 r.request_id,
-                Op::Delete(command::Delete { key: r.key }),
+                Op::Delete(command::Delete {
+                    key: r.key,
+                    condition: r.condition,
+                }),
                 r.context,
             )
             .await
@@ -149,10 +152,19 @@ impl KvService {
         .await;
         match res {
             Ok(CommandResult::Delete { existed, revision }) => Ok(Response::new(DeleteResponse {
-                error: None,
                 existed,
                 revision,
+                ..Default::default()
             })),
+            Ok(CommandResult::DeleteRefused { current, revision }) => {
+                Ok(Response::new(DeleteResponse {
+                    existed: current.is_some(),
+                    revision,
+                    refused: true,
+                    current_meta: current.as_ref().map(key_meta),
+                    ..Default::default()
+                }))
+            }
             Ok(other) => Err(Status::internal(format!("delete produced {other:?}"))),
             Err(e) => err(e, |r: &mut DeleteResponse, e| r.error = Some(e)),
         }
@@ -278,6 +290,7 @@ impl KvService {
                     key: r.key,
                     expected: r.expected,
                     new_value: r.new_value,
+                    condition: r.condition,
                 }),
                 r.context,
             )
@@ -289,11 +302,13 @@ impl KvService {
                 succeeded,
                 current,
                 revision,
+                current_meta,
             }) => Ok(Response::new(CasResponse {
                 error: None,
                 succeeded,
                 current,
                 revision,
+                current_meta: current_meta.as_ref().map(key_meta),
             })),
             Ok(other) => Err(Status::internal(format!("cas produced {other:?}"))),
             Err(e) => err(e, |r: &mut CasResponse, e| r.error = Some(e)),

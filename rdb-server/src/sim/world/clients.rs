@@ -130,11 +130,13 @@ impl World {
             })),
             Op::Delete { key } => Some(CmdOp::Delete(Delete {
                 key: key.clone().into_bytes(),
+                condition: None,
             })),
             Op::Cas { key, expected, new } => Some(CmdOp::Cas(Cas {
                 key: key.clone().into_bytes(),
                 expected: expected.clone().map(String::into_bytes),
                 new_value: new.clone().into_bytes(),
+                condition: None,
             })),
         };
         let cmd = cmd_op.map(|o| Command {
