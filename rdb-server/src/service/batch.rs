@@ -69,7 +69,7 @@ impl KvService {
                 error: None,
                 revision,
             })),
-            Ok(other) => Err(Status::internal(format!("batch put produced {other:?}"))),
+            Ok(_) => Err(crate::service::kv::unexpected_result("batch put")),
             Err(e) => err(e, |r: &mut BatchPutResponse, e| r.error = Some(e)),
         }
     }
@@ -105,7 +105,7 @@ impl KvService {
                     revision,
                 }))
             }
-            Ok(other) => Err(Status::internal(format!("batch delete produced {other:?}"))),
+            Ok(_) => Err(crate::service::kv::unexpected_result("batch delete")),
             Err(e) => err(e, |r: &mut BatchDeleteResponse, e| r.error = Some(e)),
         }
     }

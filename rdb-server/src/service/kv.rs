@@ -280,6 +280,14 @@ pub fn to_pb(e: RequestError) -> PbError {
     }
 }
 
+/// The answer when applying a call gave the result of another kind of command: a defect of
+/// the server, said as such (the command's own result is not shown: it is not for people).
+pub(crate) fn unexpected_result(call: &str) -> Status {
+    Status::internal(format!(
+        "the {call} was applied but gave another command's result (a server defect)"
+    ))
+}
+
 pub(crate) fn err<T: Default>(
     e: RequestError,
     set: impl FnOnce(&mut T, PbError),

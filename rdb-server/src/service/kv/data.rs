@@ -67,7 +67,7 @@ impl KvService {
                 error: None,
                 revision,
             })),
-            Ok(other) => Err(Status::internal(format!("put produced {other:?}"))),
+            Ok(_) => Err(super::unexpected_result("put")),
             Err(e) => err(e, |r: &mut PutResponse, e| r.error = Some(e)),
         }
     }
@@ -165,7 +165,7 @@ impl KvService {
                     ..Default::default()
                 }))
             }
-            Ok(other) => Err(Status::internal(format!("delete produced {other:?}"))),
+            Ok(_) => Err(super::unexpected_result("delete")),
             Err(e) => err(e, |r: &mut DeleteResponse, e| r.error = Some(e)),
         }
     }
@@ -310,7 +310,7 @@ impl KvService {
                 revision,
                 current_meta: current_meta.as_ref().map(key_meta),
             })),
-            Ok(other) => Err(Status::internal(format!("cas produced {other:?}"))),
+            Ok(_) => Err(super::unexpected_result("cas")),
             Err(e) => err(e, |r: &mut CasResponse, e| r.error = Some(e)),
         }
     }

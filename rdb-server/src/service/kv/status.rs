@@ -95,7 +95,7 @@ impl KvService {
             Ok(CommandResult::HashPoint { index }) => {
                 Ok(Response::new(CheckResponse { error: None, index }))
             }
-            Ok(other) => Err(Status::internal(format!("hash point produced {other:?}"))),
+            Ok(_) => Err(super::unexpected_result("hash point")),
             Err(e) => err(e, |r: &mut CheckResponse, e| r.error = Some(e)),
         }
     }
