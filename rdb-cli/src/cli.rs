@@ -189,6 +189,13 @@ pub(crate) enum Command {
         #[arg(long)]
         expected_mod_revision: Option<u64>,
     },
+    /// Drop the history below REVISION: reads below it fail from then on (exit 2), and the
+    /// replicas delete it in the background. With --regions: every region (each counts its
+    /// own revisions; one that has not reached REVISION keeps only its newest versions).
+    Compact {
+        /// History below this revision goes (one the cluster has not reached: exit 2).
+        revision: u64,
+    },
     /// Show every endpoint's view of the cluster in one table (exit 4 if any is down); with
     /// --pd: every store PD knows, and each store's regions with role, term, applied and lag.
     Status,
@@ -266,6 +273,7 @@ pub(crate) fn misdirected(cli: &Cli) -> Option<String> {
         Command::Batch { .. } => ("batch", true),
         Command::Scan { .. } => ("scan", true),
         Command::Cas { .. } => ("cas", true),
+        Command::Compact { .. } => ("compact", true),
         // With --pd: every store PD knows, with its regions.
         Command::Status if cli.pd.is_some() => return None,
         Command::Status => ("status", false),

@@ -216,8 +216,8 @@ async fn run(cli: Cli) -> u8 {
                 Err(code) => return code,
             };
             match condition(expected_version, expected_mod_revision) {
-                None => match client.delete(key.clone()).await {
-                    Ok(existed) => p.deleted(&key, existed),
+                None => match client.delete_versioned(key.clone()).await {
+                    Ok(o) => p.deleted(&key, &o),
                     Err(e) => fail(&e),
                 },
                 Some(c) => match client.delete_if(key.clone(), c).await {
@@ -225,11 +225,15 @@ async fn run(cli: Cli) -> u8 {
                         p.delete_refused(&key, &o);
                         exit::CAS_FAILED
                     }
-                    Ok(o) => p.deleted(&key, o.existed),
+                    Ok(o) => p.deleted(&key, &o),
                     Err(e) => fail(&e),
                 },
             }
         }
+        Command::Compact { revision } => match client.compact(revision).await {
+            Ok(compacted) => p.compacted(compacted),
+            Err(e) => fail(&e),
+        },
         Command::Scan {
             start,
             end,

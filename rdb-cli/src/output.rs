@@ -87,14 +87,24 @@ impl Printer {
     }
 
     /// A delete ran.
-    pub fn deleted(&self, key: &[u8], existed: bool) -> u8 {
+    pub fn deleted(&self, key: &[u8], o: &DeleteOutcome) -> u8 {
+        let existed = o.existed;
         match self.format {
             Output::Table => outln!("OK (existed: {existed})"),
             Output::Json => outln!(
                 "{}",
                 json!({"op": "delete", "key": self.text(key), "existed": existed,
-                       "encoding": self.codec.name()})
+                       "revision": o.revision, "encoding": self.codec.name()})
             ),
+        }
+        0
+    }
+
+    /// History below a revision was dropped: `compacted` is where it starts now.
+    pub fn compacted(&self, compacted: u64) -> u8 {
+        match self.format {
+            Output::Table => outln!("OK (history starts at revision {compacted})"),
+            Output::Json => outln!("{}", json!({"op": "compact", "compacted": compacted})),
         }
         0
     }

@@ -61,6 +61,7 @@ mod attempts;
 mod backup;
 mod batch;
 mod check;
+mod compact;
 mod endpoints;
 mod error;
 mod health;
@@ -504,6 +505,12 @@ impl Client {
     /// applied, the answer recorded the first time).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         Ok(self.delete_with(key, None).await?.existed)
+    }
+
+    /// Removes `key`; the outcome says whether it existed and the delete's revision (the
+    /// last one when nothing was there to delete).
+    pub async fn delete_versioned(&self, key: impl Into<Vec<u8>>) -> Result<DeleteOutcome> {
+        self.delete_with(key, None).await
     }
 
     /// Removes `key` only if `condition` holds for its current version (a compare-and-delete,

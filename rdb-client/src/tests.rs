@@ -174,6 +174,13 @@ impl Kv for FakeNode {
         }))
     }
 
+    async fn compact(
+        &self,
+        _: Request<rdb_proto::kv::CompactRequest>,
+    ) -> Result<Response<rdb_proto::kv::CompactResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         if self.unimplemented {
             return Err(Status::unimplemented("hash: not yet implemented"));

@@ -97,6 +97,13 @@ pub enum CommandResult {
     },
     /// This region's prepared merge was undone: it serves writes again.
     MergeRolledBack,
+    /// A compaction ran (or was refused for a revision the group has not reached).
+    Compacted {
+        /// The group's compacted revision after it.
+        compacted: u64,
+        /// The group's last revision: a compaction above it was refused and changed nothing.
+        last: u64,
+    },
 }
 
 /// One applied entry and, for a client command, its result.
@@ -178,6 +185,8 @@ const CODE_SPLIT: u8 = 8;
 const CODE_MERGE: u8 = 9;
 /// A delete whose condition did not hold.
 const CODE_DELETE_REFUSED: u8 = 10;
+/// Never recorded: a compaction carries no request id (running it twice changes nothing).
+const CODE_COMPACT: u8 = 11;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries,
@@ -384,6 +393,20 @@ impl StateMachine {
                 _ => None,
             })
             .max();
+        // A compaction by hand starts a pass at once, to its revision.
+        let by_hand = out
+            .iter()
+            .filter_map(|a| match &a.result {
+                Some(Ok(CommandResult::Compacted { compacted, .. })) => Some(*compacted),
+                _ => None,
+            })
+            .max();
+        if let Some(horizon) = by_hand {
+            let under_way = self.sweep.as_ref().map_or(self.swept, |(h, _)| *h);
+            if horizon > under_way.max(self.swept) {
+                self.sweep = Some((horizon, Vec::new()));
+            }
+        }
         self.sweep_history(newest, SWEEP_MIN + SWEEP_PER_ENTRY * entries.len())?;
         Ok(out)
     }
@@ -1008,6 +1031,28 @@ pub fn apply_command<R: Records + ?Sized>(
         }
         // Writes nothing; `StateMachine::apply` hashes the data as of this entry.
         Op::HashPoint(_) => CommandResult::HashPoint { index },
+        // Moves the compacted revision forward, never past the last one; the history behind
+        // it goes in the background (`StateMachine::sweep_history`).
+        Op::Compact(c) => {
+            let to = match (c.revision > revs.last, c.up_to_last) {
+                (false, _) => c.revision,
+                (true, true) => revs.last,
+                (true, false) => revs.compacted,
+            };
+            if to > revs.compacted {
+                mvcc::set_revisions(
+                    r,
+                    mvcc::Revisions {
+                        last: revs.last,
+                        compacted: to,
+                    },
+                );
+            }
+            CommandResult::Compacted {
+                compacted: revs.compacted.max(to),
+                last: revs.last,
+            }
+        }
         // `StateMachine::apply` runs a region's splits and merges itself; anywhere else they
         // are refused.
         Op::Split(_) | Op::PrepareMerge(_) | Op::CommitMerge(_) | Op::RollbackMerge(_) => {
@@ -1126,6 +1171,7 @@ fn encode_result(r: &CommandResult) -> u8 {
         CommandResult::MergePrepared { .. }
         | CommandResult::Merged { .. }
         | CommandResult::MergeRolledBack => CODE_MERGE,
+        CommandResult::Compacted { .. } => CODE_COMPACT,
     }
 }
 

@@ -304,3 +304,107 @@ fn swaps_and_deletes_by_version_and_mod_revision() {
         Some(b"e".to_vec())
     );
 }
+
+/// A compaction by hand, through the log: reads below it are refused, answers at and above
+/// it stay, the history behind it is swept at once; a revision not reached yet is refused
+/// (or, asked `up_to_last`, compacts to the last), and one below the compacted changes nothing.
+#[test]
+fn compaction_by_hand_refuses_reads_below_it_and_sweeps_behind_it() {
+    use rdb_proto::command::Compact;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, mut sm) = node(dir.path(), 0);
+    let ents: Vec<_> = (1..=40u64)
+        .map(|i| {
+            entry(
+                i,
+                1,
+                &cmd(0, 0, put(&format!("k{}", i % 4), &format!("v{i}"))),
+            )
+        })
+        .collect();
+    sm.apply(&ents).expect("apply");
+    let history_before = count_prefix(&engine, keys::HISTORY_PREFIX);
+    assert_eq!(
+        history_before, 36,
+        "every overwrite keeps the version it superseded"
+    );
+    let at = |r| {
+        engine
+            .read_versioned(engine.space(), b"k1", r)
+            .map(|(_, v)| v.map(|v| v.value))
+    };
+    let answers: Vec<_> = (30..=40).map(|r| at(r).expect("read")).collect();
+    let compact = |i, revision, up_to_last| {
+        let op = Op::Compact(Compact {
+            revision,
+            up_to_last,
+        });
+        entry(i, 1, &cmd(0, 0, op))
+    };
+    let result = |out: Vec<crate::Applied>| out[0].result.clone().expect("a command");
+
+    assert_eq!(
+        result(sm.apply(&[compact(41, 30, false)]).expect("apply")),
+        Ok(CommandResult::Compacted {
+            compacted: 30,
+            last: 40
+        })
+    );
+    assert!(
+        matches!(at(29), Err(crate::Error::Compacted { compacted: 30, .. })),
+        "a read below the compacted revision is refused"
+    );
+    let after: Vec<_> = (30..=40).map(|r| at(r).expect("read")).collect();
+    assert_eq!(
+        after, answers,
+        "answers at and above the compacted revision stay"
+    );
+    let history = count_prefix(&engine, keys::HISTORY_PREFIX);
+    assert!(
+        history < history_before,
+        "the sweep started at once: {history} of {history_before} history records left"
+    );
+
+    // Lower than the compacted revision: nothing changes. Above the last: refused.
+    assert_eq!(
+        result(sm.apply(&[compact(42, 10, false)]).expect("apply")),
+        Ok(CommandResult::Compacted {
+            compacted: 30,
+            last: 40
+        })
+    );
+    assert_eq!(
+        result(sm.apply(&[compact(43, 99, false)]).expect("apply")),
+        Ok(CommandResult::Compacted {
+            compacted: 30,
+            last: 40
+        })
+    );
+    assert_eq!(revisions(&engine).compacted, 30);
+    // Up to the last: only the newest versions are left to read.
+    assert_eq!(
+        result(sm.apply(&[compact(44, 99, true)]).expect("apply")),
+        Ok(CommandResult::Compacted {
+            compacted: 40,
+            last: 40
+        })
+    );
+    assert!(matches!(at(39), Err(crate::Error::Compacted { .. })));
+    assert_eq!(at(40).expect("read"), Some(b"v37".to_vec()));
+    let mut budget = 0;
+    while count_prefix(&engine, keys::HISTORY_PREFIX) > 0 && budget < 100 {
+        // Each apply batch takes a bounded step of the sweep.
+        budget += 1;
+        sm.apply(&[entry(
+            44 + budget,
+            1,
+            &cmd(0, 0, Op::HashPoint(Default::default())),
+        )])
+        .expect("apply");
+    }
+    assert_eq!(
+        count_prefix(&engine, keys::HISTORY_PREFIX),
+        0,
+        "no history is left behind a compaction to the last revision"
+    );
+}

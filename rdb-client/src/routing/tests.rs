@@ -238,6 +238,13 @@ impl Kv for FakeKv {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn compact(
+        &self,
+        _: Request<rdb_proto::kv::CompactRequest>,
+    ) -> Result<Response<rdb_proto::kv::CompactResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }

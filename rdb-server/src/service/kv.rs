@@ -8,10 +8,10 @@ use prost::Message as _;
 use rdb_proto::command::{command::Op, Command};
 use rdb_proto::kv::kv_server::Kv;
 use rdb_proto::kv::{
-    CasRequest, CasResponse, CheckRequest, CheckResponse, Consistency, DeleteRequest,
-    DeleteResponse, Error as PbError, ErrorCode, GetRequest, GetResponse, HashRequest,
-    HashResponse, LeaderHint as PbLeaderHint, PutRequest, PutResponse, RegionContext, RequestId,
-    ScanRequest, ScanResponse, StatusRequest, StatusResponse,
+    CasRequest, CasResponse, CheckRequest, CheckResponse, CompactRequest, CompactResponse,
+    Consistency, DeleteRequest, DeleteResponse, Error as PbError, ErrorCode, GetRequest,
+    GetResponse, HashRequest, HashResponse, LeaderHint as PbLeaderHint, PutRequest, PutResponse,
+    RegionContext, RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
 use rdb_storage::region::Region;
 use rdb_storage::{CommandResult, Engine};
@@ -217,6 +217,7 @@ fn op_keys(op: &Op) -> Vec<Vec<u8>> {
             .chain(b.deletes.iter().map(|d| d.key.clone()))
             .collect(),
         Op::HashPoint(_)
+        | Op::Compact(_)
         | Op::Split(_)
         | Op::PrepareMerge(_)
         | Op::CommitMerge(_)
@@ -440,6 +441,13 @@ impl Kv for KvService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         self.check_inner(request).await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
+        self.compact_inner(request).await
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

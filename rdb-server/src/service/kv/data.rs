@@ -3,8 +3,8 @@
 
 use rdb_proto::command::{self, command::Op};
 use rdb_proto::kv::{
-    CasRequest, CasResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyMeta,
-    KeyValue, PutRequest, PutResponse, ScanRequest, ScanResponse,
+    CasRequest, CasResponse, CompactRequest, CompactResponse, DeleteRequest, DeleteResponse,
+    GetRequest, GetResponse, KeyMeta, KeyValue, PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
 use rdb_storage::keys::Space;
 use rdb_storage::region::Region;
@@ -69,6 +69,41 @@ impl KvService {
             })),
             Ok(_) => Err(super::unexpected_result("put")),
             Err(e) => err(e, |r: &mut PutResponse, e| r.error = Some(e)),
+        }
+    }
+
+    /// `Compact`: the history below a revision dropped through the region's log.
+    pub(super) async fn compact_inner(
+        &self,
+        request: Request<CompactRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let CompactRequest {
+            revision,
+            up_to_last,
+            context,
+        } = request.into_inner();
+        let op = Op::Compact(command::Compact {
+            revision,
+            up_to_last,
+        });
+        match self.write(deadline, None, op, context).await {
+            // Refused at apply (the same on every replica): the region has not reached it.
+            Ok(CommandResult::Compacted { last, .. }) if revision > last && !up_to_last => {
+                let e = RequestError::FutureRevision(
+                    rdb_storage::Error::FutureRevision { revision, last }.to_string(),
+                );
+                err(e, |r: &mut CompactResponse, e| r.error = Some(e))
+            }
+            Ok(CommandResult::Compacted { compacted, last }) => {
+                Ok(Response::new(CompactResponse {
+                    error: None,
+                    compacted,
+                    revision: last,
+                }))
+            }
+            Ok(_) => Err(super::unexpected_result("compact")),
+            Err(e) => err(e, |r: &mut CompactResponse, e| r.error = Some(e)),
         }
     }
 
