@@ -1,7 +1,7 @@
 //! `rdb-cli batch ...`: several keys in one request (one Raft entry for writes).
 
 use clap::Subcommand;
-use rdb_client::{Client, ReadConsistency};
+use rdb_client::Client;
 use serde_json::json;
 
 use crate::codec::Codec;
@@ -78,11 +78,7 @@ pub async fn run(client: &Client, cmd: BatchCmd, codec: Codec, p: &Printer) -> u
                 Ok(k) => k,
                 Err(code) => return code,
             };
-            let c = if serializable {
-                ReadConsistency::Serializable
-            } else {
-                ReadConsistency::Linearizable
-            };
+            let c = crate::cli::consistency(client, serializable);
             match client.batch_get(keys.clone(), c).await {
                 Ok(values) => {
                     let missing = values.iter().any(Option::is_none);

@@ -49,6 +49,10 @@ pub(crate) struct Cli {
         requires = "client_cert"
     )]
     pub(crate) client_key: Option<std::path::PathBuf>,
+    /// The namespace of the KV commands' keys (created with `namespace create`) [default:
+    /// default].
+    #[arg(long, short = 'n', env = "RDB_NAMESPACE", global = true)]
+    pub(crate) namespace: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     pub(crate) output: Output,
@@ -82,6 +86,32 @@ pub(crate) enum EndpointCmd {
         #[arg(long)]
         cluster: bool,
     },
+}
+
+/// How reads in a namespace are served when a command does not say.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ModeArg {
+    /// Linearizable reads (a read barrier first), as in `default`.
+    Strong,
+    /// Reads from the replica asked, without a barrier: possibly stale, never uncommitted.
+    /// Writes go through the log and a majority, as in every namespace.
+    Eventual,
+}
+
+/// `rdb-cli namespace ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum NamespaceCmd {
+    /// Create namespace NAME (1 to 64 letters, digits, '-', '_' or '.'); nothing to do when it
+    /// exists with that mode already.
+    Create {
+        /// The namespace's name.
+        name: String,
+        /// How its reads are served when a command does not say.
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+    },
+    /// Every namespace created, with its mode (`default` always exists, strong).
+    List,
 }
 
 /// `rdb-cli leader ...`.
@@ -196,6 +226,12 @@ pub(crate) enum Command {
         /// History below this revision goes (one the cluster has not reached: exit 2).
         revision: u64,
     },
+    /// Namespaces: `namespace create NAME --mode strong|eventual`, `namespace list`. Keys of
+    /// one are never visible from another; give --namespace (or RDB_NAMESPACE) to use one.
+    Namespace {
+        #[command(subcommand)]
+        cmd: NamespaceCmd,
+    },
     /// Show every endpoint's view of the cluster in one table (exit 4 if any is down); with
     /// --pd: every store PD knows, and each store's regions with role, term, applied and lag.
     Status,
@@ -274,6 +310,7 @@ pub(crate) fn misdirected(cli: &Cli) -> Option<String> {
         Command::Scan { .. } => ("scan", true),
         Command::Cas { .. } => ("cas", true),
         Command::Compact { .. } => ("compact", true),
+        Command::Namespace { .. } => ("namespace", true),
         // With --pd: every store PD knows, with its regions.
         Command::Status if cli.pd.is_some() => return None,
         Command::Status => ("status", false),
@@ -329,12 +366,13 @@ pub(crate) fn tls_options(cli: &Cli) -> Result<Option<rdb_client::TlsOptions>, S
     }))
 }
 
-/// The read consistency that `--serializable` (or its absence) asks for.
-pub(crate) fn consistency(serializable: bool) -> ReadConsistency {
+/// The read consistency that `--serializable` (or its absence) asks for: without it, the
+/// namespace's (linearizable, or serializable in an `eventual` namespace).
+pub(crate) fn consistency(client: &rdb_client::Client, serializable: bool) -> ReadConsistency {
     if serializable {
         ReadConsistency::Serializable
     } else {
-        ReadConsistency::Linearizable
+        client.default_consistency()
     }
 }
 

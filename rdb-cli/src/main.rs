@@ -24,6 +24,7 @@ mod codec;
 mod diagnose;
 mod endpoint;
 mod members;
+mod namespace;
 mod output;
 mod pd;
 mod stdout;
@@ -150,6 +151,16 @@ async fn run(cli: Cli) -> u8 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // Bound to its namespace once (which must exist) for every KV command.
+    let client = match cli.namespace.as_deref() {
+        Some(name) if !matches!(cli.command, Command::Namespace { .. }) => {
+            match client.namespace(name).await {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            }
+        }
+        _ => client,
+    };
     let codec = if cli.hex {
         Codec::Hex
     } else if cli.escape {
@@ -185,7 +196,7 @@ async fn run(cli: Cli) -> u8 {
                 Err(code) => return code,
             };
             match client
-                .get_versioned(key.clone(), rev, consistency(serializable))
+                .get_versioned(key.clone(), rev, consistency(&client, serializable))
                 .await
             {
                 Ok(VersionedRead {
@@ -230,6 +241,7 @@ async fn run(cli: Cli) -> u8 {
                 },
             }
         }
+        Command::Namespace { cmd } => namespace::run(&client, cmd, &p).await,
         Command::Compact { revision } => match client.compact(revision).await {
             Ok(compacted) => p.compacted(compacted),
             Err(e) => fail(&e),
@@ -251,7 +263,10 @@ async fn run(cli: Cli) -> u8 {
                 },
                 (Err(code), _, _) | (_, Err(code), _) | (_, _, Err(code)) => return code,
             };
-            match client.scan_at(range, rev, consistency(serializable)).await {
+            match client
+                .scan_at(range, rev, consistency(&client, serializable))
+                .await
+            {
                 Ok(page) => p.scan(&page),
                 Err(e) => fail(&e),
             }

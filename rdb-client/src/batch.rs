@@ -39,6 +39,7 @@ impl Client {
             consistency,
             |mut c, context, at, request_id| {
                 let req = BatchPutRequest {
+                    namespace: self.ns.wire_name(),
                     context,
                     pairs: at.iter().map(|&i| pairs[i].clone()).collect(),
                     request_id,
@@ -65,6 +66,7 @@ impl Client {
         let parts = self
             .call_batch(&refs, false, consistency, |mut c, context, at, _| {
                 let req = BatchGetRequest {
+                    namespace: self.ns.wire_name(),
                     context,
                     keys: at.iter().map(|&i| keys[i].clone()).collect(),
                     consistency: pb_consistency(consistency),
@@ -117,6 +119,7 @@ impl Client {
                 consistency,
                 |mut c, context, at, request_id| {
                     let req = BatchDeleteRequest {
+                        namespace: self.ns.wire_name(),
                         context,
                         keys: at.iter().map(|&i| keys[i].clone()).collect(),
                         request_id,

@@ -3,7 +3,7 @@
 
 use rdb_proto::kv::CompactRequest;
 
-use crate::{escape_bytes, Client, Error, Result};
+use crate::{escape_bytes, Client, Error, NamespaceMode, Result};
 
 impl Client {
     /// Drops the history below `revision`; returns the compacted revision (PD mode: the
@@ -30,10 +30,13 @@ impl Client {
                 })
                 .await;
         };
+        // Along the key space as stored, every namespace's keys included: a client bound to
+        // `default` routes by the key itself.
+        let walker = self.bound_to(Default::default(), NamespaceMode::Strong);
         let mut key = Vec::new();
         let mut lowest = u64::MAX;
         loop {
-            let (id, compacted) = self
+            let (id, compacted) = walker
                 .call_key(true, &key, deadline, |mut c, context| async move {
                     let id = context.as_ref().map_or(0, |c| c.region_id);
                     let req = CompactRequest {

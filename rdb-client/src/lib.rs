@@ -66,6 +66,7 @@ mod endpoints;
 mod error;
 mod health;
 mod members;
+mod namespaces;
 pub mod pd;
 mod region_members;
 pub mod regions;
@@ -79,6 +80,7 @@ pub use check::{CheckReport, NodeHash, RegionCheck, RegionScope, ReplicaState};
 pub use error::{escape_bytes, Error};
 pub use health::EndpointHealth;
 pub use members::{MemberChange, MemberInfo, MemberList, Role as MemberRole};
+pub use namespaces::NamespaceMode;
 pub use pd::{PdClient, Timestamp};
 pub use region_members::{RegionMemberChange, RegionMembers};
 
@@ -351,9 +353,11 @@ struct Inner {
 }
 
 /// A handle to an rdb cluster. Cheap to clone; clones share connections and the leader cache.
+/// Its calls go to one namespace (`default` unless [`Client::namespace`] bound another).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    ns: Arc<namespaces::Bound>,
 }
 
 impl std::fmt::Debug for Client {
@@ -406,6 +410,7 @@ impl Client {
                 seq: AtomicU64::new(0),
                 opts,
             }),
+            ns: Arc::default(),
         }
     }
 
@@ -426,6 +431,7 @@ impl Client {
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
         let req = PutRequest {
             context: None,
+            namespace: self.ns.wire_name(),
             key: key.into(),
             value: value.into(),
             request_id: Some(self.next_request_id()),
@@ -443,9 +449,10 @@ impl Client {
         .await
     }
 
-    /// Reads `key` linearizably; `None` if absent.
+    /// Reads `key` linearizably (in an `eventual` namespace: from any replica, without a read
+    /// barrier); `None` if absent.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
-        self.get_with(key, ReadConsistency::Linearizable).await
+        self.get_with(key, self.default_consistency()).await
     }
 
     /// Reads `key` with the given consistency; `None` if absent.
@@ -473,6 +480,7 @@ impl Client {
     ) -> Result<VersionedRead> {
         let req = GetRequest {
             context: None,
+            namespace: self.ns.wire_name(),
             key: key.into(),
             consistency: pb_consistency(consistency),
             revision,
@@ -530,6 +538,7 @@ impl Client {
     ) -> Result<DeleteOutcome> {
         let req = DeleteRequest {
             context: None,
+            namespace: self.ns.wire_name(),
             key: key.into(),
             request_id: Some(self.next_request_id()),
             condition: condition.map(pb_condition),
@@ -585,6 +594,7 @@ impl Client {
     ) -> Result<CasOutcome> {
         let req = CasRequest {
             context: None,
+            namespace: self.ns.wire_name(),
             key,
             expected,
             new_value: new,
@@ -638,6 +648,7 @@ impl Client {
         let limit = range.limit as usize;
         let mut req = ScanRequest {
             context: None,
+            namespace: self.ns.wire_name(),
             start: range.start,
             end: range.end,
             prefix: range.prefix,

@@ -46,7 +46,8 @@ impl Client {
         F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
-        let keys = [key];
+        let routed = self.ns.route_key(key);
+        let keys = [routed.as_ref()];
         let route = match self.inner.routing {
             Some(_) => Route::Region {
                 keys: &keys,
@@ -72,7 +73,8 @@ impl Client {
         F: Fn(KvClient<Channel>, Option<RegionContext>) -> Fut,
         Fut: Future<Output = std::result::Result<(T, Option<PbError>), tonic::Status>>,
     {
-        let keys = [key];
+        let routed = self.ns.route_key(key);
+        let keys = [routed.as_ref()];
         let route = match (&self.inner.routing, c) {
             (Some(_), c) => Route::Region {
                 keys: &keys,

@@ -327,6 +327,10 @@ impl Client {
         };
         let any_peer = !write && consistency == ReadConsistency::Serializable;
         let opts = &self.inner.opts;
+        // Routed as stored: a namespace's keys lie under its prefix.
+        let routed: Vec<_> = keys.iter().map(|k| self.ns.route_key(k)).collect();
+        let keys: Vec<&[u8]> = routed.iter().map(|k| k.as_ref()).collect();
+        let keys = keys.as_slice();
         let mut pending: Vec<Part> = routing
             .group(keys, &all, opts, deadline)
             .await?

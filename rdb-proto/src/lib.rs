@@ -5,6 +5,7 @@
 //! - [`command`]: the command format stored in Raft log entries.
 //! - [`pd`]: the placement driver (timestamps, ids, stores, regions) and its replicated commands.
 //! - [`backup`]: streaming a consistent backup of a node's data to a client.
+//! - [`namespace`]: how the keys of a namespace are stored (shared by servers and clients).
 
 #![allow(clippy::all, missing_docs)]
 
@@ -36,6 +37,8 @@ pub mod command {
 pub mod backup {
     tonic::include_proto!("rdb.backup");
 }
+
+pub mod namespace;
 
 pub use prost;
 pub use tonic;

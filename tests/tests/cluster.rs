@@ -332,6 +332,7 @@ async fn follower_answers_not_leader_with_the_leaders_address() {
         .await
         .put(PutRequest {
             context: None,
+            namespace: String::new(),
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             request_id: None,
@@ -382,6 +383,7 @@ async fn a_retried_write_is_applied_once() {
     let mut kv = raw(&c.nodes[(leader - 1) as usize].client_addr).await;
     let put = |v: &str, client_id, seq| PutRequest {
         context: None,
+        namespace: String::new(),
         key: b"dedup".to_vec(),
         value: v.as_bytes().to_vec(),
         request_id: Some(RequestId { client_id, seq }),

@@ -405,6 +405,7 @@ async fn a_write_answers_within_the_clients_grpc_deadline_with_a_typed_outcome()
     let mut kv = raw(&c.nodes[(leader - 1) as usize].client_addr).await;
     let mut req = tonic::Request::new(rdb_proto::kv::PutRequest {
         context: None,
+        namespace: String::new(),
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         request_id: None,

@@ -171,6 +171,7 @@ async fn requests_with_a_stale_epoch_a_foreign_key_or_an_unknown_region_are_refu
         value: b"v".to_vec(),
         request_id: None,
         context: Some(context),
+        namespace: String::new(),
     };
     let ctx = |id: u64, version: u64, conf_ver: u64| RegionContext {
         region_id: id,
@@ -513,6 +514,7 @@ async fn a_put_sent_again_with_its_request_id_applies_once_also_after_a_split_mo
             seq: 1,
         }),
         context: None,
+        namespace: String::new(),
     };
     let timeout = Duration::from_secs(20);
     let before = c.put_raw(first.clone(), timeout).await;

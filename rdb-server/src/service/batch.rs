@@ -10,7 +10,7 @@ use rdb_proto::kv::{
 use rdb_storage::CommandResult;
 use tonic::{Request, Response, Status};
 
-use super::kv::{err, KvService};
+use super::kv::{err, namespace, KvService};
 use crate::router::RequestError;
 
 /// Most keys (or pairs) in one batch call.
@@ -31,10 +31,12 @@ fn check_count(n: usize) -> Result<(), RequestError> {
 }
 
 impl KvService {
-    /// A batch's keys: how many, and each within the key limit.
-    fn check_keys(&self, keys: &[Vec<u8>]) -> Result<(), RequestError> {
+    /// A batch's keys as stored in the namespace `ns` names: how many, and each within the
+    /// key limit.
+    fn stored_keys(&self, ns: &str, keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, RequestError> {
         check_count(keys.len())?;
-        keys.iter().try_for_each(|k| self.check_key(k))
+        let ns = namespace(ns)?;
+        keys.into_iter().map(|k| self.stored_key(&ns, k)).collect()
     }
 
     pub(crate) async fn batch_put_inner(
@@ -45,18 +47,15 @@ impl KvService {
         let r = request.into_inner();
         let res = async {
             check_count(r.pairs.len())?;
-            for kv in &r.pairs {
-                self.check_key(&kv.key)?;
+            let ns = namespace(&r.namespace)?;
+            let mut puts = Vec::with_capacity(r.pairs.len());
+            for kv in r.pairs {
                 self.check_value(&kv.value)?;
-            }
-            let puts = r
-                .pairs
-                .into_iter()
-                .map(|kv| command::Put {
-                    key: kv.key,
+                puts.push(command::Put {
+                    key: self.stored_key(&ns, kv.key)?,
                     value: kv.value,
-                })
-                .collect();
+                });
+            }
             let op = Op::Batch(command::Batch {
                 puts,
                 deletes: Vec::new(),
@@ -81,9 +80,8 @@ impl KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
-            self.check_keys(&r.keys)?;
-            let deletes = r
-                .keys
+            let deletes = self
+                .stored_keys(&r.namespace, r.keys)?
                 .into_iter()
                 .map(|key| command::Delete {
                     key,
@@ -115,17 +113,19 @@ impl KvService {
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
         let deadline = self.deadline(&request);
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let res = async {
-            self.check_keys(&r.keys)?;
-            self.read_barrier(deadline, r.consistency, r.context, &r.keys)
-                .await
+            let keys = self.stored_keys(&r.namespace, std::mem::take(&mut r.keys))?;
+            self.read_barrier(deadline, r.consistency, r.context, &keys)
+                .await?;
+            Ok(keys)
         }
         .await;
-        if let Err(e) = res {
-            return err(e, |r: &mut BatchGetResponse, e| r.error = Some(e));
-        }
-        let values = match tokio::task::block_in_place(|| self.engine.get_many(&r.keys)) {
+        let keys = match res {
+            Ok(keys) => keys,
+            Err(e) => return err(e, |r: &mut BatchGetResponse, e| r.error = Some(e)),
+        };
+        let values = match tokio::task::block_in_place(|| self.engine.get_many(&keys)) {
             Ok(v) => v,
             Err(e) => {
                 return err(Self::read_failed(e)?, |r: &mut BatchGetResponse, e| {
@@ -135,7 +135,7 @@ impl KvService {
         };
         let max = self.settings.max_response_bytes;
         let bytes: usize = values.iter().flatten().map(Vec::len).sum::<usize>()
-            + r.keys.iter().map(Vec::len).sum::<usize>();
+            + keys.iter().map(Vec::len).sum::<usize>();
         if bytes > max {
             let e = RequestError::InvalidArgument(format!(
                 "the values of this batch come to {bytes} bytes, over max_response_bytes \

@@ -13,6 +13,7 @@ use rdb_proto::kv::{
     GetResponse, HashRequest, HashResponse, LeaderHint as PbLeaderHint, PutRequest, PutResponse,
     RegionContext, RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
+use rdb_proto::namespace::Namespace;
 use rdb_storage::region::Region;
 use rdb_storage::{CommandResult, Engine};
 use tokio::time::Instant;
@@ -84,6 +85,16 @@ impl KvService {
             timeout = timeout.min(client.mul_f64(0.9));
         }
         Instant::now() + timeout
+    }
+
+    /// A request's key as stored in the namespace it names: checked as [`Self::check_key`],
+    /// then mapped (specs/018-versions).
+    pub(crate) fn stored_key(&self, ns: &Namespace, key: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+        self.check_key(&key)?;
+        if ns.is_default() && !key.starts_with(rdb_proto::namespace::RESERVED) {
+            return Ok(key);
+        }
+        ns.key(&key).map_err(RequestError::InvalidArgument)
     }
 
     pub(crate) fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
@@ -202,6 +213,11 @@ impl KvService {
             e => Err(Self::storage_error(e)),
         }
     }
+}
+
+/// The namespace a request names (empty: `default`).
+pub(crate) fn namespace(name: &str) -> Result<Namespace, RequestError> {
+    Namespace::parse(name).map_err(RequestError::InvalidArgument)
 }
 
 /// The keys a KV command touches, in order (none for a hash point).

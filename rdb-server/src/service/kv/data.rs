@@ -11,7 +11,7 @@ use rdb_storage::region::Region;
 use rdb_storage::CommandResult;
 use tonic::{Request, Response, Status};
 
-use super::{err, prefix_end, KvService};
+use super::{err, namespace, prefix_end, KvService};
 use crate::router::RequestError;
 
 /// The part of the scan range `[start, end)` (empty end: unbounded) inside `region`, and the
@@ -48,13 +48,13 @@ impl KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
-            self.check_key(&r.key)?;
+            let key = self.stored_key(&namespace(&r.namespace)?, r.key)?;
             self.check_value(&r.value)?;
             self.write(
                 deadline,
                 r.request_id,
                 Op::Put(command::Put {
-                    key: r.key,
+                    key,
                     value: r.value,
                 }),
                 r.context,
@@ -114,27 +114,29 @@ impl KvService {
         request: Request<GetRequest>,
     ) -> Result<Response<GetResponse>, Status> {
         let deadline = self.deadline(&request);
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let res = async {
-            self.check_key(&r.key)?;
-            self.read_barrier(
-                deadline,
-                r.consistency,
-                r.context,
-                std::slice::from_ref(&r.key),
-            )
-            .await
+            let key = self.stored_key(&namespace(&r.namespace)?, std::mem::take(&mut r.key))?;
+            let region = self
+                .read_barrier(
+                    deadline,
+                    r.consistency,
+                    r.context,
+                    std::slice::from_ref(&key),
+                )
+                .await?;
+            Ok((region, key))
         }
         .await;
-        let region = match res {
-            Ok(region) => region,
+        let (region, key) = match res {
+            Ok(read) => read,
             Err(e) => return err(e, |r: &mut GetResponse, e| r.error = Some(e)),
         };
         // A point read is short, but may wait on the disk: let the runtime move other tasks
         // off this worker meanwhile.
         let read = tokio::task::block_in_place(|| {
             self.engine
-                .read_versioned(Space::Region(region.id), &r.key, r.revision)
+                .read_versioned(Space::Region(region.id), &key, r.revision)
         });
         let (revs, version) = match read {
             Ok(v) => v,
@@ -172,12 +174,12 @@ impl KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
-            self.check_key(&r.key)?;
+            let key = self.stored_key(&namespace(&r.namespace)?, r.key)?;
             self.write(
                 deadline,
                 r.request_id,
                 Op::Delete(command::Delete {
-                    key: r.key,
+                    key,
                     condition: r.condition,
                 }),
                 r.context,
@@ -233,28 +235,32 @@ impl KvService {
                     )));
                 }
             }
-            let first = if r.prefix.is_empty() {
-                &r.start
+            // The range as stored: always bounded, never past the namespace.
+            let ns = namespace(&r.namespace)?;
+            let (start, end) = if r.prefix.is_empty() {
+                ns.range(&r.start, &r.end)
             } else {
-                &r.prefix
+                ns.range(&r.prefix, &prefix_end(&r.prefix))
             };
-            self.read_barrier(
-                deadline,
-                r.consistency,
-                r.context,
-                std::slice::from_ref(first),
-            )
-            .await
+            if start >= end {
+                // Nothing there (a range of `default` in rdb's own keys): no read to make.
+                return Ok(None);
+            }
+            let region = self
+                .read_barrier(
+                    deadline,
+                    r.consistency,
+                    r.context,
+                    std::slice::from_ref(&start),
+                )
+                .await?;
+            Ok(Some((region, ns, start, end)))
         }
         .await;
-        let region = match res {
-            Ok(region) => region,
+        let (region, ns, start, end) = match res {
+            Ok(Some(scan)) => scan,
+            Ok(None) => return Ok(Response::new(ScanResponse::default())),
             Err(e) => return err(e, |r: &mut ScanResponse, e| r.error = Some(e)),
-        };
-        let (start, end) = if r.prefix.is_empty() {
-            (r.start, r.end)
-        } else {
-            (r.prefix.clone(), prefix_end(&r.prefix))
         };
         // One region's part of the range; the client goes on at the region's end.
         let (start, end, region_end) = clip_to_region(start, end, &region);
@@ -279,14 +285,16 @@ impl KvService {
             }
         };
         let revision = if r.revision == 0 { last } else { r.revision };
+        // Keys go back as the user's (every stored key in the range is the namespace's).
+        let user = |k: &[u8]| ns.user_key(k).unwrap_or(k).to_vec();
         let next_start = match page.kvs.last() {
             Some((k, _)) if page.more => {
-                let mut next = k.clone();
+                let mut next = user(k);
                 next.push(0);
                 next
             }
             // The region ended before the range did: the next page is the next region's.
-            _ => region_end.clone().unwrap_or_default(),
+            _ => region_end.as_deref().map(user).unwrap_or_default(),
         };
         Ok(Response::new(ScanResponse {
             error: None,
@@ -294,7 +302,7 @@ impl KvService {
                 .kvs
                 .into_iter()
                 .map(|(key, v)| KeyValue {
-                    key,
+                    key: user(&key),
                     meta: with_meta.then(|| key_meta(&v.meta)),
                     value: v.value,
                 })
@@ -313,7 +321,7 @@ impl KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let res = async {
-            self.check_key(&r.key)?;
+            let key = self.stored_key(&namespace(&r.namespace)?, r.key)?;
             self.check_value(&r.new_value)?;
             if let Some(e) = &r.expected {
                 self.check_value(e)?;
@@ -322,7 +330,7 @@ impl KvService {
                 deadline,
                 r.request_id,
                 Op::Cas(command::Cas {
-                    key: r.key,
+                    key,
                     expected: r.expected,
                     new_value: r.new_value,
                     condition: r.condition,
