@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: system set-up, build, lint, unit + integration tests, and the
-# end-to-end checks (replication, membership, regions, scheduling). This is the README's test command and
+# end-to-end checks (replication, membership, regions, scheduling, versions). This is the README's test command and
 # what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +27,5 @@ echo "== verify-regions"
 bash scripts/verify-regions.sh
 echo "== verify-scheduling"
 bash scripts/verify-scheduling.sh
+echo "== verify-versions"
+bash scripts/verify-versions.sh
