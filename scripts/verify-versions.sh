@@ -16,7 +16,10 @@
 #   PD mode (one PD, three stores, a region split every 100 keys):
 #   7. versions written before splits read the same after them, past revisions too, in every
 #      region; a namespace's keys spread over regions scan whole and apart from `default`
-#   8. `compact` along every region (--regions), then every region's replicas hash the same
+#   8. revisions are PD timestamps: a later write in another region has a larger one, and a
+#      scan at a timestamp is one cut of every region (later writes do not show); a read past
+#      PD's newest timestamp is refused
+#   9. `compact` along every region (--regions), then every region's replicas hash the same
 # Exits non-zero on the first failure and always stops every process it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -169,7 +172,26 @@ mod=$(rcli -o json get "$last_key" | field mod_revision)
 n=$(rcli -o json region list | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["regions"]))')
 pass "versions, past reads and namespaces across $n regions"
 
-# 8. Compaction along every region; the replicas agree.
+# 8. Revisions are PD timestamps: they order writes across regions, and a scan at one of them
+#    is one cut of every region (idle regions advance to it first).
+begin
+ra=$(rcli -o json put key00001 ordered-a | field revision)
+rb=$(rcli -o json put key00599 ordered-b | field revision)
+[ "$rb" -gt "$ra" ] || fail "a later write in another region got revision $rb, not above $ra"
+cut=$("$RDB_BIN/rdb-cli" --pd "$pd" -o json tso | field timestamp)
+[ "$cut" -gt "$rb" ] || fail "PD's timestamp $cut is not above the last write's revision $rb"
+rcli put key00001 after-the-cut >/dev/null
+rcli put key00599 after-the-cut >/dev/null
+rcli scan --limit 0 --rev "$cut" > "$work/cut.txt"
+[ "$(wc -l < "$work/cut.txt")" = 601 ] || fail "the scan at $cut has $(wc -l < "$work/cut.txt") keys, not 601"
+grep -q after-the-cut "$work/cut.txt" && fail "the scan at $cut shows a write made after it"
+grep -q "^key00001	ordered-a$" "$work/cut.txt" || fail "the scan at $cut misses key00001's value then"
+grep -q "^key00599	ordered-b$" "$work/cut.txt" || fail "the scan at $cut misses key00599's value then"
+expect 2 rcli get key00001 --rev $((cut + (3600000 << 16))) | grep -q "not reached" \
+  || fail "a read an hour past PD's newest timestamp was not refused"
+pass "revisions order writes across regions; a scan at a timestamp is one cut"
+
+# 9. Compaction along every region; the replicas agree.
 begin
 rcli compact "$r2" >/dev/null || fail "compact along the regions failed"
 expect 2 rcli get key00000 --rev "$r1" | grep -q "is compacted" || fail "a read below the compaction answered"

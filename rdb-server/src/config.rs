@@ -111,6 +111,10 @@ pub struct Settings {
     /// older versions (default 10,000; 0: keep all history). Fixed when a data directory is
     /// created, as `dedup_window` is (specs/018-versions).
     pub history_revisions: u64,
+    /// PD mode, where revisions are PD timestamps: seconds of history each region keeps
+    /// readable before automatic compaction drops older versions (default 600; 0: keep all
+    /// history). Fixed when a data directory is created, as `dedup_window` is.
+    pub history_secs: u64,
     /// Most pairs one scan returns (default 10,000).
     pub max_scan_limit: u32,
     /// Most bytes of keys and values in one response (default 4 MiB); a scan page that would
@@ -134,6 +138,7 @@ impl Settings {
         rdb_storage::ApplySettings {
             dedup_window: self.dedup_window,
             history_revisions: self.history_revisions,
+            history_ms: self.history_secs.saturating_mul(1000),
         }
     }
 
@@ -231,6 +236,7 @@ impl Default for Settings {
             request_timeout_ms: 5000,
             dedup_window: 200_000,
             history_revisions: rdb_storage::engine::DEFAULT_HISTORY_REVISIONS,
+            history_secs: rdb_storage::engine::DEFAULT_HISTORY_MS / 1000,
             max_scan_limit: 10_000,
             max_response_bytes: 4 << 20,
             max_wal_bytes: 64 << 20,

@@ -10,7 +10,7 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::engine::{
     ApplySettings, ApplyState, DirKind, Engine, Ident, APPLY_SETTINGS_V1, APPLY_SETTINGS_V2,
-    DURABLE_INDEX_FILE,
+    APPLY_SETTINGS_V3, DURABLE_INDEX_FILE,
 };
 use crate::keys::{self, CF_DATA, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::region::StoreIdent;
@@ -158,8 +158,8 @@ impl Engine {
     /// Returns true when the settings were recorded now (a new or upgraded directory).
     pub fn check_apply_settings(&self, configured: ApplySettings) -> Result<bool> {
         match self.apply_settings_record()? {
-            Some((APPLY_SETTINGS_V2, stored)) => {
-                let compare = [
+            Some((version @ (APPLY_SETTINGS_V2 | APPLY_SETTINGS_V3), stored)) => {
+                let mut compare = vec![
                     ("dedup_window", stored.dedup_window, configured.dedup_window),
                     (
                         "history_revisions",
@@ -167,6 +167,9 @@ impl Engine {
                         configured.history_revisions,
                     ),
                 ];
+                if version == APPLY_SETTINGS_V3 {
+                    compare.push(("history_ms", stored.history_ms, configured.history_ms));
+                }
                 for (name, stored, configured) in compare {
                     if stored != configured {
                         return Err(Error::SettingChanged {
@@ -175,6 +178,17 @@ impl Engine {
                             configured,
                         });
                     }
+                }
+                if version == APPLY_SETTINGS_V2 {
+                    // Written before writes carried PD timestamps (none of its writes did): it
+                    // takes the history kept in time from the configuration, for good.
+                    let mut batch = rocksdb::WriteBatch::default();
+                    batch.put_cf(
+                        self.cf(CF_RAFT_STATE),
+                        keys::APPLY_SETTINGS_KEY,
+                        crate::engine::encode_apply_settings(configured),
+                    );
+                    self.write(batch, true)?;
                 }
                 Ok(false)
             }
@@ -227,11 +241,17 @@ impl Engine {
         } else {
             crate::engine::DEFAULT_HISTORY_REVISIONS
         };
+        let history_ms = if version >= APPLY_SETTINGS_V3 {
+            field(3)?
+        } else {
+            crate::engine::DEFAULT_HISTORY_MS
+        };
         Ok(Some((
             version,
             ApplySettings {
                 dedup_window: field(1)?,
                 history_revisions,
+                history_ms,
             },
         )))
     }

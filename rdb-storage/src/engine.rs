@@ -84,7 +84,16 @@ pub struct ApplySettings {
     /// Revisions of history a group keeps readable: its compacted revision follows its last
     /// one this far behind (0: history is kept until compacted by hand; specs/018-versions).
     pub history_revisions: u64,
+    /// Where writes carry PD timestamps as their revisions (PD mode): the milliseconds of
+    /// history kept readable instead (0: kept until compacted by hand).
+    pub history_ms: u64,
 }
+
+/// Milliseconds of history a PD-mode region keeps when the configuration does not say.
+pub const DEFAULT_HISTORY_MS: u64 = 600_000;
+
+/// Bits of a PD timestamp below its milliseconds (rdb-client's `Timestamp::LOGICAL_BITS`).
+pub const STAMP_LOGICAL_BITS: u32 = 16;
 
 /// Revisions of history kept when the configuration does not say.
 pub const DEFAULT_HISTORY_REVISIONS: u64 = 10_000;
@@ -98,6 +107,18 @@ pub(crate) const APPLY_SETTINGS_V1: u64 = 1;
 /// Version tag of the stored [`ApplySettings`] record: the dedup window, the history kept, and
 /// `d` records that hold versions (specs/018-versions).
 pub(crate) const APPLY_SETTINGS_V2: u64 = 2;
+/// Version tag of the stored [`ApplySettings`] record that adds the history kept in time, for
+/// writes stamped with PD timestamps.
+pub(crate) const APPLY_SETTINGS_V3: u64 = 3;
+
+/// The stored form of `settings` (the current version of the record).
+pub(crate) fn encode_apply_settings(settings: ApplySettings) -> Vec<u8> {
+    let mut record = APPLY_SETTINGS_V3.to_be_bytes().to_vec();
+    record.extend_from_slice(&settings.dedup_window.to_be_bytes());
+    record.extend_from_slice(&settings.history_revisions.to_be_bytes());
+    record.extend_from_slice(&settings.history_ms.to_be_bytes());
+    record
+}
 
 /// Every database this process opened, with the flag its closing sets: a clean stop waits for
 /// all of them ([`wait_all_closed`]) before the process exits, because exiting while a thread

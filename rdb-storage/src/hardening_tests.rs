@@ -227,6 +227,7 @@ fn apply_settings_are_fixed_when_the_directory_is_created() {
     let w = |dedup_window, history_revisions| ApplySettings {
         dedup_window,
         history_revisions,
+        history_ms: 0,
     };
     assert!(engine.check_apply_settings(w(5000, 100)).unwrap());
     assert!(!engine.check_apply_settings(w(5000, 100)).unwrap());
@@ -246,6 +247,48 @@ fn apply_settings_are_fixed_when_the_directory_is_created() {
         }
     }
     assert_eq!(engine.apply_settings().unwrap(), Some(w(5000, 100)));
+    let timed = ApplySettings {
+        history_ms: 60_000,
+        ..w(5000, 100)
+    };
+    match engine.check_apply_settings(timed) {
+        Err(e @ Error::SettingChanged { .. }) => assert!(e.to_string().contains("history_ms")),
+        other => panic!("a changed history_ms was accepted: {other:?}"),
+    }
+}
+
+/// A directory whose settings record predates the history kept in time (version 2) takes it
+/// from the configuration once, and from then on holds to it.
+#[test]
+fn a_version_2_settings_record_takes_the_history_kept_in_time_from_the_configuration() {
+    use crate::keys::{self, CF_RAFT_STATE};
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut v2 = 2u64.to_be_bytes().to_vec();
+    v2.extend_from_slice(&5000u64.to_be_bytes());
+    v2.extend_from_slice(&100u64.to_be_bytes());
+    engine
+        .db()
+        .put_cf(engine.cf(CF_RAFT_STATE), keys::APPLY_SETTINGS_KEY, v2)
+        .unwrap();
+    let configured = ApplySettings {
+        dedup_window: 5000,
+        history_revisions: 100,
+        history_ms: 60_000,
+    };
+    assert!(!engine.check_apply_settings(configured).unwrap());
+    assert_eq!(engine.apply_settings().unwrap(), Some(configured));
+    let other = ApplySettings {
+        history_ms: 1_000,
+        ..configured
+    };
+    assert!(matches!(
+        engine.check_apply_settings(other),
+        Err(Error::SettingChanged {
+            name: "history_ms",
+            ..
+        })
+    ));
 }
 
 /// A directory written before versioned keys (bare values in its `d` records, a version-1
@@ -288,6 +331,7 @@ fn a_directory_of_bare_values_is_upgraded_once_and_resumes_after_a_crash() {
         let settings = ApplySettings {
             dedup_window: 5000,
             history_revisions: 50,
+            history_ms: 0,
         };
         assert!(engine.check_apply_settings(settings).unwrap());
         for (i, k) in keys.iter().enumerate() {

@@ -97,6 +97,17 @@ pub enum CommandResult {
     },
     /// This region's prepared merge was undone: it serves writes again.
     MergeRolledBack,
+    /// A write stamped at or below the group's last revision (PD mode): refused, nothing
+    /// changed and nothing recorded; the leader stamps it again.
+    StaleStamp {
+        /// The group's last revision.
+        last: u64,
+    },
+    /// The group's last revision moved up to a read's revision (or already was there).
+    Advanced {
+        /// The group's last revision after it.
+        last: u64,
+    },
     /// A compaction ran (or was refused for a revision the group has not reached).
     Compacted {
         /// The group's compacted revision after it.
@@ -187,21 +198,22 @@ const CODE_MERGE: u8 = 9;
 const CODE_DELETE_REFUSED: u8 = 10;
 /// Never recorded: a compaction carries no request id (running it twice changes nothing).
 const CODE_COMPACT: u8 = 11;
+/// Never recorded: a refused stamp leaves no trace, and an advance carries no request id.
+const CODE_STAMP: u8 = 12;
 
 impl StateMachine {
     /// A state machine over `engine`, keeping dedup records for `dedup_window` applied entries,
     /// and as many revisions of history as the directory's apply settings say.
     pub fn new(engine: Engine, dedup_window: u64) -> Result<StateMachine> {
-        let history_revisions = engine
-            .apply_settings()?
-            .map_or(crate::engine::DEFAULT_HISTORY_REVISIONS, |s| {
-                s.history_revisions
-            });
+        let stored = engine.apply_settings()?;
         let mut sm = StateMachine {
             engine,
             settings: ApplySettings {
                 dedup_window: dedup_window.max(1),
-                history_revisions,
+                history_revisions: stored.map_or(crate::engine::DEFAULT_HISTORY_REVISIONS, |s| {
+                    s.history_revisions
+                }),
+                history_ms: stored.map_or(crate::engine::DEFAULT_HISTORY_MS, |s| s.history_ms),
             },
             swept: 0,
             sweep: None,
@@ -313,6 +325,9 @@ impl StateMachine {
         let mut batch = Batch::new(&self.engine, self.settings);
         batch.prefetch(decoded.iter().flatten().flatten())?;
         self.waiting = None;
+        // Whether a write of this batch carried a PD timestamp (the history kept is then a
+        // time, see `sweep_history`).
+        let mut stamped = false;
         for (e, cmd) in entries.iter().zip(decoded.iter_mut()) {
             let result = match (e.get_entry_type(), cmd.take()) {
                 (EntryType::EntryNormal, None) => None,
@@ -353,10 +368,13 @@ impl StateMachine {
                         self.commit(done)?;
                         self.split(&mut batch, &split, e.index)?
                     }
-                    Ok(cmd) => match self.outside_region(&cmd).or_else(|| self.frozen(&cmd)) {
-                        Some(refused) => Err(refused),
-                        None => batch.apply_command(cmd, e.index)?,
-                    },
+                    Ok(cmd) => {
+                        stamped |= cmd.stamp != 0;
+                        match self.outside_region(&cmd).or_else(|| self.frozen(&cmd)) {
+                            Some(refused) => Err(refused),
+                            None => batch.apply_command(cmd, e.index)?,
+                        }
+                    }
                     Err(err) => Err(format!("undecodable command at index {}: {err}", e.index)),
                 }),
                 // Conf changes never come here: the core applies them through
@@ -407,7 +425,7 @@ impl StateMachine {
                 self.sweep = Some((horizon, Vec::new()));
             }
         }
-        self.sweep_history(newest, SWEEP_MIN + SWEEP_PER_ENTRY * entries.len())?;
+        self.sweep_history(newest, stamped, SWEEP_MIN + SWEEP_PER_ENTRY * entries.len())?;
         Ok(out)
     }
 
@@ -418,12 +436,19 @@ impl StateMachine {
     /// holds at most about two retentions), so each write pays a record or two of it. What it
     /// deletes is no longer part of the replicated state (reads below the compacted revision
     /// are refused, and the replica hash skips it), so replicas may sweep at their own pace.
-    fn sweep_history(&mut self, newest: Option<u64>, budget: usize) -> Result<()> {
+    fn sweep_history(&mut self, newest: Option<u64>, stamped: bool, budget: usize) -> Result<()> {
         if self.sweep.is_none() {
             // Only a write moves the compacted revision, to at least its revision minus the
             // retention (a merge may have moved it further: sweeping to a lower horizon only
-            // keeps more). Without automatic compaction there is nothing to sweep.
-            let keep = self.settings.history_revisions;
+            // keeps more). Without automatic compaction there is nothing to sweep. Writes
+            // stamped with PD timestamps keep history for a time, not a count.
+            let keep = if stamped {
+                self.settings
+                    .history_ms
+                    .saturating_mul(1 << crate::engine::STAMP_LOGICAL_BITS)
+            } else {
+                self.settings.history_revisions
+            };
             let (Some(newest), true) = (newest, keep > 0) else {
                 return Ok(());
             };
@@ -975,7 +1000,27 @@ pub fn apply_command<R: Records + ?Sized>(
         return Ok(Err(format!("command at index {index} has no operation")));
     };
     let revs = mvcc::revisions(r)?;
-    let next = revs.last + 1;
+    // PD mode: the leader's stamp is the revision, if it is above every one recorded (the
+    // same check on every replica, so all refuse or all apply).
+    let stamped = cmd.stamp != 0;
+    let writes = matches!(op, Op::Put(_) | Op::Delete(_) | Op::Cas(_) | Op::Batch(_));
+    if stamped && writes && cmd.stamp <= revs.last {
+        return Ok(Ok(CommandResult::StaleStamp { last: revs.last }));
+    }
+    let next = if stamped { cmd.stamp } else { revs.last + 1 };
+    // How far behind the last revision the compacted one follows (0: not at all): revisions
+    // counted, or for PD timestamps the milliseconds of history kept.
+    let behind = if stamped {
+        settings
+            .history_ms
+            .saturating_mul(1 << crate::engine::STAMP_LOGICAL_BITS)
+    } else {
+        settings.history_revisions
+    };
+    let compacted_at = |last: u64| match behind {
+        0 => revs.compacted,
+        behind => revs.compacted.max(last.saturating_sub(behind)),
+    };
     let result = match op {
         Op::Put(p) => {
             mvcc::write(r, &p.key, Change::Put(p.value), next)?;
@@ -1033,6 +1078,27 @@ pub fn apply_command<R: Records + ?Sized>(
         Op::HashPoint(_) => CommandResult::HashPoint { index },
         // Moves the compacted revision forward, never past the last one; the history behind
         // it goes in the background (`StateMachine::sweep_history`).
+        Op::Advance(a) => {
+            if a.revision > revs.last {
+                let behind = settings
+                    .history_ms
+                    .saturating_mul(1 << crate::engine::STAMP_LOGICAL_BITS);
+                let compacted = match behind {
+                    0 => revs.compacted,
+                    behind => revs.compacted.max(a.revision.saturating_sub(behind)),
+                };
+                mvcc::set_revisions(
+                    r,
+                    mvcc::Revisions {
+                        last: a.revision,
+                        compacted,
+                    },
+                );
+            }
+            CommandResult::Advanced {
+                last: revs.last.max(a.revision),
+            }
+        }
         Op::Compact(c) => {
             let to = match (c.revision > revs.last, c.up_to_last) {
                 (false, _) => c.revision,
@@ -1089,16 +1155,12 @@ pub fn apply_command<R: Records + ?Sized>(
             }
         }
     };
-    if result_revision(&result) == Some(next) {
-        let compacted = match settings.history_revisions {
-            0 => revs.compacted,
-            keep => revs.compacted.max(next.saturating_sub(keep)),
-        };
+    if writes && result_revision(&result) == Some(next) {
         mvcc::set_revisions(
             r,
             mvcc::Revisions {
                 last: next,
-                compacted,
+                compacted: compacted_at(next),
             },
         );
     }
@@ -1172,6 +1234,7 @@ fn encode_result(r: &CommandResult) -> u8 {
         | CommandResult::Merged { .. }
         | CommandResult::MergeRolledBack => CODE_MERGE,
         CommandResult::Compacted { .. } => CODE_COMPACT,
+        CommandResult::StaleStamp { .. } | CommandResult::Advanced { .. } => CODE_STAMP,
     }
 }
 

@@ -40,6 +40,7 @@ pub(crate) fn cmd(client_id: u64, seq: u64, op: Op) -> Vec<u8> {
         client_id,
         seq,
         op: Some(op),
+        stamp: 0,
     }
     .encode_to_vec()
 }

@@ -10,7 +10,7 @@
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
-use crate::engine::{ApplySettings, Engine, APPLY_SETTINGS_V2};
+use crate::engine::{ApplySettings, Engine};
 use crate::keys::{self, CF_DATA, CF_RAFT_STATE};
 use crate::mvcc::{self, BEFORE_HISTORY};
 use crate::Result;
@@ -48,10 +48,11 @@ impl Engine {
                 self.write(std::mem::take(&mut batch), false)?;
             }
         }
-        let mut record = APPLY_SETTINGS_V2.to_be_bytes().to_vec();
-        record.extend_from_slice(&settings.dedup_window.to_be_bytes());
-        record.extend_from_slice(&settings.history_revisions.to_be_bytes());
-        batch.put_cf(state, keys::APPLY_SETTINGS_KEY, record);
+        batch.put_cf(
+            state,
+            keys::APPLY_SETTINGS_KEY,
+            crate::engine::encode_apply_settings(settings),
+        );
         batch.delete_cf(state, keys::UPGRADE_CURSOR_KEY);
         // Synced: it also makes every earlier batch of the rewrite durable.
         self.write(batch, true)?;

@@ -35,6 +35,7 @@ fn node(dir: &std::path::Path, history_revisions: u64) -> (Engine, StateMachine)
         .check_apply_settings(ApplySettings {
             dedup_window: 1000,
             history_revisions,
+            history_ms: 0,
         })
         .expect("settings");
     let sm = StateMachine::new(engine.clone(), 1000).expect("sm");
@@ -406,5 +407,94 @@ fn compaction_by_hand_refuses_reads_below_it_and_sweeps_behind_it() {
         count_prefix(&engine, keys::HISTORY_PREFIX),
         0,
         "no history is left behind a compaction to the last revision"
+    );
+}
+
+/// PD mode (specs/018-versions): a write's stamp is its revision; a stamp at or below the last
+/// revision is refused with nothing written or recorded (the same request id then applies
+/// with a later stamp); `Advance` moves the last revision up so later stale stamps are
+/// refused; history is kept for a time (`history_ms`), not a count.
+#[test]
+fn stamped_writes_take_their_stamps_as_revisions() {
+    use prost::Message;
+    use rdb_proto::command::{Advance, Command};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, _) = open(dir.path());
+    engine
+        .check_apply_settings(ApplySettings {
+            dedup_window: 1000,
+            history_revisions: 3,
+            history_ms: 10,
+        })
+        .expect("settings");
+    let mut sm = StateMachine::new(engine.clone(), 1000).expect("sm");
+    let ms = |m: u64| m << crate::engine::STAMP_LOGICAL_BITS;
+    let stamped = |index, client_id, seq, op, stamp| {
+        let cmd = Command {
+            client_id,
+            seq,
+            op: Some(op),
+            stamp,
+        };
+        entry(index, 1, &cmd.encode_to_vec())
+    };
+    let result = |out: Vec<crate::Applied>| out[0].result.clone().expect("a command");
+
+    let r = sm.apply(&[stamped(1, 7, 1, put("k", "a"), ms(1000))]);
+    assert_eq!(
+        result(r.expect("apply")),
+        Ok(CommandResult::Put { revision: ms(1000) })
+    );
+    // Stale: refused, not recorded; the retry with a later stamp applies.
+    let r = sm.apply(&[stamped(2, 7, 2, put("k", "b"), ms(999))]);
+    assert_eq!(
+        result(r.expect("apply")),
+        Ok(CommandResult::StaleStamp { last: ms(1000) })
+    );
+    assert_eq!(engine.get(b"k").expect("get"), Some(b"a".to_vec()));
+    let r = sm.apply(&[stamped(3, 7, 2, put("k", "b"), ms(1001))]);
+    assert_eq!(
+        result(r.expect("apply")),
+        Ok(CommandResult::Put { revision: ms(1001) })
+    );
+    // An advance to a later revision turns away writes stamped at or below it.
+    let advance = |i, revision| stamped(i, 0, 0, Op::Advance(Advance { revision }), 0);
+    let r = sm.apply(&[advance(4, ms(1005))]);
+    assert_eq!(
+        result(r.expect("apply")),
+        Ok(CommandResult::Advanced { last: ms(1005) })
+    );
+    let r = sm.apply(&[advance(5, ms(1002))]);
+    assert_eq!(
+        result(r.expect("apply")),
+        Ok(CommandResult::Advanced { last: ms(1005) }),
+        "an advance never moves the last revision back"
+    );
+    let r = sm.apply(&[stamped(6, 7, 3, put("k", "c"), ms(1004))]);
+    assert_eq!(
+        result(r.expect("apply")),
+        Ok(CommandResult::StaleStamp { last: ms(1005) })
+    );
+    assert_eq!(
+        engine.get_at(b"k", ms(1005)).expect("get").map(|v| v.value),
+        Some(b"b".to_vec()),
+        "the state at the advanced revision is final"
+    );
+    // History is kept 10 ms, whatever the count (history_revisions 3 is for counted ones).
+    for (i, m) in (1010..1020).enumerate() {
+        let i = i as u64;
+        sm.apply(&[stamped(7 + i, 7, 4 + i, put("k", &format!("v{m}")), ms(m))])
+            .expect("apply");
+    }
+    assert_eq!(
+        revisions(&engine),
+        Revisions {
+            last: ms(1019),
+            compacted: ms(1009)
+        }
+    );
+    assert_eq!(
+        engine.get_at(b"k", ms(1012)).expect("get").map(|v| v.value),
+        Some(b"v1012".to_vec())
     );
 }

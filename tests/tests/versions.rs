@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdb_client::{Condition, Error, ReadConsistency};
 use rdb_tests::cluster::{bin_dir, explain, Settings, TestCluster};
+use rdb_tests::regions::{key, write_rounds, RegionCluster, Split};
 
 /// `rdb-cli --endpoints ENDPOINTS ARGS...`.
 fn cli(endpoints: &[String], args: &[&str]) -> Output {
@@ -274,4 +275,81 @@ async fn compact_by_hand_drops_history_below_it_on_every_replica() {
     assert_eq!(client.compact(revs[1]).await.expect("compact"), cut);
     let o = cli(&c.endpoints(), &["check"]);
     assert_eq!(o.status.code(), Some(0), "replicas differ: {}", explain(&o));
+}
+
+/// PD mode: revisions are PD timestamps. Writes made one after another, each in another
+/// region, get ever larger revisions; a read at a timestamp PD gave reads every region as of
+/// then (a region with no write since advances to it first); a revision past every timestamp
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_mode_revisions_order_writes_across_regions_and_read_one_cut() {
+    let c = RegionCluster::start(
+        3,
+        Split {
+            keys: 50,
+            check_ms: 200,
+        },
+    );
+    let client = c.client();
+    write_rounds(&client, 300, 1, 4).await;
+    let regions = c.wait_regions(3, Duration::from_secs(30)).await;
+    // A key in each region.
+    let keys: Vec<String> = regions
+        .iter()
+        .filter_map(|r| {
+            (0..300).map(key).find(|k| {
+                let k = k.as_bytes();
+                k >= r.region.start_key.as_slice()
+                    && (r.region.end_key.is_empty() || k < r.region.end_key.as_slice())
+            })
+        })
+        .collect();
+    assert!(
+        keys.len() >= 3,
+        "keys in {} regions: {keys:?}",
+        regions.len()
+    );
+
+    let mut last = 0;
+    for round in 0..5 {
+        for k in &keys {
+            let r = client
+                .put(k.clone(), format!("r{round}"))
+                .await
+                .expect("put");
+            assert!(
+                r > last,
+                "a write to {k} after one acknowledged at {last} got revision {r}"
+            );
+            last = r;
+        }
+    }
+    let cut = c
+        .pd_client()
+        .timestamp()
+        .await
+        .expect("a timestamp")
+        .as_u64();
+    assert!(cut > last);
+    // After the cut: one region is written again, the others stay idle.
+    client.put(keys[0].clone(), "after").await.expect("put");
+    for k in &keys {
+        let read = client
+            .get_versioned(k.clone(), cut, ReadConsistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("{k} at {cut}: {e}"));
+        assert_eq!(read.version.map(|v| v.value), Some(b"r4".to_vec()), "{k}");
+        assert_eq!(read.revision, cut);
+    }
+    match client
+        .get_versioned(
+            keys[1].clone(),
+            cut + (3_600_000 << 16),
+            ReadConsistency::Linearizable,
+        )
+        .await
+    {
+        Err(Error::FutureRevision(m)) => assert!(m.contains("not reached"), "{m}"),
+        other => panic!("a read an hour past every timestamp: {other:?}"),
+    }
 }

@@ -414,6 +414,7 @@ impl MemKv {
             settings: rdb_storage::ApplySettings {
                 dedup_window: dedup_window.max(1),
                 history_revisions: rdb_storage::engine::DEFAULT_HISTORY_REVISIONS,
+                history_ms: 0,
             },
             compact_every: 1,
             applies: 0,

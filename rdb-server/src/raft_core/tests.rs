@@ -41,6 +41,7 @@ fn put(i: usize) -> Vec<u8> {
     Command {
         client_id: 0,
         seq: 0,
+        stamp: 0,
         op: Some(Op::Put(Put {
             key: format!("k{i}").into(),
             value: b"v".to_vec(),

@@ -14,6 +14,8 @@ use rdb_proto::kv::{
     RegionContext, RequestId, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
 };
 use rdb_proto::namespace::Namespace;
+
+use super::stamps::Stamper;
 use rdb_storage::region::Region;
 use rdb_storage::{CommandResult, Engine};
 use tokio::time::Instant;
@@ -36,6 +38,9 @@ pub struct KvService {
     pub(crate) engine: Engine,
     /// The hosted regions' hash results, which answer `Hash`.
     hashes: StoreHashes,
+    /// PD mode: stamps writes with PD timestamps, their revisions (None: a config-file node,
+    /// whose revisions count its writes).
+    pub(crate) stamps: Option<Arc<Stamper>>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) cluster_id: u64,
     client_addr: String,
@@ -64,7 +69,14 @@ impl KvService {
             cluster_id,
             client_addr,
             members,
+            stamps: None,
         }
+    }
+
+    /// This service stamping writes with PD timestamps (a PD-mode store).
+    pub fn with_stamps(mut self, stamper: Stamper) -> KvService {
+        self.stamps = Some(Arc::new(stamper));
+        self
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -127,6 +139,9 @@ impl KvService {
     /// Proposes a write and waits for it to apply. Waiting for room in the mailbox is bounded
     /// and fails as `Unavailable` (nothing proposed); waiting for the outcome is bounded and
     /// fails as `Indeterminate` (the entry may still commit).
+    ///
+    /// PD mode: a write is stamped with a PD timestamp first (its revision), and stamped again
+    /// when its region refused the stamp as below its last revision.
     pub(crate) async fn write(
         &self,
         deadline: Instant,
@@ -136,18 +151,40 @@ impl KvService {
     ) -> Result<CommandResult, RequestError> {
         let id = id.unwrap_or_default();
         let keys = op_keys(&op);
-        let cmd = Command {
+        let stamper = match op {
+            Op::Put(_) | Op::Delete(_) | Op::Cas(_) | Op::Batch(_) => self.stamps.as_deref(),
+            _ => None,
+        };
+        let mut cmd = Command {
             client_id: id.client_id,
             seq: id.seq,
             op: Some(op),
+            stamp: 0,
         };
-        let data = cmd.encode_to_vec();
+        let mut above = 0;
+        loop {
+            if let Some(stamper) = stamper {
+                cmd.stamp = stamper.stamp(above).await;
+            }
+            match self
+                .propose(deadline, route(context, keys.clone()), cmd.encode_to_vec())
+                .await
+            {
+                Ok(CommandResult::StaleStamp { last }) if stamper.is_some() => above = last,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Proposes one encoded command and waits for its outcome (see [`Self::write`]).
+    async fn propose(
+        &self,
+        deadline: Instant,
+        route: RegionRoute,
+        data: Vec<u8>,
+    ) -> Result<CommandResult, RequestError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = Msg::RegionPropose {
-            route: route(context, keys),
-            data,
-            tx,
-        };
+        let msg = Msg::RegionPropose { route, data, tx };
         tokio::time::timeout_at(deadline, self.mailbox.send(msg))
             .await
             .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;
@@ -234,6 +271,7 @@ fn op_keys(op: &Op) -> Vec<Vec<u8>> {
             .collect(),
         Op::HashPoint(_)
         | Op::Compact(_)
+        | Op::Advance(_)
         | Op::Split(_)
         | Op::PrepareMerge(_)
         | Op::CommitMerge(_)

@@ -5,3 +5,4 @@ mod batch;
 pub mod kv;
 pub mod members;
 pub mod peer;
+pub mod stamps;

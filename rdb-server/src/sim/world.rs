@@ -453,6 +453,7 @@ impl World {
             .check_apply_settings(rdb_storage::ApplySettings {
                 dedup_window: self.sc.dedup_window,
                 history_revisions: self.sc.history_revisions,
+                history_ms: 0,
             })
             .map_err(|e| format!("s{id} cannot start: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());

@@ -310,6 +310,8 @@ pub(super) async fn launch(
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let mut directory = SharedDirectory::default();
     let beat = pd_worker::SharedBeat::default();
+    // PD mode: writes are stamped with PD's timestamps (their revisions).
+    let mut stamper = None;
     let (me, token, registered, split, statics) = match link {
         Link::Pd {
             pd,
@@ -329,6 +331,10 @@ pub(super) async fn launch(
                 engine: engine.clone(),
                 beat: beat.clone(),
             };
+            stamper = Some(crate::service::stamps::Stamper::new(
+                pd.clone(),
+                logger.clone(),
+            ));
             tokio::spawn(pd_worker(
                 pd,
                 store,
@@ -396,6 +402,10 @@ pub(super) async fn launch(
         addr.clone(),
         directory.clone(),
     );
+    let kv = match stamper {
+        Some(stamper) => kv.with_stamps(stamper),
+        None => kv,
+    };
     let peer = PeerService::new(
         mailbox.raft_sender(),
         PeerIdent {

@@ -87,6 +87,7 @@ fn put_cmd(client: u64, seq: u64, k: &str, v: &str) -> Vec<u8> {
     Command {
         client_id: client,
         seq,
+        stamp: 0,
         op: Some(Op::Put(Put {
             key: k.into(),
             value: v.into(),

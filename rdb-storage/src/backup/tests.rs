@@ -50,6 +50,7 @@ fn target(node_id: u64) -> RestoreTarget {
         settings: ApplySettings {
             dedup_window: 1000,
             history_revisions: 100,
+            history_ms: 0,
         },
         engine_opts: EngineOptions::default(),
     }
@@ -171,6 +172,7 @@ fn check_restored(e: &Engine, id: u64, index: u64) {
         .check_apply_settings(ApplySettings {
             dedup_window: 1000,
             history_revisions: 100,
+            history_ms: 0,
         })
         .unwrap());
     assert_eq!(e.region_ids().unwrap(), vec![1]);
@@ -446,6 +448,7 @@ fn store_target(store_id: u64, regions: Vec<Region>) -> StoreRestoreTarget {
         settings: ApplySettings {
             dedup_window: 1000,
             history_revisions: 100,
+            history_ms: 0,
         },
         engine_opts: EngineOptions::default(),
     }

@@ -107,6 +107,43 @@ impl KvService {
         }
     }
 
+    /// PD mode: a read at `revision`, above its region's last revision, first moves that up
+    /// to it through the region's log (`Advance`), so no write stamped at or below it applies
+    /// there later and the state read at `revision` stays as read. A revision above every
+    /// timestamp given so far is refused: no write can have it yet, and advancing to it would
+    /// turn away every write stamped below it.
+    async fn advance(
+        &self,
+        deadline: tokio::time::Instant,
+        revision: u64,
+        region: u64,
+    ) -> Result<(), RequestError> {
+        let Some(stamper) = &self.stamps else {
+            return Err(RequestError::InvalidArgument(
+                "only a PD-mode store advances a region's revision".into(),
+            ));
+        };
+        let bound = stamper.bound().await;
+        if revision > bound {
+            return Err(RequestError::FutureRevision(format!(
+                "revision {revision} is not reached yet (the newest timestamp is {bound})"
+            )));
+        }
+        let op = Op::Advance(command::Advance { revision });
+        // The region read, whatever its epoch now: advancing a region that changed since only
+        // turns away more stale stamps.
+        let context = rdb_proto::kv::RegionContext {
+            region_id: region,
+            epoch: None,
+        };
+        match self.write(deadline, None, op, Some(context)).await? {
+            CommandResult::Advanced { .. } => Ok(()),
+            _ => Err(RequestError::Unavailable(
+                "the region did not advance its revision".into(),
+            )),
+        }
+    }
+
     /// `Get`: one key read after the read barrier the request asks for, as of the revision it
     /// asks (0: the newest), with its version and the revision the read reflects.
     pub(super) async fn get_inner(
@@ -134,10 +171,21 @@ impl KvService {
         };
         // A point read is short, but may wait on the disk: let the runtime move other tasks
         // off this worker meanwhile.
-        let read = tokio::task::block_in_place(|| {
-            self.engine
-                .read_versioned(Space::Region(region.id), &key, r.revision)
-        });
+        let read_at = || {
+            tokio::task::block_in_place(|| {
+                self.engine
+                    .read_versioned(Space::Region(region.id), &key, r.revision)
+            })
+        };
+        let read = match read_at() {
+            Err(rdb_storage::Error::FutureRevision { revision, .. }) if self.stamps.is_some() => {
+                if let Err(e) = self.advance(deadline, revision, region.id).await {
+                    return err(e, |r: &mut GetResponse, e| r.error = Some(e));
+                }
+                read_at()
+            }
+            read => read,
+        };
         let (revs, version) = match read {
             Ok(v) => v,
             Err(e) => {
@@ -265,17 +313,31 @@ impl KvService {
         // One region's part of the range; the client goes on at the region's end.
         let (start, end, region_end) = clip_to_region(start, end, &region);
         let limit = if r.limit == 0 { max } else { r.limit } as usize;
-        let engine = self.engine.clone();
         let max_bytes = self.settings.max_response_bytes;
         let (revision, with_meta, space) = (r.revision, r.with_meta, Space::Region(region.id));
         // A scan can read a lot: off the async workers.
-        let scanned = tokio::task::spawn_blocking(move || {
-            engine
-                .scan_versioned(space, &start, &end, revision, limit, max_bytes)
-                .map(|(revs, page)| (revs.last, page))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("scan task failed: {e}")))?;
+        let scan = || {
+            let (engine, start, end) = (self.engine.clone(), start.clone(), end.clone());
+            tokio::task::spawn_blocking(move || {
+                engine
+                    .scan_versioned(space, &start, &end, revision, limit, max_bytes)
+                    .map(|(revs, page)| (revs.last, page))
+            })
+        };
+        let scanned = match scan()
+            .await
+            .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
+        {
+            Err(rdb_storage::Error::FutureRevision { revision, .. }) if self.stamps.is_some() => {
+                if let Err(e) = self.advance(deadline, revision, region.id).await {
+                    return err(e, |r: &mut ScanResponse, e| r.error = Some(e));
+                }
+                scan()
+                    .await
+                    .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
+            }
+            scanned => scanned,
+        };
         let (last, page) = match scanned {
             Ok(page) => page,
             Err(e) => {

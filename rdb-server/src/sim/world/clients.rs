@@ -143,6 +143,7 @@ impl World {
             client_id: c as u64 + 1,
             seq,
             op: Some(o),
+            stamp: 0,
         });
         let deadline = self.now + 60 * STEPS_PER_TICK;
         let floors = self

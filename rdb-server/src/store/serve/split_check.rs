@@ -259,6 +259,7 @@ mod tests {
                 let cmd = rdb_proto::command::Command {
                     client_id: 0,
                     seq: 0,
+                    stamp: 0,
                     op: Some(rdb_proto::command::command::Op::Put(
                         rdb_proto::command::Put {
                             key: format!("{prefix}{i:05}").into_bytes(),
