@@ -52,4 +52,7 @@ pub struct Planted {
     /// PD hears every store always (a store lost for good never counts as gone), so its
     /// peers are never replaced.
     pub pd_never_repairs: bool,
+    /// Reads answer a key's `create_revision` as its `mod_revision`: values stay right, only
+    /// the versions' check can tell.
+    pub reads_report_create_revision: bool,
 }
