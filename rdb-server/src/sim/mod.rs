@@ -23,11 +23,13 @@
 //! replays alike.
 //!
 //! Each run records the clients' history, heals every fault at the end, waits for every
-//! region to converge, reads every key once more, then checks: the history is linearizable
-//! ([`linearizability`]; an acknowledged write that is lost shows there), and within each
-//! region every replica holds the same data, the same live dedup records and the same
-//! applied index; with PD's scheduler, a run ends only once every region has three voters on
-//! the stores that remain. A panic anywhere in the stores is a failure too.
+//! region to converge, reads every key once more, then checks: the history is linearizable,
+//! versions included ([`linearizability::check_versioned`]: reads' versions, writes'
+//! revisions, conditional writes by version or `mod_revision`, which clients send in
+//! scenarios with `conditional_writes`; an acknowledged write that is lost shows there), and
+//! within each region every replica holds the same data, the same live dedup records and the
+//! same applied index; with PD's scheduler, a run ends only once every region has three
+//! voters on the stores that remain. A panic anywhere in the stores is a failure too.
 
 pub mod linearizability;
 #[cfg(test)]
@@ -52,4 +54,7 @@ pub struct Planted {
     /// PD hears every store always (a store lost for good never counts as gone), so its
     /// peers are never replaced.
     pub pd_never_repairs: bool,
+    /// Reads answer a key's `create_revision` as its `mod_revision`: values stay right, only
+    /// the versions' check can tell.
+    pub reads_report_create_revision: bool,
 }

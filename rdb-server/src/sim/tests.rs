@@ -3,7 +3,8 @@
 //! - `simulation_seeds_*`: the default run, 200 seeds (config-file clusters and PD-mode
 //!   stores, about half each) in four parallel tests.
 //! - `simulation_catches_*`: each planted bug must make some seed of the default run fail
-//!   (the cores', the clients', and PD's scheduler's in runs with `scheduling`).
+//!   (the cores', the clients', PD's scheduler's in runs with `scheduling`, and reads that
+//!   misreport versions, which only the check of versions can tell).
 //! - `simulation_replay`: `RDB_SIM_SEED=S [RDB_SIM_TICKS=T]` replays one seed with its trace.
 //! - `simulation_long` (ignored): `RDB_SIM_MINUTES=N` runs fresh seeds for N minutes.
 
@@ -65,6 +66,8 @@ fn run_seeds(from: u64, to: u64, planted: Planted) -> Result<Stats, Box<Failure>
         total.regions += stats.regions;
         total.moved_retries += stats.moved_retries;
         total.lost_bytes += stats.lost_bytes;
+        total.conditional.0 += stats.conditional.0;
+        total.conditional.1 += stats.conditional.1;
     }
     Ok(total)
 }
@@ -78,8 +81,8 @@ fn default_part(part: u64) {
              {} snapshots delivered, {} retries past half the dedup window, {} retries to \
              another region than the earlier attempts, {} membership changes applied, {} peers \
              removed, {} merges applied by replicas, {} operators started by PD, {} regions at \
-             the end, {} unsynced log \
-             bytes lost to power cuts, {:?}",
+             the end, {} unsynced log bytes lost to power cuts, {} conditional writes answered \
+             ({} held), {:?}",
             part * per,
             (part + 1) * per,
             t.ops,
@@ -95,6 +98,8 @@ fn default_part(part: u64) {
             t.operators,
             t.regions,
             t.lost_bytes,
+            t.conditional.0,
+            t.conditional.1,
             started.elapsed()
         ),
         Err(f) => panic!("{}", report(&f)),
@@ -194,6 +199,17 @@ fn simulation_catches_pd_that_never_repairs() {
             ..Default::default()
         },
         "PD never replaces a lost store's peers",
+    );
+}
+
+#[test]
+fn simulation_catches_reads_that_misreport_versions() {
+    must_catch(
+        Planted {
+            reads_report_create_revision: true,
+            ..Default::default()
+        },
+        "reads answer a key's create_revision as its mod_revision",
     );
 }
 

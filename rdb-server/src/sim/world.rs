@@ -21,10 +21,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rdb_proto::command::Command;
+use rdb_storage::keys::Space;
 use rdb_storage::region::{self, Peer, Region, RegionEpoch};
 use rdb_storage::CommandResult;
 
-use super::linearizability::{Op, Operation};
+use super::linearizability::{KeyMeta, Op, VersionedOperation};
 use super::Planted;
 use crate::raft_core::{Answer, CoreConfig, Refusal, ReplicaConfig, RequestId};
 use crate::store::{RegionMessage, StoreCore};
@@ -91,6 +92,9 @@ pub struct Scenario {
     /// Revisions of history each region keeps (small: compaction and its background deletion
     /// run all the time; specs/018-versions).
     pub history_revisions: u64,
+    /// Clients also send conditional writes: CAS and delete by expected version or by
+    /// expected `mod_revision` (specs/018-versions).
+    pub conditional_writes: bool,
 }
 
 impl Scenario {
@@ -133,6 +137,9 @@ impl Scenario {
             scheduling: mode == Mode::Pd && r.gen_bool(0.5),
             // Drawn after the others for the same reason.
             history_revisions: r.gen_range(1..=30),
+            // Drawn after the others for the same reason: clients of seeds without it draw
+            // what they drew before conditional writes existed.
+            conditional_writes: r.gen_bool(0.5),
         }
     }
 }
@@ -169,6 +176,9 @@ pub struct Stats {
     pub operators: usize,
     /// Bytes of write-ahead log that power cuts lost.
     pub lost_bytes: u64,
+    /// Conditional writes (by version or mod_revision) answered, and of those, how many
+    /// found their condition held.
+    pub conditional: (usize, usize),
     /// A hash of the history and final data: the same seed must give the same fingerprint.
     pub fingerprint: u64,
 }
@@ -240,7 +250,12 @@ struct Req {
 #[derive(Debug, Clone)]
 enum Rep {
     Written(CommandResult),
-    Value(Option<String>),
+    /// A read's answer: the value and its versions (None: not found), and the region's last
+    /// revision as of the read.
+    Read {
+        value: Option<(String, KeyMeta)>,
+        revision: u64,
+    },
     /// Not the leader: the store of the leader the refusing store knows of.
     NotLeader(Option<u64>),
     Refused(Refusal),
@@ -308,7 +323,7 @@ struct World {
     cut: BTreeSet<(usize, usize)>,
     heal_at: u64,
     clients: Vec<Client>,
-    history: Vec<Operation>,
+    history: Vec<VersionedOperation>,
     /// Every acknowledged write that changed its key: the key, its real-time interval and the
     /// revision it got (specs/018-versions), checked at the end (see `checks::revisions_fit`).
     written: Vec<(String, u64, u64, u64)>,
@@ -678,12 +693,29 @@ impl World {
             let rep = match answer {
                 Ok(Answer::Written(r)) => Rep::Written(r),
                 Ok(Answer::ReadReady { .. }) => {
+                    // As the service reads: the key's newest version and the region's last
+                    // revision, through one view.
                     let key = read.unwrap_or_default();
-                    let v = st
+                    let (revs, v) = st
                         .engine()
-                        .get(key.as_bytes())
+                        .read_versioned(Space::Region(region_id), key.as_bytes(), 0)
                         .map_err(|e| format!("s{sid} cannot read: {e}"))?;
-                    Rep::Value(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                    let value = v.map(|v| {
+                        let m = v.meta;
+                        let mut meta = KeyMeta {
+                            create_revision: m.create_revision,
+                            mod_revision: m.mod_revision,
+                            version: m.version,
+                        };
+                        if self.sc.planted.reads_report_create_revision {
+                            meta.mod_revision = meta.create_revision;
+                        }
+                        (String::from_utf8_lossy(&v.value).into_owned(), meta)
+                    });
+                    Rep::Read {
+                        value,
+                        revision: revs.last,
+                    }
                 }
                 Ok(Answer::MembershipChanged { .. }) => continue,
                 Err(Refusal::NotLeader { leader }) => {

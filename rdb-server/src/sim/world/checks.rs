@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use rdb_storage::region::{self, Region};
 
 use super::{store_index, Stats, World};
-use crate::sim::linearizability::{self, CheckResult};
+use crate::sim::linearizability::{self, CheckResult, Outcome};
 use crate::store::StoreCore;
 
 impl World {
@@ -173,10 +173,18 @@ impl World {
         }
         self.stats.regions = regions.len();
         self.stats.ops = self.history.len();
+        for v in self.history.iter().filter(|v| v.condition.is_some()) {
+            match v.call.outcome {
+                Outcome::Cas(true) | Outcome::Delete => self.stats.conditional.1 += 1,
+                Outcome::Cas(false) | Outcome::Refused => {}
+                _ => continue,
+            }
+            self.stats.conditional.0 += 1;
+        }
         format!("{:?}", self.history).hash(&mut h);
         self.stats.fingerprint = h.finish();
         revisions_fit(&self.written)?;
-        match linearizability::check(&self.history, 2_000_000) {
+        match linearizability::check_versioned(&self.history, 2_000_000) {
             CheckResult::Linearizable => Ok(self.stats.clone()),
             CheckResult::Illegal(v) => Err(format!("history is not linearizable:\n{v}")),
             CheckResult::Unknown { key } => {

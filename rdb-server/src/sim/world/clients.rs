@@ -10,16 +10,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
-use rdb_proto::command::{command::Op as CmdOp, Cas, Command, Delete, Put};
+use rdb_proto::command::{command::Op as CmdOp, condition::Check, Cas, Command, Delete, Put};
 use rdb_storage::region;
 use rdb_storage::CommandResult;
 
 use super::{store_index, Envelope, Rep, Req, World, STEPS_PER_TICK};
 use crate::raft_core::Refusal;
-use crate::sim::linearizability::{Op, Operation, Outcome};
+use crate::sim::linearizability::{
+    Condition, KeyMeta, Op, Operation, Outcome, Seen, VersionedOperation,
+};
 
 pub(super) struct Pending {
     pub(super) op: Op,
+    /// For a conditional CAS or delete: the versions the key must have.
+    pub(super) condition: Option<Condition>,
     pub(super) seq: u64,
     pub(super) cmd: Option<Command>,
     pub(super) invoke: u64,
@@ -57,17 +61,17 @@ impl World {
                 if self.clients[c].idle_until > self.now {
                     continue;
                 }
-                let op = match &mut self.clients[c].script {
+                let (op, condition) = match &mut self.clients[c].script {
                     Some(script) => {
                         if script.is_empty() {
                             continue;
                         }
-                        script.remove(0)
+                        (script.remove(0), None)
                     }
                     None if new_ops => self.random_op(c),
                     None => continue,
                 };
-                self.begin(c, op);
+                self.begin(c, op, condition);
                 continue;
             }
             let (sent_at, retry_at) = self.clients[c]
@@ -88,10 +92,35 @@ impl World {
         }
     }
 
-    pub(super) fn random_op(&mut self, c: usize) -> Op {
+    /// A random operation of client `c`, with its condition on versions if it has one. Every
+    /// draw past those made before conditional writes existed is made only in scenarios with
+    /// `conditional_writes`, so the others replay as they did.
+    pub(super) fn random_op(&mut self, c: usize) -> (Op, Option<Condition>) {
         let key = format!("k{}", self.rng.gen_range(0..self.sc.keys));
         let value = format!("c{c}-{}", self.clients[c].next_seq);
-        match self.rng.gen_range(0..10) {
+        let kind = self.rng.gen_range(0..10);
+        if self.sc.conditional_writes && kind >= 6 {
+            // A third of deletes and CASes as they were, a third by version, a third by
+            // mod_revision.
+            let (version, mod_revision) = self.recent_versions(&key);
+            let condition = match self.rng.gen_range(0..3) {
+                0 => None,
+                1 => Some(Condition::Version(version)),
+                _ => Some(Condition::ModRevision(mod_revision)),
+            };
+            if condition.is_some() {
+                let op = match kind {
+                    6 => Op::Delete { key },
+                    _ => Op::Cas {
+                        key,
+                        expected: None,
+                        new: value,
+                    },
+                };
+                return (op, condition);
+            }
+        }
+        let op = match kind {
             0..=3 => Op::Get { key },
             4..=5 => Op::Put { key, value },
             6 => Op::Delete { key },
@@ -103,8 +132,8 @@ impl World {
                     .iter()
                     .rev()
                     .take(8)
-                    .filter(|o| o.op.key() == key)
-                    .find_map(|o| match (&o.op, &o.outcome) {
+                    .filter(|o| o.call.op.key() == key)
+                    .find_map(|o| match (&o.call.op, &o.call.outcome) {
                         (Op::Put { value, .. }, _) => Some(value.clone()),
                         (Op::Cas { new, .. }, _) => Some(new.clone()),
                         (_, Outcome::Get(v)) => v.clone(),
@@ -116,12 +145,48 @@ impl World {
                     new: value,
                 }
             }
-        }
+        };
+        (op, None)
     }
 
-    pub(super) fn begin(&mut self, c: usize, op: Op) {
+    /// The version and mod_revision of `key` as the latest answers said (0, 0: absent, or
+    /// nothing said lately): a condition on them mostly holds, unless another client's
+    /// write came between, and one applied twice would find it no longer holds.
+    fn recent_versions(&self, key: &str) -> (u64, u64) {
+        let recent = || {
+            self.history
+                .iter()
+                .rev()
+                .take(8)
+                .filter(move |v| v.call.op.key() == key)
+        };
+        let meta = |v: &VersionedOperation| match (&v.call.outcome, v.seen) {
+            (Outcome::Get(_), Some(s)) => Some(s.meta),
+            (Outcome::Cas(false) | Outcome::Refused, Some(s)) if s.meta.is_some() => Some(s.meta),
+            _ => None,
+        };
+        let version = recent()
+            .find_map(meta)
+            .map_or(0, |m| m.map_or(0, |m| m.version));
+        let mod_revision = recent()
+            .find_map(|v| match (&v.call.outcome, v.seen) {
+                (Outcome::Put | Outcome::Cas(true), Some(s)) => Some(s.revision),
+                (Outcome::Delete, Some(_)) => Some(0),
+                _ => meta(v).map(|m| m.map_or(0, |m| m.mod_revision)),
+            })
+            .unwrap_or(0);
+        (version, mod_revision)
+    }
+
+    pub(super) fn begin(&mut self, c: usize, op: Op, condition: Option<Condition>) {
         let seq = self.clients[c].next_seq;
         self.clients[c].next_seq += 1;
+        let cond = condition.map(|c| rdb_proto::command::Condition {
+            check: Some(match c {
+                Condition::Version(v) => Check::Version(v),
+                Condition::ModRevision(r) => Check::ModRevision(r),
+            }),
+        });
         let cmd_op = match &op {
             Op::Get { .. } => None,
             Op::Put { key, value } => Some(CmdOp::Put(Put {
@@ -130,13 +195,13 @@ impl World {
             })),
             Op::Delete { key } => Some(CmdOp::Delete(Delete {
                 key: key.clone().into_bytes(),
-                condition: None,
+                condition: cond,
             })),
             Op::Cas { key, expected, new } => Some(CmdOp::Cas(Cas {
                 key: key.clone().into_bytes(),
                 expected: expected.clone().map(String::into_bytes),
                 new_value: new.clone().into_bytes(),
-                condition: None,
+                condition: cond,
             })),
         };
         let cmd = cmd_op.map(|o| Command {
@@ -153,6 +218,7 @@ impl World {
             .collect();
         self.clients[c].pending = Some(Pending {
             op,
+            condition,
             seq,
             cmd,
             invoke: self.now,
@@ -271,19 +337,24 @@ impl World {
         } else {
             Outcome::Failed
         };
-        self.finish(c, p, outcome);
+        self.finish(c, p, outcome, None);
     }
 
-    pub(super) fn finish(&mut self, c: usize, p: Pending, outcome: Outcome) {
+    /// Records client `c`'s operation `p` as done, with what its answer said of revisions.
+    pub(super) fn finish(&mut self, c: usize, p: Pending, outcome: Outcome, seen: Option<Seen>) {
         if !matches!(outcome, Outcome::Failed | Outcome::Indeterminate) {
             self.stats.ok += 1;
         }
-        self.history.push(Operation {
-            client: c as u64,
-            op: p.op,
-            outcome,
-            invoke: p.invoke * 1_000_000,
-            complete: self.now * 1_000_000,
+        self.history.push(VersionedOperation {
+            call: Operation {
+                client: c as u64,
+                op: p.op,
+                outcome,
+                invoke: p.invoke * 1_000_000,
+                complete: self.now * 1_000_000,
+            },
+            condition: p.condition,
+            seen,
         });
         self.clients[c].idle_until = self.now + self.rng.gen_range(0..3 * STEPS_PER_TICK);
     }
@@ -298,18 +369,51 @@ impl World {
             return;
         }
         let current = attempt == p.attempt && p.retry_at.is_none();
+        let seen = |revision, meta: Option<rdb_storage::mvcc::Meta>| Seen {
+            revision,
+            meta: meta.map(|m| KeyMeta {
+                create_revision: m.create_revision,
+                mod_revision: m.mod_revision,
+                version: m.version,
+            }),
+        };
         let outcome = match (&rep, &p.op) {
-            (Rep::Written(CommandResult::Put { .. }), Op::Put { .. }) => Some(Outcome::Put),
-            (Rep::Written(CommandResult::Delete { .. }), Op::Delete { .. }) => {
-                Some(Outcome::Delete)
+            (Rep::Written(CommandResult::Put { revision }), Op::Put { .. }) => {
+                Some((Outcome::Put, seen(*revision, None)))
             }
-            (Rep::Written(CommandResult::Cas { succeeded, .. }), Op::Cas { .. }) => {
-                Some(Outcome::Cas(*succeeded))
+            (Rep::Written(CommandResult::Delete { revision, .. }), Op::Delete { .. }) => {
+                Some((Outcome::Delete, seen(*revision, None)))
             }
-            (Rep::Value(v), Op::Get { .. }) => Some(Outcome::Get(v.clone())),
+            (
+                Rep::Written(CommandResult::DeleteRefused { current, revision }),
+                Op::Delete { .. },
+            ) if p.condition.is_some() => Some((Outcome::Refused, seen(*revision, *current))),
+            (
+                Rep::Written(CommandResult::Cas {
+                    succeeded,
+                    revision,
+                    current_meta,
+                    ..
+                }),
+                Op::Cas { .. },
+            ) => {
+                // A swap's answer has no versions; a failed one's are the key's, when given.
+                let current = current_meta.filter(|_| !succeeded);
+                Some((Outcome::Cas(*succeeded), seen(*revision, current)))
+            }
+            (Rep::Read { value, revision }, Op::Get { .. }) => {
+                let (value, meta) = value.clone().unzip();
+                Some((
+                    Outcome::Get(value),
+                    Seen {
+                        revision: *revision,
+                        meta,
+                    },
+                ))
+            }
             _ => None,
         };
-        if let Some(outcome) = outcome {
+        if let Some((outcome, seen)) = outcome {
             if let Some(p) = self.clients[c].pending.take() {
                 let changed = match (&rep, &p.op) {
                     (Rep::Written(CommandResult::Put { revision }), Op::Put { key, .. })
@@ -334,7 +438,7 @@ impl World {
                     self.written
                         .push((key, p.invoke * 1_000_000, self.now * 1_000_000, revision));
                 }
-                self.finish(c, p, outcome);
+                self.finish(c, p, outcome, Some(seen));
             }
             return;
         }

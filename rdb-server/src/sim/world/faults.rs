@@ -133,8 +133,9 @@ impl World {
 
     /// A store is lost for good (its machine burnt): it never runs again, and PD replaces its
     /// peers. Once per run (a second loss before the repair of the first may take a quorum,
-    /// which no replication of three survives), and only while more stores than a region's
-    /// replicas would remain.
+    /// which no replication of three survives), only while more stores than a region's
+    /// replicas would remain, and not when the store drawn holds half of some region's voters
+    /// (membership faults can leave a region with two), which no repair could follow.
     fn lose_store(&mut self) {
         if !self.lost.is_empty() {
             return;
@@ -148,6 +149,9 @@ impl World {
             return;
         }
         let i = live[self.rng.gen_range(0..live.len())];
+        if self.loss_takes_a_quorum(i) {
+            return;
+        }
         let n = &mut self.nodes[i];
         n.store = None;
         n.inbox.clear();
@@ -155,6 +159,35 @@ impl World {
         n.restart_at = None;
         self.lost.insert(i);
         self.note(format!("s{} is lost for good", i + 1));
+    }
+
+    /// Whether losing store `i` (beside any lost before) would leave some region, as some
+    /// replica of it has its configuration (both halves of a joint one), without a majority of
+    /// its voters.
+    fn loss_takes_a_quorum(&self, i: usize) -> bool {
+        let gone = |store: u64| {
+            let s = (store as usize).wrapping_sub(1);
+            s == i || self.lost.contains(&s)
+        };
+        let stores = self.nodes.iter().filter_map(|n| n.store.as_ref());
+        stores.into_iter().any(|st| {
+            st.region_ids().into_iter().any(|id| {
+                let (Some(c), Some(meta)) = (st.core(id), st.region(id)) else {
+                    return false;
+                };
+                let kept = |peer: &u64| {
+                    meta.peers
+                        .iter()
+                        .any(|p| p.id == *peer && !gone(p.store_id))
+                };
+                let cs = c.replica().conf_state();
+                let quorum_lost = [&cs.voters, &cs.voters_outgoing].into_iter().any(|voters| {
+                    !voters.is_empty()
+                        && 2 * voters.iter().filter(|v| kept(v)).count() <= voters.len()
+                });
+                quorum_lost
+            })
+        })
     }
 
     /// A store is decommissioned (`rdb-cli --pd ... store remove`): PD moves its peers away.
