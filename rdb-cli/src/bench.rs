@@ -107,6 +107,10 @@ pub struct BenchArgs {
     /// Seed for the key-choice random number generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Gets read their keys as of this revision (0: the newest), to measure reads of history
+    /// (specs/018-versions); with --batch above 1 or other workloads it is refused.
+    #[arg(long, default_value_t = 0)]
+    pub revision: u64,
     /// Keys per request: above 1, puts are `batch_put`s and gets `batch_get`s of that many
     /// random keys (one Raft entry, one read barrier); ops count requests, keys/s counts keys.
     #[arg(long, default_value_t = 1)]
@@ -130,6 +134,13 @@ impl BenchArgs {
         }
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
+        }
+        if self.revision != 0 && (self.workload != Workload::Get || self.batch != 1) {
+            return Err(
+                "--revision reads single keys at a past revision: use it with --workload get \
+                 and --batch 1"
+                    .into(),
+            );
         }
         if let Some(ratio) = self.read_ratio {
             if !(0.0..=1.0).contains(&ratio) {

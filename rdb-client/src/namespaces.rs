@@ -51,7 +51,12 @@ impl Client {
     /// one's connections. Fails with [`Error::NotFound`] when no such namespace was created.
     pub async fn namespace(&self, name: &str) -> Result<Client> {
         let ns = Namespace::parse(name).map_err(Error::InvalidArgument)?;
-        let mode = if ns.is_default() || ns.name() == REGISTRY {
+        if ns.name() == REGISTRY {
+            return Err(Error::InvalidArgument(format!(
+                "namespace '{REGISTRY}' is rdb's own: use namespace create and namespace list"
+            )));
+        }
+        let mode = if ns.is_default() {
             NamespaceMode::Strong
         } else {
             match self

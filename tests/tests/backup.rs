@@ -272,6 +272,34 @@ async fn an_idle_cluster_restores_to_identical_data() {
     let restored = all_pairs(&new.client()).await;
     assert_eq!(restored.len(), old.len());
     assert!(restored == old, "the restored data differs from the source");
+    // Versions and history came along (specs/018-versions): the same versions, the state
+    // before the swap at its revision, and new writes' revisions above the source's.
+    let versioned = |c: Client, r: u64| async move {
+        c.get_versioned("k0001", r, ReadConsistency::Linearizable)
+            .await
+            .expect("a versioned read")
+            .version
+    };
+    assert_eq!(
+        versioned(new.client(), 0).await,
+        versioned(client.clone(), 0).await
+    );
+    assert_eq!(
+        versioned(new.client(), cas.revision - 1)
+            .await
+            .map(|v| v.value),
+        Some(b"value 1".to_vec())
+    );
+    let next = new.client().put("k0001", "later").await.expect("a write");
+    assert!(
+        next > cas.revision,
+        "revision {next} after a restore at {}",
+        cas.revision
+    );
+    new.client()
+        .put("k0001", "swapped")
+        .await
+        .expect("put the value back");
     // Compared with the source still running, not only with a copy taken earlier.
     assert_eq!(all_pairs(&client).await, restored);
     check_accepts_writes(&new, saved.index).await;

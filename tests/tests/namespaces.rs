@@ -113,6 +113,13 @@ async fn namespaces_keep_their_keys_apart() {
         Err(Error::NotFound(_)) => {}
         other => panic!("a namespace never created: {other:?}"),
     }
+    let o = cli(&e, &["-n", "_namespaces", "scan"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the registry is not for use: {}",
+        explain(&o)
+    );
     let o = cli(&e, &["--hex", "put", "ffff6e61", "00"]);
     assert_eq!(o.status.code(), Some(2), "{}", explain(&o));
     assert!(explain(&o).contains("rdb's own"), "{}", explain(&o));

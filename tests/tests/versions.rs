@@ -353,3 +353,80 @@ async fn pd_mode_revisions_order_writes_across_regions_and_read_one_cut() {
         other => panic!("a read an hour past every timestamp: {other:?}"),
     }
 }
+
+/// Versions carried by a snapshot install and a leader change: a follower that was down while
+/// the log moved past it gets the region by snapshot (history included), then leads; its
+/// answers, at the newest and at past revisions, are the old leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn versions_survive_a_snapshot_install_and_a_leader_change() {
+    let settings = Settings(
+        "snapshot_threshold = 300\ncatch_up_entries = 100\nhistory_revisions = 0\n".into(),
+    );
+    let mut c = TestCluster::start_with(3, settings);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.kill(follower);
+    let client = c.client();
+    let mut revs = Vec::new();
+    for i in 0..1000 {
+        revs.push(
+            client
+                .put(format!("k{}", i % 10), format!("v{i}"))
+                .await
+                .expect("put"),
+        );
+    }
+    let probes: Vec<u64> = [0, 250, 500, 999].iter().map(|&i| revs[i]).collect();
+    let answers = |client: rdb_client::Client| {
+        let probes = probes.clone();
+        async move {
+            let mut out = Vec::new();
+            for k in 0..10 {
+                for &r in probes.iter().chain([0u64].iter()) {
+                    let read = client
+                        .get_versioned(format!("k{k}"), r, ReadConsistency::Linearizable)
+                        .await
+                        .unwrap_or_else(|e| panic!("k{k} at {r}: {e}"));
+                    out.push((k, r, read.version));
+                }
+            }
+            out
+        }
+    };
+    let before = answers(client.clone()).await;
+    c.restart(follower);
+    let log = c.log_path(follower);
+    TestCluster::wait_until(
+        "the follower installed a snapshot",
+        Duration::from_secs(30),
+        || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("snapshot install")
+            }
+        },
+    )
+    .await;
+    let last = *revs.last().expect("writes");
+    let f = c.client_for(follower);
+    TestCluster::wait_until("the follower caught up", Duration::from_secs(30), || {
+        let f = f.clone();
+        async move {
+            f.get_versioned("k9", 0, ReadConsistency::Serializable)
+                .await
+                .is_ok_and(|r| r.revision >= last)
+        }
+    })
+    .await;
+    client.transfer_leader(follower).await.expect("transfer");
+    assert_eq!(c.wait_leader(Duration::from_secs(20)).await, follower);
+    assert_eq!(
+        answers(c.client_for(follower)).await,
+        before,
+        "the new leader's versions and history"
+    );
+    let o = cli(&c.endpoints(), &["check"]);
+    assert_eq!(o.status.code(), Some(0), "replicas differ: {}", explain(&o));
+}

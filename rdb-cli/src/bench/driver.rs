@@ -136,6 +136,7 @@ pub(super) async fn send(
     req: Request,
     value: &[u8],
     consistency: ReadConsistency,
+    revision: u64,
 ) -> Result<Done, Error> {
     let client = match conn {
         Conn::Pd(pd) => return pd.timestamp().await.map(|_| Done::found(true)),
@@ -146,9 +147,9 @@ pub(super) async fn send(
             "timestamps come from PD, not from a KV node".into(),
         )),
         Request::Get(key) => client
-            .get_with(key, consistency)
+            .get_versioned(key, revision, consistency)
             .await
-            .map(|v| Done::found(v.is_some())),
+            .map(|v| Done::found(v.version.is_some())),
         Request::BatchGet(keys) => client
             .batch_get(keys, consistency)
             .await
@@ -200,7 +201,7 @@ pub(super) async fn measure_task(
         let more: Vec<u64> = (1..args.batch).map(|_| chooser.next(&mut rng)).collect();
         let req = build_request(kind, key, &more, &args, &shared.inserted, &mut rng);
         let started = Instant::now();
-        match send(&conn, req, &shared.value, consistency).await {
+        match send(&conn, req, &shared.value, consistency, args.revision).await {
             Ok(done) => {
                 stats.record_ok(kind, started, done.rows);
                 if !done.found {

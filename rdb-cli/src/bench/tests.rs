@@ -389,3 +389,17 @@ fn ops_budget_is_shared_and_exact() {
     stopped.stop.store(true, Ordering::Relaxed);
     assert!(!stopped.take_one());
 }
+
+#[test]
+fn reads_at_a_past_revision_are_single_gets() {
+    let a = parsed(&["--workload", "get", "--revision", "42"]);
+    assert_eq!(a.revision, 42);
+    assert_eq!(a.validate(), Ok(()));
+    for other in [
+        &["--workload", "put", "--revision", "42"][..],
+        &["--workload", "get", "--batch", "8", "--revision", "42"][..],
+    ] {
+        let e = parsed(other).validate().expect_err("refused");
+        assert!(e.contains("--revision"), "{e}");
+    }
+}
