@@ -123,6 +123,10 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Total RocksDB write-ahead log size before old logs are flushed away, in bytes (default 64 MiB).
     pub max_wal_bytes: u64,
+    /// RocksDB's block cache, shared by a node's column families, in bytes (default 64 MiB).
+    pub block_cache_bytes: u64,
+    /// All of RocksDB's memtables together before it flushes, in bytes (default 128 MiB).
+    pub memtable_bytes: u64,
     /// `text` or `json` (default text).
     pub log_format: LogFormat,
     /// `trace`, `debug`, `info`, `warning`, `error` or `critical` (default info).
@@ -139,6 +143,15 @@ impl Settings {
             dedup_window: self.dedup_window,
             history_revisions: self.history_revisions,
             history_ms: self.history_secs.saturating_mul(1000),
+        }
+    }
+
+    /// The RocksDB tunables these settings give.
+    pub fn engine_options(&self) -> rdb_storage::EngineOptions {
+        rdb_storage::EngineOptions {
+            max_wal_bytes: self.max_wal_bytes,
+            block_cache_bytes: self.block_cache_bytes,
+            memtable_bytes: self.memtable_bytes,
         }
     }
 
@@ -188,6 +201,13 @@ impl Settings {
         }
         if s.dedup_window < 1000 {
             return bad("settings.dedup_window must be at least 1000".into());
+        }
+        if s.block_cache_bytes < (1 << 20) || s.memtable_bytes < (4 << 20) {
+            return bad(
+                "settings.block_cache_bytes must be at least 1 MiB and settings.memtable_bytes \
+                 at least 4 MiB"
+                    .into(),
+            );
         }
         if s.max_wal_bytes < (1 << 20) {
             return bad("settings.max_wal_bytes must be at least 1 MiB".into());
@@ -240,6 +260,8 @@ impl Default for Settings {
             max_scan_limit: 10_000,
             max_response_bytes: 4 << 20,
             max_wal_bytes: 64 << 20,
+            block_cache_bytes: 64 << 20,
+            memtable_bytes: 128 << 20,
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }

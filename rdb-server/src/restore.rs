@@ -63,9 +63,7 @@ pub fn run(
             voters: voters.clone(),
             members: members.clone(),
             settings: config.settings.apply_settings(),
-            engine_opts: EngineOptions {
-                max_wal_bytes: config.settings.max_wal_bytes,
-            },
+            engine_opts: config.settings.engine_options(),
         };
         let r = backup::restore(file, &n.data_dir, &target)?;
         let (index, term) = info
@@ -166,9 +164,7 @@ pub fn run_pd(
             },
             regions: regions.clone(),
             settings: settings.apply_settings(),
-            engine_opts: EngineOptions {
-                max_wal_bytes: settings.max_wal_bytes,
-            },
+            engine_opts: settings.engine_options(),
         };
         staged.push((
             store_id,

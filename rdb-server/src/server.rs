@@ -541,9 +541,7 @@ pub fn open_data_dir(
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;
-    let opts = EngineOptions {
-        max_wal_bytes: config.settings.max_wal_bytes,
-    };
+    let opts = config.settings.engine_options();
     let engine = Engine::open_with(dir, opts).map_err(|e| ServerError::DataDir {
         dir: dir.to_path_buf(),
         message: e.to_string(),

@@ -230,6 +230,11 @@ pub struct EngineOptions {
     /// keep the oldest one alive. Without it, the small, constantly overwritten Raft state
     /// would pin old WAL files and disk use would grow with every write.
     pub max_wal_bytes: u64,
+    /// RocksDB's block cache, one for all the column families: uncompressed blocks of the
+    /// files read most.
+    pub block_cache_bytes: u64,
+    /// The memtables of all column families together: past it RocksDB flushes the largest.
+    pub memtable_bytes: u64,
 }
 
 /// Name of the snapshot folder inside a data directory.
@@ -255,6 +260,8 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             max_wal_bytes: 64 << 20,
+            block_cache_bytes: 64 << 20,
+            memtable_bytes: 128 << 20,
         }
     }
 }
@@ -286,24 +293,37 @@ impl Engine {
         let mut opts = opts.get_options_from_string("avoid_flush_during_recovery=true")?;
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // Memory is bounded by settings: one block cache for every family, and one budget
+        // for all memtables (without them each family has its own cache and memtables).
+        opts.set_db_write_buffer_size(engine_opts.memtable_bytes as usize);
+        let cache = rocksdb::Cache::new_lru_cache(engine_opts.block_cache_bytes as usize);
+        let table = |bloom: bool| {
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            if bloom {
+                t.set_bloom_filter(10.0, false);
+            }
+            t
+        };
         // The log column family is written and deleted in index order; smaller memtables keep
         // compacted entries from lingering.
         let mut log_opts = Options::default();
         log_opts.set_write_buffer_size(32 << 20);
+        log_opts.set_block_based_table_factory(&table(false));
+        let mut state_opts = Options::default();
+        state_opts.set_block_based_table_factory(&table(false));
         // Every write looks up its request id's dedup record, and nearly every lookup misses:
         // without bloom filters each miss reads an index and a data block of every L0 file and
         // level, so puts slowed down as the data grew (a third in 50 s of 64 writers).
-        let mut data_table = BlockBasedOptions::default();
-        data_table.set_bloom_filter(10.0, false);
         let mut data_opts = Options::default();
-        data_opts.set_block_based_table_factory(&data_table);
+        data_opts.set_block_based_table_factory(&table(true));
         // Dead dedup records go with compaction instead of costing each write deletes.
         let dedup = Arc::new(DedupHorizon::default());
         let horizons = Arc::new(Horizons::new(&dedup));
         data_opts.set_compaction_filter("rdb-dead-dedup-records", dedup::filter(horizons.clone()));
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RAFT_LOG, log_opts),
-            ColumnFamilyDescriptor::new(CF_RAFT_STATE, Options::default()),
+            ColumnFamilyDescriptor::new(CF_RAFT_STATE, state_opts),
             ColumnFamilyDescriptor::new(CF_DATA, data_opts),
         ];
         // An existing database written by someone else would lack our column families: refuse it

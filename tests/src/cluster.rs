@@ -43,6 +43,16 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Runs `rdb-cli --endpoints ENDPOINTS ARGS...` to its end.
+pub fn rdb_cli(endpoints: &[String], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin_dir().join("rdb-cli"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .output()
+        .expect("run rdb-cli")
+}
+
 /// A finished command's exit code, stdout and stderr, for an assertion's message.
 pub fn explain(o: &std::process::Output) -> String {
     format!(

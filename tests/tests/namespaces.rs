@@ -3,21 +3,11 @@
 //! writable from `default`, and an `eventual` namespace's reads are served without a read
 //! barrier (so a lone replica still answers, with nothing it did not apply).
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use rdb_client::{Error, NamespaceMode, ReadConsistency, ScanRange};
-use rdb_tests::cluster::{bin_dir, explain, TestCluster};
-
-/// `rdb-cli --endpoints ENDPOINTS ARGS...`.
-fn cli(endpoints: &[String], args: &[&str]) -> Output {
-    Command::new(bin_dir().join("rdb-cli"))
-        .arg("--endpoints")
-        .arg(endpoints.join(","))
-        .args(args)
-        .output()
-        .expect("run rdb-cli")
-}
+use rdb_tests::cluster::{explain, rdb_cli as cli, TestCluster};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()

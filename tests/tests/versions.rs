@@ -1,23 +1,14 @@
 //! Versioned keys against real processes (specs/018-versions): every write's revision, each
-//! key's versions, reads at a past revision, `Compacted` below the history kept, through the
-//! client library and `rdb-cli`, across a follower's restart.
+//! key's versions, reads at a past revision, `Compacted` below the history kept, `compact R`,
+//! through the client library and `rdb-cli`, across a follower's restart, a snapshot install
+//! and a leader change; in PD mode, revisions that are PD timestamps across regions.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use rdb_client::{Condition, Error, ReadConsistency};
-use rdb_tests::cluster::{bin_dir, explain, Settings, TestCluster};
+use rdb_tests::cluster::{explain, rdb_cli as cli, Settings, TestCluster};
 use rdb_tests::regions::{key, write_rounds, RegionCluster, Split};
-
-/// `rdb-cli --endpoints ENDPOINTS ARGS...`.
-fn cli(endpoints: &[String], args: &[&str]) -> Output {
-    Command::new(bin_dir().join("rdb-cli"))
-        .arg("--endpoints")
-        .arg(endpoints.join(","))
-        .args(args)
-        .output()
-        .expect("run rdb-cli")
-}
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", explain(o)))

@@ -120,13 +120,8 @@ pub async fn run(
         dir: args.data_dir.clone(),
         message: e.to_string(),
     })?;
-    let engine = Engine::open_with(
-        &args.data_dir,
-        EngineOptions {
-            max_wal_bytes: settings.max_wal_bytes,
-        },
-    )
-    .map_err(data_error)?;
+    let engine =
+        Engine::open_with(&args.data_dir, settings.engine_options()).map_err(data_error)?;
     engine.claim_kind(DirKind::Store).map_err(data_error)?;
     engine
         .check_apply_settings(settings.apply_settings())

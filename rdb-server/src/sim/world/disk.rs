@@ -26,6 +26,8 @@ const CLOSE_BOUND: Duration = Duration::from_secs(10);
 /// a page per 4 KiB at every open; and more logs to cut across.
 const SMALL: EngineOptions = EngineOptions {
     max_wal_bytes: 1 << 20,
+    block_cache_bytes: 8 << 20,
+    memtable_bytes: 16 << 20,
 };
 
 /// The newest write-ahead log and its size at the last synced write.

@@ -76,13 +76,7 @@ pub async fn run_config_node(
         dir: me.data_dir.clone(),
         message: e.to_string(),
     })?;
-    let engine = Engine::open_with(
-        &me.data_dir,
-        EngineOptions {
-            max_wal_bytes: settings.max_wal_bytes,
-        },
-    )
-    .map_err(data_error)?;
+    let engine = Engine::open_with(&me.data_dir, settings.engine_options()).map_err(data_error)?;
     let ident = rdb_storage::Ident {
         cluster_id: config.cluster_id,
         node_id,
