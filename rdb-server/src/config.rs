@@ -123,9 +123,9 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Total RocksDB write-ahead log size before old logs are flushed away, in bytes (default 64 MiB).
     pub max_wal_bytes: u64,
-    /// RocksDB's block cache, shared by a node's column families, in bytes (default 64 MiB).
+    /// RocksDB's block cache, shared by a node's column families, in bytes (default 32 MiB).
     pub block_cache_bytes: u64,
-    /// All of RocksDB's memtables together before it flushes, in bytes (default 128 MiB).
+    /// All of RocksDB's memtables together before it flushes, in bytes (default 64 MiB).
     pub memtable_bytes: u64,
     /// `text` or `json` (default text).
     pub log_format: LogFormat,
@@ -260,8 +260,8 @@ impl Default for Settings {
             max_scan_limit: 10_000,
             max_response_bytes: 4 << 20,
             max_wal_bytes: 64 << 20,
-            block_cache_bytes: 64 << 20,
-            memtable_bytes: 128 << 20,
+            block_cache_bytes: 32 << 20,
+            memtable_bytes: 64 << 20,
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }

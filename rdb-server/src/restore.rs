@@ -29,7 +29,7 @@ use rdb_client::pd::Region as PdRegion;
 use rdb_client::PdClient;
 use rdb_storage::backup::{self, BackupContents, RestoreTarget, Restored, StoreRestoreTarget};
 use rdb_storage::region::{Peer, Region, RegionEpoch, StoreIdent};
-use rdb_storage::{EngineOptions, Ident};
+use rdb_storage::Ident;
 
 use crate::config::{ClusterConfig, ConfigError, NodeConfig, NodeId, Settings};
 use crate::ServerError;

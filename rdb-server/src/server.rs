@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rdb_proto::peer::peer_server::PeerServer;
-use rdb_storage::{DirKind, Engine, EngineOptions, Ident, MemberRecord, RaftStorage};
+use rdb_storage::{DirKind, Engine, Ident, MemberRecord, RaftStorage};
 use slog::{info, warn, Logger};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;

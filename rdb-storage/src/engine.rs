@@ -260,8 +260,8 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             max_wal_bytes: 64 << 20,
-            block_cache_bytes: 64 << 20,
-            memtable_bytes: 128 << 20,
+            block_cache_bytes: 32 << 20,
+            memtable_bytes: 64 << 20,
         }
     }
 }

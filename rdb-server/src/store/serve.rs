@@ -25,7 +25,7 @@ use rdb_proto::kv::kv_server::KvServer;
 use rdb_proto::peer::peer_server::PeerServer;
 use rdb_proto::peer::PeerKind;
 use rdb_storage::region::{self, Peer, Region, RegionEpoch, StoreIdent};
-use rdb_storage::{CommandResult, DirKind, Engine, EngineOptions};
+use rdb_storage::{CommandResult, DirKind, Engine};
 use slog::{crit, debug, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
