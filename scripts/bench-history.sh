@@ -19,12 +19,7 @@ rdb_bench_bin
 
 work=$(mktemp -d -t rdb-history.XXXXXX)
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap rdb_bench_cleanup EXIT
 
 rdb_start_bench_cluster "$work" warning
 cli=("$bin/rdb-cli" --endpoints "$endpoints")

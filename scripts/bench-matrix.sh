@@ -13,8 +13,7 @@ rdb_bench_bin
 
 work=$(mktemp -d -t rdb-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+trap rdb_bench_cleanup EXIT
 rdb_start_bench_cluster "$work" warning
 
 bench() { "$bin/rdb-cli" --endpoints "$endpoints" -o json bench --duration-secs "$secs" "$@" 2>/dev/null | tail -n 1; }

@@ -14,8 +14,7 @@ secs=${2:-60}
 rdb_bench_bin
 work=$(mktemp -d -t rdb-overload.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+trap rdb_bench_cleanup EXIT
 rdb_start_bench_cluster "$work" info
 terms() { "$bin/rdb-cli" --endpoints "$endpoints" -o json status 2>/dev/null \
   | python3 -c "import json,sys; print(' '.join(str(n.get('term', '?')) for n in json.load(sys.stdin)))"; }

@@ -23,12 +23,7 @@ rdb_bench_bin
 
 work=$(mktemp -d -t rdb-bench-regions.XXXXXX)
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap rdb_bench_cleanup EXIT
 results="$work/results"
 
 # Halving splits stop at REGIONS regions of KEYS/REGIONS keys with this threshold.

@@ -16,8 +16,7 @@ rdb_bench_bin
 
 work=$(mktemp -d -t rdb-bench-tso.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+trap rdb_bench_cleanup EXIT
 rdb_write_config "$work" 3
 printf '[settings]\nlog_level = "warning"\n' >> "$work/cluster.toml"
 for i in 1 2 3; do

@@ -58,6 +58,15 @@ rdb_now_ms() {
   echo $(( $(date +%s%N) / 1000000 ))
 }
 
+# The benchmark scripts' exit trap (`trap rdb_bench_cleanup EXIT`): kills every process in
+# `pids` and removes the work directory `work`.
+rdb_bench_cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
 # The step helpers of the verify scripts. `begin` starts a step's clock; `pass NAME [CEILING_MS]`
 # prints the step with its time and fails it when a ceiling is given and passed; `skip NAME
 # REASON` prints a step that cannot run yet; `fail MESSAGE` stops the script (its EXIT trap
