@@ -6,7 +6,8 @@
 # `rdb-cli --regions bench --workload put` (256-byte values, uniform keys, CLIENTS/CONNS) for
 # SECONDS, routed by PD's region map. Prints every run (with how many region leaders each store
 # held), then per setup the median ops/s, p50, p99, WAL fsyncs per second summed over the
-# stores (rdb_raft_log_fsync_seconds_count), and the regions each had.
+# stores (rdb_raft_log_fsync_seconds_count), writes stamped again per 1,000 puts
+# (rdb_write_restamps_total; "-" for a build without it), and the regions each had.
 # Usage:
 #   bash scripts/bench-regions.sh [ROUNDS=3] [SECONDS=10] [REGIONS=8] [CLIENTS=256] [CONNS=16]
 set -euo pipefail
@@ -54,6 +55,11 @@ fsyncs() {
   for u in "${maddrs[@]}"; do curl -sf "http://$u/metrics" || true; done |
     awk '/^rdb_raft_log_fsync_seconds_count/ {n += $2} END {printf "%d\n", n}'
 }
+restamps() {
+  local u
+  for u in "${maddrs[@]}"; do curl -sf "http://$u/metrics" || true; done |
+    awk '/^rdb_write_restamps_total/ {n += $2; seen = 1} END {if (seen) printf "%d\n", n; else print "-"}'
+}
 
 one() { # one LABEL: a fresh cluster, split into REGIONS regions when LABEL is "many"
   local label=$1 dir="$work/$1-$RANDOM" pd_port pd_peer
@@ -83,19 +89,23 @@ one() { # one LABEL: a fresh cluster, split into REGIONS regions when LABEL is "
       sleep 0.5
     done
   fi
-  local n f0 f1 line
+  local n f0 f1 s0 s1 line
   n=$(region_count)
   f0=$(fsyncs)
+  s0=$(restamps)
   line=$("$bin/rdb-cli" --pd "$pd" --regions -o json bench --workload put --keys "$keys" \
     --clients "$clients" --connections "$conns" --duration-secs "$secs" 2>/dev/null | tail -n 1)
   f1=$(fsyncs)
+  s1=$(restamps)
+  local stamped=-
+  [ "$s0" = - ] || stamped=$((s1 - s0))
   # How the regions' leaders sat on the three stores during the run (after it, as PD saw it).
   leaders=$("$bin/rdb-cli" --pd "$pd" --timeout-ms 2000 -o json region list 2>/dev/null | python3 -c '
 import collections, json, sys
 c = collections.Counter(r["leader"]["store_id"] for r in json.load(sys.stdin)["regions"] if r.get("leader"))
 print("/".join(str(c[s]) for s in sorted(c)))')
-  echo "$label $n $((f1 - f0)) $line" >> "$results"
-  echo "$label regions=$n leaders_per_store=$leaders fsyncs=$((f1 - f0)) $line"
+  echo "$label $n $((f1 - f0)) $stamped $line" >> "$results"
+  echo "$label regions=$n leaders_per_store=$leaders fsyncs=$((f1 - f0)) restamps=$stamped $line"
   stop_all
 }
 
@@ -108,22 +118,26 @@ python3 - "$results" "$secs" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    label, n, syncs, js = line.split(" ", 3)
+    label, n, syncs, stamped, js = line.split(" ", 4)
     if not js.startswith("{"):
         continue
     r = json.loads(js)
     r["regions"], r["fsyncs"] = int(n), int(syncs)
+    r["restamps"] = None if stamped == "-" else int(stamped)
     rows.setdefault(label, []).append(r)
 med = statistics.median
-print("| setup | regions | put ops/s (median; runs) | p50 ms | p99 ms | WAL fsyncs/s (3 stores) | errors |")
-print("|---|---|---|---|---|---|---|")
+print("| setup | regions | put ops/s (median; runs) | p50 ms | p99 ms | WAL fsyncs/s (3 stores) | restamps / 1,000 puts | errors |")
+print("|---|---|---|---|---|---|---|---|")
 for label in ("one", "many"):
     rs = rows.get(label, [])
     if not rs:
         continue
     ops = [r["ops_per_sec"] for r in rs]
     rate = med(r["fsyncs"] * r["ops_per_sec"] / r["ops"] for r in rs if r["ops"])
-    print("| %s | %s | %.0f (%s) | %.2f | %.2f | %.0f | %d |" % (
+    counted = [1000 * r["restamps"] / r["ops"] for r in rs if r["restamps"] is not None and r["ops"]]
+    restamped = "%.1f" % med(counted) if counted else "-"
+    print("| %s | %s | %.0f (%s) | %.2f | %.2f | %.0f | %s | %d |" % (
         label, "/".join(str(r["regions"]) for r in rs), med(ops), ", ".join("%.0f" % o for o in ops),
-        med(r["p50_ms"] for r in rs), med(r["p99_ms"] for r in rs), rate, sum(r["errors"] for r in rs)))
+        med(r["p50_ms"] for r in rs), med(r["p99_ms"] for r in rs), rate, restamped,
+        sum(r["errors"] for r in rs)))
 PY

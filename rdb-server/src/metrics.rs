@@ -38,6 +38,9 @@ pub struct Metrics {
     pub read_rounds: IntCounter,
     /// Reads served per round.
     pub reads_per_round: Histogram,
+    /// PD-mode writes stamped again: their stamps were used up by writes proposed before them,
+    /// or their region had recorded a higher revision.
+    pub restamps: IntCounter,
     /// Raft term.
     pub term: IntGauge,
     /// 1 when this node leads.
@@ -170,6 +173,10 @@ impl Metrics {
                 exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
             ),
             read_rounds: counter("rdb_read_index_rounds_total", "ReadIndex rounds started"),
+            restamps: counter(
+                "rdb_write_restamps_total",
+                "PD-mode writes stamped again (their stamps used up, or below their region's last revision)",
+            ),
             reads_per_round: histogram(
                 "rdb_reads_per_read_index_round",
                 "Linearizable reads served per ReadIndex round",
@@ -237,6 +244,7 @@ impl Metrics {
             Box::new(m.turn_seconds.clone()),
             Box::new(m.entries_per_append.clone()),
             Box::new(m.read_rounds.clone()),
+            Box::new(m.restamps.clone()),
             Box::new(m.reads_per_round.clone()),
             Box::new(m.term.clone()),
             Box::new(m.is_leader.clone()),

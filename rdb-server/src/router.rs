@@ -175,6 +175,9 @@ pub enum Msg<O = CommandResult> {
         route: RegionRoute,
         /// The encoded command.
         data: Vec<u8>,
+        /// The stamps the write may take (its revision): the store picks one as it proposes
+        /// and appends it to `data` as the command's `stamp` (None: not stamped).
+        stamp: Option<crate::service::stamps::StampRange>,
         /// Where to send the result.
         tx: oneshot::Sender<ProposeResult<O>>,
     },

@@ -63,6 +63,29 @@ pub fn explain(o: &std::process::Output) -> String {
     )
 }
 
+/// Scrapes `GET /metrics` at `addr`: every `rdb_` sample line as "name{labels}" -> value.
+pub fn scrape_metrics(addr: &str) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    body.lines()
+        .filter(|l| l.starts_with("rdb_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A free port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 on Linux), and
 /// never one this test process handed out before: a port is only checked, not held, so two
 /// calls could otherwise return the same one before any node binds it (a config naming an

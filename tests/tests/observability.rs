@@ -2,37 +2,15 @@
 //! health service says NOT_SERVING on a node cut from its quorum.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use rdb_tests::cluster::TestCluster;
+use rdb_tests::cluster::{scrape_metrics as scrape, TestCluster};
 use rdb_tests::regions::{write_rounds, RegionCluster, Split};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-
-/// Scrapes `GET /metrics` at `addr`: every sample line as "name{labels}" -> value.
-fn scrape(addr: &str) -> HashMap<String, f64> {
-    let mut s =
-        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(SECS(5))).expect("timeout");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    assert!(
-        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
-        "{body}"
-    );
-    body.lines()
-        .filter(|l| l.starts_with("rdb_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
 
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use rdb_proto::pd as pb;
 
-use super::{PdClient, Timestamp};
+use super::{PdClient, SharedTimestamp, Timestamp};
 use crate::error::human_duration;
 use crate::{lock, Error, Result};
 
@@ -21,7 +21,7 @@ pub const MAX_TSO_BATCH: u32 = 1 << Timestamp::LOGICAL_BITS;
 const TSO_GRACE: Duration = Duration::from_millis(200);
 
 /// A caller waiting for one timestamp, and its deadline.
-type TsoWaiter = (Instant, oneshot::Sender<Result<Timestamp>>);
+type TsoWaiter = (Instant, oneshot::Sender<Result<SharedTimestamp>>);
 
 /// Callers waiting for one timestamp each.
 #[derive(Default)]
@@ -52,6 +52,13 @@ impl PdClient {
     /// Concurrent callers share requests (see the module docs); the call waits at most the
     /// options' deadline.
     pub async fn timestamp(&self) -> Result<Timestamp> {
+        self.shared_timestamp().await.map(|t| t.timestamp)
+    }
+
+    /// One timestamp as [`Self::timestamp`], with the range of timestamps PD reserved for the
+    /// callers that shared its request: a store stamping writes hands these out in the order
+    /// the writes are proposed, whichever caller's task happens to run first.
+    pub async fn shared_timestamp(&self) -> Result<SharedTimestamp> {
         let deadline = self.deadline();
         let (tx, rx) = oneshot::channel();
         let start_driver = {
@@ -103,13 +110,18 @@ impl PdClient {
                 .unwrap_or_else(Instant::now);
             match self.timestamps_until(batch.len() as u32, deadline).await {
                 Ok((first, count)) => {
+                    let at = |i: u32| Timestamp {
+                        physical: first.physical,
+                        logical: first.logical + i as u16,
+                    };
+                    let last = at(count - 1);
                     let mut batch = batch.into_iter();
                     for (i, (_, tx)) in batch.by_ref().take(count as usize).enumerate() {
-                        let ts = Timestamp {
-                            physical: first.physical,
-                            logical: first.logical + i as u16,
-                        };
-                        let _ = tx.send(Ok(ts));
+                        let _ = tx.send(Ok(SharedTimestamp {
+                            timestamp: at(i as u32),
+                            first,
+                            last,
+                        }));
                     }
                     // PD gave fewer than asked: the rest wait for the next request.
                     let mut q = lock(&self.inner.tso);

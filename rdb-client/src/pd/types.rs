@@ -31,6 +31,18 @@ impl Timestamp {
     }
 }
 
+/// One caller's timestamp from a request it shared with other callers, and the range PD
+/// reserved for all of them: every timestamp from `first` to `last` went to one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedTimestamp {
+    /// This caller's own timestamp.
+    pub timestamp: Timestamp,
+    /// The request's first timestamp.
+    pub first: Timestamp,
+    /// The request's last timestamp (same `physical` as `first`).
+    pub last: Timestamp,
+}
+
 impl From<Timestamp> for u64 {
     fn from(ts: Timestamp) -> u64 {
         ts.as_u64()

@@ -15,7 +15,7 @@ use rdb_proto::kv::{
 };
 use rdb_proto::namespace::Namespace;
 
-use super::stamps::Stamper;
+use super::stamps::{StampRange, Stamper};
 use rdb_storage::region::Region;
 use rdb_storage::{CommandResult, Engine};
 use tokio::time::Instant;
@@ -140,8 +140,8 @@ impl KvService {
     /// and fails as `Unavailable` (nothing proposed); waiting for the outcome is bounded and
     /// fails as `Indeterminate` (the entry may still commit).
     ///
-    /// PD mode: a write is stamped with a PD timestamp first (its revision), and stamped again
-    /// when its region refused the stamp as below its last revision.
+    /// PD mode: a write is given PD timestamps first (the store task picks its revision among
+    /// them), and stamped again when its region refused the stamp as below its last revision.
     pub(crate) async fn write(
         &self,
         deadline: Instant,
@@ -155,36 +155,55 @@ impl KvService {
             Op::Put(_) | Op::Delete(_) | Op::Cas(_) | Op::Batch(_) => self.stamps.as_deref(),
             _ => None,
         };
-        let mut cmd = Command {
+        let data = Command {
             client_id: id.client_id,
             seq: id.seq,
             op: Some(op),
             stamp: 0,
+        }
+        .encode_to_vec();
+        let Some(stamper) = stamper else {
+            return self
+                .propose(deadline, route(context, keys), data, None)
+                .await;
         };
         let mut above = 0;
         loop {
-            if let Some(stamper) = stamper {
-                cmd.stamp = stamper.stamp(above).await;
-            }
+            let stamp = stamper.stamp(above).await;
             match self
-                .propose(deadline, route(context, keys.clone()), cmd.encode_to_vec())
+                .propose(
+                    deadline,
+                    route(context, keys.clone()),
+                    data.clone(),
+                    Some(stamp),
+                )
                 .await
             {
-                Ok(CommandResult::StaleStamp { last }) if stamper.is_some() => above = last,
+                Ok(CommandResult::StaleStamp { last }) => {
+                    crate::metrics::metrics().restamps.inc();
+                    above = last;
+                }
                 outcome => return outcome,
             }
         }
     }
 
-    /// Proposes one encoded command and waits for its outcome (see [`Self::write`]).
+    /// Proposes one encoded command, stamped by the store task from `stamp`, and waits for its
+    /// outcome (see [`Self::write`]).
     async fn propose(
         &self,
         deadline: Instant,
         route: RegionRoute,
         data: Vec<u8>,
+        stamp: Option<StampRange>,
     ) -> Result<CommandResult, RequestError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = Msg::RegionPropose { route, data, tx };
+        let msg = Msg::RegionPropose {
+            route,
+            data,
+            stamp,
+            tx,
+        };
         tokio::time::timeout_at(deadline, self.mailbox.send(msg))
             .await
             .map_err(|_| RequestError::Unavailable("node is overloaded".into()))??;

@@ -382,6 +382,7 @@ pub(super) async fn launch(
         observer: Observer::new(),
         statics,
         reads_this_turn: 0,
+        stamped: 0,
         stopping: false,
         logger: logger.clone(),
     };

@@ -54,18 +54,37 @@ async fn callers_left_over_when_pd_gives_fewer_timestamps_wait_for_the_next_requ
     let calls: Vec<_> = (0..32)
         .map(|_| {
             let pd = pd.clone();
-            tokio::spawn(async move { pd.timestamp().await.unwrap() })
+            tokio::spawn(async move { pd.shared_timestamp().await.unwrap() })
         })
         .collect();
     let mut seen = HashSet::new();
+    // Each request's range, with how many callers it went to.
+    let mut ranges: std::collections::BTreeMap<(u64, u64), u64> = Default::default();
     for c in calls {
-        seen.insert(c.await.unwrap());
+        let t = c.await.unwrap();
+        let (first, last) = (t.first.as_u64(), t.last.as_u64());
+        assert!(
+            (first..=last).contains(&t.timestamp.as_u64()),
+            "a timestamp lies in its request's range"
+        );
+        seen.insert(t.timestamp);
+        *ranges.entry((first, last)).or_default() += 1;
     }
     assert_eq!(seen.len(), 32);
     assert!(
         fake.tso_requests.load(Ordering::SeqCst) >= 11,
         "3 per request at most"
     );
+    let mut above = 0;
+    for ((first, last), callers) in ranges {
+        assert!(first >= above, "requests' ranges do not overlap");
+        assert_eq!(
+            last - first + 1,
+            callers,
+            "a range holds its callers' timestamps"
+        );
+        above = last + 1;
+    }
 }
 
 /// Waits until `cond` holds; panics naming `what` after 5 s.

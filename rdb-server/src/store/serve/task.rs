@@ -68,6 +68,9 @@ pub(super) struct StoreTask {
     pub(super) statics: Option<StaticCluster>,
     /// Linearizable reads that arrived this turn (they share one ReadIndex round per region).
     pub(super) reads_this_turn: u64,
+    /// The highest stamp this store gave a write it proposed (PD mode; see
+    /// [`crate::service::stamps::StampRange::take`]).
+    pub(super) stamped: u64,
     /// A clean stop was asked for: the loop ends after this turn's messages.
     pub(super) stopping: bool,
     pub(super) logger: Logger,
@@ -311,7 +314,12 @@ impl StoreTask {
         };
         match msg {
             // `StoreCore::propose` and `read` check the keys and epoch themselves.
-            Msg::RegionPropose { route, data, tx } => {
+            Msg::RegionPropose {
+                route,
+                mut data,
+                stamp,
+                tx,
+            } => {
                 let (id, epoch) = match self.locate(&route) {
                     Ok(r) => r,
                     Err(e) => {
@@ -319,6 +327,14 @@ impl StoreTask {
                         return;
                     }
                 };
+                if let Some(range) = stamp {
+                    // Stamps rise in the order writes are proposed, so along each region's log.
+                    let Some(stamp) = range.take(&mut self.stamped) else {
+                        let _ = tx.send(Ok(CommandResult::StaleStamp { last: self.stamped }));
+                        return;
+                    };
+                    crate::service::stamps::append_stamp(&mut data, stamp);
+                }
                 let keys: Vec<&[u8]> = route.keys.iter().map(Vec::as_slice).collect();
                 let req = self.request_id(Waiter::Write(tx, Instant::now()));
                 if let Err(e) = self.core.propose(id, &epoch, &keys, req, data) {
