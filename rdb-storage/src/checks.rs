@@ -155,20 +155,29 @@ impl Engine {
     /// and refuses a configuration that differs from what is stored. A directory of the format
     /// before versioned keys is upgraded first ([`crate::upgrade`]).
     ///
+    /// Only the retention setting `revisions` uses is checked: a config-file node keeps history
+    /// by count, a PD-mode store by time, and a change to the other one changes nothing.
+    ///
     /// Returns true when the settings were recorded now (a new or upgraded directory).
-    pub fn check_apply_settings(&self, configured: ApplySettings) -> Result<bool> {
+    pub fn check_apply_settings(
+        &self,
+        configured: ApplySettings,
+        revisions: crate::Revisions,
+    ) -> Result<bool> {
         match self.apply_settings_record()? {
             Some((version @ (APPLY_SETTINGS_V2 | APPLY_SETTINGS_V3), stored)) => {
-                let mut compare = vec![
-                    ("dedup_window", stored.dedup_window, configured.dedup_window),
-                    (
+                let mut compare =
+                    vec![("dedup_window", stored.dedup_window, configured.dedup_window)];
+                match revisions {
+                    crate::Revisions::Counted => compare.push((
                         "history_revisions",
                         stored.history_revisions,
                         configured.history_revisions,
-                    ),
-                ];
-                if version == APPLY_SETTINGS_V3 {
-                    compare.push(("history_ms", stored.history_ms, configured.history_ms));
+                    )),
+                    crate::Revisions::Stamped if version == APPLY_SETTINGS_V3 => {
+                        compare.push(("history_ms", stored.history_ms, configured.history_ms))
+                    }
+                    crate::Revisions::Stamped => {}
                 }
                 for (name, stored, configured) in compare {
                     if stored != configured {

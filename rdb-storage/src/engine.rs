@@ -89,6 +89,16 @@ pub struct ApplySettings {
     pub history_ms: u64,
 }
 
+/// How a directory's writes get their revisions, which decides the one retention setting of
+/// [`ApplySettings`] they use (the other is recorded but never checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revisions {
+    /// A config-file node: each region counts its writes (`history_revisions`).
+    Counted,
+    /// A PD-mode store: writes carry PD timestamps (`history_ms`).
+    Stamped,
+}
+
 /// Milliseconds of history a PD-mode region keeps when the configuration does not say.
 pub const DEFAULT_HISTORY_MS: u64 = 600_000;
 

@@ -229,13 +229,14 @@ fn apply_settings_are_fixed_when_the_directory_is_created() {
         history_revisions,
         history_ms: 0,
     };
-    assert!(engine.check_apply_settings(w(5000, 100)).unwrap());
-    assert!(!engine.check_apply_settings(w(5000, 100)).unwrap());
+    let counted = crate::Revisions::Counted;
+    assert!(engine.check_apply_settings(w(5000, 100), counted).unwrap());
+    assert!(!engine.check_apply_settings(w(5000, 100), counted).unwrap());
     for (changed, name, stored, configured) in [
         (w(6000, 100), "dedup_window", "5000", "6000"),
         (w(5000, 0), "history_revisions", "100", "0"),
     ] {
-        match engine.check_apply_settings(changed) {
+        match engine.check_apply_settings(changed, counted) {
             Err(e @ Error::SettingChanged { .. }) => {
                 let m = e.to_string();
                 assert!(
@@ -251,10 +252,17 @@ fn apply_settings_are_fixed_when_the_directory_is_created() {
         history_ms: 60_000,
         ..w(5000, 100)
     };
-    match engine.check_apply_settings(timed) {
+    // A config-file node keeps history by count: the time setting is not its own.
+    assert!(!engine.check_apply_settings(timed, counted).unwrap());
+    match engine.check_apply_settings(timed, crate::Revisions::Stamped) {
         Err(e @ Error::SettingChanged { .. }) => assert!(e.to_string().contains("history_ms")),
         other => panic!("a changed history_ms was accepted: {other:?}"),
     }
+    // A PD-mode store keeps history by time: the count is not its own.
+    assert!(!engine
+        .check_apply_settings(w(5000, 7), crate::Revisions::Stamped)
+        .unwrap());
+    assert_eq!(engine.apply_settings().unwrap(), Some(w(5000, 100)));
 }
 
 /// A directory whose settings record predates the history kept in time (version 2) takes it
@@ -276,14 +284,16 @@ fn a_version_2_settings_record_takes_the_history_kept_in_time_from_the_configura
         history_revisions: 100,
         history_ms: 60_000,
     };
-    assert!(!engine.check_apply_settings(configured).unwrap());
+    assert!(!engine
+        .check_apply_settings(configured, crate::Revisions::Stamped)
+        .unwrap());
     assert_eq!(engine.apply_settings().unwrap(), Some(configured));
     let other = ApplySettings {
         history_ms: 1_000,
         ..configured
     };
     assert!(matches!(
-        engine.check_apply_settings(other),
+        engine.check_apply_settings(other, crate::Revisions::Stamped),
         Err(Error::SettingChanged {
             name: "history_ms",
             ..
@@ -333,7 +343,9 @@ fn a_directory_of_bare_values_is_upgraded_once_and_resumes_after_a_crash() {
             history_revisions: 50,
             history_ms: 0,
         };
-        assert!(engine.check_apply_settings(settings).unwrap());
+        assert!(engine
+            .check_apply_settings(settings, crate::Revisions::Counted)
+            .unwrap());
         for (i, k) in keys.iter().enumerate() {
             let got = engine.get_versioned(k.as_bytes()).unwrap().expect("kept");
             assert_eq!(got.value, bare(i), "{k} after {crashed_after:?}");
@@ -341,7 +353,9 @@ fn a_directory_of_bare_values_is_upgraded_once_and_resumes_after_a_crash() {
         }
         assert_eq!(engine.apply_settings().unwrap(), Some(settings));
         // Upgraded once: opening again rewrites nothing.
-        assert!(!engine.check_apply_settings(settings).unwrap());
+        assert!(!engine
+            .check_apply_settings(settings, crate::Revisions::Counted)
+            .unwrap());
         assert_eq!(engine.get(b"k1").unwrap(), Some(vec![1, 0, 0, 0]));
     }
 }

@@ -40,7 +40,9 @@ mod tests;
 mod version_tests;
 
 pub use engine::AppendBatch;
-pub use engine::{ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, ScanPage};
+pub use engine::{
+    ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, Revisions, ScanPage,
+};
 pub use error::{Error, Result};
 pub use membership::{member_key, records_of_change};
 pub use raft_storage::RaftStorage;

@@ -32,11 +32,14 @@ fn revisions(engine: &Engine) -> Revisions {
 fn node(dir: &std::path::Path, history_revisions: u64) -> (Engine, StateMachine) {
     let (engine, _) = open(dir);
     engine
-        .check_apply_settings(ApplySettings {
-            dedup_window: 1000,
-            history_revisions,
-            history_ms: 0,
-        })
+        .check_apply_settings(
+            ApplySettings {
+                dedup_window: 1000,
+                history_revisions,
+                history_ms: 0,
+            },
+            crate::Revisions::Counted,
+        )
         .expect("settings");
     let sm = StateMachine::new(engine.clone(), 1000).expect("sm");
     (engine, sm)
@@ -421,11 +424,14 @@ fn stamped_writes_take_their_stamps_as_revisions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (engine, _) = open(dir.path());
     engine
-        .check_apply_settings(ApplySettings {
-            dedup_window: 1000,
-            history_revisions: 3,
-            history_ms: 10,
-        })
+        .check_apply_settings(
+            ApplySettings {
+                dedup_window: 1000,
+                history_revisions: 3,
+                history_ms: 10,
+            },
+            crate::Revisions::Stamped,
+        )
         .expect("settings");
     let mut sm = StateMachine::new(engine.clone(), 1000).expect("sm");
     let ms = |m: u64| m << crate::engine::STAMP_LOGICAL_BITS;

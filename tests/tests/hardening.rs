@@ -229,7 +229,7 @@ async fn an_io_error_in_storage_ends_the_process_with_its_cause_and_it_restarts_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_dedup_window_is_refused_at_start() {
+async fn a_changed_dedup_window_is_refused_at_start_and_an_unused_retention_is_not() {
     let mut c = TestCluster::start_with(3, Settings("dedup_window = 5000\n".into()));
     c.wait_leader(SECS(10)).await;
     c.kill(3);
@@ -250,7 +250,15 @@ async fn a_changed_dedup_window_is_refused_at_start() {
             && l.contains("6000")),
         "no one-line cause naming the setting:\n{log}"
     );
-    std::fs::write(&c.config, text).unwrap();
+    // The history kept in time is a PD-mode store's setting: changing it here changes nothing.
+    std::fs::write(
+        &c.config,
+        text.replace(
+            "dedup_window = 5000",
+            "dedup_window = 5000\nhistory_secs = 60",
+        ),
+    )
+    .unwrap();
     c.restart(3);
     c.wait_applied(3, 1, SECS(10)).await;
 }

@@ -465,11 +465,14 @@ impl World {
         let cfg = self.core_config(0);
         let engine = self.nodes[i].disk.open()?;
         engine
-            .check_apply_settings(rdb_storage::ApplySettings {
-                dedup_window: self.sc.dedup_window,
-                history_revisions: self.sc.history_revisions,
-                history_ms: 0,
-            })
+            .check_apply_settings(
+                rdb_storage::ApplySettings {
+                    dedup_window: self.sc.dedup_window,
+                    history_revisions: self.sc.history_revisions,
+                    history_ms: 0,
+                },
+                rdb_storage::Revisions::Counted,
+            )
             .map_err(|e| format!("s{id} cannot start: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let store = StoreCore::open(engine, id, cfg, self.sc.dedup_window, &logger)

@@ -124,7 +124,7 @@ pub async fn run(
         Engine::open_with(&args.data_dir, settings.engine_options()).map_err(data_error)?;
     engine.claim_kind(DirKind::Store).map_err(data_error)?;
     engine
-        .check_apply_settings(settings.apply_settings())
+        .check_apply_settings(settings.apply_settings(), rdb_storage::Revisions::Stamped)
         .map_err(data_error)?;
     let pd = PdClient::with_options(args.pd.iter().cloned(), args.file.pd_client_options()?)
         .map_err(|e| ServerError::Pd(format!("client: {e}")))?;

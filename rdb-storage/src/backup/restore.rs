@@ -72,7 +72,7 @@ pub fn restore(backup: &Path, data_dir: &Path, target: &RestoreTarget) -> Result
     let all: Vec<&Section> = layout.sections.iter().collect();
     stage(backup, data_dir, target.engine_opts, |engine| {
         engine.claim_for_node(target.ident)?;
-        engine.check_apply_settings(target.settings)?;
+        engine.check_apply_settings(target.settings, crate::Revisions::Counted)?;
         let view = engine.create_region_with_members(&region, &target.members)?;
         let mut out = Loaded::default();
         load_region(engine, &view, backup, &all, &mut out)?;
@@ -116,7 +116,7 @@ pub fn stage_store(
     }
     stage(backup, data_dir, target.engine_opts, |engine| {
         engine.claim_for_store(target.ident)?;
-        engine.check_apply_settings(target.settings)?;
+        engine.check_apply_settings(target.settings, crate::Revisions::Stamped)?;
         let mut out = Loaded::default();
         for (region, section) in target.regions.iter().zip(&layout.sections) {
             let view = engine.create_region(region)?;

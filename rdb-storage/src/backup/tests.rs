@@ -169,11 +169,14 @@ fn check_restored(e: &Engine, id: u64, index: u64) {
     };
     assert!(!e.claim_for_node(ident).unwrap(), "claimed already");
     assert!(!e
-        .check_apply_settings(ApplySettings {
-            dedup_window: 1000,
-            history_revisions: 100,
-            history_ms: 0,
-        })
+        .check_apply_settings(
+            ApplySettings {
+                dedup_window: 1000,
+                history_revisions: 100,
+                history_ms: 0,
+            },
+            crate::Revisions::Counted
+        )
         .unwrap());
     assert_eq!(e.region_ids().unwrap(), vec![1]);
     let view = e.region(1).unwrap();

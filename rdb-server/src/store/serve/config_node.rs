@@ -85,7 +85,7 @@ pub async fn run_config_node(
     crate::server::refuse_removed(&engine, &me.data_dir, node_id, config.cluster_id)?;
     let dedup_window = settings.dedup_window;
     if engine
-        .check_apply_settings(settings.apply_settings())
+        .check_apply_settings(settings.apply_settings(), rdb_storage::Revisions::Counted)
         .map_err(data_error)?
     {
         info!(logger, "recorded apply settings";
