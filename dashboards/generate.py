@@ -66,6 +66,9 @@ PANELS = [
     ("RocksDB: SST bytes and pending compaction bytes", "bytes",
      [(f"rdb_rocksdb_sst_bytes{SEL}", "sst {{instance}}"),
       (f"rdb_rocksdb_pending_compaction_bytes{SEL}", "pending {{instance}}")]),
+    ("Memory: resident set and what RocksDB holds", "bytes",
+     [(f"rdb_process_resident_bytes{SEL}", "resident {{instance}}"),
+      (f"rdb_rocksdb_memory_bytes{SEL}", "{{part}} {{instance}}")]),
     # PD-mode stores: their regions by role, and the furthest behind.
     ("Stores: regions by role", "short",
      [(f"rdb_store_regions{SEL}", "{{instance}} {{role}}")]),

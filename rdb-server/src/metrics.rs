@@ -83,6 +83,11 @@ pub struct Metrics {
     pub rocksdb_sst_bytes: IntGauge,
     /// Bytes RocksDB estimates compaction still has to rewrite.
     pub rocksdb_pending_compaction_bytes: IntGauge,
+    /// Memory RocksDB holds, by part: `block_cache`, `block_cache_pinned`, `memtables`,
+    /// `table_readers` (see `rdb_storage::MemoryStats`).
+    pub rocksdb_memory_bytes: IntGaugeVec,
+    /// The process's resident set, in bytes (`VmRSS` of /proc/self/status).
+    pub resident_bytes: IntGauge,
     /// Regions a PD-mode store hosts, by the role of its peer: `leader`, `follower`,
     /// `learner`, `candidate` (one series per role, not per region).
     pub store_regions: IntGaugeVec,
@@ -130,6 +135,10 @@ impl Metrics {
                 "Peer messages refused on arrival",
             ),
             &["why"],
+        );
+        let rocksdb_memory_bytes = IntGaugeVec::new(
+            Opts::new("rdb_rocksdb_memory_bytes", "Memory RocksDB holds, by part"),
+            &["part"],
         );
         let store_regions = IntGaugeVec::new(
             Opts::new(
@@ -228,6 +237,12 @@ impl Metrics {
                 "rdb_rocksdb_pending_compaction_bytes",
                 "Bytes RocksDB estimates compaction still has to rewrite",
             ),
+            rocksdb_memory_bytes: rocksdb_memory_bytes
+                .unwrap_or_else(|e| panic!("rdb_rocksdb_memory_bytes: {e}")),
+            resident_bytes: gauge(
+                "rdb_process_resident_bytes",
+                "The process's resident set in bytes",
+            ),
             store_regions: store_regions.unwrap_or_else(|e| panic!("rdb_store_regions: {e}")),
             store_max_apply_lag: gauge(
                 "rdb_store_max_apply_lag",
@@ -266,6 +281,8 @@ impl Metrics {
             Box::new(m.peer_messages_refused.clone()),
             Box::new(m.rocksdb_sst_bytes.clone()),
             Box::new(m.rocksdb_pending_compaction_bytes.clone()),
+            Box::new(m.rocksdb_memory_bytes.clone()),
+            Box::new(m.resident_bytes.clone()),
             Box::new(m.store_regions.clone()),
             Box::new(m.store_max_apply_lag.clone()),
         ];
@@ -350,6 +367,7 @@ mod tests {
             "rdb_raft_term",
             "rdb_peer_queue_depth{peer=\"2\"} 4",
             "rdb_rocksdb_pending_compaction_bytes",
+            "rdb_process_resident_bytes",
             "rdb_store_max_apply_lag",
             "rdb_build_info{version=\"",
         ] {
@@ -368,6 +386,7 @@ mod tests {
         m.peer_send_failures.with_label_values(&["test"]);
         m.peer_queue_depth.with_label_values(&["test"]);
         m.store_regions.with_label_values(&["leader"]);
+        m.rocksdb_memory_bytes.with_label_values(&["block_cache"]);
         let text = m.render();
         // PD's own metrics (`rdb_pd_`) are rdb-pd's, checked there.
         let mut names: Vec<&str> = dashboard

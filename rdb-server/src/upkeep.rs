@@ -130,7 +130,8 @@ impl Warnings {
 }
 
 /// Samples the database's size into `rdb_rocksdb_sst_bytes` and
-/// `rdb_rocksdb_pending_compaction_bytes` every 5 s.
+/// `rdb_rocksdb_pending_compaction_bytes`, its memory into `rdb_rocksdb_memory_bytes`, and the
+/// process's resident set into `rdb_process_resident_bytes`, every 5 s.
 #[derive(Default)]
 pub struct DiskSampler {
     at: Option<Instant>,
@@ -147,7 +148,29 @@ impl DiskSampler {
         let m = crate::metrics::metrics();
         m.rocksdb_sst_bytes.set(sst as i64);
         m.rocksdb_pending_compaction_bytes.set(pending as i64);
+        let mem = engine.memory_stats();
+        for (part, bytes) in [
+            ("block_cache", mem.block_cache),
+            ("block_cache_pinned", mem.block_cache_pinned),
+            ("memtables", mem.memtables),
+            ("table_readers", mem.table_readers),
+        ] {
+            m.rocksdb_memory_bytes
+                .with_label_values(&[part])
+                .set(bytes as i64);
+        }
+        if let Some(rss) = resident_bytes() {
+            m.resident_bytes.set(rss as i64);
+        }
     }
+}
+
+/// The process's resident set in bytes (`VmRSS` of /proc/self/status, in kB there).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]

@@ -148,9 +148,25 @@ impl Drop for ClosedFlag {
 /// `db` drops first, waiting for RocksDB's background work, then `closed`).
 struct Database {
     db: DB,
+    /// The block cache every column family shares (its usage is a memory figure).
+    cache: rocksdb::Cache,
     /// Called after every synced write (see [`Engine::on_synced_write`]).
     on_synced: std::sync::OnceLock<SyncObserver>,
     _closed: ClosedFlag,
+}
+
+/// The memory RocksDB holds, by part, in bytes ([`Engine::memory_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Blocks in the shared block cache (bounded by `EngineOptions::block_cache_bytes`).
+    pub block_cache: u64,
+    /// Of those, blocks pinned by readers (iterators, table readers).
+    pub block_cache_pinned: u64,
+    /// Memtables of every column family, mutable and immutable (bounded by
+    /// `EngineOptions::memtable_bytes`, which triggers flushes).
+    pub memtables: u64,
+    /// Open SST files' indexes and filters held outside the block cache.
+    pub table_readers: u64,
 }
 
 /// What [`Engine::on_synced_write`] calls.
@@ -358,6 +374,7 @@ impl Engine {
         Ok(Engine {
             db: Arc::new(Database {
                 db,
+                cache,
                 on_synced: std::sync::OnceLock::new(),
                 _closed: ClosedFlag(closed),
             }),
@@ -643,6 +660,29 @@ impl Engine {
             pending += prop("rocksdb.estimate-pending-compaction-bytes");
         }
         (sst, pending)
+    }
+
+    /// The memory RocksDB holds, by part (for metrics): what of a node's resident set the
+    /// database's settings bound, and what they do not.
+    pub fn memory_stats(&self) -> MemoryStats {
+        let sum = |name: &str| -> u64 {
+            [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA]
+                .into_iter()
+                .map(|cf| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), name)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        MemoryStats {
+            block_cache: self.db.cache.get_usage() as u64,
+            block_cache_pinned: self.db.cache.get_pinned_usage() as u64,
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     /// Bytes the data takes: live SST files and memtables (data not flushed yet), over every

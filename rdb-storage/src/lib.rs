@@ -41,7 +41,8 @@ mod version_tests;
 
 pub use engine::AppendBatch;
 pub use engine::{
-    ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, Revisions, ScanPage,
+    ApplySettings, ApplyState, DirKind, Engine, EngineOptions, Ident, MemoryStats, Revisions,
+    ScanPage,
 };
 pub use error::{Error, Result};
 pub use membership::{member_key, records_of_change};

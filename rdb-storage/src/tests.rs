@@ -974,3 +974,30 @@ fn a_batch_applies_as_one_write_and_a_retry_gets_its_recorded_count() {
     );
     assert!(engine.get(b"c").unwrap().is_some());
 }
+
+#[test]
+fn memory_stats_count_the_memtables_and_the_block_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open(dir.path());
+    let mut sm = StateMachine::new(engine.clone(), 1000).unwrap();
+    let value = "v".repeat(1000);
+    let ents: Vec<Entry> = (1..=200)
+        .map(|i| entry(i, 1, &cmd(1, i, put(&format!("k{i:03}"), &value))))
+        .collect();
+    sm.apply(&ents).unwrap();
+    let written = engine.memory_stats();
+    assert!(
+        written.memtables > 200 * 1000,
+        "200 values of 1 KB in the memtables: {written:?}"
+    );
+    let cf = engine.cf(crate::keys::CF_DATA);
+    engine.db().flush_cf(cf).unwrap();
+    for i in 1..=200 {
+        assert!(engine.get(format!("k{i:03}").as_bytes()).unwrap().is_some());
+    }
+    let read = engine.memory_stats();
+    assert!(
+        read.block_cache > 0,
+        "reads from an SST file fill the block cache: {read:?}"
+    );
+}

@@ -86,6 +86,16 @@ async fn metrics_move_with_traffic_and_health_follows_the_quorum() {
             n.id
         );
         assert!(m.contains_key("rdb_rocksdb_sst_bytes"), "node {}", n.id);
+        // Memory: the resident set, and what RocksDB holds of it.
+        assert!(
+            get(&m, "rdb_process_resident_bytes") > f64::from(1 << 20),
+            "node {}",
+            n.id
+        );
+        for part in ["block_cache", "memtables", "table_readers"] {
+            let name = format!("rdb_rocksdb_memory_bytes{{part=\"{part}\"}}");
+            assert!(m.contains_key(&name), "node {}: no {name}", n.id);
+        }
     }
     let leaders: f64 = c
         .nodes
