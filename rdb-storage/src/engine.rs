@@ -644,66 +644,45 @@ impl Engine {
         })
     }
 
-    /// Bytes of live SST files and bytes compaction still has to rewrite, over every column
-    /// family (for metrics).
-    pub fn disk_stats(&self) -> (u64, u64) {
-        let (mut sst, mut pending) = (0, 0);
-        for cf in [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA] {
-            let prop = |name: &str| {
+    /// A RocksDB integer property summed over every column family (0 where one is missing).
+    fn property_sum(&self, name: &str) -> u64 {
+        [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA]
+            .into_iter()
+            .map(|cf| {
                 self.db
                     .property_int_value_cf(self.cf(cf), name)
                     .ok()
                     .flatten()
                     .unwrap_or(0)
-            };
-            sst += prop("rocksdb.live-sst-files-size");
-            pending += prop("rocksdb.estimate-pending-compaction-bytes");
-        }
-        (sst, pending)
+            })
+            .sum()
+    }
+
+    /// Bytes of live SST files and bytes compaction still has to rewrite, over every column
+    /// family (for metrics).
+    pub fn disk_stats(&self) -> (u64, u64) {
+        (
+            self.property_sum("rocksdb.live-sst-files-size"),
+            self.property_sum("rocksdb.estimate-pending-compaction-bytes"),
+        )
     }
 
     /// The memory RocksDB holds, by part (for metrics): what of a node's resident set the
     /// database's settings bound, and what they do not.
     pub fn memory_stats(&self) -> MemoryStats {
-        let sum = |name: &str| -> u64 {
-            [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA]
-                .into_iter()
-                .map(|cf| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
-                .sum()
-        };
         MemoryStats {
             block_cache: self.db.cache.get_usage() as u64,
             block_cache_pinned: self.db.cache.get_pinned_usage() as u64,
-            memtables: sum("rocksdb.cur-size-all-mem-tables"),
-            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            memtables: self.property_sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: self.property_sum("rocksdb.estimate-table-readers-mem"),
         }
     }
 
     /// Bytes the data takes: live SST files and memtables (data not flushed yet), over every
     /// column family (for PD's store list).
     pub fn used_bytes(&self) -> u64 {
-        [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA]
-            .into_iter()
-            .flat_map(|cf| {
-                [
-                    "rocksdb.live-sst-files-size",
-                    "rocksdb.cur-size-all-mem-tables",
-                ]
-                .map(|name| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
-            })
-            .sum()
+        self.property_sum("rocksdb.live-sst-files-size")
+            + self.property_sum("rocksdb.cur-size-all-mem-tables")
     }
 
     /// The size of the file system holding the database and the bytes still free on it (for
